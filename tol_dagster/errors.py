@@ -1,0 +1,57 @@
+"""The errors users see. Each names the thing at fault and how to fix it.
+
+The command line maps them to its exit codes (see `EXIT_CODE`), so scripts can tell
+"the gate refused" from "bad input" from "upstream unreachable".
+"""
+
+from __future__ import annotations
+
+
+class TolError(Exception):
+    """Base of every error tol-dagster raises on purpose."""
+
+    exit_code = 2
+
+
+class SettingsError(TolError):
+    """A setting (environment variable or option) has a value we cannot use."""
+
+    exit_code = 2
+
+
+class SliceSpecError(TolError):
+    """A slice key is malformed or names an unknown rank."""
+
+    exit_code = 2
+
+
+class UpstreamError(TolError):
+    """The Hub could not be reached or answered in a way we cannot use."""
+
+    exit_code = 3
+
+
+class UpstreamAuthError(UpstreamError):
+    """The repo is gated or private and our token is missing or refused."""
+
+    exit_code = 3
+
+
+class RevisionGone(UpstreamError):
+    """The commit a sync was pinned to no longer exists upstream (force-push, squash)."""
+
+
+class IntegrityError(UpstreamError):
+    """Downloaded bytes do not match the sha256 or size the Hub announced."""
+
+
+class DiskSpaceError(TolError):
+    """Not enough free disk for the bytes a sync is about to fetch."""
+
+    exit_code = 2
+
+
+class ValidationFailed(TolError):
+    """The validation gate refused a new state; the published mirror is untouched."""
+
+    exit_code = 1

@@ -1,0 +1,79 @@
+"""Where everything lives under the data home (`TOL_HOME`). The only place that knows paths.
+
+    <home>/mirror/<config>            symlink to the published generation: upstream's *.parquet only
+    <home>/published/<config>/        slices/, catalog.parquet, summary/, taxon_index.parquet, ...
+    <home>/store/<config>/            the mirror's private state:
+        manifest.json                 the durable manifest of the published generation
+        generations/<id>/             hard-linked generations (the symlink points at one)
+        staging/<commit>/             files fetched and verified for a commit not yet published
+        partial/<sha256>.part         stable partial downloads, resumed across processes
+        quarantine/                   files that failed a check, with a .reason.txt each
+        derived/<sha256>/             per-file results (validation facts, summaries) keyed by content
+    <home>/dagster/                   DAGSTER_HOME: runs, event logs, schedules
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Paths under one data home. `home` is always absolute."""
+
+    home: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "home", Path(self.home).expanduser().resolve())
+
+    # --- the public contract -------------------------------------------------------------
+    def mirror_dir(self, config: str) -> Path:
+        return self.home / "mirror" / config
+
+    def published_dir(self, config: str) -> Path:
+        return self.home / "published" / config
+
+    def slices_dir(self, config: str) -> Path:
+        return self.published_dir(config) / "slices"
+
+    def catalog_path(self, config: str) -> Path:
+        return self.published_dir(config) / "catalog.parquet"
+
+    def summary_dir(self, config: str) -> Path:
+        return self.published_dir(config) / "summary"
+
+    def taxon_index_path(self, config: str) -> Path:
+        return self.published_dir(config) / "taxon_index.parquet"
+
+    def centroids_path(self, config: str) -> Path:
+        return self.published_dir(config) / "centroids.parquet"
+
+    # --- private state ---------------------------------------------------------------------
+    def store_dir(self, config: str) -> Path:
+        return self.home / "store" / config
+
+    def manifest_path(self, config: str) -> Path:
+        return self.store_dir(config) / "manifest.json"
+
+    def generations_dir(self, config: str) -> Path:
+        return self.store_dir(config) / "generations"
+
+    def staging_dir(self, config: str, commit: str) -> Path:
+        return self.store_dir(config) / "staging" / commit
+
+    def partial_dir(self, config: str) -> Path:
+        return self.store_dir(config) / "partial"
+
+    def quarantine_dir(self, config: str) -> Path:
+        return self.store_dir(config) / "quarantine"
+
+    def derived_dir(self, config: str, sha256: str) -> Path:
+        return self.store_dir(config) / "derived" / sha256
+
+    def state_dir(self, config: str) -> Path:
+        """Small JSON state shared between assets, sensors and the command line."""
+        return self.store_dir(config) / "state"
+
+    def dagster_home(self) -> Path:
+        return self.home / "dagster"

@@ -1,0 +1,129 @@
+"""Settings read from the environment: the one place that knows the variable names.
+
+Users' scripts rely on these names; a wrong value raises `SettingsError` naming the variable
+and what it expected. The token is deliberately not a setting: see `hub_token`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from tol_dagster.errors import SettingsError
+from tol_dagster.layout import Layout
+from tol_dagster.schema import DEFAULT_CONFIG
+
+PUBLIC_HUB = "https://huggingface.co"
+DEFAULT_REPO_ID = "imageomics/TreeOfLife-200M-Embeddings"
+DEFAULT_HOME = "./tol_data"
+
+_REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
+_CONFIG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything configurable, with defaults that work (public Hub, `./tol_data`)."""
+
+    home: Path
+    hub_endpoint: str = PUBLIC_HUB
+    repo_id: str = DEFAULT_REPO_ID
+    configs: tuple[str, ...] = (DEFAULT_CONFIG,)
+    max_parallel_downloads: int = 4
+    sensor_min_interval_s: int = 60
+    max_row_loss: float = 0.01
+
+    @property
+    def layout(self) -> Layout:
+        return Layout(self.home)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Read settings from `env` (default `os.environ`); relative `TOL_HOME` becomes absolute."""
+        env = os.environ if env is None else env
+        return cls(
+            home=resolve_home(env.get("TOL_HOME") or DEFAULT_HOME),
+            hub_endpoint=parse_endpoint("TOL_HUB_ENDPOINT", env.get("TOL_HUB_ENDPOINT") or PUBLIC_HUB),
+            repo_id=parse_repo_id("TOL_REPO_ID", env.get("TOL_REPO_ID") or DEFAULT_REPO_ID),
+            configs=parse_configs("TOL_CONFIGS", env.get("TOL_CONFIGS") or DEFAULT_CONFIG),
+            max_parallel_downloads=parse_int(
+                "TOL_MAX_PARALLEL_DOWNLOADS", env.get("TOL_MAX_PARALLEL_DOWNLOADS"), 4, 1, 64
+            ),
+            sensor_min_interval_s=parse_int(
+                "TOL_SENSOR_MIN_INTERVAL_S", env.get("TOL_SENSOR_MIN_INTERVAL_S"), 60, 1, 86400
+            ),
+            max_row_loss=parse_share("TOL_MAX_ROW_LOSS", env.get("TOL_MAX_ROW_LOSS"), 0.01),
+        )
+
+
+def resolve_home(value: str) -> Path:
+    """Resolve the data home once, so processes started elsewhere (the daemon) see the same."""
+    return Path(value).expanduser().resolve()
+
+
+def parse_endpoint(name: str, value: str) -> str:
+    value = value.strip().rstrip("/")
+    if not re.match(r"^https?://[^/\s]+(/\S*)?$", value):
+        raise SettingsError(
+            f"{name}={value!r} is not an http(s) URL; expected e.g. {PUBLIC_HUB} "
+            "or http://127.0.0.1:PORT for the local Hub"
+        )
+    return value
+
+
+def parse_repo_id(name: str, value: str) -> str:
+    value = value.strip()
+    if not _REPO_ID.match(value):
+        raise SettingsError(f"{name}={value!r} is not a repo id; expected 'owner/name', e.g. {DEFAULT_REPO_ID}")
+    return value
+
+
+def parse_configs(name: str, value: str) -> tuple[str, ...]:
+    configs = tuple(part.strip() for part in value.split(",") if part.strip())
+    bad = [c for c in configs if not _CONFIG.match(c)]
+    if not configs or bad:
+        raise SettingsError(
+            f"{name}={value!r}: expected a comma-separated list of config folder names "
+            f"such as {DEFAULT_CONFIG} (letters, digits, '.', '_', '-')"
+        )
+    if len(set(configs)) != len(configs):
+        raise SettingsError(f"{name}={value!r} names a config twice")
+    return configs
+
+
+def parse_int(name: str, value: str | None, default: int, low: int, high: int) -> int:
+    if value is None or value.strip() == "":
+        return default
+    try:
+        number = int(value)
+    except ValueError:
+        raise SettingsError(f"{name}={value!r} is not a whole number; expected {low}..{high}") from None
+    if not low <= number <= high:
+        raise SettingsError(f"{name}={value!r} is out of range; expected {low}..{high}")
+    return number
+
+
+def parse_share(name: str, value: str | None, default: float) -> float:
+    if value is None or value.strip() == "":
+        return default
+    try:
+        share = float(value)
+    except ValueError:
+        raise SettingsError(f"{name}={value!r} is not a number; expected a share from 0 to 1, e.g. 0.01") from None
+    if not 0.0 <= share <= 1.0:
+        raise SettingsError(f"{name}={value!r} is out of range; expected a share from 0 to 1, e.g. 0.01")
+    return share
+
+
+def hub_token() -> str | None:
+    """The Hub token: `HF_TOKEN`, else the one `hf auth login` saved, else None (public repos).
+
+    Read at call time and never stored in settings, resource config or run config, so it
+    cannot leak into Dagster's event log or the UI.
+    """
+    from huggingface_hub import get_token
+
+    return get_token() or None
