@@ -55,3 +55,9 @@ class ValidationFailed(TolError):
     """The validation gate refused a new state; the published mirror is untouched."""
 
     exit_code = 1
+
+
+class StoreError(TolError):
+    """The local store or mirror is in a state we will not read or overwrite (corrupt, hand-made)."""
+
+    exit_code = 2
