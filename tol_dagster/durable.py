@@ -1,0 +1,49 @@
+"""Crash-safe small writes: after a crash at any instant the old or the new file is there, whole."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+
+#: Prefix and suffix of the temporary files `write_atomic` leaves behind only if killed mid-write.
+TEMP_PREFIX = "."
+TEMP_SUFFIX = ".tmp"
+
+
+def fsync_dir(path: Path) -> None:
+    """Make renames and new names inside `path` durable (POSIX needs the directory synced too)."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Replace `path` with `data`: temp file in the same folder, fsync, rename, fsync the folder."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, temp = tempfile.mkstemp(
+        dir=path.parent, prefix=f"{TEMP_PREFIX}{path.name}.", suffix=TEMP_SUFFIX
+    )
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temp)
+        raise
+    fsync_dir(path.parent)
+
+
+def is_temp_of(candidate: Path, path: Path) -> bool:
+    """True if `candidate` is a temporary file an interrupted `write_atomic(path, ...)` left."""
+    return (
+        candidate.parent == path.parent
+        and candidate.name.startswith(f"{TEMP_PREFIX}{path.name}.")
+        and candidate.name.endswith(TEMP_SUFFIX)
+    )
