@@ -81,13 +81,14 @@ class Reply:
 
 
 def card_data(text: str) -> dict[str, Any] | None:
-    """The YAML front matter of a dataset card, as the Hub's `cardData`."""
+    """The YAML front matter of a dataset card, as the Hub's `cardData` (None if unreadable)."""
     if not text.startswith("---"):
         return None
     end = text.find("\n---", 3)
-    if end < 0:
+    try:
+        data = yaml.safe_load(text[3:end]) if end > 0 else None
+    except yaml.YAMLError:
         return None
-    data = yaml.safe_load(text[3:end])
     return data if isinstance(data, dict) else None
 
 
@@ -185,6 +186,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(method, self._run(action), None, [])
             return
         hub.stats_book.count(kind)
+        if "Range" in self.headers and kind in ("resolve_get", "lfs_get"):
+            hub.stats_book.count("range_requests")
         faults = hub.faults.take(decoded_path, kind, has_body=method != "HEAD")
         for fault in faults:
             if fault.kind == "delay":
@@ -331,7 +334,7 @@ class LocalHub:
         self._servers = [hub, cdn]
         for server in self._servers:
             thread = threading.Thread(
-                target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True
+                target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
             )
             thread.start()
             self._threads.append(thread)
