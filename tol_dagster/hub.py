@@ -1,0 +1,601 @@
+"""Hub access: the upstream commit, a config's files with their sha256, and verified downloads.
+
+Everything goes through `huggingface_hub` (its session, headers, URLs, error mapping, wire
+objects and Xet path) but not through `hf_hub_download`, because that call keeps stale files
+when the Hub is down, never checks sha256 and never resumes across processes (see HUB.md).
+What the client leaves uneven, this module makes uniform:
+
+- one retry loop for every request (backoff, `Retry-After`, `RateLimit: ...;r=0;t=N`), and no
+  retries inside the client, so a request is never retried twice over nor counted twice;
+- an explicit timeout on every request;
+- downloads into a stable `<sha256>.part` that the next attempt or process resumes with a
+  Range request, hashed while streaming, verified for size and sha256, then renamed atomically;
+- the token goes only to the Hub's own origin, and never into a message or a log line.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import logging
+import os
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any, BinaryIO, TypeVar
+from urllib.parse import quote, urljoin, urlparse
+
+import httpx2
+from huggingface_hub import HfApi, constants
+from huggingface_hub.errors import (
+    HfHubHTTPError,
+    RemoteEntryNotFoundError,
+    RepositoryNotFoundError,
+    RevisionNotFoundError,
+)
+from huggingface_hub.file_download import HfFileMetadata, get_hf_file_metadata, hf_hub_url, xet_get
+from huggingface_hub.hf_api import DatasetInfo, RepoFile
+from huggingface_hub.utils import (
+    build_hf_headers,
+    get_session,
+    hf_raise_for_status,
+    parse_ratelimit_headers,
+)
+
+from tol_dagster import __version__
+from tol_dagster.card import expected_rows
+from tol_dagster.durable import fsync_dir
+from tol_dagster.errors import (
+    IntegrityError,
+    RevisionGone,
+    SettingsError,
+    TolError,
+    UpstreamAuthError,
+    UpstreamError,
+)
+
+logger = logging.getLogger("tol_dagster.hub")
+
+T = TypeVar("T")
+
+#: Statuses worth another try: timeouts, rate limits, server errors.
+RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
+#: Reads of the partial when its hash must be rebuilt.
+CHUNK_BYTES = 8 * 1024 * 1024
+_LIBRARY = "tol-dagster"
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    """One upstream parquet file as the Hub announces it at a commit."""
+
+    path: str
+    size: int
+    sha256: str
+
+    @property
+    def name(self) -> str:
+        return PurePosixPath(self.path).name
+
+
+@dataclass(frozen=True)
+class RemoteConfig:
+    """A config's folder upstream at one commit: its parquet files and the card's row count."""
+
+    repo_id: str
+    config: str
+    commit: str
+    files: tuple[RemoteFile, ...]
+    expected_rows: int | None
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How hard to try: total attempts per request, exponential backoff, per-request timeout.
+
+    A wait the server asks for (`Retry-After`, `RateLimit` with r=0) replaces the backoff delay.
+    """
+
+    attempts: int = 6
+    base_delay_s: float = 1.0
+    max_delay_s: float = 30.0
+    timeout_s: float = 60.0
+
+    def __post_init__(self) -> None:
+        if (
+            self.attempts < 1
+            or self.base_delay_s < 0
+            or self.max_delay_s < 0
+            or self.timeout_s <= 0
+        ):
+            raise SettingsError(
+                f"{self} is not a usable retry policy: attempts >= 1, delays >= 0, timeout > 0"
+            )
+
+    def backoff(self, failures: int) -> float:
+        return min(self.max_delay_s, self.base_delay_s * 2 ** (failures - 1))
+
+
+class _Transient(Exception):
+    """A failure of our own detection (short body, Range ignored, Xet failed) worth a retry."""
+
+
+class HubClient:
+    """Read-only access to one dataset repo on one Hub endpoint. Safe to share between threads."""
+
+    def __init__(
+        self, endpoint: str, repo_id: str, token: str | None, *, retry: RetryPolicy = RetryPolicy()
+    ) -> None:
+        self.endpoint = endpoint.rstrip("/")
+        self.repo_id = repo_id
+        self.retry = retry
+        # False, not None: the client would otherwise pick up a saved token on its own.
+        self._token: str | bool = token or False
+        self._api = HfApi(
+            endpoint=self.endpoint,
+            token=self._token,
+            library_name=_LIBRARY,
+            library_version=__version__,
+        )
+        self._locks: dict[str, threading.Lock] = {}
+        self._locks_guard = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"HubClient({self.endpoint!r}, {self.repo_id!r}, token={'set' if self._token else 'none'})"
+
+    # -- metadata ---------------------------------------------------------------------------
+
+    def head_commit(self, revision: str = "main") -> str:
+        """The commit `revision` points at: one request while the Hub answers."""
+        sha = self._info(revision, expand=["sha"]).sha
+        if not sha:
+            raise UpstreamError(
+                f"{self.endpoint} answered dataset_info for {self.repo_id} without a commit sha"
+            )
+        return sha
+
+    def card(self, commit: str) -> dict[str, Any]:
+        """The dataset card's YAML metadata at `commit` ({} when the card has none)."""
+        card = self._info(commit, expand=["sha", "cardData"]).card_data
+        return card.to_dict() if card is not None else {}
+
+    def remote_config(self, config: str, commit: str | None = None) -> RemoteConfig:
+        """`config`'s parquet files at `commit` (default: the head of main) and the card's count.
+
+        Two requests: dataset_info (commit and card) and one recursive tree listing of the
+        config's folder, pinned to that commit so files and card belong to the same state.
+        """
+        info = self._info(commit or "main", expand=["sha", "cardData"])
+        if not info.sha:
+            raise UpstreamError(
+                f"{self.endpoint} answered dataset_info for {self.repo_id} without a commit sha"
+            )
+        files = tuple(sorted(self._parquet_files(config, info.sha), key=lambda f: f.path))
+        card = info.card_data.to_dict() if info.card_data is not None else {}
+        return RemoteConfig(self.repo_id, config, info.sha, files, expected_rows(card, config))
+
+    def _info(self, revision: str, *, expand: list[Any]) -> DatasetInfo:
+        return self._with_retries(
+            f"dataset_info of {self.repo_id}@{revision}",
+            lambda: self._api.dataset_info(
+                self.repo_id, revision=revision, expand=expand, timeout=self.retry.timeout_s
+            ),
+        )
+
+    def _parquet_files(self, config: str, commit: str) -> Iterator[RemoteFile]:
+        """The parquet files directly in `config/`, from the tree listing's pages."""
+        url: str | None = (
+            f"{self.endpoint}/api/datasets/{self.repo_id}/tree/"
+            f"{quote(commit, safe='')}/{quote(config, safe='')}"
+        )
+        params: dict[str, Any] | None = {"recursive": True, "expand": False}
+        while url is not None:
+            try:
+                response = self._get_page(f"tree of {config}/ at {commit[:12]}", url, params)
+            except _EntryMissing as err:
+                raise SettingsError(
+                    f"{self.repo_id} has no folder {config!r} at commit {commit[:12]} on "
+                    f"{self.endpoint}: check the config name (TOL_CONFIGS) against the repo's folders"
+                ) from err
+            for entry in response.json():
+                if entry.get("type") != "file":
+                    continue
+                item = RepoFile(**entry)
+                path = PurePosixPath(item.path)
+                if path.parent != PurePosixPath(config) or path.suffix != ".parquet":
+                    continue
+                if item.lfs is None:
+                    raise UpstreamError(
+                        f"{item.path} at commit {commit[:12]} is not an LFS file, "
+                        "so the Hub gives no sha256 for it"
+                    )
+                yield RemoteFile(item.path, item.lfs.size, item.lfs.sha256)
+            url, params = response.links.get("next", {}).get("url"), None
+
+    def _get_page(self, what: str, url: str, params: dict[str, Any] | None) -> httpx2.Response:
+        """One page of a listing. Not `HfApi.list_repo_tree`: its pager retries on a schedule of
+        its own (so retries would multiply) and sets no timeout."""
+
+        def get() -> httpx2.Response:
+            response = get_session().get(
+                url, params=params, headers=self._headers(to_hub=True), timeout=self.retry.timeout_s
+            )
+            hf_raise_for_status(response)
+            return response
+
+        return self._with_retries(what, get)
+
+    def _headers(self, *, to_hub: bool) -> dict[str, str]:
+        """The client's headers; the token only when the request goes to the Hub's own origin."""
+        return build_hf_headers(
+            token=self._token if to_hub else False,
+            library_name=_LIBRARY,
+            library_version=__version__,
+        )
+
+    # -- download ---------------------------------------------------------------------------
+
+    def download(
+        self,
+        file: RemoteFile,
+        commit: str,
+        dest: Path,
+        *,
+        partial_dir: Path,
+        on_progress: Callable[[int], None] | None = None,
+    ) -> Path:
+        """Fetch `file` as of `commit` into `dest`, verified for size and sha256.
+
+        Bytes go to `partial_dir/<sha256>.part`, which a later attempt or process resumes with
+        a Range request. `on_progress` receives the byte count of each chunk fetched from the
+        network. On a mismatch the partial is deleted and `IntegrityError` names the file, the
+        expected and the actual sha256; `dest` is then left untouched.
+        """
+        partial_dir.mkdir(parents=True, exist_ok=True)
+        with self._exclusive(file.sha256), _Partial(partial_dir / f"{file.sha256}.part") as partial:
+            resumed = partial.size > 0
+            self._fetch(file, commit, partial, on_progress or _ignore)
+            if resumed and not partial.matches(file):
+                logger.warning(
+                    "%s: the resumed partial does not verify; fetching it again from byte 0",
+                    file.path,
+                )
+                partial.reset()
+                self._fetch(file, commit, partial, on_progress or _ignore)
+            if not partial.matches(file):
+                actual_size, actual_sha = partial.size, partial.sha256
+                partial.delete()
+                raise IntegrityError(
+                    f"{file.path} at commit {commit[:12]}: expected sha256 {file.sha256} ({file.size} bytes), "
+                    f"got {actual_sha} ({actual_size} bytes); the partial was deleted. The file changed "
+                    "upstream or was corrupted in transit: re-plan against the Hub and sync again"
+                )
+            partial.publish(dest)
+        return dest
+
+    def _fetch(
+        self, file: RemoteFile, commit: str, partial: _Partial, on_progress: Callable[[int], None]
+    ) -> None:
+        """Bring `partial` to the file's full size, retrying and resuming as needed."""
+        if partial.size > file.size:
+            partial.reset()
+        if partial.size == file.size:
+            return  # complete already (a crash before the rename): only verification is left
+        if partial.size:
+            logger.info("%s: resuming from byte %d of %d", file.path, partial.size, file.size)
+        url = hf_hub_url(
+            self.repo_id, file.path, repo_type="dataset", revision=commit, endpoint=self.endpoint
+        )
+        use_xet = _xet_enabled()
+
+        def attempt() -> None:
+            nonlocal use_xet
+            meta = get_hf_file_metadata(
+                url,
+                token=self._token,
+                timeout=self.retry.timeout_s,
+                endpoint=self.endpoint,
+                retry_on_errors=False,
+                library_name=_LIBRARY,
+                library_version=__version__,
+            )
+            if use_xet and meta.xet_file_data is not None:
+                try:
+                    self._fetch_xet(file, meta, partial, on_progress)
+                    return
+                except HfHubHTTPError:
+                    raise
+                except Exception as err:
+                    use_xet = False
+                    raise _Transient(
+                        f"Xet download failed ({type(err).__name__}); falling back to HTTP"
+                    ) from err
+            self._fetch_http(file, urljoin(url, meta.location), partial, on_progress)
+
+        try:
+            self._with_retries(
+                f"download of {file.path} at {commit[:12]}", attempt, progress=lambda: partial.size
+            )
+        except _EntryMissing as err:
+            raise RevisionGone(
+                f"{file.path} is no longer served at commit {commit[:12]} by {self.endpoint} "
+                "(history rewritten or the file purged upstream); re-plan against the new head"
+            ) from err
+
+    def _fetch_xet(
+        self,
+        file: RemoteFile,
+        meta: HfFileMetadata,
+        partial: _Partial,
+        on_progress: Callable[[int], None],
+    ) -> None:
+        """The client's Xet path; it rewrites the whole file, so the hash is taken afterwards."""
+        assert meta.xet_file_data is not None
+        partial.close()
+        xet_get(
+            incomplete_path=partial.path,
+            xet_file_data=meta.xet_file_data,
+            headers=self._headers(to_hub=True),
+            expected_size=file.size,
+            displayed_filename=file.name,
+        )
+        partial.rehash()
+        on_progress(partial.size)
+
+    def _fetch_http(
+        self, file: RemoteFile, location: str, partial: _Partial, on_progress: Callable[[int], None]
+    ) -> None:
+        """One GET from the partial's current size; raises `_Transient` if the body ends early."""
+        same_origin = _origin(location) == _origin(self.endpoint)
+        headers = self._headers(to_hub=same_origin)
+        headers["Accept-Encoding"] = "identity"
+        start = partial.size
+        if start:
+            headers["Range"] = f"bytes={start}-"
+        with get_session().stream(
+            "GET", location, headers=headers, timeout=self.retry.timeout_s
+        ) as response:
+            if response.status_code == 416:
+                partial.reset()
+                raise _Transient(
+                    f"range from byte {start} not satisfiable; starting again from byte 0"
+                )
+            hf_raise_for_status(response)
+            total = _announced_total(response)
+            if start and response.status_code == 206 and _range_start(response) != start:
+                partial.reset()
+                raise _Transient(
+                    f"asked for bytes from {start}, got {response.headers.get('Content-Range')}"
+                )
+            if start and response.status_code != 206:
+                logger.warning(
+                    "%s: the server ignored the Range request; starting again from byte 0",
+                    file.path,
+                )
+                partial.reset()
+            # As the network delivers: a chunk size would buffer bytes a cut connection then loses.
+            for chunk in response.iter_bytes():
+                partial.write(chunk)
+                on_progress(len(chunk))
+        partial.flush()
+        expected = total if total is not None else file.size
+        if partial.size < expected:
+            raise _Transient(f"body ended at byte {partial.size} of {expected}")
+
+    @contextmanager
+    def _exclusive(self, key: str) -> Iterator[None]:
+        """Two threads never write the same partial."""
+        with self._locks_guard:
+            lock = self._locks.setdefault(key, threading.Lock())
+        with lock:
+            yield
+
+    # -- retries and error mapping ----------------------------------------------------------
+
+    def _with_retries(
+        self, what: str, call: Callable[[], T], *, progress: Callable[[], int] | None = None
+    ) -> T:
+        """Run `call` until it succeeds, retrying transient failures per the policy.
+
+        With `progress`, an attempt that moved it forward does not count against the policy: a
+        download cut again and again keeps going while bytes keep arriving.
+        """
+        failures = 0
+        tried: list[str] = []
+        while True:
+            before = progress() if progress else 0
+            try:
+                return call()
+            except Exception as err:
+                transient = _transient(err, self.endpoint)
+                if transient is None:
+                    if isinstance(err, TolError):
+                        raise
+                    raise self._mapped(what, err) from err
+                reason, server_wait = transient
+                tried.append(reason)
+                failures = 1 if progress and progress() > before else failures + 1
+                if failures >= self.retry.attempts:
+                    raise UpstreamError(
+                        f"{what} on {self.endpoint} failed after {len(tried)} attempts "
+                        f"({', '.join(tried[-self.retry.attempts :])}): check the network and the Hub's "
+                        "status, then sync again"
+                    ) from err
+                wait = server_wait if server_wait is not None else self.retry.backoff(failures)
+                logger.warning(
+                    "%s: %s; retry %d of %d in %.2f s%s",
+                    what,
+                    reason,
+                    failures,
+                    self.retry.attempts - 1,
+                    wait,
+                    " (as the server asked)" if server_wait is not None else "",
+                )
+                time.sleep(wait)
+
+    def _mapped(self, what: str, err: Exception) -> UpstreamError:
+        """Our error for a failure retrying cannot fix."""
+        status = _status(err)
+        if isinstance(err, RevisionNotFoundError):
+            return RevisionGone(
+                f"{what}: the revision no longer exists on {self.endpoint} (force-push or squash upstream); "
+                "re-plan against the new head"
+            )
+        if isinstance(err, RepositoryNotFoundError) or status in (401, 403):
+            return UpstreamAuthError(
+                f"{what}: {self.endpoint} refused access to {self.repo_id} (HTTP {status}). If the repo id is "
+                "right, it is gated or private: set HF_TOKEN or run `hf auth login`, and accept the dataset's "
+                f"terms on {self.endpoint}/datasets/{self.repo_id}"
+            )
+        if isinstance(err, RemoteEntryNotFoundError):
+            return _EntryMissing(f"{what}: not found on {self.endpoint}")
+        if status is not None:
+            return UpstreamError(
+                f"{what}: {self.endpoint} answered HTTP {status}, which a retry cannot fix"
+            )
+        return UpstreamError(f"{what} on {self.endpoint} failed: {type(err).__name__}")
+
+
+class _EntryMissing(UpstreamError):
+    """A path that does not exist at the pinned commit."""
+
+
+class _Partial:
+    """The stable partial file of one download, hashed as it grows so it is read at most once.
+
+    Not `hashing.sha256_file`: a resume needs the running hash state, not a final digest.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._hash = hashlib.sha256()
+        self.size = 0
+        self._out: BinaryIO | None = None
+        path.touch(exist_ok=True)
+        self.rehash()
+
+    def __enter__(self) -> _Partial:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def sha256(self) -> str:
+        return self._hash.hexdigest()
+
+    def matches(self, file: RemoteFile) -> bool:
+        return self.size == file.size and self.sha256 == file.sha256
+
+    def rehash(self) -> None:
+        self._hash, self.size = hashlib.sha256(), 0
+        with self.path.open("rb") as f:
+            while chunk := f.read(CHUNK_BYTES):
+                self._hash.update(chunk)
+                self.size += len(chunk)
+
+    def write(self, chunk: bytes) -> None:
+        if self._out is None:
+            self._out = self.path.open("ab")
+        self._out.write(chunk)
+        self._hash.update(chunk)
+        self.size += len(chunk)
+
+    def flush(self) -> None:
+        if self._out is not None:
+            self._out.flush()
+
+    def close(self) -> None:
+        if self._out is not None:
+            self._out.close()
+            self._out = None
+
+    def reset(self) -> None:
+        self.close()
+        self.path.write_bytes(b"")
+        self._hash, self.size = hashlib.sha256(), 0
+
+    def delete(self) -> None:
+        self.close()
+        self.path.unlink(missing_ok=True)
+
+    def publish(self, dest: Path) -> None:
+        """Durable, then atomic: a crash leaves either the old `dest` or the whole new one."""
+        self.close()
+        with self.path.open("rb") as f:
+            os.fsync(f.fileno())
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(self.path, dest)
+        fsync_dir(dest.parent)
+
+
+def _ignore(_: int) -> None:
+    return None
+
+
+def _xet_enabled() -> bool:
+    return not constants.HF_HUB_DISABLE_XET and importlib.util.find_spec("hf_xet") is not None
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    parsed = urlparse(url)
+    default = {"http": 80, "https": 443}.get(parsed.scheme)
+    return parsed.scheme, (parsed.hostname or "").lower(), parsed.port or default
+
+
+def _status(err: Exception) -> int | None:
+    response = getattr(err, "response", None)
+    return response.status_code if isinstance(response, httpx2.Response) else None
+
+
+def _transient(err: Exception, endpoint: str) -> tuple[str, float | None] | None:
+    """(reason, wait the server asked for) when another attempt may succeed, else None.
+
+    A 401/403 from another origin than the Hub's is the CDN refusing a signed URL that has
+    expired: the next attempt asks the Hub for a fresh one.
+    """
+    if isinstance(err, _Transient):
+        return str(err), None
+    if isinstance(err, httpx2.TimeoutException):
+        return f"timed out ({type(err).__name__})", None
+    if isinstance(err, (httpx2.NetworkError, httpx2.RemoteProtocolError)):
+        return f"connection failed ({type(err).__name__})", None
+    response = err.response if isinstance(err, HfHubHTTPError) else None
+    if response is None:
+        return None
+    if response.status_code in RETRY_STATUSES:
+        return f"HTTP {response.status_code}", _server_wait(response.headers)
+    host = _origin(str(response.url))
+    if response.status_code in (401, 403) and host != _origin(endpoint):
+        return f"HTTP {response.status_code} from {host[1]}:{host[2]}; asking for a fresh URL", None
+    return None
+
+
+def _server_wait(headers: httpx2.Headers) -> float | None:
+    """The wait the server asks for: `RateLimit` when the quota is spent, else `Retry-After`."""
+    limit = parse_ratelimit_headers(headers)
+    if limit is not None and limit.remaining == 0:
+        return float(limit.reset_in_seconds)
+    retry_after = headers.get("Retry-After", "").strip()
+    return float(retry_after) if retry_after.isdigit() else None
+
+
+_CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
+
+
+def _range_start(response: httpx2.Response) -> int | None:
+    match = _CONTENT_RANGE.fullmatch(response.headers.get("Content-Range", "").strip())
+    return int(match.group(1)) if match else None
+
+
+def _announced_total(response: httpx2.Response) -> int | None:
+    """The whole file's size as this response states it (Content-Range, else Content-Length)."""
+    match = _CONTENT_RANGE.fullmatch(response.headers.get("Content-Range", "").strip())
+    if match and match.group(3) != "*":
+        return int(match.group(3))
+    length = response.headers.get("Content-Length")
+    return int(length) if length and length.isdigit() and response.status_code == 200 else None
