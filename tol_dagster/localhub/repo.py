@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import secrets
+import stat
 import threading
 import time
 from collections.abc import Iterator, Mapping
@@ -156,7 +157,7 @@ class RepoState:
         self._hashes: dict[str, list[object]] = self._read_json("hashes.json", {})
         self._hashes_dirty = False
         self._commits: dict[str, Commit] = {}
-        self._chain_cache: tuple[str, list[str]] | None = None
+        self._reachable: tuple[str, frozenset[str]] | None = None
         self._last_change: dict[str, dict[str, int]] = {}
         self.secret = self._load_secret()
 
@@ -196,15 +197,20 @@ class RepoState:
         return out
 
     def resolve(self, revision: str) -> Commit | None:
-        """The commit `revision` names (`main`, `refs/heads/main` or a reachable id), else None."""
-        head = self.head()
+        """The commit `revision` names (`main`, `refs/heads/main` or a reachable id), else None.
+
+        A commit id already known to be reachable from the stored head needs no rescan: pinned
+        downloads (one per file) then cost a small read instead of a stat of every file.
+        """
         if revision in ("main", "refs/heads/main"):
-            return head
+            return self.head()
         with self._lock:
-            if self._chain_cache is None or self._chain_cache[0] != head.id:
-                self._chain_cache = (head.id, [c.id for c in self.history(head)])
-            reachable = self._chain_cache[1]
-        return self.commit(revision) if revision in reachable else None
+            known = self._reachable
+            if known is not None and known[0] == self._read_head() and revision in known[1]:
+                return self.commit(revision)
+            head = self.head()
+            self._reachable = (head.id, frozenset(c.id for c in self.history(head)))
+            return self.commit(revision) if revision in self._reachable[1] else None
 
     def commit(self, cid: str) -> Commit:
         with self._lock:
@@ -227,20 +233,20 @@ class RepoState:
                 self._last_change[commit.id] = last
             return self._last_change[commit.id]
 
-    def source(self, entry: FileEntry) -> Path | None:
-        """Where the bytes of `entry` are on disk now, or None if they are gone."""
-        current = self.root / entry.path
+    def source(self, path: str, sha256: str) -> Path | None:
+        """Where the bytes of `path` at `sha256` are on disk now, or None if they are gone."""
+        current = self.root / path
         with self._lock:
-            found = self._hash_file(entry.path, current) if current.is_file() else None
-        if found is not None and found.sha256 == entry.sha256:
+            found = self._hash_file(path, str(current))
+        if found is not None and found.sha256 == sha256:
             return current
-        blob = self._blob_path(entry.sha256)
+        blob = self._blob_path(sha256)
         return blob if blob.is_file() else None
 
     # --- scanning ------------------------------------------------------------------------
     def _scan(self) -> dict[str, FileEntry]:
         files: dict[str, FileEntry] = {}
-        for path, full in self._walk():
+        for path, full in sorted(self._walk(str(self.root), "")):
             entry = self._hash_file(path, full)
             if entry is not None:
                 files[path] = entry
@@ -250,21 +256,25 @@ class RepoState:
         if self._hashes_dirty or stale:
             self._write_json("hashes.json", self._hashes)
             self._hashes_dirty = False
-        return dict(sorted(files.items()))
+        return files
 
-    def _walk(self) -> Iterator[tuple[str, Path]]:
-        for dirpath, dirnames, filenames in os.walk(self.root):
-            dirnames[:] = sorted(d for d in dirnames if d not in IGNORED_DIRS)
-            base = Path(dirpath)
-            for name in sorted(filenames):
-                full = base / name
-                yield full.relative_to(self.root).as_posix(), full
+    def _walk(self, folder: str, prefix: str) -> Iterator[tuple[str, str]]:
+        """(repo path, absolute path) of every file under `folder`, skipping IGNORED_DIRS."""
+        with os.scandir(folder) as entries:
+            for item in entries:
+                if item.is_dir():
+                    if not (prefix == "" and item.name in IGNORED_DIRS):
+                        yield from self._walk(item.path, f"{prefix}{item.name}/")
+                elif item.is_file():
+                    yield f"{prefix}{item.name}", item.path
 
-    def _hash_file(self, path: str, full: Path) -> FileEntry | None:
+    def _hash_file(self, path: str, full: str) -> FileEntry | None:
         """Hash `full` unless the cache holds a trusted hash for its current stat."""
         try:
-            st = full.stat()
-        except FileNotFoundError:
+            st = os.stat(full)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        if not stat.S_ISREG(st.st_mode):
             return None
         key = [st.st_size, st.st_mtime_ns, st.st_ino]
         cached = self._hashes.get(path)
@@ -280,7 +290,7 @@ class RepoState:
         lfs = is_lfs(path, st.st_size)
         sha256 = hashlib.sha256()
         content = bytearray()
-        with full.open("rb") as handle:
+        with open(full, "rb") as handle:
             while chunk := handle.read(_CHUNK):
                 sha256.update(chunk)
                 if not lfs:
