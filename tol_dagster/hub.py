@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 import logging
 import os
+import queue
 import re
 import threading
 import time
@@ -32,7 +34,9 @@ from urllib.parse import quote, urljoin, urlparse
 import httpx2
 from huggingface_hub import HfApi, constants
 from huggingface_hub.errors import (
+    FileMetadataError,
     HfHubHTTPError,
+    OfflineModeIsEnabled,
     RemoteEntryNotFoundError,
     RepositoryNotFoundError,
     RevisionNotFoundError,
@@ -48,12 +52,10 @@ from huggingface_hub.utils import (
 
 from tol_dagster import __version__
 from tol_dagster.card import expected_rows
-from tol_dagster.durable import fsync_dir
 from tol_dagster.errors import (
     IntegrityError,
     RevisionGone,
     SettingsError,
-    TolError,
     UpstreamAuthError,
     UpstreamError,
 )
@@ -67,6 +69,14 @@ RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
 #: Reads of the partial when its hash must be rebuilt.
 CHUNK_BYTES = 8 * 1024 * 1024
 _LIBRARY = "tol-dagster"
+#: What the Hub's side can raise besides transient failures; anything else is not mapped.
+_HUB_FAILURES = (
+    HfHubHTTPError,
+    httpx2.HTTPError,
+    OfflineModeIsEnabled,
+    FileMetadataError,
+    json.JSONDecodeError,
+)
 
 
 @dataclass(frozen=True)
@@ -413,8 +423,8 @@ class HubClient:
             except Exception as err:
                 transient = _transient(err, self.endpoint)
                 if transient is None:
-                    if isinstance(err, TolError):
-                        raise
+                    if not isinstance(err, _HUB_FAILURES):
+                        raise  # ours, or local (a full disk is no upstream error)
                     raise self._mapped(what, err) from err
                 reason, server_wait = transient
                 tried.append(reason)
@@ -457,7 +467,10 @@ class HubClient:
             return UpstreamError(
                 f"{what}: {self.endpoint} answered HTTP {status}, which a retry cannot fix"
             )
-        return UpstreamError(f"{what} on {self.endpoint} failed: {type(err).__name__}")
+        return UpstreamError(
+            f"{what}: {self.endpoint} answered in a way we cannot use ({type(err).__name__}); "
+            "check that the endpoint is a Hugging Face Hub"
+        )
 
 
 class _EntryMissing(UpstreamError):
@@ -467,14 +480,18 @@ class _EntryMissing(UpstreamError):
 class _Partial:
     """The stable partial file of one download, hashed as it grows so it is read at most once.
 
-    Not `hashing.sha256_file`: a resume needs the running hash state, not a final digest.
+    Hashing runs on a thread of its own (hashlib releases the GIL), so it overlaps the network
+    and the disk instead of adding to them. Not `hashing.sha256_file`: a resume needs the
+    running hash state, not a final digest.
     """
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._hash = hashlib.sha256()
         self.size = 0
+        self._hash = hashlib.sha256()
         self._out: BinaryIO | None = None
+        self._pending: queue.Queue[bytes | None] | None = None
+        self._hasher: threading.Thread | None = None
         path.touch(exist_ok=True)
         self.rehash()
 
@@ -486,12 +503,15 @@ class _Partial:
 
     @property
     def sha256(self) -> str:
+        self._drain()
         return self._hash.hexdigest()
 
     def matches(self, file: RemoteFile) -> bool:
         return self.size == file.size and self.sha256 == file.sha256
 
     def rehash(self) -> None:
+        """Hash what is on disk now (a partial from an earlier process, or Xet's output)."""
+        self.close()
         self._hash, self.size = hashlib.sha256(), 0
         with self.path.open("rb") as f:
             while chunk := f.read(CHUNK_BYTES):
@@ -501,8 +521,17 @@ class _Partial:
     def write(self, chunk: bytes) -> None:
         if self._out is None:
             self._out = self.path.open("ab")
+        if self._pending is None:
+            self._pending = queue.Queue(maxsize=64)
+            self._hasher = threading.Thread(
+                target=_hash_chunks,
+                args=(self._pending, self._hash),
+                name="tol-sha256",
+                daemon=True,
+            )
+            self._hasher.start()
         self._out.write(chunk)
-        self._hash.update(chunk)
+        self._pending.put(chunk)
         self.size += len(chunk)
 
     def flush(self) -> None:
@@ -510,6 +539,7 @@ class _Partial:
             self._out.flush()
 
     def close(self) -> None:
+        self._drain()
         if self._out is not None:
             self._out.close()
             self._out = None
@@ -524,13 +554,23 @@ class _Partial:
         self.path.unlink(missing_ok=True)
 
     def publish(self, dest: Path) -> None:
-        """Durable, then atomic: a crash leaves either the old `dest` or the whole new one."""
+        """Atomic: `dest` is either absent or whole. Durability is the publisher's job (the
+        mirror fsyncs each file before linking it into a generation), so no fsync here."""
         self.close()
-        with self.path.open("rb") as f:
-            os.fsync(f.fileno())
         dest.parent.mkdir(parents=True, exist_ok=True)
         os.replace(self.path, dest)
-        fsync_dir(dest.parent)
+
+    def _drain(self) -> None:
+        """Wait until every written byte is hashed; stop the hashing thread."""
+        if self._pending is not None and self._hasher is not None:
+            self._pending.put(None)
+            self._hasher.join()
+            self._pending = self._hasher = None
+
+
+def _hash_chunks(pending: queue.Queue[bytes | None], digest: Any) -> None:
+    while (chunk := pending.get()) is not None:
+        digest.update(chunk)
 
 
 def _ignore(_: int) -> None:
