@@ -1,15 +1,16 @@
 """Where everything lives under the data home (`TOL_HOME`). The only place that knows paths.
 
-    <home>/mirror/<config>            symlink to the published generation: upstream's *.parquet only
-    <home>/published/<config>/        slices/, catalog.parquet, summary/, taxon_index.parquet, ...
-    <home>/store/<config>/            the mirror's private state:
-        manifest.json                 the durable manifest of the published generation
-        generations/<id>/             hard-linked generations (the symlink points at one)
-        staging/<commit>/             files fetched and verified for a commit not yet published
-        partial/<sha256>.part         stable partial downloads, resumed across processes
-        quarantine/                   files that failed a check, with a .reason.txt each
-        derived/<sha256>/             per-file results (validation facts, summaries) keyed by content
-    <home>/dagster/                   DAGSTER_HOME: runs, event logs, schedules
+<home>/mirror/<config>            symlink to the published generation: upstream's *.parquet only
+<home>/published/<config>/        slices/, catalog.parquet, summary/, taxon_index.parquet, ...
+<home>/store/<config>/            the mirror's private state:
+    manifest.json                 the durable manifest of the published generation
+    generations/<id>/             hard-linked generations (the symlink points at one)
+    staging/<commit>/             files fetched and verified for a commit not yet published
+    partial/<sha256>.part         stable partial downloads, resumed across processes
+    quarantine/                   files that failed a check, with a .reason.txt each
+    derived/<sha256>/             per-file results (validation facts, summaries) keyed by content
+<home>/dagster/                   DAGSTER_HOME: runs, event logs, schedules
+<home>/demo-hub/                  the sample repo the local Hub serves in `make demo`/`make dev`
 """
 
 from __future__ import annotations
@@ -77,3 +78,7 @@ class Layout:
 
     def dagster_home(self) -> Path:
         return self.home / "dagster"
+
+    def demo_repo(self) -> Path:
+        """The generated sample repo that the local Hub serves in the demo and `make dev`."""
+        return self.home / "demo-hub"

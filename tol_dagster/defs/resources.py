@@ -7,6 +7,8 @@ an unset `HF_TOKEN` does not stop the code location from loading.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import dagster as dg
 
 from tol_dagster.layout import Layout
@@ -33,7 +35,7 @@ class StorageResource(dg.ConfigurableResource):
 
     @property
     def layout(self) -> Layout:
-        return Layout(self.home)
+        return Layout(Path(self.home))
 
 
 class GateResource(dg.ConfigurableResource):

@@ -1,0 +1,75 @@
+"""The whole definitions graph, as a snapshot: any change to it is a visible diff in review.
+
+Update the snapshot deliberately with `TOL_UPDATE_SNAPSHOTS=1 pytest tests/test_definitions.py`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import dagster as dg
+
+from tol_dagster.definitions import build_definitions
+from tol_dagster.settings import Settings
+
+SNAPSHOT = Path(__file__).parent / "snapshots" / "definitions.txt"
+
+
+def describe(defs: dg.Definitions) -> str:
+    """A stable text rendering of asset keys, deps, checks, jobs, sensors and schedules."""
+    graph = defs.resolve_asset_graph()
+    lines = ["# assets (key <- deps) [group]"]
+    for key in sorted(graph.get_all_asset_keys(), key=lambda k: k.to_user_string()):
+        node = graph.get(key)
+        deps = ", ".join(sorted(d.to_user_string() for d in node.parent_keys))
+        lines.append(f"{key.to_user_string()} <- [{deps}] [{node.group_name}]")
+    lines.append("# checks (asset:check blocking)")
+    for check in sorted(
+        graph.asset_check_keys, key=lambda k: (k.asset_key.to_user_string(), k.name)
+    ):
+        spec = graph.get_check_spec(check)
+        lines.append(f"{check.asset_key.to_user_string()}:{check.name} blocking={spec.blocking}")
+    lines.append("# jobs")
+    for job in sorted(defs.resolve_all_job_defs(), key=lambda j: j.name):
+        if job.name.startswith("__"):
+            continue
+        lines.append(job.name)
+    lines.append("# sensors")
+    for sensor in sorted(defs.sensors or [], key=lambda s: s.name):
+        lines.append(f"{sensor.name} -> {sensor.job_name} default={sensor.default_status.value}")
+    lines.append("# schedules")
+    for schedule in sorted(defs.schedules or [], key=lambda s: s.name):
+        lines.append(
+            f"{schedule.name} {schedule.cron_schedule} -> {schedule.job_name} default={schedule.default_status.value}"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def test_definitions_load_with_default_settings(tmp_path: Path) -> None:
+    defs = build_definitions(Settings.from_env({"TOL_HOME": str(tmp_path)}))
+    dg.Definitions.validate_loadable(defs)
+
+
+def test_definitions_graph_matches_the_snapshot(tmp_path: Path) -> None:
+    defs = build_definitions(Settings.from_env({"TOL_HOME": str(tmp_path)}))
+    text = describe(defs)
+    if os.environ.get("TOL_UPDATE_SNAPSHOTS") == "1":
+        SNAPSHOT.write_text(text)
+    assert text == SNAPSHOT.read_text(), (
+        "the definitions graph changed: review, then TOL_UPDATE_SNAPSHOTS=1"
+    )
+
+
+def test_two_configs_get_their_own_assets_side_by_side(tmp_path: Path) -> None:
+    defs = build_definitions(
+        Settings.from_env(
+            {
+                "TOL_HOME": str(tmp_path),
+                "TOL_CONFIGS": "bioclip-2_float16,bioclip-2.5-vith14_float16",
+            }
+        )
+    )
+    keys = {k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()}
+    for config in ("bioclip-2_float16", "bioclip-2.5-vith14_float16"):
+        assert {f"tol/{config}/remote", f"tol/{config}/staged", f"tol/{config}/mirror"} <= keys

@@ -1,0 +1,83 @@
+"""Settings come from the environment with defaults that work; bad values name the variable."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tol_dagster.errors import SettingsError
+from tol_dagster.settings import DEFAULT_REPO_ID, PUBLIC_HUB, Settings, hub_token
+
+
+def test_defaults_point_at_the_public_hub_and_a_local_home(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    settings = Settings.from_env({})
+    assert settings.hub_endpoint == PUBLIC_HUB
+    assert settings.repo_id == DEFAULT_REPO_ID
+    assert settings.configs == ("bioclip-2_float16",)
+    assert settings.home == (tmp_path / "tol_data").resolve()
+
+
+def test_relative_home_is_resolved_once_to_an_absolute_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    settings = Settings.from_env({"TOL_HOME": "data/here"})
+    monkeypatch.chdir("/")
+    assert settings.home.is_absolute()
+    assert settings.layout.mirror_dir("c") == tmp_path.resolve() / "data/here/mirror/c"
+    assert settings.layout.dagster_home() == tmp_path.resolve() / "data/here/dagster"
+
+
+def test_configs_are_comma_separated() -> None:
+    settings = Settings.from_env({"TOL_CONFIGS": "bioclip-2_float16, bioclip-2.5-vith14_float16"})
+    assert settings.configs == ("bioclip-2_float16", "bioclip-2.5-vith14_float16")
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "expected"),
+    [
+        ("TOL_HUB_ENDPOINT", "huggingface.co", "http(s) URL"),
+        ("TOL_REPO_ID", "no-slash", "owner/name"),
+        ("TOL_CONFIGS", "a,,b/c", "comma-separated"),
+        ("TOL_CONFIGS", "x,x", "twice"),
+        ("TOL_MAX_PARALLEL_DOWNLOADS", "lots", "whole number"),
+        ("TOL_MAX_PARALLEL_DOWNLOADS", "0", "out of range"),
+        ("TOL_SENSOR_MIN_INTERVAL_S", "-5", "out of range"),
+        ("TOL_MAX_ROW_LOSS", "1.5", "share from 0 to 1"),
+        ("TOL_MAX_ROW_LOSS", "ten percent", "share from 0 to 1"),
+    ],
+)
+def test_a_bad_value_names_the_variable_and_what_it_expects(
+    variable: str, value: str, expected: str
+) -> None:
+    with pytest.raises(SettingsError) as raised:
+        Settings.from_env({variable: value})
+    assert variable in str(raised.value)
+    assert expected in str(raised.value)
+
+
+def test_knobs_are_read(tmp_path: Path) -> None:
+    settings = Settings.from_env(
+        {
+            "TOL_HOME": str(tmp_path),
+            "TOL_MAX_PARALLEL_DOWNLOADS": "8",
+            "TOL_SENSOR_MIN_INTERVAL_S": "30",
+            "TOL_MAX_ROW_LOSS": "0.05",
+        }
+    )
+    assert (
+        settings.max_parallel_downloads,
+        settings.sensor_min_interval_s,
+        settings.max_row_loss,
+    ) == (8, 30, 0.05)
+
+
+def test_token_comes_from_hf_token_or_nowhere(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    assert hub_token() is None
+    monkeypatch.setenv("HF_TOKEN", "hf_secret_value")
+    assert hub_token() == "hf_secret_value"

@@ -1,0 +1,38 @@
+"""The code location: every asset, check, job, sensor and schedule, wired to the resources.
+
+Loaded by `dagster dev` / the daemon through workspace.yaml, and by the command line.
+"""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from tol_dagster.defs.jobs import build_jobs
+from tol_dagster.defs.mirror_assets import build_mirror_assets
+from tol_dagster.defs.resources import resources_from
+from tol_dagster.defs.schedules import build_schedules
+from tol_dagster.defs.sensors import build_upstream_change_sensor
+from tol_dagster.settings import Settings
+
+
+def build_definitions(settings: Settings) -> dg.Definitions:
+    """All definitions for `settings` (one set of assets per configured config)."""
+    assets: list[dg.AssetsDefinition] = []
+    checks: list[dg.AssetChecksDefinition] = []
+    for config in settings.configs:
+        for definition in build_mirror_assets(config):
+            if isinstance(definition, dg.AssetChecksDefinition):
+                checks.append(definition)
+            else:
+                assets.append(definition)
+    return dg.Definitions(
+        assets=assets,
+        asset_checks=checks,
+        jobs=build_jobs(settings.configs),
+        sensors=[build_upstream_change_sensor(settings.configs, settings.sensor_min_interval_s)],
+        schedules=build_schedules(settings.configs),
+        resources=resources_from(settings),
+    )
+
+
+defs = build_definitions(Settings.from_env())

@@ -1,0 +1,45 @@
+"""Jobs. One resync job serves every config: each run selects one config's assets."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import dagster as dg
+
+from tol_dagster.defs.keys import asset_key, resync_keys
+from tol_dagster.runs import RESYNC_TAG
+
+RESYNC_JOB = "resync_job"
+AUDIT_JOB = "audit_job"
+STATUS_JOB = "status_job"
+
+
+def build_jobs(configs: Sequence[str]) -> list[dg.UnresolvedAssetJobDefinition]:
+    resync = dg.define_asset_job(
+        RESYNC_JOB,
+        selection=dg.AssetSelection.assets(
+            *[key for config in configs for key in resync_keys(config)]
+        ),
+        description="Fetch what changed upstream, verify it, gate it, publish it atomically.",
+    )
+    audit = dg.define_asset_job(
+        AUDIT_JOB,
+        selection=dg.AssetSelection.checks_for_assets(
+            *[asset_key(config, "mirror") for config in configs]
+        ),
+        description="Re-hash the mirror against its manifest and upstream; report drift.",
+    )
+    status = dg.define_asset_job(
+        STATUS_JOB,
+        selection=dg.AssetSelection.assets(*[asset_key(config, "remote") for config in configs]),
+        description="Read upstream's state and how far the mirror is behind it (no downloads).",
+    )
+    return [resync, audit, status]
+
+
+def resync_run_tags(config: str, commit: str | None) -> dict[str, str]:
+    """Tags of a resync run: `tol/resync=<config>` is what the queue serializes on."""
+    tags = {RESYNC_TAG: config}
+    if commit:
+        tags["tol/commit"] = commit
+    return tags

@@ -1,0 +1,35 @@
+"""Asset keys and names: the public contract other code locations depend on.
+
+Per config, with the config name verbatim: `tol/<config>/remote`, `tol/<config>/staged`,
+`tol/<config>/mirror`, and (issue 4) `tol/<config>/summary/<name>`, `taxon_index`, `slices`,
+`catalog`, `centroids`.
+"""
+
+from __future__ import annotations
+
+import re
+
+import dagster as dg
+
+
+def asset_key(config: str, *parts: str) -> dg.AssetKey:
+    return dg.AssetKey(["tol", config, *parts])
+
+
+def safe_name(config: str) -> str:
+    """`config` as a Dagster name (groups, ops): letters, digits and underscores."""
+    return re.sub(r"[^A-Za-z0-9_]", "_", config)
+
+
+def mirror_group(config: str) -> str:
+    return f"mirror_{safe_name(config)}"
+
+
+def resync_keys(config: str) -> list[dg.AssetKey]:
+    """What one resync of `config` materializes (the staged asset carries the gate's checks)."""
+    return [asset_key(config, "remote"), asset_key(config, "staged"), asset_key(config, "mirror")]
+
+
+def staged_op_name(config: str) -> str:
+    """The op that runs `tol/<config>/staged`: where a resync's run config goes."""
+    return asset_key(config, "staged").to_python_identifier()

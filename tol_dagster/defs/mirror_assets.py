@@ -1,0 +1,152 @@
+"""Per-config mirror assets: remote -> staged (gated by blocking checks) -> mirror.
+
+The download is a staged state of its own, so a failing check is recorded against the staged
+version and never against the mirror consumers read; `mirror` only runs when every blocking
+check on `staged` passed, and publishing is one atomic switch (see `tol_dagster.sync`).
+"""
+
+from collections.abc import Iterator
+
+import dagster as dg
+
+from tol_dagster import sync
+from tol_dagster.defs.keys import asset_key, mirror_group
+from tol_dagster.defs.metadata import check_result, table_schema
+from tol_dagster.defs.resources import GateResource, HubResource, StorageResource
+from tol_dagster.schema import expected_schema
+
+OWNERS = ["team:imageomics"]
+
+
+class StageConfig(dg.Config):
+    """Run config of a resync. The sensor pins `commit`; the command line sets the accept flags."""
+
+    commit: str | None = None
+    accept_row_loss: bool = False
+    accept_schema_change: bool = False
+
+
+def build_mirror_assets(name: str) -> list[dg.AssetsDefinition | dg.AssetChecksDefinition]:
+    """The remote, staged and mirror assets of config `name`, and the mirror's audit check."""
+    remote_key = asset_key(name, "remote")
+    staged_key = asset_key(name, "staged")
+    mirror_key = asset_key(name, "mirror")
+    group = mirror_group(name)
+
+    @dg.asset(
+        key=remote_key,
+        group_name=group,
+        kinds={"huggingface"},
+        owners=OWNERS,
+        description=f"The upstream state of config `{name}`: commit, files with size and sha256, the card's row count.",
+    )
+    def remote(
+        context: dg.AssetExecutionContext, hub: HubResource, storage: StorageResource
+    ) -> dg.MaterializeResult:
+        state = sync.refresh_remote(storage.layout, hub.client(), name)
+        behind = sync.plan_against_mirror(storage.layout, state)
+        context.log.info(f"upstream {name} at {state.commit[:12]}: {sync.plan_summary(behind)}")
+        return dg.MaterializeResult(
+            metadata={
+                "upstream_commit": state.commit,
+                "files": len(state.files),
+                "bytes": dg.MetadataValue.int(sum(f.size for f in state.files)),
+                "card_expected_rows": state.expected_rows
+                if state.expected_rows is not None
+                else dg.MetadataValue.null(),
+                "files_behind": len(behind.to_fetch) + len(behind.removed),
+                "bytes_behind": behind.bytes_to_fetch,
+            },
+            data_version=dg.DataVersion(sync.remote_version(state)),
+        )
+
+    @dg.asset(
+        key=staged_key,
+        deps=[remote_key],
+        group_name=group,
+        kinds={"parquet"},
+        owners=OWNERS,
+        description=(
+            f"Files of `{name}` fetched for the upstream commit and verified (sha256), waiting behind "
+            "the validation gate. Only files whose sha256 differs from the mirror's are fetched."
+        ),
+        check_specs=[
+            dg.AssetCheckSpec(check, asset=staged_key, blocking=True, description=description)
+            for check, description in sync.GATE_CHECKS.items()
+        ],
+        tags={"tol/stage": "download"},
+    )
+    def staged(
+        context: dg.AssetExecutionContext,
+        config: StageConfig,
+        hub: HubResource,
+        storage: StorageResource,
+        gate: GateResource,
+    ) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
+        state = sync.stage(
+            storage.layout,
+            hub.client(),
+            name,
+            commit=config.commit,
+            max_parallel=hub.max_parallel_downloads,
+            log=context.log.info,
+        )
+        yield dg.MaterializeResult(
+            metadata={
+                "upstream_commit": state.commit,
+                "files": dg.MetadataValue.md(state.files_markdown()),
+                "fetched": len(state.fetched),
+                "failed": len(state.failed),
+                "removed_upstream": len(state.removed),
+                "bytes_fetched": dg.MetadataValue.int(state.bytes_fetched),
+                "download_mb_per_s": round(state.download_mb_per_s, 1),
+                "rows": dg.MetadataValue.int(state.total_rows),
+            },
+            data_version=dg.DataVersion(state.version),
+        )
+        for result in sync.gate(
+            storage.layout,
+            state,
+            max_row_loss=gate.max_row_loss,
+            accept_row_loss=config.accept_row_loss,
+            accept_schema_change=config.accept_schema_change,
+        ):
+            yield check_result(result, staged_key)
+
+    @dg.asset(
+        key=mirror_key,
+        deps=[staged_key],
+        group_name=group,
+        kinds={"parquet", "duckdb"},
+        owners=OWNERS,
+        description=(
+            f"The published local mirror of `{name}`: `<TOL_HOME>/mirror/{name}/*.parquet` shows one "
+            "validated upstream commit, whole."
+        ),
+    )
+    def mirror(context: dg.AssetExecutionContext, storage: StorageResource) -> dg.MaterializeResult:
+        published = sync.publish(storage.layout, name, log=context.log.info)
+        return dg.MaterializeResult(
+            metadata={
+                "upstream_commit": published.commit,
+                "generation": published.generation,
+                "path": dg.MetadataValue.path(str(storage.layout.mirror_dir(name))),
+                "files": len(published.manifest.entries),
+                "rows": dg.MetadataValue.int(published.manifest.total_rows),
+                "bytes": dg.MetadataValue.int(published.total_bytes),
+                "changes": dg.MetadataValue.md(published.changes_markdown()),
+                "dagster/column_schema": table_schema(expected_schema(name)),
+                "dagster/row_count": dg.MetadataValue.int(published.manifest.total_rows),
+            },
+            data_version=dg.DataVersion(published.commit),
+        )
+
+    @dg.asset_check(
+        asset=mirror_key,
+        name=sync.AUDIT_CHECK,
+        description="Every published file still has the sha256 and size in the manifest, and upstream agrees (bit rot, hand edits).",
+    )
+    def mirror_matches_manifest(hub: HubResource, storage: StorageResource) -> dg.AssetCheckResult:
+        return check_result(sync.audit(storage.layout, name, client=hub.client()), mirror_key)
+
+    return [remote, staged, mirror, mirror_matches_manifest]

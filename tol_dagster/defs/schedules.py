@@ -1,0 +1,41 @@
+"""Schedules, off by default and switchable in the UI."""
+
+from collections.abc import Iterator, Sequence
+
+import dagster as dg
+
+from tol_dagster.defs.jobs import AUDIT_JOB, RESYNC_JOB, resync_run_tags
+from tol_dagster.defs.keys import resync_keys
+
+
+def build_schedules(configs: Sequence[str]) -> list[dg.ScheduleDefinition]:
+    @dg.schedule(
+        name="nightly_resync_schedule",
+        job_name=RESYNC_JOB,
+        cron_schedule="0 3 * * *",
+        execution_timezone="UTC",
+        default_status=dg.DefaultScheduleStatus.STOPPED,
+        description="For users who prefer fixed windows to the sensor: same job, same gate.",
+    )
+    def nightly_resync_schedule(context: dg.ScheduleEvaluationContext) -> Iterator[dg.RunRequest]:
+        stamp = (
+            context.scheduled_execution_time.isoformat()
+            if context.scheduled_execution_time
+            else "manual"
+        )
+        for config in configs:
+            yield dg.RunRequest(
+                run_key=f"{config}@{stamp}",
+                asset_selection=resync_keys(config),
+                tags=resync_run_tags(config, None),
+            )
+
+    weekly_audit_schedule = dg.ScheduleDefinition(
+        name="weekly_audit_schedule",
+        job_name=AUDIT_JOB,
+        cron_schedule="0 4 * * 0",
+        execution_timezone="UTC",
+        default_status=dg.DefaultScheduleStatus.STOPPED,
+        description="Re-hash the mirror against the manifest and upstream; the check reports drift.",
+    )
+    return [nightly_resync_schedule, weekly_audit_schedule]

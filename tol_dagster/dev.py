@@ -1,0 +1,62 @@
+"""`make dev`: the Dagster UI and daemon (sensors and schedules tick), next to the local Hub.
+
+If `TOL_HUB_ENDPOINT` points at the local Hub's address (the Makefile's default), the sample
+repo is served there; any other endpoint (the real Hub) is used as is.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from tol_dagster.demo import ensure_demo_repo
+from tol_dagster.instance import ensure_dagster_home
+from tol_dagster.settings import Settings
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--local-hub-port", type=int, default=8765)
+    parser.add_argument("--dagster-port", type=int, default=3000)
+    args = parser.parse_args(argv)
+
+    settings = Settings.from_env()
+    ensure_dagster_home(settings)
+    local_endpoint = f"http://127.0.0.1:{args.local_hub_port}"
+    hub = None
+    if settings.hub_endpoint == local_endpoint:
+        from tol_dagster.localhub import LocalHub
+
+        hub = LocalHub(
+            ensure_demo_repo(settings.layout), repo_id=settings.repo_id, port=args.local_hub_port
+        ).start()
+        print(f"local Hub serving {settings.layout.demo_repo()} at {hub.endpoint}")
+    else:
+        print(f"using the Hub at {settings.hub_endpoint}")
+    command = [
+        str(Path(sys.executable).with_name("dagster")),
+        "dev",
+        "-w",
+        str(REPO_ROOT / "workspace.yaml"),
+        "-h",
+        "127.0.0.1",
+        "-p",
+        str(args.dagster_port),
+    ]
+    print(f"Dagster UI: http://127.0.0.1:{args.dagster_port}  (Ctrl-C stops everything)")
+    try:
+        return subprocess.call(command, env=os.environ.copy(), cwd=REPO_ROOT)
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        if hub is not None:
+            hub.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

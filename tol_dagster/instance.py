@@ -1,0 +1,39 @@
+"""The Dagster instance: runs, event logs and schedules live under the data home.
+
+`DAGSTER_HOME` defaults to `<TOL_HOME>/dagster`, resolved to an absolute path once, so the
+command line, `make dev` and runs launched by the daemon from another directory share it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import dagster as dg
+
+from tol_dagster.settings import Settings
+
+#: The project's instance settings (queue limits, run monitoring), shipped at the repo's top.
+INSTANCE_YAML = Path(__file__).resolve().parents[1] / "dagster.yaml"
+
+
+def ensure_dagster_home(settings: Settings) -> Path:
+    """Set `DAGSTER_HOME` (unless the user did) and give it the project's dagster.yaml."""
+    home = (
+        Path(os.environ.get("DAGSTER_HOME") or settings.layout.dagster_home())
+        .expanduser()
+        .resolve()
+    )
+    home.mkdir(parents=True, exist_ok=True)
+    os.environ["DAGSTER_HOME"] = str(home)
+    target = home / "dagster.yaml"
+    if not target.exists() and INSTANCE_YAML.exists():
+        shutil.copyfile(INSTANCE_YAML, target)
+    return home
+
+
+def open_instance(settings: Settings) -> dg.DagsterInstance:
+    """The persistent instance the UI and the daemon read."""
+    ensure_dagster_home(settings)
+    return dg.DagsterInstance.get()

@@ -1,0 +1,713 @@
+"""Resync one config: observe upstream, stage what changed, gate it, publish it atomically.
+
+The three steps are separate so Dagster can put the gate's blocking checks between staging and
+publishing: `stage` fetches and verifies only files whose sha256 differs from the manifest and
+inspects each one as soon as it lands (pipelined with the other downloads); `gate` turns the
+per-file facts plus cheap cross-file facts into one result per check; `publish` switches the
+mirror to a new generation of hard links and writes the manifest. State between the steps is
+small JSON under `Layout.state_dir`, so each step can run in its own process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from tol_dagster import mirror, validation
+from tol_dagster.checks import CheckResult
+from tol_dagster.durable import write_atomic
+from tol_dagster.errors import IntegrityError, RevisionGone, UpstreamError, ValidationFailed
+from tol_dagster.hub import HubClient, RemoteConfig, RemoteFile
+from tol_dagster.layout import Layout
+from tol_dagster.manifest import (
+    Manifest,
+    Plan,
+    load_manifest,
+    manifest_after,
+    plan_sync,
+    save_manifest,
+    schema_to_json,
+    utc_timestamp,
+)
+from tol_dagster.mirror_files import MirrorFile
+from tol_dagster.schema import expected_schema
+from tol_dagster.uuid_index import check_uuid_unique_across, hashes_path
+from tol_dagster.validation import FileFacts
+
+Log = Callable[[str], None]
+
+#: The gate: blocking checks on the staged state, by name, with what each asserts.
+GATE_CHECKS: dict[str, str] = {
+    validation.SHA256_MATCHES_UPSTREAM: "Every fetched file's sha256 equals the Hub's LFS oid.",
+    validation.FOOTER_READS: "Every file's parquet footer reads.",
+    validation.SCHEMA_MATCHES_CONTRACT: "Schema equals the config's contract (names, order, types, emb width).",
+    validation.SCHEMA_MATCHES_LAST_VALIDATED: "Schema equals the last validated one, unless the change was accepted.",
+    validation.ROWS_MATCH_FOOTER: "Rows read equal the footer's row count.",
+    validation.ROWS_MATCH_CARD: "Total rows equal the dataset card's num_examples (when the card has one).",
+    validation.ROW_LOSS_WITHIN_LIMIT: "Rows lost against the last validated state stay within TOL_MAX_ROW_LOSS.",
+    validation.METADATA_EXPECTATIONS: "Great Expectations suite on the metadata columns.",
+    validation.SORTED_BY_CONTRACT_KEY: "Rows sorted by the contract's key within files and across their boundaries.",
+    validation.EMB_FINITE: "No NaN or Inf in emb.",
+    validation.UUID_UNIQUE: "uuid unique across the whole config.",
+}
+AUDIT_CHECK = "mirror_matches_manifest"
+
+#: How often a config may be re-planned when its pinned commit vanishes mid-sync.
+MAX_REPLANS = 3
+PROGRESS_EVERY_S = 5.0
+
+
+# --- state shared between steps ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StagedFile:
+    """One file of the candidate generation: kept from the mirror, fetched, or failed."""
+
+    name: str
+    path: str
+    sha256: str
+    size: int
+    status: str  # "current" | "fetched" | "failed"
+    reason: str | None = None
+    rows: int | None = None
+
+
+@dataclass
+class StagedState:
+    """The candidate generation of one config at one upstream commit."""
+
+    config: str
+    repo_id: str
+    commit: str
+    expected_rows: int | None
+    added: list[str]
+    changed: list[str]
+    removed: list[str]
+    files: list[StagedFile]
+    bytes_fetched: int = 0
+    download_seconds: float = 0.0
+    replans: int = 0
+    gate: dict[str, bool] = field(default_factory=dict)
+
+    @property
+    def fetched(self) -> list[StagedFile]:
+        return [f for f in self.files if f.status == "fetched"]
+
+    @property
+    def failed(self) -> list[StagedFile]:
+        return [f for f in self.files if f.status == "failed"]
+
+    @property
+    def total_rows(self) -> int:
+        return sum(f.rows or 0 for f in self.files)
+
+    @property
+    def download_mb_per_s(self) -> float:
+        return (
+            self.bytes_fetched / 1e6 / self.download_seconds if self.download_seconds > 0 else 0.0
+        )
+
+    @property
+    def version(self) -> str:
+        """Content identity of the candidate: the files' sha256s and the card's count."""
+        return content_version([(f.name, f.sha256) for f in self.files], self.expected_rows)
+
+    @property
+    def gate_passed(self) -> bool:
+        return bool(self.gate) and all(self.gate.values())
+
+    def files_markdown(self, limit: int = 200) -> str:
+        """Per-file state for the UI: changed and failed files first."""
+        order = {"failed": 0, "fetched": 1, "current": 2}
+        rows = sorted(self.files, key=lambda f: (order[f.status], f.name))
+        lines = ["| file | state | rows | MB | sha256 | reason |", "|---|---|---|---|---|---|"]
+        for f in rows[:limit]:
+            state = "changed" if f.status == "fetched" and f.name in self.changed else f.status
+            state = "added" if f.status == "fetched" and f.name in self.added else state
+            reason = (f.reason or "").replace("|", "\\|").replace("\n", " ")
+            rows_text = "" if f.rows is None else f"{f.rows:,}"
+            lines.append(
+                f"| {f.name} | {state} | {rows_text} | {f.size / 1e6:,.1f} | {f.sha256[:12]} | {reason} |"
+            )
+        for name in self.removed:
+            lines.append(f"| {name} | removed upstream | | | | |")
+        if len(rows) > limit:
+            lines.append(f"| … {len(rows) - limit} more | | | | | |")
+        return "\n".join(lines)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=1)
+
+    @classmethod
+    def from_json(cls, text: str) -> StagedState:
+        document = json.loads(text)
+        document["files"] = [StagedFile(**f) for f in document["files"]]
+        return cls(**document)
+
+
+def content_version(files: list[tuple[str, str]], expected_rows: int | None) -> str:
+    digest = hashlib.sha256()
+    for name, sha256 in sorted(files):
+        digest.update(f"{name}\0{sha256}\n".encode())
+    digest.update(f"rows={expected_rows}".encode())
+    return digest.hexdigest()[:16]
+
+
+def remote_version(remote: RemoteConfig) -> str:
+    """Changes when this config's files or card count change, not when other paths do."""
+    return content_version([(f.name, f.sha256) for f in remote.files], remote.expected_rows)
+
+
+def _remote_path(layout: Layout, config: str) -> Path:
+    return layout.state_dir(config) / "remote.json"
+
+
+def _staged_path(layout: Layout, config: str) -> Path:
+    return layout.state_dir(config) / "staged.json"
+
+
+def save_remote(layout: Layout, remote: RemoteConfig) -> None:
+    document = {**asdict(remote), "files": [asdict(f) for f in remote.files]}
+    write_atomic(_remote_path(layout, remote.config), json.dumps(document, indent=1).encode())
+
+
+def load_remote(layout: Layout, config: str) -> RemoteConfig | None:
+    path = _remote_path(layout, config)
+    if not path.is_file():
+        return None
+    document = json.loads(path.read_text())
+    document["files"] = tuple(RemoteFile(**f) for f in document["files"])
+    return RemoteConfig(**document)
+
+
+def load_staged(layout: Layout, config: str) -> StagedState | None:
+    path = _staged_path(layout, config)
+    return StagedState.from_json(path.read_text()) if path.is_file() else None
+
+
+def _save_staged(layout: Layout, state: StagedState) -> None:
+    write_atomic(_staged_path(layout, state.config), state.to_json().encode())
+
+
+@contextlib.contextmanager
+def config_lock(layout: Layout, config: str) -> Iterator[None]:
+    """One writer per config's store at a time. The kernel drops the lock if the process dies."""
+    path = layout.store_dir(config) / ".lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+# --- observe and decide -----------------------------------------------------------------------
+
+
+def refresh_remote(layout: Layout, client: HubClient, config: str) -> RemoteConfig:
+    """Read upstream's state of `config` and keep it for the steps that follow."""
+    remote = client.remote_config(config)
+    save_remote(layout, remote)
+    return remote
+
+
+def plan_against_mirror(layout: Layout, remote: RemoteConfig) -> Plan:
+    return plan_sync(load_manifest(layout, remote.config), remote)
+
+
+def plan_summary(plan: Plan) -> str:
+    return (
+        f"{len(plan.added)} added, {len(plan.changed)} changed, {len(plan.removed)} removed, "
+        f"{len(plan.unchanged)} unchanged ({plan.bytes_to_fetch / 1e6:,.1f} MB to fetch)"
+    )
+
+
+@dataclass(frozen=True)
+class Decision:
+    needs_run: bool
+    reason: str
+
+
+def decide(layout: Layout, remote: RemoteConfig) -> Decision:
+    """Does `remote` need a resync? Files differ, or the card's count for this config changed."""
+    manifest = load_manifest(layout, remote.config)
+    plan = plan_sync(manifest, remote)
+    if manifest is None:
+        return Decision(True, f"first sync: {plan_summary(plan)}")
+    if not plan.is_noop:
+        return Decision(True, plan_summary(plan))
+    if manifest.card_expected_rows != remote.expected_rows:
+        return Decision(
+            True,
+            f"card count changed {manifest.card_expected_rows} -> {remote.expected_rows}: revalidation, no download",
+        )
+    return Decision(False, "in sync: the commit touched other paths only")
+
+
+# --- stage ------------------------------------------------------------------------------------
+
+
+class _Progress:
+    """Files, bytes, MB/s and ETA in the run log, at most every few seconds."""
+
+    def __init__(self, log: Log, files: int, total_bytes: int) -> None:
+        self.log, self.files, self.total = log, files, total_bytes
+        self.done_files = 0
+        self.bytes = 0
+        self.started = time.monotonic()
+        self.last = 0.0
+        self.lock = threading.Lock()
+
+    def add(self, count: int) -> None:
+        with self.lock:
+            self.bytes += count
+            self._maybe_log()
+
+    def file_done(self) -> None:
+        with self.lock:
+            self.done_files += 1
+            self._maybe_log(force=True)
+
+    def _maybe_log(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self.last < PROGRESS_EVERY_S:
+            return
+        self.last = now
+        elapsed = max(now - self.started, 1e-6)
+        rate = self.bytes / elapsed
+        eta = (self.total - self.bytes) / rate if rate > 0 else float("inf")
+        eta_text = f"{eta:,.0f} s" if eta != float("inf") else "?"
+        self.log(
+            f"{self.done_files}/{self.files} files, {self.bytes / 1e6:,.1f}/{self.total / 1e6:,.1f} MB, "
+            f"{rate / 1e6:,.1f} MB/s, ETA {eta_text}"
+        )
+
+
+def _facts_path(layout: Layout, config: str, sha256: str) -> Path:
+    return layout.derived_dir(config, sha256) / "facts.json"
+
+
+def file_facts(layout: Layout, config: str, path: Path, sha256: str) -> FileFacts:
+    """The per-file checks of a verified file, computed once per content and cached.
+
+    Failures are cached too: the same bytes always give the same facts, and the gate reads
+    them to say which check each file failed.
+    """
+    cached = _facts_path(layout, config, sha256)
+    if cached.is_file():
+        return FileFacts.from_json(cached.read_text())
+    facts = validation.inspect_file(
+        path,
+        expected_sha256=sha256,
+        actual_sha256=sha256,
+        expected_schema=expected_schema(config),
+        uuid_hashes_path=hashes_path(layout, config, MirrorFile(path.name, sha256, path)),
+    )
+    write_atomic(cached, facts.to_json().encode())
+    return facts
+
+
+def _cached_facts(layout: Layout, config: str, sha256: str) -> FileFacts | None:
+    cached = _facts_path(layout, config, sha256)
+    return FileFacts.from_json(cached.read_text()) if cached.is_file() else None
+
+
+def stage(
+    layout: Layout,
+    client: HubClient,
+    config: str,
+    *,
+    commit: str | None = None,
+    max_parallel: int = 4,
+    log: Log = print,
+) -> StagedState:
+    """Fetch, verify and inspect every file of upstream's commit that the mirror lacks.
+
+    Unchanged files cost no request; files that passed in an earlier attempt stay staged, so a
+    retry fetches only what is still missing. A file that fails is quarantined with its reason
+    and marked failed (the gate then refuses). If the commit vanishes mid-sync (force-push),
+    the plan is made again against the new head.
+    """
+    with config_lock(layout, config):
+        remote = load_remote(layout, config) or refresh_remote(layout, client, config)
+        if commit and commit != remote.commit:
+            log(
+                f"upstream moved from {commit[:12]} to {remote.commit[:12]} since the request; syncing the newer commit"
+            )
+        for replans in range(MAX_REPLANS + 1):
+            try:
+                state = _stage_commit(layout, client, remote, max_parallel=max_parallel, log=log)
+            except RevisionGone as gone:
+                if replans == MAX_REPLANS:
+                    raise
+                log(f"{gone}; re-planning against the new head")
+                remote = refresh_remote(layout, client, config)
+                continue
+            state.replans = replans
+            _save_staged(layout, state)
+            return state
+    raise AssertionError("unreachable")
+
+
+def _stage_commit(
+    layout: Layout, client: HubClient, remote: RemoteConfig, *, max_parallel: int, log: Log
+) -> StagedState:
+    config = remote.config
+    manifest = load_manifest(layout, config)
+    plan = plan_sync(manifest, remote)
+    log(f"{config} @ {remote.commit[:12]}: {plan_summary(plan)}")
+    _reuse_earlier_staging(layout, config, plan)
+    mirror.check_free_disk(
+        layout.store_dir(config), mirror.bytes_still_needed(layout, config, plan)
+    )
+
+    staged = mirror.staged_files(layout, config, plan.commit)
+    results: dict[str, StagedFile] = {}
+    progress = _Progress(log, len(plan.to_fetch), plan.bytes_to_fetch)
+    started = time.monotonic()
+
+    def fetch_and_inspect(remote_file: RemoteFile) -> StagedFile:
+        dest = mirror.stage_path(layout, config, plan.commit, remote_file.name)
+        if remote_file.name not in staged:
+            try:
+                client.download(
+                    remote_file,
+                    plan.commit,
+                    dest,
+                    partial_dir=layout.partial_dir(config),
+                    on_progress=progress.add,
+                )
+            except IntegrityError as error:
+                return _failed(remote_file, f"{validation.SHA256_MATCHES_UPSTREAM}: {error}")
+        else:
+            progress.add(remote_file.size)
+        facts = file_facts(layout, config, dest, remote_file.sha256)
+        progress.file_done()
+        if not facts.passed:
+            reason = "; ".join(f"{r.check}: {r.message}" for r in facts.results if not r.passed)
+            mirror.quarantine(layout, config, dest, reason, sha256=remote_file.sha256)
+            return _failed(remote_file, reason, rows=facts.rows)
+        return StagedFile(
+            remote_file.name,
+            remote_file.path,
+            remote_file.sha256,
+            remote_file.size,
+            "fetched",
+            rows=facts.rows,
+        )
+
+    with ThreadPoolExecutor(
+        max_workers=max(1, max_parallel), thread_name_prefix="tol-fetch"
+    ) as pool:
+        futures = {pool.submit(fetch_and_inspect, f): f for f in plan.to_fetch}
+        done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+        for future in done:
+            if future.exception() is not None:
+                for other in futures:
+                    other.cancel()
+                raise future.exception()  # type: ignore[misc]
+        for future, remote_file in futures.items():
+            results[remote_file.name] = future.result()
+
+    current = mirror.current_generation(layout, config)
+    kept = manifest.by_name if manifest else {}
+    for name in plan.unchanged:
+        entry = kept[name]
+        if current is not None and not _facts_path(layout, config, entry.sha256).is_file():
+            file_facts(layout, config, current / name, entry.sha256)
+        results[name] = StagedFile(
+            name, entry.path, entry.sha256, entry.size, "current", rows=entry.rows
+        )
+
+    fetched_bytes = sum(f.size for f in results.values() if f.status == "fetched")
+    return StagedState(
+        config=config,
+        repo_id=remote.repo_id,
+        commit=plan.commit,
+        expected_rows=remote.expected_rows,
+        added=[f.name for f in plan.added],
+        changed=[f.name for f in plan.changed],
+        removed=list(plan.removed),
+        files=[results[name] for name in sorted(results)],
+        bytes_fetched=fetched_bytes,
+        download_seconds=time.monotonic() - started,
+    )
+
+
+def _failed(remote_file: RemoteFile, reason: str, rows: int | None = None) -> StagedFile:
+    return StagedFile(
+        remote_file.name,
+        remote_file.path,
+        remote_file.sha256,
+        remote_file.size,
+        "failed",
+        reason,
+        rows,
+    )
+
+
+def _reuse_earlier_staging(layout: Layout, config: str, plan: Plan) -> None:
+    """Hard-link files an earlier attempt (at another commit) already verified with the same sha256."""
+    earlier = load_staged(layout, config)
+    if earlier is None or earlier.commit == plan.commit:
+        return
+    verified = {(f.name, f.sha256) for f in earlier.fetched}
+    for remote_file in plan.to_fetch:
+        source = mirror.stage_path(layout, config, earlier.commit, remote_file.name)
+        target = mirror.stage_path(layout, config, plan.commit, remote_file.name)
+        if (
+            (remote_file.name, remote_file.sha256) in verified
+            and source.is_file()
+            and not target.exists()
+        ):
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.link(source, target)
+
+
+# --- gate -------------------------------------------------------------------------------------
+
+
+def gate(
+    layout: Layout,
+    state: StagedState,
+    *,
+    max_row_loss: float,
+    accept_row_loss: bool = False,
+    accept_schema_change: bool = False,
+) -> list[CheckResult]:
+    """One result per gate check for the candidate generation; recorded in the staged state."""
+    config = state.config
+    manifest = load_manifest(layout, config)
+    facts = [_cached_facts(layout, config, f.sha256) for f in state.files]
+    per_file = {name: _combine(name, state, facts) for name in GATE_CHECKS}
+    known = [
+        f
+        for f, staged in zip(facts, state.files, strict=True)
+        if f is not None and staged.status != "failed"
+    ]
+    per_file[validation.SORTED_BY_CONTRACT_KEY] = _merge(
+        per_file[validation.SORTED_BY_CONTRACT_KEY], validation.check_sorted_across(known)
+    )
+    per_file[validation.SCHEMA_MATCHES_LAST_VALIDATED] = _schema_stable(
+        layout, state, manifest.schema if manifest else None, accepted=accept_schema_change
+    )
+    candidates = [
+        MirrorFile(f.name, f.sha256, _candidate_path(layout, state, f))
+        for f in state.files
+        if f.status != "failed"
+    ]
+    changed = {f.name for f in state.fetched}
+    per_file[validation.UUID_UNIQUE] = _merge(
+        per_file[validation.UUID_UNIQUE],
+        check_uuid_unique_across(changed, candidates, layout=layout, config=config),
+    )
+    per_file[validation.ROWS_MATCH_CARD] = validation.check_rows_match_card(
+        state.total_rows, state.expected_rows
+    )
+    per_file[validation.ROW_LOSS_WITHIN_LIMIT] = validation.check_row_loss(
+        manifest.total_rows if manifest else None,
+        state.total_rows,
+        max_row_loss,
+        accepted=accept_row_loss,
+    )
+    results = [per_file[name] for name in GATE_CHECKS]
+    state.gate = {r.check: r.passed for r in results}
+    _save_staged(layout, state)
+    return results
+
+
+def _candidate_path(layout: Layout, state: StagedState, f: StagedFile) -> Path:
+    if f.status == "fetched":
+        return mirror.stage_path(layout, state.config, state.commit, f.name)
+    current = mirror.current_generation(layout, state.config)
+    assert current is not None, "a 'current' file implies a published generation"
+    return current / f.name
+
+
+def _combine(check: str, state: StagedState, facts: list[FileFacts | None]) -> CheckResult:
+    """The per-file results of `check` over the candidate: passes when every file passed."""
+    failures: list[str] = []
+    for staged, file_facts_ in zip(state.files, facts, strict=True):
+        if file_facts_ is None:
+            failures.append(f"{staged.name}: not checked ({staged.reason})")
+            continue
+        for result in file_facts_.results:
+            if result.check == check and not result.passed:
+                failures.append(f"{staged.name}: {result.message}")
+    if failures:
+        return CheckResult(check, False, "; ".join(failures[:10]), {"failed_files": len(failures)})
+    return CheckResult(check, True, f"{len(state.files)} files pass", {"files": len(state.files)})
+
+
+def _schema_stable(
+    layout: Layout, state: StagedState, last: pa.Schema | None, *, accepted: bool
+) -> CheckResult:
+    """Fetched files keep the last validated schema (read from their footers, not cached:
+    the comparison depends on the manifest, not only on the file's bytes)."""
+    check = validation.SCHEMA_MATCHES_LAST_VALIDATED
+    if last is None:
+        return CheckResult(check, True, "no validated schema yet (first sync)")
+    failures = []
+    for f in state.fetched:
+        found = pq.read_schema(mirror.stage_path(layout, state.config, state.commit, f.name))
+        result = validation.check_schema(f.name, found, last, check)
+        if not result.passed:
+            failures.append(result)
+    if not failures:
+        return CheckResult(
+            check, True, f"{len(state.fetched)} fetched files keep the last validated schema"
+        )
+    message = "; ".join(r.message for r in failures[:5])
+    if accepted:
+        return CheckResult(
+            check, True, f"accepted (--accept-schema-change): {message}", failures[0].details
+        )
+    return CheckResult(
+        check,
+        False,
+        f"{message}. If upstream changed the schema on purpose, rerun with --accept-schema-change",
+        failures[0].details,
+    )
+
+
+def _merge(a: CheckResult, b: CheckResult) -> CheckResult:
+    if a.passed and b.passed:
+        return replace(a, details={**a.details, **b.details})
+    message = "; ".join(r.message for r in (a, b) if not r.passed)
+    return CheckResult(a.check, False, message, {**a.details, **b.details})
+
+
+# --- publish ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Published:
+    commit: str
+    generation: str
+    manifest: Manifest
+    previous: Manifest | None
+    changed: bool
+
+    @property
+    def total_bytes(self) -> int:
+        return self.manifest.total_bytes
+
+    def changes_markdown(self) -> str:
+        if not self.changed:
+            return "Already current: nothing published."
+        before = self.previous.by_name if self.previous else {}
+        after = self.manifest.by_name
+        added = sorted(set(after) - set(before))
+        removed = sorted(set(before) - set(after))
+        changed = sorted(n for n in set(after) & set(before) if after[n].sha256 != before[n].sha256)
+        rows_before = self.previous.total_rows if self.previous else 0
+        return (
+            f"commit `{self.commit[:12]}`, generation `{self.generation}`: "
+            f"{len(added)} added, {len(changed)} changed, {len(removed)} removed; "
+            f"rows {rows_before:,} -> {self.manifest.total_rows:,}"
+        )
+
+
+def publish(layout: Layout, config: str, *, log: Log = print) -> Published:
+    """Switch the mirror to the staged generation, atomically; only after the gate passed."""
+    with config_lock(layout, config):
+        state = load_staged(layout, config)
+        if state is None:
+            raise ValidationFailed(
+                f"{config}: nothing is staged; run the resync (tol-dagster sync) first"
+            )
+        if not state.gate_passed or state.failed:
+            refused = [name for name, passed in state.gate.items() if not passed] or ["not run"]
+            raise ValidationFailed(
+                f"{config}: the gate did not pass for commit {state.commit[:12]} ({', '.join(refused)}); "
+                "the mirror keeps its last validated generation"
+            )
+        remote = load_remote(layout, config)
+        if remote is None or remote.commit != state.commit:
+            raise ValidationFailed(
+                f"{config}: the staged state is not for the observed upstream commit; resync"
+            )
+        previous = load_manifest(layout, config)
+        plan = plan_sync(previous, remote)
+        if (
+            previous is not None
+            and plan.is_noop
+            and previous.upstream_commit == remote.commit
+            and previous.card_expected_rows == remote.expected_rows
+        ):
+            log(f"{config}: already at {remote.commit[:12]}; nothing to publish")
+            return Published(remote.commit, previous.generation, previous, previous, changed=False)
+
+        current = mirror.current_generation(layout, config)
+        sources: dict[str, Path] = {}
+        for f in state.files:
+            sources[f.name] = _candidate_path(layout, state, f)
+        assert current is not None or all(f.status == "fetched" for f in state.files)
+        generation = mirror.publish_generation(layout, config, commit=remote.commit, files=sources)
+        schema_json = (
+            schema_to_json(pq.read_schema(sources[state.fetched[0].name]))
+            if state.fetched
+            else (previous.schema_json if previous else None)
+        )
+        manifest = manifest_after(
+            plan,
+            previous,
+            remote,
+            generation=generation.name,
+            rows={f.name: f.rows or 0 for f in state.fetched},
+            schema_json=schema_json,
+            validated_at=utc_timestamp(),
+        )
+        save_manifest(layout, manifest)
+        report = mirror.cleanup(layout, config, keep_commit=None, wanted_sha256s=())
+        log(
+            f"{config}: published {generation.name} ({len(manifest.entries)} files, {manifest.total_rows:,} rows); "
+            f"cleanup freed {report.bytes_freed / 1e6:,.1f} MB"
+        )
+        return Published(remote.commit, generation.name, manifest, previous, changed=True)
+
+
+# --- audit ------------------------------------------------------------------------------------
+
+
+def audit(layout: Layout, config: str, client: HubClient | None = None) -> CheckResult:
+    """Re-hash the mirror against the manifest and, given a client, the manifest against upstream."""
+    manifest = load_manifest(layout, config)
+    if manifest is None:
+        return CheckResult(
+            AUDIT_CHECK, False, f"{config}: no mirror yet; run `tol-dagster sync`", {}
+        )
+    report = mirror.audit_mirror(layout, config, manifest)
+    problems = [f"{d.name}: {d.reason}" for d in report.drifted]
+    behind = ""
+    if client is not None:
+        try:
+            plan = plan_sync(manifest, client.remote_config(config))
+            if not plan.is_noop:
+                behind = f"; upstream differs: {plan_summary(plan)}"
+        except UpstreamError as error:
+            behind = f"; upstream not compared: {error}"
+    details = {
+        "files_checked": report.files_checked,
+        "bytes_hashed": report.bytes_hashed,
+        "drifted": problems,
+    }
+    if problems:
+        return CheckResult(AUDIT_CHECK, False, "; ".join(problems[:10]) + behind, details)
+    return CheckResult(
+        AUDIT_CHECK, True, f"{report.files_checked} files match the manifest{behind}", details
+    )
