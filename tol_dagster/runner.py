@@ -53,12 +53,14 @@ def exit_code(result: dg.ExecuteInProcessResult) -> tuple[int, list[str]]:
             continue
         error = event.step_failure_data.error if event.step_failure_data else None
         while (
-            error is not None and error.cause is not None and error.cls_name.startswith("Dagster")
+            error is not None
+            and error.cause is not None
+            and str(error.cls_name).startswith("Dagster")
         ):
             error = error.cause
         if error is None or error.cls_name == "DagsterAssetCheckFailedError":
             continue  # already explained by the failed checks above
-        error_class = getattr(errors, error.cls_name, None)
+        error_class = getattr(errors, str(error.cls_name), None)
         step_code = (
             error_class.exit_code
             if isinstance(error_class, type) and issubclass(error_class, errors.TolError)
