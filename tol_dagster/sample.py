@@ -13,11 +13,14 @@ one row group at a time, so memory stays bounded by the row-group size.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import itertools
 import math
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Generator, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -157,16 +160,16 @@ def build_sample(
 
     folder = out / config
     folder.mkdir(parents=True, exist_ok=True)
-    paths: list[Path] = []
-    bounds = np.linspace(0, rows, files + 1).round().astype(np.int64)
-    group = 0
-    for index in range(files):
-        path = folder / f"train-{index:05d}-of-{files:05d}.parquet"
-        start, stop = int(bounds[index]), int(bounds[index + 1])
-        group = _write_file(
-            path, meta, embedder, start, stop, row_group_size=row_group_size, first_group=group
-        )
-        paths.append(path)
+    bounds = np.linspace(0, rows, files + 1).round().astype(np.int64).tolist()
+    per_file = [
+        [(lo, min(lo + row_group_size, stop)) for lo in range(start, stop, row_group_size)]
+        for start, stop in itertools.pairwise(bounds)
+    ]
+    paths = [folder / f"train-{index:05d}-of-{files:05d}.parquet" for index in range(files)]
+    all_chunks = [chunk for chunks in per_file for chunk in chunks]
+    with contextlib.closing(_row_group_tables(meta, embedder, all_chunks)) as tables:
+        for path, chunks in zip(paths, per_file, strict=True):
+            _write_file(path, dim, itertools.islice(tables, len(chunks)), row_group_size)
     for stale in sorted(set(folder.glob("train-*.parquet")) - set(paths)):
         stale.unlink()
 
@@ -335,7 +338,7 @@ class _TaxaBuilder:
             for genus_size, genus_share in zip(genus_sizes, _shares(rng, genus_sizes), strict=True):
                 genus = self._unique(lambda: _genus_name(rng, animal))
                 epithets = _epithets(rng, genus_size, genus)
-                species_shares = np.arange(1, genus_size + 1) ** -1.2 * rng.lognormal(
+                species_shares = np.arange(1, genus_size + 1) ** -1.3 * rng.lognormal(
                     0, 0.3, genus_size
                 )
                 species_shares /= species_shares.sum()
@@ -415,7 +418,7 @@ def _zipf_split(rng: np.random.Generator, total: int, parts: int) -> list[int]:
 
 def _shares(rng: np.random.Generator, sizes: Sequence[int]) -> np.ndarray:
     """Row shares of groups: bigger groups get more rows, with lognormal scatter."""
-    raw = np.asarray(sizes, dtype=float) ** 1.1 * rng.lognormal(0, 0.5, len(sizes))
+    raw = np.asarray(sizes, dtype=float) ** 1.1 * rng.lognormal(0, 1.0, len(sizes))
     return raw / raw.sum()
 
 
@@ -505,9 +508,10 @@ class _Rows:
         n_hex = round(rows * _HEX_SHARE)
         anchored = rows >= 50 * sum(c for *_, c in _ANCHORS)
         counts = {s: round((rows - n_hex) * share) for s, share in _SOURCE_SHARES.items()}
-        if anchored:
+        if anchored:  # room for the anchors; GBIF takes what is left
             for _, _, name, count in _ANCHORS:
-                counts[name] = max(counts.get(name, 0), count * 8)
+                if name in counts:
+                    counts[name] = max(counts[name], 8 * count)
         counts["gbif"] = rows - n_hex - sum(counts.values())
         source_parts, leaf_parts, bit_parts = [], [], []
         for name, count in counts.items():
@@ -798,13 +802,16 @@ class _Embedder:
         self.unit_norm = config in UNIT_NORM_CONFIGS
         rng = np.random.default_rng([*self.key, 3])
         # Some dimensions vary more than others (real per-dimension std ~0.8-2.9).
-        spread = np.clip(rng.lognormal(0, 0.35, dim), 0.6, 2.5)
+        spread = np.clip(rng.lognormal(0, 0.3, dim), 0.8, 3.0)
         self.spread = (spread / np.sqrt(np.mean(spread**2))).astype(np.float32)
+        # The mean holds _MEAN_SHARE of the squared norm, one dimension pinned at the real offset.
+        pinned = int(rng.integers(dim))
+        offset = _OFFSET_DIM_VALUE * math.sqrt(dim) / _NORM_MEAN
         mean = rng.standard_normal(dim)
-        mean *= np.sqrt(_MEAN_SHARE * dim) / np.linalg.norm(mean)
-        offset_at_norm = _OFFSET_DIM_VALUE * np.sqrt(dim) / _NORM_MEAN
-        mean[int(rng.integers(dim))] = offset_at_norm
-        mean *= np.sqrt(_MEAN_SHARE * dim) / np.linalg.norm(mean)
+        mean[pinned] = 0.0
+        if dim > 1:
+            mean *= math.sqrt(_MEAN_SHARE * dim - offset**2) / np.linalg.norm(mean)
+        mean[pinned] = offset
         centroid = np.tile(mean.astype(np.float32), (taxa.size, 1))
         paths: list[tuple[Any, ...]] = [()] * taxa.size
         for depth, share in enumerate(_RANK_SHARES):
@@ -816,6 +823,11 @@ class _Embedder:
                 node_of = np.arange(taxa.size)
             offsets = rng.standard_normal((int(node_of.max()) + 1, dim), dtype=np.float32)
             centroid += offsets[node_of] * (math.sqrt(share) * self.spread)
+        # Rows are rescaled to their target norm last: pin the offset for that scale.
+        weight = taxa.weight / taxa.weight.sum()
+        squared = float(weight @ np.einsum("ij,ij->i", centroid, centroid)) + _NOISE_SHARE * dim
+        desired = _OFFSET_DIM_VALUE * math.sqrt(squared) / _NORM_MEAN
+        centroid[:, pinned] += desired - float(weight @ centroid[:, pinned])
         self.centroid = centroid
 
     def vectors(self, leaf: np.ndarray, group: int) -> pa.Array:
@@ -836,32 +848,37 @@ class _Embedder:
 # --- writing -------------------------------------------------------------------------------
 
 
-def _write_file(
-    path: Path,
-    meta: _Rows,
-    embedder: _Embedder,
-    start: int,
-    stop: int,
-    *,
-    row_group_size: int,
-    first_group: int,
-) -> int:
-    """One parquet file with upstream's settings; returns the next row-group number."""
+def _row_group_tables(
+    meta: _Rows, embedder: _Embedder, chunks: Sequence[tuple[int, int]]
+) -> Generator[pa.Table]:
+    """Row groups in order; the next one is built in a worker thread while this one is written
+    (numpy's generators and parquet encoding release the GIL)."""
+
+    def make(group: int) -> pa.Table:
+        lo, hi = chunks[group]
+        return meta.table(lo, hi, embedder.vectors(meta.leaf[lo:hi], group))
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="sample") as pool:
+        pending = [pool.submit(make, 0)] if chunks else []
+        for group in range(len(chunks)):
+            table = pending.pop().result()
+            if group + 1 < len(chunks):
+                pending.append(pool.submit(make, group + 1))
+            yield table
+
+
+def _write_file(path: Path, dim: int, tables: Iterable[pa.Table], row_group_size: int) -> None:
+    """One parquet file with upstream's settings, renamed into place when complete."""
     tmp = path.with_name(f".{path.name}.tmp")
-    group = first_group
     with pq.ParquetWriter(
         tmp,
-        arrow_schema(embedder.dim),
+        arrow_schema(dim),
         compression="zstd",
         compression_level=ZSTD_LEVEL,
         write_page_index=True,
         use_dictionary=list(STRING_COLUMNS),
         write_statistics=list(METADATA_COLUMNS),
     ) as writer:
-        for lo in range(start, stop, row_group_size):
-            hi = min(lo + row_group_size, stop)
-            emb = embedder.vectors(meta.leaf[lo:hi], group)
-            writer.write_table(meta.table(lo, hi, emb), row_group_size=row_group_size)
-            group += 1
+        for table in tables:
+            writer.write_table(table, row_group_size=row_group_size)
     os.replace(tmp, path)
-    return group
