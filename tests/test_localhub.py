@@ -437,3 +437,22 @@ def test_serve_forever_prints_the_endpoint_first_and_stops_on_sigterm(repo: Path
         process.send_signal(signal.SIGTERM)
         _, err = process.communicate(timeout=10)
     assert process.returncode == 0 and err == ""
+
+
+# --- the shared sample -------------------------------------------------------------------
+def test_serves_the_generated_sample_with_its_card_and_hashes(
+    local_hub: LocalHub, hub_root: Path
+) -> None:
+    from tol_dagster.card import parse_card
+
+    api = HfApi(endpoint=local_hub.endpoint)
+    info = api.dataset_info(REPO)
+    assert info.card_data is not None
+    served = info.card_data.to_dict()
+    front = parse_card((hub_root / "README.md").read_text())
+    assert front["dataset_info"] and {k: served.get(k) for k in front} == front
+    files = sorted((hub_root / CONFIG).glob("*.parquet"))
+    tree = list(api.list_repo_tree(REPO, repo_type="dataset", path_in_repo=CONFIG, recursive=True))
+    assert [e.path for e in tree] == [f.relative_to(hub_root).as_posix() for f in files]
+    for entry in tree:
+        assert entry.lfs is not None and entry.lfs.sha256 == sha256_of(hub_root / entry.path)  # type: ignore[union-attr]

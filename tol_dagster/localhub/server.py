@@ -28,8 +28,8 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
-import yaml
-
+from tol_dagster.card import parse_card
+from tol_dagster.errors import UpstreamError
 from tol_dagster.localhub.faults import Fault, FaultBook, Stats
 from tol_dagster.localhub.repo import Commit, FileEntry, RepoState
 from tol_dagster.settings import DEFAULT_REPO_ID
@@ -40,6 +40,7 @@ TREE_PAGE = 1000
 TREE_PAGE_EXPANDED = 50
 COMMITS_PAGE = 50
 _SEND_CHUNK = 1 << 20
+_SENDFILE_CHUNK = 8 << 20
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 _AUTHOR = {"user": "localhub", "avatar": ""}
 
@@ -81,15 +82,11 @@ class Reply:
 
 
 def card_data(text: str) -> dict[str, Any] | None:
-    """The YAML front matter of a dataset card, as the Hub's `cardData` (None if unreadable)."""
-    if not text.startswith("---"):
-        return None
-    end = text.find("\n---", 3)
+    """The card's front matter as the Hub's `cardData`; None when it is unreadable, as on the Hub."""
     try:
-        data = yaml.safe_load(text[3:end]) if end > 0 else None
-    except yaml.YAMLError:
+        return parse_card(text)
+    except UpstreamError:
         return None
-    return data if isinstance(data, dict) else None
 
 
 def byte_range(header: str | None, size: int) -> tuple[int, int] | None:
@@ -235,30 +232,31 @@ class _Handler(BaseHTTPRequestHandler):
         cut = min((f.after_bytes for f in faults if f.kind == "cut"), default=None)
         rate = min((f.bytes_per_s for f in faults if f.kind == "bandwidth"), default=None)
         budget = reply.content_length if cut is None else min(cut, reply.content_length)
-        sent = 0
-        try:
-            for chunk_sent in self._stream(reply, budget, rate):
-                sent += chunk_sent
-        finally:
-            if kind is not None:
-                self.server.hub.stats_book.add_bytes(kind, sent)
-                if reply.status == 206:
-                    self.server.hub.stats_book.add_bytes("range_requests", sent)
+        self._stream(reply, budget, rate, lambda n: self._account(kind, reply.status, n))
         if cut is not None and budget < reply.content_length:
             self.close_connection = True
             self.connection.shutdown(socket.SHUT_RDWR)
 
-    def _stream(self, reply: Reply, budget: int, rate: int | None) -> Iterator[int]:
-        """Write up to `budget` body bytes, paced to `rate` bytes/s when set; yield counts sent."""
-        if rate is None:
-            if reply.file is None:
-                self.wfile.write(reply.body[:budget])
-                yield budget
-            else:
-                with reply.file.open("rb") as handle:
-                    yield self.connection.sendfile(handle, reply.offset, budget)
+    def _account(self, kind: str | None, status: int, n: int) -> None:
+        """Count body bytes before they are written, so the counters are final by the time
+        the client has the whole body (a write that then fails is over-counted)."""
+        if kind is not None:
+            self.server.hub.stats_book.add_bytes(kind, n)
+            if status == 206:
+                self.server.hub.stats_book.add_bytes("range_requests", n)
+
+    def _stream(
+        self, reply: Reply, budget: int, rate: int | None, account: Callable[[int], None]
+    ) -> None:
+        """Write `budget` body bytes: zero-copy from files, paced to `rate` bytes/s when set."""
+        if rate is None and reply.file is not None:
+            with reply.file.open("rb") as handle:
+                for offset in range(reply.offset, reply.offset + budget, _SENDFILE_CHUNK):
+                    count = min(_SENDFILE_CHUNK, reply.offset + budget - offset)
+                    account(count)
+                    self.connection.sendfile(handle, offset, count)
             return
-        size = max(4096, min(_SEND_CHUNK, rate // 50))  # ~20 ms of transfer per write
+        size = budget if rate is None else max(4096, min(_SEND_CHUNK, rate // 50))  # ~20 ms a write
         if reply.file is None:
             chunks: Iterator[bytes] = (
                 reply.body[i : min(i + size, budget)] for i in range(0, budget, size)
@@ -268,10 +266,10 @@ class _Handler(BaseHTTPRequestHandler):
         start = time.monotonic()
         sent = 0
         for chunk in chunks:
+            account(len(chunk))
             self.wfile.write(chunk)
             sent += len(chunk)
-            yield len(chunk)
-            ahead = sent / rate - (time.monotonic() - start)
+            ahead = 0.0 if rate is None else sent / rate - (time.monotonic() - start)
             if ahead > 0:
                 time.sleep(ahead)
 
