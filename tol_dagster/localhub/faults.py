@@ -36,6 +36,10 @@ class Fault:
     `cut`: announce the full Content-Length, send `after_bytes` of the body, close the
     connection; `delay`: wait `delay_s` before answering; `bandwidth`: send the body at
     `bytes_per_s` at most.
+
+    `pattern` sees decoded paths such as `/api/datasets/<repo>/tree/<rev>/<path>`,
+    `/datasets/<repo>/resolve/<rev>/<path>` and, on the CDN origin, `/lfs/<sha256>/<path>`;
+    `request_kind` (one of REQUEST_KINDS) is often the simpler filter.
     """
 
     kind: str
