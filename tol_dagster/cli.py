@@ -93,17 +93,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     sample = commands.add_parser("sample", help="generate a TreeOfLife-shaped sample repo")
     sample_commands = sample.add_subparsers(dest="sample_command", required=True, metavar="ACTION")
-    build = sample_commands.add_parser("build", help="write OUT/<config>/train-*.parquet and OUT/README.md")
+    build = sample_commands.add_parser(
+        "build", help="write OUT/<config>/train-*.parquet and OUT/README.md"
+    )
     build.add_argument("out", type=Path, metavar="OUT")
     build.add_argument("--rows", type=int, required=True)
     build.add_argument("--files", type=int, required=True)
     build.add_argument("--seed", type=int, required=True)
     build.add_argument("--config", default=DEFAULT_CONFIG)
-    build.add_argument("--dim", type=int, default=None, help="embedding width (default: the config's)")
+    build.add_argument(
+        "--dim", type=int, default=None, help="embedding width (default: the config's)"
+    )
     build.add_argument("--row-group-size", type=int, default=50_000)
     build.set_defaults(func=_cmd_sample_build)
 
-    hub = commands.add_parser("hub", help="the local Hub-compatible server (development and tests only)")
+    hub = commands.add_parser(
+        "hub", help="the local Hub-compatible server (development and tests only)"
+    )
     hub_commands = hub.add_subparsers(dest="hub_command", required=True, metavar="ACTION")
     serve = hub_commands.add_parser("serve", help="serve ROOT as a dataset repo on 127.0.0.1")
     serve.add_argument("root", type=Path, metavar="ROOT")
@@ -112,10 +118,22 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--token", default=None, help="require this token (gated repo)")
     serve.set_defaults(func=_cmd_hub_serve)
 
-    sync = commands.add_parser("sync", help="resync the mirror through Dagster (fetch, verify, gate, publish)")
-    sync.add_argument("--config", default=None, help="one config (default: every config in TOL_CONFIGS)")
-    sync.add_argument("--accept-row-loss", action="store_true", help="publish even if rows were lost beyond TOL_MAX_ROW_LOSS")
-    sync.add_argument("--accept-schema-change", action="store_true", help="publish even if the schema drifted from the last validated one")
+    sync = commands.add_parser(
+        "sync", help="resync the mirror through Dagster (fetch, verify, gate, publish)"
+    )
+    sync.add_argument(
+        "--config", default=None, help="one config (default: every config in TOL_CONFIGS)"
+    )
+    sync.add_argument(
+        "--accept-row-loss",
+        action="store_true",
+        help="publish even if rows were lost beyond TOL_MAX_ROW_LOSS",
+    )
+    sync.add_argument(
+        "--accept-schema-change",
+        action="store_true",
+        help="publish even if the schema drifted from the last validated one",
+    )
     sync.set_defaults(func=_cmd_sync)
 
     status = commands.add_parser("status", help="compare the mirror with upstream (a Dagster run)")
@@ -123,7 +141,9 @@ def build_parser() -> argparse.ArgumentParser:
     status.set_defaults(func=_cmd_status)
 
     slice_ = commands.add_parser("slice", help="materialize one slice on demand and print its path")
-    slice_.add_argument("key", metavar="KEY", help="rank=value, e.g. family=Felidae or kingdom=Animalia/genus=Morus")
+    slice_.add_argument(
+        "key", metavar="KEY", help="rank=value, e.g. family=Felidae or kingdom=Animalia/genus=Morus"
+    )
     slice_.add_argument("--config", default=None)
     slice_.set_defaults(func=_cmd_slice)
 
@@ -132,12 +152,16 @@ def build_parser() -> argparse.ArgumentParser:
     slices_list = slices_commands.add_parser("list", help="the catalog of published slices")
     slices_list.add_argument("--config", default=None)
     slices_list.set_defaults(func=_cmd_slices_list)
-    slices_remove = slices_commands.add_parser("remove", help="remove a slice: partition, file and catalog row")
+    slices_remove = slices_commands.add_parser(
+        "remove", help="remove a slice: partition, file and catalog row"
+    )
     slices_remove.add_argument("key", metavar="KEY")
     slices_remove.add_argument("--config", default=None)
     slices_remove.set_defaults(func=_cmd_slices_remove)
 
-    demo = commands.add_parser("demo", help="run the whole pipeline on the embedded sample (make demo)")
+    demo = commands.add_parser(
+        "demo", help="run the whole pipeline on the embedded sample (make demo)"
+    )
     demo.set_defaults(func=_cmd_demo)
     return parser
 

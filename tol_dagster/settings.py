@@ -19,6 +19,8 @@ from tol_dagster.schema import DEFAULT_CONFIG
 PUBLIC_HUB = "https://huggingface.co"
 DEFAULT_REPO_ID = "imageomics/TreeOfLife-200M-Embeddings"
 DEFAULT_HOME = "./tol_data"
+#: The slices published by default, declared in the repo next to the package.
+DEFAULT_SLICES_FILE = Path(__file__).resolve().parents[1] / "slices.yaml"
 
 _REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 _CONFIG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -35,6 +37,7 @@ class Settings:
     max_parallel_downloads: int = 4
     sensor_min_interval_s: int = 60
     max_row_loss: float = 0.01
+    slices_file: Path = DEFAULT_SLICES_FILE
 
     @property
     def layout(self) -> Layout:
@@ -46,7 +49,9 @@ class Settings:
         env = os.environ if env is None else env
         return cls(
             home=resolve_home(env.get("TOL_HOME") or DEFAULT_HOME),
-            hub_endpoint=parse_endpoint("TOL_HUB_ENDPOINT", env.get("TOL_HUB_ENDPOINT") or PUBLIC_HUB),
+            hub_endpoint=parse_endpoint(
+                "TOL_HUB_ENDPOINT", env.get("TOL_HUB_ENDPOINT") or PUBLIC_HUB
+            ),
             repo_id=parse_repo_id("TOL_REPO_ID", env.get("TOL_REPO_ID") or DEFAULT_REPO_ID),
             configs=parse_configs("TOL_CONFIGS", env.get("TOL_CONFIGS") or DEFAULT_CONFIG),
             max_parallel_downloads=parse_int(
@@ -56,6 +61,9 @@ class Settings:
                 "TOL_SENSOR_MIN_INTERVAL_S", env.get("TOL_SENSOR_MIN_INTERVAL_S"), 60, 1, 86400
             ),
             max_row_loss=parse_share("TOL_MAX_ROW_LOSS", env.get("TOL_MAX_ROW_LOSS"), 0.01),
+            slices_file=Path(env.get("TOL_SLICES_FILE") or DEFAULT_SLICES_FILE)
+            .expanduser()
+            .resolve(),
         )
 
 
@@ -77,7 +85,9 @@ def parse_endpoint(name: str, value: str) -> str:
 def parse_repo_id(name: str, value: str) -> str:
     value = value.strip()
     if not _REPO_ID.match(value):
-        raise SettingsError(f"{name}={value!r} is not a repo id; expected 'owner/name', e.g. {DEFAULT_REPO_ID}")
+        raise SettingsError(
+            f"{name}={value!r} is not a repo id; expected 'owner/name', e.g. {DEFAULT_REPO_ID}"
+        )
     return value
 
 
@@ -100,7 +110,9 @@ def parse_int(name: str, value: str | None, default: int, low: int, high: int) -
     try:
         number = int(value)
     except ValueError:
-        raise SettingsError(f"{name}={value!r} is not a whole number; expected {low}..{high}") from None
+        raise SettingsError(
+            f"{name}={value!r} is not a whole number; expected {low}..{high}"
+        ) from None
     if not low <= number <= high:
         raise SettingsError(f"{name}={value!r} is out of range; expected {low}..{high}")
     return number
@@ -112,9 +124,13 @@ def parse_share(name: str, value: str | None, default: float) -> float:
     try:
         share = float(value)
     except ValueError:
-        raise SettingsError(f"{name}={value!r} is not a number; expected a share from 0 to 1, e.g. 0.01") from None
+        raise SettingsError(
+            f"{name}={value!r} is not a number; expected a share from 0 to 1, e.g. 0.01"
+        ) from None
     if not 0.0 <= share <= 1.0:
-        raise SettingsError(f"{name}={value!r} is out of range; expected a share from 0 to 1, e.g. 0.01")
+        raise SettingsError(
+            f"{name}={value!r} is out of range; expected a share from 0 to 1, e.g. 0.01"
+        )
     return share
 
 

@@ -125,6 +125,11 @@ class StagedState:
         """Content identity of the candidate: the files' sha256s and the card's count."""
         return content_version([(f.name, f.sha256) for f in self.files], self.expected_rows)
 
+    def remote(self) -> RemoteConfig:
+        """The upstream state this candidate was staged from (what publishing records)."""
+        files = tuple(RemoteFile(f.path, f.size, f.sha256) for f in self.files)
+        return RemoteConfig(self.repo_id, self.config, self.commit, files, self.expected_rows)
+
     @property
     def gate_passed(self) -> bool:
         return bool(self.gate) and all(self.gate.values())
@@ -636,11 +641,7 @@ def publish(layout: Layout, config: str, *, log: Log = print) -> Published:
                 f"{config}: the gate did not pass for commit {state.commit[:12]} ({', '.join(refused)}); "
                 "the mirror keeps its last validated generation"
             )
-        remote = load_remote(layout, config)
-        if remote is None or remote.commit != state.commit:
-            raise ValidationFailed(
-                f"{config}: the staged state is not for the observed upstream commit; resync"
-            )
+        remote = state.remote()
         previous = load_manifest(layout, config)
         plan = plan_sync(previous, remote)
         if (
@@ -707,6 +708,11 @@ def audit(layout: Layout, config: str, client: HubClient | None = None) -> Check
         "drifted": problems,
     }
     if problems:
+        drifted = {d.name for d in report.drifted} & set(manifest.by_name)
+        if drifted:
+            with config_lock(layout, config):
+                save_manifest(layout, manifest.without(drifted))
+            behind += f"; the next resync fetches {len(drifted)} drifted files again"
         return CheckResult(AUDIT_CHECK, False, "; ".join(problems[:10]) + behind, details)
     return CheckResult(
         AUDIT_CHECK, True, f"{report.files_checked} files match the manifest{behind}", details
