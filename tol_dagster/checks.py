@@ -22,6 +22,7 @@ METADATA_EXPECTATIONS = "metadata_expectations"
 SORTED_BY_CONTRACT_KEY = "sorted_by_contract_key"
 EMB_FINITE = "emb_finite"
 UUID_UNIQUE = "uuid_unique"
+CONFIGS_ALIGNED = "configs_aligned"
 
 
 @dataclass(frozen=True)

@@ -217,7 +217,7 @@ def inspect_file(
         metadata = parquet.read(columns=[c for c in METADATA_COLUMNS if c in schema.names])
     except Exception as error:
         metadata = f"the metadata columns do not read ({error})"
-    emb = _scan_emb(parquet) if "emb" in schema.names else "column 'emb' missing"
+    emb = _scan_emb(parquet) if "emb" in schema.names else _EMB_MISSING
     results.append(_rows_result(name, footer_rows, metadata, emb))
     results.append(
         _emb_result(name, emb) if isinstance(emb, _EmbScan) else not_run(EMB_FINITE, name, emb)
@@ -350,6 +350,10 @@ def _type_differences(column: str, expected: pa.DataType, found: pa.DataType) ->
 # --- rows and emb ------------------------------------------------------------------------
 
 
+#: Why the emb scan did not run on a file without `emb` (the schema check reports that file).
+_EMB_MISSING = "column 'emb' missing"
+
+
 @dataclass(frozen=True)
 class _EmbScan:
     """What one pass over `emb` saw."""
@@ -375,7 +379,7 @@ def _scan_emb(parquet: pq.ParquetFile) -> _EmbScan | str:
                 null_rows += chunk.null_count
                 values = pc.list_flatten(chunk)
                 finite = pc.is_finite(values)
-                if values.null_count or not pc.all(finite).as_py():
+                if len(values) and (values.null_count or not pc.all(finite).as_py()):
                     bad = pc.invert(pc.fill_null(finite, False))
                     parents = pc.list_parent_indices(chunk).filter(bad).to_numpy()
                     bad_in_chunk = np.unique(parents)
@@ -421,9 +425,9 @@ def _rows_result(
     }
     details: dict[str, Any] = {"footer_rows": footer_rows, "read": read}
     problems = [
-        f"{what}: {count}" if isinstance(count, str) else f"{what} gave {count:,} rows"
+        count if isinstance(count, str) else f"{what} gave {count:,} rows"
         for what, count in read.items()
-        if count != footer_rows and count != "column 'emb' missing"
+        if count != footer_rows and count != _EMB_MISSING
     ]
     if not problems:
         return CheckResult(
