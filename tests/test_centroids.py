@@ -1,0 +1,151 @@
+"""Centroids: the float32 mean and count per lineage equal numpy over the raw rows, at species
+and genus level, whatever the chunking, and only changed files are read again."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+from mirror_testing import brute, resync_one_file, rows_of, sample_mirror
+
+from tol_dagster import centroids
+from tol_dagster.centroids import build_centroids, centroid_schema, read_centroids
+from tol_dagster.layout import Layout
+from tol_dagster.mirror_files import MirrorFile
+from tol_dagster.schema import RANKS, config_dim, quote_ident
+
+CONFIG = "bioclip-2_float16"
+DIM = config_dim(CONFIG)
+
+
+@pytest.fixture(scope="module")
+def built(
+    small_sample: Path, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[list[MirrorFile], Layout, pa.Table]:
+    files = sample_mirror(small_sample)
+    layout = Layout(tmp_path_factory.mktemp("home"))
+    result = build_centroids(files, layout, CONFIG, DIM)
+    assert result.recomputed == tuple(f.name for f in files)
+    table = read_centroids(layout, CONFIG)
+    assert (result.species, result.genus) == (
+        pc.sum(pc.equal(table["level"], "species")).as_py(),
+        pc.sum(pc.equal(table["level"], "genus")).as_py(),
+    )
+    return files, layout, table
+
+
+@pytest.fixture(scope="module")
+def rows(built: tuple[list[MirrorFile], Layout, pa.Table]) -> pa.Table:
+    files, _, _ = built
+    return pa.concat_tables(pq.read_table(f.path, columns=[*RANKS, "emb"]) for f in files)
+
+
+def _level(table: pa.Table, level: str) -> pa.Table:
+    return table.filter(pc.equal(table["level"], level))
+
+
+@pytest.mark.parametrize("level", ["species", "genus"])
+def test_counts_equal_group_by_for_every_lineage_of_the_level(
+    built: tuple[list[MirrorFile], Layout, pa.Table], level: str
+) -> None:
+    files, _, table = built
+    depth = RANKS.index(level) + 1
+    kept = ", ".join(quote_ident(r) for r in RANKS[:depth])
+    expected = brute(
+        files,
+        f"SELECT {kept}, count(*) FROM rows WHERE {quote_ident(level)} IS NOT NULL GROUP BY ALL",
+    )
+    assert rows_of(_level(table, level), [*RANKS[:depth], "images"]) == expected
+    assert all(_level(table, level)[r].null_count == len(expected) for r in RANKS[depth:])
+
+
+def _brute_mean(
+    rows: pa.Table, lineage: dict[str, str | None], ranks: tuple[str, ...]
+) -> np.ndarray:
+    mask = np.ones(rows.num_rows, dtype=bool)
+    for rank in ranks:
+        column = rows[rank]
+        value = lineage[rank]
+        same = pc.is_null(column) if value is None else pc.fill_null(pc.equal(column, value), False)
+        mask &= same.to_numpy(zero_copy_only=False)
+    vectors = np.stack(rows.filter(pa.array(mask))["emb"].to_numpy(zero_copy_only=False))
+    return vectors.astype(np.float64).mean(axis=0)
+
+
+@pytest.mark.parametrize("level", ["species", "genus"])
+def test_centroids_equal_a_numpy_mean_of_the_rows(
+    built: tuple[list[MirrorFile], Layout, pa.Table], rows: pa.Table, level: str
+) -> None:
+    _, _, table = built
+    at_level = _level(table, level)
+    ranks = RANKS[: RANKS.index(level) + 1]
+    biggest = int(pc.index(at_level["images"], pc.max(at_level["images"])).as_py())
+    hole = int(pc.index(pc.is_null(at_level["class"]), True).as_py())
+    assert hole >= 0, "the sample must hold a NULL-class lineage for this test to mean anything"
+    for row in at_level.take([0, biggest, hole, at_level.num_rows - 1]).to_pylist():
+        expected = _brute_mean(rows, row, ranks)
+        np.testing.assert_allclose(row["centroid"], expected, rtol=1e-5, atol=1e-4)
+
+
+def test_chunked_recombination_and_small_batches_give_the_same_table(
+    built: tuple[list[MirrorFile], Layout, pa.Table],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    files, _, table = built
+    monkeypatch.setattr(centroids, "BATCH_ROWS", 97)
+    monkeypatch.setattr(centroids, "CHUNK_BYTES", 8 * DIM * 5)
+    layout = Layout(tmp_path)
+    build_centroids(files, layout, CONFIG, DIM)
+    chunked = read_centroids(layout, CONFIG)
+    assert chunked.schema == centroid_schema(DIM)
+    assert chunked.drop_columns(["centroid"]).equals(table.drop_columns(["centroid"]))
+    np.testing.assert_allclose(
+        np.stack(chunked["centroid"].to_numpy(zero_copy_only=False)),
+        np.stack(table["centroid"].to_numpy(zero_copy_only=False)),
+        rtol=1e-6,
+    )
+    assert pq.ParquetFile(layout.centroids_path(CONFIG)).num_row_groups > 2
+
+
+def test_species_rows_come_before_genus_rows(
+    built: tuple[list[MirrorFile], Layout, pa.Table],
+) -> None:
+    _, _, table = built
+    levels = table["level"].to_pylist()
+    assert levels == sorted(levels, key=["species", "genus"].index)
+
+
+def test_after_one_file_changes_only_it_is_read_and_the_table_equals_a_rebuild(
+    built: tuple[list[MirrorFile], Layout, pa.Table], tmp_path: Path
+) -> None:
+    files, layout, _ = built
+    changed = resync_one_file(files, 0, tmp_path / "resync")
+    assert build_centroids(changed, layout, CONFIG, DIM).recomputed == (files[0].name,)
+    fresh = Layout(tmp_path / "fresh")
+    build_centroids(changed, fresh, CONFIG, DIM)
+    assert read_centroids(layout, CONFIG).equals(read_centroids(fresh, CONFIG))
+    relabelled = read_centroids(layout, CONFIG).filter(
+        pc.equal(read_centroids(layout, CONFIG)["species"], "relabellus")
+    )
+    assert (
+        pc.sum(relabelled["images"]).as_py()
+        == brute(changed, "SELECT count(*) FROM rows WHERE species = 'relabellus'")[0][0]
+    )
+
+
+def test_a_file_of_another_width_is_refused_by_name(
+    built: tuple[list[MirrorFile], Layout, pa.Table], tmp_path: Path
+) -> None:
+    files, _, _ = built
+    with pytest.raises(ValueError, match=f"{files[0].name}: emb is not 512 values wide"):
+        build_centroids(files[:1], Layout(tmp_path), CONFIG, 512)
+
+
+def test_an_unbuilt_table_says_what_to_materialize(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match=f"materialize tol/{CONFIG}/centroids"):
+        read_centroids(Layout(tmp_path), CONFIG)
