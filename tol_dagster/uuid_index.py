@@ -150,14 +150,14 @@ def check_uuid_unique_across(
     computed = [file.name for file in files if ensure_hashes(file, layout, config)]
     mine = sorted(by_name[name] for name in changed)
     others = sorted(set(range(len(files))) - set(mine))
-    arrays = [np.load(hashes_path(layout, config, file), mmap_mode="r") for file in files]
+    paths = [hashes_path(layout, config, file) for file in files]
 
     hits = _Hits()
-    total_changed = sum(arrays[i].size for i in mine)
+    total_changed = sum(np.load(paths[i], mmap_mode="r").size for i in mine)
     ranges = max(1, -(-total_changed // max_group_hashes))
     bounds = [(k << 64) // ranges for k in range(ranges + 1)]
     for low, high in itertools.pairwise(bounds):
-        parts = [_in_range(arrays[i], low, high) for i in mine]
+        parts = [_load_range(paths[i], low, high) for i in mine]
         values = np.concatenate(parts) if parts else np.empty(0, np.uint64)
         owners = np.repeat(np.array(mine, dtype=np.int32), [part.size for part in parts])
         order = np.argsort(values, kind="stable")
@@ -168,7 +168,7 @@ def check_uuid_unique_across(
         if values.size == 0:
             continue
         for other in others:
-            theirs = _in_range(arrays[other], low, high)
+            theirs = _load_range(paths[other], low, high)
             position = np.minimum(np.searchsorted(values, theirs), values.size - 1)
             found = values[position] == theirs
             hits.add(theirs[found], owners[position[found]], other)
@@ -200,11 +200,16 @@ def check_uuid_unique_across(
     )
 
 
-def _in_range(hashes: np.ndarray, low: int, high: int) -> np.ndarray:
-    """The slice of sorted `hashes` in [low, high); `high` may be 2**64 (the end)."""
+def _load_range(path: Path, low: int, high: int) -> np.ndarray:
+    """The cached hashes in [low, high) (`high` may be 2**64, the end), read from `path`.
+
+    Memory-mapped to read only that range, and copied so the map closes on return: maps
+    kept open would count every file's pages in the process's resident memory.
+    """
+    hashes = np.load(path, mmap_mode="r")
     start = int(np.searchsorted(hashes, np.uint64(low)))
     stop = hashes.size if high >= 1 << 64 else int(np.searchsorted(hashes, np.uint64(high)))
-    return np.asarray(hashes[start:stop])
+    return np.array(hashes[start:stop])
 
 
 def _confirm(files: Sequence[MirrorFile], hits: _Hits) -> list[dict[str, object]]:
