@@ -138,12 +138,15 @@ def test_after_one_file_changes_only_it_is_read_and_the_table_equals_a_rebuild(
     )
 
 
-def test_a_file_of_another_width_is_refused_by_name(
+def test_a_width_other_than_the_files_is_refused_by_name(
     built: tuple[list[MirrorFile], Layout, pa.Table], tmp_path: Path
 ) -> None:
-    files, _, _ = built
-    with pytest.raises(ValueError, match=f"{files[0].name}: emb is not 512 values wide"):
+    files, layout, _ = built
+    message = f"{files[0].name}: its embeddings are not 512 values wide"
+    with pytest.raises(ValueError, match=message):
         build_centroids(files[:1], Layout(tmp_path), CONFIG, 512)
+    with pytest.raises(ValueError, match=message):  # the cached sums are checked too
+        build_centroids(files[:1], layout, CONFIG, 512)
 
 
 def test_an_unbuilt_table_says_what_to_materialize(tmp_path: Path) -> None:

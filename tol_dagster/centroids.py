@@ -134,7 +134,7 @@ def _file_sums(file: MirrorFile, dim: int) -> pa.Table:
                         sums[key] = total
                     counts[key] = counts.get(key, 0) + end - start
         except duckdb.ConversionException as error:
-            raise ValueError(f"{file.path}: emb is not {dim} values wide: {error}") from error
+            raise ValueError(f"{file.path}: its embeddings are not {dim} values wide") from error
     keys = list(sums)
     matrix = np.stack([sums[k] for k in keys]) if keys else np.zeros((0, dim))
     table = pa.table(
@@ -181,8 +181,13 @@ def _centroid_chunks(
     gathers the sums of a few genera in lineage order, and collapses runs of equal lineage
     (species level) and of equal kingdom..genus (genus level).
     """
-    parts = [read_part(layout, config, file, SUMS_PART) for file in files]
-    parts = [part for part in parts if part.num_rows]
+    parts = []
+    for file in files:
+        part = read_part(layout, config, file, SUMS_PART)
+        if part.schema.field("sum").type.list_size != dim:
+            raise ValueError(f"{file.path}: its embeddings are not {dim} values wide")
+        if part.num_rows:
+            parts.append(part)
     if not parts:
         return
     keys = pa.concat_tables([part.select([*RANKS, "images"]) for part in parts])

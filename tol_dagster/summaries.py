@@ -9,10 +9,12 @@ resync only the new files are scanned. NULLs are real buckets everywhere: a row 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import numpy as np
@@ -21,14 +23,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from tol_dagster import duck
-from tol_dagster.derived import (
-    read_part,
-    read_parts,
-    split_by_file,
-    stale_files,
-    write_part,
-    write_table,
-)
+from tol_dagster.derived import read_part, split_by_file, stale_files, write_part, write_table
 from tol_dagster.layout import Layout
 from tol_dagster.mirror_files import MirrorFile
 from tol_dagster.schema import RANKS, SORT_KEY, quote_ident
@@ -51,11 +46,11 @@ VALUE_COLUMNS: dict[str, str] = {
     "publisher": "publisher",
 }
 
-#: Per-file results under the file's derived folder (bump the suffix when their meaning changes).
-LINEAGE_PART = "summary_lineage.v1.arrow"
-VALUES_PART = "summary_values.v1.arrow"
-STATS_PART = "summary_file.v1.arrow"
-PARTS = (LINEAGE_PART, VALUES_PART, STATS_PART)
+#: Each file's part under its derived folder (bump the suffix when its meaning changes): its
+#: lineage counts (sorted, `part` = "lineage"), then its value counts (`part` = a VALUE_COLUMNS
+#: name), with the file's statistics in the schema metadata. One file, not three: on a busy
+#: disk each small write and rename costs milliseconds.
+SUMMARY_PART = "summary.v1.arrow"
 
 _LINEAGE = ("source_dataset", *RANKS)
 _STRING = pa.string()
@@ -63,10 +58,11 @@ _IMAGES = pa.field("images", pa.int64())
 _KEY_TYPE = pa.struct([pa.field(name, _STRING) for name in SORT_KEY])
 
 _LINEAGE_SCHEMA = pa.schema([*(pa.field(n, _STRING) for n in _LINEAGE), _IMAGES])
-_VALUES_SCHEMA = pa.schema(
+_VALUE_KEYS = ("part", "source_dataset", "value")
+_PART_SCHEMA = pa.schema(
     [
         pa.field("part", _STRING),
-        pa.field("source_dataset", _STRING),
+        *_LINEAGE_SCHEMA.remove(len(_LINEAGE)),
         pa.field("value", _STRING),
         _IMAGES,
     ]
@@ -85,7 +81,10 @@ _STATS_SCHEMA = pa.schema(
 SCHEMAS: dict[str, pa.Schema] = {
     "lineage": _LINEAGE_SCHEMA,
     "rank_counts": pa.schema([pa.field("rank", _STRING), *_LINEAGE_SCHEMA]),
-    **{name: _VALUES_SCHEMA.remove(0) for name in VALUE_COLUMNS},
+    **{
+        name: pa.schema([pa.field("source_dataset", _STRING), pa.field("value", _STRING), _IMAGES])
+        for name in VALUE_COLUMNS
+    },
     "files": pa.schema([pa.field("file", _STRING), pa.field("sha256", _STRING), *_STATS_SCHEMA]),
 }
 
@@ -114,11 +113,13 @@ def build_summaries(
     `files` is the whole mirror in its order; `force` recomputes every file's part (a rebuild
     from scratch, as the bench measures it).
     """
-    stale = stale_files(files, layout, config, PARTS, force=force)
+    stale = stale_files(files, layout, config, (SUMMARY_PART,), force=force)
     if stale:
         with duck.cursor() as con:
-            _write_counts(con, stale, layout, config)
-            _write_stats(con, stale, layout, config)
+            counts = _counts(con, stale)
+            stats = _stats(con, stale)
+        for (file, rows), file_stats in zip(counts, stats, strict=True):
+            write_part(_part(rows, file_stats), layout, config, file, SUMMARY_PART)
     tables = _combine(files, layout, config)
     paths = {name: summary_path(layout, config, name) for name in tables}
     # Writing is most of a small update's cost, and pyarrow writes without the GIL.
@@ -142,11 +143,10 @@ def read_summary(layout: Layout, config: str, name: str) -> pa.Table:
     return pq.read_table(path)
 
 
-def _write_counts(
-    con: duckdb.DuckDBPyConnection, files: Sequence[MirrorFile], layout: Layout, config: str
-) -> None:
-    """Count lineages and values of all `files` in one scan (grouping sets), then keep each
-    file's lineage counts (sorted, for a merge without a sort) and value counts."""
+def _counts(
+    con: duckdb.DuckDBPyConnection, files: Sequence[MirrorFile]
+) -> list[tuple[MirrorFile, pa.Table]]:
+    """Each file's lineage and value counts, from one scan of all `files` (grouping sets)."""
     ranks = ", ".join(quote_ident(r) for r in RANKS)
     values = {name: quote_ident(col) for name, col in VALUE_COLUMNS.items()}
     part = " ".join(f"WHEN GROUPING({col}) = 0 THEN '{name}'" for name, col in values.items())
@@ -164,24 +164,11 @@ def _write_counts(
         """,
         params=[[str(f.path) for f in files]],
     ).to_arrow_table()
-    is_lineage = pc.equal(counts["part"], "lineage")
-    lineage = split_by_file(
-        counts.filter(is_lineage).select(["filename", *_LINEAGE, "images"]), files
-    )
-    values_ = split_by_file(
-        counts.filter(pc.invert(is_lineage)).select(["filename", *_VALUES_SCHEMA.names]), files
-    )
-    for (file, rows), (_, value_rows) in zip(lineage, values_, strict=True):
-        write_part(
-            sort_by(rows.cast(_LINEAGE_SCHEMA), _LINEAGE), layout, config, file, LINEAGE_PART
-        )
-        write_part(value_rows.cast(_VALUES_SCHEMA), layout, config, file, VALUES_PART)
+    return split_by_file(counts, files)
 
 
-def _write_stats(
-    con: duckdb.DuckDBPyConnection, files: Sequence[MirrorFile], layout: Layout, config: str
-) -> None:
-    """Keep rows, bytes, row groups and first/last sort key of each file.
+def _stats(con: duckdb.DuckDBPyConnection, files: Sequence[MirrorFile]) -> list[dict[str, Any]]:
+    """Rows, bytes, row groups and first/last sort key of each file.
 
     The keys come from a row-number filter, which DuckDB answers from two row groups per file.
     """
@@ -197,19 +184,30 @@ def _write_stats(
         """,
         params=[[str(f.path) for f in files], *(v for f, end in ends for v in (str(f.path), end))],
     ).to_arrow_table()
+    stats = []
     for (file, rows), meta in zip(split_by_file(keys, files), metas, strict=True):
         first_last = rows["key"].to_pylist() or [None]
-        stats = pa.table(
+        stats.append(
             {
-                "rows": [meta.num_rows],
-                "bytes": [file.path.stat().st_size],
-                "row_groups": [meta.num_row_groups],
-                "first_key": [first_last[0]],
-                "last_key": [first_last[-1]],
-            },
-            schema=_STATS_SCHEMA,
+                "rows": meta.num_rows,
+                "bytes": file.path.stat().st_size,
+                "row_groups": meta.num_row_groups,
+                "first_key": first_last[0],
+                "last_key": first_last[-1],
+            }
         )
-        write_part(stats, layout, config, file, STATS_PART)
+    return stats
+
+
+def _part(counts: pa.Table, stats: dict[str, Any]) -> pa.Table:
+    """One file's part: sorted lineage rows, then value rows, statistics in the metadata."""
+    is_lineage = pc.equal(counts["part"], "lineage")
+    lineage = sort_by(counts.filter(is_lineage), _LINEAGE)
+    values = counts.filter(pc.invert(is_lineage))
+    part = pa.concat_tables([lineage, values]).cast(_PART_SCHEMA)
+    return part.replace_schema_metadata(
+        {"lineage_rows": str(lineage.num_rows), "file_stats": json.dumps(stats)}
+    )
 
 
 def _combine(files: Sequence[MirrorFile], layout: Layout, config: str) -> dict[str, pa.Table]:
@@ -218,18 +216,24 @@ def _combine(files: Sequence[MirrorFile], layout: Layout, config: str) -> dict[s
     Each file's lineage counts are sorted and the files are in the mirror's order, so their
     concatenation is sorted too and summing is collapsing runs: no hashing, no sort.
     """
-    parts = [read_part(layout, config, f, LINEAGE_PART) for f in files]
-    lineage = sum_runs(concat_sorted(parts, _LINEAGE, _LINEAGE_SCHEMA), _LINEAGE, ["images"])
-    values = read_parts(files, layout, config, VALUES_PART, _VALUES_SCHEMA)
-    values = sum_runs(
-        sort_by(values, _VALUES_SCHEMA.names[:3]), _VALUES_SCHEMA.names[:3], ["images"]
+    parts = [read_part(layout, config, f, SUMMARY_PART) for f in files]
+    metadata = [part.schema.metadata for part in parts]
+    splits = [int(m[b"lineage_rows"]) for m in metadata]
+    lineage = concat_sorted(
+        [p.slice(0, n).select(_LINEAGE_SCHEMA.names) for p, n in zip(parts, splits, strict=True)],
+        _LINEAGE,
+        _LINEAGE_SCHEMA,
     )
+    lineage = sum_runs(lineage, _LINEAGE, ["images"])
+    values = [p.slice(n).cast(_PART_SCHEMA) for p, n in zip(parts, splits, strict=True)]
+    values = pa.concat_tables(values) if values else _PART_SCHEMA.empty_table()
+    values = sum_runs(sort_by(values, _VALUE_KEYS), _VALUE_KEYS, ["images"])
     tables = {"lineage": lineage, "rank_counts": _rank_counts(lineage)}
     for name in VALUE_COLUMNS:
         tables[name] = values.filter(pc.equal(values["part"], name)).drop_columns(["part"])
-    stats = read_parts(files, layout, config, STATS_PART, _STATS_SCHEMA)
-    tables["files"] = pa.Table.from_arrays(
-        [pa.array([f.name for f in files]), pa.array([f.sha256 for f in files]), *stats.columns],
+    stats = [json.loads(m[b"file_stats"]) for m in metadata]
+    tables["files"] = pa.Table.from_pylist(
+        [{"file": f.name, "sha256": f.sha256, **s} for f, s in zip(files, stats, strict=True)],
         schema=SCHEMAS["files"],
     )
     return {name: tables[name].cast(SCHEMAS[name]) for name in SUMMARY_NAMES}

@@ -1,0 +1,164 @@
+"""Summary and taxon-index benchmark (issue 4, item 8): one run on a generated sample.
+
+Measured in the same run, interleaved, medians of `--runs` rounds, printed beside the targets:
+
+- brute force: the DuckDB queries over the whole glob that produce the same six summary tables
+  (on a warm connection), each written to parquet;
+- full rebuild: `build_summaries(force=True)`, every file's part recomputed;
+- incremental update: one file's parts forgotten (what a changed file looks like: its new
+  sha256 has none), then `build_summaries`;
+- the same full/incremental pair for the taxon index, its size, and a count served from it.
+
+Targets: full rebuild no slower than brute force; incremental at most 2/N of a full rebuild.
+
+    .venv/bin/python bench/summaries.py                         # 400k rows in 8 files
+    .venv/bin/python bench/summaries.py --rows 2800000 --dim 8  # the PERF.md probe's rows
+
+Summaries never read `emb`, so `--dim 8` gives the same work on much smaller files. The sample
+is generated in a temporary folder; `--workdir DIR` keeps it there for the next run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from tol_dagster import duck
+from tol_dagster.derived import derived_path
+from tol_dagster.hashing import sha256_file
+from tol_dagster.layout import Layout
+from tol_dagster.mirror_files import MirrorFile
+from tol_dagster.sample import build_sample
+from tol_dagster.schema import DEFAULT_CONFIG, RANKS, quote_ident
+from tol_dagster.summaries import SUMMARY_PART, VALUE_COLUMNS, build_summaries
+from tol_dagster.taxon_index import INDEX_PART, build_taxon_index, count, read_taxon_index
+
+SEED = 5
+
+
+def brute_force(files: list[MirrorFile], out: Path) -> None:
+    """The six summary tables straight from the glob, as a user would write them."""
+    paths = [str(f.path) for f in files]
+    lineage = ", ".join(quote_ident(c) for c in ("source_dataset", *RANKS))
+    ranks = [quote_ident(r) for r in RANKS]
+    sets = ", ".join(f"(source_dataset, {', '.join(ranks[: i + 1])})" for i in range(len(ranks)))
+    queries = {
+        "lineage": f"SELECT {lineage}, count(*) AS images FROM read_parquet(?) GROUP BY ALL ORDER BY ALL",
+        "rank_counts": f"SELECT {lineage}, count(*) AS images FROM read_parquet(?) "
+        f"GROUP BY GROUPING SETS ({sets}) ORDER BY ALL",
+        **{
+            name: f"SELECT source_dataset, {quote_ident(col)} AS value, count(*) AS images "
+            "FROM read_parquet(?) GROUP BY ALL ORDER BY ALL"
+            for name, col in VALUE_COLUMNS.items()
+        },
+        "files": "SELECT * FROM parquet_file_metadata(?)",
+    }
+    with duck.cursor() as con:
+        for name, sql in queries.items():
+            pq.write_table(con.sql(sql, params=[paths]).to_arrow_table(), out / f"{name}.parquet")
+
+
+def forget(files: list[MirrorFile], layout: Layout, config: str, parts: tuple[str, ...]) -> None:
+    """Drop one file's cached parts, as if it had just changed upstream."""
+    for name in parts:
+        derived_path(layout, config, files[len(files) // 2], name).unlink()
+
+
+def timed(rounds: int, cases: dict[str, Callable[[], object]]) -> dict[str, float]:
+    """Median seconds of each case, the cases interleaved round by round."""
+    times: dict[str, list[float]] = {name: [] for name in cases}
+    for _ in range(rounds):
+        for name, case in cases.items():
+            start = time.perf_counter()
+            case()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=400_000)
+    parser.add_argument("--files", type=int, default=8)
+    parser.add_argument("--row-group-size", type=int, default=50_000)
+    parser.add_argument("--dim", type=int, default=None, help="embedding width (default: config's)")
+    parser.add_argument("--runs", type=int, default=7)
+    parser.add_argument("--workdir", type=Path, help="keep the sample here and reuse it")
+    args = parser.parse_args()
+    config = DEFAULT_CONFIG
+    with tempfile.TemporaryDirectory(prefix="tol-bench-summaries-") as tmp:
+        work = Path(tmp)
+        sample = args.workdir or work / "sample"
+        size = f"{args.rows}-{args.files}-{args.row_group_size}-{args.dim}"
+        if not (sample / f".size-{size}").exists():
+            build_sample(
+                sample,
+                rows=args.rows,
+                files=args.files,
+                seed=SEED,
+                dim=args.dim,
+                row_group_size=args.row_group_size,
+            )
+            (sample / f".size-{size}").touch()
+        folder = sample / config
+        files = [MirrorFile(p.name, sha256_file(p), p) for p in sorted(folder.glob("*.parquet"))]
+        layout = Layout(work / "home")
+        (work / "brute").mkdir()
+        build_summaries(files, layout, config)
+        build_taxon_index(files, layout, config)
+        t = timed(
+            args.runs,
+            {
+                "brute": lambda: brute_force(files, work / "brute"),
+                "full": lambda: build_summaries(files, layout, config, force=True),
+                "incremental": lambda: (
+                    forget(files, layout, config, (SUMMARY_PART,)),
+                    build_summaries(files, layout, config),
+                ),
+                "index_full": lambda: build_taxon_index(files, layout, config, force=True),
+                "index_incremental": lambda: (
+                    forget(files, layout, config, (INDEX_PART,)),
+                    build_taxon_index(files, layout, config),
+                ),
+            },
+        )
+        index = read_taxon_index(layout, config)
+        family = index["value"][int(index["rows"].to_numpy().argmax())].as_py()
+        start = time.perf_counter()
+        count(index, "family", family)
+        count_ms = (time.perf_counter() - start) * 1e3
+        index_bytes = layout.taxon_index_path(config).stat().st_size
+    n = len(files)
+    print(
+        f"{args.rows:,} rows in {n} files, row groups of {args.row_group_size:,}, {args.runs} rounds"
+    )
+    print(f"{'':24}{'seconds':>10}{'ratio':>10}{'target':>10}")
+    rows = [
+        ("brute-force queries", t["brute"], None, None),
+        ("summaries, full", t["full"], t["full"] / t["brute"], 1.0),
+        ("summaries, incremental", t["incremental"], t["incremental"] / t["full"], 2 / n),
+        ("taxon index, full", t["index_full"], None, None),
+        (
+            "taxon index, incremental",
+            t["index_incremental"],
+            t["index_incremental"] / t["index_full"],
+            2 / n,
+        ),
+    ]
+    for name, seconds, ratio, target in rows:
+        verdict = "" if target is None else ("  ok" if ratio <= target else "  MISSED")
+        ratio_text = "" if ratio is None else f"{ratio:.2f}"
+        target_text = "" if target is None else f"<= {target:.2f}"
+        print(f"{name:24}{seconds:>10.3f}{ratio_text:>10}{target_text:>10}{verdict}")
+    print(
+        f"taxon index: {index.num_rows:,} entries, {index_bytes / 1e3:.0f} kB; one count: {count_ms:.1f} ms"
+    )
+
+
+if __name__ == "__main__":
+    main()
