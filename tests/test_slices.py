@@ -1,0 +1,416 @@
+"""Slices: every slice equals the mirror's matching rows (all columns, mirror order) found by
+brute force, with the mirror's exact schema; the checks catch what they name; a failing check
+or an empty taxon never breaks what was published; only affected slices are rebuilt."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+from mirror_testing import sample_mirror
+
+from tol_dagster.errors import StoreError, ValidationFailed
+from tol_dagster.hashing import sha256_file
+from tol_dagster.layout import Layout
+from tol_dagster.mirror_files import MirrorFile
+from tol_dagster.schema import DEFAULT_CONFIG, arrow_schema, expected_schema
+from tol_dagster.slice_keys import SliceKey, parse_slice_key, split_binomial
+from tol_dagster.slices import (
+    EMB_LEAF,
+    ROWS_MATCH_SUMMARY,
+    ROWS_SATISFY_KEY,
+    SCHEMA_MATCHES_MIRROR,
+    UUIDS_UNIQUE,
+    affected_slices,
+    check_rows_match_summary,
+    check_rows_satisfy_key,
+    check_schema_matches,
+    check_uuids_unique,
+    expected_count,
+    extract_slice,
+    slice_checks,
+)
+from tol_dagster.taxon_index import INDEX_SCHEMA, build_taxon_index, read_taxon_index
+
+SCHEMA = expected_schema(DEFAULT_CONFIG)
+
+
+class Mirror:
+    """The sample mirror, its taxon index, and the whole mirror in memory for brute force."""
+
+    def __init__(self, files: list[MirrorFile], index: pa.Table) -> None:
+        self.files = files
+        self.index = index
+        self.table = pa.concat_tables(pq.read_table(f.path) for f in files)
+        self.rows = self.table.drop_columns(["emb"]).to_pylist()
+
+    def expected(self, key: SliceKey) -> pa.Table:
+        """The rows satisfying `key`, judged row by row in plain Python, in mirror order."""
+        keep = [i for i, row in enumerate(self.rows) if _satisfies(row, key)]
+        return self.table.take(pa.array(keep, pa.int64()))
+
+    def most_common(self, column: str, predicate: Callable[[str], bool]) -> str:
+        counts: dict[str, int] = {}
+        for row in self.rows:
+            value = row[column]
+            if value is not None and predicate(value):
+                counts[value] = counts.get(value, 0) + 1
+        assert counts, f"the sample has no {column} value of the kind this test needs"
+        return max(sorted(counts), key=lambda v: counts[v])
+
+
+def _satisfies(row: dict[str, str | None], key: SliceKey) -> bool:
+    for rank, value in key.conditions:
+        parts = split_binomial(value) if rank == "species" else None
+        exact = row[rank] == value
+        split = parts is not None and (row["genus"], row["species"]) == parts
+        if not (exact or split):
+            return False
+    return True
+
+
+@pytest.fixture(scope="module")
+def mirror(small_sample: Path, tmp_path_factory: pytest.TempPathFactory) -> Mirror:
+    files = sample_mirror(small_sample)
+    layout = Layout(tmp_path_factory.mktemp("home"))
+    build_taxon_index(files, layout, DEFAULT_CONFIG)
+    return Mirror(files, read_taxon_index(layout, DEFAULT_CONFIG))
+
+
+def _extract(mirror: Mirror, text: str, out_dir: Path, *, index: bool = True) -> tuple:
+    key = parse_slice_key(text)
+    out = out_dir / key.file_name
+    result = extract_slice(key, mirror.files, mirror.index if index else None, out, schema=SCHEMA)
+    return key, result, pq.read_table(out)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "family=Felidae",
+        "order=Primates",
+        "family=Nymphalidae",
+        "species=Danaus plexippus",
+        "kingdom=Animalia",
+        "genus=Morus",
+        "kingdom=Animalia/genus=Morus",
+        "kingdom=Plantae/genus=Morus",
+        "species=plexippus",
+        "genus=Danaus/species=plexippus",
+        "order=Perciformes",  # ray-finned fishes: class is NULL
+        "class=Squamata",  # order is NULL
+        "kingdom=Animalia/class=Squamata/family=Felidae",  # no row has all three
+    ],
+)
+def test_a_slice_equals_the_matching_rows_of_the_mirror_in_order(
+    mirror: Mirror, tmp_path: Path, text: str
+) -> None:
+    key, result, table = _extract(mirror, text, tmp_path)
+    expected = mirror.expected(key)
+    assert table.schema.equals(SCHEMA, check_metadata=False)
+    assert table.equals(expected)
+    assert (result.rows, result.key) == (expected.num_rows, key.name)
+    assert (result.bytes, result.sha256) == (result.path.stat().st_size, sha256_file(result.path))
+    assert result.rows == expected_count(key, mirror.index, mirror.files)
+    assert (result.rows == 0) == ("Squamata/family" in text)
+
+
+@pytest.mark.parametrize(
+    "text", ["family=Felidae", "species=Danaus plexippus", "order=Primates", "family=Nymphalidae"]
+)
+def test_readme_taxa_span_several_files(mirror: Mirror, tmp_path: Path, text: str) -> None:
+    _, result, _ = _extract(mirror, text, tmp_path)
+    assert len(result.source_files) > 1
+
+
+def test_a_large_taxon_spans_row_groups_within_files(mirror: Mirror, tmp_path: Path) -> None:
+    _, result, _ = _extract(mirror, "kingdom=Animalia", tmp_path)
+    assert result.row_groups_read > 2 * len(result.source_files)
+
+
+def test_a_path_key_narrows_a_homonym_to_fewer_row_groups(mirror: Mirror, tmp_path: Path) -> None:
+    _, both, table = _extract(mirror, "genus=Morus", tmp_path)
+    _, animals, narrowed = _extract(mirror, "kingdom=Animalia/genus=Morus", tmp_path)
+    assert set(table["kingdom"].to_pylist()) >= {"Animalia", "Plantae"}
+    assert set(narrowed["kingdom"].to_pylist()) == {"Animalia"}
+    assert 0 < animals.rows < both.rows
+    assert animals.row_groups_read < both.row_groups_read
+
+
+@pytest.mark.parametrize(
+    ("column", "pattern"),
+    [
+        ("scientific_name", r"\(.*'.*,"),  # parentheses, an apostrophe, a comma
+        ("scientific_name", r"[^\x00-\x7f]"),  # non-ASCII
+        ("common_name", r"'"),  # keyed on another column below: the slice must still match
+    ],
+)
+def test_awkward_names_are_matched_exactly(
+    mirror: Mirror, tmp_path: Path, column: str, pattern: str
+) -> None:
+    name = mirror.most_common(column, lambda v: re.search(pattern, v) is not None)
+    if column != "scientific_name":
+        genus = next(r["genus"] for r in mirror.rows if r[column] == name and r["genus"])
+        name, column = genus, "genus"
+    key, result, table = _extract(mirror, f"{column}={name.replace('/', '%2F')}", tmp_path)
+    assert result.rows > 0
+    assert table.equals(mirror.expected(key))
+
+
+def test_a_species_whose_epithet_holds_a_space_and_non_ascii(
+    mirror: Mirror, tmp_path: Path
+) -> None:
+    epithet = mirror.most_common("species", lambda v: " " in v and not v.isascii())
+    genus = next(r["genus"] for r in mirror.rows if r["species"] == epithet and r["genus"])
+    key, result, table = _extract(mirror, f"species={genus} {epithet}", tmp_path)
+    assert result.rows > 0
+    assert table.equals(mirror.expected(key))
+    assert result.rows == expected_count(key, mirror.index, mirror.files)
+
+
+def test_a_species_held_as_binomial_in_some_rows_and_epithet_in_others(
+    mirror: Mirror, tmp_path: Path
+) -> None:
+    binomial = mirror.most_common("species", lambda v: " " in v and v.isascii())
+    genus, epithet = binomial.split(" ", 1)
+    spellings = {r["species"] for r in mirror.rows if r["genus"] == genus}
+    assert {binomial, epithet} <= spellings, "the sample should hold both spellings"
+    key, _, table = _extract(mirror, f"species={binomial}", tmp_path)
+    assert set(table["species"].to_pylist()) == {binomial, epithet}
+    assert table.equals(mirror.expected(key))
+
+
+@pytest.mark.parametrize(
+    "text", ["family=Felidae", "species=plexippus", "kingdom=Plantae/genus=Morus"]
+)
+def test_without_an_index_the_slice_is_the_same(mirror: Mirror, tmp_path: Path, text: str) -> None:
+    _, with_index, table = _extract(mirror, text, tmp_path / "a")
+    _, without, again = _extract(mirror, text, tmp_path / "b", index=False)
+    assert again.equals(table)
+    assert without.rows == with_index.rows
+    key = parse_slice_key(text)
+    assert expected_count(key, None, mirror.files) == with_index.rows
+
+
+def test_an_empty_taxon_gives_a_zero_row_file_with_the_full_schema_and_a_warning(
+    mirror: Mirror, tmp_path: Path
+) -> None:
+    key, result, table = _extract(mirror, "family=Nonexistidae", tmp_path)
+    assert table.num_rows == 0 and result.rows == 0
+    assert pq.read_schema(result.path).equals(SCHEMA, check_metadata=False)
+    assert result.warnings and "no rows" in result.warnings[0] and key.name in result.warnings[0]
+    assert expected_count(key, mirror.index, mirror.files) == 0
+
+
+def test_emb_keeps_its_exact_type_and_is_written_with_the_cheap_settings(
+    mirror: Mirror, tmp_path: Path
+) -> None:
+    _, result, _ = _extract(mirror, "family=Felidae", tmp_path)
+    meta = pq.read_metadata(result.path)
+    assert pq.read_schema(result.path).field("emb").type == pa.list_(pa.float16(), 768)
+    columns = {
+        meta.row_group(0).column(i).path_in_schema: meta.row_group(0).column(i)
+        for i in range(meta.num_columns)
+    }
+    emb = columns[EMB_LEAF]
+    assert emb.compression == {"none": "UNCOMPRESSED", "zstd": "ZSTD"}[result.emb_compression]
+    assert not emb.is_stats_set and not emb.has_dictionary_page
+    assert columns["family"].compression == "ZSTD" and columns["family"].is_stats_set
+
+
+def test_compressible_embeddings_are_compressed(tmp_path: Path) -> None:
+    schema = arrow_schema(dim=8)
+    n = 4000
+    table = pa.table(
+        {
+            "uuid": [f"u{i:05d}" for i in range(n)],
+            "emb": pa.FixedSizeListArray.from_arrays(pa.array([0.5] * (8 * n), pa.float16()), 8),
+            **{
+                name: pa.array(["Felidae" if name == "family" else "x"] * n)
+                for name in schema.names[2:]
+            },
+        },
+        schema=schema,
+    )
+    path = tmp_path / "train-00000-of-00001.parquet"
+    pq.write_table(table, path, row_group_size=1000)
+    files = [MirrorFile(path.name, sha256_file(path), path)]
+    result = extract_slice(
+        parse_slice_key("family=Felidae"), files, None, tmp_path / "s.parquet", schema=schema
+    )
+    assert (result.rows, result.emb_compression) == (n, "zstd")
+    assert pq.read_table(result.path).equals(table)
+
+
+def test_the_slice_reads_only_the_row_groups_the_index_names(
+    mirror: Mirror, tmp_path: Path
+) -> None:
+    _, result, _ = _extract(mirror, "species=Danaus plexippus", tmp_path)
+    total = sum(pq.read_metadata(f.path).num_row_groups for f in mirror.files)
+    named = mirror.index.filter(
+        pc.and_(
+            pc.equal(mirror.index["rank"], "species"),
+            pc.equal(mirror.index["value"], "Danaus plexippus"),
+        )
+    )
+    assert result.row_groups_read == named.num_rows < total
+
+
+def test_an_index_naming_a_file_outside_the_mirror_is_refused(
+    mirror: Mirror, tmp_path: Path
+) -> None:
+    with pytest.raises(StoreError, match="rebuild"):
+        extract_slice(
+            parse_slice_key("family=Felidae"),
+            mirror.files[:1],
+            mirror.index,
+            tmp_path / "x.parquet",
+            schema=SCHEMA,
+        )
+    assert list(tmp_path.iterdir()) == []
+
+
+# --- checks ---------------------------------------------------------------------------------
+
+
+def test_the_checks_pass_on_a_good_slice(mirror: Mirror, tmp_path: Path) -> None:
+    key, result, _ = _extract(mirror, "family=Felidae", tmp_path)
+    expected = expected_count(key, mirror.index, mirror.files)
+    checks = slice_checks(result.path, key, expected, SCHEMA)
+    assert [c.check for c in checks] == [
+        ROWS_MATCH_SUMMARY,
+        ROWS_SATISFY_KEY,
+        UUIDS_UNIQUE,
+        SCHEMA_MATCHES_MIRROR,
+    ]
+    assert all(c.passed for c in checks), [c.message for c in checks if not c.passed]
+
+
+def test_each_check_fails_on_the_fault_it_names(mirror: Mirror, tmp_path: Path) -> None:
+    key, result, table = _extract(mirror, "family=Felidae", tmp_path)
+    assert not check_rows_match_summary(result.path, key, table.num_rows + 1).passed
+
+    intruder = mirror.expected(parse_slice_key("family=Nymphalidae")).slice(0, 1)
+    mixed = tmp_path / "mixed.parquet"
+    pq.write_table(pa.concat_tables([table, intruder]), mixed)
+    failed = check_rows_satisfy_key(mixed, key)
+    assert not failed.passed and intruder["uuid"][0].as_py() in failed.message
+
+    doubled = tmp_path / "doubled.parquet"
+    pq.write_table(pa.concat_tables([table, table.slice(0, 2)]), doubled)
+    failed = check_uuids_unique(doubled, key)
+    assert not failed.passed and failed.details["duplicated"] == 2
+
+    widened = tmp_path / "widened.parquet"
+    emb = table["emb"].cast(pa.list_(pa.float32()))
+    pq.write_table(table.set_column(1, "emb", emb), widened)
+    failed = check_schema_matches(widened, SCHEMA, key)
+    assert not failed.passed and "emb" in failed.message
+    for good in (check_rows_satisfy_key(result.path, key), check_uuids_unique(result.path, key)):
+        assert good.passed
+
+
+def test_a_failing_verify_leaves_the_published_slice_untouched(
+    mirror: Mirror, tmp_path: Path
+) -> None:
+    key, first, _ = _extract(mirror, "family=Felidae", tmp_path)
+    before = first.path.read_bytes()
+
+    def wrong_count(path: Path) -> list:
+        return slice_checks(path, key, first.rows + 5, SCHEMA)
+
+    with pytest.raises(ValidationFailed, match="mirror counts"):
+        extract_slice(
+            key, mirror.files, mirror.index, first.path, schema=SCHEMA, verify=wrong_count
+        )
+    assert first.path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == [first.path.name]
+
+    passed = extract_slice(
+        key, mirror.files, mirror.index, first.path, schema=SCHEMA,
+        verify=lambda path: slice_checks(path, key, first.rows, SCHEMA),
+    )  # fmt: skip
+    assert len(passed.checks) == 4 and all(c.passed for c in passed.checks)
+
+
+# --- affected slices --------------------------------------------------------------------------
+
+
+def _index(*entries: tuple[str, str, str, int, int, int]) -> pa.Table:
+    rows = [
+        {
+            "rank": r,
+            "value": v,
+            "file": f,
+            "row_group": g,
+            "row_start": s,
+            "row_end": e,
+            "rows": e - s,
+        }
+        for r, v, f, g, s, e in entries
+    ]
+    return pa.Table.from_pylist(rows, schema=INDEX_SCHEMA)
+
+
+OLD = _index(
+    ("family", "Felidae", "f0", 0, 0, 10),
+    ("family", "Canidae", "f1", 0, 0, 10),
+    ("family", "Hominidae", "f2", 0, 0, 10),
+    ("kingdom", "Animalia", "f0", 0, 0, 10),
+    ("kingdom", "Animalia", "f1", 0, 0, 10),
+    ("kingdom", "Plantae", "f2", 1, 10, 20),
+    ("genus", "Morus", "f0", 0, 5, 6),
+    ("genus", "Morus", "f2", 1, 12, 13),
+)
+NEW = _index(
+    ("family", "Felidae", "f0", 0, 0, 10),
+    ("family", "Canidae", "f1", 0, 0, 10),
+    ("family", "Hominidae", "f3", 0, 0, 10),
+    ("kingdom", "Animalia", "f0", 0, 0, 10),
+    ("kingdom", "Animalia", "f1", 0, 0, 10),
+    ("kingdom", "Plantae", "f2", 1, 10, 20),
+    ("genus", "Morus", "f0", 0, 5, 6),
+    ("genus", "Morus", "f2", 1, 12, 13),
+)
+
+
+@pytest.mark.parametrize(
+    ("changed", "affected"),
+    [
+        (set(), []),
+        ({"f1"}, ["family=Canidae", "kingdom=Animalia"]),
+        ({"f0"}, ["family=Felidae", "kingdom=Animalia", "kingdom=Animalia/genus=Morus"]),
+        ({"f2"}, ["family=Hominidae", "kingdom=Plantae/genus=Morus"]),  # Hominidae left f2
+        ({"f3"}, ["family=Hominidae"]),  # ...and arrived in f3
+        ({"f9"}, []),
+    ],
+)
+def test_only_slices_whose_taxa_touch_a_changed_file_are_affected(
+    changed: set[str], affected: list[str]
+) -> None:
+    keys = [
+        "family=Felidae",
+        "family=Canidae",
+        "family=Hominidae",
+        "kingdom=Animalia",
+        "genus=Morus/kingdom=Animalia",
+        "kingdom=Plantae/genus=Morus",
+    ]
+    assert affected_slices(keys, OLD, NEW, changed) == affected
+
+
+def test_slices_never_built_are_always_affected() -> None:
+    keys = ["family=Felidae", "family=Canidae"]
+    assert affected_slices(keys, None, NEW, set()) == keys
+    assert affected_slices(keys, OLD, NEW, set(), built=["family=Felidae"]) == ["family=Canidae"]
+    assert affected_slices(keys, OLD, NEW, {"f0"}, built=keys) == ["family=Felidae"]
+
+
+def test_a_key_the_index_cannot_locate_is_affected_by_any_change() -> None:
+    assert affected_slices(["species=plexippus"], OLD, NEW, {"f9"}) == ["species=plexippus"]
+    assert affected_slices(["species=plexippus"], OLD, NEW, set()) == []
