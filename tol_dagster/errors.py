@@ -61,3 +61,9 @@ class StoreError(TolError):
     """The local store or mirror is in a state we will not read or overwrite (corrupt, hand-made)."""
 
     exit_code = 2
+
+
+class SliceNotPublished(TolError):
+    """A slice was asked for by key but is not in the catalog (or its file is gone)."""
+
+    exit_code = 2
