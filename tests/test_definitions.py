@@ -37,7 +37,8 @@ def describe(defs: dg.Definitions) -> str:
         lines.append(job.name)
     lines.append("# sensors")
     for sensor in sorted(defs.sensors or [], key=lambda s: s.name):
-        lines.append(f"{sensor.name} -> {sensor.job_name} default={sensor.default_status.value}")
+        target = "assets" if sensor.has_anonymous_job else sensor.job_name
+        lines.append(f"{sensor.name} -> {target} default={sensor.default_status.value}")
     lines.append("# schedules")
     for schedule in sorted(defs.schedules or [], key=lambda s: s.name):
         lines.append(

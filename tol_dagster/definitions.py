@@ -9,9 +9,11 @@ import dagster as dg
 
 from tol_dagster.defs.jobs import build_jobs
 from tol_dagster.defs.mirror_assets import build_mirror_assets
+from tol_dagster.defs.published_assets import build_alignment_checks, build_published_assets
 from tol_dagster.defs.resources import resources_from
 from tol_dagster.defs.schedules import build_schedules
 from tol_dagster.defs.sensors import build_upstream_change_sensor
+from tol_dagster.defs.slice_sensors import build_mirror_change_sensor
 from tol_dagster.settings import Settings
 
 
@@ -20,16 +22,19 @@ def build_definitions(settings: Settings) -> dg.Definitions:
     assets: list[dg.AssetsDefinition] = []
     checks: list[dg.AssetChecksDefinition] = []
     for config in settings.configs:
-        for definition in build_mirror_assets(config):
+        for definition in [*build_mirror_assets(config), *build_published_assets(config)]:
             if isinstance(definition, dg.AssetChecksDefinition):
                 checks.append(definition)
             else:
                 assets.append(definition)
     return dg.Definitions(
         assets=assets,
-        asset_checks=checks,
+        asset_checks=[*checks, *build_alignment_checks(settings.configs)],
         jobs=build_jobs(settings.configs),
-        sensors=[build_upstream_change_sensor(settings.configs, settings.sensor_min_interval_s)],
+        sensors=[
+            build_upstream_change_sensor(settings.configs, settings.sensor_min_interval_s),
+            build_mirror_change_sensor(settings.configs, settings.slices_file),
+        ],
         schedules=build_schedules(settings.configs),
         resources=resources_from(settings),
     )

@@ -39,7 +39,7 @@ def ensure_demo_repo(layout: Layout) -> Path:
 
 def run_demo() -> int:
     from tol_dagster.localhub import LocalHub
-    from tol_dagster.runner import run_sync, status_report
+    from tol_dagster.runner import refresh_published, run_sync, status_report
 
     base = Settings.from_env()
     repo = ensure_demo_repo(base.layout)
@@ -52,6 +52,13 @@ def run_demo() -> int:
             print(f"demo: the sync ended with exit code {code}; see the messages above")
             return code
         settings = Settings.from_env()
+        for config in settings.configs:
+            code = refresh_published(settings, config)
+            if code != 0:
+                print(
+                    f"demo: building the published outputs of {config} ended with exit code {code}"
+                )
+                return code
         report = status_report(settings)
     print()
     print(f"demo done in {time.monotonic() - started:.0f} s. What was produced:")
@@ -60,6 +67,7 @@ def run_demo() -> int:
         print(
             f"    {entry['mirror_files']} files, {entry['mirror_rows']:,} rows at upstream commit {str(entry['mirror_commit'])[:12]}"
         )
+        _print_published(settings, config)
     print(
         f"  Dagster runs and event logs: {os.environ.get('DAGSTER_HOME', settings.layout.dagster_home())}"
     )
@@ -67,8 +75,48 @@ def run_demo() -> int:
     print("Query the mirror with DuckDB, e.g.:")
     first = next(iter(report))
     print(
-        f"  duckdb -c \"SELECT family, count(*) FROM read_parquet('{settings.layout.mirror_dir(first)}/*.parquet') "
-        'GROUP BY ALL ORDER BY 2 DESC LIMIT 5"'
+        f'  .venv/bin/python -c "import duckdb; duckdb.sql(\\"SELECT family, count(*) FROM '
+        f"read_parquet('{settings.layout.mirror_dir(first)}/*.parquet') GROUP BY ALL ORDER BY 2 DESC LIMIT 5\\\").show()\""
     )
+    print(
+        '  .venv/bin/python -c "from tol_dagster.catalog import read_pandas; '
+        "print(read_pandas('family=Felidae').head())\""
+    )
+    print("  .venv/bin/python examples/nearest_centroid.py family=Felidae")
     print("Open the UI: `make dev`, then http://127.0.0.1:3000 (sensors and schedules tick there).")
     return 0
+
+
+def _print_published(settings: Settings, config: str) -> None:
+    """The slices, and a few summary lines: top orders by images, images per source."""
+    import duckdb
+
+    from tol_dagster.catalog import list_slices
+    from tol_dagster.summaries import summary_path
+
+    layout = settings.layout
+    slices = list_slices(config=config, home=settings.home)
+    print(
+        f"    {len(slices)} slices in {layout.slices_dir(config)} (catalog: {layout.catalog_path(config)}):"
+    )
+    for row in slices.to_dict("records"):
+        print(
+            f"      {row['name']:<34} {int(row['rows']):>7,} rows  {int(row['bytes']) / 1e6:>7.1f} MB"
+        )
+    rank_counts = str(summary_path(layout, config, "rank_counts"))
+    con = duckdb.connect()
+    top = con.execute(
+        "SELECT \"order\", sum(images) AS images FROM read_parquet(?) WHERE rank = 'order' "
+        "GROUP BY ALL ORDER BY images DESC LIMIT 5",
+        [rank_counts],
+    ).fetchall()
+    print("    top orders by images: " + ", ".join(f"{o or 'NULL'} {n:,}" for o, n in top))
+    sources = con.execute(
+        "SELECT source_dataset, sum(images) AS images FROM read_parquet(?) WHERE rank = 'kingdom' "
+        "GROUP BY ALL ORDER BY images DESC",
+        [rank_counts],
+    ).fetchall()
+    print("    images per source: " + ", ".join(f"{s or 'NULL'} {n:,}" for s, n in sources))
+    print(
+        f"    summaries: {layout.summary_dir(config)}; centroids: {layout.centroids_path(config)}"
+    )

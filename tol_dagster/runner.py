@@ -14,15 +14,29 @@ from collections.abc import Sequence
 
 import dagster as dg
 
-from tol_dagster import errors, sync
+from tol_dagster import catalog, errors, published, sync
 from tol_dagster.definitions import build_definitions
-from tol_dagster.defs.jobs import RESYNC_JOB, STATUS_JOB, resync_run_tags
-from tol_dagster.defs.keys import resync_keys, staged_op_name
-from tol_dagster.errors import SettingsError
+from tol_dagster.defs.jobs import (
+    CATALOG_JOB,
+    DERIVED_JOB,
+    RESYNC_JOB,
+    STATUS_JOB,
+    resync_run_tags,
+    slices_job_name,
+)
+from tol_dagster.defs.keys import (
+    asset_key,
+    derived_keys,
+    resync_keys,
+    slices_partitions_name,
+    staged_op_name,
+)
+from tol_dagster.errors import SettingsError, SliceSpecError
 from tol_dagster.instance import open_instance
 from tol_dagster.manifest import load_manifest
 from tol_dagster.runs import cli_run_tags, live_resync_runs
 from tol_dagster.settings import Settings
+from tol_dagster.slice_keys import parse_slice_key
 
 WAIT_FOR_OTHER_RUN_S = 2.0
 #: The terminal shows our progress lines and warnings, not Dagster's step-by-step debug events
@@ -155,6 +169,7 @@ def status_report(settings: Settings) -> dict[str, dict[str, object]]:
             "upstream_commit": remote.commit if remote else None,
             "upstream_expected_rows": remote.expected_rows if remote else None,
         }
+        entry["last_change"] = sync.last_revision_diff(layout, config)
         if remote is not None:
             decision = sync.decide(layout, remote)
             entry["in_sync"] = not decision.needs_run
@@ -181,4 +196,142 @@ def run_status(*, as_json: bool) -> int:
                 print(f"  {key}: {value}")
         for line in lines:
             print(f"error: {line}", file=sys.stderr)
+    return code
+
+
+def _one_config(settings: Settings, config: str | None) -> str:
+    """`--config`, or the first of TOL_CONFIGS."""
+    return select_configs(settings, config)[0]
+
+
+def _print_failure(code: int, lines: Sequence[str]) -> None:
+    for line in lines:
+        print(f"  {line}", file=sys.stderr)
+
+
+def _ensure_derived(
+    defs: dg.Definitions, instance: dg.DagsterInstance, settings: Settings, name: str
+) -> int:
+    """Summaries, index and centroids for the current mirror generation (a run only if stale)."""
+    manifest, _ = published.mirror_inputs(settings.layout, name)
+    built = published.load_built_from(settings.layout, name, "taxon_index")
+    if built is not None and built.generation == manifest.generation:
+        return 0
+    print(f"{name}: building summaries, taxon index and centroids of the mirror…", file=sys.stderr)
+    result = defs.resolve_job_def(DERIVED_JOB).execute_in_process(
+        run_config=QUIET_LOGS,
+        instance=instance,
+        asset_selection=derived_keys(name),
+        tags=cli_run_tags(),
+        raise_on_error=False,
+    )
+    code, lines = exit_code(result)
+    _print_failure(code, lines)
+    return code
+
+
+def _build_slice(defs: dg.Definitions, instance: dg.DagsterInstance, name: str, key: str) -> int:
+    instance.add_dynamic_partitions(slices_partitions_name(name), [key])
+    result = defs.resolve_job_def(slices_job_name(name)).execute_in_process(
+        run_config=QUIET_LOGS,
+        instance=instance,
+        partition_key=key,
+        tags=cli_run_tags(),
+        raise_on_error=False,
+    )
+    code, lines = exit_code(result)
+    if code:
+        print(
+            f"slice {key}: not published; the previous file (if any) is unchanged", file=sys.stderr
+        )
+        _print_failure(code, lines)
+    return code
+
+
+def run_slice(key_text: str, *, config: str | None) -> int:
+    """Materialize one slice through Dagster (adding its partition), refresh the catalog."""
+    settings = Settings.from_env()
+    key = parse_slice_key(key_text)
+    name = _one_config(settings, config)
+    published.mirror_inputs(settings.layout, name)
+    instance = open_instance(settings)
+    defs = build_definitions(settings)
+    code = _ensure_derived(defs, instance, settings, name) or _build_slice(
+        defs, instance, name, key.name
+    )
+    if code:
+        return code
+    code = _refresh_catalog(defs, instance, name)
+    print(settings.layout.slices_dir(name) / key.file_name)
+    return code
+
+
+def refresh_published(settings: Settings, name: str) -> int:
+    """What `mirror_change_sensor` does, in this process: derived outputs, affected slices, catalog."""
+    instance = open_instance(settings)
+    defs = build_definitions(settings)
+    code = _ensure_derived(defs, instance, settings, name)
+    if code:
+        return code
+    layout = settings.layout
+    declared = published.declared_slices(settings.slices_file, name)
+    existing = instance.get_dynamic_partitions(slices_partitions_name(name))
+    built = published.load_built_from(layout, name, "taxon_index")
+    assert built is not None
+    todo, _ = published.slices_to_rebuild(layout, name, sorted({*declared, *existing}), built)
+    for key in todo:
+        code = max(code, _build_slice(defs, instance, name, key))
+    return max(code, _refresh_catalog(defs, instance, name))
+
+
+def _refresh_catalog(defs: dg.Definitions, instance: dg.DagsterInstance, config: str) -> int:
+    result = defs.resolve_job_def(CATALOG_JOB).execute_in_process(
+        run_config=QUIET_LOGS,
+        instance=instance,
+        asset_selection=[asset_key(config, "catalog")],
+        tags=cli_run_tags(),
+        raise_on_error=False,
+    )
+    code, lines = exit_code(result)
+    _print_failure(code, lines)
+    return code
+
+
+def list_slices_command(*, config: str | None) -> int:
+    settings = Settings.from_env()
+    if config is not None:
+        select_configs(settings, config)
+    table = catalog.list_slices(config=config, home=settings.home)
+    if table.empty:
+        print(
+            "no slices published yet; build one with `tol-dagster slice KEY` (e.g. family=Felidae)"
+        )
+        return 0
+    for row in table.to_dict("records"):
+        print(
+            f"{row['config']}\t{row['name']}\t{int(row['rows']):,} rows\t{int(row['bytes']) / 1e6:,.1f} MB\t{row['path']}"
+        )
+    return 0
+
+
+def remove_slice_command(key_text: str, *, config: str | None) -> int:
+    """Remove a slice: its partition, its file and its catalog row (the catalog is rewritten)."""
+    settings = Settings.from_env()
+    key = parse_slice_key(key_text)
+    name = _one_config(settings, config)
+    layout = settings.layout
+    instance = open_instance(settings)
+    partitions = slices_partitions_name(name)
+    known = instance.has_dynamic_partition(partitions, key.name)
+    path = layout.slices_dir(name) / key.file_name
+    if not known and not path.exists():
+        raise SliceSpecError(
+            f"slice {key.name} of {name} does not exist; `tol-dagster slices list` shows the slices"
+        )
+    if known:
+        instance.delete_dynamic_partition(partitions, key.name)
+    path.unlink(missing_ok=True)
+    published.remove_slice_record(layout, name, key.name)
+    code = _refresh_catalog(build_definitions(settings), instance, name)
+    print(f"removed {key.name} from {name}")
     return code

@@ -42,6 +42,7 @@ from tol_dagster.manifest import (
     utc_timestamp,
 )
 from tol_dagster.mirror_files import MirrorFile
+from tol_dagster.revision_diff import RevisionDiff, diff_generations
 from tol_dagster.schema import expected_schema
 from tol_dagster.uuid_index import check_uuid_unique_across, hashes_path
 from tol_dagster.validation import FileFacts
@@ -717,3 +718,36 @@ def audit(layout: Layout, config: str, client: HubClient | None = None) -> Check
     return CheckResult(
         AUDIT_CHECK, True, f"{report.files_checked} files match the manifest{behind}", details
     )
+
+
+# --- what a published resync changed, by uuid ----------------------------------------------------
+
+
+def _revision_diff_path(layout: Layout, config: str) -> Path:
+    return layout.state_dir(config) / "revision_diff.json"
+
+
+def record_revision_diff(layout: Layout, config: str, published: Published) -> RevisionDiff | None:
+    """Rows added and removed per taxon by the resync just published (reads changed files only)."""
+    previous = published.previous
+    if not published.changed or previous is None:
+        return None
+    old_dir = layout.generations_dir(config) / previous.generation
+    if not old_dir.is_dir():
+        return None
+    new_dir = layout.mirror_dir(config)
+    old = [MirrorFile(e.name, e.sha256, old_dir / e.name) for e in previous.entries]
+    new = [MirrorFile(e.name, e.sha256, new_dir / e.name) for e in published.manifest.entries]
+    diff = diff_generations(old, new)
+    document = {
+        "from_commit": previous.upstream_commit,
+        "to_commit": published.commit,
+        **diff.to_dict(limit=200),
+    }
+    write_atomic(_revision_diff_path(layout, config), json.dumps(document, indent=1).encode())
+    return diff
+
+
+def last_revision_diff(layout: Layout, config: str) -> dict[str, object] | None:
+    path = _revision_diff_path(layout, config)
+    return json.loads(path.read_text()) if path.is_file() else None

@@ -6,12 +6,19 @@ from collections.abc import Sequence
 
 import dagster as dg
 
-from tol_dagster.defs.keys import asset_key, resync_keys
+from tol_dagster.defs.keys import asset_key, derived_keys, resync_keys, safe_name
 from tol_dagster.runs import RESYNC_TAG
 
 RESYNC_JOB = "resync_job"
 AUDIT_JOB = "audit_job"
 STATUS_JOB = "status_job"
+DERIVED_JOB = "derived_job"
+CATALOG_JOB = "catalog_job"
+
+
+def slices_job_name(config: str) -> str:
+    """One slices job per config: each config's slices have their own dynamic partitions."""
+    return f"slices_{safe_name(config)}_job"
 
 
 def build_jobs(configs: Sequence[str]) -> list[dg.UnresolvedAssetJobDefinition]:
@@ -34,7 +41,27 @@ def build_jobs(configs: Sequence[str]) -> list[dg.UnresolvedAssetJobDefinition]:
         selection=dg.AssetSelection.assets(*[asset_key(config, "remote") for config in configs]),
         description="Read upstream's state and how far the mirror is behind it (no downloads).",
     )
-    return [resync, audit, status]
+    derived = dg.define_asset_job(
+        DERIVED_JOB,
+        selection=dg.AssetSelection.assets(
+            *[key for config in configs for key in derived_keys(config)]
+        ),
+        description="Summaries, taxon index and centroids of the published mirror (incremental per file).",
+    )
+    catalog = dg.define_asset_job(
+        CATALOG_JOB,
+        selection=dg.AssetSelection.assets(*[asset_key(config, "catalog") for config in configs]),
+        description="Rewrite the catalog of published slices.",
+    )
+    slices = [
+        dg.define_asset_job(
+            slices_job_name(config),
+            selection=dg.AssetSelection.assets(asset_key(config, "slices")),
+            description=f"Build one slice of {config} (a partition per slice key).",
+        )
+        for config in configs
+    ]
+    return [resync, audit, status, derived, catalog, *slices]
 
 
 def resync_run_tags(config: str, commit: str | None) -> dict[str, str]:

@@ -33,3 +33,23 @@ def resync_keys(config: str) -> list[dg.AssetKey]:
 def staged_op_name(config: str) -> str:
     """The op that runs `tol/<config>/staged`: where a resync's run config goes."""
     return asset_key(config, "staged").to_python_identifier()
+
+
+def published_group(config: str) -> str:
+    return f"published_{safe_name(config)}"
+
+
+def slices_partitions_name(config: str) -> str:
+    """The dynamic partitions (one per slice key) of `tol/<config>/slices`."""
+    return f"slices_{safe_name(config)}"
+
+
+def derived_keys(config: str) -> list[dg.AssetKey]:
+    """Outputs rebuilt after every published resync, before any slice."""
+    from tol_dagster.summaries import SUMMARY_NAMES
+
+    return [
+        *(asset_key(config, "summary", name) for name in SUMMARY_NAMES),
+        asset_key(config, "taxon_index"),
+        asset_key(config, "centroids"),
+    ]

@@ -126,6 +126,7 @@ def build_mirror_assets(name: str) -> list[dg.AssetsDefinition | dg.AssetChecksD
     )
     def mirror(context: dg.AssetExecutionContext, storage: StorageResource) -> dg.MaterializeResult:
         published = sync.publish(storage.layout, name, log=context.log.info)
+        diff = sync.record_revision_diff(storage.layout, name, published)
         return dg.MaterializeResult(
             metadata={
                 "upstream_commit": published.commit,
@@ -135,6 +136,9 @@ def build_mirror_assets(name: str) -> list[dg.AssetsDefinition | dg.AssetChecksD
                 "rows": dg.MetadataValue.int(published.manifest.total_rows),
                 "bytes": dg.MetadataValue.int(published.total_bytes),
                 "changes": dg.MetadataValue.md(published.changes_markdown()),
+                "rows_by_taxon": dg.MetadataValue.md(
+                    diff.to_markdown() if diff else "no change by uuid"
+                ),
                 "dagster/column_schema": table_schema(expected_schema(name)),
                 "dagster/row_count": dg.MetadataValue.int(published.manifest.total_rows),
             },
