@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -401,3 +402,12 @@ def test_hashes_for_the_cross_file_check_are_kept(small_sample: Path, tmp_path: 
     facts = inspect(path, uuid_hashes_path=keep)
     hashes = np.load(keep)
     assert hashes.size == facts.rows and np.all(hashes[1:] >= hashes[:-1])
+
+
+def test_files_inspected_in_parallel_threads_get_the_same_facts(small_sample: Path) -> None:
+    """The sync gates each file in a download worker thread: GX and DuckDB must not mix them."""
+    paths = sample_files(small_sample)
+    alone = [inspect(path) for path in paths]
+    with ThreadPoolExecutor(max_workers=len(paths)) as pool:
+        together = list(pool.map(inspect, paths))
+    assert together == alone
