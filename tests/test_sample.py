@@ -150,11 +150,19 @@ def test_a_second_config_holds_the_same_rows_in_the_same_order_and_joins_the_car
     assert np.allclose(norms, 1.0, atol=0.01)  # BioCLIP 2.5 vectors are unit-norm upstream
 
 
-def test_a_config_that_cannot_align_with_one_already_built_is_refused(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [({"rows": 1600}, r"--rows 1500"), ({"seed": 4}, r"another --seed")],
+    ids=["rows", "seed"],
+)
+def test_a_config_that_cannot_align_with_one_already_built_is_refused(
+    tmp_path: Path, change: dict[str, int], message: str
+) -> None:
     out = tmp_path / "repo"
     build_sample(out, **TINY)
-    with pytest.raises(SettingsError, match=r"--rows 1500"):
-        build_sample(out, **{**TINY, "rows": 1600}, config=OTHER_CONFIG)
+    with pytest.raises(SettingsError, match=message):
+        build_sample(out, **{**TINY, **change}, config=OTHER_CONFIG)
+    assert not (out / OTHER_CONFIG).exists()
 
 
 def test_rebuilding_with_fewer_files_removes_the_stale_ones(tmp_path: Path) -> None:

@@ -153,10 +153,9 @@ def build_sample(
     dim = config_dim(config) if dim is None else dim
     _check_arguments(out, rows=rows, files=files, dim=dim, row_group_size=row_group_size)
     existing = _read_card(out)
-    _check_alignment(out, existing, config, rows)
-
     taxa = _Taxa.build(seed, rows)
     meta = _Rows.build(taxa, rows=rows, seed=seed)
+    _check_alignment(out, existing, config, rows, meta.uuid(0))
     embedder = _Embedder(taxa, seed=seed, config=config, dim=dim)
 
     folder = out / config
@@ -176,7 +175,7 @@ def build_sample(
 
     front = card_mod.with_config(existing, config, num_examples=rows)
     front.setdefault("pretty_name", "TreeOfLife-200M Embeddings (generated sample)")
-    (out / "README.md").write_text(card_mod.render_card(front, _card_body(front)), "utf-8")
+    _replace_text(out / "README.md", card_mod.render_card(front, _card_body(front)))
 
     seconds = time.perf_counter() - started
     return SampleReport(
@@ -207,10 +206,13 @@ def _read_card(out: Path) -> dict[str, Any]:
     return card_mod.parse_card(path.read_text("utf-8"), source=str(path))
 
 
-def _check_alignment(out: Path, card: dict[str, Any], config: str, rows: int) -> None:
+def _check_alignment(
+    out: Path, card: dict[str, Any], config: str, rows: int, first_uuid: str
+) -> None:
     """Configs in one folder must align 1:1 by uuid, so they must have been built alike."""
     for other in card_mod.config_names(card):
-        if other == config or not (out / other).is_dir():
+        files = sorted((out / other).glob("train-*.parquet"))
+        if other == config or not files:
             continue
         other_rows = card_mod.expected_rows(card, other)
         if other_rows is not None and other_rows != rows:
@@ -218,6 +220,12 @@ def _check_alignment(out: Path, card: dict[str, Any], config: str, rows: int) ->
                 f"sample {out}: config {other} holds {other_rows} rows but {config} would hold "
                 f"{rows}; configs in one repo align 1:1 by uuid: build with --rows {other_rows} "
                 "and the same --seed, or into an empty folder"
+            )
+        first = pq.ParquetFile(files[0]).read_row_group(0, columns=["uuid"]).column(0)[0]
+        if first.as_py() != first_uuid:
+            raise SettingsError(
+                f"sample {out}: config {other} was built with another --seed, so {config} would "
+                "not align with it by uuid; use the same --seed, or build into an empty folder"
             )
 
 
@@ -564,6 +572,11 @@ class _Rows:
             id_b=id_b[perm],
         )
 
+    def uuid(self, row: int) -> str:
+        """The uuid of one row (in sorted order)."""
+        window = slice(row, row + 1)
+        return str(_uuid_strings(self.uuid_bytes[window], self.hex_uuid[window])[0].as_py())
+
     def table(self, start: int, stop: int, emb: pa.Array) -> pa.Table:
         """Rows [start, stop) with `emb`, in the exact schema."""
         window = slice(start, stop)
@@ -884,15 +897,25 @@ def _row_group_tables(
 def _write_file(path: Path, dim: int, tables: Iterable[pa.Table], row_group_size: int) -> None:
     """One parquet file with upstream's settings, renamed into place when complete."""
     tmp = path.with_name(f".{path.name}.tmp")
-    with pq.ParquetWriter(
-        tmp,
-        arrow_schema(dim),
-        compression="zstd",
-        compression_level=ZSTD_LEVEL,
-        write_page_index=True,
-        use_dictionary=list(STRING_COLUMNS),
-        write_statistics=list(METADATA_COLUMNS),
-    ) as writer:
-        for table in tables:
-            writer.write_table(table, row_group_size=row_group_size)
+    try:
+        with pq.ParquetWriter(
+            tmp,
+            arrow_schema(dim),
+            compression="zstd",
+            compression_level=ZSTD_LEVEL,
+            write_page_index=True,
+            use_dictionary=list(STRING_COLUMNS),
+            write_statistics=list(METADATA_COLUMNS),
+        ) as writer:
+            for table in tables:
+                writer.write_table(table, row_group_size=row_group_size)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _replace_text(path: Path, text: str) -> None:
+    """Write a whole file or leave the old one: a Hub serving the folder never sees half."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, "utf-8")
     os.replace(tmp, path)
