@@ -108,8 +108,12 @@ def check_uuid_unique_within(name: str, path: Path, hashes: np.ndarray) -> Check
         UUID_UNIQUE,
         False,
         f"{name}: uuid {first['uuid']!r} appears more than once (rows {rows_text}); "
-        f"{len(duplicates):,} duplicated uuid(s) seen",
-        {"duplicates": duplicates[:MAX_REPORTED], "duplicated_uuids_seen": len(duplicates)},
+        f"{len(duplicates):,} duplicated uuid(s) confirmed of {repeated.size:,} repeated hashes",
+        {
+            "duplicates": duplicates[:MAX_REPORTED],
+            "duplicated_uuids_confirmed": len(duplicates),
+            "repeated_hashes": int(repeated.size),
+        },
     )
 
 
