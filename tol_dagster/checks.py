@@ -7,7 +7,7 @@ uuid_index, alignment) can share them without importing the whole gate.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,24 +50,3 @@ class CheckResult:
 def not_run(check: str, name: str, reason: str) -> CheckResult:
     """A check that could not run counts as failed: the gate never passes what it did not see."""
     return CheckResult(check, False, f"{name}: not run: {reason}", {"not_run": True})
-
-
-def combine(check: str, results: Iterable[CheckResult], *, passed_message: str) -> CheckResult:
-    """One verdict for `check` from per-file and cross-file results: failed if any failed.
-
-    The message lists every failure (each already names its file); details keep the first 50.
-    """
-    mine = [r for r in results if r.check == check]
-    failures = [r for r in mine if not r.passed]
-    if not failures:
-        return CheckResult(check, True, passed_message, {"results": len(mine)})
-    shown = failures[:50]
-    message = "\n".join(r.message for r in shown)
-    if len(failures) > len(shown):
-        message += f"\n... and {len(failures) - len(shown)} more"
-    return CheckResult(
-        check,
-        False,
-        message,
-        {"failures": len(failures), "results": len(mine), "first": [r.to_dict() for r in shown]},
-    )

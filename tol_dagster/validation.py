@@ -37,7 +37,6 @@ from tol_dagster.checks import (
     SORTED_BY_CONTRACT_KEY,
     UUID_UNIQUE,
     CheckResult,
-    combine,
     not_run,
 )
 from tol_dagster.hashing import sha256_file
@@ -71,7 +70,6 @@ __all__ = [
     "check_sha256",
     "check_sorted_across",
     "check_sorted_within",
-    "combine",
     "inspect_file",
     "schema_differences",
     "sort_key_le",
