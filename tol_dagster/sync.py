@@ -521,14 +521,18 @@ def gate(
         per_file[validation.UUID_UNIQUE],
         check_uuid_unique_across(changed, candidates, layout=layout, config=config),
     )
-    per_file[validation.ROWS_MATCH_CARD] = validation.check_rows_match_card(
-        state.total_rows, state.expected_rows
+    per_file[validation.ROWS_MATCH_CARD] = _naming_files(
+        validation.check_rows_match_card(state.total_rows, state.expected_rows), manifest, state
     )
-    per_file[validation.ROW_LOSS_WITHIN_LIMIT] = validation.check_row_loss(
-        manifest.total_rows if manifest else None,
-        state.total_rows,
-        max_row_loss,
-        accepted=accept_row_loss,
+    per_file[validation.ROW_LOSS_WITHIN_LIMIT] = _naming_files(
+        validation.check_row_loss(
+            manifest.total_rows if manifest else None,
+            state.total_rows,
+            max_row_loss,
+            accepted=accept_row_loss,
+        ),
+        manifest,
+        state,
     )
     results = [per_file[name] for name in GATE_CHECKS]
     state.gate = {r.check: r.passed for r in results}
@@ -588,6 +592,27 @@ def _schema_stable(
         f"{message}. If upstream changed the schema on purpose, rerun with --accept-schema-change",
         failures[0].details,
     )
+
+
+def _naming_files(
+    result: CheckResult, previous: Manifest | None, state: StagedState
+) -> CheckResult:
+    """A failed row-count check with the files whose row counts moved: a total names no file."""
+    before = previous.by_name if previous else {}
+    moved = [
+        f"{f.name} ({before[f.name].rows:,} -> {f.rows or 0:,} rows)"
+        if f.name in before
+        else f"{f.name} (new, {f.rows or 0:,} rows)"
+        for f in state.files
+        if f.name not in before or before[f.name].rows != (f.rows or 0)
+    ]
+    moved += [
+        f"{name} (removed, {before[name].rows:,} rows)" for name in state.removed if name in before
+    ]
+    if result.passed or not moved:
+        return result
+    shown = "; ".join(moved[:10]) + (f"; and {len(moved) - 10} more" if len(moved) > 10 else "")
+    return replace(result, message=f"{result.message}. Rows changed in: {shown}")
 
 
 def _merge(a: CheckResult, b: CheckResult) -> CheckResult:
