@@ -8,11 +8,15 @@ an unset `HF_TOKEN` does not stop the code location from loading.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import dagster as dg
 
 from tol_dagster.layout import Layout
 from tol_dagster.settings import Settings, hub_token
+
+if TYPE_CHECKING:
+    from tol_dagster.hub import RetryPolicy
 
 
 class HubResource(dg.ConfigurableResource):
@@ -22,10 +26,11 @@ class HubResource(dg.ConfigurableResource):
     repo_id: str
     max_parallel_downloads: int = 4
 
-    def client(self):  # -> HubClient (imported lazily: the Hub client is slow to import)
-        from tol_dagster.hub import HubClient
+    def client(self, retry: RetryPolicy | None = None):  # -> HubClient (imported lazily: slow)
+        """A client with `retry` (default: the patient policy downloads want)."""
+        from tol_dagster.hub import HubClient, RetryPolicy
 
-        return HubClient(self.endpoint, self.repo_id, hub_token())
+        return HubClient(self.endpoint, self.repo_id, hub_token(), retry=retry or RetryPolicy())
 
 
 class StorageResource(dg.ConfigurableResource):

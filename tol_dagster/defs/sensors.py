@@ -16,7 +16,13 @@ from tol_dagster.defs.jobs import RESYNC_JOB, resync_run_tags
 from tol_dagster.defs.keys import resync_keys, staged_op_name
 from tol_dagster.defs.resources import HubResource, StorageResource
 from tol_dagster.errors import UpstreamError
+from tol_dagster.hub import RetryPolicy
 from tol_dagster.runs import fail_dead_cli_runs
+
+#: A tick stays short: one quick retry, then the next tick tries again. The default policy
+#: (6 attempts, backoff to 30 s) held a tick for 31 s against a Hub that was down, and longer
+#: than the daemon's tick timeout against one that hangs.
+SENSOR_RETRY = RetryPolicy(attempts=2, base_delay_s=0.5, max_delay_s=0.5, timeout_s=10.0)
 
 
 def build_upstream_change_sensor(
@@ -35,7 +41,7 @@ def build_upstream_change_sensor(
         cursor = json.loads(context.cursor) if context.cursor else {}
         for config in configs:
             fail_dead_cli_runs(context.instance, config)
-        client = hub.client()
+        client = hub.client(retry=SENSOR_RETRY)
         try:
             head = client.head_commit()
         except UpstreamError as error:
