@@ -14,9 +14,10 @@ import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.feather as feather
 import pyarrow.parquet as pq
 
@@ -62,21 +63,17 @@ def read_parts(
 def split_by_file(
     table: pa.Table, files: Sequence[MirrorFile]
 ) -> list[tuple[MirrorFile, pa.Table]]:
-    """Each file's rows of a DuckDB result over `files` (its `filename` column, then dropped).
+    """Each file's rows of a DuckDB result over `files`, by its `file_index` column (dropped).
 
-    A file with no rows in `table` gets an empty table, so every file gets a part.
+    Rows keep their order within a file; a file with no rows gets an empty table.
     """
-    table = table.sort_by("filename")  # stable: each file's rows keep their order
-    runs = pc.run_end_encode(table["filename"].combine_chunks())
-    ends = runs.run_ends.to_pylist()
-    starts = [0, *ends[:-1]]
-    spans = dict(zip(runs.values.to_pylist(), zip(starts, ends, strict=True), strict=True))
-    table = table.drop_columns(["filename"])
-    out = []
-    for file in files:
-        start, end = spans.get(str(file.path), (0, 0))
-        out.append((file, table.slice(start, end - start)))
-    return out
+    table = table.sort_by("file_index")  # stable
+    bounds = np.searchsorted(table["file_index"].to_numpy(), np.arange(len(files) + 1)).tolist()
+    table = table.drop_columns(["file_index"])
+    return [
+        (file, table.slice(start, end - start))
+        for file, start, end in zip(files, bounds, bounds[1:], strict=False)
+    ]
 
 
 def write_part(table: pa.Table, layout: Layout, config: str, file: MirrorFile, name: str) -> None:
@@ -98,7 +95,7 @@ def atomic_path(path: Path) -> Iterator[Path]:
         Path(tmp).unlink(missing_ok=True)
 
 
-def write_table(table: pa.Table, path: Path) -> None:
-    """Publish `table` as parquet at `path`, atomically."""
+def write_table(table: pa.Table, path: Path, **options: Any) -> None:
+    """Publish `table` as parquet at `path`, atomically (`options` go to `pq.write_table`)."""
     with atomic_path(path) as tmp:
-        pq.write_table(table, tmp, compression="zstd")
+        pq.write_table(table, tmp, **({"compression": "zstd"} | options))

@@ -121,7 +121,7 @@ def count(index: pa.Table, rank: str, value: str) -> int:
 
 
 def _index_files(files: Sequence[MirrorFile]) -> pa.Table:
-    """Index entries of `files` (with DuckDB's `filename`) from one scan of their rank columns.
+    """Index entries of `files` (with DuckDB's `file_index`) from one scan of their rank columns.
 
     Rows are first counted per full lineage and per block of rows that never straddles a row
     group (the blocks are the row groups when all have one size), which shrinks the data before
@@ -137,44 +137,38 @@ def _index_files(files: Sequence[MirrorFile]) -> pa.Table:
         entries = con.sql(
             f"""
             WITH blocks AS (
-                SELECT filename, min(file_row_number) AS first, max(file_row_number) AS last,
+                SELECT file_index, min(file_row_number) AS first, max(file_row_number) AS last,
                        count(*) AS n, {", ".join(ranks)}, {BINOMIAL_SQL} AS species
-                FROM read_parquet(?, filename = true, file_row_number = true)
-                GROUP BY filename, file_row_number // {block}, {keys}
+                FROM read_parquet(?, file_row_number = true)
+                GROUP BY file_index, file_row_number // {block}, {keys}
             ),
             placed AS (
                 SELECT blocks.*, row_groups.row_group FROM blocks ASOF JOIN row_groups
-                ON blocks.filename = row_groups.filename AND blocks.first >= row_groups.start
+                ON blocks.file_index = row_groups.file_index AND blocks.first >= row_groups.start
             )
-            SELECT filename, rank, value, row_group, min(first) AS row_start,
+            SELECT file_index, rank, value, row_group, min(first) AS row_start,
                    max(last) + 1 AS row_end, sum(n) AS rows
             FROM (UNPIVOT placed ON {", ".join([*ranks, "species"])} INTO NAME rank VALUE value)
             GROUP BY ALL
-            ORDER BY filename, rank, value, row_group
+            ORDER BY file_index, rank, value, row_group
             """,
             params=[[str(f.path) for f in files]],
         ).to_arrow_table()
-    return entries.cast(pa.schema([pa.field("filename", pa.string()), *_PART_SCHEMA]))
+    return entries.cast(pa.schema([pa.field("file_index", pa.int64()), *_PART_SCHEMA]))
 
 
 def _row_group_starts(files: Sequence[MirrorFile]) -> pa.Table:
-    """(filename, row_group, start) of every row group of `files`, from the footers."""
-    names, groups, starts = [], [], []
-    for file in files:
+    """(file_index, row_group, start) of every row group of `files`, from the footers."""
+    rows: dict[str, list[int]] = {"file_index": [], "row_group": [], "start": []}
+    for index, file in enumerate(files):
         meta = pq.read_metadata(file.path)
         start = 0
         for group in range(meta.num_row_groups):
-            names.append(str(file.path))
-            groups.append(group)
-            starts.append(start)
+            for column, value in zip(rows, (index, group, start), strict=True):
+                rows[column].append(value)
             start += meta.row_group(group).num_rows
-    return pa.table(
-        {
-            "filename": pa.array(names, pa.string()),
-            "row_group": pa.array(groups, pa.int32()),
-            "start": pa.array(starts, pa.int64()),
-        }
-    )
+    types = {"file_index": pa.int64(), "row_group": pa.int32(), "start": pa.int64()}
+    return pa.table({column: pa.array(values, types[column]) for column, values in rows.items()})
 
 
 def _combine(files: Sequence[MirrorFile], layout: Layout, config: str) -> pa.Table:
