@@ -7,8 +7,9 @@ Zipf tails, NULL holes mid-hierarchy, dirty values, awkward names, and embedding
 cosine structure match BioCLIP 2's. Rows depend only on (rows, seed); a second config built into
 the same folder holds the same uuids in the same order, as upstream configs do.
 
-Metadata for all rows lives in memory as small integer arrays; strings and embeddings are made
-one row group at a time, so memory stays bounded by the row-group size.
+Per row only a few integers stay in memory (~70 bytes a row); strings and embeddings are made
+one row group at a time (the next one in a worker thread while this one is written), so the
+rest of the memory is bounded by the row-group size.
 """
 
 from __future__ import annotations
@@ -265,7 +266,8 @@ class _Taxa:
 
     lineage: tuple[np.ndarray, ...]  # kingdom .. genus, object arrays (None = NULL)
     epithet: np.ndarray
-    authority: np.ndarray
+    name: np.ndarray  # scientific name without authority
+    authority: np.ndarray  # None when unknown
     common: np.ndarray
     bold: np.ndarray  # BOLD BIN, e.g. BOLD:ACY0305
     group: np.ndarray  # img_type group (plant, insect, birds, ...)
@@ -328,6 +330,7 @@ class _TaxaBuilder:
             {
                 "lineage": species.lineage,
                 "epithet": species.epithet,
+                "name": f"{species.lineage[5]} {species.epithet}",
                 "authority": species.authority,
                 "common": species.common_name,
                 "weight": species.percent / 100,
@@ -363,6 +366,7 @@ class _TaxaBuilder:
                                 genus,
                             ),
                             "epithet": epithet,
+                            "name": f"{genus} {epithet}",
                             "authority": _authority(rng, animal),
                             "common": _common_name(rng, genus, order.noun),
                             "weight": weight * family_share * genus_share * species_share,
@@ -380,7 +384,8 @@ class _TaxaBuilder:
                 {
                     "lineage": (taxa_data.INCERTAE_SEDIS, None, None, None, None, None),
                     "epithet": None,
-                    "authority": f"{genus} {self.rng.choice(taxa_data.EPITHETS)}",
+                    "name": f"{genus} {self.rng.choice(taxa_data.EPITHETS)}",
+                    "authority": None,
                     "common": None,
                     "weight": taxa_data.INCERTAE_SEDIS_PERCENT / 100 * share,
                     "order": None,
@@ -404,6 +409,7 @@ class _TaxaBuilder:
         return _Taxa(
             lineage=tuple(_obj([r["lineage"][i] for r in records]) for i in range(6)),
             epithet=_obj([r["epithet"] for r in records]),
+            name=_obj([r["name"] for r in records]),
             authority=_obj([r["authority"] for r in records]),
             common=_obj([r["common"] for r in records]),
             bold=_obj(bold),
@@ -648,8 +654,9 @@ def _display_table(taxa: _Taxa, keys: np.ndarray) -> pa.Table:
     family_only = has(_FAMILY_ONLY)
     truncated = has(_GENUS_ONLY) | family_only
     binomial = _join(genus, epithet, " ")
-    plain = np.where(epithet == None, taxa.authority[leaf], binomial)  # noqa: E711
-    with_authority = np.where(epithet == None, plain, _join(binomial, taxa.authority[leaf], " "))  # noqa: E711
+    plain = taxa.name[leaf]
+    authored = _join(plain, taxa.authority[leaf], " ")
+    with_authority = np.where(authored == None, plain, authored)  # noqa: E711
     qualifiers = np.array(taxa_data.INFORMAL_QUALIFIERS, dtype=object)
     informal = _join(np.where(family_only, family, genus), qualifiers[leaf % len(qualifiers)], " ")
     dirty = {"Animalia": "Metazoa", "Plantae": "Archaeplastida"}
