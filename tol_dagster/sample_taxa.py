@@ -331,6 +331,14 @@ SURNAMES: tuple[str, ...] = (
     "Smith", "Wallace", "Bates", "Darwin", "Humboldt", "Jiménez", "François",
 )  # fmt: skip
 
+_PLACES = ("Tartu", "Kraków", "São Paulo", "Zürich", "Reykjavík", "Québec", "Göteborg",
+           "Málaga", "Lund", "Nairobi", "Kunming", "Canberra", "Auckland", "Brno")  # fmt: skip
+_COLLECTIONS = (
+    "{} Natural History Museum",
+    "University of {} Herbarium",
+    "{} Biodiversity Data Centre",
+)
+
 #: GBIF publishers after iNaturalist.org: observation platforms, then museums and herbaria.
 #: (name, kind, scope): kind is "citizen", "museum" or "camera"; scope is "any", "plant"
 #: (plants and fungi) or "animal".
@@ -355,6 +363,8 @@ PUBLISHERS: tuple[tuple[str, str, str], ...] = (
     ('Botanic Garden and Botanical Museum Berlin ("BGBM")', "museum", "plant"),
     ("Instituto de Investigación de Recursos Biológicos Alexander von Humboldt", "museum", "any"),
     ("Snapshot Safari", "camera", "animal"),
+    # The long tail: regional collections, few rows each.
+    *((pattern.format(place), "museum", "any") for place in _PLACES for pattern in _COLLECTIONS),
 )
 
 #: The 13 img_type values upstream (GBIF rows only).
