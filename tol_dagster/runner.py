@@ -27,6 +27,7 @@ from tol_dagster.defs.jobs import (
 from tol_dagster.defs.keys import (
     asset_key,
     derived_keys,
+    resync_check_keys,
     resync_keys,
     slices_partitions_name,
     staged_op_name,
@@ -93,7 +94,11 @@ def run_sync(*, config: str | None, accept_row_loss: bool, accept_schema_change:
     worst = 0
     for name in configs:
         _wait_for_other_resyncs(instance, name)
-        result = job.execute_in_process(
+        subset = job.get_subset(
+            asset_selection=set(resync_keys(name)),
+            asset_check_selection=set(resync_check_keys(name)),
+        )
+        result = subset.execute_in_process(
             run_config={
                 **QUIET_LOGS,
                 "ops": {
@@ -106,7 +111,6 @@ def run_sync(*, config: str | None, accept_row_loss: bool, accept_schema_change:
                 },
             },
             instance=instance,
-            asset_selection=resync_keys(name),
             tags={**resync_run_tags(name, None), **cli_run_tags()},
             raise_on_error=False,
         )

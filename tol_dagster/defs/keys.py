@@ -30,6 +30,15 @@ def resync_keys(config: str) -> list[dg.AssetKey]:
     return [asset_key(config, "remote"), asset_key(config, "staged"), asset_key(config, "mirror")]
 
 
+def resync_check_keys(config: str) -> list[dg.AssetCheckKey]:
+    """The checks a resync runs: the gate on `staged`. Selecting `resync_keys` alone would add
+    the mirror's audit, which re-hashes every published file and asks the Hub again: the
+    audit schedule's job, not every resync's."""
+    from tol_dagster.sync import GATE_CHECKS
+
+    return [dg.AssetCheckKey(asset_key(config, "staged"), name) for name in GATE_CHECKS]
+
+
 def staged_op_name(config: str) -> str:
     """The op that runs `tol/<config>/staged`: where a resync's run config goes."""
     return asset_key(config, "staged").to_python_identifier()

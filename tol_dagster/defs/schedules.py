@@ -5,7 +5,7 @@ from collections.abc import Iterator, Sequence
 import dagster as dg
 
 from tol_dagster.defs.jobs import AUDIT_JOB, RESYNC_JOB, resync_run_tags
-from tol_dagster.defs.keys import resync_keys
+from tol_dagster.defs.keys import resync_check_keys, resync_keys
 
 
 def build_schedules(configs: Sequence[str]) -> list[dg.ScheduleDefinition]:
@@ -27,6 +27,7 @@ def build_schedules(configs: Sequence[str]) -> list[dg.ScheduleDefinition]:
             yield dg.RunRequest(
                 run_key=f"{config}@{stamp}",
                 asset_selection=resync_keys(config),
+                asset_check_keys=resync_check_keys(config),
                 tags=resync_run_tags(config, None),
             )
 

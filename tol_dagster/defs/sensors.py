@@ -13,7 +13,7 @@ import dagster as dg
 
 from tol_dagster import sync
 from tol_dagster.defs.jobs import RESYNC_JOB, resync_run_tags
-from tol_dagster.defs.keys import resync_keys, staged_op_name
+from tol_dagster.defs.keys import resync_check_keys, resync_keys, staged_op_name
 from tol_dagster.defs.resources import HubResource, StorageResource
 from tol_dagster.errors import UpstreamError
 from tol_dagster.hub import RetryPolicy
@@ -67,6 +67,7 @@ def build_upstream_change_sensor(
                 dg.RunRequest(
                     run_key=f"{config}@{head}:{sync.remote_version(remote)}",
                     asset_selection=resync_keys(config),
+                    asset_check_keys=resync_check_keys(config),
                     run_config={"ops": {staged_op_name(config): {"config": {"commit": head}}}},
                     tags={**resync_run_tags(config, head), "tol/plan": decision.reason[:200]},
                 )
