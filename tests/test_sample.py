@@ -131,6 +131,14 @@ def test_the_same_arguments_give_the_same_bytes(tmp_path: Path) -> None:
     assert (first / names[1]).read_bytes() != (other_seed / names[1]).read_bytes()
 
 
+def test_files_and_row_group_size_change_the_layout_but_not_the_rows(tmp_path: Path) -> None:
+    build_sample(tmp_path / "a", **TINY)
+    build_sample(tmp_path / "b", **{**TINY, "files": 3, "row_group_size": 123})
+    first, second = (pq.read_table(tmp_path / name / DEFAULT_CONFIG) for name in "ab")
+    assert first.equals(second)
+    assert len(_files(tmp_path / "b")) == 3
+
+
 def test_a_second_config_holds_the_same_rows_in_the_same_order_and_joins_the_card(
     tmp_path: Path,
 ) -> None:

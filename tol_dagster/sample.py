@@ -146,8 +146,9 @@ def build_sample(
 ) -> SampleReport:
     """Write `out/<config>/train-0000i-of-0000K.parquet` and add `config` to `out/README.md`.
 
-    Same arguments give the same bytes. Rows (uuids and metadata) depend on `rows` and `seed`
-    only; `config` and `dim` change `emb` alone, so configs built into one folder align by uuid.
+    Same arguments give the same bytes. The table's content depends on `rows`, `seed`,
+    `config` and `dim` only (`files` and `row_group_size` change the layout, not the rows), and
+    uuids and metadata on `rows` and `seed` only, so configs in one folder align by uuid.
     """
     started = time.perf_counter()
     out = Path(out)
@@ -854,28 +855,35 @@ class _Embedder:
         self.noise_scale = (math.sqrt(_NOISE_SHARE * 12) / 65536 * self.spread).astype(np.float32)
         self.noise_shift = (-32767.5 * self.noise_scale).astype(np.float32)
 
-    def vectors(self, leaf: np.ndarray, group: int) -> pa.Array:
-        """`emb` for rows of these taxa, from a generator keyed by the row group's number.
+    def vectors(self, leaf: np.ndarray, first_row: int) -> pa.Array:
+        """`emb` for consecutive rows starting at `first_row`, one per taxon in `leaf`.
 
-        The per-image noise is uniform from raw random bytes, 3x cheaper than normal draws; its
-        shape is invisible next to the Gaussian offsets and the cosines are the same. Work goes
-        in blocks of rows so that temporaries stay small and reused (no page-fault storm).
+        Noise comes from a generator per fixed block of rows, so a row's vector does not depend
+        on how the rows are cut into files and row groups. It is uniform from raw random bytes,
+        3x cheaper than normal draws; its shape is invisible next to the Gaussian offsets and
+        the cosines are the same. Blocks also keep temporaries small and reused.
         """
-        rng = np.random.default_rng([*self.key, 4, group])
         n = len(leaf)
-        if self.unit_norm:
-            target = np.ones(n, np.float32)
-        else:
-            target = np.clip(_NORM_MEAN * rng.lognormal(0, _NORM_SIGMA, n), *_NORM_RANGE)
         out = np.empty((n, self.dim), np.float16)
-        for lo in range(0, n, _BLOCK_ROWS):
-            hi = min(lo + _BLOCK_ROWS, n)
-            x = np.take(self.centroid, leaf[lo:hi], axis=0)
-            noise = np.frombuffer(rng.bytes((hi - lo) * self.dim * 2), "<u2")
-            x += noise.reshape(hi - lo, self.dim) * self.noise_scale
+        stop = first_row + n
+        for block in range(first_row // _BLOCK_ROWS, (stop - 1) // _BLOCK_ROWS + 1):
+            base = block * _BLOCK_ROWS
+            lo, hi = max(first_row, base), min(stop, base + _BLOCK_ROWS)
+            rng = np.random.default_rng([*self.key, 4, block])
+            noise = np.frombuffer(rng.bytes(_BLOCK_ROWS * self.dim * 2), "<u2")
+            noise = noise.reshape(_BLOCK_ROWS, self.dim)[lo - base : hi - base]
+            if self.unit_norm:
+                target = np.ones(hi - lo, np.float32)
+            else:
+                draws = (
+                    _NORM_MEAN * rng.lognormal(0, _NORM_SIGMA, _BLOCK_ROWS)[lo - base : hi - base]
+                )
+                target = np.clip(draws, *_NORM_RANGE)
+            x = np.take(self.centroid, leaf[lo - first_row : hi - first_row], axis=0)
+            x += noise * self.noise_scale
             x += self.noise_shift
-            x *= (target[lo:hi] / np.linalg.norm(x, axis=1)).astype(np.float32)[:, None]
-            out[lo:hi] = x
+            x *= (target / np.linalg.norm(x, axis=1)).astype(np.float32)[:, None]
+            out[lo - first_row : hi - first_row] = x
         return pa.FixedSizeListArray.from_arrays(pa.array(out.ravel()), type=emb_type(self.dim))
 
 
@@ -890,7 +898,7 @@ def _row_group_tables(
 
     def make(group: int) -> pa.Table:
         lo, hi = chunks[group]
-        return meta.table(lo, hi, embedder.vectors(meta.leaf[lo:hi], group))
+        return meta.table(lo, hi, embedder.vectors(meta.leaf[lo:hi], lo))
 
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="sample") as pool:
         pending = [pool.submit(make, 0)] if chunks else []
