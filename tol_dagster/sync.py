@@ -557,7 +557,7 @@ def _combine(check: str, state: StagedState, facts: list[FileFacts | None]) -> C
             continue
         for result in file_facts_.results:
             if result.check == check and not result.passed:
-                failures.append(f"{staged.name}: {result.message}")
+                failures.append(result.message)  # names its file already
     if failures:
         return CheckResult(check, False, "; ".join(failures[:10]), {"failed_files": len(failures)})
     return CheckResult(check, True, f"{len(state.files)} files pass", {"files": len(state.files)})
