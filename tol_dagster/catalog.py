@@ -12,10 +12,9 @@ only published config, else to the first of `TOL_CONFIGS` that is published.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,7 +24,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from tol_dagster.durable import TEMP_PREFIX, TEMP_SUFFIX, fsync_dir
+from tol_dagster.durable import TEMP_PREFIX, TEMP_SUFFIX, file_lock, fsync_dir
 from tol_dagster.errors import SliceNotPublished
 from tol_dagster.layout import Layout
 from tol_dagster.settings import Settings
@@ -146,17 +145,9 @@ def _publish(layout: Layout, config: str, rows: list[dict[str, object]]) -> pa.T
     return table
 
 
-@contextlib.contextmanager
-def _locked(layout: Layout, config: str) -> Iterator[None]:
+def _locked(layout: Layout, config: str) -> contextlib.AbstractContextManager[None]:
     """Serialize catalog rewrites (the asset, and `slices remove` from the command line)."""
-    lock = layout.state_dir(config) / "catalog.lock"
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    return file_lock(layout.state_dir(config) / "catalog.lock")
 
 
 # --- reading (the public Python API) -----------------------------------------------------------

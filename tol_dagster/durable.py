@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 #: Prefix and suffix of the temporary files `write_atomic` leaves behind only if killed mid-write.
@@ -47,3 +49,15 @@ def is_temp_of(candidate: Path, path: Path) -> bool:
         and candidate.name.startswith(f"{TEMP_PREFIX}{path.name}.")
         and candidate.name.endswith(TEMP_SUFFIX)
     )
+
+
+@contextlib.contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """An exclusive lock on `path` between processes; the kernel drops it if the holder dies."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

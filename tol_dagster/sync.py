@@ -11,13 +11,12 @@ small JSON under `Layout.state_dir`, so each step can run in its own process.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -27,7 +26,7 @@ import pyarrow.parquet as pq
 
 from tol_dagster import mirror, validation
 from tol_dagster.checks import CheckResult
-from tol_dagster.durable import write_atomic
+from tol_dagster.durable import file_lock, write_atomic
 from tol_dagster.errors import IntegrityError, RevisionGone, UpstreamError, ValidationFailed
 from tol_dagster.hub import HubClient, RemoteConfig, RemoteFile
 from tol_dagster.layout import Layout
@@ -208,17 +207,9 @@ def _save_staged(layout: Layout, state: StagedState) -> None:
     write_atomic(_staged_path(layout, state.config), state.to_json().encode())
 
 
-@contextlib.contextmanager
-def config_lock(layout: Layout, config: str) -> Iterator[None]:
+def config_lock(layout: Layout, config: str) -> contextlib.AbstractContextManager[None]:
     """One writer per config's store at a time. The kernel drops the lock if the process dies."""
-    path = layout.store_dir(config) / ".lock"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    return file_lock(layout.store_dir(config) / ".lock")
 
 
 # --- observe and decide -----------------------------------------------------------------------
