@@ -82,7 +82,7 @@ def build_centroids(
     files: Sequence[MirrorFile], layout: Layout, config: str, dim: int, *, force: bool = False
 ) -> CentroidResult:
     """Sum the embeddings of the files not read yet (all when `force`), then publish the table."""
-    stale = stale_files(files, layout, config, (SUMS_PART,), force=force)
+    stale = stale_files(files, layout, config, SUMS_PART, force=force)
     for file in stale:
         write_part(_file_sums(file, dim), layout, config, file, SUMS_PART)
     path = layout.centroids_path(config)

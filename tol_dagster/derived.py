@@ -31,33 +31,16 @@ def derived_path(layout: Layout, config: str, file: MirrorFile, name: str) -> Pa
 
 
 def stale_files(
-    files: Sequence[MirrorFile],
-    layout: Layout,
-    config: str,
-    names: Sequence[str],
-    *,
-    force: bool = False,
+    files: Sequence[MirrorFile], layout: Layout, config: str, name: str, *, force: bool = False
 ) -> list[MirrorFile]:
-    """The files missing any of the results `names` (every file when `force`), in order."""
-    return [
-        f
-        for f in files
-        if force or not all(derived_path(layout, config, f, n).is_file() for n in names)
-    ]
+    """The files without a result `name` yet (every file when `force`), in order."""
+    return [f for f in files if force or not derived_path(layout, config, f, name).is_file()]
 
 
 def read_part(layout: Layout, config: str, file: MirrorFile, name: str) -> pa.Table:
     """The result `name` of `file`, as `write_part` kept it."""
     with pa.memory_map(str(derived_path(layout, config, file, name))) as source:
         return pa.ipc.open_file(source).read_all()
-
-
-def read_parts(
-    files: Sequence[MirrorFile], layout: Layout, config: str, name: str, schema: pa.Schema
-) -> pa.Table:
-    """The results `name` of `files`, concatenated in the files' order."""
-    parts = [read_part(layout, config, file, name).cast(schema) for file in files]
-    return pa.concat_tables(parts) if parts else schema.empty_table()
 
 
 def split_by_file(

@@ -118,7 +118,7 @@ def build_summaries(
     `files` is the whole mirror in its order; `force` recomputes every file's part (a rebuild
     from scratch, as the bench measures it).
     """
-    stale = stale_files(files, layout, config, (SUMMARY_PART,), force=force)
+    stale = stale_files(files, layout, config, SUMMARY_PART, force=force)
     if stale:
         with duck.cursor() as con:
             counts = _counts(con, stale)

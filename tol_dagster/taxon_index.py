@@ -91,7 +91,7 @@ def build_taxon_index(
     files: Sequence[MirrorFile], layout: Layout, config: str, *, force: bool = False
 ) -> IndexResult:
     """Index the files not indexed yet (all when `force`), then publish the whole index."""
-    stale = stale_files(files, layout, config, (INDEX_PART,), force=force)
+    stale = stale_files(files, layout, config, INDEX_PART, force=force)
     if stale:
         for file, part in split_by_file(_index_files(stale), stale):
             write_part(part, layout, config, file, INDEX_PART)
