@@ -1,0 +1,191 @@
+"""`upstream_change_sensor` over several ticks against the local Hub: what it requests, what it
+costs the Hub, and where its cursor goes."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import dagster as dg
+import pytest
+from resync_testing import (
+    CONFIG,
+    copy_home,
+    file_names,
+    set_card_rows,
+    synced_home,
+    upstream_rows,
+    valid_edit,
+)
+
+from tol_dagster.definitions import build_definitions
+from tol_dagster.defs.keys import resync_keys, staged_op_name
+from tol_dagster.defs.resources import resources_from
+from tol_dagster.localhub import Fault, LocalHub
+from tol_dagster.settings import Settings
+
+__all__ = ["synced_home"]  # a fixture, imported to be found
+
+
+@dataclass
+class Ticks:
+    """The sensor of one code location, ticked by hand against one Hub and one instance."""
+
+    hub: LocalHub
+    root: Path
+    settings: Settings
+    instance: dg.DagsterInstance
+
+    def tick(self, cursor: str | None) -> dg.SensorExecutionData:
+        defs = build_definitions(self.settings)
+        sensor = defs.get_sensor_def("upstream_change_sensor")
+        context = dg.build_sensor_context(
+            instance=self.instance, cursor=cursor, resources=resources_from(self.settings)
+        )
+        return sensor.evaluate_tick(context)
+
+    def requests(self) -> dict[str, int]:
+        return {kind: value["count"] for kind, value in self.hub.stats().items()}
+
+
+def cursor_of(commit: str) -> str:
+    return json.dumps({"commit": commit})
+
+
+@pytest.fixture
+def ticks(local_hub: LocalHub, hub_root: Path, tmp_path: Path) -> Iterator[Ticks]:
+    """A code location with an empty mirror."""
+    settings = Settings.from_env(
+        {
+            "TOL_HOME": str(tmp_path / "home"),
+            "TOL_HUB_ENDPOINT": local_hub.endpoint,
+            "TOL_REPO_ID": local_hub.repo_id,
+        }
+    )
+    with dg.instance_for_test() as instance:
+        yield Ticks(local_hub, hub_root, settings, instance)
+
+
+@pytest.fixture
+def synced(ticks: Ticks, synced_home: Path) -> Ticks:
+    """A code location whose mirror holds upstream's current commit; the Hub's counters at 0."""
+    copy_home(synced_home, ticks.settings.home, ticks.hub)
+    ticks.hub.reset()
+    return ticks
+
+
+def test_the_first_tick_on_an_empty_mirror_requests_a_resync_pinned_to_the_head(
+    ticks: Ticks,
+) -> None:
+    head = ticks.hub.head_commit()
+
+    result = ticks.tick(None)
+
+    [request] = result.run_requests or []
+    assert head in (request.run_key or "")
+    assert list(request.asset_selection or []) == resync_keys(CONFIG)
+    assert {key.asset_key for key in request.asset_check_keys or []} == {
+        dg.AssetKey(["tol", CONFIG, "staged"])
+    }, "a resync runs the gate, not the mirror's audit"
+    assert request.run_config["ops"][staged_op_name(CONFIG)]["config"]["commit"] == head
+    assert request.tags["tol/resync"] == CONFIG
+    assert json.loads(result.cursor or "{}") == {"commit": head}
+
+
+def test_a_tick_without_upstream_change_skips_with_one_hub_request(ticks: Ticks) -> None:
+    first = ticks.tick(None)
+    ticks.hub.reset()
+
+    second = ticks.tick(first.cursor)
+
+    assert not second.run_requests
+    assert second.skip_message and "unchanged" in second.skip_message
+    assert {kind: n for kind, n in ticks.requests().items() if n} == {"info": 1}
+
+
+def test_an_upstream_edit_requests_a_resync_of_the_new_commit(synced: Ticks) -> None:
+    before = synced.hub.head_commit()
+    valid_edit(synced.root, file_names(synced.root)[1])
+    after = synced.hub.head_commit()
+    synced.hub.reset()
+
+    result = synced.tick(cursor_of(before))
+
+    [request] = result.run_requests or []
+    assert after in (request.run_key or "") and before not in (request.run_key or "")
+    assert request.tags["tol/plan"].startswith("0 added, 1 changed, 0 removed")
+    assert json.loads(result.cursor or "{}") == {"commit": after}
+    requests = {kind: n for kind, n in synced.requests().items() if n}
+    assert requests == {"info": 2, "tree": 1}, "head, then one listing of the config at it"
+
+
+def test_a_commit_touching_only_another_config_requests_nothing_but_advances_the_cursor(
+    synced: Ticks,
+) -> None:
+    before = synced.hub.head_commit()
+    other = synced.root / "other-config"
+    other.mkdir()
+    (other / "train-00000-of-00001.parquet").write_bytes(b"PAR1 not read by anyone PAR1")
+    after = synced.hub.head_commit()
+    assert after != before
+
+    result = synced.tick(cursor_of(before))
+
+    assert not result.run_requests
+    assert json.loads(result.cursor or "{}") == {"commit": after}
+
+
+def test_a_card_only_count_change_requests_a_revalidation(synced: Ticks) -> None:
+    before = synced.hub.head_commit()
+    set_card_rows(synced.root, upstream_rows(synced.root) - 1)
+
+    result = synced.tick(cursor_of(before))
+
+    [request] = result.run_requests or []
+    assert "card count changed" in request.tags["tol/plan"]
+    assert "no download" in request.tags["tol/plan"]
+
+
+def test_the_same_change_gets_the_same_run_key_and_a_new_change_a_new_one(
+    synced: Ticks,
+) -> None:
+    before = synced.hub.head_commit()
+    valid_edit(synced.root, file_names(synced.root)[0])
+    [first] = synced.tick(cursor_of(before)).run_requests or []
+    [again] = synced.tick(cursor_of(before)).run_requests or []
+    valid_edit(synced.root, file_names(synced.root)[0])
+    [newer] = synced.tick(cursor_of(before)).run_requests or []
+
+    assert first.run_key == again.run_key != newer.run_key
+
+
+@pytest.mark.parametrize("outage", ["stopped", "503"])
+def test_a_hub_outage_skips_the_tick_quickly_and_keeps_the_cursor(
+    ticks: Ticks, outage: str
+) -> None:
+    cursor = ticks.tick(None).cursor
+    if outage == "stopped":
+        ticks.hub.stop()
+    else:
+        ticks.hub.add_fault(Fault("status", request_kind="info", status=503))
+
+    started = time.monotonic()
+    result = ticks.tick(cursor)
+    elapsed = time.monotonic() - started
+
+    assert not result.run_requests
+    assert result.skip_message and "Hub unreachable" in result.skip_message
+    assert result.cursor in (None, cursor), "the cursor stays where it was"
+    assert elapsed < 10, f"a tick against a Hub that is down took {elapsed:.1f} s"
+
+
+def test_the_minimum_interval_comes_from_the_environment(tmp_path: Path) -> None:
+    settings = Settings.from_env({"TOL_HOME": str(tmp_path), "TOL_SENSOR_MIN_INTERVAL_S": "17"})
+
+    sensor = build_definitions(settings).get_sensor_def("upstream_change_sensor")
+
+    assert sensor.minimum_interval_seconds == 17
+    assert sensor.default_status == dg.DefaultSensorStatus.STOPPED
