@@ -10,7 +10,7 @@ import pytest
 from mirror_testing import brute, resync_one_file, rows_of, sample_mirror
 
 from tol_dagster.layout import Layout
-from tol_dagster.mirror_files import MirrorFile
+from tol_dagster.mirror_files import MirrorFile, mirror_files
 from tol_dagster.schema import RANKS, SORT_KEY, quote_ident
 from tol_dagster.summaries import (
     SCHEMAS,
@@ -162,3 +162,14 @@ def test_files_out_of_mirror_order_still_sum_to_the_group_by(
     build_summaries(files, layout, CONFIG)
     expected = brute(files, f"SELECT {LINEAGE_SQL}, count(*) FROM rows GROUP BY ALL")
     assert rows_of(read_summary(layout, CONFIG, "lineage"), [*LINEAGE, "images"]) == expected
+
+
+def test_mirror_files_follow_the_manifest_in_mirror_order_and_name_a_missing_file(
+    small_sample: Path, tmp_path: Path
+) -> None:
+    files = sample_mirror(small_sample)
+    folder = files[0].path.parent
+    shas = {f"{CONFIG}/{f.name}": f.sha256 for f in reversed(files)}  # repo paths, any order
+    assert mirror_files(folder, shas) == files
+    with pytest.raises(FileNotFoundError, match=r"train-00009-of-00010\.parquet.*tol-dagster sync"):
+        mirror_files(folder, {**shas, "train-00009-of-00010.parquet": "0" * 64})
