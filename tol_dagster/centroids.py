@@ -22,7 +22,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from tol_dagster import duck
-from tol_dagster.derived import atomic_path, read_part, stale_files, write_part
+from tol_dagster.derived import atomic_path, read_part, read_published, stale_files, write_part
 from tol_dagster.layout import Layout
 from tol_dagster.mirror_files import MirrorFile
 from tol_dagster.schema import RANKS, quote_ident
@@ -93,14 +93,8 @@ def build_centroids(
 
 
 def read_centroids(layout: Layout, config: str) -> pa.Table:
-    """The published centroid table; FileNotFoundError says which asset to materialize."""
-    path = layout.centroids_path(config)
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{path}: the centroids of {config} are not built yet; "
-            f"materialize tol/{config}/centroids"
-        )
-    return pq.read_table(path)
+    """The published centroid table."""
+    return read_published(layout.centroids_path(config), f"tol/{config}/centroids")
 
 
 def _file_sums(file: MirrorFile, dim: int) -> pa.Table:

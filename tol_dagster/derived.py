@@ -78,6 +78,13 @@ def atomic_path(path: Path) -> Iterator[Path]:
         Path(tmp).unlink(missing_ok=True)
 
 
+def read_published(path: Path, asset: str) -> pa.Table:
+    """A published table; FileNotFoundError names the asset that builds it."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: not built yet; materialize {asset}")
+    return pq.read_table(path)
+
+
 def write_table(table: pa.Table, path: Path, **options: Any) -> None:
     """Publish `table` as parquet at `path`, atomically (`options` go to `pq.write_table`)."""
     with atomic_path(path) as tmp:

@@ -24,7 +24,14 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from tol_dagster import duck
-from tol_dagster.derived import read_part, split_by_file, stale_files, write_part, write_table
+from tol_dagster.derived import (
+    read_part,
+    read_published,
+    split_by_file,
+    stale_files,
+    write_part,
+    write_table,
+)
 from tol_dagster.layout import Layout
 from tol_dagster.mirror_files import MirrorFile
 from tol_dagster.schema import RANKS, SORT_KEY, quote_ident
@@ -138,14 +145,8 @@ def build_summaries(
 
 
 def read_summary(layout: Layout, config: str, name: str) -> pa.Table:
-    """A published summary table; FileNotFoundError says which asset to materialize."""
-    path = summary_path(layout, config, name)
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{path}: summary {name!r} of {config} is not built yet; "
-            f"materialize tol/{config}/summary/{name}"
-        )
-    return pq.read_table(path)
+    """A published summary table."""
+    return read_published(summary_path(layout, config, name), f"tol/{config}/summary/{name}")
 
 
 def _counts(

@@ -23,7 +23,14 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from tol_dagster import duck
-from tol_dagster.derived import read_part, split_by_file, stale_files, write_part, write_table
+from tol_dagster.derived import (
+    read_part,
+    read_published,
+    split_by_file,
+    stale_files,
+    write_part,
+    write_table,
+)
 from tol_dagster.layout import Layout
 from tol_dagster.mirror_files import MirrorFile
 from tol_dagster.schema import SLICE_RANKS, quote_ident
@@ -107,14 +114,8 @@ def build_taxon_index(
 
 
 def read_taxon_index(layout: Layout, config: str) -> pa.Table:
-    """The published index; FileNotFoundError says which asset to materialize."""
-    path = layout.taxon_index_path(config)
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{path}: the taxon index of {config} is not built yet; "
-            f"materialize tol/{config}/taxon_index"
-        )
-    return pq.read_table(path)
+    """The published index."""
+    return read_published(layout.taxon_index_path(config), f"tol/{config}/taxon_index")
 
 
 def lookup(index: pa.Table, rank: str, value: str) -> list[Entry]:
