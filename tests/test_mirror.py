@@ -403,3 +403,17 @@ def test_sha256_file_matches_hashlib_across_chunks(tmp_path: Path) -> None:
     content = os.urandom(9 * 1024 * 1024 + 17)  # crosses the 8 MiB chunk boundary
     path.write_bytes(content)
     assert sha256_file(path) == hashlib.sha256(content).hexdigest()
+
+
+def test_prune_derived_keeps_results_of_kept_contents_only(layout: Layout) -> None:
+    from tol_dagster.mirror import prune_derived
+
+    keep, drop = "a" * 64, "b" * 64
+    for sha in (keep, drop):
+        folder = layout.derived_dir(CONFIG, sha)
+        folder.mkdir(parents=True)
+        (folder / "facts.json").write_bytes(b"x" * 100)
+    freed = prune_derived(layout, CONFIG, {keep})
+    assert freed == 100
+    assert layout.derived_dir(CONFIG, keep).is_dir()
+    assert not layout.derived_dir(CONFIG, drop).exists()

@@ -233,6 +233,14 @@ def _remove_tree(path: Path) -> int:
     return status.st_size if stat.S_ISREG(status.st_mode) and status.st_nlink == 1 else 0
 
 
+def prune_derived(layout: Layout, config: str, keep_sha256s: Collection[str]) -> int:
+    """Remove per-file results (`derived/<sha256>/`) of contents no generation kept holds;
+    returns the bytes freed. Results are keyed by content, so what is kept stays valid."""
+    keep = set(keep_sha256s)
+    root = layout.derived_dir(config, "x").parent
+    return sum(_remove_tree(path) for path in _children(root) if path.name not in keep)
+
+
 # --- quarantine ----------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class QuarantinedFile:

@@ -16,7 +16,7 @@ import json
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -345,14 +345,17 @@ def stage(
             log(
                 f"upstream moved from {commit[:12]} to {remote.commit[:12]} since the request; syncing the newer commit"
             )
+        superseded: RemoteConfig | None = None
         for replans in range(MAX_REPLANS + 1):
             try:
-                state = _stage_commit(layout, client, remote, max_parallel=max_parallel, log=log)
+                state = _stage_commit(
+                    layout, client, remote, superseded, max_parallel=max_parallel, log=log
+                )
             except RevisionGone as gone:
                 if replans == MAX_REPLANS:
                     raise
                 log(f"{gone}; re-planning against the new head")
-                remote = refresh_remote(layout, client, config)
+                superseded, remote = remote, refresh_remote(layout, client, config)
                 continue
             state.replans = replans
             _save_staged(layout, state)
@@ -361,13 +364,22 @@ def stage(
 
 
 def _stage_commit(
-    layout: Layout, client: HubClient, remote: RemoteConfig, *, max_parallel: int, log: Log
+    layout: Layout,
+    client: HubClient,
+    remote: RemoteConfig,
+    superseded: RemoteConfig | None,
+    *,
+    max_parallel: int,
+    log: Log,
 ) -> StagedState:
     config = remote.config
     manifest = load_manifest(layout, config)
     plan = plan_sync(manifest, remote)
     log(f"{config} @ {remote.commit[:12]}: {plan_summary(plan)}")
     _reuse_earlier_staging(layout, config, plan)
+    if superseded is not None:
+        # Files that landed before the commit vanished were verified against its sha256s.
+        _reuse_staged(layout, config, plan, superseded.commit, _identities(superseded.files))
     mirror.check_free_disk(
         layout.store_dir(config), mirror.bytes_still_needed(layout, config, plan)
     )
@@ -457,14 +469,26 @@ def _failed(remote_file: RemoteFile, reason: str, rows: int | None = None) -> St
     )
 
 
+def _identities(files: Iterable[RemoteFile | StagedFile]) -> set[tuple[str, str]]:
+    return {(f.name, f.sha256) for f in files}
+
+
 def _reuse_earlier_staging(layout: Layout, config: str, plan: Plan) -> None:
     """Hard-link files an earlier attempt (at another commit) already verified with the same sha256."""
     earlier = load_staged(layout, config)
-    if earlier is None or earlier.commit == plan.commit:
+    if earlier is not None:
+        _reuse_staged(layout, config, plan, earlier.commit, _identities(earlier.fetched))
+
+
+def _reuse_staged(
+    layout: Layout, config: str, plan: Plan, commit: str, verified: set[tuple[str, str]]
+) -> None:
+    """Hard-link into `plan`'s staging the files staged at `commit` whose (name, sha256) is in
+    `verified` and that `plan` still has to fetch."""
+    if commit == plan.commit:
         return
-    verified = {(f.name, f.sha256) for f in earlier.fetched}
     for remote_file in plan.to_fetch:
-        source = mirror.stage_path(layout, config, earlier.commit, remote_file.name)
+        source = mirror.stage_path(layout, config, commit, remote_file.name)
         target = mirror.stage_path(layout, config, plan.commit, remote_file.name)
         if (
             (remote_file.name, remote_file.sha256) in verified
@@ -692,9 +716,11 @@ def publish(layout: Layout, config: str, *, log: Log = print) -> Published:
         )
         save_manifest(layout, manifest)
         report = mirror.cleanup(layout, config, keep_commit=None, wanted_sha256s=())
+        kept = {e.sha256 for m in (manifest, previous) if m is not None for e in m.entries}
+        freed = report.bytes_freed + mirror.prune_derived(layout, config, kept)
         log(
             f"{config}: published {generation.name} ({len(manifest.entries)} files, {manifest.total_rows:,} rows); "
-            f"cleanup freed {report.bytes_freed / 1e6:,.1f} MB"
+            f"cleanup freed {freed / 1e6:,.1f} MB"
         )
         return Published(remote.commit, generation.name, manifest, previous, changed=True)
 
