@@ -547,6 +547,8 @@ def test_a_force_push_mid_sync_is_replanned_against_the_new_head(user: User) -> 
     staged = sync.load_staged(user.layout, CONFIG)
     assert staged is not None and staged.replans == 1
     assert mirror_view(user.layout).sha256s == upstream_files(user.root)
+    sizes = sum((user.folder / n).stat().st_size for n in file_names(user.root))
+    assert user.bytes_served() == sizes, "files that landed before the force-push are kept"
 
 
 # --- the token, access and settings -------------------------------------------------------------
