@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     settings = Settings.from_env()
-    ensure_dagster_home(settings)
+    dagster_home = ensure_dagster_home(settings)
     local_endpoint = f"http://127.0.0.1:{args.local_hub_port}"
     hub = None
     if settings.hub_endpoint == local_endpoint:
@@ -49,9 +49,15 @@ def main(argv: list[str] | None = None) -> int:
         str(args.dagster_port),
     ]
     print(f"Dagster UI: http://127.0.0.1:{args.dagster_port}  (Ctrl-C stops everything)")
+    # From DAGSTER_HOME: `dagster dev` warns when the folder it starts in holds a dagster.yaml
+    # other than DAGSTER_HOME's, and the repo's top holds the template it was copied from.
+    dagster = subprocess.Popen(command, env=os.environ.copy(), cwd=dagster_home)
     try:
-        return subprocess.call(command, env=os.environ.copy(), cwd=REPO_ROOT)
+        return dagster.wait()
     except KeyboardInterrupt:
+        # Ctrl-C reached `dagster dev` too: let it stop its webserver, daemon and code servers
+        # (killing it would orphan them, still holding the port).
+        dagster.wait()
         return 0
     finally:
         if hub is not None:
