@@ -1,0 +1,607 @@
+"""The published layer through Dagster, as a user drives it: `tol-dagster sync`, then `slice KEY`
+and `slices list|remove` (every run recorded in the instance), and `mirror_change_sensor`
+rebuilding, after a one-file upstream change, the derived outputs from that file alone and
+exactly the slices whose taxa have rows in it.
+
+Expected slices are brute-force DuckDB queries over the whole mirror, written here by hand for
+each key; the expected rebuild set is computed from the old and new upstream file alone.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from urllib.parse import quote
+
+import dagster as dg
+import duckdb
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+import yaml
+from conftest import SMALL_SAMPLE
+from resync_testing import (
+    CONFIG,
+    User,
+    copy_home,
+    dagster_home,
+    make_user,
+    set_card_rows,
+    synced_home,
+    upstream_rows,
+    write_upstream,
+)
+
+from tol_dagster import sample
+from tol_dagster.catalog import list_slices, read_arrow, read_duckdb, read_pandas
+from tol_dagster.definitions import build_definitions
+from tol_dagster.defs.keys import asset_key, derived_keys, slices_partitions_name
+from tol_dagster.defs.resources import resources_from
+from tol_dagster.demo import run_demo
+from tol_dagster.hashing import sha256_file
+from tol_dagster.localhub import LocalHub
+from tol_dagster.settings import DEFAULT_SLICES_FILE, Settings
+
+__all__ = ["dagster_home", "synced_home"]  # fixtures, imported to be found
+
+SENSOR = "mirror_change_sensor"
+PARTITION_TAG = "dagster/partition"
+#: The contract's catalog columns and types, spelled out (not imported from the code under test).
+CATALOG_COLUMNS = {
+    "config": pa.string(),
+    "name": pa.string(),
+    "rank": pa.string(),
+    "value": pa.string(),
+    "path": pa.string(),
+    "rows": pa.int64(),
+    "bytes": pa.int64(),
+    "sha256": pa.string(),
+    "upstream_commit": pa.string(),
+}
+#: The slices' blocking checks, by the names the issue gives them.
+CHECKS = ("rows_match_summary", "rows_satisfy_key", "uuids_unique", "schema_matches_mirror")
+HELP = "rank is one of kingdom, phylum, class, order, family, genus, species, scientific_name"
+
+
+@pytest.fixture
+def user(
+    local_hub: LocalHub,
+    hub_root: Path,
+    tmp_path: Path,
+    dagster_home: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> User:
+    """A user with an empty data home."""
+    return make_user(local_hub, hub_root, tmp_path / "home", dagster_home, monkeypatch, capsys)
+
+
+@pytest.fixture
+def synced(user: User, synced_home: Path) -> User:
+    """A user whose mirror already holds upstream's current commit (nothing derived yet)."""
+    copy_home(synced_home, user.home, user.hub)
+    return user
+
+
+# --- brute force ---------------------------------------------------------------------------------
+
+
+def mirror_paths(user: User) -> list[Path]:
+    return sorted(user.layout.mirror_dir(CONFIG).glob("*.parquet"))
+
+
+def brute_force(files: Sequence[Path], where: str, params: Sequence[object] = ()) -> pa.Table:
+    """The rows of `files` satisfying `where`, in mirror order, as stored: DuckDB picks the uuids
+    over the whole mirror, pyarrow returns those rows with the mirror's exact types."""
+    uuids = duckdb.execute(
+        f"SELECT uuid FROM read_parquet(?) WHERE {where}", [[str(f) for f in files], *params]
+    ).fetchall()
+    table = pa.concat_tables(pq.read_table(f) for f in files)
+    return table.filter(pc.is_in(table["uuid"], pa.array([u for (u,) in uuids], pa.string())))
+
+
+def assert_slice_equals(path: Path, expected: pa.Table, mirror: Path) -> None:
+    """The slice holds exactly `expected`'s uuids and rows, in order, with the mirror's schema."""
+    table = pq.read_table(path)
+    assert set(table["uuid"].to_pylist()) == set(expected["uuid"].to_pylist())
+    assert table.equals(expected)
+    assert pq.read_schema(path).equals(pq.read_schema(mirror), check_metadata=False)
+    assert table.schema.field("emb").type == pa.list_(pa.float16(), 768)
+
+
+def slice_file(user: User, key: str) -> Path:
+    """Where the contract puts slice `key`: its canonical text, percent-encoded."""
+    return user.home / "published" / CONFIG / "slices" / f"{quote(key, safe='')}.parquet"
+
+
+def catalog_rows(user: User) -> dict[str, dict]:
+    path = user.home / "published" / CONFIG / "catalog.parquet"
+    return {row["name"]: row for row in pq.read_table(path).to_pylist()} if path.exists() else {}
+
+
+def partitions(user: User) -> list[str]:
+    with user.instance() as instance:
+        return sorted(instance.get_dynamic_partitions(slices_partitions_name(CONFIG)))
+
+
+def most_rows(user: User, column: str, wanted: re.Pattern[str]) -> str:
+    """The value of `column` matching `wanted` that has the most rows in the mirror."""
+    counts = duckdb.execute(
+        f'SELECT "{column}", count(*) FROM read_parquet(?) GROUP BY 1',
+        [[str(p) for p in mirror_paths(user)]],
+    ).fetchall()
+    hits = sorted(((n, v) for v, n in counts if v and wanted.search(v)), reverse=True)
+    assert hits, f"the sample has no {column} matching {wanted.pattern}"
+    return hits[0][1]
+
+
+# --- the full flow from the command line -----------------------------------------------------------
+
+
+def test_sync_then_slice_publishes_the_exact_taxon_catalogs_it_and_records_the_runs(
+    user: User,
+) -> None:
+    synced = user.sync()
+    assert synced.code == 0, synced.text
+    started = datetime.now(UTC)
+
+    outcome = user.tol("slice", "family=Felidae")
+
+    assert outcome.code == 0, outcome.text
+    path = slice_file(user, "family=Felidae")
+    assert path.name == "family%3DFelidae.parquet"
+    assert outcome.out.strip().splitlines()[-1] == str(path)
+    mirror = mirror_paths(user)[0]
+    expected = brute_force(mirror_paths(user), "family = ?", ["Felidae"])
+    assert expected.num_rows > 0
+    assert_slice_equals(path, expected, mirror)
+
+    table = pq.read_table(user.home / "published" / CONFIG / "catalog.parquet")
+    assert table.schema.names == [*CATALOG_COLUMNS, "built_at"]
+    for name, kind in CATALOG_COLUMNS.items():
+        assert table.schema.field(name).type == kind, name
+    built_at = table.schema.field("built_at").type
+    assert pa.types.is_timestamp(built_at) and built_at.tz == "UTC"
+    [row] = table.to_pylist()
+    assert {k: v for k, v in row.items() if k != "built_at"} == {
+        "config": CONFIG,
+        "name": "family=Felidae",
+        "rank": "family",
+        "value": "Felidae",
+        "path": str(path),
+        "rows": expected.num_rows,
+        "bytes": path.stat().st_size,
+        "sha256": sha256_file(path),
+        "upstream_commit": user.hub.head_commit(),
+    }
+    assert Path(row["path"]).is_absolute()
+    assert started <= row["built_at"] <= datetime.now(UTC)
+
+    listed = list_slices()
+    assert listed["name"].tolist() == ["family=Felidae"]
+    assert listed["path"].tolist() == [str(path)]
+    assert read_arrow("family=Felidae").equals(expected)
+    assert read_pandas("family=Felidae")["uuid"].tolist() == expected["uuid"].to_pylist()
+    relation = read_duckdb("family=Felidae", con=duckdb.connect())
+    assert relation.aggregate("count(*)").fetchall() == [(expected.num_rows,)]
+
+    with user.instance() as instance:
+        [slice_run] = instance.get_runs(dg.RunsFilter(tags={PARTITION_TAG: "family=Felidae"}))
+        assert slice_run.status == dg.DagsterRunStatus.SUCCESS
+        checks = [
+            e.get_dagster_event().asset_check_evaluation_data
+            for e in instance.all_logs(
+                slice_run.run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION
+            )
+        ]
+        passed = sorted(c.check_name for c in checks if c.passed)
+        assert passed == sorted(CHECKS), checks
+        materialized = instance.get_latest_materialization_event(asset_key(CONFIG, "slices"))
+        assert materialized is not None and materialized.run_id == slice_run.run_id
+        assert materialized.asset_materialization.partition == "family=Felidae"
+        metadata = materialized.asset_materialization.metadata
+        assert metadata["dagster/row_count"].value == expected.num_rows
+        assert metadata["sha256"].value == row["sha256"]
+        for key in [
+            asset_key(CONFIG, "mirror"),
+            *derived_keys(CONFIG),
+            asset_key(CONFIG, "catalog"),
+        ]:
+            event = instance.get_latest_materialization_event(key)
+            assert event is not None, key
+            run = instance.get_run_by_id(event.run_id)
+            assert run is not None and run.status == dg.DagsterRunStatus.SUCCESS, key
+        assert partitions(user) == ["family=Felidae"]
+
+
+def test_slices_list_shows_a_slice_and_remove_drops_partition_file_and_catalog_row(
+    synced: User,
+) -> None:
+    assert synced.tol("slice", "family=Felidae").code == 0
+    assert synced.tol("slice", "species=Puma concolor").code == 0
+    path = slice_file(synced, "family=Felidae")
+
+    listed = synced.tol("slices", "list")
+
+    assert listed.code == 0, listed.text
+    lines = {line.split("\t")[1]: line for line in listed.out.splitlines()}
+    assert sorted(lines) == ["family=Felidae", "species=Puma concolor"]
+    rows = catalog_rows(synced)["family=Felidae"]["rows"]
+    config, _, count, size, listed_path = lines["family=Felidae"].split("\t")
+    assert (config, count, listed_path) == (CONFIG, f"{rows:,} rows", str(path))
+    assert size.endswith(" MB")
+
+    removed = synced.tol("slices", "remove", "family=Felidae")
+
+    assert removed.code == 0, removed.text
+    assert partitions(synced) == ["species=Puma concolor"]
+    assert not path.exists()
+    assert sorted(catalog_rows(synced)) == ["species=Puma concolor"]
+    assert slice_file(synced, "species=Puma concolor").is_file()
+    assert "family=Felidae" not in synced.tol("slices", "list").out
+    again = synced.tol("slices", "remove", "family=Felidae")
+    assert again.code == 2 and "does not exist" in again.err
+
+
+def test_a_bad_key_exits_2_says_what_is_allowed_and_writes_nothing(synced: User) -> None:
+    assert synced.tol("slice", "family=Felidae").code == 0
+    before = (files_under(synced.home), partitions(synced), run_ids(synced))
+
+    for key in ["genre=Felis", "family=", "familyFelidae", ""]:
+        outcome = synced.tol("slice", key)
+
+        assert outcome.code == 2, (key, outcome.text)
+        assert "expected rank=value" in outcome.err and HELP in outcome.err, key
+        assert (files_under(synced.home), partitions(synced), run_ids(synced)) == before, key
+
+
+def files_under(home: Path) -> dict[str, tuple[int, int]]:
+    """Every file under the data home with its size and modification time."""
+    return {
+        str(p.relative_to(home)): (p.stat().st_size, p.stat().st_mtime_ns)
+        for p in sorted(home.rglob("*"))
+        if p.is_file()
+    }
+
+
+def run_ids(user: User) -> set[str]:
+    with user.instance() as instance:
+        return {run.run_id for run in instance.get_runs()}
+
+
+def test_a_taxon_with_no_rows_gives_an_empty_file_with_the_full_schema_and_a_warning(
+    synced: User,
+) -> None:
+    outcome = synced.tol("slice", "family=Nonexistidae")
+
+    assert outcome.code == 0, outcome.text
+    path = slice_file(synced, "family=Nonexistidae")
+    assert outcome.out.strip().splitlines()[-1] == str(path)
+    assert pq.read_metadata(path).num_rows == 0
+    mirror = mirror_paths(synced)[0]
+    assert pq.read_schema(path).equals(pq.read_schema(mirror), check_metadata=False)
+    assert catalog_rows(synced)["family=Nonexistidae"]["rows"] == 0
+    warning = "slice family=Nonexistidae: no rows in the mirror match"
+    assert warning in outcome.text
+    with synced.instance() as instance:
+        [run] = instance.get_runs(dg.RunsFilter(tags={PARTITION_TAG: "family=Nonexistidae"}))
+        logged = [e.user_message for e in instance.all_logs(run.run_id)]
+    assert any(warning in message for message in logged)
+
+
+def test_path_keys_and_names_with_quotes_commas_parentheses_and_non_ascii_slice_exactly(
+    synced: User,
+) -> None:
+    files = mirror_paths(synced)
+    morus = duckdb.execute(
+        "SELECT DISTINCT kingdom FROM read_parquet(?) WHERE genus = 'Morus' ORDER BY 1",
+        [[str(f) for f in files]],
+    ).fetchall()
+    assert morus == [("Animalia",), ("Plantae",)], "the sample lost its Morus homonym"
+    apostrophe = most_rows(synced, "scientific_name", re.compile(r"^(?=.*')(?=.*\()(?=.*,)"))
+    double_quote = most_rows(synced, "scientific_name", re.compile(r'"'))
+    accented = most_rows(
+        synced, "scientific_name", re.compile(r"^(?=.*[^\x00-\x7f])(?=.*\()(?=.*,)")
+    )
+    epithet = most_rows(synced, "species", re.compile(r"[^\x00-\x7f]"))
+    [(genus,)] = duckdb.execute(
+        "SELECT DISTINCT genus FROM read_parquet(?) WHERE species = ?",
+        [[str(f) for f in files], epithet],
+    ).fetchall()
+    binomial = f"{genus} {epithet}"
+    cases = {
+        "kingdom=Animalia/genus=Morus": ("kingdom = ? AND genus = ?", ["Animalia", "Morus"]),
+        f"scientific_name={apostrophe}": ("scientific_name = ?", [apostrophe]),
+        f"scientific_name={double_quote}": ("scientific_name = ?", [double_quote]),
+        f"scientific_name={accented}": ("scientific_name = ?", [accented]),
+        f"species={binomial}": (
+            "(species = ? OR (genus = ? AND species = ?))",
+            [binomial, genus, epithet],
+        ),
+    }
+
+    for key, (where, params) in cases.items():
+        outcome = synced.tol("slice", key)
+
+        assert outcome.code == 0, (key, outcome.text)
+        path = slice_file(synced, key)
+        assert outcome.out.strip().splitlines()[-1] == str(path), key
+        expected = brute_force(files, where, params)
+        assert expected.num_rows > 0, key
+        assert_slice_equals(path, expected, files[0])
+        assert read_arrow(key).equals(expected), key
+
+    assert set(
+        pq.read_table(slice_file(synced, "kingdom=Animalia/genus=Morus"))["kingdom"].to_pylist()
+    ) == {"Animalia"}
+    assert partitions(synced) == sorted(cases)
+    assert sorted(catalog_rows(synced)) == sorted(cases)
+    assert catalog_rows(synced)["kingdom=Animalia/genus=Morus"]["rank"] == "genus"
+
+
+# --- only what a resync affected is rebuilt ------------------------------------------------------
+
+#: The slices the sensor test declares, each with its brute-force predicate.
+SENSOR_SLICES: dict[str, tuple[str, list[str]]] = {
+    "family=Felidae": ("family = ?", ["Felidae"]),
+    "species=Puma concolor": (
+        "(species = ? OR (genus = ? AND species = ?))",
+        ["Puma concolor", "Puma", "concolor"],
+    ),
+    "family=Nymphalidae": ("family = ?", ["Nymphalidae"]),
+    "kingdom=Animalia/genus=Morus": ("kingdom = ? AND genus = ?", ["Animalia", "Morus"]),
+    "kingdom=Plantae/genus=Morus": ("kingdom = ? AND genus = ?", ["Plantae", "Morus"]),
+}
+
+
+@dataclass
+class SensorDriver:
+    """Ticks `mirror_change_sensor` as the daemon does (cursor kept, partitions added) and
+    executes each run it requests in process, tagged as the daemon tags them."""
+
+    user: User
+    cursor: str | None = None
+
+    def __post_init__(self) -> None:
+        self.settings = Settings.from_env()
+        self.defs = build_definitions(self.settings)
+        self.sensor = self.defs.resolve_sensor_def(SENSOR)
+
+    def tick(self) -> list[dg.RunRequest]:
+        # Both contexts set Dagster's current state storage: they must close in LIFO order.
+        with (
+            self.user.instance() as instance,
+            dg.build_sensor_context(
+                instance_ref=instance.get_ref(),
+                cursor=self.cursor,
+                resources=resources_from(self.settings),
+                definitions=self.defs,
+            ) as context,
+        ):
+            data = self.sensor.evaluate_tick(context)
+            for request in data.dynamic_partitions_requests or []:
+                assert isinstance(request, dg.AddDynamicPartitionsRequest)
+                instance.add_dynamic_partitions(
+                    request.partitions_def_name, list(request.partition_keys)
+                )
+        self.cursor = data.cursor
+        return list(data.run_requests)
+
+    def run(self, requests: Sequence[dg.RunRequest]) -> list[dg.ExecuteInProcessResult]:
+        job = self.defs.resolve_job_def(self.sensor.job_name)
+        results = []
+        with self.user.instance() as instance:
+            for request in requests:
+                result = job.execute_in_process(
+                    instance=instance,
+                    asset_selection=request.asset_selection,
+                    partition_key=request.partition_key,
+                    tags={**request.tags, "dagster/run_key": str(request.run_key)},
+                    raise_on_error=False,
+                )
+                assert result.success, request
+                results.append(result)
+        return results
+
+
+def kinds(requests: Sequence[dg.RunRequest]) -> list[str]:
+    """Each request as what it rebuilds: 'derived', 'catalog' or the slice's partition key."""
+    named = {tuple(derived_keys(CONFIG)): "derived", (asset_key(CONFIG, "catalog"),): "catalog"}
+    out = []
+    for request in requests:
+        if request.partition_key is not None:
+            assert request.asset_selection == [asset_key(CONFIG, "slices")]
+            out.append(request.partition_key)
+        else:
+            out.append(named[tuple(request.asset_selection or ())])
+    return sorted(out)
+
+
+def taxa_in(file: Path) -> set[str]:
+    """The sensor test's slices with at least one row in `file`."""
+    counts = {
+        key: duckdb.execute(
+            f"SELECT count(*) FROM read_parquet(?) WHERE {where}", [str(file), *params]
+        ).fetchall()
+        for key, (where, params) in SENSOR_SLICES.items()
+    }
+    return {key for key, count in counts.items() if count != [(0,)]}
+
+
+def sensor_runs(user: User) -> dict[str, dg.DagsterRun]:
+    with user.instance() as instance:
+        return {
+            r.run_id: r
+            for r in instance.get_runs(dg.RunsFilter(tags={"dagster/sensor_name": SENSOR}))
+        }
+
+
+@pytest.fixture
+def declared(synced: User, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> User:
+    """The synced user with `SENSOR_SLICES` declared in their slices file."""
+    path = tmp_path / "slices.yaml"
+    path.write_text(yaml.safe_dump({"slices": {CONFIG: list(SENSOR_SLICES)}}))
+    monkeypatch.setenv("TOL_SLICES_FILE", str(path))
+    return synced
+
+
+def test_after_one_file_changes_the_sensor_rebuilds_that_files_parts_then_exactly_its_slices(
+    declared: User,
+) -> None:
+    user = declared
+    sensor = SensorDriver(user)
+    generation = user.layout.mirror_dir(CONFIG).resolve().name
+
+    # The published mirror, nothing derived: the sensor builds everything once, in order.
+    [derive] = sensor.tick()
+    assert kinds([derive]) == ["derived"] and generation in str(derive.run_key)
+    sensor.run([derive])
+    first = sensor.tick()
+    assert kinds(first) == sorted(SENSOR_SLICES)
+    assert partitions(user) == sorted(SENSOR_SLICES)
+    sensor.run(first)
+    catalog_run = sensor.tick()
+    assert kinds(catalog_run) == ["catalog"]
+    sensor.run(catalog_run)
+    assert sensor.tick() == []
+    assert sorted(catalog_rows(user)) == sorted(SENSOR_SLICES)
+    old_commit = user.hub.head_commit()
+
+    # Upstream drops every row of a Felidae species found in one file only.
+    names = [p.name for p in mirror_paths(user)]
+    (genus, species, name), *_ = duckdb.execute(
+        """
+        SELECT genus, species, any_value(parse_filename(filename))
+        FROM read_parquet(?, filename = true) WHERE family = 'Felidae'
+        GROUP BY genus, species HAVING count(DISTINCT filename) = 1 ORDER BY count(*) DESC
+        """,
+        [[str(p) for p in mirror_paths(user)]],
+    ).fetchall()
+    edited = user.folder / name
+    old = user.layout.mirror_dir(CONFIG) / name
+    table = pq.read_table(edited)
+    dropped = pc.and_(pc.equal(table["genus"], genus), pc.equal(table["species"], species))
+    write_upstream(edited, table.filter(pc.invert(dropped)))
+    set_card_rows(user.root, upstream_rows(user.root))
+    affected = taxa_in(old) | taxa_in(edited)
+    assert affected and affected != set(SENSOR_SLICES), "the edit must leave some slices alone"
+    untouched = {key: _file_state(slice_file(user, key)) for key in set(SENSOR_SLICES) - affected}
+    before = set(sensor_runs(user))
+
+    synced = user.sync()
+    assert synced.code == 0, synced.text
+    assert [p.name for p in mirror_paths(user)] == names
+    new_generation = user.layout.mirror_dir(CONFIG).resolve().name
+    assert new_generation != generation
+
+    # First only the derived outputs, which rescan the changed file alone.
+    [derive] = sensor.tick()
+    assert kinds([derive]) == ["derived"] and new_generation in str(derive.run_key)
+    [result] = sensor.run([derive])
+    metadata = _materialized_metadata(result)
+    for table_name in ("lineage", "files"):
+        assert metadata[asset_key(CONFIG, "summary", table_name)]["files_rescanned"].value == 1
+    assert metadata[asset_key(CONFIG, "taxon_index")]["files_reindexed"].value == 1
+    assert metadata[asset_key(CONFIG, "centroids")]["files_reread"].value == 1
+
+    # Then exactly the slices whose taxa have rows in that file, then the catalog.
+    rebuild = sensor.tick()
+    assert kinds(rebuild) == sorted(affected)
+    sensor.run(rebuild)
+    refresh = sensor.tick()
+    assert kinds(refresh) == ["catalog"]
+    sensor.run(refresh)
+    assert sensor.tick() == []
+
+    new_runs = [r for run_id, r in sensor_runs(user).items() if run_id not in before]
+    assert sorted(r.tags[PARTITION_TAG] for r in new_runs if PARTITION_TAG in r.tags) == sorted(
+        affected
+    )
+    assert len(new_runs) == len(affected) + 2
+    assert all(r.status == dg.DagsterRunStatus.SUCCESS for r in new_runs)
+    for key, state in untouched.items():
+        assert _file_state(slice_file(user, key)) == state, key
+    files = mirror_paths(user)
+    rows = catalog_rows(user)
+    for key in SENSOR_SLICES:
+        where, params = SENSOR_SLICES[key]
+        assert_slice_equals(slice_file(user, key), brute_force(files, where, params), files[0])
+        commit = user.hub.head_commit() if key in affected else old_commit
+        assert rows[key]["upstream_commit"] == commit, key
+        assert rows[key]["sha256"] == sha256_file(slice_file(user, key)), key
+
+
+def _file_state(path: Path) -> tuple[str, int, int]:
+    stat = path.stat()
+    return sha256_file(path), stat.st_ino, stat.st_mtime_ns
+
+
+def _materialized_metadata(result: dg.ExecuteInProcessResult) -> dict[dg.AssetKey, dict]:
+    events = [
+        e for e in result.all_events if e.event_type == dg.DagsterEventType.ASSET_MATERIALIZATION
+    ]
+    return {e.asset_key: e.step_materialization_data.materialization.metadata for e in events}
+
+
+# --- make demo -----------------------------------------------------------------------------------
+
+
+def test_the_demo_publishes_the_declared_slices_and_reports_them_with_summary_lines(
+    tmp_path: Path,
+    dagster_home: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setattr(sample, "DEMO_SAMPLE", {**SMALL_SAMPLE})
+    for name in [n for n in os.environ if n.startswith("TOL_")]:
+        monkeypatch.delenv(name)
+    home = tmp_path / "home"
+    monkeypatch.setenv("TOL_HOME", str(home))
+    monkeypatch.setenv("DAGSTER_HOME", str(dagster_home))
+    monkeypatch.setenv("TOL_HUB_ENDPOINT", "http://127.0.0.1:9")  # the demo sets its own Hub's
+
+    code = run_demo()
+
+    out = capsys.readouterr().out
+    assert code == 0, out
+    declared = yaml.safe_load(DEFAULT_SLICES_FILE.read_text())["slices"]
+    names = [*declared.get("all", []), *declared.get(CONFIG, [])]
+    assert names, "slices.yaml declares no slice"
+    published = list_slices(config=CONFIG, home=home).set_index("name")
+    assert re.search(rf"^\s+{len(names)} slices in ", out, re.M), out
+    for name in names:
+        listed = re.search(rf"^\s+{re.escape(name)}\s+([\d,]+) rows", out, re.M)
+        assert listed, (name, out)
+        assert int(listed[1].replace(",", "")) == published.loc[name, "rows"]
+        assert Path(published.loc[name, "path"]).is_file()
+
+    mirror = [str(p) for p in sorted((home / "mirror" / CONFIG).glob("*.parquet"))]
+    orders = dict(
+        duckdb.execute(
+            "SELECT coalesce(\"order\", 'NULL'), count(*) FROM read_parquet(?) GROUP BY 1",
+            [mirror],
+        ).fetchall()
+    )
+    sources = dict(
+        duckdb.execute(
+            "SELECT coalesce(source_dataset, 'NULL'), count(*) FROM read_parquet(?) GROUP BY 1",
+            [mirror],
+        ).fetchall()
+    )
+    top = _reported(out, "top orders by images")
+    assert len(top) == min(5, len(orders))
+    assert all(orders[name] == images for name, images in top.items())
+    assert min(top.values()) >= max(n for name, n in orders.items() if name not in top)
+    assert _reported(out, "images per source") == sources
+
+
+def _reported(out: str, label: str) -> dict[str, int]:
+    """`name count, name count` after `label:` in the demo's report."""
+    line = re.search(rf"^\s+{label}: (.*)$", out, re.M)
+    assert line, (label, out)
+    return {name: int(n.replace(",", "")) for name, n in re.findall(r"(\S+) ([\d,]+)", line[1])}
