@@ -117,10 +117,12 @@ def _evaluate(
         ]
         state = {**state, "slices_generation": generation}
     records_now = published.slice_records(layout, config)
+    # The whole record, not only its sha256: a slice rebuilt with the same bytes (a resync that
+    # touched its file but not its rows) still has a new upstream_commit and built_at.
     fingerprint = hashlib.sha256(
         json.dumps(
             sorted(
-                (str(r["name"]), str(r["sha256"]))
+                json.dumps(r, sort_keys=True)
                 for r in records_now
                 if r["name"] in existing | set(add)
             )
