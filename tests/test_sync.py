@@ -279,6 +279,7 @@ CORRUPTIONS = {
         _edit(lambda t: t.append_column("resolution_status", pa.array(["ok"] * t.num_rows))),
         "schema_matches_contract",
         "extra column 'resolution_status'",
+        False,  # stays staged: --accept-schema-change may accept an added column
     ),
     "changed type": Corruption(
         _edit(_float32_emb),
@@ -399,16 +400,49 @@ def _with_resolution_status(table: pa.Table) -> pa.Table:
     return table.append_column("resolution_status", pa.array(["accepted"] * table.num_rows))
 
 
-def test_accept_schema_change_never_lets_a_contract_violation_through(synced: User) -> None:
+def test_accept_schema_change_never_lets_a_changed_type_through(synced: User) -> None:
     before = mirror_view(synced.layout)
     for name in file_names(synced.root):
-        edit_upstream(synced.folder / name, _with_resolution_status)
+        edit_upstream(synced.folder / name, _float32_emb)
 
     outcome = synced.sync("--accept-schema-change")
 
     assert outcome.code == 1, outcome.text
     assert "schema_matches_contract" in outcome.err
     assert mirror_view(synced.layout) == before
+
+
+def test_an_added_column_is_refused_then_accepted_once_and_kept(synced: User) -> None:
+    """Upstream adds `resolution_status` to every file: refused until the user accepts; then
+    the extended schema is the config's contract and later syncs need no flag."""
+    before = mirror_view(synced.layout)
+    for name in file_names(synced.root):
+        edit_upstream(synced.folder / name, _with_resolution_status)
+
+    refused = synced.sync()
+    assert refused.code == 1, refused.text
+    assert "extra column 'resolution_status'" in refused.err
+    assert "--accept-schema-change" in refused.err
+    assert mirror_view(synced.layout) == before
+
+    synced.reset_counts()
+    accepted = synced.sync("--accept-schema-change")
+    assert accepted.code == 0, accepted.text
+    assert synced.requests()["lfs_get"] == 0, "files refused only for their schema stay staged"
+    assert mirror_view(synced.layout).sha256s == upstream_files(synced.root)
+    assert "resolution_status" in manifest(synced.layout).schema.names
+
+    name = file_names(synced.root)[0]
+    edit_upstream(
+        synced.folder / name,
+        lambda t: t.set_column(
+            t.schema.get_field_index("resolution_status"),
+            "resolution_status",
+            pa.array(["revised"] * t.num_rows),
+        ),
+    )
+    later = synced.sync()
+    assert later.code == 0, later.text
 
 
 def test_accept_schema_change_publishes_drift_from_the_last_validated_schema(

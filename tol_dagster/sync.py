@@ -406,10 +406,16 @@ def _stage_commit(
             progress.add(remote_file.size)
         facts = file_facts(layout, config, dest, remote_file.sha256)
         progress.file_done()
-        if not facts.passed:
-            reason = "; ".join(f"{r.check}: {r.message}" for r in facts.results if not r.passed)
+        failing = facts.failures()
+        schema_only = all(r.check == validation.SCHEMA_MATCHES_CONTRACT for r in failing)
+        if failing and not (
+            schema_only and additive_extension(pq.read_schema(dest), expected_schema(config))
+        ):
+            reason = "; ".join(f"{r.check}: {r.message}" for r in failing)
             mirror.quarantine(layout, config, dest, reason, sha256=remote_file.sha256)
             return _failed(remote_file, reason, rows=facts.rows)
+        # A file that only adds columns to the contract stays staged: the gate decides, and
+        # `--accept-schema-change` may accept it without fetching the file again.
         return StagedFile(
             remote_file.name,
             remote_file.path,
@@ -523,8 +529,17 @@ def gate(
     per_file[validation.SORTED_BY_CONTRACT_KEY] = _merge(
         per_file[validation.SORTED_BY_CONTRACT_KEY], validation.check_sorted_across(known)
     )
-    per_file[validation.SCHEMA_MATCHES_LAST_VALIDATED] = _schema_stable(
-        layout, state, manifest.schema if manifest else None, accepted=accept_schema_change
+    last_schema = manifest.schema if manifest else None
+    per_file[validation.SCHEMA_MATCHES_CONTRACT] = _contract(
+        layout,
+        state,
+        per_file[validation.SCHEMA_MATCHES_CONTRACT],
+        last_schema,
+        accept_schema_change,
+    )
+    per_file[validation.SCHEMA_MATCHES_LAST_VALIDATED] = _merge(
+        _schema_stable(layout, state, last_schema, accepted=accept_schema_change),
+        _schema_uniform(known),
     )
     candidates = [
         MirrorFile(f.name, f.sha256, _candidate_path(layout, state, f))
@@ -606,6 +621,79 @@ def _schema_stable(
         False,
         f"{message}. If upstream changed the schema on purpose, rerun with --accept-schema-change",
         failures[0].details,
+    )
+
+
+def additive_extension(found: pa.Schema, contract: pa.Schema) -> bool:
+    """`found` holds every contract column, in order and with its type, plus extra columns
+    (as upstream revisions that add e.g. `resolution_status` do)."""
+    names = [n for n in found.names if n in contract.names]
+    return (
+        names == contract.names
+        and all(found.field(n).type == contract.field(n).type for n in contract.names)
+        and len(found) > len(contract)
+    )
+
+
+def _contract(
+    layout: Layout,
+    state: StagedState,
+    per_file: CheckResult,
+    last: pa.Schema | None,
+    accepted: bool,
+) -> CheckResult:
+    """The contract check, except for files that only add columns to it, when that addition
+    is accepted now (`--accept-schema-change`) or was accepted before (it is the last
+    validated schema): then the extended schema is the config's contract from now on."""
+    if per_file.passed:
+        return per_file
+    contract = expected_schema(state.config)
+    refused = []
+    for f in state.files:
+        if f.status == "failed":
+            continue
+        found = pq.read_schema(_candidate_path(layout, state, f))
+        if found.equals(contract):
+            continue
+        if additive_extension(found, contract) and (
+            accepted or (last is not None and found.equals(last))
+        ):
+            continue
+        refused.append(validation.check_schema(f.name, found, contract, per_file.check).message)
+    if refused or any(f.status == "failed" for f in state.files):
+        return (
+            per_file
+            if not refused
+            else replace(
+                per_file,
+                message="; ".join(refused[:10])
+                + (". If upstream added columns on purpose, rerun with --accept-schema-change"),
+            )
+        )
+    return CheckResult(
+        per_file.check,
+        True,
+        "files extend the contract with extra columns only: accepted"
+        + (" (--accept-schema-change)" if accepted else " earlier (the last validated schema)"),
+        per_file.details,
+    )
+
+
+def _schema_uniform(facts: list[FileFacts]) -> CheckResult:
+    """Every file of the generation has one schema, so globs over the mirror read it whole."""
+    check = validation.SCHEMA_MATCHES_LAST_VALIDATED
+    schemas: dict[tuple[tuple[str, str], ...] | None, list[str]] = {}
+    for f in facts:
+        schemas.setdefault(f.schema, []).append(f.name)
+    if len(schemas) <= 1:
+        return CheckResult(check, True, "every file has the same schema")
+    groups = "; ".join(f"{len(names)} files like {names[0]}" for names in schemas.values())
+    return CheckResult(
+        check,
+        False,
+        f"files disagree on the schema ({groups}): a mirror glob could not read them together; "
+        "upstream is mid-change, wait for it to finish",
+        {"groups": {names[0]: len(names) for names in schemas.values()}},
     )
 
 
