@@ -39,7 +39,9 @@ def main(argv: list[str] | None = None) -> int:
     table = read_arrow(args.key, config=args.config)
     species = [
         None if g is None or s is None else (s if " " in s else f"{g} {s}")
-        for g, s in zip(table.column("genus").to_pylist(), table.column("species").to_pylist(), strict=True)
+        for g, s in zip(
+            table.column("genus").to_pylist(), table.column("species").to_pylist(), strict=True
+        )
     ]
     vectors = embeddings(table)
     # Centre on the slice's mean: BioCLIP 2 vectors share a large offset (see DATASET.md).
@@ -50,7 +52,10 @@ def main(argv: list[str] | None = None) -> int:
     counts = {name: int(((labels == name) & ~test).sum()) for name in set(labels) if name}
     classes = sorted(name for name, n in counts.items() if n >= args.min_images)
     if len(classes) < 2:
-        print(f"{args.key}: fewer than two species with {args.min_images}+ training images", file=sys.stderr)
+        print(
+            f"{args.key}: fewer than two species with {args.min_images}+ training images",
+            file=sys.stderr,
+        )
         return 2
     centroids = np.stack([vectors[(labels == name) & ~test].mean(axis=0) for name in classes])
     centroids /= np.linalg.norm(centroids, axis=1, keepdims=True)
