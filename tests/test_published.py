@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -204,8 +204,9 @@ def test_sync_then_slice_publishes_the_exact_taxon_catalogs_it_and_records_the_r
         assert passed == sorted(CHECKS), checks
         materialized = instance.get_latest_materialization_event(asset_key(CONFIG, "slices"))
         assert materialized is not None and materialized.run_id == slice_run.run_id
-        assert materialized.asset_materialization.partition == "family=Felidae"
-        metadata = materialized.asset_materialization.metadata
+        materialization = materialized.asset_materialization
+        assert materialization is not None and materialization.partition == "family=Felidae"
+        metadata = materialization.metadata
         assert metadata["dagster/row_count"].value == expected.num_rows
         assert metadata["sha256"].value == row["sha256"]
         for key in [
@@ -391,10 +392,10 @@ class SensorDriver:
                     request.partitions_def_name, list(request.partition_keys)
                 )
         self.cursor = data.cursor
-        return list(data.run_requests)
+        return list(data.run_requests or [])
 
     def run(self, requests: Sequence[dg.RunRequest]) -> list[dg.ExecuteInProcessResult]:
-        job = self.defs.resolve_job_def(self.sensor.job_name)
+        job = self.defs.resolve_job_def(str(self.sensor.job_name))
         results = []
         with self.user.instance() as instance:
             for request in requests:
@@ -572,11 +573,11 @@ def _file_state(path: Path) -> tuple[str, int, int]:
     return sha256_file(path), stat.st_ino, stat.st_mtime_ns
 
 
-def _materialized_metadata(result: dg.ExecuteInProcessResult) -> dict[dg.AssetKey, dict]:
-    events = [
-        e for e in result.all_events if e.event_type == dg.DagsterEventType.ASSET_MATERIALIZATION
-    ]
-    return {e.asset_key: e.step_materialization_data.materialization.metadata for e in events}
+def _materialized_metadata(
+    result: dg.ExecuteInProcessResult,
+) -> dict[dg.AssetKey, Mapping[str, dg.MetadataValue]]:
+    materializations = [e.materialization for e in result.get_asset_materialization_events()]
+    return {m.asset_key: m.metadata for m in materializations}
 
 
 # --- make demo -----------------------------------------------------------------------------------
