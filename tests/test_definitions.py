@@ -37,8 +37,8 @@ def describe(defs: dg.Definitions) -> str:
         lines.append(job.name)
     lines.append("# sensors")
     for sensor in sorted(defs.sensors or [], key=lambda s: s.name):
-        target = "assets" if sensor.has_anonymous_job else sensor.job_name
-        lines.append(f"{sensor.name} -> {target} default={sensor.default_status.value}")
+        targets = ", ".join(sorted(target.job_name for target in sensor.targets))
+        lines.append(f"{sensor.name} -> {targets} default={sensor.default_status.value}")
     lines.append("# schedules")
     for schedule in sorted(defs.schedules or [], key=lambda s: s.name):
         lines.append(
@@ -71,6 +71,11 @@ def test_two_configs_get_their_own_assets_side_by_side(tmp_path: Path) -> None:
             }
         )
     )
+    dg.Definitions.validate_loadable(defs)
+    assert {job.name for job in defs.resolve_all_job_defs()} >= {
+        "slices_bioclip_2_float16_job",
+        "slices_bioclip_2_5_vith14_float16_job",
+    }  # one slices job per partitions definition: a job cannot mix two
     keys = {k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()}
     for config in ("bioclip-2_float16", "bioclip-2.5-vith14_float16"):
         assert {f"tol/{config}/remote", f"tol/{config}/staged", f"tol/{config}/mirror"} <= keys

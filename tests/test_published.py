@@ -395,10 +395,10 @@ class SensorDriver:
         return list(data.run_requests or [])
 
     def run(self, requests: Sequence[dg.RunRequest]) -> list[dg.ExecuteInProcessResult]:
-        job = self.defs.resolve_job_def(str(self.sensor.job_name))
         results = []
         with self.user.instance() as instance:
             for request in requests:
+                job = self.defs.resolve_job_def(str(request.job_name))
                 result = job.execute_in_process(
                     instance=instance,
                     asset_selection=request.asset_selection,
@@ -417,7 +417,7 @@ def kinds(requests: Sequence[dg.RunRequest]) -> list[str]:
     out = []
     for request in requests:
         if request.partition_key is not None:
-            assert request.asset_selection == [asset_key(CONFIG, "slices")]
+            assert request.job_name == slices_job_name(CONFIG)
             out.append(request.partition_key)
         else:
             out.append(named[tuple(request.asset_selection or ())])

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import dagster as dg
 
-from tol_dagster.defs.jobs import build_jobs
+from tol_dagster.defs.jobs import CATALOG_JOB, DERIVED_JOB, build_jobs, slices_job_name
 from tol_dagster.defs.mirror_assets import build_mirror_assets
 from tol_dagster.defs.published_assets import build_alignment_checks, build_published_assets
 from tol_dagster.defs.resources import resources_from
@@ -27,13 +27,18 @@ def build_definitions(settings: Settings) -> dg.Definitions:
                 checks.append(definition)
             else:
                 assets.append(definition)
+    jobs = build_jobs(settings.configs)
+    slices_jobs = {slices_job_name(config) for config in settings.configs}
+    published_jobs = [
+        job for job in jobs if job.name in (DERIVED_JOB, CATALOG_JOB) or job.name in slices_jobs
+    ]
     return dg.Definitions(
         assets=assets,
         asset_checks=[*checks, *build_alignment_checks(settings.configs)],
-        jobs=build_jobs(settings.configs),
+        jobs=jobs,
         sensors=[
             build_upstream_change_sensor(settings.configs, settings.sensor_min_interval_s),
-            build_mirror_change_sensor(settings.configs, settings.slices_file),
+            build_mirror_change_sensor(settings.configs, settings.slices_file, published_jobs),
         ],
         schedules=build_schedules(settings.configs),
         resources=resources_from(settings),

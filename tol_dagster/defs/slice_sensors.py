@@ -16,29 +16,24 @@ from pathlib import Path
 import dagster as dg
 
 from tol_dagster import published
+from tol_dagster.defs.jobs import CATALOG_JOB, DERIVED_JOB, slices_job_name
 from tol_dagster.defs.keys import asset_key, derived_keys, slices_partitions_name
 from tol_dagster.defs.resources import StorageResource
 from tol_dagster.errors import TolError
 from tol_dagster.manifest import load_manifest
 
 
-def build_mirror_change_sensor(configs: Sequence[str], slices_file: Path) -> dg.SensorDefinition:
+def build_mirror_change_sensor(
+    configs: Sequence[str], slices_file: Path, jobs: "Sequence[dg.UnresolvedAssetJobDefinition]"
+) -> dg.SensorDefinition:
+    """`jobs`: the derived, catalog and per-config slices jobs (one job per partitions definition)."""
+
     @dg.sensor(
         name="mirror_change_sensor",
         minimum_interval_seconds=15,
         default_status=dg.DefaultSensorStatus.RUNNING,
         description="After a published resync: summaries and index, then only the affected slices, then the catalog.",
-        target=dg.AssetSelection.assets(
-            *[
-                key
-                for config in configs
-                for key in (
-                    *derived_keys(config),
-                    asset_key(config, "slices"),
-                    asset_key(config, "catalog"),
-                )
-            ]
-        ),
+        jobs=jobs,
     )
     def mirror_change_sensor(
         context: dg.SensorEvaluationContext, storage: StorageResource
@@ -89,7 +84,9 @@ def _evaluate(
         return (
             [
                 dg.RunRequest(
-                    run_key=f"{config}:derived:{generation}", asset_selection=derived_keys(config)
+                    run_key=f"{config}:derived:{generation}",
+                    job_name=DERIVED_JOB,
+                    asset_selection=derived_keys(config),
                 )
             ],
             [],
@@ -110,7 +107,7 @@ def _evaluate(
         requests += [
             dg.RunRequest(
                 run_key=f"{config}:slice:{key}:{generation}",
-                asset_selection=[asset_key(config, "slices")],
+                job_name=slices_job_name(config),
                 partition_key=key,
             )
             for key in todo
@@ -133,6 +130,7 @@ def _evaluate(
         requests.append(
             dg.RunRequest(
                 run_key=f"{config}:catalog:{fingerprint}",
+                job_name=CATALOG_JOB,
                 asset_selection=[asset_key(config, "catalog")],
             )
         )
