@@ -258,6 +258,28 @@ def synced_home(small_sample: Path, tmp_path_factory: pytest.TempPathFactory) ->
     return home
 
 
+@pytest.fixture
+def user(
+    local_hub: LocalHub,
+    hub_root: Path,
+    tmp_path: Path,
+    dagster_home: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> User:
+    """A user with an empty data home."""
+    return make_user(local_hub, hub_root, tmp_path / "home", dagster_home, monkeypatch, capsys)
+
+
+@pytest.fixture
+def synced(user: User, synced_home: Path) -> User:
+    """A user whose mirror already holds upstream's current commit (nothing derived yet); the
+    Hub's counters at 0."""
+    copy_home(synced_home, user.home, user.hub)
+    user.reset_counts()
+    return user
+
+
 def copy_home(synced: Path, home: Path, hub: LocalHub) -> None:
     """A private copy of `synced` (symlinks kept), checked to match what `hub` serves."""
     shutil.copytree(synced, home, symlinks=True)

@@ -28,12 +28,12 @@ from conftest import SMALL_SAMPLE
 from resync_testing import (
     CONFIG,
     User,
-    copy_home,
     dagster_home,
-    make_user,
     set_card_rows,
+    synced,
     synced_home,
     upstream_rows,
+    user,
     write_upstream,
 )
 
@@ -45,10 +45,9 @@ from tol_dagster.defs.keys import asset_key, derived_keys, slices_partitions_nam
 from tol_dagster.defs.resources import resources_from
 from tol_dagster.demo import run_demo
 from tol_dagster.hashing import sha256_file
-from tol_dagster.localhub import LocalHub
 from tol_dagster.settings import DEFAULT_SLICES_FILE, Settings
 
-__all__ = ["dagster_home", "synced_home"]  # fixtures, imported to be found
+__all__ = ["dagster_home", "synced", "synced_home", "user"]  # fixtures, imported to be found
 
 SENSOR = "mirror_change_sensor"
 PARTITION_TAG = "dagster/partition"
@@ -67,26 +66,6 @@ CATALOG_COLUMNS = {
 #: The slices' blocking checks, by the names the issue gives them.
 CHECKS = ("rows_match_summary", "rows_satisfy_key", "uuids_unique", "schema_matches_mirror")
 HELP = "rank is one of kingdom, phylum, class, order, family, genus, species, scientific_name"
-
-
-@pytest.fixture
-def user(
-    local_hub: LocalHub,
-    hub_root: Path,
-    tmp_path: Path,
-    dagster_home: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
-) -> User:
-    """A user with an empty data home."""
-    return make_user(local_hub, hub_root, tmp_path / "home", dagster_home, monkeypatch, capsys)
-
-
-@pytest.fixture
-def synced(user: User, synced_home: Path) -> User:
-    """A user whose mirror already holds upstream's current commit (nothing derived yet)."""
-    copy_home(synced_home, user.home, user.hub)
-    return user
 
 
 # --- brute force ---------------------------------------------------------------------------------

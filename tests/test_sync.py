@@ -26,7 +26,6 @@ from resync_testing import (
     CONFIG,
     HubSleeps,
     User,
-    copy_home,
     dagster_home,
     edit_upstream,
     file_names,
@@ -36,9 +35,11 @@ from resync_testing import (
     mirror_view,
     replace_upstream,
     set_card_rows,
+    synced,
     synced_home,
     upstream_files,
     upstream_rows,
+    user,
     valid_edit,
     write_upstream,
 )
@@ -47,30 +48,15 @@ from tol_dagster import mirror, sync
 from tol_dagster.localhub import Fault, LocalHub
 from tol_dagster.runs import PID_TAG
 
-__all__ = ["dagster_home", "hub_sleeps", "synced_home"]  # fixtures, imported to be found
+__all__ = [
+    "dagster_home",
+    "hub_sleeps",
+    "synced",
+    "synced_home",
+    "user",
+]  # fixtures, imported to be found
 
 TOKEN = "hf_tolTEST_s3cr3t_0123456789abcdef"
-
-
-@pytest.fixture
-def user(
-    local_hub: LocalHub,
-    hub_root: Path,
-    tmp_path: Path,
-    dagster_home: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
-) -> User:
-    """A user with an empty data home."""
-    return make_user(local_hub, hub_root, tmp_path / "home", dagster_home, monkeypatch, capsys)
-
-
-@pytest.fixture
-def synced(user: User, synced_home: Path) -> User:
-    """A user whose mirror already holds upstream's current commit; the Hub's counters at 0."""
-    copy_home(synced_home, user.home, user.hub)
-    user.reset_counts()
-    return user
 
 
 # --- the happy paths ----------------------------------------------------------------------------
