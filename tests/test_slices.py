@@ -8,12 +8,14 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
+import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 from mirror_testing import sample_mirror
 
+from tol_dagster import slices
 from tol_dagster.errors import StoreError, ValidationFailed
 from tol_dagster.hashing import sha256_file
 from tol_dagster.layout import Layout
@@ -107,9 +109,21 @@ def _extract(mirror: Mirror, text: str, out_dir: Path, *, index: bool = True) ->
         "kingdom=Animalia/class=Squamata/family=Felidae",  # no row has all three
     ],
 )
+@pytest.mark.parametrize(
+    ("pages", "dense_share"),
+    [(True, 0.4), (False, 0.0), (False, 0.4), (False, 2.0)],
+    ids=["pages", "pyarrow", "no-page-index", "duckdb"],
+)
 def test_a_slice_equals_the_matching_rows_of_the_mirror_in_order(
-    mirror: Mirror, tmp_path: Path, text: str
+    mirror: Mirror,
+    tmp_path: Path,
+    text: str,
+    pages: bool,
+    dense_share: float,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    monkeypatch.setattr(slices, "PAGE_READS", pages)
+    monkeypatch.setattr(slices, "DENSE_SHARE", dense_share)
     key, result, table = _extract(mirror, text, tmp_path)
     expected = mirror.expected(key)
     assert table.schema.equals(SCHEMA, check_metadata=False)
@@ -231,7 +245,7 @@ def test_compressible_embeddings_are_compressed(tmp_path: Path) -> None:
             "uuid": [f"u{i:05d}" for i in range(n)],
             "emb": pa.FixedSizeListArray.from_arrays(pa.array([0.5] * (8 * n), pa.float16()), 8),
             **{
-                name: pa.array(["Felidae" if name == "family" else "x"] * n)
+                name: pa.array([f"F{i % 4}" if name == "family" else "x" for i in range(n)])
                 for name in schema.names[2:]
             },
         },
@@ -241,10 +255,10 @@ def test_compressible_embeddings_are_compressed(tmp_path: Path) -> None:
     pq.write_table(table, path, row_group_size=1000)
     files = [MirrorFile(path.name, sha256_file(path), path)]
     result = extract_slice(
-        parse_slice_key("family=Felidae"), files, None, tmp_path / "s.parquet", schema=schema
+        parse_slice_key("family=F1"), files, None, tmp_path / "s.parquet", schema=schema
     )
-    assert (result.rows, result.emb_compression) == (n, "zstd")
-    assert pq.read_table(result.path).equals(table)
+    assert (result.rows, result.emb_compression) == (n // 4, "zstd")
+    assert pq.read_table(result.path).equals(table.filter(pc.equal(table["family"], "F1")))
 
 
 def test_the_slice_reads_only_the_row_groups_the_index_names(
@@ -414,3 +428,64 @@ def test_slices_never_built_are_always_affected() -> None:
 def test_a_key_the_index_cannot_locate_is_affected_by_any_change() -> None:
     assert affected_slices(["species=plexippus"], OLD, NEW, {"f9"}) == ["species=plexippus"]
     assert affected_slices(["species=plexippus"], OLD, NEW, set()) == []
+
+
+def test_a_read_failure_mid_slice_leaves_no_file_and_the_old_slice_intact(
+    mirror: Mirror, tmp_path: Path
+) -> None:
+    key, first, _ = _extract(mirror, "kingdom=Animalia", tmp_path / "out")
+    before = first.path.read_bytes()
+    broken = tmp_path / mirror.files[1].name
+    data = mirror.files[1].path.read_bytes()
+    broken.write_bytes(data[: len(data) // 3] + bytes(len(data) // 3) + data[2 * len(data) // 3 :])
+    files = [
+        MirrorFile(f.name, f.sha256, broken if f is mirror.files[1] else f.path)
+        for f in mirror.files
+    ]
+    with pytest.raises((OSError, pa.ArrowException, duckdb.Error, StoreError)):
+        extract_slice(key, files, mirror.index, first.path, schema=SCHEMA)
+    assert first.path.read_bytes() == before
+    assert [p.name for p in first.path.parent.iterdir()] == [first.path.name]
+
+
+# --- whole row groups copied as bytes ------------------------------------------------------------
+
+
+def test_row_groups_full_of_the_taxon_are_copied_and_the_file_reads_everywhere(
+    mirror: Mirror, tmp_path: Path
+) -> None:
+    key, result, table = _extract(mirror, "kingdom=Animalia", tmp_path)
+    assert 0 < result.row_groups_copied < result.row_groups_read
+    assert table.equals(mirror.expected(key))
+    meta = pq.read_metadata(result.path)
+    assert (
+        meta.num_rows
+        == result.rows
+        == sum(meta.row_group(g).num_rows for g in range(meta.num_row_groups))
+    )
+    counted = duckdb.sql(f"SELECT count(*), count(DISTINCT uuid) FROM '{result.path}'")
+    assert counted is not None and counted.fetchall() == [(result.rows, result.rows)]
+    assert all(c.passed for c in slice_checks(result.path, key, result.rows, SCHEMA))
+
+
+def test_a_path_key_copies_only_what_every_condition_fills(mirror: Mirror, tmp_path: Path) -> None:
+    key, result, table = _extract(mirror, "kingdom=Animalia/species=plexippus", tmp_path)
+    assert result.row_groups_copied == 0  # a one-word species is not counted by the index
+    assert table.equals(mirror.expected(key))
+
+
+def test_files_with_another_parquet_layout_are_read_instead_of_copied(
+    mirror: Mirror, tmp_path: Path
+) -> None:
+    other = []
+    for file in mirror.files:  # same Arrow schema, but parquet field ids: another footer schema
+        table = pq.read_table(file.path)
+        fields = [f.with_metadata({"PARQUET:field_id": str(i)}) for i, f in enumerate(table.schema)]
+        path = tmp_path / "ids" / file.name
+        path.parent.mkdir(exist_ok=True)
+        pq.write_table(table.cast(pa.schema(fields)), path, row_group_size=500)
+        other.append(MirrorFile(file.name, sha256_file(path), path))
+    key = parse_slice_key("kingdom=Animalia")
+    result = extract_slice(key, other, mirror.index, tmp_path / "out.parquet", schema=SCHEMA)
+    assert result.row_groups_copied == 0
+    assert pq.read_table(result.path).equals(mirror.expected(key))

@@ -146,6 +146,15 @@ def to_arrow_filter(key: SliceKey) -> pc.Expression:
     return functools.reduce(operator.and_, clauses)
 
 
+def filter_columns(key: SliceKey) -> list[str]:
+    """The columns the key's filter reads, in schema order of first use."""
+    return list(
+        dict.fromkeys(
+            c for alternatives in _predicate(key) for pairs in alternatives for c, _ in pairs
+        )
+    )
+
+
 def _predicate(key: SliceKey) -> list[list[list[tuple[str, str]]]]:
     """`key` as AND over conditions of OR over alternatives of AND over (column = value)."""
     predicate = []

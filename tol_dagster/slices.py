@@ -2,13 +2,22 @@
 with the mirror's exact schema and order, publish it atomically; and the slices' checks.
 
 How, and why (bench/slices.py measures it against the dataset card's DuckDB COPY):
-- The taxon index names the row groups of a taxon and the file-relative row span in each.
-  Spans are merged into ranges; pyarrow decodes only the row groups of a range and stops at its
-  end. The key's own filter (`to_arrow_filter`, the same predicate as the SQL one) decides
-  which rows belong: the index is only a locator. Without an index, DuckDB finds the spans
-  from the filter columns alone (it skips `emb`), then the same reader runs.
-- pyarrow reads `fixed_size_list<halffloat>` as is, ~2x cheaper than DuckDB's decode into
-  `list<float>` plus a cast back, and the type is exact by construction.
+- The taxon index names the row groups of a taxon, the file-relative row span in each and
+  how many of its rows match. Spans are merged into ranges. The key's own filter decides which
+  rows belong: the index is only a locator. Without an index, DuckDB finds the spans from the
+  filter columns alone (it skips `emb`), then the same reader runs.
+- A row group whose every row satisfies the key is copied as bytes (`parquet_bytes.splice`):
+  no decoding, no encoding, only the footer is rebuilt. That is what makes a large slice cheap.
+- The rest of a range is read row group by row group through the offset index
+  (`parquet_bytes.read_rows`): only the pages holding the range's rows are decoded, where
+  pyarrow and DuckDB would decode (or decompress and skip) everything before them; a 50k-row
+  row group's `emb` is ~75 MB. That is what makes a small slice cheap. Files without an offset
+  index fall back: a dense range (matches at least `DENSE_SHARE` of the rows to decode) is
+  decoded by pyarrow from its row group's start, a sparse one goes through DuckDB restricted by
+  `file_row_number` (it skips the `emb` of non-matching rows), its `list<float>` cast back.
+- pyarrow reads `fixed_size_list<halffloat>` ~2x cheaper per row than DuckDB decodes it into
+  `list<float>` and a cast brings it back. Every path filters with the key's own predicate
+  (`to_arrow_filter`, or `to_sql_filter` in DuckDB).
 - Reading (a worker thread) and writing (the caller's thread) overlap; both release the GIL.
   Batches stream, so memory is bounded by a few row groups whatever the slice's size.
 - Writer settings for speed: ZSTD level 1 on the string columns, dictionary and statistics off
@@ -24,16 +33,15 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import itertools
 import os
 import queue
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -44,9 +52,19 @@ from tol_dagster.checks import CheckResult
 from tol_dagster.durable import TEMP_PREFIX, TEMP_SUFFIX, fsync_dir
 from tol_dagster.errors import StoreError, ValidationFailed
 from tol_dagster.mirror_files import MirrorFile
-from tol_dagster.schema import METADATA_COLUMNS, STRING_COLUMNS
+from tol_dagster.parquet_bytes import (
+    Footer,
+    Piece,
+    SpliceError,
+    parse_footer,
+    read_footer,
+    read_rows,
+    splice,
+)
+from tol_dagster.schema import METADATA_COLUMNS, STRING_COLUMNS, quote_ident
 from tol_dagster.slice_keys import (
     SliceKey,
+    filter_columns,
     parse_slice_key,
     split_binomial,
     to_arrow_filter,
@@ -75,24 +93,47 @@ _PROBE_BYTES = 4 * 1024 * 1024
 EMB_COLUMN = "emb"
 EMB_LEAF = "emb.list.element"
 
-#: file name -> row group -> (row_start, row_end), file-relative rows, end exclusive.
-Spans = dict[str, dict[int, tuple[int, int]]]
+#: Read a range with pyarrow when its matches are at least this share of the rows it decodes.
+DENSE_SHARE = 0.4
+#: Read partial row groups page by page through the offset index (tests turn it off).
+PAGE_READS = True
+
+
+class Span(NamedTuple):
+    """File-relative rows [start, stop) holding up to `rows` matches."""
+
+    start: int
+    stop: int
+    rows: int
+
+
+class Copy(NamedTuple):
+    """Row group `row_group`, all `rows` of which satisfy the key: copied as bytes."""
+
+    row_group: int
+    rows: int
+
+
+#: file name -> row group -> the span of that row group that may hold matches.
+Spans = dict[str, dict[int, Span]]
 Verify = Callable[[Path], Sequence[CheckResult]]
 T = TypeVar("T")
 
 
 @dataclass(frozen=True)
 class Scan:
-    """What to read of one mirror file: merged file-relative row ranges and their row groups."""
+    """What to read of one mirror file, in order: row groups to copy whole, and merged
+    file-relative row ranges to filter; `row_groups` are all the row groups they touch."""
 
     file: MirrorFile
-    ranges: tuple[tuple[int, int], ...]
+    pieces: tuple[Span | Copy, ...]
     row_groups: tuple[int, ...]
 
 
 @dataclass(frozen=True)
 class SliceResult:
-    """What `extract_slice` published, and what it cost."""
+    """What `extract_slice` published, and what it cost. `emb_compression` is the codec of the
+    rows it wrote; copied row groups keep the mirror's."""
 
     key: str
     path: Path
@@ -101,6 +142,7 @@ class SliceResult:
     sha256: str
     source_files: tuple[str, ...]
     row_groups_read: int
+    row_groups_copied: int
     seconds: float
     emb_compression: str
     warnings: tuple[str, ...] = ()
@@ -125,17 +167,16 @@ def extract_slice(
     started = time.perf_counter()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    scans = plan_scans(key, files, index)
+    scans = _copyable(plan_scans(key, files, index), schema)
+    spliced = any(isinstance(piece, Copy) for scan in scans for piece in scan.pieces)
     per_file = {scan.file.name: 0 for scan in scans}
-    fd, temp_name = tempfile.mkstemp(
-        dir=out.parent, prefix=f"{TEMP_PREFIX}{out.name}.", suffix=TEMP_SUFFIX
-    )
-    temp = Path(temp_name)
+    temp = _temp_path(out)
+    scratch = _temp_path(out) if spliced else None
     try:
-        with os.fdopen(fd, "wb") as handle:
+        reader = contextlib.closing(_prefetch(_read(key, scans, schema), READ_AHEAD))
+        with open(temp, "wb") as handle, reader as items:
             sink = _HashingSink(handle)
-            batches = _prefetch(_read(key, scans, schema), READ_AHEAD)
-            codec = _write(_counted(batches, per_file), sink, schema)
+            codec = _write(_counted(items, per_file), sink, schema, scratch)
             handle.flush()
             os.fsync(handle.fileno())
         checks = tuple(verify(temp)) if verify is not None else ()
@@ -148,6 +189,8 @@ def extract_slice(
         os.replace(temp, out)
     finally:
         temp.unlink(missing_ok=True)
+        if scratch is not None:
+            scratch.unlink(missing_ok=True)
     fsync_dir(out.parent)
     rows = sum(per_file.values())
     warnings = () if rows else (f"slice {key.name}: no rows in the mirror match; wrote 0 rows",)
@@ -159,6 +202,7 @@ def extract_slice(
         sha256=sink.digest.hexdigest(),
         source_files=tuple(name for name, count in per_file.items() if count),
         row_groups_read=sum(len(scan.row_groups) for scan in scans),
+        row_groups_copied=sum(isinstance(p, Copy) for scan in scans for p in scan.pieces),
         seconds=time.perf_counter() - started,
         emb_compression=codec,
         warnings=warnings,
@@ -167,8 +211,16 @@ def extract_slice(
 
 
 def plan_scans(key: SliceKey, files: Sequence[MirrorFile], index: pa.Table | None) -> list[Scan]:
-    """What to read for `key`, in mirror order: from the index, else from a filter-column scan."""
+    """What to read for `key`, in mirror order: from the index, else from a filter-column scan.
+
+    A row group is copied whole when its span covers it and counts all its rows as matches,
+    which is certain only where the spans' counts are exact for every condition.
+    """
     spans = None if index is None else locate(key, index)
+    exact = spans is None or all(
+        _locatable(rank, value) and _index_counts_exactly(rank, value)
+        for rank, value in key.conditions
+    )
     if spans is None:
         spans = _spans_by_scan(key, files)
     by_name = {f.name for f in files}
@@ -178,11 +230,7 @@ def plan_scans(key: SliceKey, files: Sequence[MirrorFile], index: pa.Table | Non
             f"the taxon index names {unknown[0]}, which is not in the mirror: the index is "
             "older than the mirror; rebuild it (materialize the config's taxon_index)"
         )
-    return [
-        Scan(f, _merge(spans[f.name].values()), tuple(sorted(spans[f.name])))
-        for f in files
-        if f.name in spans
-    ]
+    return [_scan(f, spans[f.name], exact) for f in files if f.name in spans]
 
 
 def locate(key: SliceKey, index: pa.Table) -> Spans | None:
@@ -199,14 +247,19 @@ def locate(key: SliceKey, index: pa.Table) -> Spans | None:
         return None
     result: Spans = {}
     for file, groups in located[0].items():
-        for group, (start, stop) in groups.items():
+        for group, span in groups.items():
             for other in located[1:]:
                 if group not in other.get(file, {}):
                     break
-                start, stop = max(start, other[file][group][0]), min(stop, other[file][group][1])
+                more = other[file][group]
+                span = Span(
+                    max(span.start, more.start),
+                    min(span.stop, more.stop),
+                    min(span.rows, more.rows),
+                )
             else:
-                if start < stop:
-                    result.setdefault(file, {})[group] = (start, stop)
+                if span.start < span.stop:
+                    result.setdefault(file, {})[group] = span
     return result
 
 
@@ -220,17 +273,25 @@ def expected_count(key: SliceKey, index: pa.Table | None, files: Sequence[Mirror
     where, params = to_sql_filter(key)
     spans = None if index is None else locate(key, index)
     if spans is None:
-        return _count(
-            f"SELECT count(*) FROM read_parquet(?) WHERE {where}",
-            [[str(f.path) for f in files], *params],
+        return (
+            0
+            if not files
+            else _count(
+                f"SELECT count(*) FROM read_parquet(?) WHERE {where}",
+                [[str(f.path) for f in files], *params],
+            )
         )
     total = 0
     for scan in plan_scans(key, files, index):
-        for start, stop in scan.ranges:
-            total += _count(
-                f"SELECT count(*) FROM read_parquet(?) WHERE file_row_number >= ? "
-                f"AND file_row_number < ? AND {where}",
-                [str(scan.file.path), start, stop, *params],
+        for piece in scan.pieces:
+            total += (
+                piece.rows
+                if isinstance(piece, Copy)
+                else _count(
+                    f"SELECT count(*) FROM read_parquet(?) WHERE file_row_number >= ? "
+                    f"AND file_row_number < ? AND {where}",
+                    [str(scan.file.path), piece.start, piece.stop, *params],
+                )
             )
     return total
 
@@ -378,7 +439,9 @@ def _spans(index: pa.Table, rank: str, value: str) -> Spans:
     spans: Spans = {}
     for v in values:
         for entry in lookup(index, rank, v):
-            _widen(spans, entry.file, entry.row_group, entry.row_start, entry.row_end)
+            _widen(
+                spans, entry.file, entry.row_group, Span(entry.row_start, entry.row_end, entry.rows)
+            )
     return spans
 
 
@@ -397,25 +460,36 @@ def _spans_by_scan(key: SliceKey, files: Sequence[MirrorFile]) -> Spans:
                 groups = np.searchsorted(starts, rows, side="right") - 1
                 for group in np.unique(groups):
                     members = rows[groups == group]
-                    _widen(spans, file.name, int(group), int(members.min()), int(members.max()) + 1)
+                    span = Span(int(members.min()), int(members.max()) + 1, len(members))
+                    _widen(spans, file.name, int(group), span)
     return spans
 
 
-def _widen(spans: Spans, file: str, group: int, start: int, stop: int) -> None:
+def _widen(spans: Spans, file: str, group: int, span: Span) -> None:
+    """Add `span` to a row group's span (two values of one key may share a row group)."""
     groups = spans.setdefault(file, {})
-    old_start, old_stop = groups.get(group, (start, stop))
-    groups[group] = (min(start, old_start), max(stop, old_stop))
+    old = groups.get(group)
+    if old is not None:
+        span = Span(min(span.start, old.start), max(span.stop, old.stop), span.rows + old.rows)
+    groups[group] = span
 
 
-def _merge(spans: Iterable[tuple[int, int]]) -> tuple[tuple[int, int], ...]:
-    """Sorted spans, touching ones joined: one read each."""
-    merged: list[tuple[int, int]] = []
-    for start, stop in sorted(spans):
-        if merged and start <= merged[-1][1]:
-            merged[-1] = (merged[-1][0], max(stop, merged[-1][1]))
+def _scan(file: MirrorFile, spans: dict[int, Span], exact: bool) -> Scan:
+    """The pieces of one file: whole row groups to copy (if `exact`), touching spans merged."""
+    meta = pq.read_metadata(file.path)
+    starts = _row_group_starts(meta)
+    pieces: list[Span | Copy] = []
+    for group in sorted(spans):
+        span = spans[group]
+        size = meta.row_group(group).num_rows
+        last = pieces[-1] if pieces else None
+        if exact and span == (starts[group], starts[group] + size, size):
+            pieces.append(Copy(group, size))
+        elif isinstance(last, Span) and span.start <= last.stop:
+            pieces[-1] = Span(last.start, max(span.stop, last.stop), last.rows + span.rows)
         else:
-            merged.append((start, stop))
-    return tuple(merged)
+            pieces.append(span)
+    return Scan(file, tuple(pieces), tuple(sorted(spans)))
 
 
 def _touches(key: SliceKey, index: pa.Table, changed_files: set[str]) -> bool:
@@ -438,43 +512,133 @@ def _count(query: str, params: list[Any]) -> int:
 # --- reading and writing ----------------------------------------------------------------------
 
 
-def _read(
-    key: SliceKey, scans: Sequence[Scan], schema: pa.Schema
-) -> Iterator[tuple[str, pa.RecordBatch]]:
-    """(file name, batch) of the rows satisfying `key`, in mirror order.
-
-    pyarrow decodes only a range's row groups and stops at the range's end; rows of its first
-    row group before the range are decoded and dropped (parquet pages cannot be skipped here).
-    """
-    predicate = to_arrow_filter(key)
-    for scan in scans:
-        parquet = pq.ParquetFile(scan.file.path)
-        starts = _row_group_starts(parquet.metadata)
-        for start, stop in scan.ranges:
-            first = int(np.searchsorted(starts, start, side="right")) - 1
-            last = int(np.searchsorted(starts, stop - 1, side="right")) - 1
-            position = int(starts[first])
-            batches = parquet.iter_batches(
-                batch_size=ROW_GROUP_ROWS, row_groups=range(first, last + 1), columns=schema.names
-            )
-            for batch in batches:
-                low, high = max(start, position), min(stop, position + batch.num_rows)
-                position += batch.num_rows
-                if low < high:
-                    part = batch.slice(low - (position - batch.num_rows), high - low)
-                    part = part.filter(predicate)
-                    if part.num_rows:
-                        yield scan.file.name, part
-                if position >= stop:
-                    break
+_Rows = TypeVar("_Rows", pa.Table, pa.RecordBatch)
+#: What the reader hands the writer: rows to write, or a row group to copy, of a mirror file.
+_Item = tuple[MirrorFile, pa.RecordBatch | Copy]
 
 
-def _counted(
-    items: Iterator[tuple[str, pa.RecordBatch]], per_file: dict[str, int]
+def _read(key: SliceKey, scans: Sequence[Scan], schema: pa.Schema) -> Iterator[_Item]:
+    """The rows satisfying `key` in mirror order: row groups to copy, and batches of the
+    ranges, read page by page where the file has an offset index, else by pyarrow when dense
+    and DuckDB when sparse (see the module's docstring)."""
+    predicate = _Predicate(key)
+    where, params = to_sql_filter(key)
+    columns = ", ".join(quote_ident(name) for name in schema.names)
+    with duck.cursor() as con:
+        for scan in scans:
+            parquet = pq.ParquetFile(scan.file.path)
+            starts = _row_group_starts(parquet.metadata)
+            footer = _page_indexed(scan)
+            for span in scan.pieces:
+                if isinstance(span, Copy):
+                    yield scan.file, span
+                    continue
+                first = int(np.searchsorted(starts, span.start, side="right")) - 1
+                if footer is not None:
+                    batches = _pages(footer, starts, first, span, predicate, schema)
+                elif span.rows >= DENSE_SHARE * (span.stop - starts[first]):
+                    batches = _decode(parquet, starts, first, span, predicate, schema)
+                else:
+                    query = (
+                        f"SELECT {columns} FROM read_parquet(?) WHERE file_row_number >= ? "
+                        f"AND file_row_number < ? AND {where}"
+                    )
+                    relation = con.sql(
+                        query, params=[str(scan.file.path), span.start, span.stop, *params]
+                    )
+                    # DuckDB's floats are the mirror's halves widened: narrowing is exact.
+                    batches = (
+                        b.cast(schema, safe=False)
+                        for b in relation.to_arrow_reader(ROW_GROUP_ROWS)
+                        if b.num_rows
+                    )
+                for batch in batches:
+                    yield scan.file, batch
+
+
+class _Predicate:
+    """The key's filter applied to the key's columns only: rows are taken (copied) only when
+    some are dropped, so a batch wholly inside the taxon passes untouched."""
+
+    def __init__(self, key: SliceKey) -> None:
+        self.expression = to_arrow_filter(key)
+        self.columns = filter_columns(key)
+
+    def keep(self, rows: _Rows) -> _Rows:
+        keys = pa.table([rows.column(c) for c in self.columns], names=self.columns)
+        keys = keys.append_column("row", pa.array(np.arange(rows.num_rows)))
+        kept = keys.filter(self.expression).column("row").combine_chunks()
+        return rows if len(kept) == rows.num_rows else rows.take(kept)
+
+
+def _page_indexed(scan: Scan) -> Footer | None:
+    """The footer of `scan`'s file if its partial row groups can be read page by page."""
+    if not PAGE_READS:
+        return None
+    try:
+        footer = read_footer(scan.file.path)
+        footer.top_level_fields()
+    except SpliceError:
+        return None
+    return footer if all(footer.has_offset_index(g) for g in scan.row_groups) else None
+
+
+def _pages(
+    footer: Footer,
+    starts: np.ndarray,
+    first: int,
+    span: Span,
+    predicate: _Predicate,
+    schema: pa.Schema,
 ) -> Iterator[pa.RecordBatch]:
-    for name, batch in items:
-        per_file[name] += batch.num_rows
-        yield batch
+    """The matching rows of `span`, one row group at a time, decoding only their pages."""
+    group = first
+    while group < len(starts) and starts[group] < span.stop:
+        end = starts[group + 1] if group + 1 < len(starts) else span.stop
+        low, high = max(span.start, int(starts[group])), min(span.stop, int(end))
+        try:
+            rows = read_rows(footer, group, low - int(starts[group]), high - int(starts[group]))
+        except SpliceError as error:
+            raise StoreError(
+                f"{error}: the mirror file is damaged; sync the mirror again"
+            ) from error
+        yield from predicate.keep(rows.cast(schema, safe=False)).to_batches(ROW_GROUP_ROWS)
+        group += 1
+
+
+def _decode(
+    parquet: pq.ParquetFile,
+    starts: np.ndarray,
+    first: int,
+    span: Span,
+    predicate: _Predicate,
+    schema: pa.Schema,
+) -> Iterator[pa.RecordBatch]:
+    """The matching rows of `span`, decoded by pyarrow from the start of its first row group
+    (pages cannot be skipped here) up to the span's end."""
+    last = int(np.searchsorted(starts, span.stop - 1, side="right")) - 1
+    position = int(starts[first])
+    batches = parquet.iter_batches(
+        batch_size=min(ROW_GROUP_ROWS, span.stop - position),  # no rows past a short span
+        row_groups=range(first, last + 1),
+        columns=schema.names,
+        use_threads=False,  # the writer has the other core
+    )
+    for batch in batches:
+        low, high = max(span.start, position), min(span.stop, position + batch.num_rows)
+        if low < high:
+            part = predicate.keep(batch.slice(low - position, high - low))
+            if part.num_rows:
+                yield part
+        position += batch.num_rows
+        if position >= span.stop:
+            break
+
+
+def _counted(items: Iterator[_Item], per_file: dict[str, int]) -> Iterator[_Item]:
+    for file, item in items:
+        per_file[file.name] += item.rows if isinstance(item, Copy) else item.num_rows
+        yield file, item
 
 
 @dataclass(frozen=True)
@@ -485,7 +649,7 @@ class _Raised:
 _END = object()
 
 
-def _prefetch(items: Iterator[T], depth: int) -> Iterator[T]:
+def _prefetch(items: Iterator[T], depth: int) -> Generator[T]:
     """`items`, produced by a worker thread up to `depth` ahead: reading overlaps writing."""
     slots: queue.Queue[object] = queue.Queue(depth)
     cancelled = threading.Event()
@@ -518,20 +682,83 @@ def _prefetch(items: Iterator[T], depth: int) -> Iterator[T]:
         worker.join()
 
 
-def _write(batches: Iterator[pa.RecordBatch], sink: _HashingSink, schema: pa.Schema) -> str:
-    """Write `batches` as parquet in row groups of ~ROW_GROUP_ROWS; returns `emb`'s codec."""
-    first = next(batches, None)
-    codec = "none" if first is None else _emb_codec(first)
-    with _writer(sink, schema, codec) as writer:
-        pending: list[pa.RecordBatch] = []
-        for batch in itertools.chain([] if first is None else [first], batches):
-            pending.append(batch)
-            if sum(b.num_rows for b in pending) >= ROW_GROUP_ROWS:
-                writer.write_table(pa.Table.from_batches(pending))
-                pending = []
-        if pending:
-            writer.write_table(pa.Table.from_batches(pending))
-    return codec
+def _write(
+    items: Iterator[_Item], sink: _HashingSink, schema: pa.Schema, scratch: Path | None
+) -> str:
+    """Write the slice to `sink`; returns `emb`'s codec.
+
+    Batches go through pyarrow's writer. With `scratch`, they go to that file instead, one row
+    group per run between copied row groups, and the slice is then spliced from its row
+    groups and the mirror's.
+    """
+    with contextlib.ExitStack() as stack:
+        target = sink if scratch is None else stack.enter_context(open(scratch, "wb"))
+        writer = _Writer(target, schema, page_index=scratch is None)
+        stack.callback(writer.abandon)
+        layout: list[tuple[Path | None, int]] = []  # (a mirror file, or None: scratch; group)
+        for file, item in items:
+            if isinstance(item, Copy):
+                layout += [(None, group) for group in writer.flush()]
+                layout.append((file.path, item.row_group))
+            else:
+                layout += [(None, group) for group in writer.add(item)]
+        layout += [(None, group) for group in writer.close()]
+    if scratch is not None:
+        template = read_footer(scratch)
+        footers = {path: read_footer(path) for path in {p for p, _ in layout if p is not None}}
+        pieces = [Piece(template if p is None else footers[p], group) for p, group in layout]
+        splice(template, pieces, sink)
+    return writer.codec
+
+
+class _Writer:
+    """pyarrow's writer in row groups of ~ROW_GROUP_ROWS, opened at the first batch (which
+    decides `emb`'s codec) or at close for a slice without batches."""
+
+    def __init__(self, sink: Any, schema: pa.Schema, *, page_index: bool) -> None:
+        self.sink, self.schema, self.page_index = sink, schema, page_index
+        self.writer: pq.ParquetWriter | None = None
+        self.codec = "none"
+        self.pending: list[pa.RecordBatch] = []
+        self.groups = 0
+
+    def add(self, batch: pa.RecordBatch) -> list[int]:
+        """Queue `batch`; returns the row groups this wrote."""
+        self.pending.append(batch)
+        return self.flush() if sum(b.num_rows for b in self.pending) >= ROW_GROUP_ROWS else []
+
+    def flush(self) -> list[int]:
+        """Write the queued batches as one row group; returns it (none if nothing was queued)."""
+        if not self.pending:
+            return []
+        self._open(_emb_codec(self.pending[0]))
+        assert self.writer is not None
+        table = pa.Table.from_batches(self.pending)
+        self.writer.write_table(table, row_group_size=table.num_rows)
+        self.pending = []
+        self.groups += 1
+        return [self.groups - 1]
+
+    def close(self) -> list[int]:
+        """Flush and finish the file; returns the row groups this wrote."""
+        groups = self.flush()
+        self._open("none")
+        assert self.writer is not None
+        self.writer.close()
+        self.writer = None
+        return groups
+
+    def abandon(self) -> None:
+        """Close a writer left open by a failure, while its file is still open."""
+        if self.writer is not None:
+            with contextlib.suppress(Exception):
+                self.writer.close()
+            self.writer = None
+
+    def _open(self, codec: str) -> None:
+        if self.writer is None:
+            self.codec = codec
+            self.writer = _parquet_writer(self.sink, self.schema, codec, self.page_index)
 
 
 def _emb_codec(batch: pa.RecordBatch) -> str:
@@ -546,23 +773,63 @@ def _emb_codec(batch: pa.RecordBatch) -> str:
     return "zstd" if grows >= EMB_MIN_GAIN else "none"
 
 
-@contextlib.contextmanager
-def _writer(sink: _HashingSink, schema: pa.Schema, emb_codec: str) -> Iterator[pq.ParquetWriter]:
+def _parquet_writer(
+    sink: Any, schema: pa.Schema, emb_codec: str, page_index: bool
+) -> pq.ParquetWriter:
     compression = {name: "zstd" for name in schema.names if name != EMB_COLUMN}
     compression[EMB_LEAF] = emb_codec
-    writer = pq.ParquetWriter(
+    return pq.ParquetWriter(
         sink,
         schema,
         compression=compression,
         compression_level={c: ZSTD_LEVEL for c, codec in compression.items() if codec == "zstd"},
         use_dictionary=[name for name in schema.names if name in STRING_COLUMNS],
         write_statistics=[name for name in schema.names if name in METADATA_COLUMNS],
-        write_page_index=True,
+        write_page_index=page_index,
     )
-    try:
-        yield writer
-    finally:
-        writer.close()
+
+
+def _copyable(scans: list[Scan], schema: pa.Schema) -> list[Scan]:
+    """`scans`, reading instead of copying the row groups of files we cannot splice (their
+    parquet schema is not what pyarrow writes for `schema`, or their layout is unusual)."""
+    sink = pa.BufferOutputStream()
+    pq.write_table(schema.empty_table(), sink)
+    wanted = parse_footer(sink.getvalue().to_pybytes(), Path("<reference>")).schema
+    result = []
+    for scan in scans:
+        copies = [p for p in scan.pieces if isinstance(p, Copy)]
+        if copies:
+            try:
+                footer = read_footer(scan.file.path)
+                ok = footer.schema == wanted and all(footer.byte_range(c.row_group) for c in copies)
+            except SpliceError:
+                ok = False
+            if not ok:
+                scan = _as_spans(scan)
+        result.append(scan)
+    return result
+
+
+def _as_spans(scan: Scan) -> Scan:
+    """`scan` with its copied row groups read and filtered instead."""
+    starts = _row_group_starts(pq.read_metadata(scan.file.path))
+    spans = {}
+    for piece in scan.pieces:
+        if isinstance(piece, Copy):
+            start = int(starts[piece.row_group])
+            spans[piece.row_group] = Span(start, start + piece.rows, piece.rows)
+        else:
+            first = int(np.searchsorted(starts, piece.start, side="right")) - 1
+            spans[first] = piece  # merged spans keep their first row group's place
+    return _scan(scan.file, spans, exact=False)
+
+
+def _temp_path(out: Path) -> Path:
+    fd, name = tempfile.mkstemp(
+        dir=out.parent, prefix=f"{TEMP_PREFIX}{out.name}.", suffix=TEMP_SUFFIX
+    )
+    os.close(fd)
+    return Path(name)
 
 
 @dataclass
@@ -599,8 +866,10 @@ __all__ = [
     "ROWS_SATISFY_KEY",
     "SCHEMA_MATCHES_MIRROR",
     "UUIDS_UNIQUE",
+    "Copy",
     "Scan",
     "SliceResult",
+    "Span",
     "Spans",
     "affected_slices",
     "check_rows_match_summary",

@@ -1,0 +1,372 @@
+"""Slice extraction benchmark (issue 4, item 8): one run on a generated mirror, side by side.
+
+Three ways, interleaved, medians of `--runs` rounds, for a family-sized slice (~100k-200k rows),
+a species-sized one (~2k rows) and the largest order; the largest kingdom is measured for our
+way and the floor only (its copy takes minutes and GBs of RAM):
+
+- copy:  the dataset card's `COPY (SELECT * FROM read_parquet('<glob>') WHERE family = ?) TO
+         '<out>.parquet'`, with the key's rank in place of `family`. For a species it is
+         `WHERE genus = ? AND species IN (epithet, binomial)`, which DuckDB pushes into the scan
+         and which selects the same rows as our key here (checked). Our own `species=` filter
+         (binomial OR genus + epithet) is not pushed down: a COPY with it decodes every `emb`
+         of the mirror (`--species-or` shows it).
+- ours:  `tol_dagster.slices.extract_slice` with the taxon index: fsync and sha256 included.
+- floor: reading the bytes of the row groups that hold the slice, then writing and fsyncing as
+         many bytes as our output has: what any way must at least do.
+
+Each way runs in its own process, so its peak RSS (VmHWM) is its own. Times cover the work
+only, wall and CPU (user + sys, every thread), in a warmed-up process as a Dagster worker would
+be (modules imported, the process's DuckDB database open). Page cache is warm for every way.
+The machine is shared and noisy: compare the ratios of one run, and read CPU next to wall.
+
+Targets: ours >= 2.5x faster than the copy for the family-sized slice, >= 1.25x for the
+species-sized one, `emb` kept as `fixed_size_list<halffloat>[dim]`, peak RSS < 2 GB for the
+largest order.
+
+    .venv/bin/python bench/slices.py                          # 2.8M rows, 8 files of ~520 MB
+    .venv/bin/python bench/slices.py --rows 400000 --files 4  # smaller, quicker
+    .venv/bin/python bench/slices.py --workdir /tmp/slices-bench   # keep the mirror for reruns
+
+The mirror (~4 GB at the default size) is generated into a temporary folder and removed after,
+unless `--workdir` names a folder to keep it in (a matching mirror there is reused).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from tol_dagster import duck
+from tol_dagster.hashing import sha256_file
+from tol_dagster.layout import Layout
+from tol_dagster.mirror_files import MirrorFile
+from tol_dagster.sample import build_sample
+from tol_dagster.schema import DEFAULT_CONFIG, expected_schema, quote_ident
+from tol_dagster.slice_keys import SliceKey, parse_slice_key, split_binomial, to_sql_filter
+from tol_dagster.slices import EMB_MIN_GAIN, ZSTD_LEVEL, extract_slice, plan_scans
+from tol_dagster.taxon_index import build_taxon_index, read_taxon_index
+
+CONFIG = DEFAULT_CONFIG
+WAYS = ("copy", "ours", "floor")
+TARGETS = {"family-sized": 2.5, "species-sized": 1.25}
+RSS_LIMIT_MB = 2048
+RSS_ROLES = ("largest order", "largest kingdom")
+
+
+@dataclass(frozen=True)
+class Measure:
+    """One way run once, in its own process."""
+
+    seconds: float
+    cpu: float
+    rss_mb: float
+    bytes: int
+    rows: int
+    emb_type: str
+    note: str = ""
+
+
+# --- the mirror and the slices ------------------------------------------------------------------
+
+
+def prepare(workdir: Path, rows: int, files: int, row_group_size: int, seed: int) -> None:
+    """A generated mirror and its taxon index under `workdir` (reused when it matches)."""
+    marker = workdir / "bench-slices.json"
+    wanted = {"rows": rows, "files": files, "row_group_size": row_group_size, "seed": seed}
+    if not (marker.is_file() and json.loads(marker.read_text()) == wanted):
+        started = time.perf_counter()
+        report = build_sample(
+            workdir / "sample", rows=rows, files=files, seed=seed, row_group_size=row_group_size
+        )
+        print(
+            f"generated {rows:,} rows in {files} files ({report.bytes / 2**20:,.0f} MB) "
+            f"in {time.perf_counter() - started:.0f} s"
+        )
+        marker.write_text(json.dumps(wanted))
+    folder = workdir / "sample" / CONFIG
+    mirror = [MirrorFile(p.name, sha256_file(p), p) for p in sorted(folder.glob("*.parquet"))]
+    started = time.perf_counter()
+    result = build_taxon_index(mirror, Layout(workdir / "home"), CONFIG)
+    size = sum(f.path.stat().st_size for f in mirror) / 2**20
+    print(
+        f"mirror: {len(mirror)} files, {size:,.0f} MB; taxon index: {result.rows:,} entries, "
+        f"{result.bytes / 1024:,.0f} kB ({time.perf_counter() - started:.1f} s)"
+    )
+
+
+def load(workdir: Path) -> tuple[list[MirrorFile], pa.Table]:
+    folder = workdir / "sample" / CONFIG
+    mirror = [MirrorFile(p.name, "-", p) for p in sorted(folder.glob("*.parquet"))]
+    return mirror, read_taxon_index(Layout(workdir / "home"), CONFIG)
+
+
+def choose_slices(index: pa.Table) -> dict[str, str]:
+    """Slice keys by role. A sample too small for a 100k-row family takes the taxon of any rank
+    nearest 150k rows."""
+    con = duck.cursor()
+    con.register("idx", index)
+    totals = "SELECT rank, value, sum(rows) AS n FROM idx GROUP BY ALL"
+
+    def ranked(where: str, order: str) -> list[tuple[str, str, int]]:
+        query = f"SELECT rank, value, n FROM ({totals}) WHERE {where} ORDER BY {order}, value"
+        return [(r, v, int(n)) for r, v, n in con.execute(query).fetchall()]
+
+    family = ranked("rank = 'family' AND n BETWEEN 100000 AND 200000", "abs(n - 150000)")
+    if not family:
+        family = ranked("rank <> 'kingdom'", "abs(n - 150000)")
+        print(
+            f"note: no family holds 100k-200k rows at this size; using "
+            f"{family[0][0]}={family[0][1]} ({family[0][2]:,} rows)"
+        )
+    species = ranked("rank = 'species'", "abs(n - 2000)")[0][1]
+    order = ranked("rank = 'order'", "n DESC")[0]
+    kingdom = ranked("rank = 'kingdom'", "n DESC")[0]
+    return {
+        "family-sized": f"{family[0][0]}={family[0][1]}",
+        "species-sized": f"species={species}",
+        "largest order": f"order={order[1]}",
+        "largest kingdom": f"kingdom={kingdom[1]}",
+    }
+
+
+def copy_filter(key: SliceKey, species_or: bool) -> tuple[str, list[str]]:
+    """The copy's WHERE: the card's single-column shape (see the module's docstring)."""
+    rank, value = key.conditions[-1]
+    parts = split_binomial(value) if rank == "species" else None
+    if len(key.conditions) == 1 and parts is not None and not species_or:
+        where = f"{quote_ident('genus')} = ? AND {quote_ident('species')} IN (?, ?)"
+        return where, [parts[0], parts[1], value]
+    return to_sql_filter(key)
+
+
+# --- the ways, each run in a child process ------------------------------------------------------
+
+
+def run_way(way: str, key: SliceKey, workdir: Path, species_or: bool) -> Measure:
+    """Run `way` once in this process (a fresh child) and measure it."""
+    mirror, index = load(workdir)
+    out = workdir / "out" / f"{way}.parquet"
+    warm_up()
+    before = _cpu()
+    started = time.perf_counter()
+    note = ""
+    if way == "copy":
+        where, params = copy_filter(key, species_or)
+        glob = str(mirror[0].path.parent / "*.parquet")
+        with duck.cursor() as con:
+            con.execute(
+                f"COPY (SELECT * FROM read_parquet('{glob}') WHERE {where}) TO '{out}' "
+                "(FORMAT parquet)",
+                params,
+            )
+    elif way == "ours":
+        result = extract_slice(key, mirror, index, out, schema=expected_schema(CONFIG))
+        note = f"{result.row_groups_copied} of {result.row_groups_read} row groups copied whole"
+    else:
+        floor(key, mirror, index, out, int(os.environ["BENCH_OUTPUT_BYTES"]))
+    seconds, cpu = time.perf_counter() - started, _cpu() - before
+    if way == "floor":
+        return Measure(seconds, cpu, peak_rss_mb(), out.stat().st_size, 0, "-")
+    meta = pq.read_metadata(out)
+    emb = str(meta.schema.to_arrow_schema().field("emb").type)
+    return Measure(seconds, cpu, peak_rss_mb(), out.stat().st_size, meta.num_rows, emb, note)
+
+
+def floor(key: SliceKey, mirror: list[MirrorFile], index: pa.Table, out: Path, size: int) -> None:
+    """Read the bytes of the row groups that hold the slice; write and fsync `size` bytes."""
+    chunk = memoryview(bytearray(8 << 20))
+    for scan in plan_scans(key, mirror, index):
+        meta = pq.read_metadata(scan.file.path)
+        with open(scan.file.path, "rb", buffering=0) as handle:
+            for group in scan.row_groups:
+                columns = [meta.row_group(group).column(c) for c in range(meta.num_columns)]
+                handle.seek(min(c.dictionary_page_offset or c.data_page_offset for c in columns))
+                left = sum(c.total_compressed_size for c in columns)
+                while left > 0:
+                    left -= handle.readinto(chunk[: min(left, len(chunk))]) or left
+    with open(out, "wb") as handle:
+        for written in range(0, size, len(chunk)):
+            handle.write(chunk[: min(len(chunk), size - written)])
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def warm_up() -> None:
+    """What a long-lived worker has already paid: lazy imports and the DuckDB database."""
+    import pyarrow.compute
+    import pyarrow.dataset  # noqa: F401  (pq.read_table imports it on first use)
+
+    duck.cursor().close()
+
+
+def peak_rss_mb() -> float:
+    """This process's peak RSS (VmHWM: unlike ru_maxrss, not inherited across exec)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
+def _cpu() -> float:
+    times = os.times()
+    return times.user + times.system
+
+
+def measure(way: str, key: str, workdir: Path, species_or: bool, output_bytes: int = 0) -> Measure:
+    """Run one way in a child process and return what it measured."""
+    out = workdir / "out" / f"{way}.parquet"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.unlink(missing_ok=True)
+    command = [sys.executable, __file__, "--child", way, key, "--workdir", str(workdir)]
+    done = subprocess.run(
+        [*command, *(["--species-or"] if species_or else [])],
+        check=True,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "BENCH_OUTPUT_BYTES": str(output_bytes)},
+    )
+    return Measure(**json.loads(done.stdout.strip().splitlines()[-1]))
+
+
+# --- the report -------------------------------------------------------------------------------
+
+
+def emb_gain(path: Path) -> float:
+    """How much ZSTD at our level would shrink the `emb` values of the slice's first row group."""
+    parquet = pq.ParquetFile(path)
+    if parquet.metadata.num_rows == 0:
+        return 0.0
+    values = parquet.read_row_group(0, columns=["emb"])["emb"].combine_chunks().flatten()
+    width = values.type.byte_width
+    raw = values.buffers()[1][values.offset * width : (values.offset + len(values)) * width]
+    return raw.size / pa.Codec("zstd", compression_level=ZSTD_LEVEL).compress(raw).size - 1
+
+
+def bench_slice(
+    role: str, key: str, workdir: Path, runs: int, species_or: bool
+) -> dict[str, Measure]:
+    ways = WAYS if role != "largest kingdom" else ("ours", "floor")
+    results: dict[str, list[Measure]] = {way: [] for way in ways}
+    for _ in range(runs):
+        for way in ways:
+            size = results["ours"][-1].bytes if way == "floor" else 0
+            results[way].append(measure(way, key, workdir, species_or, size))
+    med = {way: _median(measures) for way, measures in results.items()}
+    base = med.get("copy")
+    print(f"\n{role}: {key} — {med['ours'].rows:,} rows; ours: {med['ours'].note}")
+    print(
+        f"  {'way':<6} {'wall s':>8} {'cpu s':>8} {'copy/way wall':>14} {'copy/way cpu':>13} "
+        f"{'peak RSS':>9} {'output':>10}  emb type"
+    )
+    for way, m in med.items():
+        ratios = (
+            f"{base.seconds / m.seconds:13.2f}x {base.cpu / max(m.cpu, 1e-9):12.2f}x"
+            if base
+            else f"{'-':>14} {'-':>13}"
+        )
+        print(
+            f"  {way:<6} {m.seconds:8.2f} {m.cpu:8.2f} {ratios} {m.rss_mb:7.0f}MB "
+            f"{m.bytes / 2**20:8.1f}MB  {m.emb_type}"
+        )
+    gain = emb_gain(workdir / "out" / "ours.parquet")
+    sizes = f"; our file is {med['ours'].bytes / base.bytes:.0%} of the copy's" if base else ""
+    print(
+        f"  emb: ZSTD level {ZSTD_LEVEL} would shrink its bytes by {gain:.1%}: rows we encode keep "
+        f"it {'compressed' if gain >= EMB_MIN_GAIN else 'uncompressed'} (we compress from "
+        f"{EMB_MIN_GAIN:.0%}), copied row groups keep the mirror's ZSTD{sizes}"
+    )
+    if base:
+        assert med["ours"].rows == base.rows, "ours and the copy selected different rows"
+    return med
+
+
+def _median(measures: list[Measure]) -> Measure:
+    def middle(name: str) -> Any:
+        return statistics.median(getattr(m, name) for m in measures)
+
+    first = measures[0]
+    return Measure(
+        middle("seconds"), middle("cpu"), middle("rss_mb"), first.bytes, first.rows,
+        first.emb_type, first.note,
+    )  # fmt: skip
+
+
+def verdicts(rows: dict[str, dict[str, Measure]]) -> None:
+    print("\ntargets:")
+    for role, med in rows.items():
+        ours = med["ours"]
+        if role in TARGETS:
+            copy = med["copy"]
+            wall, cpu, need = copy.seconds / ours.seconds, copy.cpu / ours.cpu, TARGETS[role]
+            print(
+                f"  {role:<16} {wall:5.2f}x wall, {cpu:5.2f}x cpu faster than the copy "
+                f"(target {need}x): {'met' if wall >= need else 'MISSED'}"
+            )
+        if role in RSS_ROLES:
+            print(
+                f"  {role:<16} peak RSS {ours.rss_mb:,.0f} MB for {ours.bytes / 2**20:,.0f} MB out "
+                f"(target < {RSS_LIMIT_MB} MB): {'met' if ours.rss_mb < RSS_LIMIT_MB else 'MISSED'}"
+            )
+    exact = all(
+        m["ours"].emb_type.startswith("fixed_size_list<element: halffloat>") for m in rows.values()
+    )
+    copies = {m["copy"].emb_type for m in rows.values() if "copy" in m}
+    print(
+        f"  emb type kept exact in every slice: {'yes' if exact else 'NO'} (the copy writes {', '.join(copies)})"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--rows", type=int, default=2_800_000)
+    parser.add_argument("--files", type=int, default=8)
+    parser.add_argument("--row-group-size", type=int, default=50_000)
+    parser.add_argument("--seed", type=int, default=11)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--workdir", type=Path, help="keep the mirror here (reused if it matches)")
+    parser.add_argument(
+        "--species-or",
+        action="store_true",
+        help="give the copy our species filter (binomial OR genus + epithet) instead",
+    )
+    parser.add_argument("--child", nargs=2, metavar=("WAY", "KEY"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    if args.child:
+        way, key = args.child
+        measured = run_way(way, parse_slice_key(key), args.workdir, args.species_or)
+        print(json.dumps(asdict(measured)))
+        return
+
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="tol-bench-slices-"))
+    try:
+        prepare(workdir, args.rows, args.files, args.row_group_size, args.seed)
+        keys = choose_slices(load(workdir)[1])
+        rows = {
+            role: bench_slice(role, key, workdir, args.runs, args.species_or)
+            for role, key in keys.items()
+        }
+        verdicts(rows)
+    finally:
+        shutil.rmtree(workdir / "out", ignore_errors=True)
+        if args.workdir is None:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

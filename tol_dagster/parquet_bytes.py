@@ -1,0 +1,518 @@
+"""Parquet at the byte level: copy whole row groups into a new file (`splice`), and read a
+row range of a row group decoding only the pages that hold it (`read_rows`).
+
+Why: decoding and re-encoding `emb` (a nested `fixed_size_list<halffloat>`) costs pyarrow
+~15 µs a row, while copying a row group's column chunks is plain I/O; and neither pyarrow nor
+DuckDB skips the `emb` pages before a row range (a 50k-row row group's `emb` is ~75 MB).
+
+Footers and page headers are Thrift compact protocol: `read_footer` parses them into structs
+keyed by field id that keep every field, known or not, and they are written back as read, so
+nothing changes but what we set. `splice` drops the page indexes and bloom filters of the row
+groups it copies (both optional: readers then read those pages without pruning). `read_rows`
+uses the offset index to find the pages, and hands pyarrow a small parquet file per column
+made of those pages (and the dictionary page), so pyarrow does all the decoding.
+"""
+
+from __future__ import annotations
+
+import bisect
+import struct
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO, Protocol
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+MAGIC = b"PAR1"
+
+# Thrift compact protocol types.
+_TRUE, _FALSE, _BYTE, _I16, _I32, _I64, _DOUBLE, _BINARY, _LIST, _SET, _MAP, _STRUCT = range(1, 13)
+_INTS = (_I16, _I32, _I64)
+
+# Field ids of parquet.thrift used here.
+_FILE_SCHEMA, _FILE_NUM_ROWS, _FILE_ROW_GROUPS = 2, 3, 4
+_FILE_ENCRYPTION = (8, 9)
+_RG_COLUMNS, _RG_NUM_ROWS, _RG_FILE_OFFSET, _RG_ORDINAL = 1, 3, 5, 7
+_CC_FILE_PATH, _CC_FILE_OFFSET, _CC_META = 1, 2, 3
+_CC_OFFSET_INDEX, _CC_OFFSET_INDEX_LENGTH = 4, 5
+_CC_DROPPED = (4, 5, 6, 7)  # offset index and column index: offsets and lengths
+_CC_ENCRYPTION = (8, 9)
+_CM_NUM_VALUES, _CM_TOTAL_UNCOMPRESSED = 5, 6
+_CM_TOTAL_COMPRESSED, _CM_DATA_PAGE, _CM_INDEX_PAGE, _CM_DICTIONARY_PAGE = 7, 9, 10, 11
+_CM_DROPPED = (14, 15)  # bloom filter offset and length
+_CM_OF_ALL_ROWS = (10, 12, 13, 14, 15, 16, 17)  # statistics and indexes: wrong for a subset
+_SCHEMA_NUM_CHILDREN = 5
+_PAGE_LOCATIONS, _PAGE_OFFSET, _PAGE_SIZE, _PAGE_FIRST_ROW = 1, 1, 2, 3
+_HEADER_TYPE, _HEADER_UNCOMPRESSED, _HEADER_COMPRESSED = 1, 2, 3
+_HEADER_DATA_V1, _HEADER_DATA_V2 = 5, 8  # each holds num_values as field 1
+
+
+class Writable(Protocol):
+    def write(self, data: bytes, /) -> Any: ...
+
+
+class SpliceError(ValueError):
+    """The files cannot be spliced (different schemas, encryption, scattered column chunks)."""
+
+
+class Struct:
+    """A Thrift struct as read: (field id, type, value) in wire order, unknown fields kept."""
+
+    def __init__(self, fields: list[list[Any]]) -> None:
+        self.fields = fields
+
+    def get(self, field_id: int, default: Any = None) -> Any:
+        return next((f[2] for f in self.fields if f[0] == field_id), default)
+
+    def set(self, field_id: int, value: Any) -> None:
+        for field in self.fields:
+            if field[0] == field_id:
+                field[2] = value
+                return
+        raise KeyError(field_id)
+
+    def drop(self, *field_ids: int) -> None:
+        self.fields = [f for f in self.fields if f[0] not in field_ids]
+
+    def has(self, field_id: int) -> bool:
+        return any(f[0] == field_id for f in self.fields)
+
+    def copy(self) -> Struct:
+        return Struct([[i, t, _copy(t, v)] for i, t, v in self.fields])
+
+
+@dataclass(frozen=True)
+class Footer:
+    """A parquet file's footer: its metadata struct and where its row groups' bytes lie."""
+
+    path: Path
+    meta: Struct
+
+    @property
+    def row_groups(self) -> list[Struct]:
+        return self.meta.get(_FILE_ROW_GROUPS)[1]
+
+    @property
+    def schema(self) -> bytes:
+        """The schema's wire bytes: equal bytes, identical physical schema."""
+        out = bytearray()
+        _write_value(out, _LIST, self.meta.get(_FILE_SCHEMA))
+        return bytes(out)
+
+    def has_offset_index(self, row_group: int) -> bool:
+        chunks = self.row_groups[row_group].get(_RG_COLUMNS)[1]
+        return all(c.has(_CC_OFFSET_INDEX) for c in chunks)
+
+    def top_level_fields(self) -> list[tuple[str, list[Struct]]]:
+        """(name, schema elements) of each top-level column, when each has one leaf."""
+        elements = self.meta.get(_FILE_SCHEMA)[1]
+        fields, position = [], 1
+        for _ in range(elements[0].get(_SCHEMA_NUM_CHILDREN)):
+            end, leaves = position + 1, 0
+            pending = elements[position].get(_SCHEMA_NUM_CHILDREN, 0)
+            leaves += pending == 0
+            while pending:
+                pending += elements[end].get(_SCHEMA_NUM_CHILDREN, 0) - 1
+                leaves += not elements[end].get(_SCHEMA_NUM_CHILDREN, 0)
+                end += 1
+            if leaves != 1:
+                raise SpliceError(f"{self.path}: column {position} has {leaves} leaves")
+            fields.append((elements[position].get(4).decode(), elements[position:end]))
+            position = end
+        return fields
+
+    def byte_range(self, row_group: int) -> tuple[int, int]:
+        """(start, length) of the row group's column chunks, which must be contiguous."""
+        chunks = [c.get(_CC_META) for c in self.row_groups[row_group].get(_RG_COLUMNS)[1]]
+        starts = [_chunk_start(m) for m in chunks]
+        sizes = [m.get(_CM_TOTAL_COMPRESSED) for m in chunks]
+        start, length = min(starts), sum(sizes)
+        if max(s + n for s, n in zip(starts, sizes, strict=True)) - start != length:
+            raise SpliceError(f"{self.path}: row group {row_group} is not one contiguous block")
+        return start, length
+
+
+@dataclass(frozen=True)
+class Piece:
+    """Row group `row_group` of the file `footer` describes, to copy as is."""
+
+    footer: Footer
+    row_group: int
+
+
+def read_footer(path: Path) -> Footer:
+    """Parse the footer of the parquet file at `path`; SpliceError if we cannot splice it."""
+    with open(path, "rb") as handle:
+        handle.seek(-8, 2)
+        tail = handle.read(8)
+        size = struct.unpack("<I", tail[:4])[0]
+        handle.seek(-8 - size, 2)
+        return parse_footer(handle.read(size) + tail, Path(path))
+
+
+def parse_footer(tail: bytes, path: Path) -> Footer:
+    """Parse a footer from the last bytes of a parquet file (at least the whole footer)."""
+    size = struct.unpack("<I", tail[-8:-4])[0]
+    if tail[-4:] != MAGIC or size + 8 > len(tail):
+        raise SpliceError(f"{path}: not a plain parquet file (encrypted or truncated)")
+    meta, _ = _parse(memoryview(tail)[-8 - size : -8], 0, path)
+    if any(meta.has(i) for i in _FILE_ENCRYPTION):
+        raise SpliceError(f"{path}: encrypted footers are not spliced")
+    if not all(meta.has(i) for i in (_FILE_SCHEMA, _FILE_NUM_ROWS, _FILE_ROW_GROUPS)):
+        raise SpliceError(f"{path}: damaged parquet metadata (no schema or row groups)")
+    footer = Footer(path, meta)
+    try:
+        chunks = [c for group in footer.row_groups for c in group.get(_RG_COLUMNS)[1]]
+        if any(
+            c.has(_CC_FILE_PATH) or c.has(_CC_ENCRYPTION[0]) or c.has(_CC_ENCRYPTION[1])
+            for c in chunks
+        ):
+            raise SpliceError(f"{path}: column chunks in other files or encrypted")
+    except (AttributeError, IndexError, TypeError) as error:
+        raise SpliceError(f"{path}: damaged parquet metadata ({error!r})") from error
+    return footer
+
+
+def splice(template: Footer, pieces: Sequence[Piece], sink: Writable) -> int:
+    """Write to `sink` a parquet file made of `pieces`, in order; returns its rows.
+
+    `template` gives the file-level metadata (schema, key-value metadata such as the Arrow
+    schema, writer); every piece must have the same physical schema.
+    """
+    wanted = template.schema
+    for piece in pieces:
+        if piece.footer.schema != wanted:
+            raise SpliceError(f"{piece.footer.path}: its schema differs from {template.path}'s")
+    sink.write(MAGIC)
+    position = len(MAGIC)
+    groups: list[Struct] = []
+    for piece in pieces:
+        start, length = piece.footer.byte_range(piece.row_group)
+        groups.append(
+            _moved(piece.footer.row_groups[piece.row_group], position - start, len(groups))
+        )
+        for block in _blocks(piece.footer.path, start, length):
+            sink.write(block)
+        position += length
+    meta = template.meta.copy()
+    meta.set(_FILE_ROW_GROUPS, (_STRUCT, groups))
+    meta.set(_FILE_NUM_ROWS, sum(g.get(_RG_NUM_ROWS) for g in groups))
+    footer = bytearray()
+    _write_struct(footer, meta)
+    sink.write(bytes(footer))
+    sink.write(struct.pack("<I", len(footer)) + MAGIC)
+    return int(meta.get(_FILE_NUM_ROWS))
+
+
+def read_rows(footer: Footer, row_group: int, start: int, stop: int) -> pa.Table:
+    """Rows [start, stop) of `row_group` (relative to it), decoding only the pages holding them.
+
+    Types are what the parquet schema says (the file's Arrow schema is not applied: cast the
+    result). SpliceError if a column has no offset index or more than one leaf.
+    """
+    fields = footer.top_level_fields()
+    group = footer.row_groups[row_group]
+    chunks = group.get(_RG_COLUMNS)[1]
+    rows = int(group.get(_RG_NUM_ROWS))
+    if not 0 <= start < stop <= rows:
+        raise ValueError(f"rows {start}..{stop} are not in a row group of {rows} rows")
+    columns = []
+    with open(footer.path, "rb") as handle:
+        for (_, elements), chunk in zip(fields, chunks, strict=True):
+            try:
+                columns.append(_read_column(footer, handle, elements, chunk, start, stop, rows))
+            except (IndexError, KeyError, TypeError, AttributeError, struct.error) as error:
+                raise SpliceError(f"{footer.path}: damaged page index ({error!r})") from error
+    return pa.table(columns, names=[name for name, _ in fields])
+
+
+def _read_column(
+    footer: Footer,
+    handle: BinaryIO,
+    elements: list[Struct],
+    chunk: Struct,
+    start: int,
+    stop: int,
+    rows: int,
+) -> pa.ChunkedArray:
+    """One column of `read_rows`: its pages for the rows, as a one-column parquet file."""
+    if not chunk.has(_CC_OFFSET_INDEX):
+        raise SpliceError(f"{footer.path}: a column chunk has no offset index")
+    pages = _pread_struct(handle, chunk.get(_CC_OFFSET_INDEX), chunk.get(_CC_OFFSET_INDEX_LENGTH))
+    locations = pages.get(_PAGE_LOCATIONS)[1]
+    firsts = [page.get(_PAGE_FIRST_ROW) for page in locations]
+    first = bisect.bisect_right(firsts, start) - 1
+    last = bisect.bisect_left(firsts, stop) - 1
+    covered = firsts[first], firsts[last + 1] if last + 1 < len(firsts) else rows
+    meta = chunk.get(_CC_META).copy()
+    body = bytearray(MAGIC)
+    dictionary = meta.get(_CM_DICTIONARY_PAGE)
+    if dictionary:  # the dictionary page sits just before the first data page
+        body += _pread(handle, dictionary, locations[0].get(_PAGE_OFFSET) - dictionary)
+    data_start = len(body)
+    begin = locations[first].get(_PAGE_OFFSET)
+    end = locations[last].get(_PAGE_OFFSET) + locations[last].get(_PAGE_SIZE)
+    body += _pread(handle, begin, end - begin)
+    values, uncompressed = _page_totals(memoryview(body)[len(MAGIC) :], footer.path)
+    meta.drop(*_CM_OF_ALL_ROWS)
+    meta.set(_CM_NUM_VALUES, values)
+    meta.set(_CM_TOTAL_UNCOMPRESSED, uncompressed)
+    meta.set(_CM_TOTAL_COMPRESSED, len(body) - len(MAGIC))
+    meta.set(_CM_DATA_PAGE, data_start)
+    if dictionary:
+        meta.set(_CM_DICTIONARY_PAGE, len(MAGIC))
+    root = footer.meta.get(_FILE_SCHEMA)[1][0].copy()
+    root.set(_SCHEMA_NUM_CHILDREN, 1)
+    group = Struct(
+        [
+            [
+                _RG_COLUMNS,
+                _LIST,
+                (
+                    _STRUCT,
+                    [Struct([[_CC_FILE_OFFSET, _I64, data_start], [_CC_META, _STRUCT, meta]])],
+                ),
+            ],
+            [2, _I64, uncompressed],
+            [_RG_NUM_ROWS, _I64, covered[1] - covered[0]],
+        ]
+    )
+    file_meta = Struct(
+        [
+            [1, _I32, footer.meta.get(1)],
+            [_FILE_SCHEMA, _LIST, (_STRUCT, [root, *elements])],
+            [_FILE_NUM_ROWS, _I64, covered[1] - covered[0]],
+            [_FILE_ROW_GROUPS, _LIST, (_STRUCT, [group])],
+        ]
+    )
+    tail = bytearray()
+    _write_struct(tail, file_meta)
+    body += tail + struct.pack("<I", len(tail)) + MAGIC
+    column = pq.ParquetFile(pa.BufferReader(bytes(body))).read(use_threads=False).column(0)
+    return column.slice(start - covered[0], stop - start)
+
+
+def _page_totals(pages: memoryview, path: Path) -> tuple[int, int]:
+    """(values in the data pages, uncompressed bytes with headers) of consecutive pages."""
+    values = uncompressed = position = 0
+    while position < len(pages):
+        header, body = _parse(pages, position, path)
+        for field_id in (_HEADER_DATA_V1, _HEADER_DATA_V2):
+            if header.has(field_id):
+                values += header.get(field_id).get(1)
+        uncompressed += body - position + header.get(_HEADER_UNCOMPRESSED)
+        position = body + header.get(_HEADER_COMPRESSED)
+    return values, uncompressed
+
+
+def _pread(handle: BinaryIO, offset: int, length: int) -> bytes:
+    handle.seek(offset)
+    data = handle.read(length)
+    if len(data) != length:
+        raise SpliceError(f"{handle.name}: ends before byte {offset + length}")
+    return data
+
+
+def _pread_struct(handle: BinaryIO, offset: int, length: int) -> Struct:
+    return _parse(memoryview(_pread(handle, offset, length)), 0, Path(handle.name))[0]
+
+
+def _parse(data: memoryview, pos: int, path: Path) -> tuple[Struct, int]:
+    """A Thrift struct at `pos`; SpliceError if the bytes are not one (a damaged file)."""
+    try:
+        parsed = _read_struct(data, pos)
+    except (IndexError, KeyError, TypeError, ValueError, RecursionError, struct.error) as error:
+        raise SpliceError(f"{path}: damaged parquet metadata ({error!r})") from error
+    return parsed
+
+
+def _moved(group: Struct, delta: int, ordinal: int) -> Struct:
+    """A copy of `group` whose bytes moved by `delta`, without page indexes or bloom filters."""
+    group = group.copy()
+    _shift(group, _RG_FILE_OFFSET, delta)
+    if group.has(_RG_ORDINAL):
+        group.set(_RG_ORDINAL, ordinal)
+    for chunk in group.get(_RG_COLUMNS)[1]:
+        _shift(chunk, _CC_FILE_OFFSET, delta)
+        chunk.drop(*_CC_DROPPED)
+        meta = chunk.get(_CC_META)
+        for field_id in (_CM_DATA_PAGE, _CM_INDEX_PAGE, _CM_DICTIONARY_PAGE):
+            if meta.get(field_id):  # some writers put 0 for "none"
+                _shift(meta, field_id, delta)
+        meta.drop(*_CM_DROPPED)
+    return group
+
+
+def _shift(target: Struct, field_id: int, delta: int) -> None:
+    if target.has(field_id):
+        target.set(field_id, target.get(field_id) + delta)
+
+
+def _chunk_start(meta: Struct) -> int:
+    data = int(meta.get(_CM_DATA_PAGE))
+    dictionary = meta.get(_CM_DICTIONARY_PAGE)
+    return min(data, dictionary) if dictionary else data
+
+
+def _blocks(path: Path, start: int, length: int, size: int = 8 << 20) -> Iterator[bytes]:
+    with open(path, "rb", buffering=0) as handle:
+        handle.seek(start)
+        while length > 0:
+            block = handle.read(min(size, length))
+            if not block:
+                raise SpliceError(f"{path}: ends inside a row group")
+            length -= len(block)
+            yield block
+
+
+# --- Thrift compact protocol ------------------------------------------------------------------
+
+
+def _read_varint(data: memoryview, pos: int) -> tuple[int, int]:
+    result = shift = 0
+    while True:
+        byte = data[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return result, pos
+        shift += 7
+
+
+def _read_int(data: memoryview, pos: int) -> tuple[int, int]:
+    raw, pos = _read_varint(data, pos)
+    return (raw >> 1) ^ -(raw & 1), pos
+
+
+def _read_value(data: memoryview, pos: int, kind: int) -> tuple[Any, int]:
+    if kind in (_TRUE, _FALSE):  # only in containers: one byte each
+        return data[pos] == _TRUE, pos + 1
+    if kind == _BYTE:
+        return struct.unpack_from("<b", data, pos)[0], pos + 1
+    if kind in _INTS:
+        return _read_int(data, pos)
+    if kind == _DOUBLE:
+        return struct.unpack_from("<d", data, pos)[0], pos + 8
+    if kind == _BINARY:
+        size, pos = _read_varint(data, pos)
+        return bytes(data[pos : pos + size]), pos + size
+    if kind in (_LIST, _SET):
+        header = data[pos]
+        pos += 1
+        size, element = header >> 4, header & 0x0F
+        if size == 15:
+            size, pos = _read_varint(data, pos)
+        items = []
+        for _ in range(size):
+            item, pos = _read_value(data, pos, element)
+            items.append(item)
+        return (element, items), pos
+    if kind == _MAP:
+        size, pos = _read_varint(data, pos)
+        if size == 0:
+            return (0, 0, []), pos
+        key_kind, value_kind = data[pos] >> 4, data[pos] & 0x0F
+        pos += 1
+        pairs = []
+        for _ in range(size):
+            key, pos = _read_value(data, pos, key_kind)
+            value, pos = _read_value(data, pos, value_kind)
+            pairs.append((key, value))
+        return (key_kind, value_kind, pairs), pos
+    if kind == _STRUCT:
+        return _read_struct(data, pos)
+    raise SpliceError(f"unknown thrift type {kind} in a parquet footer")
+
+
+def _read_struct(data: memoryview, pos: int) -> tuple[Struct, int]:
+    fields: list[list[Any]] = []
+    field_id = 0
+    while True:
+        header = data[pos]
+        pos += 1
+        if header == 0:
+            return Struct(fields), pos
+        delta, kind = header >> 4, header & 0x0F
+        if delta:
+            field_id += delta
+        else:
+            field_id, pos = _read_int(data, pos)
+        if kind in (_TRUE, _FALSE):
+            fields.append([field_id, kind, kind == _TRUE])
+        else:
+            value, pos = _read_value(data, pos, kind)
+            fields.append([field_id, kind, value])
+
+
+def _write_varint(out: bytearray, value: int) -> None:
+    while value >= 0x80:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+
+
+def _write_int(out: bytearray, value: int) -> None:
+    _write_varint(out, (value << 1) ^ (value >> 63))
+
+
+def _write_value(out: bytearray, kind: int, value: Any) -> None:
+    if kind in (_TRUE, _FALSE):
+        out.append(_TRUE if value else _FALSE)
+    elif kind == _BYTE:
+        out += struct.pack("<b", value)
+    elif kind in _INTS:
+        _write_int(out, value)
+    elif kind == _DOUBLE:
+        out += struct.pack("<d", value)
+    elif kind == _BINARY:
+        _write_varint(out, len(value))
+        out += value
+    elif kind in (_LIST, _SET):
+        element, items = value
+        if len(items) < 15:
+            out.append(len(items) << 4 | element)
+        else:
+            out.append(0xF0 | element)
+            _write_varint(out, len(items))
+        for item in items:
+            _write_value(out, element, item)
+    elif kind == _MAP:
+        key_kind, value_kind, pairs = value
+        _write_varint(out, len(pairs))
+        if pairs:
+            out.append(key_kind << 4 | value_kind)
+            for key, item in pairs:
+                _write_value(out, key_kind, key)
+                _write_value(out, value_kind, item)
+    else:
+        _write_struct(out, value)
+
+
+def _write_struct(out: bytearray, value: Struct) -> None:
+    last = 0
+    for field_id, kind, item in value.fields:
+        wire_kind = (_TRUE if item else _FALSE) if kind in (_TRUE, _FALSE) else kind
+        if 0 < field_id - last <= 15:
+            out.append((field_id - last) << 4 | wire_kind)
+        else:
+            out.append(wire_kind)
+            _write_int(out, field_id)
+        last = field_id
+        if kind not in (_TRUE, _FALSE):
+            _write_value(out, kind, item)
+    out.append(0)
+
+
+_COPIERS: dict[int, Callable[[Any], Any]] = {
+    _STRUCT: lambda v: v.copy(),
+    _LIST: lambda v: (v[0], [_copy(v[0], x) for x in v[1]]),
+    _SET: lambda v: (v[0], [_copy(v[0], x) for x in v[1]]),
+    _MAP: lambda v: (v[0], v[1], [(_copy(v[0], k), _copy(v[1], x)) for k, x in v[2]]),
+}
+
+
+def _copy(kind: int, value: Any) -> Any:
+    copier = _COPIERS.get(kind)
+    return value if copier is None else copier(value)
