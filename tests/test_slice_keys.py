@@ -15,6 +15,7 @@ from tol_dagster.schema import SLICE_RANKS
 from tol_dagster.slice_keys import (
     MAX_STEM_BYTES,
     SliceKey,
+    filter_columns,
     parse_slice_key,
     to_arrow_filter,
     to_sql_filter,
@@ -206,3 +207,9 @@ def test_sql_and_arrow_filters_agree_on_every_small_combination() -> None:
                            [("kingdom", kingdom), ("species", f"{genus} {sp}")]):  # fmt: skip
             key = parse_slice_key("/".join(f"{r}={v}" for r, v in conditions))
             assert _matches_sql(key) == _matches_arrow(key), key.name
+
+
+def test_filter_columns_are_what_the_filter_reads() -> None:
+    assert filter_columns(parse_slice_key("family=Felidae")) == ["family"]
+    key = parse_slice_key("species=Danaus plexippus/kingdom=Animalia")
+    assert filter_columns(key) == ["kingdom", "species", "genus"]
