@@ -28,6 +28,7 @@ from conftest import SMALL_SAMPLE
 from resync_testing import (
     CONFIG,
     User,
+    core_sync,
     dagster_home,
     set_card_rows,
     synced,
@@ -40,11 +41,14 @@ from resync_testing import (
 from tol_dagster import sample
 from tol_dagster.catalog import list_slices, read_arrow, read_duckdb, read_pandas
 from tol_dagster.definitions import build_definitions
-from tol_dagster.defs.jobs import slices_job_name
+from tol_dagster.defs.jobs import AUDIT_JOB, slices_job_name
 from tol_dagster.defs.keys import asset_key, derived_keys, slices_partitions_name
 from tol_dagster.defs.resources import resources_from
 from tol_dagster.demo import run_demo
 from tol_dagster.hashing import sha256_file
+from tol_dagster.hub import HubClient
+from tol_dagster.layout import Layout
+from tol_dagster.localhub import LocalHub
 from tol_dagster.settings import DEFAULT_SLICES_FILE, Settings
 
 __all__ = ["dagster_home", "synced", "synced_home", "user"]  # fixtures, imported to be found
@@ -616,3 +620,32 @@ def _reported(out: str, label: str) -> dict[str, int]:
     line = re.search(rf"^\s+{label}: (.*)$", out, re.M)
     assert line, (label, out)
     return {name: int(n.replace(",", "")) for name, n in re.findall(r"(\S+) ([\d,]+)", line[1])}
+
+
+def test_two_mirrored_configs_are_checked_for_the_same_uuids_in_the_same_order(
+    tmp_path: Path,
+) -> None:
+    second = "bioclip-2.5-vith14_float16"
+    root = tmp_path / "root"
+    sample.build_sample(root, rows=3000, files=2, seed=5, row_group_size=500)
+    sample.build_sample(root, rows=3000, files=1, seed=5, row_group_size=500, config=second)
+    home = tmp_path / "home"
+    with LocalHub(root) as hub:
+        client = HubClient(hub.endpoint, hub.repo_id, None)
+        for config in (CONFIG, second):
+            core_sync(Layout(home), client, config)
+        settings = Settings.from_env(
+            {
+                "TOL_HOME": str(home),
+                "TOL_HUB_ENDPOINT": hub.endpoint,
+                "TOL_CONFIGS": f"{CONFIG},{second}",
+            }
+        )
+        with dg.instance_for_test() as instance:
+            result = (
+                build_definitions(settings)
+                .resolve_job_def(AUDIT_JOB)
+                .execute_in_process(instance=instance, raise_on_error=False)
+            )
+    verdicts = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
+    assert verdicts["uuids_aligned_with_bioclip_2_float16"] is True, verdicts

@@ -21,40 +21,50 @@ def slices_job_name(config: str) -> str:
     return f"slices_{safe_name(config)}_job"
 
 
+def _job(
+    name: str, selection: dg.AssetSelection, description: str
+) -> dg.UnresolvedAssetJobDefinition:
+    """An asset job run in one process: its steps run one after another anyway, and a
+    process per step costs more than the step itself on small work."""
+    return dg.define_asset_job(
+        name, selection=selection, description=description, executor_def=dg.in_process_executor
+    )
+
+
 def build_jobs(configs: Sequence[str]) -> list[dg.UnresolvedAssetJobDefinition]:
-    resync = dg.define_asset_job(
+    resync = _job(
         RESYNC_JOB,
         selection=dg.AssetSelection.assets(
             *[key for config in configs for key in resync_keys(config)]
         ),
         description="Fetch what changed upstream, verify it, gate it, publish it atomically.",
     )
-    audit = dg.define_asset_job(
+    audit = _job(
         AUDIT_JOB,
         selection=dg.AssetSelection.checks_for_assets(
             *[asset_key(config, "mirror") for config in configs]
         ),
         description="Re-hash the mirror against its manifest and upstream; report drift.",
     )
-    status = dg.define_asset_job(
+    status = _job(
         STATUS_JOB,
         selection=dg.AssetSelection.assets(*[asset_key(config, "remote") for config in configs]),
         description="Read upstream's state and how far the mirror is behind it (no downloads).",
     )
-    derived = dg.define_asset_job(
+    derived = _job(
         DERIVED_JOB,
         selection=dg.AssetSelection.assets(
             *[key for config in configs for key in derived_keys(config)]
         ),
         description="Summaries, taxon index and centroids of the published mirror (incremental per file).",
     )
-    catalog = dg.define_asset_job(
+    catalog = _job(
         CATALOG_JOB,
         selection=dg.AssetSelection.assets(*[asset_key(config, "catalog") for config in configs]),
         description="Rewrite the catalog of published slices.",
     )
     slices = [
-        dg.define_asset_job(
+        _job(
             slices_job_name(config),
             selection=dg.AssetSelection.assets(asset_key(config, "slices")),
             description=f"Build one slice of {config} (a partition per slice key).",

@@ -7,6 +7,7 @@ writer of catalog.parquet, so parallel slice runs never race on it.
 """
 
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -308,9 +309,11 @@ def build_alignment_checks(configs: Sequence[str]) -> list[dg.AssetChecksDefinit
 
 
 def _alignment_check(reference: str, other: str) -> dg.AssetChecksDefinition:
+    name = f"uuids_aligned_with_{safe_name(reference)}"
+
     @dg.asset_check(
         asset=asset_key(other, "mirror"),
-        name=f"uuids_aligned_with_{safe_name(reference)}",
+        name=name,
         additional_deps=[asset_key(reference, "mirror")],
         description=f"Same uuids in the same order as `{reference}`.",
     )
@@ -321,6 +324,6 @@ def _alignment_check(reference: str, other: str) -> dg.AssetChecksDefinition:
         result = check_configs_aligned(
             [f.path for f in files_a], [f.path for f in files_b], name_a=reference, name_b=other
         )
-        return check_result(result, asset_key(other, "mirror"))
+        return check_result(replace(result, check=name), asset_key(other, "mirror"))
 
     return aligned
