@@ -489,3 +489,14 @@ def test_files_with_another_parquet_layout_are_read_instead_of_copied(
     result = extract_slice(key, other, mirror.index, tmp_path / "out.parquet", schema=SCHEMA)
     assert result.row_groups_copied == 0
     assert pq.read_table(result.path).equals(mirror.expected(key))
+
+
+def test_segments_drained_at_any_size_splice_the_same_slice(
+    mirror: Mirror, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(slices, "SEGMENT_BYTES", 1)  # every row group encoded is spliced at once
+    monkeypatch.setattr(slices, "ROW_GROUP_ROWS", 100)
+    key, result, table = _extract(mirror, "kingdom=Animalia", tmp_path)
+    assert result.row_groups_copied > 0
+    assert table.equals(mirror.expected(key))
+    assert pq.read_metadata(result.path).num_row_groups > result.row_groups_copied

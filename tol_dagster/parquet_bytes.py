@@ -85,10 +85,12 @@ class Struct:
 
 @dataclass(frozen=True)
 class Footer:
-    """A parquet file's footer: its metadata struct and where its row groups' bytes lie."""
+    """A parquet file's footer: its metadata, and where its bytes are (the file at `path`, or
+    `data` for a file held in memory)."""
 
     path: Path
     meta: Struct
+    data: Any = None
 
     @property
     def row_groups(self) -> list[Struct]:
@@ -152,17 +154,19 @@ def read_footer(path: Path) -> Footer:
         return parse_footer(handle.read(size) + tail, Path(path))
 
 
-def parse_footer(tail: bytes, path: Path) -> Footer:
-    """Parse a footer from the last bytes of a parquet file (at least the whole footer)."""
-    size = struct.unpack("<I", tail[-8:-4])[0]
-    if tail[-4:] != MAGIC or size + 8 > len(tail):
+def parse_footer(tail: Any, path: Path, data: Any = None) -> Footer:
+    """Parse a footer from the last bytes of a parquet file (at least the whole footer); `data`
+    is the whole file when it is held in memory (`tail` may be it)."""
+    view = memoryview(tail).cast("B")  # pyarrow buffers export signed bytes
+    size = struct.unpack("<I", view[-8:-4])[0]
+    if view[-4:] != MAGIC or size + 8 > len(view):
         raise SpliceError(f"{path}: not a plain parquet file (encrypted or truncated)")
-    meta, _ = _parse(memoryview(tail)[-8 - size : -8], 0, path)
+    meta, _ = _parse(view[-8 - size : -8], 0, path)
     if any(meta.has(i) for i in _FILE_ENCRYPTION):
         raise SpliceError(f"{path}: encrypted footers are not spliced")
     if not all(meta.has(i) for i in (_FILE_SCHEMA, _FILE_NUM_ROWS, _FILE_ROW_GROUPS)):
         raise SpliceError(f"{path}: damaged parquet metadata (no schema or row groups)")
-    footer = Footer(path, meta)
+    footer = Footer(path, meta, data)
     try:
         chunks = [c for group in footer.row_groups for c in group.get(_RG_COLUMNS)[1]]
         if any(
@@ -175,35 +179,52 @@ def parse_footer(tail: bytes, path: Path) -> Footer:
     return footer
 
 
+class Splicer:
+    """Writes a parquet file to `sink` row group by row group, each copied from a file whose
+    footer was read: `add` as often as needed, then `close` writes the footer."""
+
+    def __init__(self, sink: Writable, template: Footer) -> None:
+        self.sink, self.template = sink, template
+        self.groups: list[Struct] = []
+        sink.write(MAGIC)
+        self.position = len(MAGIC)
+
+    def add(self, footer: Footer, row_group: int) -> None:
+        """Append `row_group` of `footer`'s file; its physical schema must be the template's."""
+        if footer.schema != self.template.schema:
+            raise SpliceError(f"{footer.path}: its schema differs from {self.template.path}'s")
+        start, length = footer.byte_range(row_group)
+        moved = _moved(footer.row_groups[row_group], self.position - start, len(self.groups))
+        for block in _blocks(footer, start, length):
+            self.sink.write(block)
+        self.groups.append(moved)
+        self.position += length
+
+    def close(self) -> int:
+        """Write the footer (the template's, with our row groups); returns the file's rows."""
+        meta = self.template.meta.copy()
+        meta.set(_FILE_ROW_GROUPS, (_STRUCT, self.groups))
+        meta.set(_FILE_NUM_ROWS, sum(g.get(_RG_NUM_ROWS) for g in self.groups))
+        footer = bytearray()
+        _write_struct(footer, meta)
+        self.sink.write(bytes(footer))
+        self.sink.write(struct.pack("<I", len(footer)) + MAGIC)
+        return int(meta.get(_FILE_NUM_ROWS))
+
+
 def splice(template: Footer, pieces: Sequence[Piece], sink: Writable) -> int:
     """Write to `sink` a parquet file made of `pieces`, in order; returns its rows.
 
     `template` gives the file-level metadata (schema, key-value metadata such as the Arrow
     schema, writer); every piece must have the same physical schema.
     """
-    wanted = template.schema
     for piece in pieces:
-        if piece.footer.schema != wanted:
+        if piece.footer.schema != template.schema:
             raise SpliceError(f"{piece.footer.path}: its schema differs from {template.path}'s")
-    sink.write(MAGIC)
-    position = len(MAGIC)
-    groups: list[Struct] = []
+    splicer = Splicer(sink, template)
     for piece in pieces:
-        start, length = piece.footer.byte_range(piece.row_group)
-        groups.append(
-            _moved(piece.footer.row_groups[piece.row_group], position - start, len(groups))
-        )
-        for block in _blocks(piece.footer.path, start, length):
-            sink.write(block)
-        position += length
-    meta = template.meta.copy()
-    meta.set(_FILE_ROW_GROUPS, (_STRUCT, groups))
-    meta.set(_FILE_NUM_ROWS, sum(g.get(_RG_NUM_ROWS) for g in groups))
-    footer = bytearray()
-    _write_struct(footer, meta)
-    sink.write(bytes(footer))
-    sink.write(struct.pack("<I", len(footer)) + MAGIC)
-    return int(meta.get(_FILE_NUM_ROWS))
+        splicer.add(piece.footer, piece.row_group)
+    return splicer.close()
 
 
 def read_rows(footer: Footer, row_group: int, start: int, stop: int) -> pa.Table:
@@ -356,7 +377,13 @@ def _chunk_start(meta: Struct) -> int:
     return min(data, dictionary) if dictionary else data
 
 
-def _blocks(path: Path, start: int, length: int, size: int = 8 << 20) -> Iterator[bytes]:
+def _blocks(footer: Footer, start: int, length: int, size: int = 8 << 20) -> Iterator[Any]:
+    if footer.data is not None:
+        if start + length > len(footer.data):
+            raise SpliceError(f"{footer.path}: ends inside a row group")
+        yield memoryview(footer.data)[start : start + length]
+        return
+    path = footer.path
     with open(path, "rb", buffering=0) as handle:
         handle.seek(start)
         while length > 0:

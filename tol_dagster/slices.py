@@ -54,12 +54,11 @@ from tol_dagster.errors import StoreError, ValidationFailed
 from tol_dagster.mirror_files import MirrorFile
 from tol_dagster.parquet_bytes import (
     Footer,
-    Piece,
     SpliceError,
+    Splicer,
     parse_footer,
     read_footer,
     read_rows,
-    splice,
 )
 from tol_dagster.schema import METADATA_COLUMNS, STRING_COLUMNS, quote_ident
 from tol_dagster.slice_keys import (
@@ -81,6 +80,8 @@ SCHEMA_MATCHES_MIRROR = "schema_matches_mirror"
 
 #: Rows per batch read and per output row group: ~25 MB of float16 `emb` at 768 dims.
 ROW_GROUP_ROWS = 16_384
+#: Bytes of encoded rows held in memory before they are spliced into the output.
+SEGMENT_BYTES = 64 * 1024 * 1024
 #: Batches the reader thread may run ahead of the writer.
 READ_AHEAD = 2
 #: ZSTD level of every compressed column: level 3 costs more and saves little here.
@@ -171,12 +172,11 @@ def extract_slice(
     spliced = any(isinstance(piece, Copy) for scan in scans for piece in scan.pieces)
     per_file = {scan.file.name: 0 for scan in scans}
     temp = _temp_path(out)
-    scratch = _temp_path(out) if spliced else None
     try:
         reader = contextlib.closing(_prefetch(_read(key, scans, schema), READ_AHEAD))
         with _jemalloc(), open(temp, "wb") as handle, reader as items:
             sink = _HashingSink(handle)
-            codec = _write(_counted(items, per_file), sink, schema, scratch)
+            codec = _write(_counted(items, per_file), sink, schema, spliced)
             handle.flush()
             os.fsync(handle.fileno())
         checks = tuple(verify(temp)) if verify is not None else ()
@@ -189,8 +189,6 @@ def extract_slice(
         os.replace(temp, out)
     finally:
         temp.unlink(missing_ok=True)
-        if scratch is not None:
-            scratch.unlink(missing_ok=True)
     fsync_dir(out.parent)
     rows = sum(per_file.values())
     warnings = () if rows else (f"slice {key.name}: no rows in the mirror match; wrote 0 rows",)
@@ -271,28 +269,22 @@ def expected_count(key: SliceKey, index: pa.Table | None, files: Sequence[Mirror
         rank, value = key.conditions[0]
         return sum(entry.rows for entry in lookup(index, rank, value))
     where, params = to_sql_filter(key)
-    spans = None if index is None else locate(key, index)
-    if spans is None:
-        return (
-            0
-            if not files
-            else _count(
-                f"SELECT count(*) FROM read_parquet(?) WHERE {where}",
-                [[str(f.path) for f in files], *params],
-            )
-        )
+    if not files:
+        return 0
+    if index is None or locate(key, index) is None:
+        paths = [str(f.path) for f in files]
+        return _count(f"SELECT count(*) FROM read_parquet(?) WHERE {where}", [paths, *params])
     total = 0
     for scan in plan_scans(key, files, index):
         for piece in scan.pieces:
-            total += (
-                piece.rows
-                if isinstance(piece, Copy)
-                else _count(
-                    f"SELECT count(*) FROM read_parquet(?) WHERE file_row_number >= ? "
+            if isinstance(piece, Copy):
+                total += piece.rows
+            else:
+                total += _count(
+                    "SELECT count(*) FROM read_parquet(?) WHERE file_row_number >= ? "
                     f"AND file_row_number < ? AND {where}",
                     [str(scan.file.path), piece.start, piece.stop, *params],
                 )
-            )
     return total
 
 
@@ -329,11 +321,12 @@ def check_rows_satisfy_key(path: Path, key: SliceKey) -> CheckResult:
     """Every row of the slice satisfies its key (a NULL in a keyed column does not)."""
     where, params = to_sql_filter(key)
     with duck.cursor() as con:
-        bad = con.execute(
-            f"SELECT uuid FROM read_parquet(?) WHERE NOT coalesce(({where}), false)",
+        bad, first = con.execute(
+            "SELECT count(*), list(uuid)[:5] FROM read_parquet(?) "
+            f"WHERE NOT coalesce(({where}), false)",
             [str(path), *params],
-        ).fetchall()
-    details: dict[str, Any] = {"violations": len(bad), "first": [row[0] for row in bad[:5]]}
+        ).fetchone() or (0, [])
+    details: dict[str, Any] = {"violations": bad, "first": first or []}
     if not bad:
         return CheckResult(
             ROWS_SATISFY_KEY, True, f"slice {key.name}: every row satisfies the key", details
@@ -341,7 +334,7 @@ def check_rows_satisfy_key(path: Path, key: SliceKey) -> CheckResult:
     return CheckResult(
         ROWS_SATISFY_KEY,
         False,
-        f"slice {key.name}: {len(bad):,} rows do not satisfy the key (first uuids "
+        f"slice {key.name}: {bad:,} rows do not satisfy the key (first uuids "
         f"{details['first']}); rebuild the slice",
         details,
     )
@@ -350,18 +343,18 @@ def check_rows_satisfy_key(path: Path, key: SliceKey) -> CheckResult:
 def check_uuids_unique(path: Path, key: SliceKey) -> CheckResult:
     """No uuid appears twice in the slice."""
     with duck.cursor() as con:
-        dups = con.execute(
-            "SELECT uuid, count(*) AS n FROM read_parquet(?) GROUP BY uuid HAVING n > 1 "
-            "ORDER BY n DESC, uuid",
+        dups, first = con.execute(
+            "SELECT count(*), list(uuid ORDER BY uuid)[:5] FROM (SELECT uuid FROM "
+            "read_parquet(?) GROUP BY uuid HAVING count(*) > 1)",
             [str(path)],
-        ).fetchall()
-    details: dict[str, Any] = {"duplicated": len(dups), "first": [row[0] for row in dups[:5]]}
+        ).fetchone() or (0, [])
+    details: dict[str, Any] = {"duplicated": dups, "first": first or []}
     if not dups:
         return CheckResult(UUIDS_UNIQUE, True, f"slice {key.name}: uuids are unique", details)
     return CheckResult(
         UUIDS_UNIQUE,
         False,
-        f"slice {key.name}: {len(dups):,} uuids appear more than once (first "
+        f"slice {key.name}: {dups:,} uuids appear more than once (first "
         f"{details['first']}); the mirror's uuid check should have caught this: audit the mirror",
         details,
     )
@@ -404,7 +397,9 @@ def affected_slices(
         key = item if isinstance(item, SliceKey) else parse_slice_key(item)
         fresh = old_index is None or (done is not None and key.name not in done)
         if fresh or any(
-            _touches(key, index, changed_files) for index in (old_index, new_index) if index
+            _touches(key, index, changed_files)
+            for index in (old_index, new_index)
+            if index is not None
         ):
             names[key.name] = None
     return list(names)
@@ -591,18 +586,21 @@ def _pages(
     predicate: _Predicate,
     schema: pa.Schema,
 ) -> Iterator[pa.RecordBatch]:
-    """The matching rows of `span`, one row group at a time, decoding only their pages."""
+    """The matching rows of `span`, ROW_GROUP_ROWS at a time (so the writer starts early),
+    decoding only the pages that hold them."""
     group = first
     while group < len(starts) and starts[group] < span.stop:
-        end = starts[group + 1] if group + 1 < len(starts) else span.stop
-        low, high = max(span.start, int(starts[group])), min(span.stop, int(end))
-        try:
-            rows = read_rows(footer, group, low - int(starts[group]), high - int(starts[group]))
-        except SpliceError as error:
-            raise StoreError(
-                f"{error}: the mirror file is damaged; sync the mirror again"
-            ) from error
-        yield from predicate.keep(rows.cast(schema, safe=False)).to_batches(ROW_GROUP_ROWS)
+        base = int(starts[group])
+        end = int(starts[group + 1]) if group + 1 < len(starts) else span.stop
+        for low in range(max(span.start, base), min(span.stop, end), ROW_GROUP_ROWS):
+            high = min(low + ROW_GROUP_ROWS, span.stop, end)
+            try:
+                rows = read_rows(footer, group, low - base, high - base)
+            except SpliceError as error:
+                raise StoreError(
+                    f"{error}: the mirror file is damaged; sync the mirror again"
+                ) from error
+            yield from predicate.keep(rows.cast(schema, safe=False)).to_batches()
         group += 1
 
 
@@ -682,71 +680,100 @@ def _prefetch(items: Iterator[T], depth: int) -> Generator[T]:
         worker.join()
 
 
-def _write(
-    items: Iterator[_Item], sink: _HashingSink, schema: pa.Schema, scratch: Path | None
-) -> str:
-    """Write the slice to `sink`; returns `emb`'s codec.
+def _write(items: Iterator[_Item], sink: _HashingSink, schema: pa.Schema, spliced: bool) -> str:
+    """Write the slice to `sink`; returns the codec of the `emb` we encoded.
 
-    Batches go through pyarrow's writer. With `scratch`, they go to that file instead, one row
-    group per run between copied row groups, and the slice is then spliced from its row
-    groups and the mirror's.
+    Without row groups to copy, pyarrow writes straight to `sink`. Otherwise the file is
+    spliced as it streams: each run of batches between copied row groups is encoded by pyarrow
+    into memory (a segment, at most SEGMENT_BYTES) and its row groups are copied into `sink`
+    in place, between the mirror's.
     """
+    if not spliced:
+        writer = _Writer(sink, schema, page_index=True)
+        with contextlib.ExitStack() as stack:
+            stack.callback(writer.abandon)
+            for _, batch in items:
+                writer.add(batch)
+            writer.close()
+        return writer.codec or "none"
+    splicer = Splicer(sink, _reference_footer(schema))
+    mirror: dict[Path, Footer] = {}
+    segment = _Segment(schema, codec=None)
     with contextlib.ExitStack() as stack:
-        target = sink if scratch is None else stack.enter_context(open(scratch, "wb"))
-        writer = _Writer(target, schema, page_index=scratch is None)
-        stack.callback(writer.abandon)
-        layout: list[tuple[Path | None, int]] = []  # (a mirror file, or None: scratch; group)
+        stack.callback(lambda: segment.writer.abandon())
         for file, item in items:
             if isinstance(item, Copy):
-                layout += [(None, group) for group in writer.flush()]
-                layout.append((file.path, item.row_group))
+                segment = segment.drain(splicer)
+                if file.path not in mirror:
+                    mirror[file.path] = read_footer(file.path)
+                splicer.add(mirror[file.path], item.row_group)
             else:
-                layout += [(None, group) for group in writer.add(item)]
-        layout += [(None, group) for group in writer.close()]
-    if scratch is not None:
-        template = read_footer(scratch)
-        footers = {path: read_footer(path) for path in {p for p, _ in layout if p is not None}}
-        pieces = [Piece(template if p is None else footers[p], group) for p, group in layout]
-        splice(template, pieces, sink)
-    return writer.codec
+                segment.writer.add(item)
+                if segment.size >= SEGMENT_BYTES:
+                    segment = segment.drain(splicer)
+        segment = segment.drain(splicer)
+    splicer.close()
+    return segment.writer.codec if segment.writer.codec is not None else "none"
+
+
+class _Segment:
+    """Batches encoded by pyarrow into memory, until `drain` copies their row groups out."""
+
+    def __init__(self, schema: pa.Schema, codec: str | None) -> None:
+        self.schema = schema
+        self.buffer = pa.BufferOutputStream()
+        self.writer = _Writer(self.buffer, schema, page_index=False, codec=codec)
+
+    @property
+    def size(self) -> int:
+        return int(self.buffer.tell())
+
+    def drain(self, splicer: Splicer) -> _Segment:
+        """Copy the row groups written so far into `splicer`; returns a fresh segment."""
+        if self.writer.rows == 0 and not self.writer.pending:
+            return self
+        self.writer.close()
+        data = self.buffer.getvalue()
+        footer = parse_footer(memoryview(data), Path("<segment>"), data=data)
+        for group in range(len(footer.row_groups)):
+            splicer.add(footer, group)
+        return _Segment(self.schema, self.writer.codec)
 
 
 class _Writer:
     """pyarrow's writer in row groups of ~ROW_GROUP_ROWS, opened at the first batch (which
-    decides `emb`'s codec) or at close for a slice without batches."""
+    decides `emb`'s codec unless given) or at close for a file without batches."""
 
-    def __init__(self, sink: Any, schema: pa.Schema, *, page_index: bool) -> None:
+    def __init__(
+        self, sink: Any, schema: pa.Schema, *, page_index: bool, codec: str | None = None
+    ) -> None:
         self.sink, self.schema, self.page_index = sink, schema, page_index
         self.writer: pq.ParquetWriter | None = None
-        self.codec = "none"
+        self.codec = codec
         self.pending: list[pa.RecordBatch] = []
-        self.groups = 0
+        self.rows = 0
 
-    def add(self, batch: pa.RecordBatch) -> list[int]:
-        """Queue `batch`; returns the row groups this wrote."""
+    def add(self, batch: pa.RecordBatch) -> None:
+        """Queue `batch`, writing a row group once ROW_GROUP_ROWS are queued."""
         self.pending.append(batch)
-        return self.flush() if sum(b.num_rows for b in self.pending) >= ROW_GROUP_ROWS else []
+        if sum(b.num_rows for b in self.pending) >= ROW_GROUP_ROWS:
+            self.flush()
 
-    def flush(self) -> list[int]:
-        """Write the queued batches as one row group; returns it (none if nothing was queued)."""
+    def flush(self) -> None:
+        """Write the queued batches as one row group."""
         if not self.pending:
-            return []
-        self._open(_emb_codec(self.pending[0]))
-        assert self.writer is not None
+            return
+        writer = self._open(self.pending[0])
         table = pa.Table.from_batches(self.pending)
-        self.writer.write_table(table, row_group_size=table.num_rows)
+        writer.write_table(table, row_group_size=table.num_rows)
+        self.rows += table.num_rows
         self.pending = []
-        self.groups += 1
-        return [self.groups - 1]
 
-    def close(self) -> list[int]:
-        """Flush and finish the file; returns the row groups this wrote."""
-        groups = self.flush()
-        self._open("none")
-        assert self.writer is not None
-        self.writer.close()
+    def close(self) -> None:
+        """Flush and finish the file."""
+        self.flush()
+        self._open(None).close()
         self.writer = None
-        return groups
 
     def abandon(self) -> None:
         """Close a writer left open by a failure, while its file is still open."""
@@ -755,10 +782,12 @@ class _Writer:
                 self.writer.close()
             self.writer = None
 
-    def _open(self, codec: str) -> None:
+    def _open(self, first: pa.RecordBatch | None) -> pq.ParquetWriter:
         if self.writer is None:
-            self.codec = codec
-            self.writer = _parquet_writer(self.sink, self.schema, codec, self.page_index)
+            if self.codec is None:
+                self.codec = "none" if first is None else _emb_codec(first)
+            self.writer = _parquet_writer(self.sink, self.schema, self.codec, self.page_index)
+        return self.writer
 
 
 def _emb_codec(batch: pa.RecordBatch) -> str:
@@ -792,9 +821,7 @@ def _parquet_writer(
 def _copyable(scans: list[Scan], schema: pa.Schema) -> list[Scan]:
     """`scans`, reading instead of copying the row groups of files we cannot splice (their
     parquet schema is not what pyarrow writes for `schema`, or their layout is unusual)."""
-    sink = pa.BufferOutputStream()
-    pq.write_table(schema.empty_table(), sink)
-    wanted = parse_footer(sink.getvalue().to_pybytes(), Path("<reference>")).schema
+    wanted = _reference_footer(schema).schema
     result = []
     for scan in scans:
         copies = [p for p in scan.pieces if isinstance(p, Copy)]
@@ -808,6 +835,15 @@ def _copyable(scans: list[Scan], schema: pa.Schema) -> list[Scan]:
                 scan = _as_spans(scan)
         result.append(scan)
     return result
+
+
+def _reference_footer(schema: pa.Schema) -> Footer:
+    """The footer our writer gives an empty file of `schema`: the template of spliced files
+    (physical schema, the Arrow schema in its key-value metadata, the writer's name)."""
+    writer = _Writer(pa.BufferOutputStream(), schema, page_index=False, codec="none")
+    writer.close()
+    data = writer.sink.getvalue()
+    return parse_footer(memoryview(data), Path("<reference>"), data=data)
 
 
 def _as_spans(scan: Scan) -> Scan:
