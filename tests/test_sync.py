@@ -655,3 +655,14 @@ def test_bad_settings_exit_2_naming_the_setting(
     assert outcome.code == 2, outcome.text
     assert named in outcome.err
     assert user.file_requests() == dict.fromkeys(user.file_requests(), 0)
+
+
+def test_status_reports_the_last_published_change_by_uuid(synced: User) -> None:
+    valid_edit(synced.root, file_names(synced.root)[0], drop=3)
+    assert synced.sync().code == 0
+
+    change = json.loads(synced.tol("status", "--json").out)["configs"][CONFIG]["last_change"]
+    assert (change["added"], change["removed"]) == (0, 3)
+    assert sum(t["removed"] for t in change["taxa"]) == 3
+    text = synced.tol("status").out
+    assert "+0 / -3 rows by uuid" in text

@@ -197,10 +197,25 @@ def run_status(*, as_json: bool) -> int:
         for config, entry in report.items():
             print(f"{config}:")
             for key, value in entry.items():
-                print(f"  {key}: {value}")
+                print(f"  {key}: {_short(value) if key == 'last_change' else value}")
         for line in lines:
             print(f"error: {line}", file=sys.stderr)
     return code
+
+
+def _short(change: object) -> str:
+    """The last published change by uuid, in one line (`--json` has the per-taxon table)."""
+    if not isinstance(change, dict):
+        return "none recorded"
+    top = ", ".join(
+        f"{t.get('species') or t.get('genus') or t.get('family') or '?'} +{t['added']}/-{t['removed']}"
+        for t in change.get("taxa", [])[:5]
+    )
+    return (
+        f"{str(change['from_commit'])[:12]} -> {str(change['to_commit'])[:12]}: "
+        f"+{change['added']:,} / -{change['removed']:,} rows by uuid in {change['taxa_changed']:,} taxa"
+        + (f" (most: {top})" if top else "")
+    )
 
 
 def _one_config(settings: Settings, config: str | None) -> str:
