@@ -14,12 +14,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from tol_dagster.parquet_bytes import (
-    Piece,
     SpliceError,
+    Splicer,
     _write_struct,
     read_footer,
     read_rows,
-    splice,
 )
 from tol_dagster.schema import arrow_schema
 
@@ -73,7 +72,10 @@ def test_a_spliced_file_holds_the_chosen_row_groups_in_order(tmp_path: Path) -> 
     a = read_footer(_write(one, tmp_path / "a.parquet"))
     b = read_footer(_write(two, tmp_path / "b.parquet"))
     sink = io.BytesIO()
-    rows = splice(a, [Piece(b, 2), Piece(a, 0), Piece(a, 2)], sink)
+    splicer = Splicer(sink, a)
+    for footer, group in [(b, 2), (a, 0), (a, 2)]:
+        splicer.add(footer, group)
+    rows = splicer.close()
     out = tmp_path / "out.parquet"
     out.write_bytes(sink.getvalue())
     expected = pa.concat_tables([two.slice(2000, 500), one.slice(0, 1000), one.slice(2000, 1000)])
@@ -81,16 +83,21 @@ def test_a_spliced_file_holds_the_chosen_row_groups_in_order(tmp_path: Path) -> 
     assert pq.read_table(out).equals(expected)
     counted = duckdb.sql(f"SELECT count(*), min(uuid) FROM '{out}'")
     assert counted is not None and counted.fetchall() == [(2500, "1-000000")]
-    meta = pq.read_metadata(out)
-    assert not meta.row_group(0).column(1).has_offset_index  # page indexes are dropped
+    footer = read_footer(out)  # page indexes moved along: reading through them still works
+    assert all(footer.has_offset_index(g) for g in range(3))
+    assert read_rows(footer, 1, 10, 20).cast(SCHEMA).equals(one.slice(10, 10))
+    assert read_rows(footer, 2, 990, 1000).cast(SCHEMA).equals(one.slice(2990, 10))
+    assert pq.ParquetFile(out).metadata.row_group(2).column(2).has_column_index
 
 
 def test_files_with_another_physical_schema_are_refused(tmp_path: Path) -> None:
     a = read_footer(_write(_table(1000, 1), tmp_path / "a.parquet"))
     other = _table(1000, 2).drop_columns(["common_name"])
     b = read_footer(_write(other, tmp_path / "b.parquet"))
+    splicer = Splicer(io.BytesIO(), a)
+    splicer.add(a, 0)
     with pytest.raises(SpliceError, match="schema differs"):
-        splice(a, [Piece(a, 0), Piece(b, 0)], io.BytesIO())
+        splicer.add(b, 0)
 
 
 @pytest.mark.parametrize(

@@ -466,6 +466,11 @@ def test_row_groups_full_of_the_taxon_are_copied_and_the_file_reads_everywhere(
     counted = duckdb.sql(f"SELECT count(*), count(DISTINCT uuid) FROM '{result.path}'")
     assert counted is not None and counted.fetchall() == [(result.rows, result.rows)]
     assert all(c.passed for c in slice_checks(result.path, key, result.rows, SCHEMA))
+    assert all(meta.row_group(g).column(1).has_offset_index for g in range(meta.num_row_groups))
+    family = table["family"][table.num_rows // 2].as_py()
+    found = duckdb.sql(f"SELECT uuid FROM '{result.path}' WHERE family = $f", params={"f": family})
+    wanted = table.filter(pc.equal(table["family"], family))["uuid"].to_pylist()
+    assert found is not None and [row[0] for row in found.fetchall()] == wanted
 
 
 def test_a_path_key_copies_only_what_every_condition_fills(mirror: Mirror, tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""Parquet at the byte level: copy whole row groups into a new file (`splice`), and read a
+"""Parquet at the byte level: copy whole row groups into a new file (`Splicer`), and read a
 row range of a row group decoding only the pages that hold it (`read_rows`).
 
 Why: decoding and re-encoding `emb` (a nested `fixed_size_list<halffloat>`) costs pyarrow
@@ -7,8 +7,8 @@ DuckDB skips the `emb` pages before a row range (a 50k-row row group's `emb` is 
 
 Footers and page headers are Thrift compact protocol: `read_footer` parses them into structs
 keyed by field id that keep every field, known or not, and they are written back as read, so
-nothing changes but what we set. `splice` drops the page indexes and bloom filters of the row
-groups it copies (both optional: readers then read those pages without pruning). `read_rows`
+nothing changes but what we set. `Splicer` moves the page indexes of the row groups it copies
+along with them, and drops their bloom filters (optional; pyarrow writes none). `read_rows`
 uses the offset index to find the pages, and hands pyarrow a small parquet file per column
 made of those pages (and the dictionary page), so pyarrow does all the decoding.
 """
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import bisect
 import struct
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
@@ -36,8 +36,7 @@ _FILE_SCHEMA, _FILE_NUM_ROWS, _FILE_ROW_GROUPS = 2, 3, 4
 _FILE_ENCRYPTION = (8, 9)
 _RG_COLUMNS, _RG_NUM_ROWS, _RG_FILE_OFFSET, _RG_ORDINAL = 1, 3, 5, 7
 _CC_FILE_PATH, _CC_FILE_OFFSET, _CC_META = 1, 2, 3
-_CC_OFFSET_INDEX, _CC_OFFSET_INDEX_LENGTH = 4, 5
-_CC_DROPPED = (4, 5, 6, 7)  # offset index and column index: offsets and lengths
+_CC_OFFSET_INDEX, _CC_OFFSET_INDEX_LENGTH, _CC_COLUMN_INDEX, _CC_COLUMN_INDEX_LENGTH = 4, 5, 6, 7
 _CC_ENCRYPTION = (8, 9)
 _CM_NUM_VALUES, _CM_TOTAL_UNCOMPRESSED = 5, 6
 _CM_TOTAL_COMPRESSED, _CM_DATA_PAGE, _CM_INDEX_PAGE, _CM_DICTIONARY_PAGE = 7, 9, 10, 11
@@ -72,6 +71,12 @@ class Struct:
                 field[2] = value
                 return
         raise KeyError(field_id)
+
+    def put(self, field_id: int, kind: int, value: Any) -> None:
+        """Set a field, adding it in field-id order if absent."""
+        self.drop(field_id)
+        self.fields.append([field_id, kind, value])
+        self.fields.sort(key=lambda field: field[0])
 
     def drop(self, *field_ids: int) -> None:
         self.fields = [f for f in self.fields if f[0] not in field_ids]
@@ -136,14 +141,6 @@ class Footer:
         return start, length
 
 
-@dataclass(frozen=True)
-class Piece:
-    """Row group `row_group` of the file `footer` describes, to copy as is."""
-
-    footer: Footer
-    row_group: int
-
-
 def read_footer(path: Path) -> Footer:
     """Parse the footer of the parquet file at `path`; SpliceError if we cannot splice it."""
     with open(path, "rb") as handle:
@@ -181,11 +178,14 @@ def parse_footer(tail: Any, path: Path, data: Any = None) -> Footer:
 
 class Splicer:
     """Writes a parquet file to `sink` row group by row group, each copied from a file whose
-    footer was read: `add` as often as needed, then `close` writes the footer."""
+    footer was read: `add` as often as needed, then `close` writes the page indexes (kept for
+    every copied row group that had them, offsets moved) and the footer."""
 
     def __init__(self, sink: Writable, template: Footer) -> None:
         self.sink, self.template = sink, template
         self.groups: list[Struct] = []
+        self.column_indexes: list[tuple[Struct, bytes]] = []
+        self.offset_indexes: list[tuple[Struct, bytes]] = []
         sink.write(MAGIC)
         self.position = len(MAGIC)
 
@@ -194,14 +194,52 @@ class Splicer:
         if footer.schema != self.template.schema:
             raise SpliceError(f"{footer.path}: its schema differs from {self.template.path}'s")
         start, length = footer.byte_range(row_group)
-        moved = _moved(footer.row_groups[row_group], self.position - start, len(self.groups))
+        delta = self.position - start
+        moved = _moved(footer.row_groups[row_group], delta, len(self.groups))
+        try:
+            for chunk in moved.get(_RG_COLUMNS)[1]:
+                self._keep_indexes(footer, chunk, delta)
+        except (AttributeError, IndexError, KeyError, TypeError) as error:
+            raise SpliceError(f"{footer.path}: damaged page index ({error!r})") from error
         for block in _blocks(footer, start, length):
             self.sink.write(block)
         self.groups.append(moved)
         self.position += length
 
+    def _keep_indexes(self, footer: Footer, chunk: Struct, delta: int) -> None:
+        """Hold a chunk's page indexes for `close`: the column index as is, the offset index
+        with its page offsets moved."""
+        if chunk.has(_CC_OFFSET_INDEX):
+            blob = _read_bytes(
+                footer, chunk.get(_CC_OFFSET_INDEX), chunk.get(_CC_OFFSET_INDEX_LENGTH)
+            )
+            offsets = _parse(memoryview(blob), 0, footer.path)[0]
+            for page in offsets.get(_PAGE_LOCATIONS)[1]:
+                _shift(page, _PAGE_OFFSET, delta)
+            moved = bytearray()
+            _write_struct(moved, offsets)
+            self.offset_indexes.append((chunk, bytes(moved)))
+        if chunk.has(_CC_COLUMN_INDEX):
+            blob = _read_bytes(
+                footer, chunk.get(_CC_COLUMN_INDEX), chunk.get(_CC_COLUMN_INDEX_LENGTH)
+            )
+            self.column_indexes.append((chunk, blob))
+        chunk.drop(
+            _CC_OFFSET_INDEX, _CC_OFFSET_INDEX_LENGTH, _CC_COLUMN_INDEX, _CC_COLUMN_INDEX_LENGTH
+        )
+
     def close(self) -> int:
-        """Write the footer (the template's, with our row groups); returns the file's rows."""
+        """Write the page indexes and the footer (the template's, with our row groups);
+        returns the file's rows."""
+        for held, (offset, length) in (
+            (self.column_indexes, (_CC_COLUMN_INDEX, _CC_COLUMN_INDEX_LENGTH)),
+            (self.offset_indexes, (_CC_OFFSET_INDEX, _CC_OFFSET_INDEX_LENGTH)),
+        ):
+            for chunk, blob in held:
+                chunk.put(offset, _I64, self.position)
+                chunk.put(length, _I32, len(blob))
+                self.sink.write(blob)
+                self.position += len(blob)
         meta = self.template.meta.copy()
         meta.set(_FILE_ROW_GROUPS, (_STRUCT, self.groups))
         meta.set(_FILE_NUM_ROWS, sum(g.get(_RG_NUM_ROWS) for g in self.groups))
@@ -210,21 +248,6 @@ class Splicer:
         self.sink.write(bytes(footer))
         self.sink.write(struct.pack("<I", len(footer)) + MAGIC)
         return int(meta.get(_FILE_NUM_ROWS))
-
-
-def splice(template: Footer, pieces: Sequence[Piece], sink: Writable) -> int:
-    """Write to `sink` a parquet file made of `pieces`, in order; returns its rows.
-
-    `template` gives the file-level metadata (schema, key-value metadata such as the Arrow
-    schema, writer); every piece must have the same physical schema.
-    """
-    for piece in pieces:
-        if piece.footer.schema != template.schema:
-            raise SpliceError(f"{piece.footer.path}: its schema differs from {template.path}'s")
-    splicer = Splicer(sink, template)
-    for piece in pieces:
-        splicer.add(piece.footer, piece.row_group)
-    return splicer.close()
 
 
 def read_rows(footer: Footer, row_group: int, start: int, stop: int) -> pa.Table:
@@ -328,6 +351,14 @@ def _page_totals(pages: memoryview, path: Path) -> tuple[int, int]:
     return values, uncompressed
 
 
+def _read_bytes(footer: Footer, offset: int, length: int) -> bytes:
+    """Bytes of `footer`'s file, wherever it is held."""
+    if footer.data is not None:
+        return bytes(memoryview(footer.data).cast("B")[offset : offset + length])
+    with open(footer.path, "rb") as handle:
+        return _pread(handle, offset, length)
+
+
 def _pread(handle: BinaryIO, offset: int, length: int) -> bytes:
     handle.seek(offset)
     data = handle.read(length)
@@ -350,14 +381,14 @@ def _parse(data: memoryview, pos: int, path: Path) -> tuple[Struct, int]:
 
 
 def _moved(group: Struct, delta: int, ordinal: int) -> Struct:
-    """A copy of `group` whose bytes moved by `delta`, without page indexes or bloom filters."""
+    """A copy of `group` whose bytes moved by `delta`, without bloom filters (the caller
+    places the page indexes)."""
     group = group.copy()
     _shift(group, _RG_FILE_OFFSET, delta)
     if group.has(_RG_ORDINAL):
         group.set(_RG_ORDINAL, ordinal)
     for chunk in group.get(_RG_COLUMNS)[1]:
         _shift(chunk, _CC_FILE_OFFSET, delta)
-        chunk.drop(*_CC_DROPPED)
         meta = chunk.get(_CC_META)
         for field_id in (_CM_DATA_PAGE, _CM_INDEX_PAGE, _CM_DICTIONARY_PAGE):
             if meta.get(field_id):  # some writers put 0 for "none"

@@ -597,9 +597,7 @@ def _pages(
             try:
                 rows = read_rows(footer, group, low - base, high - base)
             except SpliceError as error:
-                raise StoreError(
-                    f"{error}: the mirror file is damaged; sync the mirror again"
-                ) from error
+                raise _damaged(error) from error
             yield from predicate.keep(rows.cast(schema, safe=False)).to_batches()
         group += 1
 
@@ -704,9 +702,12 @@ def _write(items: Iterator[_Item], sink: _HashingSink, schema: pa.Schema, splice
         for file, item in items:
             if isinstance(item, Copy):
                 segment = segment.drain(splicer)
-                if file.path not in mirror:
-                    mirror[file.path] = read_footer(file.path)
-                splicer.add(mirror[file.path], item.row_group)
+                try:
+                    if file.path not in mirror:
+                        mirror[file.path] = read_footer(file.path)
+                    splicer.add(mirror[file.path], item.row_group)
+                except SpliceError as error:
+                    raise _damaged(error) from error
             else:
                 segment.writer.add(item)
                 if segment.size >= SEGMENT_BYTES:
@@ -722,7 +723,7 @@ class _Segment:
     def __init__(self, schema: pa.Schema, codec: str | None) -> None:
         self.schema = schema
         self.buffer = pa.BufferOutputStream()
-        self.writer = _Writer(self.buffer, schema, page_index=False, codec=codec)
+        self.writer = _Writer(self.buffer, schema, page_index=True, codec=codec)
 
     @property
     def size(self) -> int:
@@ -876,6 +877,10 @@ def _jemalloc() -> Iterator[None]:
         yield
     finally:
         pa.set_memory_pool(previous)
+
+
+def _damaged(error: SpliceError) -> StoreError:
+    return StoreError(f"{error}: the mirror file is damaged; sync the mirror again")
 
 
 def _temp_path(out: Path) -> Path:
