@@ -44,11 +44,14 @@ _CM_DROPPED = (14, 15)  # bloom filter offset and length
 _CM_OF_ALL_ROWS = (10, 12, 13, 14, 15, 16, 17)  # statistics and indexes: wrong for a subset
 _SCHEMA_NUM_CHILDREN = 5
 _PAGE_LOCATIONS, _PAGE_OFFSET, _PAGE_SIZE, _PAGE_FIRST_ROW = 1, 1, 2, 3
-_HEADER_TYPE, _HEADER_UNCOMPRESSED, _HEADER_COMPRESSED = 1, 2, 3
+_HEADER_UNCOMPRESSED, _HEADER_COMPRESSED = 2, 3
 _HEADER_DATA_V1, _HEADER_DATA_V2 = 5, 8  # each holds num_values as field 1
 
 
 class Writable(Protocol):
+    """Where `Splicer` writes. A sink may also offer `copy_range(path, start, length)` to
+    append a byte range of a file without the bytes passing through Python."""
+
     def write(self, data: bytes, /) -> Any: ...
 
 
@@ -201,8 +204,12 @@ class Splicer:
                 self._keep_indexes(footer, chunk, delta)
         except (AttributeError, IndexError, KeyError, TypeError) as error:
             raise SpliceError(f"{footer.path}: damaged page index ({error!r})") from error
-        for block in _blocks(footer, start, length):
-            self.sink.write(block)
+        copy_range = getattr(self.sink, "copy_range", None)
+        if footer.data is None and copy_range is not None:
+            copy_range(footer.path, start, length)
+        else:
+            for block in _blocks(footer, start, length):
+                self.sink.write(block)
         self.groups.append(moved)
         self.position += length
 
