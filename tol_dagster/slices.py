@@ -6,7 +6,7 @@ How, and why (bench/slices.py measures it against the dataset card's DuckDB COPY
   how many of its rows match. Spans are merged into ranges. The key's own filter decides which
   rows belong: the index is only a locator. Without an index, DuckDB finds the spans from the
   filter columns alone (it skips `emb`), then the same reader runs.
-- A row group whose every row satisfies the key is copied as bytes (`parquet_bytes.splice`):
+- A row group whose every row satisfies the key is copied as bytes (`parquet_bytes.Splicer`):
   no decoding, no encoding, only the footer is rebuilt. That is what makes a large slice cheap.
 - The rest of a range is read row group by row group through the offset index
   (`parquet_bytes.read_rows`): only the pages holding the range's rows are decoded, where
