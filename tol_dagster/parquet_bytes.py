@@ -16,6 +16,8 @@ made of those pages (and the dictionary page), so pyarrow does all the decoding.
 from __future__ import annotations
 
 import bisect
+import functools
+import os
 import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -145,13 +147,23 @@ class Footer:
 
 
 def read_footer(path: Path) -> Footer:
-    """Parse the footer of the parquet file at `path`; SpliceError if we cannot splice it."""
+    """The parsed footer of the parquet file at `path`; SpliceError if we cannot splice it.
+
+    Parsed once per file version (a slice asks several times; parsing is pure Python) and
+    shared: treat it as read-only, copy a struct before changing it.
+    """
+    status = os.stat(path)
+    return _footer(str(path), status.st_ino, status.st_size, status.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=256)
+def _footer(path: str, inode: int, size: int, mtime_ns: int) -> Footer:
     with open(path, "rb") as handle:
         handle.seek(-8, 2)
         tail = handle.read(8)
-        size = struct.unpack("<I", tail[:4])[0]
-        handle.seek(-8 - size, 2)
-        return parse_footer(handle.read(size) + tail, Path(path))
+        length = struct.unpack("<I", tail[:4])[0]
+        handle.seek(-8 - length, 2)
+        return parse_footer(handle.read(length) + tail, Path(path))
 
 
 def parse_footer(tail: Any, path: Path, data: Any = None) -> Footer:
