@@ -18,8 +18,9 @@ How, and why (bench/slices.py measures it against the dataset card's DuckDB COPY
 - pyarrow reads `fixed_size_list<halffloat>` ~2x cheaper per row than DuckDB decodes it into
   `list<float>` and a cast brings it back. Every path filters with the key's own predicate
   (`to_arrow_filter`, or `to_sql_filter` in DuckDB).
-- Reading (a worker thread) and writing (the caller's thread) overlap; both release the GIL.
-  Batches stream, so memory is bounded by a few row groups whatever the slice's size.
+- Reading (a worker thread, with PAGE_WORKERS chunks of pages decoded at once) and writing
+  (the caller's thread) overlap; pyarrow releases the GIL. Batches stream, so memory is
+  bounded (under 1 GB measured, a whole kingdom included) whatever the slice's size.
 - Writer settings for speed: ZSTD level 1 on the string columns, dictionary and statistics off
   for `emb`, and `emb` uncompressed unless that makes it 10% or more bigger than ZSTD would
   (float16 embeddings barely compress: ~9% here; the first batch decides). Copied row
@@ -33,6 +34,7 @@ How, and why (bench/slices.py measures it against the dataset card's DuckDB COPY
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import mmap
 import os
@@ -40,7 +42,9 @@ import queue
 import tempfile
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
@@ -100,6 +104,8 @@ EMB_LEAF = "emb.list.element"
 DENSE_SHARE = 0.4
 #: Read partial row groups page by page through the offset index (tests turn it off).
 PAGE_READS = True
+#: Chunks of pages read at once (pyarrow releases the GIL while it decodes).
+PAGE_WORKERS = 2
 
 
 class Span(NamedTuple):
@@ -516,8 +522,42 @@ _Item = tuple[MirrorFile, pa.RecordBatch | Copy]
 
 def _read(key: SliceKey, scans: Sequence[Scan], schema: pa.Schema) -> Iterator[_Item]:
     """The rows satisfying `key` in mirror order: row groups to copy, and batches of the
-    ranges, read page by page where the file has an offset index, else by pyarrow when dense
-    and DuckDB when sparse (see the module's docstring)."""
+    ranges, read page by page where the file has an offset index (PAGE_WORKERS chunks at a
+    time), else by pyarrow when dense and DuckDB when sparse (see the module's docstring)."""
+    window: deque[tuple[MirrorFile, Future[list[pa.RecordBatch]]]] = deque()
+
+    def ready(limit: int) -> Iterator[_Item]:
+        """The results of the oldest chunks, in order, until at most `limit` are pending."""
+        while len(window) > limit:
+            file, chunk = window.popleft()
+            for batch in chunk.result():
+                yield file, batch
+
+    pool = ThreadPoolExecutor(PAGE_WORKERS, thread_name_prefix="slice-pages")
+    try:
+        for file, job in _jobs(key, scans, schema):
+            if isinstance(job, functools.partial):
+                window.append((file, pool.submit(job)))
+                yield from ready(PAGE_WORKERS)
+            else:
+                yield from ready(0)
+                if isinstance(job, Copy):
+                    yield file, job
+                else:
+                    yield from ((file, batch) for batch in job)
+        yield from ready(0)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+#: A piece of work for `_read`: a row group to copy, a chunk of pages to read (run in the
+#: pool), or batches to read in order.
+_Job = Copy | functools.partial[list[pa.RecordBatch]] | Iterator[pa.RecordBatch]
+
+
+def _jobs(
+    key: SliceKey, scans: Sequence[Scan], schema: pa.Schema
+) -> Iterator[tuple[MirrorFile, _Job]]:
     predicate = _Predicate(key)
     where, params = to_sql_filter(key)
     columns = ", ".join(quote_ident(name) for name in schema.names)
@@ -532,9 +572,13 @@ def _read(key: SliceKey, scans: Sequence[Scan], schema: pa.Schema) -> Iterator[_
                     continue
                 first = int(np.searchsorted(starts, span.start, side="right")) - 1
                 if footer is not None:
-                    batches = _pages(footer, starts, first, span, predicate, schema)
+                    for group, low, high in _chunks(starts, first, span):
+                        read = functools.partial(
+                            _page_chunk, footer, group, low, high, predicate, schema
+                        )
+                        yield scan.file, read
                 elif span.rows >= DENSE_SHARE * (span.stop - starts[first]):
-                    batches = _decode(parquet, starts, first, span, predicate, schema)
+                    yield scan.file, _decode(parquet, starts, first, span, predicate, schema)
                 else:
                     query = (
                         f"SELECT {columns} FROM read_parquet(?) WHERE file_row_number >= ? "
@@ -544,13 +588,14 @@ def _read(key: SliceKey, scans: Sequence[Scan], schema: pa.Schema) -> Iterator[_
                         query, params=[str(scan.file.path), span.start, span.stop, *params]
                     )
                     # DuckDB's floats are the mirror's halves widened: narrowing is exact.
-                    batches = (
-                        b.cast(schema, safe=False)
-                        for b in relation.to_arrow_reader(ROW_GROUP_ROWS)
-                        if b.num_rows
+                    yield (
+                        scan.file,
+                        (
+                            b.cast(schema, safe=False)
+                            for b in relation.to_arrow_reader(ROW_GROUP_ROWS)
+                            if b.num_rows
+                        ),
                     )
-                for batch in batches:
-                    yield scan.file, batch
 
 
 class _Predicate:
@@ -580,28 +625,27 @@ def _page_indexed(scan: Scan) -> Footer | None:
     return footer if all(footer.has_offset_index(g) for g in scan.row_groups) else None
 
 
-def _pages(
-    footer: Footer,
-    starts: np.ndarray,
-    first: int,
-    span: Span,
-    predicate: _Predicate,
-    schema: pa.Schema,
-) -> Iterator[pa.RecordBatch]:
-    """The matching rows of `span`, ROW_GROUP_ROWS at a time (so the writer starts early),
-    decoding only the pages that hold them."""
+def _chunks(starts: np.ndarray, first: int, span: Span) -> Iterator[tuple[int, int, int]]:
+    """(row group, start, stop) relative to the row group: `span` cut at row-group boundaries
+    and every ROW_GROUP_ROWS rows, so reading runs in parallel and writing starts early."""
     group = first
     while group < len(starts) and starts[group] < span.stop:
         base = int(starts[group])
         end = int(starts[group + 1]) if group + 1 < len(starts) else span.stop
         for low in range(max(span.start, base), min(span.stop, end), ROW_GROUP_ROWS):
-            high = min(low + ROW_GROUP_ROWS, span.stop, end)
-            try:
-                rows = read_rows(footer, group, low - base, high - base)
-            except SpliceError as error:
-                raise _damaged(error) from error
-            yield from predicate.keep(rows.cast(schema, safe=False)).to_batches()
+            yield group, low - base, min(low + ROW_GROUP_ROWS, span.stop, end) - base
         group += 1
+
+
+def _page_chunk(
+    footer: Footer, group: int, low: int, high: int, predicate: _Predicate, schema: pa.Schema
+) -> list[pa.RecordBatch]:
+    """The matching rows of one chunk, decoding only the pages that hold it."""
+    try:
+        rows = read_rows(footer, group, low, high)
+    except SpliceError as error:
+        raise _damaged(error) from error
+    return predicate.keep(rows.cast(schema, safe=False)).to_batches()
 
 
 def _decode(
