@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING, Any
 import pyarrow.parquet as pq
 
 from tol_dagster.schema import DEFAULT_CONFIG
+from tol_dagster.settings import OFFLINE_HF_ENV
 
 if TYPE_CHECKING:
     from tol_dagster.hub import HubClient, RemoteConfig, RemoteFile
@@ -57,15 +58,6 @@ SEED = 11
 CAPPED_BYTES_PER_S = 50_000_000
 #: Request kinds of the local Hub's counters that touch a file's bytes or metadata.
 FILE_REQUESTS = ("resolve_head", "resolve_get", "lfs_get")
-#: The client reads these once, at import, so they are set before anything imports it.
-OFFLINE_ENV = {
-    "HF_HUB_DISABLE_TELEMETRY": "1",
-    "HF_HUB_DISABLE_XET": "1",
-    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
-    "HF_HUB_DISABLE_UPDATE_CHECK": "1",
-    "HF_HUB_DISABLE_IMPLICIT_TOKEN": "1",
-    "GX_ANALYTICS_ENABLED": "False",
-}
 
 
 @dataclass(frozen=True)
@@ -525,7 +517,7 @@ def main(argv: list[str] | None = None) -> int:
         "--workdir", type=Path, default=None, help="keep the sample here and reuse it"
     )
     args = parser.parse_args(argv)
-    os.environ.update(OFFLINE_ENV)
+    os.environ.update(OFFLINE_HF_ENV)
     started = time.perf_counter()
     with contextlib.ExitStack() as stack:
         work = args.workdir or Path(

@@ -9,18 +9,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 # The client reads these once, at import: set them before anything imports huggingface_hub.
+from tol_dagster.settings import OFFLINE_HF_ENV  # imports no Hub client
+
 _HF_HOME = tempfile.mkdtemp(prefix="tol-hf-home-")
-os.environ.update(
-    {
-        "HF_HOME": _HF_HOME,
-        "HF_HUB_DISABLE_TELEMETRY": "1",
-        "HF_HUB_DISABLE_XET": "1",
-        "HF_HUB_DISABLE_PROGRESS_BARS": "1",
-        "HF_HUB_DISABLE_UPDATE_CHECK": "1",
-        "HF_HUB_DISABLE_IMPLICIT_TOKEN": "1",
-        "GX_ANALYTICS_ENABLED": "False",
-    }
-)
+os.environ.update({"HF_HOME": _HF_HOME, **OFFLINE_HF_ENV})
 os.environ.pop("HF_TOKEN", None)
 os.environ.pop("HF_ENDPOINT", None)
 

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from tol_dagster.layout import Layout
-from tol_dagster.settings import Settings
+from tol_dagster.settings import OFFLINE_HF_ENV, Settings
 
 
 def ensure_demo_repo(layout: Layout) -> Path:
@@ -38,6 +38,9 @@ def ensure_demo_repo(layout: Layout) -> Path:
 
 
 def run_demo() -> int:
+    # The local Hub needs no telemetry, update check or Xet: keep the client off the internet.
+    for name, value in OFFLINE_HF_ENV.items():
+        os.environ.setdefault(name, value)
     from tol_dagster.localhub import LocalHub
     from tol_dagster.runner import refresh_published, run_sync, status_report
 

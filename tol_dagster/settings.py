@@ -22,6 +22,18 @@ DEFAULT_HOME = "./tol_data"
 #: The slices published by default, declared in the repo next to the package.
 DEFAULT_SLICES_FILE = Path(__file__).resolve().parents[1] / "slices.yaml"
 
+#: The Hub client's environment when it talks to the local Hub (tests, demo, benchmarks). The
+#: client reads it once, at import: set it before anything imports huggingface_hub. Telemetry
+#: and update checks would otherwise try the public Hub; Xet is never offered locally.
+OFFLINE_HF_ENV: dict[str, str] = {
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+    "HF_HUB_DISABLE_XET": "1",
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    "HF_HUB_DISABLE_UPDATE_CHECK": "1",
+    "HF_HUB_DISABLE_IMPLICIT_TOKEN": "1",
+    "GX_ANALYTICS_ENABLED": "False",
+}
+
 _REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 _CONFIG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
