@@ -711,6 +711,10 @@ def _prefetch(items: Iterator[T], depth: int) -> Generator[T]:
             put(_END)
         except BaseException as error:
             put(_Raised(error))
+        finally:  # release what `items` holds (threads, connections) now, in this thread
+            close = getattr(items, "close", None)
+            if close is not None:
+                close()
 
     worker = threading.Thread(target=work, name="slice-reader", daemon=True)
     worker.start()
