@@ -54,6 +54,7 @@ test: lint typecheck unit
 bench: setup
 	$(BIN)/python bench/sync.py
 	$(BIN)/python bench/slices.py
+	$(BIN)/python bench/summaries.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
