@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -51,7 +52,16 @@ def main(argv: list[str] | None = None) -> int:
     print(f"Dagster UI: http://127.0.0.1:{args.dagster_port}  (Ctrl-C stops everything)")
     # From DAGSTER_HOME: `dagster dev` warns when the folder it starts in holds a dagster.yaml
     # other than DAGSTER_HOME's, and the repo's top holds the template it was copied from.
-    dagster = subprocess.Popen(command, env=os.environ.copy(), cwd=dagster_home)
+    dagster = subprocess.Popen(
+        command,
+        env=os.environ.copy(),
+        cwd=dagster_home,
+        # Started in the background, a shell hands SIGINT down ignored; `dagster dev` stops on it.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    # A SIGTERM (a service manager, `kill`) reaches only us: pass it on as the Ctrl-C that
+    # `dagster dev` shuts its children down on.
+    signal.signal(signal.SIGTERM, lambda *_: dagster.send_signal(signal.SIGINT))
     try:
         return dagster.wait()
     except KeyboardInterrupt:
