@@ -272,7 +272,7 @@ def run_slice(key_text: str, *, config: str | None) -> int:
     settings = Settings.from_env()
     key = parse_slice_key(key_text)
     name = _one_config(settings, config)
-    published.mirror_inputs(settings.layout, name)
+    published.mirror_inputs(settings.layout, name)  # no mirror: say so before touching anything
     instance = open_instance(settings)
     defs = build_definitions(settings)
     code = _ensure_derived(defs, instance, settings, name) or _build_slice(

@@ -139,7 +139,9 @@ def build_mirror_assets(name: str) -> list[dg.AssetsDefinition | dg.AssetChecksD
                 "rows_by_taxon": dg.MetadataValue.md(
                     diff.to_markdown() if diff else "no change by uuid"
                 ),
-                "dagster/column_schema": table_schema(expected_schema(name)),
+                "dagster/column_schema": table_schema(
+                    published.manifest.schema or expected_schema(name)
+                ),
                 "dagster/row_count": dg.MetadataValue.int(published.manifest.total_rows),
             },
             data_version=dg.DataVersion(published.commit),
