@@ -387,7 +387,9 @@ def test_bandwidth_fault_caps_the_transfer_rate(hub: LocalHub, repo: Path) -> No
     started = time.monotonic()
     assert len(httpx2.get(url).content) == 2_000_000
     elapsed = time.monotonic() - started
-    assert 0.23 <= elapsed <= 0.6, f"2 MB at 8 MB/s took {elapsed:.2f} s"
+    # The cap is the lower bound; the upper one only says the transfer was not stalled (a loaded
+    # 2-core machine stretches any wall time, so no tight bound above).
+    assert 0.23 <= elapsed <= 5.0, f"2 MB at 8 MB/s took {elapsed:.2f} s"
 
 
 def test_stats_count_requests_and_body_bytes_by_kind(hub: LocalHub, api: HfApi, repo: Path) -> None:
