@@ -27,7 +27,14 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tol_dagster.durable import TEMP_PREFIX, TEMP_SUFFIX, fsync_dir, is_temp_of, write_atomic
+from tol_dagster.durable import (
+    TEMP_PREFIX,
+    TEMP_SUFFIX,
+    fsync_dir,
+    is_temp_of,
+    make_public,
+    write_atomic,
+)
 from tol_dagster.errors import DiskSpaceError, StoreError
 from tol_dagster.hashing import sha256_file
 from tol_dagster.layout import Layout
@@ -190,7 +197,7 @@ def publish_generation(
             _fsync_file(source)
             target = generation / name
             os.link(source, target)
-            os.chmod(target, 0o444)
+            make_public(target, read_only=True)
         fsync_dir(generation)
         fsync_dir(generations)
         _switch_symlink(link, generation)
