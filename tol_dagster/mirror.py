@@ -451,10 +451,16 @@ class AuditReport:
         return not self.drifted
 
 
-def audit_mirror(layout: Layout, config: str, manifest: Manifest) -> AuditReport:
-    """Re-hash every published file against the manifest: bit rot, edits, missing or extra files."""
+def audit_mirror(
+    layout: Layout, config: str, manifest: Manifest, *, generation: Path | None = None
+) -> AuditReport:
+    """Re-hash every published file against the manifest: bit rot, edits, missing or extra files.
+
+    `generation`: the folder to hash, resolved once by the caller (default: the current one),
+    so a publish during the minutes of hashing cannot switch files under the audit."""
     mirror_name = f"mirror/{config}"
-    generation = current_generation(layout, config)
+    if generation is None:
+        generation = current_generation(layout, config)
     drifted: list[Drift] = []
     if generation is None or not generation.is_dir():
         where = "nothing" if generation is None else f"{generation}, which is missing"
