@@ -504,3 +504,10 @@ def audit_mirror(
                 Drift(path.name, f"in {generation} but not in the manifest (added by hand?)")
             )
     return AuditReport(config, generation, checked, hashed, tuple(drifted))
+
+
+# --- contents kept on disk -----------------------------------------------------------------------
+def kept_generations(layout: Layout, config: str) -> list[Path]:
+    """Every generation folder still on disk (current, previous, a crash's), newest first: the
+    places a content reverted upstream can be linked from instead of downloaded again."""
+    return [path for _, path in reversed(_generations(layout, config))]

@@ -24,7 +24,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from tol_dagster import mirror, validation
+from tol_dagster import mirror, reuse, validation
 from tol_dagster.checks import CheckResult
 from tol_dagster.durable import file_lock, write_atomic
 from tol_dagster.errors import IntegrityError, RevisionGone, UpstreamError, ValidationFailed
@@ -380,6 +380,7 @@ def _stage_commit(
     if superseded is not None:
         # Files that landed before the commit vanished were verified against its sha256s.
         _reuse_staged(layout, config, plan, superseded.commit, _identities(superseded.files))
+    reuse.link_kept_contents(layout, config, plan, log=log)
     mirror.check_free_disk(
         layout.store_dir(config), mirror.bytes_still_needed(layout, config, plan)
     )
