@@ -904,6 +904,8 @@ def audit(layout: Layout, config: str, client: HubClient | None = None) -> Check
     if superseded is not None:
         details["superseded"] = True
         behind += f"; {superseded}"
+    elif drifted and not recorded:
+        behind += "; the manifest changed during the audit (another audit?): nothing was recorded"
     if problems:
         return CheckResult(AUDIT_CHECK, False, "; ".join(problems[:10]) + behind, details)
     return CheckResult(
