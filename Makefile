@@ -36,7 +36,7 @@ demo: setup
 	$(BIN)/tol-dagster demo
 
 dev: setup
-	@mkdir -p "$(DAGSTER_HOME)" && cp dagster.yaml "$(DAGSTER_HOME)/dagster.yaml"
+	@mkdir -p "$(DAGSTER_HOME)" && cp tol_dagster/dagster.yaml "$(DAGSTER_HOME)/dagster.yaml"
 	$(BIN)/python -m tol_dagster.dev --local-hub-port $(LOCAL_HUB_PORT) --dagster-port $(DAGSTER_PORT)
 
 lint: setup

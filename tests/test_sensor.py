@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,6 +56,29 @@ def cursor_of(commit: str) -> str:
     return json.dumps({"commit": commit})
 
 
+def record_run(
+    instance: dg.DagsterInstance,
+    request: dg.RunRequest,
+    status: dg.DagsterRunStatus,
+    **tags: str,
+) -> str:
+    """The run the daemon would have launched for `request`, recorded with `status`."""
+    run_id = str(uuid.uuid4())
+    instance.add_run(
+        dg.DagsterRun(
+            job_name="resync_job",
+            run_id=run_id,
+            status=status,
+            tags={**request.tags, "dagster/run_key": request.run_key or "", **tags},
+        )
+    )
+    return run_id
+
+
+def pending_commit(result: dg.SensorExecutionData) -> str | None:
+    return json.loads(result.cursor or "{}").get("pending", {}).get("commit")
+
+
 @pytest.fixture
 def ticks(local_hub: LocalHub, hub_root: Path, tmp_path: Path) -> Iterator[Ticks]:
     """A code location with an empty mirror."""
@@ -92,14 +116,21 @@ def test_the_first_tick_on_an_empty_mirror_requests_a_resync_pinned_to_the_head(
     }, "a resync runs the gate, not the mirror's audit"
     assert request.run_config["ops"][staged_op_name(CONFIG)]["config"]["commit"] == head
     assert request.tags["tol/resync"] == CONFIG
-    assert json.loads(result.cursor or "{}") == {"commit": head}
+    assert request.tags["dagster/max_retries"] == "1", "Dagster retries a failed resync once"
+    cursor = json.loads(result.cursor or "{}")
+    assert cursor["commit"] is None, "the cursor advances only once the resync succeeded"
+    assert pending_commit(result) == head
 
 
 def test_a_tick_without_upstream_change_skips_with_one_hub_request(ticks: Ticks) -> None:
     first = ticks.tick(None)
+    [request] = first.run_requests or []
+    record_run(ticks.instance, request, dg.DagsterRunStatus.SUCCESS)
+    advanced = ticks.tick(first.cursor)
+    assert json.loads(advanced.cursor or "{}") == {"commit": ticks.hub.head_commit()}
     ticks.hub.reset()
 
-    second = ticks.tick(first.cursor)
+    second = ticks.tick(advanced.cursor)
 
     assert not second.run_requests
     assert second.skip_message and "unchanged" in second.skip_message
@@ -117,7 +148,8 @@ def test_an_upstream_edit_requests_a_resync_of_the_new_commit(synced: Ticks) -> 
     [request] = result.run_requests or []
     assert after in (request.run_key or "") and before not in (request.run_key or "")
     assert request.tags["tol/plan"].startswith("0 added, 1 changed, 0 removed")
-    assert json.loads(result.cursor or "{}") == {"commit": after}
+    assert json.loads(result.cursor or "{}")["commit"] == before
+    assert pending_commit(result) == after
     requests = {kind: n for kind, n in synced.requests().items() if n}
     assert requests == {"info": 2, "tree": 1}, "head, then one listing of the config at it"
 
@@ -189,3 +221,80 @@ def test_the_minimum_interval_comes_from_the_environment(tmp_path: Path) -> None
 
     assert sensor.minimum_interval_seconds == 17
     assert sensor.default_status == dg.DefaultSensorStatus.STOPPED
+
+
+# --- the cursor follows the requested runs ---------------------------------------------------------
+
+
+def test_the_cursor_advances_only_when_the_requested_resync_succeeded(synced: Ticks) -> None:
+    before = synced.hub.head_commit()
+    valid_edit(synced.root, file_names(synced.root)[1])
+    after = synced.hub.head_commit()
+    first = synced.tick(cursor_of(before))
+    [request] = first.run_requests or []
+
+    never_launched = synced.tick(first.cursor)
+    [again] = never_launched.run_requests or []
+    assert again.run_key == request.run_key, "a request the daemon never launched is asked again"
+
+    run_id = record_run(synced.instance, request, dg.DagsterRunStatus.STARTED)
+    running = synced.tick(first.cursor)
+    assert not running.run_requests
+    assert running.skip_message and "in progress" in running.skip_message
+    assert run_id in running.skip_message
+    assert json.loads(running.cursor or "{}")["commit"] == before
+
+    synced.instance.report_run_failed(synced.instance.get_run_by_id(run_id))  # type: ignore[arg-type]
+    failed = synced.tick(running.cursor)
+    [retry] = failed.run_requests or []
+    assert retry.run_key == f"{request.run_key}:attempt-2"
+    assert retry.run_config == request.run_config and retry.tags["tol/commit"] == after
+    assert json.loads(failed.cursor or "{}")["commit"] == before, "a failure keeps the cursor"
+
+    record_run(synced.instance, retry, dg.DagsterRunStatus.SUCCESS)
+    done = synced.tick(failed.cursor)
+    assert not done.run_requests
+    assert json.loads(done.cursor or "{}") == {"commit": after}
+    assert synced.tick(done.cursor).skip_message == f"upstream unchanged at {after[:12]}"
+
+
+def test_a_failure_the_daemon_will_retry_is_waited_for_not_requested_again(
+    synced: Ticks,
+) -> None:
+    before = synced.hub.head_commit()
+    valid_edit(synced.root, file_names(synced.root)[1])
+    first = synced.tick(cursor_of(before))
+    [request] = first.run_requests or []
+    record_run(
+        synced.instance, request, dg.DagsterRunStatus.FAILURE, **{"dagster/will_retry": "true"}
+    )
+
+    result = synced.tick(first.cursor)
+
+    assert not result.run_requests
+    assert result.skip_message and "in progress" in result.skip_message
+
+
+def test_after_three_failed_attempts_the_sensor_gives_up_until_upstream_changes(
+    synced: Ticks,
+) -> None:
+    before = synced.hub.head_commit()
+    valid_edit(synced.root, file_names(synced.root)[1])
+    cursor = synced.tick(cursor_of(before)).cursor
+    keys = []
+    for _ in range(3):
+        result = synced.tick(cursor)
+        [request] = result.run_requests or []
+        keys.append(request.run_key)
+        record_run(synced.instance, request, dg.DagsterRunStatus.FAILURE)
+        cursor = result.cursor
+
+    gave_up = synced.tick(cursor)
+
+    assert len(set(keys)) == 3
+    assert not gave_up.run_requests
+    assert gave_up.skip_message and "failed 3 times" in gave_up.skip_message
+    assert json.loads(gave_up.cursor or "{}")["commit"] == before
+    valid_edit(synced.root, file_names(synced.root)[1])
+    [newer] = synced.tick(gave_up.cursor).run_requests or []
+    assert synced.hub.head_commit() in (newer.run_key or ""), "a newer commit is tried afresh"

@@ -24,7 +24,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from tol_dagster.durable import TEMP_PREFIX, TEMP_SUFFIX, file_lock, fsync_dir
+from tol_dagster.durable import TEMP_PREFIX, TEMP_SUFFIX, file_lock, fsync_dir, make_public
 from tol_dagster.errors import SliceNotPublished
 from tol_dagster.layout import Layout
 from tol_dagster.settings import Settings
@@ -134,6 +134,7 @@ def _publish(layout: Layout, config: str, rows: list[dict[str, object]]) -> pa.T
         dir=path.parent, prefix=f"{TEMP_PREFIX}{path.name}.", suffix=TEMP_SUFFIX
     )
     try:
+        make_public(fd)
         with os.fdopen(fd, "wb") as handle:
             pq.write_table(table, handle, compression="zstd")
             handle.flush()

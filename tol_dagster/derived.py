@@ -21,6 +21,7 @@ import pyarrow as pa
 import pyarrow.feather as feather
 import pyarrow.parquet as pq
 
+from tol_dagster.durable import make_public
 from tol_dagster.layout import Layout
 from tol_dagster.mirror_files import MirrorFile
 
@@ -70,7 +71,10 @@ def atomic_path(path: Path) -> Iterator[Path]:
     """A temp path next to `path`, renamed onto it when the block succeeds, removed otherwise."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    try:
+        make_public(fd)  # writers reopen the path: the mode stays, not mkstemp's 0600
+    finally:
+        os.close(fd)
     try:
         yield Path(tmp)
         os.replace(tmp, path)

@@ -6,12 +6,48 @@ import contextlib
 import fcntl
 import os
 import tempfile
+import threading
 from collections.abc import Iterator
+from functools import cache
 from pathlib import Path
 
 #: Prefix and suffix of the temporary files `write_atomic` leaves behind only if killed mid-write.
 TEMP_PREFIX = "."
 TEMP_SUFFIX = ".tmp"
+
+
+_UMASK_LOCK = threading.Lock()
+
+
+@cache
+def process_umask() -> int:
+    """The process umask, read once. `os.umask` can only be read by setting it, which races
+    with threads creating files, so Linux's /proc is asked first; the swap is the fallback."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    with _UMASK_LOCK:
+        mask = os.umask(0o077)
+        os.umask(mask)
+    return mask
+
+
+def public_mode(*, read_only: bool = False) -> int:
+    """The mode an ordinary `open()` would give a new file (0644 under umask 022): temp files
+    from `mkstemp` are 0600, which would hide published files from everyone else."""
+    return (0o444 if read_only else 0o666) & ~process_umask()
+
+
+def make_public(target: int | Path, *, read_only: bool = False) -> None:
+    """chmod a file (by fd or path) to `public_mode`, before it is renamed into place."""
+    if isinstance(target, int):
+        os.fchmod(target, public_mode(read_only=read_only))
+    else:
+        os.chmod(target, public_mode(read_only=read_only))
 
 
 def fsync_dir(path: Path) -> None:
@@ -30,6 +66,7 @@ def write_atomic(path: Path, data: bytes) -> None:
         dir=path.parent, prefix=f"{TEMP_PREFIX}{path.name}.", suffix=TEMP_SUFFIX
     )
     try:
+        make_public(fd)
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()

@@ -7,15 +7,18 @@ command line, `make dev` and runs launched by the daemon from another directory 
 from __future__ import annotations
 
 import os
-import shutil
+from importlib import resources
 from pathlib import Path
 
 import dagster as dg
 
+from tol_dagster.durable import write_atomic
 from tol_dagster.settings import Settings
 
-#: The project's instance settings (queue limits, run monitoring), shipped at the repo's top.
-INSTANCE_YAML = Path(__file__).resolve().parents[1] / "dagster.yaml"
+#: The project's instance settings (queue limits, run retries, run monitoring), shipped inside
+#: the package so a non-editable install keeps them; the repo's top holds an identical copy
+#: for people who run `dagster dev` by hand.
+INSTANCE_YAML = resources.files("tol_dagster").joinpath("dagster.yaml")
 
 
 def ensure_dagster_home(settings: Settings) -> Path:
@@ -28,9 +31,14 @@ def ensure_dagster_home(settings: Settings) -> Path:
     home.mkdir(parents=True, exist_ok=True)
     os.environ["DAGSTER_HOME"] = str(home)
     target = home / "dagster.yaml"
-    if not target.exists() and INSTANCE_YAML.exists():
-        shutil.copyfile(INSTANCE_YAML, target)
+    if not target.exists():
+        install_instance_yaml(target)
     return home
+
+
+def install_instance_yaml(target: Path) -> None:
+    """Write the packaged dagster.yaml to `target` (whole or not at all: the daemon may read it)."""
+    write_atomic(target, INSTANCE_YAML.read_bytes())
 
 
 def open_instance(settings: Settings) -> dg.DagsterInstance:

@@ -27,7 +27,14 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tol_dagster.durable import TEMP_PREFIX, TEMP_SUFFIX, fsync_dir, is_temp_of, write_atomic
+from tol_dagster.durable import (
+    TEMP_PREFIX,
+    TEMP_SUFFIX,
+    fsync_dir,
+    is_temp_of,
+    make_public,
+    write_atomic,
+)
 from tol_dagster.errors import DiskSpaceError, StoreError
 from tol_dagster.hashing import sha256_file
 from tol_dagster.layout import Layout
@@ -190,7 +197,7 @@ def publish_generation(
             _fsync_file(source)
             target = generation / name
             os.link(source, target)
-            os.chmod(target, 0o444)
+            make_public(target, read_only=True)
         fsync_dir(generation)
         fsync_dir(generations)
         _switch_symlink(link, generation)
@@ -444,10 +451,16 @@ class AuditReport:
         return not self.drifted
 
 
-def audit_mirror(layout: Layout, config: str, manifest: Manifest) -> AuditReport:
-    """Re-hash every published file against the manifest: bit rot, edits, missing or extra files."""
+def audit_mirror(
+    layout: Layout, config: str, manifest: Manifest, *, generation: Path | None = None
+) -> AuditReport:
+    """Re-hash every published file against the manifest: bit rot, edits, missing or extra files.
+
+    `generation`: the folder to hash, resolved once by the caller (default: the current one),
+    so a publish during the minutes of hashing cannot switch files under the audit."""
     mirror_name = f"mirror/{config}"
-    generation = current_generation(layout, config)
+    if generation is None:
+        generation = current_generation(layout, config)
     drifted: list[Drift] = []
     if generation is None or not generation.is_dir():
         where = "nothing" if generation is None else f"{generation}, which is missing"
@@ -491,3 +504,10 @@ def audit_mirror(layout: Layout, config: str, manifest: Manifest) -> AuditReport
                 Drift(path.name, f"in {generation} but not in the manifest (added by hand?)")
             )
     return AuditReport(config, generation, checked, hashed, tuple(drifted))
+
+
+# --- contents kept on disk -----------------------------------------------------------------------
+def kept_generations(layout: Layout, config: str) -> list[Path]:
+    """Every generation folder still on disk (current, previous, a crash's), newest first: the
+    places a content reverted upstream can be linked from instead of downloaded again."""
+    return [path for _, path in reversed(_generations(layout, config))]

@@ -10,6 +10,7 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 
 from tol_dagster.errors import SettingsError
@@ -19,8 +20,8 @@ from tol_dagster.schema import DEFAULT_CONFIG
 PUBLIC_HUB = "https://huggingface.co"
 DEFAULT_REPO_ID = "imageomics/TreeOfLife-200M-Embeddings"
 DEFAULT_HOME = "./tol_data"
-#: The slices published by default, declared in the repo next to the package.
-DEFAULT_SLICES_FILE = Path(__file__).resolve().parents[1] / "slices.yaml"
+#: The slices published by default, shipped inside the package (so a non-editable install has it).
+DEFAULT_SLICES_FILE = Path(str(resources.files("tol_dagster").joinpath("slices.yaml")))
 
 #: The Hub client's environment when it talks to the local Hub (tests, demo, benchmarks). The
 #: client reads it once, at import: set it before anything imports huggingface_hub. Telemetry

@@ -55,7 +55,7 @@ import pyarrow.parquet as pq
 
 from tol_dagster import duck
 from tol_dagster.checks import CheckResult
-from tol_dagster.durable import TEMP_PREFIX, TEMP_SUFFIX, fsync_dir
+from tol_dagster.durable import TEMP_PREFIX, TEMP_SUFFIX, fsync_dir, make_public
 from tol_dagster.errors import StoreError, ValidationFailed
 from tol_dagster.mirror_files import MirrorFile
 from tol_dagster.parquet_bytes import (
@@ -937,7 +937,10 @@ def _temp_path(out: Path) -> Path:
     fd, name = tempfile.mkstemp(
         dir=out.parent, prefix=f"{TEMP_PREFIX}{out.name}.", suffix=TEMP_SUFFIX
     )
-    os.close(fd)
+    try:
+        make_public(fd)  # reopened by name below: the mode stays, not mkstemp's 0600
+    finally:
+        os.close(fd)
     return Path(name)
 
 

@@ -4,6 +4,12 @@ One cheap request per tick while nothing changed (the repo's head commit). On a 
 one tree listing per config and a diff by sha256 against the manifest: a run is requested only
 for configs whose files or card count changed, pinned to that commit, with a run key that
 includes the commit so a real change is never dropped as a duplicate.
+
+The cursor advances to a commit only once every resync requested for it succeeded: until then
+it keeps `pending` (the commit, and per config the run key and plan), and each tick looks the
+runs up: a failure is requested again under a new run key (`...:attempt-N`, see `attempts`), a
+run in progress makes the tick skip with the reason. A newer upstream commit replaces the
+pending one (its resync syncs the newest state anyway).
 """
 
 import json
@@ -12,6 +18,7 @@ from collections.abc import Sequence
 import dagster as dg
 
 from tol_dagster import sync
+from tol_dagster.defs.attempts import RUN_RETRY_TAGS, next_attempt
 from tol_dagster.defs.jobs import RESYNC_JOB, resync_run_tags
 from tol_dagster.defs.keys import resync_check_keys, resync_keys, staged_op_name
 from tol_dagster.defs.resources import HubResource, StorageResource
@@ -47,10 +54,14 @@ def build_upstream_change_sensor(
         except UpstreamError as error:
             context.log.warning(f"Hub unreachable, will retry on a later tick: {error}")
             return dg.SkipReason(f"Hub unreachable: {error}")
-        if cursor.get("commit") == head:
+        pending = cursor.get("pending")
+        if pending and pending.get("commit") == head:
+            return _follow_up(context, cursor, pending)
+        if not pending and cursor.get("commit") == head:
             return dg.SkipReason(f"upstream unchanged at {head[:12]}")
 
         requests = []
+        plans: dict[str, dict[str, str]] = {}
         for config in configs:
             try:
                 remote = client.remote_config(config, commit=head)
@@ -63,15 +74,52 @@ def build_upstream_change_sensor(
             context.log.info(f"{config} @ {head[:12]}: {decision.reason}")
             if not decision.needs_run:
                 continue
-            requests.append(
-                dg.RunRequest(
-                    run_key=f"{config}@{head}:{sync.remote_version(remote)}",
-                    asset_selection=resync_keys(config),
-                    asset_check_keys=resync_check_keys(config),
-                    run_config={"ops": {staged_op_name(config): {"config": {"commit": head}}}},
-                    tags={**resync_run_tags(config, head), "tol/plan": decision.reason[:200]},
-                )
-            )
-        return dg.SensorResult(run_requests=requests, cursor=json.dumps({"commit": head}))
+            base = f"{config}@{head}:{sync.remote_version(remote)}"
+            plans[config] = {"run_key": base, "plan": decision.reason[:200]}
+            requests.append(_resync_request(config, head, base, decision.reason[:200]))
+        if not requests:
+            return dg.SensorResult(cursor=json.dumps({"commit": head}))
+        done = cursor.get("commit")
+        return dg.SensorResult(
+            run_requests=requests,
+            cursor=json.dumps({"commit": done, "pending": {"commit": head, "configs": plans}}),
+        )
 
     return upstream_change_sensor
+
+
+def _resync_request(config: str, head: str, run_key: str, plan: str) -> dg.RunRequest:
+    """A resync of `config` pinned to `head`; Dagster retries it once if it fails."""
+    return dg.RunRequest(
+        run_key=run_key,
+        asset_selection=resync_keys(config),
+        asset_check_keys=resync_check_keys(config),
+        run_config={"ops": {staged_op_name(config): {"config": {"commit": head}}}},
+        tags={**resync_run_tags(config, head), **RUN_RETRY_TAGS, "tol/plan": plan},
+    )
+
+
+def _follow_up(context: dg.SensorEvaluationContext, cursor: dict, pending: dict) -> dg.SensorResult:
+    """The resyncs requested for the head commit: advance the cursor once all succeeded,
+    request a failed one again under its next attempt's run key, else say what is waited for."""
+    head: str = pending["commit"]
+    requests, waiting = [], []
+    for config, plan in pending["configs"].items():
+        attempt = next_attempt(context.instance, plan["run_key"])
+        if attempt.state == "succeeded":
+            continue
+        what = f"resync of {config} @ {head[:12]}"
+        context.log.info(attempt.describe(what))
+        if attempt.run_key is not None:
+            requests.append(_resync_request(config, head, attempt.run_key, plan["plan"]))
+        else:
+            waiting.append(attempt.describe(what))
+    if requests or waiting:  # the cursor stays; a config that gave up waits for a newer commit
+        return dg.SensorResult(
+            run_requests=requests,
+            skip_reason=None if requests else "; ".join(waiting),
+            cursor=json.dumps(cursor),
+        )
+    return dg.SensorResult(
+        skip_reason=f"resync of {head[:12]} succeeded", cursor=json.dumps({"commit": head})
+    )

@@ -6,6 +6,11 @@ index and centroids for the new mirror generation (incremental: only changed fil
 scanned); once the index is rebuilt, it diffs the index before and after and requests only
 the slices whose taxa have rows in changed files (plus declared slices never built); then it
 refreshes the catalog. Slices declared in the slices file become partitions here.
+
+Each request stays in the cursor (`pending`, by base run key) until its run succeeded: a run
+that failed for good is requested again on a later tick under its next attempt's run key (see
+`attempts`), up to `attempts.MAX_ATTEMPTS`; sensor-launched runs also carry Dagster's run retry
+tags. The derived request needs no entry: it is re-evaluated every tick until the index is built.
 """
 
 import hashlib
@@ -16,6 +21,7 @@ from pathlib import Path
 import dagster as dg
 
 from tol_dagster import published
+from tol_dagster.defs.attempts import RUN_RETRY_TAGS, next_attempt
 from tol_dagster.defs.jobs import CATALOG_JOB, DERIVED_JOB, slices_job_name
 from tol_dagster.defs.keys import asset_key, derived_keys, slices_partitions_name
 from tol_dagster.defs.resources import StorageResource
@@ -81,12 +87,17 @@ def _evaluate(
         context.log.info(
             f"{config}: mirror generation {generation} is new; rebuilding summaries, index, centroids"
         )
+        attempt = next_attempt(context.instance, f"{config}:derived:{generation}")
+        if attempt.run_key is None:
+            context.log.info(attempt.describe(f"{config}: derived outputs of {generation}"))
+            return [], [], state
         return (
             [
                 dg.RunRequest(
-                    run_key=f"{config}:derived:{generation}",
+                    run_key=attempt.run_key,
                     job_name=DERIVED_JOB,
                     asset_selection=derived_keys(config),
+                    tags=RUN_RETRY_TAGS,
                 )
             ],
             [],
@@ -98,20 +109,17 @@ def _evaluate(
     declared = published.declared_slices(slices_file, config)
     add = [key for key in declared if key not in existing]
     keys = sorted(existing | set(declared))
-    requests: list[dg.RunRequest] = []
+    pending: dict[str, dict] = dict(state.get("pending", {}))
     if state.get("slices_generation") != generation or add:
         todo, changed = published.slices_to_rebuild(layout, config, keys, built)
         context.log.info(
             f"{config}: {len(changed)} files changed; rebuilding {len(todo)} of {len(keys)} slices"
         )
-        requests += [
-            dg.RunRequest(
-                run_key=f"{config}:slice:{key}:{generation}",
-                job_name=slices_job_name(config),
-                partition_key=key,
-            )
-            for key in todo
-        ]
+        for key in todo:
+            pending[f"{config}:slice:{key}:{generation}"] = {
+                "job": slices_job_name(config),
+                "partition": key,
+            }
         state = {**state, "slices_generation": generation}
     records_now = published.slice_records(layout, config)
     # The whole record, not only its sha256: a slice rebuilt with the same bytes (a resync that
@@ -127,12 +135,43 @@ def _evaluate(
         + json.dumps(sorted(existing)).encode()
     ).hexdigest()[:16]
     if records_now and fingerprint != state.get("catalog"):
+        catalog_prefix = f"{config}:catalog:"
+        pending = {k: v for k, v in pending.items() if not k.startswith(catalog_prefix)}
+        pending[f"{catalog_prefix}{fingerprint}"] = {
+            "job": CATALOG_JOB,
+            "assets": [asset_key(config, "catalog").to_user_string()],
+        }
+        state = {**state, "catalog": fingerprint}
+    requests, pending = _attempts(context, pending)
+    return requests, add, {**state, "pending": pending}
+
+
+def _attempts(
+    context: dg.SensorEvaluationContext, pending: dict[str, dict]
+) -> tuple[list[dg.RunRequest], dict[str, dict]]:
+    """Requests for the pending runs still to launch or to retry; drops those that succeeded
+    or failed `MAX_ATTEMPTS` times (logged)."""
+    requests: list[dg.RunRequest] = []
+    still: dict[str, dict] = {}
+    for base, spec in pending.items():
+        attempt = next_attempt(context.instance, base)
+        if attempt.settled:
+            if attempt.state == "gave up":
+                context.log.warning(attempt.describe(base))
+            continue
+        still[base] = spec
+        if attempt.run_key is None:
+            continue
+        assets = spec.get("assets")
         requests.append(
             dg.RunRequest(
-                run_key=f"{config}:catalog:{fingerprint}",
-                job_name=CATALOG_JOB,
-                asset_selection=[asset_key(config, "catalog")],
+                run_key=attempt.run_key,
+                job_name=spec["job"],
+                partition_key=spec.get("partition"),
+                asset_selection=[dg.AssetKey.from_user_string(a) for a in assets]
+                if assets
+                else None,
+                tags=RUN_RETRY_TAGS,
             )
         )
-        state = {**state, "catalog": fingerprint}
-    return requests, add, state
+    return requests, still
