@@ -27,11 +27,12 @@ import pytest
 from mirror_testing import resync_one_file
 from resync_testing import CONFIG, synced_home
 
-from tol_dagster import catalog, mirror, summaries, taxon_index
+from tol_dagster import catalog, mirror, summaries, sync, taxon_index
 from tol_dagster.defs.keys import asset_key
 from tol_dagster.defs.published_assets import build_published_assets
 from tol_dagster.defs.resources import StorageResource
 from tol_dagster.derived import derived_path
+from tol_dagster.errors import StoreError
 from tol_dagster.layout import Layout
 from tol_dagster.manifest import load_manifest, save_manifest
 from tol_dagster.pins import read_record
@@ -342,3 +343,39 @@ def test_a_publish_during_a_derived_build_caches_results_of_the_bytes_read(
     assert _rows_counted(part, build) == old_rows  # gen N's bytes under gen N's sha256
     built = layout.state_dir(CONFIG) / f"built-{build}.json"
     assert old.name in built.read_text()  # recorded as built from the generation it read
+
+
+# --- the gate reads unchanged files from one pinned generation -------------------------------------
+
+
+def test_the_gate_refuses_unchanged_files_the_pinned_generation_no_longer_holds(
+    synced_home: Path, tmp_path: Path
+) -> None:
+    home = tmp_path / "home"
+    shutil.copytree(synced_home, home, symlinks=True)
+    layout = Layout(home)
+    manifest = load_manifest(layout, CONFIG)
+    assert manifest is not None
+    state = sync.StagedState(
+        config=CONFIG,
+        repo_id=manifest.repo_id,
+        commit=manifest.upstream_commit,
+        expected_rows=manifest.card_expected_rows,
+        added=[],
+        changed=[],
+        removed=[],
+        files=[
+            sync.StagedFile(e.name, e.path, e.sha256, e.size, "current", rows=e.rows)
+            for e in manifest.entries
+        ],
+    )
+    assert all(r.passed for r in sync.gate(layout, state, max_row_loss=0.01))
+
+    old_files = mirror.pin_generation(layout, CONFIG, lease=False).mirror_files()
+    new_files = resync_one_file(old_files, 0, tmp_path / "upstream")
+    mirror.publish_generation(
+        layout, CONFIG, commit="next", files={f.name: f.path for f in new_files}
+    )  # a publish this staged state knows nothing of: its file 0 is not these bytes any more
+
+    with pytest.raises(StoreError, match=f"{new_files[0].name}.*changed since this sync staged"):
+        sync.gate(layout, state, max_row_loss=0.01)
