@@ -445,12 +445,16 @@ def _stage_commit(
         for future, remote_file in futures.items():
             results[remote_file.name] = future.result()
 
-    current = mirror.current_generation(layout, config)
+    current = mirror.pin_generation(layout, config, lease=False) if plan.unchanged else None
     kept = manifest.by_name if manifest else {}
     for name in plan.unchanged:
         entry = kept[name]
-        if current is not None and not _facts_path(layout, config, entry.sha256).is_file():
-            file_facts(layout, config, current / name, entry.sha256)
+        if (
+            current is not None
+            and current.files.get(name) == entry.sha256  # facts of these very bytes only
+            and not _facts_path(layout, config, entry.sha256).is_file()
+        ):
+            file_facts(layout, config, current.path / name, entry.sha256)
         results[name] = StagedFile(
             name, entry.path, entry.sha256, entry.size, "current", rows=entry.rows
         )
