@@ -28,7 +28,7 @@ from mirror_testing import resync_one_file
 from resync_testing import CONFIG, synced_home
 
 from tol_dagster import catalog, mirror, summaries, sync, taxon_index
-from tol_dagster.defs.keys import asset_key
+from tol_dagster.defs.keys import asset_key, slices_partitions_name
 from tol_dagster.defs.published_assets import build_published_assets
 from tol_dagster.defs.resources import StorageResource
 from tol_dagster.derived import derived_path
@@ -36,6 +36,7 @@ from tol_dagster.errors import StoreError
 from tol_dagster.layout import Layout
 from tol_dagster.manifest import load_manifest, save_manifest
 from tol_dagster.pins import read_record
+from tol_dagster.slice_keys import parse_slice_key
 
 __all__ = ["synced_home"]  # a fixture, imported to be found
 
@@ -379,3 +380,57 @@ def test_the_gate_refuses_unchanged_files_the_pinned_generation_no_longer_holds(
 
     with pytest.raises(StoreError, match=f"{new_files[0].name}.*changed since this sync staged"):
         sync.gate(layout, state, max_row_loss=0.01)
+
+
+def publish_file_0_changed(layout: Layout, upstream: Path) -> Path:
+    """Publish a generation whose file 0 upstream rewrote (manifest included, as a resync does)."""
+    old_files = mirror.pin_generation(layout, CONFIG, lease=False).mirror_files()
+    new_files = resync_one_file(old_files, 0, upstream)
+    generation = mirror.publish_generation(
+        layout,
+        CONFIG,
+        commit="next",
+        files={f.name: f.path for f in new_files},
+        sha256s={f.name: f.sha256 for f in new_files},
+    )
+    manifest = load_manifest(layout, CONFIG)
+    assert manifest is not None
+    entries = tuple(
+        replace(e, sha256=new_files[0].sha256) if e.name == new_files[0].name else e
+        for e in manifest.entries
+    )
+    save_manifest(layout, replace(manifest, generation=generation.name, entries=entries))
+    return generation
+
+
+def test_a_slice_of_a_generation_newer_than_the_index_is_found_by_scanning_that_generation(
+    synced_home: Path, tmp_path: Path
+) -> None:
+    home = tmp_path / "home"
+    shutil.copytree(synced_home, home, symlinks=True)
+    layout = Layout(home)
+    resources = {"storage": StorageResource(home=str(home))}
+    assets = build_published_assets(CONFIG)
+    [index] = [a for a in assets if asset_key(CONFIG, "taxon_index") in a.keys]
+    [slices] = [a for a in assets if asset_key(CONFIG, "slices") in a.keys]
+    assert dg.materialize([index], resources=resources).success  # built from generation N
+    generation = publish_file_0_changed(layout, tmp_path / "upstream")
+    changed = generation / sorted(p.name for p in generation.iterdir())[0]
+    [(family, _)] = duckdb.execute(
+        "SELECT family, count(*) FROM read_parquet(?) WHERE family IS NOT NULL "
+        "GROUP BY 1 ORDER BY 2 DESC LIMIT 1",
+        [str(changed)],
+    ).fetchall()
+    key = f"family={family}"
+
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions(slices_partitions_name(CONFIG), [key])
+        result = dg.materialize([slices], partition_key=key, instance=instance, resources=resources)
+        assert result.success
+
+    expected = duckdb.execute(
+        "SELECT uuid FROM read_parquet(?) WHERE family = ?",
+        [[str(p) for p in sorted(generation.glob("*.parquet"))], family],
+    ).fetchall()
+    written = pq.read_table(layout.slices_dir(CONFIG) / parse_slice_key(key).file_name)
+    assert written.column("uuid").to_pylist() == [u for (u,) in expected]
