@@ -99,9 +99,9 @@ def unleased(layout: Layout, config: str, name: str) -> Iterator[bool]:
     can take one until the block ends), False if a lease is held. The lease file goes with
     the block when True: remove the generation inside it."""
     path = lease_path(layout, config, name)
-    if not path.exists():
-        yield True
-        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Always through the file, never "no file, no lease": a reader creating it right now must
+    # wait for the removal to end, then find the folder gone.
     with open(path, "ab") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
