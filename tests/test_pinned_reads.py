@@ -137,6 +137,34 @@ def test_a_reader_of_mirror_files_sees_one_generation_while_20_publishes_run(
     assert [m[0] for m, _ in queries] == [{"A": "B", "B": "A"}[m[0]] for m in through_symlink]
 
 
+def test_a_leased_reader_keeps_its_generation_through_publishes_and_a_grace_of_zero(
+    layout: Layout, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TOL_GENERATION_GRACE_S", "0")
+    contents = {marker: write_content(layout, marker) for marker in CONTENT}
+    publish(layout, "A", contents["A"])
+    pinned_names = []
+    for _ in range(5):
+        with mirror.pin_generation(layout, CONFIG) as pin:
+            paths = pin.paths()
+
+            def two_publishes() -> None:  # the pinned one is then neither current nor previous
+                for marker in ("B", "A"):
+                    publish(layout, marker, contents[marker])
+                    mirror.cleanup(layout, CONFIG, keep_commit=None, wanted_sha256s=())
+
+            markers = markers_of(paths, between=two_publishes)
+            assert markers == ["A"] * len(paths) and len(paths) == 3
+            assert pin.path not in {
+                mirror.current_generation(layout, CONFIG),
+                mirror.previous_generation(layout, CONFIG),
+            }
+            pinned_names.append(pin.name)
+    report = mirror.cleanup(layout, CONFIG, keep_commit=None, wanted_sha256s=())
+    assert [p.name for p in report.generations] == pinned_names[-1:]  # only its lease kept it
+    assert not set(pinned_names) & set(generations_on_disk(layout))  # each went once released
+
+
 def test_mirror_files_are_the_generations_own_paths_in_global_order(layout: Layout) -> None:
     generation = publish(layout, "A", write_content(layout, "A"))
     paths = catalog.mirror_files(home=layout.home)  # the only mirrored config
@@ -304,26 +332,7 @@ def test_a_publish_during_a_derived_build_caches_results_of_the_bytes_read(
         """The build has resolved its files; upstream's change to file 0 is published now,
         manifest included, as a concurrent resync would."""
         if not new_generation:
-            new_files = resync_one_file(old_files, 0, tmp_path / "upstream")
-            new_generation.append(
-                mirror.publish_generation(
-                    layout,
-                    CONFIG,
-                    commit="next",
-                    files={f.name: f.path for f in new_files},
-                    sha256s={f.name: f.sha256 for f in new_files},
-                )
-            )
-            manifest = load_manifest(layout, CONFIG)
-            assert manifest is not None
-            entries = tuple(
-                replace(e, sha256=new_files[0].sha256) if e.name == new_files[0].name else e
-                for e in manifest.entries
-            )
-            save_manifest(
-                layout,
-                replace(manifest, generation=new_generation[0].name, entries=entries),
-            )
+            new_generation.append(publish_file_0_changed(layout, tmp_path / "upstream"))
         return real(*args)
 
     monkeypatch.setattr(module, hooked, publish_mid_build)
