@@ -4,7 +4,9 @@
 
 Reads the slice through the catalog API (no path spelled out), holds out every fifth image
 of each species (by uuid, so the split is stable), classifies the held-out images by the
-nearest species centroid in cosine space, and prints the accuracy next to chance.
+nearest species centroid in cosine space, and prints the accuracy next to chance, and what
+share of the mirror the slice is (counted over `mirror_files()`: one generation, even if a
+resync publishes meanwhile).
 """
 
 from __future__ import annotations
@@ -14,8 +16,9 @@ import hashlib
 import sys
 
 import numpy as np
+import pyarrow.parquet as pq
 
-from tol_dagster.catalog import read_arrow
+from tol_dagster.catalog import mirror_files, read_arrow
 
 
 def embeddings(table) -> np.ndarray:  # type: ignore[no-untyped-def]
@@ -66,6 +69,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.key}: {len(classes)} species, {int((~test).sum())} training / {int(evaluated.sum())} "
         f"held-out images; nearest-centroid accuracy {accuracy:.3f} (chance {1 / len(classes):.3f})"
     )
+    mirrored = sum(pq.read_metadata(path).num_rows for path in mirror_files(config=args.config))
+    print(f"{args.key}: {table.num_rows} of the mirror's {mirrored} images")
     return 0
 
 

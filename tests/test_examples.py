@@ -22,6 +22,7 @@ from tol_dagster.defs.keys import asset_key
 from tol_dagster.hub import HubClient
 from tol_dagster.layout import Layout
 from tol_dagster.localhub import LocalHub
+from tol_dagster.manifest import load_manifest
 from tol_dagster.sample import build_sample
 from tol_dagster.settings import Settings
 
@@ -81,6 +82,15 @@ def test_nearest_centroid_classifies_a_published_family_well_above_chance(
     assert training + held_out <= rows
     assert chance == pytest.approx(1 / species, abs=1e-3)
     assert accuracy >= chance + (1 - chance) / 2, done.stdout
+    mirrored = re.search(r"family=Felidae: (\d+) of the mirror's (\d+) images", done.stdout)
+    assert mirrored, done.stdout
+    assert (int(mirrored[1]), int(mirrored[2])) == (rows, _mirror_rows(published_home))
+
+
+def _mirror_rows(home: Path) -> int:
+    manifest = load_manifest(Layout(home), CONFIG)
+    assert manifest is not None
+    return manifest.total_rows
 
 
 def _load(path: Path) -> ModuleType:
@@ -103,6 +113,8 @@ def test_the_downstream_location_loads_depends_on_the_stable_keys_and_reads_the_
     assert ours.resolve_assets_def(catalog_key).keys == {catalog_key}
     inventory = downstream.defs.resolve_assets_def("slice_inventory")
     assert inventory.asset_deps[inventory.key] == {catalog_key}
+    kingdom_counts = downstream.defs.resolve_assets_def("kingdom_counts")
+    assert kingdom_counts.asset_deps[kingdom_counts.key] == {asset_key(CONFIG, "mirror")}
 
     with dg.instance_for_test() as instance:
         result = downstream.defs.resolve_implicit_global_asset_job_def().execute_in_process(
@@ -110,7 +122,10 @@ def test_the_downstream_location_loads_depends_on_the_stable_keys_and_reads_the_
         )
         assert result.success
         [materialized] = result.asset_materializations_for_node("slice_inventory")
+        [kingdoms] = result.asset_materializations_for_node("kingdom_counts")
 
     published = list_slices(config=CONFIG, home=published_home)
     assert materialized.metadata["slices"].value == len(published) == 1
+    assert kingdoms.metadata["images"].value == _mirror_rows(published_home)
+    assert kingdoms.metadata["files"].value == EXAMPLE_SAMPLE["files"]
     assert materialized.metadata["images"].value == int(published["rows"].sum()) > 0

@@ -296,7 +296,7 @@ def test_cleanup_keeps_current_and_previous_and_frees_the_rest(layout: Layout) -
     temp.write_bytes(b"t" * 9)
     reason_size = old_reason.stat().st_size
 
-    report = cleanup(layout, CONFIG, keep_commit="c3", wanted_sha256s={wanted})
+    report = cleanup(layout, CONFIG, keep_commit="c3", wanted_sha256s={wanted}, grace_s=0)
 
     assert report.generations == (gens[0],)
     assert [p.name for p in report.staging] == ["c1", "c2", "c9"]
@@ -313,7 +313,7 @@ def test_cleanup_keeps_current_and_previous_and_frees_the_rest(layout: Layout) -
     assert partial_path(layout, CONFIG, wanted).exists()
     assert [q.path for q in list_quarantine(layout, CONFIG)] == [young]
     assert mirror_glob(layout) == {"a.parquet": b"3" * 1000, "b.parquet": b"b" * 50}
-    again = cleanup(layout, CONFIG, keep_commit="c3", wanted_sha256s={wanted})
+    again = cleanup(layout, CONFIG, keep_commit="c3", wanted_sha256s={wanted}, grace_s=0)
     assert (again.removed, again.bytes_freed) == ((), 0)
 
 
@@ -323,7 +323,7 @@ def test_cleanup_keeps_the_generation_the_manifest_names(layout: Layout) -> None
         for i in (1, 2, 3)
     ]
     save_manifest(layout, manifest_of(layout, gens[0], "c1"))  # e.g. a crash before its save
-    report = cleanup(layout, CONFIG, keep_commit=None, wanted_sha256s=())
+    report = cleanup(layout, CONFIG, keep_commit=None, wanted_sha256s=(), grace_s=0)
     assert report.generations == ()
     assert [p.name for p in report.staging] == ["c1", "c2", "c3"]
 

@@ -19,6 +19,7 @@ def test_defaults_point_at_the_public_hub_and_a_local_home(
     assert settings.repo_id == DEFAULT_REPO_ID
     assert settings.configs == ("bioclip-2_float16",)
     assert settings.home == (tmp_path / "tol_data").resolve()
+    assert settings.generation_grace_s == 3600
 
 
 def test_relative_home_is_resolved_once_to_an_absolute_path(
@@ -49,6 +50,8 @@ def test_configs_are_comma_separated() -> None:
         ("TOL_SENSOR_MIN_INTERVAL_S", "-5", "out of range"),
         ("TOL_MAX_ROW_LOSS", "1.5", "share from 0 to 1"),
         ("TOL_MAX_ROW_LOSS", "ten percent", "share from 0 to 1"),
+        ("TOL_GENERATION_GRACE_S", "-1", "out of range"),
+        ("TOL_GENERATION_GRACE_S", "an hour", "whole number"),
     ],
 )
 def test_a_bad_value_names_the_variable_and_what_it_expects(
@@ -67,13 +70,15 @@ def test_knobs_are_read(tmp_path: Path) -> None:
             "TOL_MAX_PARALLEL_DOWNLOADS": "8",
             "TOL_SENSOR_MIN_INTERVAL_S": "30",
             "TOL_MAX_ROW_LOSS": "0.05",
+            "TOL_GENERATION_GRACE_S": "0",
         }
     )
     assert (
         settings.max_parallel_downloads,
         settings.sensor_min_interval_s,
         settings.max_row_loss,
-    ) == (8, 30, 0.05)
+        settings.generation_grace_s,
+    ) == (8, 30, 0.05, 0)
 
 
 def test_token_comes_from_hf_token_or_nowhere(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -7,6 +7,9 @@ every rewrite is atomic, so readers never see half a catalog.
 
 Readers (`list_slices`, `read_arrow`, `read_pandas`, `read_duckdb`) resolve `config=None` to the
 only published config, else to the first of `TOL_CONFIGS` that is published.
+
+`mirror_files` gives the mirror itself as paths pinned to one generation: a query over them
+sees one upstream commit even if a publish switches `mirror/<config>` meanwhile.
 """
 
 from __future__ import annotations
@@ -24,8 +27,9 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from tol_dagster import mirror
 from tol_dagster.durable import TEMP_PREFIX, TEMP_SUFFIX, file_lock, fsync_dir, make_public
-from tol_dagster.errors import SliceNotPublished
+from tol_dagster.errors import SliceNotPublished, StoreError
 from tol_dagster.layout import Layout
 from tol_dagster.settings import Settings
 from tol_dagster.slice_keys import SliceKey, parse_slice_key
@@ -174,13 +178,48 @@ def read_pandas(key: str | SliceKey, config: str | None = None) -> pd.DataFrame:
 
 
 def read_duckdb(
-    key: str | SliceKey,
+    key: str | SliceKey | None = None,
     con: duckdb.DuckDBPyConnection | None = None,
     config: str | None = None,
 ) -> duckdb.DuckDBPyRelation:
-    """The slice `key` as a lazy DuckDB relation on `con` (DuckDB's default connection if None)."""
-    path = str(slice_path(key, config))
-    return (con or duckdb.default_connection()).read_parquet(path)
+    """The slice `key` as a lazy DuckDB relation on `con` (DuckDB's default connection if None);
+    with no key, the whole mirror, pinned to its current generation (see `mirror_files`)."""
+    connection = con or duckdb.default_connection()
+    if key is None:
+        return connection.read_parquet([str(path) for path in mirror_files(config)])
+    return connection.read_parquet(str(slice_path(key, config)))
+
+
+def mirror_files(config: str | None = None, home: Path | str | None = None) -> list[Path]:
+    """The mirror's parquet files, in the dataset's global order, pinned to the generation
+    current now: read these rather than the `mirror/<config>/*.parquet` glob.
+
+    The glob goes through a symlink that each publish switches, so a query that opens files
+    across a switch can mix two upstream commits. These paths name the generation's own folder:
+    they stay unchanged and readable for at least TOL_GENERATION_GRACE_S (default 3600) after a
+    later publish supersedes them, and while any run of tol-dagster still reads them. Call again
+    for the newest generation. `config=None`: the only mirrored config, else the first of
+    TOL_CONFIGS that is mirrored.
+    """
+    layout = _layout(home)
+    return mirror.pin_generation(layout, _mirrored_config(layout, config), lease=False).paths()
+
+
+def _mirrored_config(layout: Layout, config: str | None) -> str:
+    if config is not None:
+        return config
+    root = layout.home / "mirror"
+    mirrored = sorted(p.name for p in root.iterdir() if p.is_symlink()) if root.is_dir() else []
+    if len(mirrored) == 1:
+        return mirrored[0]
+    preferred = [c for c in Settings.from_env().configs if c in mirrored]
+    if not preferred:
+        found = ", ".join(mirrored) or "none"
+        raise StoreError(
+            f"no mirror to choose under {root} (mirrored configs: {found}); run "
+            "`tol-dagster sync`, or pass config=... to choose one"
+        )
+    return preferred[0]
 
 
 def slice_path(

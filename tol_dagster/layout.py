@@ -5,6 +5,8 @@
 <home>/store/<config>/            the mirror's private state:
     manifest.json                 the durable manifest of the published generation
     generations/<id>/             hard-linked generations (the symlink points at one)
+    generation_records/<id>.json  what generation <id> holds: file -> sha256, commit, when published
+    leases/<id>.lock              shared flocks of runs reading generation <id> (see pins.py)
     staging/<commit>/             files fetched and verified for a commit not yet published
     partial/<sha256>.part         stable partial downloads, resumed across processes
     quarantine/                   files that failed a check, with a .reason.txt each
@@ -59,6 +61,13 @@ class Layout:
 
     def generations_dir(self, config: str) -> Path:
         return self.store_dir(config) / "generations"
+
+    def generation_record_path(self, config: str, generation: str) -> Path:
+        """Outside the generation's folder: the mirror shows upstream's files only."""
+        return self.store_dir(config) / "generation_records" / f"{generation}.json"
+
+    def lease_path(self, config: str, generation: str) -> Path:
+        return self.store_dir(config) / "leases" / f"{generation}.lock"
 
     def staging_dir(self, config: str, commit: str) -> Path:
         return self.store_dir(config) / "staging" / commit

@@ -7,7 +7,10 @@ whole) and unchanged files cost no copy. `n` only grows, so generations order by
 
 Kept on disk: the current generation and the one published just before it (the revision diff
 by uuid after a resync compares the two), plus the one the manifest names if it differs (a crash
-between the switch and the manifest save). Everything else is removed by `cleanup`.
+between the switch and the manifest save), plus any superseded less than TOL_GENERATION_GRACE_S
+ago or pinned by a run still reading it (see `pins`). Everything else is removed by `cleanup`.
+Readers of ours pin a generation once per run (`pin_generation`) and never read through the
+symlink, which a publish may switch between two files they open.
 
 One writer per config at a time (the resync pool guarantees it); readers may come any time.
 """
@@ -20,12 +23,13 @@ import os
 import re
 import shutil
 import stat
+import time
 import uuid
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import IO, TYPE_CHECKING
 
 from tol_dagster.durable import (
     TEMP_PREFIX,
@@ -39,6 +43,16 @@ from tol_dagster.errors import DiskSpaceError, StoreError
 from tol_dagster.hashing import sha256_file
 from tol_dagster.layout import Layout
 from tol_dagster.manifest import Manifest, load_manifest, utc_timestamp
+from tol_dagster.pins import (
+    PinnedGeneration,
+    generation_files_on_disk,
+    read_record,
+    record_path,
+    take_lease,
+    unleased,
+    write_record,
+)
+from tol_dagster.settings import generation_grace_s
 
 if TYPE_CHECKING:
     from tol_dagster.manifest import Plan
@@ -171,18 +185,26 @@ def _fsync_file(path: Path) -> None:
 
 
 def publish_generation(
-    layout: Layout, config: str, *, commit: str, files: Mapping[str, Path]
+    layout: Layout,
+    config: str,
+    *,
+    commit: str,
+    files: Mapping[str, Path],
+    sha256s: Mapping[str, str] | None = None,
 ) -> Path:
     """Publish exactly `files` (name -> verified source) as the mirror of `commit`, atomically.
 
     Builds `generations/<commit[:12]>-<n>/` of hard links (sources: the current generation for
-    unchanged files, staging for fetched ones), makes it durable, then switches the symlink in
-    one rename. Files are made read-only: they are shared by every generation that holds them.
-    Leftovers of publishes that crashed before their switch are removed after it.
+    unchanged files, staging for fetched ones), makes it durable, writes its record (each
+    file's sha256: `sha256s`, verified by the caller, else hashed here), then switches the
+    symlink in one rename. Files are made read-only: they are shared by every generation that
+    holds them. Leftovers of publishes that crashed before their switch are removed after it.
     """
     _check_commit(commit)
     for name in files:
         _check_name(name)
+    if sha256s is not None and set(sha256s) != set(files):
+        raise ValueError("sha256s must name exactly the files published")
     link = layout.mirror_dir(config)
     old = current_generation(layout, config)  # raises on a hand-made folder, before any change
     old_number = 0 if old is None else (_generation_number(old) or 0)
@@ -199,15 +221,67 @@ def publish_generation(
             os.link(source, target)
             make_public(target, read_only=True)
         fsync_dir(generation)
+        digests = {
+            name: sha256s[name] if sha256s is not None else sha256_file(generation / name)
+            for name in files
+        }
+        write_record(layout, config, generation.name, commit, digests, time.time())
         fsync_dir(generations)
         _switch_symlink(link, generation)
     except BaseException:
         _remove_tree(generation)
+        record_path(layout, config, generation.name).unlink(missing_ok=True)
         raise
     for n, path in existing:
         if n > old_number:  # built after the old current and never published: a crash's leftover
             _remove_tree(path)
+            record_path(layout, config, path.name).unlink(missing_ok=True)
     return generation
+
+
+def pin_generation(layout: Layout, config: str, *, lease: bool = True) -> PinnedGeneration:
+    """The current generation of `config`, resolved once, with its own file -> sha256 map.
+
+    Read only `pin.path`'s files (`pin.mirror_files()`), never the symlink, and key results by
+    `pin.files`. With `lease` (use it as a context manager, or `release()`), cleanup keeps the
+    generation while the pin is held. A generation published before records existed is paired
+    with the manifest only if the manifest names it. Raises `StoreError` before the first sync.
+    """
+    for _ in range(100):
+        current = current_generation(layout, config)
+        if current is None:
+            raise StoreError(
+                f"{config}: no mirror is published under {layout.home} yet; run `tol-dagster "
+                f"sync` (or materialize tol/{config}/mirror) first"
+            )
+        handle = take_lease(layout, config, current.name) if lease else None
+        pinned = _pinned(layout, config, current, handle)
+        if pinned is not None:
+            return pinned
+        if handle is not None:
+            handle.close()
+        time.sleep(0.01)  # removed between the readlink and the lease, or mid-publish: again
+    raise StoreError(
+        f"{config}: {layout.mirror_dir(config)} points at a generation without a record of its "
+        "files, and the manifest describes another one; run `tol-dagster sync` to publish "
+        "a generation with its record"
+    )
+
+
+def _pinned(
+    layout: Layout, config: str, generation: Path, handle: IO[bytes] | None
+) -> PinnedGeneration | None:
+    if not generation.is_dir():
+        return None
+    number = _generation_number(generation) or 0
+    record = read_record(layout, config, generation.name)
+    if record is not None:
+        return PinnedGeneration(config, generation, number, record.files, record.commit, handle)
+    manifest = load_manifest(layout, config)
+    if manifest is None or manifest.generation != generation.name:
+        return None
+    files = {e.name: e.sha256 for e in manifest.entries}
+    return PinnedGeneration(config, generation, number, files, manifest.upstream_commit, handle)
 
 
 def _switch_symlink(link: Path, target: Path) -> None:
@@ -242,8 +316,9 @@ def _remove_tree(path: Path) -> int:
 
 def prune_derived(layout: Layout, config: str, keep_sha256s: Collection[str]) -> int:
     """Remove per-file results (`derived/<sha256>/`) of contents no generation kept holds;
-    returns the bytes freed. Results are keyed by content, so what is kept stays valid."""
-    keep = set(keep_sha256s)
+    returns the bytes freed. Results are keyed by content, so what is kept stays valid.
+    Contents of every generation still on disk are kept too: a pinned run may read them."""
+    keep = set(keep_sha256s) | generation_files_on_disk(layout, config)
     root = layout.derived_dir(config, "x").parent
     return sum(_remove_tree(path) for path in _children(root) if path.name not in keep)
 
@@ -350,6 +425,32 @@ def _children(folder: Path) -> list[Path]:
     return sorted(folder.iterdir()) if folder.is_dir() else []
 
 
+def _published_at(layout: Layout, config: str, path: Path) -> float:
+    """When `path` was published: its record says, else its folder's last change (the links
+    added just before the switch)."""
+    record = read_record(layout, config, path.name)
+    return record.published_at if record is not None else path.stat().st_mtime
+
+
+def _superseded(layout: Layout, config: str) -> list[tuple[Path, float | None]]:
+    """Every generation but the current, with when it stopped being current: when the next
+    one on disk was published (later than the truth if that one is gone: keeps longer). None
+    for a generation built after the current one and never published (a crash's leftover)."""
+    current = current_generation(layout, config)
+    current_number = None if current is None else _generation_number(current)
+    found: list[tuple[Path, float | None]] = []
+    generations = _generations(layout, config)
+    for i, (number, path) in enumerate(generations):
+        if path == current:
+            continue
+        if current_number is None or number > current_number:
+            found.append((path, None))
+            continue
+        successor = generations[i + 1][1]
+        found.append((path, _published_at(layout, config, successor)))
+    return found
+
+
 def _is_temp(path: Path) -> bool:
     return path.name.startswith(TEMP_PREFIX) and path.name.endswith(TEMP_SUFFIX)
 
@@ -362,22 +463,30 @@ def cleanup(
     wanted_sha256s: Collection[str],
     quarantine_max_age_days: float | None = 30.0,
     now: datetime | None = None,
+    grace_s: float | None = None,
 ) -> CleanupReport:
     """Remove what nothing needs any more and report the bytes freed (hard links counted once).
 
-    Removed: generations other than the current, the previous and the manifest's; staging of
+    Removed: generations other than the current, the previous and the manifest's, once
+    superseded for `grace_s` (default TOL_GENERATION_GRACE_S) and pinned by no run; staging of
     commits other than `keep_commit`; partials whose sha256 is not in `wanted_sha256s`;
     quarantined files older than `quarantine_max_age_days` (None keeps them); temp files that
     interrupted writes left. Call it when no sync of this config is running.
     """
     removal = _Removal()
+    moment = (now or datetime.now(UTC)).timestamp()
+    grace = generation_grace_s() if grace_s is None else grace_s
     manifest = load_manifest(layout, config)
     keep = {current_generation(layout, config), previous_generation(layout, config)}
     if manifest is not None:
         keep.add(layout.generations_dir(config) / manifest.generation)
-    for _, path in _generations(layout, config):
-        if path not in keep:
-            removal.remove("generations", path)
+    for path, superseded_at in _superseded(layout, config):
+        if path in keep or (superseded_at is not None and moment - superseded_at < grace):
+            continue
+        with unleased(layout, config, path.name) as free:
+            if free:
+                removal.remove("generations", path)
+                record_path(layout, config, path.name).unlink(missing_ok=True)
     for path in _children(_staging_root(layout, config)):
         if path.name != keep_commit:
             removal.remove("staging", path)

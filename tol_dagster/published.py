@@ -13,6 +13,7 @@ import shutil
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Protocol
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -22,22 +23,40 @@ from tol_dagster.durable import write_atomic
 from tol_dagster.errors import SettingsError, StoreError
 from tol_dagster.layout import Layout
 from tol_dagster.manifest import Manifest, load_manifest
-from tol_dagster.mirror_files import MirrorFile, mirror_files
+from tol_dagster.mirror import pin_generation
+from tol_dagster.mirror_files import MirrorFile
+from tol_dagster.pins import PinnedGeneration
 from tol_dagster.slice_keys import parse_slice_key
 from tol_dagster.slices import affected_slices
 from tol_dagster.taxon_index import read_taxon_index
 
 
 def mirror_inputs(layout: Layout, config: str) -> tuple[Manifest, list[MirrorFile]]:
-    """The published mirror's manifest and files; a clear error when nothing is published yet."""
+    """The published mirror's manifest and files; a clear error when nothing is published yet.
+
+    The files are those of the generation current when called, with their own sha256s, at
+    paths that do not move (see `pins`); the manifest may describe the next one if a publish
+    lands in between. A run that reads the files uses `mirror.pin_generation` instead.
+    """
     manifest = load_manifest(layout, config)
     if manifest is None:
         raise StoreError(
             f"{config}: no mirror is published under {layout.home} yet; run `tol-dagster sync` "
             f"(or materialize tol/{config}/mirror) first"
         )
-    files = mirror_files(layout.mirror_dir(config), {e.name: e.sha256 for e in manifest.entries})
-    return manifest, files
+    return manifest, pin_generation(layout, config, lease=False).mirror_files()
+
+
+def pinned_schema(layout: Layout, pinned: PinnedGeneration) -> pa.Schema:
+    """The schema of the pinned generation: the manifest's when it describes that generation
+    (the accepted, possibly extended schema), else its first file's footer."""
+    manifest = load_manifest(layout, pinned.config)
+    if manifest is not None and manifest.generation == pinned.name and manifest.schema:
+        return manifest.schema
+    files = pinned.mirror_files()
+    if not files:
+        raise StoreError(f"{pinned.config}: generation {pinned.name} holds no file to read")
+    return pq.read_schema(files[0].path)
 
 
 def file_map(files: list[MirrorFile]) -> dict[str, str]:
@@ -50,6 +69,16 @@ def changed_files(before: Mapping[str, str], after: Mapping[str, str]) -> set[st
 
 
 # --- what each derived output was built from -------------------------------------------------
+
+
+class Generation(Protocol):
+    """A generation's identity: a `Manifest` or a `PinnedGeneration`."""
+
+    @property
+    def generation(self) -> str: ...
+
+    @property
+    def upstream_commit(self) -> str: ...
 
 
 @dataclass(frozen=True)
@@ -71,7 +100,7 @@ def load_built_from(layout: Layout, config: str, output: str) -> BuiltFrom | Non
 
 
 def save_built_from(
-    layout: Layout, config: str, output: str, manifest: Manifest, files: list[MirrorFile]
+    layout: Layout, config: str, output: str, manifest: Generation, files: list[MirrorFile]
 ) -> None:
     built = BuiltFrom(manifest.generation, manifest.upstream_commit, file_map(files))
     write_atomic(_built_path(layout, config, output), json.dumps(asdict(built), indent=1).encode())

@@ -51,6 +51,7 @@ class Settings:
     sensor_min_interval_s: int = 60
     max_row_loss: float = 0.01
     slices_file: Path = DEFAULT_SLICES_FILE
+    generation_grace_s: int = 3600
 
     @property
     def layout(self) -> Layout:
@@ -77,7 +78,17 @@ class Settings:
             slices_file=Path(env.get("TOL_SLICES_FILE") or DEFAULT_SLICES_FILE)
             .expanduser()
             .resolve(),
+            generation_grace_s=generation_grace_s(env),
         )
+
+
+def generation_grace_s(env: Mapping[str, str] | None = None) -> int:
+    """TOL_GENERATION_GRACE_S: how long a superseded generation stays readable (its paths, from
+    `catalog.mirror_files()`, keep working), on top of while any run of ours still reads it."""
+    env = os.environ if env is None else env
+    return parse_int(
+        "TOL_GENERATION_GRACE_S", env.get("TOL_GENERATION_GRACE_S"), 3600, 0, 10 * 365 * 86400
+    )
 
 
 def resolve_home(value: str) -> Path:

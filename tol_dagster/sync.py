@@ -27,7 +27,13 @@ import pyarrow.parquet as pq
 from tol_dagster import mirror, reuse, validation
 from tol_dagster.checks import CheckResult
 from tol_dagster.durable import file_lock, write_atomic
-from tol_dagster.errors import IntegrityError, RevisionGone, UpstreamError, ValidationFailed
+from tol_dagster.errors import (
+    IntegrityError,
+    RevisionGone,
+    StoreError,
+    UpstreamError,
+    ValidationFailed,
+)
 from tol_dagster.hub import HubClient, RemoteConfig, RemoteFile
 from tol_dagster.layout import Layout
 from tol_dagster.manifest import (
@@ -41,6 +47,7 @@ from tol_dagster.manifest import (
     utc_timestamp,
 )
 from tol_dagster.mirror_files import MirrorFile
+from tol_dagster.pins import PinnedGeneration
 from tol_dagster.revision_diff import RevisionDiff, diff_generations
 from tol_dagster.schema import expected_schema
 from tol_dagster.uuid_index import check_uuid_unique_across, hashes_path
@@ -439,12 +446,16 @@ def _stage_commit(
         for future, remote_file in futures.items():
             results[remote_file.name] = future.result()
 
-    current = mirror.current_generation(layout, config)
+    current = mirror.pin_generation(layout, config, lease=False) if plan.unchanged else None
     kept = manifest.by_name if manifest else {}
     for name in plan.unchanged:
         entry = kept[name]
-        if current is not None and not _facts_path(layout, config, entry.sha256).is_file():
-            file_facts(layout, config, current / name, entry.sha256)
+        if (
+            current is not None
+            and current.files.get(name) == entry.sha256  # facts of these very bytes only
+            and not _facts_path(layout, config, entry.sha256).is_file()
+        ):
+            file_facts(layout, config, current.path / name, entry.sha256)
         results[name] = StagedFile(
             name, entry.path, entry.sha256, entry.size, "current", rows=entry.rows
         )
@@ -517,7 +528,39 @@ def gate(
     accept_row_loss: bool = False,
     accept_schema_change: bool = False,
 ) -> list[CheckResult]:
-    """One result per gate check for the candidate generation; recorded in the staged state."""
+    """One result per gate check for the candidate generation; recorded in the staged state.
+
+    Reads fetched files from staging and unchanged ones from one pinned generation, never
+    through the mirror's symlink."""
+    with _pin_current(layout, state) as pinned:
+        return _gate(
+            layout,
+            state,
+            pinned,
+            max_row_loss=max_row_loss,
+            accept_row_loss=accept_row_loss,
+            accept_schema_change=accept_schema_change,
+        )
+
+
+def _pin_current(
+    layout: Layout, state: StagedState
+) -> contextlib.AbstractContextManager[PinnedGeneration | None]:
+    """The published generation that the candidate's unchanged files come from, leased."""
+    if all(f.status != "current" for f in state.files):
+        return contextlib.nullcontext(None)
+    return mirror.pin_generation(layout, state.config)
+
+
+def _gate(
+    layout: Layout,
+    state: StagedState,
+    pinned: PinnedGeneration | None,
+    *,
+    max_row_loss: float,
+    accept_row_loss: bool,
+    accept_schema_change: bool,
+) -> list[CheckResult]:
     config = state.config
     manifest = load_manifest(layout, config)
     facts = [_cached_facts(layout, config, f.sha256) for f in state.files]
@@ -534,6 +577,7 @@ def gate(
     per_file[validation.SCHEMA_MATCHES_CONTRACT] = _contract(
         layout,
         state,
+        pinned,
         per_file[validation.SCHEMA_MATCHES_CONTRACT],
         last_schema,
         accept_schema_change,
@@ -543,7 +587,7 @@ def gate(
         _schema_uniform(known),
     )
     candidates = [
-        MirrorFile(f.name, f.sha256, _candidate_path(layout, state, f))
+        MirrorFile(f.name, f.sha256, _candidate_path(layout, state, f, pinned))
         for f in state.files
         if f.status != "failed"
     ]
@@ -571,12 +615,21 @@ def gate(
     return results
 
 
-def _candidate_path(layout: Layout, state: StagedState, f: StagedFile) -> Path:
+def _candidate_path(
+    layout: Layout, state: StagedState, f: StagedFile, pinned: PinnedGeneration | None
+) -> Path:
+    """Where the candidate's file is: staging if fetched, else the pinned generation, whose
+    bytes must be the ones staged as current."""
     if f.status == "fetched":
         return mirror.stage_path(layout, state.config, state.commit, f.name)
-    current = mirror.current_generation(layout, state.config)
-    assert current is not None, "a 'current' file implies a published generation"
-    return current / f.name
+    if pinned is None or pinned.files.get(f.name) != f.sha256:
+        where = "no published generation" if pinned is None else f"generation {pinned.name}"
+        raise StoreError(
+            f"{state.config}: {f.name} was staged as unchanged (sha256 {f.sha256[:12]}) but "
+            f"{where} does not hold those bytes: the mirror changed since this sync staged "
+            "its files. Run `tol-dagster sync` again"
+        )
+    return pinned.path / f.name
 
 
 def _combine(check: str, state: StagedState, facts: list[FileFacts | None]) -> CheckResult:
@@ -639,6 +692,7 @@ def additive_extension(found: pa.Schema, contract: pa.Schema) -> bool:
 def _contract(
     layout: Layout,
     state: StagedState,
+    pinned: PinnedGeneration | None,
     per_file: CheckResult,
     last: pa.Schema | None,
     accepted: bool,
@@ -653,7 +707,7 @@ def _contract(
     for f in state.files:
         if f.status == "failed":
             continue
-        found = pq.read_schema(_candidate_path(layout, state, f))
+        found = pq.read_schema(_candidate_path(layout, state, f, pinned))
         if found.equals(contract):
             continue
         if additive_extension(found, contract) and (
@@ -783,12 +837,17 @@ def publish(layout: Layout, config: str, *, log: Log = print) -> Published:
             log(f"{config}: already at {remote.commit[:12]}; nothing to publish")
             return Published(remote.commit, previous.generation, previous, previous, changed=False)
 
-        current = mirror.current_generation(layout, config)
-        sources: dict[str, Path] = {}
-        for f in state.files:
-            sources[f.name] = _candidate_path(layout, state, f)
-        assert current is not None or all(f.status == "fetched" for f in state.files)
-        generation = mirror.publish_generation(layout, config, commit=remote.commit, files=sources)
+        with _pin_current(layout, state) as pinned:
+            sources: dict[str, Path] = {}
+            for f in state.files:
+                sources[f.name] = _candidate_path(layout, state, f, pinned)
+            generation = mirror.publish_generation(
+                layout,
+                config,
+                commit=remote.commit,
+                files=sources,
+                sha256s={f.name: f.sha256 for f in state.files},
+            )
         schema_json = (
             schema_to_json(pq.read_schema(sources[state.fetched[0].name]))
             if state.fetched
@@ -928,7 +987,7 @@ def record_revision_diff(layout: Layout, config: str, published: Published) -> R
     old_dir = layout.generations_dir(config) / previous.generation
     if not old_dir.is_dir():
         return None
-    new_dir = layout.mirror_dir(config)
+    new_dir = layout.generations_dir(config) / published.generation  # not the symlink: pinned
     old = [MirrorFile(e.name, e.sha256, old_dir / e.name) for e in previous.entries]
     new = [MirrorFile(e.name, e.sha256, new_dir / e.name) for e in published.manifest.entries]
     diff = diff_generations(old, new)

@@ -15,7 +15,7 @@ import dagster as dg
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from tol_dagster import catalog, centroids, published, summaries, taxon_index
+from tol_dagster import catalog, centroids, mirror, published, summaries, taxon_index
 from tol_dagster.alignment import check_configs_aligned
 from tol_dagster.checks import CheckResult
 from tol_dagster.defs.keys import asset_key, published_group, safe_name, slices_partitions_name
@@ -82,30 +82,31 @@ def build_published_assets(name: str) -> list[dg.AssetsDefinition]:
         context: dg.AssetExecutionContext, storage: StorageResource
     ) -> Iterator[dg.MaterializeResult]:
         layout = storage.layout
-        manifest, files = published.mirror_inputs(layout, name)
-        result = summaries.build_summaries(files, layout, name)
-        context.log.info(
-            f"summaries of {name}: rescanned {len(result.recomputed)} of {len(files)} files"
-        )
-        published.save_built_from(layout, name, "summaries", manifest, files)
-        for table, key in summary_keys.items():
-            data = pq.read_table(result.paths[table])
-            yield dg.MaterializeResult(
-                asset_key=key,
-                metadata={
-                    "path": dg.MetadataValue.path(str(result.paths[table])),
-                    "dagster/row_count": dg.MetadataValue.int(result.rows[table]),
-                    "dagster/column_schema": table_schema(data.schema),
-                    "files_rescanned": len(result.recomputed),
-                    "upstream_commit": manifest.upstream_commit,
-                    "preview": dg.MetadataValue.md(
-                        _preview(data.sort_by([(data.column_names[-1], "descending")]))
-                    )
-                    if "images" in data.column_names
-                    else dg.MetadataValue.md(_preview(data)),
-                },
-                data_version=dg.DataVersion(manifest.generation),
+        with mirror.pin_generation(layout, name) as pin:  # one generation, leased
+            files = pin.mirror_files()
+            result = summaries.build_summaries(files, layout, name)
+            context.log.info(
+                f"summaries of {name}: rescanned {len(result.recomputed)} of {len(files)} files"
             )
+            published.save_built_from(layout, name, "summaries", pin, files)
+            for table, key in summary_keys.items():
+                data = pq.read_table(result.paths[table])
+                yield dg.MaterializeResult(
+                    asset_key=key,
+                    metadata={
+                        "path": dg.MetadataValue.path(str(result.paths[table])),
+                        "dagster/row_count": dg.MetadataValue.int(result.rows[table]),
+                        "dagster/column_schema": table_schema(data.schema),
+                        "files_rescanned": len(result.recomputed),
+                        "upstream_commit": pin.commit,
+                        "preview": dg.MetadataValue.md(
+                            _preview(data.sort_by([(data.column_names[-1], "descending")]))
+                        )
+                        if "images" in data.column_names
+                        else dg.MetadataValue.md(_preview(data)),
+                    },
+                    data_version=dg.DataVersion(pin.name),
+                )
 
     @dg.asset(
         key=index_key,
@@ -117,25 +118,26 @@ def build_published_assets(name: str) -> list[dg.AssetsDefinition]:
     )
     def index(context: dg.AssetExecutionContext, storage: StorageResource) -> dg.MaterializeResult:
         layout = storage.layout
-        manifest, files = published.mirror_inputs(layout, name)
-        built = published.load_built_from(layout, name, "taxon_index")
-        if built is None or built.generation != manifest.generation:
-            published.keep_previous_index(layout, name)
-        result = taxon_index.build_taxon_index(files, layout, name)
-        published.save_built_from(layout, name, "taxon_index", manifest, files)
-        context.log.info(
-            f"taxon index of {name}: re-indexed {len(result.recomputed)} of {len(files)} files"
-        )
-        return dg.MaterializeResult(
-            metadata={
-                "path": dg.MetadataValue.path(str(result.path)),
-                "dagster/row_count": dg.MetadataValue.int(result.rows),
-                "bytes": dg.MetadataValue.int(result.bytes),
-                "files_reindexed": len(result.recomputed),
-                "upstream_commit": manifest.upstream_commit,
-            },
-            data_version=dg.DataVersion(manifest.generation),
-        )
+        with mirror.pin_generation(layout, name) as pin:  # one generation, leased
+            files = pin.mirror_files()
+            built = published.load_built_from(layout, name, "taxon_index")
+            if built is None or built.generation != pin.name:
+                published.keep_previous_index(layout, name)
+            result = taxon_index.build_taxon_index(files, layout, name)
+            published.save_built_from(layout, name, "taxon_index", pin, files)
+            context.log.info(
+                f"taxon index of {name}: re-indexed {len(result.recomputed)} of {len(files)} files"
+            )
+            return dg.MaterializeResult(
+                metadata={
+                    "path": dg.MetadataValue.path(str(result.path)),
+                    "dagster/row_count": dg.MetadataValue.int(result.rows),
+                    "bytes": dg.MetadataValue.int(result.bytes),
+                    "files_reindexed": len(result.recomputed),
+                    "upstream_commit": pin.commit,
+                },
+                data_version=dg.DataVersion(pin.name),
+            )
 
     @dg.asset(
         key=asset_key(name, "centroids"),
@@ -152,24 +154,25 @@ def build_published_assets(name: str) -> list[dg.AssetsDefinition]:
         context: dg.AssetExecutionContext, storage: StorageResource
     ) -> dg.MaterializeResult:
         layout = storage.layout
-        manifest, files = published.mirror_inputs(layout, name)
-        schema = manifest.schema or pq.read_schema(files[0].path)
-        dim = schema.field("emb").type.list_size
-        result = centroids.build_centroids(files, layout, name, dim)
-        context.log.info(
-            f"centroids of {name}: read {len(result.recomputed)} of {len(files)} files"
-        )
-        return dg.MaterializeResult(
-            metadata={
-                "path": dg.MetadataValue.path(str(result.path)),
-                "species": result.species,
-                "genera": result.genus,
-                "dagster/row_count": dg.MetadataValue.int(result.species + result.genus),
-                "files_reread": len(result.recomputed),
-                "upstream_commit": manifest.upstream_commit,
-            },
-            data_version=dg.DataVersion(manifest.generation),
-        )
+        with mirror.pin_generation(layout, name) as pin:  # one generation, leased
+            files = pin.mirror_files()
+            schema = published.pinned_schema(layout, pin)
+            dim = schema.field("emb").type.list_size
+            result = centroids.build_centroids(files, layout, name, dim)
+            context.log.info(
+                f"centroids of {name}: read {len(result.recomputed)} of {len(files)} files"
+            )
+            return dg.MaterializeResult(
+                metadata={
+                    "path": dg.MetadataValue.path(str(result.path)),
+                    "species": result.species,
+                    "genera": result.genus,
+                    "dagster/row_count": dg.MetadataValue.int(result.species + result.genus),
+                    "files_reread": len(result.recomputed),
+                    "upstream_commit": pin.commit,
+                },
+                data_version=dg.DataVersion(pin.name),
+            )
 
     slice_partitions = dg.DynamicPartitionsDefinition(name=slices_partitions_name(name))
 
@@ -194,23 +197,31 @@ def build_published_assets(name: str) -> list[dg.AssetsDefinition]:
     ) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
         layout = storage.layout
         key = parse_slice_key(context.partition_key)
-        manifest, files = published.mirror_inputs(layout, name)
-        index_table = taxon_index.read_taxon_index(layout, name)
-        schema = manifest.schema or pq.read_schema(files[0].path)
-        expected = expected_count(key, index_table, files)
-        out = layout.slices_dir(name) / key.file_name
-        verdicts: list[CheckResult] = []
+        with mirror.pin_generation(layout, name) as pin:  # one generation, leased
+            files = pin.mirror_files()
+            index_table: pa.Table | None = taxon_index.read_taxon_index(layout, name)
+            built = published.load_built_from(layout, name, "taxon_index")
+            if built is not None and built.files != pin.files:
+                context.log.warning(
+                    f"the taxon index was built from generation {built.generation}, not "
+                    f"{pin.name}: finding the rows by scanning (materialize the index to speed up)"
+                )
+                index_table = None  # its row ranges describe other bytes
+            schema = published.pinned_schema(layout, pin)
+            expected = expected_count(key, index_table, files)
+            out = layout.slices_dir(name) / key.file_name
+            verdicts: list[CheckResult] = []
 
-        def verify(path: Path) -> list[CheckResult]:
-            verdicts.extend(slice_checks(path, key, expected, schema))
-            return verdicts
+            def verify(path: Path) -> list[CheckResult]:
+                verdicts.extend(slice_checks(path, key, expected, schema))
+                return verdicts
 
-        try:
-            result = extract_slice(key, files, index_table, out, schema=schema, verify=verify)
-        except ValidationFailed:
-            for verdict in verdicts:
-                yield check_result(verdict, slices_key)
-            raise
+            try:
+                result = extract_slice(key, files, index_table, out, schema=schema, verify=verify)
+            except ValidationFailed:
+                for verdict in verdicts:
+                    yield check_result(verdict, slices_key)
+                raise
         for warning in result.warnings:
             context.log.warning(warning)
         built_at = datetime.now(UTC)
@@ -226,9 +237,9 @@ def build_published_assets(name: str) -> list[dg.AssetsDefinition]:
                 "rows": result.rows,
                 "bytes": result.bytes,
                 "sha256": result.sha256,
-                "upstream_commit": manifest.upstream_commit,
+                "upstream_commit": pin.commit,
                 "built_at": built_at.isoformat(),
-                "generation": manifest.generation,
+                "generation": pin.name,
             },
         )
         yield dg.MaterializeResult(
@@ -237,7 +248,7 @@ def build_published_assets(name: str) -> list[dg.AssetsDefinition]:
                 "dagster/row_count": dg.MetadataValue.int(result.rows),
                 "bytes": dg.MetadataValue.int(result.bytes),
                 "sha256": result.sha256,
-                "upstream_commit": manifest.upstream_commit,
+                "upstream_commit": pin.commit,
                 "source_files": dg.MetadataValue.json(list(result.source_files)),
                 "row_groups_read": result.row_groups_read,
                 "seconds": round(result.seconds, 3),
@@ -319,11 +330,13 @@ def _alignment_check(reference: str, other: str) -> dg.AssetChecksDefinition:
     )
     def aligned(storage: StorageResource) -> dg.AssetCheckResult:
         layout = storage.layout
-        _, files_a = published.mirror_inputs(layout, reference)
-        _, files_b = published.mirror_inputs(layout, other)
-        result = check_configs_aligned(
-            [f.path for f in files_a], [f.path for f in files_b], name_a=reference, name_b=other
-        )
+        with (
+            mirror.pin_generation(layout, reference) as pin_a,
+            mirror.pin_generation(layout, other) as pin_b,
+        ):
+            result = check_configs_aligned(
+                pin_a.paths(), pin_b.paths(), name_a=reference, name_b=other
+            )
         return check_result(replace(result, check=name), asset_key(other, "mirror"))
 
     return aligned
