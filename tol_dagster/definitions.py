@@ -42,6 +42,9 @@ def build_definitions(settings: Settings) -> dg.Definitions:
         ],
         schedules=build_schedules(settings.configs),
         resources=resources_from(settings),
+        # The UI's Materialize launches Dagster's implicit asset job: in one process like every
+        # job here, so a resync's lease spans its `staged` and `mirror` (tol_dagster.resync_slot).
+        executor=dg.in_process_executor,
     )
 
 
