@@ -12,6 +12,7 @@ from pathlib import Path
 
 import dagster as dg
 
+from tol_dagster.durable import file_lock
 from tol_dagster.settings import Settings
 
 #: The project's instance settings (queue limits, run monitoring), shipped at the repo's top.
@@ -34,6 +35,12 @@ def ensure_dagster_home(settings: Settings) -> Path:
 
 
 def open_instance(settings: Settings) -> dg.DagsterInstance:
-    """The persistent instance the UI and the daemon read."""
-    ensure_dagster_home(settings)
-    return dg.DagsterInstance.get()
+    """The persistent instance the UI and the daemon read.
+
+    Opened under a lock: the first opening creates the SQLite tables, and syncs started at the
+    same instant on a new DAGSTER_HOME would otherwise race to create them ("table runs
+    already exists").
+    """
+    home = ensure_dagster_home(settings)
+    with file_lock(home / ".tol-open.lock"):
+        return dg.DagsterInstance.get()

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from tol_dagster.defs.keys import safe_name
+from tol_dagster.defs.keys import asset_key, safe_name
 from tol_dagster.layout import Layout
 
 Log = Callable[[str], None]
@@ -112,17 +112,25 @@ def resync_lease(layout: Layout, config: str, run_id: str, log: Log) -> Iterator
 
 
 def configs_of_run(run: dg.DagsterRun, configs: Sequence[str]) -> list[str]:
-    """The configs whose store `run` writes: those of its selected `staged`/`mirror` assets
-    (every configured one when the run selects its whole job), sorted so that runs holding
-    several leases take them in one order."""
-    if run.asset_selection is None:
-        return sorted(configs)
-    found = {
-        key.path[1]
-        for key in run.asset_selection
-        if len(key.path) == 3 and key.path[0] == "tol" and key.path[2] in WRITING_ASSETS
-    }
-    return sorted(found & set(configs))
+    """The configs whose store `run` writes, sorted so that runs holding several leases take
+    them in one order: those of its `staged`/`mirror` steps (a job subset executed in process
+    names its steps, with an empty asset selection), else of its selected assets (a queued
+    run), else every configured one (the whole job)."""
+    if run.step_keys_to_execute:
+        writers = {
+            asset_key(config, name).to_python_identifier(): config
+            for config in configs
+            for name in WRITING_ASSETS
+        }
+        return sorted({writers[step] for step in run.step_keys_to_execute if step in writers})
+    if run.asset_selection:
+        found = {
+            key.path[1]
+            for key in run.asset_selection
+            if len(key.path) == 3 and key.path[0] == "tol" and key.path[2] in WRITING_ASSETS
+        }
+        return sorted(found & set(configs))
+    return sorted(configs)
 
 
 class ResyncSlotResource(dg.ConfigurableResource):
