@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING
 import dagster as dg
 
 from tol_dagster.layout import Layout
-from tol_dagster.resync_slot import ResyncSlotResource
 from tol_dagster.settings import Settings, hub_token
 
 if TYPE_CHECKING:
@@ -60,5 +59,4 @@ def resources_from(settings: Settings) -> dict[str, dg.ConfigurableResource]:
         ),
         "storage": StorageResource(home=str(settings.home)),
         "gate": GateResource(max_row_loss=settings.max_row_loss),
-        "resync_slot": ResyncSlotResource(home=str(settings.home), configs=list(settings.configs)),
     }
