@@ -44,6 +44,11 @@ def describe(defs: dg.Definitions) -> str:
         lines.append(
             f"{schedule.name} {schedule.cron_schedule} -> {schedule.job_name} default={schedule.default_status.value}"
         )
+    lines.append("# pools (asset: pool)")
+    for key in sorted(graph.get_all_asset_keys(), key=lambda k: k.to_user_string()):
+        pool = graph.get(key).pools
+        if pool:
+            lines.append(f"{key.to_user_string()}: {', '.join(sorted(pool))}")
     return "\n".join(lines) + "\n"
 
 

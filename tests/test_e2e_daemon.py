@@ -3,7 +3,9 @@
 What a user does in `make dev`, headless: turn `upstream_change_sensor` on through GraphQL, edit
 a file upstream, and watch the daemon resync the mirror to the file's new sha256. On the way it
 proves the queue policy in `dagster.yaml`: two resync runs of one config queued together run one
-after the other, while a resync of another config is admitted next to them.
+after the other, while a resync of another config is admitted next to them, and one of the two
+is launched as the UI's Materialize button launches it (Dagster's asset job, no `tol/resync`
+tag): the config's pool, not the tag, holds it.
 
 One test, not several: the processes take most of the time and xdist would start them once per
 worker. Every wait is bounded; a failure shows the tail of each process's log.
@@ -38,6 +40,7 @@ from tol_dagster.defs.keys import resync_check_keys, resync_keys
 from tol_dagster.hashing import sha256_file
 from tol_dagster.layout import Layout
 from tol_dagster.manifest import Manifest, load_manifest
+from tol_dagster.resync_slot import ensure_resync_pools
 from tol_dagster.runs import RESYNC_TAG
 from tol_dagster.sample import build_sample
 from tol_dagster.schema import DEFAULT_CONFIG
@@ -304,19 +307,26 @@ def _stop_sensor(graphql: str, name: str) -> None:
     assert state.get("status") == "STOPPED", f"stopSensor {name}: {answer}"
 
 
-def _launch_resync(graphql: str, config: str) -> str:
-    """Queue a resync of `config`: the sensor's selection and the tag the queue limits on."""
+#: The job the UI's Materialize button launches for a selection of assets.
+UI_ASSET_JOB = "__ASSET_JOB"
+
+
+def _launch_resync(graphql: str, config: str, *, like_the_ui: bool = False) -> str:
+    """Queue a resync of `config`: the sensor's selection and the tag the queue limits on, or
+    (`like_the_ui`) the same selection in Dagster's asset job with no tag at all."""
     params = {
         "selector": {
             **LOCATION,
-            "jobName": RESYNC_JOB,
+            "jobName": UI_ASSET_JOB if like_the_ui else RESYNC_JOB,
             "assetSelection": [{"path": key.path} for key in resync_keys(config)],
             "assetCheckSelection": [
                 {"assetKey": {"path": check.asset_key.path}, "name": check.name}
                 for check in resync_check_keys(config)
             ],
         },
-        "executionMetadata": {"tags": [{"key": RESYNC_TAG, "value": config}]},
+        "executionMetadata": {
+            "tags": [] if like_the_ui else [{"key": RESYNC_TAG, "value": config}]
+        },
     }
     answer = _http_json(graphql, {"query": LAUNCH_RUN, "variables": {"params": params}})
     result = (answer.get("data") or {}).get("launchRun") or {}
@@ -376,9 +386,14 @@ def test_daemon_resyncs_the_mirror_and_serializes_resyncs_per_config(
     # Summaries, index and slices follow every published mirror (issue 4): not this test's
     # subject, and their runs would only compete for the two cores.
     _stop_sensor(graphql, "mirror_change_sensor")
-    # Queued before the daemon exists, so its queue sees all three in its first pass: the case
-    # where a pool with only a default limit let two runs of one config through together.
-    first, second = _launch_resync(graphql, CONFIG), _launch_resync(graphql, CONFIG)
+    # What `make dev` does before starting Dagster: the pools' limits are on the instance
+    # before the queue's first pass (dagster.yaml's default_limit alone comes one pass late).
+    with dg.DagsterInstance.from_config(str(dagster_home)) as setup:
+        ensure_resync_pools(setup, CONFIGS)
+    # Queued before the daemon exists, so its queue sees all three in its first pass. The
+    # second carries no tol/resync tag (the UI's Materialize): only the pool can hold it.
+    first = _launch_resync(graphql, CONFIG)
+    second = _launch_resync(graphql, CONFIG, like_the_ui=True)
     other = _launch_resync(graphql, OTHER)
     stack.start("daemon", [str(BIN / "dagster-daemon"), "run", "-w", workspace], env)
 
@@ -397,9 +412,10 @@ def test_daemon_resyncs_the_mirror_and_serializes_resyncs_per_config(
             stack.fail(f"queued resyncs did not succeed: {failed}")
         by_id = {t.run_id: t for t in times}
         a, b = sorted((by_id[first], by_id[second]), key=lambda t: t.launched)
+        assert by_id[second].resync is None, "the UI-style run must carry no tol/resync tag"
         assert b.launched >= a.ended, (
-            f"two resyncs of {CONFIG} overlapped: {a} and {b}; the tag limit in dagster.yaml "
-            "must admit one run per tol/resync value"
+            f"two resyncs of {CONFIG} overlapped: {a} and {b}; the pool tol_resync_<config> "
+            "(limit 1, granularity run) must hold a run whoever launched it"
         )
         assert by_id[other].launched < a.ended, (
             f"the resync of {OTHER} waited for {CONFIG}'s ({by_id[other]} vs {a}): the limit "
@@ -440,11 +456,7 @@ def test_daemon_resyncs_the_mirror_and_serializes_resyncs_per_config(
             f"{OTHER} did not change upstream, yet its mirror changed"
         )
 
-        resyncs = [
-            t
-            for t in _run_times(instance, [first, second, sensor_run.run_id])
-            if t.resync == CONFIG
-        ]
+        resyncs = _run_times(instance, [first, second, sensor_run.run_id])
         for earlier, later in itertools.pairwise(resyncs):
             assert later.launched >= earlier.ended, (
                 f"resyncs of {CONFIG} overlapped: {earlier}, {later}"

@@ -14,6 +14,7 @@ from tol_dagster.defs.resources import resources_from
 from tol_dagster.defs.schedules import build_schedules
 from tol_dagster.defs.sensors import build_upstream_change_sensor
 from tol_dagster.defs.slice_sensors import build_mirror_change_sensor
+from tol_dagster.resync_slot import ResyncSlotResource
 from tol_dagster.settings import Settings
 
 
@@ -41,7 +42,17 @@ def build_definitions(settings: Settings) -> dg.Definitions:
             build_mirror_change_sensor(settings.configs, settings.slices_file, published_jobs),
         ],
         schedules=build_schedules(settings.configs),
-        resources=resources_from(settings),
+        resources={
+            **resources_from(settings),
+            # Held for a whole run (a context manager), so kept out of `resources_from`, which
+            # sensors and tests build contexts from.
+            "resync_slot": ResyncSlotResource(
+                home=str(settings.home), configs=list(settings.configs)
+            ),
+        },
+        # The UI's Materialize launches Dagster's implicit asset job: in one process like every
+        # job here, so a resync's lease spans its `staged` and `mirror` (tol_dagster.resync_slot).
+        executor=dg.in_process_executor,
     )
 
 

@@ -14,7 +14,8 @@ import sys
 from pathlib import Path
 
 from tol_dagster.demo import ensure_demo_repo
-from tol_dagster.instance import ensure_dagster_home
+from tol_dagster.instance import ensure_dagster_home, open_instance
+from tol_dagster.resync_slot import ensure_resync_pools
 from tol_dagster.settings import Settings
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -28,6 +29,9 @@ def main(argv: list[str] | None = None) -> int:
 
     settings = Settings.from_env()
     dagster_home = ensure_dagster_home(settings)
+    # Before the daemon's first pass: runs queued then are held by the pools' limits too.
+    with open_instance(settings) as instance:
+        ensure_resync_pools(instance, settings.configs)
     local_endpoint = f"http://127.0.0.1:{args.local_hub_port}"
     hub = None
     if settings.hub_endpoint == local_endpoint:

@@ -67,3 +67,14 @@ class SliceNotPublished(TolError):
     """A slice was asked for by key but is not in the catalog (or its file is gone)."""
 
     exit_code = 2
+
+
+class ResyncConflict(TolError):
+    """Another resync of the same config published between this run's staging and publishing.
+
+    Resyncs of one config are serialized (`tol_dagster.resync_slot`), so this means the
+    serialization was bypassed: nothing is published, and a new sync starts from the mirror
+    as it is now.
+    """
+
+    exit_code = 70

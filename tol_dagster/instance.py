@@ -12,7 +12,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from tol_dagster.durable import write_atomic
+from tol_dagster.durable import file_lock, write_atomic
 from tol_dagster.settings import Settings
 
 #: The project's instance settings (queue limits, run retries, run monitoring), shipped inside
@@ -42,6 +42,12 @@ def install_instance_yaml(target: Path) -> None:
 
 
 def open_instance(settings: Settings) -> dg.DagsterInstance:
-    """The persistent instance the UI and the daemon read."""
-    ensure_dagster_home(settings)
-    return dg.DagsterInstance.get()
+    """The persistent instance the UI and the daemon read.
+
+    Opened under a lock: the first opening creates the SQLite tables, and syncs started at the
+    same instant on a new DAGSTER_HOME would otherwise race to create them ("table runs
+    already exists").
+    """
+    home = ensure_dagster_home(settings)
+    with file_lock(home / ".tol-open.lock"):
+        return dg.DagsterInstance.get()

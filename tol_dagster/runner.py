@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from collections.abc import Sequence
 
 import dagster as dg
@@ -35,11 +34,11 @@ from tol_dagster.defs.keys import (
 from tol_dagster.errors import SettingsError, SliceSpecError
 from tol_dagster.instance import open_instance
 from tol_dagster.manifest import load_manifest
-from tol_dagster.runs import cli_run_tags, live_resync_runs
+from tol_dagster.resync_slot import ensure_resync_pools
+from tol_dagster.runs import cli_run_tags, fail_dead_cli_runs
 from tol_dagster.settings import Settings
 from tol_dagster.slice_keys import parse_slice_key
 
-WAIT_FOR_OTHER_RUN_S = 2.0
 #: The terminal shows our progress lines and warnings, not Dagster's step-by-step debug events
 #: (the UI keeps the full event log).
 QUIET_LOGS = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
@@ -91,9 +90,12 @@ def run_sync(*, config: str | None, accept_row_loss: bool, accept_schema_change:
     configs = select_configs(settings, config)
     instance = open_instance(settings)
     job = build_definitions(settings).resolve_job_def(RESYNC_JOB)
+    ensure_resync_pools(instance, settings.configs)
     worst = 0
     for name in configs:
-        _wait_for_other_resyncs(instance, name)
+        # A killed sync's run would hold the config's pool in the queue: mark it failed. Two
+        # resyncs never overlap: the run waits for the config's lease (tol_dagster.resync_slot).
+        fail_dead_cli_runs(instance, name)
         subset = job.get_subset(
             asset_selection=set(resync_keys(name)),
             asset_check_selection=set(resync_check_keys(name)),
@@ -118,18 +120,6 @@ def run_sync(*, config: str | None, accept_row_loss: bool, accept_schema_change:
         _report_sync(settings, name, result.run_id, code, lines)
         worst = max(worst, code)
     return worst
-
-
-def _wait_for_other_resyncs(instance: dg.DagsterInstance, config: str) -> None:
-    """Two resyncs of one config never run at once: wait for one the daemon is running."""
-    announced = False
-    while runs := live_resync_runs(instance, config):
-        if not announced:
-            print(
-                f"waiting for resync run {runs[0].run_id} of {config} to finish…", file=sys.stderr
-            )
-            announced = True
-        time.sleep(WAIT_FOR_OTHER_RUN_S)
 
 
 def _report_sync(

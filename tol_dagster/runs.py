@@ -1,9 +1,10 @@
 """Runs started from the command line, and what is left when their process dies.
 
 `tol-dagster sync` executes in its own process; if that process is killed (SIGKILL, OOM) its
-run stays STARTED in the instance and would hold the config's resync slot in the queue for
-ever. Such runs carry the pid and host that ran them, so any later sync or sensor tick can
-tell they are dead and mark them failed.
+run stays STARTED in the instance and would hold the config's resync pool in the queue for
+ever (the queue counts runs in progress). Such runs carry the pid and host that ran them, so
+any later sync or sensor tick can tell they are dead, mark them failed and free any pool slot
+they claimed. (The lease of `tol_dagster.resync_slot` died with the process already.)
 """
 
 from __future__ import annotations
@@ -44,16 +45,12 @@ def fail_dead_cli_runs(instance: dg.DagsterInstance, config: str) -> list[str]:
         instance.report_run_failed(
             run, f"process {pid} that ran this resync is gone (killed?); marked failed"
         )
+        # Dagster frees a failed run's op-level pool slots only from the daemon, and only when
+        # run_monitoring.free_slots_after_run_end_seconds is set: free them now.
+        if instance.event_log_storage.supports_global_concurrency_limits:
+            instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
         failed.append(run.run_id)
     return failed
-
-
-def live_resync_runs(instance: dg.DagsterInstance, config: str) -> list[dg.DagsterRun]:
-    """In-progress resync runs of `config` (after dead command-line runs were failed)."""
-    fail_dead_cli_runs(instance, config)
-    return list(
-        instance.get_runs(filters=dg.RunsFilter(statuses=_IN_PROGRESS, tags={RESYNC_TAG: config}))
-    )
 
 
 def _alive(pid: int) -> bool:

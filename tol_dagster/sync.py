@@ -5,7 +5,9 @@ publishing: `stage` fetches and verifies only files whose sha256 differs from th
 inspects each one as soon as it lands (pipelined with the other downloads); `gate` turns the
 per-file facts plus cheap cross-file facts into one result per check; `publish` switches the
 mirror to a new generation of hard links and writes the manifest. State between the steps is
-small JSON under `Layout.state_dir`, so each step can run in its own process.
+small JSON under `Layout.state_dir`, so each step can run in its own process. A staged state
+is kept under the key of the run that staged it (its run id), and `publish` takes exactly that
+key: a run never publishes what another run staged (see `tol_dagster.resync_slot`).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -29,6 +32,7 @@ from tol_dagster.checks import CheckResult
 from tol_dagster.durable import file_lock, write_atomic
 from tol_dagster.errors import (
     IntegrityError,
+    ResyncConflict,
     RevisionGone,
     StoreError,
     UpstreamError,
@@ -74,6 +78,11 @@ AUDIT_CHECK = "mirror_matches_manifest"
 #: How often a config may be re-planned when its pinned commit vanishes mid-sync.
 MAX_REPLANS = 3
 PROGRESS_EVERY_S = 5.0
+#: The staged state's key when no run names one (the core functions called directly).
+LOCAL_KEY = "local"
+#: Staged states kept per config (the newest; older ones are only history).
+KEEP_STAGED = 10
+_KEY = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 # --- state shared between steps ---------------------------------------------------------------
@@ -108,6 +117,11 @@ class StagedState:
     download_seconds: float = 0.0
     replans: int = 0
     gate: dict[str, bool] = field(default_factory=dict)
+    #: Who staged it (a run id): the key `publish` must be given to publish it.
+    key: str = LOCAL_KEY
+    #: The mirror generation the plan was made against (None: no mirror yet). Publishing on
+    #: top of any other generation would mix two runs' views of the mirror, so it is refused.
+    base_generation: str | None = None
 
     @property
     def fetched(self) -> list[StagedFile]:
@@ -187,8 +201,14 @@ def _remote_path(layout: Layout, config: str) -> Path:
     return layout.state_dir(config) / "remote.json"
 
 
-def _staged_path(layout: Layout, config: str) -> Path:
-    return layout.state_dir(config) / "staged.json"
+def _staged_dir(layout: Layout, config: str) -> Path:
+    return layout.state_dir(config) / "staged"
+
+
+def _staged_path(layout: Layout, config: str, key: str) -> Path:
+    if not _KEY.fullmatch(key):
+        raise ValueError(f"staged state key {key!r} is not a run id (letters, digits, - and _)")
+    return _staged_dir(layout, config) / f"{key}.json"
 
 
 def save_remote(layout: Layout, remote: RemoteConfig) -> None:
@@ -205,13 +225,27 @@ def load_remote(layout: Layout, config: str) -> RemoteConfig | None:
     return RemoteConfig(**document)
 
 
-def load_staged(layout: Layout, config: str) -> StagedState | None:
-    path = _staged_path(layout, config)
-    return StagedState.from_json(path.read_text()) if path.is_file() else None
+def load_staged(layout: Layout, config: str, key: str | None = None) -> StagedState | None:
+    """The state staged under `key` (a run id), or with no key the newest one, for inspection
+    only: publishing always names its key."""
+    if key is not None:
+        path = _staged_path(layout, config, key)
+        return StagedState.from_json(path.read_text()) if path.is_file() else None
+    newest = _staged_files(layout, config)
+    return StagedState.from_json(newest[0].read_text()) if newest else None
+
+
+def _staged_files(layout: Layout, config: str) -> list[Path]:
+    """Staged states of `config`, newest first."""
+    folder = _staged_dir(layout, config)
+    files = [p for p in folder.glob("*.json") if p.is_file()] if folder.is_dir() else []
+    return sorted(files, key=lambda p: p.stat().st_mtime_ns, reverse=True)
 
 
 def _save_staged(layout: Layout, state: StagedState) -> None:
-    write_atomic(_staged_path(layout, state.config), state.to_json().encode())
+    write_atomic(_staged_path(layout, state.config, state.key), state.to_json().encode())
+    for old in _staged_files(layout, state.config)[KEEP_STAGED:]:
+        old.unlink(missing_ok=True)
 
 
 def config_lock(layout: Layout, config: str) -> contextlib.AbstractContextManager[None]:
@@ -337,6 +371,7 @@ def stage(
     *,
     commit: str | None = None,
     max_parallel: int = 4,
+    key: str = LOCAL_KEY,
     log: Log = print,
 ) -> StagedState:
     """Fetch, verify and inspect every file of upstream's commit that the mirror lacks.
@@ -344,7 +379,7 @@ def stage(
     Unchanged files cost no request; files that passed in an earlier attempt stay staged, so a
     retry fetches only what is still missing. A file that fails is quarantined with its reason
     and marked failed (the gate then refuses). If the commit vanishes mid-sync (force-push),
-    the plan is made again against the new head.
+    the plan is made again against the new head. The state is saved under `key` (the run id).
     """
     with config_lock(layout, config):
         remote = load_remote(layout, config) or refresh_remote(layout, client, config)
@@ -365,6 +400,7 @@ def stage(
                 superseded, remote = remote, refresh_remote(layout, client, config)
                 continue
             state.replans = replans
+            state.key = key
             _save_staged(layout, state)
             return state
     raise AssertionError("unreachable")
@@ -472,6 +508,7 @@ def _stage_commit(
         files=[results[name] for name in sorted(results)],
         bytes_fetched=fetched_bytes,
         download_seconds=time.monotonic() - started,
+        base_generation=manifest.generation if manifest else None,
     )
 
 
@@ -811,13 +848,15 @@ class Published:
         )
 
 
-def publish(layout: Layout, config: str, *, log: Log = print) -> Published:
-    """Switch the mirror to the staged generation, atomically; only after the gate passed."""
+def publish(layout: Layout, config: str, *, key: str = LOCAL_KEY, log: Log = print) -> Published:
+    """Switch the mirror to the generation staged under `key`, atomically; only after the gate
+    passed, and only on top of the generation it was planned against."""
     with config_lock(layout, config):
-        state = load_staged(layout, config)
+        state = load_staged(layout, config, key)
         if state is None:
             raise ValidationFailed(
-                f"{config}: nothing is staged; run the resync (tol-dagster sync) first"
+                f"{config}: nothing is staged by run {key}; materialize `staged` and `mirror` "
+                "together (tol-dagster sync, or the resync job)"
             )
         if not state.gate_passed or state.failed:
             refused = [name for name, passed in state.gate.items() if not passed] or ["not run"]
@@ -836,6 +875,14 @@ def publish(layout: Layout, config: str, *, log: Log = print) -> Published:
         ):
             log(f"{config}: already at {remote.commit[:12]}; nothing to publish")
             return Published(remote.commit, previous.generation, previous, previous, changed=False)
+        found = previous.generation if previous else None
+        if found != state.base_generation:
+            raise ResyncConflict(
+                f"{config}: run {key} staged commit {state.commit[:12]} against generation "
+                f"{state.base_generation or '(none)'}, but the mirror is now at {found} "
+                f"(commit {previous.upstream_commit[:12] if previous else '?'}): another resync "
+                "published in between, so nothing was published; sync again"
+            )
 
         with _pin_current(layout, state) as pinned:
             sources: dict[str, Path] = {}

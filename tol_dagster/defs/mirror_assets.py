@@ -13,6 +13,7 @@ from tol_dagster import sync
 from tol_dagster.defs.keys import asset_key, mirror_group
 from tol_dagster.defs.metadata import check_result, table_schema
 from tol_dagster.defs.resources import GateResource, HubResource, StorageResource
+from tol_dagster.resync_slot import ResyncSlotResource, resync_pool
 from tol_dagster.schema import expected_schema
 
 OWNERS = ["team:imageomics"]
@@ -68,13 +69,15 @@ def build_mirror_assets(name: str) -> list[dg.AssetsDefinition | dg.AssetChecksD
         owners=OWNERS,
         description=(
             f"Files of `{name}` fetched for the upstream commit and verified (sha256), waiting behind "
-            "the validation gate. Only files whose sha256 differs from the mirror's are fetched."
+            "the validation gate. Only files whose sha256 differs from the mirror's are fetched. "
+            "Kept per run: the run's `mirror` publishes what its own `staged` staged."
         ),
         check_specs=[
             dg.AssetCheckSpec(check, asset=staged_key, blocking=True, description=description)
             for check, description in sync.GATE_CHECKS.items()
         ],
         tags={"tol/stage": "download"},
+        pool=resync_pool(name),
     )
     def staged(
         context: dg.AssetExecutionContext,
@@ -82,6 +85,7 @@ def build_mirror_assets(name: str) -> list[dg.AssetsDefinition | dg.AssetChecksD
         hub: HubResource,
         storage: StorageResource,
         gate: GateResource,
+        resync_slot: ResyncSlotResource,  # held from the run's start to its end
     ) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
         state = sync.stage(
             storage.layout,
@@ -89,6 +93,7 @@ def build_mirror_assets(name: str) -> list[dg.AssetsDefinition | dg.AssetChecksD
             name,
             commit=config.commit,
             max_parallel=hub.max_parallel_downloads,
+            key=context.run.run_id,
             log=context.log.info,
         )
         yield dg.MaterializeResult(
@@ -123,9 +128,15 @@ def build_mirror_assets(name: str) -> list[dg.AssetsDefinition | dg.AssetChecksD
             f"The published local mirror of `{name}`: `<TOL_HOME>/mirror/{name}/*.parquet` shows one "
             "validated upstream commit, whole."
         ),
+        pool=resync_pool(name),
     )
-    def mirror(context: dg.AssetExecutionContext, storage: StorageResource) -> dg.MaterializeResult:
-        published = sync.publish(storage.layout, name, log=context.log.info)
+    def mirror(
+        context: dg.AssetExecutionContext,
+        storage: StorageResource,
+        resync_slot: ResyncSlotResource,  # held since before this run's `staged`
+    ) -> dg.MaterializeResult:
+        key = _staged_by(context, storage, name)
+        published = sync.publish(storage.layout, name, key=key, log=context.log.info)
         diff = sync.record_revision_diff(storage.layout, name, published)
         return dg.MaterializeResult(
             metadata={
@@ -156,3 +167,13 @@ def build_mirror_assets(name: str) -> list[dg.AssetsDefinition | dg.AssetChecksD
         return check_result(sync.audit(storage.layout, name, client=hub.client()), mirror_key)
 
     return [remote, staged, mirror, mirror_matches_manifest]
+
+
+def _staged_by(context: dg.AssetExecutionContext, storage: StorageResource, config: str) -> str:
+    """The run whose staged state this run publishes: its own, or, when it re-executes only
+    `mirror` from a failed run, the run it re-executes (Dagster's parent and root run)."""
+    run = context.run
+    for key in (run.run_id, run.parent_run_id, run.root_run_id):
+        if key and sync.load_staged(storage.layout, config, key) is not None:
+            return key
+    return run.run_id  # publish says that nothing is staged by this run

@@ -24,6 +24,7 @@ from tol_dagster.defs.keys import resync_check_keys, resync_keys, staged_op_name
 from tol_dagster.defs.resources import HubResource, StorageResource
 from tol_dagster.errors import UpstreamError
 from tol_dagster.hub import RetryPolicy
+from tol_dagster.resync_slot import ensure_resync_pools
 from tol_dagster.runs import fail_dead_cli_runs
 
 #: A tick stays short: one quick retry, then the next tick tries again. The default policy
@@ -46,6 +47,7 @@ def build_upstream_change_sensor(
         context: dg.SensorEvaluationContext, hub: HubResource, storage: StorageResource
     ) -> dg.SensorResult | dg.SkipReason:
         cursor = json.loads(context.cursor) if context.cursor else {}
+        ensure_resync_pools(context.instance, configs)
         for config in configs:
             fail_dead_cli_runs(context.instance, config)
         client = hub.client(retry=SENSOR_RETRY)
