@@ -56,9 +56,10 @@ class HubResource(dg.ConfigurableResource):
 
 def _run_start_time(context: dg.InitResourceContext) -> float | None:
     """The run's start (epoch seconds) as Dagster recorded it; None outside a run (sensors)."""
-    if context.instance is None or not context.run_id:
+    run = context.run
+    if context.instance is None or run is None:
         return None
-    record = context.instance.get_run_record_by_id(context.run_id)
+    record = context.instance.get_run_record_by_id(run.run_id)
     return record.start_time if record is not None else None
 
 
