@@ -125,7 +125,8 @@ class RetryPolicy:
     capped at `max_server_wait_s`, so one answer cannot stall a sync for a day. Rate limiting
     (429) is counted against `rate_limit_attempts`, apart from `attempts`: a busy Hub must not
     use up the retries meant for a failing one. A download that receives no bytes for
-    `stall_timeout_s` fails; `deadline_s` (None: none) bounds everything one client does.
+    `stall_timeout_s` fails; `deadline_s` (None: none) bounds what one client does, counted
+    from its `started` time (the run's start).
     """
 
     attempts: int = 6
@@ -392,7 +393,7 @@ class HubClient:
             meta = get_hf_file_metadata(
                 url,
                 token=self._token,
-                timeout=self._timeout(),
+                timeout=min(self._timeout(), self.retry.stall_timeout_s),
                 endpoint=self.endpoint,
                 retry_on_errors=False,
                 library_name=_LIBRARY,
@@ -548,8 +549,8 @@ class HubClient:
                     " (as the server asked)" if asked is not None else "",
                 )
                 time.sleep(wait)
-                if activity is not None and asked is not None:
-                    activity.touch()  # a wait the server asked for is no stall
+                if activity is not None:
+                    activity.touch()  # our pause between attempts is not the server stalling
 
     def _wait(self, what: str, asked: float | None, count: int) -> float:
         """The pause before the next attempt: the server's wait capped, else the backoff; never
