@@ -26,6 +26,7 @@ from tol_dagster.errors import (
     SettingsError,
     UpstreamAuthError,
     UpstreamError,
+    UpstreamInvalid,
 )
 from tol_dagster.hub import HubClient, RemoteConfig, RemoteFile, RetryPolicy
 from tol_dagster.localhub import Fault, LocalHub
@@ -481,3 +482,212 @@ def test_a_failing_xet_download_falls_back_to_http(
     _offer_xet(monkeypatch, broken_xet_get)
     assert _sha256(_download(client, planned, tmp_path)) == planned.files[0].sha256
     assert _requests(hub)["lfs_get"] == 1
+
+
+# -- bounded waits ----------------------------------------------------------------------------
+
+
+def test_a_days_retry_after_is_capped_at_the_policys_longest_wait(hub: LocalHub) -> None:
+    capped = HubClient(
+        hub.endpoint, REPO_ID, None, retry=RetryPolicy(base_delay_s=0.01, max_server_wait_s=1)
+    )
+    hub.reset()
+    hub.add_fault(Fault(kind="rate_limit", request_kind="info", retry_after=86400, times=2))
+    started = time.monotonic()
+    assert capped.head_commit() == hub.head_commit()
+    assert 2.0 <= time.monotonic() - started < 10.0
+    assert _requests(hub) == {"info": 3}
+
+
+def test_429s_do_not_use_up_the_5xx_retries(client: HubClient, hub: LocalHub) -> None:
+    hub.reset()
+    # Each request takes one of each fault while both last: 3 x 503, then 6 x 429, then success.
+    hub.add_fault(Fault(kind="status", status=503, request_kind="info", times=3))
+    hub.add_fault(Fault(kind="rate_limit", request_kind="info", retry_after=0, times=9))
+    assert FAST.attempts == 4 < 3 + 6 < FAST.rate_limit_attempts + FAST.attempts
+    assert client.head_commit() == hub.head_commit()
+    assert _requests(hub) == {"info": 10}
+
+
+def test_429s_that_never_stop_give_up_on_their_own_budget_naming_the_setting(
+    hub: LocalHub,
+) -> None:
+    policy = RetryPolicy(base_delay_s=0.01, max_server_wait_s=0, rate_limit_attempts=3)
+    client = HubClient(hub.endpoint, REPO_ID, None, retry=policy)
+    hub.reset()
+    hub.add_fault(Fault(kind="rate_limit", request_kind="info", retry_after=86400))
+    with pytest.raises(UpstreamError) as raised:
+        client.head_commit()
+    message = str(raised.value)
+    assert "HTTP 429" in message and "3 times" in message and "TOL_MAX_RETRY_WAIT_S" in message
+    assert "86400" in message
+    assert _requests(hub) == {"info": 3}
+
+
+def test_a_stalled_body_fails_naming_the_file_and_the_setting(
+    hub: LocalHub, planned: RemoteConfig, tmp_path: Path
+) -> None:
+    policy = RetryPolicy(base_delay_s=0.01, timeout_s=30.0, stall_timeout_s=1.0)
+    client = HubClient(hub.endpoint, REPO_ID, None, retry=policy)
+    hub.add_fault(Fault(kind="stall", request_kind="lfs_get", after_bytes=50_000, delay_s=60))
+    started = time.monotonic()
+    with pytest.raises(UpstreamError) as raised:
+        _download(client, planned, tmp_path)
+    assert time.monotonic() - started < 10.0
+    message = str(raised.value)
+    assert planned.files[0].path in message
+    assert "stalled" in message and "TOL_STALL_TIMEOUT_S=1" in message
+    assert (tmp_path / "partials" / f"{planned.files[0].sha256}.part").stat().st_size == 50_000
+
+
+def test_a_slow_body_that_keeps_coming_is_no_stall(
+    hub: LocalHub, planned: RemoteConfig, tmp_path: Path
+) -> None:
+    policy = RetryPolicy(base_delay_s=0.01, stall_timeout_s=1.0)
+    client = HubClient(hub.endpoint, REPO_ID, None, retry=policy)
+    hub.add_fault(Fault(kind="bandwidth", request_kind="lfs_get", bytes_per_s=200_000))
+    started = time.monotonic()
+    assert _sha256(_download(client, planned, tmp_path)) == planned.files[0].sha256
+    assert time.monotonic() - started > 1.0  # ~1.5 s: longer than the stall timeout
+
+
+def test_a_download_past_the_deadline_fails_naming_the_setting(
+    hub: LocalHub, planned: RemoteConfig, tmp_path: Path
+) -> None:
+    client = HubClient(hub.endpoint, REPO_ID, None, retry=RetryPolicy(deadline_s=1.0))
+    hub.add_fault(Fault(kind="bandwidth", request_kind="lfs_get", bytes_per_s=100_000))
+    started = time.monotonic()
+    with pytest.raises(UpstreamError, match="TOL_SYNC_DEADLINE_S") as raised:
+        _download(client, planned, tmp_path)
+    assert 0.9 < time.monotonic() - started < 2.5
+    assert planned.files[0].path in str(raised.value)
+
+
+def test_the_deadline_counts_from_when_the_run_started(hub: LocalHub) -> None:
+    late = HubClient(
+        hub.endpoint, REPO_ID, None, retry=RetryPolicy(deadline_s=60), started=time.time() - 61
+    )
+    with pytest.raises(UpstreamError, match="deadline of 60 s"):
+        late.head_commit()
+
+
+def test_a_server_wait_that_would_pass_the_deadline_fails_at_once(hub: LocalHub) -> None:
+    client = HubClient(hub.endpoint, REPO_ID, None, retry=RetryPolicy(deadline_s=5))
+    hub.add_fault(Fault(kind="rate_limit", request_kind="info", retry_after=60, times=1))
+    started = time.monotonic()
+    with pytest.raises(UpstreamError, match="TOL_SYNC_DEADLINE_S"):
+        client.head_commit()
+    assert time.monotonic() - started < 2.0
+
+
+# -- untrusted answers ------------------------------------------------------------------------
+
+#: The index of the first parquet file in the tree answer of `tiny_root`'s config folder
+#: (after `nested`, `nested/extra.parquet` and `notes.txt`).
+FIRST = 3
+HOSTILE_TREE = {
+    "sha256 climbing out": ({f"{FIRST}.lfs.oid": "../../x"}, "sha256"),
+    "uppercase sha256": ({f"{FIRST}.lfs.oid": "A" * 64}, "sha256"),
+    "sha256 not a string": ({f"{FIRST}.lfs.oid": 12}, "sha256"),
+    "path with ..": ({f"{FIRST}.path": f"{CONFIG}/../{CONFIG}/x.parquet"}, "file path"),
+    "absolute path": ({f"{FIRST}.path": f"/{CONFIG}/x.parquet"}, "file path"),
+    "control character": ({f"{FIRST}.path": f"{CONFIG}/x\x1b[2J.parquet"}, "file path"),
+    "backslash": ({f"{FIRST}.path": f"{CONFIG}/..\\x.parquet"}, "file path"),
+    "hidden name": ({f"{FIRST}.path": f"{CONFIG}/.hidden.parquet"}, "file path"),
+    "negative size": ({f"{FIRST}.lfs.size": -1}, "size"),
+    "size as text": ({f"{FIRST}.lfs.size": "300"}, "size"),
+    "absurd size": ({f"{FIRST}.lfs.size": 1 << 60}, "size"),
+    "entry not an object": ({"-": "x"}, "tree entry"),
+}
+
+
+@pytest.mark.parametrize("case", list(HOSTILE_TREE))
+def test_a_hostile_tree_answer_is_upstream_invalid(
+    client: HubClient, hub: LocalHub, case: str
+) -> None:
+    edits, what = HOSTILE_TREE[case]
+    hub.add_fault(Fault(kind="rewrite", request_kind="tree", edits=edits))
+    with pytest.raises(UpstreamInvalid) as raised:
+        client.remote_config(CONFIG)
+    message = str(raised.value)
+    assert message.startswith(f"upstream sent an invalid {what}: ")
+    assert REPO_ID in message and hub.head_commit()[:12] in message
+    assert raised.value.exit_code == 3
+
+
+def test_a_file_listed_twice_is_upstream_invalid(client: HubClient, hub: LocalHub) -> None:
+    first = client.remote_config(CONFIG).files[0]
+    twin = {"type": "file", "path": first.path, "size": 1, "oid": "0" * 40}
+    twin["lfs"] = {"oid": "1" * 64, "size": 1, "pointerSize": 130}
+    hub.add_fault(Fault(kind="rewrite", request_kind="tree", edits={"-": twin}))
+    with pytest.raises(UpstreamInvalid, match=r"invalid tree listing: .*listed twice"):
+        client.remote_config(CONFIG)
+
+
+@pytest.mark.parametrize("sha", ["not-a-commit", "A" * 40, "a" * 39, "../" * 14])
+def test_a_commit_id_that_is_not_40_hex_is_upstream_invalid(
+    client: HubClient, hub: LocalHub, sha: str
+) -> None:
+    hub.add_fault(Fault(kind="rewrite", request_kind="info", edits={"sha": sha}))
+    with pytest.raises(UpstreamInvalid, match=r"^upstream sent an invalid commit id: "):
+        client.head_commit()
+    with pytest.raises(UpstreamInvalid, match=r"^upstream sent an invalid commit id: "):
+        client.remote_config(CONFIG)
+    assert _requests(hub).get("tree", 0) == 0
+
+
+def test_a_card_row_count_that_is_no_count_is_upstream_invalid(
+    client: HubClient, hub: LocalHub
+) -> None:
+    card = with_config({}, CONFIG, num_examples=5)
+    card["dataset_info"][0]["splits"][0]["num_examples"] = -5
+    hub.add_fault(Fault(kind="rewrite", request_kind="info", edits={"cardData": card}))
+    with pytest.raises(UpstreamInvalid, match=r"^upstream sent an invalid row count: -5"):
+        client.remote_config(CONFIG)
+
+
+def test_entries_outside_the_config_folder_are_ignored(client: HubClient, hub: LocalHub) -> None:
+    honest = client.remote_config(CONFIG)
+    outside = [
+        {"type": "file", "path": path, "size": 10, "oid": "0" * 40}
+        | {"lfs": {"oid": "2" * 64, "size": 10, "pointerSize": 130}}
+        for path in (
+            "other_config/train-00000-of-00003.parquet",
+            f"{CONFIG}/nested/train-00000-of-00003.parquet",
+            "train-00000-of-00003.parquet",
+            f"{CONFIG}/train-00000-of-00003.txt",
+        )
+    ]
+    for entry in outside:  # each fault appends one entry to every tree answer
+        hub.add_fault(Fault(kind="rewrite", request_kind="tree", edits={"-": entry}))
+    assert client.remote_config(CONFIG) == honest
+
+
+def test_a_next_page_link_to_another_origin_is_upstream_invalid(
+    client: HubClient, hub: LocalHub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(hub_module.httpx2.Response, "links", property(_evil_links))
+    with pytest.raises(UpstreamInvalid, match=r"invalid next-page link: 'http://evil\.example"):
+        client.remote_config(CONFIG)
+
+
+def _evil_links(_: object) -> dict[str, dict[str, str]]:
+    return {"next": {"url": "http://evil.example/steal", "rel": "next"}}
+
+
+@pytest.mark.parametrize("sha", ["../../x", "../" + "a" * 61, "A" * 64])
+def test_a_download_refuses_a_sha256_that_would_name_a_path(
+    client: HubClient, planned: RemoteConfig, hub: LocalHub, tmp_path: Path, sha: str
+) -> None:
+    real = planned.files[0]
+    work = tmp_path / "work"
+    work.mkdir()
+    with pytest.raises(UpstreamInvalid, match="invalid sha256"):
+        client.download(
+            RemoteFile(real.path, real.size, sha),
+            planned.commit,
+            work / "mirror" / real.name,
+            partial_dir=work / "deep" / "partials",
+        )
+    assert list(work.rglob("*")) == [], "no file nor folder made"
+    assert _requests(hub) == {}

@@ -373,6 +373,31 @@ def test_cut_body_closes_mid_file_and_the_client_retries(hub: LocalHub, repo: Pa
     assert stats["lfs_get"]["bytes"] == 2 * 100 + (repo / name).stat().st_size
 
 
+def test_stall_fault_sends_part_of_the_body_then_nothing(hub: LocalHub, repo: Path) -> None:
+    name = f"{CONFIG}/train-00001-of-00002.parquet"
+    hub.add_fault(Fault("stall", request_kind="lfs_get", after_bytes=100, delay_s=60, times=1))
+    received = bytearray()
+    started = time.monotonic()
+    with (
+        pytest.raises(httpx2.ReadTimeout),
+        httpx2.stream("GET", lfs_url(hub, name), timeout=1.0) as response,
+    ):
+        for chunk in response.iter_bytes():
+            received += chunk
+    assert len(received) == 100 and 1.0 <= time.monotonic() - started < 5.0
+
+
+def test_rewrite_fault_edits_the_json_answer(hub: LocalHub, api: HfApi) -> None:
+    hub.add_fault(Fault("rewrite", request_kind="info", edits={"sha": "x", "tags.-": "t"}))
+    assert (api.dataset_info(REPO).sha, api.dataset_info(REPO).tags) == ("x", ["t"])
+    hub.clear_faults()
+    hub.add_fault(Fault("rewrite", request_kind="info", edits={"no.such.key": 1}, times=1))
+    response = httpx2.get(f"{hub.endpoint}/api/datasets/{REPO}")
+    assert response.status_code == 500 and "does not fit" in response.text
+    with pytest.raises(ValueError, match="needs edits"):
+        Fault("rewrite")
+
+
 def test_delay_fault_holds_the_answer(hub: LocalHub) -> None:
     hub.add_fault(Fault("delay", delay_s=0.3, request_kind="refs", times=1))
     started = time.monotonic()

@@ -214,6 +214,19 @@ def test_a_hub_outage_skips_the_tick_quickly_and_keeps_the_cursor(
     assert elapsed < 10, f"a tick against a Hub that is down took {elapsed:.1f} s"
 
 
+def test_a_rate_limited_hub_skips_the_tick_after_one_short_wait(ticks: Ticks) -> None:
+    cursor = ticks.tick(None).cursor
+    ticks.hub.add_fault(Fault("rate_limit", request_kind="info", retry_after=86400))
+
+    started = time.monotonic()
+    result = ticks.tick(cursor)
+    elapsed = time.monotonic() - started
+
+    assert result.skip_message and "HTTP 429" in result.skip_message
+    assert result.cursor in (None, cursor)
+    assert 5.0 <= elapsed < 15, f"a tick against a rate-limiting Hub took {elapsed:.1f} s"
+
+
 def test_the_minimum_interval_comes_from_the_environment(tmp_path: Path) -> None:
     settings = Settings.from_env({"TOL_HOME": str(tmp_path), "TOL_SENSOR_MIN_INTERVAL_S": "17"})
 

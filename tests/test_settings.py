@@ -52,6 +52,12 @@ def test_configs_are_comma_separated() -> None:
         ("TOL_MAX_ROW_LOSS", "ten percent", "share from 0 to 1"),
         ("TOL_GENERATION_GRACE_S", "-1", "out of range"),
         ("TOL_GENERATION_GRACE_S", "an hour", "whole number"),
+        ("TOL_MAX_RETRY_WAIT_S", "5m", "whole number"),
+        ("TOL_MAX_RETRY_WAIT_S", "-1", "out of range"),
+        ("TOL_SYNC_DEADLINE_S", "0", "out of range"),
+        ("TOL_SYNC_DEADLINE_S", "1h", "whole number"),
+        ("TOL_STALL_TIMEOUT_S", "0", "out of range"),
+        ("TOL_STALL_TIMEOUT_S", "2.5", "whole number"),
     ],
 )
 def test_a_bad_value_names_the_variable_and_what_it_expects(
@@ -79,6 +85,38 @@ def test_knobs_are_read(tmp_path: Path) -> None:
         settings.max_row_loss,
         settings.generation_grace_s,
     ) == (8, 30, 0.05, 0)
+
+
+def test_waits_default_to_bounded_except_the_deadline() -> None:
+    settings = Settings.from_env({})
+    assert (settings.max_retry_wait_s, settings.sync_deadline_s, settings.stall_timeout_s) == (
+        300,
+        None,
+        120,
+    )
+    bounded = Settings.from_env(
+        {"TOL_MAX_RETRY_WAIT_S": "5", "TOL_SYNC_DEADLINE_S": "3600", "TOL_STALL_TIMEOUT_S": "30"}
+    )
+    assert (bounded.max_retry_wait_s, bounded.sync_deadline_s, bounded.stall_timeout_s) == (
+        5,
+        3600,
+        30,
+    )
+
+
+def test_the_hub_resource_gives_its_clients_the_bounded_waits() -> None:
+    from tol_dagster.defs.resources import resources_from
+    from tol_dagster.hub import RetryPolicy
+
+    settings = Settings.from_env(
+        {"TOL_MAX_RETRY_WAIT_S": "5", "TOL_SYNC_DEADLINE_S": "3600", "TOL_STALL_TIMEOUT_S": "30"}
+    )
+    hub = resources_from(settings)["hub"]
+    policy = hub.client().retry  # type: ignore[attr-defined]
+    assert (policy.max_server_wait_s, policy.deadline_s, policy.stall_timeout_s) == (5, 3600, 30)
+    patient = RetryPolicy(attempts=2, max_server_wait_s=600)
+    assert hub.client(retry=patient).retry.max_server_wait_s == 5  # type: ignore[attr-defined]
+    assert "hf_" not in repr(hub)
 
 
 def test_token_comes_from_hf_token_or_nowhere(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -666,3 +666,135 @@ def test_status_reports_the_last_published_change_by_uuid(synced: User) -> None:
     assert sum(t["removed"] for t in change["taxa"]) == 3
     text = synced.tol("status").out
     assert "+0 / -3 rows by uuid" in text
+
+
+# --- bounded waits and untrusted answers ---------------------------------------------------------
+
+
+def test_a_days_retry_after_is_waited_at_most_tol_max_retry_wait_s(
+    synced: User, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TOL_MAX_RETRY_WAIT_S", "5")
+    valid_edit(synced.root, file_names(synced.root)[0])
+    synced.hub.add_fault(Fault("rate_limit", request_kind="lfs_get", retry_after=86400, times=1))
+
+    started = time.monotonic()
+    outcome = synced.sync()
+    elapsed = time.monotonic() - started
+
+    assert outcome.code == 0, outcome.text
+    assert 5.0 <= elapsed < 90.0, elapsed
+    assert synced.hub.faults.active() == []
+    assert mirror_view(synced.layout).sha256s == upstream_files(synced.root)
+
+
+def test_429s_that_never_stop_exit_3_naming_the_setting(
+    synced: User, monkeypatch: pytest.MonkeyPatch, hub_sleeps: HubSleeps
+) -> None:
+    monkeypatch.setenv("TOL_MAX_RETRY_WAIT_S", "5")
+    valid_edit(synced.root, file_names(synced.root)[0])
+    before = mirror_view(synced.layout)
+    synced.hub.add_fault(Fault("rate_limit", request_kind="lfs_get", retry_after=86400))
+
+    outcome = synced.sync()
+
+    assert outcome.code == 3, outcome.text
+    assert "HTTP 429" in outcome.err and "TOL_MAX_RETRY_WAIT_S" in outcome.err
+    assert hub_sleeps.asked and set(hub_sleeps.asked) == {5.0}, hub_sleeps.asked
+    assert mirror_view(synced.layout) == before
+
+
+def test_429s_do_not_use_up_the_retries_for_5xx(synced: User, hub_sleeps: HubSleeps) -> None:
+    valid_edit(synced.root, file_names(synced.root)[0])
+    # Each request takes one of each while both last: 5 x 500 (of 6 attempts), then 8 x 429.
+    synced.hub.add_fault(Fault("status", request_kind="lfs_get", status=500, times=5))
+    synced.hub.add_fault(Fault("rate_limit", request_kind="lfs_get", retry_after=1, times=13))
+
+    outcome = synced.sync()
+
+    assert outcome.code == 0, outcome.text
+    assert synced.requests()["lfs_get"] == 14
+    assert hub_sleeps.asked == [1.0, 2.0, 4.0, 8.0, 16.0] + [1.0] * 8  # backoff, then as asked
+    assert mirror_view(synced.layout).sha256s == upstream_files(synced.root)
+
+
+def test_a_stalled_download_exits_3_naming_the_file_and_tol_stall_timeout_s(
+    synced: User, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TOL_STALL_TIMEOUT_S", "2")
+    edited = file_names(synced.root)[0]
+    valid_edit(synced.root, edited)
+    before = mirror_view(synced.layout)
+    synced.hub.add_fault(Fault("stall", request_kind="lfs_get", after_bytes=100_000, delay_s=120))
+
+    started = time.monotonic()
+    outcome = synced.sync()
+
+    assert outcome.code == 3, outcome.text
+    assert time.monotonic() - started < 60.0
+    assert edited in outcome.err and "stalled" in outcome.err
+    assert "TOL_STALL_TIMEOUT_S=2" in outcome.err
+    assert mirror_view(synced.layout) == before
+
+    synced.hub.reset()
+    assert synced.sync().code == 0
+    assert synced.requests()["range_requests"] == 1, "the next sync resumes the partial"
+    assert mirror_view(synced.layout).sha256s == upstream_files(synced.root)
+
+
+def test_a_sync_past_tol_sync_deadline_s_exits_3(
+    synced: User, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TOL_SYNC_DEADLINE_S", "6")
+    valid_edit(synced.root, file_names(synced.root)[0])
+    before = mirror_view(synced.layout)
+    synced.hub.add_fault(Fault("bandwidth", request_kind="lfs_get", bytes_per_s=50_000))
+
+    started = time.monotonic()
+    outcome = synced.sync()
+
+    assert outcome.code == 3, outcome.text
+    assert time.monotonic() - started < 30.0
+    assert "TOL_SYNC_DEADLINE_S" in outcome.err
+    assert mirror_view(synced.layout) == before
+
+
+HOSTILE_ANSWERS: dict[str, tuple[str, dict[str, object], str]] = {
+    "sha256 climbing out": ("tree", {"0.lfs.oid": "../../x"}, "sha256"),
+    "path with ..": ("tree", {"0.path": f"{CONFIG}/../../../x.parquet"}, "file path"),
+    "negative size": ("tree", {"0.lfs.size": -1}, "size"),
+    "commit not hex": ("info", {"sha": "../../" + "z" * 34}, "commit id"),
+}
+
+
+@pytest.mark.parametrize("case", list(HOSTILE_ANSWERS))
+def test_a_hostile_hub_answer_exits_3_and_changes_nothing(synced: User, case: str) -> None:
+    request_kind, edits, what = HOSTILE_ANSWERS[case]
+    valid_edit(synced.root, file_names(synced.root)[0])
+    before = mirror_view(synced.layout)
+    store = sorted(p.relative_to(synced.home) for p in synced.layout.store_dir(CONFIG).rglob("*"))
+    synced.hub.add_fault(Fault("rewrite", request_kind=request_kind, edits=edits))
+
+    outcome = synced.sync()
+
+    assert outcome.code == 3, outcome.text
+    causes = [line.strip() for line in outcome.err.splitlines() if "upstream sent" in line]
+    assert causes and f"upstream sent an invalid {what}: " in causes[0], outcome.err
+    assert mirror_view(synced.layout) == before
+    assert synced.file_requests() == dict.fromkeys(synced.file_requests(), 0)
+    after = sorted(p.relative_to(synced.home) for p in synced.layout.store_dir(CONFIG).rglob("*"))
+    assert [p for p in after if p not in store and p.name != ".lock"] == []
+
+
+def test_tree_entries_outside_the_config_folder_are_ignored(synced: User) -> None:
+    valid_edit(synced.root, file_names(synced.root)[0])
+    for path in (f"other/{file_names(synced.root)[1]}", f"{CONFIG}/deeper/x.parquet"):
+        entry = {"type": "file", "path": path, "size": 5, "oid": "0" * 40}
+        entry["lfs"] = {"oid": "3" * 64, "size": 5, "pointerSize": 130}
+        synced.hub.add_fault(Fault("rewrite", request_kind="tree", edits={"-": entry}))
+
+    outcome = synced.sync()
+
+    assert outcome.code == 0, outcome.text
+    assert mirror_view(synced.layout).sha256s == upstream_files(synced.root)
+    assert synced.requests()["lfs_get"] == 1

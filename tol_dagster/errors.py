@@ -37,6 +37,13 @@ class UpstreamAuthError(UpstreamError):
     exit_code = 3
 
 
+class UpstreamInvalid(UpstreamError):
+    """The Hub answered with a value we will not use (a path, sha256, size or commit id that is
+    malformed or hostile); nothing was changed."""
+
+    exit_code = 3
+
+
 class RevisionGone(UpstreamError):
     """The commit a sync was pinned to no longer exists upstream (force-push, squash)."""
 

@@ -7,7 +7,12 @@ What the client leaves uneven, this module makes uniform:
 
 - one retry loop for every request (backoff, `Retry-After`, `RateLimit: ...;r=0;t=N`), and no
   retries inside the client, so a request is never retried twice over nor counted twice;
+- bounded waits: a server's wait is capped (`TOL_MAX_RETRY_WAIT_S`) and 429s have a budget of
+  their own, a download that receives no bytes for `TOL_STALL_TIMEOUT_S` fails, and a client
+  may have an overall deadline (`TOL_SYNC_DEADLINE_S`);
 - an explicit timeout on every request;
+- every value of the Hub's answers (paths, sha256, sizes, commit ids) checked where it enters
+  (`hub_input`), before any use in a path;
 - downloads into a stable `<sha256>.part` that the next attempt or process resumes with a
   Range request, hashed while streaming, verified for size and sha256, then renamed atomically;
 - the token goes only to the Hub's own origin, and never into a message or a log line.
@@ -42,7 +47,7 @@ from huggingface_hub.errors import (
     RevisionNotFoundError,
 )
 from huggingface_hub.file_download import HfFileMetadata, get_hf_file_metadata, hf_hub_url, xet_get
-from huggingface_hub.hf_api import DatasetInfo, RepoFile
+from huggingface_hub.hf_api import DatasetInfo
 from huggingface_hub.utils import (
     build_hf_headers,
     get_session,
@@ -58,6 +63,15 @@ from tol_dagster.errors import (
     SettingsError,
     UpstreamAuthError,
     UpstreamError,
+)
+from tol_dagster.hub_input import (
+    check_commit,
+    check_file_name,
+    check_repo_path,
+    check_rows,
+    check_sha256,
+    check_size,
+    invalid,
 )
 
 logger = logging.getLogger("tol_dagster.hub")
@@ -107,23 +121,37 @@ class RemoteConfig:
 class RetryPolicy:
     """How hard to try: total attempts per request, exponential backoff, per-request timeout.
 
-    A wait the server asks for (`Retry-After`, `RateLimit` with r=0) replaces the backoff delay.
+    A wait the server asks for (`Retry-After`, `RateLimit` with r=0) replaces the backoff delay,
+    capped at `max_server_wait_s`, so one answer cannot stall a sync for a day. Rate limiting
+    (429) is counted against `rate_limit_attempts`, apart from `attempts`: a busy Hub must not
+    use up the retries meant for a failing one. A download that receives no bytes for
+    `stall_timeout_s` fails; `deadline_s` (None: none) bounds what one client does, counted
+    from its `started` time (the run's start).
     """
 
     attempts: int = 6
     base_delay_s: float = 1.0
     max_delay_s: float = 30.0
     timeout_s: float = 60.0
+    max_server_wait_s: float = 300.0
+    rate_limit_attempts: int = 10
+    stall_timeout_s: float = 120.0
+    deadline_s: float | None = None
 
     def __post_init__(self) -> None:
         if (
             self.attempts < 1
+            or self.rate_limit_attempts < 1
             or self.base_delay_s < 0
             or self.max_delay_s < 0
+            or self.max_server_wait_s < 0
             or self.timeout_s <= 0
+            or self.stall_timeout_s <= 0
+            or (self.deadline_s is not None and self.deadline_s <= 0)
         ):
             raise SettingsError(
-                f"{self} is not a usable retry policy: attempts >= 1, delays >= 0, timeout > 0"
+                f"{self} is not a usable retry policy: attempts >= 1, delays >= 0, "
+                "timeouts and deadline > 0"
             )
 
     def backoff(self, failures: int) -> float:
@@ -138,8 +166,16 @@ class HubClient:
     """Read-only access to one dataset repo on one Hub endpoint. Safe to share between threads."""
 
     def __init__(
-        self, endpoint: str, repo_id: str, token: str | None, *, retry: RetryPolicy = RetryPolicy()
+        self,
+        endpoint: str,
+        repo_id: str,
+        token: str | None,
+        *,
+        retry: RetryPolicy = RetryPolicy(),
+        started: float | None = None,
     ) -> None:
+        """`started` (epoch seconds, default now) is when the deadline's clock started: the
+        run's start, so that every step of one sync shares one deadline."""
         self.endpoint = endpoint.rstrip("/")
         self.repo_id = repo_id
         self.retry = retry
@@ -153,6 +189,10 @@ class HubClient:
         )
         self._locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
+        self._deadline: float | None = None
+        if retry.deadline_s is not None:
+            spent = max(0.0, time.time() - started) if started is not None else 0.0
+            self._deadline = time.monotonic() + retry.deadline_s - spent
 
     def __repr__(self) -> str:
         return f"HubClient({self.endpoint!r}, {self.repo_id!r}, token={'set' if self._token else 'none'})"
@@ -161,12 +201,7 @@ class HubClient:
 
     def head_commit(self, revision: str = "main") -> str:
         """The commit `revision` points at: one request while the Hub answers."""
-        sha = self._info(revision, expand=["sha"]).sha
-        if not sha:
-            raise UpstreamError(
-                f"{self.endpoint} answered dataset_info for {self.repo_id} without a commit sha"
-            )
-        return sha
+        return self._commit_of(self._info(revision, expand=["sha"]), revision)
 
     def card(self, commit: str) -> dict[str, Any]:
         """The dataset card's YAML metadata at `commit` ({} when the card has none)."""
@@ -180,19 +215,28 @@ class HubClient:
         config's folder, pinned to that commit so files and card belong to the same state.
         """
         info = self._info(commit or "main", expand=["sha", "cardData"])
+        sha = self._commit_of(info, commit or "main")
+        files = tuple(sorted(self._parquet_files(config, sha), key=lambda f: f.path))
+        card = info.card_data.to_dict() if info.card_data is not None else {}
+        where = f"the card's train rows of {config} in {self.repo_id}@{sha[:12]}"
+        try:
+            rows = expected_rows(card, config)
+        except (TypeError, ValueError, AttributeError) as err:
+            raise invalid("row count", str(err), where) from err
+        return RemoteConfig(self.repo_id, config, sha, files, check_rows(rows, where))
+
+    def _commit_of(self, info: DatasetInfo, revision: str) -> str:
         if not info.sha:
             raise UpstreamError(
                 f"{self.endpoint} answered dataset_info for {self.repo_id} without a commit sha"
             )
-        files = tuple(sorted(self._parquet_files(config, info.sha), key=lambda f: f.path))
-        card = info.card_data.to_dict() if info.card_data is not None else {}
-        return RemoteConfig(self.repo_id, config, info.sha, files, expected_rows(card, config))
+        return check_commit(info.sha, f"dataset_info of {self.repo_id}@{revision}")
 
     def _info(self, revision: str, *, expand: list[Any]) -> DatasetInfo:
         return self._with_retries(
             f"dataset_info of {self.repo_id}@{revision}",
             lambda: self._api.dataset_info(
-                self.repo_id, revision=revision, expand=expand, timeout=self.retry.timeout_s
+                self.repo_id, revision=revision, expand=expand, timeout=self._timeout()
             ),
         )
 
@@ -203,6 +247,7 @@ class HubClient:
             f"{quote(commit, safe='')}/{quote(config, safe='')}"
         )
         params: dict[str, Any] | None = {"recursive": True, "expand": False}
+        seen: set[str] = set()
         while url is not None:
             try:
                 response = self._get_page(f"tree of {config}/ at {commit[:12]}", url, params)
@@ -211,20 +256,50 @@ class HubClient:
                     f"{self.repo_id} has no folder {config!r} at commit {commit[:12]} on "
                     f"{self.endpoint}: check the config name (TOL_CONFIGS) against the repo's folders"
                 ) from err
-            for entry in response.json():
-                if entry.get("type") != "file":
+            where = f"tree of {config}/ in {self.repo_id}@{commit[:12]}"
+            for entry in _json_list(response, where):
+                file = self._tree_file(entry, config, commit)
+                if file is None:
                     continue
-                item = RepoFile(**entry)
-                path = PurePosixPath(item.path)
-                if path.parent != PurePosixPath(config) or path.suffix != ".parquet":
-                    continue
-                if item.lfs is None:
-                    raise UpstreamError(
-                        f"{item.path} at commit {commit[:12]} is not an LFS file, "
-                        "so the Hub gives no sha256 for it"
-                    )
-                yield RemoteFile(item.path, item.lfs.size, item.lfs.sha256)
-            url, params = response.links.get("next", {}).get("url"), None
+                if file.path in seen:
+                    raise invalid("tree listing", file.path, f"listed twice; {where}")
+                seen.add(file.path)
+                yield file
+            url, params = self._next_page(response, where), None
+
+    def _tree_file(self, entry: object, config: str, commit: str) -> RemoteFile | None:
+        """The parquet file a tree entry announces directly in `config/`, checked; None for
+        anything else (folders, other files, entries outside the folder: never removals)."""
+        where = f"tree of {config}/ in {self.repo_id}@{commit[:12]}"
+        if not isinstance(entry, dict):
+            raise invalid("tree entry", entry, where)
+        path = check_repo_path(entry.get("path"), where)
+        if entry.get("type") != "file":
+            return None
+        if path.parent != PurePosixPath(config) or path.suffix != ".parquet":
+            return None
+        check_file_name(path, where)
+        where = f"{path} in {self.repo_id}@{commit[:12]}"
+        lfs = entry.get("lfs")
+        if lfs is None:
+            raise UpstreamError(
+                f"{path} at commit {commit[:12]} is not an LFS file, "
+                "so the Hub gives no sha256 for it"
+            )
+        if not isinstance(lfs, dict):
+            raise invalid("LFS record", lfs, where)
+        size = check_size(lfs.get("size"), where)
+        return RemoteFile(str(path), size, check_sha256(lfs.get("oid"), where))
+
+    def _next_page(self, response: httpx2.Response, where: str) -> str | None:
+        """The listing's next page, which must stay on the Hub's origin (it gets the token)."""
+        link = response.links.get("next", {}).get("url")
+        if link is None:
+            return None
+        url = urljoin(str(response.url), link)
+        if _origin(url) != _origin(self.endpoint):
+            raise invalid("next-page link", link, f"not on {self.endpoint}; {where}")
+        return url
 
     def _get_page(self, what: str, url: str, params: dict[str, Any] | None) -> httpx2.Response:
         """One page of a listing. Not `HfApi.list_repo_tree`: its pager retries on a schedule of
@@ -232,7 +307,7 @@ class HubClient:
 
         def get() -> httpx2.Response:
             response = get_session().get(
-                url, params=params, headers=self._headers(to_hub=True), timeout=self.retry.timeout_s
+                url, params=params, headers=self._headers(to_hub=True), timeout=self._timeout()
             )
             hf_raise_for_status(response)
             return response
@@ -263,8 +338,12 @@ class HubClient:
         Bytes go to `partial_dir/<sha256>.part`, which a later attempt or process resumes with
         a Range request. `on_progress` receives the byte count of each chunk fetched from the
         network. On a mismatch the partial is deleted and `IntegrityError` names the file, the
-        expected and the actual sha256; `dest` is then left untouched.
+        expected and the actual sha256; `dest` is then left untouched. A sha256 or size that is
+        not one (`UpstreamInvalid`) is refused before it names any file.
         """
+        where = f"{file.path} in {self.repo_id}@{commit[:12]}"
+        check_sha256(file.sha256, where)
+        check_size(file.size, where)
         partial_dir.mkdir(parents=True, exist_ok=True)
         with self._exclusive(file.sha256), _Partial(partial_dir / f"{file.sha256}.part") as partial:
             resumed = partial.size > 0
@@ -301,13 +380,20 @@ class HubClient:
             self.repo_id, file.path, repo_type="dataset", revision=commit, endpoint=self.endpoint
         )
         use_xet = _xet_enabled()
+        activity = _Activity()
+        what = f"download of {file.path} at {commit[:12]}"
+
+        def received(count: int) -> None:
+            activity.touch()
+            on_progress(count)
+            self._check_deadline(what)
 
         def attempt() -> None:
             nonlocal use_xet
             meta = get_hf_file_metadata(
                 url,
                 token=self._token,
-                timeout=self.retry.timeout_s,
+                timeout=min(self._timeout(), self.retry.stall_timeout_s),
                 endpoint=self.endpoint,
                 retry_on_errors=False,
                 library_name=_LIBRARY,
@@ -315,7 +401,7 @@ class HubClient:
             )
             if use_xet and meta.xet_file_data is not None:
                 try:
-                    self._fetch_xet(file, meta, partial, on_progress)
+                    self._fetch_xet(file, meta, partial, received)
                     return
                 except HfHubHTTPError:
                     raise
@@ -324,12 +410,10 @@ class HubClient:
                     raise _Transient(
                         f"Xet download failed ({type(err).__name__}); falling back to HTTP"
                     ) from err
-            self._fetch_http(file, urljoin(url, meta.location), partial, on_progress)
+            self._fetch_http(file, urljoin(url, meta.location), partial, received)
 
         try:
-            self._with_retries(
-                f"download of {file.path} at {commit[:12]}", attempt, progress=lambda: partial.size
-            )
+            self._with_retries(what, attempt, progress=lambda: partial.size, activity=activity)
         except _EntryMissing as err:
             raise RevisionGone(
                 f"{file.path} is no longer served at commit {commit[:12]} by {self.endpoint} "
@@ -366,9 +450,10 @@ class HubClient:
         start = partial.size
         if start:
             headers["Range"] = f"bytes={start}-"
-        with get_session().stream(
-            "GET", location, headers=headers, timeout=self.retry.timeout_s
-        ) as response:
+        # A read waits at most the stall timeout: a body that stops is noticed in time.
+        limit = self._timeout()
+        timeout = httpx2.Timeout(limit, read=min(limit, self.retry.stall_timeout_s))
+        with get_session().stream("GET", location, headers=headers, timeout=timeout) as response:
             if response.status_code == 416:
                 partial.reset()
                 raise _Transient(
@@ -407,16 +492,23 @@ class HubClient:
     # -- retries and error mapping ----------------------------------------------------------
 
     def _with_retries(
-        self, what: str, call: Callable[[], T], *, progress: Callable[[], int] | None = None
+        self,
+        what: str,
+        call: Callable[[], T],
+        *,
+        progress: Callable[[], int] | None = None,
+        activity: _Activity | None = None,
     ) -> T:
         """Run `call` until it succeeds, retrying transient failures per the policy.
 
         With `progress`, an attempt that moved it forward does not count against the policy: a
-        download cut again and again keeps going while bytes keep arriving.
+        download cut again and again keeps going while bytes keep arriving. With `activity`, a
+        failure after `stall_timeout_s` without a byte ends the download instead.
         """
-        failures = 0
+        failures = limited = 0
         tried: list[str] = []
         while True:
+            self._check_deadline(what)
             before = progress() if progress else 0
             try:
                 return call()
@@ -426,26 +518,94 @@ class HubClient:
                     if not isinstance(err, _HUB_FAILURES):
                         raise  # ours, or local (a full disk is no upstream error)
                     raise self._mapped(what, err) from err
-                reason, server_wait = transient
+                reason, asked = transient
                 tried.append(reason)
-                failures = 1 if progress and progress() > before else failures + 1
-                if failures >= self.retry.attempts:
-                    raise UpstreamError(
-                        f"{what} on {self.endpoint} failed after {len(tried)} attempts "
-                        f"({', '.join(tried[-self.retry.attempts :])}): check the network and the Hub's "
-                        "status, then sync again"
-                    ) from err
-                wait = server_wait if server_wait is not None else self.retry.backoff(failures)
+                if progress and progress() > before:
+                    failures = limited = 0
+                if activity is not None:
+                    self._check_stall(what, activity)
+                if _status(err) == 429:
+                    limited += 1
+                    if limited >= self.retry.rate_limit_attempts:
+                        raise self._rate_limited(what, limited, asked) from err
+                    count, budget = limited, self.retry.rate_limit_attempts
+                else:
+                    failures += 1
+                    if failures >= self.retry.attempts:
+                        raise UpstreamError(
+                            f"{what} on {self.endpoint} failed after {len(tried)} attempts "
+                            f"({', '.join(tried[-self.retry.attempts :])}): check the network and "
+                            "the Hub's status, then sync again"
+                        ) from err
+                    count, budget = failures, self.retry.attempts
+                wait = self._wait(what, asked, count)
                 logger.warning(
                     "%s: %s; retry %d of %d in %.2f s%s",
                     what,
                     reason,
-                    failures,
-                    self.retry.attempts - 1,
+                    count,
+                    budget - 1,
                     wait,
-                    " (as the server asked)" if server_wait is not None else "",
+                    " (as the server asked)" if asked is not None else "",
                 )
                 time.sleep(wait)
+                if activity is not None:
+                    activity.touch()  # our pause between attempts is not the server stalling
+
+    def _wait(self, what: str, asked: float | None, count: int) -> float:
+        """The pause before the next attempt: the server's wait capped, else the backoff; never
+        past the deadline."""
+        if asked is None:
+            wait = self.retry.backoff(count)
+        else:
+            wait = min(asked, self.retry.max_server_wait_s)
+            if wait < asked:
+                logger.warning(
+                    "%s: the server asked to wait %.0f s; waiting %.0f s (TOL_MAX_RETRY_WAIT_S)",
+                    what,
+                    asked,
+                    wait,
+                )
+        if self._deadline is not None and time.monotonic() + wait > self._deadline:
+            raise self._past_deadline(what, f"the next retry is {wait:.0f} s away")
+        return wait
+
+    def _rate_limited(self, what: str, times: int, asked: float | None) -> UpstreamError:
+        told = f"; it last asked to wait {asked:.0f} s" if asked is not None else ""
+        return UpstreamError(
+            f"{what}: {self.endpoint} rate-limited us (HTTP 429) {times} times in a row{told}, "
+            f"each wait capped at {self.retry.max_server_wait_s:.0f} s (TOL_MAX_RETRY_WAIT_S): "
+            "wait for the Hub's quota to reset and sync again, or raise TOL_MAX_RETRY_WAIT_S"
+        )
+
+    def _check_stall(self, what: str, activity: _Activity) -> None:
+        """Fail a download that has received nothing for the stall timeout (a small margin
+        allows for the read timeout firing a hair early)."""
+        idle = time.monotonic() - activity.last
+        if idle + 0.05 >= self.retry.stall_timeout_s:
+            raise UpstreamError(
+                f"{what}: stalled, no bytes received from {self.endpoint} for {idle:.0f} s "
+                f"(TOL_STALL_TIMEOUT_S={self.retry.stall_timeout_s:g}): check the network and the "
+                "Hub's status, then sync again (the download resumes), or raise TOL_STALL_TIMEOUT_S"
+            )
+
+    def _check_deadline(self, what: str) -> None:
+        if self._deadline is not None and time.monotonic() >= self._deadline:
+            raise self._past_deadline(what, "")
+
+    def _past_deadline(self, what: str, detail: str) -> UpstreamError:
+        detail = f" ({detail})" if detail else ""
+        return UpstreamError(
+            f"{what}: the sync's deadline of {self.retry.deadline_s:g} s (TOL_SYNC_DEADLINE_S) "
+            f"has passed{detail}; sync again (downloads resume), or raise or unset "
+            "TOL_SYNC_DEADLINE_S"
+        )
+
+    def _timeout(self) -> float:
+        """The per-request timeout, shortened so no request outlives the deadline."""
+        if self._deadline is None:
+            return self.retry.timeout_s
+        return max(0.001, min(self.retry.timeout_s, self._deadline - time.monotonic()))
 
     def _mapped(self, what: str, err: Exception) -> UpstreamError:
         """Our error for a failure retrying cannot fix."""
@@ -475,6 +635,16 @@ class HubClient:
 
 class _EntryMissing(UpstreamError):
     """A path that does not exist at the pinned commit."""
+
+
+class _Activity:
+    """When a download last received bytes (or was told by the server to wait)."""
+
+    def __init__(self) -> None:
+        self.last = time.monotonic()
+
+    def touch(self) -> None:
+        self.last = time.monotonic()
 
 
 class _Partial:
@@ -613,6 +783,17 @@ def _transient(err: Exception, endpoint: str) -> tuple[str, float | None] | None
     if response.status_code in (401, 403) and host != _origin(endpoint):
         return f"HTTP {response.status_code} from {host[1]}:{host[2]}; asking for a fresh URL", None
     return None
+
+
+def _json_list(response: httpx2.Response, where: str) -> list[Any]:
+    """A listing page's JSON, which must be a list."""
+    try:
+        data = response.json()
+    except ValueError:
+        raise invalid("listing (not JSON)", response.text[:200], where) from None
+    if not isinstance(data, list):
+        raise invalid("listing (not a list)", data, where)
+    return data
 
 
 def _server_wait(headers: httpx2.Headers) -> float | None:

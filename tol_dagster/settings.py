@@ -35,6 +35,9 @@ OFFLINE_HF_ENV: dict[str, str] = {
     "GX_ANALYTICS_ENABLED": "False",
 }
 
+#: Longest sync deadline accepted: 30 days (unset means none).
+MAX_DEADLINE_S = 30 * 86400
+
 _REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 _CONFIG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
@@ -52,6 +55,9 @@ class Settings:
     max_row_loss: float = 0.01
     slices_file: Path = DEFAULT_SLICES_FILE
     generation_grace_s: int = 3600
+    max_retry_wait_s: int = 300
+    sync_deadline_s: int | None = None
+    stall_timeout_s: int = 120
 
     @property
     def layout(self) -> Layout:
@@ -79,6 +85,15 @@ class Settings:
             .expanduser()
             .resolve(),
             generation_grace_s=generation_grace_s(env),
+            max_retry_wait_s=parse_int(
+                "TOL_MAX_RETRY_WAIT_S", env.get("TOL_MAX_RETRY_WAIT_S"), 300, 0, 86400
+            ),
+            sync_deadline_s=parse_optional_int(
+                "TOL_SYNC_DEADLINE_S", env.get("TOL_SYNC_DEADLINE_S"), 1, MAX_DEADLINE_S
+            ),
+            stall_timeout_s=parse_int(
+                "TOL_STALL_TIMEOUT_S", env.get("TOL_STALL_TIMEOUT_S"), 120, 1, 86400
+            ),
         )
 
 
@@ -140,6 +155,13 @@ def parse_int(name: str, value: str | None, default: int, low: int, high: int) -
     if not low <= number <= high:
         raise SettingsError(f"{name}={value!r} is out of range; expected {low}..{high}")
     return number
+
+
+def parse_optional_int(name: str, value: str | None, low: int, high: int) -> int | None:
+    """A whole number, or None when unset or empty (no limit)."""
+    if value is None or value.strip() == "":
+        return None
+    return parse_int(name, value, low, low, high)
 
 
 def parse_share(name: str, value: str | None, default: float) -> float:

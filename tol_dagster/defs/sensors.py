@@ -30,7 +30,15 @@ from tol_dagster.runs import fail_dead_cli_runs
 #: A tick stays short: one quick retry, then the next tick tries again. The default policy
 #: (6 attempts, backoff to 30 s) held a tick for 31 s against a Hub that was down, and longer
 #: than the daemon's tick timeout against one that hangs.
-SENSOR_RETRY = RetryPolicy(attempts=2, base_delay_s=0.5, max_delay_s=0.5, timeout_s=10.0)
+#: A 429 likewise: one short wait at most, whatever the server asks.
+SENSOR_RETRY = RetryPolicy(
+    attempts=2,
+    base_delay_s=0.5,
+    max_delay_s=0.5,
+    timeout_s=10.0,
+    max_server_wait_s=5.0,
+    rate_limit_attempts=2,
+)
 
 
 def build_upstream_change_sensor(

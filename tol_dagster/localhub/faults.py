@@ -7,8 +7,9 @@ request kind; `times` bounds how many requests it affects (None: until cleared).
 from __future__ import annotations
 
 import fnmatch
+import json
 import threading
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 #: Request kinds counted by `stats()`; also the values `Fault.request_kind` accepts.
@@ -23,9 +24,9 @@ REQUEST_KINDS = (
     "lfs_get",
     "other",
 )
-FAULT_KINDS = ("rate_limit", "status", "cut", "delay", "bandwidth")
+FAULT_KINDS = ("rate_limit", "status", "cut", "delay", "bandwidth", "stall", "rewrite")
 #: Faults that shape a response body rather than replace the response.
-BODY_FAULTS = ("cut", "bandwidth")
+BODY_FAULTS = ("cut", "bandwidth", "stall", "rewrite")
 
 
 @dataclass
@@ -35,7 +36,10 @@ class Fault:
     `rate_limit`: 429 with `Retry-After: retry_after`; `status`: answer `status` (5xx) instead;
     `cut`: announce the full Content-Length, send `after_bytes` of the body, close the
     connection; `delay`: wait `delay_s` before answering; `bandwidth`: send the body at
-    `bytes_per_s` at most.
+    `bytes_per_s` at most; `stall`: send `after_bytes` of the body, then nothing for `delay_s`
+    with the connection open (then close it); `rewrite`: edit a JSON answer (a hostile Hub):
+    `edits` maps a dotted path into the JSON ("0.lfs.oid", "sha"; "-" appends to a list) to the
+    value to put there.
 
     `pattern` sees decoded paths such as `/api/datasets/<repo>/tree/<rev>/<path>`,
     `/datasets/<repo>/resolve/<rev>/<path>` and, on the CDN origin, `/lfs/<sha256>/<path>`;
@@ -51,6 +55,7 @@ class Fault:
     after_bytes: int = 0
     delay_s: float = 0.0
     bytes_per_s: int = 0
+    edits: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         problems = []
@@ -66,6 +71,8 @@ class Fault:
             problems.append(f"status={self.status} must be an HTTP error status (400-599)")
         if self.kind == "bandwidth" and self.bytes_per_s <= 0:
             problems.append("a bandwidth fault needs bytes_per_s > 0")
+        if self.kind == "rewrite" and not self.edits:
+            problems.append("a rewrite fault needs edits")
         if min(self.retry_after, self.after_bytes, self.delay_s) < 0:
             problems.append("retry_after, after_bytes and delay_s must be >= 0")
         if problems:
@@ -89,6 +96,24 @@ class Fault:
         if self.kind in BODY_FAULTS and not has_body:
             return False
         return fnmatch.fnmatchcase(path, self.pattern)
+
+
+def rewrite_json(body: bytes, edits: dict[str, Any]) -> bytes:
+    """`body` (a JSON answer) with each dotted path in `edits` set to its value."""
+    data = json.loads(body)
+    for dotted, value in edits.items():
+        *parents, last = dotted.split(".")
+        node = data
+        for key in parents:
+            node = node[int(key)] if isinstance(node, list) else node[key]
+        if isinstance(node, list):
+            if last == "-":
+                node.append(value)
+            else:
+                node[int(last)] = value
+        else:
+            node[last] = value
+    return json.dumps(data, separators=(",", ":")).encode()
 
 
 class FaultBook:

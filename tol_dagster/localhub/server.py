@@ -30,7 +30,7 @@ from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 from tol_dagster.card import parse_card
 from tol_dagster.errors import UpstreamError
-from tol_dagster.localhub.faults import Fault, FaultBook, Stats
+from tol_dagster.localhub.faults import Fault, FaultBook, Stats, rewrite_json
 from tol_dagster.localhub.repo import Commit, FileEntry, RepoState
 from tol_dagster.settings import DEFAULT_REPO_ID
 
@@ -129,6 +129,7 @@ class _Server(ThreadingHTTPServer):
         self.origin = origin
         self.connections: set[socket.socket] = set()
         self.connections_lock = threading.Lock()
+        self.stopping = threading.Event()
         super().__init__(address, _Handler)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
@@ -208,8 +209,16 @@ class _Handler(BaseHTTPRequestHandler):
                 )
                 self._send(method, _error_reply(error), kind, [])
                 return
+        reply = self._run(action)
+        for fault in faults:
+            if fault.kind == "rewrite" and reply.status == 200 and reply.file is None:
+                try:
+                    reply.body = rewrite_json(reply.body, fault.edits)
+                except (ValueError, LookupError, TypeError) as error:
+                    message = f"rewrite fault {fault.edits} does not fit the answer: {error!r}"
+                    reply = _error_reply(HubError(500, None, message))
         self._send(
-            method, self._run(action), kind, [f for f in faults if f.kind in ("cut", "bandwidth")]
+            method, reply, kind, [f for f in faults if f.kind in ("cut", "bandwidth", "stall")]
         )
 
     def _run(self, action: Callable[[], Reply]) -> Reply:
@@ -229,13 +238,16 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         if method == "HEAD" or reply.content_length == 0:
             return
-        cut = min((f.after_bytes for f in faults if f.kind == "cut"), default=None)
+        cut = min((f.after_bytes for f in faults if f.kind in ("cut", "stall")), default=None)
         rate = min((f.bytes_per_s for f in faults if f.kind == "bandwidth"), default=None)
         budget = reply.content_length if cut is None else min(cut, reply.content_length)
         self._stream(reply, budget, rate, lambda n: self._account(kind, reply.status, n))
         if cut is not None and budget < reply.content_length:
+            stall = max((f.delay_s for f in faults if f.kind == "stall"), default=0.0)
+            self.server.stopping.wait(stall)  # silent, connection open; cut short by stop()
             self.close_connection = True
-            self.connection.shutdown(socket.SHUT_RDWR)
+            with contextlib.suppress(OSError):
+                self.connection.shutdown(socket.SHUT_RDWR)
 
     def _account(self, kind: str | None, status: int, n: int) -> None:
         """Count body bytes before they are written, so the counters are final by the time
@@ -343,6 +355,7 @@ class LocalHub:
 
     def stop(self) -> None:
         for server in self._servers:
+            server.stopping.set()
             server.shutdown()
             server.close_connections()
             server.server_close()
