@@ -4,6 +4,7 @@ or an empty taxon never breaks what was published; only affected slices are rebu
 
 from __future__ import annotations
 
+import difflib
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -16,7 +17,7 @@ import pytest
 from mirror_testing import sample_mirror
 
 from tol_dagster import slices
-from tol_dagster.errors import StoreError, ValidationFailed
+from tol_dagster.errors import EmptySliceError, StoreError, ValidationFailed
 from tol_dagster.hashing import sha256_file
 from tol_dagster.layout import Layout
 from tol_dagster.mirror_files import MirrorFile
@@ -33,8 +34,10 @@ from tol_dagster.slices import (
     check_rows_satisfy_key,
     check_schema_matches,
     check_uuids_unique,
+    close_matches,
     expected_count,
     extract_slice,
+    refuse_empty,
     slice_checks,
 )
 from tol_dagster.taxon_index import INDEX_SCHEMA, build_taxon_index, read_taxon_index
@@ -350,6 +353,45 @@ def test_a_failing_verify_leaves_the_published_slice_untouched(
         verify=lambda path: slice_checks(path, key, first.rows, SCHEMA),
     )  # fmt: skip
     assert len(passed.checks) == 4 and all(c.passed for c in passed.checks)
+
+
+# --- keys matching no row ------------------------------------------------------------------
+
+
+def test_a_key_matching_no_row_is_refused_with_close_matches_from_the_index(
+    mirror: Mirror,
+) -> None:
+    family = mirror.most_common("family", lambda v: len(v) > 6)
+    typo = family[:-2] + family[-1] + family[-2]  # two letters swapped
+    key = parse_slice_key(f"family={typo}")
+    assert expected_count(key, mirror.index, mirror.files) == 0
+    with pytest.raises(EmptySliceError) as raised:
+        refuse_empty(key, mirror.index, 0)
+    assert raised.value.exit_code == 2
+    assert raised.value.matches[0] == f"family={family}" and len(raised.value.matches) <= 5
+    assert f"family={family}" in str(raised.value) and "--allow-empty" in str(raised.value)
+
+    refuse_empty(parse_slice_key(f"family={family}"), mirror.index, 3)  # rows: nothing to say
+    nothing = parse_slice_key("family=Qqqqqqqqqqqqqqq")
+    with pytest.raises(EmptySliceError, match="no close match"):
+        refuse_empty(nothing, mirror.index, 0)
+
+
+def test_a_path_key_whose_conditions_exist_apart_says_no_row_has_them_all(
+    mirror: Mirror,
+) -> None:
+    key = parse_slice_key("kingdom=Animalia/class=Squamata/family=Felidae")
+    assert expected_count(key, mirror.index, mirror.files) == 0
+    with pytest.raises(EmptySliceError, match="no row satisfies all of them") as raised:
+        refuse_empty(key, mirror.index, 0)
+    assert raised.value.matches == ()
+
+
+def test_close_matches_skip_lengths_that_cannot_reach_the_cutoff(mirror: Mirror) -> None:
+    values = set(mirror.index.filter(pc.equal(mirror.index["rank"], "genus"))["value"].to_pylist())
+    for probe in ["Pantera", "Moru", "Danauss", "x"]:
+        brute = difflib.get_close_matches(probe, sorted(values), n=5)
+        assert close_matches(mirror.index, "genus", probe) == brute, probe
 
 
 # --- affected slices --------------------------------------------------------------------------

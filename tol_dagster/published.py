@@ -155,12 +155,32 @@ def slice_records(layout: Layout, config: str) -> list[dict[str, object]]:
     return [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))]
 
 
+def allowed_empty(layout: Layout, config: str, name: str) -> bool:
+    """Whether slice `name` was last built with allow_empty: rebuilds keep that consent."""
+    path = _record_path(layout, config, name)
+    return path.is_file() and bool(json.loads(path.read_text()).get("allow_empty"))
+
+
 def remove_slice_record(layout: Layout, config: str, name: str) -> bool:
     path = _record_path(layout, config, name)
     if path.is_file():
         path.unlink()
         return True
     return False
+
+
+def remove_slice_records_named(layout: Layout, config: str, names: set[str]) -> list[Path]:
+    """Remove the records whose `name` is one of `names`, found by content (a name that no
+    longer parses as a key has no computable record path); returns the slice files they name."""
+    folder = _records_dir(layout, config)
+    paths = []
+    for record in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        data = json.loads(record.read_text())
+        if data.get("name") in names:
+            if data.get("path"):
+                paths.append(Path(str(data["path"])))
+            record.unlink()
+    return paths
 
 
 def slices_to_rebuild(

@@ -34,6 +34,7 @@ How, and why (bench/slices.py measures it against the dataset card's DuckDB COPY
 from __future__ import annotations
 
 import contextlib
+import difflib
 import functools
 import hashlib
 import mmap
@@ -51,12 +52,13 @@ from typing import Any, NamedTuple, TypeVar
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from tol_dagster import duck
 from tol_dagster.checks import CheckResult
 from tol_dagster.durable import TEMP_PREFIX, TEMP_SUFFIX, fsync_dir
-from tol_dagster.errors import StoreError, ValidationFailed
+from tol_dagster.errors import EmptySliceError, StoreError, ValidationFailed
 from tol_dagster.mirror_files import MirrorFile
 from tol_dagster.parquet_bytes import (
     Footer,
@@ -83,6 +85,11 @@ ROWS_MATCH_SUMMARY = "rows_match_summary"
 ROWS_SATISFY_KEY = "rows_satisfy_key"
 UUIDS_UNIQUE = "uuids_unique"
 SCHEMA_MATCHES_MIRROR = "schema_matches_mirror"
+
+#: Close matches named when a key's taxon has no rows.
+CLOSE_MATCHES = 5
+#: difflib's similarity cutoff for a close match (its default).
+CLOSE_MATCH_CUTOFF = 0.6
 
 #: Rows per batch read and per output row group: ~25 MB of float16 `emb` at 768 dims.
 ROW_GROUP_ROWS = 16_384
@@ -294,6 +301,52 @@ def expected_count(key: SliceKey, index: pa.Table | None, files: Sequence[Mirror
                     [str(scan.file.path), piece.start, piece.stop, *params],
                 )
     return total
+
+
+def refuse_empty(key: SliceKey, index: pa.Table | None, rows: int) -> None:
+    """`EmptySliceError` when `key` matches no row of the mirror (`rows` is its count): a
+    misspelt taxon must not become a green 0-row slice. Names up to CLOSE_MATCHES close
+    values from the taxon index, for each condition whose value it does not hold."""
+    if rows:
+        return
+    missing = [
+        (rank, value)
+        for rank, value in key.conditions
+        if index is None or not lookup(index, rank, value)
+    ]
+    matches: dict[str, None] = {}
+    if index is not None:
+        for rank, value in missing:
+            for match in close_matches(index, rank, value):
+                matches[SliceKey(((rank, match),)).name] = None
+    if missing or index is None:
+        cause = "; ".join(f"no {rank} is named {value!r}" for rank, value in missing)
+    else:
+        cause = "each condition matches rows, but no row satisfies all of them"
+    hint = f"; close matches: {', '.join(matches)}" if matches else "; no close match"
+    raise EmptySliceError(
+        f"slice {key.name}: no rows in the mirror match ({cause or 'nothing to match'}){hint}. "
+        "Check the spelling (names are case-sensitive), or build it empty on purpose with "
+        "`tol-dagster slice KEY --allow-empty` (in the UI: the run config's allow_empty)",
+        tuple(matches),
+    )
+
+
+def close_matches(index: pa.Table, rank: str, value: str, n: int = CLOSE_MATCHES) -> list[str]:
+    """Up to `n` values of `rank` in the taxon index most like `value` (difflib's ratio).
+
+    Values whose length alone rules out the cutoff are dropped in Arrow first: a rank may
+    hold millions of names, and difflib is pure Python.
+    """
+    values = pc.unique(index.filter(pc.equal(index["rank"], rank))["value"])
+    lengths = pc.utf8_length(values)
+    # ratio <= 2 * min(len) / (len + len): keep lengths for which the cutoff is reachable.
+    # (A margin for rounding: 0.6 * 7 / 1.4 is 3.0000000000000004.)
+    low = CLOSE_MATCH_CUTOFF * len(value) / (2 - CLOSE_MATCH_CUTOFF) - 1e-6
+    high = len(value) * (2 - CLOSE_MATCH_CUTOFF) / CLOSE_MATCH_CUTOFF + 1e-6
+    near = values.filter(pc.and_(pc.greater_equal(lengths, low), pc.less_equal(lengths, high)))
+    candidates = [v for v in near.to_pylist() if v is not None]
+    return difflib.get_close_matches(value, candidates, n=n, cutoff=CLOSE_MATCH_CUTOFF)
 
 
 def slice_checks(
@@ -1017,9 +1070,11 @@ __all__ = [
     "check_rows_satisfy_key",
     "check_schema_matches",
     "check_uuids_unique",
+    "close_matches",
     "expected_count",
     "extract_slice",
     "locate",
     "plan_scans",
+    "refuse_empty",
     "slice_checks",
 ]
