@@ -81,7 +81,13 @@ CATALOG_COLUMNS = {
     "upstream_commit": pa.string(),
 }
 #: The slices' blocking checks, by the names the issue gives them.
-CHECKS = ("rows_match_summary", "rows_satisfy_key", "uuids_unique", "schema_matches_mirror")
+CHECKS = (
+    "rows_match_summary",
+    "rows_satisfy_key",
+    "uuids_unique",
+    "schema_matches_mirror",
+    "emb_matches_mirror",
+)
 HELP = "rank is one of kingdom, phylum, class, order, family, genus, species, scientific_name"
 
 

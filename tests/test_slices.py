@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import duckdb
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -17,19 +18,24 @@ import pytest
 from mirror_testing import sample_mirror
 
 from tol_dagster import slices
+from tol_dagster.checks import CheckResult
 from tol_dagster.errors import EmptySliceError, StoreError, ValidationFailed
 from tol_dagster.hashing import sha256_file
 from tol_dagster.layout import Layout
 from tol_dagster.mirror_files import MirrorFile
+from tol_dagster.parquet_bytes import Footer, read_footer, read_rows
 from tol_dagster.schema import DEFAULT_CONFIG, arrow_schema, expected_schema
 from tol_dagster.slice_keys import SliceKey, parse_slice_key, split_binomial
 from tol_dagster.slices import (
     EMB_LEAF,
+    EMB_MATCHES_MIRROR,
     ROWS_MATCH_SUMMARY,
     ROWS_SATISFY_KEY,
     SCHEMA_MATCHES_MIRROR,
     UUIDS_UNIQUE,
+    SliceResult,
     affected_slices,
+    check_emb_matches_mirror,
     check_rows_match_summary,
     check_rows_satisfy_key,
     check_schema_matches,
@@ -135,6 +141,7 @@ def test_a_slice_equals_the_matching_rows_of_the_mirror_in_order(
     assert (result.bytes, result.sha256) == (result.path.stat().st_size, sha256_file(result.path))
     assert result.rows == expected_count(key, mirror.index, mirror.files)
     assert (result.rows == 0) == ("Squamata/family" in text)
+    assert check_emb_matches_mirror(result.path, key, mirror.files).passed
 
 
 @pytest.mark.parametrize(
@@ -298,12 +305,13 @@ def test_an_index_naming_a_file_outside_the_mirror_is_refused(
 def test_the_checks_pass_on_a_good_slice(mirror: Mirror, tmp_path: Path) -> None:
     key, result, _ = _extract(mirror, "family=Felidae", tmp_path)
     expected = expected_count(key, mirror.index, mirror.files)
-    checks = slice_checks(result.path, key, expected, SCHEMA)
+    checks = slice_checks(result.path, key, expected, SCHEMA, mirror.files)
     assert [c.check for c in checks] == [
         ROWS_MATCH_SUMMARY,
         ROWS_SATISFY_KEY,
         UUIDS_UNIQUE,
         SCHEMA_MATCHES_MIRROR,
+        EMB_MATCHES_MIRROR,
     ]
     assert all(c.passed for c in checks), [c.message for c in checks if not c.passed]
 
@@ -339,7 +347,7 @@ def test_a_failing_verify_leaves_the_published_slice_untouched(
     before = first.path.read_bytes()
 
     def wrong_count(path: Path) -> list:
-        return slice_checks(path, key, first.rows + 5, SCHEMA)
+        return slice_checks(path, key, first.rows + 5, SCHEMA, mirror.files)
 
     with pytest.raises(ValidationFailed, match="mirror counts"):
         extract_slice(
@@ -350,9 +358,123 @@ def test_a_failing_verify_leaves_the_published_slice_untouched(
 
     passed = extract_slice(
         key, mirror.files, mirror.index, first.path, schema=SCHEMA,
-        verify=lambda path: slice_checks(path, key, first.rows, SCHEMA),
+        verify=lambda path: slice_checks(path, key, first.rows, SCHEMA, mirror.files),
     )  # fmt: skip
-    assert len(passed.checks) == 4 and all(c.passed for c in passed.checks)
+    assert len(passed.checks) == 5 and all(c.passed for c in passed.checks)
+
+
+# --- emb read back independently --------------------------------------------------------------
+
+
+def _flip_first_emb(rows: pa.Table) -> pa.Table:
+    """`rows` with the first value of the first row's `emb` changed (1.0 added)."""
+    emb = rows["emb"].combine_chunks().cast(SCHEMA.field("emb").type)
+    width = emb.type.list_size
+    values = np.asarray(emb.values.slice(emb.offset * width, len(emb) * width)).copy()
+    values[0] += np.float16(1.0)
+    flipped = pa.FixedSizeListArray.from_arrays(pa.array(values), width)
+    return rows.set_column(rows.schema.get_field_index("emb"), "emb", flipped)
+
+
+def _guarded(mirror: Mirror, key: SliceKey, out: Path) -> SliceResult:
+    expected = expected_count(key, mirror.index, mirror.files)
+    return extract_slice(
+        key, mirror.files, mirror.index, out, schema=SCHEMA,
+        verify=lambda path: slice_checks(path, key, expected, SCHEMA, mirror.files),
+    )  # fmt: skip
+
+
+def test_a_wrong_emb_from_the_page_reader_fails_the_check_and_nothing_is_published(
+    mirror: Mirror, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    key = parse_slice_key("family=Felidae")
+    good = _guarded(mirror, key, tmp_path / key.file_name)
+    assert good.row_groups_copied == 0  # every row went through the page reader
+    before = good.path.read_bytes()
+    calls: list[int] = []
+
+    def corrupt(footer: object, group: int, start: int, stop: int) -> pa.Table:
+        rows = read_rows(footer, group, start, stop)  # type: ignore[arg-type]
+        calls.append(group)
+        return _flip_first_emb(rows) if len(calls) == 1 else rows
+
+    monkeypatch.setattr(slices, "read_rows", corrupt)
+    with pytest.raises(ValidationFailed, match="differs from the mirror's") as raised:
+        _guarded(mirror, key, good.path)
+    assert calls
+    message = str(raised.value)
+    wrong_uuid = re.search(r"emb of uuid (\S+) \(row (\d+)\)", message)
+    assert wrong_uuid is not None, message
+    published = pq.read_table(good.path)
+    assert published["uuid"][int(wrong_uuid.group(2))].as_py() == wrong_uuid.group(1)
+    assert "1 of" in message
+    assert good.path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == [good.path.name]
+
+
+def test_a_wrong_emb_from_the_splicer_fails_the_check_and_nothing_is_published(
+    mirror: Mirror, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    key = parse_slice_key("kingdom=Animalia")
+    good = _guarded(mirror, key, tmp_path / "out" / key.file_name)
+    assert good.row_groups_copied > 0
+    before = good.path.read_bytes()
+    # Twins of the mirror files: same layout and rows, one `emb` value changed in row group 2.
+    twins = {}
+    for file in mirror.files:
+        table = pq.read_table(file.path)
+        changed = pa.concat_tables(
+            [
+                table.slice(0, 1000),
+                _flip_first_emb(table.slice(1000)),
+            ]
+        )
+        twin = tmp_path / "twins" / file.name
+        twin.parent.mkdir(exist_ok=True)
+        pq.write_table(changed, twin, row_group_size=500, compression="zstd")
+        twins[file.path] = read_footer(twin)
+
+    class WrongSplicer(slices.Splicer):
+        def add(self, footer: Footer, row_group: int) -> None:
+            super().add(twins.get(footer.path, footer), row_group)
+
+    monkeypatch.setattr(slices, "Splicer", WrongSplicer)
+    with pytest.raises(ValidationFailed, match=r"emb of uuid \S+ \(row [\d,]+\) differs"):
+        _guarded(mirror, key, good.path)
+    assert good.path.read_bytes() == before
+    assert [p.name for p in good.path.parent.iterdir()] == [good.path.name]
+
+
+def test_the_emb_check_compares_nulls_nans_order_and_length(tmp_path: Path) -> None:
+    rows = 40
+    values = np.arange(rows * 4, dtype=np.float16)
+    values[5] = np.nan
+    emb = pa.FixedSizeListArray.from_arrays(
+        pa.array(values), 4, mask=pa.array([i == 7 for i in range(rows)])
+    )
+    table = pa.table(
+        {"uuid": [f"u{i:02d}" for i in range(rows)], "emb": emb, "family": ["F"] * rows}
+    )
+    source = tmp_path / "mirror.parquet"
+    pq.write_table(table, source, row_group_size=16)
+    files = [MirrorFile("mirror.parquet", sha256_file(source), source)]
+    key = parse_slice_key("family=F")
+
+    def verdict(slice_table: pa.Table) -> CheckResult:
+        path = tmp_path / "slice.parquet"
+        pq.write_table(slice_table, path, row_group_size=7)
+        return check_emb_matches_mirror(path, key, files)
+
+    assert verdict(table).passed  # a NaN equals itself bit for bit, a NULL row a NULL row
+    unnulled = table.set_column(1, "emb", pa.FixedSizeListArray.from_arrays(pa.array(values), 4))
+    failed = verdict(unnulled)
+    assert not failed.passed and "uuid u07 (row 7)" in failed.message
+    swapped = table.take(pa.array([*range(10), 11, 10, *range(12, rows)]))
+    failed = verdict(swapped)
+    assert not failed.passed and "row 10 is uuid u11 but the mirror's is u10" in failed.message
+    assert failed.details["rows_differing"] == 2
+    failed = verdict(table.slice(0, rows - 1))
+    assert not failed.passed and "the slice end after 39 rows" in failed.message
 
 
 # --- keys matching no row ------------------------------------------------------------------
@@ -500,7 +622,7 @@ def test_row_groups_full_of_the_taxon_are_copied_and_the_file_reads_everywhere(
     )
     counted = duckdb.sql(f"SELECT count(*), count(DISTINCT uuid) FROM '{result.path}'")
     assert counted is not None and counted.fetchall() == [(result.rows, result.rows)]
-    assert all(c.passed for c in slice_checks(result.path, key, result.rows, SCHEMA))
+    assert all(c.passed for c in slice_checks(result.path, key, result.rows, SCHEMA, mirror.files))
     assert all(meta.row_group(g).column(1).has_offset_index for g in range(meta.num_row_groups))
     family = table["family"][table.num_rows // 2].as_py()
     found = duckdb.sql(f"SELECT uuid FROM '{result.path}' WHERE family = $f", params={"f": family})

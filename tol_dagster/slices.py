@@ -53,6 +53,7 @@ from typing import Any, NamedTuple, TypeVar
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from tol_dagster import duck
@@ -85,6 +86,7 @@ ROWS_MATCH_SUMMARY = "rows_match_summary"
 ROWS_SATISFY_KEY = "rows_satisfy_key"
 UUIDS_UNIQUE = "uuids_unique"
 SCHEMA_MATCHES_MIRROR = "schema_matches_mirror"
+EMB_MATCHES_MIRROR = "emb_matches_mirror"
 
 #: Close matches named when a key's taxon has no rows.
 CLOSE_MATCHES = 5
@@ -350,7 +352,11 @@ def close_matches(index: pa.Table, rank: str, value: str, n: int = CLOSE_MATCHES
 
 
 def slice_checks(
-    path: Path, key: SliceKey, expected_rows: int, mirror_schema: pa.Schema
+    path: Path,
+    key: SliceKey,
+    expected_rows: int,
+    mirror_schema: pa.Schema,
+    files: Sequence[MirrorFile],
 ) -> list[CheckResult]:
     """Every blocking check of a slice file (pass as `verify` to check before publishing)."""
     return [
@@ -358,6 +364,7 @@ def slice_checks(
         check_rows_satisfy_key(path, key),
         check_uuids_unique(path, key),
         check_schema_matches(path, mirror_schema, key),
+        check_emb_matches_mirror(path, key, files),
     ]
 
 
@@ -436,6 +443,133 @@ def check_schema_matches(
         f"{name}: schema differs from the mirror's: {'; '.join(differences)}; rebuild the slice",
         details,
     )
+
+
+#: Rows compared at a time by `check_emb_matches_mirror` (~25 MB of `emb` a side at 768 dims).
+EMB_CHECK_ROWS = 16_384
+
+
+def check_emb_matches_mirror(path: Path, key: SliceKey, files: Sequence[MirrorFile]) -> CheckResult:
+    """The slice's `emb` bytes equal the mirror's for the same rows, in the same order.
+
+    Both sides are read back by pyarrow, independently of what wrote the slice (the splicer,
+    the page reader): the mirror's rows are selected by the key's own Arrow filter over the
+    mirror files (pyarrow's dataset reader, which skips row groups by their statistics), in
+    mirror order, and compared position by position, uuid and `emb` bit for bit (NULLs and
+    NaNs included). Streams, so memory stays bounded.
+    """
+    mirror = ds.dataset([str(f.path) for f in files], format="parquet").to_batches(
+        columns=["uuid", EMB_COLUMN],
+        filter=to_arrow_filter(key),
+        batch_size=EMB_CHECK_ROWS,
+        use_threads=False,  # keeps the files' order and their rows' order
+    )
+    written = pq.ParquetFile(path).iter_batches(
+        batch_size=EMB_CHECK_ROWS, columns=["uuid", EMB_COLUMN], use_threads=False
+    )
+    compared, differing, first = 0, 0, None
+    shorter: str | None = None
+    for ours, theirs in _aligned(written, mirror):
+        if ours is None or theirs is None:
+            shorter = "the slice" if ours is None else "the mirror's matching rows"
+            break
+        bad = _differing_rows(ours, theirs)
+        if len(bad) and first is None:
+            row = int(bad[0])
+            first = (compared + row, ours["uuid"][row].as_py(), theirs["uuid"][row].as_py())
+        differing += len(bad)
+        compared += ours.num_rows
+    details: dict[str, Any] = {"rows_compared": compared, "rows_differing": differing}
+    if shorter is not None:
+        return CheckResult(
+            EMB_MATCHES_MIRROR,
+            False,
+            f"slice {key.name}: {shorter} end after {compared:,} rows, the other side goes on: "
+            "the slice does not hold the mirror's rows; rebuild it",
+            details,
+        )
+    if first is None:
+        return CheckResult(
+            EMB_MATCHES_MIRROR,
+            True,
+            f"slice {key.name}: emb of all {compared:,} rows equals the mirror's, bit for bit",
+            details,
+        )
+    position, uuid, mirror_uuid = first
+    details["first"] = {"row": position, "uuid": uuid, "mirror_uuid": mirror_uuid}
+    what = (
+        f"emb of uuid {uuid} (row {position:,}) differs from the mirror's"
+        if uuid == mirror_uuid
+        else f"row {position:,} is uuid {uuid} but the mirror's is {mirror_uuid}"
+    )
+    return CheckResult(
+        EMB_MATCHES_MIRROR,
+        False,
+        f"slice {key.name}: {what} ({differing:,} of {compared:,} rows differ): the slice "
+        "writer produced wrong rows; it was not published. Rebuild it, and report this if it "
+        "happens again",
+        details,
+    )
+
+
+def _aligned(
+    left: Iterator[pa.RecordBatch], right: Iterator[pa.RecordBatch]
+) -> Iterator[tuple[pa.RecordBatch | None, pa.RecordBatch | None]]:
+    """Equal-length pieces of two batch streams, in order; a None side when it ran out first
+    (then the rest of the other side, once, and no more)."""
+    a = b = None
+    while True:
+        while a is None or a.num_rows == 0:
+            a = next(left, None)
+            if a is None:
+                break
+        while b is None or b.num_rows == 0:
+            b = next(right, None)
+            if b is None:
+                break
+        if a is None and b is None:
+            return
+        if a is None or b is None:
+            yield a, b
+            return
+        size = min(a.num_rows, b.num_rows)
+        yield a.slice(0, size), b.slice(0, size)
+        a, b = a.slice(size), b.slice(size)
+
+
+def _differing_rows(ours: pa.RecordBatch, theirs: pa.RecordBatch) -> np.ndarray:
+    """Positions where uuid or `emb` (validity and bits) differ between two equal-length batches."""
+    same_uuid = pc.fill_null(pc.equal(ours["uuid"], theirs["uuid"]), False)
+    both_null = pc.and_(pc.is_null(ours["uuid"]), pc.is_null(theirs["uuid"]))
+    different = ~np.asarray(pc.or_(same_uuid, both_null).to_numpy(zero_copy_only=False))
+    emb_a, emb_b = ours[EMB_COLUMN], theirs[EMB_COLUMN]
+    if emb_a.type != emb_b.type:
+        try:
+            emb_b = emb_b.cast(emb_a.type)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            return np.arange(ours.num_rows)
+    valid_a, bits_a = _emb_bits(emb_a)
+    valid_b, bits_b = _emb_bits(emb_b)
+    different |= valid_a != valid_b
+    different |= valid_a & valid_b & (bits_a != bits_b).any(axis=1)
+    return np.flatnonzero(different)
+
+
+def _emb_bits(column: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """(row is not NULL, each row's values as raw bits) of a `fixed_size_list` column; a NULL
+    value inside a row reads as all ones, which no half float or float has as its bits."""
+    if not pa.types.is_fixed_size_list(column.type):
+        raise StoreError(f"emb is {column.type}, not a fixed-size list: the schema check says more")
+    valid = np.asarray(column.is_valid().to_numpy(zero_copy_only=False), dtype=bool)
+    width = column.type.list_size
+    values = column.values.slice(column.offset * width, len(column) * width)
+    kind = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}[values.type.bit_width // 8]
+    bits = np.frombuffer(values.buffers()[1], dtype=kind, count=values.offset + len(values))
+    bits = bits[values.offset :].astype(np.uint64)
+    if values.null_count:
+        missing = ~np.asarray(values.is_valid().to_numpy(zero_copy_only=False), dtype=bool)
+        bits[missing] = np.iinfo(np.uint64).max
+    return valid, bits.reshape(len(column), width)
 
 
 def affected_slices(
@@ -1056,6 +1190,7 @@ class _HashingSink:
 
 
 __all__ = [
+    "EMB_MATCHES_MIRROR",
     "ROWS_MATCH_SUMMARY",
     "ROWS_SATISFY_KEY",
     "SCHEMA_MATCHES_MIRROR",
@@ -1066,6 +1201,7 @@ __all__ = [
     "Span",
     "Spans",
     "affected_slices",
+    "check_emb_matches_mirror",
     "check_rows_match_summary",
     "check_rows_satisfy_key",
     "check_schema_matches",

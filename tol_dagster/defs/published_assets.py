@@ -26,6 +26,7 @@ from tol_dagster.defs.resources import StorageResource
 from tol_dagster.errors import EmptySliceError, ValidationFailed
 from tol_dagster.slice_keys import parse_slice_key
 from tol_dagster.slices import (
+    EMB_MATCHES_MIRROR,
     ROWS_MATCH_SUMMARY,
     ROWS_SATISFY_KEY,
     SCHEMA_MATCHES_MIRROR,
@@ -41,6 +42,10 @@ SLICE_CHECKS = {
     ROWS_SATISFY_KEY: "Every row satisfies the slice key.",
     UUIDS_UNIQUE: "No uuid appears twice in the slice.",
     SCHEMA_MATCHES_MIRROR: "The slice has the mirror's exact schema.",
+    EMB_MATCHES_MIRROR: (
+        "The slice's emb bytes equal the mirror's for the same rows, read back by pyarrow "
+        "(independent of the splicer and the page reader)."
+    ),
 }
 
 
@@ -226,7 +231,7 @@ def build_published_assets(name: str) -> list[dg.AssetsDefinition]:
         verdicts: list[CheckResult] = []
 
         def verify(path: Path) -> list[CheckResult]:
-            verdicts.extend(slice_checks(path, key, expected, schema))
+            verdicts.extend(slice_checks(path, key, expected, schema, files))
             return verdicts
 
         try:
