@@ -5,6 +5,8 @@ or an empty taxon never breaks what was published; only affected slices are rebu
 from __future__ import annotations
 
 import difflib
+import errno
+import os
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -23,7 +25,7 @@ from tol_dagster.errors import EmptySliceError, StoreError, ValidationFailed
 from tol_dagster.hashing import sha256_file
 from tol_dagster.layout import Layout
 from tol_dagster.mirror_files import MirrorFile
-from tol_dagster.parquet_bytes import Footer, read_footer, read_rows
+from tol_dagster.parquet_bytes import Footer, SpliceError, read_footer, read_rows
 from tol_dagster.schema import DEFAULT_CONFIG, arrow_schema, expected_schema
 from tol_dagster.slice_keys import SliceKey, parse_slice_key, split_binomial
 from tol_dagster.slices import (
@@ -675,3 +677,69 @@ def test_copied_row_groups_fall_back_to_plain_reads_where_the_kernel_cannot_copy
     assert result.row_groups_copied > 0
     assert table.equals(mirror.expected(key))
     assert result.sha256 == sha256_file(result.path)
+
+
+def test_copied_row_groups_are_copied_through_userspace_where_copy_file_range_is_missing(
+    mirror: Mirror, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delattr(slices.os, "copy_file_range", raising=False)  # macOS, Windows
+    assert not hasattr(os, "copy_file_range")
+    key, result, table = _extract(mirror, "kingdom=Animalia", tmp_path)
+    assert result.row_groups_copied > 0
+    assert table.equals(mirror.expected(key))
+    assert result.sha256 == sha256_file(result.path)
+
+
+@pytest.mark.parametrize("code", [errno.ENOSYS, errno.EINVAL, errno.EXDEV])
+def test_copy_file_range_refusing_this_pair_of_files_falls_back(
+    mirror: Mirror, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, code: int
+) -> None:
+    def refuse(*args: object) -> int:
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(slices.os, "copy_file_range", refuse, raising=False)
+    key, result, table = _extract(mirror, "kingdom=Animalia", tmp_path)
+    assert result.row_groups_copied > 0 and table.equals(mirror.expected(key))
+
+
+def test_a_full_disk_during_a_kernel_copy_is_raised_not_hidden(
+    mirror: Mirror, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def full(*args: object) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(slices.os, "copy_file_range", full, raising=False)
+    out = tmp_path / "out"
+    with pytest.raises(OSError, match="No space left"):
+        _extract(mirror, "kingdom=Animalia", out)
+    assert list(out.iterdir()) == []
+
+
+def test_a_page_read_anomaly_falls_back_to_decoding_the_row_range(
+    mirror: Mirror,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    def lying(footer: Footer, group: int, start: int, stop: int) -> pa.Table:
+        raise SpliceError(f"{footer.path}: pages 0..0 of a column decode to 9 rows where ...")
+
+    monkeypatch.setattr(slices, "read_rows", lying)
+    key, result, table = _extract(mirror, "family=Felidae", tmp_path)
+    assert table.equals(mirror.expected(key)) and result.rows > 0
+    assert "reading rows" in caplog.text and "with pyarrow" in caplog.text
+
+
+def test_rows_neither_the_pages_nor_pyarrow_can_read_say_the_mirror_file_is_damaged(
+    mirror: Mirror, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def lying(footer: Footer, group: int, start: int, stop: int) -> pa.Table:
+        raise SpliceError("a lying offset index")
+
+    def broken(path: Path, group: int, start: int, stop: int) -> pa.Table:
+        raise pa.ArrowInvalid("Couldn't deserialize thrift")
+
+    monkeypatch.setattr(slices, "read_rows", lying)
+    monkeypatch.setattr(slices, "decode_rows", broken)
+    with pytest.raises(StoreError, match=r"a lying offset index.*Couldn't deserialize.*damaged"):
+        _extract(mirror, "family=Felidae", tmp_path)

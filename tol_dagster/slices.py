@@ -35,8 +35,10 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import errno
 import functools
 import hashlib
+import logging
 import mmap
 import os
 import queue
@@ -65,6 +67,7 @@ from tol_dagster.parquet_bytes import (
     Footer,
     SpliceError,
     Splicer,
+    decode_rows,
     parse_footer,
     read_footer,
     read_rows,
@@ -80,6 +83,8 @@ from tol_dagster.slice_keys import (
 )
 from tol_dagster.taxon_index import lookup
 from tol_dagster.validation import schema_differences
+
+logger = logging.getLogger("tol_dagster.slices")
 
 #: The slices' blocking checks, named as the predicate they assert.
 ROWS_MATCH_SUMMARY = "rows_match_summary"
@@ -827,11 +832,21 @@ def _chunks(starts: np.ndarray, first: int, span: Span) -> Iterator[tuple[int, i
 def _page_chunk(
     footer: Footer, group: int, low: int, high: int, predicate: _Predicate, schema: pa.Schema
 ) -> list[pa.RecordBatch]:
-    """The matching rows of one chunk, decoding only the pages that hold it."""
+    """The matching rows of one chunk, decoding only the pages that hold it; on any anomaly
+    of the pages (an offset index, a header or a decoded length that does not add up), the
+    rows decoded by pyarrow from the row group's start instead."""
     try:
         rows = read_rows(footer, group, low, high)
-    except SpliceError as error:
-        raise _damaged(error) from error
+    except (SpliceError, pa.ArrowException, OSError) as error:
+        logger.warning(f"{error}; reading rows {low}..{high} of row group {group} with pyarrow")
+        try:
+            rows = decode_rows(footer.path, group, low, high)
+        except (SpliceError, pa.ArrowException, OSError) as again:
+            raise StoreError(
+                f"{footer.path}: rows {low}..{high} of row group {group} cannot be read, page "
+                f"by page ({error}) nor by pyarrow ({again}): the mirror file is damaged; "
+                "sync the mirror again"
+            ) from again
     return predicate.keep(rows.cast(schema, safe=False)).to_batches()
 
 
@@ -1128,6 +1143,36 @@ def _temp_path(out: Path) -> Path:
     return Path(name)
 
 
+#: errno values of `copy_file_range` meaning "not here" (another file system, an old kernel,
+#: a file system without it): the bytes are then copied through userspace.
+_NO_KERNEL_COPY = frozenset(
+    {errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EBADF}
+)
+
+
+def _kernel_copy(source: Any, target: Any, start: int, length: int) -> int:
+    """Bytes [start, start + length) of `source` appended to `target` by the kernel
+    (`os.copy_file_range`, Linux only: absent on macOS and Windows); returns how many it
+    copied, 0 where it is missing or refuses this pair of files. Other errors (disk full, I/O)
+    are raised."""
+    copy_file_range = getattr(os, "copy_file_range", None)
+    if copy_file_range is None:
+        return 0
+    copied = 0
+    try:
+        while copied < length:
+            step = copy_file_range(
+                source.fileno(), target.fileno(), length - copied, start + copied
+            )
+            if step == 0:
+                break
+            copied += step
+    except OSError as error:
+        if error.errno not in _NO_KERNEL_COPY:
+            raise
+    return copied
+
+
 @dataclass
 class _HashingSink:
     """A write-only file that hashes the bytes on their way out (no second read of the slice)."""
@@ -1158,15 +1203,7 @@ class _HashingSink:
             ):
                 self.digest.update(part)
             self.handle.flush()
-            copied = 0
-            with contextlib.suppress(OSError):  # other file systems: copy below
-                while copied < length:
-                    step = os.copy_file_range(
-                        source.fileno(), self.handle.fileno(), length - copied, start + copied
-                    )
-                    if step == 0:
-                        break
-                    copied += step
+            copied = _kernel_copy(source, self.handle, start, length)
             source.seek(start + copied)
             while copied < length:
                 block = source.read(min(8 << 20, length - copied))
