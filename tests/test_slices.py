@@ -143,7 +143,8 @@ def test_a_slice_equals_the_matching_rows_of_the_mirror_in_order(
     assert (result.bytes, result.sha256) == (result.path.stat().st_size, sha256_file(result.path))
     assert result.rows == expected_count(key, mirror.index, mirror.files)
     assert (result.rows == 0) == ("Squamata/family" in text)
-    assert check_emb_matches_mirror(result.path, key, mirror.files).passed
+    assert check_emb_matches_mirror(result.path, key, mirror.files, mirror.index).passed
+    assert check_emb_matches_mirror(result.path, key, mirror.files).passed  # every row group
 
 
 @pytest.mark.parametrize(
@@ -382,7 +383,7 @@ def _guarded(mirror: Mirror, key: SliceKey, out: Path) -> SliceResult:
     expected = expected_count(key, mirror.index, mirror.files)
     return extract_slice(
         key, mirror.files, mirror.index, out, schema=SCHEMA,
-        verify=lambda path: slice_checks(path, key, expected, SCHEMA, mirror.files),
+        verify=lambda path: slice_checks(path, key, expected, SCHEMA, mirror.files, mirror.index),
     )  # fmt: skip
 
 

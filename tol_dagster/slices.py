@@ -55,7 +55,6 @@ from typing import Any, NamedTuple, TypeVar
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from tol_dagster import duck
@@ -362,14 +361,16 @@ def slice_checks(
     expected_rows: int,
     mirror_schema: pa.Schema,
     files: Sequence[MirrorFile],
+    index: pa.Table | None = None,
 ) -> list[CheckResult]:
-    """Every blocking check of a slice file (pass as `verify` to check before publishing)."""
+    """Every blocking check of a slice file (pass as `verify` to check before publishing);
+    `index` (the taxon index) narrows the row groups the `emb` check reads."""
     return [
         check_rows_match_summary(path, key, expected_rows),
         check_rows_satisfy_key(path, key),
         check_uuids_unique(path, key),
         check_schema_matches(path, mirror_schema, key),
-        check_emb_matches_mirror(path, key, files),
+        check_emb_matches_mirror(path, key, files, index),
     ]
 
 
@@ -454,24 +455,23 @@ def check_schema_matches(
 EMB_CHECK_ROWS = 16_384
 
 
-def check_emb_matches_mirror(path: Path, key: SliceKey, files: Sequence[MirrorFile]) -> CheckResult:
+def check_emb_matches_mirror(
+    path: Path, key: SliceKey, files: Sequence[MirrorFile], index: pa.Table | None = None
+) -> CheckResult:
     """The slice's `emb` bytes equal the mirror's for the same rows, in the same order.
 
     Both sides are read back by pyarrow, independently of what wrote the slice (the splicer,
-    the page reader): the mirror's rows are selected by the key's own Arrow filter over the
-    mirror files (pyarrow's dataset reader, which skips row groups by their statistics), in
-    mirror order, and compared position by position, uuid and `emb` bit for bit (NULLs and
-    NaNs included). Streams, so memory stays bounded.
+    the page reader): the mirror's rows are those of the key's own Arrow filter, applied by
+    pyarrow to whole row groups of the mirror files in mirror order, and they are compared
+    position by position, uuid and `emb` bit for bit (NULLs and NaNs included). `index` only
+    narrows which row groups are read (every one without it: slow but the same answer), as
+    the slice's planning does; a row group it failed to name shows up as rows that differ.
+    Streams, so memory stays bounded.
     """
-    mirror = ds.dataset([str(f.path) for f in files], format="parquet").to_batches(
-        columns=["uuid", EMB_COLUMN],
-        filter=to_arrow_filter(key),
-        batch_size=EMB_CHECK_ROWS,
-        use_threads=False,  # keeps the files' order and their rows' order
-    )
     written = pq.ParquetFile(path).iter_batches(
-        batch_size=EMB_CHECK_ROWS, columns=["uuid", EMB_COLUMN], use_threads=False
+        batch_size=EMB_CHECK_ROWS, columns=["uuid", EMB_COLUMN]
     )
+    mirror = _mirror_rows(key, files, index)
     compared, differing, first = 0, 0, None
     shorter: str | None = None
     for ours, theirs in _aligned(written, mirror):
@@ -515,6 +515,52 @@ def check_emb_matches_mirror(path: Path, key: SliceKey, files: Sequence[MirrorFi
         "happens again",
         details,
     )
+
+
+def _mirror_rows(
+    key: SliceKey, files: Sequence[MirrorFile], index: pa.Table | None
+) -> Iterator[pa.RecordBatch]:
+    """(uuid, emb) of the mirror's rows satisfying `key`, in mirror order, decoded by pyarrow
+    from the start of each row group the index names up to its last located row (every row
+    group, whole, without an index): a row group's rows before that are decoded anyway, and
+    keeping those that match catches rows the index missed."""
+    limits = None if index is None else _row_group_limits(plan_scans(key, files, index))
+    expression = to_arrow_filter(key)
+    columns = list(dict.fromkeys(["uuid", EMB_COLUMN, *filter_columns(key)]))
+    for file in files:
+        parquet = pq.ParquetFile(file.path)
+        sizes = [parquet.metadata.row_group(g).num_rows for g in range(parquet.num_row_groups)]
+        wanted = dict(enumerate(sizes)) if limits is None else limits.get(file.name, {})
+        for group in sorted(wanted):
+            position, limit = 0, wanted[group]
+            for batch in parquet.iter_batches(
+                batch_size=EMB_CHECK_ROWS, row_groups=[group], columns=columns
+            ):
+                kept = batch.slice(0, limit - position).filter(expression)
+                if kept.num_rows:
+                    yield kept.select(["uuid", EMB_COLUMN])
+                position += batch.num_rows
+                if position >= limit:
+                    break
+
+
+def _row_group_limits(scans: Sequence[Scan]) -> dict[str, dict[int, int]]:
+    """file name -> row group -> rows of it to read (relative to it) to cover `scans`."""
+    limits: dict[str, dict[int, int]] = {}
+    for scan in scans:
+        starts = _row_group_starts(pq.read_metadata(scan.file.path))
+        groups = limits.setdefault(scan.file.name, {})
+        for piece in scan.pieces:
+            if isinstance(piece, Copy):
+                groups[piece.row_group] = piece.rows
+                continue
+            first = int(np.searchsorted(starts, piece.start, side="right")) - 1
+            last = int(np.searchsorted(starts, piece.stop - 1, side="right")) - 1
+            for group in range(first, last + 1):
+                end = int(starts[group + 1]) if group + 1 < len(starts) else piece.stop
+                stop = min(piece.stop, end) - int(starts[group])
+                groups[group] = max(groups.get(group, 0), stop)
+    return limits
 
 
 def _aligned(

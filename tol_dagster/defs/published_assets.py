@@ -231,7 +231,7 @@ def build_published_assets(name: str) -> list[dg.AssetsDefinition]:
         verdicts: list[CheckResult] = []
 
         def verify(path: Path) -> list[CheckResult]:
-            verdicts.extend(slice_checks(path, key, expected, schema, files))
+            verdicts.extend(slice_checks(path, key, expected, schema, files, index_table))
             return verdicts
 
         try:
