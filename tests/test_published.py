@@ -758,3 +758,14 @@ def test_two_mirrored_configs_are_checked_for_the_same_uuids_in_the_same_order(
             )
     verdicts = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
     assert verdicts["uuids_aligned_with_bioclip_2_float16"] is True, verdicts
+
+
+def test_partitions_that_do_not_parse_are_skipped_by_rebuilds_with_a_warning_naming_the_fix(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from tol_dagster.published import _parseable
+
+    kept = _parseable(["family=Felidae", "family=Fel\x07idae", "genus=Morus"], CONFIG)
+
+    assert kept == ["family=Felidae", "genus=Morus"]
+    assert "U+0007" in caplog.text and "tol-dagster slices remove" in caplog.text

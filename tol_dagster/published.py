@@ -9,6 +9,7 @@ previous build, and one record per built slice (its catalog row).
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
@@ -19,13 +20,15 @@ import pyarrow.parquet as pq
 import yaml
 
 from tol_dagster.durable import write_atomic
-from tol_dagster.errors import SettingsError, StoreError
+from tol_dagster.errors import SettingsError, SliceSpecError, StoreError
 from tol_dagster.layout import Layout
 from tol_dagster.manifest import Manifest, load_manifest
 from tol_dagster.mirror_files import MirrorFile, mirror_files
 from tol_dagster.slice_keys import parse_slice_key
 from tol_dagster.slices import affected_slices
 from tol_dagster.taxon_index import read_taxon_index
+
+logger = logging.getLogger("tol_dagster.published")
 
 
 def mirror_inputs(layout: Layout, config: str) -> tuple[Manifest, list[MirrorFile]]:
@@ -183,6 +186,24 @@ def remove_slice_records_named(layout: Layout, config: str, names: set[str]) -> 
     return paths
 
 
+def _parseable(keys: list[str], config: str) -> list[str]:
+    """`keys` that parse as slice keys; the others (partitions made before a rule was
+    tightened, or by hand) cannot be built, so they are skipped with a warning saying how to
+    remove them, instead of stopping every other slice's rebuild."""
+    kept = []
+    for key in keys:
+        try:
+            parse_slice_key(key)
+        except SliceSpecError as error:
+            logger.warning(
+                f"{config}: partition {key!r} is not a valid slice key and is not rebuilt "
+                f"({error}); remove it with `tol-dagster slices remove {key!r}`"
+            )
+            continue
+        kept.append(key)
+    return kept
+
+
 def slices_to_rebuild(
     layout: Layout, config: str, keys: list[str], built: BuiltFrom
 ) -> tuple[list[str], set[str]]:
@@ -190,6 +211,7 @@ def slices_to_rebuild(
     (or that were never built), minus those already built from this generation; and the
     changed files. `built` is what the current taxon index was built from."""
     records = {str(r["name"]): r for r in slice_records(layout, config)}
+    keys = _parseable(keys, config)
     old_index, old_files = previous_index(layout, config)
     changed = changed_files(old_files, built.files)
     todo = affected_slices(
