@@ -9,6 +9,7 @@ each key; the expected rebuild set is computed from the old and new upstream fil
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -39,10 +40,22 @@ from resync_testing import (
 )
 
 from tol_dagster import sample
-from tol_dagster.catalog import list_slices, read_arrow, read_duckdb, read_pandas
+from tol_dagster.catalog import (
+    CatalogEntry,
+    list_slices,
+    read_arrow,
+    read_duckdb,
+    read_pandas,
+    upsert_entries,
+)
 from tol_dagster.definitions import build_definitions
 from tol_dagster.defs.jobs import AUDIT_JOB, slices_job_name
-from tol_dagster.defs.keys import asset_key, derived_keys, slices_partitions_name
+from tol_dagster.defs.keys import (
+    asset_key,
+    derived_keys,
+    slices_op_name,
+    slices_partitions_name,
+)
 from tol_dagster.defs.resources import resources_from
 from tol_dagster.demo import run_demo
 from tol_dagster.hashing import sha256_file
@@ -68,7 +81,13 @@ CATALOG_COLUMNS = {
     "upstream_commit": pa.string(),
 }
 #: The slices' blocking checks, by the names the issue gives them.
-CHECKS = ("rows_match_summary", "rows_satisfy_key", "uuids_unique", "schema_matches_mirror")
+CHECKS = (
+    "rows_match_summary",
+    "rows_satisfy_key",
+    "uuids_unique",
+    "schema_matches_mirror",
+    "emb_matches_mirror",
+)
 HELP = "rank is one of kingdom, phylum, class, order, family, genus, species, scientific_name"
 
 
@@ -259,10 +278,26 @@ def run_ids(user: User) -> set[str]:
         return {run.run_id for run in instance.get_runs()}
 
 
-def test_a_taxon_with_no_rows_gives_an_empty_file_with_the_full_schema_and_a_warning(
-    synced: User,
-) -> None:
-    outcome = synced.tol("slice", "family=Nonexistidae")
+def test_a_misspelt_taxon_exits_2_naming_close_matches_and_writes_nothing(synced: User) -> None:
+    assert synced.tol("slice", "family=Felidae").code == 0
+    before = (files_under(synced.home), partitions(synced), run_ids(synced))
+
+    for key, match in [
+        ("family=Felidea", "family=Felidae"),
+        ("species=Puma concolr", "species=Puma concolor"),
+        ("kingdom=Animalia/family=Felidea", "family=Felidae"),
+    ]:
+        outcome = synced.tol("slice", key)
+
+        assert outcome.code == 2, (key, outcome.text)
+        first = outcome.err.strip().splitlines()[0]
+        assert "no rows in the mirror match" in first and match in first, (key, outcome.err)
+        assert "--allow-empty" in first
+        assert (files_under(synced.home), partitions(synced), run_ids(synced)) == before, key
+
+
+def test_a_taxon_with_no_rows_is_published_empty_only_when_allowed(synced: User) -> None:
+    outcome = synced.tol("slice", "family=Nonexistidae", "--allow-empty")
 
     assert outcome.code == 0, outcome.text
     path = slice_file(synced, "family=Nonexistidae")
@@ -277,6 +312,80 @@ def test_a_taxon_with_no_rows_gives_an_empty_file_with_the_full_schema_and_a_war
         [run] = instance.get_runs(dg.RunsFilter(tags={PARTITION_TAG: "family=Nonexistidae"}))
         logged = [e.user_message for e in instance.all_logs(run.run_id)]
     assert any(warning in message for message in logged)
+    # A rebuild (sensor, `make refresh`) keeps the consent given once.
+    assert synced.tol("slice", "family=Nonexistidae").code == 0
+
+
+def test_in_the_ui_a_taxon_with_no_rows_fails_the_run_naming_close_matches(
+    synced: User,
+) -> None:
+    assert synced.tol("slice", "family=Felidae").code == 0
+    settings = Settings.from_env()
+    defs = build_definitions(settings)
+    with synced.instance() as instance:
+        instance.add_dynamic_partitions(slices_partitions_name(CONFIG), ["family=Felidea"])
+        result = defs.resolve_job_def(slices_job_name(CONFIG)).execute_in_process(
+            instance=instance, partition_key="family=Felidea", raise_on_error=False
+        )
+        assert not result.success
+        [failure] = [
+            e for e in result.all_events if e.event_type == dg.DagsterEventType.STEP_FAILURE
+        ]
+        data = failure.step_failure_data
+        assert data is not None and data.user_failure_data is not None
+        description = data.user_failure_data.description or ""
+        assert "no rows in the mirror match" in description and "family=Felidae" in description
+        matches = data.user_failure_data.metadata["close_matches"].value
+        assert isinstance(matches, list) and matches[0] == "family=Felidae" and len(matches) <= 5
+        assert not result.get_asset_materialization_events()
+        assert not slice_file(synced, "family=Felidea").exists()
+
+        allowed = defs.resolve_job_def(slices_job_name(CONFIG)).execute_in_process(
+            instance=instance,
+            partition_key="family=Felidea",
+            run_config={"ops": {slices_op_name(CONFIG): {"config": {"allow_empty": True}}}},
+            raise_on_error=False,
+        )
+        assert allowed.success
+        assert pq.read_metadata(slice_file(synced, "family=Felidea")).num_rows == 0
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "family=Fel\x07idae",
+        "genus=Pan\u200bthera",
+        "no-equals-sign",
+        "genus=Morus/kingdom=Animalia",
+    ],
+)
+def test_slices_remove_removes_a_partition_whose_name_does_not_parse_or_is_not_canonical(
+    synced: User, raw: str
+) -> None:
+    assert synced.tol("slice", "family=Felidae").code == 0
+    slices_dir = synced.home / "published" / CONFIG / "slices"
+    stale = slices_dir / f"{quote(raw, safe='')}.parquet"  # as an older version named it
+    stale.write_bytes(slice_file(synced, "family=Felidae").read_bytes())
+    records = synced.layout.state_dir(CONFIG) / "slices"
+    record = dict(
+        json.loads((records / "family%3DFelidae.json").read_text()), name=raw, path=str(stale)
+    )
+    (records / "hand-made.json").write_text(json.dumps(record))
+    [row] = catalog_rows(synced).values()
+    upsert_entries(synced.layout, CONFIG, [CatalogEntry(**{**row, "name": raw})])
+    with synced.instance() as instance:
+        instance.add_dynamic_partitions(slices_partitions_name(CONFIG), [raw])
+    assert raw in partitions(synced) and raw in catalog_rows(synced)
+
+    removed = synced.tol("slices", "remove", raw)
+
+    assert removed.code == 0, removed.text
+    assert partitions(synced) == ["family=Felidae"]
+    assert not stale.exists() and not (records / "hand-made.json").exists()
+    assert sorted(catalog_rows(synced)) == ["family=Felidae"]
+    assert slice_file(synced, "family=Felidae").is_file()
+    again = synced.tol("slices", "remove", raw)
+    assert again.code == 2 and "does not exist" in again.err
 
 
 def test_path_keys_and_names_with_quotes_commas_parentheses_and_non_ascii_slice_exactly(
@@ -649,3 +758,14 @@ def test_two_mirrored_configs_are_checked_for_the_same_uuids_in_the_same_order(
             )
     verdicts = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
     assert verdicts["uuids_aligned_with_bioclip_2_float16"] is True, verdicts
+
+
+def test_partitions_that_do_not_parse_are_skipped_by_rebuilds_with_a_warning_naming_the_fix(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from tol_dagster.published import _parseable
+
+    kept = _parseable(["family=Felidae", "family=Fel\x07idae", "genus=Morus"], CONFIG)
+
+    assert kept == ["family=Felidae", "genus=Morus"]
+    assert "U+0007" in caplog.text and "tol-dagster slices remove" in caplog.text

@@ -130,6 +130,41 @@ def test_bad_keys_raise_slice_spec_error_saying_what_is_allowed(text: str, says:
     assert raised.value.exit_code == 2
 
 
+@pytest.mark.parametrize(
+    ("text", "code_point", "position"),
+    [
+        ("family=Fel\x07idae", "U+0007", 11),  # BEL (Cc)
+        ("family=Felidae\n", "U+000A", 15),  # a trailing newline (Cc)
+        ("\tfamily=Felidae", "U+0009", 1),  # before the rank
+        ("genus=Pan\u200bthera", "U+200B", 10),  # zero-width space (Cf)
+        ("genus=Panthera\u202e", "U+202E", 15),  # right-to-left override (Cf)
+        ("genus=Pan\u2028thera", "U+2028", 10),  # line separator (Zl)
+        ("genus=Pan\u2029thera", "U+2029", 10),  # paragraph separator (Zp)
+        ("genus=Pan\ue000thera", "U+E000", 10),  # private use (Co)
+        ("genus=Pan\ud800thera", "U+D800", 10),  # a lone surrogate (Cs)
+        ("genus=Pan\U000effffthera", "U+EFFFF", 10),  # unassigned (Cn)
+        ("kingdom=Animalia/genus=Mo\x00rus", "U+0000", 26),  # NUL inside a path key
+        ("family=Felidae\x85", "U+0085", 15),  # NEL, a C1 control
+    ],
+)
+def test_control_and_other_unprintable_characters_are_refused_by_code_point_and_position(
+    text: str, code_point: str, position: int
+) -> None:
+    with pytest.raises(SliceSpecError) as raised:
+        parse_slice_key(text)
+    message = str(raised.value)
+    assert f"character {position} is {code_point} " in message
+    assert raised.value.exit_code == 2
+    assert text[position - 1] == chr(int(code_point[2:], 16))
+
+
+@pytest.mark.parametrize(
+    "value", ["Felidae", "Mentha \u00d7 piperita", "Bolòs & Vigo", "漢字", "a\u00a0b", "\U0001f98b"]
+)
+def test_printable_unicode_and_spaces_stay_accepted(value: str) -> None:
+    assert parse_slice_key(f"scientific_name={value}").value == value
+
+
 def test_sql_filter_binds_every_value_and_quotes_keyword_columns() -> None:
     key = parse_slice_key("order=Primates/scientific_name=O'Brien; DROP TABLE x --")
     sql, params = to_sql_filter(key)

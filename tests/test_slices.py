@@ -4,11 +4,15 @@ or an empty taxon never breaks what was published; only affected slices are rebu
 
 from __future__ import annotations
 
+import difflib
+import errno
+import os
 import re
 from collections.abc import Callable
 from pathlib import Path
 
 import duckdb
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -16,25 +20,32 @@ import pytest
 from mirror_testing import sample_mirror
 
 from tol_dagster import slices
-from tol_dagster.errors import StoreError, ValidationFailed
+from tol_dagster.checks import CheckResult
+from tol_dagster.errors import EmptySliceError, StoreError, ValidationFailed
 from tol_dagster.hashing import sha256_file
 from tol_dagster.layout import Layout
 from tol_dagster.mirror_files import MirrorFile
+from tol_dagster.parquet_bytes import Footer, SpliceError, read_footer, read_rows
 from tol_dagster.schema import DEFAULT_CONFIG, arrow_schema, expected_schema
 from tol_dagster.slice_keys import SliceKey, parse_slice_key, split_binomial
 from tol_dagster.slices import (
     EMB_LEAF,
+    EMB_MATCHES_MIRROR,
     ROWS_MATCH_SUMMARY,
     ROWS_SATISFY_KEY,
     SCHEMA_MATCHES_MIRROR,
     UUIDS_UNIQUE,
+    SliceResult,
     affected_slices,
+    check_emb_matches_mirror,
     check_rows_match_summary,
     check_rows_satisfy_key,
     check_schema_matches,
     check_uuids_unique,
+    close_matches,
     expected_count,
     extract_slice,
+    refuse_empty,
     slice_checks,
 )
 from tol_dagster.taxon_index import INDEX_SCHEMA, build_taxon_index, read_taxon_index
@@ -132,6 +143,8 @@ def test_a_slice_equals_the_matching_rows_of_the_mirror_in_order(
     assert (result.bytes, result.sha256) == (result.path.stat().st_size, sha256_file(result.path))
     assert result.rows == expected_count(key, mirror.index, mirror.files)
     assert (result.rows == 0) == ("Squamata/family" in text)
+    assert check_emb_matches_mirror(result.path, key, mirror.files, mirror.index).passed
+    assert check_emb_matches_mirror(result.path, key, mirror.files).passed  # every row group
 
 
 @pytest.mark.parametrize(
@@ -295,12 +308,13 @@ def test_an_index_naming_a_file_outside_the_mirror_is_refused(
 def test_the_checks_pass_on_a_good_slice(mirror: Mirror, tmp_path: Path) -> None:
     key, result, _ = _extract(mirror, "family=Felidae", tmp_path)
     expected = expected_count(key, mirror.index, mirror.files)
-    checks = slice_checks(result.path, key, expected, SCHEMA)
+    checks = slice_checks(result.path, key, expected, SCHEMA, mirror.files)
     assert [c.check for c in checks] == [
         ROWS_MATCH_SUMMARY,
         ROWS_SATISFY_KEY,
         UUIDS_UNIQUE,
         SCHEMA_MATCHES_MIRROR,
+        EMB_MATCHES_MIRROR,
     ]
     assert all(c.passed for c in checks), [c.message for c in checks if not c.passed]
 
@@ -336,7 +350,7 @@ def test_a_failing_verify_leaves_the_published_slice_untouched(
     before = first.path.read_bytes()
 
     def wrong_count(path: Path) -> list:
-        return slice_checks(path, key, first.rows + 5, SCHEMA)
+        return slice_checks(path, key, first.rows + 5, SCHEMA, mirror.files)
 
     with pytest.raises(ValidationFailed, match="mirror counts"):
         extract_slice(
@@ -347,9 +361,162 @@ def test_a_failing_verify_leaves_the_published_slice_untouched(
 
     passed = extract_slice(
         key, mirror.files, mirror.index, first.path, schema=SCHEMA,
-        verify=lambda path: slice_checks(path, key, first.rows, SCHEMA),
+        verify=lambda path: slice_checks(path, key, first.rows, SCHEMA, mirror.files),
     )  # fmt: skip
-    assert len(passed.checks) == 4 and all(c.passed for c in passed.checks)
+    assert len(passed.checks) == 5 and all(c.passed for c in passed.checks)
+
+
+# --- emb read back independently --------------------------------------------------------------
+
+
+def _flip_first_emb(rows: pa.Table) -> pa.Table:
+    """`rows` with the first value of the first row's `emb` changed (1.0 added)."""
+    emb = rows["emb"].combine_chunks().cast(SCHEMA.field("emb").type)
+    width = emb.type.list_size
+    values = np.asarray(emb.values.slice(emb.offset * width, len(emb) * width)).copy()
+    values[0] += np.float16(1.0)
+    flipped = pa.FixedSizeListArray.from_arrays(pa.array(values), width)
+    return rows.set_column(rows.schema.get_field_index("emb"), "emb", flipped)
+
+
+def _guarded(mirror: Mirror, key: SliceKey, out: Path) -> SliceResult:
+    expected = expected_count(key, mirror.index, mirror.files)
+    return extract_slice(
+        key, mirror.files, mirror.index, out, schema=SCHEMA,
+        verify=lambda path: slice_checks(path, key, expected, SCHEMA, mirror.files, mirror.index),
+    )  # fmt: skip
+
+
+def test_a_wrong_emb_from_the_page_reader_fails_the_check_and_nothing_is_published(
+    mirror: Mirror, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    key = parse_slice_key("family=Felidae")
+    good = _guarded(mirror, key, tmp_path / key.file_name)
+    assert good.row_groups_copied == 0  # every row went through the page reader
+    before = good.path.read_bytes()
+    calls: list[int] = []
+
+    def corrupt(footer: object, group: int, start: int, stop: int) -> pa.Table:
+        rows = read_rows(footer, group, start, stop)  # type: ignore[arg-type]
+        calls.append(group)
+        return _flip_first_emb(rows) if len(calls) == 1 else rows
+
+    monkeypatch.setattr(slices, "read_rows", corrupt)
+    with pytest.raises(ValidationFailed, match="differs from the mirror's") as raised:
+        _guarded(mirror, key, good.path)
+    assert calls
+    message = str(raised.value)
+    wrong_uuid = re.search(r"emb of uuid (\S+) \(row (\d+)\)", message)
+    assert wrong_uuid is not None, message
+    published = pq.read_table(good.path)
+    assert published["uuid"][int(wrong_uuid.group(2))].as_py() == wrong_uuid.group(1)
+    assert "1 of" in message
+    assert good.path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == [good.path.name]
+
+
+def test_a_wrong_emb_from_the_splicer_fails_the_check_and_nothing_is_published(
+    mirror: Mirror, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    key = parse_slice_key("kingdom=Animalia")
+    good = _guarded(mirror, key, tmp_path / "out" / key.file_name)
+    assert good.row_groups_copied > 0
+    before = good.path.read_bytes()
+    # Twins of the mirror files: same layout and rows, one `emb` value changed in row group 2.
+    twins = {}
+    for file in mirror.files:
+        table = pq.read_table(file.path)
+        changed = pa.concat_tables(
+            [
+                table.slice(0, 1000),
+                _flip_first_emb(table.slice(1000)),
+            ]
+        )
+        twin = tmp_path / "twins" / file.name
+        twin.parent.mkdir(exist_ok=True)
+        pq.write_table(changed, twin, row_group_size=500, compression="zstd")
+        twins[file.path] = read_footer(twin)
+
+    class WrongSplicer(slices.Splicer):
+        def add(self, footer: Footer, row_group: int) -> None:
+            super().add(twins.get(footer.path, footer), row_group)
+
+    monkeypatch.setattr(slices, "Splicer", WrongSplicer)
+    with pytest.raises(ValidationFailed, match=r"emb of uuid \S+ \(row [\d,]+\) differs"):
+        _guarded(mirror, key, good.path)
+    assert good.path.read_bytes() == before
+    assert [p.name for p in good.path.parent.iterdir()] == [good.path.name]
+
+
+def test_the_emb_check_compares_nulls_nans_order_and_length(tmp_path: Path) -> None:
+    rows = 40
+    values = np.arange(rows * 4, dtype=np.float16)
+    values[5] = np.nan
+    emb = pa.FixedSizeListArray.from_arrays(
+        pa.array(values), 4, mask=pa.array([i == 7 for i in range(rows)])
+    )
+    table = pa.table(
+        {"uuid": [f"u{i:02d}" for i in range(rows)], "emb": emb, "family": ["F"] * rows}
+    )
+    source = tmp_path / "mirror.parquet"
+    pq.write_table(table, source, row_group_size=16)
+    files = [MirrorFile("mirror.parquet", sha256_file(source), source)]
+    key = parse_slice_key("family=F")
+
+    def verdict(slice_table: pa.Table) -> CheckResult:
+        path = tmp_path / "slice.parquet"
+        pq.write_table(slice_table, path, row_group_size=7)
+        return check_emb_matches_mirror(path, key, files)
+
+    assert verdict(table).passed  # a NaN equals itself bit for bit, a NULL row a NULL row
+    unnulled = table.set_column(1, "emb", pa.FixedSizeListArray.from_arrays(pa.array(values), 4))
+    failed = verdict(unnulled)
+    assert not failed.passed and "uuid u07 (row 7)" in failed.message
+    swapped = table.take(pa.array([*range(10), 11, 10, *range(12, rows)]))
+    failed = verdict(swapped)
+    assert not failed.passed and "row 10 is uuid u11 but the mirror's is u10" in failed.message
+    assert failed.details["rows_differing"] == 2
+    failed = verdict(table.slice(0, rows - 1))
+    assert not failed.passed and "the slice end after 39 rows" in failed.message
+
+
+# --- keys matching no row ------------------------------------------------------------------
+
+
+def test_a_key_matching_no_row_is_refused_with_close_matches_from_the_index(
+    mirror: Mirror,
+) -> None:
+    family = mirror.most_common("family", lambda v: len(v) > 6)
+    typo = family[:-2] + family[-1] + family[-2]  # two letters swapped
+    key = parse_slice_key(f"family={typo}")
+    assert expected_count(key, mirror.index, mirror.files) == 0
+    with pytest.raises(EmptySliceError) as raised:
+        refuse_empty(key, mirror.index, 0)
+    assert raised.value.exit_code == 2
+    assert raised.value.matches[0] == f"family={family}" and len(raised.value.matches) <= 5
+    assert f"family={family}" in str(raised.value) and "--allow-empty" in str(raised.value)
+
+    refuse_empty(parse_slice_key(f"family={family}"), mirror.index, 3)  # rows: nothing to say
+    nothing = parse_slice_key("family=Qqqqqqqqqqqqqqq")
+    with pytest.raises(EmptySliceError, match="no close match"):
+        refuse_empty(nothing, mirror.index, 0)
+
+
+def test_a_path_key_whose_conditions_exist_apart_says_no_row_has_them_all(
+    mirror: Mirror,
+) -> None:
+    key = parse_slice_key("kingdom=Animalia/class=Squamata/family=Felidae")
+    assert expected_count(key, mirror.index, mirror.files) == 0
+    with pytest.raises(EmptySliceError, match="no row satisfies all of them") as raised:
+        refuse_empty(key, mirror.index, 0)
+    assert raised.value.matches == ()
+
+
+def test_close_matches_skip_lengths_that_cannot_reach_the_cutoff(mirror: Mirror) -> None:
+    values = set(mirror.index.filter(pc.equal(mirror.index["rank"], "genus"))["value"].to_pylist())
+    for probe in ["Pantera", "Moru", "Danauss", "x"]:
+        brute = difflib.get_close_matches(probe, sorted(values), n=5)
+        assert close_matches(mirror.index, "genus", probe) == brute, probe
 
 
 # --- affected slices --------------------------------------------------------------------------
@@ -458,7 +625,7 @@ def test_row_groups_full_of_the_taxon_are_copied_and_the_file_reads_everywhere(
     )
     counted = duckdb.sql(f"SELECT count(*), count(DISTINCT uuid) FROM '{result.path}'")
     assert counted is not None and counted.fetchall() == [(result.rows, result.rows)]
-    assert all(c.passed for c in slice_checks(result.path, key, result.rows, SCHEMA))
+    assert all(c.passed for c in slice_checks(result.path, key, result.rows, SCHEMA, mirror.files))
     assert all(meta.row_group(g).column(1).has_offset_index for g in range(meta.num_row_groups))
     family = table["family"][table.num_rows // 2].as_py()
     found = duckdb.sql(f"SELECT uuid FROM '{result.path}' WHERE family = $f", params={"f": family})
@@ -511,3 +678,69 @@ def test_copied_row_groups_fall_back_to_plain_reads_where_the_kernel_cannot_copy
     assert result.row_groups_copied > 0
     assert table.equals(mirror.expected(key))
     assert result.sha256 == sha256_file(result.path)
+
+
+def test_copied_row_groups_are_copied_through_userspace_where_copy_file_range_is_missing(
+    mirror: Mirror, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delattr(slices.os, "copy_file_range", raising=False)  # macOS, Windows
+    assert not hasattr(os, "copy_file_range")
+    key, result, table = _extract(mirror, "kingdom=Animalia", tmp_path)
+    assert result.row_groups_copied > 0
+    assert table.equals(mirror.expected(key))
+    assert result.sha256 == sha256_file(result.path)
+
+
+@pytest.mark.parametrize("code", [errno.ENOSYS, errno.EINVAL, errno.EXDEV])
+def test_copy_file_range_refusing_this_pair_of_files_falls_back(
+    mirror: Mirror, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, code: int
+) -> None:
+    def refuse(*args: object) -> int:
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(slices.os, "copy_file_range", refuse, raising=False)
+    key, result, table = _extract(mirror, "kingdom=Animalia", tmp_path)
+    assert result.row_groups_copied > 0 and table.equals(mirror.expected(key))
+
+
+def test_a_full_disk_during_a_kernel_copy_is_raised_not_hidden(
+    mirror: Mirror, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def full(*args: object) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(slices.os, "copy_file_range", full, raising=False)
+    out = tmp_path / "out"
+    with pytest.raises(OSError, match="No space left"):
+        _extract(mirror, "kingdom=Animalia", out)
+    assert list(out.iterdir()) == []
+
+
+def test_a_page_read_anomaly_falls_back_to_decoding_the_row_range(
+    mirror: Mirror,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    def lying(footer: Footer, group: int, start: int, stop: int) -> pa.Table:
+        raise SpliceError(f"{footer.path}: pages 0..0 of a column decode to 9 rows where ...")
+
+    monkeypatch.setattr(slices, "read_rows", lying)
+    key, result, table = _extract(mirror, "family=Felidae", tmp_path)
+    assert table.equals(mirror.expected(key)) and result.rows > 0
+    assert "reading rows" in caplog.text and "with pyarrow" in caplog.text
+
+
+def test_rows_neither_the_pages_nor_pyarrow_can_read_say_the_mirror_file_is_damaged(
+    mirror: Mirror, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def lying(footer: Footer, group: int, start: int, stop: int) -> pa.Table:
+        raise SpliceError("a lying offset index")
+
+    def broken(path: Path, group: int, start: int, stop: int) -> pa.Table:
+        raise pa.ArrowInvalid("Couldn't deserialize thrift")
+
+    monkeypatch.setattr(slices, "read_rows", lying)
+    monkeypatch.setattr(slices, "decode_rows", broken)
+    with pytest.raises(StoreError, match=r"a lying offset index.*Couldn't deserialize.*damaged"):
+        _extract(mirror, "family=Felidae", tmp_path)

@@ -29,7 +29,7 @@ import pyarrow.parquet as pq
 
 from tol_dagster import mirror
 from tol_dagster.durable import TEMP_PREFIX, TEMP_SUFFIX, file_lock, fsync_dir, make_public
-from tol_dagster.errors import SliceNotPublished, StoreError
+from tol_dagster.errors import SliceNotPublished, SliceSpecError, StoreError
 from tol_dagster.layout import Layout
 from tol_dagster.settings import Settings
 from tol_dagster.slice_keys import SliceKey, parse_slice_key
@@ -118,11 +118,15 @@ def upsert_entries(layout: Layout, config: str, entries: Iterable[CatalogEntry])
 
 
 def remove_entry(layout: Layout, config: str, name: str) -> bool:
-    """Drop the slice `name` (any spelling of its key) from the catalog; False if absent."""
-    canonical = parse_slice_key(name).name
+    """Drop the slice `name` (any spelling of its key, or the raw name of a row whose key no
+    longer parses) from the catalog; False if absent."""
+    try:
+        names = {parse_slice_key(name).name, name}
+    except SliceSpecError:
+        names = {name}
     with _locked(layout, config):
         rows = read_catalog(layout, config).to_pylist()
-        kept = [r for r in rows if r["name"] != canonical]
+        kept = [r for r in rows if r["name"] not in names]
         if len(kept) == len(rows):
             return False
         _publish(layout, config, kept)

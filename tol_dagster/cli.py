@@ -62,7 +62,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
 def _cmd_slice(args: argparse.Namespace) -> int:
     from tol_dagster.runner import run_slice
 
-    return run_slice(args.key, config=args.config)
+    return run_slice(args.key, config=args.config, allow_empty=args.allow_empty)
 
 
 def _cmd_slices_list(args: argparse.Namespace) -> int:
@@ -145,6 +145,11 @@ def build_parser() -> argparse.ArgumentParser:
         "key", metavar="KEY", help="rank=value, e.g. family=Felidae or kingdom=Animalia/genus=Morus"
     )
     slice_.add_argument("--config", default=None)
+    slice_.add_argument(
+        "--allow-empty",
+        action="store_true",
+        help="publish a 0-row slice when no row matches the key (else: exit 2, close matches named)",
+    )
     slice_.set_defaults(func=_cmd_slice)
 
     slices = commands.add_parser("slices", help="list or remove published slices")

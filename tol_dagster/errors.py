@@ -25,6 +25,17 @@ class SliceSpecError(TolError):
     exit_code = 2
 
 
+class EmptySliceError(SliceSpecError):
+    """A slice key whose taxon has no rows in the mirror (a misspelling, most often): refused
+    unless an empty slice is asked for. `matches` are close names from the taxon index."""
+
+    exit_code = 2
+
+    def __init__(self, message: str, matches: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.matches = matches
+
+
 class UpstreamError(TolError):
     """The Hub could not be reached or answered in a way we cannot use."""
 

@@ -46,8 +46,9 @@ _CM_DROPPED = (14, 15)  # bloom filter offset and length
 _CM_OF_ALL_ROWS = (10, 12, 13, 14, 15, 16, 17)  # statistics and indexes: wrong for a subset
 _SCHEMA_NUM_CHILDREN = 5
 _PAGE_LOCATIONS, _PAGE_OFFSET, _PAGE_SIZE, _PAGE_FIRST_ROW = 1, 1, 2, 3
-_HEADER_UNCOMPRESSED, _HEADER_COMPRESSED = 2, 3
-_HEADER_DATA_V1, _HEADER_DATA_V2 = 5, 8  # each holds num_values as field 1
+_HEADER_TYPE, _HEADER_UNCOMPRESSED, _HEADER_COMPRESSED = 1, 2, 3
+_HEADER_DATA_V1, _HEADER_DATA_V2 = 5, 8  # each holds num_values as field 1; v2 num_rows as 3
+_DATA_PAGE, _DICTIONARY_PAGE, _DATA_PAGE_V2 = 0, 2, 3  # PageType
 
 
 class Writable(Protocol):
@@ -205,9 +206,14 @@ class Splicer:
         self.position = len(MAGIC)
 
     def add(self, footer: Footer, row_group: int) -> None:
-        """Append `row_group` of `footer`'s file; its physical schema must be the template's."""
+        """Append `row_group` of `footer`'s file; its physical schema must be the template's.
+
+        An empty row group adds nothing: it has no rows, and writers give its column chunks
+        no usable offsets (pyarrow: data page offset 0)."""
         if footer.schema != self.template.schema:
             raise SpliceError(f"{footer.path}: its schema differs from {self.template.path}'s")
+        if not footer.row_groups[row_group].get(_RG_NUM_ROWS):
+            return
         start, length = footer.byte_range(row_group)
         delta = self.position - start
         moved = _moved(footer.row_groups[row_group], delta, len(self.groups))
@@ -273,7 +279,11 @@ def read_rows(footer: Footer, row_group: int, start: int, stop: int) -> pa.Table
     """Rows [start, stop) of `row_group` (relative to it), decoding only the pages holding them.
 
     Types are what the parquet schema says (the file's Arrow schema is not applied: cast the
-    result). SpliceError if a column has no offset index or more than one leaf.
+    result). Nothing read is trusted: the offset index must be ordered and inside its column
+    chunk, every page header must parse and end where the next begins, and the pages must
+    decode to exactly the rows the offset index says they hold. SpliceError on any anomaly
+    (also when a column has no offset index or more than one leaf): the caller decodes the
+    row range with pyarrow instead (`decode_rows`).
     """
     fields = footer.top_level_fields()
     group = footer.row_groups[row_group]
@@ -283,12 +293,41 @@ def read_rows(footer: Footer, row_group: int, start: int, stop: int) -> pa.Table
         raise ValueError(f"rows {start}..{stop} are not in a row group of {rows} rows")
     columns = []
     with open(footer.path, "rb") as handle:
-        for (_, elements), chunk in zip(fields, chunks, strict=True):
+        for (name, elements), chunk in zip(fields, chunks, strict=True):
             try:
                 columns.append(_read_column(footer, handle, elements, chunk, start, stop, rows))
             except (IndexError, KeyError, TypeError, AttributeError, struct.error) as error:
                 raise SpliceError(f"{footer.path}: damaged page index ({error!r})") from error
+            except pa.ArrowException as error:
+                raise SpliceError(
+                    f"{footer.path}: row group {row_group}, column {name}: its pages do not "
+                    f"decode ({error})"
+                ) from error
     return pa.table(columns, names=[name for name, _ in fields])
+
+
+def decode_rows(path: Path, row_group: int, start: int, stop: int) -> pa.Table:
+    """Rows [start, stop) of `row_group` decoded by pyarrow from the row group's start: the
+    slow, plain path when the pages cannot be read on their own. Arrow types (the file's
+    Arrow schema applied)."""
+    parquet = pq.ParquetFile(path)
+    batches, position = [], 0
+    for batch in parquet.iter_batches(
+        batch_size=max(1, min(stop, 64 * 1024)), row_groups=[row_group], use_threads=False
+    ):
+        low, high = max(start, position), min(stop, position + batch.num_rows)
+        if low < high:
+            batches.append(batch.slice(low - position, high - low))
+        position += batch.num_rows
+        if position >= stop:
+            break
+    table = pa.Table.from_batches(batches, schema=parquet.schema_arrow)
+    if table.num_rows != stop - start:
+        raise SpliceError(
+            f"{path}: row group {row_group} decodes to {position} rows, not the {stop} or more "
+            "its footer promises"
+        )
+    return table
 
 
 def _read_column(
@@ -303,29 +342,40 @@ def _read_column(
     """One column of `read_rows`: its pages for the rows, as a one-column parquet file."""
     if not chunk.has(_CC_OFFSET_INDEX):
         raise SpliceError(f"{footer.path}: a column chunk has no offset index")
+    meta = chunk.get(_CC_META).copy()
     pages = _pread_struct(handle, chunk.get(_CC_OFFSET_INDEX), chunk.get(_CC_OFFSET_INDEX_LENGTH))
     locations = pages.get(_PAGE_LOCATIONS)[1]
+    _check_locations(footer.path, locations, meta, rows)
     firsts = [page.get(_PAGE_FIRST_ROW) for page in locations]
     first = bisect.bisect_right(firsts, start) - 1
     last = bisect.bisect_left(firsts, stop) - 1
     covered = firsts[first], firsts[last + 1] if last + 1 < len(firsts) else rows
-    meta = chunk.get(_CC_META).copy()
     body = bytearray(MAGIC)
-    dictionary = meta.get(_CM_DICTIONARY_PAGE)
-    if dictionary:  # the dictionary page sits just before the first data page
-        body += _pread(handle, dictionary, locations[0].get(_PAGE_OFFSET) - dictionary)
+    dictionary = _dictionary_page(footer.path, handle, meta, locations[0].get(_PAGE_OFFSET))
+    if dictionary is not None:
+        body += dictionary
     data_start = len(body)
     begin = locations[first].get(_PAGE_OFFSET)
     end = locations[last].get(_PAGE_OFFSET) + locations[last].get(_PAGE_SIZE)
     body += _pread(handle, begin, end - begin)
-    values, uncompressed = _page_totals(memoryview(body)[len(MAGIC) :], footer.path)
+    values, uncompressed, v2_rows = _page_totals(
+        memoryview(body)[data_start:], footer.path, data_pages=last - first + 1
+    )
+    if v2_rows is not None and v2_rows != covered[1] - covered[0]:
+        raise SpliceError(
+            f"{footer.path}: data pages v2 hold {v2_rows} rows where the offset index says "
+            f"{covered[1] - covered[0]}"
+        )
+    if dictionary is not None:
+        uncompressed += _page_totals(memoryview(dictionary), footer.path, data_pages=0)[1]
     meta.drop(*_CM_OF_ALL_ROWS)
     meta.set(_CM_NUM_VALUES, values)
     meta.set(_CM_TOTAL_UNCOMPRESSED, uncompressed)
     meta.set(_CM_TOTAL_COMPRESSED, len(body) - len(MAGIC))
     meta.set(_CM_DATA_PAGE, data_start)
-    if dictionary:
-        meta.set(_CM_DICTIONARY_PAGE, len(MAGIC))
+    meta.drop(_CM_DICTIONARY_PAGE)
+    if dictionary is not None:
+        meta.put(_CM_DICTIONARY_PAGE, _I64, len(MAGIC))
     root = footer.meta.get(_FILE_SCHEMA)[1][0].copy()
     root.set(_SCHEMA_NUM_CHILDREN, 1)
     group = Struct(
@@ -339,14 +389,17 @@ def _read_column(
                 ),
             ],
             [2, _I64, uncompressed],
-            [_RG_NUM_ROWS, _I64, covered[1] - covered[0]],
+            [_RG_NUM_ROWS, _I64, values],
         ]
     )
+    # Row counts are the values (every row has one or more): an upper bound, so pyarrow
+    # decodes every row the pages hold, and a page index that misplaces a page shows up as
+    # a length that differs from what it promised, never as rows shifted.
     file_meta = Struct(
         [
             [1, _I32, footer.meta.get(1)],
             [_FILE_SCHEMA, _LIST, (_STRUCT, [root, *elements])],
-            [_FILE_NUM_ROWS, _I64, covered[1] - covered[0]],
+            [_FILE_NUM_ROWS, _I64, values],
             [_FILE_ROW_GROUPS, _LIST, (_STRUCT, [group])],
         ]
     )
@@ -354,20 +407,108 @@ def _read_column(
     _write_struct(tail, file_meta)
     body += tail + struct.pack("<I", len(tail)) + MAGIC
     column = pq.ParquetFile(pa.BufferReader(bytes(body))).read(use_threads=False).column(0)
+    if len(column) != covered[1] - covered[0]:
+        raise SpliceError(
+            f"{footer.path}: pages {first}..{last} of a column decode to {len(column)} rows "
+            f"where its offset index says {covered[1] - covered[0]}"
+        )
     return column.slice(start - covered[0], stop - start)
 
 
-def _page_totals(pages: memoryview, path: Path) -> tuple[int, int]:
-    """(values in the data pages, uncompressed bytes with headers) of consecutive pages."""
-    values = uncompressed = position = 0
+def _check_locations(path: Path, locations: list[Struct], meta: Struct, rows: int) -> None:
+    """The offset index is usable: pages start at row 0, in row and byte order, inside the
+    column chunk's bytes, each starting after the previous one ends."""
+    chunk_start = _chunk_start(meta)
+    chunk_end = chunk_start + int(meta.get(_CM_TOTAL_COMPRESSED))
+    previous_row, previous_end = -1, chunk_start
+    for index, page in enumerate(locations):
+        row, offset, size = (
+            page.get(_PAGE_FIRST_ROW),
+            page.get(_PAGE_OFFSET),
+            page.get(_PAGE_SIZE),
+        )
+        if (
+            (index == 0 and row != 0)
+            or row <= previous_row
+            or row >= rows
+            or size <= 0
+            or offset < previous_end
+            or offset + size > chunk_end
+        ):
+            raise SpliceError(
+                f"{path}: the offset index's page {index} (row {row}, bytes {offset}+{size}) "
+                f"does not fit its column chunk (bytes {chunk_start}..{chunk_end}, {rows} rows)"
+            )
+        previous_row, previous_end = row, offset + size
+    if not locations:
+        raise SpliceError(f"{path}: an offset index lists no pages")
+
+
+def _dictionary_page(
+    path: Path, handle: BinaryIO, meta: Struct, first_data_page: int
+) -> bytes | None:
+    """The column chunk's dictionary page (header and body), found from the column metadata:
+    at `dictionary_page_offset`, or (writers that leave it unset) at the chunk's start when a
+    page sits there before the first data page. Its header must say it is a dictionary page."""
+    offset = meta.get(_CM_DICTIONARY_PAGE)
+    strict = bool(offset)
+    if not offset:  # absent, or 0 for "none" (some writers)
+        offset = int(meta.get(_CM_DATA_PAGE))
+        if offset >= first_data_page:
+            return None
+    header, size = _page_header(path, handle, offset, first_data_page - offset)
+    if header.get(_HEADER_TYPE) != _DICTIONARY_PAGE:
+        if strict:
+            raise SpliceError(f"{path}: no dictionary page at dictionary_page_offset {offset}")
+        return None
+    length = size + header.get(_HEADER_COMPRESSED)
+    if offset + length > first_data_page and offset < first_data_page:
+        raise SpliceError(f"{path}: the dictionary page at {offset} overlaps the data pages")
+    return _pread(handle, offset, length)
+
+
+def _page_header(path: Path, handle: BinaryIO, offset: int, room: int) -> tuple[Struct, int]:
+    """The page header at `offset` and its size in bytes; reads more until it parses whole."""
+    want = 256
+    while True:
+        handle.seek(offset)
+        data = handle.read(want)
+        try:
+            return _read_struct(memoryview(data), 0)
+        except (IndexError, struct.error) as error:
+            if len(data) < want or want >= max(room, 1 << 20):
+                raise SpliceError(f"{path}: no page header at byte {offset} ({error!r})") from error
+            want *= 4
+        except (KeyError, TypeError, ValueError, RecursionError) as error:
+            raise SpliceError(f"{path}: no page header at byte {offset} ({error!r})") from error
+
+
+def _page_totals(pages: memoryview, path: Path, *, data_pages: int) -> tuple[int, int, int | None]:
+    """(values in the data pages, uncompressed bytes with headers, rows of the pages when all
+    are data pages v2, else None) of consecutive pages, which must be `data_pages` data pages
+    (0: one dictionary page) ending exactly at the end of `pages`."""
+    values = uncompressed = position = seen = 0
+    v2_rows: int | None = 0
     while position < len(pages):
         header, body = _parse(pages, position, path)
-        for field_id in (_HEADER_DATA_V1, _HEADER_DATA_V2):
-            if header.has(field_id):
-                values += header.get(field_id).get(1)
+        kind = header.get(_HEADER_TYPE)
+        if kind == _DICTIONARY_PAGE and data_pages == 0:
+            pass
+        elif kind in (_DATA_PAGE, _DATA_PAGE_V2) and data_pages:
+            payload = header.get(_HEADER_DATA_V1 if kind == _DATA_PAGE else _HEADER_DATA_V2)
+            values += payload.get(1)
+            v2_rows = None if kind == _DATA_PAGE or v2_rows is None else v2_rows + payload.get(3)
+            seen += 1
+        else:
+            raise SpliceError(f"{path}: a page of type {kind} among the pages read")
         uncompressed += body - position + header.get(_HEADER_UNCOMPRESSED)
         position = body + header.get(_HEADER_COMPRESSED)
-    return values, uncompressed
+    if position != len(pages) or seen != data_pages:
+        raise SpliceError(
+            f"{path}: the pages read end at byte {position} of {len(pages)} after {seen} data "
+            f"pages, where the offset index promises {data_pages}"
+        )
+    return values, uncompressed, v2_rows
 
 
 def _read_bytes(footer: Footer, offset: int, length: int) -> bytes:

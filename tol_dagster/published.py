@@ -9,6 +9,7 @@ previous build, and one record per built slice (its catalog row).
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
@@ -20,7 +21,7 @@ import pyarrow.parquet as pq
 import yaml
 
 from tol_dagster.durable import write_atomic
-from tol_dagster.errors import SettingsError, StoreError
+from tol_dagster.errors import SettingsError, SliceSpecError, StoreError
 from tol_dagster.layout import Layout
 from tol_dagster.manifest import Manifest, load_manifest
 from tol_dagster.mirror import pin_generation
@@ -29,6 +30,8 @@ from tol_dagster.pins import PinnedGeneration
 from tol_dagster.slice_keys import parse_slice_key
 from tol_dagster.slices import affected_slices
 from tol_dagster.taxon_index import read_taxon_index
+
+logger = logging.getLogger("tol_dagster.published")
 
 
 def mirror_inputs(layout: Layout, config: str) -> tuple[Manifest, list[MirrorFile]]:
@@ -184,12 +187,50 @@ def slice_records(layout: Layout, config: str) -> list[dict[str, object]]:
     return [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))]
 
 
+def allowed_empty(layout: Layout, config: str, name: str) -> bool:
+    """Whether slice `name` was last built with allow_empty: rebuilds keep that consent."""
+    path = _record_path(layout, config, name)
+    return path.is_file() and bool(json.loads(path.read_text()).get("allow_empty"))
+
+
 def remove_slice_record(layout: Layout, config: str, name: str) -> bool:
     path = _record_path(layout, config, name)
     if path.is_file():
         path.unlink()
         return True
     return False
+
+
+def remove_slice_records_named(layout: Layout, config: str, names: set[str]) -> list[Path]:
+    """Remove the records whose `name` is one of `names`, found by content (a name that no
+    longer parses as a key has no computable record path); returns the slice files they name."""
+    folder = _records_dir(layout, config)
+    paths = []
+    for record in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        data = json.loads(record.read_text())
+        if data.get("name") in names:
+            if data.get("path"):
+                paths.append(Path(str(data["path"])))
+            record.unlink()
+    return paths
+
+
+def _parseable(keys: list[str], config: str) -> list[str]:
+    """`keys` that parse as slice keys; the others (partitions made before a rule was
+    tightened, or by hand) cannot be built, so they are skipped with a warning saying how to
+    remove them, instead of stopping every other slice's rebuild."""
+    kept = []
+    for key in keys:
+        try:
+            parse_slice_key(key)
+        except SliceSpecError as error:
+            logger.warning(
+                f"{config}: partition {key!r} is not a valid slice key and is not rebuilt "
+                f"({error}); remove it with `tol-dagster slices remove {key!r}`"
+            )
+            continue
+        kept.append(key)
+    return kept
 
 
 def slices_to_rebuild(
@@ -199,6 +240,7 @@ def slices_to_rebuild(
     (or that were never built), minus those already built from this generation; and the
     changed files. `built` is what the current taxon index was built from."""
     records = {str(r["name"]): r for r in slice_records(layout, config)}
+    keys = _parseable(keys, config)
     old_index, old_files = previous_index(layout, config)
     changed = changed_files(old_files, built.files)
     todo = affected_slices(

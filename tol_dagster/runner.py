@@ -10,10 +10,12 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
+from urllib.parse import quote
 
 import dagster as dg
 
-from tol_dagster import catalog, errors, published, sync
+from tol_dagster import catalog, errors, published, sync, taxon_index
 from tol_dagster.definitions import build_definitions
 from tol_dagster.defs.jobs import (
     CATALOG_JOB,
@@ -28,6 +30,7 @@ from tol_dagster.defs.keys import (
     derived_keys,
     resync_check_keys,
     resync_keys,
+    slices_op_name,
     slices_partitions_name,
     staged_op_name,
 )
@@ -37,7 +40,8 @@ from tol_dagster.manifest import load_manifest
 from tol_dagster.resync_slot import ensure_resync_pools
 from tol_dagster.runs import cli_run_tags, fail_dead_cli_runs
 from tol_dagster.settings import Settings
-from tol_dagster.slice_keys import parse_slice_key
+from tol_dagster.slice_keys import SliceKey, parse_slice_key
+from tol_dagster.slices import expected_count, refuse_empty
 
 #: The terminal shows our progress lines and warnings, not Dagster's step-by-step debug events
 #: (the UI keeps the full event log).
@@ -239,10 +243,20 @@ def _ensure_derived(
     return code
 
 
-def _build_slice(defs: dg.Definitions, instance: dg.DagsterInstance, name: str, key: str) -> int:
+def _build_slice(
+    defs: dg.Definitions,
+    instance: dg.DagsterInstance,
+    name: str,
+    key: str,
+    *,
+    allow_empty: bool = False,
+) -> int:
     instance.add_dynamic_partitions(slices_partitions_name(name), [key])
     result = defs.resolve_job_def(slices_job_name(name)).execute_in_process(
-        run_config=QUIET_LOGS,
+        run_config={
+            **QUIET_LOGS,
+            "ops": {slices_op_name(name): {"config": {"allow_empty": allow_empty}}},
+        },
         instance=instance,
         partition_key=key,
         tags=cli_run_tags(),
@@ -257,22 +271,35 @@ def _build_slice(defs: dg.Definitions, instance: dg.DagsterInstance, name: str, 
     return code
 
 
-def run_slice(key_text: str, *, config: str | None) -> int:
-    """Materialize one slice through Dagster (adding its partition), refresh the catalog."""
+def run_slice(key_text: str, *, config: str | None, allow_empty: bool = False) -> int:
+    """Materialize one slice through Dagster (adding its partition), refresh the catalog.
+
+    A key matching no row is refused (exit 2, close matches named) before any partition or
+    run is made, unless `allow_empty` (now or when the slice was last built)."""
     settings = Settings.from_env()
     key = parse_slice_key(key_text)
     name = _one_config(settings, config)
     published.mirror_inputs(settings.layout, name)  # no mirror: say so before touching anything
     instance = open_instance(settings)
     defs = build_definitions(settings)
-    code = _ensure_derived(defs, instance, settings, name) or _build_slice(
-        defs, instance, name, key.name
-    )
+    code = _ensure_derived(defs, instance, settings, name)
+    if code:
+        return code
+    if not (allow_empty or published.allowed_empty(settings.layout, name, key.name)):
+        _refuse_empty(settings, name, key)
+    code = _build_slice(defs, instance, name, key.name, allow_empty=allow_empty)
     if code:
         return code
     code = _refresh_catalog(defs, instance, name)
     print(settings.layout.slices_dir(name) / key.file_name)
     return code
+
+
+def _refuse_empty(settings: Settings, name: str, key: SliceKey) -> None:
+    """`EmptySliceError` (exit 2) if no row of the mirror matches `key`."""
+    _, files = published.mirror_inputs(settings.layout, name)
+    index = taxon_index.read_taxon_index(settings.layout, name)
+    refuse_empty(key, index, expected_count(key, index, files))
 
 
 def refresh_published(settings: Settings, name: str) -> int:
@@ -323,24 +350,47 @@ def list_slices_command(*, config: str | None) -> int:
     return 0
 
 
+def _is_file(path: Path) -> bool:
+    """`path.is_file()`, False for a name the file system cannot hold (too long)."""
+    try:
+        return path.is_file()
+    except OSError:
+        return False
+
+
 def remove_slice_command(key_text: str, *, config: str | None) -> int:
-    """Remove a slice: its partition, its file and its catalog row (the catalog is rewritten)."""
+    """Remove a slice: its partition, its file and its catalog row (the catalog is rewritten).
+
+    Works for any existing partition, even one whose name no longer parses as a key (made
+    before a rule was tightened, or added by hand in the UI): the raw text is matched too."""
     settings = Settings.from_env()
-    key = parse_slice_key(key_text)
     name = _one_config(settings, config)
     layout = settings.layout
+    try:
+        key: SliceKey | None = parse_slice_key(key_text)
+    except SliceSpecError as error:
+        key, invalid = None, error
+    names = {key_text} if key is None else {key.name, key_text}
     instance = open_instance(settings)
     partitions = slices_partitions_name(name)
-    known = instance.has_dynamic_partition(partitions, key.name)
-    path = layout.slices_dir(name) / key.file_name
-    if not known and not path.exists():
+    known = sorted(n for n in names if instance.has_dynamic_partition(partitions, n))
+    slices_dir = layout.slices_dir(name)
+    paths = {slices_dir / f"{quote(n, safe='')}.parquet" for n in names}  # hand-made names
+    if key is not None:
+        paths.add(slices_dir / key.file_name)
+    paths.update(published.remove_slice_records_named(layout, name, names))
+    files = sorted(p for p in paths if p.parent == slices_dir and _is_file(p))
+    in_catalog = catalog.remove_entry(layout, name, key_text)
+    if not (known or files or in_catalog):
+        why = f" (nor a valid key: {invalid})" if key is None else ""
         raise SliceSpecError(
-            f"slice {key.name} of {name} does not exist; `tol-dagster slices list` shows the slices"
+            f"slice {key_text if key is None else key.name} of {name} does not exist{why}; "
+            "`tol-dagster slices list` shows the slices"
         )
-    if known:
-        instance.delete_dynamic_partition(partitions, key.name)
-    path.unlink(missing_ok=True)
-    published.remove_slice_record(layout, name, key.name)
+    for partition in known:
+        instance.delete_dynamic_partition(partitions, partition)
+    for path in files:
+        path.unlink(missing_ok=True)
     code = _refresh_catalog(build_definitions(settings), instance, name)
-    print(f"removed {key.name} from {name}")
+    print(f"removed {key_text if key is None else key.name} from {name}")
     return code

@@ -25,6 +25,7 @@ import functools
 import hashlib
 import operator
 import re
+import unicodedata
 from dataclasses import dataclass
 from urllib.parse import quote
 
@@ -40,6 +41,10 @@ MAX_STEM_BYTES = 200
 _ESCAPE = re.compile(r"%(2[Ff]|25)")
 #: A `%` that a reader would take for the start of an escape.
 _AMBIGUOUS_PERCENT = re.compile(r"%(?=2[Ff]|25)")
+
+#: Unicode categories refused in a key: control, format, surrogate, private use, unassigned,
+#: line and paragraph separators.
+UNPRINTABLE_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
 
 _HELP = (
     "expected rank=value, or conditions joined with '/' such as kingdom=Animalia/genus=Morus; "
@@ -92,6 +97,7 @@ def parse_slice_key(text: str) -> SliceKey:
     """Parse and validate `text`; raise `SliceSpecError` saying what is allowed."""
     if not isinstance(text, str) or not text:
         raise SliceSpecError(f"empty slice key; {_HELP}")
+    _refuse_unprintable(text)
     conditions: dict[str, str] = {}
     for part in text.split("/"):
         rank, sep, raw = part.partition("=")
@@ -107,6 +113,18 @@ def parse_slice_key(text: str) -> SliceKey:
         conditions[rank] = value
     ordered = tuple(sorted(conditions.items(), key=lambda item: SLICE_RANKS.index(item[0])))
     return SliceKey(ordered)
+
+
+def _refuse_unprintable(text: str) -> None:
+    """SliceSpecError naming the first non-printable character of `text` and where it is."""
+    for position, char in enumerate(text, start=1):
+        category = unicodedata.category(char)
+        if category in UNPRINTABLE_CATEGORIES:
+            raise SliceSpecError(
+                f"slice key {text!r}: character {position} is U+{ord(char):04X} "
+                f"({unicodedata.name(char, 'unnamed')}, category {category}), which no taxon "
+                "name holds; remove it (control and other non-printable characters are refused)"
+            )
 
 
 def split_binomial(value: str) -> tuple[str, str] | None:

@@ -34,8 +34,11 @@ How, and why (bench/slices.py measures it against the dataset card's DuckDB COPY
 from __future__ import annotations
 
 import contextlib
+import difflib
+import errno
 import functools
 import hashlib
+import logging
 import mmap
 import os
 import queue
@@ -51,17 +54,19 @@ from typing import Any, NamedTuple, TypeVar
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from tol_dagster import duck
 from tol_dagster.checks import CheckResult
 from tol_dagster.durable import TEMP_PREFIX, TEMP_SUFFIX, fsync_dir, make_public
-from tol_dagster.errors import StoreError, ValidationFailed
+from tol_dagster.errors import EmptySliceError, StoreError, ValidationFailed
 from tol_dagster.mirror_files import MirrorFile
 from tol_dagster.parquet_bytes import (
     Footer,
     SpliceError,
     Splicer,
+    decode_rows,
     parse_footer,
     read_footer,
     read_rows,
@@ -78,11 +83,19 @@ from tol_dagster.slice_keys import (
 from tol_dagster.taxon_index import lookup
 from tol_dagster.validation import schema_differences
 
+logger = logging.getLogger("tol_dagster.slices")
+
 #: The slices' blocking checks, named as the predicate they assert.
 ROWS_MATCH_SUMMARY = "rows_match_summary"
 ROWS_SATISFY_KEY = "rows_satisfy_key"
 UUIDS_UNIQUE = "uuids_unique"
 SCHEMA_MATCHES_MIRROR = "schema_matches_mirror"
+EMB_MATCHES_MIRROR = "emb_matches_mirror"
+
+#: Close matches named when a key's taxon has no rows.
+CLOSE_MATCHES = 5
+#: difflib's similarity cutoff for a close match (its default).
+CLOSE_MATCH_CUTOFF = 0.6
 
 #: Rows per batch read and per output row group: ~25 MB of float16 `emb` at 768 dims.
 ROW_GROUP_ROWS = 16_384
@@ -296,15 +309,68 @@ def expected_count(key: SliceKey, index: pa.Table | None, files: Sequence[Mirror
     return total
 
 
+def refuse_empty(key: SliceKey, index: pa.Table | None, rows: int) -> None:
+    """`EmptySliceError` when `key` matches no row of the mirror (`rows` is its count): a
+    misspelt taxon must not become a green 0-row slice. Names up to CLOSE_MATCHES close
+    values from the taxon index, for each condition whose value it does not hold."""
+    if rows:
+        return
+    missing = [
+        (rank, value)
+        for rank, value in key.conditions
+        if index is None or not lookup(index, rank, value)
+    ]
+    matches: dict[str, None] = {}
+    if index is not None:
+        for rank, value in missing:
+            for match in close_matches(index, rank, value):
+                matches[SliceKey(((rank, match),)).name] = None
+    if missing or index is None:
+        cause = "; ".join(f"no {rank} is named {value!r}" for rank, value in missing)
+    else:
+        cause = "each condition matches rows, but no row satisfies all of them"
+    hint = f"; close matches: {', '.join(matches)}" if matches else "; no close match"
+    raise EmptySliceError(
+        f"slice {key.name}: no rows in the mirror match ({cause or 'nothing to match'}){hint}. "
+        "Check the spelling (names are case-sensitive), or build it empty on purpose with "
+        "`tol-dagster slice KEY --allow-empty` (in the UI: the run config's allow_empty)",
+        tuple(matches),
+    )
+
+
+def close_matches(index: pa.Table, rank: str, value: str, n: int = CLOSE_MATCHES) -> list[str]:
+    """Up to `n` values of `rank` in the taxon index most like `value` (difflib's ratio).
+
+    Values whose length alone rules out the cutoff are dropped in Arrow first: a rank may
+    hold millions of names, and difflib is pure Python.
+    """
+    values = pc.unique(index.filter(pc.equal(index["rank"], rank))["value"])
+    lengths = pc.utf8_length(values)
+    # ratio <= 2 * min(len) / (len + len): keep lengths for which the cutoff is reachable.
+    # (A margin for rounding: 0.6 * 7 / 1.4 is 3.0000000000000004.)
+    low = CLOSE_MATCH_CUTOFF * len(value) / (2 - CLOSE_MATCH_CUTOFF) - 1e-6
+    high = len(value) * (2 - CLOSE_MATCH_CUTOFF) / CLOSE_MATCH_CUTOFF + 1e-6
+    near = values.filter(pc.and_(pc.greater_equal(lengths, low), pc.less_equal(lengths, high)))
+    candidates = [v for v in near.to_pylist() if v is not None]
+    return difflib.get_close_matches(value, candidates, n=n, cutoff=CLOSE_MATCH_CUTOFF)
+
+
 def slice_checks(
-    path: Path, key: SliceKey, expected_rows: int, mirror_schema: pa.Schema
+    path: Path,
+    key: SliceKey,
+    expected_rows: int,
+    mirror_schema: pa.Schema,
+    files: Sequence[MirrorFile],
+    index: pa.Table | None = None,
 ) -> list[CheckResult]:
-    """Every blocking check of a slice file (pass as `verify` to check before publishing)."""
+    """Every blocking check of a slice file (pass as `verify` to check before publishing);
+    `index` (the taxon index) narrows the row groups the `emb` check reads."""
     return [
         check_rows_match_summary(path, key, expected_rows),
         check_rows_satisfy_key(path, key),
         check_uuids_unique(path, key),
         check_schema_matches(path, mirror_schema, key),
+        check_emb_matches_mirror(path, key, files, index),
     ]
 
 
@@ -383,6 +449,178 @@ def check_schema_matches(
         f"{name}: schema differs from the mirror's: {'; '.join(differences)}; rebuild the slice",
         details,
     )
+
+
+#: Rows compared at a time by `check_emb_matches_mirror` (~25 MB of `emb` a side at 768 dims).
+EMB_CHECK_ROWS = 16_384
+
+
+def check_emb_matches_mirror(
+    path: Path, key: SliceKey, files: Sequence[MirrorFile], index: pa.Table | None = None
+) -> CheckResult:
+    """The slice's `emb` bytes equal the mirror's for the same rows, in the same order.
+
+    Both sides are read back by pyarrow, independently of what wrote the slice (the splicer,
+    the page reader): the mirror's rows are those of the key's own Arrow filter, applied by
+    pyarrow to whole row groups of the mirror files in mirror order, and they are compared
+    position by position, uuid and `emb` bit for bit (NULLs and NaNs included). `index` only
+    narrows which row groups are read (every one without it: slow but the same answer), as
+    the slice's planning does; a row group it failed to name shows up as rows that differ.
+    Streams, so memory stays bounded.
+    """
+    written = pq.ParquetFile(path).iter_batches(
+        batch_size=EMB_CHECK_ROWS, columns=["uuid", EMB_COLUMN]
+    )
+    mirror = _mirror_rows(key, files, index)
+    compared, differing, first = 0, 0, None
+    shorter: str | None = None
+    for ours, theirs in _aligned(written, mirror):
+        if ours is None or theirs is None:
+            shorter = "the slice" if ours is None else "the mirror's matching rows"
+            break
+        bad = _differing_rows(ours, theirs)
+        if len(bad) and first is None:
+            row = int(bad[0])
+            first = (compared + row, ours["uuid"][row].as_py(), theirs["uuid"][row].as_py())
+        differing += len(bad)
+        compared += ours.num_rows
+    details: dict[str, Any] = {"rows_compared": compared, "rows_differing": differing}
+    if shorter is not None:
+        return CheckResult(
+            EMB_MATCHES_MIRROR,
+            False,
+            f"slice {key.name}: {shorter} end after {compared:,} rows, the other side goes on: "
+            "the slice does not hold the mirror's rows; rebuild it",
+            details,
+        )
+    if first is None:
+        return CheckResult(
+            EMB_MATCHES_MIRROR,
+            True,
+            f"slice {key.name}: emb of all {compared:,} rows equals the mirror's, bit for bit",
+            details,
+        )
+    position, uuid, mirror_uuid = first
+    details["first"] = {"row": position, "uuid": uuid, "mirror_uuid": mirror_uuid}
+    what = (
+        f"emb of uuid {uuid} (row {position:,}) differs from the mirror's"
+        if uuid == mirror_uuid
+        else f"row {position:,} is uuid {uuid} but the mirror's is {mirror_uuid}"
+    )
+    return CheckResult(
+        EMB_MATCHES_MIRROR,
+        False,
+        f"slice {key.name}: {what} ({differing:,} of {compared:,} rows differ): the slice "
+        "writer produced wrong rows; it was not published. Rebuild it, and report this if it "
+        "happens again",
+        details,
+    )
+
+
+def _mirror_rows(
+    key: SliceKey, files: Sequence[MirrorFile], index: pa.Table | None
+) -> Iterator[pa.RecordBatch]:
+    """(uuid, emb) of the mirror's rows satisfying `key`, in mirror order, decoded by pyarrow
+    from the start of each row group the index names up to its last located row (every row
+    group, whole, without an index): a row group's rows before that are decoded anyway, and
+    keeping those that match catches rows the index missed."""
+    limits = None if index is None else _row_group_limits(plan_scans(key, files, index))
+    expression = to_arrow_filter(key)
+    columns = list(dict.fromkeys(["uuid", EMB_COLUMN, *filter_columns(key)]))
+    for file in files:
+        parquet = pq.ParquetFile(file.path)
+        sizes = [parquet.metadata.row_group(g).num_rows for g in range(parquet.num_row_groups)]
+        wanted = dict(enumerate(sizes)) if limits is None else limits.get(file.name, {})
+        for group in sorted(wanted):
+            position, limit = 0, wanted[group]
+            for batch in parquet.iter_batches(
+                batch_size=EMB_CHECK_ROWS, row_groups=[group], columns=columns
+            ):
+                kept = batch.slice(0, limit - position).filter(expression)
+                if kept.num_rows:
+                    yield kept.select(["uuid", EMB_COLUMN])
+                position += batch.num_rows
+                if position >= limit:
+                    break
+
+
+def _row_group_limits(scans: Sequence[Scan]) -> dict[str, dict[int, int]]:
+    """file name -> row group -> rows of it to read (relative to it) to cover `scans`."""
+    limits: dict[str, dict[int, int]] = {}
+    for scan in scans:
+        starts = _row_group_starts(pq.read_metadata(scan.file.path))
+        groups = limits.setdefault(scan.file.name, {})
+        for piece in scan.pieces:
+            if isinstance(piece, Copy):
+                groups[piece.row_group] = piece.rows
+                continue
+            first = int(np.searchsorted(starts, piece.start, side="right")) - 1
+            last = int(np.searchsorted(starts, piece.stop - 1, side="right")) - 1
+            for group in range(first, last + 1):
+                end = int(starts[group + 1]) if group + 1 < len(starts) else piece.stop
+                stop = min(piece.stop, end) - int(starts[group])
+                groups[group] = max(groups.get(group, 0), stop)
+    return limits
+
+
+def _aligned(
+    left: Iterator[pa.RecordBatch], right: Iterator[pa.RecordBatch]
+) -> Iterator[tuple[pa.RecordBatch | None, pa.RecordBatch | None]]:
+    """Equal-length pieces of two batch streams, in order; a None side when it ran out first
+    (then the rest of the other side, once, and no more)."""
+    a = b = None
+    while True:
+        while a is None or a.num_rows == 0:
+            a = next(left, None)
+            if a is None:
+                break
+        while b is None or b.num_rows == 0:
+            b = next(right, None)
+            if b is None:
+                break
+        if a is None and b is None:
+            return
+        if a is None or b is None:
+            yield a, b
+            return
+        size = min(a.num_rows, b.num_rows)
+        yield a.slice(0, size), b.slice(0, size)
+        a, b = a.slice(size), b.slice(size)
+
+
+def _differing_rows(ours: pa.RecordBatch, theirs: pa.RecordBatch) -> np.ndarray:
+    """Positions where uuid or `emb` (validity and bits) differ between two equal-length batches."""
+    same_uuid = pc.fill_null(pc.equal(ours["uuid"], theirs["uuid"]), False)
+    both_null = pc.and_(pc.is_null(ours["uuid"]), pc.is_null(theirs["uuid"]))
+    different = ~np.asarray(pc.or_(same_uuid, both_null).to_numpy(zero_copy_only=False))
+    emb_a, emb_b = ours[EMB_COLUMN], theirs[EMB_COLUMN]
+    if emb_a.type != emb_b.type:
+        try:
+            emb_b = emb_b.cast(emb_a.type)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            return np.arange(ours.num_rows)
+    valid_a, bits_a = _emb_bits(emb_a)
+    valid_b, bits_b = _emb_bits(emb_b)
+    different |= valid_a != valid_b
+    different |= valid_a & valid_b & (bits_a != bits_b).any(axis=1)
+    return np.flatnonzero(different)
+
+
+def _emb_bits(column: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """(row is not NULL, each row's values as raw bits) of a `fixed_size_list` column; a NULL
+    value inside a row reads as all ones, which no half float or float has as its bits."""
+    if not pa.types.is_fixed_size_list(column.type):
+        raise StoreError(f"emb is {column.type}, not a fixed-size list: the schema check says more")
+    valid = np.asarray(column.is_valid().to_numpy(zero_copy_only=False), dtype=bool)
+    width = column.type.list_size
+    values = column.values.slice(column.offset * width, len(column) * width)
+    kind = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}[values.type.bit_width // 8]
+    bits = np.frombuffer(values.buffers()[1], dtype=kind, count=values.offset + len(values))
+    bits = bits[values.offset :].astype(np.uint64)
+    if values.null_count:
+        missing = ~np.asarray(values.is_valid().to_numpy(zero_copy_only=False), dtype=bool)
+        bits[missing] = np.iinfo(np.uint64).max
+    return valid, bits.reshape(len(column), width)
 
 
 def affected_slices(
@@ -640,11 +878,21 @@ def _chunks(starts: np.ndarray, first: int, span: Span) -> Iterator[tuple[int, i
 def _page_chunk(
     footer: Footer, group: int, low: int, high: int, predicate: _Predicate, schema: pa.Schema
 ) -> list[pa.RecordBatch]:
-    """The matching rows of one chunk, decoding only the pages that hold it."""
+    """The matching rows of one chunk, decoding only the pages that hold it; on any anomaly
+    of the pages (an offset index, a header or a decoded length that does not add up), the
+    rows decoded by pyarrow from the row group's start instead."""
     try:
         rows = read_rows(footer, group, low, high)
-    except SpliceError as error:
-        raise _damaged(error) from error
+    except (SpliceError, pa.ArrowException, OSError) as error:
+        logger.warning(f"{error}; reading rows {low}..{high} of row group {group} with pyarrow")
+        try:
+            rows = decode_rows(footer.path, group, low, high)
+        except (SpliceError, pa.ArrowException, OSError) as again:
+            raise StoreError(
+                f"{footer.path}: rows {low}..{high} of row group {group} cannot be read, page "
+                f"by page ({error}) nor by pyarrow ({again}): the mirror file is damaged; "
+                "sync the mirror again"
+            ) from again
     return predicate.keep(rows.cast(schema, safe=False)).to_batches()
 
 
@@ -944,6 +1192,36 @@ def _temp_path(out: Path) -> Path:
     return Path(name)
 
 
+#: errno values of `copy_file_range` meaning "not here" (another file system, an old kernel,
+#: a file system without it): the bytes are then copied through userspace.
+_NO_KERNEL_COPY = frozenset(
+    {errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EBADF}
+)
+
+
+def _kernel_copy(source: Any, target: Any, start: int, length: int) -> int:
+    """Bytes [start, start + length) of `source` appended to `target` by the kernel
+    (`os.copy_file_range`, Linux only: absent on macOS and Windows); returns how many it
+    copied, 0 where it is missing or refuses this pair of files. Other errors (disk full, I/O)
+    are raised."""
+    copy_file_range = getattr(os, "copy_file_range", None)
+    if copy_file_range is None:
+        return 0
+    copied = 0
+    try:
+        while copied < length:
+            step = copy_file_range(
+                source.fileno(), target.fileno(), length - copied, start + copied
+            )
+            if step == 0:
+                break
+            copied += step
+    except OSError as error:
+        if error.errno not in _NO_KERNEL_COPY:
+            raise
+    return copied
+
+
 @dataclass
 class _HashingSink:
     """A write-only file that hashes the bytes on their way out (no second read of the slice)."""
@@ -974,15 +1252,7 @@ class _HashingSink:
             ):
                 self.digest.update(part)
             self.handle.flush()
-            copied = 0
-            with contextlib.suppress(OSError):  # other file systems: copy below
-                while copied < length:
-                    step = os.copy_file_range(
-                        source.fileno(), self.handle.fileno(), length - copied, start + copied
-                    )
-                    if step == 0:
-                        break
-                    copied += step
+            copied = _kernel_copy(source, self.handle, start, length)
             source.seek(start + copied)
             while copied < length:
                 block = source.read(min(8 << 20, length - copied))
@@ -1006,6 +1276,7 @@ class _HashingSink:
 
 
 __all__ = [
+    "EMB_MATCHES_MIRROR",
     "ROWS_MATCH_SUMMARY",
     "ROWS_SATISFY_KEY",
     "SCHEMA_MATCHES_MIRROR",
@@ -1016,13 +1287,16 @@ __all__ = [
     "Span",
     "Spans",
     "affected_slices",
+    "check_emb_matches_mirror",
     "check_rows_match_summary",
     "check_rows_satisfy_key",
     "check_schema_matches",
     "check_uuids_unique",
+    "close_matches",
     "expected_count",
     "extract_slice",
     "locate",
     "plan_scans",
+    "refuse_empty",
     "slice_checks",
 ]

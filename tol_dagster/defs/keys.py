@@ -44,6 +44,11 @@ def staged_op_name(config: str) -> str:
     return asset_key(config, "staged").to_python_identifier()
 
 
+def slices_op_name(config: str) -> str:
+    """The op that runs `tol/<config>/slices`: where a slice run's config (allow_empty) goes."""
+    return asset_key(config, "slices").to_python_identifier()
+
+
 def published_group(config: str) -> str:
     return f"published_{safe_name(config)}"
 

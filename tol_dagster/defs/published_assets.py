@@ -14,6 +14,7 @@ from pathlib import Path
 import dagster as dg
 import pyarrow as pa
 import pyarrow.parquet as pq
+from pydantic import Field
 
 from tol_dagster import catalog, centroids, mirror, published, summaries, taxon_index
 from tol_dagster.alignment import check_configs_aligned
@@ -22,15 +23,17 @@ from tol_dagster.defs.keys import asset_key, published_group, safe_name, slices_
 from tol_dagster.defs.metadata import check_result, table_schema
 from tol_dagster.defs.mirror_assets import OWNERS
 from tol_dagster.defs.resources import StorageResource
-from tol_dagster.errors import ValidationFailed
+from tol_dagster.errors import EmptySliceError, ValidationFailed
 from tol_dagster.slice_keys import parse_slice_key
 from tol_dagster.slices import (
+    EMB_MATCHES_MIRROR,
     ROWS_MATCH_SUMMARY,
     ROWS_SATISFY_KEY,
     SCHEMA_MATCHES_MIRROR,
     UUIDS_UNIQUE,
     expected_count,
     extract_slice,
+    refuse_empty,
     slice_checks,
 )
 
@@ -39,7 +42,23 @@ SLICE_CHECKS = {
     ROWS_SATISFY_KEY: "Every row satisfies the slice key.",
     UUIDS_UNIQUE: "No uuid appears twice in the slice.",
     SCHEMA_MATCHES_MIRROR: "The slice has the mirror's exact schema.",
+    EMB_MATCHES_MIRROR: (
+        "The slice's emb bytes equal the mirror's for the same rows, read back by pyarrow "
+        "(independent of the splicer and the page reader)."
+    ),
 }
+
+
+class SliceRunConfig(dg.Config):
+    """Run config of a slice run (`tol-dagster slice KEY --allow-empty` sets it)."""
+
+    allow_empty: bool = Field(
+        default=False,
+        description=(
+            "Publish a 0-row slice when no row of the mirror matches the key. Off: such a key "
+            "(a misspelt taxon, most often) fails the run, naming close matches."
+        ),
+    )
 
 
 def _preview(table: pa.Table, limit: int = 10) -> str:
@@ -193,7 +212,7 @@ def build_published_assets(name: str) -> list[dg.AssetsDefinition]:
         ],
     )
     def slices(
-        context: dg.AssetExecutionContext, storage: StorageResource
+        context: dg.AssetExecutionContext, config: SliceRunConfig, storage: StorageResource
     ) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
         layout = storage.layout
         key = parse_slice_key(context.partition_key)
@@ -209,11 +228,21 @@ def build_published_assets(name: str) -> list[dg.AssetsDefinition]:
                 index_table = None  # its row ranges describe other bytes
             schema = published.pinned_schema(layout, pin)
             expected = expected_count(key, index_table, files)
+            allow_empty = config.allow_empty or published.allowed_empty(layout, name, key.name)
+            if not allow_empty:
+                try:
+                    refuse_empty(key, index_table, expected)
+                except EmptySliceError as error:
+                    raise dg.Failure(
+                        description=str(error),
+                        metadata={"close_matches": dg.MetadataValue.json(list(error.matches))},
+                        allow_retries=False,
+                    ) from error
             out = layout.slices_dir(name) / key.file_name
             verdicts: list[CheckResult] = []
 
             def verify(path: Path) -> list[CheckResult]:
-                verdicts.extend(slice_checks(path, key, expected, schema))
+                verdicts.extend(slice_checks(path, key, expected, schema, files, index_table))
                 return verdicts
 
             try:
@@ -240,6 +269,7 @@ def build_published_assets(name: str) -> list[dg.AssetsDefinition]:
                 "upstream_commit": pin.commit,
                 "built_at": built_at.isoformat(),
                 "generation": pin.name,
+                "allow_empty": allow_empty,
             },
         )
         yield dg.MaterializeResult(
