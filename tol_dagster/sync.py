@@ -24,7 +24,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from tol_dagster import mirror, validation
+from tol_dagster import exit_codes, mirror, validation
 from tol_dagster.checks import CheckResult
 from tol_dagster.durable import file_lock, write_atomic
 from tol_dagster.errors import IntegrityError, RevisionGone, UpstreamError, ValidationFailed
@@ -388,6 +388,12 @@ def _stage_commit(
     results: dict[str, StagedFile] = {}
     progress = _Progress(log, len(plan.to_fetch), plan.bytes_to_fetch)
     started = time.monotonic()
+    stop = threading.Event()
+
+    def on_progress(count: int) -> None:
+        if stop.is_set():  # interrupted: end this download now, its partial kept for resuming
+            raise _Stopped("the sync was interrupted")
+        progress.add(count)
 
     def fetch_and_inspect(remote_file: RemoteFile) -> StagedFile:
         dest = mirror.stage_path(layout, config, plan.commit, remote_file.name)
@@ -398,7 +404,7 @@ def _stage_commit(
                     plan.commit,
                     dest,
                     partial_dir=layout.partial_dir(config),
-                    on_progress=progress.add,
+                    on_progress=on_progress,
                 )
             except IntegrityError as error:
                 return _failed(remote_file, f"{validation.SHA256_MATCHES_UPSTREAM}: {error}")
@@ -425,18 +431,31 @@ def _stage_commit(
             rows=facts.rows,
         )
 
-    with ThreadPoolExecutor(
-        max_workers=max(1, max_parallel), thread_name_prefix="tol-fetch"
-    ) as pool:
-        futures = {pool.submit(fetch_and_inspect, f): f for f in plan.to_fetch}
-        done, _ = wait(futures, return_when=FIRST_EXCEPTION)
-        for future in done:
-            if future.exception() is not None:
-                for other in futures:
-                    other.cancel()
-                raise future.exception()  # type: ignore[misc]
-        for future, remote_file in futures.items():
-            results[remote_file.name] = future.result()
+    try:
+        with ThreadPoolExecutor(
+            max_workers=max(1, max_parallel), thread_name_prefix="tol-fetch"
+        ) as pool:
+            futures = {pool.submit(fetch_and_inspect, f): f for f in plan.to_fetch}
+            try:
+                done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+            except BaseException:  # SIGINT/SIGTERM: the fetch threads stop at their next chunk
+                stop.set()
+                raise
+            for future in done:
+                if future.exception() is not None:
+                    for other in futures:
+                        other.cancel()
+                    raise future.exception()  # type: ignore[misc]
+            for future, remote_file in futures.items():
+                results[remote_file.name] = future.result()
+    except OSError as error:
+        if error.errno not in exit_codes.STORAGE_ERRNOS:
+            raise
+        raise exit_codes.storage_error(
+            error.filename or layout.partial_dir(config),
+            f"{os.strerror(error.errno or 0)} while fetching {config} at {plan.commit[:12]}",
+            needed=mirror.bytes_still_needed(layout, config, plan),
+        ) from error
 
     current = mirror.current_generation(layout, config)
     kept = manifest.by_name if manifest else {}
@@ -461,6 +480,10 @@ def _stage_commit(
         bytes_fetched=fetched_bytes,
         download_seconds=time.monotonic() - started,
     )
+
+
+class _Stopped(Exception):
+    """Raised in a fetch thread to end its download when the sync is interrupted."""
 
 
 def _failed(remote_file: RemoteFile, reason: str, rows: int | None = None) -> StagedFile:
