@@ -28,6 +28,9 @@ _ERRNO = re.compile(r"\[Errno (\d+)\]")
 _FILENAME = re.compile(r"\[Errno \d+\] [^:]*: '(.+?)'(?: -> '.+')?\s*$")
 
 _verbose = False
+#: Storage errors raised with the bytes needed, oldest first: when Dagster's own storage then
+#: fails on the same full disk, this first, precise cause is what the user reads.
+_raised: list[errors.LocalStorageError] = []
 
 
 def set_verbose(on: bool) -> None:
@@ -59,11 +62,24 @@ def storage_error(
     free = free_bytes(where)
     needed_text = f"{needed:,} bytes needed" if needed is not None else "bytes needed unknown"
     free_text = f"{free:,} bytes free" if free is not None else "free space unknown"
-    return errors.LocalStorageError(
+    error = errors.LocalStorageError(
         f"local storage failed at {where}: {reason} ({needed_text}, {free_text} there); "
         "free space or fix the folder's permissions (or set TOL_HOME / DAGSTER_HOME to a "
         "writable disk with room), then run the command again"
     )
+    if needed is not None:
+        _raised.append(error)
+    return error
+
+
+def storage_mark() -> int:
+    """A point to ask `storage_error_since` about."""
+    return len(_raised)
+
+
+def storage_error_since(mark: int) -> errors.LocalStorageError | None:
+    """The first storage error with bytes needed raised in this process since `mark`."""
+    return _raised[mark] if len(_raised) > mark else None
 
 
 def dagster_storage() -> Path:
@@ -161,9 +177,10 @@ def _by_class(
 
 
 def _unwrap(exc: BaseException) -> BaseException:
-    """The user's exception inside Dagster's wrappers (`DagsterExecutionStepExecutionError`)."""
-    while type(exc).__module__.startswith("dagster"):
-        inner = getattr(exc, "user_exception", None) or exc.__cause__
+    """The exception inside Dagster's wrappers (`DagsterExecutionStepExecutionError`) and
+    SQLAlchemy's (`OperationalError.orig`, the sqlite3 error)."""
+    while type(exc).__module__.startswith(("dagster", "sqlalchemy")):
+        inner = getattr(exc, "user_exception", None) or getattr(exc, "orig", None) or exc.__cause__
         if inner is None or inner is exc:
             break
         exc = inner
@@ -198,5 +215,7 @@ __all__ = [
     "interrupted",
     "set_verbose",
     "storage_error",
+    "storage_error_since",
+    "storage_mark",
     "verbose",
 ]

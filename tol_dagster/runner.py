@@ -8,6 +8,7 @@ interrupted, 70 a bug.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import signal
@@ -15,7 +16,7 @@ import sys
 import time
 import uuid
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, TextIO
 
 import dagster as dg
 
@@ -95,11 +96,10 @@ def exit_code(result: dg.ExecuteInProcessResult) -> tuple[int, list[str]]:
 
 
 def _drop_failure_events(record: logging.LogRecord) -> bool:
-    """Dagster's failure events carry the whole traceback: the command prints the cause
-    instead (`--verbose` keeps them; the run's event log always has them)."""
-    return not (
-        getattr(record, "dagster_event", None) is not None and record.levelno >= logging.ERROR
-    )
+    """Dagster's failure lines (step failures with their whole traceback, "dependencies
+    failed", run failure): the command prints the cause instead. `--verbose` keeps them, and
+    the run's event log always has them. Our own steps log at INFO and WARNING only."""
+    return record.levelno < logging.ERROR
 
 
 @dg.logger(
@@ -128,8 +128,10 @@ def execute(
     if not exit_codes.verbose():
         job = job.with_logger_defs({"console": terminal_logger})
     watch = interrupts.current()
+    mark = exit_codes.storage_mark()
+    quiet = contextlib.nullcontext() if exit_codes.verbose() else _quiet_dagster_stderr()
     try:
-        with watch.running(instance, run_id):
+        with watch.running(instance, run_id), quiet:
             result = job.execute_in_process(
                 instance=instance, run_id=run_id, raise_on_error=False, **kwargs
             )
@@ -137,13 +139,37 @@ def execute(
         raise _interrupted(instance, run_id, watch) from None
     except Exception as exc:
         _end_failed(instance, run_id, exc)
-        raise exit_codes.classify(exc, run_id=run_id) from exc
+        error = exit_codes.classify(exc, run_id=run_id)
+        first = exit_codes.storage_error_since(mark)
+        if isinstance(error, errors.LocalStorageError) and first is not None:
+            error = first  # Dagster's storage failed next, on the same full disk
+        raise error from exc
     run = instance.get_run_by_id(run_id)
     if watch.signum is not None or (run is not None and run.status == dg.DagsterRunStatus.CANCELED):
         raise _interrupted(instance, run_id, watch)
     if run is not None and _was_interrupted(result):
         raise _interrupted(instance, run_id, watch)
     return result
+
+
+class _DropDagsterDumps:
+    """stderr without the raw dumps Dagster writes there when its storage fails (SQL and
+    parameters): the command's first line names the cause instead (`--verbose` keeps them)."""
+
+    DROP = "Exception while writing logger call to event log"
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        return len(text) if text.startswith(self.DROP) else self._stream.write(text)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+def _quiet_dagster_stderr() -> contextlib.AbstractContextManager[object]:
+    return contextlib.redirect_stderr(_DropDagsterDumps(sys.stderr))
 
 
 def _was_interrupted(result: dg.ExecuteInProcessResult) -> bool:
