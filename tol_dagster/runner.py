@@ -348,8 +348,13 @@ def _one_config(settings: Settings, config: str | None) -> str:
     return select_configs(settings, config)[0]
 
 
-def _print_failure(code: int, lines: Sequence[str]) -> None:
-    for line in lines:
+def _print_failure(code: int, lines: Sequence[str], outcome: str | None = None) -> None:
+    """The cause first (`tol-dagster: ...`), then what it left as it was, then the rest."""
+    if lines:
+        print(f"tol-dagster: {lines[0]}", file=sys.stderr)
+    if outcome:
+        print(outcome, file=sys.stderr)
+    for line in lines[1:]:
         print(f"  {line}", file=sys.stderr)
 
 
@@ -385,10 +390,9 @@ def _build_slice(defs: dg.Definitions, instance: dg.DagsterInstance, name: str, 
     )
     code, lines = exit_code(result)
     if code:
-        print(
-            f"slice {key}: not published; the previous file (if any) is unchanged", file=sys.stderr
+        _print_failure(
+            code, lines, f"slice {key}: not published; the previous file (if any) is unchanged"
         )
-        _print_failure(code, lines)
     return code
 
 

@@ -440,6 +440,8 @@ def _stage_commit(
                 done, _ = wait(futures, return_when=FIRST_EXCEPTION)
             except BaseException:  # SIGINT/SIGTERM: the fetch threads stop at their next chunk
                 stop.set()
+                for future in futures:
+                    future.cancel()
                 raise
             for future in done:
                 if future.exception() is not None:
