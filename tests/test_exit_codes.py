@@ -8,11 +8,13 @@ that names the cause (and what to do), no traceback unless `--verbose`.
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -22,6 +24,7 @@ from pathlib import Path
 import dagster as dg
 import pyarrow as pa
 import pytest
+from dagster._utils.error import serializable_error_info_from_exc_info
 from resync_testing import (
     CONFIG,
     HubSleeps,
@@ -41,7 +44,7 @@ from resync_testing import (
     valid_edit,
 )
 
-from tol_dagster import sync
+from tol_dagster import errors, exit_codes, sync
 from tol_dagster.localhub import Fault
 from tol_dagster.runs import PID_TAG
 
@@ -338,3 +341,102 @@ def test_70_outside_a_run_names_no_run_and_tol_debug_prints_the_traceback(
     assert "internal error" in first_line(quiet) and "--verbose" in first_line(quiet)
     assert_no_traceback(quiet)
     assert "Traceback" in debug.err
+
+
+# --- the classification of foreign exceptions, one rule at a time ------------------------------
+
+
+def _raised(exc: BaseException) -> BaseException:
+    try:
+        raise exc
+    except BaseException as caught:
+        return caught
+
+
+@pytest.mark.parametrize(
+    ("errno_value", "reason"),
+    [
+        (errno.ENOSPC, "No space left on device"),
+        (errno.EDQUOT, "Disk quota exceeded"),
+        (errno.EROFS, "Read-only file system"),
+        (errno.EACCES, "Permission denied"),
+        (errno.EPERM, "Operation not permitted"),
+    ],
+)
+def test_local_storage_oserrors_are_4_naming_the_path_and_free_bytes(
+    tmp_path: Path, errno_value: int, reason: str
+) -> None:
+    path = tmp_path / "store" / "x.part"
+    error = _raised(OSError(errno_value, os.strerror(errno_value), str(path)))
+
+    for classified in (
+        exit_codes.classify(error),
+        exit_codes.classify_error_info(
+            serializable_error_info_from_exc_info((OSError, error, error.__traceback__)), run_id="r"
+        ),
+    ):
+        assert classified is not None and classified.exit_code == 4
+        text = str(classified)
+        assert str(path) in text and reason in text
+        assert re.search(r"[\d,]+ bytes free there", text), text
+
+
+def test_other_oserrors_and_unknown_exceptions_are_70_with_the_run_id() -> None:
+    for error in (
+        FileNotFoundError(errno.ENOENT, "gone", "/x"),
+        RuntimeError("bad"),
+        KeyError("k"),
+    ):
+        classified = exit_codes.classify(error, run_id="1234")
+        assert classified.exit_code == 70, error
+        assert "internal error" in str(classified) and "run id 1234" in str(classified)
+
+
+def test_dagsters_sqlite_storage_full_is_4_naming_dagster_home(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sqlalchemy.exc
+
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster"))
+    for text in ("database or disk is full", "disk I/O error"):
+        raw = sqlite3.OperationalError(text)
+        wrapped = _raised(sqlalchemy.exc.OperationalError("INSERT INTO event_logs", {}, raw))
+        classified = exit_codes.classify(wrapped, run_id="r")
+        assert classified.exit_code == 4, classified
+        assert str(tmp_path / "dagster") in str(classified) and text in str(classified)
+    other = sqlite3.OperationalError("no such table: runs")
+    assert exit_codes.classify(other).exit_code == 70
+
+
+def test_network_errors_are_3_and_our_errors_keep_their_code() -> None:
+    import httpx2
+
+    assert exit_codes.classify(httpx2.ConnectError("refused")).exit_code == 3
+    assert exit_codes.classify(errors.UpstreamError("x")).exit_code == 3
+    assert exit_codes.classify(errors.DiskSpaceError("x")).exit_code == 4
+    assert exit_codes.classify(errors.ValidationFailed("x")).exit_code == 1
+    assert exit_codes.classify(KeyboardInterrupt()).exit_code == 130
+
+
+def test_a_step_error_is_found_under_dagsters_wrapper() -> None:
+    """What a failed step leaves: Dagster's wrapper, our error as its cause."""
+    try:
+        try:
+            raise errors.LocalStorageError("local storage failed at /x: full")
+        except errors.LocalStorageError as inner:
+            raise dg.DagsterExecutionStepExecutionError(
+                "Error occurred while executing op",
+                user_exception=inner,
+                original_exc_info=sys.exc_info(),
+                step_key="s",
+                op_name="s",
+                op_def_name="s",
+            ) from inner
+    except dg.DagsterExecutionStepExecutionError as outer:
+        info = serializable_error_info_from_exc_info((type(outer), outer, outer.__traceback__))
+        live = outer
+
+    from_info = exit_codes.classify_error_info(info, run_id="r")
+    assert from_info is not None and from_info.exit_code == 4
+    assert str(from_info) == "local storage failed at /x: full"
+    assert exit_codes.classify(live).exit_code == 4
