@@ -1,18 +1,21 @@
 """The `tol-dagster` command line.
 
-Exit codes (a public contract): 0 done, 1 the gate refused the new state, 2 bad input or
-settings, 3 upstream unreachable. Heavy modules are imported inside each command so that
-`--help` stays instant.
+Exit codes (a public contract, see README): 0 done, 1 the gate refused the upstream state,
+2 bad input or settings, 3 upstream unreachable or invalid, 4 local storage, 130/143
+interrupted (SIGINT/SIGTERM), 70 an internal error. The first line on stderr names the cause
+and what to do; tracebacks only with `--verbose` or TOL_DEBUG=1. Heavy modules are imported
+inside each command so that `--help` stays instant.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
-from tol_dagster.errors import TolError
+from tol_dagster import exit_codes
 from tol_dagster.schema import DEFAULT_CONFIG
 
 
@@ -87,7 +90,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tol-dagster",
         description="Mirror TreeOfLife-200M-Embeddings and publish validated per-taxon slices.",
-        epilog="Exit codes: 0 done, 1 the gate refused, 2 bad input or settings, 3 upstream unreachable.",
+        epilog="Exit codes: 0 done, 1 the gate refused, 2 bad input or settings, 3 upstream "
+        "unreachable or invalid, 4 local storage (disk full, permissions), 130/143 interrupted, "
+        "70 internal error (a bug).",
+    )
+    parser.add_argument(
+        "--verbose",
+        action="store_true",
+        help="print tracebacks and Dagster's failure events (also TOL_DEBUG=1)",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -172,14 +182,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from tol_dagster.interrupts import watch_signals
+
     args = build_parser().parse_args(argv)
-    try:
-        return int(args.func(args))
-    except TolError as error:
-        print(f"tol-dagster: {error}", file=sys.stderr)
-        return error.exit_code
-    except KeyboardInterrupt:
-        return 130
+    exit_codes.set_verbose(args.verbose)
+    with watch_signals() as signals:
+        try:
+            return int(args.func(args))
+        except Exception as exc:
+            caught: BaseException = exc
+            error = exit_codes.classify(exc)
+        except KeyboardInterrupt as exc:
+            caught = exc
+            error = exit_codes.interrupted(signals.wait(1.0) or 2, None)
+    print(f"tol-dagster: {error}", file=sys.stderr)
+    if exit_codes.verbose():
+        traceback.print_exception(caught, file=sys.stderr)
+    return error.exit_code
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """The errors users see. Each names the thing at fault and how to fix it.
 
-The command line maps them to its exit codes (see `EXIT_CODE`), so scripts can tell
-"the gate refused" from "bad input" from "upstream unreachable".
+The command line exits with each error's `exit_code`, so scripts can tell "the gate refused"
+(1) from "bad input" (2), "upstream unreachable" (3), "local storage" (4), "interrupted"
+(130/143) and "a bug" (70). `tol_dagster.exit_codes` classifies foreign exceptions into these.
 """
 
 from __future__ import annotations
@@ -63,10 +64,35 @@ class IntegrityError(UpstreamError):
     """Downloaded bytes do not match the sha256 or size the Hub announced."""
 
 
-class DiskSpaceError(TolError):
+class LocalStorageError(TolError):
+    """Local storage failed us: a full disk, a read-only folder, missing permissions."""
+
+    exit_code = 4
+
+
+class DiskSpaceError(LocalStorageError):
     """Not enough free disk for the bytes a sync is about to fetch."""
 
-    exit_code = 2
+    exit_code = 4
+
+
+class Interrupted(TolError):
+    """A signal (Ctrl-C, SIGTERM) stopped the command; its run is marked canceled."""
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.signum = signum
+        self.exit_code = 128 + signum  # the shell's convention: 130 for SIGINT, 143 for SIGTERM
+
+
+#: The exit code of a bug: sysexits.h's EX_SOFTWARE.
+INTERNAL_EXIT_CODE = 70
+
+
+class InternalError(TolError):
+    """An exception we did not foresee: a bug, to report with the run id."""
+
+    exit_code = INTERNAL_EXIT_CODE
 
 
 class ValidationFailed(TolError):

@@ -1,21 +1,27 @@
 """The command line's runs, executed through Dagster so they appear in the UI's run history.
 
 Each command runs the job in this process against the persistent instance (DAGSTER_HOME) and
-maps the outcome to the public exit codes: 0 done, 1 the gate refused, 2 bad input or
-settings, 3 upstream unreachable.
+maps the outcome to the public exit codes (`tol_dagster.exit_codes`): 0 done, 1 the gate
+refused, 2 bad input or settings, 3 upstream unreachable or invalid, 4 local storage, 130/143
+interrupted, 70 a bug.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
+import signal
 import sys
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any, TextIO
 from urllib.parse import quote
 
 import dagster as dg
 
-from tol_dagster import catalog, errors, published, sync, taxon_index
+from tol_dagster import catalog, errors, exit_codes, interrupts, published, sync, taxon_index
 from tol_dagster.definitions import build_definitions
 from tol_dagster.defs.jobs import (
     CATALOG_JOB,
@@ -60,33 +66,150 @@ def select_configs(settings: Settings, config: str | None) -> tuple[str, ...]:
 
 
 def exit_code(result: dg.ExecuteInProcessResult) -> tuple[int, list[str]]:
-    """The public exit code of a run, with the lines that explain it."""
+    """The public exit code of a run, with the lines that explain it, the cause first.
+
+    1 only for checks that refused; a step's own error keeps its code (`exit_codes`), and an
+    error we did not foresee is 70 with the run id.
+    """
     refused = [e for e in result.get_asset_check_evaluations() if not e.passed]
     if result.success and not refused:
         return 0, []
-    lines = [f"check {e.check_name} failed: {e.description}" for e in refused]
-    code = 1 if refused else 0
-    for event in result.all_events:
-        if event.event_type != dg.DagsterEventType.STEP_FAILURE:
+    causes = [(1, f"check {e.check_name} failed: {e.description}") for e in refused]
+    step_failures = [
+        e for e in result.all_events if e.event_type == dg.DagsterEventType.STEP_FAILURE
+    ]
+    for event in step_failures or [
+        e for e in result.all_events if e.event_type == dg.DagsterEventType.RUN_FAILURE
+    ]:
+        data = event.step_failure_data if event.is_step_failure else event.event_specific_data
+        info = getattr(data, "error", None)
+        if info is None:
             continue
-        error = event.step_failure_data.error if event.step_failure_data else None
-        while (
-            error is not None
-            and error.cause is not None
-            and str(error.cls_name).startswith("Dagster")
-        ):
-            error = error.cause
-        if error is None or error.cls_name == "DagsterAssetCheckFailedError":
-            continue  # already explained by the failed checks above
-        error_class = getattr(errors, str(error.cls_name), None)
-        step_code = (
-            error_class.exit_code
-            if isinstance(error_class, type) and issubclass(error_class, errors.TolError)
-            else 1
-        )
-        code = max(code, step_code)
-        lines.append(f"{event.step_key}: {error.message.strip()}")
-    return (code or 1), lines
+        error = exit_codes.classify_error_info(info, run_id=result.run_id)
+        if error is None:
+            continue  # a blocking check's failure: explained by the failed checks above
+        where = f"{event.step_key}: " if event.step_key else ""
+        causes.append((error.exit_code, where + " ".join(str(error).split())))
+    if not causes:
+        error = exit_codes.internal("the run failed without saying why", result.run_id)
+        causes.append((error.exit_code, str(error)))
+    code = max(c for c, _ in causes)
+    worst = [line for c, line in causes if c == code]
+    return code, worst + [line for c, line in causes if c != code]
+
+
+def _drop_failure_events(record: logging.LogRecord) -> bool:
+    """Dagster's failure lines (step failures with their whole traceback, "dependencies
+    failed", run failure): the command prints the cause instead. `--verbose` keeps them, and
+    the run's event log always has them. Our own steps log at INFO and WARNING only."""
+    return record.levelno < logging.ERROR
+
+
+@dg.logger(
+    config_schema={
+        "log_level": dg.Field(str, is_required=False, default_value="INFO"),
+        "name": dg.Field(str, is_required=False, default_value="dagster"),
+    },
+    description="Dagster's console logger without failure tracebacks (the CLI names the cause).",
+)
+def terminal_logger(init_context: dg.InitLoggerContext) -> logging.Logger:
+    logger = dg.colored_console_logger.logger_fn(init_context)
+    for handler in logger.handlers:
+        handler.addFilter(_drop_failure_events)
+    return logger
+
+
+def execute(
+    job: dg.JobDefinition, *, instance: dg.DagsterInstance, **kwargs: Any
+) -> dg.ExecuteInProcessResult:
+    """Run `job` in this process (`raise_on_error=False`), with a run id known beforehand.
+
+    SIGINT/SIGTERM end the run CANCELED and raise `Interrupted`; an exception from outside the
+    run's steps (Dagster's own storage failing) is classified with the run id.
+    """
+    run_id = str(uuid.uuid4())
+    if not exit_codes.verbose():
+        job = job.with_logger_defs({"console": terminal_logger})
+    watch = interrupts.current()
+    mark = exit_codes.storage_mark()
+    quiet = contextlib.nullcontext() if exit_codes.verbose() else _quiet_dagster_stderr()
+    try:
+        with watch.running(instance, run_id), quiet:
+            result = job.execute_in_process(
+                instance=instance, run_id=run_id, raise_on_error=False, **kwargs
+            )
+    except KeyboardInterrupt:
+        raise _interrupted(instance, run_id, watch) from None
+    except Exception as exc:
+        _end_failed(instance, run_id, exc)
+        error = exit_codes.classify(exc, run_id=run_id)
+        first = exit_codes.storage_error_since(mark)
+        if isinstance(error, errors.LocalStorageError) and first is not None:
+            error = first  # Dagster's storage failed next, on the same full disk
+        raise error from exc
+    run = instance.get_run_by_id(run_id)
+    if watch.signum is not None or (run is not None and run.status == dg.DagsterRunStatus.CANCELED):
+        raise _interrupted(instance, run_id, watch)
+    if run is not None and _was_interrupted(result):
+        raise _interrupted(instance, run_id, watch)
+    return result
+
+
+class _DropDagsterDumps:
+    """stderr without the raw dumps Dagster writes there when its storage fails (SQL and
+    parameters): the command's first line names the cause instead (`--verbose` keeps them)."""
+
+    DROP = "Exception while writing logger call to event log"
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        return len(text) if text.startswith(self.DROP) else self._stream.write(text)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+def _quiet_dagster_stderr() -> contextlib.AbstractContextManager[object]:
+    return contextlib.redirect_stderr(_DropDagsterDumps(sys.stderr))
+
+
+def _was_interrupted(result: dg.ExecuteInProcessResult) -> bool:
+    interrupts_ = ("KeyboardInterrupt", "DagsterExecutionInterruptedError")
+    for event in result.all_events:
+        if event.event_type == dg.DagsterEventType.RUN_FAILURE:
+            info = getattr(event.event_specific_data, "error", None)
+            if info is not None and info.cls_name in interrupts_:
+                return True
+    return False
+
+
+def _interrupted(
+    instance: dg.DagsterInstance, run_id: str, watch: interrupts.SignalWatch
+) -> errors.Interrupted:
+    """Mark the run CANCELED (unless it finished cleanly) and say which signal stopped us."""
+    signum = watch.wait(1.0) or signal.SIGINT
+    canceled = False
+    try:
+        run = instance.get_run_by_id(run_id)
+        if run is not None and run.status != dg.DagsterRunStatus.SUCCESS:
+            if run.status != dg.DagsterRunStatus.CANCELED:
+                instance.report_run_canceled(run, message=f"{signal.Signals(signum).name} received")
+            canceled = True
+    except Exception:  # storage gone too: the next sync fails the run (its pid is dead)
+        pass
+    return exit_codes.interrupted(signum, run_id if canceled else None)
+
+
+def _end_failed(instance: dg.DagsterInstance, run_id: str, exc: BaseException) -> None:
+    """Do not leave the run STARTED after an exception escaped Dagster (best effort)."""
+    try:
+        run = instance.get_run_by_id(run_id)
+        if run is not None and not run.is_finished:
+            instance.report_run_failed(run, f"{type(exc).__name__}: {exc}")
+    except Exception:
+        pass
 
 
 def run_sync(*, config: str | None, accept_row_loss: bool, accept_schema_change: bool) -> int:
@@ -104,7 +227,8 @@ def run_sync(*, config: str | None, accept_row_loss: bool, accept_schema_change:
             asset_selection=set(resync_keys(name)),
             asset_check_selection=set(resync_check_keys(name)),
         )
-        result = subset.execute_in_process(
+        result = execute(
+            subset,
             run_config={
                 **QUIET_LOGS,
                 "ops": {
@@ -118,7 +242,6 @@ def run_sync(*, config: str | None, accept_row_loss: bool, accept_schema_change:
             },
             instance=instance,
             tags={**resync_run_tags(name, None), **cli_run_tags()},
-            raise_on_error=False,
         )
         code, lines = exit_code(result)
         _report_sync(settings, name, result.run_id, code, lines)
@@ -141,13 +264,17 @@ def _report_sync(
         verdict = {
             1: "the gate refused the new state",
             2: "bad input or settings",
-            3: "upstream unreachable",
+            3: "upstream unreachable or sent an invalid answer",
+            4: "local storage failed",
+            errors.INTERNAL_EXIT_CODE: "internal error",
         }.get(code, "failed")
+        cause, *more = [*lines, verdict]
+        print(f"tol-dagster: {config}: {cause}", file=out)  # the first line: cause and fix
         print(
             f"{config}: {verdict}; the mirror keeps its last validated generation [run {run_id}]",
             file=out,
         )
-        for line in lines:
+        for line in more[:-1]:
             print(f"  {line}", file=out)
 
 
@@ -180,9 +307,7 @@ def run_status(*, as_json: bool) -> int:
     settings = Settings.from_env()
     instance = open_instance(settings)
     job = build_definitions(settings).resolve_job_def(STATUS_JOB)
-    result = job.execute_in_process(
-        run_config=QUIET_LOGS, instance=instance, tags=cli_run_tags(), raise_on_error=False
-    )
+    result = execute(job, run_config=QUIET_LOGS, instance=instance, tags=cli_run_tags())
     code, lines = exit_code(result)
     report = status_report(settings)
     if as_json:
@@ -217,8 +342,13 @@ def _one_config(settings: Settings, config: str | None) -> str:
     return select_configs(settings, config)[0]
 
 
-def _print_failure(code: int, lines: Sequence[str]) -> None:
-    for line in lines:
+def _print_failure(code: int, lines: Sequence[str], outcome: str | None = None) -> None:
+    """The cause first (`tol-dagster: ...`), then what it left as it was, then the rest."""
+    if lines:
+        print(f"tol-dagster: {lines[0]}", file=sys.stderr)
+    if outcome:
+        print(outcome, file=sys.stderr)
+    for line in lines[1:]:
         print(f"  {line}", file=sys.stderr)
 
 
@@ -231,12 +361,12 @@ def _ensure_derived(
     if built is not None and built.generation == manifest.generation:
         return 0
     print(f"{name}: building summaries, taxon index and centroids of the mirror…", file=sys.stderr)
-    result = defs.resolve_job_def(DERIVED_JOB).execute_in_process(
+    result = execute(
+        defs.resolve_job_def(DERIVED_JOB),
         run_config=QUIET_LOGS,
         instance=instance,
         asset_selection=derived_keys(name),
         tags=cli_run_tags(),
-        raise_on_error=False,
     )
     code, lines = exit_code(result)
     _print_failure(code, lines)
@@ -252,7 +382,8 @@ def _build_slice(
     allow_empty: bool = False,
 ) -> int:
     instance.add_dynamic_partitions(slices_partitions_name(name), [key])
-    result = defs.resolve_job_def(slices_job_name(name)).execute_in_process(
+    result = execute(
+        defs.resolve_job_def(slices_job_name(name)),
         run_config={
             **QUIET_LOGS,
             "ops": {slices_op_name(name): {"config": {"allow_empty": allow_empty}}},
@@ -260,14 +391,12 @@ def _build_slice(
         instance=instance,
         partition_key=key,
         tags=cli_run_tags(),
-        raise_on_error=False,
     )
     code, lines = exit_code(result)
     if code:
-        print(
-            f"slice {key}: not published; the previous file (if any) is unchanged", file=sys.stderr
+        _print_failure(
+            code, lines, f"slice {key}: not published; the previous file (if any) is unchanged"
         )
-        _print_failure(code, lines)
     return code
 
 
@@ -321,12 +450,12 @@ def refresh_published(settings: Settings, name: str) -> int:
 
 
 def _refresh_catalog(defs: dg.Definitions, instance: dg.DagsterInstance, config: str) -> int:
-    result = defs.resolve_job_def(CATALOG_JOB).execute_in_process(
+    result = execute(
+        defs.resolve_job_def(CATALOG_JOB),
         run_config=QUIET_LOGS,
         instance=instance,
         asset_selection=[asset_key(config, "catalog")],
         tags=cli_run_tags(),
-        raise_on_error=False,
     )
     code, lines = exit_code(result)
     _print_failure(code, lines)

@@ -27,7 +27,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from tol_dagster import mirror, reuse, validation
+from tol_dagster import exit_codes, mirror, reuse, validation
 from tol_dagster.checks import CheckResult
 from tol_dagster.durable import file_lock, write_atomic
 from tol_dagster.errors import (
@@ -432,6 +432,12 @@ def _stage_commit(
     results: dict[str, StagedFile] = {}
     progress = _Progress(log, len(plan.to_fetch), plan.bytes_to_fetch)
     started = time.monotonic()
+    stop = threading.Event()
+
+    def on_progress(count: int) -> None:
+        if stop.is_set():  # interrupted: end this download now, its partial kept for resuming
+            raise _Stopped("the sync was interrupted")
+        progress.add(count)
 
     def fetch_and_inspect(remote_file: RemoteFile) -> StagedFile:
         dest = mirror.stage_path(layout, config, plan.commit, remote_file.name)
@@ -442,7 +448,7 @@ def _stage_commit(
                     plan.commit,
                     dest,
                     partial_dir=layout.partial_dir(config),
-                    on_progress=progress.add,
+                    on_progress=on_progress,
                 )
             except IntegrityError as error:
                 return _failed(remote_file, f"{validation.SHA256_MATCHES_UPSTREAM}: {error}")
@@ -469,18 +475,33 @@ def _stage_commit(
             rows=facts.rows,
         )
 
-    with ThreadPoolExecutor(
-        max_workers=max(1, max_parallel), thread_name_prefix="tol-fetch"
-    ) as pool:
-        futures = {pool.submit(fetch_and_inspect, f): f for f in plan.to_fetch}
-        done, _ = wait(futures, return_when=FIRST_EXCEPTION)
-        for future in done:
-            if future.exception() is not None:
-                for other in futures:
-                    other.cancel()
-                raise future.exception()  # type: ignore[misc]
-        for future, remote_file in futures.items():
-            results[remote_file.name] = future.result()
+    try:
+        with ThreadPoolExecutor(
+            max_workers=max(1, max_parallel), thread_name_prefix="tol-fetch"
+        ) as pool:
+            futures = {pool.submit(fetch_and_inspect, f): f for f in plan.to_fetch}
+            try:
+                done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+            except BaseException:  # SIGINT/SIGTERM: the fetch threads stop at their next chunk
+                stop.set()
+                for future in futures:
+                    future.cancel()
+                raise
+            for future in done:
+                if future.exception() is not None:
+                    for other in futures:
+                        other.cancel()
+                    raise future.exception()  # type: ignore[misc]
+            for future, remote_file in futures.items():
+                results[remote_file.name] = future.result()
+    except OSError as error:
+        if error.errno not in exit_codes.STORAGE_ERRNOS:
+            raise
+        raise exit_codes.storage_error(
+            error.filename or layout.partial_dir(config),
+            f"{os.strerror(error.errno or 0)} while fetching {config} at {plan.commit[:12]}",
+            needed=mirror.bytes_still_needed(layout, config, plan),
+        ) from error
 
     current = mirror.pin_generation(layout, config, lease=False) if plan.unchanged else None
     kept = manifest.by_name if manifest else {}
@@ -510,6 +531,10 @@ def _stage_commit(
         download_seconds=time.monotonic() - started,
         base_generation=manifest.generation if manifest else None,
     )
+
+
+class _Stopped(Exception):
+    """Raised in a fetch thread to end its download when the sync is interrupted."""
 
 
 def _failed(remote_file: RemoteFile, reason: str, rows: int | None = None) -> StagedFile:
