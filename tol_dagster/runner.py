@@ -86,7 +86,13 @@ def exit_code(result: dg.ExecuteInProcessResult) -> tuple[int, list[str]]:
     return (code or 1), lines
 
 
-def run_sync(*, config: str | None, accept_row_loss: bool, accept_schema_change: bool) -> int:
+def run_sync(
+    *,
+    config: str | None,
+    accept_row_loss: bool,
+    accept_schema_change: bool,
+    accept_emb_change: bool = False,
+) -> int:
     settings = Settings.from_env()
     configs = select_configs(settings, config)
     instance = open_instance(settings)
@@ -106,6 +112,7 @@ def run_sync(*, config: str | None, accept_row_loss: bool, accept_schema_change:
                         "config": {
                             "accept_row_loss": accept_row_loss,
                             "accept_schema_change": accept_schema_change,
+                            "accept_emb_change": accept_emb_change,
                         }
                     }
                 },
