@@ -296,7 +296,7 @@ def check_emb_unchanged(
         if hashes.size == 0:
             continue
         digests = np.concatenate([part[1] for part in parts])
-        owners = np.repeat(np.arange(len(new)), [part.shape[1] for part in parts])
+        owners = np.repeat(np.arange(len(new), dtype=np.int32), [part.shape[1] for part in parts])
         order = np.argsort(hashes, kind="stable")
         hashes, digests, owners = hashes[order], digests[order], owners[order]
         for index, path in enumerate(old_paths):

@@ -171,7 +171,7 @@ def inspect_file(
     "Rows read" is honest and cheap: every data page of every column is decoded exactly once
     (the metadata columns for the expectations and the sort, `emb` for the NaN check), so a
     truncated or undecodable page fails `rows_match_footer`; a bit flip that still decodes is
-    the sha256 check's to catch. If the footer does not read, every later check is reported
+    the sha256 check's to catch (inside `emb`, also the emb checks'). If the footer does not read, every later check is reported
     as failed and not run. `uuid_hashes_path` (see `uuid_index.hashes_path`) receives the
     file's sorted uuid hashes for the cross-file uniqueness check, so that never re-reads it;
     `emb_digests_path` (see `emb_integrity.digests_path`) receives each uuid's `emb` digest, from
@@ -459,7 +459,7 @@ def _bounds_result(
     uuid_at = None
     if not isinstance(metadata, str) and "uuid" in metadata.column_names:
         uuids = metadata.column("uuid")
-        uuid_at = {row: uuids[row].as_py() for row, _, _ in emb.bounds.examples}
+        uuid_at = {row: uuids[row].as_py() for row, _, _ in emb.bounds.examples if row < len(uuids)}
     return emb_integrity.bounds_result(name, emb.bounds, uuid_at)
 
 
