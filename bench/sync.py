@@ -8,8 +8,10 @@ Every figure is measured in the same run and printed beside its target:
 - download-and-verify throughput (`HubClient.download`: stable partial, streaming sha256) over
   a plain streaming GET to disk of the same file from the same server (the faster of httpx2
   and urllib), file by file, alternating which goes first, median of the pairs' ratios;
-- the gate's throughput (`validation.inspect_file`) and, with the Hub capped at 50 MB/s per
-  connection, gate time / download time per file;
+- the gate's throughput (`validation.inspect_file`, re-hashing the file as `sync.file_facts`
+  does) and, with the Hub capped at 50 MB/s per connection, gate time / download time per file;
+- what the `emb` checks (row digests, norm bounds) and the sha256 re-hash cost in CPU seconds
+  per GB of parquet, measured on the same files beside the cost of decoding `emb` alone;
 - peak RSS of `tol-dagster sync`, the largest of its three runs (first, no-op, one file
   changed); each runs in a process of its own, and so does the Hub.
 
@@ -303,6 +305,35 @@ class GateTiming:
     download_s: float
     gate_s: float
     gate_cpu_s: float
+    emb_decode_cpu_s: float
+    emb_checks_cpu_s: float
+    sha256_cpu_s: float
+
+
+def emb_check_cost(path: Path, config: str) -> tuple[float, float]:
+    """CPU seconds of decoding `emb` as the gate does, and of the `emb` checks (row digests,
+    norm bounds) on the same decoded batches: side by side, one pass."""
+    from tol_dagster import emb_integrity, validation
+    from tol_dagster.schema import emb_bounds
+
+    bounds = emb_bounds(config)
+    scan = emb_integrity.BoundsScan(bounds) if bounds is not None else None
+    parquet = pq.ParquetFile(path, buffer_size=validation.READ_BUFFER_BYTES, pre_buffer=False)
+    decode = checks = 0.0
+    mark = time.process_time()
+    for batch in parquet.iter_batches(
+        batch_size=validation.EMB_BATCH_ROWS, columns=["emb"], use_threads=False
+    ):
+        decoded = time.process_time()
+        decode += decoded - mark
+        matrix = emb_integrity.emb_matrix(batch.column(0))
+        assert matrix is not None
+        emb_integrity.row_digests(matrix)
+        if scan is not None:
+            scan.add(matrix, None, 0)
+        mark = time.process_time()
+        checks += mark - decoded
+    return decode, checks
 
 
 def gate_against_capped_download(
@@ -313,7 +344,8 @@ def gate_against_capped_download(
     import great_expectations  # noqa: F401
 
     from tol_dagster import validation
-    from tol_dagster.schema import expected_schema
+    from tol_dagster.hashing import sha256_file
+    from tol_dagster.schema import emb_bounds, expected_schema
 
     timings = []
     hub.reset()
@@ -332,13 +364,28 @@ def gate_against_capped_download(
                     functools.partial(
                         validation.inspect_file,
                         expected_sha256=file.sha256,
-                        actual_sha256=file.sha256,
+                        actual_sha256=None,  # hashed from disk again, as `sync.file_facts` does
                         expected_schema=expected_schema(remote.config),
                         uuid_hashes_path=folder / "uuid_hashes.npy",
+                        emb_bounds=emb_bounds(remote.config),
+                        emb_digests_path=folder / "emb_digests.npy",
                     ),
                     dest,
                 )
-                timings.append(GateTiming(file.name, file.size, download_s, gate_s, gate_cpu_s))
+                decode_cpu_s, checks_cpu_s = emb_check_cost(dest, remote.config)
+                _, sha256_cpu_s = timed(sha256_file, dest)
+                timings.append(
+                    GateTiming(
+                        file.name,
+                        file.size,
+                        download_s,
+                        gate_s,
+                        gate_cpu_s,
+                        decode_cpu_s,
+                        checks_cpu_s,
+                        sha256_cpu_s,
+                    )
+                )
     finally:
         hub.reset()
     return timings
@@ -433,6 +480,11 @@ def bench(work: Path, *, rows: int, files: int, repeats: int) -> list[Figure]:
     gate_cpu_ratio = statistics.median(t.gate_cpu_s / t.download_s for t in timings)
     gate_mb_s = statistics.median(t.size / 1e6 / t.gate_s for t in timings)
     gate_cpu_mb_s = statistics.median(t.size / 1e6 / t.gate_cpu_s for t in timings)
+    gigabytes = sum(t.size for t in timings) / 1e9
+    emb_checks_per_gb = sum(t.emb_checks_cpu_s for t in timings) / gigabytes
+    emb_decode_per_gb = sum(t.emb_decode_cpu_s for t in timings) / gigabytes
+    gate_cpu_per_gb = sum(t.gate_cpu_s for t in timings) / gigabytes
+    sha256_per_gb = sum(t.sha256_cpu_s for t in timings) / gigabytes
     peak_rss = max(first.max_rss_bytes, noop.max_rss_bytes, edit.max_rss_bytes)
     fetch_ratio = fetched_bytes / changed_bytes
     per_file = sample_bytes / len(sample_files) / 1e6
@@ -464,6 +516,13 @@ def bench(work: Path, *, rows: int, files: int, repeats: int) -> list[Figure]:
         Figure(
             "gate throughput (inspect_file), MB/s of parquet",
             f"{gate_mb_s:,.0f} (per CPU second {gate_cpu_mb_s:,.0f})",
+            "-",
+            None,
+        ),
+        Figure(
+            "emb checks (digests + norm bounds), CPU s per GB of parquet",
+            f"{emb_checks_per_gb:.2f} (decoding emb {emb_decode_per_gb:.2f}; "
+            f"sha256 re-hash {sha256_per_gb:.2f}; whole gate {gate_cpu_per_gb:.2f})",
             "-",
             None,
         ),

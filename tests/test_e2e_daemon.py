@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 import dagster as dg
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import yaml
@@ -159,21 +158,23 @@ def _endpoint_of(stack: Stack) -> str:
     return stack.wait_for("the local Hub's endpoint line", first_line, interval_s=0.1)
 
 
-def _rewrite_embeddings(path: Path, scratch: Path) -> None:
-    """Upstream re-embeds a few rows: same rows, same order (still sorted), new bytes.
+def _reencode(path: Path, scratch: Path) -> None:
+    """Upstream re-encodes a file: same rows, same values, same order, new bytes.
 
-    The row count is unchanged, so the card's count stays right; the new file replaces the old
-    in one rename, so the Hub never shows a half-written file.
+    (Re-embedding rows that exist is refused by `emb_unchanged_for_existing_uuids` unless a
+    user accepts it, which the sensor never does.) The row count is unchanged, so the card's
+    count stays right; the new file replaces the old in one rename, so the Hub never shows a
+    half-written file.
     """
     table = pq.read_table(path)
-    emb = table.column("emb").combine_chunks()
-    values = emb.values.to_numpy(zero_copy_only=False).reshape(len(emb), -1).copy()
-    values[:10] = -values[:10]
-    new_emb = pa.FixedSizeListArray.from_arrays(
-        pa.array(values.ravel(), emb.type.value_type), type=emb.type
+    pq.write_table(
+        table,
+        scratch,
+        row_group_size=500,
+        compression="zstd",
+        compression_level=1,
+        use_dictionary=False,
     )
-    table = table.set_column(table.schema.get_field_index("emb"), "emb", new_emb)
-    pq.write_table(table, scratch, row_group_size=500, compression="zstd")
     os.replace(scratch, path)
 
 
@@ -428,7 +429,7 @@ def test_daemon_resyncs_the_mirror_and_serializes_resyncs_per_config(
         _start_sensor(graphql, "upstream_change_sensor")
         edited = hub_root / CONFIG / "train-00001-of-00003.parquet"
         before = sha256_file(edited)
-        _rewrite_embeddings(edited, tmp_path / "edited.parquet")
+        _reencode(edited, tmp_path / "edited.parquet")
         upstream = _upstream_files(hub_root, CONFIG)
         assert upstream[edited.name] != before
         head = _hub_head(endpoint)

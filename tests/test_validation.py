@@ -15,6 +15,7 @@ from tol_dagster.hashing import sha256_file
 from tol_dagster.schema import DEFAULT_CONFIG, SORT_KEY, arrow_schema, expected_schema
 from tol_dagster.validation import (
     EMB_FINITE,
+    EMB_NORMS_WITHIN_BOUNDS,
     FOOTER_READS,
     METADATA_EXPECTATIONS,
     PER_FILE_CHECKS,
@@ -392,8 +393,9 @@ def test_missing_emb_column_reports_emb_not_run(small_sample: Path, tmp_path: Pa
         sample_files(small_sample)[0], tmp_path / "noemb.parquet", lambda t: t.drop_columns(["emb"])
     )
     failures = failed(inspect(path))
-    assert set(failures) == {SCHEMA_MATCHES_CONTRACT, EMB_FINITE}
+    assert set(failures) == {SCHEMA_MATCHES_CONTRACT, EMB_FINITE, EMB_NORMS_WITHIN_BOUNDS}
     assert "not run: column 'emb' missing" in failures[EMB_FINITE]
+    assert "not run: column 'emb' missing" in failures[EMB_NORMS_WITHIN_BOUNDS]
 
 
 def test_hashes_for_the_cross_file_check_are_kept(small_sample: Path, tmp_path: Path) -> None:

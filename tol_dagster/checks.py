@@ -21,6 +21,8 @@ ROW_LOSS_WITHIN_LIMIT = "row_loss_within_limit"
 METADATA_EXPECTATIONS = "metadata_expectations"
 SORTED_BY_CONTRACT_KEY = "sorted_by_contract_key"
 EMB_FINITE = "emb_finite"
+EMB_NORMS_WITHIN_BOUNDS = "emb_norms_within_bounds"
+EMB_UNCHANGED_FOR_EXISTING_UUIDS = "emb_unchanged_for_existing_uuids"
 UUID_UNIQUE = "uuid_unique"
 CONFIGS_ALIGNED = "configs_aligned"
 

@@ -53,6 +53,7 @@ def _cmd_sync(args: argparse.Namespace) -> int:
         config=args.config,
         accept_row_loss=args.accept_row_loss,
         accept_schema_change=args.accept_schema_change,
+        accept_emb_change=args.accept_emb_change,
     )
 
 
@@ -143,6 +144,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--accept-schema-change",
         action="store_true",
         help="publish even if the schema drifted from the last validated one",
+    )
+    sync.add_argument(
+        "--accept-emb-change",
+        action="store_true",
+        help="publish even if rows already in the mirror (by uuid) come with different emb bytes",
     )
     sync.set_defaults(func=_cmd_sync)
 

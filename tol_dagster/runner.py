@@ -212,7 +212,13 @@ def _end_failed(instance: dg.DagsterInstance, run_id: str, exc: BaseException) -
         pass
 
 
-def run_sync(*, config: str | None, accept_row_loss: bool, accept_schema_change: bool) -> int:
+def run_sync(
+    *,
+    config: str | None,
+    accept_row_loss: bool,
+    accept_schema_change: bool,
+    accept_emb_change: bool = False,
+) -> int:
     settings = Settings.from_env()
     configs = select_configs(settings, config)
     instance = open_instance(settings)
@@ -236,6 +242,7 @@ def run_sync(*, config: str | None, accept_row_loss: bool, accept_schema_change:
                         "config": {
                             "accept_row_loss": accept_row_loss,
                             "accept_schema_change": accept_schema_change,
+                            "accept_emb_change": accept_emb_change,
                         }
                     }
                 },

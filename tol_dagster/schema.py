@@ -6,6 +6,8 @@ all import these names instead of spelling them again.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import pyarrow as pa
 
 #: Taxonomic ranks from the top down, as column names.
@@ -46,6 +48,39 @@ CONFIG_DIMS: dict[str, int] = {
 }
 
 EMB_VALUE_TYPE = pa.float16()
+
+
+@dataclass(frozen=True)
+class EmbBounds:
+    """What a plausible `emb` row of a config looks like: its L2 norm and its largest |x|."""
+
+    norm_min: float
+    norm_max: float
+    max_abs: float
+
+    def describe(self) -> str:
+        return f"L2 norm {self.norm_min:g}-{self.norm_max:g}, max |x| <= {self.max_abs:g}"
+
+
+#: Per-row bounds pinned per config (the gate's `emb_norms_within_bounds`). Chosen from the real
+#: figures in DATASET.md, with margin, because a false refusal blocks a whole resync:
+#: - bioclip-2: 1,030 real rows have norms 36.2-69.9 (median 47.4) and a largest |x| per row of
+#:   median 6.9, max 16.0. 233M rows reach further into the tails than 1,030 do, so the norm
+#:   bounds are about half the smallest and twice the largest seen (18-140) and max |x| three
+#:   times the largest seen (48). Setting one of the two high exponent bits of a typical value
+#:   (|x| ~0.5-3) multiplies it by 256 or more, far outside; smaller moves go unseen here, and
+#:   for rows that existed before `emb_unchanged_for_existing_uuids` sees every change.
+#: - bioclip-2.5-vith14: unit-norm; float16 rounding moves a 1024-dim norm by well under 0.5%,
+#:   so norms 0.98-1.02, and no element of a unit vector exceeds 1 (1.01 with rounding).
+EMB_BOUNDS: dict[str, EmbBounds] = {
+    "bioclip-2_float16": EmbBounds(18.0, 140.0, 48.0),
+    "bioclip-2.5-vith14_float16": EmbBounds(0.98, 1.02, 1.01),
+}
+
+
+def emb_bounds(config: str) -> EmbBounds | None:
+    """The bounds pinned for `config`; None for a config the contract knows no figures of."""
+    return EMB_BOUNDS.get(config)
 
 
 def emb_type(dim: int) -> pa.DataType:

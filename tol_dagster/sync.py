@@ -28,8 +28,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from tol_dagster import exit_codes, mirror, reuse, validation
-from tol_dagster.checks import CheckResult
+from tol_dagster.checks import EMB_UNCHANGED_FOR_EXISTING_UUIDS, CheckResult
 from tol_dagster.durable import file_lock, write_atomic
+from tol_dagster.emb_integrity import check_emb_unchanged, digests_path
 from tol_dagster.errors import (
     IntegrityError,
     ResyncConflict,
@@ -38,6 +39,7 @@ from tol_dagster.errors import (
     UpstreamError,
     ValidationFailed,
 )
+from tol_dagster.hashing import sha256_file
 from tol_dagster.hub import HubClient, RemoteConfig, RemoteFile
 from tol_dagster.layout import Layout
 from tol_dagster.manifest import (
@@ -53,7 +55,7 @@ from tol_dagster.manifest import (
 from tol_dagster.mirror_files import MirrorFile
 from tol_dagster.pins import PinnedGeneration
 from tol_dagster.revision_diff import RevisionDiff, diff_generations
-from tol_dagster.schema import expected_schema
+from tol_dagster.schema import emb_bounds, expected_schema
 from tol_dagster.uuid_index import check_uuid_unique_across, hashes_path
 from tol_dagster.validation import FileFacts
 
@@ -61,7 +63,7 @@ Log = Callable[[str], None]
 
 #: The gate: blocking checks on the staged state, by name, with what each asserts.
 GATE_CHECKS: dict[str, str] = {
-    validation.SHA256_MATCHES_UPSTREAM: "Every fetched file's sha256 equals the Hub's LFS oid.",
+    validation.SHA256_MATCHES_UPSTREAM: "Every fetched file's bytes on disk, hashed again after the download, have the Hub's LFS oid as sha256.",
     validation.FOOTER_READS: "Every file's parquet footer reads.",
     validation.SCHEMA_MATCHES_CONTRACT: "Schema equals the config's contract (names, order, types, emb width).",
     validation.SCHEMA_MATCHES_LAST_VALIDATED: "Schema equals the last validated one, unless the change was accepted.",
@@ -71,6 +73,8 @@ GATE_CHECKS: dict[str, str] = {
     validation.METADATA_EXPECTATIONS: "Great Expectations suite on the metadata columns.",
     validation.SORTED_BY_CONTRACT_KEY: "Rows sorted by the contract's key within files and across their boundaries.",
     validation.EMB_FINITE: "No NaN or Inf in emb.",
+    validation.EMB_NORMS_WITHIN_BOUNDS: "Every fetched row's emb L2 norm and max |x| lie within the bounds the contract pins for the config.",
+    EMB_UNCHANGED_FOR_EXISTING_UUIDS: "No uuid of the last validated generation comes with different emb bytes, unless accepted (--accept-emb-change).",
     validation.UUID_UNIQUE: "uuid unique across the whole config.",
 }
 AUDIT_CHECK = "mirror_matches_manifest"
@@ -340,22 +344,31 @@ def _facts_path(layout: Layout, config: str, sha256: str) -> Path:
 
 
 def file_facts(layout: Layout, config: str, path: Path, sha256: str) -> FileFacts:
-    """The per-file checks of a verified file, computed once per content and cached.
+    """The per-file checks of a file that should hold the content `sha256`, cached by content.
 
-    Failures are cached too: the same bytes always give the same facts, and the gate reads
-    them to say which check each file failed.
+    The bytes on disk are hashed again every time: the download hashed them in memory as they
+    streamed by, and a file can change after it landed. Only facts about bytes that do have
+    `sha256` are cached (with the file's uuid hashes and emb digests); failures are cached too,
+    since the same bytes always give the same facts and the gate reads them to say which check
+    each file failed.
     """
+    actual = sha256_file(path)
+    genuine = actual.lower() == sha256.lower()
     cached = _facts_path(layout, config, sha256)
-    if cached.is_file():
+    if genuine and cached.is_file():
         return FileFacts.from_json(cached.read_text())
+    file = MirrorFile(path.name, sha256, path)
     facts = validation.inspect_file(
         path,
         expected_sha256=sha256,
-        actual_sha256=sha256,
+        actual_sha256=actual,
         expected_schema=expected_schema(config),
-        uuid_hashes_path=hashes_path(layout, config, MirrorFile(path.name, sha256, path)),
+        uuid_hashes_path=hashes_path(layout, config, file) if genuine else None,
+        emb_bounds=emb_bounds(config),
+        emb_digests_path=digests_path(layout, config, file) if genuine else None,
     )
-    write_atomic(cached, facts.to_json().encode())
+    if genuine:
+        write_atomic(cached, facts.to_json().encode())
     return facts
 
 
@@ -589,6 +602,7 @@ def gate(
     max_row_loss: float,
     accept_row_loss: bool = False,
     accept_schema_change: bool = False,
+    accept_emb_change: bool = False,
 ) -> list[CheckResult]:
     """One result per gate check for the candidate generation; recorded in the staged state.
 
@@ -602,6 +616,7 @@ def gate(
             max_row_loss=max_row_loss,
             accept_row_loss=accept_row_loss,
             accept_schema_change=accept_schema_change,
+            accept_emb_change=accept_emb_change,
         )
 
 
@@ -622,6 +637,7 @@ def _gate(
     max_row_loss: float,
     accept_row_loss: bool,
     accept_schema_change: bool,
+    accept_emb_change: bool,
 ) -> list[CheckResult]:
     config = state.config
     manifest = load_manifest(layout, config)
@@ -658,6 +674,16 @@ def _gate(
         per_file[validation.UUID_UNIQUE],
         check_uuid_unique_across(changed, candidates, layout=layout, config=config),
     )
+    per_file[EMB_UNCHANGED_FOR_EXISTING_UUIDS] = check_emb_unchanged(
+        _replaced_files(layout, state, manifest),
+        [
+            MirrorFile(f.name, f.sha256, _candidate_path(layout, state, f, pinned))
+            for f in state.fetched
+        ],
+        layout=layout,
+        config=config,
+        accepted=accept_emb_change,
+    )
     per_file[validation.ROWS_MATCH_CARD] = _naming_files(
         validation.check_rows_match_card(state.total_rows, state.expected_rows), manifest, state
     )
@@ -675,6 +701,22 @@ def _gate(
     state.gate = {r.check: r.passed for r in results}
     _save_staged(layout, state)
     return results
+
+
+def _replaced_files(
+    layout: Layout, state: StagedState, manifest: Manifest | None
+) -> list[MirrorFile]:
+    """The last validated generation's files that the candidate does not keep as they are
+    (changed or removed upstream): the only ones whose rows a fetched file can hold anew."""
+    if manifest is None:
+        return []
+    kept = {(f.name, f.sha256) for f in state.files if f.status == "current"}
+    folder = layout.generations_dir(state.config) / manifest.generation
+    return [
+        MirrorFile(e.name, e.sha256, folder / e.name)
+        for e in manifest.entries
+        if (e.name, e.sha256) not in kept
+    ]
 
 
 def _candidate_path(

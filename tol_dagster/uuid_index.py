@@ -54,6 +54,18 @@ def uuid_hashes(uuids: pa.Array | pa.ChunkedArray) -> np.ndarray:
     return hashes
 
 
+def uuid_row_hashes(uuids: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """The uint64 hash of each uuid in row order, as `uuid_hashes` computes them (NULL rows get
+    a hash too: mask them with `uuids.is_valid()`)."""
+    with duckdb.connect() as con:
+        # One thread: the projection keeps the rows' order and runs beside other files' gates.
+        con.execute("SET threads = 1")
+        hashes = (
+            con.from_arrow(pa.table({"uuid": uuids})).project("hash(uuid) AS h").fetchnumpy()["h"]
+        )
+    return np.asarray(hashes, dtype=np.uint64)
+
+
 def hashes_path(layout: Layout, config: str, file: MirrorFile) -> Path:
     """Where the sorted uuid hashes of `file` (by its sha256) are kept."""
     return derived_path(layout, config, file, HASHES_NAME)

@@ -23,9 +23,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from tol_dagster import uuid_index
+from tol_dagster import emb_integrity, uuid_index
 from tol_dagster.checks import (
     EMB_FINITE,
+    EMB_NORMS_WITHIN_BOUNDS,
     FOOTER_READS,
     METADATA_EXPECTATIONS,
     ROW_LOSS_WITHIN_LIMIT,
@@ -40,7 +41,7 @@ from tol_dagster.checks import (
     not_run,
 )
 from tol_dagster.hashing import sha256_file
-from tol_dagster.schema import METADATA_COLUMNS, SORT_KEY
+from tol_dagster.schema import METADATA_COLUMNS, SORT_KEY, EmbBounds
 from tol_dagster.sort_order import (
     SortKey,
     check_sorted_within,
@@ -51,6 +52,7 @@ from tol_dagster.sort_order import (
 
 __all__ = [
     "EMB_FINITE",
+    "EMB_NORMS_WITHIN_BOUNDS",
     "FOOTER_READS",
     "METADATA_EXPECTATIONS",
     "PER_FILE_CHECKS",
@@ -83,6 +85,7 @@ PER_FILE_CHECKS: tuple[str, ...] = (
     SCHEMA_MATCHES_LAST_VALIDATED,
     ROWS_MATCH_FOOTER,
     EMB_FINITE,
+    EMB_NORMS_WITHIN_BOUNDS,
     METADATA_EXPECTATIONS,
     SORTED_BY_CONTRACT_KEY,
     UUID_UNIQUE,
@@ -157,6 +160,8 @@ def inspect_file(
     expected_schema: pa.Schema,
     last_validated_schema: pa.Schema | None = None,
     uuid_hashes_path: Path | None = None,
+    emb_bounds: EmbBounds | None = None,
+    emb_digests_path: Path | None = None,
 ) -> FileFacts:
     """Run every per-file check on the parquet file at `path` and return what it learned.
 
@@ -166,9 +171,12 @@ def inspect_file(
     "Rows read" is honest and cheap: every data page of every column is decoded exactly once
     (the metadata columns for the expectations and the sort, `emb` for the NaN check), so a
     truncated or undecodable page fails `rows_match_footer`; a bit flip that still decodes is
-    the sha256 check's to catch. If the footer does not read, every later check is reported
+    the sha256 check's to catch (inside `emb`, also the emb checks'). If the footer does not read, every later check is reported
     as failed and not run. `uuid_hashes_path` (see `uuid_index.hashes_path`) receives the
-    file's sorted uuid hashes for the cross-file uniqueness check, so that never re-reads it.
+    file's sorted uuid hashes for the cross-file uniqueness check, so that never re-reads it;
+    `emb_digests_path` (see `emb_integrity.digests_path`) receives each uuid's `emb` digest, from
+    the same pass over `emb`, for `emb_unchanged_for_existing_uuids`. `emb_bounds` None (no
+    bounds pinned for the config) passes `emb_norms_within_bounds` with a note.
     """
     path = Path(path)
     name = path.name
@@ -217,11 +225,26 @@ def inspect_file(
         metadata = parquet.read(columns=[c for c in METADATA_COLUMNS if c in schema.names])
     except Exception as error:
         metadata = f"the metadata columns do not read ({error})"
-    emb = _scan_emb(parquet) if "emb" in schema.names else _EMB_MISSING
+    emb = _scan_emb(parquet, emb_bounds) if "emb" in schema.names else _EMB_MISSING
     results.append(_rows_result(name, footer_rows, metadata, emb))
     results.append(
         _emb_result(name, emb) if isinstance(emb, _EmbScan) else not_run(EMB_FINITE, name, emb)
     )
+    row_hashes = (
+        None
+        if isinstance(metadata, str) or "uuid" not in metadata.column_names
+        else _guarded_hashes(metadata.column("uuid"))
+    )
+    results.append(_bounds_result(name, emb, emb_bounds, metadata))
+    if (
+        emb_digests_path is not None
+        and isinstance(emb, _EmbScan)
+        and emb.digests is not None
+        and row_hashes is not None
+        and emb.digests.size == row_hashes[0].size
+    ):
+        table = emb_integrity.digest_table(row_hashes[0], row_hashes[1], emb.digests)
+        emb_integrity.save_table(emb_digests_path, table)
 
     first_key = last_key = None
     if isinstance(metadata, str):
@@ -240,7 +263,9 @@ def inspect_file(
             if keys.num_rows:
                 first_key, last_key = key_at(keys, 0), key_at(keys, keys.num_rows - 1)
         results.append(
-            _guarded(UUID_UNIQUE, name, lambda: _uuid_unique(name, path, table, uuid_hashes_path))
+            _guarded(
+                UUID_UNIQUE, name, lambda: _uuid_unique(name, path, row_hashes, uuid_hashes_path)
+            )
             if "uuid" in table.column_names
             else not_run(UUID_UNIQUE, name, "column 'uuid' missing")
         )
@@ -364,22 +389,28 @@ _EMB_MISSING = "column 'emb' missing"
 
 @dataclass(frozen=True)
 class _EmbScan:
-    """What one pass over `emb` saw."""
+    """What one pass over `emb` saw: non-finite rows, each row's digest (None when `emb` is not
+    a list of floats), rows outside the config's bounds (None when none are pinned)."""
 
     rows: int
     null_rows: int
     bad_rows: int
     first_bad_row: int | None
+    digests: np.ndarray | None = None
+    bounds: emb_integrity.BoundsScan | None = None
 
 
-def _scan_emb(parquet: pq.ParquetFile) -> _EmbScan | str:
-    """Decode `emb` in batches of EMB_BATCH_ROWS and count rows holding NaN, Inf or NULL.
+def _scan_emb(parquet: pq.ParquetFile, bounds: EmbBounds | None = None) -> _EmbScan | str:
+    """Decode `emb` in batches of EMB_BATCH_ROWS and count rows holding NaN, Inf or NULL;
+    digest each row's bytes and measure its norm against `bounds` on the same batches.
 
     One thread: the gate runs beside downloads and other files' gates. Returns why it could
     not read, if it could not.
     """
     rows = null_rows = bad_rows = 0
     first_bad: int | None = None
+    digests: list[np.ndarray] | None = []
+    in_bounds = None if bounds is None else emb_integrity.BoundsScan(bounds)
     try:
         for batch in parquet.iter_batches(
             batch_size=EMB_BATCH_ROWS, columns=["emb"], use_threads=False
@@ -394,10 +425,42 @@ def _scan_emb(parquet: pq.ParquetFile) -> _EmbScan | str:
                 bad_rows += bad_in_batch.size
                 if first_bad is None:
                     first_bad = rows + int(bad_in_batch[0])
+            matrix = emb_integrity.emb_matrix(emb)
+            if matrix is None:
+                digests = None
+                in_bounds = None
+            else:
+                valid = emb.is_valid().to_numpy(zero_copy_only=False) if emb.null_count else None
+                if digests is not None:
+                    digests.append(emb_integrity.row_digests(matrix, valid))
+                if in_bounds is not None:
+                    in_bounds.add(matrix, valid, rows)
             rows += len(emb)
     except Exception as error:  # a page that does not decode, a type that is not a list
         return f"'emb' does not read ({error})"
-    return _EmbScan(rows, null_rows, bad_rows, first_bad)
+    all_digests = None
+    if digests is not None:
+        all_digests = np.concatenate(digests) if digests else np.empty(0, np.uint64)
+    return _EmbScan(rows, null_rows, bad_rows, first_bad, all_digests, in_bounds)
+
+
+def _bounds_result(
+    name: str, emb: _EmbScan | str, bounds: EmbBounds | None, metadata: pa.Table | str
+) -> CheckResult:
+    """`emb_norms_within_bounds`: failing rows named with their uuid when the uuids read."""
+    if isinstance(emb, str):
+        return not_run(EMB_NORMS_WITHIN_BOUNDS, name, emb)
+    if bounds is None:
+        return CheckResult(
+            EMB_NORMS_WITHIN_BOUNDS, True, f"{name}: no emb bounds pinned for this config"
+        )
+    if emb.bounds is None:
+        return not_run(EMB_NORMS_WITHIN_BOUNDS, name, "'emb' is not a fixed-size list of floats")
+    uuid_at = None
+    if not isinstance(metadata, str) and "uuid" in metadata.column_names:
+        uuids = metadata.column("uuid")
+        uuid_at = {row: uuids[row].as_py() for row, _, _ in emb.bounds.examples if row < len(uuids)}
+    return emb_integrity.bounds_result(name, emb.bounds, uuid_at)
 
 
 def _emb_result(name: str, scan: _EmbScan) -> CheckResult:
@@ -463,8 +526,21 @@ def _expectations(name: str, table: pa.Table) -> CheckResult:
     return run_metadata_suite(table, label=name)
 
 
-def _uuid_unique(name: str, path: Path, table: pa.Table, keep: Path | None) -> CheckResult:
-    hashes = uuid_index.uuid_hashes(table.column("uuid"))
+def _guarded_hashes(uuids: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray] | None:
+    """(hash of each row's uuid, uuid not NULL) in row order; None if hashing failed (the
+    uuid check then reports the error)."""
+    try:
+        return uuid_index.uuid_row_hashes(uuids), uuids.is_valid().to_numpy(zero_copy_only=False)
+    except Exception:
+        return None
+
+
+def _uuid_unique(
+    name: str, path: Path, row_hashes: tuple[np.ndarray, np.ndarray] | None, keep: Path | None
+) -> CheckResult:
+    if row_hashes is None:
+        raise ValueError("the uuids could not be hashed")
+    hashes = np.sort(row_hashes[0][row_hashes[1]])
     if keep is not None:
         uuid_index.save_hashes(keep, hashes)
     return uuid_index.check_uuid_unique_within(name, path, hashes)

@@ -25,6 +25,7 @@ class StageConfig(dg.Config):
     commit: str | None = None
     accept_row_loss: bool = False
     accept_schema_change: bool = False
+    accept_emb_change: bool = False
 
 
 def build_mirror_assets(name: str) -> list[dg.AssetsDefinition | dg.AssetChecksDefinition]:
@@ -115,6 +116,7 @@ def build_mirror_assets(name: str) -> list[dg.AssetsDefinition | dg.AssetChecksD
             max_row_loss=gate.max_row_loss,
             accept_row_loss=config.accept_row_loss,
             accept_schema_change=config.accept_schema_change,
+            accept_emb_change=config.accept_emb_change,
         ):
             yield check_result(result, staged_key)
 
