@@ -145,7 +145,7 @@ class ResyncSlotResource(dg.ConfigurableResource):
 
     @contextlib.contextmanager
     def yield_for_execution(self, context: dg.InitResourceContext) -> Iterator[ResyncSlotResource]:
-        run = context.dagster_run
+        run = context.run
         if run is None:  # built outside a run (a sensor's context): nothing to serialize
             yield self
             return
