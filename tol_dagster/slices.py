@@ -599,16 +599,18 @@ def _differing_rows(ours: pa.RecordBatch, theirs: pa.RecordBatch) -> np.ndarray:
             emb_b = emb_b.cast(emb_a.type)
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
             return np.arange(ours.num_rows)
-    valid_a, bits_a = _emb_bits(emb_a)
-    valid_b, bits_b = _emb_bits(emb_b)
+    valid_a, bits_a, holes_a = _emb_bits(emb_a)
+    valid_b, bits_b, holes_b = _emb_bits(emb_b)
     different |= valid_a != valid_b
-    different |= valid_a & valid_b & (bits_a != bits_b).any(axis=1)
+    both = valid_a & valid_b
+    different |= both & ((bits_a != bits_b) | (holes_a != holes_b)).any(axis=1)
     return np.flatnonzero(different)
 
 
-def _emb_bits(column: pa.Array) -> tuple[np.ndarray, np.ndarray]:
-    """(row is not NULL, each row's values as raw bits) of a `fixed_size_list` column; a NULL
-    value inside a row reads as all ones, which no half float or float has as its bits."""
+def _emb_bits(column: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(row is not NULL, each row's values as raw bits in their own width, where a value inside
+    a row is NULL) of a `fixed_size_list` column: compared without widening, so the check costs
+    a pass over the bytes, not a copy of them at four times their size."""
     if not pa.types.is_fixed_size_list(column.type):
         raise StoreError(f"emb is {column.type}, not a fixed-size list: the schema check says more")
     valid = np.asarray(column.is_valid().to_numpy(zero_copy_only=False), dtype=bool)
@@ -616,11 +618,12 @@ def _emb_bits(column: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     values = column.values.slice(column.offset * width, len(column) * width)
     kind = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}[values.type.bit_width // 8]
     bits = np.frombuffer(values.buffers()[1], dtype=kind, count=values.offset + len(values))
-    bits = bits[values.offset :].astype(np.uint64)
+    bits = bits[values.offset :].reshape(len(column), width)
+    holes = np.zeros((len(column), 1), dtype=bool)
     if values.null_count:
-        missing = ~np.asarray(values.is_valid().to_numpy(zero_copy_only=False), dtype=bool)
-        bits[missing] = np.iinfo(np.uint64).max
-    return valid, bits.reshape(len(column), width)
+        holes = ~np.asarray(values.is_valid().to_numpy(zero_copy_only=False), dtype=bool)
+        holes = holes.reshape(len(column), width)
+    return valid, bits, holes
 
 
 def affected_slices(
