@@ -11,6 +11,9 @@ way and the floor only (its copy takes minutes and GBs of RAM):
          (binomial OR genus + epithet) is not pushed down: a COPY with it decodes every `emb`
          of the mirror (`--species-or` shows it).
 - ours:  `tol_dagster.slices.extract_slice` with the taxon index: fsync and sha256 included.
+- checked: ours plus every blocking check of the slice before it is published, as the slices
+         asset runs it (row count, key, uuid uniqueness, schema, and `emb_matches_mirror`,
+         which decodes the slice's and the mirror's `emb` with pyarrow and compares the bits).
 - floor: reading the bytes of the row groups that hold the slice, then writing and fsyncing as
          many bytes as our output has: what any way must at least do.
 
@@ -20,7 +23,8 @@ be (modules imported, the process's DuckDB database open). Page cache is warm fo
 The machine is shared and noisy: compare the ratios of one run, and read CPU next to wall.
 
 Targets: ours >= 2.5x faster than the copy for the family-sized slice, >= 1.25x for the
-species-sized one, `emb` kept as `fixed_size_list<halffloat>[dim]`, peak RSS < 2 GB for the
+species-sized one (extraction; the checked way's ratios and the checks' CPU per GB of slice are
+printed beside them), `emb` kept as `fixed_size_list<halffloat>[dim]`, peak RSS < 2 GB for the
 largest order.
 
     .venv/bin/python bench/slices.py                          # 2.8M rows, 8 files of ~520 MB
@@ -50,17 +54,25 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from tol_dagster import duck
+from tol_dagster.checks import CheckResult
 from tol_dagster.hashing import sha256_file
 from tol_dagster.layout import Layout
 from tol_dagster.mirror_files import MirrorFile
 from tol_dagster.sample import build_sample
 from tol_dagster.schema import DEFAULT_CONFIG, expected_schema, quote_ident
 from tol_dagster.slice_keys import SliceKey, parse_slice_key, split_binomial, to_sql_filter
-from tol_dagster.slices import EMB_MIN_GAIN, ZSTD_LEVEL, extract_slice, plan_scans
+from tol_dagster.slices import (
+    EMB_MIN_GAIN,
+    ZSTD_LEVEL,
+    expected_count,
+    extract_slice,
+    plan_scans,
+    slice_checks,
+)
 from tol_dagster.taxon_index import build_taxon_index, read_taxon_index
 
 CONFIG = DEFAULT_CONFIG
-WAYS = ("copy", "ours", "floor")
+WAYS = ("copy", "ours", "checked", "floor")
 TARGETS = {"family-sized": 2.5, "species-sized": 1.25}
 RSS_LIMIT_MB = 2048
 RSS_ROLES = ("largest order", "largest kingdom")
@@ -172,8 +184,15 @@ def run_way(way: str, key: SliceKey, workdir: Path, species_or: bool) -> Measure
                 "(FORMAT parquet)",
                 params,
             )
-    elif way == "ours":
-        result = extract_slice(key, mirror, index, out, schema=expected_schema(CONFIG))
+    elif way in ("ours", "checked"):
+        schema, rows = expected_schema(CONFIG), expected_count(key, index, mirror)
+
+        def verify(path: Path) -> list[CheckResult]:
+            return slice_checks(path, key, rows, schema, mirror, index)
+
+        result = extract_slice(
+            key, mirror, index, out, schema=schema, verify=verify if way == "checked" else None
+        )
         note = f"{result.row_groups_copied} of {result.row_groups_read} row groups copied whole"
     else:
         floor(key, mirror, index, out, int(os.environ["BENCH_OUTPUT_BYTES"]))
@@ -258,7 +277,7 @@ def emb_gain(path: Path) -> float:
 def bench_slice(
     role: str, key: str, workdir: Path, runs: int, species_or: bool
 ) -> dict[str, Measure]:
-    ways = WAYS if role != "largest kingdom" else ("ours", "floor")
+    ways = WAYS if role != "largest kingdom" else ("ours", "checked", "floor")
     results: dict[str, list[Measure]] = {way: [] for way in ways}
     for _ in range(runs):
         for way in ways:
@@ -290,6 +309,7 @@ def bench_slice(
     )
     if base:
         assert med["ours"].rows == base.rows, "ours and the copy selected different rows"
+    assert med["checked"].rows == med["ours"].rows, "the checked way selected other rows"
     return med
 
 
@@ -315,6 +335,18 @@ def verdicts(rows: dict[str, dict[str, Measure]]) -> None:
                 f"  {role:<16} {wall:5.2f}x wall, {cpu:5.2f}x cpu faster than the copy "
                 f"(target {need}x): {'met' if wall >= need else 'MISSED'}"
             )
+        checks = med["checked"].cpu - ours.cpu
+        print(
+            f"  {role:<16} the blocking checks cost {checks:5.2f} s cpu "
+            f"({checks / max(ours.bytes / 2**30, 1e-9):5.1f} s per GB of slice), "
+            f"{med['checked'].cpu / ours.cpu:4.2f}x ours' cpu"
+            + (
+                f"; checked: {med['copy'].seconds / med['checked'].seconds:5.2f}x wall faster "
+                "than the copy"
+                if "copy" in med
+                else ""
+            )
+        )
         if role in RSS_ROLES:
             print(
                 f"  {role:<16} peak RSS {ours.rss_mb:,.0f} MB for {ours.bytes / 2**20:,.0f} MB out "
