@@ -75,11 +75,12 @@ def run_demo() -> int:
         f"  Dagster runs and event logs: {os.environ.get('DAGSTER_HOME', settings.layout.dagster_home())}"
     )
     print()
-    print("Query the mirror with DuckDB, e.g.:")
+    print("Query the mirror with DuckDB, pinned to one generation while resyncs publish, e.g.:")
     first = next(iter(report))
     print(
-        f'  .venv/bin/python -c "import duckdb; duckdb.sql(\\"SELECT family, count(*) FROM '
-        f"read_parquet('{settings.layout.mirror_dir(first)}/*.parquet') GROUP BY ALL ORDER BY 2 DESC LIMIT 5\\\").show()\""
+        '  .venv/bin/python -c "import duckdb; from tol_dagster.catalog import mirror_files; '
+        f"duckdb.read_parquet([str(p) for p in mirror_files('{first}')])"
+        ".aggregate('family, count(*) AS n').order('n DESC').limit(5).show()\""
     )
     print(
         '  .venv/bin/python -c "from tol_dagster.catalog import read_pandas; '
