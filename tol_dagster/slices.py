@@ -466,11 +466,10 @@ def check_emb_matches_mirror(
     position by position, uuid and `emb` bit for bit (NULLs and NaNs included). `index` only
     narrows which row groups are read (every one without it: slow but the same answer), as
     the slice's planning does; a row group it failed to name shows up as rows that differ.
-    Streams, so memory stays bounded.
+    Streams, so memory stays bounded: both readers read a column chunk at a time
+    (`_streaming`), as pyarrow's default pre-buffering held the whole slice in memory.
     """
-    written = pq.ParquetFile(path).iter_batches(
-        batch_size=EMB_CHECK_ROWS, columns=["uuid", EMB_COLUMN]
-    )
+    written = _streaming(path).iter_batches(batch_size=EMB_CHECK_ROWS, columns=["uuid", EMB_COLUMN])
     mirror = _mirror_rows(key, files, index)
     compared, differing, first = 0, 0, None
     shorter: str | None = None
@@ -528,7 +527,7 @@ def _mirror_rows(
     expression = to_arrow_filter(key)
     columns = list(dict.fromkeys(["uuid", EMB_COLUMN, *filter_columns(key)]))
     for file in files:
-        parquet = pq.ParquetFile(file.path)
+        parquet = _streaming(file.path)
         sizes = [parquet.metadata.row_group(g).num_rows for g in range(parquet.num_row_groups)]
         wanted = dict(enumerate(sizes)) if limits is None else limits.get(file.name, {})
         for group in sorted(wanted):
@@ -542,6 +541,13 @@ def _mirror_rows(
                 position += batch.num_rows
                 if position >= limit:
                     break
+
+
+def _streaming(path: Path) -> pq.ParquetFile:
+    """A reader that buffers 8 MB at a time instead of pre-buffering: with pyarrow's default,
+    the check's memory grew with the slice (1.1 GB of RSS for a 390k-row slice, 0.6 GB
+    without)."""
+    return pq.ParquetFile(path, pre_buffer=False, buffer_size=8 << 20)
 
 
 def _row_group_limits(scans: Sequence[Scan]) -> dict[str, dict[int, int]]:
