@@ -21,6 +21,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from tol_dagster import duck
 from tol_dagster.checks import UUID_UNIQUE, CheckResult
 from tol_dagster.derived import atomic_path, derived_path
 from tol_dagster.layout import Layout
@@ -41,25 +42,17 @@ MAX_REPORTED = 20
 
 def uuid_hashes(uuids: pa.Array | pa.ChunkedArray) -> np.ndarray:
     """The sorted uint64 hashes of the non-NULL `uuids` (DuckDB's vectorized string hash)."""
-    table = pa.table({"uuid": uuids})
-    with duckdb.connect() as con:
-        hashes = (
-            con.from_arrow(table)
-            .filter("uuid IS NOT NULL")
-            .project("hash(uuid) AS h")
-            .fetchnumpy()["h"]
-        )
-    hashes = np.asarray(hashes, dtype=np.uint64)
+    valid = np.asarray(uuids.is_valid().to_numpy(zero_copy_only=False), dtype=bool)
+    hashes = uuid_row_hashes(uuids)[valid]
     hashes.sort()
     return hashes
 
 
 def uuid_row_hashes(uuids: pa.Array | pa.ChunkedArray) -> np.ndarray:
-    """The uint64 hash of each uuid in row order, as `uuid_hashes` computes them (NULL rows get
-    a hash too: mask them with `uuids.is_valid()`)."""
-    with duckdb.connect() as con:
-        # One thread: the projection keeps the rows' order and runs beside other files' gates.
-        con.execute("SET threads = 1")
+    """The uint64 hash of each uuid in row order (DuckDB keeps insertion order); NULL rows get
+    a hash too: mask them with `uuids.is_valid()`. On the process's shared database: opening one
+    per call cost 20 ms, ten times the hashing of 10k uuids."""
+    with duck.cursor() as con:
         hashes = (
             con.from_arrow(pa.table({"uuid": uuids})).project("hash(uuid) AS h").fetchnumpy()["h"]
         )
