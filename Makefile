@@ -37,7 +37,7 @@ demo: setup
 
 dev: setup
 	@mkdir -p "$(DAGSTER_HOME)" && cp tol_dagster/dagster.yaml "$(DAGSTER_HOME)/dagster.yaml"
-	$(BIN)/python -m tol_dagster.dev --local-hub-port $(LOCAL_HUB_PORT) --dagster-port $(DAGSTER_PORT)
+	$(BIN)/python -m tol_dagster.devtools.dev_server --local-hub-port $(LOCAL_HUB_PORT) --dagster-port $(DAGSTER_PORT)
 
 lint: setup
 	$(BIN)/ruff check .

@@ -10,7 +10,7 @@ way and the floor only (its copy takes minutes and GBs of RAM):
          and which selects the same rows as our key here (checked). Our own `species=` filter
          (binomial OR genus + epithet) is not pushed down: a COPY with it decodes every `emb`
          of the mirror (`--species-or` shows it).
-- ours:  `tol_dagster.slices.extract_slice` with the taxon index: fsync and sha256 included.
+- ours:  `tol_dagster.slices.extract.extract_slice` with the taxon index: fsync and sha256 included.
 - checked: ours plus every blocking check of the slice before it is published, as the slices
          asset runs it (row count, key, uuid uniqueness, schema, and `emb_matches_mirror`,
          which decodes the slice's and the mirror's `emb` with pyarrow and compares the bits).
@@ -54,14 +54,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from tol_dagster import duck
-from tol_dagster.checks import CheckResult
-from tol_dagster.hashing import sha256_file
-from tol_dagster.layout import Layout
-from tol_dagster.mirror_files import MirrorFile
-from tol_dagster.sample import build_sample
+from tol_dagster.derived.taxon_index import build_taxon_index, read_taxon_index
+from tol_dagster.devtools.sample import build_sample
 from tol_dagster.schema import DEFAULT_CONFIG, expected_schema, quote_ident
-from tol_dagster.slice_keys import SliceKey, parse_slice_key, split_binomial, to_sql_filter
-from tol_dagster.slices import (
+from tol_dagster.slices.extract import (
     EMB_MIN_GAIN,
     ZSTD_LEVEL,
     expected_count,
@@ -69,7 +65,11 @@ from tol_dagster.slices import (
     plan_scans,
     slice_checks,
 )
-from tol_dagster.taxon_index import build_taxon_index, read_taxon_index
+from tol_dagster.slices.keys import SliceKey, parse_slice_key, split_binomial, to_sql_filter
+from tol_dagster.store.hashing import sha256_file
+from tol_dagster.store.layout import Layout
+from tol_dagster.store.mirror_files import MirrorFile
+from tol_dagster.validation.checks import CheckResult
 
 CONFIG = DEFAULT_CONFIG
 WAYS = ("copy", "ours", "checked", "floor")

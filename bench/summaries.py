@@ -31,14 +31,14 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from tol_dagster import duck
-from tol_dagster.derived import derived_path
-from tol_dagster.hashing import sha256_file
-from tol_dagster.layout import Layout
-from tol_dagster.mirror_files import MirrorFile
-from tol_dagster.sample import build_sample
+from tol_dagster.derived.summaries import SUMMARY_PART, VALUE_COLUMNS, build_summaries
+from tol_dagster.derived.taxon_index import INDEX_PART, build_taxon_index, count, read_taxon_index
+from tol_dagster.devtools.sample import build_sample
 from tol_dagster.schema import DEFAULT_CONFIG, RANKS, quote_ident
-from tol_dagster.summaries import SUMMARY_PART, VALUE_COLUMNS, build_summaries
-from tol_dagster.taxon_index import INDEX_PART, build_taxon_index, count, read_taxon_index
+from tol_dagster.store.file_cache import derived_path
+from tol_dagster.store.hashing import sha256_file
+from tol_dagster.store.layout import Layout
+from tol_dagster.store.mirror_files import MirrorFile
 
 SEED = 5
 

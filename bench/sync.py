@@ -50,7 +50,7 @@ from tol_dagster.schema import DEFAULT_CONFIG
 from tol_dagster.settings import OFFLINE_HF_ENV
 
 if TYPE_CHECKING:
-    from tol_dagster.hub import HubClient, RemoteConfig, RemoteFile
+    from tol_dagster.hub.client import HubClient, RemoteConfig, RemoteFile
 
 #: What the real files look like: ~520 MB and 350k rows each (PERF.md).
 DEFAULT_ROWS = 1_400_000
@@ -76,11 +76,11 @@ class Figure:
 
 
 class HubProcess:
-    """`python -m tol_dagster.localhub ROOT`, driven through its admin API."""
+    """`python -m tol_dagster.devtools.localhub ROOT`, driven through its admin API."""
 
     def __init__(self, root: Path, env: dict[str, str]) -> None:
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "tol_dagster.localhub", str(root), "--port", "0"],
+            [sys.executable, "-m", "tol_dagster.devtools.localhub", str(root), "--port", "0"],
             stdout=subprocess.PIPE,
             env=env,
             text=True,
@@ -147,7 +147,7 @@ def run_sync(hub: HubProcess, env: dict[str, str], log_path: Path) -> SyncRun:
     started = time.perf_counter()
     with log_path.open("w") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "tol_dagster.cli", "sync"],
+            [sys.executable, "-m", "tol_dagster.cli.main", "sync"],
             stdout=log,
             stderr=subprocess.STDOUT,
             env=env,
@@ -168,7 +168,7 @@ def run_sync(hub: HubProcess, env: dict[str, str], log_path: Path) -> SyncRun:
 
 def ensure_sample(folder: Path, *, rows: int, files: int) -> float | None:
     """Build the sample into `folder` unless one of this size is there; the seconds it took."""
-    from tol_dagster.sample import build_sample
+    from tol_dagster.devtools.sample import build_sample
 
     stamp = folder / ".bench-sample.json"
     wanted = {"rows": rows, "files": files, "seed": SEED, "config": DEFAULT_CONFIG}
@@ -313,8 +313,9 @@ class GateTiming:
 def emb_check_cost(path: Path, config: str) -> tuple[float, float]:
     """CPU seconds of decoding `emb` as the gate does, and of the `emb` checks (row digests,
     norm bounds) on the same decoded batches: side by side, one pass."""
-    from tol_dagster import emb_integrity, validation
     from tol_dagster.schema import emb_bounds
+    from tol_dagster.validation import emb_integrity
+    from tol_dagster.validation import file_facts as validation
 
     bounds = emb_bounds(config)
     scan = emb_integrity.BoundsScan(bounds) if bounds is not None else None
@@ -343,9 +344,9 @@ def gate_against_capped_download(
     # Great Expectations is imported once per process (4-7 s); a sync pays it once, not per file.
     import great_expectations  # noqa: F401
 
-    from tol_dagster import validation
-    from tol_dagster.hashing import sha256_file
     from tol_dagster.schema import emb_bounds, expected_schema
+    from tol_dagster.store.hashing import sha256_file
+    from tol_dagster.validation import file_facts as validation
 
     timings = []
     hub.reset()
@@ -396,7 +397,7 @@ def gate_against_capped_download(
 
 def bench(work: Path, *, rows: int, files: int, repeats: int) -> list[Figure]:
     os.environ["HF_HOME"] = str(work / "hf-home")
-    from tol_dagster.hub import HubClient
+    from tol_dagster.hub.client import HubClient
     from tol_dagster.settings import DEFAULT_REPO_ID
 
     built = ensure_sample(work / "sample", rows=rows, files=files)

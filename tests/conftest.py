@@ -25,7 +25,7 @@ SMALL_SAMPLE = {"rows": 6000, "files": 3, "seed": 7, "row_group_size": 500}
 @pytest.fixture(scope="session")
 def small_sample(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A read-only sample repo folder (README.md + <config>/*.parquet). Copy before editing."""
-    from tol_dagster.sample import build_sample
+    from tol_dagster.devtools.sample import build_sample
 
     out = tmp_path_factory.mktemp("sample")
     build_sample(out, **SMALL_SAMPLE)  # type: ignore[arg-type]
@@ -43,7 +43,7 @@ def hub_root(small_sample: Path, tmp_path: Path) -> Path:
 @pytest.fixture
 def local_hub(hub_root: Path) -> Iterator[object]:
     """A running local Hub serving `hub_root` (no token required)."""
-    from tol_dagster.localhub import LocalHub
+    from tol_dagster.devtools.localhub import LocalHub
 
     with LocalHub(hub_root) as hub:
         yield hub

@@ -14,9 +14,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from tol_dagster.hashing import sha256_file
-from tol_dagster.mirror_files import MirrorFile
 from tol_dagster.schema import DEFAULT_CONFIG, SORT_KEY
+from tol_dagster.store.hashing import sha256_file
+from tol_dagster.store.mirror_files import MirrorFile
 
 
 def mirror_of(folder: Path) -> list[MirrorFile]:

@@ -22,16 +22,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tol_dagster import hub as hub_module
-from tol_dagster import sync
-from tol_dagster.card import card_body, expected_rows, parse_card, render_card, with_config
-from tol_dagster.cli import main
-from tol_dagster.hashing import sha256_file
-from tol_dagster.hub import HubClient
-from tol_dagster.layout import Layout
-from tol_dagster.localhub import LocalHub
-from tol_dagster.manifest import Manifest, load_manifest
+from tol_dagster.cli.main import main
+from tol_dagster.devtools.localhub import LocalHub
+from tol_dagster.hub import client as hub_module
+from tol_dagster.hub.card import card_body, expected_rows, parse_card, render_card, with_config
+from tol_dagster.hub.client import HubClient
+from tol_dagster.resync import sync
 from tol_dagster.schema import DEFAULT_CONFIG
+from tol_dagster.store.hashing import sha256_file
+from tol_dagster.store.layout import Layout
+from tol_dagster.store.manifest import Manifest, load_manifest
 
 CONFIG = DEFAULT_CONFIG
 #: Rows per row group of the shared sample (conftest's SMALL_SAMPLE).

@@ -8,7 +8,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from tol_dagster.alignment import check_configs_aligned
+from tol_dagster.validation.alignment import check_configs_aligned
 
 
 def write_uuids(folder: Path, uuids: list[str], cuts: list[int]) -> list[Path]:

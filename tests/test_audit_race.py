@@ -22,10 +22,11 @@ from resync_testing import (
     valid_edit,
 )
 
-from tol_dagster import mirror, sync
-from tol_dagster.hashing import sha256_file
-from tol_dagster.hub import HubClient
-from tol_dagster.manifest import Manifest
+from tol_dagster.hub.client import HubClient
+from tol_dagster.resync import sync
+from tol_dagster.store import generations as mirror
+from tol_dagster.store.hashing import sha256_file
+from tol_dagster.store.manifest import Manifest
 
 __all__ = ["dagster_home", "synced", "synced_home", "user"]  # fixtures, imported to be found
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from tol_dagster.card import (
+from tol_dagster.errors import UpstreamError
+from tol_dagster.hub.card import (
     card_body,
     config_names,
     expected_rows,
@@ -12,7 +13,6 @@ from tol_dagster.card import (
     render_card,
     with_config,
 )
-from tol_dagster.errors import UpstreamError
 
 
 def test_a_rendered_card_parses_back_to_the_same_front_matter_and_body() -> None:

@@ -26,10 +26,10 @@ from tol_dagster.catalog import (
     upsert_entries,
 )
 from tol_dagster.errors import SliceNotPublished, SliceSpecError
-from tol_dagster.layout import Layout
 from tol_dagster.schema import DEFAULT_CONFIG, expected_schema
-from tol_dagster.slice_keys import parse_slice_key
-from tol_dagster.slices import extract_slice
+from tol_dagster.slices.extract import extract_slice
+from tol_dagster.slices.keys import parse_slice_key
+from tol_dagster.store.layout import Layout
 
 OTHER = "bioclip-2.5-vith14_float16"
 

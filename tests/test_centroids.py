@@ -12,11 +12,11 @@ import pyarrow.parquet as pq
 import pytest
 from mirror_testing import brute, resync_one_file, rows_of, sample_mirror
 
-from tol_dagster import centroids
-from tol_dagster.centroids import build_centroids, centroid_schema, read_centroids
-from tol_dagster.layout import Layout
-from tol_dagster.mirror_files import MirrorFile
+from tol_dagster.derived import centroids
+from tol_dagster.derived.centroids import build_centroids, centroid_schema, read_centroids
 from tol_dagster.schema import RANKS, config_dim, quote_ident
+from tol_dagster.store.layout import Layout
+from tol_dagster.store.mirror_files import MirrorFile
 
 CONFIG = "bioclip-2_float16"
 DIM = config_dim(CONFIG)

@@ -36,14 +36,14 @@ import yaml
 
 from tol_dagster.defs.jobs import RESYNC_JOB
 from tol_dagster.defs.keys import resync_check_keys, resync_keys
-from tol_dagster.hashing import sha256_file
-from tol_dagster.layout import Layout
-from tol_dagster.manifest import Manifest, load_manifest
-from tol_dagster.resync_slot import ensure_resync_pools
-from tol_dagster.runs import RESYNC_TAG
-from tol_dagster.sample import build_sample
+from tol_dagster.defs.resync_slot import ensure_resync_pools
+from tol_dagster.defs.runs import RESYNC_TAG
+from tol_dagster.devtools.sample import build_sample
 from tol_dagster.schema import DEFAULT_CONFIG
 from tol_dagster.settings import DEFAULT_REPO_ID
+from tol_dagster.store.hashing import sha256_file
+from tol_dagster.store.layout import Layout
+from tol_dagster.store.manifest import Manifest, load_manifest
 
 pytestmark = pytest.mark.e2e
 
@@ -359,7 +359,7 @@ def test_daemon_resyncs_the_mirror_and_serializes_resyncs_per_config(
 
     stack.start(
         "hub",
-        [str(BIN / "python"), "-m", "tol_dagster.localhub", str(hub_root), "--port", "0"],
+        [str(BIN / "python"), "-m", "tol_dagster.devtools.localhub", str(hub_root), "--port", "0"],
         dict(os.environ),
     )
     endpoint = _endpoint_of(stack)

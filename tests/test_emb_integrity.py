@@ -10,21 +10,21 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tol_dagster import emb_integrity
-from tol_dagster.checks import EMB_NORMS_WITHIN_BOUNDS, EMB_UNCHANGED_FOR_EXISTING_UUIDS
-from tol_dagster.emb_integrity import (
+from tol_dagster.devtools.sample import build_sample
+from tol_dagster.schema import DEFAULT_CONFIG, EMB_BOUNDS, emb_bounds, expected_schema
+from tol_dagster.store.hashing import sha256_file
+from tol_dagster.store.layout import Layout
+from tol_dagster.store.mirror_files import MirrorFile
+from tol_dagster.validation import emb_integrity
+from tol_dagster.validation.checks import EMB_NORMS_WITHIN_BOUNDS, EMB_UNCHANGED_FOR_EXISTING_UUIDS
+from tol_dagster.validation.emb_integrity import (
     check_emb_unchanged,
     compute_table,
     digests_path,
     emb_matrix,
     row_digests,
 )
-from tol_dagster.hashing import sha256_file
-from tol_dagster.layout import Layout
-from tol_dagster.mirror_files import MirrorFile
-from tol_dagster.sample import build_sample
-from tol_dagster.schema import DEFAULT_CONFIG, EMB_BOUNDS, emb_bounds, expected_schema
-from tol_dagster.validation import FileFacts, inspect_file
+from tol_dagster.validation.file_facts import FileFacts, inspect_file
 
 CONFIG = DEFAULT_CONFIG
 

@@ -16,15 +16,15 @@ import pytest
 from resync_testing import CONFIG, core_sync
 
 from tol_dagster.catalog import list_slices
-from tol_dagster.cli import main
+from tol_dagster.cli.main import main
 from tol_dagster.definitions import build_definitions
 from tol_dagster.defs.keys import asset_key
-from tol_dagster.hub import HubClient
-from tol_dagster.layout import Layout
-from tol_dagster.localhub import LocalHub
-from tol_dagster.manifest import load_manifest
-from tol_dagster.sample import build_sample
+from tol_dagster.devtools.localhub import LocalHub
+from tol_dagster.devtools.sample import build_sample
+from tol_dagster.hub.client import HubClient
 from tol_dagster.settings import Settings
+from tol_dagster.store.layout import Layout
+from tol_dagster.store.manifest import load_manifest
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples"

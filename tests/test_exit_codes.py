@@ -44,9 +44,10 @@ from resync_testing import (
     valid_edit,
 )
 
-from tol_dagster import errors, exit_codes, sync
-from tol_dagster.localhub import Fault
-from tol_dagster.runs import PID_TAG
+from tol_dagster import errors, exit_codes
+from tol_dagster.defs.runs import PID_TAG
+from tol_dagster.devtools.localhub import Fault
+from tol_dagster.resync import sync
 
 __all__ = ["dagster_home", "hub_sleeps", "synced", "synced_home", "user"]  # fixtures
 
@@ -56,7 +57,7 @@ RUN_ID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
 def tol_process(*argv: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
     """`tol-dagster ARGV` in its own process, with the test's environment (the user's)."""
     return subprocess.Popen(
-        [sys.executable, "-m", "tol_dagster.cli", *argv],
+        [sys.executable, "-m", "tol_dagster.cli.main", *argv],
         env={**os.environ, **(env or {})},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -328,7 +329,7 @@ def test_70_an_internal_error_names_the_run_to_report(
 def test_70_outside_a_run_names_no_run_and_tol_debug_prints_the_traceback(
     synced: User, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from tol_dagster import runner
+    from tol_dagster.cli import runner
 
     monkeypatch.setattr(runner, "open_instance", _boom)
 

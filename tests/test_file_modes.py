@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from resync_testing import CONFIG, User, dagster_home, user
 
-from tol_dagster import durable
+from tol_dagster.store import durable
 
 __all__ = ["dagster_home", "user"]  # fixtures, imported to be found
 

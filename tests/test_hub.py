@@ -18,8 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 from huggingface_hub.utils import XetFileData, get_session
 
-from tol_dagster import hub as hub_module
-from tol_dagster.card import render_card, with_config
+from tol_dagster.devtools.localhub import Fault, LocalHub
 from tol_dagster.errors import (
     IntegrityError,
     RevisionGone,
@@ -28,8 +27,9 @@ from tol_dagster.errors import (
     UpstreamError,
     UpstreamInvalid,
 )
-from tol_dagster.hub import HubClient, RemoteConfig, RemoteFile, RetryPolicy
-from tol_dagster.localhub import Fault, LocalHub
+from tol_dagster.hub import client as hub_module
+from tol_dagster.hub.card import render_card, with_config
+from tol_dagster.hub.client import HubClient, RemoteConfig, RemoteFile, RetryPolicy
 
 REPO_ID = "test-org/tiny-tol"
 CONFIG = "emb_float16"

@@ -24,8 +24,8 @@ from huggingface_hub.errors import (
     RevisionNotFoundError,
 )
 
-from tol_dagster.localhub import Fault, LocalHub
-from tol_dagster.localhub.server import byte_range
+from tol_dagster.devtools.localhub import Fault, LocalHub
+from tol_dagster.devtools.localhub.server import byte_range
 from tol_dagster.settings import DEFAULT_REPO_ID
 
 REPO = DEFAULT_REPO_ID
@@ -461,7 +461,7 @@ def test_serve_forever_prints_the_endpoint_first_and_stops_on_sigterm(repo: Path
     command = [
         sys.executable,
         "-m",
-        "tol_dagster.localhub",
+        "tol_dagster.devtools.localhub",
         str(repo),
         "--repo-id",
         "a/b",
@@ -488,7 +488,7 @@ def test_serve_forever_prints_the_endpoint_first_and_stops_on_sigterm(repo: Path
 def test_serves_the_generated_sample_with_its_card_and_hashes(
     local_hub: LocalHub, hub_root: Path
 ) -> None:
-    from tol_dagster.card import parse_card
+    from tol_dagster.hub.card import parse_card
 
     api = HfApi(endpoint=local_hub.endpoint)
     info = api.dataset_info(REPO)

@@ -16,9 +16,10 @@ import pyarrow as pa
 import pytest
 
 from tol_dagster.errors import StoreError, UpstreamError
-from tol_dagster.hub import RemoteConfig, RemoteFile
-from tol_dagster.layout import Layout
-from tol_dagster.manifest import (
+from tol_dagster.hub.client import RemoteConfig, RemoteFile
+from tol_dagster.schema import expected_schema
+from tol_dagster.store.layout import Layout
+from tol_dagster.store.manifest import (
     Manifest,
     ManifestEntry,
     load_manifest,
@@ -28,7 +29,6 @@ from tol_dagster.manifest import (
     schema_from_json,
     schema_to_json,
 )
-from tol_dagster.schema import expected_schema
 
 CONFIG = "bioclip-2_float16"
 REPO = "imageomics/TreeOfLife-200M-Embeddings"
@@ -193,9 +193,9 @@ _CRASHING_SAVE = textwrap.dedent(
     """
     import os, signal, sys
     from pathlib import Path
-    import tol_dagster.durable as durable
-    from tol_dagster.layout import Layout
-    from tol_dagster.manifest import Manifest, save_manifest
+    import tol_dagster.store.durable as durable
+    from tol_dagster.store.layout import Layout
+    from tol_dagster.store.manifest import Manifest, save_manifest
 
     home, when = sys.argv[1], sys.argv[2]
     manifest = Manifest.from_json(sys.stdin.read())
@@ -242,7 +242,7 @@ def test_an_interrupted_save_keeps_the_old_manifest_and_leaves_no_temp(
     def fail(*args: object) -> None:
         raise OSError("disk full")
 
-    monkeypatch.setattr("tol_dagster.durable.os.fsync", fail)
+    monkeypatch.setattr("tol_dagster.store.durable.os.fsync", fail)
     with pytest.raises(OSError, match="disk full"):
         save_manifest(layout, published(remote("c2", {"a.parquet": b"a2"})))
     monkeypatch.undo()

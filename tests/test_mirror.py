@@ -13,11 +13,8 @@ from pathlib import Path
 import pytest
 
 from tol_dagster.errors import DiskSpaceError, StoreError
-from tol_dagster.hashing import sha256_file
-from tol_dagster.hub import RemoteConfig, RemoteFile
-from tol_dagster.layout import Layout
-from tol_dagster.manifest import Manifest, ManifestEntry, plan_sync, save_manifest
-from tol_dagster.mirror import (
+from tol_dagster.hub.client import RemoteConfig, RemoteFile
+from tol_dagster.store.generations import (
     audit_mirror,
     bytes_still_needed,
     check_free_disk,
@@ -31,6 +28,9 @@ from tol_dagster.mirror import (
     stage_path,
     staged_files,
 )
+from tol_dagster.store.hashing import sha256_file
+from tol_dagster.store.layout import Layout
+from tol_dagster.store.manifest import Manifest, ManifestEntry, plan_sync, save_manifest
 
 CONFIG = "bioclip-2_float16"
 
@@ -406,7 +406,7 @@ def test_sha256_file_matches_hashlib_across_chunks(tmp_path: Path) -> None:
 
 
 def test_prune_derived_keeps_results_of_kept_contents_only(layout: Layout) -> None:
-    from tol_dagster.mirror import prune_derived
+    from tol_dagster.store.generations import prune_derived
 
     keep, drop = "a" * 64, "b" * 64
     for sha in (keep, drop):

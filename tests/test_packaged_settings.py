@@ -14,10 +14,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tol_dagster import instance, published
-from tol_dagster.localhub import LocalHub
+from tol_dagster.defs import instance
+from tol_dagster.devtools.localhub import LocalHub
 from tol_dagster.schema import DEFAULT_CONFIG
 from tol_dagster.settings import DEFAULT_SLICES_FILE, OFFLINE_HF_ENV, Settings
+from tol_dagster.slices import builds as published
 
 #: This venv's pip, quiet; every call below also says --no-index (offline).
 PIP = [sys.executable, "-m", "pip", "--quiet", "--disable-pip-version-check"]
@@ -181,7 +182,7 @@ def test_a_non_editable_install_syncs_and_slices_with_the_instance_settings_in_f
 #: Run inside the installed venv: where the package, its slices file and its default slices are.
 _REPORT = """
 import tol_dagster
-from tol_dagster import published
+from tol_dagster.slices import builds as published
 from tol_dagster.schema import DEFAULT_CONFIG
 from tol_dagster.settings import Settings
 settings = Settings.from_env()

@@ -16,7 +16,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tol_dagster.parquet_bytes import (
+from tol_dagster.schema import arrow_schema
+from tol_dagster.slices.parquet_bytes import (
     MAGIC,
     SpliceError,
     Splicer,
@@ -27,7 +28,6 @@ from tol_dagster.parquet_bytes import (
     read_footer,
     read_rows,
 )
-from tol_dagster.schema import arrow_schema
 
 SCHEMA = arrow_schema(dim=8)
 

@@ -27,16 +27,19 @@ import pytest
 from mirror_testing import resync_one_file
 from resync_testing import CONFIG, synced_home
 
-from tol_dagster import catalog, mirror, summaries, sync, taxon_index
+from tol_dagster import catalog
 from tol_dagster.defs.keys import asset_key, slices_partitions_name
 from tol_dagster.defs.published_assets import build_published_assets
 from tol_dagster.defs.resources import StorageResource
-from tol_dagster.derived import derived_path
+from tol_dagster.derived import summaries, taxon_index
 from tol_dagster.errors import StoreError
-from tol_dagster.layout import Layout
-from tol_dagster.manifest import load_manifest, save_manifest
-from tol_dagster.pins import read_record
-from tol_dagster.slice_keys import parse_slice_key
+from tol_dagster.resync import sync
+from tol_dagster.slices.keys import parse_slice_key
+from tol_dagster.store import generations as mirror
+from tol_dagster.store.file_cache import derived_path
+from tol_dagster.store.layout import Layout
+from tol_dagster.store.manifest import load_manifest, save_manifest
+from tol_dagster.store.pins import read_record
 
 __all__ = ["synced_home"]  # a fixture, imported to be found
 
@@ -250,8 +253,8 @@ def test_a_leased_generation_stays_past_its_grace_until_the_lease_ends(layout: L
 
 LEASE_HOLDER = """
 import sys, time
-from tol_dagster.layout import Layout
-from tol_dagster.mirror import pin_generation
+from tol_dagster.store.layout import Layout
+from tol_dagster.store.generations import pin_generation
 pin = pin_generation(Layout(sys.argv[1]), sys.argv[2])
 print(pin.name, flush=True)
 time.sleep(600)

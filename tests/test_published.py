@@ -39,7 +39,6 @@ from resync_testing import (
     write_upstream,
 )
 
-from tol_dagster import sample
 from tol_dagster.catalog import (
     CatalogEntry,
     list_slices,
@@ -48,6 +47,7 @@ from tol_dagster.catalog import (
     read_pandas,
     upsert_entries,
 )
+from tol_dagster.cli.demo import run_demo
 from tol_dagster.definitions import build_definitions
 from tol_dagster.defs.jobs import AUDIT_JOB, slices_job_name
 from tol_dagster.defs.keys import (
@@ -57,12 +57,12 @@ from tol_dagster.defs.keys import (
     slices_partitions_name,
 )
 from tol_dagster.defs.resources import resources_from
-from tol_dagster.demo import run_demo
-from tol_dagster.hashing import sha256_file
-from tol_dagster.hub import HubClient
-from tol_dagster.layout import Layout
-from tol_dagster.localhub import LocalHub
+from tol_dagster.devtools import sample
+from tol_dagster.devtools.localhub import LocalHub
+from tol_dagster.hub.client import HubClient
 from tol_dagster.settings import DEFAULT_SLICES_FILE, Settings
+from tol_dagster.store.hashing import sha256_file
+from tol_dagster.store.layout import Layout
 
 __all__ = ["dagster_home", "synced", "synced_home", "user"]  # fixtures, imported to be found
 
@@ -763,7 +763,7 @@ def test_two_mirrored_configs_are_checked_for_the_same_uuids_in_the_same_order(
 def test_partitions_that_do_not_parse_are_skipped_by_rebuilds_with_a_warning_naming_the_fix(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    from tol_dagster.published import _parseable
+    from tol_dagster.slices.builds import _parseable
 
     kept = _parseable(["family=Felidae", "family=Fel\x07idae", "genus=Morus"], CONFIG)
 

@@ -30,11 +30,11 @@ from resync_testing import (
     valid_edit,
 )
 
-from tol_dagster import sync
 from tol_dagster.defs.keys import asset_key, staged_op_name
+from tol_dagster.defs.resync_slot import lease_holder, resync_lease
 from tol_dagster.errors import ResyncConflict, ValidationFailed
-from tol_dagster.hub import HubClient
-from tol_dagster.resync_slot import lease_holder, resync_lease
+from tol_dagster.hub.client import HubClient
+from tol_dagster.resync import sync
 
 __all__ = ["dagster_home", "synced", "synced_home", "user"]  # fixtures, imported to be found
 
@@ -43,7 +43,7 @@ SYNCS = 3
 #: reach `tol-dagster sync` within milliseconds of each other.
 AT_THE_BARRIER = """
 import os, sys, time
-from tol_dagster.cli import main
+from tol_dagster.cli.main import main
 barrier = sys.argv[1]
 while not os.path.exists(barrier):
     time.sleep(0.001)

@@ -23,11 +23,11 @@ from resync_testing import (
     valid_edit,
 )
 
-from tol_dagster import mirror
-from tol_dagster.hub import RemoteFile
-from tol_dagster.layout import Layout
-from tol_dagster.manifest import Plan
-from tol_dagster.reuse import link_kept_contents
+from tol_dagster.hub.client import RemoteFile
+from tol_dagster.resync.reuse import link_kept_contents
+from tol_dagster.store import generations as mirror
+from tol_dagster.store.layout import Layout
+from tol_dagster.store.manifest import Plan
 
 __all__ = ["dagster_home", "synced", "synced_home", "user"]  # fixtures, imported to be found
 

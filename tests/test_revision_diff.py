@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from mirror_testing import brute, resync_one_file, sample_mirror
 
-from tol_dagster.mirror_files import MirrorFile
-from tol_dagster.revision_diff import diff_generations
+from tol_dagster.resync.revision_diff import diff_generations
 from tol_dagster.schema import RANKS, quote_ident
+from tol_dagster.store.mirror_files import MirrorFile
 
 PAIRS = f"SELECT DISTINCT uuid, {', '.join(quote_ident(r) for r in RANKS)} FROM rows"
 

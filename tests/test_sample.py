@@ -13,9 +13,9 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import SMALL_SAMPLE
 
-from tol_dagster.card import config_names, expected_rows, parse_card
+from tol_dagster.devtools.sample import DEMO_SAMPLE, README_TAXA, build_sample
 from tol_dagster.errors import SettingsError
-from tol_dagster.sample import DEMO_SAMPLE, README_TAXA, build_sample
+from tol_dagster.hub.card import config_names, expected_rows, parse_card
 from tol_dagster.schema import (
     DEFAULT_CONFIG,
     METADATA_COLUMNS,

@@ -25,7 +25,7 @@ from resync_testing import (
 from tol_dagster.definitions import build_definitions
 from tol_dagster.defs.keys import resync_keys, staged_op_name
 from tol_dagster.defs.resources import resources_from
-from tol_dagster.localhub import Fault, LocalHub
+from tol_dagster.devtools.localhub import Fault, LocalHub
 from tol_dagster.settings import Settings
 
 __all__ = ["synced_home"]  # a fixture, imported to be found

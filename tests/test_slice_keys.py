@@ -12,7 +12,7 @@ import pytest
 
 from tol_dagster.errors import SliceSpecError
 from tol_dagster.schema import SLICE_RANKS
-from tol_dagster.slice_keys import (
+from tol_dagster.slices.keys import (
     MAX_STEM_BYTES,
     SliceKey,
     filter_columns,

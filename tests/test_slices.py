@@ -19,16 +19,11 @@ import pyarrow.parquet as pq
 import pytest
 from mirror_testing import sample_mirror
 
-from tol_dagster import slices
-from tol_dagster.checks import CheckResult
+from tol_dagster.derived.taxon_index import INDEX_SCHEMA, build_taxon_index, read_taxon_index
 from tol_dagster.errors import EmptySliceError, StoreError, ValidationFailed
-from tol_dagster.hashing import sha256_file
-from tol_dagster.layout import Layout
-from tol_dagster.mirror_files import MirrorFile
-from tol_dagster.parquet_bytes import Footer, SpliceError, read_footer, read_rows
 from tol_dagster.schema import DEFAULT_CONFIG, arrow_schema, expected_schema
-from tol_dagster.slice_keys import SliceKey, parse_slice_key, split_binomial
-from tol_dagster.slices import (
+from tol_dagster.slices import extract as slices
+from tol_dagster.slices.extract import (
     EMB_LEAF,
     EMB_MATCHES_MIRROR,
     ROWS_MATCH_SUMMARY,
@@ -48,7 +43,12 @@ from tol_dagster.slices import (
     refuse_empty,
     slice_checks,
 )
-from tol_dagster.taxon_index import INDEX_SCHEMA, build_taxon_index, read_taxon_index
+from tol_dagster.slices.keys import SliceKey, parse_slice_key, split_binomial
+from tol_dagster.slices.parquet_bytes import Footer, SpliceError, read_footer, read_rows
+from tol_dagster.store.hashing import sha256_file
+from tol_dagster.store.layout import Layout
+from tol_dagster.store.mirror_files import MirrorFile
+from tol_dagster.validation.checks import CheckResult
 
 SCHEMA = expected_schema(DEFAULT_CONFIG)
 

@@ -8,7 +8,7 @@ import random
 import pyarrow as pa
 
 from tol_dagster.schema import SORT_KEY
-from tol_dagster.sort_order import check_sorted_within, compare_values, sort_key_le
+from tol_dagster.validation.sort_order import check_sorted_within, compare_values, sort_key_le
 
 WIDTH = len(SORT_KEY)
 

@@ -9,16 +9,16 @@ import pyarrow.parquet as pq
 import pytest
 from mirror_testing import brute, resync_one_file, rows_of, sample_mirror
 
-from tol_dagster.layout import Layout
-from tol_dagster.mirror_files import MirrorFile, mirror_files
-from tol_dagster.schema import RANKS, SORT_KEY, quote_ident
-from tol_dagster.summaries import (
+from tol_dagster.derived.summaries import (
     SCHEMAS,
     SUMMARY_NAMES,
     VALUE_COLUMNS,
     build_summaries,
     read_summary,
 )
+from tol_dagster.schema import RANKS, SORT_KEY, quote_ident
+from tol_dagster.store.layout import Layout
+from tol_dagster.store.mirror_files import MirrorFile, mirror_files
 
 CONFIG = "bioclip-2_float16"
 LINEAGE = ["source_dataset", *RANKS]

@@ -43,9 +43,10 @@ from resync_testing import (
     write_upstream,
 )
 
-from tol_dagster import mirror, sync
-from tol_dagster.localhub import Fault, LocalHub
-from tol_dagster.runs import PID_TAG
+from tol_dagster.defs.runs import PID_TAG
+from tol_dagster.devtools.localhub import Fault, LocalHub
+from tol_dagster.resync import sync
+from tol_dagster.store import generations as mirror
 
 __all__ = [
     "dagster_home",
@@ -513,7 +514,7 @@ def test_a_killed_sync_resumes_with_a_range_request_and_frees_its_slot(user: Use
     user.hub.add_fault(Fault("bandwidth", request_kind="lfs_get", bytes_per_s=250_000))
     partials = user.layout.partial_dir(CONFIG)
     killed = subprocess.Popen(
-        [sys.executable, "-m", "tol_dagster.cli", "sync"],
+        [sys.executable, "-m", "tol_dagster.cli.main", "sync"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )

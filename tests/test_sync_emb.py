@@ -26,11 +26,11 @@ from resync_testing import (
     write_upstream,
 )
 
-from tol_dagster import sync
-from tol_dagster.emb_integrity import emb_matrix
-from tol_dagster.hashing import sha256_file
-from tol_dagster.hub import HubClient
-from tol_dagster.layout import Layout
+from tol_dagster.hub.client import HubClient
+from tol_dagster.resync import sync
+from tol_dagster.store.hashing import sha256_file
+from tol_dagster.store.layout import Layout
+from tol_dagster.validation.emb_integrity import emb_matrix
 
 __all__ = ["dagster_home", "synced", "synced_home", "user"]  # fixtures, imported to be found
 

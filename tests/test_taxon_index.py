@@ -12,11 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 from mirror_testing import brute, resync_one_file, sample_mirror
 
-from tol_dagster.layout import Layout
-from tol_dagster.mirror_files import MirrorFile
-from tol_dagster.schema import SLICE_RANKS, quote_ident
-from tol_dagster.slice_keys import parse_slice_key, to_sql_filter
-from tol_dagster.taxon_index import (
+from tol_dagster.derived.taxon_index import (
     BINOMIAL_SQL,
     INDEX_SCHEMA,
     build_taxon_index,
@@ -24,6 +20,10 @@ from tol_dagster.taxon_index import (
     lookup,
     read_taxon_index,
 )
+from tol_dagster.schema import SLICE_RANKS, quote_ident
+from tol_dagster.slices.keys import parse_slice_key, to_sql_filter
+from tol_dagster.store.layout import Layout
+from tol_dagster.store.mirror_files import MirrorFile
 
 CONFIG = "bioclip-2_float16"
 

@@ -10,11 +10,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tol_dagster.hashing import sha256_file
-from tol_dagster.layout import Layout
-from tol_dagster.mirror_files import MirrorFile
 from tol_dagster.schema import DEFAULT_CONFIG
-from tol_dagster.uuid_index import (
+from tol_dagster.store.hashing import sha256_file
+from tol_dagster.store.layout import Layout
+from tol_dagster.store.mirror_files import MirrorFile
+from tol_dagster.validation.uuid_index import (
     check_uuid_unique_across,
     hashes_path,
     save_hashes,

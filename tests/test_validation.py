@@ -11,9 +11,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tol_dagster.hashing import sha256_file
 from tol_dagster.schema import DEFAULT_CONFIG, SORT_KEY, arrow_schema, expected_schema
-from tol_dagster.validation import (
+from tol_dagster.store.hashing import sha256_file
+from tol_dagster.validation.file_facts import (
     EMB_FINITE,
     EMB_NORMS_WITHIN_BOUNDS,
     FOOTER_READS,

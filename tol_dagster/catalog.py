@@ -27,12 +27,12 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from tol_dagster import mirror
-from tol_dagster.durable import TEMP_PREFIX, TEMP_SUFFIX, file_lock, fsync_dir, make_public
 from tol_dagster.errors import SliceNotPublished, SliceSpecError, StoreError
-from tol_dagster.layout import Layout
 from tol_dagster.settings import Settings
-from tol_dagster.slice_keys import SliceKey, parse_slice_key
+from tol_dagster.slices.keys import SliceKey, parse_slice_key
+from tol_dagster.store import generations as mirror
+from tol_dagster.store.durable import TEMP_PREFIX, TEMP_SUFFIX, file_lock, fsync_dir, make_public
+from tol_dagster.store.layout import Layout
 
 CATALOG_SCHEMA = pa.schema(
     [

@@ -11,10 +11,10 @@ from tol_dagster.defs.jobs import CATALOG_JOB, DERIVED_JOB, build_jobs, slices_j
 from tol_dagster.defs.mirror_assets import build_mirror_assets
 from tol_dagster.defs.published_assets import build_alignment_checks, build_published_assets
 from tol_dagster.defs.resources import resources_from
+from tol_dagster.defs.resync_slot import ResyncSlotResource
 from tol_dagster.defs.schedules import build_schedules
 from tol_dagster.defs.sensors import build_upstream_change_sensor
 from tol_dagster.defs.slice_sensors import build_mirror_change_sensor
-from tol_dagster.resync_slot import ResyncSlotResource
 from tol_dagster.settings import Settings
 
 
@@ -51,7 +51,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
             ),
         },
         # The UI's Materialize launches Dagster's implicit asset job: in one process like every
-        # job here, so a resync's lease spans its `staged` and `mirror` (tol_dagster.resync_slot).
+        # job here, so a resync's lease spans its `staged` and `mirror` (tol_dagster.defs.resync_slot).
         executor=dg.in_process_executor,
     )
 

@@ -116,7 +116,7 @@ class SliceNotPublished(TolError):
 class ResyncConflict(TolError):
     """Another resync of the same config published between this run's staging and publishing.
 
-    Resyncs of one config are serialized (`tol_dagster.resync_slot`), so this means the
+    Resyncs of one config are serialized (`tol_dagster.defs.resync_slot`), so this means the
     serialization was bypassed: nothing is published, and a new sync starts from the mirror
     as it is now.
     """

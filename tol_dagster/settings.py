@@ -14,8 +14,8 @@ from importlib import resources
 from pathlib import Path
 
 from tol_dagster.errors import SettingsError
-from tol_dagster.layout import Layout
 from tol_dagster.schema import DEFAULT_CONFIG
+from tol_dagster.store.layout import Layout
 
 PUBLIC_HUB = "https://huggingface.co"
 DEFAULT_REPO_ID = "imageomics/TreeOfLife-200M-Embeddings"

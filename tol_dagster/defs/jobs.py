@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import dagster as dg
 
 from tol_dagster.defs.keys import asset_key, derived_keys, resync_keys, safe_name
-from tol_dagster.runs import RESYNC_TAG
+from tol_dagster.defs.runs import RESYNC_TAG
 
 RESYNC_JOB = "resync_job"
 AUDIT_JOB = "audit_job"

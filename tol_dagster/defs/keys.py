@@ -34,7 +34,7 @@ def resync_check_keys(config: str) -> list[dg.AssetCheckKey]:
     """The checks a resync runs: the gate on `staged`. Selecting `resync_keys` alone would add
     the mirror's audit, which re-hashes every published file and asks the Hub again: the
     audit schedule's job, not every resync's."""
-    from tol_dagster.sync import GATE_CHECKS
+    from tol_dagster.resync.sync import GATE_CHECKS
 
     return [dg.AssetCheckKey(asset_key(config, "staged"), name) for name in GATE_CHECKS]
 
@@ -60,7 +60,7 @@ def slices_partitions_name(config: str) -> str:
 
 def derived_keys(config: str) -> list[dg.AssetKey]:
     """Outputs rebuilt after every published resync, before any slice."""
-    from tol_dagster.summaries import SUMMARY_NAMES
+    from tol_dagster.derived.summaries import SUMMARY_NAMES
 
     return [
         *(asset_key(config, "summary", name) for name in SUMMARY_NAMES),

@@ -2,18 +2,18 @@
 
 The download is a staged state of its own, so a failing check is recorded against the staged
 version and never against the mirror consumers read; `mirror` only runs when every blocking
-check on `staged` passed, and publishing is one atomic switch (see `tol_dagster.sync`).
+check on `staged` passed, and publishing is one atomic switch (see `tol_dagster.resync.sync`).
 """
 
 from collections.abc import Iterator
 
 import dagster as dg
 
-from tol_dagster import sync
 from tol_dagster.defs.keys import asset_key, mirror_group
 from tol_dagster.defs.metadata import check_result, table_schema
 from tol_dagster.defs.resources import GateResource, HubResource, StorageResource
-from tol_dagster.resync_slot import ResyncSlotResource, resync_pool
+from tol_dagster.defs.resync_slot import ResyncSlotResource, resync_pool
+from tol_dagster.resync import sync
 from tol_dagster.schema import expected_schema
 
 OWNERS = ["team:imageomics"]

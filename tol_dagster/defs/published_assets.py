@@ -16,16 +16,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import Field
 
-from tol_dagster import catalog, centroids, mirror, published, summaries, taxon_index
-from tol_dagster.alignment import check_configs_aligned
-from tol_dagster.checks import CheckResult
+from tol_dagster import catalog
 from tol_dagster.defs.keys import asset_key, published_group, safe_name, slices_partitions_name
 from tol_dagster.defs.metadata import check_result, table_schema
 from tol_dagster.defs.mirror_assets import OWNERS
 from tol_dagster.defs.resources import StorageResource
+from tol_dagster.derived import centroids, summaries, taxon_index
 from tol_dagster.errors import EmptySliceError, ValidationFailed
-from tol_dagster.slice_keys import parse_slice_key
-from tol_dagster.slices import (
+from tol_dagster.slices import builds as published
+from tol_dagster.slices.extract import (
     EMB_MATCHES_MIRROR,
     ROWS_MATCH_SUMMARY,
     ROWS_SATISFY_KEY,
@@ -36,6 +35,10 @@ from tol_dagster.slices import (
     refuse_empty,
     slice_checks,
 )
+from tol_dagster.slices.keys import parse_slice_key
+from tol_dagster.store import generations as mirror
+from tol_dagster.validation.alignment import check_configs_aligned
+from tol_dagster.validation.checks import CheckResult
 
 SLICE_CHECKS = {
     ROWS_MATCH_SUMMARY: "Rows equal the taxon's count from the index/summary.",

@@ -20,13 +20,13 @@ from pathlib import Path
 
 import dagster as dg
 
-from tol_dagster import published
 from tol_dagster.defs.attempts import RUN_RETRY_TAGS, next_attempt
 from tol_dagster.defs.jobs import CATALOG_JOB, DERIVED_JOB, slices_job_name
 from tol_dagster.defs.keys import asset_key, derived_keys, slices_partitions_name
 from tol_dagster.defs.resources import StorageResource
 from tol_dagster.errors import TolError
-from tol_dagster.manifest import load_manifest
+from tol_dagster.slices import builds as published
+from tol_dagster.store.manifest import load_manifest
 
 
 def build_mirror_change_sensor(

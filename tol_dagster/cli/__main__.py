@@ -1,0 +1,5 @@
+import sys
+
+from tol_dagster.cli.main import main
+
+sys.exit(main())

@@ -1,0 +1,63 @@
+"""Runs started from the command line, and what is left when their process dies.
+
+`tol-dagster sync` executes in its own process; if that process is killed (SIGKILL, OOM) its
+run stays STARTED in the instance and would hold the config's resync pool in the queue for
+ever (the queue counts runs in progress). Such runs carry the pid and host that ran them, so
+any later sync or sensor tick can tell they are dead, mark them failed and free any pool slot
+they claimed. (The lease of `tol_dagster.defs.resync_slot` died with the process already.)
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import dagster as dg
+
+PID_TAG = "tol/pid"
+HOST_TAG = "tol/host"
+RESYNC_TAG = "tol/resync"
+
+_IN_PROGRESS = [
+    dg.DagsterRunStatus.STARTED,
+    dg.DagsterRunStatus.STARTING,
+    dg.DagsterRunStatus.CANCELING,
+]
+
+
+def cli_run_tags() -> dict[str, str]:
+    """Tags that identify the process running a command-line run."""
+    return {PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname()}
+
+
+def fail_dead_cli_runs(instance: dg.DagsterInstance, config: str) -> list[str]:
+    """Mark failed the in-progress resync runs of `config` whose command-line process is gone."""
+    runs = instance.get_runs(
+        filters=dg.RunsFilter(
+            statuses=_IN_PROGRESS, tags={RESYNC_TAG: config, HOST_TAG: socket.gethostname()}
+        )
+    )
+    failed = []
+    for run in runs:
+        pid = run.tags.get(PID_TAG)
+        if pid is None or _alive(int(pid)):
+            continue
+        instance.report_run_failed(
+            run, f"process {pid} that ran this resync is gone (killed?); marked failed"
+        )
+        # Dagster frees a failed run's op-level pool slots only from the daemon, and only when
+        # run_monitoring.free_slots_after_run_end_seconds is set: free them now.
+        if instance.event_log_storage.supports_global_concurrency_limits:
+            instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
+        failed.append(run.run_id)
+    return failed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

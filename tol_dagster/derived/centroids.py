@@ -1,0 +1,256 @@
+"""The centroid table: mean embedding and image count per full lineage, at species level (rows
+whose species is known) and at genus level (rows whose genus is known, species or not).
+
+One streaming pass per mirror file sums its embeddings per lineage in float64; those sums and
+counts are kept under the file's content hash, so after a resync only new files are read, and
+the published table is their sum divided by the count, stored as float32. Memory stays bounded
+on both sides: files are read a batch at a time, and the recombination walks the lineages in
+sorted order a chunk at a time over memory-mapped per-file sums.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from tol_dagster import duck
+from tol_dagster.derived.parts import read_part, read_published, stale_files, write_part
+from tol_dagster.derived.sorted_runs import run_starts, sort_by
+from tol_dagster.schema import RANKS, quote_ident
+from tol_dagster.store.durable import atomic_path
+from tol_dagster.store.layout import Layout
+from tol_dagster.store.mirror_files import MirrorFile
+
+#: Per-file part under the file's derived folder (bump the suffix when its meaning changes).
+SUMS_PART = "centroid_sums.v1.arrow"
+
+#: Rows decoded at a time in the per-file pass (~50 MB of float32 at 768 dimensions).
+BATCH_ROWS = 16_384
+#: Bytes of float64 sums gathered at a time when recombining.
+CHUNK_BYTES = 64 << 20
+
+_GENUS = RANKS[:-1]
+_LABELS = ["level", *RANKS]
+#: Means of float16 vectors barely compress, and dictionaries and statistics on them only cost.
+_WRITER_OPTIONS = {
+    "compression": {name: "zstd" for name in [*_LABELS, "images"]} | {"centroid": "none"},
+    "use_dictionary": _LABELS,
+    "write_statistics": [*_LABELS, "images"],
+}
+
+
+@dataclass(frozen=True)
+class CentroidResult:
+    """What a build did: the files it (re)read and the table it published."""
+
+    recomputed: tuple[str, ...]
+    species: int
+    genus: int
+    path: Path
+
+
+def centroid_schema(dim: int) -> pa.Schema:
+    """The published table: one row per (level, lineage)."""
+    return pa.schema(
+        [
+            pa.field("level", pa.string()),
+            *(pa.field(rank, pa.string()) for rank in RANKS),
+            pa.field("images", pa.int64()),
+            pa.field("centroid", pa.list_(pa.float32(), dim)),
+        ]
+    )
+
+
+def _sums_schema(dim: int) -> pa.Schema:
+    return pa.schema(
+        [
+            *(pa.field(rank, pa.string()) for rank in RANKS),
+            pa.field("images", pa.int64()),
+            pa.field("sum", pa.list_(pa.float64(), dim)),
+        ]
+    )
+
+
+def build_centroids(
+    files: Sequence[MirrorFile], layout: Layout, config: str, dim: int, *, force: bool = False
+) -> CentroidResult:
+    """Sum the embeddings of the files not read yet (all when `force`), then publish the table."""
+    stale = stale_files(files, layout, config, SUMS_PART, force=force)
+    for file in stale:
+        write_part(_file_sums(file, dim), layout, config, file, SUMS_PART)
+    path = layout.centroids_path(config)
+    species, genus = _publish(files, layout, config, dim, path)
+    return CentroidResult(
+        recomputed=tuple(f.name for f in stale), species=species, genus=genus, path=path
+    )
+
+
+def read_centroids(layout: Layout, config: str) -> pa.Table:
+    """The published centroid table."""
+    return read_published(layout.centroids_path(config), f"tol/{config}/centroids")
+
+
+def _file_sums(file: MirrorFile, dim: int) -> pa.Table:
+    """Float64 sums and counts of one file's embeddings per full lineage, sorted by lineage.
+
+    DuckDB decodes `emb` ~5x faster than pyarrow; the cast to FLOAT[dim] gives a fixed-size
+    list (a plain matrix for numpy) and refuses a file of another width. The file is sorted, so
+    a batch's lineages are runs: each run is summed with one numpy call.
+    """
+    sums: dict[tuple[str | None, ...], np.ndarray] = {}
+    counts: dict[tuple[str | None, ...], int] = {}
+    ranks = ", ".join(quote_ident(r) for r in RANKS)
+    with duck.cursor() as con:
+        try:
+            reader = con.sql(
+                f"SELECT {ranks}, emb::FLOAT[{dim}] AS emb FROM read_parquet(?)"
+                " WHERE emb IS NOT NULL",
+                params=[str(file.path)],
+            ).to_arrow_reader(BATCH_ROWS)
+            for batch in reader:
+                vectors = batch.column("emb").flatten().to_numpy().reshape(-1, dim)
+                starts = run_starts(batch, RANKS)
+                ends = [*starts[1:].tolist(), batch.num_rows]
+                keys = batch.select(list(RANKS)).take(starts).to_pylist()
+                for row, start, end in zip(keys, starts.tolist(), ends, strict=True):
+                    key = tuple(row.values())
+                    total = vectors[start:end].sum(axis=0, dtype=np.float64)
+                    if key in sums:
+                        sums[key] += total
+                    else:
+                        sums[key] = total
+                    counts[key] = counts.get(key, 0) + end - start
+        except duckdb.ConversionException as error:
+            raise ValueError(f"{file.path}: its embeddings are not {dim} values wide") from error
+    keys = list(sums)
+    matrix = np.stack([sums[k] for k in keys]) if keys else np.zeros((0, dim))
+    table = pa.table(
+        {
+            **{rank: pa.array([k[i] for k in keys], pa.string()) for i, rank in enumerate(RANKS)},
+            "images": pa.array([counts[k] for k in keys], pa.int64()),
+            "sum": pa.FixedSizeListArray.from_arrays(pa.array(matrix.ravel()), dim),
+        },
+        schema=_sums_schema(dim),
+    )
+    return sort_by(table, RANKS)
+
+
+def _publish(
+    files: Sequence[MirrorFile], layout: Layout, config: str, dim: int, path: Path
+) -> tuple[int, int]:
+    """Write species rows, then genus rows, streaming; return how many of each."""
+    schema = centroid_schema(dim)
+    species = genus = 0
+    with (
+        atomic_path(path) as tmp,
+        tempfile.TemporaryFile(dir=path.parent) as genus_file,
+        pq.ParquetWriter(tmp, schema, **_WRITER_OPTIONS) as writer,
+    ):
+        # Genus rows wait in a temp file so that the table lists all species rows first.
+        with pa.ipc.new_stream(genus_file, schema) as genus_writer:
+            for species_rows, genus_rows in _centroid_chunks(files, layout, config, dim):
+                writer.write_table(species_rows)
+                genus_writer.write_table(genus_rows)
+                species += species_rows.num_rows
+                genus += genus_rows.num_rows
+        genus_file.seek(0)
+        for batch in pa.ipc.open_stream(genus_file):
+            writer.write_batch(batch)
+    return species, genus
+
+
+def _centroid_chunks(
+    files: Sequence[MirrorFile], layout: Layout, config: str, dim: int
+) -> Iterator[tuple[pa.Table, pa.Table]]:
+    """(species rows, genus rows) of the centroid table, a chunk of whole genera at a time.
+
+    The per-file sums are memory-mapped; only their keys are sorted in memory. Each chunk
+    gathers the sums of a few genera in lineage order, and collapses runs of equal lineage
+    (species level) and of equal kingdom..genus (genus level).
+    """
+    parts = []
+    for file in files:
+        part = read_part(layout, config, file, SUMS_PART)
+        if part.schema.field("sum").type.list_size != dim:
+            raise ValueError(f"{file.path}: its embeddings are not {dim} values wide")
+        if part.num_rows:
+            parts.append(part)
+    if not parts:
+        return
+    keys = pa.concat_tables([part.select([*RANKS, "images"]) for part in parts])
+    # Ascending, NULLs last: the mirror's order, so genera are runs of the sorted keys.
+    order = pc.sort_indices(keys, sort_keys=[(rank, "ascending") for rank in RANKS])
+    order = order.to_numpy().astype(np.int64)
+    keys = keys.take(order)
+    lineage_starts = run_starts(keys, RANKS)
+    genus_starts = run_starts(keys, _GENUS)
+    images = keys["images"].to_numpy()
+    matrices = [
+        part["sum"].combine_chunks().flatten().to_numpy().reshape(-1, dim) for part in parts
+    ]
+    offsets = np.cumsum([0, *(len(m) for m in matrices)])
+
+    chunk_rows = max(1, CHUNK_BYTES // (8 * dim))
+    bounds = [*genus_starts.tolist(), len(keys)]
+    first = 0
+    while first < len(bounds) - 1:
+        # Whole genera, at least one, up to about chunk_rows rows.
+        last = max(first + 1, int(np.searchsorted(bounds, bounds[first] + chunk_rows, "right")) - 1)
+        start, end = bounds[first], bounds[last]
+        vectors = _gather(matrices, offsets, order[start:end], dim)
+        runs = lineage_starts[(lineage_starts >= start) & (lineage_starts < end)] - start
+        sums = np.add.reduceat(vectors, runs, axis=0)
+        counts = np.add.reduceat(images[start:end], runs)
+        # A genus is a run of lineages: sum the lineage sums, not the rows again.
+        genera = np.searchsorted(runs, np.asarray(bounds[first:last]) - start)
+        yield (
+            _level_rows("species", keys.take(runs + start), sums, counts),
+            _level_rows(
+                "genus",
+                keys.take(runs[genera] + start),
+                np.add.reduceat(sums, genera, axis=0),
+                np.add.reduceat(counts, genera),
+            ),
+        )
+        first = last
+
+
+def _gather(
+    matrices: list[np.ndarray], offsets: np.ndarray, rows: np.ndarray, dim: int
+) -> np.ndarray:
+    """Rows `rows` (numbered across the concatenated parts) of the per-file sum matrices."""
+    out = np.empty((len(rows), dim), dtype=np.float64)
+    part_of = np.searchsorted(offsets, rows, "right") - 1
+    for part in np.unique(part_of):
+        mask = part_of == part
+        out[mask] = matrices[part][rows[mask] - offsets[part]]
+    return out
+
+
+def _level_rows(level: str, keys: pa.Table, sums: np.ndarray, counts: np.ndarray) -> pa.Table:
+    """Centroid rows of `level` from lineage `keys` and their sums and counts: ranks below the
+    level are NULL, and rows whose rank of `level` is NULL are left out."""
+    known = pc.is_valid(keys[level]).to_numpy(zero_copy_only=False)
+    depth = RANKS.index(level) + 1
+    keys, sums, counts = keys.filter(known), sums[known], counts[known]
+    centroid = (sums / counts[:, None]).astype(np.float32)
+    return pa.table(
+        {
+            "level": pa.repeat(level, len(counts)),
+            **{rank: keys[rank] for rank in RANKS[:depth]},
+            **{rank: pa.nulls(len(counts), pa.string()) for rank in RANKS[depth:]},
+            "images": pa.array(counts, pa.int64()),
+            "centroid": pa.FixedSizeListArray.from_arrays(
+                pa.array(centroid.ravel()), centroid.shape[1]
+            ),
+        },
+        schema=centroid_schema(centroid.shape[1]),
+    )

@@ -1,0 +1,139 @@
+"""The contract's row order: SORT_KEY ascending, byte-wise, NULLs last.
+
+`compare_values` is the one statement of that order for single values; `check_sorted_within`
+is its vectorized twin for a whole file (a test holds the two to the same answers). Both say
+where NULLs were seen, since NULLs last is the contract's reading of upstream, not yet
+confirmed on a real footer.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from tol_dagster.schema import SORT_KEY
+from tol_dagster.validation.checks import SORTED_BY_CONTRACT_KEY, CheckResult
+
+#: The values of SORT_KEY for one row; None is NULL.
+SortKey = tuple[str | None, ...]
+
+
+def compare_values(a: str | None, b: str | None) -> int:
+    """-1, 0 or 1: the contract's order for one column, byte-wise with NULLs last.
+
+    Python compares str by code point, which is UTF-8 byte order. `check_sorted_within` is
+    the vectorized twin of this rule; a test holds them to the same answers.
+    """
+    if a == b:
+        return 0
+    if a is None:
+        return 1
+    if b is None:
+        return -1
+    return -1 if a < b else 1
+
+
+def first_difference(a: SortKey, b: SortKey) -> tuple[int, int] | None:
+    """(column index, -1 or 1) of the first column where keys `a` and `b` differ, else None."""
+    for index, (x, y) in enumerate(zip(a, b, strict=True)):
+        order = compare_values(x, y)
+        if order:
+            return index, order
+    return None
+
+
+def sort_key_le(a: SortKey, b: SortKey) -> bool:
+    """True if a row with key `a` may come before one with key `b` in the contract's order."""
+    difference = first_difference(a, b)
+    return difference is None or difference[1] < 0
+
+
+def key_at(keys: pa.Table, row: int) -> SortKey:
+    """The SORT_KEY values of one row."""
+    return tuple(keys.column(column)[row].as_py() for column in SORT_KEY)
+
+
+def describe_step(a: SortKey, b: SortKey) -> str:
+    """Why key `b` may not follow key `a` (call it on a bad pair): the deciding column and
+    the NULL placement that pair shows."""
+    difference = first_difference(a, b)
+    if difference is None:
+        return "equal keys"
+    index, _ = difference
+    column, x, y = SORT_KEY[index], a[index], b[index]
+    if x is None:
+        return f"column {column!r}: NULL before {y!r}, i.e. NULLs first"
+    if y is None:
+        return f"column {column!r}: {x!r} before NULL, i.e. NULLs last"
+    return f"column {column!r}: {x!r} before {y!r}, which sorts first byte-wise"
+
+
+def check_sorted_within(name: str, keys: pa.Table) -> CheckResult:
+    """Rows of `keys` (the SORT_KEY columns) ascend in the contract's order, NULLs last.
+
+    Vectorized over pairs of adjacent rows with pyarrow compute, no Python object per row.
+    It also counts where NULLs sit against values at each column, so a failure says which
+    placement the file actually uses (the contract's NULLs last is not confirmed upstream).
+    """
+    rows = keys.num_rows
+    nulls_first: dict[str, int] = {}
+    nulls_last: dict[str, int] = {}
+    if rows < 2:
+        return CheckResult(SORTED_BY_CONTRACT_KEY, True, f"{name}: {rows} row(s), sorted")
+    undecided = np.ones(rows - 1, dtype=bool)
+    inverted = np.zeros(rows - 1, dtype=bool)
+    value_inversions = 0
+    for column in SORT_KEY:
+        values = keys.column(column).combine_chunks()
+        a, b = values.slice(0, rows - 1), values.slice(1)
+        a_null, b_null = _bools(pc.is_null(a)), _bools(pc.is_null(b))
+        greater = _bools(pc.fill_null(pc.greater(a, b), False))
+        less = _bools(pc.fill_null(pc.less(a, b), False))
+        null_then_value = undecided & a_null & ~b_null
+        value_then_null = undecided & ~a_null & b_null
+        greater &= undecided
+        nulls_first[column] = int(null_then_value.sum())
+        nulls_last[column] = int(value_then_null.sum())
+        value_inversions += int(greater.sum())
+        inverted |= greater | null_then_value
+        undecided &= ~(greater | less | null_then_value | value_then_null)
+    placement = _placement(nulls_first, nulls_last)
+    details: dict[str, Any] = {
+        "nulls_first_boundaries": {c: n for c, n in nulls_first.items() if n},
+        "nulls_last_boundaries": {c: n for c, n in nulls_last.items() if n},
+        "out_of_order_pairs": int(inverted.sum()),
+    }
+    if not inverted.any():
+        return CheckResult(
+            SORTED_BY_CONTRACT_KEY,
+            True,
+            f"{name}: {rows:,} rows sorted by {', '.join(SORT_KEY)}; NULL placement seen: {placement}",
+            details,
+        )
+    row = int(np.argmax(inverted))
+    before, after = key_at(keys, row), key_at(keys, row + 1)
+    verdict = ""
+    if value_inversions == 0:
+        verdict = " The rows look sorted with NULLs first; the contract sorts NULLs last."
+    details.update({"first_bad_row": row, "key_before": list(before), "key_after": list(after)})
+    return CheckResult(
+        SORTED_BY_CONTRACT_KEY,
+        False,
+        f"{name}: rows {row} and {row + 1} are out of order ({describe_step(before, after)}): "
+        f"{before} then {after}; {details['out_of_order_pairs']:,} such pair(s); "
+        f"NULL placement seen: {placement}.{verdict}",
+        details,
+    )
+
+
+def _bools(array: pa.Array) -> np.ndarray:
+    return np.asarray(array.to_numpy(zero_copy_only=False), dtype=bool)
+
+
+def _placement(nulls_first: dict[str, int], nulls_last: dict[str, int]) -> str:
+    parts = [f"NULLs last in {c!r} ({n:,}x)" for c, n in nulls_last.items() if n]
+    parts += [f"NULLs first in {c!r} ({n:,}x)" for c, n in nulls_first.items() if n]
+    return ", ".join(parts) if parts else "no NULL next to a value in any key column"
