@@ -13,7 +13,9 @@ way and the floor only (its copy takes minutes and GBs of RAM):
 - ours:  `tol_dagster.slices.extract.extract_slice` with the taxon index: fsync and sha256 included.
 - checked: ours plus every blocking check of the slice before it is published, as the slices
          asset runs it (row count, key, uuid uniqueness, schema, and `emb_matches_mirror`,
-         which decodes the slice's and the mirror's `emb` with pyarrow and compares the bits).
+         which reads the slice back with pyarrow and looks each row's uuid and `emb` digest up
+         in the digests the gate kept for the mirror files: computed once per file before the
+         ways run, as the gate would have).
 - floor: reading the bytes of the row groups that hold the slice, then writing and fsyncing as
          many bytes as our output has: what any way must at least do.
 
@@ -57,19 +59,20 @@ from tol_dagster import duck
 from tol_dagster.derived.taxon_index import build_taxon_index, read_taxon_index
 from tol_dagster.devtools.sample import build_sample
 from tol_dagster.schema import DEFAULT_CONFIG, expected_schema, quote_ident
+from tol_dagster.slices.checks import slice_checks
 from tol_dagster.slices.extract import (
     EMB_MIN_GAIN,
     ZSTD_LEVEL,
     expected_count,
     extract_slice,
     plan_scans,
-    slice_checks,
 )
 from tol_dagster.slices.keys import SliceKey, parse_slice_key, split_binomial, to_sql_filter
 from tol_dagster.store.hashing import sha256_file
 from tol_dagster.store.layout import Layout
 from tol_dagster.store.mirror_files import MirrorFile
 from tol_dagster.validation.checks import CheckResult
+from tol_dagster.validation.emb_integrity import ensure_table
 
 CONFIG = DEFAULT_CONFIG
 WAYS = ("copy", "ours", "checked", "floor")
@@ -110,18 +113,27 @@ def prepare(workdir: Path, rows: int, files: int, row_group_size: int, seed: int
         marker.write_text(json.dumps(wanted))
     folder = workdir / "sample" / CONFIG
     mirror = [MirrorFile(p.name, sha256_file(p), p) for p in sorted(folder.glob("*.parquet"))]
+    (workdir / "sha256s.json").write_text(json.dumps({f.name: f.sha256 for f in mirror}))
     started = time.perf_counter()
-    result = build_taxon_index(mirror, Layout(workdir / "home"), CONFIG)
+    layout = Layout(workdir / "home")
+    result = build_taxon_index(mirror, layout, CONFIG)
     size = sum(f.path.stat().st_size for f in mirror) / 2**20
     print(
         f"mirror: {len(mirror)} files, {size:,.0f} MB; taxon index: {result.rows:,} entries, "
         f"{result.bytes / 1024:,.0f} kB ({time.perf_counter() - started:.1f} s)"
     )
+    started = time.perf_counter()
+    computed = sum(ensure_table(f, layout, CONFIG) for f in mirror)
+    print(
+        f"emb digests the gate keeps per file: {computed} computed "
+        f"({time.perf_counter() - started:.1f} s), {len(mirror) - computed} kept"
+    )
 
 
 def load(workdir: Path) -> tuple[list[MirrorFile], pa.Table]:
     folder = workdir / "sample" / CONFIG
-    mirror = [MirrorFile(p.name, "-", p) for p in sorted(folder.glob("*.parquet"))]
+    sha256s = json.loads((workdir / "sha256s.json").read_text())
+    mirror = [MirrorFile(p.name, sha256s[p.name], p) for p in sorted(folder.glob("*.parquet"))]
     return mirror, read_taxon_index(Layout(workdir / "home"), CONFIG)
 
 
@@ -188,7 +200,16 @@ def run_way(way: str, key: SliceKey, workdir: Path, species_or: bool) -> Measure
         schema, rows = expected_schema(CONFIG), expected_count(key, index, mirror)
 
         def verify(path: Path) -> list[CheckResult]:
-            return slice_checks(path, key, rows, schema, mirror, index)
+            return slice_checks(
+                path,
+                key,
+                rows,
+                schema,
+                mirror,
+                index,
+                layout=Layout(workdir / "home"),
+                config=CONFIG,
+            )
 
         result = extract_slice(
             key, mirror, index, out, schema=schema, verify=verify if way == "checked" else None

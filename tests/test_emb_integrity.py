@@ -18,6 +18,7 @@ from tol_dagster.store.mirror_files import MirrorFile
 from tol_dagster.validation import emb_integrity
 from tol_dagster.validation.checks import EMB_NORMS_WITHIN_BOUNDS, EMB_UNCHANGED_FOR_EXISTING_UUIDS
 from tol_dagster.validation.emb_integrity import (
+    NULL_DIGEST,
     check_emb_unchanged,
     compute_table,
     digests_path,
@@ -25,6 +26,7 @@ from tol_dagster.validation.emb_integrity import (
     row_digests,
 )
 from tol_dagster.validation.file_facts import FileFacts, inspect_file
+from tol_dagster.validation.uuid_index import uuid_row_hashes
 
 CONFIG = DEFAULT_CONFIG
 
@@ -98,7 +100,9 @@ def test_emb_matrix_honours_slices_and_nulls() -> None:
     assert emb_matrix(pa.array([[1.0]], pa.list_(pa.float32(), 1))) is not None
     assert emb_matrix(pa.array([["a"]], pa.list_(pa.string(), 1))) is None
     with_null = row_digests(matrix, np.array([True, False]))
-    assert with_null[1] == 0 and with_null[0] == row_digests(matrix)[0]
+    assert with_null[1] == NULL_DIGEST and with_null[0] == row_digests(matrix)[0]
+    zeros = np.zeros((1, 3), np.float16)
+    assert row_digests(zeros)[0] != NULL_DIGEST  # a NULL never passes for a zero vector
 
 
 def test_the_gates_digest_table_equals_one_computed_apart(
@@ -112,9 +116,12 @@ def test_the_gates_digest_table_equals_one_computed_apart(
     inspect(path, emb_digests_path=kept)
 
     table = np.load(kept)
-    assert table.shape == (2, pq.ParquetFile(path).metadata.num_rows)
+    assert table.shape == (3, pq.ParquetFile(path).metadata.num_rows)
     assert (table == compute_table(path)).all()
     assert (np.diff(table[0].astype(np.float64)) >= 0).all(), "sorted by uuid hash"
+    assert sorted(table[2].tolist()) == list(range(table.shape[1])), "each row's place, once"
+    uuids = pq.read_table(path, columns=["uuid"])["uuid"]
+    assert (uuid_row_hashes(uuids)[table[2].astype(np.int64)] == table[0]).all()
 
 
 # --- the comparison with the last validated generation ----------------------------------------

@@ -23,25 +23,27 @@ from tol_dagster.derived.taxon_index import INDEX_SCHEMA, build_taxon_index, rea
 from tol_dagster.errors import EmptySliceError, StoreError, ValidationFailed
 from tol_dagster.schema import DEFAULT_CONFIG, arrow_schema, expected_schema
 from tol_dagster.slices import extract as slices
-from tol_dagster.slices.extract import (
-    EMB_LEAF,
+from tol_dagster.slices.checks import (
     EMB_MATCHES_MIRROR,
     ROWS_MATCH_SUMMARY,
     ROWS_SATISFY_KEY,
     SCHEMA_MATCHES_MIRROR,
     UUIDS_UNIQUE,
-    SliceResult,
-    affected_slices,
     check_emb_matches_mirror,
     check_rows_match_summary,
     check_rows_satisfy_key,
     check_schema_matches,
     check_uuids_unique,
+    slice_checks,
+)
+from tol_dagster.slices.extract import (
+    EMB_LEAF,
+    SliceResult,
+    affected_slices,
     close_matches,
     expected_count,
     extract_slice,
     refuse_empty,
-    slice_checks,
 )
 from tol_dagster.slices.keys import SliceKey, parse_slice_key, split_binomial
 from tol_dagster.slices.parquet_bytes import Footer, SpliceError, read_footer, read_rows
@@ -56,11 +58,25 @@ SCHEMA = expected_schema(DEFAULT_CONFIG)
 class Mirror:
     """The sample mirror, its taxon index, and the whole mirror in memory for brute force."""
 
-    def __init__(self, files: list[MirrorFile], index: pa.Table) -> None:
+    def __init__(self, files: list[MirrorFile], index: pa.Table, layout: Layout) -> None:
         self.files = files
         self.index = index
+        self.layout = layout  # where the `emb` digests the slice check reads are kept
         self.table = pa.concat_tables(pq.read_table(f.path) for f in files)
         self.rows = self.table.drop_columns(["emb"]).to_pylist()
+
+    def checks(self, path: Path, key: SliceKey, expected: int, *, index: bool = False) -> list:
+        """Every blocking check of the slice at `path` against this mirror."""
+        return slice_checks(
+            path, key, expected, SCHEMA, self.files, self.index if index else None,
+            layout=self.layout, config=DEFAULT_CONFIG,
+        )  # fmt: skip
+
+    def emb_check(self, path: Path, key: SliceKey, *, index: bool = False) -> CheckResult:
+        return check_emb_matches_mirror(
+            path, key, self.files, self.index if index else None,
+            layout=self.layout, config=DEFAULT_CONFIG,
+        )  # fmt: skip
 
     def expected(self, key: SliceKey) -> pa.Table:
         """The rows satisfying `key`, judged row by row in plain Python, in mirror order."""
@@ -92,7 +108,7 @@ def mirror(small_sample: Path, tmp_path_factory: pytest.TempPathFactory) -> Mirr
     files = sample_mirror(small_sample)
     layout = Layout(tmp_path_factory.mktemp("home"))
     build_taxon_index(files, layout, DEFAULT_CONFIG)
-    return Mirror(files, read_taxon_index(layout, DEFAULT_CONFIG))
+    return Mirror(files, read_taxon_index(layout, DEFAULT_CONFIG), layout)
 
 
 def _extract(mirror: Mirror, text: str, out_dir: Path, *, index: bool = True) -> tuple:
@@ -143,8 +159,8 @@ def test_a_slice_equals_the_matching_rows_of_the_mirror_in_order(
     assert (result.bytes, result.sha256) == (result.path.stat().st_size, sha256_file(result.path))
     assert result.rows == expected_count(key, mirror.index, mirror.files)
     assert (result.rows == 0) == ("Squamata/family" in text)
-    assert check_emb_matches_mirror(result.path, key, mirror.files, mirror.index).passed
-    assert check_emb_matches_mirror(result.path, key, mirror.files).passed  # every row group
+    assert mirror.emb_check(result.path, key, index=True).passed
+    assert mirror.emb_check(result.path, key).passed  # every file
 
 
 @pytest.mark.parametrize(
@@ -308,7 +324,7 @@ def test_an_index_naming_a_file_outside_the_mirror_is_refused(
 def test_the_checks_pass_on_a_good_slice(mirror: Mirror, tmp_path: Path) -> None:
     key, result, _ = _extract(mirror, "family=Felidae", tmp_path)
     expected = expected_count(key, mirror.index, mirror.files)
-    checks = slice_checks(result.path, key, expected, SCHEMA, mirror.files)
+    checks = mirror.checks(result.path, key, expected)
     assert [c.check for c in checks] == [
         ROWS_MATCH_SUMMARY,
         ROWS_SATISFY_KEY,
@@ -350,7 +366,7 @@ def test_a_failing_verify_leaves_the_published_slice_untouched(
     before = first.path.read_bytes()
 
     def wrong_count(path: Path) -> list:
-        return slice_checks(path, key, first.rows + 5, SCHEMA, mirror.files)
+        return mirror.checks(path, key, first.rows + 5)
 
     with pytest.raises(ValidationFailed, match="mirror counts"):
         extract_slice(
@@ -361,7 +377,7 @@ def test_a_failing_verify_leaves_the_published_slice_untouched(
 
     passed = extract_slice(
         key, mirror.files, mirror.index, first.path, schema=SCHEMA,
-        verify=lambda path: slice_checks(path, key, first.rows, SCHEMA, mirror.files),
+        verify=lambda path: mirror.checks(path, key, first.rows),
     )  # fmt: skip
     assert len(passed.checks) == 5 and all(c.passed for c in passed.checks)
 
@@ -383,7 +399,7 @@ def _guarded(mirror: Mirror, key: SliceKey, out: Path) -> SliceResult:
     expected = expected_count(key, mirror.index, mirror.files)
     return extract_slice(
         key, mirror.files, mirror.index, out, schema=SCHEMA,
-        verify=lambda path: slice_checks(path, key, expected, SCHEMA, mirror.files, mirror.index),
+        verify=lambda path: mirror.checks(path, key, expected, index=True),
     )  # fmt: skip
 
 
@@ -448,7 +464,9 @@ def test_a_wrong_emb_from_the_splicer_fails_the_check_and_nothing_is_published(
     assert [p.name for p in good.path.parent.iterdir()] == [good.path.name]
 
 
-def test_the_emb_check_compares_nulls_nans_order_and_length(tmp_path: Path) -> None:
+def test_the_emb_check_compares_nulls_nans_and_order_and_finds_rows_not_in_the_mirror(
+    tmp_path: Path,
+) -> None:
     rows = 40
     values = np.arange(rows * 4, dtype=np.float16)
     values[5] = np.nan
@@ -462,22 +480,52 @@ def test_the_emb_check_compares_nulls_nans_order_and_length(tmp_path: Path) -> N
     pq.write_table(table, source, row_group_size=16)
     files = [MirrorFile("mirror.parquet", sha256_file(source), source)]
     key = parse_slice_key("family=F")
+    layout = Layout(tmp_path / "home")
 
     def verdict(slice_table: pa.Table) -> CheckResult:
         path = tmp_path / "slice.parquet"
         pq.write_table(slice_table, path, row_group_size=7)
-        return check_emb_matches_mirror(path, key, files)
+        return check_emb_matches_mirror(path, key, files, layout=layout, config=DEFAULT_CONFIG)
 
     assert verdict(table).passed  # a NaN equals itself bit for bit, a NULL row a NULL row
-    unnulled = table.set_column(1, "emb", pa.FixedSizeListArray.from_arrays(pa.array(values), 4))
-    failed = verdict(unnulled)
-    assert not failed.passed and "uuid u07 (row 7)" in failed.message
+    assert verdict(table.slice(3, 20)).passed  # any run of the mirror's rows, in order
+    zeros = np.zeros(4, dtype=np.float16)
+    unnulled = table.set_column(
+        1, "emb", pa.FixedSizeListArray.from_arrays(pa.array(np.where(
+            np.repeat(np.arange(rows) == 7, 4), np.tile(zeros, rows), values)), 4)
+    )  # fmt: skip
+    failed = verdict(unnulled)  # NULL became a vector of zeros
+    assert not failed.passed and "emb of uuid u07 (row 7) differs" in failed.message
     swapped = table.take(pa.array([*range(10), 11, 10, *range(12, rows)]))
     failed = verdict(swapped)
-    assert not failed.passed and "row 10 is uuid u11 but the mirror's is u10" in failed.message
-    assert failed.details["rows_differing"] == 2
-    failed = verdict(table.slice(0, rows - 1))
-    assert not failed.passed and "the slice end after 39 rows" in failed.message
+    assert not failed.passed and "row 11 (uuid u10) is out of the mirror's order" in failed.message
+    assert failed.details["rows_differing"] == 1
+    stranger = table.set_column(0, "uuid", pa.array([*table["uuid"].to_pylist()[:-1], "u99"]))
+    failed = verdict(stranger)
+    assert not failed.passed and "row 39 is uuid u99, which no mirror file" in failed.message
+    one_bit = np.arange(rows * 4, dtype=np.float16)
+    one_bit[5] = np.nan
+    one_bit.view(np.uint16)[23 * 4 + 2] ^= 1  # the last mantissa bit of one value of row 23
+    flipped = table.set_column(
+        1,
+        "emb",
+        pa.FixedSizeListArray.from_arrays(
+            pa.array(one_bit), 4, mask=table["emb"].combine_chunks().is_null()
+        ),
+    )
+    failed = verdict(flipped)
+    assert not failed.passed and "emb of uuid u23 (row 23) differs" in failed.message
+
+
+def test_a_slice_missing_rows_of_the_mirror_is_refused_by_its_row_count(
+    mirror: Mirror, tmp_path: Path
+) -> None:
+    key, result, table = _extract(mirror, "family=Felidae", tmp_path)
+    short = tmp_path / "short.parquet"
+    pq.write_table(table.slice(0, table.num_rows - 1), short)
+    verdicts = {c.check: c for c in mirror.checks(short, key, result.rows)}
+    assert verdicts[EMB_MATCHES_MIRROR].passed  # what is there is the mirror's
+    assert not verdicts[ROWS_MATCH_SUMMARY].passed
 
 
 # --- keys matching no row ------------------------------------------------------------------
@@ -625,7 +673,7 @@ def test_row_groups_full_of_the_taxon_are_copied_and_the_file_reads_everywhere(
     )
     counted = duckdb.sql(f"SELECT count(*), count(DISTINCT uuid) FROM '{result.path}'")
     assert counted is not None and counted.fetchall() == [(result.rows, result.rows)]
-    assert all(c.passed for c in slice_checks(result.path, key, result.rows, SCHEMA, mirror.files))
+    assert all(c.passed for c in mirror.checks(result.path, key, result.rows))
     assert all(meta.row_group(g).column(1).has_offset_index for g in range(meta.num_row_groups))
     family = table["family"][table.num_rows // 2].as_py()
     found = duckdb.sql(f"SELECT uuid FROM '{result.path}' WHERE family = $f", params={"f": family})

@@ -24,17 +24,15 @@ from tol_dagster.defs.resources import StorageResource
 from tol_dagster.derived import centroids, summaries, taxon_index
 from tol_dagster.errors import EmptySliceError, ValidationFailed
 from tol_dagster.slices import builds as published
-from tol_dagster.slices.extract import (
+from tol_dagster.slices.checks import (
     EMB_MATCHES_MIRROR,
     ROWS_MATCH_SUMMARY,
     ROWS_SATISFY_KEY,
     SCHEMA_MATCHES_MIRROR,
     UUIDS_UNIQUE,
-    expected_count,
-    extract_slice,
-    refuse_empty,
     slice_checks,
 )
+from tol_dagster.slices.extract import expected_count, extract_slice, refuse_empty
 from tol_dagster.slices.keys import parse_slice_key
 from tol_dagster.store import generations as mirror
 from tol_dagster.validation.alignment import check_configs_aligned
@@ -46,8 +44,9 @@ SLICE_CHECKS = {
     UUIDS_UNIQUE: "No uuid appears twice in the slice.",
     SCHEMA_MATCHES_MIRROR: "The slice has the mirror's exact schema.",
     EMB_MATCHES_MIRROR: (
-        "The slice's emb bytes equal the mirror's for the same rows, read back by pyarrow "
-        "(independent of the splicer and the page reader)."
+        "Every row is a mirror row with the same emb bytes, in mirror order: the slice read back "
+        "by pyarrow (independent of the splicer and the page reader), its per-row emb digests "
+        "compared with those the gate kept for the mirror files."
     ),
 }
 
@@ -245,7 +244,11 @@ def build_published_assets(name: str) -> list[dg.AssetsDefinition]:
             verdicts: list[CheckResult] = []
 
             def verify(path: Path) -> list[CheckResult]:
-                verdicts.extend(slice_checks(path, key, expected, schema, files, index_table))
+                verdicts.extend(
+                    slice_checks(
+                        path, key, expected, schema, files, index_table, layout=layout, config=name
+                    )
+                )
                 return verdicts
 
             try:

@@ -81,16 +81,8 @@ from tol_dagster.slices.parquet_bytes import (
 from tol_dagster.store.durable import TEMP_PREFIX, TEMP_SUFFIX, fsync_dir, make_public
 from tol_dagster.store.mirror_files import MirrorFile
 from tol_dagster.validation.checks import CheckResult
-from tol_dagster.validation.file_facts import schema_differences
 
 logger = logging.getLogger("tol_dagster.slices.extract")
-
-#: The slices' blocking checks, named as the predicate they assert.
-ROWS_MATCH_SUMMARY = "rows_match_summary"
-ROWS_SATISFY_KEY = "rows_satisfy_key"
-UUIDS_UNIQUE = "uuids_unique"
-SCHEMA_MATCHES_MIRROR = "schema_matches_mirror"
-EMB_MATCHES_MIRROR = "emb_matches_mirror"
 
 #: Close matches named when a key's taxon has no rows.
 CLOSE_MATCHES = 5
@@ -353,283 +345,6 @@ def close_matches(index: pa.Table, rank: str, value: str, n: int = CLOSE_MATCHES
     near = values.filter(pc.and_(pc.greater_equal(lengths, low), pc.less_equal(lengths, high)))
     candidates = [v for v in near.to_pylist() if v is not None]
     return difflib.get_close_matches(value, candidates, n=n, cutoff=CLOSE_MATCH_CUTOFF)
-
-
-def slice_checks(
-    path: Path,
-    key: SliceKey,
-    expected_rows: int,
-    mirror_schema: pa.Schema,
-    files: Sequence[MirrorFile],
-    index: pa.Table | None = None,
-) -> list[CheckResult]:
-    """Every blocking check of a slice file (pass as `verify` to check before publishing);
-    `index` (the taxon index) narrows the row groups the `emb` check reads."""
-    return [
-        check_rows_match_summary(path, key, expected_rows),
-        check_rows_satisfy_key(path, key),
-        check_uuids_unique(path, key),
-        check_schema_matches(path, mirror_schema, key),
-        check_emb_matches_mirror(path, key, files, index),
-    ]
-
-
-def check_rows_match_summary(path: Path, key: SliceKey, expected: int) -> CheckResult:
-    """The slice has as many rows as the mirror holds for its taxon."""
-    rows = pq.read_metadata(path).num_rows
-    details = {"rows": rows, "expected": expected}
-    if rows == expected:
-        return CheckResult(
-            ROWS_MATCH_SUMMARY, True, f"slice {key.name}: {rows:,} rows, as counted", details
-        )
-    return CheckResult(
-        ROWS_MATCH_SUMMARY,
-        False,
-        f"slice {key.name}: {rows:,} rows but the mirror counts {expected:,}: the taxon index "
-        "may be older than the mirror; rebuild the taxon index, then the slice",
-        details,
-    )
-
-
-def check_rows_satisfy_key(path: Path, key: SliceKey) -> CheckResult:
-    """Every row of the slice satisfies its key (a NULL in a keyed column does not)."""
-    where, params = to_sql_filter(key)
-    with duck.cursor() as con:
-        bad, first = con.execute(
-            "SELECT count(*), list(uuid)[:5] FROM read_parquet(?) "
-            f"WHERE NOT coalesce(({where}), false)",
-            [str(path), *params],
-        ).fetchone() or (0, [])
-    details: dict[str, Any] = {"violations": bad, "first": first or []}
-    if not bad:
-        return CheckResult(
-            ROWS_SATISFY_KEY, True, f"slice {key.name}: every row satisfies the key", details
-        )
-    return CheckResult(
-        ROWS_SATISFY_KEY,
-        False,
-        f"slice {key.name}: {bad:,} rows do not satisfy the key (first uuids "
-        f"{details['first']}); rebuild the slice",
-        details,
-    )
-
-
-def check_uuids_unique(path: Path, key: SliceKey) -> CheckResult:
-    """No uuid appears twice in the slice."""
-    with duck.cursor() as con:
-        dups, first = con.execute(
-            "SELECT count(*), list(uuid ORDER BY uuid)[:5] FROM (SELECT uuid FROM "
-            "read_parquet(?) GROUP BY uuid HAVING count(*) > 1)",
-            [str(path)],
-        ).fetchone() or (0, [])
-    details: dict[str, Any] = {"duplicated": dups, "first": first or []}
-    if not dups:
-        return CheckResult(UUIDS_UNIQUE, True, f"slice {key.name}: uuids are unique", details)
-    return CheckResult(
-        UUIDS_UNIQUE,
-        False,
-        f"slice {key.name}: {dups:,} uuids appear more than once (first "
-        f"{details['first']}); the mirror's uuid check should have caught this: audit the mirror",
-        details,
-    )
-
-
-def check_schema_matches(
-    path: Path, mirror_schema: pa.Schema, key: SliceKey | None = None
-) -> CheckResult:
-    """The slice's schema is the mirror's: same columns, order and exact types."""
-    name = f"slice {key.name}" if key is not None else str(path)
-    differences = schema_differences(pq.read_schema(path), mirror_schema)
-    details: dict[str, Any] = {"differences": differences}
-    if not differences:
-        return CheckResult(SCHEMA_MATCHES_MIRROR, True, f"{name}: schema equals the mirror's")
-    return CheckResult(
-        SCHEMA_MATCHES_MIRROR,
-        False,
-        f"{name}: schema differs from the mirror's: {'; '.join(differences)}; rebuild the slice",
-        details,
-    )
-
-
-#: Rows compared at a time by `check_emb_matches_mirror` (~25 MB of `emb` a side at 768 dims).
-EMB_CHECK_ROWS = 16_384
-
-
-def check_emb_matches_mirror(
-    path: Path, key: SliceKey, files: Sequence[MirrorFile], index: pa.Table | None = None
-) -> CheckResult:
-    """The slice's `emb` bytes equal the mirror's for the same rows, in the same order.
-
-    Both sides are read back by pyarrow, independently of what wrote the slice (the splicer,
-    the page reader): the mirror's rows are those of the key's own Arrow filter, applied by
-    pyarrow to whole row groups of the mirror files in mirror order, and they are compared
-    position by position, uuid and `emb` bit for bit (NULLs and NaNs included). `index` only
-    narrows which row groups are read (every one without it: slow but the same answer), as
-    the slice's planning does; a row group it failed to name shows up as rows that differ.
-    Streams, so memory stays bounded: both readers read a column chunk at a time
-    (`_streaming`), as pyarrow's default pre-buffering held the whole slice in memory.
-    """
-    written = _streaming(path).iter_batches(batch_size=EMB_CHECK_ROWS, columns=["uuid", EMB_COLUMN])
-    mirror = _mirror_rows(key, files, index)
-    compared, differing, first = 0, 0, None
-    shorter: str | None = None
-    for ours, theirs in _aligned(written, mirror):
-        if ours is None or theirs is None:
-            shorter = "the slice" if ours is None else "the mirror's matching rows"
-            break
-        bad = _differing_rows(ours, theirs)
-        if len(bad) and first is None:
-            row = int(bad[0])
-            first = (compared + row, ours["uuid"][row].as_py(), theirs["uuid"][row].as_py())
-        differing += len(bad)
-        compared += ours.num_rows
-    details: dict[str, Any] = {"rows_compared": compared, "rows_differing": differing}
-    if shorter is not None:
-        return CheckResult(
-            EMB_MATCHES_MIRROR,
-            False,
-            f"slice {key.name}: {shorter} end after {compared:,} rows, the other side goes on: "
-            "the slice does not hold the mirror's rows; rebuild it",
-            details,
-        )
-    if first is None:
-        return CheckResult(
-            EMB_MATCHES_MIRROR,
-            True,
-            f"slice {key.name}: emb of all {compared:,} rows equals the mirror's, bit for bit",
-            details,
-        )
-    position, uuid, mirror_uuid = first
-    details["first"] = {"row": position, "uuid": uuid, "mirror_uuid": mirror_uuid}
-    what = (
-        f"emb of uuid {uuid} (row {position:,}) differs from the mirror's"
-        if uuid == mirror_uuid
-        else f"row {position:,} is uuid {uuid} but the mirror's is {mirror_uuid}"
-    )
-    return CheckResult(
-        EMB_MATCHES_MIRROR,
-        False,
-        f"slice {key.name}: {what} ({differing:,} of {compared:,} rows differ): the slice "
-        "writer produced wrong rows; it was not published. Rebuild it, and report this if it "
-        "happens again",
-        details,
-    )
-
-
-def _mirror_rows(
-    key: SliceKey, files: Sequence[MirrorFile], index: pa.Table | None
-) -> Iterator[pa.RecordBatch]:
-    """(uuid, emb) of the mirror's rows satisfying `key`, in mirror order, decoded by pyarrow
-    from the start of each row group the index names up to its last located row (every row
-    group, whole, without an index): a row group's rows before that are decoded anyway, and
-    keeping those that match catches rows the index missed."""
-    limits = None if index is None else _row_group_limits(plan_scans(key, files, index))
-    expression = to_arrow_filter(key)
-    columns = list(dict.fromkeys(["uuid", EMB_COLUMN, *filter_columns(key)]))
-    for file in files:
-        parquet = _streaming(file.path)
-        sizes = [parquet.metadata.row_group(g).num_rows for g in range(parquet.num_row_groups)]
-        wanted = dict(enumerate(sizes)) if limits is None else limits.get(file.name, {})
-        for group in sorted(wanted):
-            position, limit = 0, wanted[group]
-            for batch in parquet.iter_batches(
-                batch_size=EMB_CHECK_ROWS, row_groups=[group], columns=columns
-            ):
-                kept = batch.slice(0, limit - position).filter(expression)
-                if kept.num_rows:
-                    yield kept.select(["uuid", EMB_COLUMN])
-                position += batch.num_rows
-                if position >= limit:
-                    break
-
-
-def _streaming(path: Path) -> pq.ParquetFile:
-    """A reader that buffers 8 MB at a time instead of pre-buffering: with pyarrow's default,
-    the check's memory grew with the slice (1.1 GB of RSS for a 390k-row slice, 0.6 GB
-    without)."""
-    return pq.ParquetFile(path, pre_buffer=False, buffer_size=8 << 20)
-
-
-def _row_group_limits(scans: Sequence[Scan]) -> dict[str, dict[int, int]]:
-    """file name -> row group -> rows of it to read (relative to it) to cover `scans`."""
-    limits: dict[str, dict[int, int]] = {}
-    for scan in scans:
-        starts = _row_group_starts(pq.read_metadata(scan.file.path))
-        groups = limits.setdefault(scan.file.name, {})
-        for piece in scan.pieces:
-            if isinstance(piece, Copy):
-                groups[piece.row_group] = piece.rows
-                continue
-            first = int(np.searchsorted(starts, piece.start, side="right")) - 1
-            last = int(np.searchsorted(starts, piece.stop - 1, side="right")) - 1
-            for group in range(first, last + 1):
-                end = int(starts[group + 1]) if group + 1 < len(starts) else piece.stop
-                stop = min(piece.stop, end) - int(starts[group])
-                groups[group] = max(groups.get(group, 0), stop)
-    return limits
-
-
-def _aligned(
-    left: Iterator[pa.RecordBatch], right: Iterator[pa.RecordBatch]
-) -> Iterator[tuple[pa.RecordBatch | None, pa.RecordBatch | None]]:
-    """Equal-length pieces of two batch streams, in order; a None side when it ran out first
-    (then the rest of the other side, once, and no more)."""
-    a = b = None
-    while True:
-        while a is None or a.num_rows == 0:
-            a = next(left, None)
-            if a is None:
-                break
-        while b is None or b.num_rows == 0:
-            b = next(right, None)
-            if b is None:
-                break
-        if a is None and b is None:
-            return
-        if a is None or b is None:
-            yield a, b
-            return
-        size = min(a.num_rows, b.num_rows)
-        yield a.slice(0, size), b.slice(0, size)
-        a, b = a.slice(size), b.slice(size)
-
-
-def _differing_rows(ours: pa.RecordBatch, theirs: pa.RecordBatch) -> np.ndarray:
-    """Positions where uuid or `emb` (validity and bits) differ between two equal-length batches."""
-    same_uuid = pc.fill_null(pc.equal(ours["uuid"], theirs["uuid"]), False)
-    both_null = pc.and_(pc.is_null(ours["uuid"]), pc.is_null(theirs["uuid"]))
-    different = ~np.asarray(pc.or_(same_uuid, both_null).to_numpy(zero_copy_only=False))
-    emb_a, emb_b = ours[EMB_COLUMN], theirs[EMB_COLUMN]
-    if emb_a.type != emb_b.type:
-        try:
-            emb_b = emb_b.cast(emb_a.type)
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-            return np.arange(ours.num_rows)
-    valid_a, bits_a, holes_a = _emb_bits(emb_a)
-    valid_b, bits_b, holes_b = _emb_bits(emb_b)
-    different |= valid_a != valid_b
-    both = valid_a & valid_b
-    different |= both & ((bits_a != bits_b) | (holes_a != holes_b)).any(axis=1)
-    return np.flatnonzero(different)
-
-
-def _emb_bits(column: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(row is not NULL, each row's values as raw bits in their own width, where a value inside
-    a row is NULL) of a `fixed_size_list` column: compared without widening, so the check costs
-    a pass over the bytes, not a copy of them at four times their size."""
-    if not pa.types.is_fixed_size_list(column.type):
-        raise StoreError(f"emb is {column.type}, not a fixed-size list: the schema check says more")
-    valid = np.asarray(column.is_valid().to_numpy(zero_copy_only=False), dtype=bool)
-    width = column.type.list_size
-    values = column.values.slice(column.offset * width, len(column) * width)
-    kind = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}[values.type.bit_width // 8]
-    bits = np.frombuffer(values.buffers()[1], dtype=kind, count=values.offset + len(values))
-    bits = bits[values.offset :].reshape(len(column), width)
-    holes = np.zeros((len(column), 1), dtype=bool)
-    if values.null_count:
-        holes = ~np.asarray(values.is_valid().to_numpy(zero_copy_only=False), dtype=bool)
-        holes = holes.reshape(len(column), width)
-    return valid, bits, holes
 
 
 def affected_slices(
@@ -1285,27 +1000,16 @@ class _HashingSink:
 
 
 __all__ = [
-    "EMB_MATCHES_MIRROR",
-    "ROWS_MATCH_SUMMARY",
-    "ROWS_SATISFY_KEY",
-    "SCHEMA_MATCHES_MIRROR",
-    "UUIDS_UNIQUE",
     "Copy",
     "Scan",
     "SliceResult",
     "Span",
     "Spans",
     "affected_slices",
-    "check_emb_matches_mirror",
-    "check_rows_match_summary",
-    "check_rows_satisfy_key",
-    "check_schema_matches",
-    "check_uuids_unique",
     "close_matches",
     "expected_count",
     "extract_slice",
     "locate",
     "plan_scans",
     "refuse_empty",
-    "slice_checks",
 ]

@@ -47,7 +47,11 @@ from tol_dagster.validation.checks import (
 from tol_dagster.validation.uuid_index import rows_with_hashes, uuid_row_hashes
 
 #: The digest's definition (v1: multilinear over 32-bit words) and DuckDB's uuid hash version.
-DIGESTS_NAME = f"emb_digests.v1.duckdb-{duckdb.__version__}.npy"
+#: v2: rows are (uuid hash, digest, row in the file); a NULL `emb` has its own digest.
+DIGESTS_NAME = f"emb_digests.v2.duckdb-{duckdb.__version__}.npy"
+
+#: The digest of a NULL `emb` (a zero vector's digest is 0).
+NULL_DIGEST = np.uint64(2**64 - 1)
 
 #: Rows decoded at once when digests are computed outside the gate's pass.
 BATCH_ROWS = 10_000
@@ -100,16 +104,20 @@ def _multipliers(count: int) -> np.ndarray:
 
 
 def row_digests(matrix: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
-    """A uint64 digest of each row's bytes (see the module's docstring); NULL rows get 0."""
+    """A uint64 digest of each row's bytes (see the module's docstring); NULL rows get
+    `NULL_DIGEST`, so a NULL never passes for a vector of zeros."""
     rows = matrix.shape[0]
     width = matrix.shape[1] * matrix.dtype.itemsize if matrix.ndim == 2 else 0
     if rows == 0 or width == 0:
-        return np.zeros(rows, np.uint64)
+        digests = np.zeros(rows, np.uint64)
+        if valid is not None:
+            digests[~valid] = NULL_DIGEST
+        return digests
     words = np.ascontiguousarray(matrix).view(np.uint32 if width % 4 == 0 else np.uint16)
     with np.errstate(over="ignore"):
         digests = np.asarray(words @ _multipliers(words.shape[1]), dtype=np.uint64)
     if valid is not None and not valid.all():
-        digests[~valid] = 0
+        digests[~valid] = NULL_DIGEST
     return digests
 
 
@@ -203,10 +211,12 @@ def digests_path(layout: Layout, config: str, file: MirrorFile) -> Path:
 
 
 def digest_table(row_hashes: np.ndarray, uuid_valid: np.ndarray, digests: np.ndarray) -> np.ndarray:
-    """A (2, rows) uint64 array: the non-NULL uuids' hashes sorted, each row's digest below."""
+    """A (3, rows) uint64 array: the non-NULL uuids' hashes sorted, each row's digest and its
+    row in the file below (the slice check finds a slice row's place in the mirror by it)."""
+    rows = np.flatnonzero(uuid_valid).astype(np.uint64)
     hashes, values = row_hashes[uuid_valid], digests[uuid_valid]
     order = np.argsort(hashes, kind="stable")
-    return np.stack([hashes[order], values[order]])
+    return np.stack([hashes[order], values[order], rows[order]])
 
 
 def save_table(path: Path, table: np.ndarray) -> None:
@@ -228,7 +238,7 @@ def compute_table(path: Path) -> np.ndarray:
         valid.append(uuids.is_valid().to_numpy(zero_copy_only=False))
         digests.append(row_digests(matrix, emb.is_valid().to_numpy(zero_copy_only=False)))
     if not hashes:
-        return np.empty((2, 0), np.uint64)
+        return np.empty((3, 0), np.uint64)
     return digest_table(np.concatenate(hashes), np.concatenate(valid), np.concatenate(digests))
 
 
