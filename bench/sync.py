@@ -50,7 +50,8 @@ from tol_dagster.schema import DEFAULT_CONFIG
 from tol_dagster.settings import OFFLINE_HF_ENV
 
 if TYPE_CHECKING:
-    from tol_dagster.hub.client import HubClient, RemoteConfig, RemoteFile
+    from tol_dagster.hub.client import HubClient
+    from tol_dagster.hub.remote import RemoteConfig, RemoteFile
 
 #: What the real files look like: ~520 MB and 350k rows each (PERF.md).
 DEFAULT_ROWS = 1_400_000

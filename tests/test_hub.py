@@ -29,7 +29,8 @@ from tol_dagster.errors import (
 )
 from tol_dagster.hub import client as hub_module
 from tol_dagster.hub.card import render_card, with_config
-from tol_dagster.hub.client import HubClient, RemoteConfig, RemoteFile, RetryPolicy
+from tol_dagster.hub.client import HubClient, RetryPolicy
+from tol_dagster.hub.remote import RemoteConfig, RemoteFile
 
 REPO_ID = "test-org/tiny-tol"
 CONFIG = "emb_float16"

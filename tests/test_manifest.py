@@ -16,7 +16,7 @@ import pyarrow as pa
 import pytest
 
 from tol_dagster.errors import StoreError, UpstreamError
-from tol_dagster.hub.client import RemoteConfig, RemoteFile
+from tol_dagster.hub.remote import RemoteConfig, RemoteFile
 from tol_dagster.schema import expected_schema
 from tol_dagster.store.layout import Layout
 from tol_dagster.store.manifest import (

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tol_dagster.errors import DiskSpaceError, StoreError
-from tol_dagster.hub.client import RemoteConfig, RemoteFile
+from tol_dagster.hub.remote import RemoteConfig, RemoteFile
 from tol_dagster.store.generations import (
     audit_mirror,
     bytes_still_needed,

@@ -23,7 +23,7 @@ from resync_testing import (
     valid_edit,
 )
 
-from tol_dagster.hub.client import RemoteFile
+from tol_dagster.hub.remote import RemoteFile
 from tol_dagster.resync.reuse import link_kept_contents
 from tol_dagster.store import generations as mirror
 from tol_dagster.store.layout import Layout

@@ -64,6 +64,7 @@ from tol_dagster.errors import (
     UpstreamError,
 )
 from tol_dagster.hub.card import expected_rows
+from tol_dagster.hub.remote import RemoteConfig, RemoteFile
 from tol_dagster.hub.untrusted import (
     check_commit,
     check_file_name,
@@ -91,30 +92,6 @@ _HUB_FAILURES = (
     FileMetadataError,
     json.JSONDecodeError,
 )
-
-
-@dataclass(frozen=True)
-class RemoteFile:
-    """One upstream parquet file as the Hub announces it at a commit."""
-
-    path: str
-    size: int
-    sha256: str
-
-    @property
-    def name(self) -> str:
-        return PurePosixPath(self.path).name
-
-
-@dataclass(frozen=True)
-class RemoteConfig:
-    """A config's folder upstream at one commit: its parquet files and the card's row count."""
-
-    repo_id: str
-    config: str
-    commit: str
-    files: tuple[RemoteFile, ...]
-    expected_rows: int | None
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from tol_dagster.hub.client import RemoteFile
+from tol_dagster.hub.remote import RemoteFile
 from tol_dagster.store import generations as mirror
 from tol_dagster.store.hashing import sha256_file
 from tol_dagster.store.layout import Layout

@@ -36,7 +36,8 @@ from tol_dagster.errors import (
     UpstreamError,
     ValidationFailed,
 )
-from tol_dagster.hub.client import HubClient, RemoteConfig, RemoteFile
+from tol_dagster.hub.client import HubClient
+from tol_dagster.hub.remote import RemoteConfig, RemoteFile
 from tol_dagster.resync import reuse
 from tol_dagster.resync.revision_diff import RevisionDiff, diff_generations
 from tol_dagster.schema import emb_bounds, expected_schema

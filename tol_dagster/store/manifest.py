@@ -21,7 +21,7 @@ from tol_dagster.store.durable import write_atomic
 from tol_dagster.store.layout import Layout
 
 if TYPE_CHECKING:  # hub.py pulls in huggingface_hub; reading a manifest must not
-    from tol_dagster.hub.client import RemoteConfig, RemoteFile
+    from tol_dagster.hub.remote import RemoteConfig, RemoteFile
 
 #: Bumped when the file's shape changes; an unknown format is refused, not guessed at.
 MANIFEST_FORMAT = 1
