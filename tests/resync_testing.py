@@ -24,7 +24,7 @@ import pytest
 
 from tol_dagster.cli.main import main
 from tol_dagster.devtools.localhub import LocalHub
-from tol_dagster.hub import client as hub_module
+from tol_dagster.hub import retry
 from tol_dagster.hub.card import card_body, expected_rows, parse_card, render_card, with_config
 from tol_dagster.hub.client import HubClient
 from tol_dagster.resync import sync
@@ -306,5 +306,5 @@ class HubSleeps:
 @pytest.fixture
 def hub_sleeps(monkeypatch: pytest.MonkeyPatch) -> HubSleeps:
     sleeps = HubSleeps()
-    monkeypatch.setattr(hub_module, "time", sleeps)
+    monkeypatch.setattr(retry, "time", sleeps)
     return sleeps

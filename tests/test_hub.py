@@ -28,9 +28,11 @@ from tol_dagster.errors import (
     UpstreamInvalid,
 )
 from tol_dagster.hub import client as hub_module
+from tol_dagster.hub import failures
 from tol_dagster.hub.card import render_card, with_config
-from tol_dagster.hub.client import HubClient, RetryPolicy
+from tol_dagster.hub.client import HubClient
 from tol_dagster.hub.remote import RemoteConfig, RemoteFile
+from tol_dagster.hub.retry import RetryPolicy
 
 REPO_ID = "test-org/tiny-tol"
 CONFIG = "emb_float16"
@@ -350,9 +352,9 @@ def test_an_unreachable_hub_is_an_upstream_error() -> None:
 def test_the_server_wait_prefers_a_spent_ratelimit_then_retry_after() -> None:
     spent = httpx2.Headers({"RateLimit": '"api";r=0;t=7', "Retry-After": "2"})
     left = httpx2.Headers({"RateLimit": '"api";r=5;t=7', "Retry-After": "2"})
-    assert hub_module._server_wait(spent) == 7.0
-    assert hub_module._server_wait(left) == 2.0
-    assert hub_module._server_wait(httpx2.Headers({})) is None
+    assert failures._server_wait(spent) == 7.0
+    assert failures._server_wait(left) == 2.0
+    assert failures._server_wait(httpx2.Headers({})) is None
 
 
 # -- upstream changes and access --------------------------------------------------------------

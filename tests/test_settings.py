@@ -106,7 +106,7 @@ def test_waits_default_to_bounded_except_the_deadline() -> None:
 
 def test_the_hub_resource_gives_its_clients_the_bounded_waits() -> None:
     from tol_dagster.defs.resources import resources_from
-    from tol_dagster.hub.client import RetryPolicy
+    from tol_dagster.hub.retry import RetryPolicy
 
     settings = Settings.from_env(
         {"TOL_MAX_RETRY_WAIT_S": "5", "TOL_SYNC_DEADLINE_S": "3600", "TOL_STALL_TIMEOUT_S": "30"}

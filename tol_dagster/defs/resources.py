@@ -17,7 +17,7 @@ from tol_dagster.settings import Settings, hub_token
 from tol_dagster.store.layout import Layout
 
 if TYPE_CHECKING:
-    from tol_dagster.hub.client import RetryPolicy
+    from tol_dagster.hub.retry import RetryPolicy
 
 
 class HubResource(dg.ConfigurableResource):
@@ -40,7 +40,8 @@ class HubResource(dg.ConfigurableResource):
         settings' waits: the server's wait, the stall timeout and the deadline."""
         from dataclasses import replace
 
-        from tol_dagster.hub.client import HubClient, RetryPolicy
+        from tol_dagster.hub.client import HubClient
+        from tol_dagster.hub.retry import RetryPolicy
 
         policy = retry or RetryPolicy(max_server_wait_s=self.max_retry_wait_s)
         policy = replace(

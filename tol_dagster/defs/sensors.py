@@ -24,7 +24,7 @@ from tol_dagster.defs.resources import HubResource, StorageResource
 from tol_dagster.defs.resync_slot import ensure_resync_pools
 from tol_dagster.defs.runs import fail_dead_cli_runs
 from tol_dagster.errors import UpstreamError
-from tol_dagster.hub.client import RetryPolicy
+from tol_dagster.hub.retry import RetryPolicy
 from tol_dagster.resync import sync
 
 #: A tick stays short: one quick retry, then the next tick tries again. The default policy

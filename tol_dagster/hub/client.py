@@ -22,49 +22,31 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
-import json
 import logging
 import os
 import queue
 import re
 import threading
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any, BinaryIO, TypeVar
-from urllib.parse import quote, urljoin, urlparse
+from typing import Any, BinaryIO
+from urllib.parse import quote, urljoin
 
 import httpx2
 from huggingface_hub import HfApi, constants
-from huggingface_hub.errors import (
-    FileMetadataError,
-    HfHubHTTPError,
-    OfflineModeIsEnabled,
-    RemoteEntryNotFoundError,
-    RepositoryNotFoundError,
-    RevisionNotFoundError,
-)
+from huggingface_hub.errors import HfHubHTTPError
 from huggingface_hub.file_download import HfFileMetadata, get_hf_file_metadata, hf_hub_url, xet_get
 from huggingface_hub.hf_api import DatasetInfo
-from huggingface_hub.utils import (
-    build_hf_headers,
-    get_session,
-    hf_raise_for_status,
-    parse_ratelimit_headers,
-)
+from huggingface_hub.utils import get_session, hf_raise_for_status
 
 from tol_dagster import __version__
-from tol_dagster.errors import (
-    IntegrityError,
-    RevisionGone,
-    SettingsError,
-    UpstreamAuthError,
-    UpstreamError,
-)
+from tol_dagster.errors import IntegrityError, RevisionGone, SettingsError, UpstreamError
+from tol_dagster.hub import failures
 from tol_dagster.hub.card import expected_rows
+from tol_dagster.hub.origin import LIBRARY, origin, request_headers
 from tol_dagster.hub.remote import RemoteConfig, RemoteFile
+from tol_dagster.hub.retry import Activity, Retrier, RetryPolicy
 from tol_dagster.hub.untrusted import (
     check_commit,
     check_file_name,
@@ -77,66 +59,10 @@ from tol_dagster.hub.untrusted import (
 
 logger = logging.getLogger("tol_dagster.hub.client")
 
-T = TypeVar("T")
-
-#: Statuses worth another try: timeouts, rate limits, server errors.
-RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
+#: A client's policy unless it is given one (frozen: one instance serves every client).
+DEFAULT_RETRY = RetryPolicy()
 #: Reads of the partial when its hash must be rebuilt.
 CHUNK_BYTES = 8 * 1024 * 1024
-_LIBRARY = "tol-dagster"
-#: What the Hub's side can raise besides transient failures; anything else is not mapped.
-_HUB_FAILURES = (
-    HfHubHTTPError,
-    httpx2.HTTPError,
-    OfflineModeIsEnabled,
-    FileMetadataError,
-    json.JSONDecodeError,
-)
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """How hard to try: total attempts per request, exponential backoff, per-request timeout.
-
-    A wait the server asks for (`Retry-After`, `RateLimit` with r=0) replaces the backoff delay,
-    capped at `max_server_wait_s`, so one answer cannot stall a sync for a day. Rate limiting
-    (429) is counted against `rate_limit_attempts`, apart from `attempts`: a busy Hub must not
-    use up the retries meant for a failing one. A download that receives no bytes for
-    `stall_timeout_s` fails; `deadline_s` (None: none) bounds what one client does, counted
-    from its `started` time (the run's start).
-    """
-
-    attempts: int = 6
-    base_delay_s: float = 1.0
-    max_delay_s: float = 30.0
-    timeout_s: float = 60.0
-    max_server_wait_s: float = 300.0
-    rate_limit_attempts: int = 10
-    stall_timeout_s: float = 120.0
-    deadline_s: float | None = None
-
-    def __post_init__(self) -> None:
-        if (
-            self.attempts < 1
-            or self.rate_limit_attempts < 1
-            or self.base_delay_s < 0
-            or self.max_delay_s < 0
-            or self.max_server_wait_s < 0
-            or self.timeout_s <= 0
-            or self.stall_timeout_s <= 0
-            or (self.deadline_s is not None and self.deadline_s <= 0)
-        ):
-            raise SettingsError(
-                f"{self} is not a usable retry policy: attempts >= 1, delays >= 0, "
-                "timeouts and deadline > 0"
-            )
-
-    def backoff(self, failures: int) -> float:
-        return min(self.max_delay_s, self.base_delay_s * 2 ** (failures - 1))
-
-
-class _Transient(Exception):
-    """A failure of our own detection (short body, Range ignored, Xet failed) worth a retry."""
 
 
 class HubClient:
@@ -148,7 +74,7 @@ class HubClient:
         repo_id: str,
         token: str | None,
         *,
-        retry: RetryPolicy = RetryPolicy(),
+        retry: RetryPolicy = DEFAULT_RETRY,
         started: float | None = None,
     ) -> None:
         """`started` (epoch seconds, default now) is when the deadline's clock started: the
@@ -161,15 +87,12 @@ class HubClient:
         self._api = HfApi(
             endpoint=self.endpoint,
             token=self._token,
-            library_name=_LIBRARY,
+            library_name=LIBRARY,
             library_version=__version__,
         )
+        self._retrier = Retrier(retry, self.endpoint, repo_id, started=started)
         self._locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
-        self._deadline: float | None = None
-        if retry.deadline_s is not None:
-            spent = max(0.0, time.time() - started) if started is not None else 0.0
-            self._deadline = time.monotonic() + retry.deadline_s - spent
 
     def __repr__(self) -> str:
         return f"HubClient({self.endpoint!r}, {self.repo_id!r}, token={'set' if self._token else 'none'})"
@@ -210,10 +133,10 @@ class HubClient:
         return check_commit(info.sha, f"dataset_info of {self.repo_id}@{revision}")
 
     def _info(self, revision: str, *, expand: list[Any]) -> DatasetInfo:
-        return self._with_retries(
+        return self._retrier.run(
             f"dataset_info of {self.repo_id}@{revision}",
             lambda: self._api.dataset_info(
-                self.repo_id, revision=revision, expand=expand, timeout=self._timeout()
+                self.repo_id, revision=revision, expand=expand, timeout=self._retrier.timeout()
             ),
         )
 
@@ -228,7 +151,7 @@ class HubClient:
         while url is not None:
             try:
                 response = self._get_page(f"tree of {config}/ at {commit[:12]}", url, params)
-            except _EntryMissing as err:
+            except failures.EntryMissing as err:
                 raise SettingsError(
                     f"{self.repo_id} has no folder {config!r} at commit {commit[:12]} on "
                     f"{self.endpoint}: check the config name (TOL_CONFIGS) against the repo's folders"
@@ -274,7 +197,7 @@ class HubClient:
         if link is None:
             return None
         url = urljoin(str(response.url), link)
-        if _origin(url) != _origin(self.endpoint):
+        if origin(url) != origin(self.endpoint):
             raise invalid("next-page link", link, f"not on {self.endpoint}; {where}")
         return url
 
@@ -284,20 +207,15 @@ class HubClient:
 
         def get() -> httpx2.Response:
             response = get_session().get(
-                url, params=params, headers=self._headers(to_hub=True), timeout=self._timeout()
+                url,
+                params=params,
+                headers=request_headers(self._token, to_hub=True),
+                timeout=self._retrier.timeout(),
             )
             hf_raise_for_status(response)
             return response
 
-        return self._with_retries(what, get)
-
-    def _headers(self, *, to_hub: bool) -> dict[str, str]:
-        """The client's headers; the token only when the request goes to the Hub's own origin."""
-        return build_hf_headers(
-            token=self._token if to_hub else False,
-            library_name=_LIBRARY,
-            library_version=__version__,
-        )
+        return self._retrier.run(what, get)
 
     # -- download ---------------------------------------------------------------------------
 
@@ -357,23 +275,23 @@ class HubClient:
             self.repo_id, file.path, repo_type="dataset", revision=commit, endpoint=self.endpoint
         )
         use_xet = _xet_enabled()
-        activity = _Activity()
+        activity = Activity()
         what = f"download of {file.path} at {commit[:12]}"
 
         def received(count: int) -> None:
             activity.touch()
             on_progress(count)
-            self._check_deadline(what)
+            self._retrier.check_deadline(what)
 
         def attempt() -> None:
             nonlocal use_xet
             meta = get_hf_file_metadata(
                 url,
                 token=self._token,
-                timeout=min(self._timeout(), self.retry.stall_timeout_s),
+                timeout=min(self._retrier.timeout(), self.retry.stall_timeout_s),
                 endpoint=self.endpoint,
                 retry_on_errors=False,
-                library_name=_LIBRARY,
+                library_name=LIBRARY,
                 library_version=__version__,
             )
             if use_xet and meta.xet_file_data is not None:
@@ -384,14 +302,14 @@ class HubClient:
                     raise
                 except Exception as err:
                     use_xet = False
-                    raise _Transient(
+                    raise failures.TransientFailure(
                         f"Xet download failed ({type(err).__name__}); falling back to HTTP"
                     ) from err
             self._fetch_http(file, urljoin(url, meta.location), partial, received)
 
         try:
-            self._with_retries(what, attempt, progress=lambda: partial.size, activity=activity)
-        except _EntryMissing as err:
+            self._retrier.run(what, attempt, progress=lambda: partial.size, activity=activity)
+        except failures.EntryMissing as err:
             raise RevisionGone(
                 f"{file.path} is no longer served at commit {commit[:12]} by {self.endpoint} "
                 "(history rewritten or the file purged upstream); re-plan against the new head"
@@ -410,7 +328,7 @@ class HubClient:
         xet_get(
             incomplete_path=partial.path,
             xet_file_data=meta.xet_file_data,
-            headers=self._headers(to_hub=True),
+            headers=request_headers(self._token, to_hub=True),
             expected_size=file.size,
             displayed_filename=file.name,
         )
@@ -421,26 +339,26 @@ class HubClient:
         self, file: RemoteFile, location: str, partial: _Partial, on_progress: Callable[[int], None]
     ) -> None:
         """One GET from the partial's current size; raises `_Transient` if the body ends early."""
-        same_origin = _origin(location) == _origin(self.endpoint)
-        headers = self._headers(to_hub=same_origin)
+        same_origin = origin(location) == origin(self.endpoint)
+        headers = request_headers(self._token, to_hub=same_origin)
         headers["Accept-Encoding"] = "identity"
         start = partial.size
         if start:
             headers["Range"] = f"bytes={start}-"
         # A read waits at most the stall timeout: a body that stops is noticed in time.
-        limit = self._timeout()
+        limit = self._retrier.timeout()
         timeout = httpx2.Timeout(limit, read=min(limit, self.retry.stall_timeout_s))
         with get_session().stream("GET", location, headers=headers, timeout=timeout) as response:
             if response.status_code == 416:
                 partial.reset()
-                raise _Transient(
+                raise failures.TransientFailure(
                     f"range from byte {start} not satisfiable; starting again from byte 0"
                 )
             hf_raise_for_status(response)
             total = _announced_total(response)
             if start and response.status_code == 206 and _range_start(response) != start:
                 partial.reset()
-                raise _Transient(
+                raise failures.TransientFailure(
                     f"asked for bytes from {start}, got {response.headers.get('Content-Range')}"
                 )
             if start and response.status_code != 206:
@@ -456,7 +374,7 @@ class HubClient:
         partial.flush()
         expected = total if total is not None else file.size
         if partial.size < expected:
-            raise _Transient(f"body ended at byte {partial.size} of {expected}")
+            raise failures.TransientFailure(f"body ended at byte {partial.size} of {expected}")
 
     @contextmanager
     def _exclusive(self, key: str) -> Iterator[None]:
@@ -465,163 +383,6 @@ class HubClient:
             lock = self._locks.setdefault(key, threading.Lock())
         with lock:
             yield
-
-    # -- retries and error mapping ----------------------------------------------------------
-
-    def _with_retries(
-        self,
-        what: str,
-        call: Callable[[], T],
-        *,
-        progress: Callable[[], int] | None = None,
-        activity: _Activity | None = None,
-    ) -> T:
-        """Run `call` until it succeeds, retrying transient failures per the policy.
-
-        With `progress`, an attempt that moved it forward does not count against the policy: a
-        download cut again and again keeps going while bytes keep arriving. With `activity`, a
-        failure after `stall_timeout_s` without a byte ends the download instead.
-        """
-        failures = limited = 0
-        tried: list[str] = []
-        while True:
-            self._check_deadline(what)
-            before = progress() if progress else 0
-            try:
-                return call()
-            except Exception as err:
-                transient = _transient(err, self.endpoint)
-                if transient is None:
-                    if not isinstance(err, _HUB_FAILURES):
-                        raise  # ours, or local (a full disk is no upstream error)
-                    raise self._mapped(what, err) from err
-                reason, asked = transient
-                tried.append(reason)
-                if progress and progress() > before:
-                    failures = limited = 0
-                if activity is not None:
-                    self._check_stall(what, activity)
-                if _status(err) == 429:
-                    limited += 1
-                    if limited >= self.retry.rate_limit_attempts:
-                        raise self._rate_limited(what, limited, asked) from err
-                    count, budget = limited, self.retry.rate_limit_attempts
-                else:
-                    failures += 1
-                    if failures >= self.retry.attempts:
-                        raise UpstreamError(
-                            f"{what} on {self.endpoint} failed after {len(tried)} attempts "
-                            f"({', '.join(tried[-self.retry.attempts :])}): check the network and "
-                            "the Hub's status, then sync again"
-                        ) from err
-                    count, budget = failures, self.retry.attempts
-                wait = self._wait(what, asked, count)
-                logger.warning(
-                    "%s: %s; retry %d of %d in %.2f s%s",
-                    what,
-                    reason,
-                    count,
-                    budget - 1,
-                    wait,
-                    " (as the server asked)" if asked is not None else "",
-                )
-                time.sleep(wait)
-                if activity is not None:
-                    activity.touch()  # our pause between attempts is not the server stalling
-
-    def _wait(self, what: str, asked: float | None, count: int) -> float:
-        """The pause before the next attempt: the server's wait capped, else the backoff; never
-        past the deadline."""
-        if asked is None:
-            wait = self.retry.backoff(count)
-        else:
-            wait = min(asked, self.retry.max_server_wait_s)
-            if wait < asked:
-                logger.warning(
-                    "%s: the server asked to wait %.0f s; waiting %.0f s (TOL_MAX_RETRY_WAIT_S)",
-                    what,
-                    asked,
-                    wait,
-                )
-        if self._deadline is not None and time.monotonic() + wait > self._deadline:
-            raise self._past_deadline(what, f"the next retry is {wait:.0f} s away")
-        return wait
-
-    def _rate_limited(self, what: str, times: int, asked: float | None) -> UpstreamError:
-        told = f"; it last asked to wait {asked:.0f} s" if asked is not None else ""
-        return UpstreamError(
-            f"{what}: {self.endpoint} rate-limited us (HTTP 429) {times} times in a row{told}, "
-            f"each wait capped at {self.retry.max_server_wait_s:.0f} s (TOL_MAX_RETRY_WAIT_S): "
-            "wait for the Hub's quota to reset and sync again, or raise TOL_MAX_RETRY_WAIT_S"
-        )
-
-    def _check_stall(self, what: str, activity: _Activity) -> None:
-        """Fail a download that has received nothing for the stall timeout (a small margin
-        allows for the read timeout firing a hair early)."""
-        idle = time.monotonic() - activity.last
-        if idle + 0.05 >= self.retry.stall_timeout_s:
-            raise UpstreamError(
-                f"{what}: stalled, no bytes received from {self.endpoint} for {idle:.0f} s "
-                f"(TOL_STALL_TIMEOUT_S={self.retry.stall_timeout_s:g}): check the network and the "
-                "Hub's status, then sync again (the download resumes), or raise TOL_STALL_TIMEOUT_S"
-            )
-
-    def _check_deadline(self, what: str) -> None:
-        if self._deadline is not None and time.monotonic() >= self._deadline:
-            raise self._past_deadline(what, "")
-
-    def _past_deadline(self, what: str, detail: str) -> UpstreamError:
-        detail = f" ({detail})" if detail else ""
-        return UpstreamError(
-            f"{what}: the sync's deadline of {self.retry.deadline_s:g} s (TOL_SYNC_DEADLINE_S) "
-            f"has passed{detail}; sync again (downloads resume), or raise or unset "
-            "TOL_SYNC_DEADLINE_S"
-        )
-
-    def _timeout(self) -> float:
-        """The per-request timeout, shortened so no request outlives the deadline."""
-        if self._deadline is None:
-            return self.retry.timeout_s
-        return max(0.001, min(self.retry.timeout_s, self._deadline - time.monotonic()))
-
-    def _mapped(self, what: str, err: Exception) -> UpstreamError:
-        """Our error for a failure retrying cannot fix."""
-        status = _status(err)
-        if isinstance(err, RevisionNotFoundError):
-            return RevisionGone(
-                f"{what}: the revision no longer exists on {self.endpoint} (force-push or squash upstream); "
-                "re-plan against the new head"
-            )
-        if isinstance(err, RepositoryNotFoundError) or status in (401, 403):
-            return UpstreamAuthError(
-                f"{what}: {self.endpoint} refused access to {self.repo_id} (HTTP {status}). If the repo id is "
-                "right, it is gated or private: set HF_TOKEN or run `hf auth login`, and accept the dataset's "
-                f"terms on {self.endpoint}/datasets/{self.repo_id}"
-            )
-        if isinstance(err, RemoteEntryNotFoundError):
-            return _EntryMissing(f"{what}: not found on {self.endpoint}")
-        if status is not None:
-            return UpstreamError(
-                f"{what}: {self.endpoint} answered HTTP {status}, which a retry cannot fix"
-            )
-        return UpstreamError(
-            f"{what}: {self.endpoint} answered in a way we cannot use ({type(err).__name__}); "
-            "check that the endpoint is a Hugging Face Hub"
-        )
-
-
-class _EntryMissing(UpstreamError):
-    """A path that does not exist at the pinned commit."""
-
-
-class _Activity:
-    """When a download last received bytes (or was told by the server to wait)."""
-
-    def __init__(self) -> None:
-        self.last = time.monotonic()
-
-    def touch(self) -> None:
-        self.last = time.monotonic()
 
 
 class _Partial:
@@ -728,40 +489,6 @@ def _xet_enabled() -> bool:
     return not constants.HF_HUB_DISABLE_XET and importlib.util.find_spec("hf_xet") is not None
 
 
-def _origin(url: str) -> tuple[str, str, int | None]:
-    parsed = urlparse(url)
-    default = {"http": 80, "https": 443}.get(parsed.scheme)
-    return parsed.scheme, (parsed.hostname or "").lower(), parsed.port or default
-
-
-def _status(err: Exception) -> int | None:
-    response = getattr(err, "response", None)
-    return response.status_code if isinstance(response, httpx2.Response) else None
-
-
-def _transient(err: Exception, endpoint: str) -> tuple[str, float | None] | None:
-    """(reason, wait the server asked for) when another attempt may succeed, else None.
-
-    A 401/403 from another origin than the Hub's is the CDN refusing a signed URL that has
-    expired: the next attempt asks the Hub for a fresh one.
-    """
-    if isinstance(err, _Transient):
-        return str(err), None
-    if isinstance(err, httpx2.TimeoutException):
-        return f"timed out ({type(err).__name__})", None
-    if isinstance(err, (httpx2.NetworkError, httpx2.RemoteProtocolError)):
-        return f"connection failed ({type(err).__name__})", None
-    response = err.response if isinstance(err, HfHubHTTPError) else None
-    if response is None:
-        return None
-    if response.status_code in RETRY_STATUSES:
-        return f"HTTP {response.status_code}", _server_wait(response.headers)
-    host = _origin(str(response.url))
-    if response.status_code in (401, 403) and host != _origin(endpoint):
-        return f"HTTP {response.status_code} from {host[1]}:{host[2]}; asking for a fresh URL", None
-    return None
-
-
 def _json_list(response: httpx2.Response, where: str) -> list[Any]:
     """A listing page's JSON, which must be a list."""
     try:
@@ -771,15 +498,6 @@ def _json_list(response: httpx2.Response, where: str) -> list[Any]:
     if not isinstance(data, list):
         raise invalid("listing (not a list)", data, where)
     return data
-
-
-def _server_wait(headers: httpx2.Headers) -> float | None:
-    """The wait the server asks for: `RateLimit` when the quota is spent, else `Retry-After`."""
-    limit = parse_ratelimit_headers(headers)
-    if limit is not None and limit.remaining == 0:
-        return float(limit.reset_in_seconds)
-    retry_after = headers.get("Retry-After", "").strip()
-    return float(retry_after) if retry_after.isdigit() else None
 
 
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
