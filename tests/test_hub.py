@@ -27,8 +27,7 @@ from tol_dagster.errors import (
     UpstreamError,
     UpstreamInvalid,
 )
-from tol_dagster.hub import client as hub_module
-from tol_dagster.hub import failures
+from tol_dagster.hub import download, failures
 from tol_dagster.hub.card import render_card, with_config
 from tol_dagster.hub.client import HubClient
 from tol_dagster.hub.remote import RemoteConfig, RemoteFile
@@ -439,16 +438,16 @@ def test_the_token_goes_to_the_hub_origin_but_never_to_the_cdn(
 
 def _offer_xet(monkeypatch: pytest.MonkeyPatch, fake_xet_get: object) -> None:
     """The local Hub never offers Xet: announce it on the HEAD and stand in for hf_xet."""
-    real_metadata = hub_module.get_hf_file_metadata
+    real_metadata = download.get_hf_file_metadata
 
     def with_xet(*args: object, **kwargs: object) -> object:
         meta = real_metadata(*args, **kwargs)  # type: ignore[arg-type]
         xet = XetFileData(file_hash="f" * 64, refresh_route="/xet-read-token")
         return type(meta)(meta.commit_hash, meta.etag, meta.location, meta.size, xet)
 
-    monkeypatch.setattr(hub_module, "get_hf_file_metadata", with_xet)
-    monkeypatch.setattr(hub_module, "_xet_enabled", lambda: True)
-    monkeypatch.setattr(hub_module, "xet_get", fake_xet_get)
+    monkeypatch.setattr(download, "get_hf_file_metadata", with_xet)
+    monkeypatch.setattr(download, "_xet_enabled", lambda: True)
+    monkeypatch.setattr(download, "xet_get", fake_xet_get)
 
 
 def test_xet_is_used_when_offered_and_its_bytes_are_verified(
@@ -669,7 +668,7 @@ def test_entries_outside_the_config_folder_are_ignored(client: HubClient, hub: L
 def test_a_next_page_link_to_another_origin_is_upstream_invalid(
     client: HubClient, hub: LocalHub, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(hub_module.httpx2.Response, "links", property(_evil_links))
+    monkeypatch.setattr(httpx2.Response, "links", property(_evil_links))
     with pytest.raises(UpstreamInvalid, match=r"invalid next-page link: 'http://evil\.example"):
         client.remote_config(CONFIG)
 
