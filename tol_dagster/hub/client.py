@@ -1,30 +1,27 @@
-"""Hub access: the upstream commit, a config's files with their sha256, and verified downloads.
+"""The Hub client: the upstream commit, the card, a config's files with their sha256, downloads.
 
 Everything goes through `huggingface_hub` (its session, headers, URLs, error mapping, wire
-objects and Xet path) but not through `hf_hub_download`, because that call keeps stale files
-when the Hub is down, never checks sha256 and never resumes across processes (see HUB.md).
-What the client leaves uneven, this module makes uniform:
+objects and Xet path) but not through `hf_hub_download`, which keeps a stale local file when the
+Hub is down, never checks the sha256 and never resumes across processes. What the client leaves
+uneven, `HubClient` makes uniform by composing one module per job:
 
-- one retry loop for every request (backoff, `Retry-After`, `RateLimit: ...;r=0;t=N`), and no
-  retries inside the client, so a request is never retried twice over nor counted twice;
-- bounded waits: a server's wait is capped (`TOL_MAX_RETRY_WAIT_S`) and 429s have a budget of
-  their own, a download that receives no bytes for `TOL_STALL_TIMEOUT_S` fails, and a client
-  may have an overall deadline (`TOL_SYNC_DEADLINE_S`);
-- an explicit timeout on every request;
-- every value of the Hub's answers (paths, sha256, sizes, commit ids) checked where it enters
-  (`hub_input`), before any use in a path;
-- downloads into a stable `<sha256>.part` that the next attempt or process resumes with a
-  Range request, hashed while streaming, verified for size and sha256, then renamed atomically;
-- the token goes only to the Hub's own origin, and never into a message or a log line.
+- `retry`: one retry loop for every request, none inside huggingface_hub; bounded waits (the
+  server's wait capped by `TOL_MAX_RETRY_WAIT_S`, a 429 budget of its own, `TOL_STALL_TIMEOUT_S`,
+  `TOL_SYNC_DEADLINE_S`) and an explicit timeout on every request;
+- `failures`: which failures are worth another attempt, and the `UpstreamError` for the others;
+- `tree` and `untrusted`: every value of the Hub's answers (paths, sha256, sizes, commit ids)
+  checked where it enters, before any use in a path;
+- `download` and `partial`: a stable `<sha256>.part` that the next attempt or process resumes,
+  hashed while streaming, verified for size and sha256, then renamed atomically;
+- `origin`: the token goes only to the Hub's own origin, and never into a message or a log line.
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Iterator
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
-from urllib.parse import quote, urljoin
+from urllib.parse import quote
 
 import httpx2
 from huggingface_hub import HfApi
@@ -33,23 +30,13 @@ from huggingface_hub.utils import get_session, hf_raise_for_status
 
 from tol_dagster import __version__
 from tol_dagster.errors import SettingsError, UpstreamError
-from tol_dagster.hub import failures
+from tol_dagster.hub import failures, tree
 from tol_dagster.hub.card import expected_rows
 from tol_dagster.hub.download import Downloader
-from tol_dagster.hub.origin import LIBRARY, origin, request_headers
+from tol_dagster.hub.origin import LIBRARY, request_headers
 from tol_dagster.hub.remote import RemoteConfig, RemoteFile
 from tol_dagster.hub.retry import Retrier, RetryPolicy
-from tol_dagster.hub.untrusted import (
-    check_commit,
-    check_file_name,
-    check_repo_path,
-    check_rows,
-    check_sha256,
-    check_size,
-    invalid,
-)
-
-logger = logging.getLogger("tol_dagster.hub.client")
+from tol_dagster.hub.untrusted import check_commit, check_rows, invalid
 
 #: A client's policy unless it is given one (frozen: one instance serves every client).
 DEFAULT_RETRY = RetryPolicy()
@@ -146,49 +133,15 @@ class HubClient:
                     f"{self.endpoint}: check the config name (TOL_CONFIGS) against the repo's folders"
                 ) from err
             where = f"tree of {config}/ in {self.repo_id}@{commit[:12]}"
-            for entry in _json_list(response, where):
-                file = self._tree_file(entry, config, commit)
+            for entry in tree.page_entries(response, where):
+                file = tree.parquet_file(entry, config, self.repo_id, commit)
                 if file is None:
                     continue
                 if file.path in seen:
                     raise invalid("tree listing", file.path, f"listed twice; {where}")
                 seen.add(file.path)
                 yield file
-            url, params = self._next_page(response, where), None
-
-    def _tree_file(self, entry: object, config: str, commit: str) -> RemoteFile | None:
-        """The parquet file a tree entry announces directly in `config/`, checked; None for
-        anything else (folders, other files, entries outside the folder: never removals)."""
-        where = f"tree of {config}/ in {self.repo_id}@{commit[:12]}"
-        if not isinstance(entry, dict):
-            raise invalid("tree entry", entry, where)
-        path = check_repo_path(entry.get("path"), where)
-        if entry.get("type") != "file":
-            return None
-        if path.parent != PurePosixPath(config) or path.suffix != ".parquet":
-            return None
-        check_file_name(path, where)
-        where = f"{path} in {self.repo_id}@{commit[:12]}"
-        lfs = entry.get("lfs")
-        if lfs is None:
-            raise UpstreamError(
-                f"{path} at commit {commit[:12]} is not an LFS file, "
-                "so the Hub gives no sha256 for it"
-            )
-        if not isinstance(lfs, dict):
-            raise invalid("LFS record", lfs, where)
-        size = check_size(lfs.get("size"), where)
-        return RemoteFile(str(path), size, check_sha256(lfs.get("oid"), where))
-
-    def _next_page(self, response: httpx2.Response, where: str) -> str | None:
-        """The listing's next page, which must stay on the Hub's origin (it gets the token)."""
-        link = response.links.get("next", {}).get("url")
-        if link is None:
-            return None
-        url = urljoin(str(response.url), link)
-        if origin(url) != origin(self.endpoint):
-            raise invalid("next-page link", link, f"not on {self.endpoint}; {where}")
-        return url
+            url, params = tree.next_page(response, self.endpoint, where), None
 
     def _get_page(self, what: str, url: str, params: dict[str, Any] | None) -> httpx2.Response:
         """One page of a listing. Not `HfApi.list_repo_tree`: its pager retries on a schedule of
@@ -228,14 +181,3 @@ class HubClient:
         return self._downloader.download(
             file, commit, dest, partial_dir=partial_dir, on_progress=on_progress
         )
-
-
-def _json_list(response: httpx2.Response, where: str) -> list[Any]:
-    """A listing page's JSON, which must be a list."""
-    try:
-        data = response.json()
-    except ValueError:
-        raise invalid("listing (not JSON)", response.text[:200], where) from None
-    if not isinstance(data, list):
-        raise invalid("listing (not a list)", data, where)
-    return data
