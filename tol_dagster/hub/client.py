@@ -178,6 +178,8 @@ class HubClient:
         expected and the actual sha256; `dest` is then left untouched. A sha256 or size that is
         not one (`UpstreamInvalid`) is refused before it names any file.
         """
-        return self._downloader.download(
-            file, commit, dest, partial_dir=partial_dir, on_progress=on_progress
-        )
+        return self._downloader.download(file, commit, dest, partial_dir, on_progress or _ignore)
+
+
+def _ignore(_: int) -> None:
+    return None

@@ -38,6 +38,9 @@ from tol_dagster.hub.untrusted import check_sha256, check_size
 
 logger = logging.getLogger("tol_dagster.hub.download")
 
+#: Receives the byte count of each chunk as it arrives from the network.
+Progress = Callable[[int], None]
+
 
 class Downloader:
     """Verified downloads of one repo's files. Safe to share between threads: two threads never
@@ -53,15 +56,9 @@ class Downloader:
         self._locks_guard = threading.Lock()
 
     def download(
-        self,
-        file: RemoteFile,
-        commit: str,
-        dest: Path,
-        *,
-        partial_dir: Path,
-        on_progress: Callable[[int], None] | None = None,
+        self, file: RemoteFile, commit: str, dest: Path, partial_dir: Path, on_progress: Progress
     ) -> Path:
-        """`file` as of `commit` in `dest`, verified; see `HubClient.download`."""
+        """`file` as of `commit` in `dest`, verified: `HubClient.download`, which it serves."""
         where = f"{file.path} in {self.repo_id}@{commit[:12]}"
         check_sha256(file.sha256, where)
         check_size(file.size, where)
@@ -71,14 +68,14 @@ class Downloader:
             PartialFile(partial_dir / f"{file.sha256}.part") as partial,
         ):
             resumed = partial.size > 0
-            self._fetch(file, commit, partial, on_progress or _ignore)
+            self._fetch(file, commit, partial, on_progress)
             if resumed and not partial.matches(file):
                 logger.warning(
                     "%s: the resumed partial does not verify; fetching it again from byte 0",
                     file.path,
                 )
                 partial.reset()
-                self._fetch(file, commit, partial, on_progress or _ignore)
+                self._fetch(file, commit, partial, on_progress)
             if not partial.matches(file):
                 actual_size, actual_sha = partial.size, partial.sha256
                 partial.delete()
@@ -95,7 +92,7 @@ class Downloader:
         file: RemoteFile,
         commit: str,
         partial: PartialFile,
-        on_progress: Callable[[int], None],
+        on_progress: Progress,
     ) -> None:
         """Bring `partial` to the file's full size, retrying and resuming as needed."""
         if partial.size > file.size:
@@ -153,7 +150,7 @@ class Downloader:
         file: RemoteFile,
         meta: HfFileMetadata,
         partial: PartialFile,
-        on_progress: Callable[[int], None],
+        on_progress: Progress,
     ) -> None:
         """The client's Xet path; it rewrites the whole file, so the hash is taken afterwards."""
         assert meta.xet_file_data is not None
@@ -173,7 +170,7 @@ class Downloader:
         file: RemoteFile,
         location: str,
         partial: PartialFile,
-        on_progress: Callable[[int], None],
+        on_progress: Progress,
     ) -> None:
         """One GET from the partial's current size; raises `TransientFailure` if the body ends early."""
         same_origin = origin(location) == origin(self.endpoint)
@@ -220,10 +217,6 @@ class Downloader:
             lock = self._locks.setdefault(key, threading.Lock())
         with lock:
             yield
-
-
-def _ignore(_: int) -> None:
-    return None
 
 
 def _xet_enabled() -> bool:
