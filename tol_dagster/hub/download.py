@@ -220,6 +220,8 @@ class Downloader:
 
 
 def _xet_enabled() -> bool:
+    """Whether Xet may be used, as huggingface_hub decides it: hf_xet installed and not turned
+    off by `HF_HUB_DISABLE_XET`."""
     return not constants.HF_HUB_DISABLE_XET and importlib.util.find_spec("hf_xet") is not None
 
 
