@@ -22,20 +22,20 @@ from mirror_testing import sample_mirror
 from tol_dagster.derived.taxon_index import INDEX_SCHEMA, build_taxon_index, read_taxon_index
 from tol_dagster.errors import EmptySliceError, StoreError, ValidationFailed
 from tol_dagster.schema import DEFAULT_CONFIG, arrow_schema, expected_schema
+from tol_dagster.slices import emb_check
 from tol_dagster.slices import extract as slices
 from tol_dagster.slices.checks import (
-    EMB_MATCHES_MIRROR,
     ROWS_MATCH_SUMMARY,
     ROWS_SATISFY_KEY,
     SCHEMA_MATCHES_MIRROR,
     UUIDS_UNIQUE,
-    check_emb_matches_mirror,
     check_rows_match_summary,
     check_rows_satisfy_key,
     check_schema_matches,
     check_uuids_unique,
     slice_checks,
 )
+from tol_dagster.slices.emb_check import EMB_MATCHES_MIRROR, check_emb_matches_mirror
 from tol_dagster.slices.extract import (
     EMB_LEAF,
     SliceResult,
@@ -792,3 +792,21 @@ def test_rows_neither_the_pages_nor_pyarrow_can_read_say_the_mirror_file_is_dama
     monkeypatch.setattr(slices, "decode_rows", broken)
     with pytest.raises(StoreError, match=r"a lying offset index.*Couldn't deserialize.*damaged"):
         _extract(mirror, "family=Felidae", tmp_path)
+
+
+def test_row_groups_copied_whole_are_proven_by_their_bytes_without_decoding(
+    mirror: Mirror, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    key, result, _ = _extract(mirror, "kingdom=Animalia", tmp_path)
+    groups = pq.read_metadata(result.path).num_row_groups
+    assert 0 < result.row_groups_copied < groups
+    decoded: list[int] = []
+    real = emb_check._digests
+
+    def counting(written: pq.ParquetFile, group: int) -> np.ndarray | None:
+        decoded.append(group)
+        return real(written, group)
+
+    monkeypatch.setattr(emb_check, "_digests", counting)
+    assert mirror.emb_check(result.path, key, index=True).passed
+    assert len(decoded) == groups - result.row_groups_copied

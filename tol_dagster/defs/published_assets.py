@@ -25,13 +25,13 @@ from tol_dagster.derived import centroids, summaries, taxon_index
 from tol_dagster.errors import EmptySliceError, ValidationFailed
 from tol_dagster.slices import builds as published
 from tol_dagster.slices.checks import (
-    EMB_MATCHES_MIRROR,
     ROWS_MATCH_SUMMARY,
     ROWS_SATISFY_KEY,
     SCHEMA_MATCHES_MIRROR,
     UUIDS_UNIQUE,
     slice_checks,
 )
+from tol_dagster.slices.emb_check import EMB_MATCHES_MIRROR
 from tol_dagster.slices.extract import expected_count, extract_slice, refuse_empty
 from tol_dagster.slices.keys import parse_slice_key
 from tol_dagster.store import generations as mirror
