@@ -314,11 +314,11 @@ def emb_check_cost(path: Path, config: str) -> tuple[float, float]:
     """CPU seconds of decoding `emb` as the gate does, and of the `emb` checks (row digests,
     norm bounds) on the same decoded batches: side by side, one pass."""
     from tol_dagster.schema import emb_bounds
-    from tol_dagster.validation import emb_integrity
+    from tol_dagster.validation import emb_digests, emb_norms
     from tol_dagster.validation import file_facts as validation
 
     bounds = emb_bounds(config)
-    scan = emb_integrity.BoundsScan(bounds) if bounds is not None else None
+    scan = emb_norms.BoundsScan(bounds) if bounds is not None else None
     parquet = pq.ParquetFile(path, buffer_size=validation.READ_BUFFER_BYTES, pre_buffer=False)
     decode = checks = 0.0
     mark = time.process_time()
@@ -327,9 +327,9 @@ def emb_check_cost(path: Path, config: str) -> tuple[float, float]:
     ):
         decoded = time.process_time()
         decode += decoded - mark
-        matrix = emb_integrity.emb_matrix(batch.column(0))
+        matrix = emb_digests.emb_matrix(batch.column(0))
         assert matrix is not None
-        emb_integrity.row_digests(matrix)
+        emb_digests.row_digests(matrix)
         if scan is not None:
             scan.add(matrix, None, 0)
         mark = time.process_time()

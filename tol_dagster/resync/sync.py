@@ -58,7 +58,8 @@ from tol_dagster.store.mirror_files import MirrorFile
 from tol_dagster.store.pins import PinnedGeneration
 from tol_dagster.validation import file_facts as validation
 from tol_dagster.validation.checks import EMB_UNCHANGED_FOR_EXISTING_UUIDS, CheckResult
-from tol_dagster.validation.emb_integrity import check_emb_unchanged, digests_path
+from tol_dagster.validation.emb_digests import digests_path
+from tol_dagster.validation.emb_unchanged import check_emb_unchanged
 from tol_dagster.validation.file_facts import FileFacts
 from tol_dagster.validation.uuid_index import check_uuid_unique_across, hashes_path
 

@@ -21,7 +21,7 @@ from tol_dagster.slices.keys import SliceKey, to_sql_filter
 from tol_dagster.store.layout import Layout
 from tol_dagster.store.mirror_files import MirrorFile
 from tol_dagster.validation.checks import CheckResult
-from tol_dagster.validation.emb_integrity import (
+from tol_dagster.validation.emb_digests import (
     digests_path,
     emb_matrix,
     ensure_table,
@@ -156,7 +156,7 @@ def check_emb_matches_mirror(
 
     The slice is read back by pyarrow, independently of what wrote it (the splicer, the page
     reader); each row's uuid hash and `emb` digest are computed as the gate computes them
-    (`validation.emb_integrity`) and looked up in the digest tables the gate keeps for the mirror
+    (`validation.emb_digests`) and looked up in the digest tables the gate keeps for the mirror
     files, by sha256: the uuid must be there, with the same digest (any one changed value is
     always seen; several cancel out with odds of 2**-32), at a (file, row) position after the
     previous row's. With the row count and key checks, that makes the slice the mirror's rows.

@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 
 from tol_dagster.schema import METADATA_COLUMNS, SORT_KEY, EmbBounds
 from tol_dagster.store.hashing import sha256_file
-from tol_dagster.validation import emb_integrity, uuid_index
+from tol_dagster.validation import emb_digests, emb_norms, uuid_index
 from tol_dagster.validation.checks import (
     EMB_FINITE,
     EMB_NORMS_WITHIN_BOUNDS,
@@ -174,7 +174,7 @@ def inspect_file(
     the sha256 check's to catch (inside `emb`, also the emb checks'). If the footer does not read, every later check is reported
     as failed and not run. `uuid_hashes_path` (see `uuid_index.hashes_path`) receives the
     file's sorted uuid hashes for the cross-file uniqueness check, so that never re-reads it;
-    `emb_digests_path` (see `emb_integrity.digests_path`) receives each uuid's `emb` digest, from
+    `emb_digests_path` (see `emb_digests.digests_path`) receives each uuid's `emb` digest, from
     the same pass over `emb`, for `emb_unchanged_for_existing_uuids`. `emb_bounds` None (no
     bounds pinned for the config) passes `emb_norms_within_bounds` with a note.
     """
@@ -243,8 +243,8 @@ def inspect_file(
         and row_hashes is not None
         and emb.digests.size == row_hashes[0].size
     ):
-        table = emb_integrity.digest_table(row_hashes[0], row_hashes[1], emb.digests)
-        emb_integrity.save_table(emb_digests_path, table)
+        table = emb_digests.digest_table(row_hashes[0], row_hashes[1], emb.digests)
+        emb_digests.save_table(emb_digests_path, table)
 
     first_key = last_key = None
     if isinstance(metadata, str):
@@ -397,7 +397,7 @@ class _EmbScan:
     bad_rows: int
     first_bad_row: int | None
     digests: np.ndarray | None = None
-    bounds: emb_integrity.BoundsScan | None = None
+    bounds: emb_norms.BoundsScan | None = None
 
 
 def _scan_emb(parquet: pq.ParquetFile, bounds: EmbBounds | None = None) -> _EmbScan | str:
@@ -410,7 +410,7 @@ def _scan_emb(parquet: pq.ParquetFile, bounds: EmbBounds | None = None) -> _EmbS
     rows = null_rows = bad_rows = 0
     first_bad: int | None = None
     digests: list[np.ndarray] | None = []
-    in_bounds = None if bounds is None else emb_integrity.BoundsScan(bounds)
+    in_bounds = None if bounds is None else emb_norms.BoundsScan(bounds)
     try:
         for batch in parquet.iter_batches(
             batch_size=EMB_BATCH_ROWS, columns=["emb"], use_threads=False
@@ -425,14 +425,14 @@ def _scan_emb(parquet: pq.ParquetFile, bounds: EmbBounds | None = None) -> _EmbS
                 bad_rows += bad_in_batch.size
                 if first_bad is None:
                     first_bad = rows + int(bad_in_batch[0])
-            matrix = emb_integrity.emb_matrix(emb)
+            matrix = emb_digests.emb_matrix(emb)
             if matrix is None:
                 digests = None
                 in_bounds = None
             else:
                 valid = emb.is_valid().to_numpy(zero_copy_only=False) if emb.null_count else None
                 if digests is not None:
-                    digests.append(emb_integrity.row_digests(matrix, valid))
+                    digests.append(emb_digests.row_digests(matrix, valid))
                 if in_bounds is not None:
                     in_bounds.add(matrix, valid, rows)
             rows += len(emb)
@@ -460,7 +460,7 @@ def _bounds_result(
     if not isinstance(metadata, str) and "uuid" in metadata.column_names:
         uuids = metadata.column("uuid")
         uuid_at = {row: uuids[row].as_py() for row, _, _ in emb.bounds.examples if row < len(uuids)}
-    return emb_integrity.bounds_result(name, emb.bounds, uuid_at)
+    return emb_norms.bounds_result(name, emb.bounds, uuid_at)
 
 
 def _emb_result(name: str, scan: _EmbScan) -> CheckResult:
