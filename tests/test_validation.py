@@ -13,12 +13,11 @@ import pytest
 
 from tol_dagster.schema import DEFAULT_CONFIG, SORT_KEY, arrow_schema, expected_schema
 from tol_dagster.store.hashing import sha256_file
-from tol_dagster.validation.file_facts import (
+from tol_dagster.validation.checks import (
     EMB_FINITE,
     EMB_NORMS_WITHIN_BOUNDS,
     FOOTER_READS,
     METADATA_EXPECTATIONS,
-    PER_FILE_CHECKS,
     ROWS_MATCH_FOOTER,
     SCHEMA_MATCHES_CONTRACT,
     SCHEMA_MATCHES_LAST_VALIDATED,
@@ -26,12 +25,10 @@ from tol_dagster.validation.file_facts import (
     SORTED_BY_CONTRACT_KEY,
     UUID_UNIQUE,
     CheckResult,
-    FileFacts,
-    check_row_loss,
-    check_rows_match_card,
-    check_sorted_across,
-    inspect_file,
 )
+from tol_dagster.validation.file_facts import PER_FILE_CHECKS, FileFacts, inspect_file
+from tol_dagster.validation.row_counts import check_row_loss, check_rows_match_card
+from tol_dagster.validation.sort_order import check_sorted_across
 
 SCHEMA = expected_schema(DEFAULT_CONFIG)
 

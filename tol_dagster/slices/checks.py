@@ -21,13 +21,13 @@ from tol_dagster.slices.keys import SliceKey, to_sql_filter
 from tol_dagster.store.layout import Layout
 from tol_dagster.store.mirror_files import MirrorFile
 from tol_dagster.validation.checks import CheckResult
+from tol_dagster.validation.contract import schema_differences
 from tol_dagster.validation.emb_digests import (
     digests_path,
     emb_matrix,
     ensure_table,
     row_digests,
 )
-from tol_dagster.validation.file_facts import schema_differences
 from tol_dagster.validation.uuid_index import uuid_row_hashes
 
 ROWS_MATCH_SUMMARY = "rows_match_summary"
