@@ -9,7 +9,6 @@ bytes themselves before anything is reported.
 
 from __future__ import annotations
 
-import itertools
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -22,7 +21,7 @@ from tol_dagster.store.layout import Layout
 from tol_dagster.store.mirror_files import MirrorFile
 from tol_dagster.validation.checks import EMB_UNCHANGED_FOR_EXISTING_UUIDS, CheckResult
 from tol_dagster.validation.emb_digests import digests_path, emb_matrix, ensure_table
-from tol_dagster.validation.uuid_index import rows_with_hashes
+from tol_dagster.validation.uuid_index import hash_ranges, load_hash_range, rows_with_hashes
 
 #: Digest mismatches held per (old file, new file) pair for confirmation.
 MAX_CONFIRMED = 100
@@ -100,12 +99,10 @@ def _compare_digests(
     """The digest mismatches between the old and the new tables, and how many uuids of the old
     ones the new ones hold, one uuid-hash range of the new tables at a time."""
     total_new = sum(np.load(p, mmap_mode="r").shape[1] for p in new_paths)
-    ranges = max(1, -(-total_new // max_group_rows))
-    bounds = [(k << 64) // ranges for k in range(ranges + 1)]
     mismatches = _Mismatches()
     compared = 0
-    for low, high in itertools.pairwise(bounds):
-        parts = [_load_range(p, low, high) for p in new_paths]
+    for low, high in hash_ranges(total_new, max_group_rows):
+        parts = [load_hash_range(p, low, high) for p in new_paths]
         hashes = np.concatenate([part[0] for part in parts])
         if hashes.size == 0:
             continue
@@ -116,7 +113,7 @@ def _compare_digests(
         order = np.argsort(hashes, kind="stable")
         hashes, digests, owners = hashes[order], digests[order], owners[order]
         for index, path in enumerate(old_paths):
-            theirs = _load_range(path, low, high)
+            theirs = load_hash_range(path, low, high)
             position = np.minimum(np.searchsorted(hashes, theirs[0]), hashes.size - 1)
             found = hashes[position] == theirs[0]
             compared += int(found.sum())
@@ -162,16 +159,6 @@ def _verdict(
         f"{summary}. If upstream re-embedded these rows on purpose, rerun with --accept-emb-change",
         details,
     )
-
-
-def _load_range(path: Path, low: int, high: int) -> np.ndarray:
-    """The table's columns whose uuid hash is in [low, high) (`high` may be 2**64), copied so
-    the memory map closes on return."""
-    table = np.load(path, mmap_mode="r")
-    keys = table[0]
-    start = int(np.searchsorted(keys, np.uint64(low)))
-    stop = keys.size if high >= 1 << 64 else int(np.searchsorted(keys, np.uint64(high)))
-    return np.array(table[:, start:stop])
 
 
 def _confirm(
