@@ -40,8 +40,8 @@ class EmbScan:
 
     rows: int
     null_rows: int
-    bad_rows: int
-    first_bad_row: int | None
+    nonfinite_rows: int
+    first_nonfinite_row: int | None
     digests: np.ndarray | None = None
     bounds: emb_norms.BoundsScan | None = None
 
@@ -53,8 +53,8 @@ def scan_emb(parquet: pq.ParquetFile, bounds: EmbBounds | None = None) -> EmbSca
     One thread: the gate runs beside downloads and other files' gates. Returns why it could
     not read, if it could not.
     """
-    rows = null_rows = bad_rows = 0
-    first_bad: int | None = None
+    rows = null_rows = nonfinite_rows = 0
+    first_nonfinite: int | None = None
     digests: list[np.ndarray] | None = []
     in_bounds = None if bounds is None else emb_norms.BoundsScan(bounds)
     try:
@@ -63,11 +63,11 @@ def scan_emb(parquet: pq.ParquetFile, bounds: EmbBounds | None = None) -> EmbSca
         ):
             emb = batch.column(0)
             null_rows += emb.null_count
-            bad_in_batch = _nonfinite_rows(emb)
-            if bad_in_batch.size:
-                bad_rows += bad_in_batch.size
-                if first_bad is None:
-                    first_bad = rows + int(bad_in_batch[0])
+            nonfinite_in_batch = _nonfinite_rows(emb)
+            if nonfinite_in_batch.size:
+                nonfinite_rows += nonfinite_in_batch.size
+                if first_nonfinite is None:
+                    first_nonfinite = rows + int(nonfinite_in_batch[0])
             matrix = emb_digests.emb_matrix(emb)
             if matrix is None:
                 digests = None
@@ -84,7 +84,7 @@ def scan_emb(parquet: pq.ParquetFile, bounds: EmbBounds | None = None) -> EmbSca
     all_digests = None
     if digests is not None:
         all_digests = np.concatenate(digests) if digests else np.empty(0, np.uint64)
-    return EmbScan(rows, null_rows, bad_rows, first_bad, all_digests, in_bounds)
+    return EmbScan(rows, null_rows, nonfinite_rows, first_nonfinite, all_digests, in_bounds)
 
 
 def _nonfinite_rows(emb: pa.Array) -> np.ndarray:
@@ -104,17 +104,18 @@ def emb_finite_result(name: str, emb: EmbScan | str) -> CheckResult:
     details = {
         "rows": emb.rows,
         "null_rows": emb.null_rows,
-        "nonfinite_rows": emb.bad_rows,
-        "first_nonfinite_row": emb.first_bad_row,
+        "nonfinite_rows": emb.nonfinite_rows,
+        "first_nonfinite_row": emb.first_nonfinite_row,
     }
-    if not emb.null_rows and not emb.bad_rows:
+    if not emb.null_rows and not emb.nonfinite_rows:
         return CheckResult(
             EMB_FINITE, True, f"{name}: emb finite in all {emb.rows:,} rows", details
         )
     problems = []
-    if emb.bad_rows:
+    if emb.nonfinite_rows:
         problems.append(
-            f"{emb.bad_rows:,} rows hold NaN, Inf or NULL values (first at row {emb.first_bad_row})"
+            f"{emb.nonfinite_rows:,} rows hold NaN, Inf or NULL values "
+            f"(first at row {emb.first_nonfinite_row})"
         )
     if emb.null_rows:
         problems.append(f"{emb.null_rows:,} rows have a NULL emb")
