@@ -72,7 +72,7 @@ from tol_dagster.store.hashing import sha256_file
 from tol_dagster.store.layout import Layout
 from tol_dagster.store.mirror_files import MirrorFile
 from tol_dagster.validation.checks import CheckResult
-from tol_dagster.validation.emb_integrity import ensure_table
+from tol_dagster.validation.emb_digests import ensure_table
 
 CONFIG = DEFAULT_CONFIG
 WAYS = ("copy", "ours", "checked", "floor")

@@ -8,7 +8,7 @@ Every figure is measured in the same run and printed beside its target:
 - download-and-verify throughput (`HubClient.download`: stable partial, streaming sha256) over
   a plain streaming GET to disk of the same file from the same server (the faster of httpx2
   and urllib), file by file, alternating which goes first, median of the pairs' ratios;
-- the gate's throughput (`validation.inspect_file`, re-hashing the file as `sync.file_facts`
+- the gate's throughput (`file_facts.inspect_file`, re-hashing the file as `sync.file_facts`
   does) and, with the Hub capped at 50 MB/s per connection, gate time / download time per file;
 - what the `emb` checks (row digests, norm bounds) and the sha256 re-hash cost in CPU seconds
   per GB of parquet, measured on the same files beside the cost of decoding `emb` alone;
@@ -315,22 +315,21 @@ def emb_check_cost(path: Path, config: str) -> tuple[float, float]:
     """CPU seconds of decoding `emb` as the gate does, and of the `emb` checks (row digests,
     norm bounds) on the same decoded batches: side by side, one pass."""
     from tol_dagster.schema import emb_bounds
-    from tol_dagster.validation import emb_integrity
-    from tol_dagster.validation import file_facts as validation
+    from tol_dagster.validation import emb_digests, emb_norms, emb_scan
 
     bounds = emb_bounds(config)
-    scan = emb_integrity.BoundsScan(bounds) if bounds is not None else None
-    parquet = pq.ParquetFile(path, buffer_size=validation.READ_BUFFER_BYTES, pre_buffer=False)
+    scan = emb_norms.BoundsScan(bounds) if bounds is not None else None
+    parquet = pq.ParquetFile(path, buffer_size=emb_scan.READ_BUFFER_BYTES, pre_buffer=False)
     decode = checks = 0.0
     mark = time.process_time()
     for batch in parquet.iter_batches(
-        batch_size=validation.EMB_BATCH_ROWS, columns=["emb"], use_threads=False
+        batch_size=emb_scan.EMB_BATCH_ROWS, columns=["emb"], use_threads=False
     ):
         decoded = time.process_time()
         decode += decoded - mark
-        matrix = emb_integrity.emb_matrix(batch.column(0))
+        matrix = emb_digests.emb_matrix(batch.column(0))
         assert matrix is not None
-        emb_integrity.row_digests(matrix)
+        emb_digests.row_digests(matrix)
         if scan is not None:
             scan.add(matrix, None, 0)
         mark = time.process_time()
@@ -347,7 +346,7 @@ def gate_against_capped_download(
 
     from tol_dagster.schema import emb_bounds, expected_schema
     from tol_dagster.store.hashing import sha256_file
-    from tol_dagster.validation import file_facts as validation
+    from tol_dagster.validation import file_facts
 
     timings = []
     hub.reset()
@@ -364,7 +363,7 @@ def gate_against_capped_download(
                 )
                 gate_s, gate_cpu_s = timed(
                     functools.partial(
-                        validation.inspect_file,
+                        file_facts.inspect_file,
                         expected_sha256=file.sha256,
                         actual_sha256=None,  # hashed from disk again, as `sync.file_facts` does
                         expected_schema=expected_schema(remote.config),

@@ -15,16 +15,16 @@ from tol_dagster.schema import DEFAULT_CONFIG, EMB_BOUNDS, emb_bounds, expected_
 from tol_dagster.store.hashing import sha256_file
 from tol_dagster.store.layout import Layout
 from tol_dagster.store.mirror_files import MirrorFile
-from tol_dagster.validation import emb_integrity
 from tol_dagster.validation.checks import EMB_NORMS_WITHIN_BOUNDS, EMB_UNCHANGED_FOR_EXISTING_UUIDS
-from tol_dagster.validation.emb_integrity import (
+from tol_dagster.validation.emb_digests import (
     NULL_DIGEST,
-    check_emb_unchanged,
     compute_table,
     digests_path,
     emb_matrix,
+    ensure_table,
     row_digests,
 )
+from tol_dagster.validation.emb_unchanged import check_emb_unchanged
 from tol_dagster.validation.file_facts import FileFacts, inspect_file
 from tol_dagster.validation.uuid_index import uuid_row_hashes
 
@@ -129,7 +129,7 @@ def test_the_gates_digest_table_equals_one_computed_apart(
 
 def _file(layout: Layout, path: Path) -> MirrorFile:
     file = MirrorFile(path.name, sha256_file(path), path)
-    emb_integrity.ensure_table(file, layout, CONFIG)
+    ensure_table(file, layout, CONFIG)
     return file
 
 

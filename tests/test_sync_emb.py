@@ -30,7 +30,7 @@ from tol_dagster.hub.client import HubClient
 from tol_dagster.resync import sync
 from tol_dagster.store.hashing import sha256_file
 from tol_dagster.store.layout import Layout
-from tol_dagster.validation.emb_integrity import emb_matrix
+from tol_dagster.validation.emb_digests import emb_matrix
 
 __all__ = ["dagster_home", "synced", "synced_home", "user"]  # fixtures, imported to be found
 

@@ -7,7 +7,7 @@ from typing import Any
 import dagster as dg
 import pyarrow as pa
 
-from tol_dagster.validation.file_facts import CheckResult
+from tol_dagster.validation.checks import CheckResult
 
 
 def check_result(result: CheckResult, asset: dg.AssetKey) -> dg.AssetCheckResult:

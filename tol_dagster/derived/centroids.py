@@ -37,7 +37,8 @@ BATCH_ROWS = 16_384
 #: Bytes of float64 sums gathered at a time when recombining.
 CHUNK_BYTES = 64 << 20
 
-_GENUS = RANKS[:-1]
+#: The ranks of a genus-level lineage: kingdom down to genus.
+_TO_GENUS = RANKS[:-1]
 _LABELS = ["level", *RANKS]
 #: Means of float16 vectors barely compress, and dictionaries and statistics on them only cost.
 _WRITER_OPTIONS = {
@@ -191,7 +192,7 @@ def _centroid_chunks(
     order = order.to_numpy().astype(np.int64)
     keys = keys.take(order)
     lineage_starts = run_starts(keys, RANKS)
-    genus_starts = run_starts(keys, _GENUS)
+    genus_starts = run_starts(keys, _TO_GENUS)
     images = keys["images"].to_numpy()
     matrices = [
         part["sum"].combine_chunks().flatten().to_numpy().reshape(-1, dim) for part in parts

@@ -3,8 +3,9 @@
 A result computed from one mirror file lives under `Layout.derived_dir(config, sha256)`, so an
 unchanged file is never recomputed and a changed one (new sha256) is computed once, whatever
 its name. Parts are Arrow IPC files: a recombination reads one per mirror file, and IPC reads
-them ~15x faster than parquet would. Every write goes to a temp file in the target's folder and is renamed into place, so
-a reader sees the old table or the new one, never half of one.
+them ~15x faster than parquet would. Every write goes through `store.durable.atomic_path` (a
+temp file in the target's folder, fsynced and renamed into place), so a reader sees the old
+table or the new one, never half of one.
 """
 
 from __future__ import annotations
@@ -66,7 +67,7 @@ def read_published(path: Path, asset: str) -> pa.Table:
     return pq.read_table(path)
 
 
-def write_table(table: pa.Table, path: Path, **options: Any) -> None:
+def publish_table(table: pa.Table, path: Path, **options: Any) -> None:
     """Publish `table` as parquet at `path`, atomically (`options` go to `pq.write_table`)."""
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp, **({"compression": "zstd"} | options))

@@ -25,12 +25,12 @@ import pyarrow.parquet as pq
 
 from tol_dagster import duck
 from tol_dagster.derived.parts import (
+    publish_table,
     read_part,
     read_published,
     split_by_file,
     stale_files,
     write_part,
-    write_table,
 )
 from tol_dagster.derived.sorted_runs import changes, concat_sorted, sort_by, sum_runs
 from tol_dagster.schema import RANKS, SORT_KEY, quote_ident
@@ -136,7 +136,7 @@ def build_summaries(
     paths = {name: summary_path(layout, config, name) for name in tables}
     # Writing is most of a small update's cost, and pyarrow writes without the GIL.
     with ThreadPoolExecutor(max_workers=2) as pool:
-        list(pool.map(partial(write_table, **_WRITER_OPTIONS), tables.values(), paths.values()))
+        list(pool.map(partial(publish_table, **_WRITER_OPTIONS), tables.values(), paths.values()))
     return SummaryResult(
         recomputed=tuple(f.name for f in stale),
         rows={name: table.num_rows for name, table in tables.items()},

@@ -24,12 +24,12 @@ import pyarrow.parquet as pq
 
 from tol_dagster import duck
 from tol_dagster.derived.parts import (
+    publish_table,
     read_part,
     read_published,
     split_by_file,
     stale_files,
     write_part,
-    write_table,
 )
 from tol_dagster.schema import SLICE_RANKS, quote_ident
 from tol_dagster.store.layout import Layout
@@ -104,7 +104,7 @@ def build_taxon_index(
             write_part(part, layout, config, file, INDEX_PART)
     index = _combine(files, layout, config)
     path = layout.taxon_index_path(config)
-    write_table(index, path, **_WRITER_OPTIONS)
+    publish_table(index, path, **_WRITER_OPTIONS)
     return IndexResult(
         recomputed=tuple(f.name for f in stale),
         rows=index.num_rows,

@@ -57,29 +57,47 @@ from tol_dagster.store.manifest import (
 )
 from tol_dagster.store.mirror_files import MirrorFile
 from tol_dagster.store.pins import PinnedGeneration
-from tol_dagster.validation import file_facts as validation
-from tol_dagster.validation.checks import EMB_UNCHANGED_FOR_EXISTING_UUIDS, CheckResult
-from tol_dagster.validation.emb_integrity import check_emb_unchanged, digests_path
-from tol_dagster.validation.file_facts import FileFacts
+from tol_dagster.validation.checks import (
+    EMB_FINITE,
+    EMB_NORMS_WITHIN_BOUNDS,
+    EMB_UNCHANGED_FOR_EXISTING_UUIDS,
+    FOOTER_READS,
+    METADATA_EXPECTATIONS,
+    ROW_LOSS_WITHIN_LIMIT,
+    ROWS_MATCH_CARD,
+    ROWS_MATCH_FOOTER,
+    SCHEMA_MATCHES_CONTRACT,
+    SCHEMA_MATCHES_LAST_VALIDATED,
+    SHA256_MATCHES_UPSTREAM,
+    SORTED_BY_CONTRACT_KEY,
+    UUID_UNIQUE,
+    CheckResult,
+)
+from tol_dagster.validation.contract import check_schema
+from tol_dagster.validation.emb_digests import digests_path
+from tol_dagster.validation.emb_unchanged import check_emb_unchanged
+from tol_dagster.validation.file_facts import FileFacts, inspect_file
+from tol_dagster.validation.row_counts import check_row_loss, check_rows_match_card
+from tol_dagster.validation.sort_order import check_sorted_across
 from tol_dagster.validation.uuid_index import check_uuid_unique_across, hashes_path
 
 Log = Callable[[str], None]
 
 #: The gate: blocking checks on the staged state, by name, with what each asserts.
 GATE_CHECKS: dict[str, str] = {
-    validation.SHA256_MATCHES_UPSTREAM: "Every fetched file's bytes on disk, hashed again after the download, have the Hub's LFS oid as sha256.",
-    validation.FOOTER_READS: "Every file's parquet footer reads.",
-    validation.SCHEMA_MATCHES_CONTRACT: "Schema equals the config's contract (names, order, types, emb width).",
-    validation.SCHEMA_MATCHES_LAST_VALIDATED: "Schema equals the last validated one, unless the change was accepted.",
-    validation.ROWS_MATCH_FOOTER: "Rows read equal the footer's row count.",
-    validation.ROWS_MATCH_CARD: "Total rows equal the dataset card's num_examples (when the card has one).",
-    validation.ROW_LOSS_WITHIN_LIMIT: "Rows lost against the last validated state stay within TOL_MAX_ROW_LOSS.",
-    validation.METADATA_EXPECTATIONS: "Great Expectations suite on the metadata columns.",
-    validation.SORTED_BY_CONTRACT_KEY: "Rows sorted by the contract's key within files and across their boundaries.",
-    validation.EMB_FINITE: "No NaN or Inf in emb.",
-    validation.EMB_NORMS_WITHIN_BOUNDS: "Every fetched row's emb L2 norm and max |x| lie within the bounds the contract pins for the config.",
+    SHA256_MATCHES_UPSTREAM: "Every fetched file's bytes on disk, hashed again after the download, have the Hub's LFS oid as sha256.",
+    FOOTER_READS: "Every file's parquet footer reads.",
+    SCHEMA_MATCHES_CONTRACT: "Schema equals the config's contract (names, order, types, emb width).",
+    SCHEMA_MATCHES_LAST_VALIDATED: "Schema equals the last validated one, unless the change was accepted.",
+    ROWS_MATCH_FOOTER: "Rows read equal the footer's row count.",
+    ROWS_MATCH_CARD: "Total rows equal the dataset card's num_examples (when the card has one).",
+    ROW_LOSS_WITHIN_LIMIT: "Rows lost against the last validated state stay within TOL_MAX_ROW_LOSS.",
+    METADATA_EXPECTATIONS: "Great Expectations suite on the metadata columns.",
+    SORTED_BY_CONTRACT_KEY: "Rows sorted by the contract's key within files and across their boundaries.",
+    EMB_FINITE: "No NaN or Inf in emb.",
+    EMB_NORMS_WITHIN_BOUNDS: "Every fetched row's emb L2 norm and max |x| lie within the bounds the contract pins for the config.",
     EMB_UNCHANGED_FOR_EXISTING_UUIDS: "No uuid of the last validated generation comes with different emb bytes, unless accepted (--accept-emb-change).",
-    validation.UUID_UNIQUE: "uuid unique across the whole config.",
+    UUID_UNIQUE: "uuid unique across the whole config.",
 }
 AUDIT_CHECK = "mirror_matches_manifest"
 
@@ -362,7 +380,7 @@ def file_facts(layout: Layout, config: str, path: Path, sha256: str) -> FileFact
     if genuine and cached.is_file():
         return FileFacts.from_json(cached.read_text())
     file = MirrorFile(path.name, sha256, path)
-    facts = validation.inspect_file(
+    facts = inspect_file(
         path,
         expected_sha256=sha256,
         actual_sha256=actual,
@@ -468,13 +486,13 @@ def _stage_commit(
                     on_progress=on_progress,
                 )
             except IntegrityError as error:
-                return _failed(remote_file, f"{validation.SHA256_MATCHES_UPSTREAM}: {error}")
+                return _failed(remote_file, f"{SHA256_MATCHES_UPSTREAM}: {error}")
         else:
             progress.add(remote_file.size)
         facts = file_facts(layout, config, dest, remote_file.sha256)
         progress.file_done()
         failing = facts.failures()
-        schema_only = all(r.check == validation.SCHEMA_MATCHES_CONTRACT for r in failing)
+        schema_only = all(r.check == SCHEMA_MATCHES_CONTRACT for r in failing)
         if failing and not (
             schema_only and additive_extension(pq.read_schema(dest), expected_schema(config))
         ):
@@ -652,19 +670,19 @@ def _gate(
         for f, staged in zip(facts, state.files, strict=True)
         if f is not None and staged.status != "failed"
     ]
-    per_file[validation.SORTED_BY_CONTRACT_KEY] = _merge(
-        per_file[validation.SORTED_BY_CONTRACT_KEY], validation.check_sorted_across(known)
+    per_file[SORTED_BY_CONTRACT_KEY] = _merge(
+        per_file[SORTED_BY_CONTRACT_KEY], check_sorted_across(known)
     )
     last_schema = manifest.schema if manifest else None
-    per_file[validation.SCHEMA_MATCHES_CONTRACT] = _contract(
+    per_file[SCHEMA_MATCHES_CONTRACT] = _contract(
         layout,
         state,
         pinned,
-        per_file[validation.SCHEMA_MATCHES_CONTRACT],
+        per_file[SCHEMA_MATCHES_CONTRACT],
         last_schema,
         accept_schema_change,
     )
-    per_file[validation.SCHEMA_MATCHES_LAST_VALIDATED] = _merge(
+    per_file[SCHEMA_MATCHES_LAST_VALIDATED] = _merge(
         _schema_stable(layout, state, last_schema, accepted=accept_schema_change),
         _schema_uniform(known),
     )
@@ -674,8 +692,8 @@ def _gate(
         if f.status != "failed"
     ]
     changed = {f.name for f in state.fetched}
-    per_file[validation.UUID_UNIQUE] = _merge(
-        per_file[validation.UUID_UNIQUE],
+    per_file[UUID_UNIQUE] = _merge(
+        per_file[UUID_UNIQUE],
         check_uuid_unique_across(changed, candidates, layout=layout, config=config),
     )
     per_file[EMB_UNCHANGED_FOR_EXISTING_UUIDS] = check_emb_unchanged(
@@ -688,11 +706,11 @@ def _gate(
         config=config,
         accepted=accept_emb_change,
     )
-    per_file[validation.ROWS_MATCH_CARD] = _naming_files(
-        validation.check_rows_match_card(state.total_rows, state.expected_rows), manifest, state
+    per_file[ROWS_MATCH_CARD] = _naming_files(
+        check_rows_match_card(state.total_rows, state.expected_rows), manifest, state
     )
-    per_file[validation.ROW_LOSS_WITHIN_LIMIT] = _naming_files(
-        validation.check_row_loss(
+    per_file[ROW_LOSS_WITHIN_LIMIT] = _naming_files(
+        check_row_loss(
             manifest.total_rows if manifest else None,
             state.total_rows,
             max_row_loss,
@@ -760,13 +778,13 @@ def _schema_stable(
 ) -> CheckResult:
     """Fetched files keep the last validated schema (read from their footers, not cached:
     the comparison depends on the manifest, not only on the file's bytes)."""
-    check = validation.SCHEMA_MATCHES_LAST_VALIDATED
+    check = SCHEMA_MATCHES_LAST_VALIDATED
     if last is None:
         return CheckResult(check, True, "no validated schema yet (first sync)")
     failures = []
     for f in state.fetched:
         found = pq.read_schema(mirror.stage_path(layout, state.config, state.commit, f.name))
-        result = validation.check_schema(f.name, found, last, check)
+        result = check_schema(f.name, found, last, check)
         if not result.passed:
             failures.append(result)
     if not failures:
@@ -822,7 +840,7 @@ def _contract(
             accepted or (last is not None and found.equals(last))
         ):
             continue
-        refused.append(validation.check_schema(f.name, found, contract, per_file.check).message)
+        refused.append(check_schema(f.name, found, contract, per_file.check).message)
     if refused or any(f.status == "failed" for f in state.files):
         return (
             per_file
@@ -844,7 +862,7 @@ def _contract(
 
 def _schema_uniform(facts: list[FileFacts]) -> CheckResult:
     """Every file of the generation has one schema, so globs over the mirror read it whole."""
-    check = validation.SCHEMA_MATCHES_LAST_VALIDATED
+    check = SCHEMA_MATCHES_LAST_VALIDATED
     schemas: dict[tuple[tuple[str, str], ...] | None, list[str]] = {}
     for f in facts:
         schemas.setdefault(f.schema, []).append(f.name)

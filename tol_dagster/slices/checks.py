@@ -19,7 +19,7 @@ from tol_dagster.slices.keys import SliceKey, to_sql_filter
 from tol_dagster.store.layout import Layout
 from tol_dagster.store.mirror_files import MirrorFile
 from tol_dagster.validation.checks import CheckResult
-from tol_dagster.validation.file_facts import schema_differences
+from tol_dagster.validation.contract import schema_differences
 
 ROWS_MATCH_SUMMARY = "rows_match_summary"
 ROWS_SATISFY_KEY = "rows_satisfy_key"

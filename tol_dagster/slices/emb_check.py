@@ -3,7 +3,7 @@ in mirror order, proven without decoding the mirror.
 
 The slice is read back by pyarrow, independently of what wrote it (the splicer, the page
 reader). Each row's uuid hash is looked up in the digest tables the gate keeps for the mirror
-files by sha256 (`validation.emb_integrity`: uuid hash sorted, `emb` digest, row in the file),
+files by sha256 (`validation.emb_digests`: uuid hash sorted, `emb` digest, row in the file),
 which places it at a (file, row) of the mirror; places must increase from row to row. Then:
 
 - a slice row group that holds exactly one mirror row group, whole, is proven by comparing its
@@ -32,7 +32,7 @@ from tol_dagster.slices.keys import SliceKey
 from tol_dagster.store.layout import Layout
 from tol_dagster.store.mirror_files import MirrorFile
 from tol_dagster.validation.checks import CheckResult
-from tol_dagster.validation.emb_integrity import digests_path, emb_matrix, ensure_table, row_digests
+from tol_dagster.validation.emb_digests import digests_path, emb_matrix, ensure_table, row_digests
 from tol_dagster.validation.uuid_index import uuid_row_hashes
 
 EMB_MATCHES_MIRROR = "emb_matches_mirror"

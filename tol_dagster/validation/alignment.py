@@ -64,6 +64,30 @@ def _uuid_batches(files: Sequence[Path]) -> Iterator[tuple[str, int, pa.Array]]:
             row += batch.num_rows
 
 
+def _compare_stretch(a: _Cursor, b: _Cursor, position: int) -> tuple[int, dict[str, object] | None]:
+    """Compare the uuids both sides have left in their current batches (the first is row
+    `position` of the configs): how many were compared, and the first difference (its
+    position, and the file, row and uuid on each side), if any."""
+    count = min(a.left(), b.left())
+    (file_a, row_a), (file_b, row_b) = a.where(), b.where()
+    left, right = a.take(count), b.take(count)
+    same = pc.fill_null(pc.equal(left, right), False)
+    both_null = pc.and_(pc.is_null(left), pc.is_null(right))
+    differ = ~np.asarray(pc.or_(same, both_null).to_numpy(zero_copy_only=False), dtype=bool)
+    if not differ.any():
+        return count, None
+    at = int(np.argmax(differ))
+    return count, {
+        "position": position + at,
+        "file_a": file_a,
+        "row_a": row_a + at,
+        "uuid_a": left[at].as_py(),
+        "file_b": file_b,
+        "row_b": row_b + at,
+        "uuid_b": right[at].as_py(),
+    }
+
+
 def check_configs_aligned(
     files_a: Sequence[Path],
     files_b: Sequence[Path],
@@ -82,35 +106,18 @@ def check_configs_aligned(
     a, b = _Cursor(_uuid_batches(files_a)), _Cursor(_uuid_batches(files_b))
     position = 0
     while a.ready() and b.ready():
-        count = min(a.left(), b.left())
-        (file_a, row_a), (file_b, row_b) = a.where(), b.where()
-        left, right = a.take(count), b.take(count)
-        same = pc.fill_null(pc.equal(left, right), False)
-        both_null = pc.and_(pc.is_null(left), pc.is_null(right))
-        differ = ~np.asarray(pc.or_(same, both_null).to_numpy(zero_copy_only=False), dtype=bool)
-        if differ.any():
-            at = int(np.argmax(differ))
-            row_a, row_b = row_a + at, row_b + at
-            uuid_a, uuid_b = left[at].as_py(), right[at].as_py()
-            details.update(
-                {
-                    "position": position + at,
-                    "file_a": file_a,
-                    "row_a": row_a,
-                    "uuid_a": uuid_a,
-                    "file_b": file_b,
-                    "row_b": row_b,
-                    "uuid_b": uuid_b,
-                }
-            )
+        compared, difference = _compare_stretch(a, b, position)
+        if difference is not None:
+            details.update(difference)
             return CheckResult(
                 CONFIGS_ALIGNED,
                 False,
-                f"{name_a} and {name_b} differ at row {position + at:,}: {uuid_a!r} "
-                f"({file_a} row {row_a}) vs {uuid_b!r} ({file_b} row {row_b})",
+                f"{name_a} and {name_b} differ at row {difference['position']:,}: "
+                f"{difference['uuid_a']!r} ({difference['file_a']} row {difference['row_a']}) "
+                f"vs {difference['uuid_b']!r} ({difference['file_b']} row {difference['row_b']})",
                 details,
             )
-        position += count
+        position += compared
     if a.ready() or b.ready():
         longer, shorter = (name_a, name_b) if a.ready() else (name_b, name_a)
         details["position"] = position

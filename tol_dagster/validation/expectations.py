@@ -2,8 +2,9 @@
 
 GX runs on pandas, so it only ever sees the few string columns its expectations name, never
 `emb` (an `emb` column in pandas turns seconds into minutes). Heavy per-row work (sort order,
-NaN in `emb`, uniqueness across files) is done in pyarrow and numpy by `validation` instead.
-GX is imported on first use (4-7 s) and one ephemeral context serves the whole process.
+NaN in `emb`, uuid uniqueness within a file and across files) is done in pyarrow and numpy by
+the other `validation` modules instead; uniqueness is `uuid_index`'s alone, so a duplicated
+uuid fails one check (`uuid_unique`), which names its rows. GX is imported on first use (4-7 s) and one ephemeral context serves the whole process.
 """
 
 from __future__ import annotations
@@ -46,7 +47,6 @@ class _Rule:
 RULES: tuple[_Rule, ...] = (
     _Rule("uuid is not null", "uuid", "ExpectColumnValuesToNotBeNull", {}),
     _Rule("uuid is well formed", "uuid", "ExpectColumnValuesToMatchRegex", {"regex": UUID_PATTERN}),
-    _Rule("uuid is unique within the file", "uuid", "ExpectColumnValuesToBeUnique", {}),
     _Rule(
         "source_dataset is a known source (or NULL)",
         "source_dataset",
@@ -76,6 +76,7 @@ def _validation() -> Any:
     """
     global _validation_definition
     if _validation_definition is None:
+        # Imported on first use, not at the top: GX alone takes 4-7 s to import.
         import great_expectations as gx
         from great_expectations.data_context.types.base import ProgressBarsConfig
 

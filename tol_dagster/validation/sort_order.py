@@ -1,14 +1,17 @@
 """The contract's row order: SORT_KEY ascending, byte-wise, NULLs last.
 
 `compare_values` is the one statement of that order for single values; `check_sorted_within`
-is its vectorized twin for a whole file (a test holds the two to the same answers). Both say
-where NULLs were seen, since NULLs last is the contract's reading of upstream, not yet
+is its vectorized twin for a whole file (a test holds the two to the same answers), and
+`check_sorted_across` applies it at the boundaries between files, on their first and last keys.
+They say where NULLs were seen, since NULLs last is the contract's reading of upstream, not yet
 confirmed on a real footer.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import itertools
+from collections.abc import Sequence
+from typing import Any, Protocol
 
 import numpy as np
 import pyarrow as pa
@@ -19,6 +22,18 @@ from tol_dagster.validation.checks import SORTED_BY_CONTRACT_KEY, CheckResult
 
 #: The values of SORT_KEY for one row; None is NULL.
 SortKey = tuple[str | None, ...]
+
+
+class FileEnds(Protocol):
+    """A file's name and the sort keys of its first and last rows (as `FileFacts` keeps them;
+    None for a file without rows)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def first_key(self) -> SortKey | None: ...
+    @property
+    def last_key(self) -> SortKey | None: ...
 
 
 def compare_values(a: str | None, b: str | None) -> int:
@@ -126,6 +141,44 @@ def check_sorted_within(name: str, keys: pa.Table) -> CheckResult:
         f"{before} then {after}; {details['out_of_order_pairs']:,} such pair(s); "
         f"NULL placement seen: {placement}.{verdict}",
         details,
+    )
+
+
+def check_sorted_across(facts_in_file_order: Sequence[FileEnds]) -> CheckResult:
+    """Each file's last key <= the next file's first key (files without rows are skipped)."""
+    with_rows = [
+        f for f in facts_in_file_order if f.first_key is not None and f.last_key is not None
+    ]
+    problems = []
+    for left, right in itertools.pairwise(with_rows):
+        assert left.last_key is not None and right.first_key is not None
+        if not sort_key_le(left.last_key, right.first_key):
+            problems.append(
+                {
+                    "file_before": left.name,
+                    "file_after": right.name,
+                    "last_key": list(left.last_key),
+                    "first_key": list(right.first_key),
+                    "message": (
+                        f"{left.name} ends with {left.last_key} but {right.name} starts with "
+                        f"{right.first_key} ({describe_step(left.last_key, right.first_key)})"
+                    ),
+                }
+            )
+    if not problems:
+        return CheckResult(
+            SORTED_BY_CONTRACT_KEY,
+            True,
+            f"{len(with_rows)} files in order at every boundary",
+            {"boundaries": max(0, len(with_rows) - 1)},
+        )
+    return CheckResult(
+        SORTED_BY_CONTRACT_KEY,
+        False,
+        "rows out of order across files: "
+        + "; ".join(str(p["message"]) for p in problems[:5])
+        + (f"; and {len(problems) - 5} more boundaries" if len(problems) > 5 else ""),
+        {"bad_boundaries": problems[:50], "bad_boundary_count": len(problems)},
     )
 
 

@@ -159,36 +159,18 @@ def check_uuid_unique_across(
         raise ValueError(f"changed files {unknown} are not among the config's files")
     computed = [file.name for file in files if ensure_hashes(file, layout, config)]
     mine = sorted(by_name[name] for name in changed)
-    others = sorted(set(range(len(files))) - set(mine))
     paths = [hashes_path(layout, config, file) for file in files]
-
-    hits = _Hits()
     total_changed = sum(np.load(paths[i], mmap_mode="r").size for i in mine)
-    ranges = max(1, -(-total_changed // max_group_hashes))
-    bounds = [(k << 64) // ranges for k in range(ranges + 1)]
-    for low, high in itertools.pairwise(bounds):
-        parts = [_load_range(paths[i], low, high) for i in mine]
-        values = np.concatenate(parts) if parts else np.empty(0, np.uint64)
-        owners = np.repeat(np.array(mine, dtype=np.int32), [part.size for part in parts])
-        order = np.argsort(values, kind="stable")
-        values, owners = values[order], owners[order]
-        del order
-        same = (values[1:] == values[:-1]) & (owners[1:] != owners[:-1])
-        hits.add(values[1:][same], owners[:-1][same], owners[1:][same])
-        if values.size == 0:
-            continue
-        for other in others:
-            theirs = _load_range(paths[other], low, high)
-            position = np.minimum(np.searchsorted(values, theirs), values.size - 1)
-            found = values[position] == theirs
-            hits.add(theirs[found], owners[position[found]], other)
-
+    ranges = hash_ranges(total_changed, max_group_hashes)
+    hits = _Hits()
+    for low, high in ranges:
+        _add_hits(hits, paths, mine, low, high)
     duplicates = _confirm(files, hits)
     details = {
         "changed": sorted(changed),
         "files": len(files),
         "computed": computed,
-        "hash_ranges": ranges,
+        "hash_ranges": len(ranges),
         "hash_hits": hits.count,
         "duplicates": duplicates[:MAX_REPORTED],
     }
@@ -210,16 +192,45 @@ def check_uuid_unique_across(
     )
 
 
-def _load_range(path: Path, low: int, high: int) -> np.ndarray:
-    """The cached hashes in [low, high) (`high` may be 2**64, the end), read from `path`.
+def _add_hits(hits: _Hits, paths: Sequence[Path], mine: list[int], low: int, high: int) -> None:
+    """Hash hits in [low, high) between two changed files (`mine`, indexes into `paths`) and
+    between a changed file and any other."""
+    parts = [load_hash_range(paths[i], low, high) for i in mine]
+    values = np.concatenate(parts) if parts else np.empty(0, np.uint64)
+    owners = np.repeat(np.array(mine, dtype=np.int32), [part.size for part in parts])
+    order = np.argsort(values, kind="stable")
+    values, owners = values[order], owners[order]
+    del order
+    same = (values[1:] == values[:-1]) & (owners[1:] != owners[:-1])
+    hits.add(values[1:][same], owners[:-1][same], owners[1:][same])
+    if values.size == 0:
+        return
+    for other in sorted(set(range(len(paths))) - set(mine)):
+        theirs = load_hash_range(paths[other], low, high)
+        position = np.minimum(np.searchsorted(values, theirs), values.size - 1)
+        found = values[position] == theirs
+        hits.add(theirs[found], owners[position[found]], other)
+
+
+def hash_ranges(total: int, max_group: int) -> list[tuple[int, int]]:
+    """Ranges [low, high) that cut the 64-bit hash space into equal parts, as many as it takes
+    for `total` evenly spread hashes to come about `max_group` at a time (`high` may be 2**64)."""
+    ranges = max(1, -(-total // max_group))
+    return list(itertools.pairwise((k << 64) // ranges for k in range(ranges + 1)))
+
+
+def load_hash_range(path: Path, low: int, high: int) -> np.ndarray:
+    """The part of an array cached at `path` whose uuid hash is in [low, high) (`high` may be
+    2**64, the end): sorted hashes, or a table whose first row holds them (`emb_digests`).
 
     Memory-mapped to read only that range, and copied so the map closes on return: maps
     kept open would count every file's pages in the process's resident memory.
     """
-    hashes = np.load(path, mmap_mode="r")
+    table = np.load(path, mmap_mode="r")
+    hashes = table if table.ndim == 1 else table[0]
     start = int(np.searchsorted(hashes, np.uint64(low)))
     stop = hashes.size if high >= 1 << 64 else int(np.searchsorted(hashes, np.uint64(high)))
-    return np.array(hashes[start:stop])
+    return np.array(table[..., start:stop])
 
 
 def _confirm(files: Sequence[MirrorFile], hits: _Hits) -> list[dict[str, object]]:

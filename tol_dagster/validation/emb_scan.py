@@ -1,0 +1,142 @@
+"""The gate's one pass over a file's `emb`: `emb_finite`, each row's digest (`emb_digests`) and
+its norm against the config's bounds (`emb_norms`), on the same decoded batches.
+
+It runs beside the download of the same file and must keep up with 50 MB/s: pyarrow decodes our
+`fixed_size_list<halffloat>` and tests it with `is_finite` faster than DuckDB, which widens it
+to `FLOAT[]` first; memory stays at one batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from tol_dagster.schema import EmbBounds
+from tol_dagster.validation import emb_digests, emb_norms
+from tol_dagster.validation.checks import (
+    EMB_FINITE,
+    EMB_NORMS_WITHIN_BOUNDS,
+    CheckResult,
+    not_run,
+)
+
+#: Streamed reads with small batches keep one file's gate near 100 MB of Arrow memory; whole
+#: row groups (50k rows, ~77 MB of `emb`) peaked at ~530 MB and decoded no faster.
+READ_BUFFER_BYTES = 8 * 1024 * 1024
+EMB_BATCH_ROWS = 10_000
+
+#: Why the emb scan did not run on a file without `emb` (the schema check reports that file).
+EMB_MISSING = "column 'emb' missing"
+
+
+@dataclass(frozen=True)
+class EmbScan:
+    """What one pass over `emb` saw: non-finite rows, each row's digest (None when `emb` is not
+    a list of floats), rows outside the config's bounds (None when none are pinned)."""
+
+    rows: int
+    null_rows: int
+    nonfinite_rows: int
+    first_nonfinite_row: int | None
+    digests: np.ndarray | None = None
+    bounds: emb_norms.BoundsScan | None = None
+
+
+def scan_emb(parquet: pq.ParquetFile, bounds: EmbBounds | None = None) -> EmbScan | str:
+    """Decode `emb` in batches of EMB_BATCH_ROWS and count rows holding NaN, Inf or NULL;
+    digest each row's bytes and measure its norm against `bounds` on the same batches.
+
+    One thread: the gate runs beside downloads and other files' gates. Returns why it could
+    not read, if it could not.
+    """
+    rows = null_rows = nonfinite_rows = 0
+    first_nonfinite: int | None = None
+    digests: list[np.ndarray] | None = []
+    in_bounds = None if bounds is None else emb_norms.BoundsScan(bounds)
+    try:
+        for batch in parquet.iter_batches(
+            batch_size=EMB_BATCH_ROWS, columns=["emb"], use_threads=False
+        ):
+            emb = batch.column(0)
+            null_rows += emb.null_count
+            nonfinite_in_batch = _nonfinite_rows(emb)
+            if nonfinite_in_batch.size:
+                nonfinite_rows += nonfinite_in_batch.size
+                if first_nonfinite is None:
+                    first_nonfinite = rows + int(nonfinite_in_batch[0])
+            matrix = emb_digests.emb_matrix(emb)
+            if matrix is None:
+                digests = None
+                in_bounds = None
+            else:
+                valid = emb.is_valid().to_numpy(zero_copy_only=False) if emb.null_count else None
+                if digests is not None:
+                    digests.append(emb_digests.row_digests(matrix, valid))
+                if in_bounds is not None:
+                    in_bounds.add(matrix, valid, rows)
+            rows += len(emb)
+    except Exception as error:  # a page that does not decode, a type that is not a list
+        return f"'emb' does not read ({error})"
+    all_digests = None
+    if digests is not None:
+        all_digests = np.concatenate(digests) if digests else np.empty(0, np.uint64)
+    return EmbScan(rows, null_rows, nonfinite_rows, first_nonfinite, all_digests, in_bounds)
+
+
+def _nonfinite_rows(emb: pa.Array) -> np.ndarray:
+    """The rows (in the batch, ascending) holding a NaN, an Inf or a NULL value."""
+    values = pc.list_flatten(emb)
+    finite = pc.is_finite(values)
+    if not len(values) or (not values.null_count and pc.all(finite).as_py()):
+        return np.empty(0, np.int64)
+    bad = pc.invert(pc.fill_null(finite, False))
+    return np.unique(pc.list_parent_indices(emb).filter(bad).to_numpy())
+
+
+def emb_finite_result(name: str, emb: EmbScan | str) -> CheckResult:
+    """`emb_finite`: no row holds NaN, Inf or a NULL value, and no row is NULL."""
+    if isinstance(emb, str):
+        return not_run(EMB_FINITE, name, emb)
+    details = {
+        "rows": emb.rows,
+        "null_rows": emb.null_rows,
+        "nonfinite_rows": emb.nonfinite_rows,
+        "first_nonfinite_row": emb.first_nonfinite_row,
+    }
+    if not emb.null_rows and not emb.nonfinite_rows:
+        return CheckResult(
+            EMB_FINITE, True, f"{name}: emb finite in all {emb.rows:,} rows", details
+        )
+    problems = []
+    if emb.nonfinite_rows:
+        problems.append(
+            f"{emb.nonfinite_rows:,} rows hold NaN, Inf or NULL values "
+            f"(first at row {emb.first_nonfinite_row})"
+        )
+    if emb.null_rows:
+        problems.append(f"{emb.null_rows:,} rows have a NULL emb")
+    return CheckResult(
+        EMB_FINITE, False, f"{name}: emb not finite: " + "; ".join(problems), details
+    )
+
+
+def emb_norms_result(
+    name: str, emb: EmbScan | str, bounds: EmbBounds | None, uuids: pa.ChunkedArray | None
+) -> CheckResult:
+    """`emb_norms_within_bounds`: failing rows named with their uuid when `uuids` read."""
+    if isinstance(emb, str):
+        return not_run(EMB_NORMS_WITHIN_BOUNDS, name, emb)
+    if bounds is None:
+        return CheckResult(
+            EMB_NORMS_WITHIN_BOUNDS, True, f"{name}: no emb bounds pinned for this config"
+        )
+    if emb.bounds is None:
+        return not_run(EMB_NORMS_WITHIN_BOUNDS, name, "'emb' is not a fixed-size list of floats")
+    uuid_at = None
+    if uuids is not None:
+        uuid_at = {row: uuids[row].as_py() for row, _, _ in emb.bounds.examples if row < len(uuids)}
+    return emb_norms.bounds_result(name, emb.bounds, uuid_at)
