@@ -22,7 +22,7 @@ from mirror_testing import sample_mirror
 from tol_dagster.derived.taxon_index import INDEX_SCHEMA, build_taxon_index, read_taxon_index
 from tol_dagster.errors import EmptySliceError, StoreError, ValidationFailed
 from tol_dagster.schema import DEFAULT_CONFIG, arrow_schema, expected_schema
-from tol_dagster.slices import extract as slices
+from tol_dagster.slices import read, write
 from tol_dagster.slices.checks import (
     EMB_MATCHES_MIRROR,
     ROWS_MATCH_SUMMARY,
@@ -36,17 +36,13 @@ from tol_dagster.slices.checks import (
     check_uuids_unique,
     slice_checks,
 )
-from tol_dagster.slices.extract import (
-    EMB_LEAF,
-    SliceResult,
-    affected_slices,
-    close_matches,
-    expected_count,
-    extract_slice,
-    refuse_empty,
-)
+from tol_dagster.slices.counts import close_matches, expected_count, refuse_empty
+from tol_dagster.slices.extract import SliceResult, extract_slice
 from tol_dagster.slices.keys import SliceKey, parse_slice_key, split_binomial
-from tol_dagster.slices.parquet_bytes import Footer, SpliceError, read_footer, read_rows
+from tol_dagster.slices.parquet.footer import Footer, SpliceError, read_footer
+from tol_dagster.slices.parquet.pages import read_rows
+from tol_dagster.slices.rebuilds import affected_slices
+from tol_dagster.slices.write import EMB_LEAF
 from tol_dagster.store.hashing import sha256_file
 from tol_dagster.store.layout import Layout
 from tol_dagster.store.mirror_files import MirrorFile
@@ -149,8 +145,8 @@ def test_a_slice_equals_the_matching_rows_of_the_mirror_in_order(
     dense_share: float,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(slices, "PAGE_READS", pages)
-    monkeypatch.setattr(slices, "DENSE_SHARE", dense_share)
+    monkeypatch.setattr(read, "PAGE_READS", pages)
+    monkeypatch.setattr(read, "DENSE_SHARE", dense_share)
     key, result, table = _extract(mirror, text, tmp_path)
     expected = mirror.expected(key)
     assert table.schema.equals(SCHEMA, check_metadata=False)
@@ -417,7 +413,7 @@ def test_a_wrong_emb_from_the_page_reader_fails_the_check_and_nothing_is_publish
         calls.append(group)
         return _flip_first_emb(rows) if len(calls) == 1 else rows
 
-    monkeypatch.setattr(slices, "read_rows", corrupt)
+    monkeypatch.setattr(read, "read_rows", corrupt)
     with pytest.raises(ValidationFailed, match="differs from the mirror's") as raised:
         _guarded(mirror, key, good.path)
     assert calls
@@ -453,11 +449,11 @@ def test_a_wrong_emb_from_the_splicer_fails_the_check_and_nothing_is_published(
         pq.write_table(changed, twin, row_group_size=500, compression="zstd")
         twins[file.path] = read_footer(twin)
 
-    class WrongSplicer(slices.Splicer):
+    class WrongSplicer(write.Splicer):
         def add(self, footer: Footer, row_group: int) -> None:
             super().add(twins.get(footer.path, footer), row_group)
 
-    monkeypatch.setattr(slices, "Splicer", WrongSplicer)
+    monkeypatch.setattr(write, "Splicer", WrongSplicer)
     with pytest.raises(ValidationFailed, match=r"emb of uuid \S+ \(row [\d,]+\) differs"):
         _guarded(mirror, key, good.path)
     assert good.path.read_bytes() == before
@@ -707,8 +703,8 @@ def test_files_with_another_parquet_layout_are_read_instead_of_copied(
 def test_segments_drained_at_any_size_splice_the_same_slice(
     mirror: Mirror, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(slices, "SEGMENT_BYTES", 1)  # every row group encoded is spliced at once
-    monkeypatch.setattr(slices, "ROW_GROUP_ROWS", 100)
+    monkeypatch.setattr(write, "SEGMENT_BYTES", 1)  # every row group encoded is spliced at once
+    monkeypatch.setattr(read, "BATCH_ROWS", 100)
     key, result, table = _extract(mirror, "kingdom=Animalia", tmp_path)
     assert result.row_groups_copied > 0
     assert table.equals(mirror.expected(key))
@@ -721,7 +717,7 @@ def test_copied_row_groups_fall_back_to_plain_reads_where_the_kernel_cannot_copy
     def refuse(*args: object) -> int:
         raise OSError(18, "Invalid cross-device link")
 
-    monkeypatch.setattr(slices.os, "copy_file_range", refuse)
+    monkeypatch.setattr(os, "copy_file_range", refuse)
     key, result, table = _extract(mirror, "kingdom=Animalia", tmp_path)
     assert result.row_groups_copied > 0
     assert table.equals(mirror.expected(key))
@@ -731,7 +727,7 @@ def test_copied_row_groups_fall_back_to_plain_reads_where_the_kernel_cannot_copy
 def test_copied_row_groups_are_copied_through_userspace_where_copy_file_range_is_missing(
     mirror: Mirror, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.delattr(slices.os, "copy_file_range", raising=False)  # macOS, Windows
+    monkeypatch.delattr(os, "copy_file_range", raising=False)  # macOS, Windows
     assert not hasattr(os, "copy_file_range")
     key, result, table = _extract(mirror, "kingdom=Animalia", tmp_path)
     assert result.row_groups_copied > 0
@@ -746,7 +742,7 @@ def test_copy_file_range_refusing_this_pair_of_files_falls_back(
     def refuse(*args: object) -> int:
         raise OSError(code, os.strerror(code))
 
-    monkeypatch.setattr(slices.os, "copy_file_range", refuse, raising=False)
+    monkeypatch.setattr(os, "copy_file_range", refuse, raising=False)
     key, result, table = _extract(mirror, "kingdom=Animalia", tmp_path)
     assert result.row_groups_copied > 0 and table.equals(mirror.expected(key))
 
@@ -757,7 +753,7 @@ def test_a_full_disk_during_a_kernel_copy_is_raised_not_hidden(
     def full(*args: object) -> int:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(slices.os, "copy_file_range", full, raising=False)
+    monkeypatch.setattr(os, "copy_file_range", full, raising=False)
     out = tmp_path / "out"
     with pytest.raises(OSError, match="No space left"):
         _extract(mirror, "kingdom=Animalia", out)
@@ -773,7 +769,7 @@ def test_a_page_read_anomaly_falls_back_to_decoding_the_row_range(
     def lying(footer: Footer, group: int, start: int, stop: int) -> pa.Table:
         raise SpliceError(f"{footer.path}: pages 0..0 of a column decode to 9 rows where ...")
 
-    monkeypatch.setattr(slices, "read_rows", lying)
+    monkeypatch.setattr(read, "read_rows", lying)
     key, result, table = _extract(mirror, "family=Felidae", tmp_path)
     assert table.equals(mirror.expected(key)) and result.rows > 0
     assert "reading rows" in caplog.text and "with pyarrow" in caplog.text
@@ -788,7 +784,7 @@ def test_rows_neither_the_pages_nor_pyarrow_can_read_say_the_mirror_file_is_dama
     def broken(path: Path, group: int, start: int, stop: int) -> pa.Table:
         raise pa.ArrowInvalid("Couldn't deserialize thrift")
 
-    monkeypatch.setattr(slices, "read_rows", lying)
-    monkeypatch.setattr(slices, "decode_rows", broken)
+    monkeypatch.setattr(read, "read_rows", lying)
+    monkeypatch.setattr(read, "decode_rows", broken)
     with pytest.raises(StoreError, match=r"a lying offset index.*Couldn't deserialize.*damaged"):
         _extract(mirror, "family=Felidae", tmp_path)

@@ -49,7 +49,7 @@ from tol_dagster.errors import SettingsError, SliceSpecError
 from tol_dagster.resync import sync
 from tol_dagster.settings import Settings
 from tol_dagster.slices import builds as published
-from tol_dagster.slices.extract import expected_count, refuse_empty
+from tol_dagster.slices.counts import expected_count, refuse_empty
 from tol_dagster.slices.keys import SliceKey, parse_slice_key
 from tol_dagster.store.manifest import load_manifest
 

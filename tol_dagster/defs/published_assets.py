@@ -32,7 +32,8 @@ from tol_dagster.slices.checks import (
     UUIDS_UNIQUE,
     slice_checks,
 )
-from tol_dagster.slices.extract import expected_count, extract_slice, refuse_empty
+from tol_dagster.slices.counts import expected_count, refuse_empty
+from tol_dagster.slices.extract import extract_slice
 from tol_dagster.slices.keys import parse_slice_key
 from tol_dagster.store import generations as mirror
 from tol_dagster.validation.alignment import check_configs_aligned

@@ -22,8 +22,8 @@ import yaml
 
 from tol_dagster.derived.taxon_index import read_taxon_index
 from tol_dagster.errors import SettingsError, SliceSpecError, StoreError
-from tol_dagster.slices.extract import affected_slices
 from tol_dagster.slices.keys import parse_slice_key
+from tol_dagster.slices.rebuilds import affected_slices
 from tol_dagster.store.durable import write_atomic
 from tol_dagster.store.generations import pin_generation
 from tol_dagster.store.layout import Layout
