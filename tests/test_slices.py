@@ -107,6 +107,22 @@ def mirror(small_sample: Path, tmp_path_factory: pytest.TempPathFactory) -> Mirr
     return Mirror(files, read_taxon_index(layout, DEFAULT_CONFIG), layout)
 
 
+def _spy_read_ways(monkeypatch: pytest.MonkeyPatch) -> set[str]:
+    """The ways the reader reads a range of rows, filled in as it uses them: by pages through
+    the offset index, by pyarrow from the row group's start, or by DuckDB."""
+    used: set[str] = set()
+    ways = {"_page_chunk": "pages", "_pyarrow_rows": "pyarrow", "_duckdb_rows": "duckdb"}
+    for name, way in ways.items():
+        real = getattr(read, name)
+
+        def spy(*args: object, _real: Callable = real, _way: str = way) -> object:
+            used.add(_way)
+            return _real(*args)
+
+        monkeypatch.setattr(read, name, spy)
+    return used
+
+
 def _extract(mirror: Mirror, text: str, out_dir: Path, *, index: bool = True) -> tuple:
     key = parse_slice_key(text)
     out = out_dir / key.file_name
@@ -147,8 +163,15 @@ def test_a_slice_equals_the_matching_rows_of_the_mirror_in_order(
 ) -> None:
     monkeypatch.setattr(read, "PAGE_READS", pages)
     monkeypatch.setattr(read, "DENSE_SHARE", dense_share)
+    used = _spy_read_ways(monkeypatch)
     key, result, table = _extract(mirror, text, tmp_path)
     expected = mirror.expected(key)
+    if pages:
+        allowed = {"pages"}
+    else:  # every range is dense when the share is 0, none when it is above 1
+        allowed = {"pyarrow"} if dense_share <= 0 else {"duckdb"} if dense_share > 1 else None
+    assert used <= (allowed or {"pyarrow", "duckdb"})
+    assert bool(used) == (result.row_groups_copied < result.row_groups_read)  # ranges to read
     assert table.schema.equals(SCHEMA, check_metadata=False)
     assert table.equals(expected)
     assert (result.rows, result.key) == (expected.num_rows, key.name)
@@ -705,21 +728,38 @@ def test_segments_drained_at_any_size_splice_the_same_slice(
 ) -> None:
     monkeypatch.setattr(write, "SEGMENT_BYTES", 1)  # every row group encoded is spliced at once
     monkeypatch.setattr(read, "BATCH_ROWS", 100)
+    spliced: list[tuple[bool, int]] = []  # (from a segment, row groups of its file) per add
+
+    class Recording(write.Splicer):
+        def add(self, footer: Footer, row_group: int) -> None:
+            spliced.append((footer.data is not None, len(footer.row_groups)))
+            super().add(footer, row_group)
+
+    monkeypatch.setattr(write, "Splicer", Recording)
     key, result, table = _extract(mirror, "kingdom=Animalia", tmp_path)
     assert result.row_groups_copied > 0
     assert table.equals(mirror.expected(key))
-    assert pq.read_metadata(result.path).num_row_groups > result.row_groups_copied
+    meta = pq.read_metadata(result.path)
+    assert meta.num_row_groups > result.row_groups_copied
+    assert len(spliced) == meta.num_row_groups  # none empty: each add is a row group out
+    encoded = [meta.row_group(g).num_rows for g, (segment, _) in enumerate(spliced) if segment]
+    assert len(encoded) == meta.num_row_groups - result.row_groups_copied
+    assert all(groups == 1 for segment, groups in spliced if segment)  # drained one by one
+    assert max(encoded) < 2 * 100  # row groups of 100 rows and more, from batches of 100
 
 
 def test_copied_row_groups_fall_back_to_plain_reads_where_the_kernel_cannot_copy(
     mirror: Mirror, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    calls: list[object] = []
+
     def refuse(*args: object) -> int:
+        calls.append(args)
         raise OSError(18, "Invalid cross-device link")
 
     monkeypatch.setattr(os, "copy_file_range", refuse)
     key, result, table = _extract(mirror, "kingdom=Animalia", tmp_path)
-    assert result.row_groups_copied > 0
+    assert result.row_groups_copied > 0 and calls
     assert table.equals(mirror.expected(key))
     assert result.sha256 == sha256_file(result.path)
 
@@ -739,12 +779,15 @@ def test_copied_row_groups_are_copied_through_userspace_where_copy_file_range_is
 def test_copy_file_range_refusing_this_pair_of_files_falls_back(
     mirror: Mirror, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, code: int
 ) -> None:
+    calls: list[object] = []
+
     def refuse(*args: object) -> int:
+        calls.append(args)
         raise OSError(code, os.strerror(code))
 
     monkeypatch.setattr(os, "copy_file_range", refuse, raising=False)
     key, result, table = _extract(mirror, "kingdom=Animalia", tmp_path)
-    assert result.row_groups_copied > 0 and table.equals(mirror.expected(key))
+    assert result.row_groups_copied > 0 and table.equals(mirror.expected(key)) and calls
 
 
 def test_a_full_disk_during_a_kernel_copy_is_raised_not_hidden(
