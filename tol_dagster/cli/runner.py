@@ -49,6 +49,7 @@ from tol_dagster.errors import SettingsError, SliceSpecError
 from tol_dagster.resync import sync
 from tol_dagster.settings import Settings
 from tol_dagster.slices import builds as published
+from tol_dagster.slices import catalog_file
 from tol_dagster.slices.counts import expected_count, refuse_empty
 from tol_dagster.slices.keys import SliceKey, parse_slice_key
 from tol_dagster.store.manifest import load_manifest
@@ -520,7 +521,7 @@ def remove_slice_command(key_text: str, *, config: str | None) -> int:
         paths.add(slices_dir / key.file_name)
     paths.update(published.remove_slice_records_named(layout, name, names))
     files = sorted(p for p in paths if p.parent == slices_dir and _is_file(p))
-    in_catalog = catalog.remove_entry(layout, name, key_text)
+    in_catalog = catalog_file.remove_entry(layout, name, key_text)
     if not (known or files or in_catalog):
         why = f" (nor a valid key: {invalid})" if key is None else ""
         raise SliceSpecError(

@@ -16,7 +16,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import Field
 
-from tol_dagster import catalog
 from tol_dagster.defs.keys import asset_key, published_group, safe_name, slices_partitions_name
 from tol_dagster.defs.metadata import check_result, table_schema
 from tol_dagster.defs.mirror_assets import OWNERS
@@ -24,6 +23,7 @@ from tol_dagster.defs.resources import StorageResource
 from tol_dagster.derived import centroids, summaries, taxon_index
 from tol_dagster.errors import EmptySliceError, ValidationFailed
 from tol_dagster.slices import builds as published
+from tol_dagster.slices import catalog_file
 from tol_dagster.slices.checks import (
     EMB_MATCHES_MIRROR,
     ROWS_MATCH_SUMMARY,
@@ -313,13 +313,13 @@ def build_published_assets(name: str) -> list[dg.AssetsDefinition]:
     ) -> dg.MaterializeResult:
         layout = storage.layout
         live = set(context.instance.get_dynamic_partitions(slices_partitions_name(name)))
-        for stale in set(catalog.read_catalog(layout, name).column("name").to_pylist()) - live:
-            catalog.remove_entry(layout, name, stale)
-        table = catalog.upsert_entries(
+        for stale in set(catalog_file.read_catalog(layout, name).column("name").to_pylist()) - live:
+            catalog_file.remove_entry(layout, name, stale)
+        table = catalog_file.upsert_entries(
             layout,
             name,
             [
-                catalog.CatalogEntry(
+                catalog_file.CatalogEntry(
                     config=name,
                     name=str(r["name"]),
                     rank=str(r["rank"]),
