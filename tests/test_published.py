@@ -757,7 +757,7 @@ def test_two_mirrored_configs_are_checked_for_the_same_uuids_in_the_same_order(
 def test_partitions_that_do_not_parse_are_skipped_by_rebuilds_with_a_warning_naming_the_fix(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    from tol_dagster.slices.builds import _parseable
+    from tol_dagster.slices.rebuilds import _parseable
 
     kept = _parseable(["family=Felidae", "family=Fel\x07idae", "genus=Morus"], CONFIG)
 
