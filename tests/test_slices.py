@@ -25,12 +25,12 @@ from tol_dagster.schema import DEFAULT_CONFIG, arrow_schema, expected_schema
 from tol_dagster.slices import read, write
 from tol_dagster.slices.checks import (
     EMB_MATCHES_MIRROR,
-    ROWS_MATCH_SUMMARY,
+    ROWS_MATCH_INDEX_COUNT,
     ROWS_SATISFY_KEY,
     SCHEMA_MATCHES_MIRROR,
     UUIDS_UNIQUE,
     check_emb_matches_mirror,
-    check_rows_match_summary,
+    check_rows_match_index_count,
     check_rows_satisfy_key,
     check_schema_matches,
     check_uuids_unique,
@@ -345,7 +345,7 @@ def test_the_checks_pass_on_a_good_slice(mirror: Mirror, tmp_path: Path) -> None
     expected = expected_count(key, mirror.index, mirror.files)
     checks = mirror.checks(result.path, key, expected)
     assert [c.check for c in checks] == [
-        ROWS_MATCH_SUMMARY,
+        ROWS_MATCH_INDEX_COUNT,
         ROWS_SATISFY_KEY,
         UUIDS_UNIQUE,
         SCHEMA_MATCHES_MIRROR,
@@ -356,7 +356,7 @@ def test_the_checks_pass_on_a_good_slice(mirror: Mirror, tmp_path: Path) -> None
 
 def test_each_check_fails_on_the_fault_it_names(mirror: Mirror, tmp_path: Path) -> None:
     key, result, table = _extract(mirror, "family=Felidae", tmp_path)
-    assert not check_rows_match_summary(result.path, key, table.num_rows + 1).passed
+    assert not check_rows_match_index_count(result.path, key, table.num_rows + 1).passed
 
     intruder = mirror.expected(parse_slice_key("family=Nymphalidae")).slice(0, 1)
     mixed = tmp_path / "mixed.parquet"
@@ -544,7 +544,7 @@ def test_a_slice_missing_rows_of_the_mirror_is_refused_by_its_row_count(
     pq.write_table(table.slice(0, table.num_rows - 1), short)
     verdicts = {c.check: c for c in mirror.checks(short, key, result.rows)}
     assert verdicts[EMB_MATCHES_MIRROR].passed  # what is there is the mirror's
-    assert not verdicts[ROWS_MATCH_SUMMARY].passed
+    assert not verdicts[ROWS_MATCH_INDEX_COUNT].passed
 
 
 # --- keys matching no row ------------------------------------------------------------------

@@ -25,7 +25,7 @@ from tol_dagster.errors import EmptySliceError, ValidationFailed
 from tol_dagster.slices import catalog_file, records
 from tol_dagster.slices.checks import (
     EMB_MATCHES_MIRROR,
-    ROWS_MATCH_SUMMARY,
+    ROWS_MATCH_INDEX_COUNT,
     ROWS_SATISFY_KEY,
     SCHEMA_MATCHES_MIRROR,
     UUIDS_UNIQUE,
@@ -39,7 +39,7 @@ from tol_dagster.validation.alignment import check_configs_aligned
 from tol_dagster.validation.checks import CheckResult
 
 SLICE_CHECKS = {
-    ROWS_MATCH_SUMMARY: "Rows equal the taxon's count from the index/summary.",
+    ROWS_MATCH_INDEX_COUNT: "Rows equal the taxon index's count of the rows matching the key.",
     ROWS_SATISFY_KEY: "Every row satisfies the slice key.",
     UUIDS_UNIQUE: "No uuid appears twice in the slice.",
     SCHEMA_MATCHES_MIRROR: "The slice has the mirror's exact schema.",
