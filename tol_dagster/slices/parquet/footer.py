@@ -15,22 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from tol_dagster.slices.parquet.fields import (
-    CC_ENCRYPTION,
-    CC_FILE_PATH,
-    CC_META,
-    CC_OFFSET_INDEX,
-    CM_DATA_PAGE,
-    CM_DICTIONARY_PAGE,
-    CM_TOTAL_COMPRESSED,
-    FILE_ENCRYPTION,
-    FILE_NUM_ROWS,
-    FILE_ROW_GROUPS,
-    FILE_SCHEMA,
-    RG_COLUMNS,
-    SCHEMA_NAME,
-    SCHEMA_NUM_CHILDREN,
-)
+from tol_dagster.slices.parquet import field_ids
 from tol_dagster.slices.parquet.thrift import LIST, Struct, read_struct, write_value
 
 MAGIC = b"PAR1"
@@ -52,42 +37,47 @@ class Footer:
 
     @property
     def row_groups(self) -> list[Struct]:
-        return self.meta.get(FILE_ROW_GROUPS)[1]
+        return self.meta.get(field_ids.FILE_ROW_GROUPS)[1]
 
     @property
     def schema(self) -> bytes:
         """The schema's wire bytes: equal bytes, identical physical schema."""
         out = bytearray()
-        write_value(out, LIST, self.meta.get(FILE_SCHEMA))
+        write_value(out, LIST, self.meta.get(field_ids.FILE_SCHEMA))
         return bytes(out)
 
     def has_offset_index(self, row_group: int) -> bool:
-        chunks = self.row_groups[row_group].get(RG_COLUMNS)[1]
-        return all(c.has(CC_OFFSET_INDEX) for c in chunks)
+        chunks = self.row_groups[row_group].get(field_ids.RG_COLUMNS)[1]
+        return all(c.has(field_ids.CC_OFFSET_INDEX) for c in chunks)
 
     def top_level_fields(self) -> list[tuple[str, list[Struct]]]:
         """(name, schema elements) of each top-level column, when each has one leaf."""
-        elements = self.meta.get(FILE_SCHEMA)[1]
+        elements = self.meta.get(field_ids.FILE_SCHEMA)[1]
         fields, position = [], 1
-        for _ in range(elements[0].get(SCHEMA_NUM_CHILDREN)):
+        for _ in range(elements[0].get(field_ids.SCHEMA_NUM_CHILDREN)):
             end, leaves = position + 1, 0
-            pending = elements[position].get(SCHEMA_NUM_CHILDREN, 0)
+            pending = elements[position].get(field_ids.SCHEMA_NUM_CHILDREN, 0)
             leaves += pending == 0
             while pending:
-                pending += elements[end].get(SCHEMA_NUM_CHILDREN, 0) - 1
-                leaves += not elements[end].get(SCHEMA_NUM_CHILDREN, 0)
+                pending += elements[end].get(field_ids.SCHEMA_NUM_CHILDREN, 0) - 1
+                leaves += not elements[end].get(field_ids.SCHEMA_NUM_CHILDREN, 0)
                 end += 1
             if leaves != 1:
                 raise SpliceError(f"{self.path}: column {position} has {leaves} leaves")
-            fields.append((elements[position].get(SCHEMA_NAME).decode(), elements[position:end]))
+            fields.append(
+                (elements[position].get(field_ids.SCHEMA_NAME).decode(), elements[position:end])
+            )
             position = end
         return fields
 
     def byte_range(self, row_group: int) -> tuple[int, int]:
         """(start, length) of the row group's column chunks, which must be contiguous."""
-        chunks = [c.get(CC_META) for c in self.row_groups[row_group].get(RG_COLUMNS)[1]]
+        chunks = [
+            c.get(field_ids.CC_META)
+            for c in self.row_groups[row_group].get(field_ids.RG_COLUMNS)[1]
+        ]
         starts = [chunk_start(m) for m in chunks]
-        sizes = [m.get(CM_TOTAL_COMPRESSED) for m in chunks]
+        sizes = [m.get(field_ids.CM_TOTAL_COMPRESSED) for m in chunks]
         start, length = min(starts), sum(sizes)
         if max(s + n for s, n in zip(starts, sizes, strict=True)) - start != length:
             raise SpliceError(f"{self.path}: row group {row_group} is not one contiguous block")
@@ -122,15 +112,20 @@ def parse_footer(tail: Any, path: Path, data: Any = None) -> Footer:
     if view[-4:] != MAGIC or size + 8 > len(view):
         raise SpliceError(f"{path}: not a plain parquet file (encrypted or truncated)")
     meta, _ = parse_struct(view[-8 - size : -8], 0, path)
-    if any(meta.has(i) for i in FILE_ENCRYPTION):
+    if any(meta.has(i) for i in field_ids.FILE_ENCRYPTION):
         raise SpliceError(f"{path}: encrypted footers are not spliced")
-    if not all(meta.has(i) for i in (FILE_SCHEMA, FILE_NUM_ROWS, FILE_ROW_GROUPS)):
+    if not all(
+        meta.has(i)
+        for i in (field_ids.FILE_SCHEMA, field_ids.FILE_NUM_ROWS, field_ids.FILE_ROW_GROUPS)
+    ):
         raise SpliceError(f"{path}: damaged parquet metadata (no schema or row groups)")
     footer = Footer(path, meta, data)
     try:
-        chunks = [c for group in footer.row_groups for c in group.get(RG_COLUMNS)[1]]
+        chunks = [c for group in footer.row_groups for c in group.get(field_ids.RG_COLUMNS)[1]]
         if any(
-            c.has(CC_FILE_PATH) or c.has(CC_ENCRYPTION[0]) or c.has(CC_ENCRYPTION[1])
+            c.has(field_ids.CC_FILE_PATH)
+            or c.has(field_ids.CC_ENCRYPTION[0])
+            or c.has(field_ids.CC_ENCRYPTION[1])
             for c in chunks
         ):
             raise SpliceError(f"{path}: column chunks in other files or encrypted")
@@ -150,8 +145,8 @@ def parse_struct(data: memoryview, pos: int, path: Path) -> tuple[Struct, int]:
 
 def chunk_start(meta: Struct) -> int:
     """The first byte of a column chunk: its dictionary page if it has one, else its data."""
-    data = int(meta.get(CM_DATA_PAGE))
-    dictionary = meta.get(CM_DICTIONARY_PAGE)
+    data = int(meta.get(field_ids.CM_DATA_PAGE))
+    dictionary = meta.get(field_ids.CM_DICTIONARY_PAGE)
     return min(data, dictionary) if dictionary else data
 
 

@@ -18,40 +18,7 @@ from typing import BinaryIO
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from tol_dagster.slices.parquet.fields import (
-    CC_FILE_OFFSET,
-    CC_META,
-    CC_OFFSET_INDEX,
-    CC_OFFSET_INDEX_LENGTH,
-    CM_DATA_PAGE,
-    CM_DICTIONARY_PAGE,
-    CM_NUM_VALUES,
-    CM_OF_ALL_ROWS,
-    CM_TOTAL_COMPRESSED,
-    CM_TOTAL_UNCOMPRESSED,
-    DATA_NUM_VALUES,
-    DATA_PAGE,
-    DATA_PAGE_V2,
-    DATA_V2_NUM_ROWS,
-    DICTIONARY_PAGE,
-    FILE_NUM_ROWS,
-    FILE_ROW_GROUPS,
-    FILE_SCHEMA,
-    FILE_VERSION,
-    HEADER_COMPRESSED,
-    HEADER_DATA_V1,
-    HEADER_DATA_V2,
-    HEADER_TYPE,
-    HEADER_UNCOMPRESSED,
-    PAGE_FIRST_ROW,
-    PAGE_LOCATIONS,
-    PAGE_OFFSET,
-    PAGE_SIZE,
-    RG_COLUMNS,
-    RG_NUM_ROWS,
-    RG_TOTAL_BYTE_SIZE,
-    SCHEMA_NUM_CHILDREN,
-)
+from tol_dagster.slices.parquet import field_ids
 from tol_dagster.slices.parquet.footer import (
     MAGIC,
     Footer,
@@ -84,8 +51,8 @@ def read_rows(footer: Footer, row_group: int, start: int, stop: int) -> pa.Table
     """
     fields = footer.top_level_fields()
     group = footer.row_groups[row_group]
-    chunks = group.get(RG_COLUMNS)[1]
-    rows = int(group.get(RG_NUM_ROWS))
+    chunks = group.get(field_ids.RG_COLUMNS)[1]
+    rows = int(group.get(field_ids.RG_NUM_ROWS))
     if not 0 <= start < stop <= rows:
         raise ValueError(f"rows {start}..{stop} are not in a row group of {rows} rows")
     columns = []
@@ -154,17 +121,17 @@ def _read_column(
     rows: int,
 ) -> pa.ChunkedArray:
     """One column of `read_rows`: its pages for the rows, as a one-column parquet file."""
-    if not chunk.has(CC_OFFSET_INDEX):
+    if not chunk.has(field_ids.CC_OFFSET_INDEX):
         raise SpliceError(f"{footer.path}: a column chunk has no offset index")
-    meta = chunk.get(CC_META).copy()
+    meta = chunk.get(field_ids.CC_META).copy()
     pages = _pages(footer.path, handle, chunk, meta, start, stop, rows)
     data = _one_column_file(footer, elements, meta, pages)
     column = pq.ParquetFile(pa.BufferReader(data)).read(use_threads=False).column(0)
     covered = pages.rows[1] - pages.rows[0]
     if len(column) != covered:
         raise SpliceError(
-            f"{footer.path}: pages {pages.first}..{pages.last} of a column decode to {len(column)} rows "
-            f"where its offset index says {covered}"
+            f"{footer.path}: pages {pages.first}..{pages.last} of a column decode to "
+            f"{len(column)} rows where its offset index says {covered}"
         )
     return column.slice(start - pages.rows[0], stop - start)
 
@@ -174,20 +141,22 @@ def _pages(
 ) -> _Pages:
     """The pages of `chunk` holding rows [start, stop), found through its offset index, with
     their totals (checked against the offset index for data pages v2)."""
-    index = pread_struct(handle, chunk.get(CC_OFFSET_INDEX), chunk.get(CC_OFFSET_INDEX_LENGTH))
-    locations = index.get(PAGE_LOCATIONS)[1]
+    index = pread_struct(
+        handle, chunk.get(field_ids.CC_OFFSET_INDEX), chunk.get(field_ids.CC_OFFSET_INDEX_LENGTH)
+    )
+    locations = index.get(field_ids.PAGE_LOCATIONS)[1]
     _check_locations(path, locations, meta, rows)
-    firsts = [page.get(PAGE_FIRST_ROW) for page in locations]
+    firsts = [page.get(field_ids.PAGE_FIRST_ROW) for page in locations]
     first = bisect.bisect_right(firsts, start) - 1
     last = bisect.bisect_left(firsts, stop) - 1
     covered = firsts[first], firsts[last + 1] if last + 1 < len(firsts) else rows
     body = bytearray(MAGIC)
-    dictionary = _dictionary_page(path, handle, meta, locations[0].get(PAGE_OFFSET))
+    dictionary = _dictionary_page(path, handle, meta, locations[0].get(field_ids.PAGE_OFFSET))
     if dictionary is not None:
         body += dictionary
     data_start = len(body)
-    begin = locations[first].get(PAGE_OFFSET)
-    end = locations[last].get(PAGE_OFFSET) + locations[last].get(PAGE_SIZE)
+    begin = locations[first].get(field_ids.PAGE_OFFSET)
+    end = locations[last].get(field_ids.PAGE_OFFSET) + locations[last].get(field_ids.PAGE_SIZE)
     body += pread(handle, begin, end - begin)
     values, uncompressed, v2_rows = _page_totals(
         memoryview(body)[data_start:], path, data_pages=last - first + 1
@@ -207,22 +176,24 @@ def _pages(
 def _one_column_file(footer: Footer, elements: list[Struct], meta: Struct, pages: _Pages) -> bytes:
     """`pages` as a parquet file of one column and one row group: `meta` (the chunk's column
     metadata, a copy) rewritten to describe those pages only."""
-    meta.drop(*CM_OF_ALL_ROWS)
-    meta.set(CM_NUM_VALUES, pages.values)
-    meta.set(CM_TOTAL_UNCOMPRESSED, pages.uncompressed)
-    meta.set(CM_TOTAL_COMPRESSED, len(pages.body) - len(MAGIC))
-    meta.set(CM_DATA_PAGE, pages.data_start)
-    meta.drop(CM_DICTIONARY_PAGE)
+    meta.drop(*field_ids.CM_OF_ALL_ROWS)
+    meta.set(field_ids.CM_NUM_VALUES, pages.values)
+    meta.set(field_ids.CM_TOTAL_UNCOMPRESSED, pages.uncompressed)
+    meta.set(field_ids.CM_TOTAL_COMPRESSED, len(pages.body) - len(MAGIC))
+    meta.set(field_ids.CM_DATA_PAGE, pages.data_start)
+    meta.drop(field_ids.CM_DICTIONARY_PAGE)
     if pages.dictionary:
-        meta.put(CM_DICTIONARY_PAGE, I64, len(MAGIC))
-    root = footer.meta.get(FILE_SCHEMA)[1][0].copy()
-    root.set(SCHEMA_NUM_CHILDREN, 1)
-    chunk = Struct([[CC_FILE_OFFSET, I64, pages.data_start], [CC_META, STRUCT, meta]])
+        meta.put(field_ids.CM_DICTIONARY_PAGE, I64, len(MAGIC))
+    root = footer.meta.get(field_ids.FILE_SCHEMA)[1][0].copy()
+    root.set(field_ids.SCHEMA_NUM_CHILDREN, 1)
+    chunk = Struct(
+        [[field_ids.CC_FILE_OFFSET, I64, pages.data_start], [field_ids.CC_META, STRUCT, meta]]
+    )
     group = Struct(
         [
-            [RG_COLUMNS, LIST, (STRUCT, [chunk])],
-            [RG_TOTAL_BYTE_SIZE, I64, pages.uncompressed],
-            [RG_NUM_ROWS, I64, pages.values],
+            [field_ids.RG_COLUMNS, LIST, (STRUCT, [chunk])],
+            [field_ids.RG_TOTAL_BYTE_SIZE, I64, pages.uncompressed],
+            [field_ids.RG_NUM_ROWS, I64, pages.values],
         ]
     )
     # Row counts are the values (every row has one or more): an upper bound, so pyarrow
@@ -230,10 +201,10 @@ def _one_column_file(footer: Footer, elements: list[Struct], meta: Struct, pages
     # a length that differs from what it promised, never as rows shifted.
     file_meta = Struct(
         [
-            [FILE_VERSION, I32, footer.meta.get(FILE_VERSION)],
-            [FILE_SCHEMA, LIST, (STRUCT, [root, *elements])],
-            [FILE_NUM_ROWS, I64, pages.values],
-            [FILE_ROW_GROUPS, LIST, (STRUCT, [group])],
+            [field_ids.FILE_VERSION, I32, footer.meta.get(field_ids.FILE_VERSION)],
+            [field_ids.FILE_SCHEMA, LIST, (STRUCT, [root, *elements])],
+            [field_ids.FILE_NUM_ROWS, I64, pages.values],
+            [field_ids.FILE_ROW_GROUPS, LIST, (STRUCT, [group])],
         ]
     )
     tail = bytearray()
@@ -245,13 +216,13 @@ def _check_locations(path: Path, locations: list[Struct], meta: Struct, rows: in
     """The offset index is usable: pages start at row 0, in row and byte order, inside the
     column chunk's bytes, each starting after the previous one ends."""
     chunk_begin = chunk_start(meta)
-    chunk_end = chunk_begin + int(meta.get(CM_TOTAL_COMPRESSED))
+    chunk_end = chunk_begin + int(meta.get(field_ids.CM_TOTAL_COMPRESSED))
     previous_row, previous_end = -1, chunk_begin
     for index, page in enumerate(locations):
         row, offset, size = (
-            page.get(PAGE_FIRST_ROW),
-            page.get(PAGE_OFFSET),
-            page.get(PAGE_SIZE),
+            page.get(field_ids.PAGE_FIRST_ROW),
+            page.get(field_ids.PAGE_OFFSET),
+            page.get(field_ids.PAGE_SIZE),
         )
         if (
             (index == 0 and row != 0)
@@ -276,18 +247,18 @@ def _dictionary_page(
     """The column chunk's dictionary page (header and body), found from the column metadata:
     at `dictionary_page_offset`, or (writers that leave it unset) at the chunk's start when a
     page sits there before the first data page. Its header must say it is a dictionary page."""
-    offset = meta.get(CM_DICTIONARY_PAGE)
+    offset = meta.get(field_ids.CM_DICTIONARY_PAGE)
     strict = bool(offset)
     if not offset:  # absent, or 0 for "none" (some writers)
-        offset = int(meta.get(CM_DATA_PAGE))
+        offset = int(meta.get(field_ids.CM_DATA_PAGE))
         if offset >= first_data_page:
             return None
     header, size = _page_header(path, handle, offset, first_data_page - offset)
-    if header.get(HEADER_TYPE) != DICTIONARY_PAGE:
+    if header.get(field_ids.HEADER_TYPE) != field_ids.DICTIONARY_PAGE:
         if strict:
             raise SpliceError(f"{path}: no dictionary page at dictionary_page_offset {offset}")
         return None
-    length = size + header.get(HEADER_COMPRESSED)
+    length = size + header.get(field_ids.HEADER_COMPRESSED)
     if offset + length > first_data_page and offset < first_data_page:
         raise SpliceError(f"{path}: the dictionary page at {offset} overlaps the data pages")
     return pread(handle, offset, length)
@@ -317,22 +288,26 @@ def _page_totals(pages: memoryview, path: Path, *, data_pages: int) -> tuple[int
     v2_rows: int | None = 0
     while position < len(pages):
         header, body = parse_struct(pages, position, path)
-        kind = header.get(HEADER_TYPE)
-        if kind == DICTIONARY_PAGE and data_pages == 0:
+        kind = header.get(field_ids.HEADER_TYPE)
+        if kind == field_ids.DICTIONARY_PAGE and data_pages == 0:
             pass
-        elif kind in (DATA_PAGE, DATA_PAGE_V2) and data_pages:
-            payload = header.get(HEADER_DATA_V1 if kind == DATA_PAGE else HEADER_DATA_V2)
-            values += payload.get(DATA_NUM_VALUES)
+        elif kind in (field_ids.DATA_PAGE, field_ids.DATA_PAGE_V2) and data_pages:
+            payload = header.get(
+                field_ids.HEADER_DATA_V1
+                if kind == field_ids.DATA_PAGE
+                else field_ids.HEADER_DATA_V2
+            )
+            values += payload.get(field_ids.DATA_NUM_VALUES)
             v2_rows = (
                 None
-                if kind == DATA_PAGE or v2_rows is None
-                else v2_rows + payload.get(DATA_V2_NUM_ROWS)
+                if kind == field_ids.DATA_PAGE or v2_rows is None
+                else v2_rows + payload.get(field_ids.DATA_V2_NUM_ROWS)
             )
             seen += 1
         else:
             raise SpliceError(f"{path}: a page of type {kind} among the pages read")
-        uncompressed += body - position + header.get(HEADER_UNCOMPRESSED)
-        position = body + header.get(HEADER_COMPRESSED)
+        uncompressed += body - position + header.get(field_ids.HEADER_UNCOMPRESSED)
+        position = body + header.get(field_ids.HEADER_COMPRESSED)
     if position != len(pages) or seen != data_pages:
         raise SpliceError(
             f"{path}: the pages read end at byte {position} of {len(pages)} after {seen} data "

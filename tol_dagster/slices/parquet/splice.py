@@ -13,26 +13,7 @@ import struct
 from collections.abc import Iterator
 from typing import Any, Protocol
 
-from tol_dagster.slices.parquet.fields import (
-    CC_COLUMN_INDEX,
-    CC_COLUMN_INDEX_LENGTH,
-    CC_FILE_OFFSET,
-    CC_META,
-    CC_OFFSET_INDEX,
-    CC_OFFSET_INDEX_LENGTH,
-    CM_DATA_PAGE,
-    CM_DICTIONARY_PAGE,
-    CM_DROPPED,
-    CM_INDEX_PAGE,
-    FILE_NUM_ROWS,
-    FILE_ROW_GROUPS,
-    PAGE_LOCATIONS,
-    PAGE_OFFSET,
-    RG_COLUMNS,
-    RG_FILE_OFFSET,
-    RG_NUM_ROWS,
-    RG_ORDINAL,
-)
+from tol_dagster.slices.parquet import field_ids
 from tol_dagster.slices.parquet.footer import (
     MAGIC,
     Footer,
@@ -70,13 +51,13 @@ class Splicer:
         no usable offsets (pyarrow: data page offset 0)."""
         if footer.schema != self.template.schema:
             raise SpliceError(f"{footer.path}: its schema differs from {self.template.path}'s")
-        if not footer.row_groups[row_group].get(RG_NUM_ROWS):
+        if not footer.row_groups[row_group].get(field_ids.RG_NUM_ROWS):
             return
         start, length = footer.byte_range(row_group)
         delta = self.position - start
         moved = _moved(footer.row_groups[row_group], delta, len(self.groups))
         try:
-            for chunk in moved.get(RG_COLUMNS)[1]:
+            for chunk in moved.get(field_ids.RG_COLUMNS)[1]:
                 self._keep_indexes(footer, chunk, delta)
         except (AttributeError, IndexError, KeyError, TypeError) as error:
             raise SpliceError(f"{footer.path}: damaged page index ({error!r})") from error
@@ -92,25 +73,38 @@ class Splicer:
     def _keep_indexes(self, footer: Footer, chunk: Struct, delta: int) -> None:
         """Hold a chunk's page indexes for `close`: the column index as is, the offset index
         with its page offsets moved."""
-        if chunk.has(CC_OFFSET_INDEX):
-            blob = read_bytes(footer, chunk.get(CC_OFFSET_INDEX), chunk.get(CC_OFFSET_INDEX_LENGTH))
+        if chunk.has(field_ids.CC_OFFSET_INDEX):
+            blob = read_bytes(
+                footer,
+                chunk.get(field_ids.CC_OFFSET_INDEX),
+                chunk.get(field_ids.CC_OFFSET_INDEX_LENGTH),
+            )
             offsets = parse_struct(memoryview(blob), 0, footer.path)[0]
-            for page in offsets.get(PAGE_LOCATIONS)[1]:
-                _shift(page, PAGE_OFFSET, delta)
+            for page in offsets.get(field_ids.PAGE_LOCATIONS)[1]:
+                _shift(page, field_ids.PAGE_OFFSET, delta)
             moved = bytearray()
             write_struct(moved, offsets)
             self.offset_indexes.append((chunk, bytes(moved)))
-        if chunk.has(CC_COLUMN_INDEX):
-            blob = read_bytes(footer, chunk.get(CC_COLUMN_INDEX), chunk.get(CC_COLUMN_INDEX_LENGTH))
+        if chunk.has(field_ids.CC_COLUMN_INDEX):
+            blob = read_bytes(
+                footer,
+                chunk.get(field_ids.CC_COLUMN_INDEX),
+                chunk.get(field_ids.CC_COLUMN_INDEX_LENGTH),
+            )
             self.column_indexes.append((chunk, blob))
-        chunk.drop(CC_OFFSET_INDEX, CC_OFFSET_INDEX_LENGTH, CC_COLUMN_INDEX, CC_COLUMN_INDEX_LENGTH)
+        chunk.drop(
+            field_ids.CC_OFFSET_INDEX,
+            field_ids.CC_OFFSET_INDEX_LENGTH,
+            field_ids.CC_COLUMN_INDEX,
+            field_ids.CC_COLUMN_INDEX_LENGTH,
+        )
 
     def close(self) -> int:
         """Write the page indexes and the footer (the template's, with our row groups);
         returns the file's rows."""
         for held, (offset, length) in (
-            (self.column_indexes, (CC_COLUMN_INDEX, CC_COLUMN_INDEX_LENGTH)),
-            (self.offset_indexes, (CC_OFFSET_INDEX, CC_OFFSET_INDEX_LENGTH)),
+            (self.column_indexes, (field_ids.CC_COLUMN_INDEX, field_ids.CC_COLUMN_INDEX_LENGTH)),
+            (self.offset_indexes, (field_ids.CC_OFFSET_INDEX, field_ids.CC_OFFSET_INDEX_LENGTH)),
         ):
             for chunk, blob in held:
                 chunk.put(offset, I64, self.position)
@@ -118,29 +112,33 @@ class Splicer:
                 self.sink.write(blob)
                 self.position += len(blob)
         meta = self.template.meta.copy()
-        meta.set(FILE_ROW_GROUPS, (STRUCT, self.groups))
-        meta.set(FILE_NUM_ROWS, sum(g.get(RG_NUM_ROWS) for g in self.groups))
+        meta.set(field_ids.FILE_ROW_GROUPS, (STRUCT, self.groups))
+        meta.set(field_ids.FILE_NUM_ROWS, sum(g.get(field_ids.RG_NUM_ROWS) for g in self.groups))
         footer = bytearray()
         write_struct(footer, meta)
         self.sink.write(bytes(footer))
         self.sink.write(struct.pack("<I", len(footer)) + MAGIC)
-        return int(meta.get(FILE_NUM_ROWS))
+        return int(meta.get(field_ids.FILE_NUM_ROWS))
 
 
 def _moved(group: Struct, delta: int, ordinal: int) -> Struct:
     """A copy of `group` whose bytes moved by `delta`, without bloom filters (the caller
     places the page indexes)."""
     group = group.copy()
-    _shift(group, RG_FILE_OFFSET, delta)
-    if group.has(RG_ORDINAL):
-        group.set(RG_ORDINAL, ordinal)
-    for chunk in group.get(RG_COLUMNS)[1]:
-        _shift(chunk, CC_FILE_OFFSET, delta)
-        meta = chunk.get(CC_META)
-        for field_id in (CM_DATA_PAGE, CM_INDEX_PAGE, CM_DICTIONARY_PAGE):
+    _shift(group, field_ids.RG_FILE_OFFSET, delta)
+    if group.has(field_ids.RG_ORDINAL):
+        group.set(field_ids.RG_ORDINAL, ordinal)
+    for chunk in group.get(field_ids.RG_COLUMNS)[1]:
+        _shift(chunk, field_ids.CC_FILE_OFFSET, delta)
+        meta = chunk.get(field_ids.CC_META)
+        for field_id in (
+            field_ids.CM_DATA_PAGE,
+            field_ids.CM_INDEX_PAGE,
+            field_ids.CM_DICTIONARY_PAGE,
+        ):
             if meta.get(field_id):  # some writers put 0 for "none"
                 _shift(meta, field_id, delta)
-        meta.drop(*CM_DROPPED)
+        meta.drop(*field_ids.CM_DROPPED)
     return group
 
 
