@@ -56,6 +56,7 @@ def pinned_schema(layout: Layout, pinned: PinnedGeneration) -> pa.Schema:
 
 
 def file_map(files: list[MirrorFile]) -> dict[str, str]:
+    """name -> sha256 of `files`: what a build read, compared by `changed_files`."""
     return {f.name: f.sha256 for f in files}
 
 
@@ -91,6 +92,7 @@ def _built_path(layout: Layout, config: str, output: str) -> Path:
 
 
 def load_built_from(layout: Layout, config: str, output: str) -> BuiltFrom | None:
+    """What `output` (summaries, taxon_index) was last built from; None before its first build."""
     path = _built_path(layout, config, output)
     return BuiltFrom(**json.loads(path.read_text())) if path.is_file() else None
 
@@ -98,6 +100,7 @@ def load_built_from(layout: Layout, config: str, output: str) -> BuiltFrom | Non
 def save_built_from(
     layout: Layout, config: str, output: str, manifest: Generation, files: list[MirrorFile]
 ) -> None:
+    """Record that `output` was just built from `files` of generation `manifest`."""
     built = BuiltFrom(manifest.generation, manifest.upstream_commit, file_map(files))
     write_atomic(_built_path(layout, config, output), json.dumps(asdict(built), indent=1).encode())
 
@@ -106,6 +109,7 @@ def save_built_from(
 
 
 def previous_index_path(layout: Layout, config: str) -> Path:
+    """Where the taxon index of the build before the current one is kept."""
     return layout.state_dir(config) / "taxon_index.previous.parquet"
 
 

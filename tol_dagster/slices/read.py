@@ -227,6 +227,8 @@ def _duckdb_rows(
 
 @dataclass(frozen=True)
 class _Raised:
+    """An error of the worker thread, handed to the consumer to raise in its own thread."""
+
     error: BaseException
 
 

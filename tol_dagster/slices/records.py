@@ -27,12 +27,14 @@ def _record_path(layout: Layout, config: str, name: str) -> Path:
 
 
 def save_slice_record(layout: Layout, config: str, record: Mapping[str, object]) -> None:
+    """Write the record of the slice `record["name"]`, replacing the one of its last build."""
     write_atomic(
         _record_path(layout, config, str(record["name"])), json.dumps(record, indent=1).encode()
     )
 
 
 def slice_records(layout: Layout, config: str) -> list[dict[str, object]]:
+    """Every slice record of `config`: the catalog's rows, and what each slice was built from."""
     folder = _records_dir(layout, config)
     if not folder.is_dir():
         return []

@@ -96,6 +96,7 @@ def read_footer(path: Path) -> Footer:
 
 @functools.lru_cache(maxsize=256)
 def _footer(path: str, inode: int, size: int, mtime_ns: int) -> Footer:
+    """The footer of `path`, cached by file version (inode, size, mtime)."""
     with open(path, "rb") as handle:
         handle.seek(-8, 2)
         tail = handle.read(8)
