@@ -60,14 +60,11 @@ from tol_dagster.derived.taxon_index import build_taxon_index, read_taxon_index
 from tol_dagster.devtools.sample import build_sample
 from tol_dagster.schema import DEFAULT_CONFIG, expected_schema, quote_ident
 from tol_dagster.slices.checks import slice_checks
-from tol_dagster.slices.extract import (
-    EMB_MIN_GAIN,
-    ZSTD_LEVEL,
-    expected_count,
-    extract_slice,
-    plan_scans,
-)
+from tol_dagster.slices.counts import expected_count
+from tol_dagster.slices.extract import extract_slice
 from tol_dagster.slices.keys import SliceKey, parse_slice_key, split_binomial, to_sql_filter
+from tol_dagster.slices.locate import plan_scans
+from tol_dagster.slices.write import EMB_MIN_GAIN, ZSTD_LEVEL
 from tol_dagster.store.hashing import sha256_file
 from tol_dagster.store.layout import Layout
 from tol_dagster.store.mirror_files import MirrorFile

@@ -14,19 +14,16 @@ import pytest
 from mirror_testing import sample_mirror
 
 from tol_dagster import catalog
-from tol_dagster.catalog import (
+from tol_dagster.catalog import list_slices, read_arrow, read_duckdb, read_pandas
+from tol_dagster.errors import SliceNotPublished, SliceSpecError
+from tol_dagster.schema import DEFAULT_CONFIG, expected_schema
+from tol_dagster.slices.catalog_file import (
     CATALOG_SCHEMA,
     CatalogEntry,
-    list_slices,
-    read_arrow,
     read_catalog,
-    read_duckdb,
-    read_pandas,
     remove_entry,
     upsert_entries,
 )
-from tol_dagster.errors import SliceNotPublished, SliceSpecError
-from tol_dagster.schema import DEFAULT_CONFIG, expected_schema
 from tol_dagster.slices.extract import extract_slice
 from tol_dagster.slices.keys import parse_slice_key
 from tol_dagster.store.layout import Layout

@@ -18,7 +18,7 @@ from tol_dagster.defs import instance
 from tol_dagster.devtools.localhub import LocalHub
 from tol_dagster.schema import DEFAULT_CONFIG
 from tol_dagster.settings import DEFAULT_SLICES_FILE, OFFLINE_HF_ENV, Settings
-from tol_dagster.slices import builds as published
+from tol_dagster.slices import rebuilds
 
 #: This venv's pip, quiet; every call below also says --no-index (offline).
 PIP = [sys.executable, "-m", "pip", "--quiet", "--disable-pip-version-check"]
@@ -165,7 +165,7 @@ def test_a_non_editable_install_syncs_and_slices_with_the_instance_settings_in_f
     module, slices_file, declared = where.stdout.strip().splitlines()
     assert Path(module).is_relative_to(venv), f"tol_dagster imported from {module}"
     assert Path(slices_file).is_relative_to(venv)
-    expected = published.declared_slices(DEFAULT_SLICES_FILE, DEFAULT_CONFIG)
+    expected = rebuilds.declared_slices(DEFAULT_SLICES_FILE, DEFAULT_CONFIG)
     assert declared.split("|") == list(expected) and expected, "the default slices are known"
 
     synced = run(str(venv / "bin" / "tol-dagster"), "sync")
@@ -182,11 +182,11 @@ def test_a_non_editable_install_syncs_and_slices_with_the_instance_settings_in_f
 #: Run inside the installed venv: where the package, its slices file and its default slices are.
 _REPORT = """
 import tol_dagster
-from tol_dagster.slices import builds as published
+from tol_dagster.slices import rebuilds
 from tol_dagster.schema import DEFAULT_CONFIG
 from tol_dagster.settings import Settings
 settings = Settings.from_env()
 print(tol_dagster.__file__)
 print(settings.slices_file)
-print("|".join(published.declared_slices(settings.slices_file, DEFAULT_CONFIG)))
+print("|".join(rebuilds.declared_slices(settings.slices_file, DEFAULT_CONFIG)))
 """

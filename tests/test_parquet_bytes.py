@@ -17,17 +17,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tol_dagster.schema import arrow_schema
-from tol_dagster.slices.parquet_bytes import (
-    MAGIC,
-    SpliceError,
-    Splicer,
-    Struct,
-    _read_struct,
-    _write_struct,
-    decode_rows,
-    read_footer,
-    read_rows,
-)
+from tol_dagster.slices.parquet.footer import MAGIC, SpliceError, read_footer
+from tol_dagster.slices.parquet.pages import decode_rows, read_rows
+from tol_dagster.slices.parquet.splice import Splicer
+from tol_dagster.slices.parquet.thrift import Struct, read_struct, write_struct
 
 SCHEMA = arrow_schema(dim=8)
 
@@ -70,7 +63,7 @@ def test_footers_round_trip_byte_for_byte(tmp_path: Path) -> None:
         data = path.read_bytes()
         size = struct.unpack("<I", data[-8:-4])[0]
         out = bytearray()
-        _write_struct(out, read_footer(path).meta)
+        write_struct(out, read_footer(path).meta)
         assert bytes(out) == data[-8 - size : -8]
 
 
@@ -297,7 +290,7 @@ def _rewrite_footer(path: Path, change: Callable[[Struct], None]) -> None:
     meta = read_footer(path).meta.copy()
     change(meta)
     out = bytearray()
-    _write_struct(out, meta)
+    write_struct(out, meta)
     path.write_bytes(data[:start] + bytes(out) + struct.pack("<I", len(out)) + MAGIC)
 
 
@@ -314,13 +307,13 @@ def test_an_offset_index_that_misplaces_a_page_is_caught_by_the_decoded_length(
     chunk = _chunks(read_footer(path).meta, 0)[column]
     offset, length = chunk.get(4), chunk.get(5)
     data = bytearray(path.read_bytes())
-    index, _ = _read_struct(memoryview(bytes(data[offset : offset + length])), 0)
+    index, _ = read_struct(memoryview(bytes(data[offset : offset + length])), 0)
     pages = index.get(1)[1]
     assert len(pages) >= 3
     true_first = pages[1].get(3)
     pages[1].set(3, true_first + 3)  # says page 1 starts 3 rows later than it does
     blob = bytearray()
-    _write_struct(blob, index)
+    write_struct(blob, index)
     assert len(blob) == length  # same varint width: written back in place
     data[offset : offset + length] = blob
     path.write_bytes(bytes(data))
@@ -375,7 +368,7 @@ def _first_data_page(path: Path, column: int) -> int:
     chunk = _chunks(read_footer(path).meta, 0)[column]
     with open(path, "rb") as handle:
         handle.seek(chunk.get(4))
-        index, _ = _read_struct(memoryview(handle.read(chunk.get(5))), 0)
+        index, _ = read_struct(memoryview(handle.read(chunk.get(5))), 0)
     return int(index.get(1)[1][0].get(1))
 
 

@@ -39,14 +39,7 @@ from resync_testing import (
     write_upstream,
 )
 
-from tol_dagster.catalog import (
-    CatalogEntry,
-    list_slices,
-    read_arrow,
-    read_duckdb,
-    read_pandas,
-    upsert_entries,
-)
+from tol_dagster.catalog import list_slices, read_arrow, read_duckdb, read_pandas
 from tol_dagster.cli.demo import run_demo
 from tol_dagster.definitions import build_definitions
 from tol_dagster.defs.jobs import AUDIT_JOB, slices_job_name
@@ -61,6 +54,7 @@ from tol_dagster.devtools import sample
 from tol_dagster.devtools.localhub import LocalHub
 from tol_dagster.hub.client import HubClient
 from tol_dagster.settings import DEFAULT_SLICES_FILE, Settings
+from tol_dagster.slices.catalog_file import CatalogEntry, upsert_entries
 from tol_dagster.store.hashing import sha256_file
 from tol_dagster.store.layout import Layout
 
@@ -763,7 +757,7 @@ def test_two_mirrored_configs_are_checked_for_the_same_uuids_in_the_same_order(
 def test_partitions_that_do_not_parse_are_skipped_by_rebuilds_with_a_warning_naming_the_fix(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    from tol_dagster.slices.builds import _parseable
+    from tol_dagster.slices.rebuilds import _parseable
 
     kept = _parseable(["family=Felidae", "family=Fel\x07idae", "genus=Morus"], CONFIG)
 

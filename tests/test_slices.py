@@ -22,31 +22,26 @@ from mirror_testing import sample_mirror
 from tol_dagster.derived.taxon_index import INDEX_SCHEMA, build_taxon_index, read_taxon_index
 from tol_dagster.errors import EmptySliceError, StoreError, ValidationFailed
 from tol_dagster.schema import DEFAULT_CONFIG, arrow_schema, expected_schema
-from tol_dagster.slices import emb_check
-from tol_dagster.slices import extract as slices
+from tol_dagster.slices import emb_check, read, write
 from tol_dagster.slices.checks import (
-    ROWS_MATCH_SUMMARY,
+    ROWS_MATCH_INDEX_COUNT,
     ROWS_SATISFY_KEY,
     SCHEMA_MATCHES_MIRROR,
     UUIDS_UNIQUE,
-    check_rows_match_summary,
+    check_rows_match_index_count,
     check_rows_satisfy_key,
     check_schema_matches,
     check_uuids_unique,
     slice_checks,
 )
+from tol_dagster.slices.counts import close_matches, expected_count, refuse_empty
 from tol_dagster.slices.emb_check import EMB_MATCHES_MIRROR, check_emb_matches_mirror
-from tol_dagster.slices.extract import (
-    EMB_LEAF,
-    SliceResult,
-    affected_slices,
-    close_matches,
-    expected_count,
-    extract_slice,
-    refuse_empty,
-)
+from tol_dagster.slices.extract import SliceResult, extract_slice
 from tol_dagster.slices.keys import SliceKey, parse_slice_key, split_binomial
-from tol_dagster.slices.parquet_bytes import Footer, SpliceError, read_footer, read_rows
+from tol_dagster.slices.parquet.footer import Footer, SpliceError, read_footer
+from tol_dagster.slices.parquet.pages import read_rows
+from tol_dagster.slices.rebuilds import affected_slices
+from tol_dagster.slices.write import EMB_LEAF
 from tol_dagster.store.hashing import sha256_file
 from tol_dagster.store.layout import Layout
 from tol_dagster.store.mirror_files import MirrorFile
@@ -111,6 +106,22 @@ def mirror(small_sample: Path, tmp_path_factory: pytest.TempPathFactory) -> Mirr
     return Mirror(files, read_taxon_index(layout, DEFAULT_CONFIG), layout)
 
 
+def _spy_read_ways(monkeypatch: pytest.MonkeyPatch) -> set[str]:
+    """The ways the reader reads a range of rows, filled in as it uses them: by pages through
+    the offset index, by pyarrow from the row group's start, or by DuckDB."""
+    used: set[str] = set()
+    ways = {"_page_chunk": "pages", "_pyarrow_rows": "pyarrow", "_duckdb_rows": "duckdb"}
+    for name, way in ways.items():
+        real = getattr(read, name)
+
+        def spy(*args: object, _real: Callable = real, _way: str = way) -> object:
+            used.add(_way)
+            return _real(*args)
+
+        monkeypatch.setattr(read, name, spy)
+    return used
+
+
 def _extract(mirror: Mirror, text: str, out_dir: Path, *, index: bool = True) -> tuple:
     key = parse_slice_key(text)
     out = out_dir / key.file_name
@@ -149,10 +160,17 @@ def test_a_slice_equals_the_matching_rows_of_the_mirror_in_order(
     dense_share: float,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(slices, "PAGE_READS", pages)
-    monkeypatch.setattr(slices, "DENSE_SHARE", dense_share)
+    monkeypatch.setattr(read, "PAGE_READS", pages)
+    monkeypatch.setattr(read, "DENSE_SHARE", dense_share)
+    used = _spy_read_ways(monkeypatch)
     key, result, table = _extract(mirror, text, tmp_path)
     expected = mirror.expected(key)
+    if pages:
+        allowed = {"pages"}
+    else:  # every range is dense when the share is 0, none when it is above 1
+        allowed = {"pyarrow"} if dense_share <= 0 else {"duckdb"} if dense_share > 1 else None
+    assert used <= (allowed or {"pyarrow", "duckdb"})
+    assert bool(used) == (result.row_groups_copied < result.row_groups_read)  # ranges to read
     assert table.schema.equals(SCHEMA, check_metadata=False)
     assert table.equals(expected)
     assert (result.rows, result.key) == (expected.num_rows, key.name)
@@ -326,7 +344,7 @@ def test_the_checks_pass_on_a_good_slice(mirror: Mirror, tmp_path: Path) -> None
     expected = expected_count(key, mirror.index, mirror.files)
     checks = mirror.checks(result.path, key, expected)
     assert [c.check for c in checks] == [
-        ROWS_MATCH_SUMMARY,
+        ROWS_MATCH_INDEX_COUNT,
         ROWS_SATISFY_KEY,
         UUIDS_UNIQUE,
         SCHEMA_MATCHES_MIRROR,
@@ -337,7 +355,7 @@ def test_the_checks_pass_on_a_good_slice(mirror: Mirror, tmp_path: Path) -> None
 
 def test_each_check_fails_on_the_fault_it_names(mirror: Mirror, tmp_path: Path) -> None:
     key, result, table = _extract(mirror, "family=Felidae", tmp_path)
-    assert not check_rows_match_summary(result.path, key, table.num_rows + 1).passed
+    assert not check_rows_match_index_count(result.path, key, table.num_rows + 1).passed
 
     intruder = mirror.expected(parse_slice_key("family=Nymphalidae")).slice(0, 1)
     mixed = tmp_path / "mixed.parquet"
@@ -417,7 +435,7 @@ def test_a_wrong_emb_from_the_page_reader_fails_the_check_and_nothing_is_publish
         calls.append(group)
         return _flip_first_emb(rows) if len(calls) == 1 else rows
 
-    monkeypatch.setattr(slices, "read_rows", corrupt)
+    monkeypatch.setattr(read, "read_rows", corrupt)
     with pytest.raises(ValidationFailed, match="differs from the mirror's") as raised:
         _guarded(mirror, key, good.path)
     assert calls
@@ -453,11 +471,11 @@ def test_a_wrong_emb_from_the_splicer_fails_the_check_and_nothing_is_published(
         pq.write_table(changed, twin, row_group_size=500, compression="zstd")
         twins[file.path] = read_footer(twin)
 
-    class WrongSplicer(slices.Splicer):
+    class WrongSplicer(write.Splicer):
         def add(self, footer: Footer, row_group: int) -> None:
             super().add(twins.get(footer.path, footer), row_group)
 
-    monkeypatch.setattr(slices, "Splicer", WrongSplicer)
+    monkeypatch.setattr(write, "Splicer", WrongSplicer)
     with pytest.raises(ValidationFailed, match=r"emb of uuid \S+ \(row [\d,]+\) differs"):
         _guarded(mirror, key, good.path)
     assert good.path.read_bytes() == before
@@ -525,7 +543,7 @@ def test_a_slice_missing_rows_of_the_mirror_is_refused_by_its_row_count(
     pq.write_table(table.slice(0, table.num_rows - 1), short)
     verdicts = {c.check: c for c in mirror.checks(short, key, result.rows)}
     assert verdicts[EMB_MATCHES_MIRROR].passed  # what is there is the mirror's
-    assert not verdicts[ROWS_MATCH_SUMMARY].passed
+    assert not verdicts[ROWS_MATCH_INDEX_COUNT].passed
 
 
 # --- keys matching no row ------------------------------------------------------------------
@@ -707,23 +725,40 @@ def test_files_with_another_parquet_layout_are_read_instead_of_copied(
 def test_segments_drained_at_any_size_splice_the_same_slice(
     mirror: Mirror, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(slices, "SEGMENT_BYTES", 1)  # every row group encoded is spliced at once
-    monkeypatch.setattr(slices, "ROW_GROUP_ROWS", 100)
+    monkeypatch.setattr(write, "SEGMENT_BYTES", 1)  # every row group encoded is spliced at once
+    monkeypatch.setattr(read, "BATCH_ROWS", 100)
+    spliced: list[tuple[bool, int]] = []  # (from a segment, row groups of its file) per add
+
+    class Recording(write.Splicer):
+        def add(self, footer: Footer, row_group: int) -> None:
+            spliced.append((footer.data is not None, len(footer.row_groups)))
+            super().add(footer, row_group)
+
+    monkeypatch.setattr(write, "Splicer", Recording)
     key, result, table = _extract(mirror, "kingdom=Animalia", tmp_path)
     assert result.row_groups_copied > 0
     assert table.equals(mirror.expected(key))
-    assert pq.read_metadata(result.path).num_row_groups > result.row_groups_copied
+    meta = pq.read_metadata(result.path)
+    assert meta.num_row_groups > result.row_groups_copied
+    assert len(spliced) == meta.num_row_groups  # none empty: each add is a row group out
+    encoded = [meta.row_group(g).num_rows for g, (segment, _) in enumerate(spliced) if segment]
+    assert len(encoded) == meta.num_row_groups - result.row_groups_copied
+    assert all(groups == 1 for segment, groups in spliced if segment)  # drained one by one
+    assert max(encoded) < 2 * 100  # row groups of 100 rows and more, from batches of 100
 
 
 def test_copied_row_groups_fall_back_to_plain_reads_where_the_kernel_cannot_copy(
     mirror: Mirror, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    calls: list[object] = []
+
     def refuse(*args: object) -> int:
+        calls.append(args)
         raise OSError(18, "Invalid cross-device link")
 
-    monkeypatch.setattr(slices.os, "copy_file_range", refuse)
+    monkeypatch.setattr(os, "copy_file_range", refuse)
     key, result, table = _extract(mirror, "kingdom=Animalia", tmp_path)
-    assert result.row_groups_copied > 0
+    assert result.row_groups_copied > 0 and calls
     assert table.equals(mirror.expected(key))
     assert result.sha256 == sha256_file(result.path)
 
@@ -731,7 +766,7 @@ def test_copied_row_groups_fall_back_to_plain_reads_where_the_kernel_cannot_copy
 def test_copied_row_groups_are_copied_through_userspace_where_copy_file_range_is_missing(
     mirror: Mirror, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.delattr(slices.os, "copy_file_range", raising=False)  # macOS, Windows
+    monkeypatch.delattr(os, "copy_file_range", raising=False)  # macOS, Windows
     assert not hasattr(os, "copy_file_range")
     key, result, table = _extract(mirror, "kingdom=Animalia", tmp_path)
     assert result.row_groups_copied > 0
@@ -743,12 +778,15 @@ def test_copied_row_groups_are_copied_through_userspace_where_copy_file_range_is
 def test_copy_file_range_refusing_this_pair_of_files_falls_back(
     mirror: Mirror, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, code: int
 ) -> None:
+    calls: list[object] = []
+
     def refuse(*args: object) -> int:
+        calls.append(args)
         raise OSError(code, os.strerror(code))
 
-    monkeypatch.setattr(slices.os, "copy_file_range", refuse, raising=False)
+    monkeypatch.setattr(os, "copy_file_range", refuse, raising=False)
     key, result, table = _extract(mirror, "kingdom=Animalia", tmp_path)
-    assert result.row_groups_copied > 0 and table.equals(mirror.expected(key))
+    assert result.row_groups_copied > 0 and table.equals(mirror.expected(key)) and calls
 
 
 def test_a_full_disk_during_a_kernel_copy_is_raised_not_hidden(
@@ -757,7 +795,7 @@ def test_a_full_disk_during_a_kernel_copy_is_raised_not_hidden(
     def full(*args: object) -> int:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(slices.os, "copy_file_range", full, raising=False)
+    monkeypatch.setattr(os, "copy_file_range", full, raising=False)
     out = tmp_path / "out"
     with pytest.raises(OSError, match="No space left"):
         _extract(mirror, "kingdom=Animalia", out)
@@ -773,7 +811,7 @@ def test_a_page_read_anomaly_falls_back_to_decoding_the_row_range(
     def lying(footer: Footer, group: int, start: int, stop: int) -> pa.Table:
         raise SpliceError(f"{footer.path}: pages 0..0 of a column decode to 9 rows where ...")
 
-    monkeypatch.setattr(slices, "read_rows", lying)
+    monkeypatch.setattr(read, "read_rows", lying)
     key, result, table = _extract(mirror, "family=Felidae", tmp_path)
     assert table.equals(mirror.expected(key)) and result.rows > 0
     assert "reading rows" in caplog.text and "with pyarrow" in caplog.text
@@ -788,8 +826,8 @@ def test_rows_neither_the_pages_nor_pyarrow_can_read_say_the_mirror_file_is_dama
     def broken(path: Path, group: int, start: int, stop: int) -> pa.Table:
         raise pa.ArrowInvalid("Couldn't deserialize thrift")
 
-    monkeypatch.setattr(slices, "read_rows", lying)
-    monkeypatch.setattr(slices, "decode_rows", broken)
+    monkeypatch.setattr(read, "read_rows", lying)
+    monkeypatch.setattr(read, "decode_rows", broken)
     with pytest.raises(StoreError, match=r"a lying offset index.*Couldn't deserialize.*damaged"):
         _extract(mirror, "family=Felidae", tmp_path)
 

@@ -44,12 +44,12 @@ from tol_dagster.defs.keys import (
 )
 from tol_dagster.defs.resync_slot import ensure_resync_pools
 from tol_dagster.defs.runs import cli_run_tags, fail_dead_cli_runs
-from tol_dagster.derived import taxon_index
+from tol_dagster.derived import built_from, taxon_index
 from tol_dagster.errors import SettingsError, SliceSpecError
 from tol_dagster.resync import sync
 from tol_dagster.settings import Settings
-from tol_dagster.slices import builds as published
-from tol_dagster.slices.extract import expected_count, refuse_empty
+from tol_dagster.slices import catalog_file, rebuilds, records
+from tol_dagster.slices.counts import expected_count, refuse_empty
 from tol_dagster.slices.keys import SliceKey, parse_slice_key
 from tol_dagster.store.manifest import load_manifest
 
@@ -367,8 +367,8 @@ def _ensure_derived(
     defs: dg.Definitions, instance: dg.DagsterInstance, settings: Settings, name: str
 ) -> int:
     """Summaries, index and centroids for the current mirror generation (a run only if stale)."""
-    manifest, _ = published.mirror_inputs(settings.layout, name)
-    built = published.load_built_from(settings.layout, name, "taxon_index")
+    manifest, _ = built_from.mirror_inputs(settings.layout, name)
+    built = built_from.load_built_from(settings.layout, name, "taxon_index")
     if built is not None and built.generation == manifest.generation:
         return 0
     print(f"{name}: building summaries, taxon index and centroids of the mirror…", file=sys.stderr)
@@ -419,13 +419,13 @@ def run_slice(key_text: str, *, config: str | None, allow_empty: bool = False) -
     settings = Settings.from_env()
     key = parse_slice_key(key_text)
     name = _one_config(settings, config)
-    published.mirror_inputs(settings.layout, name)  # no mirror: say so before touching anything
+    built_from.mirror_inputs(settings.layout, name)  # no mirror: say so before touching anything
     instance = open_instance(settings)
     defs = build_definitions(settings)
     code = _ensure_derived(defs, instance, settings, name)
     if code:
         return code
-    if not (allow_empty or published.allowed_empty(settings.layout, name, key.name)):
+    if not (allow_empty or records.allowed_empty(settings.layout, name, key.name)):
         _refuse_empty(settings, name, key)
     code = _build_slice(defs, instance, name, key.name, allow_empty=allow_empty)
     if code:
@@ -437,7 +437,7 @@ def run_slice(key_text: str, *, config: str | None, allow_empty: bool = False) -
 
 def _refuse_empty(settings: Settings, name: str, key: SliceKey) -> None:
     """`EmptySliceError` (exit 2) if no row of the mirror matches `key`."""
-    _, files = published.mirror_inputs(settings.layout, name)
+    _, files = built_from.mirror_inputs(settings.layout, name)
     index = taxon_index.read_taxon_index(settings.layout, name)
     refuse_empty(key, index, expected_count(key, index, files))
 
@@ -450,11 +450,11 @@ def refresh_published(settings: Settings, name: str) -> int:
     if code:
         return code
     layout = settings.layout
-    declared = published.declared_slices(settings.slices_file, name)
+    declared = rebuilds.declared_slices(settings.slices_file, name)
     existing = instance.get_dynamic_partitions(slices_partitions_name(name))
-    built = published.load_built_from(layout, name, "taxon_index")
+    built = built_from.load_built_from(layout, name, "taxon_index")
     assert built is not None
-    todo, _ = published.slices_to_rebuild(layout, name, sorted({*declared, *existing}), built)
+    todo, _ = rebuilds.slices_to_rebuild(layout, name, sorted({*declared, *existing}), built)
     for key in todo:
         code = max(code, _build_slice(defs, instance, name, key))
     return max(code, _refresh_catalog(defs, instance, name))
@@ -518,9 +518,9 @@ def remove_slice_command(key_text: str, *, config: str | None) -> int:
     paths = {slices_dir / f"{quote(n, safe='')}.parquet" for n in names}  # hand-made names
     if key is not None:
         paths.add(slices_dir / key.file_name)
-    paths.update(published.remove_slice_records_named(layout, name, names))
+    paths.update(records.remove_slice_records_named(layout, name, names))
     files = sorted(p for p in paths if p.parent == slices_dir and _is_file(p))
-    in_catalog = catalog.remove_entry(layout, name, key_text)
+    in_catalog = catalog_file.remove_entry(layout, name, key_text)
     if not (known or files or in_catalog):
         why = f" (nor a valid key: {invalid})" if key is None else ""
         raise SliceSpecError(

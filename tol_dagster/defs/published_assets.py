@@ -16,30 +16,30 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import Field
 
-from tol_dagster import catalog
 from tol_dagster.defs.keys import asset_key, published_group, safe_name, slices_partitions_name
 from tol_dagster.defs.metadata import check_result, table_schema
 from tol_dagster.defs.mirror_assets import OWNERS
 from tol_dagster.defs.resources import StorageResource
-from tol_dagster.derived import centroids, summaries, taxon_index
+from tol_dagster.derived import built_from, centroids, summaries, taxon_index
 from tol_dagster.errors import EmptySliceError, ValidationFailed
-from tol_dagster.slices import builds as published
+from tol_dagster.slices import catalog_file, records
 from tol_dagster.slices.checks import (
-    ROWS_MATCH_SUMMARY,
+    ROWS_MATCH_INDEX_COUNT,
     ROWS_SATISFY_KEY,
     SCHEMA_MATCHES_MIRROR,
     UUIDS_UNIQUE,
     slice_checks,
 )
+from tol_dagster.slices.counts import expected_count, refuse_empty
 from tol_dagster.slices.emb_check import EMB_MATCHES_MIRROR
-from tol_dagster.slices.extract import expected_count, extract_slice, refuse_empty
+from tol_dagster.slices.extract import extract_slice
 from tol_dagster.slices.keys import parse_slice_key
 from tol_dagster.store import generations as mirror
 from tol_dagster.validation.alignment import check_configs_aligned
 from tol_dagster.validation.checks import CheckResult
 
 SLICE_CHECKS = {
-    ROWS_MATCH_SUMMARY: "Rows equal the taxon's count from the index/summary.",
+    ROWS_MATCH_INDEX_COUNT: "Rows equal the taxon index's count of the rows matching the key.",
     ROWS_SATISFY_KEY: "Every row satisfies the slice key.",
     UUIDS_UNIQUE: "No uuid appears twice in the slice.",
     SCHEMA_MATCHES_MIRROR: "The slice has the mirror's exact schema.",
@@ -109,7 +109,7 @@ def build_published_assets(name: str) -> list[dg.AssetsDefinition]:
             context.log.info(
                 f"summaries of {name}: rescanned {len(result.recomputed)} of {len(files)} files"
             )
-            published.save_built_from(layout, name, "summaries", pin, files)
+            built_from.save_built_from(layout, name, "summaries", pin, files)
             for table, key in summary_keys.items():
                 data = pq.read_table(result.paths[table])
                 yield dg.MaterializeResult(
@@ -141,11 +141,11 @@ def build_published_assets(name: str) -> list[dg.AssetsDefinition]:
         layout = storage.layout
         with mirror.pin_generation(layout, name) as pin:  # one generation, leased
             files = pin.mirror_files()
-            built = published.load_built_from(layout, name, "taxon_index")
+            built = built_from.load_built_from(layout, name, "taxon_index")
             if built is None or built.generation != pin.name:
-                published.keep_previous_index(layout, name)
+                built_from.keep_previous_index(layout, name)
             result = taxon_index.build_taxon_index(files, layout, name)
-            published.save_built_from(layout, name, "taxon_index", pin, files)
+            built_from.save_built_from(layout, name, "taxon_index", pin, files)
             context.log.info(
                 f"taxon index of {name}: re-indexed {len(result.recomputed)} of {len(files)} files"
             )
@@ -177,7 +177,7 @@ def build_published_assets(name: str) -> list[dg.AssetsDefinition]:
         layout = storage.layout
         with mirror.pin_generation(layout, name) as pin:  # one generation, leased
             files = pin.mirror_files()
-            schema = published.pinned_schema(layout, pin)
+            schema = built_from.pinned_schema(layout, pin)
             dim = schema.field("emb").type.list_size
             result = centroids.build_centroids(files, layout, name, dim)
             context.log.info(
@@ -221,16 +221,16 @@ def build_published_assets(name: str) -> list[dg.AssetsDefinition]:
         with mirror.pin_generation(layout, name) as pin:  # one generation, leased
             files = pin.mirror_files()
             index_table: pa.Table | None = taxon_index.read_taxon_index(layout, name)
-            built = published.load_built_from(layout, name, "taxon_index")
+            built = built_from.load_built_from(layout, name, "taxon_index")
             if built is not None and built.files != pin.files:
                 context.log.warning(
                     f"the taxon index was built from generation {built.generation}, not "
                     f"{pin.name}: finding the rows by scanning (materialize the index to speed up)"
                 )
                 index_table = None  # its row ranges describe other bytes
-            schema = published.pinned_schema(layout, pin)
+            schema = built_from.pinned_schema(layout, pin)
             expected = expected_count(key, index_table, files)
-            allow_empty = config.allow_empty or published.allowed_empty(layout, name, key.name)
+            allow_empty = config.allow_empty or records.allowed_empty(layout, name, key.name)
             if not allow_empty:
                 try:
                     refuse_empty(key, index_table, expected)
@@ -260,7 +260,7 @@ def build_published_assets(name: str) -> list[dg.AssetsDefinition]:
         for warning in result.warnings:
             context.log.warning(warning)
         built_at = datetime.now(UTC)
-        published.save_slice_record(
+        records.save_slice_record(
             layout,
             name,
             {
@@ -312,13 +312,13 @@ def build_published_assets(name: str) -> list[dg.AssetsDefinition]:
     ) -> dg.MaterializeResult:
         layout = storage.layout
         live = set(context.instance.get_dynamic_partitions(slices_partitions_name(name)))
-        for stale in set(catalog.read_catalog(layout, name).column("name").to_pylist()) - live:
-            catalog.remove_entry(layout, name, stale)
-        table = catalog.upsert_entries(
+        for stale in set(catalog_file.read_catalog(layout, name).column("name").to_pylist()) - live:
+            catalog_file.remove_entry(layout, name, stale)
+        table = catalog_file.upsert_entries(
             layout,
             name,
             [
-                catalog.CatalogEntry(
+                catalog_file.CatalogEntry(
                     config=name,
                     name=str(r["name"]),
                     rank=str(r["rank"]),
@@ -330,7 +330,7 @@ def build_published_assets(name: str) -> list[dg.AssetsDefinition]:
                     upstream_commit=str(r["upstream_commit"]),
                     built_at=datetime.fromisoformat(str(r["built_at"])),
                 )
-                for r in published.slice_records(layout, name)
+                for r in records.slice_records(layout, name)
                 if r["name"] in live
             ],
         )

@@ -24,8 +24,9 @@ from tol_dagster.defs.attempts import RUN_RETRY_TAGS, next_attempt
 from tol_dagster.defs.jobs import CATALOG_JOB, DERIVED_JOB, slices_job_name
 from tol_dagster.defs.keys import asset_key, derived_keys, slices_partitions_name
 from tol_dagster.defs.resources import StorageResource
+from tol_dagster.derived import built_from
 from tol_dagster.errors import TolError
-from tol_dagster.slices import builds as published
+from tol_dagster.slices import rebuilds, records
 from tol_dagster.store.manifest import load_manifest
 
 
@@ -82,7 +83,7 @@ def _evaluate(
     if manifest is None:
         return [], [], state
     generation = manifest.generation
-    built = published.load_built_from(layout, config, "taxon_index")
+    built = built_from.load_built_from(layout, config, "taxon_index")
     if built is None or built.generation != generation:
         context.log.info(
             f"{config}: mirror generation {generation} is new; rebuilding summaries, index, centroids"
@@ -106,12 +107,12 @@ def _evaluate(
 
     partitions_name = slices_partitions_name(config)
     existing = set(context.instance.get_dynamic_partitions(partitions_name))
-    declared = published.declared_slices(slices_file, config)
+    declared = rebuilds.declared_slices(slices_file, config)
     add = [key for key in declared if key not in existing]
     keys = sorted(existing | set(declared))
     pending: dict[str, dict] = dict(state.get("pending", {}))
     if state.get("slices_generation") != generation or add:
-        todo, changed = published.slices_to_rebuild(layout, config, keys, built)
+        todo, changed = rebuilds.slices_to_rebuild(layout, config, keys, built)
         context.log.info(
             f"{config}: {len(changed)} files changed; rebuilding {len(todo)} of {len(keys)} slices"
         )
@@ -121,7 +122,7 @@ def _evaluate(
                 "partition": key,
             }
         state = {**state, "slices_generation": generation}
-    records_now = published.slice_records(layout, config)
+    records_now = records.slice_records(layout, config)
     # The whole record, not only its sha256: a slice rebuilt with the same bytes (a resync that
     # touched its file but not its rows) still has a new upstream_commit and built_at.
     fingerprint = hashlib.sha256(

@@ -1,4 +1,8 @@
-"""Per-taxon slices: keys, where a taxon's rows are, extraction, the slice checks and records.
+"""Per-taxon slices: their keys; where a key's rows are (`locate`) and how many (`counts`);
+reading them (`read`, `parquet/` at the byte level) and writing them (`write`, `sink`) into a
+checked (`checks`), atomically published file (`extract`); one record per built slice
+(`records`), which slices to (re)build (`rebuilds`), and the catalog file (`catalog_file`).
 
-May import: the foundations, `store`, `validation`, `derived` (the taxon index).
+May import: the foundations, `store`, `validation`, `derived` (the taxon index, what it was
+built from).
 """

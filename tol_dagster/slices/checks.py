@@ -21,7 +21,9 @@ from tol_dagster.store.mirror_files import MirrorFile
 from tol_dagster.validation.checks import CheckResult
 from tol_dagster.validation.contract import schema_differences
 
-ROWS_MATCH_SUMMARY = "rows_match_summary"
+#: The rows equal the taxon index's count for the key; the check keeps its first name, a public
+#: contract (asset check names), though the count comes from the taxon index, not a summary.
+ROWS_MATCH_INDEX_COUNT = "rows_match_summary"
 ROWS_SATISFY_KEY = "rows_satisfy_key"
 UUIDS_UNIQUE = "uuids_unique"
 SCHEMA_MATCHES_MIRROR = "schema_matches_mirror"
@@ -42,7 +44,7 @@ def slice_checks(
     `index` (the taxon index) narrows the mirror files the `emb` check looks rows up in, and
     `layout`/`config` say where the gate keeps those files' `emb` digests."""
     return [
-        check_rows_match_summary(path, key, expected_rows),
+        check_rows_match_index_count(path, key, expected_rows),
         check_rows_satisfy_key(path, key),
         check_uuids_unique(path, key),
         check_schema_matches(path, mirror_schema, key),
@@ -50,16 +52,17 @@ def slice_checks(
     ]
 
 
-def check_rows_match_summary(path: Path, key: SliceKey, expected: int) -> CheckResult:
-    """The slice has as many rows as the mirror holds for its taxon."""
+def check_rows_match_index_count(path: Path, key: SliceKey, expected: int) -> CheckResult:
+    """The slice has as many rows as the taxon index counts for its key (`expected`, from
+    `counts.expected_count`)."""
     rows = pq.read_metadata(path).num_rows
     details = {"rows": rows, "expected": expected}
     if rows == expected:
         return CheckResult(
-            ROWS_MATCH_SUMMARY, True, f"slice {key.name}: {rows:,} rows, as counted", details
+            ROWS_MATCH_INDEX_COUNT, True, f"slice {key.name}: {rows:,} rows, as counted", details
         )
     return CheckResult(
-        ROWS_MATCH_SUMMARY,
+        ROWS_MATCH_INDEX_COUNT,
         False,
         f"slice {key.name}: {rows:,} rows but the mirror counts {expected:,}: the taxon index "
         "may be older than the mirror; rebuild the taxon index, then the slice",

@@ -27,8 +27,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from tol_dagster.slices.extract import plan_scans
 from tol_dagster.slices.keys import SliceKey
+from tol_dagster.slices.locate import plan_scans
 from tol_dagster.store.layout import Layout
 from tol_dagster.store.mirror_files import MirrorFile
 from tol_dagster.validation.checks import CheckResult

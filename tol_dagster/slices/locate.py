@@ -1,0 +1,192 @@
+"""Where a slice's rows are: which row groups of which mirror files to copy whole, and which
+file-relative row ranges to read and filter (`plan_scans`).
+
+The taxon index names the row groups of a taxon, the file-relative row span in each and how
+many of its rows match. Spans are merged into ranges. The key's own filter decides which rows
+belong: the index is only a locator. Without an index, DuckDB finds the spans from the filter
+columns alone (it skips `emb`). A row group whose every row satisfies the key is copied as
+bytes: no decoding, no encoding. That is what makes a large slice cheap.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from tol_dagster import duck
+from tol_dagster.derived.taxon_index import lookup
+from tol_dagster.errors import StoreError
+from tol_dagster.slices.keys import SliceKey, split_binomial, to_sql_filter
+from tol_dagster.store.mirror_files import MirrorFile
+
+
+class Span(NamedTuple):
+    """File-relative rows [start, stop) holding up to `rows` matches."""
+
+    start: int
+    stop: int
+    rows: int
+
+
+class Copy(NamedTuple):
+    """Row group `row_group`, all `rows` of which satisfy the key: copied as bytes."""
+
+    row_group: int
+    rows: int
+
+
+#: file name -> row group -> the span of that row group that may hold matches.
+Spans = dict[str, dict[int, Span]]
+
+
+@dataclass(frozen=True)
+class Scan:
+    """What to read of one mirror file, in order: row groups to copy whole, and merged
+    file-relative row ranges to filter; `row_groups` are all the row groups they touch."""
+
+    file: MirrorFile
+    pieces: tuple[Span | Copy, ...]
+    row_groups: tuple[int, ...]
+
+
+def plan_scans(key: SliceKey, files: Sequence[MirrorFile], index: pa.Table | None) -> list[Scan]:
+    """What to read for `key`, in mirror order: from the index, else from a filter-column scan.
+
+    A row group is copied whole when its span covers it and counts all its rows as matches,
+    which is certain only where the spans' counts are exact for every condition.
+    """
+    spans = None if index is None else locate(key, index)
+    exact = spans is None or all(
+        locatable(rank, value) and index_counts_exactly(rank, value)
+        for rank, value in key.conditions
+    )
+    if spans is None:
+        spans = _spans_by_scan(key, files)
+    by_name = {f.name for f in files}
+    unknown = sorted(set(spans) - by_name)
+    if unknown:
+        raise StoreError(
+            f"the taxon index names {unknown[0]}, which is not in the mirror: the index is "
+            "older than the mirror; rebuild it (materialize the config's taxon_index)"
+        )
+    return [scan_file(f, spans[f.name], exact) for f in files if f.name in spans]
+
+
+def locate(key: SliceKey, index: pa.Table) -> Spans | None:
+    """The row spans, by file and row group, that hold every row satisfying `key`.
+
+    A row satisfying all conditions lies in every condition's spans, so a path key reads their
+    intersection. None when no condition can be located (a one-word `species` value alone:
+    rows without a genus are not indexed under `species`).
+    """
+    located = [
+        _spans(index, rank, value) for rank, value in key.conditions if locatable(rank, value)
+    ]
+    if not located:
+        return None
+    result: Spans = {}
+    for file, groups in located[0].items():
+        for group, span in groups.items():
+            for other in located[1:]:
+                if group not in other.get(file, {}):
+                    break
+                more = other[file][group]
+                span = Span(
+                    max(span.start, more.start),
+                    min(span.stop, more.stop),
+                    min(span.rows, more.rows),
+                )
+            else:
+                if span.start < span.stop:
+                    result.setdefault(file, {})[group] = span
+    return result
+
+
+def locatable(rank: str, value: str) -> bool:
+    """The index holds every row of this condition (one-word `species` values it cannot)."""
+    return rank != "species" or split_binomial(value) is not None
+
+
+def index_counts_exactly(rank: str, value: str) -> bool:
+    """The index's rows for (rank, value) are exactly the rows the key's filter keeps.
+
+    For `species` the index's value is the species column when it holds a space, else genus +
+    epithet: the same as the key's filter unless the epithet itself holds a space.
+    """
+    if rank != "species":
+        return True
+    parts = split_binomial(value)
+    return parts is not None and " " not in parts[1]
+
+
+def scan_file(file: MirrorFile, spans: dict[int, Span], exact: bool) -> Scan:
+    """The pieces of one file: whole row groups to copy (if `exact`), touching spans merged."""
+    meta = pq.read_metadata(file.path)
+    starts = row_group_starts(meta)
+    pieces: list[Span | Copy] = []
+    for group in sorted(spans):
+        span = spans[group]
+        size = meta.row_group(group).num_rows
+        last = pieces[-1] if pieces else None
+        if exact and span == (starts[group], starts[group] + size, size):
+            pieces.append(Copy(group, size))
+        elif isinstance(last, Span) and span.start <= last.stop:
+            pieces[-1] = Span(last.start, max(span.stop, last.stop), last.rows + span.rows)
+        else:
+            pieces.append(span)
+    return Scan(file, tuple(pieces), tuple(sorted(spans)))
+
+
+def row_group_starts(metadata: pq.FileMetaData) -> np.ndarray:
+    """First file-relative row of each row group."""
+    sizes = [metadata.row_group(g).num_rows for g in range(metadata.num_row_groups)]
+    return np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+
+
+def _spans(index: pa.Table, rank: str, value: str) -> Spans:
+    """The spans of the index entries that may hold rows with `rank` = `value`."""
+    values = [value]
+    parts = split_binomial(value) if rank == "species" else None
+    if parts is not None and " " in parts[1]:
+        values.append(parts[1])  # such rows are indexed under the species column as is
+    spans: Spans = {}
+    for v in values:
+        for entry in lookup(index, rank, v):
+            _widen(
+                spans, entry.file, entry.row_group, Span(entry.row_start, entry.row_end, entry.rows)
+            )
+    return spans
+
+
+def _spans_by_scan(key: SliceKey, files: Sequence[MirrorFile]) -> Spans:
+    """The spans of `key`'s rows found by DuckDB from the filter columns (it skips `emb`)."""
+    where, params = to_sql_filter(key)
+    spans: Spans = {}
+    with duck.cursor() as con:
+        for file in files:
+            rows = con.execute(
+                f"SELECT file_row_number FROM read_parquet(?) WHERE {where}",
+                [str(file.path), *params],
+            ).fetchnumpy()["file_row_number"]
+            if len(rows):
+                starts = row_group_starts(pq.read_metadata(file.path))
+                groups = np.searchsorted(starts, rows, side="right") - 1
+                for group in np.unique(groups):
+                    members = rows[groups == group]
+                    span = Span(int(members.min()), int(members.max()) + 1, len(members))
+                    _widen(spans, file.name, int(group), span)
+    return spans
+
+
+def _widen(spans: Spans, file: str, group: int, span: Span) -> None:
+    """Add `span` to a row group's span (two values of one key may share a row group)."""
+    groups = spans.setdefault(file, {})
+    old = groups.get(group)
+    if old is not None:
+        span = Span(min(span.start, old.start), max(span.stop, old.stop), span.rows + old.rows)
+    groups[group] = span

@@ -1,0 +1,30 @@
+"""The field ids of parquet.thrift, and the page types, that the byte-level code reads or sets.
+
+Named here once so the footer reader, the splicer and the page reader agree on them; a field
+not named here is carried along untouched (see `thrift.Struct`).
+"""
+
+# FileMetaData
+FILE_VERSION, FILE_SCHEMA, FILE_NUM_ROWS, FILE_ROW_GROUPS = 1, 2, 3, 4
+FILE_ENCRYPTION = (8, 9)
+# RowGroup
+RG_COLUMNS, RG_TOTAL_BYTE_SIZE, RG_NUM_ROWS, RG_FILE_OFFSET, RG_ORDINAL = 1, 2, 3, 5, 7
+# ColumnChunk
+CC_FILE_PATH, CC_FILE_OFFSET, CC_META = 1, 2, 3
+CC_OFFSET_INDEX, CC_OFFSET_INDEX_LENGTH, CC_COLUMN_INDEX, CC_COLUMN_INDEX_LENGTH = 4, 5, 6, 7
+CC_ENCRYPTION = (8, 9)
+# ColumnMetaData
+CM_NUM_VALUES, CM_TOTAL_UNCOMPRESSED = 5, 6
+CM_TOTAL_COMPRESSED, CM_DATA_PAGE, CM_INDEX_PAGE, CM_DICTIONARY_PAGE = 7, 9, 10, 11
+CM_DROPPED = (14, 15)  # bloom filter offset and length
+CM_OF_ALL_ROWS = (10, 12, 13, 14, 15, 16, 17)  # statistics and indexes: wrong for a subset
+# SchemaElement
+SCHEMA_NAME, SCHEMA_NUM_CHILDREN = 4, 5
+# OffsetIndex and PageLocation
+PAGE_LOCATIONS, PAGE_OFFSET, PAGE_SIZE, PAGE_FIRST_ROW = 1, 1, 2, 3
+# PageHeader
+HEADER_TYPE, HEADER_UNCOMPRESSED, HEADER_COMPRESSED = 1, 2, 3
+HEADER_DATA_V1, HEADER_DATA_V2 = 5, 8  # each holds num_values as field 1; v2 num_rows as 3
+DATA_NUM_VALUES, DATA_V2_NUM_ROWS = 1, 3
+# PageType
+DATA_PAGE, DICTIONARY_PAGE, DATA_PAGE_V2 = 0, 2, 3

@@ -1,0 +1,204 @@
+"""Thrift compact protocol, as parquet footers, page headers and page indexes use it.
+
+Structs are read into `Struct`s keyed by field id that keep every field, known or not, in wire
+order, and are written back as read: a footer rewritten by the splicer changes in nothing but
+the fields it sets. Malformed bytes raise IndexError, struct.error or ValueError; callers that
+know the file turn them into `SpliceError` naming it.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable
+from typing import Any
+
+# Thrift compact protocol types.
+TRUE, FALSE, BYTE, I16, I32, I64, DOUBLE, BINARY, LIST, SET, MAP, STRUCT = range(1, 13)
+_INTS = (I16, I32, I64)
+
+
+class Struct:
+    """A Thrift struct as read: (field id, type, value) in wire order, unknown fields kept."""
+
+    def __init__(self, fields: list[list[Any]]) -> None:
+        self.fields = fields
+
+    def get(self, field_id: int, default: Any = None) -> Any:
+        return next((f[2] for f in self.fields if f[0] == field_id), default)
+
+    def set(self, field_id: int, value: Any) -> None:
+        for field in self.fields:
+            if field[0] == field_id:
+                field[2] = value
+                return
+        raise KeyError(field_id)
+
+    def put(self, field_id: int, kind: int, value: Any) -> None:
+        """Set a field, adding it in field-id order if absent."""
+        self.drop(field_id)
+        self.fields.append([field_id, kind, value])
+        self.fields.sort(key=lambda field: field[0])
+
+    def drop(self, *field_ids: int) -> None:
+        self.fields = [f for f in self.fields if f[0] not in field_ids]
+
+    def has(self, field_id: int) -> bool:
+        return any(f[0] == field_id for f in self.fields)
+
+    def copy(self) -> Struct:
+        return Struct([[i, t, _copy(t, v)] for i, t, v in self.fields])
+
+
+def _read_varint(data: memoryview, pos: int) -> tuple[int, int]:
+    result = shift = 0
+    while True:
+        byte = data[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return result, pos
+        shift += 7
+
+
+def _read_int(data: memoryview, pos: int) -> tuple[int, int]:
+    raw, pos = _read_varint(data, pos)
+    return (raw >> 1) ^ -(raw & 1), pos
+
+
+def _read_value(data: memoryview, pos: int, kind: int) -> tuple[Any, int]:
+    if kind in (TRUE, FALSE):  # only in containers: one byte each
+        return data[pos] == TRUE, pos + 1
+    if kind == BYTE:
+        return struct.unpack_from("<b", data, pos)[0], pos + 1
+    if kind in _INTS:
+        return _read_int(data, pos)
+    if kind == DOUBLE:
+        return struct.unpack_from("<d", data, pos)[0], pos + 8
+    if kind == BINARY:
+        size, pos = _read_varint(data, pos)
+        return bytes(data[pos : pos + size]), pos + size
+    if kind in (LIST, SET):
+        header = data[pos]
+        pos += 1
+        size, element = header >> 4, header & 0x0F
+        if size == 15:
+            size, pos = _read_varint(data, pos)
+        items = []
+        for _ in range(size):
+            item, pos = _read_value(data, pos, element)
+            items.append(item)
+        return (element, items), pos
+    if kind == MAP:
+        return _read_map(data, pos)
+    if kind == STRUCT:
+        return read_struct(data, pos)
+    raise ValueError(f"unknown thrift type {kind} in a parquet footer")
+
+
+def _read_map(data: memoryview, pos: int) -> tuple[Any, int]:
+    size, pos = _read_varint(data, pos)
+    if size == 0:
+        return (0, 0, []), pos
+    key_kind, value_kind = data[pos] >> 4, data[pos] & 0x0F
+    pos += 1
+    pairs = []
+    for _ in range(size):
+        key, pos = _read_value(data, pos, key_kind)
+        value, pos = _read_value(data, pos, value_kind)
+        pairs.append((key, value))
+    return (key_kind, value_kind, pairs), pos
+
+
+def read_struct(data: memoryview, pos: int) -> tuple[Struct, int]:
+    """The struct at `pos` of `data`, and the position after it."""
+    fields: list[list[Any]] = []
+    field_id = 0
+    while True:
+        header = data[pos]
+        pos += 1
+        if header == 0:
+            return Struct(fields), pos
+        delta, kind = header >> 4, header & 0x0F
+        if delta:
+            field_id += delta
+        else:
+            field_id, pos = _read_int(data, pos)
+        if kind in (TRUE, FALSE):
+            fields.append([field_id, kind, kind == TRUE])
+        else:
+            value, pos = _read_value(data, pos, kind)
+            fields.append([field_id, kind, value])
+
+
+def _write_varint(out: bytearray, value: int) -> None:
+    while value >= 0x80:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+
+
+def _write_int(out: bytearray, value: int) -> None:
+    _write_varint(out, (value << 1) ^ (value >> 63))
+
+
+def write_value(out: bytearray, kind: int, value: Any) -> None:
+    """Append `value`, of Thrift type `kind`, to `out`."""
+    if kind in (TRUE, FALSE):
+        out.append(TRUE if value else FALSE)
+    elif kind == BYTE:
+        out += struct.pack("<b", value)
+    elif kind in _INTS:
+        _write_int(out, value)
+    elif kind == DOUBLE:
+        out += struct.pack("<d", value)
+    elif kind == BINARY:
+        _write_varint(out, len(value))
+        out += value
+    elif kind in (LIST, SET):
+        element, items = value
+        if len(items) < 15:
+            out.append(len(items) << 4 | element)
+        else:
+            out.append(0xF0 | element)
+            _write_varint(out, len(items))
+        for item in items:
+            write_value(out, element, item)
+    elif kind == MAP:
+        key_kind, value_kind, pairs = value
+        _write_varint(out, len(pairs))
+        if pairs:
+            out.append(key_kind << 4 | value_kind)
+            for key, item in pairs:
+                write_value(out, key_kind, key)
+                write_value(out, value_kind, item)
+    else:
+        write_struct(out, value)
+
+
+def write_struct(out: bytearray, value: Struct) -> None:
+    """Append the struct `value` to `out`, its fields in the order they are held."""
+    last = 0
+    for field_id, kind, item in value.fields:
+        wire_kind = (TRUE if item else FALSE) if kind in (TRUE, FALSE) else kind
+        if 0 < field_id - last <= 15:
+            out.append((field_id - last) << 4 | wire_kind)
+        else:
+            out.append(wire_kind)
+            _write_int(out, field_id)
+        last = field_id
+        if kind not in (TRUE, FALSE):
+            write_value(out, kind, item)
+    out.append(0)
+
+
+_COPIERS: dict[int, Callable[[Any], Any]] = {
+    STRUCT: lambda v: v.copy(),
+    LIST: lambda v: (v[0], [_copy(v[0], x) for x in v[1]]),
+    SET: lambda v: (v[0], [_copy(v[0], x) for x in v[1]]),
+    MAP: lambda v: (v[0], v[1], [(_copy(v[0], k), _copy(v[1], x)) for k, x in v[2]]),
+}
+
+
+def _copy(kind: int, value: Any) -> Any:
+    copier = _COPIERS.get(kind)
+    return value if copier is None else copier(value)

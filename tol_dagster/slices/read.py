@@ -1,0 +1,272 @@
+"""Reading a slice's rows out of the mirror, in mirror order, filtered by the key's predicate.
+
+How, and why (bench/slices.py measures it):
+- A range of rows is read row group by row group through the offset index
+  (`parquet.pages.read_rows`): only the pages holding the range's rows are decoded, where
+  pyarrow and DuckDB would decode (or decompress and skip) everything before them; a 50k-row
+  row group's `emb` is ~75 MB. That is what makes a small slice cheap. On any anomaly of the
+  pages, the rows are decoded by pyarrow from their row group's start instead.
+- Files without an offset index fall back: a dense range (matches at least `DENSE_SHARE` of
+  the rows to decode) is decoded by pyarrow from its row group's start, a sparse one goes
+  through DuckDB restricted by `file_row_number` (it skips the `emb` of non-matching rows),
+  its `list<float>` cast back. pyarrow reads `fixed_size_list<halffloat>` ~2x cheaper per row
+  than DuckDB decodes it into `list<float>`.
+- Every path filters with the key's own predicate (`to_arrow_filter`, or `to_sql_filter` in
+  DuckDB). PAGE_WORKERS chunks of pages are decoded at once, and `prefetched` runs the whole
+  reader in a thread ahead of the writer: pyarrow releases the GIL.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import queue
+import threading
+from collections import deque
+from collections.abc import Generator, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TypeVar
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from tol_dagster import duck
+from tol_dagster.errors import StoreError
+from tol_dagster.schema import quote_ident
+from tol_dagster.slices.keys import SliceKey, filter_columns, to_arrow_filter, to_sql_filter
+from tol_dagster.slices.locate import Copy, Scan, Span, row_group_starts
+from tol_dagster.slices.parquet.footer import Footer, SpliceError, read_footer
+from tol_dagster.slices.parquet.pages import decode_rows, read_rows
+from tol_dagster.store.mirror_files import MirrorFile
+
+logger = logging.getLogger("tol_dagster.slices.read")
+
+#: Rows per batch read (~25 MB of float16 `emb` at 768 dims); the writer's row groups hold as
+#: many, so read batches fill them without splitting.
+BATCH_ROWS = 16_384
+#: Read a range with pyarrow when its matches are at least this share of the rows it decodes.
+DENSE_SHARE = 0.4
+#: Read partial row groups page by page through the offset index (tests turn it off).
+PAGE_READS = True
+#: Chunks of pages read at once (pyarrow releases the GIL while it decodes).
+PAGE_WORKERS = 2
+
+T = TypeVar("T")
+_Rows = TypeVar("_Rows", pa.Table, pa.RecordBatch)
+#: What the reader hands the writer: rows to write, or a row group to copy, of a mirror file.
+Item = tuple[MirrorFile, pa.RecordBatch | Copy]
+#: A piece of work for `read_slice_rows`: a row group to copy, a chunk of pages to read (run
+#: in the pool), or batches to read in order.
+_Job = Copy | functools.partial[list[pa.RecordBatch]] | Iterator[pa.RecordBatch]
+
+
+def read_slice_rows(key: SliceKey, scans: Sequence[Scan], schema: pa.Schema) -> Iterator[Item]:
+    """The rows satisfying `key` in mirror order: row groups to copy, and batches of the
+    ranges, read page by page where the file has an offset index (PAGE_WORKERS chunks at a
+    time), else by pyarrow when dense and DuckDB when sparse (see the module's docstring)."""
+    window: deque[tuple[MirrorFile, Future[list[pa.RecordBatch]]]] = deque()
+
+    def ready(limit: int) -> Iterator[Item]:
+        """The results of the oldest chunks, in order, until at most `limit` are pending."""
+        while len(window) > limit:
+            file, chunk = window.popleft()
+            for batch in chunk.result():
+                yield file, batch
+
+    pool = ThreadPoolExecutor(PAGE_WORKERS, thread_name_prefix="slice-pages")
+    try:
+        for file, job in _jobs(key, scans, schema):
+            if isinstance(job, functools.partial):
+                window.append((file, pool.submit(job)))
+                yield from ready(PAGE_WORKERS)
+            else:
+                yield from ready(0)
+                if isinstance(job, Copy):
+                    yield file, job
+                else:
+                    yield from ((file, batch) for batch in job)
+        yield from ready(0)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _jobs(
+    key: SliceKey, scans: Sequence[Scan], schema: pa.Schema
+) -> Iterator[tuple[MirrorFile, _Job]]:
+    """The work of each piece of `scans`, in order: by pages, by pyarrow or by DuckDB."""
+    predicate = _Predicate(key)
+    with duck.cursor() as con:
+        for scan in scans:
+            parquet = pq.ParquetFile(scan.file.path)
+            starts = row_group_starts(parquet.metadata)
+            footer = _page_indexed(scan)
+            for span in scan.pieces:
+                if isinstance(span, Copy):
+                    yield scan.file, span
+                    continue
+                first = int(np.searchsorted(starts, span.start, side="right")) - 1
+                if footer is not None:
+                    for group, low, high in _chunks(starts, first, span):
+                        read = functools.partial(
+                            _page_chunk, footer, group, low, high, predicate, schema
+                        )
+                        yield scan.file, read
+                elif span.rows >= DENSE_SHARE * (span.stop - starts[first]):
+                    yield scan.file, _pyarrow_rows(parquet, starts, first, span, predicate, schema)
+                else:
+                    yield scan.file, _duckdb_rows(con, key, scan.file, span, schema)
+
+
+class _Predicate:
+    """The key's filter applied to the key's columns only: rows are taken (copied) only when
+    some are dropped, so a batch wholly inside the taxon passes untouched."""
+
+    def __init__(self, key: SliceKey) -> None:
+        self.expression = to_arrow_filter(key)
+        self.columns = filter_columns(key)
+
+    def keep(self, rows: _Rows) -> _Rows:
+        keys = pa.table([rows.column(c) for c in self.columns], names=self.columns)
+        keys = keys.append_column("row", pa.array(np.arange(rows.num_rows)))
+        kept = keys.filter(self.expression).column("row").combine_chunks()
+        return rows if len(kept) == rows.num_rows else rows.take(kept)
+
+
+def _page_indexed(scan: Scan) -> Footer | None:
+    """The footer of `scan`'s file if its partial row groups can be read page by page."""
+    if not PAGE_READS:
+        return None
+    try:
+        footer = read_footer(scan.file.path)
+        footer.top_level_fields()
+    except SpliceError:
+        return None
+    return footer if all(footer.has_offset_index(g) for g in scan.row_groups) else None
+
+
+def _chunks(starts: np.ndarray, first: int, span: Span) -> Iterator[tuple[int, int, int]]:
+    """(row group, start, stop) relative to the row group: `span` cut at row-group boundaries
+    and every BATCH_ROWS rows, so reading runs in parallel and writing starts early."""
+    group = first
+    while group < len(starts) and starts[group] < span.stop:
+        base = int(starts[group])
+        end = int(starts[group + 1]) if group + 1 < len(starts) else span.stop
+        for low in range(max(span.start, base), min(span.stop, end), BATCH_ROWS):
+            yield group, low - base, min(low + BATCH_ROWS, span.stop, end) - base
+        group += 1
+
+
+def _page_chunk(
+    footer: Footer, group: int, low: int, high: int, predicate: _Predicate, schema: pa.Schema
+) -> list[pa.RecordBatch]:
+    """The matching rows of one chunk, decoding only the pages that hold it; on any anomaly
+    of the pages (an offset index, a header or a decoded length that does not add up), the
+    rows decoded by pyarrow from the row group's start instead."""
+    try:
+        rows = read_rows(footer, group, low, high)
+    except (SpliceError, pa.ArrowException, OSError) as error:
+        logger.warning(f"{error}; reading rows {low}..{high} of row group {group} with pyarrow")
+        try:
+            rows = decode_rows(footer.path, group, low, high)
+        except (SpliceError, pa.ArrowException, OSError) as again:
+            raise StoreError(
+                f"{footer.path}: rows {low}..{high} of row group {group} cannot be read, page "
+                f"by page ({error}) nor by pyarrow ({again}): the mirror file is damaged; "
+                "sync the mirror again"
+            ) from again
+    return predicate.keep(rows.cast(schema, safe=False)).to_batches()
+
+
+def _pyarrow_rows(
+    parquet: pq.ParquetFile,
+    starts: np.ndarray,
+    first: int,
+    span: Span,
+    predicate: _Predicate,
+    schema: pa.Schema,
+) -> Iterator[pa.RecordBatch]:
+    """The matching rows of `span`, decoded by pyarrow from the start of its first row group
+    (pages cannot be skipped here) up to the span's end."""
+    last = int(np.searchsorted(starts, span.stop - 1, side="right")) - 1
+    position = int(starts[first])
+    batches = parquet.iter_batches(
+        batch_size=min(BATCH_ROWS, span.stop - position),  # no rows past a short span
+        row_groups=range(first, last + 1),
+        columns=schema.names,
+        use_threads=False,  # the writer has the other core
+    )
+    for batch in batches:
+        low, high = max(span.start, position), min(span.stop, position + batch.num_rows)
+        if low < high:
+            part = predicate.keep(batch.slice(low - position, high - low))
+            if part.num_rows:
+                yield part
+        position += batch.num_rows
+        if position >= span.stop:
+            break
+
+
+def _duckdb_rows(
+    con: duckdb.DuckDBPyConnection, key: SliceKey, file: MirrorFile, span: Span, schema: pa.Schema
+) -> Iterator[pa.RecordBatch]:
+    """The matching rows of `span`, filtered by DuckDB, which skips the `emb` of rows that
+    do not match; its floats are the mirror's halves widened, so narrowing them is exact."""
+    where, params = to_sql_filter(key)
+    columns = ", ".join(quote_ident(name) for name in schema.names)
+    query = (
+        f"SELECT {columns} FROM read_parquet(?) WHERE file_row_number >= ? "
+        f"AND file_row_number < ? AND {where}"
+    )
+    relation = con.sql(query, params=[str(file.path), span.start, span.stop, *params])
+    return (b.cast(schema, safe=False) for b in relation.to_arrow_reader(BATCH_ROWS) if b.num_rows)
+
+
+@dataclass(frozen=True)
+class _Raised:
+    """An error of the worker thread, handed to the consumer to raise in its own thread."""
+
+    error: BaseException
+
+
+_END = object()
+
+
+def prefetched(items: Iterator[T], depth: int) -> Generator[T]:
+    """`items`, produced by a worker thread up to `depth` ahead: reading overlaps writing."""
+    slots: queue.Queue[object] = queue.Queue(depth)
+    cancelled = threading.Event()
+
+    def put(item: object) -> bool:
+        while not cancelled.is_set():
+            with contextlib.suppress(queue.Full):
+                slots.put(item, timeout=0.1)
+                return True
+        return False
+
+    def work() -> None:
+        try:
+            for item in items:
+                if not put(item):
+                    return
+            put(_END)
+        except BaseException as error:
+            put(_Raised(error))
+        finally:  # release what `items` holds (threads, connections) now, in this thread
+            close = getattr(items, "close", None)
+            if close is not None:
+                close()
+
+    worker = threading.Thread(target=work, name="slice-reader", daemon=True)
+    worker.start()
+    try:
+        while (item := slots.get()) is not _END:
+            if isinstance(item, _Raised):
+                raise item.error
+            yield item  # type: ignore[misc]
+    finally:
+        cancelled.set()
+        worker.join()

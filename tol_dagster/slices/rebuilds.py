@@ -1,0 +1,114 @@
+"""Which slices to build: those the repo declares, and after a resync those whose taxa have
+rows in a file that changed.
+
+Dagster cannot know which slice depends on which mirror file: that mapping is in the data (the
+taxon index). The old and the new index together name every file a slice's rows were or are in.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from pathlib import Path
+
+import pyarrow as pa
+import yaml
+
+from tol_dagster.derived.built_from import BuiltFrom, changed_files, previous_index
+from tol_dagster.derived.taxon_index import read_taxon_index
+from tol_dagster.errors import SettingsError, SliceSpecError
+from tol_dagster.slices.keys import SliceKey, parse_slice_key
+from tol_dagster.slices.locate import locate
+from tol_dagster.slices.records import slice_records
+from tol_dagster.store.layout import Layout
+
+logger = logging.getLogger("tol_dagster.slices.rebuilds")
+
+
+def declared_slices(path: Path, config: str) -> list[str]:
+    """Canonical keys the slices file declares for `config` (`all` applies to every config)."""
+    if not path.is_file():
+        raise SettingsError(
+            f"TOL_SLICES_FILE={path}: no such file; point it at a YAML file with a `slices:` mapping"
+        )
+    try:
+        document = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise SettingsError(f"{path}: not valid YAML ({error})") from None
+    section = document.get("slices", {}) if isinstance(document, dict) else None
+    if not isinstance(section, dict):
+        raise SettingsError(
+            f"{path}: expected `slices:` mapping config names (or `all`) to lists of keys"
+        )
+    keys = [*(section.get("all") or []), *(section.get(config) or [])]
+    return list(dict.fromkeys(parse_slice_key(str(key)).name for key in keys))
+
+
+def slices_to_rebuild(
+    layout: Layout, config: str, keys: list[str], built: BuiltFrom
+) -> tuple[list[str], set[str]]:
+    """The slices among `keys` whose taxa have rows in files changed since the previous index
+    (or that were never built), minus those already built from this generation; and the
+    changed files. `built` is what the current taxon index was built from."""
+    records = {str(r["name"]): r for r in slice_records(layout, config)}
+    keys = _parseable(keys, config)
+    old_index, old_files = previous_index(layout, config)
+    changed = changed_files(old_files, built.files)
+    todo = affected_slices(
+        keys, old_index, read_taxon_index(layout, config), changed, built=records
+    )
+    fresh = {name for name, r in records.items() if r.get("generation") == built.generation}
+    return [key for key in todo if key not in fresh], changed
+
+
+def affected_slices(
+    keys: Iterable[str | SliceKey],
+    old_index: pa.Table | None,
+    new_index: pa.Table,
+    changed_files: set[str],
+    *,
+    built: Iterable[str] | None = None,
+) -> list[str]:
+    """Canonical names of the slices to rebuild after a resync, in the order of `keys`.
+
+    A slice is affected when its taxon has rows, by the old or the new index, in a file that
+    changed, appeared or disappeared (`changed_files`, by file name). Keys not in `built`
+    (when given) and every key when there is no old index are included: never built.
+    """
+    done = None if built is None else {parse_slice_key(str(b)).name for b in built}
+    names: dict[str, None] = {}
+    for item in keys:
+        key = item if isinstance(item, SliceKey) else parse_slice_key(item)
+        fresh = old_index is None or (done is not None and key.name not in done)
+        if fresh or any(
+            _touches(key, index, changed_files)
+            for index in (old_index, new_index)
+            if index is not None
+        ):
+            names[key.name] = None
+    return list(names)
+
+
+def _touches(key: SliceKey, index: pa.Table, changed_files: set[str]) -> bool:
+    """`key`'s rows, by `index`, lie in a changed file (any change, when the index cannot
+    locate the key)."""
+    spans = locate(key, index)
+    return bool(changed_files) if spans is None else not changed_files.isdisjoint(spans)
+
+
+def _parseable(keys: list[str], config: str) -> list[str]:
+    """`keys` that parse as slice keys; the others (partitions made before a rule was
+    tightened, or by hand) cannot be built, so they are skipped with a warning saying how to
+    remove them, instead of stopping every other slice's rebuild."""
+    kept = []
+    for key in keys:
+        try:
+            parse_slice_key(key)
+        except SliceSpecError as error:
+            logger.warning(
+                f"{config}: partition {key!r} is not a valid slice key and is not rebuilt "
+                f"({error}); remove it with `tol-dagster slices remove {key!r}`"
+            )
+            continue
+        kept.append(key)
+    return kept

@@ -1,0 +1,61 @@
+"""One record per built slice: its catalog row plus how it was built, written by each slice run
+and read by the catalog asset (the catalog's single writer) and the rebuild decisions.
+
+Records live in the config's state folder (`Layout.state_dir`), one JSON file per slice, written
+atomically: parallel slice runs each write their own and never race on the catalog.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+
+from tol_dagster.slices.keys import parse_slice_key
+from tol_dagster.store.durable import write_atomic
+from tol_dagster.store.layout import Layout
+
+
+def _records_dir(layout: Layout, config: str) -> Path:
+    return layout.state_dir(config) / "slices"
+
+
+def _record_path(layout: Layout, config: str, name: str) -> Path:
+    return _records_dir(layout, config) / (
+        parse_slice_key(name).file_name.removesuffix(".parquet") + ".json"
+    )
+
+
+def save_slice_record(layout: Layout, config: str, record: Mapping[str, object]) -> None:
+    """Write the record of the slice `record["name"]`, replacing the one of its last build."""
+    write_atomic(
+        _record_path(layout, config, str(record["name"])), json.dumps(record, indent=1).encode()
+    )
+
+
+def slice_records(layout: Layout, config: str) -> list[dict[str, object]]:
+    """Every slice record of `config`: the catalog's rows, and what each slice was built from."""
+    folder = _records_dir(layout, config)
+    if not folder.is_dir():
+        return []
+    return [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))]
+
+
+def allowed_empty(layout: Layout, config: str, name: str) -> bool:
+    """Whether slice `name` was last built with allow_empty: rebuilds keep that consent."""
+    path = _record_path(layout, config, name)
+    return path.is_file() and bool(json.loads(path.read_text()).get("allow_empty"))
+
+
+def remove_slice_records_named(layout: Layout, config: str, names: set[str]) -> list[Path]:
+    """Remove the records whose `name` is one of `names`, found by content (a name that no
+    longer parses as a key has no computable record path); returns the slice files they name."""
+    folder = _records_dir(layout, config)
+    paths = []
+    for record in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        data = json.loads(record.read_text())
+        if data.get("name") in names:
+            if data.get("path"):
+                paths.append(Path(str(data["path"])))
+            record.unlink()
+    return paths
