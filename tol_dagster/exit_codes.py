@@ -75,6 +75,7 @@ def storage_error_since(mark: int) -> errors.LocalStorageError | None:
 
 
 def dagster_storage() -> Path:
+    """Where Dagster's SQLite storage lives (DAGSTER_HOME), to name it when it fails."""
     return Path(os.environ.get("DAGSTER_HOME") or ".")
 
 
@@ -120,6 +121,7 @@ def classify_error_info(info: object, *, run_id: str | None) -> TolError | None:
 
 
 def interrupted(signum: int, run_id: str | None) -> Interrupted:
+    """130/143, naming the signal and the run marked canceled; nothing published changed."""
     name = signal.Signals(signum).name
     run = f"run {run_id} was marked canceled; " if run_id else ""
     return Interrupted(
@@ -130,6 +132,7 @@ def interrupted(signum: int, run_id: str | None) -> Interrupted:
 
 
 def internal(message: str, run_id: str | None) -> errors.InternalError:
+    """70: a bug; the message says what to report it with (the run id, or the --verbose output)."""
     report = (
         f"please report it with run id {run_id} (its event log in the Dagster UI has the trace)"
         if run_id

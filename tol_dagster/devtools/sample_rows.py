@@ -100,6 +100,7 @@ class SampleRows:
 
     @classmethod
     def build(cls, taxa: Taxa, *, rows: int, seed: int) -> SampleRows:
+        """Every row's source, taxon and name variant drawn from `seed`, sorted as upstream."""
         rng = np.random.default_rng([seed, 2])
         n_hex = round(rows * _HEX_SHARE)
         anchored = rows >= 50 * sum(c for *_, c in _ANCHORS)

@@ -66,6 +66,7 @@ class _TaxaBuilder:
         self.used_names = {name for lineage in used for name in lineage[4:6] if name}
 
     def build(self) -> Taxa:
+        """Spread the leaves over the real orders by their share of rows, then make the arrays."""
         orders = sample_taxa.ORDERS
         scale = {
             k: pct / sum(o.percent for o in orders if o.kingdom == k)

@@ -258,6 +258,7 @@ class _Listing:
                 self.dirs.setdefault("/".join(parts[:depth]), []).append(path)
 
     def children(self, folder: str, recursive: bool) -> list[str]:
+        """Entries under `folder`: its direct children, or everything below when recursive."""
         prefix = f"{folder}/" if folder else ""
         names = [p for p in (*self.dirs, *self.commit.files) if p.startswith(prefix)]
         if not recursive:
@@ -265,6 +266,7 @@ class _Listing:
         return sorted(names)
 
     def entry(self, path: str) -> dict[str, Any]:
+        """A tree entry as the Hub lists it: a file (with LFS details) or a folder."""
         file = self.commit.files.get(path)
         if file is not None:
             data: dict[str, Any] = {

@@ -83,6 +83,7 @@ def byte_range(header: str | None, size: int) -> tuple[int, int] | None:
 
 
 def error_reply(error: HubError) -> Reply:
+    """The Hub's error shape: the status, `X-Error-Code`, `X-Error-Message` and a JSON body."""
     headers = {"Content-Type": "application/json; charset=utf-8", **error.headers}
     if error.code:
         headers["X-Error-Code"] = error.code
@@ -94,6 +95,7 @@ def error_reply(error: HubError) -> Reply:
 def file_reply(
     source: Path, size: int, etag: str, range_header: str | None, headers: dict[str, str]
 ) -> Reply:
+    """A file's bytes from disk: 200 whole, or 206 for the `Range` asked (416 outside it)."""
     base = {
         "Content-Type": "application/octet-stream",
         "Accept-Ranges": "bytes",

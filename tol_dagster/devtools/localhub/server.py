@@ -74,6 +74,7 @@ class LocalHub:
         return self
 
     def stop(self) -> None:
+        """Stop both origins, cutting kept-alive connections and stalled answers short."""
         for server in self._servers:
             server.stopping.set()
             server.shutdown()
@@ -96,10 +97,12 @@ class LocalHub:
 
     @property
     def endpoint(self) -> str:
+        """The Hub origin's URL, to pass as `endpoint=` to the huggingface_hub client."""
         return self._origin(0)
 
     @property
     def cdn_endpoint(self) -> str:
+        """The CDN origin's URL (where `/resolve` redirects LFS files)."""
         return self._origin(1)
 
     def _origin(self, index: int) -> str:
@@ -115,6 +118,7 @@ class LocalHub:
         return self.repo.head().id
 
     def stats(self) -> dict[str, dict[str, int]]:
+        """Requests and body bytes per request kind since the last reset."""
         return self.stats_book.snapshot()
 
     def reset(self) -> None:
