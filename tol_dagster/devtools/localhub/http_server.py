@@ -19,7 +19,7 @@ from typing import Any, Protocol
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from tol_dagster.devtools.localhub.faults import Fault, FaultBook, Stats, rewrite_json
-from tol_dagster.devtools.localhub.replies import HubError, Reply, error_reply
+from tol_dagster.devtools.localhub.replies import HubError, Reply, Request, error_reply
 
 log = logging.getLogger(__name__)
 
@@ -33,15 +33,7 @@ class Router(Protocol):
     faults: FaultBook
     stats_book: Stats
 
-    def route(
-        self,
-        origin: str,
-        method: str,
-        segments: list[str],
-        query: dict[str, list[str]],
-        body: bytes,
-        headers: Any,
-    ) -> tuple[str | None, Callable[[], Reply]]: ...
+    def route(self, request: Request) -> tuple[str | None, Callable[[], Reply]]: ...
 
 
 class HubHttpServer(ThreadingHTTPServer):
@@ -107,7 +99,8 @@ class _Handler(BaseHTTPRequestHandler):
         url = urlsplit(self.path)
         segments = [unquote(s) for s in url.path.split("/")[1:]]
         query = parse_qs(url.query)
-        kind, action = router.route(self.server.origin, method, segments, query, body, self.headers)
+        request = Request(self.server.origin, method, segments, query, body, self.headers)
+        kind, action = router.route(request)
         decoded_path = "/" + "/".join(segments)
         if kind is None:  # admin: never counted, never faulted
             self._send(method, self._run(action), None, [])

@@ -1,4 +1,4 @@
-"""What the local Hub answers: responses, the Hub's error shape, byte ranges of files.
+"""What the local Hub is asked and answers: requests, responses, the Hub's errors, byte ranges.
 
 Kept apart from the routes and the sockets so that each answer is a plain value: the API builds
 `Reply`s, the HTTP side (`http_server`) writes them, with faults shaping the bytes on the way.
@@ -10,9 +10,22 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+
+
+@dataclass(frozen=True)
+class Request:
+    """One request as the routes see it: the origin ("hub" or "cdn"), the decoded path."""
+
+    origin: str
+    method: str
+    segments: list[str]  # the URL path's segments, percent-decoded
+    query: dict[str, list[str]]
+    body: bytes
+    headers: Any  # the request's `http.client.HTTPMessage`
 
 
 class HubError(Exception):

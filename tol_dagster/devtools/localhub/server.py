@@ -26,7 +26,7 @@ from typing import Any
 from tol_dagster.devtools.localhub.api import DatasetApi
 from tol_dagster.devtools.localhub.faults import Fault, FaultBook, Stats
 from tol_dagster.devtools.localhub.http_server import HubHttpServer
-from tol_dagster.devtools.localhub.replies import HubError, Reply
+from tol_dagster.devtools.localhub.replies import HubError, Reply, Request
 from tol_dagster.devtools.localhub.repo import RepoState
 from tol_dagster.settings import DEFAULT_REPO_ID
 
@@ -137,31 +137,18 @@ class LocalHub:
         return self.repo.force_push().id
 
     # --- routing -------------------------------------------------------------------------
-    def route(
-        self,
-        origin: str,
-        method: str,
-        segments: list[str],
-        query: dict[str, list[str]],
-        body: bytes,
-        headers: Any,
-    ) -> tuple[str | None, Callable[[], Reply]]:
+    def route(self, request: Request) -> tuple[str | None, Callable[[], Reply]]:
         """(request kind or None for admin, the action that answers it)."""
-        if origin == "cdn":
-            return "lfs_get", lambda: self.api.cdn(segments, query, headers)
+        segments = request.segments
+        if request.origin == "cdn":
+            return "lfs_get", lambda: self.api.cdn(segments, request.query, request.headers)
         if segments[:1] == ["_admin"]:
-            return None, lambda: self._admin(method, segments[1:], body)
-        kind, action = self._hub_route(method, segments, query, body, headers)
-        return kind, lambda: self._guarded(headers, action)
+            return None, lambda: self._admin(request.method, segments[1:], request.body)
+        kind, action = self._hub_route(request)
+        return kind, lambda: self._guarded(request.headers, action)
 
-    def _hub_route(
-        self,
-        method: str,
-        segments: list[str],
-        query: dict[str, list[str]],
-        body: bytes,
-        headers: Any,
-    ) -> tuple[str, Callable[[], Reply]]:
+    def _hub_route(self, request: Request) -> tuple[str, Callable[[], Reply]]:
+        method, segments, query = request.method, request.segments, request.query
         if len(segments) >= 4 and segments[0] == "api" and method in ("GET", "POST"):
             repo, rest = segments[2:4], segments[4:]
             op = rest[0] if rest else ""
@@ -178,13 +165,15 @@ class LocalHub:
                     repo, segments[1], rest[1], "/".join(rest[2:]), query
                 )
             if method == "POST" and op == "paths-info" and len(rest) >= 2:
-                return "paths_info", lambda: self.api.paths_info(repo, segments[1], rest[1], body)
+                return "paths_info", lambda: self.api.paths_info(
+                    repo, segments[1], rest[1], request.body
+                )
         if len(segments) >= 5 and method in ("GET", "HEAD") and "resolve" in segments[:4]:
             at = segments.index("resolve")
             kind = "resolve_head" if method == "HEAD" else "resolve_get"
             repo_type = segments[0] if at == 3 else "models"
             repo, rev, path = segments[at - 2 : at], segments[at + 1], "/".join(segments[at + 2 :])
-            return kind, lambda: self.api.resolve(repo, repo_type, rev, path, headers)
+            return kind, lambda: self.api.resolve(repo, repo_type, rev, path, request.headers)
 
         def not_found() -> Reply:
             raise HubError(
