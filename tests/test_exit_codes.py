@@ -329,9 +329,9 @@ def test_70_an_internal_error_names_the_run_to_report(
 def test_70_outside_a_run_names_no_run_and_tol_debug_prints_the_traceback(
     synced: User, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from tol_dagster.cli import runner
+    from tol_dagster.cli import sync_command
 
-    monkeypatch.setattr(runner, "open_instance", _boom)
+    monkeypatch.setattr(sync_command, "open_instance", _boom)
 
     quiet = synced.tol("sync")
     monkeypatch.setenv("TOL_DEBUG", "1")

@@ -25,7 +25,7 @@ from huggingface_hub.errors import (
 )
 
 from tol_dagster.devtools.localhub import Fault, LocalHub
-from tol_dagster.devtools.localhub.server import byte_range
+from tol_dagster.devtools.localhub.replies import byte_range
 from tol_dagster.settings import DEFAULT_REPO_ID
 
 REPO = DEFAULT_REPO_ID

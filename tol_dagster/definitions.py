@@ -56,4 +56,9 @@ def build_definitions(settings: Settings) -> dg.Definitions:
     )
 
 
-defs = build_definitions(Settings.from_env())
+@dg.definitions
+def defs() -> dg.Definitions:
+    """The code location as `dagster dev` and the daemon load it: the environment is read when
+    the location loads, not when this module is imported (the command line imports it at start
+    and must report a bad setting as exit 2, not crash on import)."""
+    return build_definitions(Settings.from_env())

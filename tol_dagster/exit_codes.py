@@ -18,6 +18,9 @@ import signal
 import sqlite3
 from pathlib import Path
 
+import httpx2
+import huggingface_hub.errors as hf_errors
+
 from tol_dagster import errors
 from tol_dagster.errors import INTERNAL_EXIT_CODE, Interrupted, TolError
 
@@ -27,20 +30,9 @@ _SQLITE_STORAGE = ("disk i/o error", "database or disk is full", "readonly datab
 _ERRNO = re.compile(r"\[Errno (\d+)\]")
 _FILENAME = re.compile(r"\[Errno \d+\] [^:]*: '(.+?)'(?: -> '.+')?\s*$")
 
-_verbose = False
 #: Storage errors raised with the bytes needed, oldest first: when Dagster's own storage then
 #: fails on the same full disk, this first, precise cause is what the user reads.
 _raised: list[errors.LocalStorageError] = []
-
-
-def set_verbose(on: bool) -> None:
-    """`tol-dagster --verbose`: print tracebacks and Dagster's failure events too."""
-    global _verbose
-    _verbose = on
-
-
-def verbose() -> bool:
-    return _verbose or os.environ.get("TOL_DEBUG", "") not in ("", "0")
 
 
 def free_bytes(path: Path) -> int | None:
@@ -83,6 +75,7 @@ def storage_error_since(mark: int) -> errors.LocalStorageError | None:
 
 
 def dagster_storage() -> Path:
+    """Where Dagster's SQLite storage lives (DAGSTER_HOME), to name it when it fails."""
     return Path(os.environ.get("DAGSTER_HOME") or ".")
 
 
@@ -128,6 +121,7 @@ def classify_error_info(info: object, *, run_id: str | None) -> TolError | None:
 
 
 def interrupted(signum: int, run_id: str | None) -> Interrupted:
+    """130/143, naming the signal and the run marked canceled; nothing published changed."""
     name = signal.Signals(signum).name
     run = f"run {run_id} was marked canceled; " if run_id else ""
     return Interrupted(
@@ -138,6 +132,7 @@ def interrupted(signum: int, run_id: str | None) -> Interrupted:
 
 
 def internal(message: str, run_id: str | None) -> errors.InternalError:
+    """70: a bug; the message says what to report it with (the run id, or the --verbose output)."""
     report = (
         f"please report it with run id {run_id} (its event log in the Dagster UI has the trace)"
         if run_id
@@ -188,17 +183,13 @@ def _unwrap(exc: BaseException) -> BaseException:
 
 
 def _is_network(kind: type) -> bool:
-    import httpx2
-    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
-
-    return issubclass(kind, (httpx2.HTTPError, HfHubHTTPError, OfflineModeIsEnabled))
+    return issubclass(
+        kind, (httpx2.HTTPError, hf_errors.HfHubHTTPError, hf_errors.OfflineModeIsEnabled)
+    )
 
 
 def _class_named(name: str) -> type | None:
     """An exception class found by its (unqualified) name where failures come from."""
-    import httpx2
-    import huggingface_hub.errors as hf_errors
-
     for module in (errors, builtins, sqlite3, httpx2, hf_errors):
         found = getattr(module, name, None)
         if isinstance(found, type) and issubclass(found, BaseException):
@@ -213,9 +204,7 @@ __all__ = [
     "classify_error_info",
     "internal",
     "interrupted",
-    "set_verbose",
     "storage_error",
     "storage_error_since",
     "storage_mark",
-    "verbose",
 ]

@@ -10,17 +10,23 @@ from __future__ import annotations
 import os
 import time
 
+import duckdb
+
+from tol_dagster.catalog import list_slices
+from tol_dagster.cli.runner import refresh_published
+from tol_dagster.cli.status import status_report
+from tol_dagster.cli.sync_command import run_sync
+from tol_dagster.derived.summaries import summary_path
 from tol_dagster.devtools.demo_repo import ensure_demo_repo
+from tol_dagster.devtools.localhub import LocalHub
 from tol_dagster.settings import OFFLINE_HF_ENV, Settings
 
 
 def run_demo() -> int:
+    """Sync the sample through the local Hub, publish every config's outputs, say what is where."""
     # The local Hub needs no telemetry, update check or Xet: keep the client off the internet.
     for name, value in OFFLINE_HF_ENV.items():
         os.environ.setdefault(name, value)
-    from tol_dagster.cli.runner import refresh_published, run_sync, status_report
-    from tol_dagster.devtools.localhub import LocalHub
-
     base = Settings.from_env()
     repo = ensure_demo_repo(base.layout)
     started = time.monotonic()
@@ -51,12 +57,17 @@ def run_demo() -> int:
     print(
         f"  Dagster runs and event logs: {os.environ.get('DAGSTER_HOME', settings.layout.dagster_home())}"
     )
+    _print_next_steps(first_config=next(iter(report)))
+    return 0
+
+
+def _print_next_steps(first_config: str) -> None:
+    """How to query what the demo published, and how to open the UI."""
     print()
     print("Query the mirror with DuckDB, pinned to one generation while resyncs publish, e.g.:")
-    first = next(iter(report))
     print(
         '  .venv/bin/python -c "import duckdb; from tol_dagster.catalog import mirror_files; '
-        f"duckdb.read_parquet([str(p) for p in mirror_files('{first}')])"
+        f"duckdb.read_parquet([str(p) for p in mirror_files('{first_config}')])"
         ".aggregate('family, count(*) AS n').order('n DESC').limit(5).show()\""
     )
     print(
@@ -65,16 +76,10 @@ def run_demo() -> int:
     )
     print("  .venv/bin/python examples/nearest_centroid.py family=Felidae")
     print("Open the UI: `make dev`, then http://127.0.0.1:3000 (sensors and schedules tick there).")
-    return 0
 
 
 def _print_published(settings: Settings, config: str) -> None:
     """The slices, and a few summary lines: top orders by images, images per source."""
-    import duckdb
-
-    from tol_dagster.catalog import list_slices
-    from tol_dagster.derived.summaries import summary_path
-
     layout = settings.layout
     slices = list_slices(config=config, home=settings.home)
     print(

@@ -16,12 +16,14 @@ from pathlib import Path
 from tol_dagster.defs.instance import ensure_dagster_home, open_instance
 from tol_dagster.defs.resync_slot import ensure_resync_pools
 from tol_dagster.devtools.demo_repo import ensure_demo_repo
+from tol_dagster.devtools.localhub import LocalHub
 from tol_dagster.settings import Settings
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run `dagster dev` (and the local Hub when the endpoint is its) until Ctrl-C or SIGTERM."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--local-hub-port", type=int, default=8765)
     parser.add_argument("--dagster-port", type=int, default=3000)
@@ -35,8 +37,6 @@ def main(argv: list[str] | None = None) -> int:
     local_endpoint = f"http://127.0.0.1:{args.local_hub_port}"
     hub = None
     if settings.hub_endpoint == local_endpoint:
-        from tol_dagster.devtools.localhub import LocalHub
-
         hub = LocalHub(
             ensure_demo_repo(settings.layout), repo_id=settings.repo_id, port=args.local_hub_port
         ).start()

@@ -9,7 +9,6 @@ small regular (non-LFS) files so earlier commits keep their README.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
@@ -18,11 +17,12 @@ import stat
 import threading
 import time
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from tol_dagster.store import durable
 
 STATE_DIR = ".localhub"
 #: Folders under ROOT that are never part of the repo (our state, git, the client's local_dir cache).
@@ -164,7 +164,7 @@ class RepoState:
     # --- public --------------------------------------------------------------------------
     def head(self) -> Commit:
         """Rescan the folder and return the head commit, committing any change first."""
-        with self._lock, self._file_lock():
+        with self._lock, durable.file_lock(self.state_dir / "lock"):
             files = self._scan()
             head_id = self._read_head()
             head = self.commit(head_id) if head_id else None
@@ -178,7 +178,7 @@ class RepoState:
 
     def force_push(self) -> Commit:
         """Rewrite history: a new root commit with the current files; earlier ids stop resolving."""
-        with self._lock, self._file_lock():
+        with self._lock, durable.file_lock(self.state_dir / "lock"):
             files = self._scan()
             old_head = self._read_head()
             return self._write_commit(
@@ -336,16 +336,12 @@ class RepoState:
     def _keep_blob(self, sha256: str, data: bytes) -> None:
         blob = self._blob_path(sha256)
         if not blob.exists():
-            tmp = blob.with_suffix(f".tmp{os.getpid()}")
-            tmp.write_bytes(data)
-            tmp.replace(blob)
+            durable.write_atomic(blob, data)
 
     def _load_secret(self) -> bytes:
         path = self.state_dir / "secret"
         if not path.exists():
-            tmp = path.with_suffix(f".tmp{os.getpid()}")
-            tmp.write_text(secrets.token_hex(16))
-            tmp.replace(path)
+            durable.write_atomic(path, secrets.token_hex(16).encode())
         return path.read_text().strip().encode()
 
     def _read_json(self, name: str, default: dict[str, Any]) -> dict[str, Any]:
@@ -357,20 +353,9 @@ class RepoState:
         return data
 
     def _write_json(self, name: str, data: object) -> None:
-        path = self.state_dir / name
-        tmp = path.with_name(f"{path.name}.tmp{os.getpid()}.{threading.get_ident()}")
-        tmp.write_text(json.dumps(data, separators=(",", ":")))
-        tmp.replace(path)
-
-    @contextmanager
-    def _file_lock(self) -> Iterator[None]:
-        """Serialise commits with any other local Hub process serving the same folder."""
-        with (self.state_dir / "lock").open("a") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+        durable.write_atomic(
+            self.state_dir / name, json.dumps(data, separators=(",", ":")).encode()
+        )
 
 
 def _same_content(a: Mapping[str, FileEntry], b: Mapping[str, FileEntry]) -> bool:

@@ -1,0 +1,135 @@
+"""The `tol-dagster` argument parser: every command, argument, default and help text.
+
+Only argparse here, so that the parser (and the `--help` it prints) can be built and tested
+without Dagster or the pipeline. Each command's parser sets `handler` (e.g. "slices remove"),
+the name `cli.main` dispatches on.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from tol_dagster.schema import DEFAULT_CONFIG
+
+if TYPE_CHECKING:  # what `add_subparsers` returns: generic in the type stubs only
+    Subparsers = argparse._SubParsersAction[argparse.ArgumentParser]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole command line: `tol-dagster [--verbose] COMMAND ...`."""
+    parser = argparse.ArgumentParser(
+        prog="tol-dagster",
+        description="Mirror TreeOfLife-200M-Embeddings and publish validated per-taxon slices.",
+        epilog="Exit codes: 0 done, 1 the gate refused, 2 bad input or settings, 3 upstream "
+        "unreachable or invalid, 4 local storage (disk full, permissions), 130/143 interrupted, "
+        "70 internal error (a bug).",
+    )
+    parser.add_argument(
+        "--verbose",
+        action="store_true",
+        help="print tracebacks and Dagster's failure events (also TOL_DEBUG=1)",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_sample(commands)
+    _add_hub(commands)
+    _add_sync(commands)
+    _add_status(commands)
+    _add_slice(commands)
+    _add_slices(commands)
+    demo = commands.add_parser(
+        "demo", help="run the whole pipeline on the embedded sample (make demo)"
+    )
+    demo.set_defaults(handler="demo")
+    return parser
+
+
+def _add_sample(commands: Subparsers) -> None:
+    sample = commands.add_parser("sample", help="generate a TreeOfLife-shaped sample repo")
+    sample_commands = sample.add_subparsers(dest="sample_command", required=True, metavar="ACTION")
+    build = sample_commands.add_parser(
+        "build", help="write OUT/<config>/train-*.parquet and OUT/README.md"
+    )
+    build.add_argument("out", type=Path, metavar="OUT")
+    build.add_argument("--rows", type=int, required=True)
+    build.add_argument("--files", type=int, required=True)
+    build.add_argument("--seed", type=int, required=True)
+    build.add_argument("--config", default=DEFAULT_CONFIG)
+    build.add_argument(
+        "--dim", type=int, default=None, help="embedding width (default: the config's)"
+    )
+    build.add_argument("--row-group-size", type=int, default=50_000)
+    build.set_defaults(handler="sample build")
+
+
+def _add_hub(commands: Subparsers) -> None:
+    hub = commands.add_parser(
+        "hub", help="the local Hub-compatible server (development and tests only)"
+    )
+    hub_commands = hub.add_subparsers(dest="hub_command", required=True, metavar="ACTION")
+    serve = hub_commands.add_parser("serve", help="serve ROOT as a dataset repo on 127.0.0.1")
+    serve.add_argument("root", type=Path, metavar="ROOT")
+    serve.add_argument("--port", type=int, default=0, help="0 picks a free port (default)")
+    serve.add_argument("--repo-id", default="imageomics/TreeOfLife-200M-Embeddings")
+    serve.add_argument("--token", default=None, help="require this token (gated repo)")
+    serve.set_defaults(handler="hub serve")
+
+
+def _add_sync(commands: Subparsers) -> None:
+    sync = commands.add_parser(
+        "sync", help="resync the mirror through Dagster (fetch, verify, gate, publish)"
+    )
+    sync.add_argument(
+        "--config", default=None, help="one config (default: every config in TOL_CONFIGS)"
+    )
+    sync.add_argument(
+        "--accept-row-loss",
+        action="store_true",
+        help="publish even if rows were lost beyond TOL_MAX_ROW_LOSS",
+    )
+    sync.add_argument(
+        "--accept-schema-change",
+        action="store_true",
+        help="publish even if the schema drifted from the last validated one",
+    )
+    sync.add_argument(
+        "--accept-emb-change",
+        action="store_true",
+        help="publish even if rows already in the mirror (by uuid) come with different emb bytes",
+    )
+    sync.set_defaults(handler="sync")
+
+
+def _add_status(commands: Subparsers) -> None:
+    status = commands.add_parser("status", help="compare the mirror with upstream (a Dagster run)")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.set_defaults(handler="status")
+
+
+def _add_slice(commands: Subparsers) -> None:
+    slice_ = commands.add_parser("slice", help="materialize one slice on demand and print its path")
+    slice_.add_argument(
+        "key", metavar="KEY", help="rank=value, e.g. family=Felidae or kingdom=Animalia/genus=Morus"
+    )
+    slice_.add_argument("--config", default=None)
+    slice_.add_argument(
+        "--allow-empty",
+        action="store_true",
+        help="publish a 0-row slice when no row matches the key (else: exit 2, close matches named)",
+    )
+    slice_.set_defaults(handler="slice")
+
+
+def _add_slices(commands: Subparsers) -> None:
+    slices = commands.add_parser("slices", help="list or remove published slices")
+    slices_commands = slices.add_subparsers(dest="slices_command", required=True, metavar="ACTION")
+    slices_list = slices_commands.add_parser("list", help="the catalog of published slices")
+    slices_list.add_argument("--config", default=None)
+    slices_list.set_defaults(handler="slices list")
+    slices_remove = slices_commands.add_parser(
+        "remove", help="remove a slice: partition, file and catalog row"
+    )
+    slices_remove.add_argument("key", metavar="KEY")
+    slices_remove.add_argument("--config", default=None)
+    slices_remove.set_defaults(handler="slices remove")

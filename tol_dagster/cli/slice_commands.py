@@ -1,0 +1,119 @@
+"""`tol-dagster slice KEY` and `tol-dagster slices list|remove`: slices on demand.
+
+A slice is built through Dagster (its dynamic partition added first) after the derived tables
+it reads are brought up to date, and the catalog is rewritten after every change, so the UI,
+the catalog and the files on disk always tell the same story.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import quote
+
+from tol_dagster import catalog
+from tol_dagster.cli.config_option import one_config, select_configs
+from tol_dagster.cli.runner import _build_slice, _ensure_derived, _refresh_catalog
+from tol_dagster.definitions import build_definitions
+from tol_dagster.defs.instance import open_instance
+from tol_dagster.defs.keys import slices_partitions_name
+from tol_dagster.derived import built_from, taxon_index
+from tol_dagster.errors import SliceSpecError
+from tol_dagster.settings import Settings
+from tol_dagster.slices import catalog_file, records
+from tol_dagster.slices.counts import expected_count, refuse_empty
+from tol_dagster.slices.keys import SliceKey, parse_slice_key
+
+
+def run_slice(key_text: str, *, config: str | None, allow_empty: bool = False) -> int:
+    """Materialize one slice through Dagster (adding its partition), refresh the catalog.
+
+    A key matching no row is refused (exit 2, close matches named) before any partition or
+    run is made, unless `allow_empty` (now or when the slice was last built)."""
+    settings = Settings.from_env()
+    key = parse_slice_key(key_text)
+    name = one_config(settings, config)
+    built_from.mirror_inputs(settings.layout, name)  # no mirror: say so before touching anything
+    instance = open_instance(settings)
+    defs = build_definitions(settings)
+    code = _ensure_derived(defs, instance, settings, name)
+    if code:
+        return code
+    if not (allow_empty or records.allowed_empty(settings.layout, name, key.name)):
+        _refuse_empty(settings, name, key)
+    code = _build_slice(defs, instance, name, key.name, allow_empty=allow_empty)
+    if code:
+        return code
+    code = _refresh_catalog(defs, instance, name)
+    print(settings.layout.slices_dir(name) / key.file_name)
+    return code
+
+
+def _refuse_empty(settings: Settings, name: str, key: SliceKey) -> None:
+    """`EmptySliceError` (exit 2) if no row of the mirror matches `key`."""
+    _, files = built_from.mirror_inputs(settings.layout, name)
+    index = taxon_index.read_taxon_index(settings.layout, name)
+    refuse_empty(key, index, expected_count(key, index, files))
+
+
+def list_slices_command(*, config: str | None) -> int:
+    """The published slices, one tab-separated line each: config, name, rows, MB, path."""
+    settings = Settings.from_env()
+    if config is not None:
+        select_configs(settings, config)
+    table = catalog.list_slices(config=config, home=settings.home)
+    if table.empty:
+        print(
+            "no slices published yet; build one with `tol-dagster slice KEY` (e.g. family=Felidae)"
+        )
+        return 0
+    for row in table.to_dict("records"):
+        print(
+            f"{row['config']}\t{row['name']}\t{int(row['rows']):,} rows\t{int(row['bytes']) / 1e6:,.1f} MB\t{row['path']}"
+        )
+    return 0
+
+
+def _is_file(path: Path) -> bool:
+    """`path.is_file()`, False for a name the file system cannot hold (too long)."""
+    try:
+        return path.is_file()
+    except OSError:
+        return False
+
+
+def remove_slice_command(key_text: str, *, config: str | None) -> int:
+    """Remove a slice: its partition, its file and its catalog row (the catalog is rewritten).
+
+    Works for any existing partition, even one whose name no longer parses as a key (made
+    before a rule was tightened, or added by hand in the UI): the raw text is matched too."""
+    settings = Settings.from_env()
+    name = one_config(settings, config)
+    layout = settings.layout
+    try:
+        key: SliceKey | None = parse_slice_key(key_text)
+    except SliceSpecError as error:
+        key, invalid = None, error
+    names = {key_text} if key is None else {key.name, key_text}
+    instance = open_instance(settings)
+    partitions = slices_partitions_name(name)
+    known = sorted(n for n in names if instance.has_dynamic_partition(partitions, n))
+    slices_dir = layout.slices_dir(name)
+    paths = {slices_dir / f"{quote(n, safe='')}.parquet" for n in names}  # hand-made names
+    if key is not None:
+        paths.add(slices_dir / key.file_name)
+    paths.update(records.remove_slice_records_named(layout, name, names))
+    files = sorted(p for p in paths if p.parent == slices_dir and _is_file(p))
+    in_catalog = catalog_file.remove_entry(layout, name, key_text)
+    if not (known or files or in_catalog):
+        why = f" (nor a valid key: {invalid})" if key is None else ""
+        raise SliceSpecError(
+            f"slice {key_text if key is None else key.name} of {name} does not exist{why}; "
+            "`tol-dagster slices list` shows the slices"
+        )
+    for partition in known:
+        instance.delete_dynamic_partition(partitions, partition)
+    for path in files:
+        path.unlink(missing_ok=True)
+    code = _refresh_catalog(build_definitions(settings), instance, name)
+    print(f"removed {key_text if key is None else key.name} from {name}")
+    return code

@@ -1,0 +1,79 @@
+"""`tol-dagster status`: the mirror next to upstream, and what a sync would do.
+
+The upstream check runs as a Dagster run (the UI's history shows it); the report itself is read
+from what the resync keeps on disk, so the demo prints it too.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from tol_dagster.cli.runner import QUIET_LOGS, execute, exit_code
+from tol_dagster.definitions import build_definitions
+from tol_dagster.defs.instance import open_instance
+from tol_dagster.defs.jobs import STATUS_JOB
+from tol_dagster.defs.runs import cli_run_tags
+from tol_dagster.resync import sync
+from tol_dagster.settings import Settings
+from tol_dagster.store.manifest import load_manifest
+
+
+def status_report(settings: Settings) -> dict[str, dict[str, object]]:
+    """Per config: upstream as last observed, the published mirror, and what a sync would do."""
+    report: dict[str, dict[str, object]] = {}
+    for config in settings.configs:
+        layout = settings.layout
+        manifest = load_manifest(layout, config)
+        remote = sync.load_remote(layout, config)
+        entry: dict[str, object] = {
+            "mirror_path": str(layout.mirror_dir(config)),
+            "mirror_commit": manifest.upstream_commit if manifest else None,
+            "mirror_files": len(manifest.entries) if manifest else 0,
+            "mirror_rows": manifest.total_rows if manifest else 0,
+            "validated_at": manifest.validated_at if manifest else None,
+            "upstream_commit": remote.commit if remote else None,
+            "upstream_expected_rows": remote.expected_rows if remote else None,
+        }
+        entry["last_change"] = sync.last_revision_diff(layout, config)
+        if remote is not None:
+            decision = sync.decide(layout, remote)
+            entry["in_sync"] = not decision.needs_run
+            entry["pending"] = decision.reason
+        report[config] = entry
+    return report
+
+
+def run_status(*, as_json: bool) -> int:
+    """Observe upstream in a run, then print the report (`--json`: one object); errors last."""
+    settings = Settings.from_env()
+    instance = open_instance(settings)
+    job = build_definitions(settings).resolve_job_def(STATUS_JOB)
+    result = execute(job, run_config=QUIET_LOGS, instance=instance, tags=cli_run_tags())
+    code, lines = exit_code(result)
+    report = status_report(settings)
+    if as_json:
+        print(json.dumps({"exit_code": code, "errors": lines, "configs": report}, indent=1))
+    else:
+        for config, entry in report.items():
+            print(f"{config}:")
+            for key, value in entry.items():
+                print(f"  {key}: {_short(value) if key == 'last_change' else value}")
+        for line in lines:
+            print(f"error: {line}", file=sys.stderr)
+    return code
+
+
+def _short(change: object) -> str:
+    """The last published change by uuid, in one line (`--json` has the per-taxon table)."""
+    if not isinstance(change, dict):
+        return "none recorded"
+    top = ", ".join(
+        f"{t.get('species') or t.get('genus') or t.get('family') or '?'} +{t['added']}/-{t['removed']}"
+        for t in change.get("taxa", [])[:5]
+    )
+    return (
+        f"{str(change['from_commit'])[:12]} -> {str(change['to_commit'])[:12]}: "
+        f"+{change['added']:,} / -{change['removed']:,} rows by uuid in {change['taxa_changed']:,} taxa"
+        + (f" (most: {top})" if top else "")
+    )
