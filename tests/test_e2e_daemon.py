@@ -34,10 +34,9 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from tol_dagster.defs.jobs import RESYNC_JOB
-from tol_dagster.defs.keys import resync_check_keys, resync_keys
-from tol_dagster.defs.resync_slot import ensure_resync_pools
-from tol_dagster.defs.runs import RESYNC_TAG
+from tol_dagster.defs.mirror.jobs import RESYNC_JOB, RESYNC_TAG
+from tol_dagster.defs.mirror.keys import resync_check_keys, resync_keys
+from tol_dagster.defs.mirror.resync_slot import ensure_resync_pools
 from tol_dagster.devtools.sample import build_sample
 from tol_dagster.schema import DEFAULT_CONFIG
 from tol_dagster.settings import DEFAULT_REPO_ID

@@ -49,13 +49,11 @@ from tol_dagster.catalog import (
 )
 from tol_dagster.cli.demo import run_demo
 from tol_dagster.definitions import build_definitions
-from tol_dagster.defs.jobs import AUDIT_JOB, slices_job_name
-from tol_dagster.defs.keys import (
-    asset_key,
-    derived_keys,
-    slices_op_name,
-    slices_partitions_name,
-)
+from tol_dagster.defs.keys import asset_key
+from tol_dagster.defs.mirror.jobs import AUDIT_JOB
+from tol_dagster.defs.published.jobs import slices_job_name
+from tol_dagster.defs.published.keys import derived_keys, slices_op_name
+from tol_dagster.defs.published.partitions import slices_partitions_name
 from tol_dagster.defs.resources import resources_from
 from tol_dagster.devtools import sample
 from tol_dagster.devtools.localhub import LocalHub

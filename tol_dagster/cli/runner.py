@@ -25,25 +25,15 @@ from tol_dagster import catalog, errors, exit_codes
 from tol_dagster.cli import interrupts
 from tol_dagster.definitions import build_definitions
 from tol_dagster.defs.instance import open_instance
-from tol_dagster.defs.jobs import (
-    CATALOG_JOB,
-    DERIVED_JOB,
-    RESYNC_JOB,
-    STATUS_JOB,
-    resync_run_tags,
-    slices_job_name,
-)
-from tol_dagster.defs.keys import (
-    asset_key,
-    derived_keys,
-    resync_check_keys,
-    resync_keys,
-    slices_op_name,
-    slices_partitions_name,
-    staged_op_name,
-)
-from tol_dagster.defs.resync_slot import ensure_resync_pools
-from tol_dagster.defs.runs import cli_run_tags, fail_dead_cli_runs
+from tol_dagster.defs.keys import asset_key
+from tol_dagster.defs.mirror.jobs import RESYNC_JOB, STATUS_JOB, resync_run_tags
+from tol_dagster.defs.mirror.keys import resync_check_keys, resync_keys, staged_op_name
+from tol_dagster.defs.mirror.resync_slot import ensure_resync_pools
+from tol_dagster.defs.orphaned_runs import cli_run_tags, fail_dead_cli_runs
+from tol_dagster.defs.published import refresh
+from tol_dagster.defs.published.jobs import CATALOG_JOB, DERIVED_JOB, slices_job_name
+from tol_dagster.defs.published.keys import derived_keys, slices_op_name
+from tol_dagster.defs.published.partitions import slices_partitions_name
 from tol_dagster.derived import taxon_index
 from tol_dagster.errors import SettingsError, SliceSpecError
 from tol_dagster.resync import sync
@@ -231,7 +221,7 @@ def run_sync(
     worst = 0
     for name in configs:
         # A killed sync's run would hold the config's pool in the queue: mark it failed. Two
-        # resyncs never overlap: the run waits for the config's lease (tol_dagster.defs.resync_slot).
+        # resyncs never overlap: the run waits for the config's lease (tol_dagster.defs.mirror.resync_slot).
         fail_dead_cli_runs(instance, name)
         subset = job.get_subset(
             asset_selection=set(resync_keys(name)),
@@ -367,9 +357,8 @@ def _ensure_derived(
     defs: dg.Definitions, instance: dg.DagsterInstance, settings: Settings, name: str
 ) -> int:
     """Summaries, index and centroids for the current mirror generation (a run only if stale)."""
-    manifest, _ = published.mirror_inputs(settings.layout, name)
-    built = published.load_built_from(settings.layout, name, "taxon_index")
-    if built is not None and built.generation == manifest.generation:
+    published.mirror_inputs(settings.layout, name)  # no mirror: say so
+    if refresh.current_derived(settings.layout, name) is not None:
         return 0
     print(f"{name}: building summaries, taxon index and centroids of the mirror…", file=sys.stderr)
     result = execute(
@@ -443,19 +432,18 @@ def _refuse_empty(settings: Settings, name: str, key: SliceKey) -> None:
 
 
 def refresh_published(settings: Settings, name: str) -> int:
-    """What `mirror_change_sensor` does, in this process: derived outputs, affected slices, catalog."""
+    """What the automation and `mirror_change_sensor` do after a resync, in this process and
+    as planned by `tol_dagster.defs.published.refresh`: derived outputs, the slices the new
+    generation touched (and declared ones never built), the catalog."""
     instance = open_instance(settings)
     defs = build_definitions(settings)
     code = _ensure_derived(defs, instance, settings, name)
     if code:
         return code
-    layout = settings.layout
-    declared = published.declared_slices(settings.slices_file, name)
-    existing = instance.get_dynamic_partitions(slices_partitions_name(name))
-    built = published.load_built_from(layout, name, "taxon_index")
+    built = refresh.current_derived(settings.layout, name)
     assert built is not None
-    todo, _ = published.slices_to_rebuild(layout, name, sorted({*declared, *existing}), built)
-    for key in todo:
+    plan = refresh.plan_slice_refresh(instance, settings.layout, name, settings.slices_file, built)
+    for key in plan.rebuild:
         code = max(code, _build_slice(defs, instance, name, key))
     return max(code, _refresh_catalog(defs, instance, name))
 

@@ -4,8 +4,8 @@ from collections.abc import Iterator, Sequence
 
 import dagster as dg
 
-from tol_dagster.defs.jobs import AUDIT_JOB, RESYNC_JOB, resync_run_tags
-from tol_dagster.defs.keys import resync_check_keys, resync_keys
+from tol_dagster.defs.mirror.jobs import AUDIT_JOB, RESYNC_JOB, resync_run_tags
+from tol_dagster.defs.mirror.keys import resync_check_keys, resync_keys
 
 
 def build_schedules(configs: Sequence[str]) -> list[dg.ScheduleDefinition]:

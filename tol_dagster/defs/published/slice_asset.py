@@ -1,29 +1,27 @@
-"""Per-config published assets over the mirror: summaries, taxon index, centroids, slices, catalog.
+"""Per-config slices of the mirror: one dynamic partition per slice key, each checked (blocking
+checks) before its atomic publish, and recorded for the catalog.
 
-Summaries, index and centroids are rebuilt incrementally (per-file results cached by sha256),
-so after a resync only changed files are scanned. Slices are dynamic partitions keyed by the
-slice key; each is checked before its atomic publish. The catalog is its own asset, the one
-writer of catalog.parquet, so parallel slice runs never race on it.
+Which slices a new mirror generation touches is decided by `mirror_change_sensor` from the
+data (`refresh`); a slice can also be built from the UI or with `tol-dagster slice KEY`.
 """
 
-from collections.abc import Iterator, Sequence
-from dataclasses import replace
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 import pyarrow as pa
-import pyarrow.parquet as pq
 from pydantic import Field
 
-from tol_dagster import catalog
-from tol_dagster.defs.keys import asset_key, published_group, safe_name, slices_partitions_name
-from tol_dagster.defs.metadata import check_result, table_schema
-from tol_dagster.defs.mirror_assets import OWNERS
+from tol_dagster.defs.keys import asset_key
+from tol_dagster.defs.metadata import OWNERS, check_result, table_schema
+from tol_dagster.defs.published.keys import published_group, summary_keys
+from tol_dagster.defs.published.partitions import slice_partitions
 from tol_dagster.defs.resources import StorageResource
-from tol_dagster.derived import centroids, summaries, taxon_index
+from tol_dagster.derived import taxon_index
 from tol_dagster.errors import EmptySliceError, ValidationFailed
-from tol_dagster.slices import builds as published
+from tol_dagster.slices import builds
 from tol_dagster.slices.checks import (
     EMB_MATCHES_MIRROR,
     ROWS_MATCH_SUMMARY,
@@ -32,11 +30,15 @@ from tol_dagster.slices.checks import (
     UUIDS_UNIQUE,
     slice_checks,
 )
-from tol_dagster.slices.extract import expected_count, extract_slice, refuse_empty
-from tol_dagster.slices.keys import parse_slice_key
-from tol_dagster.store import generations as mirror
-from tol_dagster.validation.alignment import check_configs_aligned
+from tol_dagster.slices.extract import SliceResult, expected_count, extract_slice, refuse_empty
+from tol_dagster.slices.keys import SliceKey, parse_slice_key
+from tol_dagster.store import generations
+from tol_dagster.store.layout import Layout
+from tol_dagster.store.pins import PinnedGeneration
 from tol_dagster.validation.checks import CheckResult
+
+#: Bump when a change of our code changes what a slice holds (see derived_assets).
+SLICES_CODE_VERSION = "1"
 
 SLICE_CHECKS = {
     ROWS_MATCH_SUMMARY: "Rows equal the taxon's count from the index/summary.",
@@ -63,147 +65,22 @@ class SliceRunConfig(dg.Config):
     )
 
 
-def _preview(table: pa.Table, limit: int = 10) -> str:
-    """The first rows of a small table as markdown, for the UI."""
-    rows = table.slice(0, limit).to_pylist()
-    if not rows:
-        return "(empty)"
-    columns = list(rows[0])
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += [
-        "| " + " | ".join("" if r[c] is None else str(r[c]) for c in columns) + " |" for r in rows
-    ]
-    return "\n".join(lines)
-
-
-def build_published_assets(name: str) -> list[dg.AssetsDefinition]:
-    """The published assets of config `name`."""
-    mirror_key = asset_key(name, "mirror")
-    index_key = asset_key(name, "taxon_index")
+def build_slices_asset(name: str) -> dg.AssetsDefinition:
+    """`tol/<name>/slices`, partitioned by slice key."""
     slices_key = asset_key(name, "slices")
-    catalog_key = asset_key(name, "catalog")
-    group = published_group(name)
-    summary_keys = {table: asset_key(name, "summary", table) for table in summaries.SUMMARY_NAMES}
-
-    @dg.multi_asset(
-        specs=[
-            dg.AssetSpec(
-                key,
-                deps=[mirror_key],
-                group_name=group,
-                kinds={"duckdb", "parquet"},
-                owners=OWNERS,
-                description=f"Summary table `{table}` of `{name}` (image counts; NULL holes kept as buckets).",
-            )
-            for table, key in summary_keys.items()
-        ],
-        name=f"{mirror_key.to_python_identifier()}_summaries",
-    )
-    def summary_tables(
-        context: dg.AssetExecutionContext, storage: StorageResource
-    ) -> Iterator[dg.MaterializeResult]:
-        layout = storage.layout
-        with mirror.pin_generation(layout, name) as pin:  # one generation, leased
-            files = pin.mirror_files()
-            result = summaries.build_summaries(files, layout, name)
-            context.log.info(
-                f"summaries of {name}: rescanned {len(result.recomputed)} of {len(files)} files"
-            )
-            published.save_built_from(layout, name, "summaries", pin, files)
-            for table, key in summary_keys.items():
-                data = pq.read_table(result.paths[table])
-                yield dg.MaterializeResult(
-                    asset_key=key,
-                    metadata={
-                        "path": dg.MetadataValue.path(str(result.paths[table])),
-                        "dagster/row_count": dg.MetadataValue.int(result.rows[table]),
-                        "dagster/column_schema": table_schema(data.schema),
-                        "files_rescanned": len(result.recomputed),
-                        "upstream_commit": pin.commit,
-                        "preview": dg.MetadataValue.md(
-                            _preview(data.sort_by([(data.column_names[-1], "descending")]))
-                        )
-                        if "images" in data.column_names
-                        else dg.MetadataValue.md(_preview(data)),
-                    },
-                    data_version=dg.DataVersion(pin.name),
-                )
-
-    @dg.asset(
-        key=index_key,
-        deps=[mirror_key],
-        group_name=group,
-        kinds={"parquet"},
-        owners=OWNERS,
-        description="(rank, value) -> file, row group, row range: lets a slice read only the row groups of its taxon.",
-    )
-    def index(context: dg.AssetExecutionContext, storage: StorageResource) -> dg.MaterializeResult:
-        layout = storage.layout
-        with mirror.pin_generation(layout, name) as pin:  # one generation, leased
-            files = pin.mirror_files()
-            built = published.load_built_from(layout, name, "taxon_index")
-            if built is None or built.generation != pin.name:
-                published.keep_previous_index(layout, name)
-            result = taxon_index.build_taxon_index(files, layout, name)
-            published.save_built_from(layout, name, "taxon_index", pin, files)
-            context.log.info(
-                f"taxon index of {name}: re-indexed {len(result.recomputed)} of {len(files)} files"
-            )
-            return dg.MaterializeResult(
-                metadata={
-                    "path": dg.MetadataValue.path(str(result.path)),
-                    "dagster/row_count": dg.MetadataValue.int(result.rows),
-                    "bytes": dg.MetadataValue.int(result.bytes),
-                    "files_reindexed": len(result.recomputed),
-                    "upstream_commit": pin.commit,
-                },
-                data_version=dg.DataVersion(pin.name),
-            )
-
-    @dg.asset(
-        key=asset_key(name, "centroids"),
-        deps=[mirror_key],
-        group_name=group,
-        kinds={"parquet", "numpy"},
-        owners=OWNERS,
-        description=(
-            "Mean embedding (float32) and image count per full lineage at species and genus level: "
-            "one streaming pass, incremental per file."
-        ),
-    )
-    def centroid_table(
-        context: dg.AssetExecutionContext, storage: StorageResource
-    ) -> dg.MaterializeResult:
-        layout = storage.layout
-        with mirror.pin_generation(layout, name) as pin:  # one generation, leased
-            files = pin.mirror_files()
-            schema = published.pinned_schema(layout, pin)
-            dim = schema.field("emb").type.list_size
-            result = centroids.build_centroids(files, layout, name, dim)
-            context.log.info(
-                f"centroids of {name}: read {len(result.recomputed)} of {len(files)} files"
-            )
-            return dg.MaterializeResult(
-                metadata={
-                    "path": dg.MetadataValue.path(str(result.path)),
-                    "species": result.species,
-                    "genera": result.genus,
-                    "dagster/row_count": dg.MetadataValue.int(result.species + result.genus),
-                    "files_reread": len(result.recomputed),
-                    "upstream_commit": pin.commit,
-                },
-                data_version=dg.DataVersion(pin.name),
-            )
-
-    slice_partitions = dg.DynamicPartitionsDefinition(name=slices_partitions_name(name))
 
     @dg.asset(
         key=slices_key,
-        deps=[mirror_key, index_key, summary_keys["lineage"]],
-        partitions_def=slice_partitions,
-        group_name=group,
+        deps=[
+            asset_key(name, "mirror"),
+            asset_key(name, "taxon_index"),
+            summary_keys(name)["lineage"],
+        ],
+        partitions_def=slice_partitions(name),
+        group_name=published_group(name),
         kinds={"parquet"},
         owners=OWNERS,
+        code_version=SLICES_CODE_VERSION,
         description=(
             "Per-taxon slices of the mirror, one partition per slice key (`family=Felidae`, "
             "`kingdom=Animalia/genus=Morus`), with the mirror's exact schema and sort order."
@@ -216,163 +93,114 @@ def build_published_assets(name: str) -> list[dg.AssetsDefinition]:
     def slices(
         context: dg.AssetExecutionContext, config: SliceRunConfig, storage: StorageResource
     ) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
-        layout = storage.layout
-        key = parse_slice_key(context.partition_key)
-        with mirror.pin_generation(layout, name) as pin:  # one generation, leased
-            files = pin.mirror_files()
-            index_table: pa.Table | None = taxon_index.read_taxon_index(layout, name)
-            built = published.load_built_from(layout, name, "taxon_index")
-            if built is not None and built.files != pin.files:
-                context.log.warning(
-                    f"the taxon index was built from generation {built.generation}, not "
-                    f"{pin.name}: finding the rows by scanning (materialize the index to speed up)"
+        yield from _publish_slice(context, config, storage.layout, name)
+
+    return slices
+
+
+def _publish_slice(
+    context: dg.AssetExecutionContext, config: SliceRunConfig, layout: Layout, name: str
+) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
+    """Extract the partition's slice from one pinned generation, check it, publish it, record it."""
+    slices_key = asset_key(name, "slices")
+    key = parse_slice_key(context.partition_key)
+    with generations.pin_generation(layout, name) as pin:  # one generation, leased
+        files = pin.mirror_files()
+        index_table = _usable_index(context, layout, name, pin)
+        schema = builds.pinned_schema(layout, pin)
+        expected = expected_count(key, index_table, files)
+        allow_empty = config.allow_empty or builds.allowed_empty(layout, name, key.name)
+        if not allow_empty:
+            _refuse_empty(key, index_table, expected)
+        verdicts: list[CheckResult] = []
+
+        def verify(path: Path) -> list[CheckResult]:
+            verdicts.extend(
+                slice_checks(
+                    path, key, expected, schema, files, index_table, layout=layout, config=name
                 )
-                index_table = None  # its row ranges describe other bytes
-            schema = published.pinned_schema(layout, pin)
-            expected = expected_count(key, index_table, files)
-            allow_empty = config.allow_empty or published.allowed_empty(layout, name, key.name)
-            if not allow_empty:
-                try:
-                    refuse_empty(key, index_table, expected)
-                except EmptySliceError as error:
-                    raise dg.Failure(
-                        description=str(error),
-                        metadata={"close_matches": dg.MetadataValue.json(list(error.matches))},
-                        allow_retries=False,
-                    ) from error
-            out = layout.slices_dir(name) / key.file_name
-            verdicts: list[CheckResult] = []
-
-            def verify(path: Path) -> list[CheckResult]:
-                verdicts.extend(
-                    slice_checks(
-                        path, key, expected, schema, files, index_table, layout=layout, config=name
-                    )
-                )
-                return verdicts
-
-            try:
-                result = extract_slice(key, files, index_table, out, schema=schema, verify=verify)
-            except ValidationFailed:
-                for verdict in verdicts:
-                    yield check_result(verdict, slices_key)
-                raise
-        for warning in result.warnings:
-            context.log.warning(warning)
-        built_at = datetime.now(UTC)
-        published.save_slice_record(
-            layout,
-            name,
-            {
-                "config": name,
-                "name": key.name,
-                "rank": key.rank,
-                "value": key.value,
-                "path": str(result.path),
-                "rows": result.rows,
-                "bytes": result.bytes,
-                "sha256": result.sha256,
-                "upstream_commit": pin.commit,
-                "built_at": built_at.isoformat(),
-                "generation": pin.name,
-                "allow_empty": allow_empty,
-            },
-        )
-        yield dg.MaterializeResult(
-            metadata={
-                "path": dg.MetadataValue.path(str(result.path)),
-                "dagster/row_count": dg.MetadataValue.int(result.rows),
-                "bytes": dg.MetadataValue.int(result.bytes),
-                "sha256": result.sha256,
-                "upstream_commit": pin.commit,
-                "source_files": dg.MetadataValue.json(list(result.source_files)),
-                "row_groups_read": result.row_groups_read,
-                "seconds": round(result.seconds, 3),
-                "emb_compression": result.emb_compression,
-                "dagster/column_schema": table_schema(schema),
-                "read_with": dg.MetadataValue.md(
-                    f"```python\nimport duckdb\nduckdb.sql(\"SELECT * FROM read_parquet('{result.path}')\")\n```"
-                ),
-            },
-            data_version=dg.DataVersion(result.sha256),
-        )
-        for verdict in verdicts:
-            yield check_result(verdict, slices_key)
-
-    @dg.asset(
-        key=catalog_key,
-        deps=[slices_key],
-        group_name=group,
-        kinds={"parquet"},
-        owners=OWNERS,
-        description="One row per published slice: the table downstream code reads to find slices.",
-    )
-    def slice_catalog(
-        context: dg.AssetExecutionContext, storage: StorageResource
-    ) -> dg.MaterializeResult:
-        layout = storage.layout
-        live = set(context.instance.get_dynamic_partitions(slices_partitions_name(name)))
-        for stale in set(catalog.read_catalog(layout, name).column("name").to_pylist()) - live:
-            catalog.remove_entry(layout, name, stale)
-        table = catalog.upsert_entries(
-            layout,
-            name,
-            [
-                catalog.CatalogEntry(
-                    config=name,
-                    name=str(r["name"]),
-                    rank=str(r["rank"]),
-                    value=str(r["value"]),
-                    path=str(r["path"]),
-                    rows=int(str(r["rows"])),
-                    bytes=int(str(r["bytes"])),
-                    sha256=str(r["sha256"]),
-                    upstream_commit=str(r["upstream_commit"]),
-                    built_at=datetime.fromisoformat(str(r["built_at"])),
-                )
-                for r in published.slice_records(layout, name)
-                if r["name"] in live
-            ],
-        )
-        path = layout.catalog_path(name)
-        return dg.MaterializeResult(
-            metadata={
-                "path": dg.MetadataValue.path(str(path)),
-                "dagster/row_count": dg.MetadataValue.int(table.num_rows),
-                "dagster/column_schema": table_schema(table.schema),
-                "slices": dg.MetadataValue.md(
-                    _preview(table.select(["name", "rows", "bytes", "upstream_commit"]), 50)
-                ),
-            }
-        )
-
-    return [summary_tables, index, centroid_table, slices, slice_catalog]
-
-
-def build_alignment_checks(configs: Sequence[str]) -> list[dg.AssetChecksDefinition]:
-    """When several configs are mirrored: each holds the first one's uuids in the same order
-    (upstream promises 1:1 alignment by uuid)."""
-    return [_alignment_check(configs[0], other) for other in configs[1:]]
-
-
-def _alignment_check(reference: str, other: str) -> dg.AssetChecksDefinition:
-    name = f"uuids_aligned_with_{safe_name(reference)}"
-
-    @dg.asset_check(
-        asset=asset_key(other, "mirror"),
-        name=name,
-        additional_deps=[asset_key(reference, "mirror")],
-        description=f"Same uuids in the same order as `{reference}`.",
-    )
-    def aligned(storage: StorageResource) -> dg.AssetCheckResult:
-        layout = storage.layout
-        with (
-            mirror.pin_generation(layout, reference) as pin_a,
-            mirror.pin_generation(layout, other) as pin_b,
-        ):
-            result = check_configs_aligned(
-                pin_a.paths(), pin_b.paths(), name_a=reference, name_b=other
             )
-        return check_result(replace(result, check=name), asset_key(other, "mirror"))
+            return verdicts
 
-    return aligned
+        out = layout.slices_dir(name) / key.file_name
+        try:
+            result = extract_slice(key, files, index_table, out, schema=schema, verify=verify)
+        except ValidationFailed:
+            for verdict in verdicts:
+                yield check_result(verdict, slices_key)
+            raise
+    for warning in result.warnings:
+        context.log.warning(warning)
+    builds.save_slice_record(layout, name, _slice_record(name, key, result, pin, allow_empty))
+    yield dg.MaterializeResult(
+        metadata=_slice_metadata(result, pin, schema), data_version=dg.DataVersion(result.sha256)
+    )
+    for verdict in verdicts:
+        yield check_result(verdict, slices_key)
+
+
+def _usable_index(
+    context: dg.AssetExecutionContext, layout: Layout, name: str, pin: PinnedGeneration
+) -> pa.Table | None:
+    """The taxon index, if it describes the pinned generation's files; else None (scan)."""
+    index_table: pa.Table | None = taxon_index.read_taxon_index(layout, name)
+    built = builds.load_built_from(layout, name, "taxon_index")
+    if built is not None and built.files != pin.files:
+        context.log.warning(
+            f"the taxon index was built from generation {built.generation}, not "
+            f"{pin.name}: finding the rows by scanning (materialize the index to speed up)"
+        )
+        return None  # its row ranges describe other bytes
+    return index_table
+
+
+def _refuse_empty(key: SliceKey, index_table: pa.Table | None, expected: int) -> None:
+    """Fail the run, for good, when no row matches `key` (close matches in the metadata)."""
+    try:
+        refuse_empty(key, index_table, expected)
+    except EmptySliceError as error:
+        raise dg.Failure(
+            description=str(error),
+            metadata={"close_matches": dg.MetadataValue.json(list(error.matches))},
+            allow_retries=False,
+        ) from error
+
+
+def _slice_record(
+    name: str, key: SliceKey, result: SliceResult, pin: PinnedGeneration, allow_empty: bool
+) -> dict[str, object]:
+    """The slice's catalog row and how it was built (`builds.save_slice_record`)."""
+    return {
+        "config": name,
+        "name": key.name,
+        "rank": key.rank,
+        "value": key.value,
+        "path": str(result.path),
+        "rows": result.rows,
+        "bytes": result.bytes,
+        "sha256": result.sha256,
+        "upstream_commit": pin.commit,
+        "built_at": datetime.now(UTC).isoformat(),
+        "generation": pin.name,
+        "allow_empty": allow_empty,
+    }
+
+
+def _slice_metadata(
+    result: SliceResult, pin: PinnedGeneration, schema: pa.Schema
+) -> dict[str, Any]:
+    return {
+        "path": dg.MetadataValue.path(str(result.path)),
+        "dagster/row_count": dg.MetadataValue.int(result.rows),
+        "bytes": dg.MetadataValue.int(result.bytes),
+        "sha256": result.sha256,
+        "upstream_commit": pin.commit,
+        "source_files": dg.MetadataValue.json(list(result.source_files)),
+        "row_groups_read": result.row_groups_read,
+        "seconds": round(result.seconds, 3),
+        "emb_compression": result.emb_compression,
+        "dagster/column_schema": table_schema(schema),
+        "read_with": dg.MetadataValue.md(
+            f"```python\nimport duckdb\nduckdb.sql(\"SELECT * FROM read_parquet('{result.path}')\")\n```"
+        ),
+    }

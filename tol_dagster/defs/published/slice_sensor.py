@@ -1,44 +1,48 @@
-"""`mirror_change_sensor`: after a published resync, rebuild exactly what it affected.
+"""`mirror_change_sensor`: after a new mirror generation, rebuild exactly the slices it touched.
 
 Dagster cannot infer which slice partitions depend on which mirror files (the mapping is in
-the data), so this sensor reads it from the taxon index: first it requests the summaries,
-index and centroids for the new mirror generation (incremental: only changed files are
-scanned); once the index is rebuilt, it diffs the index before and after and requests only
-the slices whose taxa have rows in changed files (plus declared slices never built); then it
-refreshes the catalog. Slices declared in the slices file become partitions here.
+the data), so this sensor reads it from the taxon index: once the automation rebuilt the
+derived tables for the published generation (`automation`), it diffs the index before and
+after and requests only the slices whose taxa have rows in changed files, plus declared slices
+never built (`refresh.plan_slice_refresh`). Slices declared in the slices file become
+partitions here. The catalog follows the slices by automation.
 
 Each request stays in the cursor (`pending`, by base run key) until its run succeeded: a run
 that failed for good is requested again on a later tick under its next attempt's run key (see
 `attempts`), up to `attempts.MAX_ATTEMPTS`; sensor-launched runs also carry Dagster's run retry
-tags. The derived request needs no entry: it is re-evaluated every tick until the index is built.
+tags.
 """
 
-import hashlib
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import dagster as dg
 
 from tol_dagster.defs.attempts import RUN_RETRY_TAGS, next_attempt
-from tol_dagster.defs.jobs import CATALOG_JOB, DERIVED_JOB, slices_job_name
-from tol_dagster.defs.keys import asset_key, derived_keys, slices_partitions_name
+from tol_dagster.defs.published import refresh
+from tol_dagster.defs.published.automation import AUTOMATION_SENSOR
+from tol_dagster.defs.published.jobs import slices_job_name
+from tol_dagster.defs.published.partitions import slice_partitions
 from tol_dagster.defs.resources import StorageResource
 from tol_dagster.errors import TolError
-from tol_dagster.slices import builds as published
-from tol_dagster.store.manifest import load_manifest
+from tol_dagster.store.layout import Layout
 
 
 def build_mirror_change_sensor(
     configs: Sequence[str], slices_file: Path, jobs: "Sequence[dg.UnresolvedAssetJobDefinition]"
 ) -> dg.SensorDefinition:
-    """`jobs`: the derived, catalog and per-config slices jobs (one job per partitions definition)."""
+    """`jobs`: the per-config slices jobs (one job per partitions definition)."""
 
     @dg.sensor(
         name="mirror_change_sensor",
         minimum_interval_seconds=15,
         default_status=dg.DefaultSensorStatus.RUNNING,
-        description="After a published resync: summaries and index, then only the affected slices, then the catalog.",
+        description=(
+            "After a new mirror generation, once its derived tables are built: only the slices "
+            "whose taxa have rows in changed files, and declared slices never built."
+        ),
         jobs=jobs,
     )
     def mirror_change_sensor(
@@ -49,18 +53,16 @@ def build_mirror_change_sensor(
         cursor = json.loads(context.cursor) if context.cursor else {}
         for config in configs:
             try:
-                config_requests, add, state = _evaluate(
-                    context, storage, config, slices_file, cursor.get(config, {})
+                tick = _evaluate(
+                    context, storage.layout, config, slices_file, cursor.get(config, {})
                 )
             except TolError as error:
                 context.log.warning(f"{config}: {error}")
                 continue
-            requests += config_requests
-            if add:
-                partition_requests.append(
-                    dg.AddDynamicPartitionsRequest(slices_partitions_name(config), add)
-                )
-            cursor[config] = state
+            requests += tick.requests
+            if tick.add:
+                partition_requests.append(slice_partitions(config).build_add_request(tick.add))
+            cursor[config] = tick.state
         return dg.SensorResult(
             run_requests=requests,
             dynamic_partitions_requests=partition_requests,
@@ -70,80 +72,45 @@ def build_mirror_change_sensor(
     return mirror_change_sensor
 
 
+@dataclass(frozen=True)
+class _ConfigTick:
+    """What one tick does for one config: runs to request, partitions to add, its cursor."""
+
+    requests: list[dg.RunRequest]
+    add: list[str]
+    state: dict
+
+
 def _evaluate(
     context: dg.SensorEvaluationContext,
-    storage: StorageResource,
+    layout: Layout,
     config: str,
     slices_file: Path,
     state: dict,
-) -> tuple[list[dg.RunRequest], list[str], dict]:
-    layout = storage.layout
-    manifest = load_manifest(layout, config)
-    if manifest is None:
-        return [], [], state
-    generation = manifest.generation
-    built = published.load_built_from(layout, config, "taxon_index")
-    if built is None or built.generation != generation:
+) -> _ConfigTick:
+    built = refresh.current_derived(layout, config)
+    if built is None:
         context.log.info(
-            f"{config}: mirror generation {generation} is new; rebuilding summaries, index, centroids"
+            f"{config}: waiting for the derived tables of the published mirror "
+            f"({AUTOMATION_SENSOR} builds them)"
         )
-        attempt = next_attempt(context.instance, f"{config}:derived:{generation}")
-        if attempt.run_key is None:
-            context.log.info(attempt.describe(f"{config}: derived outputs of {generation}"))
-            return [], [], state
-        return (
-            [
-                dg.RunRequest(
-                    run_key=attempt.run_key,
-                    job_name=DERIVED_JOB,
-                    asset_selection=derived_keys(config),
-                    tags=RUN_RETRY_TAGS,
-                )
-            ],
-            [],
-            state,
-        )
-
-    partitions_name = slices_partitions_name(config)
-    existing = set(context.instance.get_dynamic_partitions(partitions_name))
-    declared = published.declared_slices(slices_file, config)
-    add = [key for key in declared if key not in existing]
-    keys = sorted(existing | set(declared))
-    pending: dict[str, dict] = dict(state.get("pending", {}))
-    if state.get("slices_generation") != generation or add:
-        todo, changed = published.slices_to_rebuild(layout, config, keys, built)
-        context.log.info(
-            f"{config}: {len(changed)} files changed; rebuilding {len(todo)} of {len(keys)} slices"
-        )
-        for key in todo:
-            pending[f"{config}:slice:{key}:{generation}"] = {
+        return _ConfigTick([], [], state)
+    add = refresh.declared_to_add(context.instance, config, slices_file)
+    # Only slice requests: an older version of this sensor also kept derived and catalog
+    # requests here, which the automation makes now.
+    pending = {k: v for k, v in state.get("pending", {}).items() if "partition" in v}
+    generation = state.get("slices_generation")
+    if generation != built.generation or add:
+        plan = refresh.plan_slice_refresh(context.instance, layout, config, slices_file, built)
+        context.log.info(plan.describe(config))
+        for key in plan.rebuild:
+            pending[f"{config}:slice:{key}:{built.generation}"] = {
                 "job": slices_job_name(config),
                 "partition": key,
             }
-        state = {**state, "slices_generation": generation}
-    records_now = published.slice_records(layout, config)
-    # The whole record, not only its sha256: a slice rebuilt with the same bytes (a resync that
-    # touched its file but not its rows) still has a new upstream_commit and built_at.
-    fingerprint = hashlib.sha256(
-        json.dumps(
-            sorted(
-                json.dumps(r, sort_keys=True)
-                for r in records_now
-                if r["name"] in existing | set(add)
-            )
-        ).encode()
-        + json.dumps(sorted(existing)).encode()
-    ).hexdigest()[:16]
-    if records_now and fingerprint != state.get("catalog"):
-        catalog_prefix = f"{config}:catalog:"
-        pending = {k: v for k, v in pending.items() if not k.startswith(catalog_prefix)}
-        pending[f"{catalog_prefix}{fingerprint}"] = {
-            "job": CATALOG_JOB,
-            "assets": [asset_key(config, "catalog").to_user_string()],
-        }
-        state = {**state, "catalog": fingerprint}
+        generation = built.generation
     requests, pending = _attempts(context, pending)
-    return requests, add, {**state, "pending": pending}
+    return _ConfigTick(requests, add, {"slices_generation": generation, "pending": pending})
 
 
 def _attempts(
@@ -162,15 +129,11 @@ def _attempts(
         still[base] = spec
         if attempt.run_key is None:
             continue
-        assets = spec.get("assets")
         requests.append(
             dg.RunRequest(
                 run_key=attempt.run_key,
                 job_name=spec["job"],
-                partition_key=spec.get("partition"),
-                asset_selection=[dg.AssetKey.from_user_string(a) for a in assets]
-                if assets
-                else None,
+                partition_key=spec["partition"],
                 tags=RUN_RETRY_TAGS,
             )
         )
