@@ -1,13 +1,16 @@
 """Declarative automation: what Dagster can see by itself after a new mirror generation.
 
 - The derived tables follow the mirror: `AutomationCondition.eager()` requests them once the
-  mirror was materialized (and, once, when they are missing while the mirror is not), never
-  while the mirror or they are in progress. They are incremental per file, so a resync that
-  published nothing new costs one short run.
+  mirror was materialized, never while the mirror or they are in progress. They are
+  incremental per file, so a resync that published nothing new costs one short run.
 - The catalog follows the slices: requested once a slice partition was materialized since it
   was last requested, when no slice run is in progress, so one catalog run follows a batch of
   slice runs. Unlike `eager()`, a missing partition (declared but not built yet, or failed)
   does not hold back the other slices' rows.
+- Both catch up once at their first evaluation (the automation's first tick, or the first
+  after their condition changed): the conditions above see what happens from then on, and a
+  mirror published before (`tol-dagster sync`, then `make dev`) would otherwise wait for the
+  next resync. Incremental, so that costs one short run when nothing was behind.
 
 Which slices a generation touches is in the data, not in the graph: `mirror_change_sensor`
 decides that (see `refresh`). The daemon evaluates these conditions through
@@ -28,12 +31,48 @@ from tol_dagster.defs.published.keys import derived_keys
 
 AUTOMATION_SENSOR = "published_automation_sensor"
 
-DERIVED_CONDITION = dg.AutomationCondition.eager()
 
+def _at_first_evaluation(ready: dg.AutomationCondition) -> dg.AutomationCondition:
+    """True once, at the condition's first evaluation, if `ready` and nothing is in progress."""
+    return (
+        dg.AutomationCondition.initial_evaluation()
+        & ready
+        & ~dg.AutomationCondition.any_deps_in_progress()
+        & ~dg.AutomationCondition.in_progress()
+    ).with_label("catch_up_at_first_evaluation")
+
+
+AC = dg.AutomationCondition
+
+#: Requested after each mirror materialization, once the mirror is not in progress. Reset by
+#: the request rather than by their own materialization: they read the generation pinned at
+#: their start, so a mirror that lands while they run must request them again.
+DERIVED_CONDITION = (
+    (
+        AC.any_deps_updated().since(AC.newly_requested())
+        & ~AC.any_deps_missing()
+        & ~AC.any_deps_in_progress()
+        & ~AC.in_progress()
+    ).with_label("mirror_updated_since_requested")
+    | _at_first_evaluation(~AC.any_deps_missing())
+).with_label("after_each_mirror")
+
+#: A slice partition materialized (timed: `since` compares it with a timed reset).
+_SLICE_BUILT = AC.any_deps_match(AC.newly_updated())
+
+#: Requested once a slice was materialized after the catalog last was (their timestamps
+#: compared, so a slice finished just after a catalog run still counts), when no slice run is
+#: in progress. A failed catalog run waits for the next slice instead of being asked again
+#: every tick (the daemon's run retries come first): a reset of its own, as `since` compares
+#: timestamps only between two plain conditions.
 CATALOG_CONDITION = (
-    dg.AutomationCondition.any_deps_updated().since_last_handled()
-    & ~dg.AutomationCondition.any_deps_in_progress()
-    & ~dg.AutomationCondition.in_progress()
+    (
+        _SLICE_BUILT.since(AC.newly_updated())
+        & _SLICE_BUILT.since(AC.execution_failed().newly_true())
+        & ~AC.any_deps_in_progress()
+        & ~AC.in_progress()
+    ).with_label("slice_built_since_catalog")
+    | _at_first_evaluation(AC.any_deps_match(~AC.missing()))
 ).with_label("after_slices_built")
 
 
