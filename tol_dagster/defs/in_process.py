@@ -9,6 +9,8 @@ job) and the runs the automation launches run in one process too.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Sequence
+
 import dagster as dg
 
 EXECUTOR = dg.in_process_executor
@@ -20,4 +22,23 @@ def in_process_job(
     """An asset job over `selection`, run in one process."""
     return dg.define_asset_job(
         name, selection=selection, description=description, executor_def=EXECUTOR
+    )
+
+
+def of_every_config(
+    configs: Sequence[str], keys: Callable[[str], Iterable[dg.AssetKey]]
+) -> list[dg.AssetKey]:
+    """`keys(config)` of every config, in order: what a job over all configs selects."""
+    return [key for config in configs for key in keys(config)]
+
+
+def assets_job(
+    name: str,
+    configs: Sequence[str],
+    keys: Callable[[str], Iterable[dg.AssetKey]],
+    description: str,
+) -> dg.UnresolvedAssetJobDefinition:
+    """An in-process job materializing `keys(config)` of every config (each run selects some)."""
+    return in_process_job(
+        name, dg.AssetSelection.assets(*of_every_config(configs, keys)), description
     )

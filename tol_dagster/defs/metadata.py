@@ -4,7 +4,7 @@ the owners every asset names, and links to each asset's code."""
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import dagster as dg
@@ -25,6 +25,14 @@ def check_result(result: CheckResult, asset: dg.AssetKey) -> dg.AssetCheckResult
         description=result.message,
         metadata={"message": result.message, **_flat(result.details)},
     )
+
+
+def blocking_checks(asset: dg.AssetKey, descriptions: Mapping[str, str]) -> list[dg.AssetCheckSpec]:
+    """A blocking check on `asset` per name in `descriptions`: a failure stops what follows."""
+    return [
+        dg.AssetCheckSpec(check, asset=asset, blocking=True, description=description)
+        for check, description in descriptions.items()
+    ]
 
 
 def table_schema(schema: pa.Schema) -> dg.TableSchema:

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import dagster as dg
 
 from tol_dagster.defs.keys import asset_key
-from tol_dagster.defs.metadata import OWNERS, check_result, table_schema
+from tol_dagster.defs.metadata import OWNERS, blocking_checks, check_result, table_schema
 from tol_dagster.defs.mirror.keys import mirror_group
 from tol_dagster.defs.mirror.resync_slot import ResyncSlotResource, resync_pool
 from tol_dagster.defs.resources import GateResource, HubResource, StorageResource
@@ -83,10 +83,7 @@ def build_staged_asset(name: str) -> dg.AssetsDefinition:
         kinds={"parquet"},
         owners=OWNERS,
         description=_staged_description(name),
-        check_specs=[
-            dg.AssetCheckSpec(check, asset=staged_key, blocking=True, description=description)
-            for check, description in sync.GATE_CHECKS.items()
-        ],
+        check_specs=blocking_checks(staged_key, sync.GATE_CHECKS),
         tags={"tol/stage": "download"},
         pool=resync_pool(name),
     )

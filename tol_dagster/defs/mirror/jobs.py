@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import dagster as dg
 
-from tol_dagster.defs.in_process import in_process_job
+from tol_dagster.defs.in_process import assets_job, in_process_job, of_every_config
 from tol_dagster.defs.keys import asset_key
 from tol_dagster.defs.mirror.keys import resync_keys
 
@@ -18,26 +18,24 @@ RESYNC_TAG = "tol/resync"
 
 
 def build_mirror_jobs(configs: Sequence[str]) -> list[dg.UnresolvedAssetJobDefinition]:
-    resync = in_process_job(
-        RESYNC_JOB,
-        selection=dg.AssetSelection.assets(
-            *[key for config in configs for key in resync_keys(config)]
+    def mirrors(config: str) -> list[dg.AssetKey]:
+        return [asset_key(config, "mirror")]
+
+    def remotes(config: str) -> list[dg.AssetKey]:
+        return [asset_key(config, "remote")]
+
+    resync = "Fetch what changed upstream, verify it, gate it, publish it atomically."
+    audit = "Re-hash the mirror against its manifest and upstream; report drift."
+    status = "Read upstream's state and how far the mirror is behind it (no downloads)."
+    return [
+        assets_job(RESYNC_JOB, configs, resync_keys, resync),
+        in_process_job(
+            AUDIT_JOB,
+            dg.AssetSelection.checks_for_assets(*of_every_config(configs, mirrors)),
+            audit,
         ),
-        description="Fetch what changed upstream, verify it, gate it, publish it atomically.",
-    )
-    audit = in_process_job(
-        AUDIT_JOB,
-        selection=dg.AssetSelection.checks_for_assets(
-            *[asset_key(config, "mirror") for config in configs]
-        ),
-        description="Re-hash the mirror against its manifest and upstream; report drift.",
-    )
-    status = in_process_job(
-        STATUS_JOB,
-        selection=dg.AssetSelection.assets(*[asset_key(config, "remote") for config in configs]),
-        description="Read upstream's state and how far the mirror is behind it (no downloads).",
-    )
-    return [resync, audit, status]
+        assets_job(STATUS_JOB, configs, remotes, status),
+    ]
 
 
 def resync_run_tags(config: str, commit: str | None) -> dict[str, str]:

@@ -6,6 +6,8 @@ every mirror materialization by themselves (`automation.DERIVED_CONDITION`).
 """
 
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import dagster as dg
 import pyarrow as pa
@@ -19,6 +21,7 @@ from tol_dagster.defs.resources import StorageResource
 from tol_dagster.derived import centroids, summaries, taxon_index
 from tol_dagster.slices import builds
 from tol_dagster.store import generations
+from tol_dagster.store.pins import PinnedGeneration
 
 #: Bump when a change of our code changes what an asset writes: the UI then shows it stale
 #: ("code version changed"). The per-file parts have their own version in their names
@@ -33,6 +36,27 @@ def build_derived_assets(name: str) -> list[dg.AssetsDefinition]:
     return [build_summary_assets(name), build_taxon_index_asset(name), build_centroids_asset(name)]
 
 
+def _derived_table(name: str, code_version: str) -> dict[str, Any]:
+    """What every derived table's definition shares: read from the mirror, in the published
+    group, rebuilt by automation after each mirror."""
+    return {
+        "deps": [asset_key(name, "mirror")],
+        "group_name": published_group(name),
+        "owners": OWNERS,
+        "code_version": code_version,
+        "automation_condition": DERIVED_CONDITION,
+    }
+
+
+def _built_metadata(path: Path, rows: int, pin: PinnedGeneration) -> dict[str, Any]:
+    """What every derived table reports: where it is, its rows, the commit it was built from."""
+    return {
+        "path": dg.MetadataValue.path(str(path)),
+        "dagster/row_count": dg.MetadataValue.int(rows),
+        "upstream_commit": pin.commit,
+    }
+
+
 def _summary_preview(table: pa.Table) -> str:
     """The biggest buckets first when the table counts images."""
     if "images" in table.column_names:
@@ -41,24 +65,19 @@ def _summary_preview(table: pa.Table) -> str:
 
 
 def build_summary_assets(name: str) -> dg.AssetsDefinition:
-    mirror_key = asset_key(name, "mirror")
     keys = summary_keys(name)
 
     @dg.multi_asset(
         specs=[
             dg.AssetSpec(
                 key,
-                deps=[mirror_key],
-                group_name=published_group(name),
                 kinds={"duckdb", "parquet"},
-                owners=OWNERS,
-                code_version=SUMMARIES_CODE_VERSION,
-                automation_condition=DERIVED_CONDITION,
                 description=f"Summary table `{table}` of `{name}` (image counts; NULL holes kept as buckets).",
+                **_derived_table(name, SUMMARIES_CODE_VERSION),
             )
             for table, key in keys.items()
         ],
-        name=f"{mirror_key.to_python_identifier()}_summaries",
+        name=f"{asset_key(name, 'mirror').to_python_identifier()}_summaries",
     )
     def summary_tables(
         context: dg.AssetExecutionContext, storage: StorageResource
@@ -76,11 +95,9 @@ def build_summary_assets(name: str) -> dg.AssetsDefinition:
                 yield dg.MaterializeResult(
                     asset_key=key,
                     metadata={
-                        "path": dg.MetadataValue.path(str(result.paths[table])),
-                        "dagster/row_count": dg.MetadataValue.int(result.rows[table]),
+                        **_built_metadata(result.paths[table], result.rows[table], pin),
                         "dagster/column_schema": table_schema(data.schema),
                         "files_rescanned": len(result.recomputed),
-                        "upstream_commit": pin.commit,
                         "preview": dg.MetadataValue.md(_summary_preview(data)),
                     },
                     data_version=dg.DataVersion(pin.name),
@@ -92,13 +109,9 @@ def build_summary_assets(name: str) -> dg.AssetsDefinition:
 def build_taxon_index_asset(name: str) -> dg.AssetsDefinition:
     @dg.asset(
         key=asset_key(name, "taxon_index"),
-        deps=[asset_key(name, "mirror")],
-        group_name=published_group(name),
         kinds={"parquet"},
-        owners=OWNERS,
-        code_version=TAXON_INDEX_CODE_VERSION,
-        automation_condition=DERIVED_CONDITION,
         description="(rank, value) -> file, row group, row range: lets a slice read only the row groups of its taxon.",
+        **_derived_table(name, TAXON_INDEX_CODE_VERSION),
     )
     def index(context: dg.AssetExecutionContext, storage: StorageResource) -> dg.MaterializeResult:
         layout = storage.layout
@@ -114,11 +127,9 @@ def build_taxon_index_asset(name: str) -> dg.AssetsDefinition:
             )
             return dg.MaterializeResult(
                 metadata={
-                    "path": dg.MetadataValue.path(str(result.path)),
-                    "dagster/row_count": dg.MetadataValue.int(result.rows),
+                    **_built_metadata(result.path, result.rows, pin),
                     "bytes": dg.MetadataValue.int(result.bytes),
                     "files_reindexed": len(result.recomputed),
-                    "upstream_commit": pin.commit,
                 },
                 data_version=dg.DataVersion(pin.name),
             )
@@ -129,16 +140,12 @@ def build_taxon_index_asset(name: str) -> dg.AssetsDefinition:
 def build_centroids_asset(name: str) -> dg.AssetsDefinition:
     @dg.asset(
         key=asset_key(name, "centroids"),
-        deps=[asset_key(name, "mirror")],
-        group_name=published_group(name),
         kinds={"parquet", "numpy"},
-        owners=OWNERS,
-        code_version=CENTROIDS_CODE_VERSION,
-        automation_condition=DERIVED_CONDITION,
         description=(
             "Mean embedding (float32) and image count per full lineage at species and genus level: "
             "one streaming pass, incremental per file."
         ),
+        **_derived_table(name, CENTROIDS_CODE_VERSION),
     )
     def centroid_table(
         context: dg.AssetExecutionContext, storage: StorageResource
@@ -154,12 +161,10 @@ def build_centroids_asset(name: str) -> dg.AssetsDefinition:
             )
             return dg.MaterializeResult(
                 metadata={
-                    "path": dg.MetadataValue.path(str(result.path)),
+                    **_built_metadata(result.path, result.species + result.genus, pin),
                     "species": result.species,
                     "genera": result.genus,
-                    "dagster/row_count": dg.MetadataValue.int(result.species + result.genus),
                     "files_reread": len(result.recomputed),
-                    "upstream_commit": pin.commit,
                 },
                 data_version=dg.DataVersion(pin.name),
             )

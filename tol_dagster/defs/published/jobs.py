@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import dagster as dg
 
-from tol_dagster.defs.in_process import in_process_job
+from tol_dagster.defs.in_process import assets_job, in_process_job
 from tol_dagster.defs.keys import asset_key, safe_name
 from tol_dagster.defs.published.keys import derived_keys
 
@@ -21,27 +21,22 @@ def slices_job_name(config: str) -> str:
 
 
 def build_published_jobs(configs: Sequence[str]) -> list[dg.UnresolvedAssetJobDefinition]:
-    derived = in_process_job(
-        DERIVED_JOB,
-        selection=dg.AssetSelection.assets(
-            *[key for config in configs for key in derived_keys(config)]
-        ),
-        description="Summaries, taxon index and centroids of the published mirror (incremental per file).",
-    )
-    catalog = in_process_job(
-        CATALOG_JOB,
-        selection=dg.AssetSelection.assets(*[asset_key(config, "catalog") for config in configs]),
-        description="Rewrite the catalog of published slices.",
-    )
-    return [derived, catalog]
+    def catalogs(config: str) -> list[dg.AssetKey]:
+        return [asset_key(config, "catalog")]
+
+    derived = "Summaries, taxon index and centroids of the published mirror (incremental per file)."
+    return [
+        assets_job(DERIVED_JOB, configs, derived_keys, derived),
+        assets_job(CATALOG_JOB, configs, catalogs, "Rewrite the catalog of published slices."),
+    ]
 
 
 def build_slices_jobs(configs: Sequence[str]) -> list[dg.UnresolvedAssetJobDefinition]:
     return [
         in_process_job(
             slices_job_name(config),
-            selection=dg.AssetSelection.assets(asset_key(config, "slices")),
-            description=f"Build one slice of {config} (a partition per slice key).",
+            dg.AssetSelection.assets(asset_key(config, "slices")),
+            f"Build one slice of {config} (a partition per slice key).",
         )
         for config in configs
     ]

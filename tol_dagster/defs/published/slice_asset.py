@@ -15,7 +15,7 @@ import pyarrow as pa
 from pydantic import Field
 
 from tol_dagster.defs.keys import asset_key
-from tol_dagster.defs.metadata import OWNERS, check_result, table_schema
+from tol_dagster.defs.metadata import OWNERS, blocking_checks, check_result, table_schema
 from tol_dagster.defs.published.keys import published_group, summary_keys
 from tol_dagster.defs.published.partitions import slice_partitions
 from tol_dagster.defs.resources import StorageResource
@@ -85,10 +85,7 @@ def build_slices_asset(name: str) -> dg.AssetsDefinition:
             "Per-taxon slices of the mirror, one partition per slice key (`family=Felidae`, "
             "`kingdom=Animalia/genus=Morus`), with the mirror's exact schema and sort order."
         ),
-        check_specs=[
-            dg.AssetCheckSpec(check, asset=slices_key, blocking=True, description=description)
-            for check, description in SLICE_CHECKS.items()
-        ],
+        check_specs=blocking_checks(slices_key, SLICE_CHECKS),
     )
     def slices(
         context: dg.AssetExecutionContext, config: SliceRunConfig, storage: StorageResource
