@@ -9,7 +9,9 @@ import os
 from pathlib import Path
 
 import dagster as dg
+import pytest
 
+from tol_dagster import definitions
 from tol_dagster.definitions import build_definitions
 from tol_dagster.settings import Settings
 
@@ -119,3 +121,32 @@ def test_two_configs_get_their_own_assets_side_by_side(tmp_path: Path) -> None:
     keys = {k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()}
     for config in ("bioclip-2_float16", "bioclip-2.5-vith14_float16"):
         assert {f"tol/{config}/remote", f"tol/{config}/staged", f"tol/{config}/mirror"} <= keys
+
+
+def test_the_code_location_names_the_variables_its_resources_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    env = {
+        "TOL_HOME": str(tmp_path),
+        "TOL_REPO_ID": "someone/a-copy",
+        "TOL_MAX_PARALLEL_DOWNLOADS": "8",
+        "TOL_HUB_ENDPOINT": "http://127.0.0.1:9/",  # normalized by the settings: a literal
+    }
+    for name in [n for n in os.environ if n.startswith("TOL_")]:
+        monkeypatch.delenv(name)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+
+    defs = definitions.defs()  # what `dagster dev` and the daemon load
+
+    read = defs.get_repository_def().get_env_vars_by_top_level_resource()
+    assert {name: sorted(users) for name, users in read.items()} == {
+        "TOL_HOME": ["resync_slot", "storage"],
+        "TOL_REPO_ID": ["hub"],
+        "TOL_MAX_PARALLEL_DOWNLOADS": ["hub"],
+    }
+    resources = defs.resources or {}
+    with dg.build_resources({"hub": resources["hub"], "storage": resources["storage"]}) as built:
+        assert (built.hub.repo_id, built.hub.max_parallel_downloads) == ("someone/a-copy", 8)
+        assert built.hub.endpoint == "http://127.0.0.1:9"
+        assert built.storage.home == str(tmp_path)
