@@ -37,8 +37,8 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from tol_dagster.defs.keys import asset_key
-from tol_dagster.defs.mirror.jobs import RESYNC_JOB, RESYNC_TAG
+from tol_dagster.defs.keys import RESYNC_TAG, asset_key
+from tol_dagster.defs.mirror.jobs import RESYNC_JOB
 from tol_dagster.defs.mirror.keys import resync_check_keys, resync_keys
 from tol_dagster.defs.mirror.resync_slot import ensure_resync_pools
 from tol_dagster.defs.published.automation import AUTOMATION_SENSOR

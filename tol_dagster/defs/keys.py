@@ -12,6 +12,10 @@ import re
 
 import dagster as dg
 
+#: The tag every resync run carries (`tol/resync=<config>`): what the queue serializes resyncs
+#: on (dagster.yaml's tag_concurrency_limits) and how orphaned ones are found.
+RESYNC_TAG = "tol/resync"
+
 
 def asset_key(config: str, *parts: str) -> dg.AssetKey:
     return dg.AssetKey(["tol", config, *parts])

@@ -15,7 +15,7 @@ import socket
 
 import dagster as dg
 
-from tol_dagster.defs.mirror.jobs import RESYNC_TAG
+from tol_dagster.defs.keys import RESYNC_TAG
 
 PID_TAG = "tol/pid"
 HOST_TAG = "tol/host"

@@ -7,14 +7,12 @@ from collections.abc import Sequence
 import dagster as dg
 
 from tol_dagster.defs.in_process import assets_job, in_process_job, of_every_config
-from tol_dagster.defs.keys import asset_key
+from tol_dagster.defs.keys import RESYNC_TAG, asset_key
 from tol_dagster.defs.mirror.keys import resync_keys
 
 RESYNC_JOB = "resync_job"
 AUDIT_JOB = "audit_job"
 STATUS_JOB = "status_job"
-#: What the queue serializes resyncs on (dagster.yaml's tag_concurrency_limits).
-RESYNC_TAG = "tol/resync"
 
 
 def build_mirror_jobs(configs: Sequence[str]) -> list[dg.UnresolvedAssetJobDefinition]:

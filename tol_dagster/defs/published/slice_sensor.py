@@ -28,6 +28,7 @@ from tol_dagster.defs.published.partitions import slice_partitions
 from tol_dagster.defs.resources import StorageResource
 from tol_dagster.errors import TolError
 from tol_dagster.store.layout import Layout
+from tol_dagster.store.manifest import load_manifest
 
 
 def build_mirror_change_sensor(
@@ -90,10 +91,11 @@ def _evaluate(
 ) -> _ConfigTick:
     built = refresh.current_derived(layout, config)
     if built is None:
-        context.log.info(
-            f"{config}: waiting for the derived tables of the published mirror "
-            f"({AUTOMATION_SENSOR} builds them)"
-        )
+        if load_manifest(layout, config) is not None:
+            context.log.info(
+                f"{config}: waiting for the derived tables of the published mirror "
+                f"({AUTOMATION_SENSOR} builds them)"
+            )
         return _ConfigTick([], [], state)
     add = refresh.declared_to_add(context.instance, config, slices_file)
     # Only slice requests: an older version of this sensor also kept derived and catalog
