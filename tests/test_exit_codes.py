@@ -45,7 +45,7 @@ from resync_testing import (
 )
 
 from tol_dagster import errors, exit_codes
-from tol_dagster.defs.runs import PID_TAG
+from tol_dagster.defs.orphaned_runs import PID_TAG
 from tol_dagster.devtools.localhub import Fault
 from tol_dagster.resync import sync
 

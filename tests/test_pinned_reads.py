@@ -28,8 +28,9 @@ from mirror_testing import resync_one_file
 from resync_testing import CONFIG, synced_home
 
 from tol_dagster import catalog
-from tol_dagster.defs.keys import asset_key, slices_partitions_name
-from tol_dagster.defs.published_assets import build_published_assets
+from tol_dagster.defs.keys import asset_key
+from tol_dagster.defs.published.definitions import build_published_assets
+from tol_dagster.defs.published.partitions import slices_partitions_name
 from tol_dagster.defs.resources import StorageResource
 from tol_dagster.derived import summaries, taxon_index
 from tol_dagster.errors import StoreError

@@ -1,7 +1,7 @@
 """The published layer through Dagster, as a user drives it: `tol-dagster sync`, then `slice KEY`
-and `slices list|remove` (every run recorded in the instance), and `mirror_change_sensor`
-rebuilding, after a one-file upstream change, the derived outputs from that file alone and
-exactly the slices whose taxa have rows in it.
+and `slices list|remove` (every run recorded in the instance), and the daemon's automation and
+`mirror_change_sensor` rebuilding, after a one-file upstream change, the derived outputs from
+that file alone, exactly the slices whose taxa have rows in it, then the catalog.
 
 Expected slices are brute-force DuckDB queries over the whole mirror, written here by hand for
 each key; the expected rebuild set is computed from the old and new upstream file alone.
@@ -42,13 +42,12 @@ from resync_testing import (
 from tol_dagster.catalog import list_slices, read_arrow, read_duckdb, read_pandas
 from tol_dagster.cli.demo import run_demo
 from tol_dagster.definitions import build_definitions
-from tol_dagster.defs.jobs import AUDIT_JOB, slices_job_name
-from tol_dagster.defs.keys import (
-    asset_key,
-    derived_keys,
-    slices_op_name,
-    slices_partitions_name,
-)
+from tol_dagster.defs.keys import asset_key
+from tol_dagster.defs.mirror.jobs import AUDIT_JOB
+from tol_dagster.defs.published.automation import AUTOMATION_SENSOR, automated_keys
+from tol_dagster.defs.published.jobs import slices_job_name
+from tol_dagster.defs.published.keys import derived_keys, slices_op_name
+from tol_dagster.defs.published.partitions import slices_partitions_name
 from tol_dagster.defs.resources import resources_from
 from tol_dagster.devtools import sample
 from tol_dagster.devtools.localhub import LocalHub
@@ -61,6 +60,8 @@ from tol_dagster.store.layout import Layout
 __all__ = ["dagster_home", "synced", "synced_home", "user"]  # fixtures, imported to be found
 
 SENSOR = "mirror_change_sensor"
+SENSOR_NAME_TAG = "dagster/sensor_name"
+RUN_KEY_TAG = "dagster/run_key"
 PARTITION_TAG = "dagster/partition"
 #: The contract's catalog columns and types, spelled out (not imported from the code under test).
 CATALOG_COLUMNS = {
@@ -448,19 +449,50 @@ SENSOR_SLICES: dict[str, tuple[str, list[str]]] = {
 
 
 @dataclass
-class SensorDriver:
-    """Ticks `mirror_change_sensor` as the daemon does (cursor kept, partitions added) and
-    executes each run it requests in process, tagged as the daemon tags them."""
+class DaemonDriver:
+    """Ticks what the daemon ticks after a resync, as it does: the automation conditions of the
+    derived tables and the catalog (`published_automation_sensor`) and `mirror_change_sensor`
+    (cursors kept, partitions added); executes each run they request in process, tagged as the
+    daemon tags them (the automation's runs in Dagster's implicit asset job, as the daemon's)."""
 
     user: User
     cursor: str | None = None
+    automation: dg.EvaluateAutomationConditionsResult | None = None
 
     def __post_init__(self) -> None:
         self.settings = Settings.from_env()
         self.defs = build_definitions(self.settings)
         self.sensor = self.defs.resolve_sensor_def(SENSOR)
+        self.automation_sensor = self.defs.resolve_sensor_def(AUTOMATION_SENSOR)
+        with self.user.instance() as instance:
+            if instance.get_latest_materialization_event(asset_key(CONFIG, "mirror")) is None:
+                # The synced home's mirror was published by the core alone (`core_sync`): tell
+                # Dagster, as the resync run that publishes a mirror does.
+                instance.report_runless_asset_event(
+                    dg.AssetMaterialization(asset_key(CONFIG, "mirror"))
+                )
 
     def tick(self) -> list[dg.RunRequest]:
+        return [*self._automation_tick(), *self._sensor_tick()]
+
+    def _automation_tick(self) -> list[dg.RunRequest]:
+        """The assets whose conditions are true, as one run (the daemon's grouping of
+        unpartitioned assets), or none."""
+        sensor = self.automation_sensor
+        assert isinstance(sensor, dg.AutomationConditionSensorDefinition)
+        with self.user.instance() as instance:
+            self.automation = dg.evaluate_automation_conditions(
+                defs=self.defs,
+                instance=instance,
+                asset_selection=sensor.asset_selection,
+                cursor=self.automation.cursor if self.automation else None,
+            )
+        requested = self.automation.get_num_requested
+        keys = [key for key in automated_keys(CONFIG) if requested(key)]
+        tags = {SENSOR_NAME_TAG: AUTOMATION_SENSOR, **sensor.run_tags}
+        return [dg.RunRequest(asset_selection=keys, tags=tags)] if keys else []
+
+    def _sensor_tick(self) -> list[dg.RunRequest]:
         # Both contexts set Dagster's current state storage: they must close in LIFO order.
         with (
             self.user.instance() as instance,
@@ -484,12 +516,17 @@ class SensorDriver:
         results = []
         with self.user.instance() as instance:
             for request in requests:
-                job = self.defs.resolve_job_def(str(request.job_name))
+                job = (
+                    self.defs.resolve_job_def(request.job_name)
+                    if request.job_name
+                    else self.defs.resolve_implicit_global_asset_job_def()
+                )
+                run_key = {RUN_KEY_TAG: request.run_key} if request.run_key else {}
                 result = job.execute_in_process(
                     instance=instance,
                     asset_selection=request.asset_selection,
                     partition_key=request.partition_key,
-                    tags={**request.tags, "dagster/run_key": str(request.run_key)},
+                    tags={**request.tags, **run_key},
                     raise_on_error=False,
                 )
                 assert result.success, request
@@ -499,14 +536,17 @@ class SensorDriver:
 
 def kinds(requests: Sequence[dg.RunRequest]) -> list[str]:
     """Each request as what it rebuilds: 'derived', 'catalog' or the slice's partition key."""
-    named = {tuple(derived_keys(CONFIG)): "derived", (asset_key(CONFIG, "catalog"),): "catalog"}
+    named = {
+        frozenset(derived_keys(CONFIG)): "derived",
+        frozenset([asset_key(CONFIG, "catalog")]): "catalog",
+    }
     out = []
     for request in requests:
         if request.partition_key is not None:
             assert request.job_name == slices_job_name(CONFIG)
             out.append(request.partition_key)
         else:
-            out.append(named[tuple(request.asset_selection or ())])
+            out.append(named[frozenset(request.asset_selection or ())])
     return sorted(out)
 
 
@@ -521,11 +561,13 @@ def taxa_in(file: Path) -> set[str]:
     return {key for key, count in counts.items() if count != [(0,)]}
 
 
-def sensor_runs(user: User) -> dict[str, dg.DagsterRun]:
+def daemon_runs(user: User) -> dict[str, dg.DagsterRun]:
+    """The runs the slice sensor and the automation launched."""
     with user.instance() as instance:
         return {
             r.run_id: r
-            for r in instance.get_runs(dg.RunsFilter(tags={"dagster/sensor_name": SENSOR}))
+            for name in (SENSOR, AUTOMATION_SENSOR)
+            for r in instance.get_runs(dg.RunsFilter(tags={SENSOR_NAME_TAG: name}))
         }
 
 
@@ -547,21 +589,23 @@ def test_after_one_file_changes_the_sensor_rebuilds_that_files_parts_then_exactl
     declared: User,
 ) -> None:
     user = declared
-    sensor = SensorDriver(user)
+    daemon = DaemonDriver(user)
     generation = user.layout.mirror_dir(CONFIG).resolve().name
 
-    # The published mirror, nothing derived: the sensor builds everything once, in order.
-    [derive] = sensor.tick()
-    assert kinds([derive]) == ["derived"] and generation in str(derive.run_key)
-    sensor.run([derive])
-    first = sensor.tick()
+    # The published mirror, nothing derived: the automation builds the derived tables of its
+    # generation, the sensor then every declared slice, the automation then the catalog.
+    [derive] = daemon.tick()
+    assert kinds([derive]) == ["derived"]
+    [result] = daemon.run([derive])
+    assert _data_versions(result) == dict.fromkeys(derived_keys(CONFIG), generation)
+    first = daemon.tick()
     assert kinds(first) == sorted(SENSOR_SLICES)
     assert partitions(user) == sorted(SENSOR_SLICES)
-    sensor.run(first)
-    catalog_run = sensor.tick()
+    daemon.run(first)
+    catalog_run = daemon.tick()
     assert kinds(catalog_run) == ["catalog"]
-    sensor.run(catalog_run)
-    assert sensor.tick() == []
+    daemon.run(catalog_run)
+    assert daemon.tick() == []
     assert sorted(catalog_rows(user)) == sorted(SENSOR_SLICES)
     old_commit = user.hub.head_commit()
 
@@ -584,7 +628,7 @@ def test_after_one_file_changes_the_sensor_rebuilds_that_files_parts_then_exactl
     affected = taxa_in(old) | taxa_in(edited)
     assert affected and affected != set(SENSOR_SLICES), "the edit must leave some slices alone"
     untouched = {key: _file_state(slice_file(user, key)) for key in set(SENSOR_SLICES) - affected}
-    before = set(sensor_runs(user))
+    before = set(daemon_runs(user))
 
     synced = user.sync()
     assert synced.code == 0, synced.text
@@ -592,10 +636,12 @@ def test_after_one_file_changes_the_sensor_rebuilds_that_files_parts_then_exactl
     new_generation = user.layout.mirror_dir(CONFIG).resolve().name
     assert new_generation != generation
 
-    # First only the derived outputs, which rescan the changed file alone.
-    [derive] = sensor.tick()
-    assert kinds([derive]) == ["derived"] and new_generation in str(derive.run_key)
-    [result] = sensor.run([derive])
+    # First only the derived outputs, which follow the new generation and rescan the changed
+    # file alone.
+    [derive] = daemon.tick()
+    assert kinds([derive]) == ["derived"]
+    [result] = daemon.run([derive])
+    assert _data_versions(result) == dict.fromkeys(derived_keys(CONFIG), new_generation)
     metadata = _materialized_metadata(result)
     for table_name in ("lineage", "files"):
         assert metadata[asset_key(CONFIG, "summary", table_name)]["files_rescanned"].value == 1
@@ -603,15 +649,15 @@ def test_after_one_file_changes_the_sensor_rebuilds_that_files_parts_then_exactl
     assert metadata[asset_key(CONFIG, "centroids")]["files_reread"].value == 1
 
     # Then exactly the slices whose taxa have rows in that file, then the catalog.
-    rebuild = sensor.tick()
+    rebuild = daemon.tick()
     assert kinds(rebuild) == sorted(affected)
-    sensor.run(rebuild)
-    refresh = sensor.tick()
+    daemon.run(rebuild)
+    refresh = daemon.tick()
     assert kinds(refresh) == ["catalog"]
-    sensor.run(refresh)
-    assert sensor.tick() == []
+    daemon.run(refresh)
+    assert daemon.tick() == []
 
-    new_runs = [r for run_id, r in sensor_runs(user).items() if run_id not in before]
+    new_runs = [r for run_id, r in daemon_runs(user).items() if run_id not in before]
     assert sorted(r.tags[PARTITION_TAG] for r in new_runs if PARTITION_TAG in r.tags) == sorted(
         affected
     )
@@ -632,31 +678,38 @@ def test_after_one_file_changes_the_sensor_rebuilds_that_files_parts_then_exactl
 def test_a_slice_rebuilt_with_the_same_bytes_still_gets_its_catalog_row_refreshed(
     synced: User, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    sensor = SensorDriver(declare(synced, ["family=Felidae"], tmp_path, monkeypatch))
+    daemon = DaemonDriver(declare(synced, ["family=Felidae"], tmp_path, monkeypatch))
     for _ in range(4):  # derived outputs, the slice, the catalog, then nothing
-        if not (requests := sensor.tick()):
+        if not (requests := daemon.tick()):
             break
-        sensor.run(requests)
-    assert sensor.tick() == []
+        daemon.run(requests)
+    assert daemon.tick() == []
     before = catalog_rows(synced)["family=Felidae"]
 
     # Rebuilt from the UI: the same rows, so the same bytes, but built again.
-    rebuilt = sensor.defs.resolve_job_def(slices_job_name(CONFIG))
+    rebuilt = daemon.defs.resolve_job_def(slices_job_name(CONFIG))
     with synced.instance() as instance:
         assert rebuilt.execute_in_process(instance=instance, partition_key="family=Felidae").success
     assert sha256_file(slice_file(synced, "family=Felidae")) == before["sha256"]
 
-    refresh = sensor.tick()
+    refresh = daemon.tick()
     assert kinds(refresh) == ["catalog"]
-    sensor.run(refresh)
+    daemon.run(refresh)
     after = catalog_rows(synced)["family=Felidae"]
     assert after["built_at"] > before["built_at"]
-    assert sensor.tick() == []
+    assert daemon.tick() == []
 
 
 def _file_state(path: Path) -> tuple[str, int, int]:
     stat = path.stat()
     return sha256_file(path), stat.st_ino, stat.st_mtime_ns
+
+
+def _data_versions(result: dg.ExecuteInProcessResult) -> dict[dg.AssetKey, str | None]:
+    """The data version each materialization of `result` recorded (the derived tables': the
+    mirror generation they read)."""
+    materializations = [e.materialization for e in result.get_asset_materialization_events()]
+    return {m.asset_key: (m.tags or {}).get("dagster/data_version") for m in materializations}
 
 
 def _materialized_metadata(

@@ -30,8 +30,9 @@ from resync_testing import (
     valid_edit,
 )
 
-from tol_dagster.defs.keys import asset_key, staged_op_name
-from tol_dagster.defs.resync_slot import lease_holder, resync_lease
+from tol_dagster.defs.keys import asset_key
+from tol_dagster.defs.mirror.keys import staged_op_name
+from tol_dagster.defs.mirror.resync_slot import lease_holder, resync_lease
 from tol_dagster.errors import ResyncConflict, ValidationFailed
 from tol_dagster.hub.client import HubClient
 from tol_dagster.resync import sync

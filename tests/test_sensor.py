@@ -23,7 +23,7 @@ from resync_testing import (
 )
 
 from tol_dagster.definitions import build_definitions
-from tol_dagster.defs.keys import resync_keys, staged_op_name
+from tol_dagster.defs.mirror.keys import resync_keys, staged_op_name
 from tol_dagster.defs.resources import resources_from
 from tol_dagster.devtools.localhub import Fault, LocalHub
 from tol_dagster.settings import Settings

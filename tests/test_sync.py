@@ -43,7 +43,7 @@ from resync_testing import (
     write_upstream,
 )
 
-from tol_dagster.defs.runs import PID_TAG
+from tol_dagster.defs.orphaned_runs import PID_TAG
 from tol_dagster.devtools.localhub import Fault, LocalHub
 from tol_dagster.resync import sync
 from tol_dagster.store import generations as mirror

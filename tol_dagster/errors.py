@@ -116,9 +116,9 @@ class SliceNotPublished(TolError):
 class ResyncConflict(TolError):
     """Another resync of the same config published between this run's staging and publishing.
 
-    Resyncs of one config are serialized (`tol_dagster.defs.resync_slot`), so this means the
-    serialization was bypassed: nothing is published, and a new sync starts from the mirror
-    as it is now.
+    Resyncs of one config are serialized (`tol_dagster.defs.mirror.resync_slot`), so this
+    means the serialization was bypassed: nothing is published, and a new sync starts from the
+    mirror as it is now.
     """
 
     exit_code = 70

@@ -24,17 +24,14 @@ from tol_dagster import errors, exit_codes
 from tol_dagster.cli import interrupts, verbosity
 from tol_dagster.definitions import build_definitions
 from tol_dagster.defs.instance import open_instance
-from tol_dagster.defs.jobs import CATALOG_JOB, DERIVED_JOB, slices_job_name
-from tol_dagster.defs.keys import (
-    asset_key,
-    derived_keys,
-    slices_op_name,
-    slices_partitions_name,
-)
-from tol_dagster.defs.runs import cli_run_tags
+from tol_dagster.defs.keys import asset_key
+from tol_dagster.defs.orphaned_runs import cli_run_tags
+from tol_dagster.defs.published import refresh
+from tol_dagster.defs.published.jobs import CATALOG_JOB, DERIVED_JOB, slices_job_name
+from tol_dagster.defs.published.keys import derived_keys, slices_op_name
+from tol_dagster.defs.published.partitions import slices_partitions_name
 from tol_dagster.derived import built_from
 from tol_dagster.settings import Settings
-from tol_dagster.slices import rebuilds
 
 #: The terminal shows our progress lines and warnings, not Dagster's step-by-step debug events
 #: (the UI keeps the full event log).
@@ -202,9 +199,8 @@ def _ensure_derived(
     defs: dg.Definitions, instance: dg.DagsterInstance, settings: Settings, name: str
 ) -> int:
     """Summaries, index and centroids for the current mirror generation (a run only if stale)."""
-    manifest, _ = built_from.mirror_inputs(settings.layout, name)
-    built = built_from.load_built_from(settings.layout, name, "taxon_index")
-    if built is not None and built.generation == manifest.generation:
+    built_from.mirror_inputs(settings.layout, name)  # no mirror: say so
+    if refresh.current_derived(settings.layout, name) is not None:
         return 0
     print(f"{name}: building summaries, taxon index and centroids of the mirror…", file=sys.stderr)
     result = execute(
@@ -247,19 +243,18 @@ def _build_slice(
 
 
 def refresh_published(settings: Settings, name: str) -> int:
-    """What `mirror_change_sensor` does, in this process: derived outputs, affected slices, catalog."""
+    """What the automation and `mirror_change_sensor` do after a resync, in this process and
+    as planned by `tol_dagster.defs.published.refresh`: derived outputs, the slices the new
+    generation touched (and declared ones never built), the catalog."""
     instance = open_instance(settings)
     defs = build_definitions(settings)
     code = _ensure_derived(defs, instance, settings, name)
     if code:
         return code
-    layout = settings.layout
-    declared = rebuilds.declared_slices(settings.slices_file, name)
-    existing = instance.get_dynamic_partitions(slices_partitions_name(name))
-    built = built_from.load_built_from(layout, name, "taxon_index")
+    built = refresh.current_derived(settings.layout, name)
     assert built is not None
-    todo, _ = rebuilds.slices_to_rebuild(layout, name, sorted({*declared, *existing}), built)
-    for key in todo:
+    plan = refresh.plan_slice_refresh(instance, settings.layout, name, settings.slices_file, built)
+    for key in plan.rebuild:
         code = max(code, _build_slice(defs, instance, name, key))
     return max(code, _refresh_catalog(defs, instance, name))
 

@@ -15,7 +15,7 @@ from tol_dagster.cli.config_option import one_config, select_configs
 from tol_dagster.cli.runner import _build_slice, _ensure_derived, _refresh_catalog
 from tol_dagster.definitions import build_definitions
 from tol_dagster.defs.instance import open_instance
-from tol_dagster.defs.keys import slices_partitions_name
+from tol_dagster.defs.published.partitions import slices_partitions_name
 from tol_dagster.derived import built_from, taxon_index
 from tol_dagster.errors import SliceSpecError
 from tol_dagster.settings import Settings

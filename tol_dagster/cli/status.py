@@ -12,8 +12,8 @@ import sys
 from tol_dagster.cli.runner import QUIET_LOGS, execute, exit_code
 from tol_dagster.definitions import build_definitions
 from tol_dagster.defs.instance import open_instance
-from tol_dagster.defs.jobs import STATUS_JOB
-from tol_dagster.defs.runs import cli_run_tags
+from tol_dagster.defs.mirror.jobs import STATUS_JOB
+from tol_dagster.defs.orphaned_runs import cli_run_tags
 from tol_dagster.resync import sync
 from tol_dagster.settings import Settings
 from tol_dagster.store.manifest import load_manifest

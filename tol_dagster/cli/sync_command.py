@@ -15,10 +15,10 @@ from tol_dagster.cli.config_option import select_configs
 from tol_dagster.cli.runner import QUIET_LOGS, execute, exit_code
 from tol_dagster.definitions import build_definitions
 from tol_dagster.defs.instance import open_instance
-from tol_dagster.defs.jobs import RESYNC_JOB, resync_run_tags
-from tol_dagster.defs.keys import resync_check_keys, resync_keys, staged_op_name
-from tol_dagster.defs.resync_slot import ensure_resync_pools
-from tol_dagster.defs.runs import cli_run_tags, fail_dead_cli_runs
+from tol_dagster.defs.mirror.jobs import RESYNC_JOB, resync_run_tags
+from tol_dagster.defs.mirror.keys import resync_check_keys, resync_keys, staged_op_name
+from tol_dagster.defs.mirror.resync_slot import ensure_resync_pools
+from tol_dagster.defs.orphaned_runs import cli_run_tags, fail_dead_cli_runs
 from tol_dagster.settings import Settings
 from tol_dagster.store.manifest import load_manifest
 
@@ -41,7 +41,7 @@ def run_sync(
     worst = 0
     for name in configs:
         # A killed sync's run would hold the config's pool in the queue: mark it failed. Two
-        # resyncs never overlap: the run waits for the config's lease (tol_dagster.defs.resync_slot).
+        # resyncs never overlap: the run waits for the config's lease (tol_dagster.defs.mirror.resync_slot).
         fail_dead_cli_runs(instance, name)
         subset = job.get_subset(
             asset_selection=set(resync_keys(name)),

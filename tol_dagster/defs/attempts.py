@@ -19,6 +19,10 @@ MAX_ATTEMPTS = 3
 #: Dagster's own run retries for sensor-launched runs (needs `run_retries: enabled` in the
 #: instance's dagster.yaml; the instance default stays 0, so command-line runs are not retried).
 RUN_RETRY_TAGS = {"dagster/max_retries": "1", "dagster/retry_strategy": "FROM_FAILURE"}
+#: For the runs the automation launches (`published.automation`): no sensor asks again after
+#: they failed, so the daemon retries one until MAX_ATTEMPTS runs in all have failed; then the
+#: assets wait for the next mirror generation (or a Materialize in the UI).
+AUTOMATION_RUN_TAGS = {**RUN_RETRY_TAGS, "dagster/max_retries": str(MAX_ATTEMPTS - 1)}
 
 RUN_KEY_TAG = "dagster/run_key"
 WILL_RETRY_TAG = "dagster/will_retry"

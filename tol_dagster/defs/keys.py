@@ -1,8 +1,9 @@
-"""Asset keys and names: the public contract other code locations depend on.
+"""Asset keys and Dagster names: the public contract other code locations depend on.
 
 Per config, with the config name verbatim: `tol/<config>/remote`, `tol/<config>/staged`,
 `tol/<config>/mirror`, and (issue 4) `tol/<config>/summary/<name>`, `taxon_index`, `slices`,
-`catalog`, `centroids`.
+`catalog`, `centroids`. The names each domain derives from these (its group, what a run
+selects) live with the domain: `defs.mirror.keys`, `defs.published.keys`.
 """
 
 from __future__ import annotations
@@ -10,6 +11,10 @@ from __future__ import annotations
 import re
 
 import dagster as dg
+
+#: The tag every resync run carries (`tol/resync=<config>`): what the queue serializes resyncs
+#: on (dagster.yaml's tag_concurrency_limits) and how orphaned ones are found.
+RESYNC_TAG = "tol/resync"
 
 
 def asset_key(config: str, *parts: str) -> dg.AssetKey:
@@ -21,49 +26,6 @@ def safe_name(config: str) -> str:
     return re.sub(r"[^A-Za-z0-9_]", "_", config)
 
 
-def mirror_group(config: str) -> str:
-    return f"mirror_{safe_name(config)}"
-
-
-def resync_keys(config: str) -> list[dg.AssetKey]:
-    """What one resync of `config` materializes (the staged asset carries the gate's checks)."""
-    return [asset_key(config, "remote"), asset_key(config, "staged"), asset_key(config, "mirror")]
-
-
-def resync_check_keys(config: str) -> list[dg.AssetCheckKey]:
-    """The checks a resync runs: the gate on `staged`. Selecting `resync_keys` alone would add
-    the mirror's audit, which re-hashes every published file and asks the Hub again: the
-    audit schedule's job, not every resync's."""
-    from tol_dagster.resync.sync import GATE_CHECKS
-
-    return [dg.AssetCheckKey(asset_key(config, "staged"), name) for name in GATE_CHECKS]
-
-
-def staged_op_name(config: str) -> str:
-    """The op that runs `tol/<config>/staged`: where a resync's run config goes."""
-    return asset_key(config, "staged").to_python_identifier()
-
-
-def slices_op_name(config: str) -> str:
-    """The op that runs `tol/<config>/slices`: where a slice run's config (allow_empty) goes."""
-    return asset_key(config, "slices").to_python_identifier()
-
-
-def published_group(config: str) -> str:
-    return f"published_{safe_name(config)}"
-
-
-def slices_partitions_name(config: str) -> str:
-    """The dynamic partitions (one per slice key) of `tol/<config>/slices`."""
-    return f"slices_{safe_name(config)}"
-
-
-def derived_keys(config: str) -> list[dg.AssetKey]:
-    """Outputs rebuilt after every published resync, before any slice."""
-    from tol_dagster.derived.summaries import SUMMARY_NAMES
-
-    return [
-        *(asset_key(config, "summary", name) for name in SUMMARY_NAMES),
-        asset_key(config, "taxon_index"),
-        asset_key(config, "centroids"),
-    ]
+def op_name(config: str, *parts: str) -> str:
+    """The op that runs `tol/<config>/<parts>`: where that asset's run config goes."""
+    return asset_key(config, *parts).to_python_identifier()

@@ -1,23 +1,29 @@
-"""Resources: every external system behind a `ConfigurableResource`, defaults from the environment.
+"""Resources: every external system behind a `ConfigurableResource`, configured from the settings.
 
 The Hub token is not a field: `HubResource.client()` reads it at call time (`HF_TOKEN` or the
 token `hf auth login` saved), so it never lands in run config, metadata or the event log, and
 an unset `HF_TOKEN` does not stop the code location from loading.
+
+Where the code location's value is a variable's text as the environment holds it, the field is
+a `dg.EnvVar`: the UI shows which variable configures it, and a run reads it from its own
+environment (the daemon's runs inherit the code location's). A default, or a value the
+settings normalized (a relative `TOL_HOME` made absolute, an endpoint's trailing slash
+dropped), stays a literal: a run never resolves another value than the one validated when the
+code location loaded. Dagster's config has no float source, so the gate's share is a literal.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import dagster as dg
 from pydantic import PrivateAttr
 
+from tol_dagster.hub.client import HubClient, RetryPolicy
 from tol_dagster.settings import Settings, hub_token
 from tol_dagster.store.layout import Layout
-
-if TYPE_CHECKING:
-    from tol_dagster.hub.retry import RetryPolicy
 
 
 class HubResource(dg.ConfigurableResource):
@@ -35,14 +41,9 @@ class HubResource(dg.ConfigurableResource):
         """Note when the run started: `TOL_SYNC_DEADLINE_S` counts from there, across steps."""
         self._run_started = _run_start_time(context)
 
-    def client(self, retry: RetryPolicy | None = None):  # -> HubClient (imported lazily: slow)
+    def client(self, retry: RetryPolicy | None = None) -> HubClient:
         """A client with `retry` (default: the patient policy downloads want), bounded by the
         settings' waits: the server's wait, the stall timeout and the deadline."""
-        from dataclasses import replace
-
-        from tol_dagster.hub.client import HubClient
-        from tol_dagster.hub.retry import RetryPolicy
-
         policy = retry or RetryPolicy(max_server_wait_s=self.max_retry_wait_s)
         policy = replace(
             policy,
@@ -80,17 +81,49 @@ class GateResource(dg.ConfigurableResource):
     max_row_loss: float = 0.01
 
 
-def resources_from(settings: Settings) -> dict[str, dg.ConfigurableResource]:
+@dataclass(frozen=True)
+class ConfigSource:
+    """Where a resource field's value comes from: the environment the settings were read from
+    (`os.environ` for the code location), or none (tests, the command line: literals)."""
+
+    env: Mapping[str, str] | None = None
+
+    def text(self, name: str, value: str) -> str:
+        """`dg.EnvVar(name)` when the environment holds `value` verbatim, else `value`."""
+        return dg.EnvVar(name) if self._holds(name, value) else value
+
+    def number(self, name: str, value: int) -> int:
+        return dg.EnvVar.int(name) if self._holds(name, str(value)) else value
+
+    def _holds(self, name: str, value: str) -> bool:
+        return self.env is not None and self.env.get(name) == value
+
+    def home(self, settings: Settings) -> str:
+        return self.text("TOL_HOME", str(settings.home))
+
+
+#: No environment: every field a literal (tests, the command line, which run in this process).
+LITERALS = ConfigSource()
+
+
+def resources_from(
+    settings: Settings, source: ConfigSource = LITERALS
+) -> dict[str, dg.ConfigurableResource]:
     """The resources for `settings` (usually `Settings.from_env()`)."""
+    deadline = settings.sync_deadline_s
     return {
         "hub": HubResource(
-            endpoint=settings.hub_endpoint,
-            repo_id=settings.repo_id,
-            max_parallel_downloads=settings.max_parallel_downloads,
-            max_retry_wait_s=settings.max_retry_wait_s,
-            stall_timeout_s=settings.stall_timeout_s,
-            sync_deadline_s=settings.sync_deadline_s,
+            endpoint=source.text("TOL_HUB_ENDPOINT", settings.hub_endpoint),
+            repo_id=source.text("TOL_REPO_ID", settings.repo_id),
+            max_parallel_downloads=source.number(
+                "TOL_MAX_PARALLEL_DOWNLOADS", settings.max_parallel_downloads
+            ),
+            max_retry_wait_s=source.number("TOL_MAX_RETRY_WAIT_S", settings.max_retry_wait_s),
+            stall_timeout_s=source.number("TOL_STALL_TIMEOUT_S", settings.stall_timeout_s),
+            sync_deadline_s=None
+            if deadline is None
+            else source.number("TOL_SYNC_DEADLINE_S", deadline),
         ),
-        "storage": StorageResource(home=str(settings.home)),
+        "storage": StorageResource(home=source.home(settings)),
         "gate": GateResource(max_row_loss=settings.max_row_loss),
     }

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from tol_dagster.defs.instance import ensure_dagster_home, open_instance
-from tol_dagster.defs.resync_slot import ensure_resync_pools
+from tol_dagster.defs.mirror.resync_slot import ensure_resync_pools
 from tol_dagster.devtools.demo_repo import ensure_demo_repo
 from tol_dagster.devtools.localhub import LocalHub
 from tol_dagster.settings import Settings

@@ -1,11 +1,18 @@
 """Schedules, off by default and switchable in the UI."""
 
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import dagster as dg
 
-from tol_dagster.defs.jobs import AUDIT_JOB, RESYNC_JOB, resync_run_tags
-from tol_dagster.defs.keys import resync_check_keys, resync_keys
+from tol_dagster.defs.mirror.jobs import AUDIT_JOB, RESYNC_JOB, resync_run_tags
+from tol_dagster.defs.mirror.keys import resync_check_keys, resync_keys
+
+#: What every schedule here has: UTC, and off until someone turns it on.
+OFF_IN_UTC: dict[str, Any] = {
+    "execution_timezone": "UTC",
+    "default_status": dg.DefaultScheduleStatus.STOPPED,
+}
 
 
 def build_schedules(configs: Sequence[str]) -> list[dg.ScheduleDefinition]:
@@ -13,9 +20,8 @@ def build_schedules(configs: Sequence[str]) -> list[dg.ScheduleDefinition]:
         name="nightly_resync_schedule",
         job_name=RESYNC_JOB,
         cron_schedule="0 3 * * *",
-        execution_timezone="UTC",
-        default_status=dg.DefaultScheduleStatus.STOPPED,
         description="For users who prefer fixed windows to the sensor: same job, same gate.",
+        **OFF_IN_UTC,
     )
     def nightly_resync_schedule(context: dg.ScheduleEvaluationContext) -> Iterator[dg.RunRequest]:
         stamp = (
@@ -35,8 +41,7 @@ def build_schedules(configs: Sequence[str]) -> list[dg.ScheduleDefinition]:
         name="weekly_audit_schedule",
         job_name=AUDIT_JOB,
         cron_schedule="0 4 * * 0",
-        execution_timezone="UTC",
-        default_status=dg.DefaultScheduleStatus.STOPPED,
         description="Re-hash the mirror against the manifest and upstream; the check reports drift.",
+        **OFF_IN_UTC,
     )
     return [nightly_resync_schedule, weekly_audit_schedule]

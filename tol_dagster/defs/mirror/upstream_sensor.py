@@ -18,11 +18,11 @@ from collections.abc import Sequence
 import dagster as dg
 
 from tol_dagster.defs.attempts import RUN_RETRY_TAGS, next_attempt
-from tol_dagster.defs.jobs import RESYNC_JOB, resync_run_tags
-from tol_dagster.defs.keys import resync_check_keys, resync_keys, staged_op_name
+from tol_dagster.defs.mirror.jobs import RESYNC_JOB, resync_run_tags
+from tol_dagster.defs.mirror.keys import resync_check_keys, resync_keys, staged_op_name
+from tol_dagster.defs.mirror.resync_slot import ensure_resync_pools
+from tol_dagster.defs.orphaned_runs import fail_dead_cli_runs
 from tol_dagster.defs.resources import HubResource, StorageResource
-from tol_dagster.defs.resync_slot import ensure_resync_pools
-from tol_dagster.defs.runs import fail_dead_cli_runs
 from tol_dagster.errors import UpstreamError
 from tol_dagster.hub.retry import RetryPolicy
 from tol_dagster.resync import sync

@@ -1,10 +1,11 @@
-"""Runs started from the command line, and what is left when their process dies.
+"""Orphaned runs: command-line runs whose process died, and the tags that let us tell.
 
 `tol-dagster sync` executes in its own process; if that process is killed (SIGKILL, OOM) its
 run stays STARTED in the instance and would hold the config's resync pool in the queue for
-ever (the queue counts runs in progress). Such runs carry the pid and host that ran them, so
-any later sync or sensor tick can tell they are dead, mark them failed and free any pool slot
-they claimed. (The lease of `tol_dagster.defs.resync_slot` died with the process already.)
+ever (the queue counts runs in progress). Every command-line run carries the pid and host that
+run it (`cli_run_tags`), so any later sync or sensor tick can tell a resync run is orphaned,
+mark it failed and free any pool slot it claimed (`fail_dead_cli_runs`). (The lease of
+`tol_dagster.defs.mirror.resync_slot` died with the process already.)
 """
 
 from __future__ import annotations
@@ -14,9 +15,10 @@ import socket
 
 import dagster as dg
 
+from tol_dagster.defs.keys import RESYNC_TAG
+
 PID_TAG = "tol/pid"
 HOST_TAG = "tol/host"
-RESYNC_TAG = "tol/resync"
 
 _IN_PROGRESS = [
     dg.DagsterRunStatus.STARTED,

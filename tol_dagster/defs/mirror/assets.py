@@ -3,20 +3,21 @@
 The download is a staged state of its own, so a failing check is recorded against the staged
 version and never against the mirror consumers read; `mirror` only runs when every blocking
 check on `staged` passed, and publishing is one atomic switch (see `tol_dagster.resync.sync`).
+No `code_version` here: what these assets hold is upstream's bytes, which our code verifies
+but does not shape.
 """
 
 from collections.abc import Iterator
 
 import dagster as dg
 
-from tol_dagster.defs.keys import asset_key, mirror_group
-from tol_dagster.defs.metadata import check_result, table_schema
+from tol_dagster.defs.keys import asset_key
+from tol_dagster.defs.metadata import OWNERS, blocking_checks, check_result, table_schema
+from tol_dagster.defs.mirror.keys import mirror_group
+from tol_dagster.defs.mirror.resync_slot import ResyncSlotResource, resync_pool
 from tol_dagster.defs.resources import GateResource, HubResource, StorageResource
-from tol_dagster.defs.resync_slot import ResyncSlotResource, resync_pool
 from tol_dagster.resync import sync
 from tol_dagster.schema import expected_schema
-
-OWNERS = ["team:imageomics"]
 
 
 class StageConfig(dg.Config):
@@ -28,16 +29,15 @@ class StageConfig(dg.Config):
     accept_emb_change: bool = False
 
 
-def build_mirror_assets(name: str) -> list[dg.AssetsDefinition | dg.AssetChecksDefinition]:
-    """The remote, staged and mirror assets of config `name`, and the mirror's audit check."""
-    remote_key = asset_key(name, "remote")
-    staged_key = asset_key(name, "staged")
-    mirror_key = asset_key(name, "mirror")
-    group = mirror_group(name)
+def build_mirror_assets(name: str) -> list[dg.AssetsDefinition]:
+    """The remote, staged and mirror assets of config `name`."""
+    return [build_remote_asset(name), build_staged_asset(name), build_mirror_asset(name)]
 
+
+def build_remote_asset(name: str) -> dg.AssetsDefinition:
     @dg.asset(
-        key=remote_key,
-        group_name=group,
+        key=asset_key(name, "remote"),
+        group_name=mirror_group(name),
         kinds={"huggingface"},
         owners=OWNERS,
         description=f"The upstream state of config `{name}`: commit, files with size and sha256, the card's row count.",
@@ -62,21 +62,28 @@ def build_mirror_assets(name: str) -> list[dg.AssetsDefinition | dg.AssetChecksD
             data_version=dg.DataVersion(sync.remote_version(state)),
         )
 
+    return remote
+
+
+def _staged_description(name: str) -> str:
+    return (
+        f"Files of `{name}` fetched for the upstream commit and verified (sha256), waiting behind "
+        "the validation gate. Only files whose sha256 differs from the mirror's are fetched. "
+        "Kept per run: the run's `mirror` publishes what its own `staged` staged."
+    )
+
+
+def build_staged_asset(name: str) -> dg.AssetsDefinition:
+    staged_key = asset_key(name, "staged")
+
     @dg.asset(
         key=staged_key,
-        deps=[remote_key],
-        group_name=group,
+        deps=[asset_key(name, "remote")],
+        group_name=mirror_group(name),
         kinds={"parquet"},
         owners=OWNERS,
-        description=(
-            f"Files of `{name}` fetched for the upstream commit and verified (sha256), waiting behind "
-            "the validation gate. Only files whose sha256 differs from the mirror's are fetched. "
-            "Kept per run: the run's `mirror` publishes what its own `staged` staged."
-        ),
-        check_specs=[
-            dg.AssetCheckSpec(check, asset=staged_key, blocking=True, description=description)
-            for check, description in sync.GATE_CHECKS.items()
-        ],
+        description=_staged_description(name),
+        check_specs=blocking_checks(staged_key, sync.GATE_CHECKS),
         tags={"tol/stage": "download"},
         pool=resync_pool(name),
     )
@@ -120,10 +127,14 @@ def build_mirror_assets(name: str) -> list[dg.AssetsDefinition | dg.AssetChecksD
         ):
             yield check_result(result, staged_key)
 
+    return staged
+
+
+def build_mirror_asset(name: str) -> dg.AssetsDefinition:
     @dg.asset(
-        key=mirror_key,
-        deps=[staged_key],
-        group_name=group,
+        key=asset_key(name, "mirror"),
+        deps=[asset_key(name, "staged")],
+        group_name=mirror_group(name),
         kinds={"parquet", "duckdb"},
         owners=OWNERS,
         description=(
@@ -160,15 +171,7 @@ def build_mirror_assets(name: str) -> list[dg.AssetsDefinition | dg.AssetChecksD
             data_version=dg.DataVersion(published.commit),
         )
 
-    @dg.asset_check(
-        asset=mirror_key,
-        name=sync.AUDIT_CHECK,
-        description="Every published file still has the sha256 and size in the manifest, and upstream agrees (bit rot, hand edits).",
-    )
-    def mirror_matches_manifest(hub: HubResource, storage: StorageResource) -> dg.AssetCheckResult:
-        return check_result(sync.audit(storage.layout, name, client=hub.client()), mirror_key)
-
-    return [remote, staged, mirror, mirror_matches_manifest]
+    return mirror
 
 
 def _staged_by(context: dg.AssetExecutionContext, storage: StorageResource, config: str) -> str:

@@ -1,0 +1,44 @@
+"""The mirror's jobs. One resync job serves every config: each run selects one config's assets."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import dagster as dg
+
+from tol_dagster.defs.in_process import assets_job, in_process_job, of_every_config
+from tol_dagster.defs.keys import RESYNC_TAG, asset_key
+from tol_dagster.defs.mirror.keys import resync_keys
+
+RESYNC_JOB = "resync_job"
+AUDIT_JOB = "audit_job"
+STATUS_JOB = "status_job"
+
+
+def build_mirror_jobs(configs: Sequence[str]) -> list[dg.UnresolvedAssetJobDefinition]:
+    def mirrors(config: str) -> list[dg.AssetKey]:
+        return [asset_key(config, "mirror")]
+
+    def remotes(config: str) -> list[dg.AssetKey]:
+        return [asset_key(config, "remote")]
+
+    resync = "Fetch what changed upstream, verify it, gate it, publish it atomically."
+    audit = "Re-hash the mirror against its manifest and upstream; report drift."
+    status = "Read upstream's state and how far the mirror is behind it (no downloads)."
+    return [
+        assets_job(RESYNC_JOB, configs, resync_keys, resync),
+        in_process_job(
+            AUDIT_JOB,
+            dg.AssetSelection.checks_for_assets(*of_every_config(configs, mirrors)),
+            audit,
+        ),
+        assets_job(STATUS_JOB, configs, remotes, status),
+    ]
+
+
+def resync_run_tags(config: str, commit: str | None) -> dict[str, str]:
+    """Tags of a resync run: `tol/resync=<config>` is what the queue serializes on."""
+    tags = {RESYNC_TAG: config}
+    if commit:
+        tags["tol/commit"] = commit
+    return tags

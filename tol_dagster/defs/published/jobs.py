@@ -1,0 +1,42 @@
+"""The published outputs' jobs: derived tables and the catalog over every config (what the
+command line runs), and one slices job per config (a job cannot mix partitions definitions)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import dagster as dg
+
+from tol_dagster.defs.in_process import assets_job, in_process_job
+from tol_dagster.defs.keys import asset_key, safe_name
+from tol_dagster.defs.published.keys import derived_keys
+
+DERIVED_JOB = "derived_job"
+CATALOG_JOB = "catalog_job"
+
+
+def slices_job_name(config: str) -> str:
+    """One slices job per config: each config's slices have their own dynamic partitions."""
+    return f"slices_{safe_name(config)}_job"
+
+
+def build_published_jobs(configs: Sequence[str]) -> list[dg.UnresolvedAssetJobDefinition]:
+    def catalogs(config: str) -> list[dg.AssetKey]:
+        return [asset_key(config, "catalog")]
+
+    derived = "Summaries, taxon index and centroids of the published mirror (incremental per file)."
+    return [
+        assets_job(DERIVED_JOB, configs, derived_keys, derived),
+        assets_job(CATALOG_JOB, configs, catalogs, "Rewrite the catalog of published slices."),
+    ]
+
+
+def build_slices_jobs(configs: Sequence[str]) -> list[dg.UnresolvedAssetJobDefinition]:
+    return [
+        in_process_job(
+            slices_job_name(config),
+            dg.AssetSelection.assets(asset_key(config, "slices")),
+            f"Build one slice of {config} (a partition per slice key).",
+        )
+        for config in configs
+    ]

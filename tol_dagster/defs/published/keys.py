@@ -1,0 +1,32 @@
+"""The published domain's names: its group, what a derived run selects, where a slice run's
+config goes."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from tol_dagster.defs.keys import asset_key, op_name, safe_name
+from tol_dagster.derived.summaries import SUMMARY_NAMES
+
+
+def published_group(config: str) -> str:
+    return f"published_{safe_name(config)}"
+
+
+def summary_keys(config: str) -> dict[str, dg.AssetKey]:
+    """Each summary table's asset, by table name."""
+    return {table: asset_key(config, "summary", table) for table in SUMMARY_NAMES}
+
+
+def derived_keys(config: str) -> list[dg.AssetKey]:
+    """Outputs rebuilt after every published resync, before any slice."""
+    return [
+        *summary_keys(config).values(),
+        asset_key(config, "taxon_index"),
+        asset_key(config, "centroids"),
+    ]
+
+
+def slices_op_name(config: str) -> str:
+    """The op that runs `tol/<config>/slices`: where a slice run's config (allow_empty) goes."""
+    return op_name(config, "slices")

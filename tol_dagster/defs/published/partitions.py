@@ -1,0 +1,31 @@
+"""The slices' dynamic partitions: one partitions definition per config, one partition per
+slice key (`family=Felidae`, `kingdom=Animalia/genus=Morus`).
+
+Defined here once and used by the `slices` asset, the catalog (only live partitions are
+listed), `mirror_change_sensor` (declared slices become partitions) and the command line
+(`tol-dagster slice` adds one, `slices remove` deletes one).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import dagster as dg
+
+from tol_dagster.defs.keys import safe_name
+
+
+def slices_partitions_name(config: str) -> str:
+    """The name of `tol/<config>/slices`'s partitions, in the definitions and the instance."""
+    return f"slices_{safe_name(config)}"
+
+
+@functools.cache
+def slice_partitions(config: str) -> dg.DynamicPartitionsDefinition:
+    """The partitions definition of `tol/<config>/slices`."""
+    return dg.DynamicPartitionsDefinition(name=slices_partitions_name(config))
+
+
+def slice_partition_keys(instance: dg.DagsterInstance, config: str) -> list[str]:
+    """The slice keys that are partitions of `config` in `instance` now."""
+    return list(instance.get_dynamic_partitions(slices_partitions_name(config)))

@@ -1,0 +1,142 @@
+"""`mirror_change_sensor`: after a new mirror generation, rebuild exactly the slices it touched.
+
+Dagster cannot infer which slice partitions depend on which mirror files (the mapping is in
+the data), so this sensor reads it from the taxon index: once the automation rebuilt the
+derived tables for the published generation (`automation`), it diffs the index before and
+after and requests only the slices whose taxa have rows in changed files, plus declared slices
+never built (`refresh.plan_slice_refresh`). Slices declared in the slices file become
+partitions here. The catalog follows the slices by automation.
+
+Each request stays in the cursor (`pending`, by base run key) until its run succeeded: a run
+that failed for good is requested again on a later tick under its next attempt's run key (see
+`attempts`), up to `attempts.MAX_ATTEMPTS`; sensor-launched runs also carry Dagster's run retry
+tags.
+"""
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import dagster as dg
+
+from tol_dagster.defs.attempts import RUN_RETRY_TAGS, next_attempt
+from tol_dagster.defs.published import refresh
+from tol_dagster.defs.published.automation import AUTOMATION_SENSOR
+from tol_dagster.defs.published.jobs import slices_job_name
+from tol_dagster.defs.published.partitions import slice_partitions
+from tol_dagster.defs.resources import StorageResource
+from tol_dagster.errors import TolError
+from tol_dagster.store.layout import Layout
+from tol_dagster.store.manifest import load_manifest
+
+
+def build_mirror_change_sensor(
+    configs: Sequence[str], slices_file: Path, jobs: "Sequence[dg.UnresolvedAssetJobDefinition]"
+) -> dg.SensorDefinition:
+    """`jobs`: the per-config slices jobs (one job per partitions definition)."""
+
+    @dg.sensor(
+        name="mirror_change_sensor",
+        minimum_interval_seconds=15,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description=(
+            "After a new mirror generation, once its derived tables are built: only the slices "
+            "whose taxa have rows in changed files, and declared slices never built."
+        ),
+        jobs=jobs,
+    )
+    def mirror_change_sensor(
+        context: dg.SensorEvaluationContext, storage: StorageResource
+    ) -> dg.SensorResult:
+        requests: list[dg.RunRequest] = []
+        partition_requests: list[dg.AddDynamicPartitionsRequest] = []
+        cursor = json.loads(context.cursor) if context.cursor else {}
+        for config in configs:
+            try:
+                tick = _evaluate(
+                    context, storage.layout, config, slices_file, cursor.get(config, {})
+                )
+            except TolError as error:
+                context.log.warning(f"{config}: {error}")
+                continue
+            requests += tick.requests
+            if tick.add:
+                partition_requests.append(slice_partitions(config).build_add_request(tick.add))
+            cursor[config] = tick.state
+        return dg.SensorResult(
+            run_requests=requests,
+            dynamic_partitions_requests=partition_requests,
+            cursor=json.dumps(cursor),
+        )
+
+    return mirror_change_sensor
+
+
+@dataclass(frozen=True)
+class _ConfigTick:
+    """What one tick does for one config: runs to request, partitions to add, its cursor."""
+
+    requests: list[dg.RunRequest]
+    add: list[str]
+    state: dict
+
+
+def _evaluate(
+    context: dg.SensorEvaluationContext,
+    layout: Layout,
+    config: str,
+    slices_file: Path,
+    state: dict,
+) -> _ConfigTick:
+    built = refresh.current_derived(layout, config)
+    if built is None:
+        if load_manifest(layout, config) is not None:
+            context.log.info(
+                f"{config}: waiting for the derived tables of the published mirror "
+                f"({AUTOMATION_SENSOR} builds them)"
+            )
+        return _ConfigTick([], [], state)
+    add = refresh.declared_to_add(context.instance, config, slices_file)
+    # Only slice requests: an older version of this sensor also kept derived and catalog
+    # requests here, which the automation makes now.
+    pending = {k: v for k, v in state.get("pending", {}).items() if "partition" in v}
+    generation = state.get("slices_generation")
+    if generation != built.generation or add:
+        plan = refresh.plan_slice_refresh(context.instance, layout, config, slices_file, built)
+        context.log.info(plan.describe(config))
+        for key in plan.rebuild:
+            pending[f"{config}:slice:{key}:{built.generation}"] = {
+                "job": slices_job_name(config),
+                "partition": key,
+            }
+        generation = built.generation
+    requests, pending = _attempts(context, pending)
+    return _ConfigTick(requests, add, {"slices_generation": generation, "pending": pending})
+
+
+def _attempts(
+    context: dg.SensorEvaluationContext, pending: dict[str, dict]
+) -> tuple[list[dg.RunRequest], dict[str, dict]]:
+    """Requests for the pending runs still to launch or to retry; drops those that succeeded
+    or failed `MAX_ATTEMPTS` times (logged)."""
+    requests: list[dg.RunRequest] = []
+    still: dict[str, dict] = {}
+    for base, spec in pending.items():
+        attempt = next_attempt(context.instance, base)
+        if attempt.settled:
+            if attempt.state == "gave up":
+                context.log.warning(attempt.describe(base))
+            continue
+        still[base] = spec
+        if attempt.run_key is None:
+            continue
+        requests.append(
+            dg.RunRequest(
+                run_key=attempt.run_key,
+                job_name=spec["job"],
+                partition_key=spec["partition"],
+                tags=RUN_RETRY_TAGS,
+            )
+        )
+    return requests, still
