@@ -23,8 +23,8 @@ from resync_testing import (
 )
 
 from tol_dagster.hub.client import HubClient
-from tol_dagster.resync import sync
-from tol_dagster.store import generations as mirror
+from tol_dagster.resync import audit
+from tol_dagster.store import drift, generations
 from tol_dagster.store.hashing import sha256_file
 from tol_dagster.store.manifest import Manifest
 
@@ -46,7 +46,7 @@ def hashing(
         hashed.append(path)
         return WRONG if path.name == drifted else sha256_file(path)
 
-    monkeypatch.setattr(mirror, "sha256_file", fake)
+    monkeypatch.setattr(drift, "sha256_file", fake)
     return hashed
 
 
@@ -58,7 +58,7 @@ def test_drift_found_by_an_undisturbed_audit_is_recorded_for_the_next_resync(
     rotten = file_names(synced.root)[0]
     hashing(monkeypatch, rotten)
 
-    result = sync.audit(layout, CONFIG)
+    result = audit.audit(layout, CONFIG)
 
     assert not result.passed
     assert rotten in result.message and "next resync fetches 1 drifted files" in result.message
@@ -70,7 +70,7 @@ def test_an_audit_racing_a_publish_leaves_the_newer_manifest_and_generation_unto
     synced: User, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     layout = synced.layout
-    audited = mirror.current_generation(layout, CONFIG)
+    audited = generations.current_generation(layout, CONFIG)
     assert audited is not None
     rotten = file_names(synced.root)[0]
     valid_edit(synced.root, file_names(synced.root)[1])
@@ -83,7 +83,7 @@ def test_an_audit_racing_a_publish_leaves_the_newer_manifest_and_generation_unto
 
     hashed = hashing(monkeypatch, rotten, during=publish)
 
-    result = sync.audit(layout, CONFIG)
+    result = audit.audit(layout, CONFIG)
 
     [published] = newer
     assert published.generation != audited.name, "the race did publish a new generation"
@@ -108,7 +108,7 @@ def test_an_audit_racing_a_publish_without_drift_passes_and_says_so(
     newer: list[Manifest] = []
     hashing(monkeypatch, "none", during=lambda: newer.append(core_sync(layout, client).manifest))
 
-    result = sync.audit(layout, CONFIG)
+    result = audit.audit(layout, CONFIG)
 
     assert manifest(layout) == newer[0]
     assert result.passed

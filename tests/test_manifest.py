@@ -17,14 +17,13 @@ import pytest
 
 from tol_dagster.errors import StoreError, UpstreamError
 from tol_dagster.hub.client import RemoteConfig, RemoteFile
+from tol_dagster.resync.plan import manifest_after, plan_sync
 from tol_dagster.schema import expected_schema
 from tol_dagster.store.layout import Layout
 from tol_dagster.store.manifest import (
     Manifest,
     ManifestEntry,
     load_manifest,
-    manifest_after,
-    plan_sync,
     save_manifest,
     schema_from_json,
     schema_to_json,

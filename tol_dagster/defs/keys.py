@@ -34,7 +34,7 @@ def resync_check_keys(config: str) -> list[dg.AssetCheckKey]:
     """The checks a resync runs: the gate on `staged`. Selecting `resync_keys` alone would add
     the mirror's audit, which re-hashes every published file and asks the Hub again: the
     audit schedule's job, not every resync's."""
-    from tol_dagster.resync.sync import GATE_CHECKS
+    from tol_dagster.resync.gate import GATE_CHECKS
 
     return [dg.AssetCheckKey(asset_key(config, "staged"), name) for name in GATE_CHECKS]
 

@@ -2,7 +2,7 @@
 
 The download is a staged state of its own, so a failing check is recorded against the staged
 version and never against the mirror consumers read; `mirror` only runs when every blocking
-check on `staged` passed, and publishing is one atomic switch (see `tol_dagster.resync.sync`).
+check on `staged` passed, and publishing is one atomic switch (see `tol_dagster.resync.publish`).
 """
 
 from collections.abc import Iterator
@@ -13,7 +13,9 @@ from tol_dagster.defs.keys import asset_key, mirror_group
 from tol_dagster.defs.metadata import check_result, table_schema
 from tol_dagster.defs.resources import GateResource, HubResource, StorageResource
 from tol_dagster.defs.resync_slot import ResyncSlotResource, resync_pool
-from tol_dagster.resync import sync
+from tol_dagster.resync import audit, plan, publish, revision_diff, stage
+from tol_dagster.resync.gate import GATE_CHECKS, run_gate
+from tol_dagster.resync.state import load_staged, refresh_remote, remote_version
 from tol_dagster.schema import expected_schema
 
 OWNERS = ["team:imageomics"]
@@ -45,9 +47,9 @@ def build_mirror_assets(name: str) -> list[dg.AssetsDefinition | dg.AssetChecksD
     def remote(
         context: dg.AssetExecutionContext, hub: HubResource, storage: StorageResource
     ) -> dg.MaterializeResult:
-        state = sync.refresh_remote(storage.layout, hub.client(), name)
-        behind = sync.plan_against_mirror(storage.layout, state)
-        context.log.info(f"upstream {name} at {state.commit[:12]}: {sync.plan_summary(behind)}")
+        state = refresh_remote(storage.layout, hub.client(), name)
+        behind = plan.plan_against_mirror(storage.layout, state)
+        context.log.info(f"upstream {name} at {state.commit[:12]}: {plan.plan_summary(behind)}")
         return dg.MaterializeResult(
             metadata={
                 "upstream_commit": state.commit,
@@ -59,7 +61,7 @@ def build_mirror_assets(name: str) -> list[dg.AssetsDefinition | dg.AssetChecksD
                 "files_behind": len(behind.to_fetch) + len(behind.removed),
                 "bytes_behind": behind.bytes_to_fetch,
             },
-            data_version=dg.DataVersion(sync.remote_version(state)),
+            data_version=dg.DataVersion(remote_version(state)),
         )
 
     @dg.asset(
@@ -75,7 +77,7 @@ def build_mirror_assets(name: str) -> list[dg.AssetsDefinition | dg.AssetChecksD
         ),
         check_specs=[
             dg.AssetCheckSpec(check, asset=staged_key, blocking=True, description=description)
-            for check, description in sync.GATE_CHECKS.items()
+            for check, description in GATE_CHECKS.items()
         ],
         tags={"tol/stage": "download"},
         pool=resync_pool(name),
@@ -88,7 +90,7 @@ def build_mirror_assets(name: str) -> list[dg.AssetsDefinition | dg.AssetChecksD
         gate: GateResource,
         resync_slot: ResyncSlotResource,  # held from the run's start to its end
     ) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
-        state = sync.stage(
+        state = stage.stage(
             storage.layout,
             hub.client(),
             name,
@@ -110,7 +112,7 @@ def build_mirror_assets(name: str) -> list[dg.AssetsDefinition | dg.AssetChecksD
             },
             data_version=dg.DataVersion(state.version),
         )
-        for result in sync.gate(
+        for result in run_gate(
             storage.layout,
             state,
             max_row_loss=gate.max_row_loss,
@@ -138,8 +140,8 @@ def build_mirror_assets(name: str) -> list[dg.AssetsDefinition | dg.AssetChecksD
         resync_slot: ResyncSlotResource,  # held since before this run's `staged`
     ) -> dg.MaterializeResult:
         key = _staged_by(context, storage, name)
-        published = sync.publish(storage.layout, name, key=key, log=context.log.info)
-        diff = sync.record_revision_diff(storage.layout, name, published)
+        published = publish.publish(storage.layout, name, key=key, log=context.log.info)
+        diff = revision_diff.record_revision_diff(storage.layout, name, published)
         return dg.MaterializeResult(
             metadata={
                 "upstream_commit": published.commit,
@@ -162,11 +164,11 @@ def build_mirror_assets(name: str) -> list[dg.AssetsDefinition | dg.AssetChecksD
 
     @dg.asset_check(
         asset=mirror_key,
-        name=sync.AUDIT_CHECK,
+        name=audit.AUDIT_CHECK,
         description="Every published file still has the sha256 and size in the manifest, and upstream agrees (bit rot, hand edits).",
     )
     def mirror_matches_manifest(hub: HubResource, storage: StorageResource) -> dg.AssetCheckResult:
-        return check_result(sync.audit(storage.layout, name, client=hub.client()), mirror_key)
+        return check_result(audit.audit(storage.layout, name, client=hub.client()), mirror_key)
 
     return [remote, staged, mirror, mirror_matches_manifest]
 
@@ -176,6 +178,6 @@ def _staged_by(context: dg.AssetExecutionContext, storage: StorageResource, conf
     `mirror` from a failed run, the run it re-executes (Dagster's parent and root run)."""
     run = context.run
     for key in (run.run_id, run.parent_run_id, run.root_run_id):
-        if key and sync.load_staged(storage.layout, config, key) is not None:
+        if key and load_staged(storage.layout, config, key) is not None:
             return key
     return run.run_id  # publish says that nothing is staged by this run
