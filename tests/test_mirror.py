@@ -375,8 +375,9 @@ def test_audit_finds_edits_bit_rot_missing_and_extra_files(layout: Layout) -> No
     listed = tuple(RemoteFile(e.path, e.size, e.sha256) for e in manifest.entries)
     upstream = RemoteConfig("o/r", CONFIG, "c1", listed, None)
     assert plan_sync(manifest, upstream).is_noop  # the manifest alone cannot see the drift
-    refetch = plan_sync(manifest.without(reasons), upstream).to_fetch
-    assert [f.name for f in refetch] == ["a.parquet", "b.parquet", "c.parquet"]
+    refetch = plan_sync(manifest, upstream, drifted=reasons)
+    assert [f.name for f in refetch.to_fetch] == ["a.parquet", "b.parquet", "c.parquet"]
+    assert refetch.repaired == refetch.to_fetch and not refetch.unchanged
 
 
 def test_published_files_are_read_only(layout: Layout) -> None:

@@ -97,6 +97,7 @@ def build_mirror_assets(name: str) -> list[dg.AssetsDefinition | dg.AssetChecksD
             commit=config.commit,
             max_parallel=hub.max_parallel_downloads,
             key=context.run.run_id,
+            suspects=_audit_suspects(context, mirror_key),
             log=context.log.info,
         )
         yield dg.MaterializeResult(
@@ -181,3 +182,15 @@ def _staged_by(context: dg.AssetExecutionContext, storage: StorageResource, conf
         if key and load_staged(storage.layout, config, key) is not None:
             return key
     return run.run_id  # publish says that nothing is staged by this run
+
+
+def _audit_suspects(context: dg.AssetExecutionContext, mirror_key: dg.AssetKey) -> list[str]:
+    """The files the latest audit of the mirror found drifted, from Dagster's record of it:
+    the resync re-hashes them and fetches again those still drifted (the audit writes nothing)."""
+    record = context.instance.get_latest_asset_check_evaluation_record(
+        dg.AssetCheckKey(mirror_key, audit.AUDIT_CHECK)
+    )
+    evaluation = record.evaluation if record is not None else None
+    named = evaluation.metadata.get(audit.DRIFTED_FILES) if evaluation is not None else None
+    names = named.value if isinstance(named, dg.JsonMetadataValue) else None
+    return [n for n in names if isinstance(n, str)] if isinstance(names, list) else []

@@ -177,10 +177,11 @@ def _replaced_files(
     layout: Layout, state: StagedState, manifest: Manifest | None
 ) -> list[MirrorFile]:
     """The last validated generation's files that the candidate does not keep as they are
-    (changed or removed upstream): the only ones whose rows a fetched file can hold anew."""
+    (changed or removed upstream): the only ones whose rows a fetched file can hold anew. A
+    file fetched again for drift has the same content: it replaces nothing."""
     if manifest is None:
         return []
-    kept = {(f.name, f.sha256) for f in state.files if f.status == "current"}
+    kept = {(f.name, f.sha256) for f in state.files if f.status != "failed"}
     folder = layout.generations_dir(state.config) / manifest.generation
     return [
         MirrorFile(e.name, e.sha256, folder / e.name)

@@ -1,12 +1,14 @@
 """The plan of a resync: what upstream's listing asks of the mirror, diffed against the manifest.
 
 Diffing by sha256 (and size) is what makes an in-sync check free: unchanged files cost no
-request at all.
+request at all. A file unchanged upstream whose published copy drifted from the manifest (found
+by the resync's stat of every file, or by re-hashing the files the last audit named) is
+`repaired`: fetched again like a changed one.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 
 from tol_dagster.errors import UpstreamError
@@ -25,10 +27,12 @@ class Plan:
     changed: tuple[RemoteFile, ...]
     removed: tuple[str, ...]
     unchanged: tuple[str, ...]
+    #: Unchanged upstream, but the published copy no longer holds the manifest's bytes.
+    repaired: tuple[RemoteFile, ...] = ()
 
     @property
     def to_fetch(self) -> tuple[RemoteFile, ...]:
-        return tuple(sorted((*self.added, *self.changed), key=lambda f: f.name))
+        return tuple(sorted((*self.added, *self.changed, *self.repaired), key=lambda f: f.name))
 
     @property
     def bytes_to_fetch(self) -> int:
@@ -37,7 +41,7 @@ class Plan:
     @property
     def is_noop(self) -> bool:
         """No file to fetch or drop (the commit may still differ: it touched other paths)."""
-        return not (self.added or self.changed or self.removed)
+        return not (self.added or self.changed or self.removed or self.repaired)
 
 
 def _by_name(remote: RemoteConfig) -> dict[str, RemoteFile]:
@@ -53,21 +57,26 @@ def _by_name(remote: RemoteConfig) -> dict[str, RemoteFile]:
     return found
 
 
-def plan_sync(manifest: Manifest | None, remote: RemoteConfig) -> Plan:
-    """Diff the remote listing against the manifest by sha256 (and size); no request is made."""
+def plan_sync(
+    manifest: Manifest | None, remote: RemoteConfig, *, drifted: Collection[str] = ()
+) -> Plan:
+    """Diff the remote listing against the manifest by sha256 (and size); no request is made.
+    Files named in `drifted` that are unchanged upstream are planned as `repaired`."""
     if manifest is not None and manifest.config != remote.config:
         raise ValueError(
             f"cannot plan config {remote.config!r} against the manifest of {manifest.config!r}"
         )
     remote_by_name = _by_name(remote)
     local = {} if manifest is None else manifest.by_name
-    added, changed, unchanged = [], [], []
+    added, changed, unchanged, repaired = [], [], [], []
     for name in sorted(remote_by_name):
         remote_file, entry = remote_by_name[name], local.get(name)
         if entry is None:
             added.append(remote_file)
         elif (entry.sha256, entry.size) != (remote_file.sha256, remote_file.size):
             changed.append(remote_file)
+        elif name in drifted:
+            repaired.append(remote_file)
         else:
             unchanged.append(name)
     return Plan(
@@ -76,6 +85,7 @@ def plan_sync(manifest: Manifest | None, remote: RemoteConfig) -> Plan:
         changed=tuple(changed),
         removed=tuple(sorted(set(local) - set(remote_by_name))),
         unchanged=tuple(unchanged),
+        repaired=tuple(repaired),
     )
 
 
@@ -124,9 +134,10 @@ def plan_against_mirror(layout: Layout, remote: RemoteConfig) -> Plan:
 
 
 def plan_summary(plan: Plan) -> str:
+    repaired = f", {len(plan.repaired)} drifted fetched again" if plan.repaired else ""
     return (
         f"{len(plan.added)} added, {len(plan.changed)} changed, {len(plan.removed)} removed, "
-        f"{len(plan.unchanged)} unchanged ({plan.bytes_to_fetch / 1e6:,.1f} MB to fetch)"
+        f"{len(plan.unchanged)} unchanged{repaired} ({plan.bytes_to_fetch / 1e6:,.1f} MB to fetch)"
     )
 
 

@@ -68,7 +68,7 @@ def publish(layout: Layout, config: str, *, key: str = LOCAL_KEY, log: Log = pri
         state = _gated_state(layout, config, key)
         remote = state.remote()
         previous = load_manifest(layout, config)
-        plan = plan_sync(previous, remote)
+        plan = plan_sync(previous, remote, drifted=state.repaired)
         if (
             previous is not None
             and plan.is_noop

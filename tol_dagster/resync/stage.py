@@ -3,13 +3,17 @@
 The first of the resync's three steps, kept apart so Dagster can put the gate's blocking checks
 between staging and publishing. Only files whose sha256 differs from the manifest are fetched
 (see `plan`); files already staged, or held by a kept generation, are not fetched again.
+
+It is also where drift is repaired (the audit only reports it): under the lock, every published
+file is stat'ed (missing, another size) and the suspects the last audit named are re-hashed;
+those that no longer hold the manifest's bytes are fetched again, those that match again are not.
 """
 
 from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 
 from tol_dagster.errors import RevisionGone
 from tol_dagster.hub.client import HubClient, RemoteConfig, RemoteFile
@@ -28,7 +32,8 @@ from tol_dagster.resync.state import (
     save_staged,
 )
 from tol_dagster.store.disk import check_free_disk
-from tol_dagster.store.generations import pin_generation
+from tol_dagster.store.drift import drifted_entries
+from tol_dagster.store.generations import current_generation, pin_generation
 from tol_dagster.store.layout import Layout
 from tol_dagster.store.manifest import Manifest, load_manifest
 from tol_dagster.store.staging import stage_path
@@ -45,6 +50,7 @@ def stage(
     commit: str | None = None,
     max_parallel: int = 4,
     key: str = LOCAL_KEY,
+    suspects: Collection[str] = (),
     log: Log = print,
 ) -> StagedState:
     """Fetch, verify and inspect every file of upstream's commit that the mirror lacks.
@@ -53,6 +59,8 @@ def stage(
     retry fetches only what is still missing. A file that fails is quarantined with its reason
     and marked failed (the gate then refuses). If the commit vanishes mid-sync (force-push),
     the plan is made again against the new head. The state is saved under `key` (the run id).
+    Published files that drifted from the manifest are fetched again: every one is stat'ed,
+    and `suspects` (the files the last audit found drifted) are re-hashed too.
     """
     with config_lock(layout, config):
         remote = load_remote(layout, config) or refresh_remote(layout, client, config)
@@ -64,7 +72,13 @@ def stage(
         for replans in range(MAX_REPLANS + 1):
             try:
                 state = _stage_commit(
-                    layout, client, remote, superseded, max_parallel=max_parallel, log=log
+                    layout,
+                    client,
+                    remote,
+                    superseded,
+                    suspects=suspects,
+                    max_parallel=max_parallel,
+                    log=log,
                 )
             except RevisionGone as gone:
                 if replans == MAX_REPLANS:
@@ -85,12 +99,13 @@ def _stage_commit(
     remote: RemoteConfig,
     superseded: RemoteConfig | None,
     *,
+    suspects: Collection[str],
     max_parallel: int,
     log: Log,
 ) -> StagedState:
     config = remote.config
     manifest = load_manifest(layout, config)
-    plan = plan_sync(manifest, remote)
+    plan = plan_sync(manifest, remote, drifted=_drifted(layout, manifest, remote, suspects, log))
     log(f"{config} @ {remote.commit[:12]}: {plan_summary(plan)}")
     _prepare_staging(layout, config, plan, superseded, log=log)
     started = time.monotonic()
@@ -108,7 +123,34 @@ def _stage_commit(
         bytes_fetched=sum(f.size for f in results.values() if f.status == "fetched"),
         download_seconds=time.monotonic() - started,
         base_generation=manifest.generation if manifest else None,
+        repaired=[f.name for f in plan.repaired],
     )
+
+
+def _drifted(
+    layout: Layout,
+    manifest: Manifest | None,
+    remote: RemoteConfig,
+    suspects: Collection[str],
+    log: Log,
+) -> set[str]:
+    """The files unchanged upstream whose published copy no longer holds the manifest's bytes:
+    missing or another size (a stat each), or, for the `suspects`, other bytes (re-hashed)."""
+    if manifest is None:
+        return set()
+    unchanged = [manifest.by_name[name] for name in plan_sync(manifest, remote).unchanged]
+    rehash = {e.name for e in unchanged} & set(suspects)
+    generation = current_generation(layout, manifest.config)
+    found = {d.name: d.reason for d in drifted_entries(generation, unchanged, rehash=rehash)}
+    for name, reason in sorted(found.items()):
+        log(f"{name} drifted from the manifest ({reason}): fetching it again")
+    matching = sorted(rehash - set(found))  # repaired since the audit, or a stale report
+    if matching:
+        log(
+            f"{len(matching)} files the last audit found drifted match the manifest again, "
+            f"not fetched: {', '.join(matching)}"
+        )
+    return set(found)
 
 
 def _prepare_staging(

@@ -64,6 +64,8 @@ class StagedState:
     #: The mirror generation the plan was made against (None: no mirror yet). Publishing on
     #: top of any other generation would mix two runs' views of the mirror, so it is refused.
     base_generation: str | None = None
+    #: Files unchanged upstream whose published copy drifted from the manifest: fetched again.
+    repaired: list[str] = field(default_factory=list)
 
     @property
     def fetched(self) -> list[StagedFile]:
@@ -105,6 +107,7 @@ class StagedState:
         for f in rows[:limit]:
             state = "changed" if f.status == "fetched" and f.name in self.changed else f.status
             state = "added" if f.status == "fetched" and f.name in self.added else state
+            state = "drifted" if f.status == "fetched" and f.name in self.repaired else state
             reason = (f.reason or "").replace("|", "\\|").replace("\n", " ")
             rows_text = "" if f.rows is None else f"{f.rows:,}"
             lines.append(

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Collection, Mapping
-from dataclasses import dataclass, replace
+from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -92,12 +92,6 @@ class Manifest:
     @property
     def schema(self) -> pa.Schema | None:
         return None if self.schema_json is None else schema_from_json(self.schema_json)
-
-    def without(self, names: Collection[str]) -> Manifest:
-        """This manifest minus `names` (e.g. files the audit found drifted): the next plan
-        sees them as added, so they are fetched and verified again."""
-        drop = set(names)
-        return replace(self, entries=tuple(e for e in self.entries if e.name not in drop))
 
     def to_json(self) -> str:
         document: dict[str, Any] = {
