@@ -46,9 +46,7 @@ from tol_dagster.defs.resync_slot import ensure_resync_pools
 from tol_dagster.defs.runs import cli_run_tags, fail_dead_cli_runs
 from tol_dagster.derived import taxon_index
 from tol_dagster.errors import SettingsError, SliceSpecError
-from tol_dagster.resync.plan import decide
-from tol_dagster.resync.revision_diff import last_revision_diff
-from tol_dagster.resync.state import load_remote
+from tol_dagster.resync import plan, revision_diff, state
 from tol_dagster.settings import Settings
 from tol_dagster.slices import builds as published
 from tol_dagster.slices.extract import expected_count, refuse_empty
@@ -297,7 +295,7 @@ def status_report(settings: Settings) -> dict[str, dict[str, object]]:
     for config in settings.configs:
         layout = settings.layout
         manifest = load_manifest(layout, config)
-        remote = load_remote(layout, config)
+        remote = state.load_remote(layout, config)
         entry: dict[str, object] = {
             "mirror_path": str(layout.mirror_dir(config)),
             "mirror_commit": manifest.upstream_commit if manifest else None,
@@ -307,9 +305,9 @@ def status_report(settings: Settings) -> dict[str, dict[str, object]]:
             "upstream_commit": remote.commit if remote else None,
             "upstream_expected_rows": remote.expected_rows if remote else None,
         }
-        entry["last_change"] = last_revision_diff(layout, config)
+        entry["last_change"] = revision_diff.last_revision_diff(layout, config)
         if remote is not None:
-            decision = decide(layout, remote)
+            decision = plan.decide(layout, remote)
             entry["in_sync"] = not decision.needs_run
             entry["pending"] = decision.reason
         report[config] = entry
