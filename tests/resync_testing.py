@@ -27,7 +27,10 @@ from tol_dagster.devtools.localhub import LocalHub
 from tol_dagster.hub import retry
 from tol_dagster.hub.card import card_body, expected_rows, parse_card, render_card, with_config
 from tol_dagster.hub.client import HubClient
-from tol_dagster.resync import sync
+from tol_dagster.resync.gate import run_gate
+from tol_dagster.resync.publish import Published, publish
+from tol_dagster.resync.stage import stage
+from tol_dagster.resync.state import refresh_remote
 from tol_dagster.schema import DEFAULT_CONFIG
 from tol_dagster.store.hashing import sha256_file
 from tol_dagster.store.layout import Layout
@@ -234,13 +237,13 @@ def make_user(
     return User(hub, root, home, dagster_home, capsys)
 
 
-def core_sync(layout: Layout, client: HubClient, config: str = CONFIG) -> sync.Published:
+def core_sync(layout: Layout, client: HubClient, config: str = CONFIG) -> Published:
     """Sync with the core functions alone (no Dagster run): observe, stage, gate, publish."""
-    sync.refresh_remote(layout, client, config)
-    state = sync.stage(layout, client, config, log=lambda _: None)
-    refused = [r.message for r in sync.gate(layout, state, max_row_loss=0.01) if not r.passed]
+    refresh_remote(layout, client, config)
+    state = stage(layout, client, config, log=lambda _: None)
+    refused = [r.message for r in run_gate(layout, state, max_row_loss=0.01) if not r.passed]
     assert not refused, refused
-    return sync.publish(layout, config, log=lambda _: None)
+    return publish(layout, config, log=lambda _: None)
 
 
 @pytest.fixture(scope="session")

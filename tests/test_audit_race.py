@@ -1,6 +1,7 @@
 """The mirror's audit (the `mirror_matches_manifest` check) hashes for minutes on the real
 data: a publish in that time must win. The audit hashes the generation it resolved once and
-records drift only if that generation is still the published one, compared under the lock."""
+writes nothing at all: it names the drifted files, and the next resync repairs them (see
+test_drift_repair.py), so it can never roll a newer generation back."""
 
 from __future__ import annotations
 
@@ -23,8 +24,8 @@ from resync_testing import (
 )
 
 from tol_dagster.hub.client import HubClient
-from tol_dagster.resync import sync
-from tol_dagster.store import generations as mirror
+from tol_dagster.resync import audit
+from tol_dagster.store import drift, generations
 from tol_dagster.store.hashing import sha256_file
 from tol_dagster.store.manifest import Manifest
 
@@ -46,11 +47,11 @@ def hashing(
         hashed.append(path)
         return WRONG if path.name == drifted else sha256_file(path)
 
-    monkeypatch.setattr(mirror, "sha256_file", fake)
+    monkeypatch.setattr(drift, "sha256_file", fake)
     return hashed
 
 
-def test_drift_found_by_an_undisturbed_audit_is_recorded_for_the_next_resync(
+def test_drift_found_by_an_undisturbed_audit_is_named_for_the_next_resync_and_not_written(
     synced: User, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     layout = synced.layout
@@ -58,19 +59,23 @@ def test_drift_found_by_an_undisturbed_audit_is_recorded_for_the_next_resync(
     rotten = file_names(synced.root)[0]
     hashing(monkeypatch, rotten)
 
-    result = sync.audit(layout, CONFIG)
+    result = audit.audit(layout, CONFIG)
 
     assert not result.passed
-    assert rotten in result.message and "next resync fetches 1 drifted files" in result.message
+    assert rotten in result.message
+    assert "the next resync re-verifies these 1 drifted files and fetches them again" in (
+        result.message
+    )
+    assert result.details[audit.DRIFTED_FILES] == [rotten]
     assert "superseded" not in result.message
-    assert manifest(layout) == before.without({rotten})
+    assert manifest(layout) == before, "the audit edited the manifest"
 
 
 def test_an_audit_racing_a_publish_leaves_the_newer_manifest_and_generation_untouched(
     synced: User, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     layout = synced.layout
-    audited = mirror.current_generation(layout, CONFIG)
+    audited = generations.current_generation(layout, CONFIG)
     assert audited is not None
     rotten = file_names(synced.root)[0]
     valid_edit(synced.root, file_names(synced.root)[1])
@@ -83,7 +88,7 @@ def test_an_audit_racing_a_publish_leaves_the_newer_manifest_and_generation_unto
 
     hashed = hashing(monkeypatch, rotten, during=publish)
 
-    result = sync.audit(layout, CONFIG)
+    result = audit.audit(layout, CONFIG)
 
     [published] = newer
     assert published.generation != audited.name, "the race did publish a new generation"
@@ -94,9 +99,9 @@ def test_an_audit_racing_a_publish_leaves_the_newer_manifest_and_generation_unto
     )
     assert "superseded during audit" in result.message
     assert audited.name in result.message and published.generation in result.message
-    assert "nothing was recorded" in result.message
     assert result.details["superseded"] is True
     assert not result.passed, "the drift it found is still reported"
+    assert result.details[audit.DRIFTED_FILES] == [rotten], "for the next resync to re-verify"
 
 
 def test_an_audit_racing_a_publish_without_drift_passes_and_says_so(
@@ -108,7 +113,7 @@ def test_an_audit_racing_a_publish_without_drift_passes_and_says_so(
     newer: list[Manifest] = []
     hashing(monkeypatch, "none", during=lambda: newer.append(core_sync(layout, client).manifest))
 
-    result = sync.audit(layout, CONFIG)
+    result = audit.audit(layout, CONFIG)
 
     assert manifest(layout) == newer[0]
     assert result.passed

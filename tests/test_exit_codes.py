@@ -47,7 +47,7 @@ from resync_testing import (
 from tol_dagster import errors, exit_codes
 from tol_dagster.defs.orphaned_runs import PID_TAG
 from tol_dagster.devtools.localhub import Fault
-from tol_dagster.resync import sync
+from tol_dagster.resync import stage
 
 __all__ = ["dagster_home", "hub_sleeps", "synced", "synced_home", "user"]  # fixtures
 
@@ -305,7 +305,7 @@ def _boom(*args: object, **kwargs: object) -> None:
 def test_70_an_internal_error_names_the_run_to_report(
     synced: User, monkeypatch: pytest.MonkeyPatch, verbose: bool
 ) -> None:
-    monkeypatch.setattr(sync, "refresh_remote", _boom)
+    monkeypatch.setattr(stage, "stage", _boom)
 
     outcome = synced.tol(*(["--verbose"] if verbose else []), "sync")
 

@@ -17,14 +17,13 @@ import pytest
 
 from tol_dagster.errors import StoreError, UpstreamError
 from tol_dagster.hub.remote import RemoteConfig, RemoteFile
+from tol_dagster.resync.plan import manifest_after, plan_sync
 from tol_dagster.schema import expected_schema
 from tol_dagster.store.layout import Layout
 from tol_dagster.store.manifest import (
     Manifest,
     ManifestEntry,
     load_manifest,
-    manifest_after,
-    plan_sync,
     save_manifest,
     schema_from_json,
     schema_to_json,
@@ -153,10 +152,28 @@ def test_manifest_after_requires_rows_for_every_fetched_file() -> None:
         )
 
 
-def test_dropping_entries_makes_the_next_plan_fetch_them_again() -> None:
-    state = remote("c1", V1)
-    manifest = published(state).without({"b.parquet"})
-    assert [f.name for f in plan_sync(manifest, state).to_fetch] == ["b.parquet"]
+def test_drifted_files_unchanged_upstream_are_planned_to_be_fetched_again() -> None:
+    """The audit no longer edits the manifest: the resync names the drifted files instead."""
+    first = published(remote("c1", V1))
+    state = remote("c2", {**V1, "c.parquet": b"c2"})
+    plan = plan_sync(first, state, drifted={"b.parquet", "c.parquet"})
+    assert [f.name for f in plan.repaired] == ["b.parquet"]  # c changed upstream: fetched anyway
+    assert [f.name for f in plan.changed] == ["c.parquet"]
+    assert plan.unchanged == ("a.parquet",)
+    assert [f.name for f in plan.to_fetch] == ["b.parquet", "c.parquet"]
+    assert not plan_sync(first, remote("c1", V1), drifted={"b.parquet"}).is_noop
+    after = manifest_after(
+        plan,
+        first,
+        state,
+        generation="g-2",
+        rows={"b.parquet": 10, "c.parquet": 10},
+        schema_json=first.schema_json,
+        validated_at="2026-01-03T00:00:00Z",
+    )
+    assert after.by_name["b.parquet"].upstream_commit == "c2"  # fetched and validated again
+    assert after.by_name["b.parquet"].sha256 == first.by_name["b.parquet"].sha256
+    assert after.by_name["a.parquet"] == first.by_name["a.parquet"]
 
 
 def test_schema_serialization_round_trips_exactly() -> None:

@@ -14,23 +14,20 @@ import pytest
 
 from tol_dagster.errors import DiskSpaceError, StoreError
 from tol_dagster.hub.remote import RemoteConfig, RemoteFile
+from tol_dagster.resync.plan import bytes_still_needed, plan_sync
+from tol_dagster.store.cleanup import cleanup, prune_derived
+from tol_dagster.store.disk import check_free_disk
+from tol_dagster.store.drift import audit_mirror
 from tol_dagster.store.generations import (
-    audit_mirror,
-    bytes_still_needed,
-    check_free_disk,
-    cleanup,
     current_generation,
-    list_quarantine,
-    partial_path,
     previous_generation,
     publish_generation,
-    quarantine,
-    stage_path,
-    staged_files,
 )
 from tol_dagster.store.hashing import sha256_file
 from tol_dagster.store.layout import Layout
-from tol_dagster.store.manifest import Manifest, ManifestEntry, plan_sync, save_manifest
+from tol_dagster.store.manifest import Manifest, ManifestEntry, save_manifest
+from tol_dagster.store.quarantine import list_quarantine, quarantine
+from tol_dagster.store.staging import partial_path, stage_path, staged_files
 
 CONFIG = "bioclip-2_float16"
 
@@ -337,6 +334,7 @@ def test_cleanup_can_keep_quarantine_forever(layout: Layout) -> None:
             CONFIG,
             keep_commit=None,
             wanted_sha256s=(),
+            grace_s=0,
             quarantine_max_age_days=None,
             now=far_future,
         ).quarantined
@@ -344,7 +342,9 @@ def test_cleanup_can_keep_quarantine_forever(layout: Layout) -> None:
     )
     assert kept.exists()
     assert (
-        cleanup(layout, CONFIG, keep_commit=None, wanted_sha256s=(), now=far_future).quarantined
+        cleanup(
+            layout, CONFIG, keep_commit=None, wanted_sha256s=(), grace_s=0, now=far_future
+        ).quarantined
         != ()
     )
 
@@ -375,8 +375,9 @@ def test_audit_finds_edits_bit_rot_missing_and_extra_files(layout: Layout) -> No
     listed = tuple(RemoteFile(e.path, e.size, e.sha256) for e in manifest.entries)
     upstream = RemoteConfig("o/r", CONFIG, "c1", listed, None)
     assert plan_sync(manifest, upstream).is_noop  # the manifest alone cannot see the drift
-    refetch = plan_sync(manifest.without(reasons), upstream).to_fetch
-    assert [f.name for f in refetch] == ["a.parquet", "b.parquet", "c.parquet"]
+    refetch = plan_sync(manifest, upstream, drifted=reasons)
+    assert [f.name for f in refetch.to_fetch] == ["a.parquet", "b.parquet", "c.parquet"]
+    assert refetch.repaired == refetch.to_fetch and not refetch.unchanged
 
 
 def test_published_files_are_read_only(layout: Layout) -> None:
@@ -406,8 +407,6 @@ def test_sha256_file_matches_hashlib_across_chunks(tmp_path: Path) -> None:
 
 
 def test_prune_derived_keeps_results_of_kept_contents_only(layout: Layout) -> None:
-    from tol_dagster.store.generations import prune_derived
-
     keep, drop = "a" * 64, "b" * 64
     for sha in (keep, drop):
         folder = layout.derived_dir(CONFIG, sha)

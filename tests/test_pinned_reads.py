@@ -34,9 +34,11 @@ from tol_dagster.defs.published.partitions import slices_partitions_name
 from tol_dagster.defs.resources import StorageResource
 from tol_dagster.derived import summaries, taxon_index
 from tol_dagster.errors import StoreError
-from tol_dagster.resync import sync
+from tol_dagster.resync.gate import run_gate
+from tol_dagster.resync.state import StagedFile, StagedState
+from tol_dagster.settings import generation_grace_s
 from tol_dagster.slices.keys import parse_slice_key
-from tol_dagster.store import generations as mirror
+from tol_dagster.store import cleanup, generations
 from tol_dagster.store.file_cache import derived_path
 from tol_dagster.store.layout import Layout
 from tol_dagster.store.manifest import load_manifest, save_manifest
@@ -70,7 +72,7 @@ def write_content(layout: Layout, marker: str) -> dict[str, Path]:
 
 
 def publish(layout: Layout, marker: str, sources: dict[str, Path]) -> Path:
-    return mirror.publish_generation(layout, CONFIG, commit=marker, files=sources)
+    return generations.publish_generation(layout, CONFIG, commit=marker, files=sources)
 
 
 def markers_of(paths: list[Path], between: Callable[[], None] = lambda: None) -> list[str]:
@@ -101,7 +103,13 @@ def test_a_reader_of_mirror_files_sees_one_generation_while_20_publishes_run(
                 assert mid_query.wait(20), "the reader stopped"
                 mid_query.clear()
                 publish(layout, "B" if i % 2 == 0 else "A", contents["B" if i % 2 == 0 else "A"])
-                mirror.cleanup(layout, CONFIG, keep_commit=None, wanted_sha256s=())
+                cleanup.cleanup(
+                    layout,
+                    CONFIG,
+                    keep_commit=None,
+                    wanted_sha256s=(),
+                    grace_s=generation_grace_s(),
+                )
                 published.set()
         except BaseException as error:  # reported by the main thread
             failures.append(error)
@@ -149,22 +157,30 @@ def test_a_leased_reader_keeps_its_generation_through_publishes_and_a_grace_of_z
     publish(layout, "A", contents["A"])
     pinned_names = []
     for _ in range(5):
-        with mirror.pin_generation(layout, CONFIG) as pin:
+        with generations.pin_generation(layout, CONFIG) as pin:
             paths = pin.paths()
 
             def two_publishes() -> None:  # the pinned one is then neither current nor previous
                 for marker in ("B", "A"):
                     publish(layout, marker, contents[marker])
-                    mirror.cleanup(layout, CONFIG, keep_commit=None, wanted_sha256s=())
+                    cleanup.cleanup(
+                        layout,
+                        CONFIG,
+                        keep_commit=None,
+                        wanted_sha256s=(),
+                        grace_s=generation_grace_s(),
+                    )
 
             markers = markers_of(paths, between=two_publishes)
             assert markers == ["A"] * len(paths) and len(paths) == 3
             assert pin.path not in {
-                mirror.current_generation(layout, CONFIG),
-                mirror.previous_generation(layout, CONFIG),
+                generations.current_generation(layout, CONFIG),
+                generations.previous_generation(layout, CONFIG),
             }
             pinned_names.append(pin.name)
-    report = mirror.cleanup(layout, CONFIG, keep_commit=None, wanted_sha256s=())
+    report = cleanup.cleanup(
+        layout, CONFIG, keep_commit=None, wanted_sha256s=(), grace_s=generation_grace_s()
+    )
     assert [p.name for p in report.generations] == pinned_names[-1:]  # only its lease kept it
     assert not set(pinned_names) & set(generations_on_disk(layout))  # each went once released
 
@@ -209,14 +225,24 @@ def test_a_superseded_generation_stays_for_the_grace_period(
     later = datetime.fromtimestamp(superseded_at.published_at, UTC)
 
     monkeypatch.setenv("TOL_GENERATION_GRACE_S", "100")
-    report = mirror.cleanup(
-        layout, CONFIG, keep_commit=None, wanted_sha256s=(), now=later + timedelta(seconds=99)
+    report = cleanup.cleanup(
+        layout,
+        CONFIG,
+        keep_commit=None,
+        wanted_sha256s=(),
+        grace_s=generation_grace_s(),
+        now=later + timedelta(seconds=99),
     )
     assert report.generations == ()
     assert markers_of([first / n for n in NAMES]) == ["A"] * 3
 
-    report = mirror.cleanup(
-        layout, CONFIG, keep_commit=None, wanted_sha256s=(), now=later + timedelta(seconds=101)
+    report = cleanup.cleanup(
+        layout,
+        CONFIG,
+        keep_commit=None,
+        wanted_sha256s=(),
+        grace_s=generation_grace_s(),
+        now=later + timedelta(seconds=101),
     )
     assert report.generations == (first,)
     assert generations_on_disk(layout) == sorted([second.name, third.name])  # current, previous
@@ -230,25 +256,32 @@ def test_a_grace_of_zero_removes_at_once_and_the_default_keeps_an_hour(
     record = read_record(layout, CONFIG, second.name)
     assert record is not None
     hour_later = datetime.fromtimestamp(record.published_at, UTC) + timedelta(seconds=3599)
-    kept = mirror.cleanup(layout, CONFIG, keep_commit=None, wanted_sha256s=(), now=hour_later)
+    kept = cleanup.cleanup(
+        layout,
+        CONFIG,
+        keep_commit=None,
+        wanted_sha256s=(),
+        grace_s=generation_grace_s(),
+        now=hour_later,
+    )
     assert kept.generations == ()
     monkeypatch.setenv("TOL_GENERATION_GRACE_S", "0")
-    assert mirror.cleanup(layout, CONFIG, keep_commit=None, wanted_sha256s=()).generations == (
-        first,
-    )
+    assert cleanup.cleanup(
+        layout, CONFIG, keep_commit=None, wanted_sha256s=(), grace_s=generation_grace_s()
+    ).generations == (first,)
 
 
 def test_a_leased_generation_stays_past_its_grace_until_the_lease_ends(layout: Layout) -> None:
     first = publish(layout, "A", write_content(layout, "A"))
-    with mirror.pin_generation(layout, CONFIG) as pin:
+    with generations.pin_generation(layout, CONFIG) as pin:
         assert pin.path == first and pin.leased
         publish(layout, "B", write_content(layout, "B"))
         publish(layout, "A", write_content(layout, "A"))
-        report = mirror.cleanup(layout, CONFIG, keep_commit=None, wanted_sha256s=(), grace_s=0)
+        report = cleanup.cleanup(layout, CONFIG, keep_commit=None, wanted_sha256s=(), grace_s=0)
         assert report.generations == ()
         assert markers_of(pin.paths()) == ["A"] * 3
     assert not pin.leased
-    report = mirror.cleanup(layout, CONFIG, keep_commit=None, wanted_sha256s=(), grace_s=0)
+    report = cleanup.cleanup(layout, CONFIG, keep_commit=None, wanted_sha256s=(), grace_s=0)
     assert report.generations == (first,)
 
 
@@ -275,12 +308,12 @@ def test_a_lease_lives_exactly_as_long_as_the_process_holding_it(layout: Layout)
         assert holder.stdout.readline().strip() == first.name
         publish(layout, "B", write_content(layout, "B"))
         publish(layout, "A", write_content(layout, "A"))
-        report = mirror.cleanup(layout, CONFIG, keep_commit=None, wanted_sha256s=(), grace_s=0)
+        report = cleanup.cleanup(layout, CONFIG, keep_commit=None, wanted_sha256s=(), grace_s=0)
         assert report.generations == ()  # another process reads it
     finally:
         holder.send_signal(signal.SIGKILL)  # no chance to clean up: the kernel drops the lock
         holder.wait(30)
-    report = mirror.cleanup(layout, CONFIG, keep_commit=None, wanted_sha256s=(), grace_s=0)
+    report = cleanup.cleanup(layout, CONFIG, keep_commit=None, wanted_sha256s=(), grace_s=0)
     assert report.generations == (first,)
 
 
@@ -289,9 +322,9 @@ def test_pinning_retries_when_the_generation_it_resolved_was_removed(
 ) -> None:
     first, _, third = three_generations(layout)
     resolved = iter([first, third])
-    monkeypatch.setattr(mirror, "current_generation", lambda *_: next(resolved))
+    monkeypatch.setattr(generations, "current_generation", lambda *_: next(resolved))
     shutil.rmtree(first)  # as a cleanup between the readlink and the lease would
-    with mirror.pin_generation(layout, CONFIG) as pin:
+    with generations.pin_generation(layout, CONFIG) as pin:
         assert pin.path == third
 
 
@@ -327,7 +360,7 @@ def test_a_publish_during_a_derived_build_caches_results_of_the_bytes_read(
     home = tmp_path / "home"
     shutil.copytree(synced_home, home, symlinks=True)
     layout = Layout(home)
-    old = mirror.pin_generation(layout, CONFIG, lease=False)
+    old = generations.pin_generation(layout, CONFIG, lease=False)
     old_files = old.mirror_files()
     real = getattr(module, hooked)
     new_generation: list[Path] = []
@@ -370,7 +403,7 @@ def test_the_gate_refuses_unchanged_files_the_pinned_generation_no_longer_holds(
     layout = Layout(home)
     manifest = load_manifest(layout, CONFIG)
     assert manifest is not None
-    state = sync.StagedState(
+    state = StagedState(
         config=CONFIG,
         repo_id=manifest.repo_id,
         commit=manifest.upstream_commit,
@@ -379,27 +412,27 @@ def test_the_gate_refuses_unchanged_files_the_pinned_generation_no_longer_holds(
         changed=[],
         removed=[],
         files=[
-            sync.StagedFile(e.name, e.path, e.sha256, e.size, "current", rows=e.rows)
+            StagedFile(e.name, e.path, e.sha256, e.size, "current", rows=e.rows)
             for e in manifest.entries
         ],
     )
-    assert all(r.passed for r in sync.gate(layout, state, max_row_loss=0.01))
+    assert all(r.passed for r in run_gate(layout, state, max_row_loss=0.01))
 
-    old_files = mirror.pin_generation(layout, CONFIG, lease=False).mirror_files()
+    old_files = generations.pin_generation(layout, CONFIG, lease=False).mirror_files()
     new_files = resync_one_file(old_files, 0, tmp_path / "upstream")
-    mirror.publish_generation(
+    generations.publish_generation(
         layout, CONFIG, commit="next", files={f.name: f.path for f in new_files}
     )  # a publish this staged state knows nothing of: its file 0 is not these bytes any more
 
     with pytest.raises(StoreError, match=f"{new_files[0].name}.*changed since this sync staged"):
-        sync.gate(layout, state, max_row_loss=0.01)
+        run_gate(layout, state, max_row_loss=0.01)
 
 
 def publish_file_0_changed(layout: Layout, upstream: Path) -> Path:
     """Publish a generation whose file 0 upstream rewrote (manifest included, as a resync does)."""
-    old_files = mirror.pin_generation(layout, CONFIG, lease=False).mirror_files()
+    old_files = generations.pin_generation(layout, CONFIG, lease=False).mirror_files()
     new_files = resync_one_file(old_files, 0, upstream)
-    generation = mirror.publish_generation(
+    generation = generations.publish_generation(
         layout,
         CONFIG,
         commit="next",

@@ -35,7 +35,10 @@ from tol_dagster.defs.mirror.keys import staged_op_name
 from tol_dagster.defs.mirror.resync_slot import lease_holder, resync_lease
 from tol_dagster.errors import ResyncConflict, ValidationFailed
 from tol_dagster.hub.client import HubClient
-from tol_dagster.resync import sync
+from tol_dagster.resync.gate import run_gate
+from tol_dagster.resync.publish import publish
+from tol_dagster.resync.stage import stage
+from tol_dagster.resync.state import StagedState, load_staged, refresh_remote
 
 __all__ = ["dagster_home", "synced", "synced_home", "user"]  # fixtures, imported to be found
 
@@ -148,11 +151,11 @@ def _client(user: User) -> HubClient:
     return HubClient(user.hub.endpoint, user.hub.repo_id, None)
 
 
-def _stage(user: User, key: str) -> sync.StagedState:
+def _stage(user: User, key: str) -> StagedState:
     client = _client(user)
-    sync.refresh_remote(user.layout, client, CONFIG)
-    state = sync.stage(user.layout, client, CONFIG, key=key, log=lambda _: None)
-    refused = [r.message for r in sync.gate(user.layout, state, max_row_loss=0.1) if not r.passed]
+    refresh_remote(user.layout, client, CONFIG)
+    state = stage(user.layout, client, CONFIG, key=key, log=lambda _: None)
+    refused = [r.message for r in run_gate(user.layout, state, max_row_loss=0.1) if not r.passed]
     assert not refused, refused
     return state
 
@@ -165,10 +168,10 @@ def test_a_run_publishes_its_own_staged_commit_not_a_later_one(synced: User) -> 
     second = _stage(synced, "run-b")
     assert first.commit != second.commit
 
-    published = sync.publish(synced.layout, CONFIG, key="run-a", log=lambda _: None)
+    published = publish(synced.layout, CONFIG, key="run-a", log=lambda _: None)
 
     assert published.commit == first.commit == manifest(synced.layout).upstream_commit
-    assert sync.load_staged(synced.layout, CONFIG) is not None
+    assert load_staged(synced.layout, CONFIG) is not None
 
 
 def test_a_stage_planned_against_an_older_generation_is_never_published(synced: User) -> None:
@@ -179,7 +182,7 @@ def test_a_stage_planned_against_an_older_generation_is_never_published(synced: 
     before = mirror_view(synced.layout)
 
     with pytest.raises(ResyncConflict, match="another resync published in between"):
-        sync.publish(synced.layout, CONFIG, key="run-a", log=lambda _: None)
+        publish(synced.layout, CONFIG, key="run-a", log=lambda _: None)
 
     assert stale.base_generation != newer.generation
     assert mirror_view(synced.layout) == before
@@ -188,7 +191,7 @@ def test_a_stage_planned_against_an_older_generation_is_never_published(synced: 
 
 def test_nothing_staged_by_a_run_is_refused_by_name(synced: User) -> None:
     with pytest.raises(ValidationFailed, match="nothing is staged by run nobody"):
-        sync.publish(synced.layout, CONFIG, key="nobody", log=lambda _: None)
+        publish(synced.layout, CONFIG, key="nobody", log=lambda _: None)
 
 
 # --- the lease -----------------------------------------------------------------------------------

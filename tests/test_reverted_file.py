@@ -24,10 +24,11 @@ from resync_testing import (
 )
 
 from tol_dagster.hub.remote import RemoteFile
+from tol_dagster.resync.plan import Plan
 from tol_dagster.resync.reuse import link_kept_contents
-from tol_dagster.store import generations as mirror
+from tol_dagster.store.generations import previous_generation
 from tol_dagster.store.layout import Layout
-from tol_dagster.store.manifest import Plan
+from tol_dagster.store.staging import stage_path
 
 __all__ = ["dagster_home", "synced", "synced_home", "user"]  # fixtures, imported to be found
 
@@ -40,7 +41,7 @@ def test_a_file_reverted_upstream_is_linked_from_the_kept_generation(synced: Use
     rows = card_rows(synced.root)
     valid_edit(synced.root, name)
     assert synced.sync().code == 0
-    previous = mirror.previous_generation(synced.layout, CONFIG)
+    previous = previous_generation(synced.layout, CONFIG)
     assert previous is not None and (previous / name).is_file(), "the old bytes are kept"
     kept_inode = (previous / name).stat().st_ino
 
@@ -90,7 +91,7 @@ def test_only_a_kept_file_with_the_hubs_sha256_is_linked(tmp_path: Path) -> None
         return Plan(commit, (RemoteFile(f"{CONFIG}/a.parquet", 10, sha),), (), (), ())
 
     assert link_kept_contents(layout, CONFIG, plan(same_size, "c2"), log=print) == []
-    assert not mirror.stage_path(layout, CONFIG, "c2", "a.parquet").exists()
+    assert not stage_path(layout, CONFIG, "c2", "a.parquet").exists()
     assert link_kept_contents(layout, CONFIG, plan(right, "c3"), log=print) == ["a.parquet"]
-    staged = mirror.stage_path(layout, CONFIG, "c3", "a.parquet")
+    staged = stage_path(layout, CONFIG, "c3", "a.parquet")
     assert staged.stat().st_ino == kept.stat().st_ino

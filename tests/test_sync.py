@@ -45,8 +45,10 @@ from resync_testing import (
 
 from tol_dagster.defs.orphaned_runs import PID_TAG
 from tol_dagster.devtools.localhub import Fault, LocalHub
-from tol_dagster.resync import sync
-from tol_dagster.store import generations as mirror
+from tol_dagster.resync import facts, gate
+from tol_dagster.resync.state import load_staged
+from tol_dagster.schema import expected_schema
+from tol_dagster.store.quarantine import list_quarantine
 
 __all__ = [
     "dagster_home",
@@ -306,9 +308,7 @@ def test_a_corrupt_upstream_file_is_refused_named_and_then_fixed_alone(
     assert synced.requests()["lfs_get"] == 1
     said = [line for line in refused.err.splitlines() if f"check {case.check} failed" in line]
     assert [line for line in said if bad in line and case.reason in line], refused.err
-    aside = [
-        q for q in mirror.list_quarantine(synced.layout, CONFIG) if q.path.name.startswith(bad)
-    ]
+    aside = [q for q in list_quarantine(synced.layout, CONFIG) if q.path.name.startswith(bad)]
     assert bool(aside) is case.quarantined
     assert all(case.check in q.reason for q in aside)
 
@@ -436,8 +436,9 @@ def test_accept_schema_change_publishes_drift_from_the_last_validated_schema(
 ) -> None:
     """A release whose contract adds a column: the mirror's last validated schema lacks it, so
     the drift needs the user's consent once."""
-    contract = sync.expected_schema(CONFIG).append(pa.field("resolution_status", pa.string()))
-    monkeypatch.setattr(sync, "expected_schema", lambda config: contract)
+    contract = expected_schema(CONFIG).append(pa.field("resolution_status", pa.string()))
+    for reader in (facts, gate):  # the modules that read the contract during a resync
+        monkeypatch.setattr(reader, "expected_schema", lambda config: contract)
     before = mirror_view(synced.layout)
     for name in file_names(synced.root):
         edit_upstream(synced.folder / name, _with_resolution_status)
@@ -564,7 +565,7 @@ def test_a_force_push_mid_sync_is_replanned_against_the_new_head(user: User) -> 
     assert outcome.code == 0, outcome.text
     assert "re-planning against the new head" in outcome.err
     assert manifest(user.layout).upstream_commit == rewritten[0] == user.hub.head_commit()
-    staged = sync.load_staged(user.layout, CONFIG)
+    staged = load_staged(user.layout, CONFIG)
     assert staged is not None and staged.replans == 1
     assert mirror_view(user.layout).sha256s == upstream_files(user.root)
     sizes = sum((user.folder / n).stat().st_size for n in file_names(user.root))

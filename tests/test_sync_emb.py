@@ -27,7 +27,7 @@ from resync_testing import (
 )
 
 from tol_dagster.hub.client import HubClient
-from tol_dagster.resync import sync
+from tol_dagster.resync.facts import file_facts
 from tol_dagster.store.hashing import sha256_file
 from tol_dagster.store.layout import Layout
 from tol_dagster.validation.emb_digests import emb_matrix
@@ -209,11 +209,11 @@ def test_file_facts_caches_nothing_for_bytes_that_are_not_the_announced_ones(
     copy.write_bytes(bytes(data))
     claimed = "0" * 64
 
-    facts = sync.file_facts(layout, CONFIG, copy, claimed)
+    facts = file_facts(layout, CONFIG, copy, claimed)
 
     sha = facts.result("sha256_matches_upstream")
     assert sha is not None and not sha.passed
     assert sha.details == {"expected": claimed, "actual": sha256_file(copy)}
     assert not layout.derived_dir(CONFIG, claimed).exists()
-    real = sync.file_facts(layout, CONFIG, path, sha256_file(path))
+    real = file_facts(layout, CONFIG, path, sha256_file(path))
     assert real.passed

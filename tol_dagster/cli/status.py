@@ -14,7 +14,7 @@ from tol_dagster.definitions import build_definitions
 from tol_dagster.defs.instance import open_instance
 from tol_dagster.defs.mirror.jobs import STATUS_JOB
 from tol_dagster.defs.orphaned_runs import cli_run_tags
-from tol_dagster.resync import sync
+from tol_dagster.resync import plan, revision_diff, state
 from tol_dagster.settings import Settings
 from tol_dagster.store.manifest import load_manifest
 
@@ -25,7 +25,7 @@ def status_report(settings: Settings) -> dict[str, dict[str, object]]:
     for config in settings.configs:
         layout = settings.layout
         manifest = load_manifest(layout, config)
-        remote = sync.load_remote(layout, config)
+        remote = state.load_remote(layout, config)
         entry: dict[str, object] = {
             "mirror_path": str(layout.mirror_dir(config)),
             "mirror_commit": manifest.upstream_commit if manifest else None,
@@ -35,9 +35,9 @@ def status_report(settings: Settings) -> dict[str, dict[str, object]]:
             "upstream_commit": remote.commit if remote else None,
             "upstream_expected_rows": remote.expected_rows if remote else None,
         }
-        entry["last_change"] = sync.last_revision_diff(layout, config)
+        entry["last_change"] = revision_diff.last_revision_diff(layout, config)
         if remote is not None:
-            decision = sync.decide(layout, remote)
+            decision = plan.decide(layout, remote)
             entry["in_sync"] = not decision.needs_run
             entry["pending"] = decision.reason
         report[config] = entry

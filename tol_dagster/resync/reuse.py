@@ -13,10 +13,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 from tol_dagster.hub.remote import RemoteFile
-from tol_dagster.store import generations as mirror
+from tol_dagster.resync.plan import Plan
+from tol_dagster.store.generations import kept_generations
 from tol_dagster.store.hashing import sha256_file
 from tol_dagster.store.layout import Layout
-from tol_dagster.store.manifest import Plan
+from tol_dagster.store.staging import stage_path, staged_files
 
 
 def link_kept_contents(
@@ -24,7 +25,7 @@ def link_kept_contents(
 ) -> list[str]:
     """Hard-link into `plan`'s staging every file to fetch that a kept generation holds with
     the same sha256; returns their names. Local reads only: no request is made."""
-    staged = mirror.staged_files(layout, config, plan.commit)
+    staged = staged_files(layout, config, plan.commit)
     # A content validated here has per-file results under derived/<sha256>/, kept while a kept
     # generation holds it: without them no generation can hold it, and nothing is hashed.
     wanted = [
@@ -32,13 +33,13 @@ def link_kept_contents(
         for f in plan.to_fetch
         if f.name not in staged and layout.derived_dir(config, f.sha256).is_dir()
     ]
-    generations = mirror.kept_generations(layout, config) if wanted else []
+    generations = kept_generations(layout, config) if wanted else []
     linked = []
     for remote_file in wanted:
         source = _holder(generations, remote_file)
         if source is None:
             continue
-        target = mirror.stage_path(layout, config, plan.commit, remote_file.name)
+        target = stage_path(layout, config, plan.commit, remote_file.name)
         target.parent.mkdir(parents=True, exist_ok=True)
         os.link(source, target)
         linked.append(remote_file.name)

@@ -4,18 +4,24 @@ A file whose sha256 is in both generations holds the same rows in both, so only 
 left (old side) and the files that arrived (new side) are read, and only `uuid` and the rank
 columns of them. A row whose uuid kept its lineage is unchanged; a uuid whose lineage changed
 counts as removed from its old taxon and added to its new one (`relabelled` counts those).
+The diff of the last published resync is kept under `Layout.state_dir` for `tol-dagster status`.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 
 from tol_dagster import duck
+from tol_dagster.resync.publish import Published
 from tol_dagster.schema import RANKS, quote_ident
+from tol_dagster.store.durable import write_atomic
+from tol_dagster.store.layout import Layout
 from tol_dagster.store.mirror_files import MirrorFile
 
 _RANKS_SQL = ", ".join(quote_ident(rank) for rank in RANKS)
@@ -117,3 +123,36 @@ def _paths(files: Sequence[MirrorFile]) -> list[list[str]]:
 def _cell(value: str | None) -> str:
     """A markdown table cell: NULL shown as an em dash, pipes escaped."""
     return "—" if value is None else value.replace("|", "\\|")
+
+
+# --- what a published resync changed, kept for `status` -------------------------------------------
+
+
+def _revision_diff_path(layout: Layout, config: str) -> Path:
+    return layout.state_dir(config) / "revision_diff.json"
+
+
+def record_revision_diff(layout: Layout, config: str, published: Published) -> RevisionDiff | None:
+    """Rows added and removed per taxon by the resync just published (reads changed files only)."""
+    previous = published.previous
+    if not published.changed or previous is None:
+        return None
+    old_dir = layout.generations_dir(config) / previous.generation
+    if not old_dir.is_dir():
+        return None
+    new_dir = layout.generations_dir(config) / published.generation  # not the symlink: pinned
+    old = [MirrorFile(e.name, e.sha256, old_dir / e.name) for e in previous.entries]
+    new = [MirrorFile(e.name, e.sha256, new_dir / e.name) for e in published.manifest.entries]
+    diff = diff_generations(old, new)
+    document = {
+        "from_commit": previous.upstream_commit,
+        "to_commit": published.commit,
+        **diff.to_dict(limit=200),
+    }
+    write_atomic(_revision_diff_path(layout, config), json.dumps(document, indent=1).encode())
+    return diff
+
+
+def last_revision_diff(layout: Layout, config: str) -> dict[str, object] | None:
+    path = _revision_diff_path(layout, config)
+    return json.loads(path.read_text()) if path.is_file() else None

@@ -13,12 +13,18 @@
     derived/<sha256>/             per-file results (validation facts, summaries) keyed by content
 <home>/dagster/                   DAGSTER_HOME: runs, event logs, schedules
 <home>/demo-hub/                  the sample repo the local Hub serves in `make demo`/`make dev`
+
+Commit ids and file names that become path components are checked here (`check_commit`,
+`check_file_name`).
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
+
+_COMMIT = re.compile(r"^[0-9A-Za-z]+$")
 
 
 @dataclass(frozen=True)
@@ -91,3 +97,25 @@ class Layout:
     def demo_repo(self) -> Path:
         """The generated sample repo that the local Hub serves in the demo and `make dev`."""
         return self.home / "demo-hub"
+
+
+def check_commit(commit: str) -> str:
+    """`commit`, if it is a plain alphanumeric revision id (it names a staging folder)."""
+    if not _COMMIT.match(commit):
+        raise ValueError(f"commit {commit!r} is not a plain alphanumeric revision id")
+    return commit
+
+
+def check_file_name(name: str) -> str:
+    """A published file name: plain, visible, and a parquet file (the mirror holds nothing else)."""
+    if (
+        not name
+        or "/" in name
+        or "\\" in name
+        or name.startswith(".")
+        or not name.endswith(".parquet")
+    ):
+        raise ValueError(
+            f"{name!r} is not a plain *.parquet file name; the mirror holds only those"
+        )
+    return name

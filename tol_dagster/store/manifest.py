@@ -1,27 +1,25 @@
-"""The durable manifest of a config's published mirror, and the plan that diffs it against upstream.
+"""The durable manifest of a config's published mirror.
 
 The manifest says what the published generation holds (each file's sha256, size, rows, the
-commit it came from and when it passed the gate). Diffing it against the remote listing by
-sha256 is what makes an in-sync check free: unchanged files cost no request at all.
+commit it came from and when it passed the gate). The resync's plan diffs it against the remote
+listing by sha256 (`tol_dagster.resync.plan`), which makes an in-sync check free: unchanged files
+cost no request at all.
 """
 
 from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Collection, Mapping
-from dataclasses import dataclass, replace
+from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pyarrow as pa
 
-from tol_dagster.errors import StoreError, UpstreamError
+from tol_dagster.errors import StoreError
 from tol_dagster.store.durable import write_atomic
 from tol_dagster.store.layout import Layout
-
-if TYPE_CHECKING:  # hub.py pulls in huggingface_hub; reading a manifest must not
-    from tol_dagster.hub.remote import RemoteConfig, RemoteFile
 
 #: Bumped when the file's shape changes; an unknown format is refused, not guessed at.
 MANIFEST_FORMAT = 1
@@ -70,7 +68,7 @@ class Manifest:
     config: str
     repo_id: str
     upstream_commit: str
-    generation: str  # the generation folder's name, see `mirror.publish_generation`
+    generation: str  # the generation folder's name, see `generations.publish_generation`
     card_expected_rows: int | None
     schema_json: str | None  # see `schema_to_json`: the last validated schema
     validated_at: str
@@ -94,12 +92,6 @@ class Manifest:
     @property
     def schema(self) -> pa.Schema | None:
         return None if self.schema_json is None else schema_from_json(self.schema_json)
-
-    def without(self, names: Collection[str]) -> Manifest:
-        """This manifest minus `names` (e.g. files the audit found drifted): the next plan
-        sees them as added, so they are fetched and verified again."""
-        drop = set(names)
-        return replace(self, entries=tuple(e for e in self.entries if e.name not in drop))
 
     def to_json(self) -> str:
         document: dict[str, Any] = {
@@ -197,101 +189,3 @@ def load_manifest(layout: Layout, config: str) -> Manifest | None:
 def save_manifest(layout: Layout, manifest: Manifest) -> None:
     """Replace the manifest durably: a crash at any instant leaves the old or the new one, whole."""
     write_atomic(layout.manifest_path(manifest.config), manifest.to_json().encode("utf-8"))
-
-
-@dataclass(frozen=True)
-class Plan:
-    """What a sync to `commit` must do: fetch `to_fetch`, drop `removed`, keep `unchanged`."""
-
-    commit: str
-    added: tuple[RemoteFile, ...]
-    changed: tuple[RemoteFile, ...]
-    removed: tuple[str, ...]
-    unchanged: tuple[str, ...]
-
-    @property
-    def to_fetch(self) -> tuple[RemoteFile, ...]:
-        return tuple(sorted((*self.added, *self.changed), key=lambda f: f.name))
-
-    @property
-    def bytes_to_fetch(self) -> int:
-        return sum(remote_file.size for remote_file in self.to_fetch)
-
-    @property
-    def is_noop(self) -> bool:
-        """No file to fetch or drop (the commit may still differ: it touched other paths)."""
-        return not (self.added or self.changed or self.removed)
-
-
-def plan_sync(manifest: Manifest | None, remote: RemoteConfig) -> Plan:
-    """Diff the remote listing against the manifest by sha256 (and size); no request is made."""
-    if manifest is not None and manifest.config != remote.config:
-        raise ValueError(
-            f"cannot plan config {remote.config!r} against the manifest of {manifest.config!r}"
-        )
-    remote_by_name: dict[str, RemoteFile] = {}
-    for remote_file in remote.files:
-        if remote_file.name in remote_by_name:
-            raise UpstreamError(
-                f"{remote.repo_id}@{remote.commit}: {remote_file.path} and "
-                f"{remote_by_name[remote_file.name].path} share a file name; the mirror of "
-                f"{remote.config} is one flat folder and cannot hold both. Report it upstream."
-            )
-        remote_by_name[remote_file.name] = remote_file
-    local = {} if manifest is None else manifest.by_name
-    added, changed, unchanged = [], [], []
-    for name in sorted(remote_by_name):
-        remote_file, entry = remote_by_name[name], local.get(name)
-        if entry is None:
-            added.append(remote_file)
-        elif (entry.sha256, entry.size) != (remote_file.sha256, remote_file.size):
-            changed.append(remote_file)
-        else:
-            unchanged.append(name)
-    return Plan(
-        commit=remote.commit,
-        added=tuple(added),
-        changed=tuple(changed),
-        removed=tuple(sorted(set(local) - set(remote_by_name))),
-        unchanged=tuple(unchanged),
-    )
-
-
-def manifest_after(
-    plan: Plan,
-    previous: Manifest | None,
-    remote: RemoteConfig,
-    *,
-    generation: str,
-    rows: Mapping[str, int],
-    schema_json: str | None,
-    validated_at: str,
-) -> Manifest:
-    """The manifest of the generation that publishes `plan`: fetched files get new entries
-    (their `rows` by name are required), unchanged files keep theirs."""
-    kept = {} if previous is None else previous.by_name
-    missing = [f.name for f in plan.to_fetch if f.name not in rows]
-    if missing:
-        raise ValueError(f"no row count for fetched files: {', '.join(missing)}")
-    fetched = [
-        ManifestEntry(
-            name=f.name,
-            path=f.path,
-            sha256=f.sha256,
-            size=f.size,
-            rows=rows[f.name],
-            upstream_commit=plan.commit,
-            validated_at=validated_at,
-        )
-        for f in plan.to_fetch
-    ]
-    return Manifest(
-        config=remote.config,
-        repo_id=remote.repo_id,
-        upstream_commit=plan.commit,
-        generation=generation,
-        card_expected_rows=remote.expected_rows,
-        schema_json=schema_json,
-        validated_at=validated_at,
-        entries=(*fetched, *(kept[name] for name in plan.unchanged)),
-    )

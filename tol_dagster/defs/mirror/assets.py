@@ -2,7 +2,7 @@
 
 The download is a staged state of its own, so a failing check is recorded against the staged
 version and never against the mirror consumers read; `mirror` only runs when every blocking
-check on `staged` passed, and publishing is one atomic switch (see `tol_dagster.resync.sync`).
+check on `staged` passed, and publishing is one atomic switch (see `tol_dagster.resync.publish`).
 No `code_version` here: what these assets hold is upstream's bytes, which our code verifies
 but does not shape.
 """
@@ -16,7 +16,9 @@ from tol_dagster.defs.metadata import OWNERS, blocking_checks, check_result, tab
 from tol_dagster.defs.mirror.keys import mirror_group
 from tol_dagster.defs.mirror.resync_slot import ResyncSlotResource, resync_pool
 from tol_dagster.defs.resources import GateResource, HubResource, StorageResource
-from tol_dagster.resync import sync
+from tol_dagster.resync import audit, plan, publish, revision_diff, stage
+from tol_dagster.resync.gate import GATE_CHECKS, run_gate
+from tol_dagster.resync.state import load_staged, refresh_remote, remote_version
 from tol_dagster.schema import expected_schema
 
 
@@ -45,9 +47,9 @@ def build_remote_asset(name: str) -> dg.AssetsDefinition:
     def remote(
         context: dg.AssetExecutionContext, hub: HubResource, storage: StorageResource
     ) -> dg.MaterializeResult:
-        state = sync.refresh_remote(storage.layout, hub.client(), name)
-        behind = sync.plan_against_mirror(storage.layout, state)
-        context.log.info(f"upstream {name} at {state.commit[:12]}: {sync.plan_summary(behind)}")
+        state = refresh_remote(storage.layout, hub.client(), name)
+        behind = plan.plan_against_mirror(storage.layout, state)
+        context.log.info(f"upstream {name} at {state.commit[:12]}: {plan.plan_summary(behind)}")
         return dg.MaterializeResult(
             metadata={
                 "upstream_commit": state.commit,
@@ -59,7 +61,7 @@ def build_remote_asset(name: str) -> dg.AssetsDefinition:
                 "files_behind": len(behind.to_fetch) + len(behind.removed),
                 "bytes_behind": behind.bytes_to_fetch,
             },
-            data_version=dg.DataVersion(sync.remote_version(state)),
+            data_version=dg.DataVersion(remote_version(state)),
         )
 
     return remote
@@ -68,7 +70,8 @@ def build_remote_asset(name: str) -> dg.AssetsDefinition:
 def _staged_description(name: str) -> str:
     return (
         f"Files of `{name}` fetched for the upstream commit and verified (sha256), waiting behind "
-        "the validation gate. Only files whose sha256 differs from the mirror's are fetched. "
+        "the validation gate. Only files whose sha256 differs from the mirror's are fetched, and "
+        "files the last audit found drifted (re-verified first). "
         "Kept per run: the run's `mirror` publishes what its own `staged` staged."
     )
 
@@ -83,7 +86,7 @@ def build_staged_asset(name: str) -> dg.AssetsDefinition:
         kinds={"parquet"},
         owners=OWNERS,
         description=_staged_description(name),
-        check_specs=blocking_checks(staged_key, sync.GATE_CHECKS),
+        check_specs=blocking_checks(staged_key, GATE_CHECKS),
         tags={"tol/stage": "download"},
         pool=resync_pool(name),
     )
@@ -95,13 +98,14 @@ def build_staged_asset(name: str) -> dg.AssetsDefinition:
         gate: GateResource,
         resync_slot: ResyncSlotResource,  # held from the run's start to its end
     ) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
-        state = sync.stage(
+        state = stage.stage(
             storage.layout,
             hub.client(),
             name,
             commit=config.commit,
             max_parallel=hub.max_parallel_downloads,
             key=context.run.run_id,
+            suspects=_audit_suspects(context, asset_key(name, "mirror")),
             log=context.log.info,
         )
         yield dg.MaterializeResult(
@@ -117,7 +121,7 @@ def build_staged_asset(name: str) -> dg.AssetsDefinition:
             },
             data_version=dg.DataVersion(state.version),
         )
-        for result in sync.gate(
+        for result in run_gate(
             storage.layout,
             state,
             max_row_loss=gate.max_row_loss,
@@ -149,8 +153,8 @@ def build_mirror_asset(name: str) -> dg.AssetsDefinition:
         resync_slot: ResyncSlotResource,  # held since before this run's `staged`
     ) -> dg.MaterializeResult:
         key = _staged_by(context, storage, name)
-        published = sync.publish(storage.layout, name, key=key, log=context.log.info)
-        diff = sync.record_revision_diff(storage.layout, name, published)
+        published = publish.publish(storage.layout, name, key=key, log=context.log.info)
+        diff = revision_diff.record_revision_diff(storage.layout, name, published)
         return dg.MaterializeResult(
             metadata={
                 "upstream_commit": published.commit,
@@ -179,6 +183,18 @@ def _staged_by(context: dg.AssetExecutionContext, storage: StorageResource, conf
     `mirror` from a failed run, the run it re-executes (Dagster's parent and root run)."""
     run = context.run
     for key in (run.run_id, run.parent_run_id, run.root_run_id):
-        if key and sync.load_staged(storage.layout, config, key) is not None:
+        if key and load_staged(storage.layout, config, key) is not None:
             return key
     return run.run_id  # publish says that nothing is staged by this run
+
+
+def _audit_suspects(context: dg.AssetExecutionContext, mirror_key: dg.AssetKey) -> list[str]:
+    """The files the latest audit of the mirror found drifted, from Dagster's record of it:
+    the resync re-hashes them and fetches again those still drifted (the audit writes nothing)."""
+    record = context.instance.get_latest_asset_check_evaluation_record(
+        dg.AssetCheckKey(mirror_key, audit.AUDIT_CHECK)
+    )
+    evaluation = record.evaluation if record is not None else None
+    named = evaluation.metadata.get(audit.DRIFTED_FILES) if evaluation is not None else None
+    names = named.value if isinstance(named, dg.JsonMetadataValue) else None
+    return [n for n in names if isinstance(n, str)] if isinstance(names, list) else []

@@ -10,7 +10,7 @@ import dagster as dg
 from tol_dagster.defs.keys import asset_key
 from tol_dagster.defs.metadata import check_result
 from tol_dagster.defs.resources import HubResource, StorageResource
-from tol_dagster.resync import sync
+from tol_dagster.resync import audit
 
 
 def build_audit_check(name: str) -> dg.AssetChecksDefinition:
@@ -18,10 +18,10 @@ def build_audit_check(name: str) -> dg.AssetChecksDefinition:
 
     @dg.asset_check(
         asset=mirror_key,
-        name=sync.AUDIT_CHECK,
+        name=audit.AUDIT_CHECK,
         description="Every published file still has the sha256 and size in the manifest, and upstream agrees (bit rot, hand edits).",
     )
     def mirror_matches_manifest(hub: HubResource, storage: StorageResource) -> dg.AssetCheckResult:
-        return check_result(sync.audit(storage.layout, name, client=hub.client()), mirror_key)
+        return check_result(audit.audit(storage.layout, name, client=hub.client()), mirror_key)
 
     return mirror_matches_manifest

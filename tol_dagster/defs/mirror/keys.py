@@ -5,7 +5,7 @@ from __future__ import annotations
 import dagster as dg
 
 from tol_dagster.defs.keys import asset_key, op_name, safe_name
-from tol_dagster.resync.sync import GATE_CHECKS
+from tol_dagster.resync.gate import GATE_CHECKS
 
 
 def mirror_group(config: str) -> str:

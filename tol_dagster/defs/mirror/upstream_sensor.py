@@ -25,7 +25,8 @@ from tol_dagster.defs.orphaned_runs import fail_dead_cli_runs
 from tol_dagster.defs.resources import HubResource, StorageResource
 from tol_dagster.errors import UpstreamError
 from tol_dagster.hub.retry import RetryPolicy
-from tol_dagster.resync import sync
+from tol_dagster.resync.plan import decide
+from tol_dagster.resync.state import remote_version
 
 #: A tick stays short: one quick retry, then the next tick tries again. The default policy
 #: (6 attempts, backoff to 30 s) held a tick for 31 s against a Hub that was down, and longer
@@ -80,11 +81,11 @@ def build_upstream_change_sensor(
                     f"{config}: listing failed, will retry on a later tick: {error}"
                 )
                 return dg.SkipReason(f"{config}: listing failed: {error}")
-            decision = sync.decide(storage.layout, remote)
+            decision = decide(storage.layout, remote)
             context.log.info(f"{config} @ {head[:12]}: {decision.reason}")
             if not decision.needs_run:
                 continue
-            base = f"{config}@{head}:{sync.remote_version(remote)}"
+            base = f"{config}@{head}:{remote_version(remote)}"
             plans[config] = {"run_key": base, "plan": decision.reason[:200]}
             requests.append(_resync_request(config, head, base, decision.reason[:200]))
         if not requests:

@@ -1,0 +1,177 @@
+"""Drift in the published mirror, as a user meets it: the audit (`mirror_matches_manifest`, run
+through Dagster) only reports it and writes nothing; the next `tol-dagster sync` re-verifies the
+files it named and fetches again those still drifted, and finds missing or resized files by
+itself. The local Hub counts every file request.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import dagster as dg
+import pytest
+from resync_testing import (
+    CONFIG,
+    User,
+    dagster_home,
+    file_names,
+    manifest,
+    mirror_view,
+    synced,
+    synced_home,
+    upstream_files,
+    user,
+    valid_edit,
+)
+from tol_dagster.defs.jobs import AUDIT_JOB
+
+from tol_dagster.definitions import build_definitions
+from tol_dagster.defs.instance import open_instance
+from tol_dagster.resync.audit import AUDIT_CHECK, DRIFTED_FILES
+from tol_dagster.settings import Settings
+from tol_dagster.store.hashing import sha256_file
+
+__all__ = ["dagster_home", "synced", "synced_home", "user"]  # fixtures, imported to be found
+
+
+def flip_a_byte(path: Path) -> None:
+    """Bit rot inside a published file: one byte in its middle changes, its size does not."""
+    mode = path.stat().st_mode
+    os.chmod(path, mode | stat.S_IWUSR)
+    with open(path, "r+b") as handle:
+        handle.seek(path.stat().st_size // 2)
+        byte = handle.read(1)
+        handle.seek(-1, os.SEEK_CUR)
+        handle.write(bytes([byte[0] ^ 0xFF]))
+    os.chmod(path, mode)
+
+
+def tree(home: Path, skip: Path) -> dict[str, tuple[str | None, int, int]]:
+    """Every entry under `home` but `skip` (Dagster's storage): its content (a file's sha256, a
+    symlink's target), mtime and mode."""
+    found: dict[str, tuple[str | None, int, int]] = {}
+    for root, folders, files in os.walk(home):
+        base = Path(root)
+        folders[:] = [name for name in folders if base / name != skip]
+        for name in [*folders, *files]:
+            path = base / name
+            status = path.lstat()
+            content = (
+                os.readlink(path)
+                if stat.S_ISLNK(status.st_mode)
+                else sha256_file(path)
+                if stat.S_ISREG(status.st_mode)
+                else None
+            )
+            found[str(path.relative_to(home))] = (content, status.st_mtime_ns, status.st_mode)
+    return found
+
+
+def audit(user: User) -> dg.AssetCheckEvaluation:
+    """The audit job run through Dagster on the user's instance, as the schedule runs it."""
+    settings = Settings.from_env()
+    with open_instance(settings) as instance:
+        result = (
+            build_definitions(settings)
+            .resolve_job_def(AUDIT_JOB)
+            .execute_in_process(instance=instance, raise_on_error=False)
+        )
+    [evaluation] = [e for e in result.get_asset_check_evaluations() if e.check_name == AUDIT_CHECK]
+    return evaluation
+
+
+def drifted_files(evaluation: dg.AssetCheckEvaluation) -> object:
+    named = evaluation.metadata[DRIFTED_FILES]
+    assert isinstance(named, dg.JsonMetadataValue)
+    return named.value
+
+
+def test_an_audit_that_finds_drift_leaves_every_file_of_the_data_home_untouched(
+    synced: User,
+) -> None:
+    rotten = file_names(synced.root)[1]
+    flip_a_byte(synced.layout.mirror_dir(CONFIG) / rotten)
+    before = tree(synced.home, skip=synced.layout.dagster_home())
+
+    evaluation = audit(synced)
+
+    assert not evaluation.passed
+    assert drifted_files(evaluation) == [rotten]
+    assert "the next resync re-verifies these 1 drifted files and fetches them again" in (
+        evaluation.description or ""
+    )
+    assert tree(synced.home, skip=synced.layout.dagster_home()) == before
+
+
+def test_after_a_failed_audit_the_next_sync_fetches_that_file_alone_and_the_audit_passes(
+    synced: User,
+) -> None:
+    rotten = file_names(synced.root)[1]
+    flip_a_byte(synced.layout.mirror_dir(CONFIG) / rotten)
+    before = mirror_view(synced.layout)
+    assert not audit(synced).passed
+    synced.reset_counts()
+
+    outcome = synced.sync()
+
+    assert outcome.code == 0, outcome.text
+    assert synced.requests()["lfs_get"] == 1
+    assert synced.bytes_served() == (synced.folder / rotten).stat().st_size
+    after = mirror_view(synced.layout)
+    assert after.sha256s == upstream_files(synced.root)
+    assert after.target != before.target, "published as a new generation"
+    assert after.files[rotten][1] != before.files[rotten][1]
+    for name, (_, inode) in before.files.items():
+        if name != rotten:
+            assert after.files[name][1] == inode, f"{name} was not linked from the mirror"
+    assert manifest(synced.layout).upstream_commit == synced.hub.head_commit()
+    passed = audit(synced)
+    assert passed.passed, passed.description
+    assert drifted_files(passed) == []
+
+
+def test_a_stale_audit_report_makes_the_sync_fetch_nothing_for_a_file_since_replaced(
+    synced: User,
+) -> None:
+    rotten = file_names(synced.root)[1]
+    flip_a_byte(synced.layout.mirror_dir(CONFIG) / rotten)
+    assert drifted_files(audit(synced)) == [rotten]
+    valid_edit(synced.root, rotten)  # upstream rewrites it: the next publish replaces the rot
+    replaced = synced.sync()
+    assert replaced.code == 0, replaced.text
+    assert mirror_view(synced.layout).sha256s == upstream_files(synced.root)
+    before = mirror_view(synced.layout)
+    synced.reset_counts()
+
+    again = synced.sync()  # the latest audit still names `rotten`
+
+    assert again.code == 0, again.text
+    assert f"match the manifest again, not fetched: {rotten}" in again.text
+    assert synced.file_requests() == dict.fromkeys(synced.file_requests(), 0)
+    assert mirror_view(synced.layout) == before
+
+
+@pytest.mark.parametrize("damage", ["deleted", "truncated"])
+def test_a_published_file_deleted_or_truncated_is_fetched_again_without_an_audit(
+    synced: User, damage: str
+) -> None:
+    name = file_names(synced.root)[1]
+    path = synced.layout.mirror_dir(CONFIG) / name
+    if damage == "deleted":
+        path.unlink()
+    else:
+        os.chmod(path, 0o644)
+        os.truncate(path, path.stat().st_size // 2)
+
+    outcome = synced.sync()
+
+    assert outcome.code == 0, outcome.text
+    assert f"{name} drifted from the manifest" in outcome.text
+    assert synced.requests()["lfs_get"] == 1
+    assert synced.bytes_served() == (synced.folder / name).stat().st_size
+    assert mirror_view(synced.layout).sha256s == upstream_files(synced.root)
+    with open_instance(Settings.from_env()) as instance:
+        audit_key = dg.AssetCheckKey(dg.AssetKey(["tol", CONFIG, "mirror"]), AUDIT_CHECK)
+        assert instance.get_latest_asset_check_evaluation_record(audit_key) is None
