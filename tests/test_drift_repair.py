@@ -25,10 +25,10 @@ from resync_testing import (
     user,
     valid_edit,
 )
-from tol_dagster.defs.jobs import AUDIT_JOB
 
 from tol_dagster.definitions import build_definitions
 from tol_dagster.defs.instance import open_instance
+from tol_dagster.defs.mirror.jobs import AUDIT_JOB
 from tol_dagster.resync.audit import AUDIT_CHECK, DRIFTED_FILES
 from tol_dagster.settings import Settings
 from tol_dagster.store.hashing import sha256_file

@@ -23,14 +23,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from tol_dagster import duck
-from tol_dagster.derived.parts import (
-    publish_table,
-    read_part,
-    read_published,
-    split_by_file,
-    stale_files,
-    write_part,
-)
+from tol_dagster.derived import parts
 from tol_dagster.schema import SLICE_RANKS, quote_ident
 from tol_dagster.store.layout import Layout
 from tol_dagster.store.mirror_files import MirrorFile
@@ -98,13 +91,13 @@ def build_taxon_index(
     files: Sequence[MirrorFile], layout: Layout, config: str, *, force: bool = False
 ) -> IndexResult:
     """Index the files not indexed yet (all when `force`), then publish the whole index."""
-    stale = stale_files(files, layout, config, INDEX_PART, force=force)
+    stale = parts.stale_files(files, layout, config, INDEX_PART, force=force)
     if stale:
-        for file, part in split_by_file(_index_files(stale), stale):
-            write_part(part, layout, config, file, INDEX_PART)
+        for file, part in parts.split_by_file(_index_files(stale), stale):
+            parts.write_part(part, layout, config, file, INDEX_PART)
     index = _combine(files, layout, config)
     path = layout.taxon_index_path(config)
-    publish_table(index, path, **_WRITER_OPTIONS)
+    parts.publish_table(index, path, **_WRITER_OPTIONS)
     return IndexResult(
         recomputed=tuple(f.name for f in stale),
         rows=index.num_rows,
@@ -115,7 +108,7 @@ def build_taxon_index(
 
 def read_taxon_index(layout: Layout, config: str) -> pa.Table:
     """The published index."""
-    return read_published(layout.taxon_index_path(config), f"tol/{config}/taxon_index")
+    return parts.read_published(layout.taxon_index_path(config), f"tol/{config}/taxon_index")
 
 
 def lookup(index: pa.Table, rank: str, value: str) -> list[Entry]:
@@ -188,11 +181,11 @@ def _combine(files: Sequence[MirrorFile], layout: Layout, config: str) -> pa.Tab
     Parts are sorted by (rank, value, row_group) and concatenated in mirror order, and Arrow's
     sort is stable, so sorting by (rank, value) keeps each taxon's entries in mirror order.
     """
-    parts = []
+    tables = []
     for file in files:
-        part = read_part(layout, config, file, INDEX_PART)
-        parts.append(part.add_column(2, "file", pa.repeat(file.name, part.num_rows)))
-    if not parts:
+        part = parts.read_part(layout, config, file, INDEX_PART)
+        tables.append(part.add_column(2, "file", pa.repeat(file.name, part.num_rows)))
+    if not tables:
         return INDEX_SCHEMA.empty_table()
-    index = pa.concat_tables(parts).cast(INDEX_SCHEMA)
+    index = pa.concat_tables(tables).cast(INDEX_SCHEMA)
     return index.sort_by([("rank", "ascending"), ("value", "ascending")])

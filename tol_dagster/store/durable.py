@@ -72,7 +72,7 @@ def atomic_path(path: Path) -> Iterator[Path]:
         make_public(fd)  # writers reopen the path: the mode stays, not mkstemp's 0600
         os.close(fd)
         yield Path(temp)
-        _fsync_path(Path(temp))
+        fsync_file(Path(temp))
         os.replace(temp, path)
     finally:
         with contextlib.suppress(FileNotFoundError):
@@ -80,7 +80,8 @@ def atomic_path(path: Path) -> Iterator[Path]:
     fsync_dir(path.parent)
 
 
-def _fsync_path(path: Path) -> None:
+def fsync_file(path: Path) -> None:
+    """Make a file's bytes durable (before a rename that publishes it)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)

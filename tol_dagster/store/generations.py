@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import IO
 
 from tol_dagster.errors import StoreError
-from tol_dagster.store.durable import TEMP_PREFIX, TEMP_SUFFIX, fsync_dir, make_public
+from tol_dagster.store.durable import TEMP_PREFIX, TEMP_SUFFIX, fsync_dir, fsync_file, make_public
 from tol_dagster.store.hashing import sha256_file
 from tol_dagster.store.layout import Layout, check_commit, check_file_name
 from tol_dagster.store.manifest import load_manifest
@@ -96,14 +96,6 @@ def previous_generation(layout: Layout, config: str) -> Path | None:
     return older[-1] if older else None
 
 
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def publish_generation(
     layout: Layout,
     config: str,
@@ -136,7 +128,7 @@ def publish_generation(
     generation.mkdir()
     try:
         for name, source in sorted(files.items()):
-            _fsync_file(source)
+            fsync_file(source)
             target = generation / name
             os.link(source, target)
             make_public(target, read_only=True)
