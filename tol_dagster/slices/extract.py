@@ -84,10 +84,11 @@ def extract_slice(
     per_file = {scan.file.name: 0 for scan in scans}
     with atomic_path(out) as temp:
         reader = contextlib.closing(prefetched(read_slice_rows(key, scans, schema), READ_AHEAD))
-        with _jemalloc(), open(temp, "wb") as handle, reader as items:
-            sink = HashingSink(handle)
-            codec = write_slice(_counted(items, per_file), sink, schema, spliced)
-        checks = tuple(verify(temp)) if verify is not None else ()
+        with _jemalloc():  # the checks too: they decode the slice's `emb` back
+            with open(temp, "wb") as handle, reader as items:
+                sink = HashingSink(handle)
+                codec = write_slice(_counted(items, per_file), sink, schema, spliced)
+            checks = tuple(verify(temp)) if verify is not None else ()
         failed = [c for c in checks if not c.passed]
         if failed:
             raise ValidationFailed(
@@ -121,7 +122,7 @@ def _counted(items: Iterator[Item], per_file: dict[str, int]) -> Iterator[Item]:
 
 @contextlib.contextmanager
 def _jemalloc() -> Iterator[None]:
-    """Allocate with jemalloc while extracting, if pyarrow has it. mimalloc, pyarrow's default
+    """Allocate with jemalloc while extracting and checking, if pyarrow has it. mimalloc, pyarrow's default
     here, hands freed pages back to the OS at once, and a fresh process (Dagster runs each step
     in one) faults them in again: ~2x the system time of a family-sized slice."""
     try:
