@@ -62,8 +62,9 @@ class EmbBounds:
         return f"L2 norm {self.norm_min:g}-{self.norm_max:g}, max |x| <= {self.max_abs:g}"
 
 
-#: Per-row bounds pinned per config (the gate's `emb_norms_within_bounds`). Chosen from the real
-#: figures in DATASET.md, with margin, because a false refusal blocks a whole resync:
+#: Per-row bounds pinned per config (the gate's `emb_norms_within_bounds`). Chosen from the
+#: figures of 1,030 real rows (the project's dataset notes, not shipped), with margin, because a
+#: false refusal blocks a whole resync:
 #: - bioclip-2: 1,030 real rows have norms 36.2-69.9 (median 47.4) and a largest |x| per row of
 #:   median 6.9, max 16.0. 233M rows reach further into the tails than 1,030 do, so the norm
 #:   bounds are about half the smallest and twice the largest seen (18-140) and max |x| three

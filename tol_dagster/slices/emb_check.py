@@ -28,7 +28,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from tol_dagster.slices.keys import SliceKey
-from tol_dagster.slices.locate import plan_scans
+from tol_dagster.slices.locate import plan_scans, row_group_starts
 from tol_dagster.store.layout import Layout
 from tol_dagster.store.mirror_files import MirrorFile
 from tol_dagster.validation.checks import CheckResult
@@ -106,9 +106,8 @@ class _Mirror:
         """(first row, rows) of each row group of candidate file `number`, read once."""
         if number not in self.footers:
             meta = pq.read_metadata(self.files[number].path)
-            sizes = np.array([meta.row_group(g).num_rows for g in range(meta.num_row_groups)])
-            starts = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
-            self.footers[number] = (starts, sizes.astype(np.int64))
+            sizes = [meta.row_group(g).num_rows for g in range(meta.num_row_groups)]
+            self.footers[number] = (row_group_starts(meta), np.array(sizes, dtype=np.int64))
         return self.footers[number]
 
     def place(self, hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
