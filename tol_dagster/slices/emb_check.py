@@ -18,7 +18,7 @@ follows the slice, not the mirror row groups it was cut from.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,9 +60,8 @@ def check_emb_matches_mirror(
         uuids = _column(written, group, "uuid")
         hashes = uuid_row_hashes(uuids)
         owner, row = mirror.place(hashes)
-        if mirror.holds_whole(owner, row) and _same_chunks(
-            path, written, group, *mirror.whole(owner, row)
-        ):
+        source = mirror.whole_group(owner, row)
+        if source is not None and _same_chunks(path, written.metadata.row_group(group), *source):
             same = np.ones(len(uuids), dtype=bool)
         else:
             digests = _digests(written, group)
@@ -100,14 +99,12 @@ class _Mirror:
     def __init__(self, files: Sequence[MirrorFile], tables: Sequence[Path]) -> None:
         self.files = files
         self.tables = [np.load(path, mmap_mode="r") for path in tables]
-        self.footers: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self.footers: dict[int, pq.FileMetaData] = {}
 
-    def row_groups(self, number: int) -> tuple[np.ndarray, np.ndarray]:
-        """(first row, rows) of each row group of candidate file `number`, read once."""
+    def metadata(self, number: int) -> pq.FileMetaData:
+        """The footer of candidate file `number`, read once."""
         if number not in self.footers:
-            meta = pq.read_metadata(self.files[number].path)
-            sizes = [meta.row_group(g).num_rows for g in range(meta.num_row_groups)]
-            self.footers[number] = (row_group_starts(meta), np.array(sizes, dtype=np.int64))
+            self.footers[number] = pq.read_metadata(self.files[number].path)
         return self.footers[number]
 
     def place(self, hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -141,22 +138,20 @@ class _Mirror:
                         break
         return owner, row, same
 
-    def holds_whole(self, owner: np.ndarray, row: np.ndarray) -> bool:
-        """Whether the rows are, in order, all the rows of one row group of one mirror file."""
+    def whole_group(
+        self, owner: np.ndarray, row: np.ndarray
+    ) -> tuple[Path, pq.RowGroupMetaData] | None:
+        """The mirror file and row group whose rows these are, all of them in order, if so."""
         if not owner.size or owner[0] < 0 or (owner != owner[0]).any():
-            return False
+            return None
         if not (row == row[0] + np.arange(row.size)).all():
-            return False
-        starts, sizes = self.row_groups(int(owner[0]))
+            return None
+        meta = self.metadata(int(owner[0]))
+        starts = row_group_starts(meta)
         group = int(np.searchsorted(starts, row[0], side="right")) - 1
-        return bool(starts[group] == row[0] and sizes[group] == row.size)
-
-    def whole(self, owner: np.ndarray, row: np.ndarray) -> tuple[Path, int]:
-        """The mirror file and row group that `holds_whole` found."""
-        starts, _ = self.row_groups(int(owner[0]))
-        return self.files[int(owner[0])].path, int(
-            np.searchsorted(starts, row[0], side="right")
-        ) - 1
+        if starts[group] != row[0] or meta.row_group(group).num_rows != row.size:
+            return None
+        return self.files[int(owner[0])].path, meta.row_group(group)
 
 
 def _ranges(keys: np.ndarray, needles: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -170,31 +165,47 @@ def _ranges(keys: np.ndarray, needles: np.ndarray) -> tuple[np.ndarray, np.ndarr
 
 
 def _same_chunks(
-    path: Path, written: pq.ParquetFile, group: int, source: Path, source_group: int
+    path: Path, ours: pq.RowGroupMetaData, source: Path, theirs: pq.RowGroupMetaData
 ) -> bool:
     """Whether the `uuid` and `emb` column chunks of a slice row group and a mirror row group
     are the same bytes (as pyarrow's reading of both footers locates them)."""
-    theirs = pq.read_metadata(source).row_group(source_group)
-    ours = written.metadata.row_group(group)
     for column in ("uuid", "emb"):
-        mine = _chunk_bytes(path, ours, column)
-        if mine is None or mine != _chunk_bytes(source, theirs, column):
+        mine, other = _chunk_range(ours, column), _chunk_range(theirs, column)
+        if mine is None or other is None or mine[1] != other[1]:
+            return False
+        if not _same_bytes(path, mine[0], source, other[0], mine[1]):
             return False
     return True
 
 
-def _chunk_bytes(path: Path, row_group: pq.RowGroupMetaData, column: str) -> bytes | None:
-    """The bytes of `column`'s chunk in `row_group` (dictionary page included)."""
+def _chunk_range(row_group: pq.RowGroupMetaData, column: str) -> tuple[int, int] | None:
+    """(offset, length) of `column`'s chunk in `row_group`, its dictionary page included."""
     for index in range(row_group.num_columns):
         chunk = row_group.column(index)
         if chunk.path_in_schema.split(".")[0] == column:
             start = chunk.data_page_offset
             if chunk.has_dictionary_page and chunk.dictionary_page_offset:
                 start = min(start, chunk.dictionary_page_offset)
-            with open(path, "rb") as handle:
-                handle.seek(start)
-                return handle.read(chunk.total_compressed_size)
+            return start, chunk.total_compressed_size
     return None
+
+
+#: Bytes compared at a time by `_same_bytes`.
+COMPARE_BLOCK = 8 << 20
+
+
+def _same_bytes(a: Path, start_a: int, b: Path, start_b: int, length: int) -> bool:
+    """Whether two byte ranges are equal, read a block at a time (memory stays flat)."""
+    with open(a, "rb") as left, open(b, "rb") as right:
+        left.seek(start_a)
+        right.seek(start_b)
+        while length > 0:
+            size = min(length, COMPARE_BLOCK)
+            block = left.read(size)
+            if len(block) != size or block != right.read(size):
+                return False
+            length -= size
+    return True
 
 
 @dataclass
@@ -208,22 +219,30 @@ class _Verdict:
     faults: dict[str, int] = field(default_factory=dict)
 
     def add(self, uuids: pa.Array, owner: np.ndarray, row: np.ndarray, same: np.ndarray) -> None:
-        for at, kind in _faults(owner, row, same, self.last):
-            self._fault(at, kind, uuids[at].as_py(), 1)
+        kinds = _faults(owner, row, same, self.last)
+        for kind in ("missing", "emb", "order"):
+            count = int((kinds == kind).sum())
+            if count:
+                self.faults[kind] = self.faults.get(kind, 0) + count
+        bad = np.flatnonzero(kinds != "")
+        self.differing += bad.size
+        if bad.size and self.first is None:
+            at = int(bad[0])
+            self._first(at, str(kinds[at]), uuids[at].as_py())
         if len(owner):
             self.last = (int(owner[-1]), int(row[-1]))
         self.compared += len(owner)
 
     def fault_all(self, uuids: pa.Array, kind: str) -> None:
         if len(uuids):
-            self._fault(0, kind, uuids[0].as_py(), len(uuids))
+            self.differing += len(uuids)
+            self.faults[kind] = self.faults.get(kind, 0) + len(uuids)
+            if self.first is None:
+                self._first(0, kind, uuids[0].as_py())
         self.compared += len(uuids)
 
-    def _fault(self, at: int, kind: str, uuid: object, count: int) -> None:
-        self.differing += count
-        self.faults[kind] = self.faults.get(kind, 0) + count
-        if self.first is None:
-            self.first = {"row": self.compared + at, "uuid": uuid, "fault": kind}
+    def _first(self, at: int, kind: str, uuid: object) -> None:
+        self.first = {"row": self.compared + at, "uuid": uuid, "fault": kind}
 
     def result(self, key: SliceKey) -> CheckResult:
         details: dict[str, Any] = {
@@ -252,14 +271,13 @@ class _Verdict:
 
 def _faults(
     owner: np.ndarray, row: np.ndarray, same: np.ndarray, last: tuple[int, int]
-) -> Iterator[tuple[int, str]]:
-    """(position, fault) of each row that is not the mirror's next row with its `emb`: not in
-    the mirror, other `emb` bytes, or out of mirror order."""
+) -> np.ndarray:
+    """Each row's fault ("" for none): not in the mirror ("missing"), other `emb` bytes
+    ("emb"), or not after the previous row in mirror order ("order")."""
     previous_owner = np.concatenate([[last[0]], owner[:-1]])
     previous_row = np.concatenate([[last[1]], row[:-1]])
     ordered = (owner > previous_owner) | ((owner == previous_owner) & (row > previous_row))
-    for at in np.flatnonzero((owner < 0) | ~same | ~ordered).tolist():
-        yield at, "missing" if owner[at] < 0 else "emb" if not same[at] else "order"
+    return np.select([owner < 0, ~same, ~ordered], ["missing", "emb", "order"], default="")
 
 
 def _describe(first: dict[str, Any]) -> str:
