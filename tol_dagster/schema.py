@@ -65,7 +65,7 @@ COLUMN_DESCRIPTIONS: dict[str, str] = {
     "digits without hyphens for an older block of rows whose other metadata is NULL.",
     "source_dataset": "Where the image comes from: gbif, eol, bioscan or fathomnet (a few NULL).",
     "source_id": "The image's id in its source: GBIF occurrence number, EOL "
-    "<contentID>_<pageID>, BIOSCAN BOLD process id, FathomNet bounding-box uuid.",
+    "`<contentID>_<pageID>`, BIOSCAN BOLD process id, FathomNet bounding-box uuid.",
     **{rank: f"Taxonomic {rank}; {_RANK_HOLES}." for rank in RANKS[:-1]},
     "species": "Species epithet (`plexippus`; some revisions hold the binomial); NULL for "
     "genus-only and coarser rows.",
