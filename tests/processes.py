@@ -13,7 +13,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
@@ -86,6 +86,16 @@ class Stack:
             if time.monotonic() > self.deadline:
                 self.fail(f"timed out after {self.budget_s:.0f} s in all waiting for {what}")
             time.sleep(interval_s)
+
+
+def running(logs: Path, budget_s: float) -> Iterator[Stack]:
+    """A stack whose logs go to `logs`, stopped whatever happens (a fixture's body)."""
+    logs.mkdir()
+    stack = Stack(logs, budget_s)
+    try:
+        yield stack
+    finally:
+        stack.stop()
 
 
 def signal_group(process: subprocess.Popen[bytes], sig: int) -> None:

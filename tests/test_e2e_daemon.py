@@ -27,7 +27,16 @@ import dagster as dg
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from processes import LOCATION, REPO_ROOT, Stack, endpoint_of, free_port, http_json, location_loaded
+from processes import (
+    LOCATION,
+    REPO_ROOT,
+    Stack,
+    endpoint_of,
+    free_port,
+    http_json,
+    location_loaded,
+    running,
+)
 
 from tol_dagster.defs.keys import RESYNC_TAG, asset_key
 from tol_dagster.defs.mirror.jobs import RESYNC_JOB
@@ -240,13 +249,7 @@ def _launch_resync(graphql: str, config: str, *, like_the_ui: bool = False) -> s
 
 @pytest.fixture
 def stack(tmp_path: Path) -> Iterator[Stack]:
-    logs = tmp_path / "logs"
-    logs.mkdir()
-    running = Stack(logs, BUDGET_S)
-    try:
-        yield running
-    finally:
-        running.stop()
+    yield from running(tmp_path / "logs", BUDGET_S)
 
 
 @pytest.mark.timeout(BUDGET_S + 120)

@@ -49,11 +49,11 @@ def described(schema: dg.TableSchema) -> dict[str, str]:
     return {column.name: column.description or "" for column in schema.columns}
 
 
-def test_a_preview_writes_null_cells_as_null_and_shows_at_most_20_rows() -> None:
+def test_a_preview_writes_null_as_null_counts_with_separators_and_shows_20_rows() -> None:
     table = pa.table(
         {
             "order": pa.array([None, "Primates"] + ["Carnivora"] * 30, pa.string()),
-            "images": pa.array(range(32), pa.int64()),
+            "images": pa.array([0, 1234567, *range(30)], pa.int64()),
         }
     )
 
@@ -62,7 +62,10 @@ def test_a_preview_writes_null_cells_as_null_and_shows_at_most_20_rows() -> None
     assert isinstance(preview, dg.TableMetadataValue)
     records = [record.data for record in preview.value.records]
     assert len(records) == 20
-    assert records[:2] == [{"order": "NULL", "images": 0}, {"order": "Primates", "images": 1}]
+    assert records[:2] == [
+        {"order": "NULL", "images": "0"},
+        {"order": "Primates", "images": "1,234,567"},
+    ]
     assert [column.name for column in preview.value.schema.columns] == ["order", "images"]
 
 
@@ -161,7 +164,7 @@ def test_after_a_sync_and_a_slice_every_asset_shows_what_a_person_reads(user: Us
     rows = [record.data for record in lineage["preview"].value.records]
     assert 0 < len(rows) <= 20
     assert any(value == "NULL" for row in rows for value in row.values())
-    images = [row["images"] for row in rows]
+    images = [int(row["images"].replace(",", "")) for row in rows]
     assert images == sorted(images, reverse=True)
     centroid_columns = [c.name for c in centroids["preview"].value.schema.columns]
     assert "centroid" not in centroid_columns and "centroid_norm" in centroid_columns

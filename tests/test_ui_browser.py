@@ -27,7 +27,7 @@ import dagster as dg
 import pytest
 import requirements
 import yaml
-from processes import REPO_ROOT, Stack, endpoint_of, free_port, http_json
+from processes import REPO_ROOT, Stack, endpoint_of, free_port, http_json, running
 
 from tol_dagster.defs.mirror.keys import mirror_group
 from tol_dagster.defs.published.keys import published_group
@@ -121,13 +121,7 @@ def require_browser() -> Path:
 
 @pytest.fixture
 def stack(tmp_path: Path) -> Iterator[Stack]:
-    logs = tmp_path / "logs"
-    logs.mkdir()
-    running = Stack(logs, BUDGET_S)
-    try:
-        yield running
-    finally:
-        running.stop()
+    yield from running(tmp_path / "logs", BUDGET_S)
 
 
 @pytest.mark.timeout(BUDGET_S + 120)
@@ -207,7 +201,8 @@ def _answers(url: str) -> bool | None:
 
 def _asset_graph_shows_every_asset_materialized(page: Page, base: str, shots: Path) -> None:
     """Every asset of the config is on the global graph, its two groups open, and once the
-    runs the automation started settle, every one shows materialized."""
+    runs the automation started settle (the catalog after the new slice), every one shows
+    materialized and in sync."""
     page.set_viewport_size({"width": 1800, "height": 1500})
     page.goto(f"{base}/asset-groups")
     for name in ASSET_NAMES:
@@ -221,6 +216,7 @@ def _asset_graph_shows_every_asset_materialized(page: Page, base: str, shots: Pa
     page.mouse.move(500, 1250, steps=10)
     page.mouse.up()
     expect(page.get_by_text("Materializing", exact=False)).to_have_count(0)
+    expect(page.get_by_text("Unsynced", exact=False)).to_have_count(0)  # the catalog followed
     # The slices show their partitions instead: all built, the one added on the page too.
     expect(page.get_by_text("Materialized", exact=True)).to_have_count(len(ASSET_NAMES) - 1)
     expect(page.get_by_text("100% filled")).to_be_visible()

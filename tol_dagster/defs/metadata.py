@@ -75,14 +75,17 @@ def table_preview(table: pa.Table, limit: int = PREVIEW_ROWS) -> dg.TableMetadat
     )
 
 
-def _cell(value: Any) -> str | int | float | bool:
-    """A value as a preview cell: scalars as is, NULL as `NULL`, a struct as `a / b / NULL`."""
+def _cell(value: Any) -> str | float | bool:
+    """A value as a preview cell: NULL as `NULL`, a count with thousands separators (the UI
+    prints numbers raw), a struct as `a / b / NULL`, other scalars as they are."""
     if value is None:
         return NULL
+    if isinstance(value, bool | float | str):
+        return value
+    if isinstance(value, int):
+        return f"{value:,}"
     if isinstance(value, dict):
         return " / ".join(str(_cell(v)) for v in value.values())
-    if isinstance(value, bool | int | float | str):
-        return value
     return str(value)
 
 
