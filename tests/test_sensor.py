@@ -26,6 +26,7 @@ from tol_dagster.definitions import build_definitions
 from tol_dagster.defs.mirror.keys import resync_keys, staged_op_name
 from tol_dagster.defs.resources import resources_from
 from tol_dagster.devtools.localhub import Fault, LocalHub
+from tol_dagster.resync.audit import AUDIT_CHECK
 from tol_dagster.settings import Settings
 
 __all__ = ["synced_home"]  # a fixture, imported to be found
@@ -111,9 +112,13 @@ def test_the_first_tick_on_an_empty_mirror_requests_a_resync_pinned_to_the_head(
     [request] = result.run_requests or []
     assert head in (request.run_key or "")
     assert list(request.asset_selection or []) == resync_keys(CONFIG)
-    assert {key.asset_key for key in request.asset_check_keys or []} == {
-        dg.AssetKey(["tol", CONFIG, "staged"])
-    }, "a resync runs the gate, not the mirror's audit"
+    checks = {(key.asset_key, key.name) for key in request.asset_check_keys or []}
+    assert {asset for asset, _ in checks} == {
+        dg.AssetKey(["tol", CONFIG, "staged"]),
+        dg.AssetKey(["tol", CONFIG, "mirror"]),
+    }, "a resync runs the gate, then the audit of what it published"
+    assert (dg.AssetKey(["tol", CONFIG, "mirror"]), AUDIT_CHECK) in checks
+    assert request.tags["tol/source"] == "sensor"
     assert request.run_config["ops"][staged_op_name(CONFIG)]["config"]["commit"] == head
     assert request.tags["tol/resync"] == CONFIG
     assert request.tags["dagster/max_retries"] == "1", "Dagster retries a failed resync once"
@@ -268,7 +273,7 @@ def test_the_cursor_advances_only_when_the_requested_resync_succeeded(synced: Ti
     done = synced.tick(failed.cursor)
     assert not done.run_requests
     assert json.loads(done.cursor or "{}") == {"commit": after}
-    assert synced.tick(done.cursor).skip_message == f"upstream unchanged at {after[:12]}"
+    assert synced.tick(done.cursor).skip_message == f"upstream unchanged at {after[:10]}"
 
 
 def test_a_failure_the_daemon_will_retry_is_waited_for_not_requested_again(

@@ -33,7 +33,7 @@ import dagster as dg
 
 from tol_dagster.defs.attempts import AUTOMATION_RUN_TAGS
 from tol_dagster.defs.in_process import of_every_config
-from tol_dagster.defs.keys import asset_key
+from tol_dagster.defs.keys import asset_key, source_tags
 from tol_dagster.defs.published.keys import derived_keys
 
 AUTOMATION_SENSOR = "published_automation_sensor"
@@ -90,7 +90,7 @@ def build_automation_sensor(configs: Sequence[str]) -> dg.AutomationConditionSen
         target=dg.AssetSelection.assets(*of_every_config(configs, automated_keys)),
         default_status=dg.DefaultSensorStatus.RUNNING,
         minimum_interval_seconds=15,
-        run_tags=AUTOMATION_RUN_TAGS,
+        run_tags={**AUTOMATION_RUN_TAGS, **source_tags("sensor")},
         description=(
             "Evaluates the automation conditions of the derived tables (they follow a new "
             "mirror generation) and of the catalog (it follows the slices)."
