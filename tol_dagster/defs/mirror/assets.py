@@ -15,13 +15,14 @@ from dagster._core.storage.asset_check_execution_record import (
     COMPLETED_ASSET_CHECK_EXECUTION_RECORD_STATUSES,
 )
 
+from tol_dagster.defs.failures import in_words
 from tol_dagster.defs.keys import asset_key
 from tol_dagster.defs.metadata import OWNERS, blocking_checks, check_result, table_schema
 from tol_dagster.defs.mirror.keys import PUBLISHED_FILES, mirror_group
 from tol_dagster.defs.mirror.resync_slot import ResyncSlotResource, resync_pool
 from tol_dagster.defs.resources import GateResource, HubResource, StorageResource
 from tol_dagster.resync import audit, plan, publish, revision_diff, stage
-from tol_dagster.resync.gate import GATE_CHECKS, run_gate
+from tol_dagster.resync.gate import GATE_CHECKS, gate_refusal, run_gate
 from tol_dagster.resync.state import load_staged, refresh_remote, remote_version
 from tol_dagster.schema import expected_schema
 from tol_dagster.store.manifest import load_manifest
@@ -58,6 +59,7 @@ def build_remote_asset(name: str) -> dg.AssetsDefinition:
             "updated by a later publish: `mirror` says what is published)."
         ),
     )
+    @in_words
     def remote(
         context: dg.AssetExecutionContext, hub: HubResource, storage: StorageResource
     ) -> dg.MaterializeResult:
@@ -107,6 +109,7 @@ def build_staged_asset(name: str) -> dg.AssetsDefinition:
         tags={"tol/stage": "download"},
         pool=resync_pool(name),
     )
+    @in_words
     def staged(
         context: dg.AssetExecutionContext,
         config: StageConfig,
@@ -138,15 +141,19 @@ def build_staged_asset(name: str) -> dg.AssetsDefinition:
             },
             data_version=dg.DataVersion(state.version),
         )
-        for result in run_gate(
+        results = run_gate(
             storage.layout,
             state,
             max_row_loss=gate.max_row_loss,
             accept_row_loss=config.accept_row_loss,
             accept_schema_change=config.accept_schema_change,
             accept_emb_change=config.accept_emb_change,
-        ):
+        )
+        for result in results:
             yield check_result(result, staged_key)
+        refused = [r for r in results if not r.passed]
+        if refused:
+            raise gate_refusal(name, state.commit, refused)
 
     return staged
 
@@ -166,6 +173,7 @@ def build_mirror_asset(name: str, freshness_days: int) -> dg.AssetsDefinition:
         freshness_policy=dg.FreshnessPolicy.time_window(fail_window=timedelta(days=freshness_days)),
         pool=resync_pool(name),
     )
+    @in_words
     def mirror(
         context: dg.AssetExecutionContext,
         storage: StorageResource,

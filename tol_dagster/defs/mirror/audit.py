@@ -8,6 +8,7 @@ blocking: it reports drift (bit rot, hand edits) on what is already published.
 
 import dagster as dg
 
+from tol_dagster.defs.failures import in_words
 from tol_dagster.defs.keys import asset_key
 from tol_dagster.defs.metadata import check_result
 from tol_dagster.defs.mirror.keys import PUBLISHED_FILES
@@ -27,6 +28,7 @@ def build_audit_check(name: str) -> dg.AssetChecksDefinition:
             "(audit_job): every file."
         ),
     )
+    @in_words
     def mirror_matches_manifest(
         context: dg.AssetCheckExecutionContext, hub: HubResource, storage: StorageResource
     ) -> dg.AssetCheckResult:

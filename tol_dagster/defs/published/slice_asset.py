@@ -14,6 +14,7 @@ import dagster as dg
 import pyarrow as pa
 from pydantic import Field
 
+from tol_dagster.defs.failures import in_words
 from tol_dagster.defs.keys import asset_key
 from tol_dagster.defs.metadata import OWNERS, blocking_checks, check_result, table_schema
 from tol_dagster.defs.published.keys import published_group, summary_keys
@@ -89,6 +90,7 @@ def build_slices_asset(name: str) -> dg.AssetsDefinition:
         ),
         check_specs=blocking_checks(slices_key, SLICE_CHECKS),
     )
+    @in_words
     def slices(
         context: dg.AssetExecutionContext, config: SliceRunConfig, storage: StorageResource
     ) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
