@@ -328,6 +328,9 @@ def test_in_the_ui_a_taxon_with_no_rows_fails_the_run_naming_close_matches(
         ]
         data = failure.step_failure_data
         assert data is not None and data.user_failure_data is not None
+        assert data.error is not None and data.error.stack == [], "in words, no stack"
+        assert data.error.cls_name == "EmptySliceError"
+        assert data.user_failure_data.metadata["exit_code"].value == 2
         description = data.user_failure_data.description or ""
         assert "no rows in the mirror match" in description and "family=Felidae" in description
         matches = data.user_failure_data.metadata["close_matches"].value

@@ -40,18 +40,18 @@ F = TypeVar("F", bound=Callable[..., Any])
 class FailureInWords(DagsterUserCodeProcessError, dg.Failure):
     """A `dg.Failure` whose serialized error is one line of words, without a stack."""
 
-    def __init__(self, error: errors.TolError, metadata: dict[str, Any] | None = None) -> None:
+    def __init__(self, error: errors.TolError) -> None:
         message = " ".join(str(error).split())
+        details = {key: _metadata(value) for key, value in error.details().items()}
         info = SerializableErrorInfo(message=message, stack=[], cls_name=type(error).__name__)
-        super().__init__(
+        super().__init__(  # through DagsterUserCodeProcessError to dg.Failure(description, ...)
             message,
             user_code_process_error_infos=[info],
-            description=message,
             metadata={
                 "cause": type(error).__name__,
                 "exit_code": error.exit_code,
                 "meaning": MEANINGS.get(error.exit_code, ""),
-                **(metadata or {}),
+                **details,
             },
             allow_retries=False,
         )
@@ -95,3 +95,10 @@ def _raise_in_words(exc: Exception) -> NoReturn:
     if error is None:
         raise exc
     raise FailureInWords(error) from None
+
+
+def _metadata(value: object) -> object:
+    """A detail as a metadata value: scalars as they are, lists and mappings as JSON."""
+    if isinstance(value, list | dict):
+        return dg.MetadataValue.json(value)
+    return value if isinstance(value, str | int | float | bool) else str(value)
