@@ -23,7 +23,7 @@ from tol_dagster.defs.mirror.resync_slot import ResyncSlotResource, resync_pool
 from tol_dagster.defs.resources import GateResource, HubResource, StorageResource
 from tol_dagster.resync import audit, plan, publish, revision_diff, stage
 from tol_dagster.resync.gate import GATE_CHECKS, gate_refusal, run_gate
-from tol_dagster.resync.state import load_staged, refresh_remote, remote_version
+from tol_dagster.resync.state import StagedState, load_staged, refresh_remote, remote_version
 from tol_dagster.schema import expected_schema
 from tol_dagster.store.manifest import load_manifest
 
@@ -141,21 +141,32 @@ def build_staged_asset(name: str) -> dg.AssetsDefinition:
             },
             data_version=dg.DataVersion(state.version),
         )
-        results = run_gate(
-            storage.layout,
-            state,
-            max_row_loss=gate.max_row_loss,
-            accept_row_loss=config.accept_row_loss,
-            accept_schema_change=config.accept_schema_change,
-            accept_emb_change=config.accept_emb_change,
-        )
-        for result in results:
-            yield check_result(result, staged_key)
-        refused = [r for r in results if not r.passed]
-        if refused:
-            raise gate_refusal(name, state.commit, refused)
+        yield from _gate(storage, gate, config, state, staged_key)
 
     return staged
+
+
+def _gate(
+    storage: StorageResource,
+    gate: GateResource,
+    config: StageConfig,
+    state: StagedState,
+    staged_key: dg.AssetKey,
+) -> Iterator[dg.AssetCheckResult]:
+    """The gate's verdicts as `staged`'s checks; a refusal then fails the step in words."""
+    results = run_gate(
+        storage.layout,
+        state,
+        max_row_loss=gate.max_row_loss,
+        accept_row_loss=config.accept_row_loss,
+        accept_schema_change=config.accept_schema_change,
+        accept_emb_change=config.accept_emb_change,
+    )
+    for result in results:
+        yield check_result(result, staged_key)
+    refused = [r for r in results if not r.passed]
+    if refused:
+        raise gate_refusal(state.config, state.commit, refused)
 
 
 def build_mirror_asset(name: str, freshness_days: int) -> dg.AssetsDefinition:

@@ -26,9 +26,11 @@ from tol_dagster.defs.mirror.resync_slot import ensure_resync_pools
 from tol_dagster.defs.orphaned_runs import fail_dead_cli_runs
 from tol_dagster.defs.resources import HubResource, StorageResource
 from tol_dagster.errors import UpstreamError
+from tol_dagster.hub.client import HubClient
 from tol_dagster.hub.retry import RetryPolicy
 from tol_dagster.resync.plan import decide
 from tol_dagster.resync.state import remote_version
+from tol_dagster.store.layout import Layout
 
 #: A tick stays short: one quick retry, then the next tick tries again. The default policy
 #: (6 attempts, backoff to 30 s) held a tick for 31 s against a Hub that was down, and longer
@@ -79,37 +81,47 @@ def build_upstream_change_sensor(
                 return dg.SensorResult(run_requests=confirm, cursor=context.cursor)
             return dg.SkipReason(f"upstream unchanged at {head[:10]}")
 
-        requests = []
-        plans: dict[str, dict[str, str]] = {}
-        in_sync: list[str] = []
-        for config in configs:
-            try:
-                remote = client.remote_config(config, commit=head)
-            except UpstreamError as error:
-                context.log.warning(
-                    f"{config}: listing failed, will retry on a later tick: {error}"
-                )
-                return dg.SkipReason(f"{config}: listing failed: {error}")
-            decision = decide(storage.layout, remote)
-            context.log.info(f"{config} @ {head[:12]}: {decision.reason}")
-            if not decision.needs_run:
-                in_sync.append(f"{config}: {decision.reason}")
-                continue
-            base = f"{config}@{head}:{remote_version(remote)}"
-            plans[config] = {"run_key": base, "plan": decision.reason[:200]}
-            requests.append(_resync_request(config, head, base, decision.reason[:200]))
-        if not requests:
-            return dg.SensorResult(
-                skip_reason=f"upstream at {head[:10]}, nothing to fetch: " + "; ".join(in_sync),
-                cursor=json.dumps({"commit": head}),
-            )
-        done = cursor.get("commit")
-        return dg.SensorResult(
-            run_requests=requests,
-            cursor=json.dumps({"commit": done, "pending": {"commit": head, "configs": plans}}),
-        )
+        return _new_commit(context, client, storage.layout, configs, head, cursor.get("commit"))
 
     return upstream_change_sensor
+
+
+def _new_commit(
+    context: dg.SensorEvaluationContext,
+    client: HubClient,
+    layout: Layout,
+    configs: Sequence[str],
+    head: str,
+    done: str | None,
+) -> dg.SensorResult | dg.SkipReason:
+    """A new head commit: a resync of each config whose files or card count changed at it,
+    pending in the cursor until it succeeded; or, if none changed, why not."""
+    requests = []
+    plans: dict[str, dict[str, str]] = {}
+    in_sync: list[str] = []
+    for config in configs:
+        try:
+            remote = client.remote_config(config, commit=head)
+        except UpstreamError as error:
+            context.log.warning(f"{config}: listing failed, will retry on a later tick: {error}")
+            return dg.SkipReason(f"{config}: listing failed: {error}")
+        decision = decide(layout, remote)
+        context.log.info(f"{config} @ {head[:12]}: {decision.reason}")
+        if not decision.needs_run:
+            in_sync.append(f"{config}: {decision.reason}")
+            continue
+        base = f"{config}@{head}:{remote_version(remote)}"
+        plans[config] = {"run_key": base, "plan": decision.reason[:200]}
+        requests.append(_resync_request(config, head, base, decision.reason[:200]))
+    if not requests:
+        return dg.SensorResult(
+            skip_reason=f"upstream at {head[:10]}, nothing to fetch: " + "; ".join(in_sync),
+            cursor=json.dumps({"commit": head}),
+        )
+    return dg.SensorResult(
+        run_requests=requests,
+        cursor=json.dumps({"commit": done, "pending": {"commit": head, "configs": plans}}),
+    )
 
 
 def _resync_request(config: str, head: str, run_key: str, plan: str) -> dg.RunRequest:
