@@ -12,8 +12,8 @@ from urllib.parse import quote
 
 from tol_dagster import catalog
 from tol_dagster.cli.config_option import one_config, select_configs
+from tol_dagster.cli.launch import load_code_location
 from tol_dagster.cli.runner import _build_slice, _ensure_derived, _refresh_catalog
-from tol_dagster.definitions import build_definitions
 from tol_dagster.defs.instance import open_instance
 from tol_dagster.defs.published.partitions import slices_partitions_name
 from tol_dagster.derived import built_from, taxon_index
@@ -34,7 +34,7 @@ def run_slice(key_text: str, *, config: str | None, allow_empty: bool = False) -
     name = one_config(settings, config)
     built_from.mirror_inputs(settings.layout, name)  # no mirror: say so before touching anything
     instance = open_instance(settings)
-    defs = build_definitions(settings)
+    defs = load_code_location(settings)
     code = _ensure_derived(defs, instance, settings, name)
     if code:
         return code
@@ -114,6 +114,6 @@ def remove_slice_command(key_text: str, *, config: str | None) -> int:
         instance.delete_dynamic_partition(partitions, partition)
     for path in files:
         path.unlink(missing_ok=True)
-    code = _refresh_catalog(build_definitions(settings), instance, name)
+    code = _refresh_catalog(load_code_location(settings), instance, name)
     print(f"removed {key_text if key is None else key.name} from {name}")
     return code

@@ -9,11 +9,10 @@ from __future__ import annotations
 import json
 import sys
 
-from tol_dagster.cli.runner import QUIET_LOGS, execute, exit_code
-from tol_dagster.definitions import build_definitions
+from tol_dagster.cli.launch import load_code_location
+from tol_dagster.cli.runner import execute, exit_code
 from tol_dagster.defs.instance import open_instance
 from tol_dagster.defs.mirror.jobs import STATUS_JOB
-from tol_dagster.defs.orphaned_runs import cli_run_tags
 from tol_dagster.resync import plan, revision_diff, state
 from tol_dagster.settings import Settings
 from tol_dagster.store.manifest import load_manifest
@@ -48,8 +47,8 @@ def run_status(*, as_json: bool) -> int:
     """Observe upstream in a run, then print the report (`--json`: one object); errors last."""
     settings = Settings.from_env()
     instance = open_instance(settings)
-    job = build_definitions(settings).resolve_job_def(STATUS_JOB)
-    result = execute(job, run_config=QUIET_LOGS, instance=instance, tags=cli_run_tags())
+    job = load_code_location(settings).resolve_job_def(STATUS_JOB)
+    result = execute(job, instance=instance)
     code, lines = exit_code(result)
     report = status_report(settings)
     if as_json:

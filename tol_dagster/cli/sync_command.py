@@ -12,13 +12,13 @@ from collections.abc import Sequence
 
 from tol_dagster import errors
 from tol_dagster.cli.config_option import select_configs
-from tol_dagster.cli.runner import QUIET_LOGS, execute, exit_code
-from tol_dagster.definitions import build_definitions
+from tol_dagster.cli.launch import load_code_location
+from tol_dagster.cli.runner import execute, exit_code
 from tol_dagster.defs.instance import open_instance
 from tol_dagster.defs.mirror.jobs import RESYNC_JOB, resync_run_tags
 from tol_dagster.defs.mirror.keys import resync_check_keys, resync_keys, staged_op_name
 from tol_dagster.defs.mirror.resync_slot import ensure_resync_pools
-from tol_dagster.defs.orphaned_runs import cli_run_tags, fail_dead_cli_runs
+from tol_dagster.defs.orphaned_runs import fail_dead_cli_runs
 from tol_dagster.settings import Settings
 from tol_dagster.store.manifest import load_manifest
 
@@ -36,21 +36,18 @@ def run_sync(
     settings = Settings.from_env()
     configs = select_configs(settings, config)
     instance = open_instance(settings)
-    job = build_definitions(settings).resolve_job_def(RESYNC_JOB)
+    job = load_code_location(settings).resolve_job_def(RESYNC_JOB)
     ensure_resync_pools(instance, settings.configs)
     worst = 0
     for name in configs:
         # A killed sync's run would hold the config's pool in the queue: mark it failed. Two
         # resyncs never overlap: the run waits for the config's lease (tol_dagster.defs.mirror.resync_slot).
         fail_dead_cli_runs(instance, name)
-        subset = job.get_subset(
-            asset_selection=set(resync_keys(name)),
-            asset_check_selection=set(resync_check_keys(name)),
-        )
         result = execute(
-            subset,
+            job,
+            asset_selection=resync_keys(name),
+            asset_check_selection=resync_check_keys(name),
             run_config={
-                **QUIET_LOGS,
                 "ops": {
                     staged_op_name(name): {
                         "config": {
@@ -62,7 +59,7 @@ def run_sync(
                 },
             },
             instance=instance,
-            tags={**resync_run_tags(name, None), **cli_run_tags()},
+            tags=resync_run_tags(name, None),
         )
         code, lines = exit_code(result)
         _report_sync(settings, name, result.run_id, code, lines)

@@ -15,6 +15,7 @@ import os
 import time
 from collections.abc import Collection, Iterable
 
+from tol_dagster import progress
 from tol_dagster.errors import RevisionGone
 from tol_dagster.hub.client import HubClient, RemoteConfig, RemoteFile
 from tol_dagster.resync import reuse
@@ -62,10 +63,11 @@ def stage(
     Published files that drifted from the manifest are fetched again: every one is stat'ed,
     and `suspects` (the files the last audit found drifted) are re-hashed too.
     """
+    say = progress.told(log)
     with config_lock(layout, config):
         remote = load_remote(layout, config) or refresh_remote(layout, client, config)
         if commit and commit != remote.commit:
-            log(
+            say(
                 f"upstream moved from {commit[:12]} to {remote.commit[:12]} since the request; syncing the newer commit"
             )
         superseded: RemoteConfig | None = None
@@ -83,7 +85,7 @@ def stage(
             except RevisionGone as gone:
                 if replans == MAX_REPLANS:
                     raise
-                log(f"{gone}; re-planning against the new head")
+                say(f"{gone}; re-planning against the new head")
                 superseded, remote = remote, refresh_remote(layout, client, config)
                 continue
             state.replans = replans
@@ -143,7 +145,7 @@ def _drifted(
     generation = current_generation(layout, manifest.config)
     found = {d.name: d.reason for d in drifted_entries(generation, unchanged, rehash=rehash)}
     for name, reason in sorted(found.items()):
-        log(f"{name} drifted from the manifest ({reason}): fetching it again")
+        progress.told(log)(f"{name} drifted from the manifest ({reason}): fetching it again")
     matching = sorted(rehash - set(found))  # repaired since the audit, or a stale report
     if matching:
         log(

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from tol_dagster import progress
 from tol_dagster.errors import ValidationFailed
 from tol_dagster.slices.keys import SliceKey
 from tol_dagster.slices.locate import Copy, plan_scans
@@ -82,12 +83,14 @@ def extract_slice(
     scans = copyable_scans(plan_scans(key, files, index), schema)
     spliced = any(isinstance(piece, Copy) for scan in scans for piece in scan.pieces)
     per_file = {scan.file.name: 0 for scan in scans}
+    progress.start("slice")
     with atomic_path(out) as temp:
         reader = contextlib.closing(prefetched(read_slice_rows(key, scans, schema), READ_AHEAD))
         with _jemalloc():  # the checks too: they decode the slice's `emb` back
             with open(temp, "wb") as handle, reader as items:
                 sink = HashingSink(handle)
                 codec = write_slice(_counted(items, per_file), sink, schema, spliced)
+            progress.start("slice checks", rows=sum(per_file.values()))
             checks = tuple(verify(temp)) if verify is not None else ()
         failed = [c for c in checks if not c.passed]
         if failed:
@@ -114,9 +117,11 @@ def extract_slice(
 
 
 def _counted(items: Iterator[Item], per_file: dict[str, int]) -> Iterator[Item]:
-    """`items`, their rows counted by file on the way to the writer."""
+    """`items`, their rows counted by file on the way to the writer (and to `progress`)."""
     for file, item in items:
-        per_file[file.name] += item.rows if isinstance(item, Copy) else item.num_rows
+        rows = item.rows if isinstance(item, Copy) else item.num_rows
+        per_file[file.name] += rows
+        progress.advance("slice", rows=rows)
         yield file, item
 
 
