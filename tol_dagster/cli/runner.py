@@ -211,14 +211,21 @@ def _print_failure(code: int, lines: Sequence[str], outcome: str | None = None) 
         print(f"  {line}", file=sys.stderr)
 
 
+#: A step's exit code and the lines that explain it, the cause first (none when it is 0).
+Outcome = tuple[int, list[str]]
+
+
 def _ensure_derived(
     defs: dg.Definitions, instance: dg.DagsterInstance, settings: Settings, name: str
-) -> int:
+) -> Outcome:
     """Summaries, index and centroids for the current mirror generation (a run only if stale)."""
     built_from.mirror_inputs(settings.layout, name)  # no mirror: say so
     if refresh.current_derived(settings.layout, name) is not None:
-        return 0
-    print(f"{name}: building summaries, taxon index and centroids of the mirror…", file=sys.stderr)
+        return 0, []
+    if verbosity.chatty():
+        print(
+            f"{name}: building summaries, taxon index and centroids of the mirror…", file=sys.stderr
+        )
     result = execute(
         defs.resolve_job_def(DERIVED_JOB),
         instance=instance,
@@ -226,7 +233,7 @@ def _ensure_derived(
     )
     code, lines = exit_code(result)
     _print_failure(code, lines)
-    return code
+    return code, lines
 
 
 def _build_slice(
@@ -236,7 +243,7 @@ def _build_slice(
     key: str,
     *,
     allow_empty: bool = False,
-) -> int:
+) -> Outcome:
     instance.add_dynamic_partitions(slices_partitions_name(name), [key])
     result = execute(
         defs.resolve_job_def(slices_job_name(name)),
@@ -251,7 +258,7 @@ def _build_slice(
         _print_failure(
             code, lines, f"slice {key}: not published; the previous file (if any) is unchanged"
         )
-    return code
+    return code, lines
 
 
 def refresh_published(settings: Settings, name: str) -> int:
@@ -260,18 +267,18 @@ def refresh_published(settings: Settings, name: str) -> int:
     generation touched (and declared ones never built), the catalog."""
     instance = open_instance(settings)
     defs = launch.load_code_location(settings)
-    code = _ensure_derived(defs, instance, settings, name)
+    code, _ = _ensure_derived(defs, instance, settings, name)
     if code:
         return code
     built = refresh.current_derived(settings.layout, name)
     assert built is not None
     plan = refresh.plan_slice_refresh(instance, settings.layout, name, settings.slices_file, built)
     for key in plan.rebuild:
-        code = max(code, _build_slice(defs, instance, name, key))
-    return max(code, _refresh_catalog(defs, instance, name))
+        code = max(code, _build_slice(defs, instance, name, key)[0])
+    return max(code, _refresh_catalog(defs, instance, name)[0])
 
 
-def _refresh_catalog(defs: dg.Definitions, instance: dg.DagsterInstance, config: str) -> int:
+def _refresh_catalog(defs: dg.Definitions, instance: dg.DagsterInstance, config: str) -> Outcome:
     result = execute(
         defs.resolve_job_def(CATALOG_JOB),
         instance=instance,
@@ -279,4 +286,4 @@ def _refresh_catalog(defs: dg.Definitions, instance: dg.DagsterInstance, config:
     )
     code, lines = exit_code(result)
     _print_failure(code, lines)
-    return code
+    return code, lines
