@@ -46,7 +46,7 @@ class ProgressView:
         self.task: str | None = None
         self.total = _Counts()
         self.done = _Counts()
-        self.started = self.last = time.monotonic()
+        self.started = self.last = self.flowed = time.monotonic()
         self.drawn = False
         self.expected: dict[str, _Counts] = {}
 
@@ -65,13 +65,16 @@ class ProgressView:
                 if self.total == _Counts():
                     self.total = self.expected.get(event.task, self.total)
                 self.done = _Counts()
-                self.started = time.monotonic()
+                self.started = self.flowed = time.monotonic()
                 self._draw(force=self.bar)
             elif event.kind == "advance":
                 self.done.files += event.files
                 self.done.bytes += event.bytes
                 self.done.rows += event.rows
-                self._draw()
+                if event.bytes or event.rows:
+                    self.flowed = time.monotonic()
+                complete = _fraction(self.done, self.total) == 1.0
+                self._draw(force=self.bar and (bool(event.files) or complete))
 
     def line(self, text: str) -> None:
         """`text` on its own line (above the bar on a terminal)."""
@@ -101,7 +104,7 @@ class ProgressView:
         if self.task is None or not (force or now - self.last >= self._every()):
             return
         self.last = now
-        text = describe(self.task, self.done, self.total, now - self.started)
+        text = describe(self.task, self.done, self.total, self.flowed - self.started)
         if self.bar:
             width = shutil.get_terminal_size((100, 24)).columns - 1
             self.stream.write("\r" + f"{self.label} {text}"[:width] + "\x1b[K")
@@ -114,10 +117,11 @@ class ProgressView:
         return BAR_EVERY_S if self.bar else PLAIN_EVERY_S
 
 
-def describe(task: str, done: _Counts, total: _Counts, elapsed: float) -> str:
-    """`task: [####....] 2/4 files 87.3/174.7 MB 12.1 MB/s ETA 7 s` (what is known of it)."""
+def describe(task: str, done: _Counts, total: _Counts, flowing: float) -> str:
+    """`task: [####....] 2/4 files 87.3/174.7 MB 12.1 MB/s ETA 7 s`: what is known of it.
+    `flowing`: seconds from the task's start to its last byte or row, what the rate is over."""
     parts = [f"{task}:"]
-    fraction, rate_of, remaining = _measure(done, total)
+    fraction = _fraction(done, total)
     if fraction is not None:
         filled = round(BAR_WIDTH * min(fraction, 1.0))
         parts.append("[" + "#" * filled + "." * (BAR_WIDTH - filled) + "]")
@@ -129,26 +133,29 @@ def describe(task: str, done: _Counts, total: _Counts, elapsed: float) -> str:
     if done.rows or total.rows:
         of = f"/{total.rows:,}" if total.rows else ""
         parts.append(f"{done.rows:,}{of} rows")
-    rate = rate_of / elapsed if elapsed > 0 else 0.0
-    if rate > 0:
-        unit = "MB/s" if done.bytes else "rows/s"
-        parts.append(f"{rate / 1e6:,.1f} {unit}" if done.bytes else f"{rate:,.0f} {unit}")
-        if remaining is not None:
-            parts.append(f"ETA {remaining / rate:,.0f} s")
-    else:
-        parts.append(f"{elapsed:,.0f} s")
+    flowed, left = (
+        (done.bytes, total.bytes - done.bytes)
+        if done.bytes
+        else (done.rows, total.rows - done.rows)
+    )
+    if flowed and flowing > 0:
+        rate = flowed / flowing
+        parts.append(f"{rate / 1e6:,.1f} MB/s" if done.bytes else f"{rate:,.0f} rows/s")
+        if left > 0:
+            parts.append(f"ETA {left / rate:,.0f} s")
+    if fraction is None and not flowed:
+        parts.append("…")
+    elif total.files and done.files < total.files and total.bytes and done.bytes >= total.bytes:
+        parts.append("inspecting…")
     return " ".join(parts)
 
 
-def _measure(done: _Counts, total: _Counts) -> tuple[float | None, float, float | None]:
-    """The fraction done, the count the rate is of, and how much of it remains (None: unknown)."""
-    if total.bytes:
-        return done.bytes / total.bytes, done.bytes, max(total.bytes - done.bytes, 0)
-    if total.rows:
-        return done.rows / total.rows, done.rows, max(total.rows - done.rows, 0)
-    if total.files:
-        return done.files / total.files, done.bytes or done.rows, None
-    return None, done.bytes or done.rows, None
+def _fraction(done: _Counts, total: _Counts) -> float | None:
+    """How much of the task is done (None: its size is unknown). A sync's files count as much
+    as its bytes: each is inspected after its download."""
+    parts = [d / t for d, t in ((done.bytes, total.bytes), (done.rows, total.rows)) if t]
+    parts += [done.files / total.files] if total.files else []
+    return sum(parts) / len(parts) if parts else None
 
 
 class _LogLines(logging.Handler):

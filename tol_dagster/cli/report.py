@@ -78,11 +78,10 @@ def sync_report(config: str, facts: Mapping[str, Any]) -> None:
         f"{facts['rows']:,} rows) in {facts['mirror_path']} [run {facts['run_id']}]"
     )
     if "fetched_files" in facts:
-        rate = facts["fetched_bytes"] / 1e6 / max(facts["download_seconds"], 1e-3)
         say(
             f"  generation {facts['generation']}: fetched {facts['fetched_files']} files "
-            f"({facts['fetched_bytes'] / 1e6:,.1f} MB at {rate:,.1f} MB/s, "
-            f"{facts['fetched_rows']:,} rows), kept {facts['kept_files']} unchanged, "
+            f"({facts['fetched_bytes'] / 1e6:,.1f} MB, {facts['fetched_rows']:,} rows, "
+            f"{facts['download_seconds']:,.1f} s), kept {facts['kept_files']} unchanged, "
             f"removed {facts['removed_files']}; {facts['checks_passed']}/{facts['checks']} "
             f"gate checks passed; {facts['seconds']:,.1f} s"
         )

@@ -90,7 +90,7 @@ def extract_slice(
             with open(temp, "wb") as handle, reader as items:
                 sink = HashingSink(handle)
                 codec = write_slice(_counted(items, per_file), sink, schema, spliced)
-            progress.start("slice checks", rows=sum(per_file.values()))
+            progress.start("slice checks")
             checks = tuple(verify(temp)) if verify is not None else ()
         failed = [c for c in checks if not c.passed]
         if failed:
@@ -100,6 +100,8 @@ def extract_slice(
             )
     rows = sum(per_file.values())
     warnings = () if rows else (f"slice {key.name}: no rows in the mirror match; wrote 0 rows",)
+    for warning in warnings:
+        progress.note(warning)
     return SliceResult(
         key=key.name,
         path=out,
