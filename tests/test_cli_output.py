@@ -261,6 +261,10 @@ def test_dagster_log_lines_only_with_verbose(synced: User) -> None:
     assert plain.code == 0, plain.text
     assert not DAGSTER_LINE.search(plain.text), plain.text
     assert f"{CONFIG}: mirror at " in plain.out and "gate checks passed" in plain.out
+    [quiet_run] = plain.run_ids
+    with synced.instance() as instance:
+        kept = [e.user_message for e in instance.all_logs(quiet_run)]
+    assert [m for m in kept if "MB to fetch)" in m], "our INFO lines stay in the event log"
 
     valid_edit(synced.root, file_names(synced.root)[1])
     verbose = synced.sync("--verbose")

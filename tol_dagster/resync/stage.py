@@ -107,10 +107,12 @@ def _stage_commit(
 ) -> StagedState:
     config = remote.config
     manifest = load_manifest(layout, config)
-    plan = plan_sync(manifest, remote, drifted=_drifted(layout, manifest, remote, suspects, log))
-    log(f"{config} @ {remote.commit[:12]}: {plan_summary(plan)}")
-    _prepare_staging(layout, config, plan, superseded, log=log)
+    say = progress.told(log)  # what the plan is and why: for a person watching too
+    plan = plan_sync(manifest, remote, drifted=_drifted(layout, manifest, remote, suspects, say))
+    say(f"{config} @ {remote.commit[:12]}: {plan_summary(plan)}")
+    _prepare_staging(layout, config, plan, superseded, log=say)
     started = time.monotonic()
+    # Its periodic lines go to the run log only: a person watching has the bar.
     results = fetch_all(layout, client, config, plan, max_parallel=max_parallel, log=log)
     results.update(_kept_unchanged(layout, config, plan, manifest))
     return StagedState(
@@ -145,7 +147,7 @@ def _drifted(
     generation = current_generation(layout, manifest.config)
     found = {d.name: d.reason for d in drifted_entries(generation, unchanged, rehash=rehash)}
     for name, reason in sorted(found.items()):
-        progress.told(log)(f"{name} drifted from the manifest ({reason}): fetching it again")
+        log(f"{name} drifted from the manifest ({reason}): fetching it again")
     matching = sorted(rehash - set(found))  # repaired since the audit, or a stale report
     if matching:
         log(
