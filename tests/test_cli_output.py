@@ -332,6 +332,6 @@ def test_a_slice_on_a_terminal_reports_rows_and_path(synced: User) -> None:
     assert code == 0, screen
     path = synced.layout.slices_dir(CONFIG) / FELIDAE.file_name
     rows = pq.ParquetFile(path).metadata.num_rows
-    assert re.search(rf"slice family=Felidae slice: \[#+\.*\] [\d,]+/{rows:,} rows", screen)
+    assert re.search(rf"{CONFIG} slice family=Felidae: \[#+\.*\] [\d,]+/{rows:,} rows", screen)
     assert f"slice family=Felidae: {rows:,} rows" in screen
     assert screen.rstrip().endswith(str(path))

@@ -19,8 +19,9 @@ Task = str
 
 @dataclass(frozen=True)
 class Event:
-    """One report. `start`: a task begins, counts are its totals (0: unknown); `advance`: counts
-    are done since the last report; `note`: `text` is a sentence for a person."""
+    """One report. `start`: a task begins, counts are its totals (0: unknown), `text` what it
+    works on; `advance`: counts are done since the last report; `note`: `text` is a sentence
+    for a person."""
 
     kind: str
     task: Task = ""
@@ -45,10 +46,10 @@ def listening(listener: Listener) -> Iterator[None]:
         _listeners.remove(listener)
 
 
-def start(task: Task, *, files: int = 0, bytes: int = 0, rows: int = 0) -> None:
-    """`task` begins, with its totals where known."""
+def start(task: Task, *, files: int = 0, bytes: int = 0, rows: int = 0, what: str = "") -> None:
+    """`task` begins (on `what`, e.g. a slice's key), with its totals where known."""
     if _listeners:
-        _emit(Event("start", task, files, bytes, rows))
+        _emit(Event("start", task, files, bytes, rows, what))
 
 
 def advance(task: Task, *, files: int = 0, bytes: int = 0, rows: int = 0) -> None:

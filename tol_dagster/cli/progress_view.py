@@ -60,7 +60,7 @@ class ProgressView:
             if event.kind == "note":
                 self._line(event.text)
             elif event.kind == "start":
-                self.task = event.task
+                self.task = f"{event.task} {event.text}".strip()
                 self.total = _Counts(event.files, event.bytes, event.rows)
                 if self.total == _Counts():
                     self.total = self.expected.get(event.task, self.total)

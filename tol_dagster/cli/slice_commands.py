@@ -39,7 +39,7 @@ def run_slice(key_text: str, *, config: str | None, allow_empty: bool = False) -
     instance = open_instance(settings)
     defs = load_code_location(settings)
     started = time.monotonic()
-    with progress_view.shown(f"slice {key.name}") as view:
+    with progress_view.shown(name) as view:
         code, lines = _ensure_derived(defs, instance, settings, name)
         if not code and not (allow_empty or records.allowed_empty(settings.layout, name, key.name)):
             expected = _refuse_empty(settings, name, key)

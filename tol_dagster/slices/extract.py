@@ -83,14 +83,14 @@ def extract_slice(
     scans = copyable_scans(plan_scans(key, files, index), schema)
     spliced = any(isinstance(piece, Copy) for scan in scans for piece in scan.pieces)
     per_file = {scan.file.name: 0 for scan in scans}
-    progress.start("slice")
+    progress.start("slice", what=key.name)
     with atomic_path(out) as temp:
         reader = contextlib.closing(prefetched(read_slice_rows(key, scans, schema), READ_AHEAD))
         with _jemalloc():  # the checks too: they decode the slice's `emb` back
             with open(temp, "wb") as handle, reader as items:
                 sink = HashingSink(handle)
                 codec = write_slice(_counted(items, per_file), sink, schema, spliced)
-            progress.start("slice checks")
+            progress.start("slice checks", what=key.name)
             checks = tuple(verify(temp)) if verify is not None else ()
         failed = [c for c in checks if not c.passed]
         if failed:
