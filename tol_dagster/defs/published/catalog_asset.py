@@ -8,6 +8,7 @@ import dagster as dg
 import pyarrow as pa
 
 from tol_dagster.defs.columns import CATALOG_COLUMNS
+from tol_dagster.defs.failures import in_words
 from tol_dagster.defs.keys import asset_key
 from tol_dagster.defs.metadata import OWNERS, table_preview, table_schema
 from tol_dagster.defs.published.automation import CATALOG_CONDITION
@@ -33,6 +34,7 @@ def build_catalog_asset(name: str) -> dg.AssetsDefinition:
         automation_condition=CATALOG_CONDITION,
         description="One row per published slice: the table downstream code reads to find slices.",
     )
+    @in_words
     def slice_catalog(
         context: dg.AssetExecutionContext, storage: StorageResource
     ) -> dg.MaterializeResult:

@@ -15,6 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from tol_dagster.defs.columns import CENTROID_COLUMNS, SUMMARY_COLUMNS, TAXON_INDEX_COLUMNS
+from tol_dagster.defs.failures import in_words
 from tol_dagster.defs.keys import asset_key
 from tol_dagster.defs.metadata import (
     OWNERS,
@@ -100,6 +101,7 @@ def build_summary_assets(name: str) -> dg.AssetsDefinition:
         ],
         name=f"{asset_key(name, 'mirror').to_python_identifier()}_summaries",
     )
+    @in_words
     def summary_tables(
         context: dg.AssetExecutionContext, hub: HubResource, storage: StorageResource
     ) -> Iterator[dg.MaterializeResult]:
@@ -136,6 +138,7 @@ def build_taxon_index_asset(name: str) -> dg.AssetsDefinition:
         description="(rank, value) -> file, row group, row range: lets a slice read only the row groups of its taxon.",
         **_derived_table(name, TAXON_INDEX_CODE_VERSION),
     )
+    @in_words
     def index(
         context: dg.AssetExecutionContext, hub: HubResource, storage: StorageResource
     ) -> dg.MaterializeResult:
@@ -173,6 +176,7 @@ def build_centroids_asset(name: str) -> dg.AssetsDefinition:
         ),
         **_derived_table(name, CENTROIDS_CODE_VERSION),
     )
+    @in_words
     def centroid_table(
         context: dg.AssetExecutionContext, hub: HubResource, storage: StorageResource
     ) -> dg.MaterializeResult:
