@@ -3,8 +3,9 @@
 Debian's Chromium (`/usr/bin/chromium`, never a downloaded browser) driven by Playwright opens
 `make dev`'s server (`tol_dagster.devtools.dev_server`, on free ports, over a temp data home
 where the demo ran on a small sample) and checks what a person sees: the asset graph; a
-summary's table preview with a `NULL` cell; the mirror's audit check evaluated and passed; a
-slice partition (`genus=Panthera`) added and materialized from the page, its checks passed.
+summary's table preview with a `NULL` cell; the mirror's audit check evaluated (it follows each
+resync) and passed; a slice partition (`genus=Panthera`) added and materialized from the page,
+its checks passed.
 
 Screenshots are saved under the test's temp folder; with `TOL_SAVE_SCREENSHOTS=<dir>` the asset
 graph and the slice's checks are copied there too (the README's come from `docs/screenshots`).
@@ -82,18 +83,6 @@ sample.DEMO_SAMPLE = {SAMPLE!r}
 sys.exit(run_demo())
 """
 
-#: The audit of the mirror, as the audit job runs it.
-AUDIT = """
-from tol_dagster.definitions import build_definitions
-from tol_dagster.defs.instance import open_instance
-from tol_dagster.defs.mirror.jobs import AUDIT_JOB
-from tol_dagster.settings import Settings
-settings = Settings.from_env()
-with open_instance(settings) as instance:
-    job = build_definitions(settings).resolve_job_def(AUDIT_JOB)
-    raise SystemExit(0 if job.execute_in_process(instance=instance).success else 1)
-"""
-
 #: Expand both groups of the global asset graph and skip the community dialog.
 BROWSER_STATE = f"""
 localStorage.setItem('communityNux', '"1"');
@@ -156,7 +145,6 @@ def test_the_ui_shows_the_graph_a_null_cell_the_audit_and_builds_a_slice_added_o
     stack.start(
         "dev", [str(BIN / "python"), *dev_server, "--local-hub-port", str(free_port())], env
     )
-    _run(stack, "audit", AUDIT, env)  # while the server starts
     base = f"http://127.0.0.1:{port}"
     stack.wait_for("the Dagster UI to answer", lambda: _answers(f"{base}/server_info"))
     shots = tmp_path / "screenshots"
