@@ -31,6 +31,7 @@ import yaml
 from processes import REPO_ROOT, Stack, endpoint_of, free_port, http_json, running
 
 from tol_dagster.defs.mirror.keys import mirror_group
+from tol_dagster.defs.published.jobs import slices_job_name
 from tol_dagster.defs.published.keys import published_group
 from tol_dagster.resync.audit import AUDIT_CHECK
 from tol_dagster.schema import DEFAULT_CONFIG
@@ -241,7 +242,8 @@ def _add_and_materialize_a_slice(
     adding.get_by_role("button", name="Save").click()
     page.get_by_role("button", name="Launch 1 run").click()
     expect(page.get_by_text("Launched run")).to_be_visible()
-    stack.wait_for("the slice's run to finish", lambda: _slice_run(dagster_home))
+    run = stack.wait_for("the slice's run to finish", lambda: _slice_run(dagster_home))
+    assert run.job_name == slices_job_name(CONFIG), "the UI runs a slice under its slices job"
 
     page.goto(f"{base}{ASSETS}/slices?view=partitions&partition={quote(NEW_SLICE, safe='')}")
     expect(page.get_by_text("read_with", exact=True)).to_be_visible()
