@@ -15,7 +15,15 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from tol_dagster import exit_codes
-from tol_dagster.cli import demo, interrupts, slice_commands, status, sync_command, verbosity
+from tol_dagster.cli import (
+    adopt_command,
+    demo,
+    interrupts,
+    slice_commands,
+    status,
+    sync_command,
+    verbosity,
+)
 from tol_dagster.cli.parser import build_parser
 from tol_dagster.devtools import localhub, sample
 
@@ -52,6 +60,10 @@ def _sync(args: argparse.Namespace) -> int:
     )
 
 
+def _adopt(args: argparse.Namespace) -> int:
+    return adopt_command.run_adopt(args.path, config=args.config, copy=args.copy, as_json=args.json)
+
+
 def _status(args: argparse.Namespace) -> int:
     return status.run_status(as_json=args.json)
 
@@ -77,6 +89,7 @@ HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
     "sample build": _sample_build,
     "hub serve": _hub_serve,
     "sync": _sync,
+    "adopt": _adopt,
     "status": _status,
     "slice": _slice,
     "slices list": _slices_list,

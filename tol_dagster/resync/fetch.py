@@ -28,7 +28,7 @@ Log = Callable[[str], None]
 PROGRESS_EVERY_S = 5.0
 
 
-class _Progress:
+class Progress:
     """Files, bytes, MB/s and ETA in the run log, at most every few seconds."""
 
     def __init__(self, log: Log, files: int, total_bytes: int) -> None:
@@ -76,7 +76,7 @@ class _Fetcher:
     ) -> None:
         self.layout, self.client, self.config, self.plan = layout, client, config, plan
         self.staged = staged_files(layout, config, plan.commit)
-        self.progress = _Progress(log, len(plan.to_fetch), plan.bytes_to_fetch)
+        self.progress = Progress(log, len(plan.to_fetch), plan.bytes_to_fetch)
         self.stop = threading.Event()
 
     def on_progress(self, count: int) -> None:

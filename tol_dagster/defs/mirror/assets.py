@@ -13,6 +13,7 @@ import dagster as dg
 
 from tol_dagster.defs.keys import asset_key
 from tol_dagster.defs.metadata import OWNERS, blocking_checks, check_result, table_schema
+from tol_dagster.defs.mirror.adoption import adopt_folder, adoption_metadata
 from tol_dagster.defs.mirror.keys import mirror_group
 from tol_dagster.defs.mirror.resync_slot import ResyncSlotResource, resync_pool
 from tol_dagster.defs.resources import GateResource, HubResource, StorageResource
@@ -29,6 +30,9 @@ class StageConfig(dg.Config):
     accept_row_loss: bool = False
     accept_schema_change: bool = False
     accept_emb_change: bool = False
+    #: Adopt this folder (a user's `hf download` copy) before staging: see `adoption`.
+    adopt_from: str | None = None
+    adopt_copy: bool = False
 
 
 def build_mirror_assets(name: str) -> list[dg.AssetsDefinition]:
@@ -98,6 +102,16 @@ def build_staged_asset(name: str) -> dg.AssetsDefinition:
         gate: GateResource,
         resync_slot: ResyncSlotResource,  # held from the run's start to its end
     ) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
+        adopted = None
+        if config.adopt_from:
+            adopted = adopt_folder(
+                storage.layout,
+                hub.client(),
+                name,
+                config.adopt_from,
+                copy=config.adopt_copy,
+                log=context.log.info,
+            )
         state = stage.stage(
             storage.layout,
             hub.client(),
@@ -118,6 +132,7 @@ def build_staged_asset(name: str) -> dg.AssetsDefinition:
                 "bytes_fetched": dg.MetadataValue.int(state.bytes_fetched),
                 "download_mb_per_s": round(state.download_mb_per_s, 1),
                 "rows": dg.MetadataValue.int(state.total_rows),
+                **(adoption_metadata(adopted.with_fetched(state)) if adopted else {}),
             },
             data_version=dg.DataVersion(state.version),
         )
