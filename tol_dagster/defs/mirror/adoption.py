@@ -80,9 +80,12 @@ def build_adopt_job(config: str, tags: dict[str, str]) -> dg.UnresolvedAssetJobD
 
 
 def adopt_folder(
-    layout: Layout, client: HubClient, config: str, path: str, *, copy: bool, log: Log
-) -> AdoptionReport:
-    """Adopt `path` into the staging of the upstream commit the resync is about to stage."""
+    layout: Layout, client: HubClient, config: str, path: str | None, copy: bool, log: Log
+) -> AdoptionReport | None:
+    """Adopt `path` into the staging of the upstream commit the resync is about to stage
+    (None: no path, a plain resync)."""
+    if not path:
+        return None
     if not Path(path).is_absolute():
         raise SettingsError(
             f"adopt path {path!r} is relative; give it absolute (the run may execute in "

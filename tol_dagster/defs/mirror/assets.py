@@ -8,6 +8,7 @@ but does not shape.
 """
 
 from collections.abc import Iterator
+from typing import Any
 
 import dagster as dg
 
@@ -18,8 +19,9 @@ from tol_dagster.defs.mirror.keys import mirror_group
 from tol_dagster.defs.mirror.resync_slot import ResyncSlotResource, resync_pool
 from tol_dagster.defs.resources import GateResource, HubResource, StorageResource
 from tol_dagster.resync import audit, plan, publish, revision_diff, stage
+from tol_dagster.resync.adopt_report import AdoptionReport
 from tol_dagster.resync.gate import GATE_CHECKS, run_gate
-from tol_dagster.resync.state import load_staged, refresh_remote, remote_version
+from tol_dagster.resync.state import StagedState, load_staged, refresh_remote, remote_version
 from tol_dagster.schema import expected_schema
 
 
@@ -102,16 +104,14 @@ def build_staged_asset(name: str) -> dg.AssetsDefinition:
         gate: GateResource,
         resync_slot: ResyncSlotResource,  # held from the run's start to its end
     ) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
-        adopted = None
-        if config.adopt_from:
-            adopted = adopt_folder(
-                storage.layout,
-                hub.client(),
-                name,
-                config.adopt_from,
-                copy=config.adopt_copy,
-                log=context.log.info,
-            )
+        adopted = adopt_folder(
+            storage.layout,
+            hub.client(),
+            name,
+            config.adopt_from,
+            config.adopt_copy,
+            context.log.info,
+        )
         state = stage.stage(
             storage.layout,
             hub.client(),
@@ -123,18 +123,7 @@ def build_staged_asset(name: str) -> dg.AssetsDefinition:
             log=context.log.info,
         )
         yield dg.MaterializeResult(
-            metadata={
-                "upstream_commit": state.commit,
-                "files": dg.MetadataValue.md(state.files_markdown()),
-                "fetched": len(state.fetched),
-                "failed": len(state.failed),
-                "removed_upstream": len(state.removed),
-                "bytes_fetched": dg.MetadataValue.int(state.bytes_fetched),
-                "download_mb_per_s": round(state.download_mb_per_s, 1),
-                "rows": dg.MetadataValue.int(state.total_rows),
-                **(adoption_metadata(adopted.with_fetched(state)) if adopted else {}),
-            },
-            data_version=dg.DataVersion(state.version),
+            metadata=_staged_metadata(state, adopted), data_version=dg.DataVersion(state.version)
         )
         for result in run_gate(
             storage.layout,
@@ -147,6 +136,23 @@ def build_staged_asset(name: str) -> dg.AssetsDefinition:
             yield check_result(result, staged_key)
 
     return staged
+
+
+def _staged_metadata(
+    state: StagedState, adopted: AdoptionReport | None
+) -> dict[str, Any]:
+    """What the UI shows of a staged candidate (and of the adoption that preceded it, if any)."""
+    return {
+        "upstream_commit": state.commit,
+        "files": dg.MetadataValue.md(state.files_markdown()),
+        "fetched": len(state.fetched),
+        "failed": len(state.failed),
+        "removed_upstream": len(state.removed),
+        "bytes_fetched": dg.MetadataValue.int(state.bytes_fetched),
+        "download_mb_per_s": round(state.download_mb_per_s, 1),
+        "rows": dg.MetadataValue.int(state.total_rows),
+        **(adoption_metadata(adopted.with_fetched(state)) if adopted else {}),
+    }
 
 
 def build_mirror_asset(name: str) -> dg.AssetsDefinition:
