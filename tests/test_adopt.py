@@ -164,6 +164,10 @@ def test_adopt_fetches_only_what_the_folder_lacks_and_leaves_it_untouched(
     assert "stale" in ignored[f"{CONFIG}/{edited}"]
     assert f"{len(kept)} adopted" in outcome.out and "3 fetched" in outcome.out
 
+    valid_edit(adopter.root, kept[0])  # the next resync publishes the other adopted files again
+    assert adopter.sync().code == 0
+    assert folder_state(data) == before, "a later publish changed the adopted folder"
+
 
 def test_a_second_adopt_of_the_same_folder_fetches_nothing(adopter: User, tmp_path: Path) -> None:
     data = hf_download(adopter, tmp_path / "data")
