@@ -40,7 +40,11 @@ from tol_dagster.defs.keys import asset_key
 from tol_dagster.defs.mirror.adoption import REPORT_KEY, adopt_job_name
 from tol_dagster.devtools.localhub import LocalHub
 from tol_dagster.devtools.sample import build_sample
+from tol_dagster.store.generations import publish_generation
 from tol_dagster.store.hashing import sha256_file
+from tol_dagster.store.layout import Layout
+from tol_dagster.store.shared_files import LINKED, bring_in, record_shared
+from tol_dagster.store.staging import stage_path
 from tol_dagster.validation.checks import SORTED_BY_CONTRACT_KEY
 
 __all__ = ["dagster_home"]  # a fixture, imported to be found
@@ -230,3 +234,24 @@ def test_a_path_that_is_not_a_folder_is_bad_input(adopter: User, tmp_path: Path)
 
     assert outcome.code == 2
     assert "is not a folder" in outcome.err
+
+
+def test_publishing_leaves_a_users_mode_until_the_user_replaces_the_file(tmp_path: Path) -> None:
+    layout = Layout(tmp_path / "home")
+    mine = tmp_path / "data" / "a.parquet"
+    mine.parent.mkdir()
+    mine.write_bytes(b"the user's bytes")
+    mine.chmod(0o644)
+    staged = stage_path(layout, CONFIG, "c1", mine.name)
+    assert bring_in(mine, staged, copy=False) == LINKED
+    record_shared(layout, CONFIG, [mine])
+
+    first = publish_generation(layout, CONFIG, commit="c1", files={mine.name: staged})
+
+    assert stat.S_IMODE(mine.stat().st_mode) == 0o644, "publishing chmodded the user's file"
+    replacement = mine.with_name(".a.parquet.incomplete")  # as `hf download` replaces a file
+    replacement.write_bytes(b"newer bytes")
+    os.replace(replacement, mine)
+    second = publish_generation(layout, CONFIG, commit="c2", files={mine.name: first / mine.name})
+    assert not (second / mine.name).stat().st_mode & 0o222, "the store's alone now: read-only"
+    assert stat.S_IMODE(mine.stat().st_mode) == 0o644
