@@ -14,7 +14,6 @@ import json
 import os
 import shutil
 import stat
-from collections.abc import Iterator
 from pathlib import Path
 
 import dagster as dg
@@ -27,18 +26,17 @@ from resync_testing import (
     dagster_home,
     edit_upstream,
     file_names,
-    make_user,
     mirror_view,
     set_card_rows,
     upstream_files,
     upstream_rows,
+    user,
     valid_edit,
     write_upstream,
 )
 
 from tol_dagster.defs.keys import asset_key
 from tol_dagster.defs.mirror.adoption import REPORT_KEY, adopt_job_name
-from tol_dagster.devtools.localhub import LocalHub
 from tol_dagster.devtools.sample import build_sample
 from tol_dagster.store.generations import publish_generation
 from tol_dagster.store.hashing import sha256_file
@@ -47,7 +45,7 @@ from tol_dagster.store.shared_files import LINKED, bring_in, record_shared
 from tol_dagster.store.staging import stage_path
 from tol_dagster.validation.checks import SORTED_BY_CONTRACT_KEY
 
-__all__ = ["dagster_home"]  # a fixture, imported to be found
+__all__ = ["dagster_home", "user"]  # fixtures, imported to be found
 
 #: Five files, so that some are adopted while others are edited, removed and corrupted.
 SAMPLE = {"rows": 5000, "files": 5, "seed": 23, "row_group_size": 500}
@@ -61,30 +59,11 @@ def five_files(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def root(five_files: Path, tmp_path: Path) -> Path:
-    """The Hub's folder: a private copy of the sample, edited as upstream edits it."""
-    copy = tmp_path / "hub_root"
-    shutil.copytree(five_files, copy)
-    return copy
-
-
-@pytest.fixture
-def hub(root: Path) -> Iterator[LocalHub]:
-    with LocalHub(root) as served:
-        yield served
-
-
-@pytest.fixture
-def adopter(
-    hub: LocalHub,
-    root: Path,
-    tmp_path: Path,
-    dagster_home: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
-) -> User:
-    """A user with an empty data home and the Hub above."""
-    return make_user(hub, root, tmp_path / "home", dagster_home, monkeypatch, capsys)
+def hub_root(five_files: Path, tmp_path: Path) -> Path:
+    """The Hub's folder (overrides conftest's): a private copy of the five-file sample."""
+    root = tmp_path / "hub_root"
+    shutil.copytree(five_files, root)
+    return root
 
 
 def hf_download(user: User, local_dir: Path) -> Path:
@@ -132,34 +111,34 @@ def report_of(user: User) -> dict[str, object]:
 
 
 def test_adopt_fetches_only_what_the_folder_lacks_and_leaves_it_untouched(
-    adopter: User, tmp_path: Path
+    user: User, tmp_path: Path
 ) -> None:
-    data = hf_download(adopter, tmp_path / "data")
+    data = hf_download(user, tmp_path / "data")
     local = data / CONFIG
-    names = file_names(adopter.root)
+    names = file_names(user.root)
     edited, corrupted, removed, *kept = names
-    valid_edit(adopter.root, edited)
-    upstream = adopter.folder
+    valid_edit(user.root, edited)
+    upstream = user.folder
     added = removed.replace(".parquet", "-v2.parquet")  # sorts where the removed file did
     write_upstream(upstream / added, pq.read_table(upstream / removed).slice(0, 700))
     (upstream / removed).unlink()
-    set_card_rows(adopter.root, upstream_rows(adopter.root))
+    set_card_rows(user.root, upstream_rows(user.root))
     corrupt_in_place(local / corrupted)
     before = folder_state(data)
-    adopter.reset_counts()
+    user.reset_counts()
 
-    outcome = adopter.tol("adopt", str(data))
+    outcome = user.tol("adopt", str(data))
 
     assert outcome.code == 0, outcome.text
     fetched = {edited, corrupted, added}
-    assert adopter.requests()["lfs_get"] == len(fetched), adopter.requests()
-    assert adopter.bytes_served() == sum((upstream / n).stat().st_size for n in fetched)
-    view = mirror_view(adopter.layout)
-    assert view.sha256s == upstream_files(adopter.root)
+    assert user.requests()["lfs_get"] == len(fetched), user.requests()
+    assert user.bytes_served() == sum((upstream / n).stat().st_size for n in fetched)
+    view = mirror_view(user.layout)
+    assert view.sha256s == upstream_files(user.root)
     assert folder_state(data) == before, "the adopted folder changed"
     for name in kept:  # hard links: the mirror holds the folder's very inodes, their mode kept
         assert view.files[name][1] == (local / name).stat().st_ino
-    report = report_of(adopter)
+    report = report_of(user)
     assert {e["name"] for e in report["adopted"]} == set(kept)  # type: ignore[index, union-attr]
     assert {e["name"] for e in report["fetched"]} == fetched  # type: ignore[index, union-attr]
     ignored = {e["path"]: e["reason"] for e in report["ignored"]}  # type: ignore[index, union-attr]
@@ -168,69 +147,67 @@ def test_adopt_fetches_only_what_the_folder_lacks_and_leaves_it_untouched(
     assert "stale" in ignored[f"{CONFIG}/{edited}"]
     assert f"{len(kept)} adopted" in outcome.out and "3 fetched" in outcome.out
 
-    valid_edit(adopter.root, kept[0])  # the next resync publishes the other adopted files again
-    assert adopter.sync().code == 0
+    valid_edit(user.root, kept[0])  # the next resync publishes the other adopted files again
+    assert user.sync().code == 0
     assert folder_state(data) == before, "a later publish changed the adopted folder"
 
 
-def test_a_second_adopt_of_the_same_folder_fetches_nothing(adopter: User, tmp_path: Path) -> None:
-    data = hf_download(adopter, tmp_path / "data")
-    assert adopter.tol("adopt", str(data)).code == 0
-    adopter.reset_counts()
+def test_a_second_adopt_of_the_same_folder_fetches_nothing(user: User, tmp_path: Path) -> None:
+    data = hf_download(user, tmp_path / "data")
+    assert user.tol("adopt", str(data)).code == 0
+    user.reset_counts()
 
-    outcome = adopter.tol("adopt", str(data), "--json")
+    outcome = user.tol("adopt", str(data), "--json")
 
     assert outcome.code == 0, outcome.text
-    files = {k: v for k, v in adopter.requests().items() if k.startswith(("resolve", "lfs"))}
-    assert files == dict.fromkeys(files, 0), adopter.requests()
+    files = {k: v for k, v in user.requests().items() if k.startswith(("resolve", "lfs"))}
+    assert files == dict.fromkeys(files, 0), user.requests()
     document = json.loads(outcome.out)
     (only,) = document["configs"]
-    assert document["exit_code"] == 0 and only["mirror_commit"] == adopter.hub.head_commit()
+    assert document["exit_code"] == 0 and only["mirror_commit"] == user.hub.head_commit()
     totals = only["report"]["totals"]
     assert totals["adopted"]["files"] == totals["fetched"]["files"] == 0
-    assert totals["mirrored"]["files"] == len(file_names(adopter.root))
-    run = adopter.instance().get_run_by_id(only["run_id"])
+    assert totals["mirrored"]["files"] == len(file_names(user.root))
+    run = user.instance().get_run_by_id(only["run_id"])
     assert run is not None and run.job_name == adopt_job_name(CONFIG)
 
 
 def test_the_gate_refuses_an_adopted_copy_that_violates_the_contract(
-    adopter: User, tmp_path: Path
+    user: User, tmp_path: Path
 ) -> None:
-    unsorted = file_names(adopter.root)[1]
-    edit_upstream(
-        adopter.folder / unsorted, lambda table: table.take(list(range(len(table)))[::-1])
-    )
-    data = hf_download(adopter, tmp_path / "data")
+    unsorted = file_names(user.root)[1]
+    edit_upstream(user.folder / unsorted, lambda table: table.take(list(range(len(table)))[::-1]))
+    data = hf_download(user, tmp_path / "data")
     before = folder_state(data)
-    adopter.reset_counts()
+    user.reset_counts()
 
-    outcome = adopter.tol("adopt", str(data))
+    outcome = user.tol("adopt", str(data))
 
     assert outcome.code == 1, outcome.text
     assert SORTED_BY_CONTRACT_KEY in outcome.text
-    assert adopter.requests()["lfs_get"] == 0, "every file was adopted, none downloaded"
-    assert not adopter.layout.mirror_dir(CONFIG).exists(), "nothing was published"
+    assert user.requests()["lfs_get"] == 0, "every file was adopted, none downloaded"
+    assert not user.layout.mirror_dir(CONFIG).exists(), "nothing was published"
     assert folder_state(data) == before
 
 
-def test_copy_leaves_no_inode_shared_with_the_folder(adopter: User, tmp_path: Path) -> None:
-    data = hf_download(adopter, tmp_path / "data")
-    adopter.reset_counts()
+def test_copy_leaves_no_inode_shared_with_the_folder(user: User, tmp_path: Path) -> None:
+    data = hf_download(user, tmp_path / "data")
+    user.reset_counts()
 
-    outcome = adopter.tol("adopt", str(data), "--copy")
+    outcome = user.tol("adopt", str(data), "--copy")
 
     assert outcome.code == 0, outcome.text
-    view = mirror_view(adopter.layout)
-    assert view.sha256s == upstream_files(adopter.root)
+    view = mirror_view(user.layout)
+    assert view.sha256s == upstream_files(user.root)
     folder_inodes = {p.stat().st_ino for p in (data / CONFIG).glob("*.parquet")}
     assert not folder_inodes & {inode for _, inode in view.files.values()}
-    assert adopter.requests()["lfs_get"] == 0
-    published = adopter.layout.mirror_dir(CONFIG).glob("*.parquet")
+    assert user.requests()["lfs_get"] == 0
+    published = user.layout.mirror_dir(CONFIG).glob("*.parquet")
     assert all(not p.stat().st_mode & 0o222 for p in published), "copies are the store's: read-only"
 
 
-def test_a_path_that_is_not_a_folder_is_bad_input(adopter: User, tmp_path: Path) -> None:
-    outcome = adopter.tol("adopt", str(tmp_path / "nowhere"))
+def test_a_path_that_is_not_a_folder_is_bad_input(user: User, tmp_path: Path) -> None:
+    outcome = user.tol("adopt", str(tmp_path / "nowhere"))
 
     assert outcome.code == 2
     assert "is not a folder" in outcome.err
