@@ -138,9 +138,7 @@ def build_staged_asset(name: str) -> dg.AssetsDefinition:
     return staged
 
 
-def _staged_metadata(
-    state: StagedState, adopted: AdoptionReport | None
-) -> dict[str, Any]:
+def _staged_metadata(state: StagedState, adopted: AdoptionReport | None) -> dict[str, Any]:
     """What the UI shows of a staged candidate (and of the adoption that preceded it, if any)."""
     return {
         "upstream_commit": state.commit,
