@@ -35,7 +35,7 @@ from resync_testing import (
     write_upstream,
 )
 
-from tol_dagster.defs.keys import asset_key
+from tol_dagster.defs.keys import RESYNC_TAG, asset_key
 from tol_dagster.defs.mirror.adoption import REPORT_KEY, adopt_job_name
 from tol_dagster.devtools.sample import build_sample
 from tol_dagster.store.generations import publish_generation
@@ -170,6 +170,7 @@ def test_a_second_adopt_of_the_same_folder_fetches_nothing(user: User, tmp_path:
     assert totals["mirrored"]["files"] == len(file_names(user.root))
     run = user.instance().get_run_by_id(only["run_id"])
     assert run is not None and run.job_name == adopt_job_name(CONFIG)
+    assert run.tags.get(RESYNC_TAG) == CONFIG, "queued and serialized like a resync"
 
 
 def test_the_gate_refuses_an_adopted_copy_that_violates_the_contract(
