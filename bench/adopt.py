@@ -24,14 +24,12 @@ Every figure is measured in the same run and printed beside its target:
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import resource
 import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -46,11 +44,11 @@ from sync import (
     HubProcess,
     ensure_sample,
     file_bytes_sent,
-    print_table,
+    run_and_print,
 )
 
 from tol_dagster.schema import DEFAULT_CONFIG
-from tol_dagster.settings import DEFAULT_REPO_ID, OFFLINE_HF_ENV
+from tol_dagster.settings import DEFAULT_REPO_ID
 from tol_dagster.store.hashing import sha256_files, usable_cores
 from tol_dagster.store.layout import Layout
 
@@ -272,16 +270,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if shutil.which("sha256sum") is None:
         parser.error("sha256sum (coreutils) is not on PATH: it is the baseline")
-    os.environ.update(OFFLINE_HF_ENV)
     started = time.perf_counter()
-    with contextlib.ExitStack() as stack:
-        work = args.workdir or Path(
-            stack.enter_context(tempfile.TemporaryDirectory(prefix="tol-bench-adopt-"))
-        )
-        work.mkdir(parents=True, exist_ok=True)
-        figures = bench(work.resolve(), rows=args.rows, files=args.files, repeats=args.repeats)
-    print()
-    print_table(figures)
+    run_and_print(
+        args.workdir,
+        "tol-bench-adopt-",
+        lambda work: bench(work, rows=args.rows, files=args.files, repeats=args.repeats),
+    )
     print(f"\nbench took {time.perf_counter() - started:.0f} s")
     return 0
 

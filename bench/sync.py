@@ -560,6 +560,20 @@ def print_table(figures: list[Figure]) -> None:
             print("  ".join("-" * width for width in widths))
 
 
+def run_and_print(
+    workdir: Path | None, prefix: str, measure: Callable[[Path], list[Figure]]
+) -> None:
+    """`measure(work)` offline, in `workdir` (kept) or a temporary folder (removed), then its
+    table of figures."""
+    os.environ.update(OFFLINE_HF_ENV)
+    with contextlib.ExitStack() as stack:
+        work = workdir or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix=prefix)))
+        work.mkdir(parents=True, exist_ok=True)
+        figures = measure(work.resolve())
+    print()
+    print_table(figures)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -577,16 +591,12 @@ def main(argv: list[str] | None = None) -> int:
         "--workdir", type=Path, default=None, help="keep the sample here and reuse it"
     )
     args = parser.parse_args(argv)
-    os.environ.update(OFFLINE_HF_ENV)
     started = time.perf_counter()
-    with contextlib.ExitStack() as stack:
-        work = args.workdir or Path(
-            stack.enter_context(tempfile.TemporaryDirectory(prefix="tol-bench-sync-"))
-        )
-        work.mkdir(parents=True, exist_ok=True)
-        figures = bench(work.resolve(), rows=args.rows, files=args.files, repeats=args.repeats)
-    print()
-    print_table(figures)
+    run_and_print(
+        args.workdir,
+        "tol-bench-sync-",
+        lambda work: bench(work, rows=args.rows, files=args.files, repeats=args.repeats),
+    )
     print(
         f"\nbench took {time.perf_counter() - started:.0f} s; bench process peak RSS "
         f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6:.2f} GB"
