@@ -42,8 +42,10 @@ from sync import (
     DEFAULT_ROWS,
     Figure,
     HubProcess,
+    command_env,
     ensure_sample,
     file_bytes_sent,
+    hub_env,
     run_and_print,
 )
 
@@ -193,16 +195,10 @@ def bench(work: Path, *, rows: int, files: int, repeats: int) -> list[Figure]:
     hub_root = work / "hub"
     shutil.rmtree(hub_root, ignore_errors=True)
     shutil.copytree(work / "sample", hub_root, copy_function=os.link)
-    env = {k: v for k, v in os.environ.items() if k not in ("HF_TOKEN", "HF_ENDPOINT")}
-    hub = HubProcess(hub_root, env)
+    hub = HubProcess(hub_root, hub_env())
     try:
         home = work / "home"
-        env |= {
-            "TOL_HOME": str(home),
-            "DAGSTER_HOME": str(home / "dagster"),
-            "TOL_HUB_ENDPOINT": hub.endpoint,
-            "TOL_CONFIGS": DEFAULT_CONFIG,
-        }
+        env = command_env(home, hub.endpoint)
         from tol_dagster.hub.client import HubClient
 
         client = HubClient(hub.endpoint, DEFAULT_REPO_ID, None)

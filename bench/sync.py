@@ -119,6 +119,21 @@ class HubProcess:
         return stats
 
 
+def hub_env() -> dict[str, str]:
+    """This process's environment without a token or endpoint of the real Hub."""
+    return {k: v for k, v in os.environ.items() if k not in ("HF_TOKEN", "HF_ENDPOINT")}
+
+
+def command_env(home: Path, endpoint: str) -> dict[str, str]:
+    """The environment of a `tol-dagster` command with data home `home`, against `endpoint`."""
+    return hub_env() | {
+        "TOL_HOME": str(home),
+        "DAGSTER_HOME": str(home / "dagster"),
+        "TOL_HUB_ENDPOINT": endpoint,
+        "TOL_CONFIGS": DEFAULT_CONFIG,
+    }
+
+
 def requests_made(stats: dict[str, dict[str, int]], kinds: tuple[str, ...] | None = None) -> int:
     """Requests counted by the Hub (`range_requests` re-counts GETs, so it is left out)."""
     return sum(
@@ -414,15 +429,9 @@ def bench(work: Path, *, rows: int, files: int, repeats: int) -> list[Figure]:
     home = work / "home"
     shutil.rmtree(home, ignore_errors=True)
 
-    env = {k: v for k, v in os.environ.items() if k not in ("HF_TOKEN", "HF_ENDPOINT")}
-    hub = HubProcess(hub_root, env)
+    hub = HubProcess(hub_root, hub_env())
     try:
-        env |= {
-            "TOL_HOME": str(home),
-            "DAGSTER_HOME": str(home / "dagster"),
-            "TOL_HUB_ENDPOINT": hub.endpoint,
-            "TOL_CONFIGS": DEFAULT_CONFIG,
-        }
+        env = command_env(home, hub.endpoint)
         client = HubClient(hub.endpoint, DEFAULT_REPO_ID, None)
 
         first = run_sync(hub, env, work / "sync-first.log")
