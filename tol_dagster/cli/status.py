@@ -68,6 +68,8 @@ def _short(change: object) -> str:
     """The last published change by uuid, in one line (`--json` has the per-taxon table)."""
     if not isinstance(change, dict):
         return "none recorded"
+    if change.get("first_generation"):
+        return f"first generation at {str(change['to_commit'])[:12]}: +{change['added']:,} rows"
     top = ", ".join(
         f"{t.get('species') or t.get('genus') or t.get('family') or '?'} +{t['added']}/-{t['removed']}"
         for t in change.get("taxa", [])[:5]

@@ -6,6 +6,7 @@ from datetime import datetime
 
 import dagster as dg
 
+from tol_dagster.defs.failures import in_words
 from tol_dagster.defs.keys import asset_key
 from tol_dagster.defs.metadata import OWNERS, markdown_preview, table_schema
 from tol_dagster.defs.published.automation import CATALOG_CONDITION
@@ -30,6 +31,7 @@ def build_catalog_asset(name: str) -> dg.AssetsDefinition:
         automation_condition=CATALOG_CONDITION,
         description="One row per published slice: the table downstream code reads to find slices.",
     )
+    @in_words
     def slice_catalog(
         context: dg.AssetExecutionContext, storage: StorageResource
     ) -> dg.MaterializeResult:

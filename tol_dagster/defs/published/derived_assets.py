@@ -13,6 +13,7 @@ import dagster as dg
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from tol_dagster.defs.failures import in_words
 from tol_dagster.defs.keys import asset_key
 from tol_dagster.defs.metadata import OWNERS, markdown_preview, table_schema
 from tol_dagster.defs.published.automation import DERIVED_CONDITION
@@ -78,6 +79,7 @@ def build_summary_assets(name: str) -> dg.AssetsDefinition:
         ],
         name=f"{asset_key(name, 'mirror').to_python_identifier()}_summaries",
     )
+    @in_words
     def summary_tables(
         context: dg.AssetExecutionContext, storage: StorageResource
     ) -> Iterator[dg.MaterializeResult]:
@@ -112,6 +114,7 @@ def build_taxon_index_asset(name: str) -> dg.AssetsDefinition:
         description="(rank, value) -> file, row group, row range: lets a slice read only the row groups of its taxon.",
         **_derived_table(name, TAXON_INDEX_CODE_VERSION),
     )
+    @in_words
     def index(context: dg.AssetExecutionContext, storage: StorageResource) -> dg.MaterializeResult:
         layout = storage.layout
         with generations.pin_generation(layout, name) as pin:  # one generation, leased
@@ -146,6 +149,7 @@ def build_centroids_asset(name: str) -> dg.AssetsDefinition:
         ),
         **_derived_table(name, CENTROIDS_CODE_VERSION),
     )
+    @in_words
     def centroid_table(
         context: dg.AssetExecutionContext, storage: StorageResource
     ) -> dg.MaterializeResult:

@@ -14,13 +14,14 @@ import dagster as dg
 import pyarrow as pa
 from pydantic import Field
 
+from tol_dagster.defs.failures import in_words
 from tol_dagster.defs.keys import asset_key
 from tol_dagster.defs.metadata import OWNERS, blocking_checks, check_result, table_schema
 from tol_dagster.defs.published.keys import published_group, summary_keys
 from tol_dagster.defs.published.partitions import slice_partitions
 from tol_dagster.defs.resources import StorageResource
 from tol_dagster.derived import built_from, taxon_index
-from tol_dagster.errors import EmptySliceError, ValidationFailed
+from tol_dagster.errors import ValidationFailed
 from tol_dagster.slices import records
 from tol_dagster.slices.checks import (
     ROWS_MATCH_INDEX_COUNT,
@@ -89,6 +90,7 @@ def build_slices_asset(name: str) -> dg.AssetsDefinition:
         ),
         check_specs=blocking_checks(slices_key, SLICE_CHECKS),
     )
+    @in_words
     def slices(
         context: dg.AssetExecutionContext, config: SliceRunConfig, storage: StorageResource
     ) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
@@ -110,7 +112,7 @@ def _publish_slice(
         expected = expected_count(key, index_table, files)
         allow_empty = config.allow_empty or records.allowed_empty(layout, name, key.name)
         if not allow_empty:
-            _refuse_empty(key, index_table, expected)
+            refuse_empty(key, index_table, expected)
         verdicts: list[CheckResult] = []
 
         def verify(path: Path) -> list[CheckResult]:
@@ -151,18 +153,6 @@ def _usable_index(
         )
         return None  # its row ranges describe other bytes
     return index_table
-
-
-def _refuse_empty(key: SliceKey, index_table: pa.Table | None, expected: int) -> None:
-    """Fail the run, for good, when no row matches `key` (close matches in the metadata)."""
-    try:
-        refuse_empty(key, index_table, expected)
-    except EmptySliceError as error:
-        raise dg.Failure(
-            description=str(error),
-            metadata={"close_matches": dg.MetadataValue.json(list(error.matches))},
-            allow_retries=False,
-        ) from error
 
 
 def _slice_record(
