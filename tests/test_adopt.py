@@ -35,9 +35,11 @@ from resync_testing import (
     write_upstream,
 )
 
+from tol_dagster.definitions import build_definitions
 from tol_dagster.defs.keys import RESYNC_TAG, asset_key
 from tol_dagster.defs.mirror.adoption import REPORT_KEY, adopt_job_name
 from tol_dagster.devtools.sample import build_sample
+from tol_dagster.settings import Settings
 from tol_dagster.store.generations import publish_generation
 from tol_dagster.store.hashing import sha256_file
 from tol_dagster.store.layout import Layout
@@ -163,14 +165,32 @@ def test_a_second_adopt_of_the_same_folder_fetches_nothing(user: User, tmp_path:
     files = {k: v for k, v in user.requests().items() if k.startswith(("resolve", "lfs"))}
     assert files == dict.fromkeys(files, 0), user.requests()
     document = json.loads(outcome.out)
-    (only,) = document["configs"]
-    assert document["exit_code"] == 0 and only["mirror_commit"] == user.hub.head_commit()
-    totals = only["report"]["totals"]
+    facts = document["configs"][CONFIG]
+    assert document["exit_code"] == 0 and facts["upstream_commit"] == user.hub.head_commit()
+    totals = facts["adoption"]["totals"]
     assert totals["adopted"]["files"] == totals["fetched"]["files"] == 0
     assert totals["mirrored"]["files"] == len(file_names(user.root))
-    run = user.instance().get_run_by_id(only["run_id"])
-    assert run is not None and run.job_name == adopt_job_name(CONFIG)
-    assert run.tags.get(RESYNC_TAG) == CONFIG, "queued and serialized like a resync"
+    run = user.instance().get_run_by_id(facts["run_id"])
+    assert run is not None and run.tags.get(RESYNC_TAG) == CONFIG, "serialized like a resync"
+    assert report_of(user) == facts["adoption"], "the run's metadata holds the printed report"
+
+
+def test_the_adopt_job_takes_the_folder_from_its_launchpad_config(
+    user: User, tmp_path: Path
+) -> None:
+    data = hf_download(user, tmp_path / "data")
+    user.reset_counts()
+    settings = Settings.from_env()
+    job = build_definitions(settings).resolve_job_def(adopt_job_name(CONFIG))
+
+    with dg.DagsterInstance.from_config(str(user.dagster_home)) as instance:
+        result = job.execute_in_process(run_config={"path": str(data)}, instance=instance)
+
+    assert result.success
+    assert result.dagster_run.tags.get(RESYNC_TAG) == CONFIG
+    assert mirror_view(user.layout).sha256s == upstream_files(user.root)
+    assert report_of(user)["totals"]["adopted"]["files"] == len(file_names(user.root))  # type: ignore[index]
+    assert user.requests()["lfs_get"] == 0
 
 
 def test_the_gate_refuses_an_adopted_copy_that_violates_the_contract(

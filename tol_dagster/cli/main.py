@@ -3,7 +3,8 @@
 Exit codes (a public contract, see README): 0 done, 1 the gate refused the upstream state,
 2 bad input or settings, 3 upstream unreachable or invalid, 4 local storage, 130/143
 interrupted (SIGINT/SIGTERM), 70 an internal error. The first line on stderr names the cause
-and what to do; tracebacks only with `--verbose` or TOL_DEBUG=1.
+and what to do; tracebacks only with `--verbose` or TOL_DEBUG=1. With `--json`, a failure that
+ends a command early still prints its one JSON document (`cli.report`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from tol_dagster.cli import (
     adopt_command,
     demo,
     interrupts,
+    report,
+    runner,
     slice_commands,
     status,
     sync_command,
@@ -61,11 +64,11 @@ def _sync(args: argparse.Namespace) -> int:
 
 
 def _adopt(args: argparse.Namespace) -> int:
-    return adopt_command.run_adopt(args.path, config=args.config, copy=args.copy, as_json=args.json)
+    return adopt_command.run_adopt(args.path, config=args.config, copy=args.copy)
 
 
 def _status(args: argparse.Namespace) -> int:
-    return status.run_status(as_json=args.json)
+    return status.run_status()
 
 
 def _slice(args: argparse.Namespace) -> int:
@@ -81,7 +84,8 @@ def _slices_remove(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    return demo.run_demo()
+    with runner.launched_by("demo"):
+        return demo.run_demo()
 
 
 #: The function behind each `handler` the parser sets (`cli.parser`).
@@ -102,6 +106,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; its exit code, after one line naming the cause if it failed."""
     args = build_parser().parse_args(argv)
     verbosity.set_verbose(args.verbose)
+    verbosity.set_output(quiet=args.quiet, as_json=getattr(args, "json", False))
     with interrupts.watch_signals() as signals:
         try:
             return int(HANDLERS[args.handler](args))
@@ -114,6 +119,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"tol-dagster: {error}", file=sys.stderr)
     if verbosity.verbose():
         traceback.print_exception(caught, file=sys.stderr)
+    if verbosity.as_json():  # the command ended before its own document: this is the one
+        report.print_document(args.command, error.exit_code, [str(error)])
     return error.exit_code
 
 
