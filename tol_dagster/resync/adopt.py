@@ -131,7 +131,7 @@ def _hash(to_hash: Sequence[Candidate], threads: int, log: Log) -> dict[Path, st
         return {}
     total = sum(c.size for c in to_hash)
     log(f"hashing {len(to_hash)} files ({total / 1e6:,.1f} MB) in {threads} threads")
-    progress = Progress(log, len(to_hash), total)
+    progress = Progress(log, len(to_hash), total, task="hash")
     return sha256_files(
         [c.path for c in to_hash],
         threads=threads,
