@@ -44,12 +44,11 @@ from resync_testing import (
 
 from tol_dagster.cli.launch import CODE_LOCATION
 from tol_dagster.cli.runner import launched_by
-from tol_dagster.defs.keys import RESYNC_TAG
+from tol_dagster.defs.keys import RESYNC_TAG, SOURCE_TAG
 from tol_dagster.defs.mirror.jobs import STATUS_JOB
 from tol_dagster.defs.orphaned_runs import (
     HOST_TAG,
     PID_TAG,
-    SOURCE_TAG,
     cli_run_tags,
     fail_dead_cli_runs,
 )

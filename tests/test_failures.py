@@ -55,7 +55,7 @@ def test_a_gate_refusal_fails_the_staged_step_in_words_with_the_failed_check_fir
     assert "--accept-row-loss" in description, "it says what to do"
     metadata = data.user_failure_data.metadata
     assert metadata["exit_code"].value == 1
-    assert "mirror is untouched" in str(metadata["meaning"].value)
+    assert metadata["meaning"].value == "the gate refused the new state"
 
 
 def test_an_unreachable_hub_fails_remote_in_words_naming_the_endpoint(

@@ -14,7 +14,7 @@ from typing import Any
 
 from dagster._core.execution.execution_result import ExecutionResult
 
-from tol_dagster import errors
+from tol_dagster import exit_codes
 from tol_dagster.cli import progress_view, report, verbosity
 from tol_dagster.cli.config_option import select_configs
 from tol_dagster.cli.launch import load_code_location
@@ -96,13 +96,7 @@ def run_resyncs(
 
 def _report_failure(config: str, run_id: str, code: int, lines: Sequence[str]) -> None:
     """On stderr, whatever the verbosity: the cause first, then the verdict, then the rest."""
-    verdict = {
-        1: "the gate refused the new state",
-        2: "bad input or settings",
-        3: "upstream unreachable or sent an invalid answer",
-        4: "local storage failed",
-        errors.INTERNAL_EXIT_CODE: "internal error",
-    }.get(code, "failed")
+    verdict = exit_codes.VERDICTS.get(code, "failed")
     cause, *more = [*lines, verdict]
     print(f"tol-dagster: {config}: {cause}", file=sys.stderr)  # the first line: cause and fix
     print(

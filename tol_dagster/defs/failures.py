@@ -26,14 +26,6 @@ from dagster._utils.error import SerializableErrorInfo
 
 from tol_dagster import errors, exit_codes
 
-#: What each exit code means, for the failure's metadata (the command line's contract).
-MEANINGS = {
-    1: "the validation gate refused the new state; the published mirror is untouched",
-    2: "bad input or settings",
-    3: "the Hub is unreachable or answered something we will not use",
-    4: "local storage failed (disk full, read-only, permissions)",
-}
-
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -50,7 +42,7 @@ class FailureInWords(DagsterUserCodeProcessError, dg.Failure):
             metadata={
                 "cause": type(error).__name__,
                 "exit_code": error.exit_code,
-                "meaning": MEANINGS.get(error.exit_code, ""),
+                "meaning": exit_codes.VERDICTS.get(error.exit_code, ""),
                 **details,
             },
             allow_retries=False,

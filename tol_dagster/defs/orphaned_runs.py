@@ -19,10 +19,8 @@ import socket
 
 import dagster as dg
 
-from tol_dagster.defs.keys import RESYNC_TAG
+from tol_dagster.defs.keys import RESYNC_TAG, source_tags
 
-#: Who launched a run (`cli`, `demo`; the sensors and schedules set their own).
-SOURCE_TAG = "tol/source"
 PID_TAG = ".dagster/tol/pid"
 HOST_TAG = ".dagster/tol/host"
 
@@ -35,7 +33,7 @@ _IN_PROGRESS = [
 
 def cli_run_tags(source: str = "cli") -> dict[str, str]:
     """Tags of a command-line run: who launched it (shown) and its process (hidden)."""
-    return {SOURCE_TAG: source, PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname()}
+    return {**source_tags(source), PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname()}
 
 
 def fail_dead_cli_runs(instance: dg.DagsterInstance, config: str) -> list[str]:
