@@ -9,26 +9,35 @@ but does not shape.
 
 from collections.abc import Iterator
 from datetime import timedelta
-from typing import Any
 
 import dagster as dg
+import pyarrow as pa
+import pyarrow.parquet as pq
 from dagster._core.storage.asset_check_execution_record import (
     COMPLETED_ASSET_CHECK_EXECUTION_RECORD_STATUSES,
 )
 
 from tol_dagster.defs.failures import in_words
 from tol_dagster.defs.keys import asset_key
-from tol_dagster.defs.metadata import OWNERS, blocking_checks, check_result, table_schema
+from tol_dagster.defs.metadata import (
+    OWNERS,
+    blocking_checks,
+    check_result,
+    commit_url,
+    table_schema,
+    with_size,
+)
 from tol_dagster.defs.mirror.adoption import adopt_folder, adoption_metadata
 from tol_dagster.defs.mirror.keys import PUBLISHED_FILES, mirror_group
 from tol_dagster.defs.mirror.resync_slot import ResyncSlotResource, resync_pool
 from tol_dagster.defs.resources import GateResource, HubResource, StorageResource
 from tol_dagster.resync import audit, plan, publish, revision_diff, stage
-from tol_dagster.resync.adopt_report import AdoptionReport
 from tol_dagster.resync.gate import GATE_CHECKS, gate_refusal, run_gate
 from tol_dagster.resync.state import StagedState, load_staged, refresh_remote, remote_version
 from tol_dagster.schema import expected_schema
+from tol_dagster.store.layout import Layout
 from tol_dagster.store.manifest import load_manifest
+from tol_dagster.store.staging import stage_path
 
 
 class StageConfig(dg.Config):
@@ -76,9 +85,9 @@ def build_remote_asset(name: str) -> dg.AssetsDefinition:
         context.log.info(f"upstream {name} at {state.commit[:12]}: {lacked}")
         return dg.MaterializeResult(
             metadata={
-                "upstream_commit": state.commit,
+                "upstream_commit": commit_url(hub.endpoint, hub.repo_id, state.commit),
                 "files": len(state.files),
-                "bytes": dg.MetadataValue.int(sum(f.size for f in state.files)),
+                **with_size("bytes", sum(f.size for f in state.files)),
                 "card_expected_rows": state.expected_rows
                 if state.expected_rows is not None
                 else dg.MetadataValue.null(),
@@ -143,26 +152,23 @@ def build_staged_asset(name: str) -> dg.AssetsDefinition:
             log=context.log.info,
         )
         yield dg.MaterializeResult(
-            metadata=_staged_metadata(state, adopted), data_version=dg.DataVersion(state.version)
+            metadata={
+                "upstream_commit": commit_url(hub.endpoint, hub.repo_id, state.commit),
+                "files": dg.MetadataValue.md(state.files_markdown()),
+                "fetched": len(state.fetched),
+                "failed": len(state.failed),
+                "removed_upstream": len(state.removed),
+                **with_size("bytes_fetched", state.bytes_fetched),
+                "download_mb_per_s": round(state.download_mb_per_s, 1),
+                "rows": dg.MetadataValue.int(state.total_rows),
+                "dagster/column_schema": table_schema(_staged_schema(storage.layout, state), name),
+                **(adoption_metadata(adopted.with_fetched(state)) if adopted else {}),
+            },
+            data_version=dg.DataVersion(state.version),
         )
         yield from _gate(storage, gate, config, state, staged_key)
 
     return staged
-
-
-def _staged_metadata(state: StagedState, adopted: AdoptionReport | None) -> dict[str, Any]:
-    """What the UI shows of a staged candidate (and of the adoption that preceded it, if any)."""
-    return {
-        "upstream_commit": state.commit,
-        "files": dg.MetadataValue.md(state.files_markdown()),
-        "fetched": len(state.fetched),
-        "failed": len(state.failed),
-        "removed_upstream": len(state.removed),
-        "bytes_fetched": dg.MetadataValue.int(state.bytes_fetched),
-        "download_mb_per_s": round(state.download_mb_per_s, 1),
-        "rows": dg.MetadataValue.int(state.total_rows),
-        **(adoption_metadata(adopted.with_fetched(state)) if adopted else {}),
-    }
 
 
 def _gate(
@@ -206,6 +212,7 @@ def build_mirror_asset(name: str, freshness_days: int) -> dg.AssetsDefinition:
     @in_words
     def mirror(
         context: dg.AssetExecutionContext,
+        hub: HubResource,
         storage: StorageResource,
         resync_slot: ResyncSlotResource,  # held since before this run's `staged`
     ) -> dg.MaterializeResult:
@@ -214,19 +221,19 @@ def build_mirror_asset(name: str, freshness_days: int) -> dg.AssetsDefinition:
         diff = revision_diff.record_revision_diff(storage.layout, name, published)
         return dg.MaterializeResult(
             metadata={
-                "upstream_commit": published.commit,
+                "upstream_commit": commit_url(hub.endpoint, hub.repo_id, published.commit),
                 "generation": published.generation,
                 "path": dg.MetadataValue.path(str(storage.layout.mirror_dir(name))),
                 "files": len(published.manifest.entries),
                 "rows": dg.MetadataValue.int(published.manifest.total_rows),
-                "bytes": dg.MetadataValue.int(published.total_bytes),
+                **with_size("bytes", published.total_bytes),
                 "changes": dg.MetadataValue.md(published.changes_markdown()),
                 PUBLISHED_FILES: dg.MetadataValue.json(list(published.fetched)),
                 "rows_by_taxon": dg.MetadataValue.md(
                     revision_diff.describe_change(published, diff)
                 ),
                 "dagster/column_schema": table_schema(
-                    published.manifest.schema or expected_schema(name)
+                    published.manifest.schema or expected_schema(name), name
                 ),
                 "dagster/row_count": dg.MetadataValue.int(published.manifest.total_rows),
             },
@@ -234,6 +241,14 @@ def build_mirror_asset(name: str, freshness_days: int) -> dg.AssetsDefinition:
         )
 
     return mirror
+
+
+def _staged_schema(layout: Layout, state: StagedState) -> pa.Schema:
+    """The schema of a file this run fetched (a footer read), else the contract's: what the
+    gate checks the staged files against."""
+    fetched = [stage_path(layout, state.config, state.commit, f.name) for f in state.fetched]
+    found = [path for path in fetched if path.is_file()]
+    return pq.read_schema(found[0]) if found else expected_schema(state.config)
 
 
 def _staged_by(context: dg.AssetExecutionContext, storage: StorageResource, config: str) -> str:
