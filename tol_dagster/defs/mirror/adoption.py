@@ -16,6 +16,7 @@ import dagster as dg
 
 from tol_dagster.defs.in_process import EXECUTOR
 from tol_dagster.defs.keys import safe_name
+from tol_dagster.defs.metadata import with_size
 from tol_dagster.defs.mirror.keys import resync_check_keys, resync_keys, staged_op_name
 from tol_dagster.errors import SettingsError
 from tol_dagster.hub.client import HubClient
@@ -104,7 +105,7 @@ def adoption_metadata(report: AdoptionReport) -> dict[str, dg.MetadataValue]:
         REPORT_KEY: dg.MetadataValue.json(report.to_dict()),
         "adoption_files": dg.MetadataValue.md(report.markdown()),
         "adopted_files": dg.MetadataValue.int(totals["adopted"]["files"]),
-        "adopted_bytes": dg.MetadataValue.int(totals["adopted"]["bytes"]),
+        **with_size("adopted_bytes", totals["adopted"]["bytes"]),
         "fetched_from_hub": dg.MetadataValue.int(totals["fetched"]["files"]),
         "ignored_files": dg.MetadataValue.int(totals["ignored"]["files"]),
     }
