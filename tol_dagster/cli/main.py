@@ -17,6 +17,7 @@ from pathlib import Path
 
 from tol_dagster import exit_codes
 from tol_dagster.cli import (
+    adopt_command,
     demo,
     interrupts,
     report,
@@ -62,6 +63,10 @@ def _sync(args: argparse.Namespace) -> int:
     )
 
 
+def _adopt(args: argparse.Namespace) -> int:
+    return adopt_command.run_adopt(args.path, config=args.config, copy=args.copy)
+
+
 def _status(args: argparse.Namespace) -> int:
     return status.run_status()
 
@@ -88,6 +93,7 @@ HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
     "sample build": _sample_build,
     "hub serve": _hub_serve,
     "sync": _sync,
+    "adopt": _adopt,
     "status": _status,
     "slice": _slice,
     "slices list": _slices_list,

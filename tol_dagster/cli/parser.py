@@ -31,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sample(commands)
     _add_hub(commands)
     _add_sync(commands)
+    _add_adopt(commands)
     _add_status(commands)
     _add_slice(commands)
     _add_slices(commands)
@@ -123,6 +124,27 @@ def _add_sync(commands: Subparsers) -> None:
     _add_json(sync)
     _add_verbosity(sync)
     sync.set_defaults(handler="sync")
+
+
+def _add_adopt(commands: Subparsers) -> None:
+    adopt = commands.add_parser(
+        "adopt",
+        help="verify a copy you already have (hf download --local-dir) and resync from it",
+    )
+    adopt.add_argument(
+        "path", type=Path, metavar="PATH", help="the folder hf download wrote, e.g. ./data"
+    )
+    adopt.add_argument(
+        "--config", default=None, help="one config (default: every config in TOL_CONFIGS)"
+    )
+    adopt.add_argument(
+        "--copy",
+        action="store_true",
+        help="copy the files instead of hard-linking them (always copied across file systems)",
+    )
+    _add_json(adopt)
+    _add_verbosity(adopt)
+    adopt.set_defaults(handler="adopt")
 
 
 def _add_status(commands: Subparsers) -> None:

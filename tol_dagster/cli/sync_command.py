@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
+
+from dagster._core.execution.execution_result import ExecutionResult
 
 from tol_dagster import exit_codes
 from tol_dagster.cli import progress_view, report, verbosity
@@ -36,34 +38,51 @@ def run_sync(
 
     The `accept_*` switches override the gate for this run only (the staged asset's config).
     On a terminal each run shows a progress bar, then a short report (`cli.report`)."""
-    settings = Settings.from_env()
-    configs = select_configs(settings, config)
-    instance = open_instance(settings)
-    job = load_code_location(settings).resolve_job_def(RESYNC_JOB)
-    ensure_resync_pools(instance, settings.configs)
     accepted = {
         "accept_row_loss": accept_row_loss,
         "accept_schema_change": accept_schema_change,
         "accept_emb_change": accept_emb_change,
     }
+    return run_resyncs("sync", config, accepted)
+
+
+#: What a command adds to a config's facts from its run (and prints before the report).
+Extra = Callable[[str, ExecutionResult], dict[str, Any]]
+
+
+def run_resyncs(
+    command: str,
+    config: str | None,
+    stage_config: Mapping[str, Any],
+    extra: Extra | None = None,
+    **document: Any,
+) -> int:
+    """One resync run per selected config with `stage_config` as the staged step's config, each
+    reported as `sync` reports (`extra` adds to its facts); the worst exit code. With `--json`,
+    one document with `document`'s fields and each config's facts."""
+    settings = Settings.from_env()
+    configs = select_configs(settings, config)
+    instance = open_instance(settings)
+    job = load_code_location(settings).resolve_job_def(RESYNC_JOB)
+    ensure_resync_pools(instance, settings.configs)
     done: dict[str, dict[str, Any]] = {}
     for name in configs:
         # A killed sync's run would hold the config's pool in the queue: mark it failed. Two
         # resyncs never overlap: the run waits for the config's lease (tol_dagster.defs.mirror.resync_slot).
         fail_dead_cli_runs(instance, name)
         started = time.monotonic()
-        with progress_view.shown(f"sync {name}"):
+        with progress_view.shown(f"{command} {name}"):
             result = execute(
                 job,
                 asset_selection=resync_keys(name),
                 asset_check_selection=resync_check_keys(name),
-                run_config={"ops": {staged_op_name(name): {"config": accepted}}},
+                run_config={"ops": {staged_op_name(name): {"config": dict(stage_config)}}},
                 instance=instance,
                 tags=resync_run_tags(name, None),
             )
         code, lines = exit_code(result)
         facts = report.sync_facts(settings, name, result.run_id, code, time.monotonic() - started)
-        done[name] = {**facts, "errors": lines}
+        done[name] = {**facts, "errors": lines, **(extra(name, result) if extra else {})}
         if code:
             _report_failure(name, result.run_id, code, lines)
         else:
@@ -71,7 +90,7 @@ def run_sync(
     worst = max(f["exit_code"] for f in done.values())
     if verbosity.as_json():
         errors = [f"{name}: {line}" for name, f in done.items() for line in f["errors"]]
-        report.print_document("sync", worst, errors, configs=done)
+        report.print_document(command, worst, errors, **document, configs=done)
     return worst
 
 

@@ -27,6 +27,7 @@ from tol_dagster.defs.metadata import (
     table_schema,
     with_size,
 )
+from tol_dagster.defs.mirror.adoption import adopt_folder, adoption_metadata
 from tol_dagster.defs.mirror.keys import PUBLISHED_FILES, mirror_group
 from tol_dagster.defs.mirror.resync_slot import ResyncSlotResource, resync_pool
 from tol_dagster.defs.resources import GateResource, HubResource, StorageResource
@@ -46,6 +47,9 @@ class StageConfig(dg.Config):
     accept_row_loss: bool = False
     accept_schema_change: bool = False
     accept_emb_change: bool = False
+    #: Adopt this folder (a user's `hf download` copy) before staging: see `adoption`.
+    adopt_from: str | None = None
+    adopt_copy: bool = False
 
 
 def build_mirror_assets(name: str, freshness_days: int = 7) -> list[dg.AssetsDefinition]:
@@ -129,6 +133,14 @@ def build_staged_asset(name: str) -> dg.AssetsDefinition:
         gate: GateResource,
         resync_slot: ResyncSlotResource,  # held from the run's start to its end
     ) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
+        adopted = adopt_folder(
+            storage.layout,
+            hub.client(),
+            name,
+            config.adopt_from,
+            config.adopt_copy,
+            context.log.info,
+        )
         state = stage.stage(
             storage.layout,
             hub.client(),
@@ -150,6 +162,7 @@ def build_staged_asset(name: str) -> dg.AssetsDefinition:
                 "download_mb_per_s": round(state.download_mb_per_s, 1),
                 "rows": dg.MetadataValue.int(state.total_rows),
                 "dagster/column_schema": table_schema(_staged_schema(storage.layout, state), name),
+                **(adoption_metadata(adopted.with_fetched(state)) if adopted else {}),
             },
             data_version=dg.DataVersion(state.version),
         )
