@@ -31,12 +31,12 @@ from tol_dagster import catalog
 from tol_dagster.defs.keys import asset_key
 from tol_dagster.defs.published.definitions import build_published_assets
 from tol_dagster.defs.published.partitions import slices_partitions_name
-from tol_dagster.defs.resources import StorageResource
+from tol_dagster.defs.resources import resources_from
 from tol_dagster.derived import summaries, taxon_index
 from tol_dagster.errors import StoreError
 from tol_dagster.resync.gate import run_gate
 from tol_dagster.resync.state import StagedFile, StagedState
-from tol_dagster.settings import generation_grace_s
+from tol_dagster.settings import Settings, generation_grace_s
 from tol_dagster.slices.keys import parse_slice_key
 from tol_dagster.store import cleanup, generations
 from tol_dagster.store.file_cache import derived_path
@@ -50,6 +50,11 @@ REPO = Path(__file__).resolve().parents[1]
 #: Rows per file of each content: the totals differ, so a mix shows in the count too.
 CONTENT = {"A": (100, 200, 300), "B": (150, 250)}
 NAMES = ("a.parquet", "b.parquet", "c.parquet")
+
+
+def resources_of(home: Path) -> dict[str, dg.ConfigurableResource]:
+    """The code location's resources for `home` (the Hub's endpoint only names commit links)."""
+    return resources_from(Settings(home=home))
 
 
 @pytest.fixture
@@ -379,7 +384,7 @@ def test_a_publish_during_a_derived_build_caches_results_of_the_bytes_read(
         for a in build_published_assets(CONFIG)
         if any(k.path[: len(wanted.path)] == wanted.path for k in a.keys)
     ]
-    result = dg.materialize([chosen], resources={"storage": StorageResource(home=str(home))})
+    result = dg.materialize([chosen], resources=resources_of(home))
 
     assert result.success and new_generation
     changed = old_files[0]
@@ -455,7 +460,7 @@ def test_a_slice_of_a_generation_newer_than_the_index_is_found_by_scanning_that_
     home = tmp_path / "home"
     shutil.copytree(synced_home, home, symlinks=True)
     layout = Layout(home)
-    resources = {"storage": StorageResource(home=str(home))}
+    resources = resources_of(home)
     assets = build_published_assets(CONFIG)
     [index] = [a for a in assets if asset_key(CONFIG, "taxon_index") in a.keys]
     [slices] = [a for a in assets if asset_key(CONFIG, "slices") in a.keys]
