@@ -38,8 +38,9 @@ from tol_dagster import duck
 from tol_dagster.errors import StoreError
 from tol_dagster.schema import quote_ident
 from tol_dagster.slices.keys import SliceKey, filter_columns, to_arrow_filter, to_sql_filter
-from tol_dagster.slices.locate import Copy, Scan, Span, row_group_starts
+from tol_dagster.slices.locate import Copy, Scan, Span, Splice, row_group_starts
 from tol_dagster.slices.parquet.footer import Footer, SpliceError, read_footer
+from tol_dagster.slices.parquet.page_splice import Encoded, RangePlan, encode_pages, plan_range
 from tol_dagster.slices.parquet.pages import decode_rows, read_rows
 from tol_dagster.store.mirror_files import MirrorFile
 
@@ -54,21 +55,50 @@ DENSE_SHARE = 0.4
 PAGE_READS = True
 #: Chunks of pages read at once (pyarrow releases the GIL while it decodes).
 PAGE_WORKERS = 2
+#: Copy the pages wholly inside a partial row group as bytes (tests turn it off).
+PAGE_SPLICES = True
 
 T = TypeVar("T")
 _Rows = TypeVar("_Rows", pa.Table, pa.RecordBatch)
-#: What the reader hands the writer: rows to write, or a row group to copy, of a mirror file.
-Item = tuple[MirrorFile, pa.RecordBatch | Copy]
-#: A piece of work for `read_slice_rows`: a row group to copy, a chunk of pages to read (run
-#: in the pool), or batches to read in order.
-_Job = Copy | functools.partial[list[pa.RecordBatch]] | Iterator[pa.RecordBatch]
+
+
+@dataclass(frozen=True)
+class SplicedRange:
+    """A range of a row group to splice page by page (`parquet.page_splice`): the pages to
+    copy (`plan`), the columns not copied decoded (`rest`, Arrow types), and each copied
+    column's rows at both ends of the range encoded as pages (`ends`)."""
+
+    plan: RangePlan
+    rest: pa.Table
+    ends: dict[int, tuple[Encoded | None, Encoded | None]]
+
+    @property
+    def rows(self) -> int:
+        return self.plan.rows
+
+
+#: What the reader hands the writer, of a mirror file: rows to write, a row group to copy, or
+#: a range to splice page by page.
+Item = tuple[MirrorFile, pa.RecordBatch | Copy | SplicedRange]
+#: A piece of work for `read_slice_rows`: a row group to copy, a chunk of pages to read or a
+#: range to splice (run in the pool), or batches to read in order.
+_Job = (
+    Copy
+    | functools.partial[list[pa.RecordBatch]]
+    | functools.partial[list[pa.RecordBatch | SplicedRange]]
+    | Iterator[pa.RecordBatch]
+)
 
 
 def read_slice_rows(key: SliceKey, scans: Sequence[Scan], schema: pa.Schema) -> Iterator[Item]:
     """The rows satisfying `key` in mirror order: row groups to copy, and batches of the
     ranges, read page by page where the file has an offset index (PAGE_WORKERS chunks at a
     time), else by pyarrow when dense and DuckDB when sparse (see the module's docstring)."""
-    window: deque[tuple[MirrorFile, Future[list[pa.RecordBatch]]]] = deque()
+    window: deque[
+        tuple[
+            MirrorFile, Future[list[pa.RecordBatch]] | Future[list[pa.RecordBatch | SplicedRange]]
+        ]
+    ] = deque()
 
     def ready(limit: int) -> Iterator[Item]:
         """The results of the oldest chunks, in order, until at most `limit` are pending."""
@@ -107,6 +137,10 @@ def _jobs(
             for span in scan.pieces:
                 if isinstance(span, Copy):
                     yield scan.file, span
+                    continue
+                if isinstance(span, Splice):
+                    assert footer is not None  # planned only where the file is page-indexed
+                    yield scan.file, functools.partial(_spliced, footer, span, predicate, schema)
                     continue
                 first = int(np.searchsorted(starts, span.start, side="right")) - 1
                 if footer is not None:
@@ -151,13 +185,116 @@ def _page_indexed(scan: Scan) -> Footer | None:
 def _chunks(starts: np.ndarray, first: int, span: Span) -> Iterator[tuple[int, int, int]]:
     """(row group, start, stop) relative to the row group: `span` cut at row-group boundaries
     and every BATCH_ROWS rows, so reading runs in parallel and writing starts early."""
+    for group, low, high in _group_ranges(starts, first, span):
+        for cut in range(low, high, BATCH_ROWS):
+            yield group, cut, min(cut + BATCH_ROWS, high)
+
+
+def _group_ranges(starts: np.ndarray, first: int, span: Span) -> Iterator[tuple[int, int, int]]:
+    """(row group, start, stop) relative to the row group: `span` cut at row-group boundaries."""
     group = first
     while group < len(starts) and starts[group] < span.stop:
         base = int(starts[group])
         end = int(starts[group + 1]) if group + 1 < len(starts) else span.stop
-        for low in range(max(span.start, base), min(span.stop, end), BATCH_ROWS):
-            yield group, low - base, min(low + BATCH_ROWS, span.stop, end) - base
+        yield group, max(span.start, base) - base, min(span.stop, end) - base
         group += 1
+
+
+def plan_page_splices(key: SliceKey, scans: Sequence[Scan]) -> list[Scan]:
+    """`scans` with each partial row group of a page-indexed file that has pages wholly inside
+    its span, and whose rows there all satisfy `key` (decoded and tested here: the index only
+    locates), made a `Splice`: those pages are copied as bytes, not decoded and encoded."""
+    if not (PAGE_READS and PAGE_SPLICES):
+        return list(scans)
+    predicate = _Predicate(key)
+    result = []
+    for scan in scans:
+        footer = _page_indexed(scan)
+        if footer is None or all(isinstance(p, Copy) for p in scan.pieces):
+            result.append(scan)
+            continue
+        starts = row_group_starts(pq.read_metadata(scan.file.path))
+        pieces: list[Span | Copy | Splice] = []
+        for piece in scan.pieces:
+            pieces += (
+                [piece] if isinstance(piece, Copy) else _split(footer, starts, piece, predicate)
+            )
+        result.append(Scan(scan.file, tuple(pieces), scan.row_groups))
+    return result
+
+
+def _split(
+    footer: Footer, starts: np.ndarray, span: Span | Splice, predicate: _Predicate
+) -> list[Span | Splice]:
+    """`span` cut at row-group boundaries into the ranges to splice and those to read (the
+    latter merged again), or `span` itself when nothing of it can be spliced."""
+    if isinstance(span, Splice):
+        return [span]
+    pieces: list[Span | Splice] = []
+    first = int(np.searchsorted(starts, span.start, side="right")) - 1
+    for group, low, high in _group_ranges(starts, first, span):
+        plan = _splice_plan(footer, group, low, high, predicate)
+        base, last = int(starts[group]), pieces[-1] if pieces else None
+        if plan is not None:
+            pieces.append(Splice(group, plan))
+        elif isinstance(last, Span) and last.stop == base + low:
+            pieces[-1] = Span(last.start, base + high, last.rows + high - low)
+        else:
+            pieces.append(Span(base + low, base + high, min(span.rows, high - low)))
+    return pieces if any(isinstance(p, Splice) for p in pieces) else [span]
+
+
+def _splice_plan(
+    footer: Footer, group: int, low: int, high: int, predicate: _Predicate
+) -> RangePlan | None:
+    """How to splice rows [low, high) of `group`, if some of its pages can be copied and all
+    its rows satisfy the key; None otherwise (the rows are read and filtered instead)."""
+    try:
+        plan = plan_range(footer, group, low, high, decoded=predicate.columns)
+        if not plan.runs:
+            return None
+        keys = read_rows(footer, group, low, high, columns=predicate.columns)
+    except (SpliceError, pa.ArrowException, OSError) as error:
+        logger.warning(f"{error}; decoding rows {low}..{high} of row group {group} instead")
+        return None
+    return plan if predicate.keep(keys).num_rows == high - low else None
+
+
+def _spliced(
+    footer: Footer, piece: Splice, predicate: _Predicate, schema: pa.Schema
+) -> list[pa.RecordBatch | SplicedRange]:
+    """What the writer needs to splice `piece`: the columns not copied decoded, the rows at the
+    ends of the copied ones encoded as pages; on any anomaly, its rows decoded instead."""
+    plan = piece.plan
+    try:
+        names = plan.names
+        rest = read_rows(
+            footer, plan.row_group, plan.start, plan.stop,
+            columns=[name for column, name in enumerate(names) if column not in plan.runs],
+        )  # fmt: skip
+        rest = rest.cast(pa.schema([schema.field(name) for name in rest.column_names]), safe=False)
+        ends = {
+            column: (
+                _end_pages(plan, column, names[column], plan.start, run.first_row, schema),
+                _end_pages(plan, column, names[column], run.end_row, plan.stop, schema),
+            )
+            for column, run in plan.runs.items()
+        }
+    except (SpliceError, pa.ArrowException, OSError) as error:
+        logger.warning(f"{error}; decoding rows {plan.start}..{plan.stop} instead of splicing")
+        return list(_page_chunk(footer, plan.row_group, plan.start, plan.stop, predicate, schema))
+    return [SplicedRange(plan, rest, ends)]
+
+
+def _end_pages(
+    plan: RangePlan, column: int, name: str, start: int, stop: int, schema: pa.Schema
+) -> Encoded | None:
+    """Rows [start, stop) of a copied column, decoded from their pages and encoded again."""
+    if start == stop:
+        return None
+    rows = read_rows(plan.footer, plan.row_group, start, stop, columns=[name])
+    typed = rows.cast(pa.schema([schema.field(name)]), safe=False).column(0)
+    return encode_pages(typed, plan, column)
 
 
 def _page_chunk(
