@@ -5,7 +5,7 @@ The steps, each in its own module (bench/slices.py measures them against the dat
 DuckDB COPY):
 - `locate`: which row groups to copy whole as bytes (what makes a large slice cheap) and which
   row ranges to read; `counts`: how many rows the key matches.
-- `read.plan_page_splices`: in a row group the slice covers only partly, the pages wholly
+- `splices.plan_page_splices`: in a row group the slice covers only partly, the pages wholly
   inside its rows are copied as bytes too, only the pages at the ends decoded and encoded
   (`parquet.page_splice`).
 - `read`: the ranges read page by page through the offset index (what makes a small slice
@@ -32,8 +32,9 @@ import pyarrow as pa
 from tol_dagster.errors import ValidationFailed
 from tol_dagster.slices.keys import SliceKey
 from tol_dagster.slices.locate import Copy, Splice, plan_scans
-from tol_dagster.slices.read import Item, plan_page_splices, prefetched, read_slice_rows
+from tol_dagster.slices.read import Item, prefetched, read_slice_rows
 from tol_dagster.slices.sink import HashingSink
+from tol_dagster.slices.splices import plan_page_splices
 from tol_dagster.slices.write import copyable_scans, write_slice
 from tol_dagster.store.durable import atomic_path
 from tol_dagster.store.mirror_files import MirrorFile

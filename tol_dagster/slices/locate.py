@@ -62,7 +62,7 @@ Spans = dict[str, dict[int, Span]]
 class Scan:
     """What to read of one mirror file, in order: row groups to copy whole, and merged
     file-relative row ranges to filter, and ranges of row groups to splice page by page
-    (`read.plan_page_splices`); `row_groups` are all the row groups they touch."""
+    (`splices.plan_page_splices`); `row_groups` are all the row groups they touch."""
 
     file: MirrorFile
     pieces: tuple[Span | Copy | Splice, ...]

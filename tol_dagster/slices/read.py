@@ -11,6 +11,10 @@ How, and why (bench/slices.py measures it):
   through DuckDB restricted by `file_row_number` (it skips the `emb` of non-matching rows),
   its `list<float>` cast back. pyarrow reads `fixed_size_list<halffloat>` ~2x cheaper per row
   than DuckDB decodes it into `list<float>`.
+- A range `splices` planned to splice page by page (a `Splice`) gets only its columns that
+  are not copied decoded, and the rows at the ends of those that are (`_spliced`): the writer
+  encodes them and copies the pages between as bytes. On any anomaly, its rows are read as
+  above instead.
 - Every path filters with the key's own predicate (`to_arrow_filter`, or `to_sql_filter` in
   DuckDB). PAGE_WORKERS chunks of pages are decoded at once, and `prefetched` runs the whole
   reader in a thread ahead of the writer: pyarrow releases the GIL.
@@ -40,7 +44,7 @@ from tol_dagster.schema import quote_ident
 from tol_dagster.slices.keys import SliceKey, filter_columns, to_arrow_filter, to_sql_filter
 from tol_dagster.slices.locate import Copy, Scan, Span, Splice, row_group_starts
 from tol_dagster.slices.parquet.footer import Footer, SpliceError, read_footer
-from tol_dagster.slices.parquet.page_splice import Encoded, RangePlan, encode_pages, plan_range
+from tol_dagster.slices.parquet.page_splice import Encoded, RangePlan, encode_pages
 from tol_dagster.slices.parquet.pages import decode_rows, read_rows
 from tol_dagster.store.mirror_files import MirrorFile
 
@@ -55,8 +59,6 @@ DENSE_SHARE = 0.4
 PAGE_READS = True
 #: Chunks of pages read at once (pyarrow releases the GIL while it decodes).
 PAGE_WORKERS = 2
-#: Copy the pages wholly inside a partial row group as bytes (tests turn it off).
-PAGE_SPLICES = True
 
 T = TypeVar("T")
 _Rows = TypeVar("_Rows", pa.Table, pa.RecordBatch)
@@ -128,12 +130,12 @@ def _jobs(
     key: SliceKey, scans: Sequence[Scan], schema: pa.Schema
 ) -> Iterator[tuple[MirrorFile, _Job]]:
     """The work of each piece of `scans`, in order: by pages, by pyarrow or by DuckDB."""
-    predicate = _Predicate(key)
+    predicate = Predicate(key)
     with duck.cursor() as con:
         for scan in scans:
             parquet = pq.ParquetFile(scan.file.path)
             starts = row_group_starts(parquet.metadata)
-            footer = _page_indexed(scan)
+            footer = page_indexed(scan)
             for span in scan.pieces:
                 if isinstance(span, Copy):
                     yield scan.file, span
@@ -155,7 +157,7 @@ def _jobs(
                     yield scan.file, _duckdb_rows(con, key, scan.file, span, schema)
 
 
-class _Predicate:
+class Predicate:
     """The key's filter applied to the key's columns only: rows are taken (copied) only when
     some are dropped, so a batch wholly inside the taxon passes untouched."""
 
@@ -170,7 +172,7 @@ class _Predicate:
         return rows if len(kept) == rows.num_rows else rows.take(kept)
 
 
-def _page_indexed(scan: Scan) -> Footer | None:
+def page_indexed(scan: Scan) -> Footer | None:
     """The footer of `scan`'s file if its partial row groups can be read page by page."""
     if not PAGE_READS:
         return None
@@ -185,12 +187,12 @@ def _page_indexed(scan: Scan) -> Footer | None:
 def _chunks(starts: np.ndarray, first: int, span: Span) -> Iterator[tuple[int, int, int]]:
     """(row group, start, stop) relative to the row group: `span` cut at row-group boundaries
     and every BATCH_ROWS rows, so reading runs in parallel and writing starts early."""
-    for group, low, high in _group_ranges(starts, first, span):
+    for group, low, high in group_ranges(starts, first, span):
         for cut in range(low, high, BATCH_ROWS):
             yield group, cut, min(cut + BATCH_ROWS, high)
 
 
-def _group_ranges(starts: np.ndarray, first: int, span: Span) -> Iterator[tuple[int, int, int]]:
+def group_ranges(starts: np.ndarray, first: int, span: Span) -> Iterator[tuple[int, int, int]]:
     """(row group, start, stop) relative to the row group: `span` cut at row-group boundaries."""
     group = first
     while group < len(starts) and starts[group] < span.stop:
@@ -200,68 +202,8 @@ def _group_ranges(starts: np.ndarray, first: int, span: Span) -> Iterator[tuple[
         group += 1
 
 
-def plan_page_splices(key: SliceKey, scans: Sequence[Scan]) -> list[Scan]:
-    """`scans` with each partial row group of a page-indexed file that has pages wholly inside
-    its span, and whose rows there all satisfy `key` (decoded and tested here: the index only
-    locates), made a `Splice`: those pages are copied as bytes, not decoded and encoded."""
-    if not (PAGE_READS and PAGE_SPLICES):
-        return list(scans)
-    predicate = _Predicate(key)
-    result = []
-    for scan in scans:
-        footer = _page_indexed(scan)
-        if footer is None or all(isinstance(p, Copy) for p in scan.pieces):
-            result.append(scan)
-            continue
-        starts = row_group_starts(pq.read_metadata(scan.file.path))
-        pieces: list[Span | Copy | Splice] = []
-        for piece in scan.pieces:
-            pieces += (
-                [piece] if isinstance(piece, Copy) else _split(footer, starts, piece, predicate)
-            )
-        result.append(Scan(scan.file, tuple(pieces), scan.row_groups))
-    return result
-
-
-def _split(
-    footer: Footer, starts: np.ndarray, span: Span | Splice, predicate: _Predicate
-) -> list[Span | Splice]:
-    """`span` cut at row-group boundaries into the ranges to splice and those to read (the
-    latter merged again), or `span` itself when nothing of it can be spliced."""
-    if isinstance(span, Splice):
-        return [span]
-    pieces: list[Span | Splice] = []
-    first = int(np.searchsorted(starts, span.start, side="right")) - 1
-    for group, low, high in _group_ranges(starts, first, span):
-        plan = _splice_plan(footer, group, low, high, predicate)
-        base, last = int(starts[group]), pieces[-1] if pieces else None
-        if plan is not None:
-            pieces.append(Splice(group, plan))
-        elif isinstance(last, Span) and last.stop == base + low:
-            pieces[-1] = Span(last.start, base + high, last.rows + high - low)
-        else:
-            pieces.append(Span(base + low, base + high, min(span.rows, high - low)))
-    return pieces if any(isinstance(p, Splice) for p in pieces) else [span]
-
-
-def _splice_plan(
-    footer: Footer, group: int, low: int, high: int, predicate: _Predicate
-) -> RangePlan | None:
-    """How to splice rows [low, high) of `group`, if some of its pages can be copied and all
-    its rows satisfy the key; None otherwise (the rows are read and filtered instead)."""
-    try:
-        plan = plan_range(footer, group, low, high, decoded=predicate.columns)
-        if not plan.runs:
-            return None
-        keys = read_rows(footer, group, low, high, columns=predicate.columns)
-    except (SpliceError, pa.ArrowException, OSError) as error:
-        logger.warning(f"{error}; decoding rows {low}..{high} of row group {group} instead")
-        return None
-    return plan if predicate.keep(keys).num_rows == high - low else None
-
-
 def _spliced(
-    footer: Footer, piece: Splice, predicate: _Predicate, schema: pa.Schema
+    footer: Footer, piece: Splice, predicate: Predicate, schema: pa.Schema
 ) -> list[pa.RecordBatch | SplicedRange]:
     """What the writer needs to splice `piece`: the columns not copied decoded, the rows at the
     ends of the copied ones encoded as pages; on any anomaly, its rows decoded instead."""
@@ -298,7 +240,7 @@ def _end_pages(
 
 
 def _page_chunk(
-    footer: Footer, group: int, low: int, high: int, predicate: _Predicate, schema: pa.Schema
+    footer: Footer, group: int, low: int, high: int, predicate: Predicate, schema: pa.Schema
 ) -> list[pa.RecordBatch]:
     """The matching rows of one chunk, decoding only the pages that hold it; on any anomaly
     of the pages (an offset index, a header or a decoded length that does not add up), the
@@ -323,7 +265,7 @@ def _pyarrow_rows(
     starts: np.ndarray,
     first: int,
     span: Span,
-    predicate: _Predicate,
+    predicate: Predicate,
     schema: pa.Schema,
 ) -> Iterator[pa.RecordBatch]:
     """The matching rows of `span`, decoded by pyarrow from the start of its first row group

@@ -241,7 +241,7 @@ def _as_spans(scan: Scan) -> Scan:
         if isinstance(piece, Copy):
             start = int(starts[piece.row_group])
             spans[piece.row_group] = Span(start, start + piece.rows, piece.rows)
-        else:
+        elif isinstance(piece, Span):  # (splices are planned later, on these scans)
             first = int(np.searchsorted(starts, piece.start, side="right")) - 1
             spans[first] = piece  # merged spans keep their first row group's place
     return scan_file(scan.file, spans, exact=False)
