@@ -32,6 +32,7 @@ from tol_dagster.slices.parquet.footer import Footer, SpliceError, read_footer
 from tol_dagster.slices.parquet.page_splice import PageRun, RangePlan, plan_range
 from tol_dagster.slices.parquet.pages import read_rows
 from tol_dagster.slices.parquet.splice import Splicer
+from tol_dagster.slices.parquet.thrift import read_struct, write_struct
 from tol_dagster.slices.write import _range_columns
 from tol_dagster.store.layout import Layout
 from tol_dagster.store.mirror_files import MirrorFile
@@ -125,14 +126,13 @@ def _reads_the_same_everywhere(out: Path, expected: pa.Table) -> None:
     wanted = expected["uuid"][expected.num_rows // 2].as_py()
     found = duckdb.sql(f"SELECT emb FROM '{out}' WHERE uuid = $u", params={"u": wanted}).fetchall()
     assert found == [(floats[expected.num_rows // 2],)]
-    meta, footer, base = pq.read_metadata(out), read_footer(out), 0
-    for group in range(meta.num_row_groups):
-        rows_in = meta.row_group(group).num_rows
-        assert meta.row_group(group).column(1).has_offset_index
-        low, high = rows_in // 3, rows_in - rows_in // 4
+    footer = read_footer(out)
+    counts = [int(g.get(field_ids.RG_NUM_ROWS)) for g in footer.row_groups]
+    for group, (base, size) in enumerate(zip(np.cumsum([0, *counts[:-1]]), counts, strict=True)):
+        low, high = size // 3, size - size // 4  # read through the offset index
+        assert footer.has_offset_index(group)
         got = read_rows(footer, group, low, high).cast(SCHEMA)
-        assert got.equals(expected.slice(base + low, high - low))
-        base += rows_in
+        assert got.equals(expected.slice(int(base) + low, high - low))
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
@@ -354,3 +354,30 @@ def test_a_range_whose_rows_do_not_all_satisfy_the_key_is_read_not_spliced(
     result = paged.extract(key, tmp_path / key.file_name)
     assert pq.read_table(result.path).equals(paged.expected(key))
     assert result.row_groups_spliced == sum(isinstance(p, Splice) for s in scans for p in s.pieces)
+
+
+def test_an_offset_index_that_does_not_fit_its_pages_is_decoded_not_copied(
+    paged: PagedMirror, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    key = parse_slice_key("family=Felidae")
+    scans = splices.plan_page_splices(key, plan_scans(key, paged.files, paged.index))
+    file, piece = next(
+        (s.file, p) for s in scans for p in s.pieces if isinstance(p, Splice) and 1 in p.plan.runs
+    )
+    chunk = read_footer(file.path).row_groups[piece.row_group].get(field_ids.RG_COLUMNS)[1][1]
+    at, length = chunk.get(field_ids.CC_OFFSET_INDEX), chunk.get(field_ids.CC_OFFSET_INDEX_LENGTH)
+    data = bytearray(file.path.read_bytes())
+    index = read_struct(memoryview(bytes(data[at : at + length])), 0)[0]
+    page = index.get(field_ids.PAGE_LOCATIONS)[1][1]
+    page.set(field_ids.PAGE_SIZE, page.get(field_ids.PAGE_SIZE) + 1)  # overlaps the next page
+    lying = bytearray()
+    write_struct(lying, index)
+    assert len(lying) == length
+    data[at : at + length] = lying
+    damaged = tmp_path / file.name
+    damaged.write_bytes(bytes(data))
+    files = [MirrorFile(f.name, f.sha256, damaged if f is file else f.path) for f in paged.files]
+    with caplog.at_level(logging.WARNING):
+        result = extract_slice(key, files, paged.index, tmp_path / "out.parquet", schema=SCHEMA)
+    assert "does not fit its column chunk" in caplog.text and "instead" in caplog.text
+    assert pq.read_table(result.path).equals(paged.expected(key))
