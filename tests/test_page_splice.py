@@ -26,7 +26,7 @@ from tol_dagster.slices.checks import slice_checks
 from tol_dagster.slices.counts import expected_count
 from tol_dagster.slices.extract import SliceResult, extract_slice
 from tol_dagster.slices.keys import SliceKey, parse_slice_key, to_arrow_filter
-from tol_dagster.slices.locate import Splice, plan_scans
+from tol_dagster.slices.locate import Span, Splice, plan_scans
 from tol_dagster.slices.parquet import field_ids
 from tol_dagster.slices.parquet.footer import Footer, SpliceError, read_footer
 from tol_dagster.slices.parquet.page_splice import PageRun, RangePlan, plan_range
@@ -46,6 +46,12 @@ LAYOUTS = {
     "v1-none": {"compression": "none"},
     "v2-gzip": {"compression": "gzip", "data_page_version": "2.0"},
 }
+
+
+@pytest.fixture(autouse=True)
+def _splice_small_spans(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The sample's taxa are small: splice whatever has a page wholly inside it."""
+    monkeypatch.setattr(splices, "SPLICE_MIN_ROWS", 0)
 
 
 def _write_like_upstream(table: pa.Table, path: Path, **options: object) -> Path:
@@ -380,4 +386,17 @@ def test_an_offset_index_that_does_not_fit_its_pages_is_decoded_not_copied(
     with caplog.at_level(logging.WARNING):
         result = extract_slice(key, files, paged.index, tmp_path / "out.parquet", schema=SCHEMA)
     assert "does not fit its column chunk" in caplog.text and "instead" in caplog.text
+    assert pq.read_table(result.path).equals(paged.expected(key))
+
+
+def test_spans_too_short_to_gain_are_read_without_planning(
+    paged: PagedMirror, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    key = parse_slice_key("family=Felidae")
+    scans = plan_scans(key, paged.files, paged.index)
+    longest = max(p.stop - p.start for s in scans for p in s.pieces if isinstance(p, Span))
+    monkeypatch.setattr(splices, "SPLICE_MIN_ROWS", longest + 1)
+    assert splices.plan_page_splices(key, scans) == scans
+    result = paged.extract(key, tmp_path / key.file_name)
+    assert result.row_groups_spliced == 0
     assert pq.read_table(result.path).equals(paged.expected(key))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from typing import TypeGuard
 
 import numpy as np
 import pyarrow as pa
@@ -29,6 +30,10 @@ logger = logging.getLogger("tol_dagster.slices.splices")
 #: Copy the pages wholly inside a partial row group as bytes (tests and the benchmark turn it
 #: off to compare).
 PAGE_SPLICES = True
+#: Spans of fewer rows are read, not spliced: a `emb` page holds ~680 rows, the two end pages
+#: are decoded and encoded anyway, and planning parses the file's footer up front (~50 ms for
+#: upstream's files) where reading would parse it later, overlapping the writer.
+SPLICE_MIN_ROWS = 4096
 
 
 def plan_page_splices(key: SliceKey, scans: Sequence[Scan]) -> list[Scan]:
@@ -40,27 +45,33 @@ def plan_page_splices(key: SliceKey, scans: Sequence[Scan]) -> list[Scan]:
     predicate = read.Predicate(key)
     result = []
     for scan in scans:
+        if not any(_worth_planning(piece) for piece in scan.pieces):
+            result.append(scan)
+            continue
         footer = read.page_indexed(scan)
-        if footer is None or all(isinstance(p, Copy) for p in scan.pieces):
+        if footer is None:
             result.append(scan)
             continue
         starts = row_group_starts(pq.read_metadata(scan.file.path))
         pieces: list[Span | Copy | Splice] = []
         for piece in scan.pieces:
-            pieces += (
-                [piece] if isinstance(piece, Copy) else _split(footer, starts, piece, predicate)
-            )
+            if _worth_planning(piece):
+                pieces += _split(footer, starts, piece, predicate)
+            else:
+                pieces.append(piece)
         result.append(Scan(scan.file, tuple(pieces), scan.row_groups))
     return result
 
 
+def _worth_planning(piece: Span | Copy | Splice) -> TypeGuard[Span]:
+    return isinstance(piece, Span) and piece.stop - piece.start >= SPLICE_MIN_ROWS
+
+
 def _split(
-    footer: Footer, starts: np.ndarray, span: Span | Splice, predicate: read.Predicate
+    footer: Footer, starts: np.ndarray, span: Span, predicate: read.Predicate
 ) -> list[Span | Splice]:
     """`span` cut at row-group boundaries into the ranges to splice and those to read (the
     latter merged again), or `span` itself when nothing of it can be spliced."""
-    if isinstance(span, Splice):
-        return [span]
     pieces: list[Span | Splice] = []
     first = int(np.searchsorted(starts, span.start, side="right")) - 1
     for group, low, high in read.group_ranges(starts, first, span):
