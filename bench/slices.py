@@ -24,7 +24,9 @@ way and the floor only (its copy takes minutes and GBs of RAM):
 
 Each way runs in its own process, so its peak RSS (VmHWM) is its own. Times cover the work
 only, wall and CPU (user + sys, every thread), in a warmed-up process as a Dagster worker would
-be (modules imported, the process's DuckDB database open). Page cache is warm for every way.
+be (modules imported, the process's DuckDB database open). Page cache is warm for every way,
+and dirty pages are flushed before each (the copy does not fsync its output: the next way's
+fsync would otherwise write it back).
 The machine is shared and noisy: compare the ratios of one run, and read CPU next to wall.
 
 Targets: ours >= 2.5x faster than the copy for the family-sized slice, >= 1.25x for the
@@ -277,6 +279,7 @@ def measure(way: str, key: str, workdir: Path, species_or: bool, output_bytes: i
     out = workdir / "out" / f"{way}.parquet"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.unlink(missing_ok=True)
+    os.sync()  # no way pays in its fsync for the writeback of the one before (the copy's)
     command = [sys.executable, __file__, "--child", way, key, "--workdir", str(workdir)]
     done = subprocess.run(
         [*command, *(["--species-or"] if species_or else [])],
