@@ -55,6 +55,7 @@ bench: setup
 	$(BIN)/python bench/sync.py
 	$(BIN)/python bench/slices.py
 	$(BIN)/python bench/summaries.py
+	$(BIN)/python bench/adopt.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -119,6 +119,21 @@ class HubProcess:
         return stats
 
 
+def hub_env() -> dict[str, str]:
+    """This process's environment without a token or endpoint of the real Hub."""
+    return {k: v for k, v in os.environ.items() if k not in ("HF_TOKEN", "HF_ENDPOINT")}
+
+
+def command_env(home: Path, endpoint: str) -> dict[str, str]:
+    """The environment of a `tol-dagster` command with data home `home`, against `endpoint`."""
+    return hub_env() | {
+        "TOL_HOME": str(home),
+        "DAGSTER_HOME": str(home / "dagster"),
+        "TOL_HUB_ENDPOINT": endpoint,
+        "TOL_CONFIGS": DEFAULT_CONFIG,
+    }
+
+
 def requests_made(stats: dict[str, dict[str, int]], kinds: tuple[str, ...] | None = None) -> int:
     """Requests counted by the Hub (`range_requests` re-counts GETs, so it is left out)."""
     return sum(
@@ -414,15 +429,9 @@ def bench(work: Path, *, rows: int, files: int, repeats: int) -> list[Figure]:
     home = work / "home"
     shutil.rmtree(home, ignore_errors=True)
 
-    env = {k: v for k, v in os.environ.items() if k not in ("HF_TOKEN", "HF_ENDPOINT")}
-    hub = HubProcess(hub_root, env)
+    hub = HubProcess(hub_root, hub_env())
     try:
-        env |= {
-            "TOL_HOME": str(home),
-            "DAGSTER_HOME": str(home / "dagster"),
-            "TOL_HUB_ENDPOINT": hub.endpoint,
-            "TOL_CONFIGS": DEFAULT_CONFIG,
-        }
+        env = command_env(home, hub.endpoint)
         client = HubClient(hub.endpoint, DEFAULT_REPO_ID, None)
 
         first = run_sync(hub, env, work / "sync-first.log")
@@ -560,6 +569,20 @@ def print_table(figures: list[Figure]) -> None:
             print("  ".join("-" * width for width in widths))
 
 
+def run_and_print(
+    workdir: Path | None, prefix: str, measure: Callable[[Path], list[Figure]]
+) -> None:
+    """`measure(work)` offline, in `workdir` (kept) or a temporary folder (removed), then its
+    table of figures."""
+    os.environ.update(OFFLINE_HF_ENV)
+    with contextlib.ExitStack() as stack:
+        work = workdir or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix=prefix)))
+        work.mkdir(parents=True, exist_ok=True)
+        figures = measure(work.resolve())
+    print()
+    print_table(figures)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -577,16 +600,12 @@ def main(argv: list[str] | None = None) -> int:
         "--workdir", type=Path, default=None, help="keep the sample here and reuse it"
     )
     args = parser.parse_args(argv)
-    os.environ.update(OFFLINE_HF_ENV)
     started = time.perf_counter()
-    with contextlib.ExitStack() as stack:
-        work = args.workdir or Path(
-            stack.enter_context(tempfile.TemporaryDirectory(prefix="tol-bench-sync-"))
-        )
-        work.mkdir(parents=True, exist_ok=True)
-        figures = bench(work.resolve(), rows=args.rows, files=args.files, repeats=args.repeats)
-    print()
-    print_table(figures)
+    run_and_print(
+        args.workdir,
+        "tol-bench-sync-",
+        lambda work: bench(work, rows=args.rows, files=args.files, repeats=args.repeats),
+    )
     print(
         f"\nbench took {time.perf_counter() - started:.0f} s; bench process peak RSS "
         f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6:.2f} GB"

@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-
-BENCH = Path(__file__).resolve().parents[1] / "bench" / "sync.py"
+from bench_testing import assert_prints_every_figure
 
 #: The start of each figure's row in the bench's table.
 FIGURES = (
@@ -26,20 +22,8 @@ FIGURES = (
 
 @pytest.mark.e2e
 def test_bench_sync_prints_every_figure_with_a_value(tmp_path: Path) -> None:
-    done = subprocess.run(
-        [
-            sys.executable,
-            str(BENCH),
-            *("--rows", "4000", "--files", "2", "--repeats", "1", "--workdir", str(tmp_path)),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=280,
+    assert_prints_every_figure(
+        "sync.py",
+        ("--rows", "4000", "--files", "2", "--repeats", "1", "--workdir", str(tmp_path)),
+        FIGURES,
     )
-    assert done.returncode == 0, done.stdout + done.stderr
-    rows = done.stdout.splitlines()
-    for figure in FIGURES:
-        row = next((r for r in rows if r.startswith(figure)), None)
-        assert row is not None, f"{figure!r} missing from the table:\n{done.stdout}"
-        value = row[len(figure) :]
-        assert re.search(r"\d", value), f"{figure!r} has no value: {row!r}"

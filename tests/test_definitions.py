@@ -10,9 +10,11 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
+from dagster._core.remote_representation.external_data import asset_node_snaps_from_repo
 
 from tol_dagster import definitions
 from tol_dagster.definitions import build_definitions
+from tol_dagster.defs.published.jobs import slices_job_name
 from tol_dagster.settings import Settings
 
 SNAPSHOTS = Path(__file__).parent / "snapshots"
@@ -115,8 +117,8 @@ def test_two_configs_get_their_own_assets_side_by_side(tmp_path: Path) -> None:
     )
     dg.Definitions.validate_loadable(defs)
     assert {job.name for job in defs.resolve_all_job_defs()} >= {
-        "slices_bioclip_2_float16_job",
-        "slices_bioclip_2_5_vith14_float16_job",
+        "Slices_bioclip_2_float16_job",
+        "Slices_bioclip_2_5_vith14_float16_job",
     }  # one slices job per partitions definition: a job cannot mix two
     keys = {k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()}
     for config in ("bioclip-2_float16", "bioclip-2.5-vith14_float16"):
@@ -150,3 +152,16 @@ def test_the_code_location_names_the_variables_its_resources_read(
         assert (built.hub.repo_id, built.hub.max_parallel_downloads) == ("someone/a-copy", 8)
         assert built.hub.endpoint == "http://127.0.0.1:9"
         assert built.storage.home == str(tmp_path)
+
+
+def test_the_ui_materializes_a_slice_under_its_config_s_slices_job() -> None:
+    """The UI runs an asset under the first of the snapshot's job names (its `getCommonJob`):
+    for a slice that must be the config's slices job, not Dagster's hidden `__ASSET_JOB`."""
+    settings = Settings(home=Path("/nonexistent"), configs=("bioclip-2_float16",))
+    repo = build_definitions(settings).get_repository_def()
+    snaps = {snap.asset_key: snap for snap in asset_node_snaps_from_repo(repo)}
+
+    job_names = snaps[dg.AssetKey(["tol", "bioclip-2_float16", "slices"])].job_names
+
+    assert "__ASSET_JOB" in job_names
+    assert job_names[0] == slices_job_name("bioclip-2_float16")

@@ -12,6 +12,9 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
+from dagster._core.storage.asset_check_execution_record import (
+    COMPLETED_ASSET_CHECK_EXECUTION_RECORD_STATUSES,
+)
 from resync_testing import (
     CONFIG,
     User,
@@ -132,16 +135,24 @@ def test_after_a_failed_audit_the_next_sync_fetches_that_file_alone_and_the_audi
     assert drifted_files(passed) == []
 
 
-def test_a_stale_audit_report_makes_the_sync_fetch_nothing_for_a_file_since_replaced(
-    synced: User,
-) -> None:
+def latest_audit(user: User) -> dg.AssetCheckEvaluation:
+    """The latest completed evaluation of the mirror's audit, from the user's instance."""
+    with open_instance(Settings.from_env()) as instance:
+        [record] = instance.event_log_storage.get_asset_check_execution_history(
+            dg.AssetCheckKey(dg.AssetKey(["tol", CONFIG, "mirror"]), AUDIT_CHECK),
+            limit=1,
+            status=COMPLETED_ASSET_CHECK_EXECUTION_RECORD_STATUSES,
+        )
+    assert record.evaluation is not None
+    return record.evaluation
+
+
+def test_a_file_restored_by_hand_after_an_audit_is_not_fetched_again(synced: User) -> None:
     rotten = file_names(synced.root)[1]
-    flip_a_byte(synced.layout.mirror_dir(CONFIG) / rotten)
+    path = synced.layout.mirror_dir(CONFIG) / rotten
+    flip_a_byte(path)
     assert drifted_files(audit(synced)) == [rotten]
-    valid_edit(synced.root, rotten)  # upstream rewrites it: the next publish replaces the rot
-    replaced = synced.sync()
-    assert replaced.code == 0, replaced.text
-    assert mirror_view(synced.layout).sha256s == upstream_files(synced.root)
+    flip_a_byte(path)  # the operator puts the bytes back (from a backup)
     before = mirror_view(synced.layout)
     synced.reset_counts()
 
@@ -149,6 +160,28 @@ def test_a_stale_audit_report_makes_the_sync_fetch_nothing_for_a_file_since_repl
 
     assert again.code == 0, again.text
     assert f"match the manifest again, not fetched: {rotten}" in again.text
+    assert synced.file_requests() == dict.fromkeys(synced.file_requests(), 0)
+    assert mirror_view(synced.layout) == before
+
+
+def test_the_audit_after_a_publish_supersedes_an_older_report(synced: User) -> None:
+    rotten = file_names(synced.root)[1]
+    flip_a_byte(synced.layout.mirror_dir(CONFIG) / rotten)
+    assert drifted_files(audit(synced)) == [rotten]
+    valid_edit(synced.root, rotten)  # upstream rewrites it: the next publish replaces the rot
+
+    replaced = synced.sync()
+
+    assert replaced.code == 0, replaced.text
+    assert mirror_view(synced.layout).sha256s == upstream_files(synced.root)
+    after_publish = latest_audit(synced)
+    assert after_publish.passed, after_publish.description
+    assert "1 files just published re-hashed" in (after_publish.description or "")
+    assert drifted_files(after_publish) == []
+    before = mirror_view(synced.layout)
+    synced.reset_counts()
+    again = synced.sync()
+    assert again.code == 0, again.text
     assert synced.file_requests() == dict.fromkeys(synced.file_requests(), 0)
     assert mirror_view(synced.layout) == before
 
@@ -172,6 +205,6 @@ def test_a_published_file_deleted_or_truncated_is_fetched_again_without_an_audit
     assert synced.requests()["lfs_get"] == 1
     assert synced.bytes_served() == (synced.folder / name).stat().st_size
     assert mirror_view(synced.layout).sha256s == upstream_files(synced.root)
-    with open_instance(Settings.from_env()) as instance:
-        audit_key = dg.AssetCheckKey(dg.AssetKey(["tol", CONFIG, "mirror"]), AUDIT_CHECK)
-        assert instance.get_latest_asset_check_evaluation_record(audit_key) is None
+    after = latest_audit(synced)  # the resync's own: what it published, re-hashed
+    assert after.passed, after.description
+    assert "1 files just published re-hashed" in (after.description or "")

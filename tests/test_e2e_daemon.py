@@ -16,26 +16,27 @@ worker. Every wait is bounded; a failure shows the tail of each process's log.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
-import json
 import os
-import signal
-import socket
-import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
 
 import dagster as dg
 import pyarrow.parquet as pq
 import pytest
 import yaml
+from processes import (
+    LOCATION,
+    REPO_ROOT,
+    Stack,
+    endpoint_of,
+    free_port,
+    http_json,
+    location_loaded,
+    running,
+)
 
 from tol_dagster.defs.keys import RESYNC_TAG, asset_key
 from tol_dagster.defs.mirror.jobs import RESYNC_JOB
@@ -52,7 +53,6 @@ from tol_dagster.store.manifest import Manifest, load_manifest
 
 pytestmark = pytest.mark.e2e
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 CONFIG = DEFAULT_CONFIG
 OTHER = "bioclip-2.5-vith14_float16"
@@ -62,84 +62,6 @@ ROWS = 3000
 #: 100 CPU-seconds, and two derived runs more; on two cores shared with the rest of the suite
 #: it took up to ~190 s without those.
 BUDGET_S = 300.0
-LOCATION = {"repositoryLocationName": "tol_dagster", "repositoryName": "__repository__"}
-
-T = TypeVar("T")
-
-
-@dataclass
-class Stack:
-    """The running processes and where their logs go; `fail` reports with the logs' tails."""
-
-    logs: Path
-    deadline: float = field(default_factory=lambda: time.monotonic() + BUDGET_S)
-    processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
-
-    def start(self, name: str, argv: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
-        log = open(self.logs / f"{name}.log", "wb")  # noqa: SIM115 (the child owns it)
-        process = subprocess.Popen(
-            argv,
-            cwd=REPO_ROOT,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        log.close()
-        self.processes[name] = process
-        return process
-
-    def stop(self) -> None:
-        """SIGTERM each process group (daemon first: it launches runs), SIGKILL what lingers."""
-        for name in ("daemon", "webserver", "hub"):
-            if (process := self.processes.get(name)) is not None:
-                _signal_group(process, signal.SIGTERM)
-        for process in self.processes.values():
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                process.wait(timeout=10)
-            _signal_group(process, signal.SIGKILL)  # run workers may outlive their parent
-            process.wait(timeout=10)
-
-    def tails(self, lines: int = 40) -> str:
-        parts = []
-        for name in self.processes:
-            text = (self.logs / f"{name}.log").read_text(errors="replace").splitlines()
-            parts.append(f"--- {name} (last {lines} lines) ---\n" + "\n".join(text[-lines:]))
-        return "\n".join(parts)
-
-    def fail(self, message: str) -> NoReturn:
-        pytest.fail(f"{message}\n{self.tails()}", pytrace=False)
-
-    def wait_for(self, what: str, probe: Callable[[], T | None], interval_s: float = 0.5) -> T:
-        """Poll `probe` until it returns something, a process dies or the budget runs out."""
-        while True:
-            value = probe()
-            if value is not None:
-                return value
-            for name, process in self.processes.items():
-                if process.poll() is not None:
-                    self.fail(f"{name} exited with {process.returncode} while waiting for {what}")
-            if time.monotonic() > self.deadline:
-                self.fail(f"timed out after {BUDGET_S:.0f} s in all waiting for {what}")
-            time.sleep(interval_s)
-
-
-def _signal_group(process: subprocess.Popen[bytes], sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, sig)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _http_json(url: str, body: dict[str, Any] | None = None) -> Any:
-    data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=60) as response:
-        return json.load(response)
 
 
 def _instance_yaml(dagster_home: Path) -> None:
@@ -152,16 +74,6 @@ def _instance_yaml(dagster_home: Path) -> None:
     }
     dagster_home.mkdir(parents=True)
     (dagster_home / "dagster.yaml").write_text(yaml.safe_dump(settings))
-
-
-def _endpoint_of(stack: Stack) -> str:
-    log = stack.logs / "hub.log"
-
-    def first_line() -> str | None:
-        line = log.read_text().partition("\n")[0] if log.exists() else ""
-        return line.removeprefix("endpoint=") if line.startswith("endpoint=") else None
-
-    return stack.wait_for("the local Hub's endpoint line", first_line, interval_s=0.1)
 
 
 def _reencode(path: Path, scratch: Path) -> None:
@@ -185,7 +97,7 @@ def _reencode(path: Path, scratch: Path) -> None:
 
 
 def _hub_head(endpoint: str) -> str:
-    return str(_http_json(f"{endpoint}/api/datasets/{DEFAULT_REPO_ID}/revision/main")["sha"])
+    return str(http_json(f"{endpoint}/api/datasets/{DEFAULT_REPO_ID}/revision/main")["sha"])
 
 
 def _mirror_matches(layout: Layout, config: str, files: dict[str, str]) -> Manifest | None:
@@ -275,36 +187,6 @@ mutation($selector: SensorSelector!) {
   }
 }"""
 
-LOCATION_STATUS = """
-query($name: String!) {
-  workspaceLocationEntryOrError(name: $name) {
-    __typename
-    ... on WorkspaceLocationEntry {
-      loadStatus
-      locationOrLoadError { __typename ... on PythonError { message } }
-    }
-  }
-}"""
-
-
-def _location_loaded(stack: Stack, graphql: str) -> bool | None:
-    """True once the code location loaded; fails the test with Dagster's message if it did not."""
-    try:
-        answer = _http_json(
-            graphql,
-            {"query": LOCATION_STATUS, "variables": {"name": LOCATION["repositoryLocationName"]}},
-        )
-    except (urllib.error.URLError, ConnectionError):
-        return None
-    entry = (answer.get("data") or {}).get("workspaceLocationEntryOrError") or {}
-    if entry.get("loadStatus") != "LOADED":
-        return None
-    error = entry.get("locationOrLoadError") or {}
-    if error.get("__typename") == "PythonError":
-        stack.fail(f"the code location failed to load: {error.get('message')}")
-    return True
-
-
 SENSOR_ID = """
 query($selector: SensorSelector!) {
   sensorOrError(sensorSelector: $selector) { __typename ... on Sensor { id } ... on Error { message } }
@@ -322,17 +204,17 @@ mutation($id: String!) {
 
 def _start_sensor(graphql: str, name: str) -> None:
     selector = {**LOCATION, "sensorName": name}
-    answer = _http_json(graphql, {"query": START_SENSOR, "variables": {"selector": selector}})
+    answer = http_json(graphql, {"query": START_SENSOR, "variables": {"selector": selector}})
     state = (answer.get("data") or {}).get("startSensor") or {}
     assert state.get("sensorState", {}).get("status") == "RUNNING", f"startSensor {name}: {answer}"
 
 
 def _stop_sensor(graphql: str, name: str) -> None:
     selector = {**LOCATION, "sensorName": name}
-    answer = _http_json(graphql, {"query": SENSOR_ID, "variables": {"selector": selector}})
+    answer = http_json(graphql, {"query": SENSOR_ID, "variables": {"selector": selector}})
     sensor = (answer.get("data") or {}).get("sensorOrError") or {}
     assert "id" in sensor, f"sensor {name}: {answer}"
-    answer = _http_json(graphql, {"query": STOP_SENSOR, "variables": {"id": sensor["id"]}})
+    answer = http_json(graphql, {"query": STOP_SENSOR, "variables": {"id": sensor["id"]}})
     state = ((answer.get("data") or {}).get("stopSensor") or {}).get("instigationState") or {}
     assert state.get("status") == "STOPPED", f"stopSensor {name}: {answer}"
 
@@ -358,7 +240,7 @@ def _launch_resync(graphql: str, config: str, *, like_the_ui: bool = False) -> s
             "tags": [] if like_the_ui else [{"key": RESYNC_TAG, "value": config}]
         },
     }
-    answer = _http_json(graphql, {"query": LAUNCH_RUN, "variables": {"params": params}})
+    answer = http_json(graphql, {"query": LAUNCH_RUN, "variables": {"params": params}})
     result = (answer.get("data") or {}).get("launchRun") or {}
     assert result.get("__typename") == "LaunchRunSuccess", f"launchRun for {config}: {answer}"
     assert result["run"]["status"] == "QUEUED", result
@@ -367,13 +249,7 @@ def _launch_resync(graphql: str, config: str, *, like_the_ui: bool = False) -> s
 
 @pytest.fixture
 def stack(tmp_path: Path) -> Iterator[Stack]:
-    logs = tmp_path / "logs"
-    logs.mkdir()
-    running = Stack(logs)
-    try:
-        yield running
-    finally:
-        running.stop()
+    yield from running(tmp_path / "logs", BUDGET_S)
 
 
 @pytest.mark.timeout(BUDGET_S + 120)
@@ -392,7 +268,7 @@ def test_daemon_resyncs_the_mirror_and_serializes_resyncs_per_config(
         [str(BIN / "python"), "-m", "tol_dagster.devtools.localhub", str(hub_root), "--port", "0"],
         dict(os.environ),
     )
-    endpoint = _endpoint_of(stack)
+    endpoint = endpoint_of(stack)
     env = {
         **os.environ,
         "TOL_HOME": str(home),
@@ -402,7 +278,7 @@ def test_daemon_resyncs_the_mirror_and_serializes_resyncs_per_config(
         "TOL_SENSOR_MIN_INTERVAL_S": "5",
         "PYTHONUNBUFFERED": "1",
     }
-    port = _free_port()
+    port = free_port()
     graphql = f"http://127.0.0.1:{port}/graphql"
     workspace = str(REPO_ROOT / "workspace.yaml")
     stack.start(
@@ -411,7 +287,7 @@ def test_daemon_resyncs_the_mirror_and_serializes_resyncs_per_config(
         env,
     )
     stack.wait_for(
-        "the webserver to load the code location", lambda: _location_loaded(stack, graphql)
+        "the webserver to load the code location", lambda: location_loaded(stack, graphql)
     )
 
     # Summaries, index and slices follow every published mirror (issue 4): not the subject of

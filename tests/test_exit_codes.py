@@ -72,8 +72,11 @@ def tol(*argv: str, env: dict[str, str] | None = None) -> Outcome:
     return Outcome(process.returncode, out, err)
 
 
-#: What a run prints while it works: Dagster's INFO/WARNING lines and the Hub client's retries.
-PROGRESS = re.compile(r"^\S+ \S+ \+\d{4} - dagster - (INFO|WARNING) - |; retry \d+ of \d+ in ")
+#: What a run prints while it works: progress lines (`[sync <config>] ...`, the Hub client's
+#: retries among them) and, with `--verbose`, Dagster's INFO/WARNING lines.
+PROGRESS = re.compile(
+    r"^\[[^\]]+\] |^\S+ \S+ \+\d{4} - dagster - (INFO|WARNING) - |; retry \d+ of \d+ in "
+)
 
 
 def first_line(outcome: Outcome, *, verbose: bool = False) -> str:

@@ -328,6 +328,9 @@ def test_in_the_ui_a_taxon_with_no_rows_fails_the_run_naming_close_matches(
         ]
         data = failure.step_failure_data
         assert data is not None and data.user_failure_data is not None
+        assert data.error is not None and data.error.stack == [], "in words, no stack"
+        assert data.error.cls_name == "EmptySliceError"
+        assert data.user_failure_data.metadata["exit_code"].value == 2
         description = data.user_failure_data.description or ""
         assert "no rows in the mirror match" in description and "family=Felidae" in description
         matches = data.user_failure_data.metadata["close_matches"].value
@@ -816,3 +819,33 @@ def test_partitions_that_do_not_parse_are_skipped_by_rebuilds_with_a_warning_nam
 
     assert kept == ["family=Felidae", "genus=Morus"]
     assert "U+0007" in caplog.text and "tol-dagster slices remove" in caplog.text
+
+
+def test_no_catalog_run_at_a_restart_or_a_new_partition_only_after_a_slice_is_built(
+    synced: User, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`make dev` restarts the daemon (a fresh evaluation of the conditions) and the UI adds a
+    partition: neither changes the catalog, so neither may cost a run; a built slice does."""
+    daemon = DaemonDriver(declare(synced, ["family=Felidae"], tmp_path, monkeypatch))
+    for _ in range(4):  # derived outputs, the slice, the catalog, then nothing
+        if not (requests := daemon.tick()):
+            break
+        daemon.run(requests)
+    assert daemon.tick() == []
+
+    restarted = DaemonDriver(synced)
+    restarted.cursor = daemon.cursor  # the sensor's cursor is kept; the conditions start anew
+    assert restarted.tick() == [], "a restart with nothing changed launches nothing"
+    with synced.instance() as instance:
+        instance.add_dynamic_partitions(slices_partitions_name(CONFIG), ["genus=Panthera"])
+    assert restarted.tick() == [], "no catalog run for a partition not built yet"
+    assert restarted.tick() == []
+
+    built = restarted.defs.resolve_job_def(slices_job_name(CONFIG))
+    with synced.instance() as instance:
+        assert built.execute_in_process(instance=instance, partition_key="genus=Panthera").success
+    refresh = restarted.tick()
+    assert kinds(refresh) == ["catalog"]
+    restarted.run(refresh)
+    assert restarted.tick() == []
+    assert "genus=Panthera" in catalog_rows(synced)

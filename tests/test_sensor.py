@@ -9,6 +9,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import dagster as dg
 import pytest
@@ -23,9 +24,11 @@ from resync_testing import (
 )
 
 from tol_dagster.definitions import build_definitions
+from tol_dagster.defs.mirror import upstream_sensor
 from tol_dagster.defs.mirror.keys import resync_keys, staged_op_name
 from tol_dagster.defs.resources import resources_from
 from tol_dagster.devtools.localhub import Fault, LocalHub
+from tol_dagster.resync.audit import AUDIT_CHECK
 from tol_dagster.settings import Settings
 
 __all__ = ["synced_home"]  # a fixture, imported to be found
@@ -111,9 +114,13 @@ def test_the_first_tick_on_an_empty_mirror_requests_a_resync_pinned_to_the_head(
     [request] = result.run_requests or []
     assert head in (request.run_key or "")
     assert list(request.asset_selection or []) == resync_keys(CONFIG)
-    assert {key.asset_key for key in request.asset_check_keys or []} == {
-        dg.AssetKey(["tol", CONFIG, "staged"])
-    }, "a resync runs the gate, not the mirror's audit"
+    checks = {(key.asset_key, key.name) for key in request.asset_check_keys or []}
+    assert {asset for asset, _ in checks} == {
+        dg.AssetKey(["tol", CONFIG, "staged"]),
+        dg.AssetKey(["tol", CONFIG, "mirror"]),
+    }, "a resync runs the gate, then the audit of what it published"
+    assert (dg.AssetKey(["tol", CONFIG, "mirror"]), AUDIT_CHECK) in checks
+    assert request.tags["tol/source"] == "sensor"
     assert request.run_config["ops"][staged_op_name(CONFIG)]["config"]["commit"] == head
     assert request.tags["tol/resync"] == CONFIG
     assert request.tags["dagster/max_retries"] == "1", "Dagster retries a failed resync once"
@@ -268,7 +275,7 @@ def test_the_cursor_advances_only_when_the_requested_resync_succeeded(synced: Ti
     done = synced.tick(failed.cursor)
     assert not done.run_requests
     assert json.loads(done.cursor or "{}") == {"commit": after}
-    assert synced.tick(done.cursor).skip_message == f"upstream unchanged at {after[:12]}"
+    assert synced.tick(done.cursor).skip_message == f"upstream unchanged at {after[:10]}"
 
 
 def test_a_failure_the_daemon_will_retry_is_waited_for_not_requested_again(
@@ -311,3 +318,43 @@ def test_after_three_failed_attempts_the_sensor_gives_up_until_upstream_changes(
     valid_edit(synced.root, file_names(synced.root)[1])
     [newer] = synced.tick(gave_up.cursor).run_requests or []
     assert synced.hub.head_commit() in (newer.run_key or ""), "a newer commit is tried afresh"
+
+
+def test_a_commit_that_changed_no_file_skips_saying_so(synced: Ticks) -> None:
+    before = synced.hub.head_commit()
+    (synced.root / "NOTES.md").write_text("a file outside every config\n")
+    after = synced.hub.head_commit()
+    assert after != before
+
+    result = synced.tick(cursor_of(before))
+
+    assert not result.run_requests
+    assert result.skip_message == (
+        f"upstream at {after[:10]}, nothing to fetch: bioclip-2_float16: in sync: commit "
+        f"{after[:10]} changed no file of bioclip-2_float16 (mirror published at "
+        f"{before[:10]}, same files)"
+    )
+
+
+def test_an_unchanged_upstream_is_confirmed_once_half_the_freshness_window_passed(
+    synced: Ticks, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    head = synced.hub.head_commit()
+    synced.instance.report_runless_asset_event(
+        dg.AssetMaterialization(dg.AssetKey(["tol", CONFIG, "mirror"]))
+    )
+    assert synced.tick(cursor_of(head)).skip_message == f"upstream unchanged at {head[:10]}"
+
+    days = synced.settings.freshness_days
+    later = time.time() + days * 86400 / 2 + 60
+    monkeypatch.setattr(upstream_sensor, "time", SimpleNamespace(time=lambda: later))
+    result = synced.tick(cursor_of(head))
+
+    [request] = result.run_requests or []
+    assert request.tags["tol/plan"] == "confirm upstream unchanged"
+    assert head in (request.run_key or "") and "confirm" in (request.run_key or "")
+    assert request.run_config["ops"][staged_op_name(CONFIG)]["config"]["commit"] == head
+    again = synced.tick(cursor_of(head))
+    assert [r.run_key for r in again.run_requests or []] == [request.run_key], (
+        "the same run key within the window: Dagster launches it once"
+    )

@@ -13,6 +13,10 @@ class TolError(Exception):
 
     exit_code = 2
 
+    def details(self) -> dict[str, object]:
+        """Facts beside the message, for a program (Dagster shows them as the failure's metadata)."""
+        return {}
+
 
 class SettingsError(TolError):
     """A setting (environment variable or option) has a value we cannot use."""
@@ -35,6 +39,9 @@ class EmptySliceError(SliceSpecError):
     def __init__(self, message: str, matches: tuple[str, ...] = ()) -> None:
         super().__init__(message)
         self.matches = matches
+
+    def details(self) -> dict[str, object]:
+        return {"close_matches": list(self.matches)}
 
 
 class UpstreamError(TolError):

@@ -24,6 +24,15 @@ import huggingface_hub.errors as hf_errors
 from tol_dagster import errors
 from tol_dagster.errors import INTERNAL_EXIT_CODE, Interrupted, TolError
 
+#: What each exit code says happened (the command line's and the failures' one wording).
+VERDICTS = {
+    1: "the gate refused the new state",
+    2: "bad input or settings",
+    3: "upstream unreachable or sent an invalid answer",
+    4: "local storage failed",
+    INTERNAL_EXIT_CODE: "internal error",
+}
+
 #: errno values that mean "local storage refused": full, over quota, read-only, not allowed.
 STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM})
 _SQLITE_STORAGE = ("disk i/o error", "database or disk is full", "readonly database")
@@ -200,6 +209,7 @@ def _class_named(name: str) -> type | None:
 __all__ = [
     "INTERNAL_EXIT_CODE",
     "STORAGE_ERRNOS",
+    "VERDICTS",
     "classify",
     "classify_error_info",
     "internal",

@@ -49,6 +49,40 @@ CONFIG_DIMS: dict[str, int] = {
 
 EMB_VALUE_TYPE = pa.float16()
 
+#: The model behind each config's `emb`, as the dataset card names it.
+CONFIG_MODELS: dict[str, str] = {
+    "bioclip-2_float16": "BioCLIP 2 (ViT-L/14)",
+    "bioclip-2.5-vith14_float16": "BioCLIP 2.5 (ViT-H/14)",
+}
+
+_RANK_HOLES = "NULL where unresolved; holes mid-lineage are normal (ray-finned fishes: NULL class)"
+
+#: What each column of the contract holds, for people (the UI's column schema). `emb` is
+#: described per config (`column_description`); `resolution_status` is a column later upstream
+#: revisions add, described here so that its schema shows it too.
+COLUMN_DESCRIPTIONS: dict[str, str] = {
+    "uuid": "Image id, the same in every config (rows align 1:1 by uuid); UUIDv4, or 32 hex "
+    "digits without hyphens for an older block of rows whose other metadata is NULL.",
+    "source_dataset": "Where the image comes from: gbif, eol, bioscan or fathomnet (a few NULL).",
+    "source_id": "The image's id in its source: GBIF occurrence number, EOL "
+    "`<contentID>_<pageID>`, BIOSCAN BOLD process id, FathomNet bounding-box uuid.",
+    **{rank: f"Taxonomic {rank}; {_RANK_HOLES}." for rank in RANKS[:-1]},
+    "species": "Species epithet (`plexippus`; some revisions hold the binomial); NULL for "
+    "genus-only and coarser rows.",
+    "scientific_name": "Full scientific name at the most specific rank resolved, sometimes "
+    "with its authority (`Aquilegia vulgaris L.`).",
+    "common_name": "Vernacular name (NULL for about 29% of rows).",
+    "publisher": "Institution that published the occurrence on GBIF (iNaturalist.org for about "
+    "58% of rows); NULL outside GBIF.",
+    "basisOfRecord": "Darwin Core basisOfRecord of the GBIF occurrence (HUMAN_OBSERVATION, "
+    "PRESERVED_SPECIMEN, ...); NULL outside GBIF.",
+    "identifier": "URL of the original image at its source (NULL where it carries none).",
+    "img_type": "Kind of image on GBIF (Citizen Science, Camera-trap, Museum Specimen: ...); "
+    "NULL outside GBIF.",
+    "resolution_status": "How the row's taxonomy was resolved against the reference "
+    "taxonomy (added by later upstream revisions).",
+}
+
 
 @dataclass(frozen=True)
 class EmbBounds:
@@ -113,3 +147,19 @@ def expected_schema(config: str) -> pa.Schema:
 def quote_ident(name: str) -> str:
     """Quote a column name for DuckDB SQL (`order` and `class` are keywords)."""
     return '"' + name.replace('"', '""') + '"'
+
+
+def emb_description(config: str) -> str:
+    """What `emb` holds in `config`: the model, the width and the norms the gate expects."""
+    model = CONFIG_MODELS.get(config, "the config's model")
+    bounds = emb_bounds(config)
+    expected = f"; {bounds.describe()}" if bounds is not None else ""
+    return (
+        f"Image embedding by {model}: {config_dim(config)} float16 values per image "
+        f"(fixed-size list, ~99% of the bytes){expected}."
+    )
+
+
+def column_description(name: str, config: str) -> str | None:
+    """What column `name` of `config` holds; None for a column the contract does not know."""
+    return emb_description(config) if name == "emb" else COLUMN_DESCRIPTIONS.get(name)

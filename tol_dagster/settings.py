@@ -58,6 +58,8 @@ class Settings:
     max_retry_wait_s: int = 300
     sync_deadline_s: int | None = None
     stall_timeout_s: int = 120
+    #: A mirror not published for longer shows as stale (Dagster's freshness) in the UI.
+    freshness_days: int = 7
 
     @property
     def layout(self) -> Layout:
@@ -93,6 +95,9 @@ class Settings:
             ),
             stall_timeout_s=parse_int(
                 "TOL_STALL_TIMEOUT_S", env.get("TOL_STALL_TIMEOUT_S"), 120, 1, 86400
+            ),
+            freshness_days=parse_int(
+                "TOL_FRESHNESS_DAYS", env.get("TOL_FRESHNESS_DAYS"), 7, 1, 3650
             ),
         )
 

@@ -8,11 +8,14 @@ does, and tells the user what was produced and how to open the UI.
 from __future__ import annotations
 
 import os
+import sys
 import time
 
 import duckdb
 
 from tol_dagster.catalog import list_slices
+from tol_dagster.cli import progress_view
+from tol_dagster.cli.report import say
 from tol_dagster.cli.runner import refresh_published
 from tol_dagster.cli.status import status_report
 from tol_dagster.cli.sync_command import run_sync
@@ -32,29 +35,34 @@ def run_demo() -> int:
     started = time.monotonic()
     with LocalHub(repo, repo_id=base.repo_id) as hub:
         os.environ["TOL_HUB_ENDPOINT"] = hub.endpoint
-        print(f"local Hub serving {repo} at {hub.endpoint} (a development tool, not the real Hub)")
+        say(f"local Hub serving {repo} at {hub.endpoint} (a development tool, not the real Hub)")
         code = run_sync(config=None, accept_row_loss=False, accept_schema_change=False)
         if code != 0:
-            print(f"demo: the sync ended with exit code {code}; see the messages above")
+            print(
+                f"demo: the sync ended with exit code {code}; see the messages above",
+                file=sys.stderr,
+            )
             return code
         settings = Settings.from_env()
         for config in settings.configs:
-            code = refresh_published(settings, config)
+            with progress_view.shown(f"publish {config}"):
+                code = refresh_published(settings, config)
             if code != 0:
                 print(
-                    f"demo: building the published outputs of {config} ended with exit code {code}"
+                    f"demo: building the published outputs of {config} ended with exit code {code}",
+                    file=sys.stderr,
                 )
                 return code
         report = status_report(settings)
-    print()
-    print(f"demo done in {time.monotonic() - started:.0f} s. What was produced:")
+    say("")
+    say(f"demo done in {time.monotonic() - started:.0f} s. What was produced:")
     for config, entry in report.items():
-        print(f"  {config}: mirror {entry['mirror_path']}")
-        print(
+        say(f"  {config}: mirror {entry['mirror_path']}")
+        say(
             f"    {entry['mirror_files']} files, {entry['mirror_rows']:,} rows at upstream commit {str(entry['mirror_commit'])[:12]}"
         )
         _print_published(settings, config)
-    print(
+    say(
         f"  Dagster runs and event logs: {os.environ.get('DAGSTER_HOME', settings.layout.dagster_home())}"
     )
     _print_next_steps(first_config=next(iter(report)))
@@ -63,30 +71,30 @@ def run_demo() -> int:
 
 def _print_next_steps(first_config: str) -> None:
     """How to query what the demo published, and how to open the UI."""
-    print()
-    print("Query the mirror with DuckDB, pinned to one generation while resyncs publish, e.g.:")
-    print(
+    say("")
+    say("Query the mirror with DuckDB, pinned to one generation while resyncs publish, e.g.:")
+    say(
         '  .venv/bin/python -c "import duckdb; from tol_dagster.catalog import mirror_files; '
         f"duckdb.read_parquet([str(p) for p in mirror_files('{first_config}')])"
         ".aggregate('family, count(*) AS n').order('n DESC').limit(5).show()\""
     )
-    print(
+    say(
         '  .venv/bin/python -c "from tol_dagster.catalog import read_pandas; '
         "print(read_pandas('family=Felidae').head())\""
     )
-    print("  .venv/bin/python examples/nearest_centroid.py family=Felidae")
-    print("Open the UI: `make dev`, then http://127.0.0.1:3000 (sensors and schedules tick there).")
+    say("  .venv/bin/python examples/nearest_centroid.py family=Felidae")
+    say("Open the UI: `make dev`, then http://127.0.0.1:3000 (sensors and schedules tick there).")
 
 
 def _print_published(settings: Settings, config: str) -> None:
     """The slices, and a few summary lines: top orders by images, images per source."""
     layout = settings.layout
     slices = list_slices(config=config, home=settings.home)
-    print(
+    say(
         f"    {len(slices)} slices in {layout.slices_dir(config)} (catalog: {layout.catalog_path(config)}):"
     )
     for row in slices.to_dict("records"):
-        print(
+        say(
             f"      {row['name']:<34} {int(row['rows']):>7,} rows  {int(row['bytes']) / 1e6:>7.1f} MB"
         )
     rank_counts = str(summary_path(layout, config, "rank_counts"))
@@ -96,13 +104,11 @@ def _print_published(settings: Settings, config: str) -> None:
         "GROUP BY ALL ORDER BY images DESC LIMIT 5",
         [rank_counts],
     ).fetchall()
-    print("    top orders by images: " + ", ".join(f"{o or 'NULL'} {n:,}" for o, n in top))
+    say("    top orders by images: " + ", ".join(f"{o or 'NULL'} {n:,}" for o, n in top))
     sources = con.execute(
         "SELECT source_dataset, sum(images) AS images FROM read_parquet(?) WHERE rank = 'kingdom' "
         "GROUP BY ALL ORDER BY images DESC",
         [rank_counts],
     ).fetchall()
-    print("    images per source: " + ", ".join(f"{s or 'NULL'} {n:,}" for s, n in sources))
-    print(
-        f"    summaries: {layout.summary_dir(config)}; centroids: {layout.centroids_path(config)}"
-    )
+    say("    images per source: " + ", ".join(f"{s or 'NULL'} {n:,}" for s, n in sources))
+    say(f"    summaries: {layout.summary_dir(config)}; centroids: {layout.centroids_path(config)}")

@@ -3,7 +3,8 @@
 Exit codes (a public contract, see README): 0 done, 1 the gate refused the upstream state,
 2 bad input or settings, 3 upstream unreachable or invalid, 4 local storage, 130/143
 interrupted (SIGINT/SIGTERM), 70 an internal error. The first line on stderr names the cause
-and what to do; tracebacks only with `--verbose` or TOL_DEBUG=1.
+and what to do; tracebacks only with `--verbose` or TOL_DEBUG=1. With `--json`, a failure that
+ends a command early still prints its one JSON document (`cli.report`).
 """
 
 from __future__ import annotations
@@ -15,7 +16,17 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from tol_dagster import exit_codes
-from tol_dagster.cli import demo, interrupts, slice_commands, status, sync_command, verbosity
+from tol_dagster.cli import (
+    adopt_command,
+    demo,
+    interrupts,
+    report,
+    runner,
+    slice_commands,
+    status,
+    sync_command,
+    verbosity,
+)
 from tol_dagster.cli.parser import build_parser
 from tol_dagster.devtools import localhub, sample
 
@@ -52,8 +63,12 @@ def _sync(args: argparse.Namespace) -> int:
     )
 
 
+def _adopt(args: argparse.Namespace) -> int:
+    return adopt_command.run_adopt(args.path, config=args.config, copy=args.copy)
+
+
 def _status(args: argparse.Namespace) -> int:
-    return status.run_status(as_json=args.json)
+    return status.run_status()
 
 
 def _slice(args: argparse.Namespace) -> int:
@@ -69,7 +84,8 @@ def _slices_remove(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    return demo.run_demo()
+    with runner.launched_by("demo"):
+        return demo.run_demo()
 
 
 #: The function behind each `handler` the parser sets (`cli.parser`).
@@ -77,6 +93,7 @@ HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
     "sample build": _sample_build,
     "hub serve": _hub_serve,
     "sync": _sync,
+    "adopt": _adopt,
     "status": _status,
     "slice": _slice,
     "slices list": _slices_list,
@@ -89,6 +106,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; its exit code, after one line naming the cause if it failed."""
     args = build_parser().parse_args(argv)
     verbosity.set_verbose(args.verbose)
+    verbosity.set_output(quiet=args.quiet, as_json=getattr(args, "json", False))
     with interrupts.watch_signals() as signals:
         try:
             return int(HANDLERS[args.handler](args))
@@ -101,6 +119,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"tol-dagster: {error}", file=sys.stderr)
     if verbosity.verbose():
         traceback.print_exception(caught, file=sys.stderr)
+    if verbosity.as_json():  # the command ended before its own document: this is the one
+        report.print_document(args.command, error.exit_code, [str(error)])
     return error.exit_code
 
 

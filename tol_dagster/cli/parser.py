@@ -18,7 +18,7 @@ if TYPE_CHECKING:  # what `add_subparsers` returns: generic in the type stubs on
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The whole command line: `tol-dagster [--verbose] COMMAND ...`."""
+    """The whole command line: `tol-dagster [--verbose|--quiet] COMMAND ...`."""
     parser = argparse.ArgumentParser(
         prog="tol-dagster",
         description="Mirror TreeOfLife-200M-Embeddings and publish validated per-taxon slices.",
@@ -26,23 +26,46 @@ def build_parser() -> argparse.ArgumentParser:
         "unreachable or invalid, 4 local storage (disk full, permissions), 130/143 interrupted, "
         "70 internal error (a bug).",
     )
-    parser.add_argument(
-        "--verbose",
-        action="store_true",
-        help="print tracebacks and Dagster's failure events (also TOL_DEBUG=1)",
-    )
+    _add_verbosity(parser, default=False)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_sample(commands)
     _add_hub(commands)
     _add_sync(commands)
+    _add_adopt(commands)
     _add_status(commands)
     _add_slice(commands)
     _add_slices(commands)
     demo = commands.add_parser(
         "demo", help="run the whole pipeline on the embedded sample (make demo)"
     )
+    _add_verbosity(demo)
     demo.set_defaults(handler="demo")
     return parser
+
+
+def _add_verbosity(parser: argparse.ArgumentParser, *, default: object = argparse.SUPPRESS) -> None:
+    """`--verbose` and `--quiet`, before or after the command (a command's own copy is
+    SUPPRESSed by default, so it never resets what was given before the command)."""
+    parser.add_argument(
+        "--verbose",
+        action="store_true",
+        default=default,
+        help="also print Dagster's log lines, its failure events and tracebacks (also TOL_DEBUG=1)",
+    )
+    parser.add_argument(
+        "--quiet",
+        action="store_true",
+        default=default,
+        help="print errors only: no progress, no report",
+    )
+
+
+def _add_json(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help="print one JSON document on stdout (exit_code, error, the facts), nothing else there",
+    )
 
 
 def _add_sample(commands: Subparsers) -> None:
@@ -98,12 +121,36 @@ def _add_sync(commands: Subparsers) -> None:
         action="store_true",
         help="publish even if rows already in the mirror (by uuid) come with different emb bytes",
     )
+    _add_json(sync)
+    _add_verbosity(sync)
     sync.set_defaults(handler="sync")
+
+
+def _add_adopt(commands: Subparsers) -> None:
+    adopt = commands.add_parser(
+        "adopt",
+        help="verify a copy you already have (hf download --local-dir) and resync from it",
+    )
+    adopt.add_argument(
+        "path", type=Path, metavar="PATH", help="the folder hf download wrote, e.g. ./data"
+    )
+    adopt.add_argument(
+        "--config", default=None, help="one config (default: every config in TOL_CONFIGS)"
+    )
+    adopt.add_argument(
+        "--copy",
+        action="store_true",
+        help="copy the files instead of hard-linking them (always copied across file systems)",
+    )
+    _add_json(adopt)
+    _add_verbosity(adopt)
+    adopt.set_defaults(handler="adopt")
 
 
 def _add_status(commands: Subparsers) -> None:
     status = commands.add_parser("status", help="compare the mirror with upstream (a Dagster run)")
-    status.add_argument("--json", action="store_true", help="machine-readable output")
+    _add_json(status)
+    _add_verbosity(status)
     status.set_defaults(handler="status")
 
 
@@ -118,6 +165,8 @@ def _add_slice(commands: Subparsers) -> None:
         action="store_true",
         help="publish a 0-row slice when no row matches the key (else: exit 2, close matches named)",
     )
+    _add_json(slice_)
+    _add_verbosity(slice_)
     slice_.set_defaults(handler="slice")
 
 

@@ -3,26 +3,25 @@
 A command runs its job in this process against the persistent instance (DAGSTER_HOME) and maps
 the outcome to the public exit codes (`tol_dagster.exit_codes`): 0 done, 1 the gate refused, 2
 bad input or settings, 3 upstream unreachable or invalid, 4 local storage, 130/143 interrupted,
-70 a bug. Here too: the terminal logger without Dagster's failure tracebacks (the command names
-the cause instead), SIGINT/SIGTERM ending the run CANCELED, and the runs that bring the derived
-tables, slices and catalog of a config up to date.
+70 a bug. Here too: Dagster's console lines silenced unless `--verbose` (the command names the
+cause, `cli.progress_view` shows the work), SIGINT/SIGTERM ending the run CANCELED, and the runs
+that bring the derived tables, slices and catalog of a config up to date.
 """
 
 from __future__ import annotations
 
 import contextlib
-import logging
 import signal
 import sys
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, TextIO
 
 import dagster as dg
+from dagster._core.execution.execution_result import ExecutionResult
 
 from tol_dagster import errors, exit_codes
-from tol_dagster.cli import interrupts, verbosity
-from tol_dagster.definitions import build_definitions
+from tol_dagster.cli import interrupts, launch, verbosity
 from tol_dagster.defs.instance import open_instance
 from tol_dagster.defs.keys import asset_key
 from tol_dagster.defs.orphaned_runs import cli_run_tags
@@ -33,12 +32,19 @@ from tol_dagster.defs.published.partitions import slices_partitions_name
 from tol_dagster.derived import built_from
 from tol_dagster.settings import Settings
 
-#: The terminal shows our progress lines and warnings, not Dagster's step-by-step debug events
-#: (the UI keeps the full event log).
-QUIET_LOGS = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
+#: Dagster's console logger: silent unless `--verbose` (then its INFO lines, failures and
+#: tracebacks too). Run config, not another logger: the job keeps the code location's snapshot.
+#: The run's event log keeps everything either way.
+SILENT, TALKATIVE = "CRITICAL", "INFO"
 
 
-def exit_code(result: dg.ExecuteInProcessResult) -> tuple[int, list[str]]:
+def console_logs() -> dict[str, Any]:
+    """The run config of Dagster's console logger for this command."""
+    level = TALKATIVE if verbosity.verbose() else SILENT
+    return {"loggers": {"console": {"config": {"log_level": level}}}}
+
+
+def exit_code(result: ExecutionResult) -> tuple[int, list[str]]:
     """The public exit code of a run, with the lines that explain it, the cause first.
 
     1 only for checks that refused; a step's own error keeps its code (`exit_codes`), and an
@@ -71,46 +77,41 @@ def exit_code(result: dg.ExecuteInProcessResult) -> tuple[int, list[str]]:
     return code, worst + [line for c, line in causes if c != code]
 
 
-def _drop_failure_events(record: logging.LogRecord) -> bool:
-    """Dagster's failure lines (step failures with their whole traceback, "dependencies
-    failed", run failure): the command prints the cause instead. `--verbose` keeps them, and
-    the run's event log always has them. Our own steps log at INFO and WARNING only."""
-    return record.levelno < logging.ERROR
-
-
-@dg.logger(
-    config_schema={
-        "log_level": dg.Field(str, is_required=False, default_value="INFO"),
-        "name": dg.Field(str, is_required=False, default_value="dagster"),
-    },
-    description="Dagster's console logger without failure tracebacks (the CLI names the cause).",
-)
-def terminal_logger(init_context: dg.InitLoggerContext) -> logging.Logger:
-    logger = dg.colored_console_logger.logger_fn(init_context)
-    for handler in logger.handlers:
-        handler.addFilter(_drop_failure_events)
-    return logger
-
-
 def execute(
-    job: dg.JobDefinition, *, instance: dg.DagsterInstance, **kwargs: Any
-) -> dg.ExecuteInProcessResult:
-    """Run `job` in this process (`raise_on_error=False`), with a run id known beforehand.
+    job: dg.JobDefinition,
+    *,
+    instance: dg.DagsterInstance,
+    run_config: Mapping[str, Any] | None = None,
+    tags: Mapping[str, str] | None = None,
+    partition_key: str | None = None,
+    asset_selection: Sequence[dg.AssetKey] | None = None,
+    asset_check_selection: Sequence[dg.AssetCheckKey] | None = None,
+) -> ExecutionResult:
+    """Run `job` (the code location's, see `cli.launch`) in this process, failures recorded.
 
-    SIGINT/SIGTERM end the run CANCELED and raise `Interrupted`; an exception from outside the
-    run's steps (Dagster's own storage failing) is classified with the run id.
+    The run is tagged with who launched it (`tol/source`); SIGINT/SIGTERM end it CANCELED and
+    raise `Interrupted`; an exception from outside the run's steps (Dagster's own storage
+    failing) is classified with the run id.
     """
     run_id = str(uuid.uuid4())
-    if not verbosity.verbose():
-        job = job.with_logger_defs({"console": terminal_logger})
     watch = interrupts.current()
     mark = exit_codes.storage_mark()
     quiet = contextlib.nullcontext() if verbosity.verbose() else _quiet_dagster_stderr()
     try:
         with watch.running(instance, run_id), quiet:
-            result = job.execute_in_process(
-                instance=instance, run_id=run_id, raise_on_error=False, **kwargs
+            run = launch.create_run(
+                job,
+                instance,
+                run_id=run_id,
+                run_config={**(run_config or {}), **console_logs()},
+                tags={**(tags or {}), **cli_run_tags(_source[-1])},
+                partition_key=partition_key,
+                asset_selection=None if asset_selection is None else set(asset_selection),
+                asset_check_selection=(
+                    None if asset_check_selection is None else set(asset_check_selection)
+                ),
             )
+            result = launch.execute_created(job, run, instance)
     except KeyboardInterrupt:
         raise _interrupted(instance, run_id, watch) from None
     except Exception as exc:
@@ -120,12 +121,27 @@ def execute(
         if isinstance(error, errors.LocalStorageError) and first is not None:
             error = first  # Dagster's storage failed next, on the same full disk
         raise error from exc
-    run = instance.get_run_by_id(run_id)
-    if watch.signum is not None or (run is not None and run.status == dg.DagsterRunStatus.CANCELED):
+    stored = instance.get_run_by_id(run_id)
+    if watch.signum is not None or (
+        stored is not None and stored.status == dg.DagsterRunStatus.CANCELED
+    ):
         raise _interrupted(instance, run_id, watch)
-    if run is not None and _was_interrupted(result):
+    if stored is not None and _was_interrupted(result):
         raise _interrupted(instance, run_id, watch)
     return result
+
+
+@contextlib.contextmanager
+def launched_by(source: str) -> Iterator[None]:
+    """Within: runs are tagged `tol/source=<source>` (the demo's are "demo"; else "cli")."""
+    _source.append(source)
+    try:
+        yield
+    finally:
+        _source.pop()
+
+
+_source = ["cli"]
 
 
 class _DropDagsterDumps:
@@ -148,7 +164,7 @@ def _quiet_dagster_stderr() -> contextlib.AbstractContextManager[object]:
     return contextlib.redirect_stderr(_DropDagsterDumps(sys.stderr))
 
 
-def _was_interrupted(result: dg.ExecuteInProcessResult) -> bool:
+def _was_interrupted(result: ExecutionResult) -> bool:
     interrupts_ = ("KeyboardInterrupt", "DagsterExecutionInterruptedError")
     for event in result.all_events:
         if event.event_type == dg.DagsterEventType.RUN_FAILURE:
@@ -195,24 +211,29 @@ def _print_failure(code: int, lines: Sequence[str], outcome: str | None = None) 
         print(f"  {line}", file=sys.stderr)
 
 
+#: A step's exit code and the lines that explain it, the cause first (none when it is 0).
+Outcome = tuple[int, list[str]]
+
+
 def _ensure_derived(
     defs: dg.Definitions, instance: dg.DagsterInstance, settings: Settings, name: str
-) -> int:
+) -> Outcome:
     """Summaries, index and centroids for the current mirror generation (a run only if stale)."""
     built_from.mirror_inputs(settings.layout, name)  # no mirror: say so
     if refresh.current_derived(settings.layout, name) is not None:
-        return 0
-    print(f"{name}: building summaries, taxon index and centroids of the mirror…", file=sys.stderr)
+        return 0, []
+    if verbosity.chatty():
+        print(
+            f"{name}: building summaries, taxon index and centroids of the mirror…", file=sys.stderr
+        )
     result = execute(
         defs.resolve_job_def(DERIVED_JOB),
-        run_config=QUIET_LOGS,
         instance=instance,
         asset_selection=derived_keys(name),
-        tags=cli_run_tags(),
     )
     code, lines = exit_code(result)
     _print_failure(code, lines)
-    return code
+    return code, lines
 
 
 def _build_slice(
@@ -222,24 +243,22 @@ def _build_slice(
     key: str,
     *,
     allow_empty: bool = False,
-) -> int:
+) -> Outcome:
     instance.add_dynamic_partitions(slices_partitions_name(name), [key])
     result = execute(
         defs.resolve_job_def(slices_job_name(name)),
         run_config={
-            **QUIET_LOGS,
             "ops": {slices_op_name(name): {"config": {"allow_empty": allow_empty}}},
         },
         instance=instance,
         partition_key=key,
-        tags=cli_run_tags(),
     )
     code, lines = exit_code(result)
     if code:
         _print_failure(
             code, lines, f"slice {key}: not published; the previous file (if any) is unchanged"
         )
-    return code
+    return code, lines
 
 
 def refresh_published(settings: Settings, name: str) -> int:
@@ -247,26 +266,24 @@ def refresh_published(settings: Settings, name: str) -> int:
     as planned by `tol_dagster.defs.published.refresh`: derived outputs, the slices the new
     generation touched (and declared ones never built), the catalog."""
     instance = open_instance(settings)
-    defs = build_definitions(settings)
-    code = _ensure_derived(defs, instance, settings, name)
+    defs = launch.load_code_location(settings)
+    code, _ = _ensure_derived(defs, instance, settings, name)
     if code:
         return code
     built = refresh.current_derived(settings.layout, name)
     assert built is not None
     plan = refresh.plan_slice_refresh(instance, settings.layout, name, settings.slices_file, built)
     for key in plan.rebuild:
-        code = max(code, _build_slice(defs, instance, name, key))
-    return max(code, _refresh_catalog(defs, instance, name))
+        code = max(code, _build_slice(defs, instance, name, key)[0])
+    return max(code, _refresh_catalog(defs, instance, name)[0])
 
 
-def _refresh_catalog(defs: dg.Definitions, instance: dg.DagsterInstance, config: str) -> int:
+def _refresh_catalog(defs: dg.Definitions, instance: dg.DagsterInstance, config: str) -> Outcome:
     result = execute(
         defs.resolve_job_def(CATALOG_JOB),
-        run_config=QUIET_LOGS,
         instance=instance,
         asset_selection=[asset_key(config, "catalog")],
-        tags=cli_run_tags(),
     )
     code, lines = exit_code(result)
     _print_failure(code, lines)
-    return code
+    return code, lines

@@ -7,13 +7,15 @@ the catalog and the files on disk always tell the same story.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from urllib.parse import quote
 
 from tol_dagster import catalog
+from tol_dagster.cli import progress_view, report, verbosity
 from tol_dagster.cli.config_option import one_config, select_configs
+from tol_dagster.cli.launch import load_code_location
 from tol_dagster.cli.runner import _build_slice, _ensure_derived, _refresh_catalog
-from tol_dagster.definitions import build_definitions
 from tol_dagster.defs.instance import open_instance
 from tol_dagster.defs.published.partitions import slices_partitions_name
 from tol_dagster.derived import built_from, taxon_index
@@ -28,31 +30,41 @@ def run_slice(key_text: str, *, config: str | None, allow_empty: bool = False) -
     """Materialize one slice through Dagster (adding its partition), refresh the catalog.
 
     A key matching no row is refused (exit 2, close matches named) before any partition or
-    run is made, unless `allow_empty` (now or when the slice was last built)."""
+    run is made, unless `allow_empty` (now or when the slice was last built). On a terminal the
+    rows written show as a bar, then a short report; the slice's path is the last line."""
     settings = Settings.from_env()
     key = parse_slice_key(key_text)
     name = one_config(settings, config)
     built_from.mirror_inputs(settings.layout, name)  # no mirror: say so before touching anything
     instance = open_instance(settings)
-    defs = build_definitions(settings)
-    code = _ensure_derived(defs, instance, settings, name)
-    if code:
-        return code
-    if not (allow_empty or records.allowed_empty(settings.layout, name, key.name)):
-        _refuse_empty(settings, name, key)
-    code = _build_slice(defs, instance, name, key.name, allow_empty=allow_empty)
-    if code:
-        return code
-    code = _refresh_catalog(defs, instance, name)
-    print(settings.layout.slices_dir(name) / key.file_name)
+    defs = load_code_location(settings)
+    started = time.monotonic()
+    with progress_view.shown(name) as view:
+        code, lines = _ensure_derived(defs, instance, settings, name)
+        if not code and not (allow_empty or records.allowed_empty(settings.layout, name, key.name)):
+            expected = _refuse_empty(settings, name, key)
+            if view is not None:
+                view.expect("slice", rows=expected)
+        if not code:
+            code, lines = _build_slice(defs, instance, name, key.name, allow_empty=allow_empty)
+        if not code:
+            code, lines = _refresh_catalog(defs, instance, name)
+    facts = report.slice_facts(settings, name, key.name, code, time.monotonic() - started)
+    if verbosity.as_json():
+        report.print_document("slice", code, lines, **facts)
+    elif code == 0:
+        report.slice_report(facts)
+        report.say(str(settings.layout.slices_dir(name) / key.file_name))
     return code
 
 
-def _refuse_empty(settings: Settings, name: str, key: SliceKey) -> None:
-    """`EmptySliceError` (exit 2) if no row of the mirror matches `key`."""
+def _refuse_empty(settings: Settings, name: str, key: SliceKey) -> int:
+    """The rows of the mirror that match `key`; `EmptySliceError` (exit 2) if none."""
     _, files = built_from.mirror_inputs(settings.layout, name)
     index = taxon_index.read_taxon_index(settings.layout, name)
-    refuse_empty(key, index, expected_count(key, index, files))
+    expected = expected_count(key, index, files)
+    refuse_empty(key, index, expected)
+    return expected
 
 
 def list_slices_command(*, config: str | None) -> int:
@@ -114,6 +126,6 @@ def remove_slice_command(key_text: str, *, config: str | None) -> int:
         instance.delete_dynamic_partition(partitions, partition)
     for path in files:
         path.unlink(missing_ok=True)
-    code = _refresh_catalog(build_definitions(settings), instance, name)
+    code, _ = _refresh_catalog(load_code_location(settings), instance, name)
     print(f"removed {key_text if key is None else key.name} from {name}")
     return code

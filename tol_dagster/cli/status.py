@@ -6,14 +6,14 @@ from what the resync keeps on disk, so the demo prints it too.
 
 from __future__ import annotations
 
-import json
 import sys
 
-from tol_dagster.cli.runner import QUIET_LOGS, execute, exit_code
-from tol_dagster.definitions import build_definitions
+from tol_dagster.cli import progress_view, verbosity
+from tol_dagster.cli.launch import load_code_location
+from tol_dagster.cli.report import print_document, say
+from tol_dagster.cli.runner import execute, exit_code
 from tol_dagster.defs.instance import open_instance
 from tol_dagster.defs.mirror.jobs import STATUS_JOB
-from tol_dagster.defs.orphaned_runs import cli_run_tags
 from tol_dagster.resync import plan, revision_diff, state
 from tol_dagster.settings import Settings
 from tol_dagster.store.manifest import load_manifest
@@ -44,23 +44,24 @@ def status_report(settings: Settings) -> dict[str, dict[str, object]]:
     return report
 
 
-def run_status(*, as_json: bool) -> int:
-    """Observe upstream in a run, then print the report (`--json`: one object); errors last."""
+def run_status() -> int:
+    """Observe upstream in a run, then print the report (`--json`: one document); errors last."""
     settings = Settings.from_env()
     instance = open_instance(settings)
-    job = build_definitions(settings).resolve_job_def(STATUS_JOB)
-    result = execute(job, run_config=QUIET_LOGS, instance=instance, tags=cli_run_tags())
+    job = load_code_location(settings).resolve_job_def(STATUS_JOB)
+    with progress_view.shown("status"):
+        result = execute(job, instance=instance)
     code, lines = exit_code(result)
     report = status_report(settings)
-    if as_json:
-        print(json.dumps({"exit_code": code, "errors": lines, "configs": report}, indent=1))
+    if verbosity.as_json():
+        print_document("status", code, lines, configs=report)
     else:
         for config, entry in report.items():
-            print(f"{config}:")
+            say(f"{config}:")
             for key, value in entry.items():
-                print(f"  {key}: {_short(value) if key == 'last_change' else value}")
-        for line in lines:
-            print(f"error: {line}", file=sys.stderr)
+                say(f"  {key}: {_short(value) if key == 'last_change' else value}")
+    for line in lines:
+        print(f"error: {line}", file=sys.stderr)
     return code
 
 
@@ -68,6 +69,8 @@ def _short(change: object) -> str:
     """The last published change by uuid, in one line (`--json` has the per-taxon table)."""
     if not isinstance(change, dict):
         return "none recorded"
+    if change.get("first_generation"):
+        return f"first generation at {str(change['to_commit'])[:12]}: +{change['added']:,} rows"
     top = ", ".join(
         f"{t.get('species') or t.get('genus') or t.get('family') or '?'} +{t['added']}/-{t['removed']}"
         for t in change.get("taxa", [])[:5]

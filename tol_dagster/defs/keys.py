@@ -15,6 +15,12 @@ import dagster as dg
 #: The tag every resync run carries (`tol/resync=<config>`): what the queue serializes resyncs
 #: on (dagster.yaml's tag_concurrency_limits) and how orphaned ones are found.
 RESYNC_TAG = "tol/resync"
+#: Who launched a run: `cli`, `demo`, `sensor` or `schedule` (the UI's own launches carry none).
+SOURCE_TAG = "tol/source"
+
+
+def source_tags(source: str) -> dict[str, str]:
+    return {SOURCE_TAG: source}
 
 
 def asset_key(config: str, *parts: str) -> dg.AssetKey:

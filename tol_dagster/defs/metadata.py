@@ -1,5 +1,6 @@
-"""Turn core results into what the Dagster UI shows: check results, table schemas, previews,
-the owners every asset names, and links to each asset's code."""
+"""Turn core results into what the Dagster UI shows: check results, described column schemas,
+table previews, sizes for people, links to upstream commits and to each asset's code, and the
+owners every asset names."""
 
 from __future__ import annotations
 
@@ -10,9 +11,17 @@ from typing import Any
 import dagster as dg
 import pyarrow as pa
 
+from tol_dagster.schema import column_description
+from tol_dagster.store.disk import human_size
 from tol_dagster.validation.checks import CheckResult
 
 OWNERS = ["team:imageomics"]
+
+#: Rows a table preview shows.
+PREVIEW_ROWS = 20
+
+#: How a preview writes a NULL cell.
+NULL = "NULL"
 
 
 def check_result(result: CheckResult, asset: dg.AssetKey) -> dg.AssetCheckResult:
@@ -35,22 +44,63 @@ def blocking_checks(asset: dg.AssetKey, descriptions: Mapping[str, str]) -> list
     ]
 
 
-def table_schema(schema: pa.Schema) -> dg.TableSchema:
-    """An Arrow schema as the column list the UI renders."""
-    return dg.TableSchema(columns=[dg.TableColumn(field.name, str(field.type)) for field in schema])
+def table_schema(
+    schema: pa.Schema, config: str, own: Mapping[str, str] | None = None
+) -> dg.TableSchema:
+    """An Arrow schema as the column list the UI renders, each column described: by `own` (a
+    table's own columns, `defs.columns`), else by the contract (`schema.column_description`)."""
+    return dg.TableSchema(
+        columns=[
+            dg.TableColumn(
+                field.name, str(field.type), description=_describe(field.name, config, own or {})
+            )
+            for field in schema
+        ]
+    )
 
 
-def markdown_preview(table: pa.Table, limit: int = 10) -> str:
-    """The first rows of a small table as markdown, for the UI."""
+def _describe(name: str, config: str, own: Mapping[str, str]) -> str:
+    described = own.get(name) or column_description(name, config)
+    return described or "Not in the contract: a column upstream added (see the gate's checks)."
+
+
+def table_preview(table: pa.Table, limit: int = PREVIEW_ROWS) -> dg.TableMetadataValue:
+    """The first `limit` rows of `table` as a table the UI shows inline, NULL written `NULL`
+    (a blank cell reads as "empty", and NULL buckets are real data here)."""
     rows = table.slice(0, limit).to_pylist()
-    if not rows:
-        return "(empty)"
-    columns = list(rows[0])
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += [
-        "| " + " | ".join("" if r[c] is None else str(r[c]) for c in columns) + " |" for r in rows
-    ]
-    return "\n".join(lines)
+    columns = [dg.TableColumn(field.name, str(field.type)) for field in table.schema]
+    return dg.MetadataValue.table(
+        records=[dg.TableRecord({k: _cell(v) for k, v in row.items()}) for row in rows],
+        schema=dg.TableSchema(columns=columns),
+    )
+
+
+def _cell(value: Any) -> str | float | bool:
+    """A value as a preview cell: NULL as `NULL`, a count with thousands separators (the UI
+    prints numbers raw), a struct as `a / b / NULL`, other scalars as they are."""
+    if value is None:
+        return NULL
+    if isinstance(value, bool | float | str):
+        return value
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, dict):
+        return " / ".join(str(_cell(v)) for v in value.values())
+    return str(value)
+
+
+def with_size(key: str, size: int) -> dict[str, dg.MetadataValue]:
+    """`key`'s raw byte count and, beside it, the size for people (`bytes` -> `size`,
+    `bytes_fetched` -> `size_fetched`)."""
+    return {
+        key: dg.MetadataValue.int(size),
+        key.replace("bytes", "size"): dg.MetadataValue.text(human_size(size)),
+    }
+
+
+def commit_url(endpoint: str, repo_id: str, commit: str) -> dg.UrlMetadataValue:
+    """The Hub's page of upstream `commit` (`<endpoint>/datasets/<repo>/commit/<sha>`)."""
+    return dg.MetadataValue.url(f"{endpoint.rstrip('/')}/datasets/{repo_id}/commit/{commit}")
 
 
 def with_code_references(assets: Sequence[dg.AssetsDefinition]) -> list[dg.AssetsDefinition]:

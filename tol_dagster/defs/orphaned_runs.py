@@ -6,6 +6,10 @@ ever (the queue counts runs in progress). Every command-line run carries the pid
 run it (`cli_run_tags`), so any later sync or sensor tick can tell a resync run is orphaned,
 mark it failed and free any pool slot it claimed (`fail_dead_cli_runs`). (The lease of
 `tol_dagster.defs.mirror.resync_slot` died with the process already.)
+
+Those two tags are hidden: Dagster's GraphQL leaves out tags whose key starts with `.dagster/`
+(`TagType.HIDDEN`), so the UI shows only `tol/source` (who launched the run: `cli`, `demo`),
+and a re-execution from the UI does not inherit the dead process's pid.
 """
 
 from __future__ import annotations
@@ -15,10 +19,10 @@ import socket
 
 import dagster as dg
 
-from tol_dagster.defs.keys import RESYNC_TAG
+from tol_dagster.defs.keys import RESYNC_TAG, source_tags
 
-PID_TAG = "tol/pid"
-HOST_TAG = "tol/host"
+PID_TAG = ".dagster/tol/pid"
+HOST_TAG = ".dagster/tol/host"
 
 _IN_PROGRESS = [
     dg.DagsterRunStatus.STARTED,
@@ -27,9 +31,9 @@ _IN_PROGRESS = [
 ]
 
 
-def cli_run_tags() -> dict[str, str]:
-    """Tags that identify the process running a command-line run."""
-    return {PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname()}
+def cli_run_tags(source: str = "cli") -> dict[str, str]:
+    """Tags of a command-line run: who launched it (shown) and its process (hidden)."""
+    return {**source_tags(source), PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname()}
 
 
 def fail_dead_cli_runs(instance: dg.DagsterInstance, config: str) -> list[str]:

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 
-from tol_dagster import exit_codes
+from tol_dagster import exit_codes, progress
 from tol_dagster.errors import IntegrityError
 from tol_dagster.hub.client import HubClient, RemoteFile
 from tol_dagster.resync.facts import file_facts, refusal
@@ -28,23 +28,27 @@ Log = Callable[[str], None]
 PROGRESS_EVERY_S = 5.0
 
 
-class _Progress:
-    """Files, bytes, MB/s and ETA in the run log, at most every few seconds."""
+class Progress:
+    """Files, bytes, MB/s and ETA in the run log, at most every few seconds; every byte and
+    file to `tol_dagster.progress` as it comes (the command line's bar), as `task`."""
 
-    def __init__(self, log: Log, files: int, total_bytes: int) -> None:
-        self.log, self.files, self.total = log, files, total_bytes
+    def __init__(self, log: Log, files: int, total_bytes: int, task: str = "fetch") -> None:
+        self.log, self.files, self.total, self.task = log, files, total_bytes, task
         self.done_files = 0
         self.bytes = 0
         self.started = time.monotonic()
         self.last = 0.0
         self.lock = threading.Lock()
+        progress.start(task, files=files, bytes=total_bytes)
 
     def add(self, count: int) -> None:
+        progress.advance(self.task, bytes=count)
         with self.lock:
             self.bytes += count
             self._maybe_log()
 
     def file_done(self) -> None:
+        progress.advance(self.task, files=1)
         with self.lock:
             self.done_files += 1
             self._maybe_log(force=True)
@@ -76,7 +80,7 @@ class _Fetcher:
     ) -> None:
         self.layout, self.client, self.config, self.plan = layout, client, config, plan
         self.staged = staged_files(layout, config, plan.commit)
-        self.progress = _Progress(log, len(plan.to_fetch), plan.bytes_to_fetch)
+        self.progress = Progress(log, len(plan.to_fetch), plan.bytes_to_fetch)
         self.stop = threading.Event()
 
     def on_progress(self, count: int) -> None:

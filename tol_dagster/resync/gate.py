@@ -7,11 +7,13 @@ generation, never through the mirror's symlink.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from tol_dagster.errors import ValidationFailed
 from tol_dagster.resync.facts import additive_extension, cached_facts
 from tol_dagster.resync.state import (
     StagedState,
@@ -322,3 +324,15 @@ def _merge(a: CheckResult, b: CheckResult) -> CheckResult:
         return replace(a, details={**a.details, **b.details})
     message = "; ".join(r.message for r in (a, b) if not r.passed)
     return CheckResult(a.check, False, message, {**a.details, **b.details})
+
+
+def gate_refusal(config: str, commit: str, refused: Sequence[CheckResult]) -> ValidationFailed:
+    """The gate's verdict in one sentence: the checks that failed first, then what it means."""
+    causes = "; ".join(f"{r.check}: {r.message}" for r in refused[:3])
+    more = f" (and {len(refused) - 3} more checks)" if len(refused) > 3 else ""
+    return ValidationFailed(
+        f"{config}: the gate refused commit {commit[:12]}: {causes}{more}. Nothing was "
+        "published: the mirror keeps its last validated generation. If upstream meant this "
+        "change, resync with the matching --accept-row-loss, --accept-schema-change or "
+        "--accept-emb-change; otherwise wait for upstream to fix it."
+    )

@@ -129,15 +129,26 @@ def manifest_after(
     )
 
 
-def plan_against_mirror(layout: Layout, remote: RemoteConfig) -> Plan:
-    return plan_sync(load_manifest(layout, remote.config), remote)
-
-
 def plan_summary(plan: Plan) -> str:
     repaired = f", {len(plan.repaired)} drifted fetched again" if plan.repaired else ""
     return (
         f"{len(plan.added)} added, {len(plan.changed)} changed, {len(plan.removed)} removed, "
         f"{len(plan.unchanged)} unchanged{repaired} ({plan.bytes_to_fetch / 1e6:,.1f} MB to fetch)"
+    )
+
+
+def lacked_at_check(manifest: Manifest | None, plan: Plan) -> str:
+    """What the mirror lacked when upstream was read, worded so that it is not taken for the
+    gap that remains after a later resync published (the `remote` asset shows it)."""
+    fetch = f"{len(plan.to_fetch)} files ({plan.bytes_to_fetch / 1e6:,.1f} MB)"
+    if manifest is None:
+        return f"At this check there was no mirror yet: a first sync fetches {fetch}."
+    held = f"the mirror (generation {manifest.generation}, commit {manifest.upstream_commit[:10]})"
+    if plan.is_noop:
+        return f"At this check {held} already held every file of this commit."
+    return (
+        f"At this check {held} lacked {fetch}: {plan_summary(plan)}. A resync fetches them; "
+        "`mirror` shows what is published now."
     )
 
 
@@ -175,4 +186,10 @@ def decide(layout: Layout, remote: RemoteConfig) -> Decision:
             True,
             f"card count changed {manifest.card_expected_rows} -> {remote.expected_rows}: revalidation, no download",
         )
-    return Decision(False, "in sync: the commit touched other paths only")
+    if manifest.upstream_commit == remote.commit:
+        return Decision(False, f"in sync: the mirror is at {remote.commit[:10]} already")
+    return Decision(
+        False,
+        f"in sync: commit {remote.commit[:10]} changed no file of {remote.config} "
+        f"(mirror published at {manifest.upstream_commit[:10]}, same files)",
+    )

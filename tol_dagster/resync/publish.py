@@ -40,6 +40,8 @@ class Published:
     manifest: Manifest
     previous: Manifest | None
     changed: bool
+    #: The files whose bytes this publish brought (added, changed, fetched again after drift).
+    fetched: tuple[str, ...] = ()
 
     @property
     def total_bytes(self) -> int:
@@ -101,7 +103,8 @@ def publish(layout: Layout, config: str, *, key: str = LOCAL_KEY, log: Log = pri
             f"{config}: published {generation.name} ({len(manifest.entries)} files, {manifest.total_rows:,} rows); "
             f"cleanup freed {freed / 1e6:,.1f} MB"
         )
-        return Published(remote.commit, generation.name, manifest, previous, changed=True)
+        fetched = tuple(f.name for f in state.fetched)
+        return Published(remote.commit, generation.name, manifest, previous, True, fetched)
 
 
 def _gated_state(layout: Layout, config: str, key: str) -> StagedState:

@@ -135,6 +135,10 @@ def _revision_diff_path(layout: Layout, config: str) -> Path:
 def record_revision_diff(layout: Layout, config: str, published: Published) -> RevisionDiff | None:
     """Rows added and removed per taxon by the resync just published (reads changed files only)."""
     previous = published.previous
+    if published.changed and previous is None:
+        first = {"to_commit": published.commit, "first_generation": True}
+        document = {**first, "added": published.manifest.total_rows, "removed": 0}
+        write_atomic(_revision_diff_path(layout, config), json.dumps(document, indent=1).encode())
     if not published.changed or previous is None:
         return None
     old_dir = layout.generations_dir(config) / previous.generation
@@ -151,6 +155,21 @@ def record_revision_diff(layout: Layout, config: str, published: Published) -> R
     }
     write_atomic(_revision_diff_path(layout, config), json.dumps(document, indent=1).encode())
     return diff
+
+
+def describe_change(published: Published, diff: RevisionDiff | None) -> str:
+    """The rows a publish changed, in words for the mirror's metadata (markdown)."""
+    if not published.changed:
+        return "Already current: nothing published."
+    if published.previous is None:
+        return f"First generation: {published.manifest.total_rows:,} rows added."
+    if diff is None:
+        return (
+            f"Rows {published.previous.total_rows:,} -> {published.manifest.total_rows:,}; the "
+            f"generation before ({published.previous.generation}) is no longer on disk to "
+            "compare by uuid."
+        )
+    return diff.to_markdown()
 
 
 def last_revision_diff(layout: Layout, config: str) -> dict[str, object] | None:

@@ -15,6 +15,7 @@ import os
 import time
 from collections.abc import Collection, Iterable
 
+from tol_dagster import progress
 from tol_dagster.errors import RevisionGone
 from tol_dagster.hub.client import HubClient, RemoteConfig, RemoteFile
 from tol_dagster.resync import reuse
@@ -62,10 +63,11 @@ def stage(
     Published files that drifted from the manifest are fetched again: every one is stat'ed,
     and `suspects` (the files the last audit found drifted) are re-hashed too.
     """
+    say = progress.told(log)
     with config_lock(layout, config):
         remote = load_remote(layout, config) or refresh_remote(layout, client, config)
         if commit and commit != remote.commit:
-            log(
+            say(
                 f"upstream moved from {commit[:12]} to {remote.commit[:12]} since the request; syncing the newer commit"
             )
         superseded: RemoteConfig | None = None
@@ -83,7 +85,7 @@ def stage(
             except RevisionGone as gone:
                 if replans == MAX_REPLANS:
                     raise
-                log(f"{gone}; re-planning against the new head")
+                say(f"{gone}; re-planning against the new head")
                 superseded, remote = remote, refresh_remote(layout, client, config)
                 continue
             state.replans = replans
@@ -105,10 +107,12 @@ def _stage_commit(
 ) -> StagedState:
     config = remote.config
     manifest = load_manifest(layout, config)
-    plan = plan_sync(manifest, remote, drifted=_drifted(layout, manifest, remote, suspects, log))
-    log(f"{config} @ {remote.commit[:12]}: {plan_summary(plan)}")
-    _prepare_staging(layout, config, plan, superseded, log=log)
+    say = progress.told(log)  # what the plan is and why: for a person watching too
+    plan = plan_sync(manifest, remote, drifted=_drifted(layout, manifest, remote, suspects, say))
+    say(f"{config} @ {remote.commit[:12]}: {plan_summary(plan)}")
+    _prepare_staging(layout, config, plan, superseded, log=say)
     started = time.monotonic()
+    # Its periodic lines go to the run log only: a person watching has the bar.
     results = fetch_all(layout, client, config, plan, max_parallel=max_parallel, log=log)
     results.update(_kept_unchanged(layout, config, plan, manifest))
     return StagedState(

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from tol_dagster import progress
 from tol_dagster.errors import ValidationFailed
 from tol_dagster.slices.keys import SliceKey
 from tol_dagster.slices.locate import Copy, Splice, plan_scans
@@ -88,12 +89,14 @@ def extract_slice(
     scans = plan_page_splices(key, copyable_scans(plan_scans(key, files, index), schema))
     spliced = any(isinstance(p, (Copy, Splice)) for scan in scans for p in scan.pieces)
     per_file = {scan.file.name: 0 for scan in scans}
+    progress.start("slice", what=key.name)
     with atomic_path(out) as temp:
         reader = contextlib.closing(prefetched(read_slice_rows(key, scans, schema), READ_AHEAD))
         with _jemalloc():  # the checks too: they decode the slice's `emb` back
             with open(temp, "wb") as handle, reader as items:
                 sink = HashingSink(handle)
                 codec = write_slice(_counted(items, per_file), sink, schema, spliced)
+            progress.start("slice checks", what=key.name)
             checks = tuple(verify(temp)) if verify is not None else ()
         failed = [c for c in checks if not c.passed]
         if failed:
@@ -103,6 +106,8 @@ def extract_slice(
             )
     rows = sum(per_file.values())
     warnings = () if rows else (f"slice {key.name}: no rows in the mirror match; wrote 0 rows",)
+    for warning in warnings:
+        progress.note(warning)
     return SliceResult(
         key=key.name,
         path=out,
@@ -121,9 +126,11 @@ def extract_slice(
 
 
 def _counted(items: Iterator[Item], per_file: dict[str, int]) -> Iterator[Item]:
-    """`items`, their rows counted by file on the way to the writer."""
+    """`items`, their rows counted by file on the way to the writer (and to `progress`)."""
     for file, item in items:
-        per_file[file.name] += item.num_rows if isinstance(item, pa.RecordBatch) else item.rows
+        rows = item.num_rows if isinstance(item, pa.RecordBatch) else item.rows
+        per_file[file.name] += rows
+        progress.advance("slice", rows=rows)
         yield file, item
 
 

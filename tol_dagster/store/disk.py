@@ -9,7 +9,8 @@ from pathlib import Path
 from tol_dagster.errors import DiskSpaceError
 
 
-def _human(size: float) -> str:
+def human_size(size: float) -> str:
+    """`size` bytes for people, in binary units: `166.6 MiB`."""
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if abs(size) < 1024 or unit == "TiB":
             return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
@@ -32,8 +33,8 @@ def check_free_disk(path: Path, bytes_needed: int, *, margin: float = 0.05) -> N
     required = math.ceil(bytes_needed * (1 + margin))
     if required > free:
         raise DiskSpaceError(
-            f"not enough free disk for {path}: the sync needs {_human(bytes_needed)} "
-            f"({bytes_needed} bytes, {_human(required)} with a {margin:.0%} margin) but only "
-            f"{_human(free)} ({free} bytes) is free there. Free at least "
-            f"{_human(required - free)} on that disk, or set TOL_HOME to a folder on a disk with room."
+            f"not enough free disk for {path}: the sync needs {human_size(bytes_needed)} "
+            f"({bytes_needed} bytes, {human_size(required)} with a {margin:.0%} margin) but only "
+            f"{human_size(free)} ({free} bytes) is free there. Free at least "
+            f"{human_size(required - free)} on that disk, or set TOL_HOME to a folder on a disk with room."
         )

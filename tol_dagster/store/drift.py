@@ -80,12 +80,19 @@ def drifted_entries(
 
 
 def audit_mirror(
-    layout: Layout, config: str, manifest: Manifest, *, generation: Path | None = None
+    layout: Layout,
+    config: str,
+    manifest: Manifest,
+    *,
+    generation: Path | None = None,
+    only: Collection[str] | None = None,
 ) -> AuditReport:
     """Re-hash every published file against the manifest: bit rot, edits, missing or extra files.
 
     `generation`: the folder to hash, resolved once by the caller (default: the current one),
-    so a publish during the minutes of hashing cannot switch files under the audit."""
+    so a publish during the minutes of hashing cannot switch files under the audit. `only`:
+    re-hash just these names (the files a resync just published); every file is still looked
+    for and its size compared, which costs a stat."""
     mirror_name = f"mirror/{config}"
     if generation is None:
         generation = current_generation(layout, config)
@@ -108,7 +115,7 @@ def audit_mirror(
         if drift is None:
             checked += 1
             drift = _resized(generation, entry)
-        if drift is None:
+        if drift is None and (only is None or entry.name in only):
             hashed += entry.size
             drift = _rehashed(generation, entry)
         if drift is not None:

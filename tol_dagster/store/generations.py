@@ -40,6 +40,7 @@ from tol_dagster.store.pins import (
     write_record,
 )
 from tol_dagster.store.removal import remove_tree
+from tol_dagster.store.shared_files import shared_inodes
 
 _GENERATION = re.compile(r"^[0-9A-Za-z]{1,12}-(?P<n>[0-9]+)$")
 
@@ -110,7 +111,8 @@ def publish_generation(
     unchanged files, staging for fetched ones), makes it durable, writes its record (each
     file's sha256: `sha256s`, verified by the caller, else hashed here), then switches the
     symlink in one rename. Files are made read-only: they are shared by every generation that
-    holds them. Leftovers of publishes that crashed before their switch are removed after it.
+    holds them; except an inode also linked in a user's folder (`shared_files`): its mode is
+    the user's. Leftovers of publishes that crashed before their switch are removed after it.
     """
     check_commit(commit)
     for name in files:
@@ -126,12 +128,15 @@ def publish_generation(
     generations.mkdir(parents=True, exist_ok=True)
     generation = generations / f"{commit[:12]}-{number}"
     generation.mkdir()
+    users = shared_inodes(layout, config)
     try:
         for name, source in sorted(files.items()):
             fsync_file(source)
             target = generation / name
             os.link(source, target)
-            make_public(target, read_only=True)
+            status = target.stat()
+            if (status.st_dev, status.st_ino) not in users:
+                make_public(target, read_only=True)
         fsync_dir(generation)
         digests = {
             name: sha256s[name] if sha256s is not None else sha256_file(generation / name)

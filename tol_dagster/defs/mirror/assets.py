@@ -8,18 +8,36 @@ but does not shape.
 """
 
 from collections.abc import Iterator
+from datetime import timedelta
 
 import dagster as dg
+import pyarrow as pa
+import pyarrow.parquet as pq
+from dagster._core.storage.asset_check_execution_record import (
+    COMPLETED_ASSET_CHECK_EXECUTION_RECORD_STATUSES,
+)
 
+from tol_dagster.defs.failures import in_words
 from tol_dagster.defs.keys import asset_key
-from tol_dagster.defs.metadata import OWNERS, blocking_checks, check_result, table_schema
-from tol_dagster.defs.mirror.keys import mirror_group
+from tol_dagster.defs.metadata import (
+    OWNERS,
+    blocking_checks,
+    check_result,
+    commit_url,
+    table_schema,
+    with_size,
+)
+from tol_dagster.defs.mirror.adoption import adopt_folder, adoption_metadata
+from tol_dagster.defs.mirror.keys import PUBLISHED_FILES, mirror_group
 from tol_dagster.defs.mirror.resync_slot import ResyncSlotResource, resync_pool
 from tol_dagster.defs.resources import GateResource, HubResource, StorageResource
 from tol_dagster.resync import audit, plan, publish, revision_diff, stage
-from tol_dagster.resync.gate import GATE_CHECKS, run_gate
-from tol_dagster.resync.state import load_staged, refresh_remote, remote_version
+from tol_dagster.resync.gate import GATE_CHECKS, gate_refusal, run_gate
+from tol_dagster.resync.state import StagedState, load_staged, refresh_remote, remote_version
 from tol_dagster.schema import expected_schema
+from tol_dagster.store.layout import Layout
+from tol_dagster.store.manifest import load_manifest
+from tol_dagster.store.staging import stage_path
 
 
 class StageConfig(dg.Config):
@@ -29,11 +47,19 @@ class StageConfig(dg.Config):
     accept_row_loss: bool = False
     accept_schema_change: bool = False
     accept_emb_change: bool = False
+    #: Adopt this folder (a user's `hf download` copy) before staging: see `adoption`.
+    adopt_from: str | None = None
+    adopt_copy: bool = False
 
 
-def build_mirror_assets(name: str) -> list[dg.AssetsDefinition]:
-    """The remote, staged and mirror assets of config `name`."""
-    return [build_remote_asset(name), build_staged_asset(name), build_mirror_asset(name)]
+def build_mirror_assets(name: str, freshness_days: int = 7) -> list[dg.AssetsDefinition]:
+    """The remote, staged and mirror assets of config `name`; a mirror not published for
+    `freshness_days` shows as stale."""
+    return [
+        build_remote_asset(name),
+        build_staged_asset(name),
+        build_mirror_asset(name, freshness_days),
+    ]
 
 
 def build_remote_asset(name: str) -> dg.AssetsDefinition:
@@ -42,24 +68,32 @@ def build_remote_asset(name: str) -> dg.AssetsDefinition:
         group_name=mirror_group(name),
         kinds={"huggingface"},
         owners=OWNERS,
-        description=f"The upstream state of config `{name}`: commit, files with size and sha256, the card's row count.",
+        description=(
+            f"The upstream state of config `{name}`: commit, files with size and sha256, the "
+            "card's row count, and what the mirror lacked at the time of this check (not "
+            "updated by a later publish: `mirror` says what is published)."
+        ),
     )
+    @in_words
     def remote(
         context: dg.AssetExecutionContext, hub: HubResource, storage: StorageResource
     ) -> dg.MaterializeResult:
         state = refresh_remote(storage.layout, hub.client(), name)
-        behind = plan.plan_against_mirror(storage.layout, state)
-        context.log.info(f"upstream {name} at {state.commit[:12]}: {plan.plan_summary(behind)}")
+        manifest = load_manifest(storage.layout, name)
+        behind = plan.plan_sync(manifest, state)
+        lacked = plan.lacked_at_check(manifest, behind)
+        context.log.info(f"upstream {name} at {state.commit[:12]}: {lacked}")
         return dg.MaterializeResult(
             metadata={
-                "upstream_commit": state.commit,
+                "upstream_commit": commit_url(hub.endpoint, hub.repo_id, state.commit),
                 "files": len(state.files),
-                "bytes": dg.MetadataValue.int(sum(f.size for f in state.files)),
+                **with_size("bytes", sum(f.size for f in state.files)),
                 "card_expected_rows": state.expected_rows
                 if state.expected_rows is not None
                 else dg.MetadataValue.null(),
-                "files_behind": len(behind.to_fetch) + len(behind.removed),
-                "bytes_behind": behind.bytes_to_fetch,
+                "mirror_at_check": lacked,
+                "files_lacked_at_check": len(behind.to_fetch) + len(behind.removed),
+                "bytes_lacked_at_check": behind.bytes_to_fetch,
             },
             data_version=dg.DataVersion(remote_version(state)),
         )
@@ -90,6 +124,7 @@ def build_staged_asset(name: str) -> dg.AssetsDefinition:
         tags={"tol/stage": "download"},
         pool=resync_pool(name),
     )
+    @in_words
     def staged(
         context: dg.AssetExecutionContext,
         config: StageConfig,
@@ -98,6 +133,14 @@ def build_staged_asset(name: str) -> dg.AssetsDefinition:
         gate: GateResource,
         resync_slot: ResyncSlotResource,  # held from the run's start to its end
     ) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
+        adopted = adopt_folder(
+            storage.layout,
+            hub.client(),
+            name,
+            config.adopt_from,
+            config.adopt_copy,
+            context.log.info,
+        )
         state = stage.stage(
             storage.layout,
             hub.client(),
@@ -110,31 +153,48 @@ def build_staged_asset(name: str) -> dg.AssetsDefinition:
         )
         yield dg.MaterializeResult(
             metadata={
-                "upstream_commit": state.commit,
+                "upstream_commit": commit_url(hub.endpoint, hub.repo_id, state.commit),
                 "files": dg.MetadataValue.md(state.files_markdown()),
                 "fetched": len(state.fetched),
                 "failed": len(state.failed),
                 "removed_upstream": len(state.removed),
-                "bytes_fetched": dg.MetadataValue.int(state.bytes_fetched),
+                **with_size("bytes_fetched", state.bytes_fetched),
                 "download_mb_per_s": round(state.download_mb_per_s, 1),
                 "rows": dg.MetadataValue.int(state.total_rows),
+                "dagster/column_schema": table_schema(_staged_schema(storage.layout, state), name),
+                **(adoption_metadata(adopted.with_fetched(state)) if adopted else {}),
             },
             data_version=dg.DataVersion(state.version),
         )
-        for result in run_gate(
-            storage.layout,
-            state,
-            max_row_loss=gate.max_row_loss,
-            accept_row_loss=config.accept_row_loss,
-            accept_schema_change=config.accept_schema_change,
-            accept_emb_change=config.accept_emb_change,
-        ):
-            yield check_result(result, staged_key)
+        yield from _gate(storage, gate, config, state, staged_key)
 
     return staged
 
 
-def build_mirror_asset(name: str) -> dg.AssetsDefinition:
+def _gate(
+    storage: StorageResource,
+    gate: GateResource,
+    config: StageConfig,
+    state: StagedState,
+    staged_key: dg.AssetKey,
+) -> Iterator[dg.AssetCheckResult]:
+    """The gate's verdicts as `staged`'s checks; a refusal then fails the step in words."""
+    results = run_gate(
+        storage.layout,
+        state,
+        max_row_loss=gate.max_row_loss,
+        accept_row_loss=config.accept_row_loss,
+        accept_schema_change=config.accept_schema_change,
+        accept_emb_change=config.accept_emb_change,
+    )
+    for result in results:
+        yield check_result(result, staged_key)
+    refused = [r for r in results if not r.passed]
+    if refused:
+        raise gate_refusal(state.config, state.commit, refused)
+
+
+def build_mirror_asset(name: str, freshness_days: int) -> dg.AssetsDefinition:
     @dg.asset(
         key=asset_key(name, "mirror"),
         deps=[asset_key(name, "staged")],
@@ -143,12 +203,16 @@ def build_mirror_asset(name: str) -> dg.AssetsDefinition:
         owners=OWNERS,
         description=(
             f"The published local mirror of `{name}`: `<TOL_HOME>/mirror/{name}/*.parquet` shows one "
-            "validated upstream commit, whole."
+            "validated upstream commit, whole. Stale when no resync published for "
+            f"{freshness_days} days (TOL_FRESHNESS_DAYS)."
         ),
+        freshness_policy=dg.FreshnessPolicy.time_window(fail_window=timedelta(days=freshness_days)),
         pool=resync_pool(name),
     )
+    @in_words
     def mirror(
         context: dg.AssetExecutionContext,
+        hub: HubResource,
         storage: StorageResource,
         resync_slot: ResyncSlotResource,  # held since before this run's `staged`
     ) -> dg.MaterializeResult:
@@ -157,18 +221,19 @@ def build_mirror_asset(name: str) -> dg.AssetsDefinition:
         diff = revision_diff.record_revision_diff(storage.layout, name, published)
         return dg.MaterializeResult(
             metadata={
-                "upstream_commit": published.commit,
+                "upstream_commit": commit_url(hub.endpoint, hub.repo_id, published.commit),
                 "generation": published.generation,
                 "path": dg.MetadataValue.path(str(storage.layout.mirror_dir(name))),
                 "files": len(published.manifest.entries),
                 "rows": dg.MetadataValue.int(published.manifest.total_rows),
-                "bytes": dg.MetadataValue.int(published.total_bytes),
+                **with_size("bytes", published.total_bytes),
                 "changes": dg.MetadataValue.md(published.changes_markdown()),
+                PUBLISHED_FILES: dg.MetadataValue.json(list(published.fetched)),
                 "rows_by_taxon": dg.MetadataValue.md(
-                    diff.to_markdown() if diff else "no change by uuid"
+                    revision_diff.describe_change(published, diff)
                 ),
                 "dagster/column_schema": table_schema(
-                    published.manifest.schema or expected_schema(name)
+                    published.manifest.schema or expected_schema(name), name
                 ),
                 "dagster/row_count": dg.MetadataValue.int(published.manifest.total_rows),
             },
@@ -176,6 +241,14 @@ def build_mirror_asset(name: str) -> dg.AssetsDefinition:
         )
 
     return mirror
+
+
+def _staged_schema(layout: Layout, state: StagedState) -> pa.Schema:
+    """The schema of a file this run fetched (a footer read), else the contract's: what the
+    gate checks the staged files against."""
+    fetched = [stage_path(layout, state.config, state.commit, f.name) for f in state.fetched]
+    found = [path for path in fetched if path.is_file()]
+    return pq.read_schema(found[0]) if found else expected_schema(state.config)
 
 
 def _staged_by(context: dg.AssetExecutionContext, storage: StorageResource, config: str) -> str:
@@ -191,10 +264,12 @@ def _staged_by(context: dg.AssetExecutionContext, storage: StorageResource, conf
 def _audit_suspects(context: dg.AssetExecutionContext, mirror_key: dg.AssetKey) -> list[str]:
     """The files the latest audit of the mirror found drifted, from Dagster's record of it:
     the resync re-hashes them and fetches again those still drifted (the audit writes nothing)."""
-    record = context.instance.get_latest_asset_check_evaluation_record(
-        dg.AssetCheckKey(mirror_key, audit.AUDIT_CHECK)
+    records = context.instance.event_log_storage.get_asset_check_execution_history(
+        dg.AssetCheckKey(mirror_key, audit.AUDIT_CHECK),
+        limit=1,
+        status=COMPLETED_ASSET_CHECK_EXECUTION_RECORD_STATUSES,
     )
-    evaluation = record.evaluation if record is not None else None
+    evaluation = records[0].evaluation if records else None
     named = evaluation.metadata.get(audit.DRIFTED_FILES) if evaluation is not None else None
     names = named.value if isinstance(named, dg.JsonMetadataValue) else None
     return [n for n in names if isinstance(n, str)] if isinstance(names, list) else []

@@ -1,14 +1,17 @@
 """The mirror's audit check, `mirror_matches_manifest`: the core's `audit` as a Dagster check.
 
-Run by the audit job (the weekly schedule, off by default), not by every resync: it re-hashes
-every published file and asks the Hub again. Not blocking: it reports drift (bit rot, hand
-edits) on what is already published.
+Two depths, so the check is always evaluated: in a resync's run, after `mirror` published, it
+re-hashes the files just published (cheap: they were hashed while fetched); in the audit job
+(the weekly schedule, running by default) it re-hashes every file and asks the Hub again. Not
+blocking: it reports drift (bit rot, hand edits) on what is already published.
 """
 
 import dagster as dg
 
+from tol_dagster.defs.failures import in_words
 from tol_dagster.defs.keys import asset_key
 from tol_dagster.defs.metadata import check_result
+from tol_dagster.defs.mirror.keys import PUBLISHED_FILES
 from tol_dagster.defs.resources import HubResource, StorageResource
 from tol_dagster.resync import audit
 
@@ -19,9 +22,34 @@ def build_audit_check(name: str) -> dg.AssetChecksDefinition:
     @dg.asset_check(
         asset=mirror_key,
         name=audit.AUDIT_CHECK,
-        description="Every published file still has the sha256 and size in the manifest, and upstream agrees (bit rot, hand edits).",
+        description=(
+            "Every published file still has the sha256 and size in the manifest, and upstream "
+            "agrees (bit rot, hand edits). After each resync: the files it published; weekly "
+            "(audit_job): every file."
+        ),
     )
-    def mirror_matches_manifest(hub: HubResource, storage: StorageResource) -> dg.AssetCheckResult:
-        return check_result(audit.audit(storage.layout, name, client=hub.client()), mirror_key)
+    @in_words
+    def mirror_matches_manifest(
+        context: dg.AssetCheckExecutionContext, hub: HubResource, storage: StorageResource
+    ) -> dg.AssetCheckResult:
+        published = _published_in_this_run(context, mirror_key)
+        if published is not None:
+            result = audit.audit(storage.layout, name, only=published)
+        else:
+            result = audit.audit(storage.layout, name, client=hub.client())
+        return check_result(result, mirror_key)
 
     return mirror_matches_manifest
+
+
+def _published_in_this_run(
+    context: dg.AssetCheckExecutionContext, mirror_key: dg.AssetKey
+) -> list[str] | None:
+    """The files `mirror` published in this run (a resync's), or None (the audit job's run)."""
+    event = context.instance.get_latest_materialization_event(mirror_key)
+    if event is None or event.run_id != context.run.run_id:
+        return None
+    materialization = event.asset_materialization
+    named = materialization.metadata.get(PUBLISHED_FILES) if materialization else None
+    names = named.value if isinstance(named, dg.JsonMetadataValue) else None
+    return [n for n in names if isinstance(n, str)] if isinstance(names, list) else []

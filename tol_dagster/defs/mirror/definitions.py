@@ -18,11 +18,19 @@ def build_mirror_definitions(settings: Settings) -> dg.Definitions:
     """The mirror's assets, checks, jobs, sensor and schedules for `settings.configs` (the
     resources they need are bound where the domains are merged: `tol_dagster.definitions`)."""
     configs = settings.configs
-    assets = [asset for config in configs for asset in build_mirror_assets(config)]
+    assets = [
+        asset
+        for config in configs
+        for asset in build_mirror_assets(config, settings.freshness_days)
+    ]
     return dg.Definitions(
         assets=with_code_references(assets),
         asset_checks=[build_audit_check(config) for config in configs],
         jobs=build_mirror_jobs(configs),
-        sensors=[build_upstream_change_sensor(configs, settings.sensor_min_interval_s)],
+        sensors=[
+            build_upstream_change_sensor(
+                configs, settings.sensor_min_interval_s, settings.freshness_days
+            )
+        ],
         schedules=build_schedules(configs),
     )

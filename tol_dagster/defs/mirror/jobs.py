@@ -8,6 +8,7 @@ import dagster as dg
 
 from tol_dagster.defs.in_process import assets_job, in_process_job, of_every_config
 from tol_dagster.defs.keys import RESYNC_TAG, asset_key
+from tol_dagster.defs.mirror.adoption import build_adopt_job
 from tol_dagster.defs.mirror.keys import resync_keys
 
 RESYNC_JOB = "resync_job"
@@ -16,6 +17,8 @@ STATUS_JOB = "status_job"
 
 
 def build_mirror_jobs(configs: Sequence[str]) -> list[dg.UnresolvedAssetJobDefinition]:
+    """The resync, audit and status jobs over every config, and one adopt job per config."""
+
     def mirrors(config: str) -> list[dg.AssetKey]:
         return [asset_key(config, "mirror")]
 
@@ -33,6 +36,7 @@ def build_mirror_jobs(configs: Sequence[str]) -> list[dg.UnresolvedAssetJobDefin
             audit,
         ),
         assets_job(STATUS_JOB, configs, remotes, status),
+        *(build_adopt_job(config, resync_run_tags(config, None)) for config in configs),
     ]
 
 

@@ -5,7 +5,12 @@ from __future__ import annotations
 import dagster as dg
 
 from tol_dagster.defs.keys import asset_key, op_name, safe_name
+from tol_dagster.resync.audit import AUDIT_CHECK
 from tol_dagster.resync.gate import GATE_CHECKS
+
+#: The mirror's metadata naming the files a publish brought: what the audit that follows
+#: a resync re-hashes.
+PUBLISHED_FILES = "published_files"
 
 
 def mirror_group(config: str) -> str:
@@ -18,10 +23,10 @@ def resync_keys(config: str) -> list[dg.AssetKey]:
 
 
 def resync_check_keys(config: str) -> list[dg.AssetCheckKey]:
-    """The checks a resync runs: the gate on `staged`. Selecting `resync_keys` alone would add
-    the mirror's audit, which re-hashes every published file and asks the Hub again: the
-    audit schedule's job, not every resync's."""
-    return [dg.AssetCheckKey(asset_key(config, "staged"), name) for name in GATE_CHECKS]
+    """The checks a resync runs: the gate on `staged`, then the mirror's audit, which after a
+    resync re-hashes only the files just published (the audit job re-hashes every file)."""
+    gate = [dg.AssetCheckKey(asset_key(config, "staged"), name) for name in GATE_CHECKS]
+    return [*gate, dg.AssetCheckKey(asset_key(config, "mirror"), AUDIT_CHECK)]
 
 
 def staged_op_name(config: str) -> str:

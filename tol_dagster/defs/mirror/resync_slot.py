@@ -33,6 +33,7 @@ from pathlib import Path
 
 import dagster as dg
 
+from tol_dagster import progress
 from tol_dagster.defs.keys import asset_key, safe_name
 from tol_dagster.store.layout import Layout
 
@@ -93,7 +94,7 @@ def resync_lease(layout: Layout, config: str, run_id: str, log: Log) -> Iterator
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = lease_holder(layout, config) or {}
-            log(
+            progress.told(log)(
                 f"waiting for resync run {holder.get('run_id', '?')} of {config} "
                 f"(pid {holder.get('pid', '?')} on {holder.get('host', '?')}) to finish…"
             )

@@ -1,18 +1,13 @@
-"""Schedules, off by default and switchable in the UI."""
+"""Schedules, switchable in the UI: the nightly resync off by default (the upstream sensor does
+its work), the weekly full audit on."""
 
 from collections.abc import Iterator, Sequence
-from typing import Any
 
 import dagster as dg
 
+from tol_dagster.defs.keys import source_tags
 from tol_dagster.defs.mirror.jobs import AUDIT_JOB, RESYNC_JOB, resync_run_tags
 from tol_dagster.defs.mirror.keys import resync_check_keys, resync_keys
-
-#: What every schedule here has: UTC, and off until someone turns it on.
-OFF_IN_UTC: dict[str, Any] = {
-    "execution_timezone": "UTC",
-    "default_status": dg.DefaultScheduleStatus.STOPPED,
-}
 
 
 def build_schedules(configs: Sequence[str]) -> list[dg.ScheduleDefinition]:
@@ -21,7 +16,8 @@ def build_schedules(configs: Sequence[str]) -> list[dg.ScheduleDefinition]:
         job_name=RESYNC_JOB,
         cron_schedule="0 3 * * *",
         description="For users who prefer fixed windows to the sensor: same job, same gate.",
-        **OFF_IN_UTC,
+        execution_timezone="UTC",
+        default_status=dg.DefaultScheduleStatus.STOPPED,
     )
     def nightly_resync_schedule(context: dg.ScheduleEvaluationContext) -> Iterator[dg.RunRequest]:
         stamp = (
@@ -34,14 +30,19 @@ def build_schedules(configs: Sequence[str]) -> list[dg.ScheduleDefinition]:
                 run_key=f"{config}@{stamp}",
                 asset_selection=resync_keys(config),
                 asset_check_keys=resync_check_keys(config),
-                tags=resync_run_tags(config, None),
+                tags={**resync_run_tags(config, None), **source_tags("schedule")},
             )
 
     weekly_audit_schedule = dg.ScheduleDefinition(
         name="weekly_audit_schedule",
         job_name=AUDIT_JOB,
         cron_schedule="0 4 * * 0",
-        description="Re-hash the mirror against the manifest and upstream; the check reports drift.",
-        **OFF_IN_UTC,
+        description=(
+            "Re-hash every file of the mirror against the manifest and upstream; the check "
+            "reports drift. Running by default: a resync re-hashes only what it published."
+        ),
+        execution_timezone="UTC",
+        default_status=dg.DefaultScheduleStatus.RUNNING,
+        tags=source_tags("schedule"),
     )
     return [nightly_resync_schedule, weekly_audit_schedule]

@@ -13,20 +13,24 @@ pending one (its resync syncs the newest state anyway).
 """
 
 import json
+import time
 from collections.abc import Sequence
 
 import dagster as dg
 
 from tol_dagster.defs.attempts import RUN_RETRY_TAGS, next_attempt
+from tol_dagster.defs.keys import asset_key, source_tags
 from tol_dagster.defs.mirror.jobs import RESYNC_JOB, resync_run_tags
 from tol_dagster.defs.mirror.keys import resync_check_keys, resync_keys, staged_op_name
 from tol_dagster.defs.mirror.resync_slot import ensure_resync_pools
 from tol_dagster.defs.orphaned_runs import fail_dead_cli_runs
 from tol_dagster.defs.resources import HubResource, StorageResource
 from tol_dagster.errors import UpstreamError
+from tol_dagster.hub.client import HubClient
 from tol_dagster.hub.retry import RetryPolicy
 from tol_dagster.resync.plan import decide
 from tol_dagster.resync.state import remote_version
+from tol_dagster.store.layout import Layout
 
 #: A tick stays short: one quick retry, then the next tick tries again. The default policy
 #: (6 attempts, backoff to 30 s) held a tick for 31 s against a Hub that was down, and longer
@@ -43,8 +47,11 @@ SENSOR_RETRY = RetryPolicy(
 
 
 def build_upstream_change_sensor(
-    configs: Sequence[str], min_interval_s: int
+    configs: Sequence[str], min_interval_s: int, freshness_days: int = 7
 ) -> dg.SensorDefinition:
+    """`freshness_days`: the mirror's freshness window; an unchanged upstream is confirmed by a
+    resync (no download) once half of it passed since the mirror's last publish."""
+
     @dg.sensor(
         name="upstream_change_sensor",
         job_name=RESYNC_JOB,
@@ -69,34 +76,52 @@ def build_upstream_change_sensor(
         if pending and pending.get("commit") == head:
             return _follow_up(context, cursor, pending)
         if not pending and cursor.get("commit") == head:
-            return dg.SkipReason(f"upstream unchanged at {head[:12]}")
+            confirm = _confirmations(context, configs, head, freshness_days)
+            if confirm:
+                return dg.SensorResult(run_requests=confirm, cursor=context.cursor)
+            return dg.SkipReason(f"upstream unchanged at {head[:10]}")
 
-        requests = []
-        plans: dict[str, dict[str, str]] = {}
-        for config in configs:
-            try:
-                remote = client.remote_config(config, commit=head)
-            except UpstreamError as error:
-                context.log.warning(
-                    f"{config}: listing failed, will retry on a later tick: {error}"
-                )
-                return dg.SkipReason(f"{config}: listing failed: {error}")
-            decision = decide(storage.layout, remote)
-            context.log.info(f"{config} @ {head[:12]}: {decision.reason}")
-            if not decision.needs_run:
-                continue
-            base = f"{config}@{head}:{remote_version(remote)}"
-            plans[config] = {"run_key": base, "plan": decision.reason[:200]}
-            requests.append(_resync_request(config, head, base, decision.reason[:200]))
-        if not requests:
-            return dg.SensorResult(cursor=json.dumps({"commit": head}))
-        done = cursor.get("commit")
-        return dg.SensorResult(
-            run_requests=requests,
-            cursor=json.dumps({"commit": done, "pending": {"commit": head, "configs": plans}}),
-        )
+        return _new_commit(context, client, storage.layout, configs, head, cursor.get("commit"))
 
     return upstream_change_sensor
+
+
+def _new_commit(
+    context: dg.SensorEvaluationContext,
+    client: HubClient,
+    layout: Layout,
+    configs: Sequence[str],
+    head: str,
+    done: str | None,
+) -> dg.SensorResult | dg.SkipReason:
+    """A new head commit: a resync of each config whose files or card count changed at it,
+    pending in the cursor until it succeeded; or, if none changed, why not."""
+    requests = []
+    plans: dict[str, dict[str, str]] = {}
+    in_sync: list[str] = []
+    for config in configs:
+        try:
+            remote = client.remote_config(config, commit=head)
+        except UpstreamError as error:
+            context.log.warning(f"{config}: listing failed, will retry on a later tick: {error}")
+            return dg.SkipReason(f"{config}: listing failed: {error}")
+        decision = decide(layout, remote)
+        context.log.info(f"{config} @ {head[:12]}: {decision.reason}")
+        if not decision.needs_run:
+            in_sync.append(f"{config}: {decision.reason}")
+            continue
+        base = f"{config}@{head}:{remote_version(remote)}"
+        plans[config] = {"run_key": base, "plan": decision.reason[:200]}
+        requests.append(_resync_request(config, head, base, decision.reason[:200]))
+    if not requests:
+        return dg.SensorResult(
+            skip_reason=f"upstream at {head[:10]}, nothing to fetch: " + "; ".join(in_sync),
+            cursor=json.dumps({"commit": head}),
+        )
+    return dg.SensorResult(
+        run_requests=requests,
+        cursor=json.dumps({"commit": done, "pending": {"commit": head, "configs": plans}}),
+    )
 
 
 def _resync_request(config: str, head: str, run_key: str, plan: str) -> dg.RunRequest:
@@ -106,8 +131,32 @@ def _resync_request(config: str, head: str, run_key: str, plan: str) -> dg.RunRe
         asset_selection=resync_keys(config),
         asset_check_keys=resync_check_keys(config),
         run_config={"ops": {staged_op_name(config): {"config": {"commit": head}}}},
-        tags={**resync_run_tags(config, head), **RUN_RETRY_TAGS, "tol/plan": plan},
+        tags={
+            **resync_run_tags(config, head),
+            **RUN_RETRY_TAGS,
+            **source_tags("sensor"),
+            "tol/plan": plan,
+        },
     )
+
+
+def _confirmations(
+    context: dg.SensorEvaluationContext, configs: Sequence[str], head: str, freshness_days: int
+) -> list[dg.RunRequest]:
+    """Resyncs that confirm an unchanged upstream (nothing to fetch: the gate on cached facts,
+    no publish) for configs whose mirror was last materialized over half the freshness window
+    ago, so `mirror` shows stale only when it could not be confirmed current."""
+    half = freshness_days * 86400 / 2
+    now = time.time()
+    requests = []
+    for config in configs:
+        event = context.instance.get_latest_materialization_event(asset_key(config, "mirror"))
+        if event is None or now - event.timestamp < half:
+            continue
+        window = int(now // half)
+        key = f"{config}@{head}:confirm-{window}"
+        requests.append(_resync_request(config, head, key, "confirm upstream unchanged"))
+    return requests
 
 
 def _follow_up(context: dg.SensorEvaluationContext, cursor: dict, pending: dict) -> dg.SensorResult:

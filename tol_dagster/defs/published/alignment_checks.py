@@ -6,6 +6,7 @@ from dataclasses import replace
 
 import dagster as dg
 
+from tol_dagster.defs.failures import in_words
 from tol_dagster.defs.keys import asset_key, safe_name
 from tol_dagster.defs.metadata import check_result
 from tol_dagster.defs.resources import StorageResource
@@ -27,6 +28,7 @@ def _alignment_check(reference: str, other: str) -> dg.AssetChecksDefinition:
         additional_deps=[asset_key(reference, "mirror")],
         description=f"Same uuids in the same order as `{reference}`.",
     )
+    @in_words
     def aligned(storage: StorageResource) -> dg.AssetCheckResult:
         layout = storage.layout
         with (

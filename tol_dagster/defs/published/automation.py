@@ -7,9 +7,10 @@
   catalog last was, when no slice run is in progress, so one catalog run follows a batch of
   slice runs; a partition not built yet (or failed) does not hold back the others' rows.
 - Both catch up once at their first evaluation (the automation's first tick, or the first
-  after their condition changed): the conditions above see what happens from then on, and a
-  mirror published before (`tol-dagster sync`, then `make dev`) would otherwise wait for the
-  next resync.
+  after their condition changed) if they were never built: the conditions above see what
+  happens from then on, and a mirror published before (`tol-dagster sync`, then `make dev`)
+  would otherwise wait for the next resync. Only if never built: a restart with nothing
+  changed must not cost a run (the command line brings what it publishes up to date itself).
 
 Not `AutomationCondition.eager()`: it takes the target's own materialization as having used
 every upstream update before it, and drops an update seen on the tick its reset is seen. That
@@ -33,7 +34,7 @@ import dagster as dg
 
 from tol_dagster.defs.attempts import AUTOMATION_RUN_TAGS
 from tol_dagster.defs.in_process import of_every_config
-from tol_dagster.defs.keys import asset_key
+from tol_dagster.defs.keys import asset_key, source_tags
 from tol_dagster.defs.published.keys import derived_keys
 
 AUTOMATION_SENSOR = "published_automation_sensor"
@@ -57,7 +58,7 @@ DERIVED_CONDITION = (
         & ~AC.any_deps_in_progress()
         & ~AC.in_progress()
     ).with_label("mirror_updated_since_requested")
-    | _at_first_evaluation(~AC.any_deps_missing())
+    | _at_first_evaluation(AC.missing() & ~AC.any_deps_missing())
 ).with_label("after_each_mirror")
 
 #: A slice partition materialized: a plain condition, so `since` can compare its time with
@@ -75,7 +76,7 @@ CATALOG_CONDITION = (
         & ~AC.any_deps_in_progress()
         & ~AC.in_progress()
     ).with_label("slice_built_since_catalog")
-    | _at_first_evaluation(AC.any_deps_match(~AC.missing()))
+    | _at_first_evaluation(AC.missing() & AC.any_deps_match(~AC.missing()))
 ).with_label("after_slices_built")
 
 
@@ -90,7 +91,7 @@ def build_automation_sensor(configs: Sequence[str]) -> dg.AutomationConditionSen
         target=dg.AssetSelection.assets(*of_every_config(configs, automated_keys)),
         default_status=dg.DefaultSensorStatus.RUNNING,
         minimum_interval_seconds=15,
-        run_tags=AUTOMATION_RUN_TAGS,
+        run_tags={**AUTOMATION_RUN_TAGS, **source_tags("sensor")},
         description=(
             "Evaluates the automation conditions of the derived tables (they follow a new "
             "mirror generation) and of the catalog (it follows the slices)."

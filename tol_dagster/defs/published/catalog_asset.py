@@ -5,14 +5,18 @@ the command line refreshes it after its own slice runs."""
 from datetime import datetime
 
 import dagster as dg
+import pyarrow as pa
 
+from tol_dagster.defs.columns import CATALOG_COLUMNS
+from tol_dagster.defs.failures import in_words
 from tol_dagster.defs.keys import asset_key
-from tol_dagster.defs.metadata import OWNERS, markdown_preview, table_schema
+from tol_dagster.defs.metadata import OWNERS, table_preview, table_schema
 from tol_dagster.defs.published.automation import CATALOG_CONDITION
 from tol_dagster.defs.published.keys import published_group
 from tol_dagster.defs.published.partitions import slice_partition_keys
 from tol_dagster.defs.resources import StorageResource
 from tol_dagster.slices import catalog_file, records
+from tol_dagster.store.disk import human_size
 from tol_dagster.store.layout import Layout
 
 #: Bump when a change of our code changes what the catalog holds (see derived_assets).
@@ -30,6 +34,7 @@ def build_catalog_asset(name: str) -> dg.AssetsDefinition:
         automation_condition=CATALOG_CONDITION,
         description="One row per published slice: the table downstream code reads to find slices.",
     )
+    @in_words
     def slice_catalog(
         context: dg.AssetExecutionContext, storage: StorageResource
     ) -> dg.MaterializeResult:
@@ -42,14 +47,19 @@ def build_catalog_asset(name: str) -> dg.AssetsDefinition:
             metadata={
                 "path": dg.MetadataValue.path(str(layout.catalog_path(name))),
                 "dagster/row_count": dg.MetadataValue.int(table.num_rows),
-                "dagster/column_schema": table_schema(table.schema),
-                "slices": dg.MetadataValue.md(
-                    markdown_preview(table.select(["name", "rows", "bytes", "upstream_commit"]), 50)
-                ),
+                "dagster/column_schema": table_schema(table.schema, name, CATALOG_COLUMNS),
+                "slices": table_preview(_catalog_preview(table)),
             }
         )
 
     return slice_catalog
+
+
+def _catalog_preview(table: pa.Table) -> pa.Table:
+    """The catalog's columns a person scans, with each slice's size for people."""
+    sizes = [human_size(size) for size in table.column("bytes").to_pylist()]
+    shown = table.select(["name", "rows", "bytes", "upstream_commit", "built_at"])
+    return shown.add_column(3, "size", pa.array(sizes, pa.string()))
 
 
 def _entries(layout: Layout, name: str, live: set[str]) -> list[catalog_file.CatalogEntry]:

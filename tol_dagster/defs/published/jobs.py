@@ -16,8 +16,12 @@ CATALOG_JOB = "catalog_job"
 
 
 def slices_job_name(config: str) -> str:
-    """One slices job per config: each config's slices have their own dynamic partitions."""
-    return f"slices_{safe_name(config)}_job"
+    """One slices job per config: each config's slices have their own dynamic partitions.
+
+    Capitalised on purpose: the UI's Materialize runs an asset under the first of its jobs in
+    sorted order, and a name that sorts before Dagster's implicit `__ASSET_JOB` (uppercase
+    letters come before `_`) makes a slice launched from the UI run under this job."""
+    return f"Slices_{safe_name(config)}_job"
 
 
 def build_published_jobs(configs: Sequence[str]) -> list[dg.UnresolvedAssetJobDefinition]:

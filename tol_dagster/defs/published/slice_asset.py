@@ -14,13 +14,21 @@ import dagster as dg
 import pyarrow as pa
 from pydantic import Field
 
+from tol_dagster.defs.failures import in_words
 from tol_dagster.defs.keys import asset_key
-from tol_dagster.defs.metadata import OWNERS, blocking_checks, check_result, table_schema
+from tol_dagster.defs.metadata import (
+    OWNERS,
+    blocking_checks,
+    check_result,
+    commit_url,
+    table_schema,
+    with_size,
+)
 from tol_dagster.defs.published.keys import published_group, summary_keys
 from tol_dagster.defs.published.partitions import slice_partitions
-from tol_dagster.defs.resources import StorageResource
+from tol_dagster.defs.resources import HubResource, StorageResource
 from tol_dagster.derived import built_from, taxon_index
-from tol_dagster.errors import EmptySliceError, ValidationFailed
+from tol_dagster.errors import ValidationFailed
 from tol_dagster.slices import records
 from tol_dagster.slices.checks import (
     ROWS_MATCH_INDEX_COUNT,
@@ -89,16 +97,24 @@ def build_slices_asset(name: str) -> dg.AssetsDefinition:
         ),
         check_specs=blocking_checks(slices_key, SLICE_CHECKS),
     )
+    @in_words
     def slices(
-        context: dg.AssetExecutionContext, config: SliceRunConfig, storage: StorageResource
+        context: dg.AssetExecutionContext,
+        config: SliceRunConfig,
+        hub: HubResource,
+        storage: StorageResource,
     ) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
-        yield from _publish_slice(context, config, storage.layout, name)
+        yield from _publish_slice(context, config, hub, storage.layout, name)
 
     return slices
 
 
 def _publish_slice(
-    context: dg.AssetExecutionContext, config: SliceRunConfig, layout: Layout, name: str
+    context: dg.AssetExecutionContext,
+    config: SliceRunConfig,
+    hub: HubResource,
+    layout: Layout,
+    name: str,
 ) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
     """Extract the partition's slice from one pinned generation, check it, publish it, record it."""
     slices_key = asset_key(name, "slices")
@@ -110,7 +126,7 @@ def _publish_slice(
         expected = expected_count(key, index_table, files)
         allow_empty = config.allow_empty or records.allowed_empty(layout, name, key.name)
         if not allow_empty:
-            _refuse_empty(key, index_table, expected)
+            refuse_empty(key, index_table, expected)
         verdicts: list[CheckResult] = []
 
         def verify(path: Path) -> list[CheckResult]:
@@ -132,7 +148,11 @@ def _publish_slice(
         context.log.warning(warning)
     records.save_slice_record(layout, name, _slice_record(name, key, result, pin, allow_empty))
     yield dg.MaterializeResult(
-        metadata=_slice_metadata(result, pin, schema), data_version=dg.DataVersion(result.sha256)
+        metadata={
+            **_slice_metadata(key, result, schema, name),
+            "upstream_commit": commit_url(hub.endpoint, hub.repo_id, pin.commit),
+        },
+        data_version=dg.DataVersion(result.sha256),
     )
     for verdict in verdicts:
         yield check_result(verdict, slices_key)
@@ -151,18 +171,6 @@ def _usable_index(
         )
         return None  # its row ranges describe other bytes
     return index_table
-
-
-def _refuse_empty(key: SliceKey, index_table: pa.Table | None, expected: int) -> None:
-    """Fail the run, for good, when no row matches `key` (close matches in the metadata)."""
-    try:
-        refuse_empty(key, index_table, expected)
-    except EmptySliceError as error:
-        raise dg.Failure(
-            description=str(error),
-            metadata={"close_matches": dg.MetadataValue.json(list(error.matches))},
-            allow_retries=False,
-        ) from error
 
 
 def _slice_record(
@@ -186,20 +194,31 @@ def _slice_record(
 
 
 def _slice_metadata(
-    result: SliceResult, pin: PinnedGeneration, schema: pa.Schema
+    key: SliceKey, result: SliceResult, schema: pa.Schema, config: str
 ) -> dict[str, Any]:
     return {
         "path": dg.MetadataValue.path(str(result.path)),
         "dagster/row_count": dg.MetadataValue.int(result.rows),
-        "bytes": dg.MetadataValue.int(result.bytes),
+        **with_size("bytes", result.bytes),
         "sha256": result.sha256,
-        "upstream_commit": pin.commit,
         "source_files": dg.MetadataValue.json(list(result.source_files)),
         "row_groups_read": result.row_groups_read,
         "seconds": round(result.seconds, 3),
         "emb_compression": result.emb_compression,
-        "dagster/column_schema": table_schema(schema),
-        "read_with": dg.MetadataValue.md(
-            f"```python\nimport duckdb\nduckdb.sql(\"SELECT * FROM read_parquet('{result.path}')\")\n```"
-        ),
+        "dagster/column_schema": table_schema(schema, config),
+        "read_with": dg.MetadataValue.md(read_with(key, result.path, config)),
     }
+
+
+def read_with(key: SliceKey, path: Path, config: str) -> str:
+    """How to read the slice, whole (markdown: the UI shows it unclipped, and it can be copied):
+    by its key through the catalog, or the file itself."""
+    return (
+        "```python\n"
+        "from tol_dagster.catalog import read_pandas\n"
+        f"read_pandas({key.name!r}, config={config!r})\n"
+        "# or the file itself:\n"
+        "import duckdb\n"
+        f"duckdb.read_parquet({str(path)!r})\n"
+        "```"
+    )

@@ -21,6 +21,7 @@ from pathlib import Path
 import dagster as dg
 
 from tol_dagster.defs.attempts import RUN_RETRY_TAGS, next_attempt
+from tol_dagster.defs.keys import source_tags
 from tol_dagster.defs.published import refresh
 from tol_dagster.defs.published.automation import AUTOMATION_SENSOR
 from tol_dagster.defs.published.jobs import slices_job_name
@@ -51,6 +52,7 @@ def build_mirror_change_sensor(
     ) -> dg.SensorResult:
         requests: list[dg.RunRequest] = []
         partition_requests: list[dg.AddDynamicPartitionsRequest] = []
+        why: list[str] = []
         cursor = json.loads(context.cursor) if context.cursor else {}
         for config in configs:
             try:
@@ -59,14 +61,18 @@ def build_mirror_change_sensor(
                 )
             except TolError as error:
                 context.log.warning(f"{config}: {error}")
+                why.append(f"{config}: {error}")
                 continue
             requests += tick.requests
             if tick.add:
                 partition_requests.append(slice_partitions(config).build_add_request(tick.add))
             cursor[config] = tick.state
+            why.append(f"{config}: {tick.why}")
+        idle = not requests and not partition_requests
         return dg.SensorResult(
             run_requests=requests,
             dynamic_partitions_requests=partition_requests,
+            skip_reason="; ".join(why) if idle else None,
             cursor=json.dumps(cursor),
         )
 
@@ -80,6 +86,8 @@ class _ConfigTick:
     requests: list[dg.RunRequest]
     add: list[str]
     state: dict
+    #: Why nothing more is asked, in words (the tick's skip reason when no config asks anything).
+    why: str
 
 
 def _evaluate(
@@ -91,12 +99,15 @@ def _evaluate(
 ) -> _ConfigTick:
     built = refresh.current_derived(layout, config)
     if built is None:
-        if load_manifest(layout, config) is not None:
-            context.log.info(
-                f"{config}: waiting for the derived tables of the published mirror "
-                f"({AUTOMATION_SENSOR} builds them)"
-            )
-        return _ConfigTick([], [], state)
+        manifest = load_manifest(layout, config)
+        if manifest is None:
+            return _ConfigTick([], [], state, "no mirror yet (run a resync)")
+        waiting = (
+            f"waiting for the derived tables of generation {manifest.generation} "
+            f"({AUTOMATION_SENSOR} builds them)"
+        )
+        context.log.info(f"{config}: {waiting}")
+        return _ConfigTick([], [], state, waiting)
     add = refresh.declared_to_add(context.instance, config, slices_file)
     # Only slice requests: an older version of this sensor also kept derived and catalog
     # requests here, which the automation makes now.
@@ -112,7 +123,12 @@ def _evaluate(
             }
         generation = built.generation
     requests, pending = _attempts(context, pending)
-    return _ConfigTick(requests, add, {"slices_generation": generation, "pending": pending})
+    why = (
+        f"{len(pending)} slice runs of generation {generation} not finished yet"
+        if pending
+        else f"slices up to date with generation {generation}"
+    )
+    return _ConfigTick(requests, add, {"slices_generation": generation, "pending": pending}, why)
 
 
 def _attempts(
@@ -136,7 +152,7 @@ def _attempts(
                 run_key=attempt.run_key,
                 job_name=spec["job"],
                 partition_key=spec["partition"],
-                tags=RUN_RETRY_TAGS,
+                tags={**RUN_RETRY_TAGS, **source_tags("sensor")},
             )
         )
     return requests, still
