@@ -18,10 +18,15 @@ way and the floor only (its copy takes minutes and GBs of RAM):
          ways run, as the gate would have).
 - floor: reading the bytes of the row groups that hold the slice, then writing and fsyncing as
          many bytes as our output has: what any way must at least do.
+- unspliced (with `--unspliced`): ours with page-level splicing turned off
+         (`splices.PAGE_SPLICES`): row groups the slice covers only partly are decoded and encoded
+         whole, as before page-level splicing; beside ours, it shows what splicing gains.
 
 Each way runs in its own process, so its peak RSS (VmHWM) is its own. Times cover the work
 only, wall and CPU (user + sys, every thread), in a warmed-up process as a Dagster worker would
-be (modules imported, the process's DuckDB database open). Page cache is warm for every way.
+be (modules imported, the process's DuckDB database open). Page cache is warm for every way,
+and dirty pages are flushed before each (the copy does not fsync its output: the next way's
+fsync would otherwise write it back).
 The machine is shared and noisy: compare the ratios of one run, and read CPU next to wall.
 
 Targets: ours >= 2.5x faster than the copy for the family-sized slice, >= 1.25x for the
@@ -59,6 +64,7 @@ from tol_dagster import duck
 from tol_dagster.derived.taxon_index import build_taxon_index, read_taxon_index
 from tol_dagster.devtools.sample import build_sample
 from tol_dagster.schema import DEFAULT_CONFIG, expected_schema, quote_ident
+from tol_dagster.slices import splices
 from tol_dagster.slices.checks import slice_checks
 from tol_dagster.slices.counts import expected_count
 from tol_dagster.slices.extract import extract_slice
@@ -73,6 +79,7 @@ from tol_dagster.validation.emb_digests import ensure_table
 
 CONFIG = DEFAULT_CONFIG
 WAYS = ("copy", "ours", "checked", "floor")
+UNSPLICED = "unspliced"
 TARGETS = {"family-sized": 2.5, "species-sized": 1.25}
 RSS_LIMIT_MB = 2048
 RSS_ROLES = ("largest order", "largest kingdom")
@@ -179,6 +186,8 @@ def copy_filter(key: SliceKey, species_or: bool) -> tuple[str, list[str]]:
 def run_way(way: str, key: SliceKey, workdir: Path, species_or: bool) -> Measure:
     """Run `way` once in this process (a fresh child) and measure it."""
     mirror, index = load(workdir)
+    if way == UNSPLICED:
+        splices.PAGE_SPLICES = False
     out = workdir / "out" / f"{way}.parquet"
     warm_up()
     before = _cpu()
@@ -193,7 +202,7 @@ def run_way(way: str, key: SliceKey, workdir: Path, species_or: bool) -> Measure
                 "(FORMAT parquet)",
                 params,
             )
-    elif way in ("ours", "checked"):
+    elif way in ("ours", "checked", UNSPLICED):
         schema, rows = expected_schema(CONFIG), expected_count(key, index, mirror)
 
         def verify(path: Path) -> list[CheckResult]:
@@ -211,7 +220,10 @@ def run_way(way: str, key: SliceKey, workdir: Path, species_or: bool) -> Measure
         result = extract_slice(
             key, mirror, index, out, schema=schema, verify=verify if way == "checked" else None
         )
-        note = f"{result.row_groups_copied} of {result.row_groups_read} row groups copied whole"
+        note = (
+            f"{result.row_groups_copied} of {result.row_groups_read} row groups copied whole, "
+            f"{result.row_groups_spliced} spliced page by page"
+        )
     else:
         floor(key, mirror, index, out, int(os.environ["BENCH_OUTPUT_BYTES"]))
     seconds, cpu = time.perf_counter() - started, _cpu() - before
@@ -267,6 +279,7 @@ def measure(way: str, key: str, workdir: Path, species_or: bool, output_bytes: i
     out = workdir / "out" / f"{way}.parquet"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.unlink(missing_ok=True)
+    os.sync()  # no way pays in its fsync for the writeback of the one before (the copy's)
     command = [sys.executable, __file__, "--child", way, key, "--workdir", str(workdir)]
     done = subprocess.run(
         [*command, *(["--species-or"] if species_or else [])],
@@ -293,9 +306,10 @@ def emb_gain(path: Path) -> float:
 
 
 def bench_slice(
-    role: str, key: str, workdir: Path, runs: int, species_or: bool
+    role: str, key: str, workdir: Path, runs: int, species_or: bool, unspliced: bool = False
 ) -> dict[str, Measure]:
     ways = WAYS if role != "largest kingdom" else ("ours", "checked", "floor")
+    ways += (UNSPLICED,) if unspliced and role != "largest kingdom" else ()
     results: dict[str, list[Measure]] = {way: [] for way in ways}
     for _ in range(runs):
         for way in ways:
@@ -328,6 +342,8 @@ def bench_slice(
     if base:
         assert med["ours"].rows == base.rows, "ours and the copy selected different rows"
     assert med["checked"].rows == med["ours"].rows, "the checked way selected other rows"
+    if UNSPLICED in med:
+        assert med[UNSPLICED].rows == med["ours"].rows, "unspliced selected other rows"
     return med
 
 
@@ -365,6 +381,14 @@ def verdicts(rows: dict[str, dict[str, Measure]]) -> None:
                 else ""
             )
         )
+        if UNSPLICED in med:
+            before, floor = med[UNSPLICED], med["floor"]
+            print(
+                f"  {role:<16} page-level splicing: ours {before.seconds / ours.seconds:5.2f}x "
+                f"wall, {before.cpu / ours.cpu:5.2f}x cpu faster than unspliced; ours "
+                f"{ours.seconds / floor.seconds:5.2f}x the floor's wall (unspliced "
+                f"{before.seconds / floor.seconds:5.2f}x)"
+            )
         if role in RSS_ROLES:
             print(
                 f"  {role:<16} peak RSS {ours.rss_mb:,.0f} MB for {ours.bytes / 2**20:,.0f} MB out "
@@ -394,6 +418,15 @@ def main() -> None:
         action="store_true",
         help="give the copy our species filter (binomial OR genus + epithet) instead",
     )
+    parser.add_argument(
+        "--unspliced",
+        action="store_true",
+        help="also run ours without page-level splicing (before/after in one run)",
+    )
+    parser.add_argument(
+        "--roles",
+        help="comma-separated roles to run (default: all), e.g. 'family-sized,species-sized'",
+    )
     parser.add_argument("--child", nargs=2, metavar=("WAY", "KEY"), help=argparse.SUPPRESS)
     args = parser.parse_args()
 
@@ -407,9 +440,11 @@ def main() -> None:
     try:
         prepare(workdir, args.rows, args.files, args.row_group_size, args.seed)
         keys = choose_slices(load(workdir)[1])
+        roles = args.roles.split(",") if args.roles else list(keys)
         rows = {
-            role: bench_slice(role, key, workdir, args.runs, args.species_or)
+            role: bench_slice(role, key, workdir, args.runs, args.species_or, args.unspliced)
             for role, key in keys.items()
+            if role in roles
         }
         verdicts(rows)
     finally:

@@ -18,7 +18,7 @@ from tol_dagster import duck
 from tol_dagster.derived.taxon_index import lookup
 from tol_dagster.errors import EmptySliceError
 from tol_dagster.slices.keys import SliceKey, to_sql_filter
-from tol_dagster.slices.locate import Copy, index_counts_exactly, locate, plan_scans
+from tol_dagster.slices.locate import Span, index_counts_exactly, locate, plan_scans
 from tol_dagster.store.mirror_files import MirrorFile
 
 #: Close matches named when a key's taxon has no rows.
@@ -43,7 +43,7 @@ def expected_count(key: SliceKey, index: pa.Table | None, files: Sequence[Mirror
     total = 0
     for scan in plan_scans(key, files, index):
         for piece in scan.pieces:
-            if isinstance(piece, Copy):
+            if not isinstance(piece, Span):
                 total += piece.rows
             else:
                 total += _count(

@@ -10,7 +10,7 @@ which places it at a (file, row) of the mirror; places must increase from row to
   `uuid` and `emb` column chunks with the mirror's byte for byte (the splicer copies them so);
 - any other rows have their `emb` decoded by pyarrow and digested as the gate digests them,
   and each digest must equal the mirror row's (any one changed value is always seen; several
-  cancel out with odds of about 2**-32).
+  cancel out with odds of about 2**-32); pages that do not decode fail the check too.
 
 With the row-count and key checks this makes the slice exactly the mirror's rows, and its cost
 follows the slice, not the mirror row groups it was cut from.
@@ -64,7 +64,11 @@ def check_emb_matches_mirror(
         if source is not None and _same_chunks(path, written.metadata.row_group(group), *source):
             same = np.ones(len(uuids), dtype=bool)
         else:
-            digests = _digests(written, group)
+            try:
+                digests = _digests(written, group)
+            except (pa.ArrowException, OSError):  # pages that do not decode: damaged bytes
+                verdict.fault_all(uuids, "decode")
+                continue
             if digests is None:
                 verdict.fault_all(uuids, "type")
                 continue
@@ -287,4 +291,5 @@ def _describe(first: dict[str, Any]) -> str:
         "emb": f"emb of uuid {uuid} (row {row}) differs from the mirror's",
         "order": f"row {row} (uuid {uuid}) is out of the mirror's order",
         "type": f"emb of row {row} is not a fixed-size list of floats",
+        "decode": f"emb of the row group holding row {row} (uuid {uuid}) does not decode",
     }[first["fault"]]

@@ -5,6 +5,9 @@ The steps, each in its own module (bench/slices.py measures them against the dat
 DuckDB COPY):
 - `locate`: which row groups to copy whole as bytes (what makes a large slice cheap) and which
   row ranges to read; `counts`: how many rows the key matches.
+- `splices.plan_page_splices`: in a row group the slice covers only partly, the pages wholly
+  inside its rows are copied as bytes too, only the pages at the ends decoded and encoded
+  (`parquet.page_splice`).
 - `read`: the ranges read page by page through the offset index (what makes a small slice
   cheap), filtered with the key's own predicate, in a thread ahead of the writer.
 - `write`: rows encoded by pyarrow, copied row groups spliced in between them; `sink`: the
@@ -29,9 +32,10 @@ import pyarrow as pa
 from tol_dagster import progress
 from tol_dagster.errors import ValidationFailed
 from tol_dagster.slices.keys import SliceKey
-from tol_dagster.slices.locate import Copy, plan_scans
+from tol_dagster.slices.locate import Copy, Splice, plan_scans
 from tol_dagster.slices.read import Item, prefetched, read_slice_rows
 from tol_dagster.slices.sink import HashingSink
+from tol_dagster.slices.splices import plan_page_splices
 from tol_dagster.slices.write import copyable_scans, write_slice
 from tol_dagster.store.durable import atomic_path
 from tol_dagster.store.mirror_files import MirrorFile
@@ -47,7 +51,8 @@ Verify = Callable[[Path], Sequence[CheckResult]]
 @dataclass(frozen=True)
 class SliceResult:
     """What `extract_slice` published, and what it cost. `emb_compression` is the codec of the
-    rows it wrote; copied row groups keep the mirror's."""
+    rows it wrote; copied row groups and pages keep the mirror's. `row_groups_spliced` counts
+    the partial row groups whose pages inside the slice were copied as bytes."""
 
     key: str
     path: Path
@@ -59,6 +64,7 @@ class SliceResult:
     row_groups_copied: int
     seconds: float
     emb_compression: str
+    row_groups_spliced: int = 0
     warnings: tuple[str, ...] = ()
     checks: tuple[CheckResult, ...] = ()
 
@@ -80,8 +86,8 @@ def extract_slice(
     """
     started = time.perf_counter()
     out = Path(out)
-    scans = copyable_scans(plan_scans(key, files, index), schema)
-    spliced = any(isinstance(piece, Copy) for scan in scans for piece in scan.pieces)
+    scans = plan_page_splices(key, copyable_scans(plan_scans(key, files, index), schema))
+    spliced = any(isinstance(p, (Copy, Splice)) for scan in scans for p in scan.pieces)
     per_file = {scan.file.name: 0 for scan in scans}
     progress.start("slice", what=key.name)
     with atomic_path(out) as temp:
@@ -111,6 +117,7 @@ def extract_slice(
         source_files=tuple(name for name, count in per_file.items() if count),
         row_groups_read=sum(len(scan.row_groups) for scan in scans),
         row_groups_copied=sum(isinstance(p, Copy) for scan in scans for p in scan.pieces),
+        row_groups_spliced=sum(isinstance(p, Splice) for scan in scans for p in scan.pieces),
         seconds=time.perf_counter() - started,
         emb_compression=codec,
         warnings=warnings,
@@ -121,7 +128,7 @@ def extract_slice(
 def _counted(items: Iterator[Item], per_file: dict[str, int]) -> Iterator[Item]:
     """`items`, their rows counted by file on the way to the writer (and to `progress`)."""
     for file, item in items:
-        rows = item.rows if isinstance(item, Copy) else item.num_rows
+        rows = item.num_rows if isinstance(item, pa.RecordBatch) else item.rows
         per_file[file.name] += rows
         progress.advance("slice", rows=rows)
         yield file, item

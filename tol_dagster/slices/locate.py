@@ -22,6 +22,7 @@ from tol_dagster import duck
 from tol_dagster.derived.taxon_index import lookup
 from tol_dagster.errors import StoreError
 from tol_dagster.slices.keys import SliceKey, split_binomial, to_sql_filter
+from tol_dagster.slices.parquet.page_splice import RangePlan
 from tol_dagster.store.mirror_files import MirrorFile
 
 
@@ -40,6 +41,19 @@ class Copy(NamedTuple):
     rows: int
 
 
+class Splice(NamedTuple):
+    """A range of row group `row_group`, every row of which satisfies the key: its pages that
+    lie wholly inside it copied as bytes, the rest decoded (`plan`, see
+    `parquet.page_splice`)."""
+
+    row_group: int
+    plan: RangePlan
+
+    @property
+    def rows(self) -> int:
+        return self.plan.rows
+
+
 #: file name -> row group -> the span of that row group that may hold matches.
 Spans = dict[str, dict[int, Span]]
 
@@ -47,10 +61,11 @@ Spans = dict[str, dict[int, Span]]
 @dataclass(frozen=True)
 class Scan:
     """What to read of one mirror file, in order: row groups to copy whole, and merged
-    file-relative row ranges to filter; `row_groups` are all the row groups they touch."""
+    file-relative row ranges to filter, and ranges of row groups to splice page by page
+    (`splices.plan_page_splices`); `row_groups` are all the row groups they touch."""
 
     file: MirrorFile
-    pieces: tuple[Span | Copy, ...]
+    pieces: tuple[Span | Copy | Splice, ...]
     row_groups: tuple[int, ...]
 
 
@@ -128,7 +143,7 @@ def scan_file(file: MirrorFile, spans: dict[int, Span], exact: bool) -> Scan:
     """The pieces of one file: whole row groups to copy (if `exact`), touching spans merged."""
     meta = pq.read_metadata(file.path)
     starts = row_group_starts(meta)
-    pieces: list[Span | Copy] = []
+    pieces: list[Span | Copy | Splice] = []
     for group in sorted(spans):
         span = spans[group]
         size = meta.row_group(group).num_rows

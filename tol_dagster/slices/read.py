@@ -11,6 +11,10 @@ How, and why (bench/slices.py measures it):
   through DuckDB restricted by `file_row_number` (it skips the `emb` of non-matching rows),
   its `list<float>` cast back. pyarrow reads `fixed_size_list<halffloat>` ~2x cheaper per row
   than DuckDB decodes it into `list<float>`.
+- A range `splices` planned to splice page by page (a `Splice`) gets only its columns that
+  are not copied decoded, and the rows at the ends of those that are (`_spliced`): the writer
+  encodes them and copies the pages between as bytes. On any anomaly, its rows are read as
+  above instead.
 - Every path filters with the key's own predicate (`to_arrow_filter`, or `to_sql_filter` in
   DuckDB). PAGE_WORKERS chunks of pages are decoded at once, and `prefetched` runs the whole
   reader in a thread ahead of the writer: pyarrow releases the GIL.
@@ -38,8 +42,9 @@ from tol_dagster import duck
 from tol_dagster.errors import StoreError
 from tol_dagster.schema import quote_ident
 from tol_dagster.slices.keys import SliceKey, filter_columns, to_arrow_filter, to_sql_filter
-from tol_dagster.slices.locate import Copy, Scan, Span, row_group_starts
+from tol_dagster.slices.locate import Copy, Scan, Span, Splice, row_group_starts
 from tol_dagster.slices.parquet.footer import Footer, SpliceError, read_footer
+from tol_dagster.slices.parquet.page_splice import Encoded, RangePlan, encode_pages
 from tol_dagster.slices.parquet.pages import decode_rows, read_rows
 from tol_dagster.store.mirror_files import MirrorFile
 
@@ -57,18 +62,45 @@ PAGE_WORKERS = 2
 
 T = TypeVar("T")
 _Rows = TypeVar("_Rows", pa.Table, pa.RecordBatch)
-#: What the reader hands the writer: rows to write, or a row group to copy, of a mirror file.
-Item = tuple[MirrorFile, pa.RecordBatch | Copy]
-#: A piece of work for `read_slice_rows`: a row group to copy, a chunk of pages to read (run
-#: in the pool), or batches to read in order.
-_Job = Copy | functools.partial[list[pa.RecordBatch]] | Iterator[pa.RecordBatch]
+
+
+@dataclass(frozen=True)
+class SplicedRange:
+    """A range of a row group to splice page by page (`parquet.page_splice`): the pages to
+    copy (`plan`), the columns not copied decoded (`rest`, Arrow types), and each copied
+    column's rows at both ends of the range encoded as pages (`ends`)."""
+
+    plan: RangePlan
+    rest: pa.Table
+    ends: dict[int, tuple[Encoded | None, Encoded | None]]
+
+    @property
+    def rows(self) -> int:
+        return self.plan.rows
+
+
+#: What the reader hands the writer, of a mirror file: rows to write, a row group to copy, or
+#: a range to splice page by page.
+Item = tuple[MirrorFile, pa.RecordBatch | Copy | SplicedRange]
+#: A piece of work for `read_slice_rows`: a row group to copy, a chunk of pages to read or a
+#: range to splice (run in the pool), or batches to read in order.
+_Job = (
+    Copy
+    | functools.partial[list[pa.RecordBatch]]
+    | functools.partial[list[pa.RecordBatch | SplicedRange]]
+    | Iterator[pa.RecordBatch]
+)
 
 
 def read_slice_rows(key: SliceKey, scans: Sequence[Scan], schema: pa.Schema) -> Iterator[Item]:
     """The rows satisfying `key` in mirror order: row groups to copy, and batches of the
     ranges, read page by page where the file has an offset index (PAGE_WORKERS chunks at a
     time), else by pyarrow when dense and DuckDB when sparse (see the module's docstring)."""
-    window: deque[tuple[MirrorFile, Future[list[pa.RecordBatch]]]] = deque()
+    window: deque[
+        tuple[
+            MirrorFile, Future[list[pa.RecordBatch]] | Future[list[pa.RecordBatch | SplicedRange]]
+        ]
+    ] = deque()
 
     def ready(limit: int) -> Iterator[Item]:
         """The results of the oldest chunks, in order, until at most `limit` are pending."""
@@ -98,15 +130,19 @@ def _jobs(
     key: SliceKey, scans: Sequence[Scan], schema: pa.Schema
 ) -> Iterator[tuple[MirrorFile, _Job]]:
     """The work of each piece of `scans`, in order: by pages, by pyarrow or by DuckDB."""
-    predicate = _Predicate(key)
+    predicate = Predicate(key)
     with duck.cursor() as con:
         for scan in scans:
             parquet = pq.ParquetFile(scan.file.path)
             starts = row_group_starts(parquet.metadata)
-            footer = _page_indexed(scan)
+            footer = page_indexed(scan)
             for span in scan.pieces:
                 if isinstance(span, Copy):
                     yield scan.file, span
+                    continue
+                if isinstance(span, Splice):
+                    assert footer is not None  # planned only where the file is page-indexed
+                    yield scan.file, functools.partial(_spliced, footer, span, predicate, schema)
                     continue
                 first = int(np.searchsorted(starts, span.start, side="right")) - 1
                 if footer is not None:
@@ -121,7 +157,7 @@ def _jobs(
                     yield scan.file, _duckdb_rows(con, key, scan.file, span, schema)
 
 
-class _Predicate:
+class Predicate:
     """The key's filter applied to the key's columns only: rows are taken (copied) only when
     some are dropped, so a batch wholly inside the taxon passes untouched."""
 
@@ -136,7 +172,7 @@ class _Predicate:
         return rows if len(kept) == rows.num_rows else rows.take(kept)
 
 
-def _page_indexed(scan: Scan) -> Footer | None:
+def page_indexed(scan: Scan) -> Footer | None:
     """The footer of `scan`'s file if its partial row groups can be read page by page."""
     if not PAGE_READS:
         return None
@@ -151,17 +187,60 @@ def _page_indexed(scan: Scan) -> Footer | None:
 def _chunks(starts: np.ndarray, first: int, span: Span) -> Iterator[tuple[int, int, int]]:
     """(row group, start, stop) relative to the row group: `span` cut at row-group boundaries
     and every BATCH_ROWS rows, so reading runs in parallel and writing starts early."""
+    for group, low, high in group_ranges(starts, first, span):
+        for cut in range(low, high, BATCH_ROWS):
+            yield group, cut, min(cut + BATCH_ROWS, high)
+
+
+def group_ranges(starts: np.ndarray, first: int, span: Span) -> Iterator[tuple[int, int, int]]:
+    """(row group, start, stop) relative to the row group: `span` cut at row-group boundaries."""
     group = first
     while group < len(starts) and starts[group] < span.stop:
         base = int(starts[group])
         end = int(starts[group + 1]) if group + 1 < len(starts) else span.stop
-        for low in range(max(span.start, base), min(span.stop, end), BATCH_ROWS):
-            yield group, low - base, min(low + BATCH_ROWS, span.stop, end) - base
+        yield group, max(span.start, base) - base, min(span.stop, end) - base
         group += 1
 
 
+def _spliced(
+    footer: Footer, piece: Splice, predicate: Predicate, schema: pa.Schema
+) -> list[pa.RecordBatch | SplicedRange]:
+    """What the writer needs to splice `piece`: the columns not copied decoded, the rows at the
+    ends of the copied ones encoded as pages; on any anomaly, its rows decoded instead."""
+    plan = piece.plan
+    try:
+        names = plan.names
+        rest = read_rows(
+            footer, plan.row_group, plan.start, plan.stop,
+            columns=[name for column, name in enumerate(names) if column not in plan.runs],
+        )  # fmt: skip
+        rest = rest.cast(pa.schema([schema.field(name) for name in rest.column_names]), safe=False)
+        ends = {
+            column: (
+                _end_pages(plan, column, names[column], plan.start, run.first_row, schema),
+                _end_pages(plan, column, names[column], run.end_row, plan.stop, schema),
+            )
+            for column, run in plan.runs.items()
+        }
+    except (SpliceError, pa.ArrowException, OSError) as error:
+        logger.warning(f"{error}; decoding rows {plan.start}..{plan.stop} instead of splicing")
+        return list(_page_chunk(footer, plan.row_group, plan.start, plan.stop, predicate, schema))
+    return [SplicedRange(plan, rest, ends)]
+
+
+def _end_pages(
+    plan: RangePlan, column: int, name: str, start: int, stop: int, schema: pa.Schema
+) -> Encoded | None:
+    """Rows [start, stop) of a copied column, decoded from their pages and encoded again."""
+    if start == stop:
+        return None
+    rows = read_rows(plan.footer, plan.row_group, start, stop, columns=[name])
+    typed = rows.cast(pa.schema([schema.field(name)]), safe=False).column(0)
+    return encode_pages(typed, plan, column)
+
+
 def _page_chunk(
-    footer: Footer, group: int, low: int, high: int, predicate: _Predicate, schema: pa.Schema
+    footer: Footer, group: int, low: int, high: int, predicate: Predicate, schema: pa.Schema
 ) -> list[pa.RecordBatch]:
     """The matching rows of one chunk, decoding only the pages that hold it; on any anomaly
     of the pages (an offset index, a header or a decoded length that does not add up), the
@@ -186,7 +265,7 @@ def _pyarrow_rows(
     starts: np.ndarray,
     first: int,
     span: Span,
-    predicate: _Predicate,
+    predicate: Predicate,
     schema: pa.Schema,
 ) -> Iterator[pa.RecordBatch]:
     """The matching rows of `span`, decoded by pyarrow from the start of its first row group

@@ -1,5 +1,7 @@
 """Writing a slice: the rows the reader hands over, encoded by pyarrow, and the row groups to
-copy, spliced in as bytes between them, into one parquet file with the mirror's schema.
+copy, spliced in as bytes between them, into one parquet file with the mirror's schema. A
+range of a row group spliced page by page becomes one row group: its copied pages with their
+re-encoded ends, and its other columns encoded here.
 
 Writer settings for speed: ZSTD level 1 on the string columns, dictionary and statistics off
 for `emb`, and `emb` uncompressed unless that makes it 10% or more bigger than ZSTD would
@@ -24,7 +26,8 @@ from tol_dagster.schema import METADATA_COLUMNS, STRING_COLUMNS
 from tol_dagster.slices import read
 from tol_dagster.slices.locate import Copy, Scan, Span, row_group_starts, scan_file
 from tol_dagster.slices.parquet.footer import Footer, SpliceError, parse_footer, read_footer
-from tol_dagster.slices.parquet.splice import Splicer
+from tol_dagster.slices.parquet.page_splice import range_columns
+from tol_dagster.slices.parquet.splice import Column, Splicer
 from tol_dagster.slices.sink import HashingSink
 
 #: Bytes of encoded rows held in memory before they are spliced into the output.
@@ -72,6 +75,9 @@ def write_slice(
                     splicer.add(mirror[file.path], item.row_group)
                 except SpliceError as error:
                     raise _damaged(error) from error
+            elif isinstance(item, read.SplicedRange):
+                segment = segment.drain(splicer)
+                splicer.add_columns(_range_columns(item, schema, segment.writer.codec), item.rows)
             else:
                 segment.writer.add(item)
                 if segment.size >= SEGMENT_BYTES:
@@ -79,6 +85,22 @@ def write_slice(
         segment = segment.drain(splicer)
     splicer.close()
     return segment.writer.codec if segment.writer.codec is not None else "none"
+
+
+def _range_columns(item: read.SplicedRange, schema: pa.Schema, codec: str | None) -> list[Column]:
+    """The columns of a range spliced page by page: those not copied encoded here with the
+    writer's settings (`emb` with `codec`, or as its first rows decide)."""
+    rest = item.rest
+    buffer = pa.BufferOutputStream()
+    if codec is None:
+        codec = _emb_codec(rest.slice(0, read.BATCH_ROWS).combine_chunks().to_batches()[0])
+    subset = pa.schema([schema.field(name) for name in rest.column_names])
+    with _parquet_writer(buffer, subset, codec, page_index=True) as writer:
+        writer.write_table(rest, row_group_size=rest.num_rows)
+    data = buffer.getvalue()
+    return range_columns(
+        item.plan, parse_footer(memoryview(data), Path("<range>"), data), item.ends
+    )
 
 
 class _Segment:
@@ -219,7 +241,7 @@ def _as_spans(scan: Scan) -> Scan:
         if isinstance(piece, Copy):
             start = int(starts[piece.row_group])
             spans[piece.row_group] = Span(start, start + piece.rows, piece.rows)
-        else:
+        elif isinstance(piece, Span):  # (splices are planned later, on these scans)
             first = int(np.searchsorted(starts, piece.start, side="right")) - 1
             spans[first] = piece  # merged spans keep their first row group's place
     return scan_file(scan.file, spans, exact=False)

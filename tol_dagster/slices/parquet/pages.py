@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import bisect
 import struct
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -39,8 +40,11 @@ from tol_dagster.slices.parquet.thrift import (
 )
 
 
-def read_rows(footer: Footer, row_group: int, start: int, stop: int) -> pa.Table:
-    """Rows [start, stop) of `row_group` (relative to it), decoding only the pages holding them.
+def read_rows(
+    footer: Footer, row_group: int, start: int, stop: int, columns: Collection[str] | None = None
+) -> pa.Table:
+    """Rows [start, stop) of `row_group` (relative to it), decoding only the pages holding them
+    (of the named `columns` only, in file order, when given).
 
     Types are what the parquet schema says (the file's Arrow schema is not applied: cast the
     result). Nothing read is trusted: the offset index must be ordered and inside its column
@@ -55,11 +59,14 @@ def read_rows(footer: Footer, row_group: int, start: int, stop: int) -> pa.Table
     rows = int(group.get(field_ids.RG_NUM_ROWS))
     if not 0 <= start < stop <= rows:
         raise ValueError(f"rows {start}..{stop} are not in a row group of {rows} rows")
-    columns = []
+    read, names = [], []
     with open(footer.path, "rb") as handle:
         for (name, elements), chunk in zip(fields, chunks, strict=True):
+            if columns is not None and name not in columns:
+                continue
+            names.append(name)
             try:
-                columns.append(_read_column(footer, handle, elements, chunk, start, stop, rows))
+                read.append(_read_column(footer, handle, elements, chunk, start, stop, rows))
             except (IndexError, KeyError, TypeError, AttributeError, struct.error) as error:
                 raise SpliceError(f"{footer.path}: damaged page index ({error!r})") from error
             except pa.ArrowException as error:
@@ -67,7 +74,7 @@ def read_rows(footer: Footer, row_group: int, start: int, stop: int) -> pa.Table
                     f"{footer.path}: row group {row_group}, column {name}: its pages do not "
                     f"decode ({error})"
                 ) from error
-    return pa.table(columns, names=[name for name, _ in fields])
+    return pa.table(read, names=names)
 
 
 def decode_rows(path: Path, row_group: int, start: int, stop: int) -> pa.Table:
@@ -145,7 +152,7 @@ def _pages(
         handle, chunk.get(field_ids.CC_OFFSET_INDEX), chunk.get(field_ids.CC_OFFSET_INDEX_LENGTH)
     )
     locations = index.get(field_ids.PAGE_LOCATIONS)[1]
-    _check_locations(path, locations, meta, rows)
+    check_locations(path, locations, meta, rows)
     firsts = [page.get(field_ids.PAGE_FIRST_ROW) for page in locations]
     first = bisect.bisect_right(firsts, start) - 1
     last = bisect.bisect_left(firsts, stop) - 1
@@ -212,7 +219,7 @@ def _one_column_file(footer: Footer, elements: list[Struct], meta: Struct, pages
     return bytes(pages.body + tail + struct.pack("<I", len(tail)) + MAGIC)
 
 
-def _check_locations(path: Path, locations: list[Struct], meta: Struct, rows: int) -> None:
+def check_locations(path: Path, locations: list[Struct], meta: Struct, rows: int) -> None:
     """The offset index is usable: pages start at row 0, in row and byte order, inside the
     column chunk's bytes, each starting after the previous one ends."""
     chunk_begin = chunk_start(meta)
@@ -253,7 +260,7 @@ def _dictionary_page(
         offset = int(meta.get(field_ids.CM_DATA_PAGE))
         if offset >= first_data_page:
             return None
-    header, size = _page_header(path, handle, offset, first_data_page - offset)
+    header, size = page_header(path, handle, offset, first_data_page - offset)
     if header.get(field_ids.HEADER_TYPE) != field_ids.DICTIONARY_PAGE:
         if strict:
             raise SpliceError(f"{path}: no dictionary page at dictionary_page_offset {offset}")
@@ -264,7 +271,7 @@ def _dictionary_page(
     return pread(handle, offset, length)
 
 
-def _page_header(path: Path, handle: BinaryIO, offset: int, room: int) -> tuple[Struct, int]:
+def page_header(path: Path, handle: BinaryIO, offset: int, room: int) -> tuple[Struct, int]:
     """The page header at `offset` and its size in bytes; reads more until it parses whole."""
     want = 256
     while True:

@@ -1,4 +1,5 @@
-"""Copy whole row groups of parquet files into a new file, as bytes (`Splicer`).
+"""Copy whole row groups of parquet files into a new file, as bytes (`Splicer`), and row groups
+assembled column by column (`Splicer.add_columns`, see `page_splice`).
 
 Why: decoding and re-encoding `emb` (a nested `fixed_size_list<halffloat>`) costs pyarrow
 ~15 µs a row, while copying a row group's column chunks is plain I/O. Only the footer is
@@ -10,7 +11,8 @@ dropped (optional; pyarrow writes none).
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from tol_dagster.slices.parquet import field_ids
@@ -21,7 +23,27 @@ from tol_dagster.slices.parquet.footer import (
     parse_struct,
     read_bytes,
 )
-from tol_dagster.slices.parquet.thrift import I32, I64, STRUCT, Struct, write_struct
+from tol_dagster.slices.parquet.thrift import I16, I32, I64, LIST, STRUCT, Struct, write_struct
+
+
+@dataclass(frozen=True)
+class Column:
+    """A column chunk for `Splicer.add_columns`: its bytes in parts (bytes, or the byte range
+    (start, length) of a file), and its ColumnChunk and offset index with every offset relative
+    to the chunk's first byte (an optional page offset present means a page is there), its
+    column index as bytes (None: none)."""
+
+    parts: list[bytes | tuple[Footer, int, int]]
+    chunk: Struct
+    offset_index: Struct | None
+    column_index: bytes | None
+
+    @property
+    def size(self) -> int:
+        return sum(len(p) if isinstance(p, bytes) else p[2] for p in self.parts)
+
+
+_PAGE_OFFSETS = (field_ids.CM_DATA_PAGE, field_ids.CM_INDEX_PAGE, field_ids.CM_DICTIONARY_PAGE)
 
 
 class Writable(Protocol):
@@ -61,13 +83,56 @@ class Splicer:
                 self._keep_indexes(footer, chunk, delta)
         except (AttributeError, IndexError, KeyError, TypeError) as error:
             raise SpliceError(f"{footer.path}: damaged page index ({error!r})") from error
+        self._copy(footer, start, length)
+        self.groups.append(moved)
+
+    def add_columns(self, columns: Sequence[Column], rows: int) -> None:
+        """Append a row group of `rows` rows built column by column: each column's parts
+        written in turn, its offsets and page indexes moved to where it lands."""
+        chunks, start = [], self.position
+        for column in columns:
+            chunk = column.chunk.copy()
+            _shift(chunk, field_ids.CC_FILE_OFFSET, self.position)
+            meta = chunk.get(field_ids.CC_META)
+            for field_id in _PAGE_OFFSETS:
+                _shift(meta, field_id, self.position)
+            if column.offset_index is not None:
+                index = column.offset_index.copy()
+                for page in index.get(field_ids.PAGE_LOCATIONS)[1]:
+                    _shift(page, field_ids.PAGE_OFFSET, self.position)
+                blob = bytearray()
+                write_struct(blob, index)
+                self.offset_indexes.append((chunk, bytes(blob)))
+            if column.column_index is not None:
+                self.column_indexes.append((chunk, column.column_index))
+            for part in column.parts:
+                if isinstance(part, tuple):
+                    self._copy(*part)
+                else:
+                    self.sink.write(part)
+                    self.position += len(part)
+            chunks.append(chunk)
+        metas = [chunk.get(field_ids.CC_META) for chunk in chunks]
+        group = Struct(
+            [
+                [field_ids.RG_COLUMNS, LIST, (STRUCT, chunks)],
+                [field_ids.RG_TOTAL_BYTE_SIZE, I64, _total(metas, field_ids.CM_TOTAL_UNCOMPRESSED)],
+                [field_ids.RG_NUM_ROWS, I64, rows],
+                [field_ids.RG_FILE_OFFSET, I64, start],
+                [field_ids.RG_TOTAL_COMPRESSED, I64, _total(metas, field_ids.CM_TOTAL_COMPRESSED)],
+                [field_ids.RG_ORDINAL, I16, len(self.groups)],
+            ]
+        )
+        self.groups.append(group)
+
+    def _copy(self, footer: Footer, start: int, length: int) -> None:
+        """Append bytes [start, start + length) of `footer`'s file."""
         copy_range = getattr(self.sink, "copy_range", None)
         if footer.data is None and copy_range is not None:
             copy_range(footer.path, start, length)
         else:
             for block in _blocks(footer, start, length):
                 self.sink.write(block)
-        self.groups.append(moved)
         self.position += length
 
     def _keep_indexes(self, footer: Footer, chunk: Struct, delta: int) -> None:
@@ -131,15 +196,15 @@ def _moved(group: Struct, delta: int, ordinal: int) -> Struct:
     for chunk in group.get(field_ids.RG_COLUMNS)[1]:
         _shift(chunk, field_ids.CC_FILE_OFFSET, delta)
         meta = chunk.get(field_ids.CC_META)
-        for field_id in (
-            field_ids.CM_DATA_PAGE,
-            field_ids.CM_INDEX_PAGE,
-            field_ids.CM_DICTIONARY_PAGE,
-        ):
+        for field_id in _PAGE_OFFSETS:
             if meta.get(field_id):  # some writers put 0 for "none"
                 _shift(meta, field_id, delta)
         meta.drop(*field_ids.CM_DROPPED)
     return group
+
+
+def _total(metas: list[Struct], field_id: int) -> int:
+    return sum(int(meta.get(field_id)) for meta in metas)
 
 
 def _shift(target: Struct, field_id: int, delta: int) -> None:
