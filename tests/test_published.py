@@ -537,6 +537,16 @@ class DaemonDriver:
         return results
 
 
+def settled(daemon: DaemonDriver) -> DaemonDriver:
+    """`daemon` once it has run what it asks for: derived outputs, slices, the catalog."""
+    for _ in range(4):
+        if not (requests := daemon.tick()):
+            break
+        daemon.run(requests)
+    assert daemon.tick() == []
+    return daemon
+
+
 def kinds(requests: Sequence[dg.RunRequest]) -> list[str]:
     """Each request as what it rebuilds: 'derived', 'catalog' or the slice's partition key."""
     named = {
@@ -681,12 +691,7 @@ def test_after_one_file_changes_the_sensor_rebuilds_that_files_parts_then_exactl
 def test_a_slice_rebuilt_with_the_same_bytes_still_gets_its_catalog_row_refreshed(
     synced: User, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    daemon = DaemonDriver(declare(synced, ["family=Felidae"], tmp_path, monkeypatch))
-    for _ in range(4):  # derived outputs, the slice, the catalog, then nothing
-        if not (requests := daemon.tick()):
-            break
-        daemon.run(requests)
-    assert daemon.tick() == []
+    daemon = settled(DaemonDriver(declare(synced, ["family=Felidae"], tmp_path, monkeypatch)))
     before = catalog_rows(synced)["family=Felidae"]
 
     # Rebuilt from the UI: the same rows, so the same bytes, but built again.
@@ -826,12 +831,7 @@ def test_no_catalog_run_at_a_restart_or_a_new_partition_only_after_a_slice_is_bu
 ) -> None:
     """`make dev` restarts the daemon (a fresh evaluation of the conditions) and the UI adds a
     partition: neither changes the catalog, so neither may cost a run; a built slice does."""
-    daemon = DaemonDriver(declare(synced, ["family=Felidae"], tmp_path, monkeypatch))
-    for _ in range(4):  # derived outputs, the slice, the catalog, then nothing
-        if not (requests := daemon.tick()):
-            break
-        daemon.run(requests)
-    assert daemon.tick() == []
+    daemon = settled(DaemonDriver(declare(synced, ["family=Felidae"], tmp_path, monkeypatch)))
 
     restarted = DaemonDriver(synced)
     restarted.cursor = daemon.cursor  # the sensor's cursor is kept; the conditions start anew

@@ -103,9 +103,7 @@ def _add_sync(commands: Subparsers) -> None:
     sync = commands.add_parser(
         "sync", help="resync the mirror through Dagster (fetch, verify, gate, publish)"
     )
-    sync.add_argument(
-        "--config", default=None, help="one config (default: every config in TOL_CONFIGS)"
-    )
+    _add_config(sync)
     sync.add_argument(
         "--accept-row-loss",
         action="store_true",
@@ -134,9 +132,7 @@ def _add_adopt(commands: Subparsers) -> None:
     adopt.add_argument(
         "path", type=Path, metavar="PATH", help="the folder hf download wrote, e.g. ./data"
     )
-    adopt.add_argument(
-        "--config", default=None, help="one config (default: every config in TOL_CONFIGS)"
-    )
+    _add_config(adopt)
     adopt.add_argument(
         "--copy",
         action="store_true",
@@ -145,6 +141,12 @@ def _add_adopt(commands: Subparsers) -> None:
     _add_json(adopt)
     _add_verbosity(adopt)
     adopt.set_defaults(handler="adopt")
+
+
+def _add_config(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--config", default=None, help="one config (default: every config in TOL_CONFIGS)"
+    )
 
 
 def _add_status(commands: Subparsers) -> None:
