@@ -849,3 +849,22 @@ def test_no_catalog_run_at_a_restart_or_a_new_partition_only_after_a_slice_is_bu
     restarted.run(refresh)
     assert restarted.tick() == []
     assert "genus=Panthera" in catalog_rows(synced)
+
+
+def test_a_mirror_published_between_the_derived_request_and_the_next_tick_is_not_lost(
+    synced: User, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The daemon's race: the automation requests the derived tables, their run ends, and a
+    resync publishes a new mirror before the automation's next tick. On that tick the request is
+    `newly_requested` and the mirror `newly_updated` at once; the update must win (the run may
+    have read the generation before), or the new generation waits for the next resync."""
+    daemon = DaemonDriver(declare(synced, [], tmp_path, monkeypatch))
+    [derive] = daemon.tick()
+    assert kinds([derive]) == ["derived"]
+    daemon.run([derive])
+    with synced.instance() as instance:
+        instance.report_runless_asset_event(dg.AssetMaterialization(asset_key(CONFIG, "mirror")))
+    follow = daemon.tick()
+    assert kinds(follow) == ["derived"], "the mirror published after the request was lost"
+    daemon.run(follow)
+    assert daemon.tick() == [], "once rebuilt after the new mirror, nothing more"

@@ -1,7 +1,8 @@
 """Declarative automation: what Dagster can see by itself after a new mirror generation.
 
 - The derived tables follow the mirror: requested once the mirror was materialized since they
-  were last requested, never while the mirror or they are in progress. Incremental per file,
+  were last requested (a mirror seen on the tick after their request counts as after it),
+  never while the mirror or they are in progress. Incremental per file,
   so a resync that published nothing new costs one short run.
 - The catalog follows the slices: requested once a slice partition was materialized after the
   catalog last was, when no slice run is in progress, so one catalog run follows a batch of
@@ -50,10 +51,17 @@ def _at_first_evaluation(ready: dg.AutomationCondition) -> dg.AutomationConditio
 
 
 #: Reset by their request rather than by their materialization: they read the generation
-#: pinned at their start, so a mirror that lands while they run requests them again.
+#: pinned at their start, so a mirror that lands while they run requests them again. Not on a
+#: tick that also sees the mirror updated: `newly_requested` is true the tick after the request
+#: and carries no time, so `since` would let it win over a mirror published after the request
+#: (the run may have read the generation before) and that generation would wait for the next
+#: resync. An update seen with the reset keeps them due: at worst one more incremental run.
+_REQUESTED_WITH_NOTHING_NEWER = (AC.newly_requested() & ~AC.any_deps_updated()).with_label(
+    "requested_and_no_mirror_since"
+)
 DERIVED_CONDITION = (
     (
-        AC.any_deps_updated().since(AC.newly_requested())
+        AC.any_deps_updated().since(_REQUESTED_WITH_NOTHING_NEWER)
         & ~AC.any_deps_missing()
         & ~AC.any_deps_in_progress()
         & ~AC.in_progress()
