@@ -22,6 +22,7 @@ import dagster as dg
 from pydantic import PrivateAttr
 
 from tol_dagster.hub.client import HubClient, RetryPolicy
+from tol_dagster.resync.batches import BatchPolicy
 from tol_dagster.settings import Settings, hub_token
 from tol_dagster.store.layout import Layout
 
@@ -75,6 +76,17 @@ class StorageResource(dg.ConfigurableResource):
         return Layout(Path(self.home))
 
 
+class StepsResource(dg.ConfigurableResource):
+    """How per-file work is cut into steps (`resync.batches`): how many steps the executor
+    runs at once, and `TOL_STEP_BATCH_FILES`."""
+
+    parallelism: int = 1
+    batch_files: int | None = None
+
+    def policy(self) -> BatchPolicy:
+        return BatchPolicy(parallelism=self.parallelism, batch_files=self.batch_files)
+
+
 class GateResource(dg.ConfigurableResource):
     """Policy of the validation gate."""
 
@@ -126,4 +138,9 @@ def resources_from(
         ),
         "storage": StorageResource(home=source.home(settings)),
         "gate": GateResource(max_row_loss=settings.max_row_loss),
+        "steps": StepsResource(
+            batch_files=None
+            if settings.step_batch_files is None
+            else source.number("TOL_STEP_BATCH_FILES", settings.step_batch_files)
+        ),
     }

@@ -41,7 +41,7 @@ Log = Callable[[str], None]
 
 POOL_PREFIX = "tol_resync_"
 #: Assets whose runs hold the config's pool and lease: the ones that write the mirror's store.
-WRITING_ASSETS = ("staged", "mirror")
+WRITING_ASSETS = ("fetched", "staged", "mirror")
 
 
 def resync_pool(config: str) -> str:
@@ -114,8 +114,9 @@ def resync_lease(layout: Layout, config: str, run_id: str, log: Log) -> Iterator
 
 def configs_of_run(run: dg.DagsterRun, configs: Sequence[str]) -> list[str]:
     """The configs whose store `run` writes, sorted so that runs holding several leases take
-    them in one order: those of its `staged`/`mirror` steps (a job subset executed in process
-    names its steps, with an empty asset selection), else of its selected assets (a queued
+    them in one order: those of its `fetched`/`staged`/`mirror` steps (a job subset executed
+    in process names its steps, with an empty asset selection; `fetched`'s are its graph's,
+    `<graph>.<op>`), else of its selected assets (a queued
     run), else every configured one (the whole job)."""
     if run.step_keys_to_execute:
         writers = {
@@ -123,7 +124,8 @@ def configs_of_run(run: dg.DagsterRun, configs: Sequence[str]) -> list[str]:
             for config in configs
             for name in WRITING_ASSETS
         }
-        return sorted({writers[step] for step in run.step_keys_to_execute if step in writers})
+        nodes = {step.split(".")[0] for step in run.step_keys_to_execute}
+        return sorted({writers[node] for node in nodes if node in writers})
     if run.asset_selection:
         found = {
             key.path[1]
