@@ -30,11 +30,18 @@ from resync_testing import (
 )
 from test_sync import CORRUPTIONS
 
+from tol_dagster.cluster_settings import ClusterSettings
 from tol_dagster.defs.mirror.keys import resync_keys
 from tol_dagster.defs.mirror.run_config import resync_run_config
 from tol_dagster.devtools.localhub import Fault
 from tol_dagster.errors import SettingsError
-from tol_dagster.resync.batches import MAX_BATCHES, BatchPolicy, batch_count, batches
+from tol_dagster.resync.batches import (
+    MAX_BATCHES,
+    BatchPolicy,
+    batch_count,
+    batches,
+    parallelism,
+)
 from tol_dagster.resync.facts import facts_path
 from tol_dagster.settings import Settings
 from tol_dagster.store.hashing import sha256_file
@@ -79,9 +86,9 @@ def test_a_batch_holds_a_bounded_number_of_bytes() -> None:
 
 
 def test_hundreds_of_files_never_make_hundreds_of_steps() -> None:
-    for parallelism in (1, 2, 8, 64):
-        assert batch_count([490 * MB] * 933, BatchPolicy(parallelism=parallelism)) <= max(
-            MAX_BATCHES, parallelism * 3
+    for workers in (1, 2, 8, 64):
+        assert batch_count([490 * MB] * 933, BatchPolicy(parallelism=workers)) <= max(
+            MAX_BATCHES, workers * 3
         )
     assert batch_count([1] * 933, BatchPolicy(parallelism=4)) == 12
 
@@ -100,6 +107,16 @@ def test_tol_step_batch_files_fixes_the_files_per_batch() -> None:
 
 def test_nothing_to_fetch_is_one_empty_batch() -> None:
     assert cut([], BatchPolicy(parallelism=4)) == [[]]
+
+
+def test_the_executor_sets_how_many_steps_run_at_once() -> None:
+    def steps(env: dict[str, str]) -> int:
+        return parallelism(ClusterSettings.from_env(env))
+
+    assert steps({}) == 1
+    assert steps({"TOL_EXECUTOR": "in_process", "TOL_WORKERS": "8"}) == 1
+    assert steps({"TOL_EXECUTOR": "multiprocess", "TOL_WORKERS": "4"}) == 4
+    assert steps({"TOL_EXECUTOR": "celery", "TOL_WORKERS": "2"}) == 2
 
 
 @pytest.mark.parametrize("value", ["0", "-3", "ten", "1.5"])

@@ -9,10 +9,11 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
+from tol_dagster.cluster_settings import ClusterSettings
 from tol_dagster.errors import SettingsError
 from tol_dagster.schema import DEFAULT_CONFIG
 from tol_dagster.store.layout import Layout
@@ -62,6 +63,8 @@ class Settings:
     freshness_days: int = 7
     #: Files per step of per-file work (None: chosen from the files' sizes and the executor).
     step_batch_files: int | None = None
+    #: The instance's database, the executor and the Celery broker (`cluster_settings`).
+    cluster: ClusterSettings = field(default_factory=ClusterSettings)
 
     @property
     def layout(self) -> Layout:
@@ -104,6 +107,7 @@ class Settings:
             step_batch_files=parse_optional_int(
                 "TOL_STEP_BATCH_FILES", env.get("TOL_STEP_BATCH_FILES"), 1, 100_000
             ),
+            cluster=ClusterSettings.from_env(env),
         )
 
 

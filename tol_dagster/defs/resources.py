@@ -22,7 +22,7 @@ import dagster as dg
 from pydantic import PrivateAttr
 
 from tol_dagster.hub.client import HubClient, RetryPolicy
-from tol_dagster.resync.batches import BatchPolicy
+from tol_dagster.resync.batches import BatchPolicy, parallelism
 from tol_dagster.settings import Settings, hub_token
 from tol_dagster.store.layout import Layout
 
@@ -139,8 +139,9 @@ def resources_from(
         "storage": StorageResource(home=source.home(settings)),
         "gate": GateResource(max_row_loss=settings.max_row_loss),
         "steps": StepsResource(
+            parallelism=parallelism(settings.cluster),
             batch_files=None
             if settings.step_batch_files is None
-            else source.number("TOL_STEP_BATCH_FILES", settings.step_batch_files)
+            else source.number("TOL_STEP_BATCH_FILES", settings.step_batch_files),
         ),
     }

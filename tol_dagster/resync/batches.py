@@ -15,6 +15,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
+from tol_dagster.cluster_settings import ClusterSettings
+
 T = TypeVar("T")
 
 #: Batches per worker when steps run in parallel: enough that a slow batch does not leave the
@@ -34,6 +36,11 @@ class BatchPolicy:
     parallelism: int = 1
     batch_files: int | None = None
     max_batch_bytes: int = MAX_BATCH_BYTES
+
+
+def parallelism(cluster: ClusterSettings) -> int:
+    """How many steps `cluster`'s executor runs at once: one in process, else `TOL_WORKERS`."""
+    return cluster.workers if cluster.distributed else 1
 
 
 def batch_count(sizes: Sequence[int], policy: BatchPolicy) -> int:
