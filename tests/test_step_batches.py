@@ -183,6 +183,9 @@ def test_a_multiprocess_resync_publishes_the_same_bytes_with_each_step_on_its_wo
 
     names = file_names(user.root)
     assert published_bytes(Layout(tmp_path / "other-home")) == published_bytes(user.layout)
+    passed = Layout(tmp_path / "other-home").step_outputs_dir() / result.run_id
+    assert list(passed.rglob("planned")), "the steps pass their values in TOL_HOME"
+    assert not list(home.rglob("planned")), "not in DAGSTER_HOME (workers need not share it)"
     assert mirror_view(user.layout).sha256s == upstream_files(user.root)
     assert [o["files"] for o in outputs] == [1] * len(names), "one step per file"
     assert sum(int(str(o["bytes"])) for o in outputs) == sum(

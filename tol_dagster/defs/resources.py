@@ -76,6 +76,10 @@ class StorageResource(dg.ConfigurableResource):
         return Layout(Path(self.home))
 
 
+#: The IO manager of values passed between the steps of per-file work (`StepsResource`).
+STEP_IO = "step_io"
+
+
 class StepsResource(dg.ConfigurableResource):
     """How per-file work is cut into steps (`resync.batches`): how many steps the executor
     runs at once, and `TOL_STEP_BATCH_FILES`."""
@@ -120,7 +124,7 @@ LITERALS = ConfigSource()
 
 def resources_from(
     settings: Settings, source: ConfigSource = LITERALS
-) -> dict[str, dg.ConfigurableResource]:
+) -> dict[str, dg.ConfigurableResource | dg.FilesystemIOManager]:
     """The resources for `settings` (usually `Settings.from_env()`)."""
     deadline = settings.sync_deadline_s
     return {
@@ -138,6 +142,7 @@ def resources_from(
         ),
         "storage": StorageResource(home=source.home(settings)),
         "gate": GateResource(max_row_loss=settings.max_row_loss),
+        STEP_IO: dg.FilesystemIOManager(base_dir=str(settings.layout.step_outputs_dir())),
         "steps": StepsResource(
             parallelism=parallelism(settings.cluster),
             batch_files=None

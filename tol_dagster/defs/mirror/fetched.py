@@ -26,7 +26,7 @@ from tol_dagster.defs.mirror.adoption import adopt_folder, adoption_metadata
 from tol_dagster.defs.mirror.keys import mirror_group
 from tol_dagster.defs.mirror.resync_slot import ResyncSlotResource, resync_pool
 from tol_dagster.defs.mirror.run_config import FetchConfig, plan_op_name
-from tol_dagster.defs.resources import HubResource, StepsResource, StorageResource
+from tol_dagster.defs.resources import STEP_IO, HubResource, StepsResource, StorageResource
 from tol_dagster.hub.remote import RemoteFile
 from tol_dagster.resync import audit, stage
 from tol_dagster.resync.adopt_report import AdoptionReport
@@ -87,7 +87,10 @@ def _plan_op(name: str) -> dg.OpDefinition:
     @dg.op(
         name=plan_op_name(name),
         ins={"remote": dg.In(dg.Nothing)},  # read from the store: `remote` kept it
-        out={"planned": dg.Out(), "batch": dg.DynamicOut()},
+        out={
+            "planned": dg.Out(io_manager_key=STEP_IO),
+            "batch": dg.DynamicOut(io_manager_key=STEP_IO),
+        },
         tags={"tol/stage": "download"},
         pool=resync_pool(name),
     )
@@ -133,6 +136,7 @@ def _fetch_op(name: str) -> dg.OpDefinition:
     @dg.op(
         name=f"fetch_{safe_name(name)}",
         ins={"planned": dg.In(), "files": dg.In(dg.Any)},
+        out=dg.Out(io_manager_key=STEP_IO),
         tags={"tol/stage": "download"},
     )
     @in_words
@@ -158,7 +162,11 @@ def _fetch_op(name: str) -> dg.OpDefinition:
 
 
 def _conclude_op(name: str) -> dg.OpDefinition:
-    @dg.op(name=f"conclude_{safe_name(name)}", pool=resync_pool(name))
+    @dg.op(
+        name=f"conclude_{safe_name(name)}",
+        out=dg.Out(io_manager_key=STEP_IO),
+        pool=resync_pool(name),
+    )
     @in_words
     def conclude(
         context: dg.OpExecutionContext,
