@@ -54,7 +54,7 @@ SAMPLE = {"rows": 3000, "files": 2, "seed": 7, "row_group_size": 500}
 DECLARED_SLICE = "family=Felidae"
 NEW_SLICE = "genus=Panthera"  # 4 rows in the sample
 ASSET_NAMES = (
-    *("remote", "staged", "mirror", "taxon_index", "centroids", "slices", "catalog"),
+    *("remote", "fetched", "staged", "mirror", "taxon_index", "centroids", "slices", "catalog"),
     *("lineage", "rank_counts", "img_type", "basis_of_record", "publisher", "files"),
 )
 SLICE_CHECKS = (
