@@ -9,10 +9,11 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
+from tol_dagster.cluster_settings import ClusterSettings
 from tol_dagster.errors import SettingsError
 from tol_dagster.schema import DEFAULT_CONFIG
 from tol_dagster.store.layout import Layout
@@ -60,6 +61,8 @@ class Settings:
     stall_timeout_s: int = 120
     #: A mirror not published for longer shows as stale (Dagster's freshness) in the UI.
     freshness_days: int = 7
+    #: The instance's database, the executor and the Celery broker (`cluster_settings`).
+    cluster: ClusterSettings = field(default_factory=ClusterSettings)
 
     @property
     def layout(self) -> Layout:
@@ -99,6 +102,7 @@ class Settings:
             freshness_days=parse_int(
                 "TOL_FRESHNESS_DAYS", env.get("TOL_FRESHNESS_DAYS"), 7, 1, 3650
             ),
+            cluster=ClusterSettings.from_env(env),
         )
 
 

@@ -1,7 +1,10 @@
-"""The Dagster instance: runs, event logs and schedules live under the data home.
+"""The Dagster instance: runs, event logs, schedules and sensor state, and where they live.
 
 `DAGSTER_HOME` defaults to `<TOL_HOME>/dagster`, resolved to an absolute path once, so the
 command line, `make dev` and runs launched by the daemon from another directory share it.
+There they live in SQLite, unless `TOL_DAGSTER_PG_URL` names a PostgreSQL database: then the
+webserver, the daemon, command-line runs and Celery workers on any machine share that one
+(dagster-postgres). The yaml names the variable, never its value: no password on disk.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from pathlib import Path
 
 import dagster as dg
 
+from tol_dagster.cluster_settings import CLUSTER_EXTRA, PG_URL_VAR, ClusterSettings, require_extra
 from tol_dagster.settings import Settings
 from tol_dagster.store.durable import file_lock, write_atomic
 
@@ -20,9 +24,33 @@ from tol_dagster.store.durable import file_lock, write_atomic
 #: for people who run `dagster dev` by hand.
 INSTANCE_YAML = resources.files("tol_dagster").joinpath("dagster.yaml")
 
+#: What PostgreSQL storage adds: runs, event logs and schedules (sensor state) in the database
+#: `TOL_DAGSTER_PG_URL` names, read from each process's environment when it opens the instance.
+POSTGRES_STORAGE = f"""
+# TOL_DAGSTER_PG_URL is set: runs, event logs, schedules and sensor state live in PostgreSQL,
+# shared by the webserver, the daemon, command-line runs and every worker.
+storage:
+  postgres:
+    postgres_url:
+      env: {PG_URL_VAR}
+"""
+
+
+def render_instance_yaml(cluster: ClusterSettings) -> str:
+    """The dagster.yaml of `cluster`'s mode: the packaged one, plus PostgreSQL storage if set."""
+    if cluster.pg_url is not None:
+        require_extra("dagster_postgres", CLUSTER_EXTRA)
+    return _instance_yaml(postgres=cluster.pg_url is not None)
+
+
+def _instance_yaml(*, postgres: bool) -> str:
+    return INSTANCE_YAML.read_text() + (POSTGRES_STORAGE if postgres else "")
+
 
 def ensure_dagster_home(settings: Settings) -> Path:
-    """Set `DAGSTER_HOME` (unless the user did) and give it the project's dagster.yaml."""
+    """Set `DAGSTER_HOME` (unless the user did) and give it the dagster.yaml of the settings'
+    mode: written when missing, rewritten when it is ours for the other mode (SQLite vs
+    PostgreSQL); a dagster.yaml the user wrote is left as it is."""
     home = (
         Path(os.environ.get("DAGSTER_HOME") or settings.layout.dagster_home())
         .expanduser()
@@ -30,15 +58,19 @@ def ensure_dagster_home(settings: Settings) -> Path:
     )
     home.mkdir(parents=True, exist_ok=True)
     os.environ["DAGSTER_HOME"] = str(home)
+    wanted = render_instance_yaml(settings.cluster)
     target = home / "dagster.yaml"
-    if not target.exists():
-        install_instance_yaml(target)
+    with file_lock(home / ".tol-yaml.lock"):
+        current = target.read_text() if target.exists() else None
+        ours = (_instance_yaml(postgres=False), _instance_yaml(postgres=True))
+        if current != wanted and (current is None or current in ours):
+            install_instance_yaml(target, wanted)
     return home
 
 
-def install_instance_yaml(target: Path) -> None:
-    """Write the packaged dagster.yaml to `target` (whole or not at all: the daemon may read it)."""
-    write_atomic(target, INSTANCE_YAML.read_bytes())
+def install_instance_yaml(target: Path, text: str) -> None:
+    """Write `text` to `target`, whole or not at all: the daemon may read it."""
+    write_atomic(target, text.encode())
 
 
 def open_instance(settings: Settings) -> dg.DagsterInstance:
