@@ -221,6 +221,7 @@ def chart_instance(values: Mapping[str, Any]) -> dict[str, Any]:
         "hostname": postgres["postgresqlHost"],
         "db_name": postgres["postgresqlDatabase"],
         "port": postgres["service"]["port"],
+        "scheme": postgres["postgresqlScheme"],
     }
     storage = {"config": {"postgres_db": postgres_db}}
     return {
@@ -340,7 +341,7 @@ MODES = {
     "multiprocess": {"TOL_EXECUTOR": "multiprocess", "TOL_WORKERS": "2"},
     "celery": {
         "TOL_EXECUTOR": "celery",
-        "TOL_DAGSTER_PG_URL": "postgresql://dagster:s3cret@postgres:5432/dagster",
+        "TOL_DAGSTER_PG_URL": "postgresql+psycopg2://dagster:s3cret@postgres:5432/dagster",
         "TOL_CELERY_BROKER": "amqp://tol:s3cret@rabbitmq:5672//",
     },
     "k8s": {"TOL_EXECUTOR": "k8s", "TOL_DAGSTER_PG_URL": "postgresql://dagster@pg:5432/dagster"},
