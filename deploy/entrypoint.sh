@@ -8,7 +8,7 @@
 set -euo pipefail
 
 ROLES="code-server, webserver, daemon, worker (or a 'dagster …' command)"
-WORKSPACE="${TOL_WORKSPACE:-$(dirname "$0")/workspace.yaml}"
+WORKSPACE="$(dirname "$0")/workspace.yaml"
 
 usage() {
 	echo "entrypoint: $1; expected a role: $ROLES" >&2
