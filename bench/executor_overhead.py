@@ -39,9 +39,9 @@ from pathlib import Path
 
 import dagster as dg
 import psycopg2
-from tol_dagster.defs.executors import chosen_executor
 
 from tol_dagster.cluster_settings import ClusterSettings
+from tol_dagster.defs.executors import chosen_executor
 from tol_dagster.defs.instance import ensure_dagster_home
 from tol_dagster.defs.resources import LITERALS
 from tol_dagster.settings import Settings
@@ -259,7 +259,7 @@ def pg_database() -> Iterator[str | None]:
 
     admin(f"CREATE DATABASE {name}")
     try:
-        yield f"postgresql+psycopg2://postgres@127.0.0.1:5432/{name}"
+        yield f"postgresql://postgres@127.0.0.1:5432/{name}"
     finally:
         admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 

@@ -28,7 +28,9 @@ from processes import Stack, free_port, running
 from requirements import missing, require_port, require_tool
 
 from tol_dagster.cluster_settings import ClusterSettings
+from tol_dagster.defs.executors import chosen_executor
 from tol_dagster.defs.instance import render_instance_yaml
+from tol_dagster.defs.resources import LITERALS
 from tol_dagster.settings import Settings
 
 REPO = Path(__file__).resolve().parents[1]
@@ -53,6 +55,27 @@ def venv_env(**extra: str) -> dict[str, str]:
 
 def read_yaml(path: Path) -> Any:
     return yaml.safe_load(path.read_text())
+
+
+# --- the image ----------------------------------------------------------------------------
+
+
+def test_dockerfile_copies_files_that_exist_and_reach_the_build() -> None:
+    """No Docker daemon here to build it: every COPY source must exist, be sent by the build
+    context's ignore file (deploy/Dockerfile.dockerignore), and the entrypoint be executable."""
+    lines = (DEPLOY / "Dockerfile").read_text().splitlines()
+    sources = [p for line in lines if line.startswith("COPY ") for p in line.split()[1:-1]]
+    sent = {
+        line.removeprefix("!").rstrip("/")
+        for line in (DEPLOY / "Dockerfile.dockerignore").read_text().splitlines()
+        if line.startswith("!")
+    }
+    assert sources
+    for source in sources:
+        assert (REPO / source).exists(), source
+        assert source.rstrip("/") in sent, f"{source} is not sent to the build"
+    assert os.access(ENTRYPOINT, os.X_OK)
+    assert 'ENTRYPOINT ["/opt/tol-dagster/deploy/entrypoint.sh"]' in lines
 
 
 # --- compose -------------------------------------------------------------------------------
@@ -221,7 +244,6 @@ def chart_instance(values: Mapping[str, Any]) -> dict[str, Any]:
         "hostname": postgres["postgresqlHost"],
         "db_name": postgres["postgresqlDatabase"],
         "port": postgres["service"]["port"],
-        "scheme": postgres["postgresqlScheme"],
     }
     storage = {"config": {"postgres_db": postgres_db}}
     return {
@@ -341,10 +363,14 @@ MODES = {
     "multiprocess": {"TOL_EXECUTOR": "multiprocess", "TOL_WORKERS": "2"},
     "celery": {
         "TOL_EXECUTOR": "celery",
-        "TOL_DAGSTER_PG_URL": "postgresql+psycopg2://dagster:s3cret@postgres:5432/dagster",
+        "TOL_DAGSTER_PG_URL": "postgresql://dagster:s3cret@postgres:5432/dagster",
         "TOL_CELERY_BROKER": "amqp://tol:s3cret@rabbitmq:5672//",
     },
-    "k8s": {"TOL_EXECUTOR": "k8s", "TOL_DAGSTER_PG_URL": "postgresql://dagster@pg:5432/dagster"},
+    "k8s": {
+        "TOL_EXECUTOR": "k8s",
+        "TOL_WORKERS": "8",
+        "TOL_DAGSTER_PG_URL": "postgresql://dagster@pg:5432/dagster",
+    },
 }
 
 
@@ -360,6 +386,19 @@ def test_instance_yaml_of_each_mode_is_valid_for_dagster(mode: str, tmp_path: Pa
     else:
         assert "storage" not in config
     assert config["concurrency"]["pools"]["granularity"] == "run"
+
+
+@pytest.mark.parametrize("mode", ["multiprocess", "celery", "k8s"])
+def test_executor_of_each_mode_is_valid_for_its_integration(mode: str) -> None:
+    """The executor config `TOL_EXECUTOR` gives passes the executor's own config schema
+    (dagster-k8s's k8s_job_executor, dagster-celery's celery_executor, Dagster's)."""
+    cluster = ClusterSettings.from_env(MODES[mode])
+    executor = chosen_executor(cluster, LITERALS)
+    assert executor.name == mode
+    resolved = executor.config_schema.resolve_config({})  # type: ignore[union-attr]
+    assert resolved.success, [e.message for e in resolved.errors or []]
+    if mode == "k8s":
+        assert resolved.value["config"]["max_concurrent"] == cluster.workers
 
 
 # --- the entrypoint, run for real -----------------------------------------------------------
