@@ -4,9 +4,11 @@ value the screens cannot decide exactly goes to GX."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
@@ -109,3 +111,14 @@ def _must_not_run(table: pa.Table, *, raising: bool = True) -> list[dict[str, ob
     if raising:
         raise AssertionError("GX ran on a file the screens certify")
     return [expectations._passed(rule) for rule in expectations.RULES]
+
+
+def test_a_pattern_re2_may_read_otherwise_than_python_goes_to_gx() -> None:
+    """RE2's `\\b` is ASCII, Python's Unicode: between 'é' and 'x' only RE2 sees a boundary, so
+    RE2's yes would certify a file GX (Python's `re`) fails."""
+    regex = r"é\bx"
+    values = pa.array(["éx"] * 3)
+    assert pc.all(pc.match_substring_regex(values, regex)).as_py()
+    assert not re.search(regex, "éx")
+    rule = expectations._Rule("word", "uuid", "ExpectColumnValuesToMatchRegex", {"regex": regex})
+    assert not expectations._certainly_passes(rule, pa.table({"uuid": values}))
