@@ -14,6 +14,7 @@ FIGURES = (
     "bytes fetched / bytes of changed files",
     "download+verify / plain GET throughput",
     "gate throughput",
+    "gate, MB of parquet per CPU second",
     "emb checks (digests + norm bounds), CPU s per GB",
     "gate time / download time per file",
     "peak RSS of `tol-dagster sync`",

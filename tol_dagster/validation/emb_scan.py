@@ -63,17 +63,17 @@ def scan_emb(parquet: pq.ParquetFile, bounds: EmbBounds | None = None) -> EmbSca
         ):
             emb = batch.column(0)
             null_rows += emb.null_count
-            nonfinite_in_batch = _nonfinite_rows(emb)
+            matrix = emb_digests.emb_matrix(emb)
+            valid = emb.is_valid().to_numpy(zero_copy_only=False) if emb.null_count else None
+            nonfinite_in_batch = _nonfinite_rows(emb, matrix, valid)
             if nonfinite_in_batch.size:
                 nonfinite_rows += nonfinite_in_batch.size
                 if first_nonfinite is None:
                     first_nonfinite = rows + int(nonfinite_in_batch[0])
-            matrix = emb_digests.emb_matrix(emb)
             if matrix is None:
                 digests = None
                 in_bounds = None
             else:
-                valid = emb.is_valid().to_numpy(zero_copy_only=False) if emb.null_count else None
                 if digests is not None:
                     digests.append(emb_digests.row_digests(matrix, valid))
                 if in_bounds is not None:
@@ -87,8 +87,20 @@ def scan_emb(parquet: pq.ParquetFile, bounds: EmbBounds | None = None) -> EmbSca
     return EmbScan(rows, null_rows, nonfinite_rows, first_nonfinite, all_digests, in_bounds)
 
 
-def _nonfinite_rows(emb: pa.Array) -> np.ndarray:
-    """The rows (in the batch, ascending) holding a NaN, an Inf or a NULL value."""
+def _nonfinite_rows(
+    emb: pa.Array, matrix: np.ndarray | None, valid: np.ndarray | None
+) -> np.ndarray:
+    """The rows (in the batch, ascending) holding a NaN, an Inf or a NULL value; NULL rows are
+    `emb_finite`'s other count, not these.
+
+    On float16 without NULL values, from the bits of `matrix` (the batch's rows): an exponent
+    of all ones is NaN or Inf. Otherwise Arrow's `is_finite` on the values."""
+    if matrix is not None and matrix.dtype == np.float16 and not emb.values.null_count:
+        exponents = matrix.view(np.uint16) & np.uint16(0x7C00)
+        bad = (exponents == np.uint16(0x7C00)).any(axis=1)
+        if valid is not None:
+            bad &= valid
+        return np.flatnonzero(bad)
     values = pc.list_flatten(emb)
     finite = pc.is_finite(values)
     if not len(values) or (not values.null_count and pc.all(finite).as_py()):

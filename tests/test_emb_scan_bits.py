@@ -1,0 +1,84 @@
+"""The gate's `emb` scan reads float16 from its bits where that is cheaper; every answer is the
+one the float path gives, bit for bit, on the values that make bit tricks go wrong (NaN, Inf,
+signed zeros, subnormals, rows of zeros, NULL rows and NULL values)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pyarrow as pa
+
+from tol_dagster.schema import EmbBounds
+from tol_dagster.validation import emb_norms, emb_scan
+from tol_dagster.validation.emb_digests import emb_matrix
+
+DIM = 16
+
+
+def awkward_rows() -> np.ndarray:
+    """Random float16 rows, then rows of each awkward kind."""
+    rows = np.random.default_rng(5).standard_normal((64, DIM)).astype(np.float16)
+    rows[1, 3] = np.nan
+    rows[2, 0] = np.inf
+    rows[3, 7] = -np.inf
+    rows[4] = 0.0
+    rows[5] = -0.0
+    rows[6, ::2] = -0.0
+    rows[6, 1::2] = 0.0
+    rows[7] = np.float16(6e-8)  # the smallest subnormal
+    rows[8] = -np.float16(65504)  # the largest magnitude
+    rows[9, 5] = -np.float16(3e-6)
+    rows[9, :5] = 0.0
+    rows[10, 2] = np.nan
+    rows[10, 3] = np.inf
+    return rows
+
+
+def as_arrow(rows: np.ndarray, null_rows: Sequence[int] = ()) -> pa.FixedSizeListArray:
+    values = pa.array(rows.reshape(-1), pa.float16())
+    mask = np.zeros(len(rows), bool)
+    mask[list(null_rows)] = True
+    return pa.FixedSizeListArray.from_arrays(values, DIM, mask=pa.array(mask))
+
+
+def test_peaks_from_bits_equal_the_float_peaks_bit_for_bit() -> None:
+    rows = awkward_rows()
+    values = rows.astype(np.float32)
+    from_bits = emb_norms._peaks(rows, values)
+    from_floats = emb_norms._float_peaks(values)
+    assert from_bits.tobytes() == from_floats.tobytes()
+
+
+def test_bounds_scan_details_are_those_of_the_float_path() -> None:
+    rows = awkward_rows()
+    bounds = EmbBounds(norm_min=1.0, norm_max=6.0, max_abs=3.0)
+    scan = emb_norms.BoundsScan(bounds)
+    scan.add(rows, None, 0)
+    values = rows.astype(np.float32)
+    norms = np.sqrt(np.einsum("ij,ij->i", values, values))
+    peaks = emb_norms._float_peaks(values)
+    seen = np.isfinite(norms) & np.isfinite(peaks)
+    bad = seen & ((norms < 1.0) | (norms > 6.0) | (peaks > 3.0))
+    assert scan.outside == int(bad.sum())
+    assert [(r, n, p) for r, n, p in scan.examples] == [
+        (int(i), float(norms[i]), float(peaks[i])) for i in np.flatnonzero(bad)[:20]
+    ]
+    assert scan.max_abs_seen == float(peaks[seen].max())
+
+
+def test_nonfinite_rows_from_bits_equal_arrows_is_finite() -> None:
+    rows = awkward_rows()
+    for null_rows in ([], [2, 4, 30]):
+        emb = as_arrow(rows, null_rows)
+        valid = emb.is_valid().to_numpy(zero_copy_only=False) if null_rows else None
+        from_bits = emb_scan._nonfinite_rows(emb, emb_matrix(emb), valid)
+        from_arrow = emb_scan._nonfinite_rows(emb, None, None)
+        assert from_bits.tolist() == from_arrow.tolist() == sorted({1, 2, 3, 10} - set(null_rows))
+
+
+def test_a_null_value_inside_a_row_is_found_by_arrow() -> None:
+    rows = awkward_rows()[20:24]
+    values = pa.array(rows.reshape(-1), pa.float16(), mask=np.arange(rows.size) == DIM + 2)
+    emb = pa.FixedSizeListArray.from_arrays(values, DIM)
+    assert emb_scan._nonfinite_rows(emb, emb_matrix(emb), None).tolist() == [1]
