@@ -10,7 +10,6 @@ import os
 import signal
 import subprocess
 import sys
-import uuid
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,8 @@ from dagster._grpc.client import DagsterGrpcClient
 from dagster._serdes import deserialize_value
 from dagster_k8s import K8sRunLauncher
 from processes import Stack, free_port, running
-from requirements import missing, require_port, require_tool
+from requirements import missing, require_tool
+from service_testing import RABBITMQ_URL, require_rabbitmq, unique_queue
 
 from tol_dagster.cluster_settings import ClusterSettings
 from tol_dagster.defs.executors import chosen_executor
@@ -465,12 +465,12 @@ def repositories(client: DagsterGrpcClient) -> list[str] | None:
 def test_entrypoint_worker_serves_the_queue_and_stops_on_sigterm(
     stack: Stack, tmp_path: Path
 ) -> None:
-    require_port("RabbitMQ", 5672)
-    queue = f"tol-test-{uuid.uuid4().hex[:12]}"  # the vhost is shared: a queue of its own
+    require_rabbitmq()
+    queue = unique_queue()
     env = venv_env(
         TOL_HOME=str(tmp_path / "home"),
         TOL_EXECUTOR="celery",
-        TOL_CELERY_BROKER="amqp://guest:guest@127.0.0.1:5672//",
+        TOL_CELERY_BROKER=RABBITMQ_URL,
         TOL_CELERY_QUEUE=queue,
     )
     worker = stack.start("worker", [str(ENTRYPOINT), "worker", "--concurrency", "1"], env)
