@@ -8,8 +8,7 @@ import uuid
 from collections.abc import Iterator
 
 import psycopg2
-
-from tests.requirements import require_port
+from requirements import require_port
 
 #: Trust auth on this project's machines; `test` is the database every machine has.
 PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/test"

@@ -12,7 +12,8 @@ import os
 
 import dagster as dg
 
-from tol_dagster.defs.in_process import EXECUTOR
+from tol_dagster.cluster_settings import PG_URL_VAR
+from tol_dagster.defs.executors import run_executor
 from tol_dagster.defs.mirror.definitions import build_mirror_definitions
 from tol_dagster.defs.mirror.resync_slot import ResyncSlotResource
 from tol_dagster.defs.published.definitions import build_published_definitions
@@ -23,18 +24,21 @@ from tol_dagster.settings import Settings
 def build_definitions(settings: Settings, source: ConfigSource = LITERALS) -> dg.Definitions:
     """All definitions for `settings` (one set of assets per configured config). `source`: the
     environment the settings came from, for the resources' `dg.EnvVar`s (none: literals)."""
+    pg_url = settings.cluster.pg_url
     shared = dg.Definitions(
         resources={
             **resources_from(settings, source),
             # Held for a whole run (a context manager), so kept out of `resources_from`, which
             # sensors and tests build contexts from.
             "resync_slot": ResyncSlotResource(
-                home=source.home(settings), configs=list(settings.configs)
+                home=source.home(settings),
+                configs=list(settings.configs),
+                pg_url=None if pg_url is None else source.text(PG_URL_VAR, pg_url),
             ),
         },
-        # The UI's Materialize and the automation launch Dagster's implicit asset job: in one
-        # process like every job here, so a resync's lease spans its `staged` and `mirror`.
-        executor=EXECUTOR,
+        # Every job's, and the implicit asset job's that the UI's Materialize and the
+        # automation launch: chosen by TOL_EXECUTOR, holding each run's resync leases.
+        executor=run_executor(settings, source),
     )
     return dg.Definitions.merge(
         build_mirror_definitions(settings), build_published_definitions(settings), shared

@@ -71,6 +71,12 @@ class IntegrityError(UpstreamError):
     """Downloaded bytes do not match the sha256 or size the Hub announced."""
 
 
+class ServiceUnreachable(TolError):
+    """A service the run needs is down: the Celery broker, the instance's PostgreSQL."""
+
+    exit_code = 3
+
+
 class LocalStorageError(TolError):
     """Local storage failed us: a full disk, a read-only folder, missing permissions."""
 

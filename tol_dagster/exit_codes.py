@@ -28,7 +28,7 @@ from tol_dagster.errors import INTERNAL_EXIT_CODE, Interrupted, TolError
 VERDICTS = {
     1: "the gate refused the new state",
     2: "bad input or settings",
-    3: "upstream unreachable or sent an invalid answer",
+    3: "upstream or a service (Celery broker, PostgreSQL) unreachable, or an invalid answer",
     4: "local storage failed",
     INTERNAL_EXIT_CODE: "internal error",
 }

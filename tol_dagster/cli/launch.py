@@ -17,7 +17,8 @@ from typing import Any
 
 import dagster as dg
 from dagster._core.definitions.definitions_class import SINGLETON_REPOSITORY_NAME
-from dagster._core.definitions.job_base import InMemoryJob
+from dagster._core.definitions.job_base import IJob, InMemoryJob
+from dagster._core.definitions.reconstruct import ReconstructableRepository
 from dagster._core.execution.api import create_execution_plan, execute_run
 from dagster._core.execution.execute_in_process import merge_run_tags
 from dagster._core.execution.execution_result import ExecutionResult
@@ -98,6 +99,27 @@ def create_run(
 def execute_created(
     job: dg.JobDefinition, run: dg.DagsterRun, instance: dg.DagsterInstance
 ) -> ExecutionResult:
-    """Execute `run` (made by `create_run` from `job`) here, with the job's own executor (in
-    process: `tol_dagster.defs.in_process`), failures recorded rather than raised."""
-    return execute_run(InMemoryJob(job), run, instance, raise_on_error=False)
+    """Execute `run` (made by `create_run` from `job`) from here with the job's own executor
+    (`TOL_EXECUTOR`, see `tol_dagster.defs.executors`), failures recorded rather than raised."""
+    return execute_run(executable(job), run, instance, raise_on_error=False)
+
+
+def runs_in_children(job: dg.JobDefinition) -> bool:
+    """True when `job`'s steps run in processes this one starts (`TOL_EXECUTOR=multiprocess`)."""
+    return job.executor_def.name == dg.multiprocess_executor.name
+
+
+def runs_elsewhere(job: dg.JobDefinition) -> bool:
+    """True when `job`'s executor runs its steps outside this process (`TOL_EXECUTOR`)."""
+    return job.executor_def.name != dg.in_process_executor.name
+
+
+def executable(job: dg.JobDefinition) -> IJob:
+    """`job` as its executor needs it: in this process, the definition itself; in other
+    processes or on workers, where to load it from (the code location's module)."""
+    if not runs_elsewhere(job):
+        return InMemoryJob(job)
+    repository = ReconstructableRepository.for_module(
+        DEFINITIONS_MODULE, "defs", working_directory=os.getcwd()
+    )
+    return repository.get_reconstructable_job(job.name)

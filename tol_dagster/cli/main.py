@@ -26,6 +26,7 @@ from tol_dagster.cli import (
     status,
     sync_command,
     verbosity,
+    worker_command,
 )
 from tol_dagster.cli.parser import build_parser
 from tol_dagster.devtools import localhub, sample
@@ -83,6 +84,10 @@ def _slices_remove(args: argparse.Namespace) -> int:
     return slice_commands.remove_slice_command(args.key, config=args.config)
 
 
+def _worker(args: argparse.Namespace) -> int:
+    return worker_command.run_worker(concurrency=args.concurrency)
+
+
 def _demo(args: argparse.Namespace) -> int:
     with runner.launched_by("demo"):
         return demo.run_demo()
@@ -98,6 +103,7 @@ HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
     "slice": _slice,
     "slices list": _slices_list,
     "slices remove": _slices_remove,
+    "worker": _worker,
     "demo": _demo,
 }
 

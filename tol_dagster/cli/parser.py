@@ -35,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_status(commands)
     _add_slice(commands)
     _add_slices(commands)
+    _add_worker(commands)
     demo = commands.add_parser(
         "demo", help="run the whole pipeline on the embedded sample (make demo)"
     )
@@ -147,6 +148,24 @@ def _add_config(command: argparse.ArgumentParser) -> None:
     command.add_argument(
         "--config", default=None, help="one config (default: every config in TOL_CONFIGS)"
     )
+
+
+def _add_worker(commands: Subparsers) -> None:
+    worker = commands.add_parser(
+        "worker",
+        help="serve the code location's steps as a Celery worker (TOL_EXECUTOR=celery)",
+        description="Run the steps that runs with TOL_EXECUTOR=celery send to TOL_CELERY_QUEUE "
+        "on TOL_CELERY_BROKER, until stopped (SIGTERM finishes the steps it runs).",
+    )
+    worker.add_argument(
+        "--concurrency",
+        type=int,
+        default=None,
+        metavar="N",
+        help="steps run at once, each in its own process (default TOL_WORKERS: one per CPU)",
+    )
+    _add_verbosity(worker)
+    worker.set_defaults(handler="worker")
 
 
 def _add_status(commands: Subparsers) -> None:

@@ -21,7 +21,7 @@ import dagster as dg
 from dagster._core.execution.execution_result import ExecutionResult
 
 from tol_dagster import errors, exit_codes
-from tol_dagster.cli import interrupts, launch, verbosity
+from tol_dagster.cli import interrupts, launch, step_output, verbosity
 from tol_dagster.defs.instance import open_instance
 from tol_dagster.defs.keys import asset_key
 from tol_dagster.defs.orphaned_runs import cli_run_tags
@@ -97,6 +97,8 @@ def execute(
     watch = interrupts.current()
     mark = exit_codes.storage_mark()
     quiet = contextlib.nullcontext() if verbosity.verbose() else _quiet_dagster_stderr()
+    if launch.runs_in_children(job) and not verbosity.verbose():
+        step_output.without_dagster_lines()
     try:
         with watch.running(instance, run_id), quiet:
             run = launch.create_run(

@@ -108,6 +108,10 @@ class ConfigSource:
         """`dg.EnvVar(name)` when the environment holds `value` verbatim, else `value`."""
         return dg.EnvVar(name) if self._holds(name, value) else value
 
+    def config(self, name: str, value: str) -> str | dict[str, str]:
+        """The same in run config's spelling: `{"env": name}`, else `value`."""
+        return {"env": name} if self._holds(name, value) else value
+
     def number(self, name: str, value: int) -> int:
         return dg.EnvVar.int(name) if self._holds(name, str(value)) else value
 

@@ -14,7 +14,6 @@ from typing import Any
 
 import dagster as dg
 
-from tol_dagster.defs.in_process import EXECUTOR
 from tol_dagster.defs.keys import safe_name
 from tol_dagster.defs.metadata import with_size
 from tol_dagster.defs.mirror.keys import resync_check_keys, resync_keys
@@ -73,7 +72,6 @@ def build_adopt_job(config: str, tags: dict[str, str]) -> dg.UnresolvedAssetJobD
         selection=selection,
         config=from_folder,
         tags=tags,
-        executor_def=EXECUTOR,
         description=f"Adopt the copy of `{config}` a user already has (hard links, verified by "
         "sha256), then resync: fetch only what is missing or different, gate, publish.",
     )

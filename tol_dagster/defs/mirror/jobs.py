@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import dagster as dg
 
-from tol_dagster.defs.in_process import assets_job, in_process_job, of_every_config
+from tol_dagster.defs.executors import asset_job, assets_job, of_every_config
 from tol_dagster.defs.keys import RESYNC_TAG, asset_key
 from tol_dagster.defs.mirror.adoption import build_adopt_job
 from tol_dagster.defs.mirror.keys import resync_keys
@@ -30,7 +30,7 @@ def build_mirror_jobs(configs: Sequence[str]) -> list[dg.UnresolvedAssetJobDefin
     status = "Read upstream's state and how far the mirror is behind it (no downloads)."
     return [
         assets_job(RESYNC_JOB, configs, resync_keys, resync),
-        in_process_job(
+        asset_job(
             AUDIT_JOB,
             dg.AssetSelection.checks_for_assets(*of_every_config(configs, mirrors)),
             audit,

@@ -10,11 +10,15 @@ Two layers, because Dagster 1.13 enforces pools in only some places:
   `tol-dagster sync` does) claims nothing. At op granularity the pool is claimed per step, so
   another run's `staged` could slip between our `staged` and `mirror`, and the claim itself is a
   read-then-write over separate statements: processes claiming at the same instant can all win.
-- **The lease**, a kernel lock (`flock`) per config held by the run's process from before its
-  first step to after its last: the resource `ResyncSlotResource`, required by `staged` and
-  `mirror`. It serializes everything the queue cannot see (command-line runs started at the same
-  instant, a queued run admitted while a command-line run starts) and dies with the process, so
-  a killed run never holds it.
+- **The lease** per config, held by the run's orchestrating process from before its first step
+  to after its last: by the executor (`defs.executors`), whichever it wraps, so it holds while
+  the steps run in other processes or on Celery workers; in a run executed in process
+  (`execute_in_process` ignores the job's executor) by the resource `ResyncSlotResource`,
+  required by `staged` and `mirror`. It serializes everything the queue cannot see
+  (command-line runs started at the same instant, a queued run admitted while a command-line
+  run starts) and dies with the process, so a killed run never holds it. It is a kernel lock
+  (`flock`) on the config's store on one machine, and an advisory lock in the instance's
+  PostgreSQL when `TOL_DAGSTER_PG_URL` is set (`resync.shared_lease`), across machines.
 
 Under the lease, each run stages under its own key (the run id) and publishes only that state,
 and `sync.config_lock` still guards every write to the store.
@@ -35,6 +39,7 @@ import dagster as dg
 
 from tol_dagster import progress
 from tol_dagster.defs.keys import asset_key, safe_name
+from tol_dagster.resync.shared_lease import pg_lease
 from tol_dagster.store.layout import Layout
 
 Log = Callable[[str], None]
@@ -85,8 +90,38 @@ def lease_holder(layout: Layout, config: str) -> dict[str, object] | None:
 
 
 @contextlib.contextmanager
-def resync_lease(layout: Layout, config: str, run_id: str, log: Log) -> Iterator[None]:
-    """Hold `config`'s resync lease for the block; wait (saying for whom) while another has it."""
+def resync_lease(
+    layout: Layout, config: str, run_id: str, log: Log, pg_url: str | None = None
+) -> Iterator[None]:
+    """Hold `config`'s resync lease for the block; wait (saying for whom) while another has it.
+
+    With `pg_url` (the instance's PostgreSQL) the lease is an advisory lock there, held across
+    machines (`resync.shared_lease`); else a kernel lock on the config's store, for one machine.
+    """
+
+    def waiting(whom: str) -> None:
+        progress.told(log)(f"waiting for resync {whom} of {config} to finish…")
+
+    lock = (
+        pg_lease(pg_url, config, f"run {run_id}", waiting)
+        if pg_url
+        else _file_lease(layout, config, waiting)
+    )
+    with lock:
+        holder = _holder_path(layout, config)
+        holder.parent.mkdir(parents=True, exist_ok=True)
+        document = {
+            "run_id": run_id,
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "since": time.time(),
+        }
+        holder.write_text(json.dumps(document))
+        yield
+
+
+@contextlib.contextmanager
+def _file_lease(layout: Layout, config: str, waiting: Callable[[str], None]) -> Iterator[None]:
     path = _lock_path(layout, config)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as handle:
@@ -94,22 +129,26 @@ def resync_lease(layout: Layout, config: str, run_id: str, log: Log) -> Iterator
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = lease_holder(layout, config) or {}
-            progress.told(log)(
-                f"waiting for resync run {holder.get('run_id', '?')} of {config} "
-                f"(pid {holder.get('pid', '?')} on {holder.get('host', '?')}) to finish…"
+            waiting(
+                f"run {holder.get('run_id', '?')} "
+                f"(pid {holder.get('pid', '?')} on {holder.get('host', '?')})"
             )
             fcntl.flock(handle, fcntl.LOCK_EX)
         try:
-            document = {
-                "run_id": run_id,
-                "pid": os.getpid(),
-                "host": socket.gethostname(),
-                "since": time.time(),
-            }
-            _holder_path(layout, config).write_text(json.dumps(document))
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def run_leases(
+    home: Path, configs: Sequence[str], run: dg.DagsterRun, pg_url: str | None, log: Log
+) -> Iterator[None]:
+    """Hold the lease of every config `run` resyncs (`configs_of_run`), in one order."""
+    with contextlib.ExitStack() as leases:
+        for config in configs_of_run(run, configs):
+            leases.enter_context(resync_lease(Layout(home), config, run.run_id, log, pg_url))
+        yield
 
 
 def configs_of_run(run: dg.DagsterRun, configs: Sequence[str]) -> list[str]:
@@ -136,24 +175,36 @@ def configs_of_run(run: dg.DagsterRun, configs: Sequence[str]) -> list[str]:
     return sorted(configs)
 
 
-class ResyncSlotResource(dg.ConfigurableResource):
-    """The lease of every config a run resyncs, held from the run's start to its end.
+#: Set on a run whose executor holds its leases (`defs.executors`): its steps, wherever they
+#: run, then take none themselves.
+LEASED_TAG = "tol/resync_lease"
 
-    Initialized once per run by the in-process executor every job here uses (the definitions'
-    default executor too, so the UI's asset job holds it across `staged` and `mirror`).
-    """
+
+def leased_by_executor(instance: dg.DagsterInstance, run_id: str) -> bool:
+    """True when `run_id`'s orchestrating process holds its leases (read from the instance: a
+    step in another process or machine cannot see that process)."""
+    run = instance.get_run_by_id(run_id)
+    return run is not None and LEASED_TAG in run.tags
+
+
+class ResyncSlotResource(dg.ConfigurableResource):
+    """The lease of every config a run resyncs, held from the run's start to its end, for a run
+    whose executor does not hold it: `execute_in_process` (tests, `dg.materialize`) ignores
+    the job's executor. Initialized once per such run, in its one process."""
 
     home: str
     configs: list[str]
+    #: The instance's PostgreSQL (`TOL_DAGSTER_PG_URL`): the lease lives there, across machines.
+    pg_url: str | None = None
 
     @contextlib.contextmanager
     def yield_for_execution(self, context: dg.InitResourceContext) -> Iterator[ResyncSlotResource]:
         run = context.run
-        if run is None:  # built outside a run (a sensor's context): nothing to serialize
+        if run is None or (  # outside a run (a sensor's context), or the executor holds them
+            context.instance is not None and leased_by_executor(context.instance, run.run_id)
+        ):
             yield self
             return
         log = context.log.info if context.log is not None else print
-        with contextlib.ExitStack() as leases:
-            for config in configs_of_run(run, self.configs):
-                leases.enter_context(resync_lease(Layout(Path(self.home)), config, run.run_id, log))
+        with run_leases(Path(self.home), self.configs, run, self.pg_url, log):
             yield self

@@ -34,7 +34,7 @@ from collections.abc import Sequence
 import dagster as dg
 
 from tol_dagster.defs.attempts import AUTOMATION_RUN_TAGS
-from tol_dagster.defs.in_process import of_every_config
+from tol_dagster.defs.executors import of_every_config
 from tol_dagster.defs.keys import asset_key, source_tags
 from tol_dagster.defs.published.keys import derived_keys
 

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import dagster as dg
 
-from tol_dagster.defs.in_process import assets_job, in_process_job
+from tol_dagster.defs.executors import asset_job, assets_job
 from tol_dagster.defs.keys import asset_key, safe_name
 from tol_dagster.defs.published.keys import derived_keys
 
@@ -37,7 +37,7 @@ def build_published_jobs(configs: Sequence[str]) -> list[dg.UnresolvedAssetJobDe
 
 def build_slices_jobs(configs: Sequence[str]) -> list[dg.UnresolvedAssetJobDefinition]:
     return [
-        in_process_job(
+        asset_job(
             slices_job_name(config),
             dg.AssetSelection.assets(asset_key(config, "slices")),
             f"Build one slice of {config} (a partition per slice key).",

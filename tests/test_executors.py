@@ -1,0 +1,292 @@
+"""`TOL_EXECUTOR` beyond one process, against the real services: a resync of 12 files on two
+Celery workers (RabbitMQ, PostgreSQL storage) started here, one of them killed with SIGKILL in
+the middle of a step, gives the mirror an in-process sync gives; two Celery syncs of one config
+never overlap; a broker that is down fails the command with exit 3, naming it; `multiprocess`
+gives the same mirror as well, with Dagster's step lines kept off the terminal.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import dagster as dg
+import pytest
+from processes import Stack, free_port, running, signal_group
+from service_testing import RABBITMQ_URL, pg_database, require_rabbitmq, unique_queue
+
+from tol_dagster.cli.main import main
+from tol_dagster.defs.keys import asset_key
+from tol_dagster.devtools.localhub import LocalHub
+from tol_dagster.devtools.localhub.faults import Fault
+from tol_dagster.devtools.sample import build_sample
+from tol_dagster.schema import DEFAULT_CONFIG
+from tol_dagster.store.hashing import sha256_file
+from tol_dagster.store.layout import Layout
+from tol_dagster.store.manifest import load_manifest
+
+pytestmark = pytest.mark.e2e
+
+CONFIG = DEFAULT_CONFIG
+FILES = 12
+BIN = Path(sys.executable).parent
+#: Every wait of the Celery tests together, from the first worker's start.
+BUDGET_S = 240.0
+STAGED_STEP = asset_key(CONFIG, "staged").to_python_identifier()
+DAGSTER_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d [+-]\d{4} - dagster - ", re.M)
+
+
+@pytest.fixture(scope="module")
+def upstream(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A Hub folder of 12 small files (a private copy per module: one test edits it)."""
+    root = tmp_path_factory.mktemp("upstream") / "hub"
+    build_sample(root, rows=2400, files=FILES, seed=11, row_group_size=200)
+    return root
+
+
+@pytest.fixture(scope="module")
+def hub(upstream: Path) -> Iterator[LocalHub]:
+    with LocalHub(upstream) as served:
+        yield served
+
+
+def _env(hub: LocalHub, home: Path, dagster_home: Path, **more: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TOL_")}
+    return {
+        **env,
+        "TOL_HOME": str(home),
+        "DAGSTER_HOME": str(dagster_home),
+        "TOL_HUB_ENDPOINT": hub.endpoint,
+        "TOL_REPO_ID": hub.repo_id,
+        "PYTHONUNBUFFERED": "1",
+        **more,
+    }
+
+
+def _sync(env: dict[str, str], *flags: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(BIN / "tol-dagster"), "sync", *flags], env=env, capture_output=True, text=True
+    )
+
+
+def mirror_bytes(home: Path) -> dict[str, object]:
+    """Everything a consumer reads of the mirror: each file's sha256, and the manifest's
+    entries and commit (when each passed the gate aside)."""
+    layout = Layout(home)
+    manifest = load_manifest(layout, CONFIG)
+    assert manifest is not None, f"no mirror under {home}"
+    files = {p.name: sha256_file(p) for p in sorted(layout.mirror_dir(CONFIG).iterdir())}
+    entries = [dataclasses.replace(e, validated_at="") for e in manifest.entries]
+    return {"files": files, "commit": manifest.upstream_commit, "entries": entries}
+
+
+@pytest.fixture(scope="module")
+def in_process(hub: LocalHub, tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
+    """The mirror `tol-dagster sync` makes with the default executor, in one process."""
+    base = tmp_path_factory.mktemp("in-process")
+    done = _sync(_env(hub, base / "home", base / "dagster"))
+    assert done.returncode == 0, done.stderr
+    return mirror_bytes(base / "home")
+
+
+# --- Celery ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Cluster:
+    """Two `tol-dagster worker`s on a queue of their own, sharing a home and PostgreSQL."""
+
+    stack: Stack
+    env: dict[str, str]
+    home: Path
+    pg_url: str
+
+    def instance(self) -> dg.DagsterInstance:
+        return dg.DagsterInstance.from_config(self.env["DAGSTER_HOME"])
+
+    def worker_pids(self) -> dict[str, int]:
+        return {n: p.pid for n, p in self.stack.processes.items() if n.startswith("worker")}
+
+
+def _worker_ready(stack: Stack, name: str) -> bool | None:
+    log = stack.logs / f"{name}.log"
+    return True if log.exists() and " ready." in log.read_text(errors="replace") else None
+
+
+@pytest.fixture
+def cluster(hub: LocalHub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Cluster]:
+    """Its own home, PostgreSQL database and queue: tests may run in any order, or at once."""
+    require_rabbitmq()
+    base = tmp_path
+    with pg_database() as pg_url:
+        monkeypatch.setenv("TOL_DAGSTER_PG_URL", pg_url)  # the instance yaml names it
+        env = _env(
+            hub,
+            base / "home",
+            base / "dagster",
+            TOL_EXECUTOR="celery",
+            TOL_CELERY_BROKER=RABBITMQ_URL,
+            TOL_CELERY_QUEUE=unique_queue(),
+            TOL_DAGSTER_PG_URL=pg_url,
+            TOL_MAX_PARALLEL_DOWNLOADS="2",
+        )
+        for stack in running(base / "logs", BUDGET_S):
+            for name in ("worker1", "worker2"):  # one after the other: each ready first
+                argv = [str(BIN / "tol-dagster"), "worker", "--concurrency", "1"]
+                stack.start(name, argv, env)
+                stack.wait_for(f"{name} to be ready", lambda n=name, s=stack: _worker_ready(s, n))
+            yield Cluster(stack, env, base / "home", pg_url)
+
+
+def _celery_worker_of(event: dg.EventLogEntry) -> str | None:
+    """The worker dagster-celery's "Executing steps … in celery worker" event names."""
+    data = event.dagster_event.event_specific_data if event.dagster_event else None
+    worker = getattr(data, "metadata", {}).get("Celery worker")
+    return None if worker is None else str(worker.value)
+
+
+def _workers_of_step(instance: dg.DagsterInstance, run_id: str, step: str) -> list[str]:
+    events = instance.all_logs(run_id, of_type=dg.DagsterEventType.ENGINE_EVENT)
+    return [w for e in events if e.step_key == step and (w := _celery_worker_of(e)) is not None]
+
+
+def _run_id(cluster: Cluster, before: set[str]) -> str | None:
+    with cluster.instance() as instance:
+        new = [r.run_id for r in instance.get_runs() if r.run_id not in before]
+    return new[0] if new else None
+
+
+def test_celery_resync_survives_a_worker_killed_mid_step_and_matches_in_process(
+    cluster: Cluster, hub: LocalHub, in_process: dict[str, object]
+) -> None:
+    hub.add_fault(Fault("delay", request_kind="lfs_get", delay_s=0.4))  # `staged` lasts seconds
+    with cluster.instance() as instance:
+        before = {r.run_id for r in instance.get_runs()}
+    sync = subprocess.Popen(
+        [str(BIN / "tol-dagster"), "sync", "--json"],
+        env=cluster.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        run_id = cluster.stack.wait_for("the sync's run", lambda: _run_id(cluster, before))
+
+        def staged_worker() -> list[str] | None:
+            with cluster.instance() as instance:
+                return _workers_of_step(instance, run_id, STAGED_STEP) or None
+
+        [first] = cluster.stack.wait_for("`staged` to start on a worker", staged_worker)
+        victim = next(n for n, pid in cluster.worker_pids().items() if f"tol-{pid}@" in first)
+        process = cluster.stack.processes.pop(victim)  # its death is the test, not a failure
+        signal_group(process, 9)
+        process.wait(timeout=10)
+        out, err = sync.communicate(timeout=BUDGET_S)
+    finally:
+        hub.clear_faults()
+        if sync.poll() is None:
+            sync.kill()
+    document = json.loads(out)
+
+    assert sync.returncode == 0 and document["exit_code"] == 0, err
+    with cluster.instance() as instance:
+        run = instance.get_run_by_id(run_id)
+        workers = _workers_of_step(instance, run_id, STAGED_STEP)
+        successes = instance.all_logs(run_id, of_type=dg.DagsterEventType.STEP_SUCCESS)
+    assert run is not None and run.status == dg.DagsterRunStatus.SUCCESS
+    assert len(workers) == 2 and workers[0] == first and workers[1] != first, (
+        f"`staged` must run again on the surviving worker once its first worker died: {workers}"
+    )
+    assert [e.step_key for e in successes].count(STAGED_STEP) == 1
+    assert mirror_bytes(cluster.home) == in_process, "the Celery mirror differs from in-process"
+
+
+def test_two_celery_syncs_of_one_config_never_overlap(
+    cluster: Cluster, in_process: dict[str, object]
+) -> None:
+    processes = [
+        subprocess.Popen(
+            [str(BIN / "tol-dagster"), "sync", "--json"],
+            env=cluster.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    outputs = [p.communicate(timeout=BUDGET_S) for p in processes]
+
+    assert [p.returncode for p in processes] == [0, 0], outputs
+    run_ids = [json.loads(out)["configs"][CONFIG]["run_id"] for out, _ in outputs]
+    with cluster.instance() as instance:
+        windows = sorted(_steps_window(instance, run_id) for run_id in run_ids)
+        waited = [
+            e.message for r in run_ids for e in instance.all_logs(r) if "waiting for" in e.message
+        ]
+    assert windows[1][0] >= windows[0][1], f"two Celery resyncs of {CONFIG} overlapped: {windows}"
+    assert any("waiting for resync run" in m for m in waited), "the second never waited"
+    assert mirror_bytes(cluster.home) == in_process
+
+
+def _steps_window(instance: dg.DagsterInstance, run_id: str) -> tuple[float, float]:
+    """From a run's first step start to its last step's end."""
+    events = instance.all_logs(run_id)
+    starts = [e.timestamp for e in events if e.dagster_event_type == dg.DagsterEventType.STEP_START]
+    ends = [
+        e.timestamp
+        for e in events
+        if e.dagster_event_type
+        in (dg.DagsterEventType.STEP_SUCCESS, dg.DagsterEventType.STEP_FAILURE)
+    ]
+    return min(starts), max(ends)
+
+
+def test_a_broker_that_is_down_fails_the_sync_with_exit_3_naming_it(
+    hub: LocalHub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    broker = f"amqp://guest:hunter2@127.0.0.1:{free_port()}//"  # nothing listens there
+    env = _env(hub, tmp_path / "home", tmp_path / "dagster", TOL_EXECUTOR="celery")
+    for name in list(os.environ):
+        if name.startswith("TOL_"):
+            monkeypatch.delenv(name)
+    for name, value in {**env, "TOL_CELERY_BROKER": broker}.items():
+        monkeypatch.setenv(name, value)
+
+    code = main(["sync"])
+    err = capsys.readouterr().err
+
+    assert code == 3, err
+    first = err.splitlines()[0]
+    assert first.startswith("tol-dagster: ") and "Celery broker" in first, err
+    assert f"amqp://guest:***@127.0.0.1:{broker.rsplit(':', 1)[1].rstrip('/')}//" in first
+    assert "hunter2" not in err
+    assert not (tmp_path / "home" / "mirror").exists(), "nothing is published"
+
+
+# --- multiprocess ----------------------------------------------------------------------------
+
+
+def test_multiprocess_gives_the_in_process_mirror_without_dagster_lines(
+    hub: LocalHub, tmp_path: Path, in_process: dict[str, object]
+) -> None:
+    env = _env(
+        hub, tmp_path / "home", tmp_path / "dagster", TOL_EXECUTOR="multiprocess", TOL_WORKERS="2"
+    )
+    done = _sync(env)
+
+    assert done.returncode == 0, done.stderr
+    assert mirror_bytes(tmp_path / "home") == in_process
+    assert not DAGSTER_LINE.search(done.stderr + done.stdout), done.stderr
+    with dg.DagsterInstance.from_config(str(tmp_path / "dagster")) as instance:
+        [run] = instance.get_runs()
+        started = instance.all_logs(run.run_id, of_type=dg.DagsterEventType.STEP_WORKER_STARTED)
+    assert len({e.dagster_event.pid for e in started if e.dagster_event}) > 1, (
+        "the steps must have run in processes of their own"
+    )

@@ -1,0 +1,64 @@
+"""The Celery side of `TOL_EXECUTOR=celery`: the settings the run's executor sends with and the
+app a `tol-dagster worker` serves, from one place so that both agree.
+
+dagster-celery sends each step as an `execute_plan` task to the queue `TOL_CELERY_QUEUE` with the
+routing key `<queue>.execute_plan`; a worker runs it with the code location loaded from its own
+environment (the same `TOL_HOME`, on a shared file system) against the run's instance.
+
+A worker that dies mid-step must lose nothing: tasks are acknowledged late (once done, not once
+received), a worker takes one task at a time (prefetch 1, so a busy worker hoards none), and a
+task whose worker process was lost goes back to the queue, where another worker takes it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tol_dagster.cluster_settings import BROKER_VAR, ClusterSettings, mask, require_extra
+from tol_dagster.errors import ServiceUnreachable
+
+#: Seconds to wait for the broker before saying it is down.
+BROKER_TIMEOUT_S = 5.0
+
+
+def celery_config(cluster: ClusterSettings) -> dict[str, Any]:
+    """The Celery settings (dagster-celery's `config_source`, over its defaults) of the
+    executor and the workers."""
+    return {
+        "task_default_queue": cluster.celery_queue,
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+    }
+
+
+def worker_app(cluster: ClusterSettings) -> Any:
+    """The Celery app a worker serves: dagster-celery's, with our broker, backend and settings,
+    and its queue bound to the routing key dagster-celery sends with."""
+    executor = require_extra("dagster_celery.executor").CeleryExecutor.for_cli(
+        broker=cluster.celery_broker,
+        backend=cluster.celery_backend,
+        config_source=celery_config(cluster),
+    )
+    app = require_extra("dagster_celery.make_app").make_app(executor.app_args())
+    kombu = require_extra("kombu")
+    queue = cluster.celery_queue
+    app.conf.task_queues = [
+        kombu.Queue(queue, kombu.Exchange(queue, "direct"), routing_key=f"{queue}.execute_plan")
+    ]
+    require_extra("dagster_celery.tasks").create_task(app)
+    return app
+
+
+def check_broker(url: str) -> None:
+    """Raise `ServiceUnreachable` (exit 3), naming the broker, unless it accepts a connection."""
+    kombu = require_extra("kombu")
+    try:
+        with kombu.Connection(url, connect_timeout=BROKER_TIMEOUT_S) as connection:
+            connection.ensure_connection(max_retries=1, timeout=BROKER_TIMEOUT_S)
+    except Exception as exc:  # kombu raises the transport's own errors
+        raise ServiceUnreachable(
+            f"the Celery broker {mask(url)} is not reachable ({type(exc).__name__}: "
+            f"{' '.join(str(exc).split())}); start it (and `tol-dagster worker`s) or fix "
+            f"{BROKER_VAR}"
+        ) from None
