@@ -104,8 +104,8 @@ def corrupt_in_place(path: Path) -> None:
 
 
 def report_of(user: User) -> dict[str, object]:
-    """The adoption report of the latest `staged` materialization, as the run recorded it."""
-    event = user.instance().get_latest_materialization_event(asset_key(CONFIG, "staged"))
+    """The adoption report of the latest `fetched` materialization, as the run recorded it."""
+    event = user.instance().get_latest_materialization_event(asset_key(CONFIG, "fetched"))
     assert event is not None and event.asset_materialization is not None
     value = event.asset_materialization.metadata[REPORT_KEY]
     assert isinstance(value, dg.JsonMetadataValue) and isinstance(value.value, dict)

@@ -307,7 +307,7 @@ def _boom(*args: object, **kwargs: object) -> None:
 def test_70_an_internal_error_names_the_run_to_report(
     synced: User, monkeypatch: pytest.MonkeyPatch, verbose: bool
 ) -> None:
-    monkeypatch.setattr(stage, "stage", _boom)
+    monkeypatch.setattr(stage, "prepare", _boom)
 
     outcome = synced.tol(*(["--verbose"] if verbose else []), "sync")
 

@@ -30,9 +30,9 @@ from resync_testing import (
     valid_edit,
 )
 
-from tol_dagster.defs.keys import asset_key
-from tol_dagster.defs.mirror.keys import staged_op_name
+from tol_dagster.defs.keys import asset_key, op_name
 from tol_dagster.defs.mirror.resync_slot import lease_holder, resync_lease
+from tol_dagster.defs.mirror.run_config import plan_op_name
 from tol_dagster.errors import ResyncConflict, ValidationFailed
 from tol_dagster.hub.client import HubClient
 from tol_dagster.resync.gate import run_gate
@@ -58,7 +58,7 @@ MIRROR_STEP = asset_key(CONFIG, "mirror").to_python_identifier()
 
 @dataclass(frozen=True)
 class Window:
-    """One run's resync: from its `staged` step's start to its `mirror` step's end."""
+    """One run's resync: from its plan step's start to its `mirror` step's end."""
 
     run_id: str
     run_started: float
@@ -73,7 +73,7 @@ def _window(instance: dg.DagsterInstance, run_id: str) -> Window:
         e.timestamp
         for e in events
         if e.dagster_event_type == dg.DagsterEventType.STEP_START
-        and e.step_key == staged_op_name(CONFIG)
+        and e.step_key == f"{op_name(CONFIG, 'fetched')}.{plan_op_name(CONFIG)}"
     ]
     ends = [
         e.timestamp

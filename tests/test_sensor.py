@@ -25,7 +25,8 @@ from resync_testing import (
 
 from tol_dagster.definitions import build_definitions
 from tol_dagster.defs.mirror import upstream_sensor
-from tol_dagster.defs.mirror.keys import resync_keys, staged_op_name
+from tol_dagster.defs.mirror.keys import resync_keys
+from tol_dagster.defs.mirror.run_config import resync_run_config
 from tol_dagster.defs.resources import resources_from
 from tol_dagster.devtools.localhub import Fault, LocalHub
 from tol_dagster.resync.audit import AUDIT_CHECK
@@ -121,7 +122,7 @@ def test_the_first_tick_on_an_empty_mirror_requests_a_resync_pinned_to_the_head(
     }, "a resync runs the gate, then the audit of what it published"
     assert (dg.AssetKey(["tol", CONFIG, "mirror"]), AUDIT_CHECK) in checks
     assert request.tags["tol/source"] == "sensor"
-    assert request.run_config["ops"][staged_op_name(CONFIG)]["config"]["commit"] == head
+    assert request.run_config == resync_run_config(CONFIG, commit=head)
     assert request.tags["tol/resync"] == CONFIG
     assert request.tags["dagster/max_retries"] == "1", "Dagster retries a failed resync once"
     cursor = json.loads(result.cursor or "{}")
@@ -353,7 +354,7 @@ def test_an_unchanged_upstream_is_confirmed_once_half_the_freshness_window_passe
     [request] = result.run_requests or []
     assert request.tags["tol/plan"] == "confirm upstream unchanged"
     assert head in (request.run_key or "") and "confirm" in (request.run_key or "")
-    assert request.run_config["ops"][staged_op_name(CONFIG)]["config"]["commit"] == head
+    assert request.run_config == resync_run_config(CONFIG, commit=head)
     again = synced.tick(cursor_of(head))
     assert [r.run_key for r in again.run_requests or []] == [request.run_key], (
         "the same run key within the window: Dagster launches it once"

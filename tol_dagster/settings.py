@@ -61,6 +61,8 @@ class Settings:
     stall_timeout_s: int = 120
     #: A mirror not published for longer shows as stale (Dagster's freshness) in the UI.
     freshness_days: int = 7
+    #: Files per step of per-file work (None: chosen from the files' sizes and the executor).
+    step_batch_files: int | None = None
     #: The instance's database, the executor and the Celery broker (`cluster_settings`).
     cluster: ClusterSettings = field(default_factory=ClusterSettings)
 
@@ -101,6 +103,9 @@ class Settings:
             ),
             freshness_days=parse_int(
                 "TOL_FRESHNESS_DAYS", env.get("TOL_FRESHNESS_DAYS"), 7, 1, 3650
+            ),
+            step_batch_files=parse_optional_int(
+                "TOL_STEP_BATCH_FILES", env.get("TOL_STEP_BATCH_FILES"), 1, 100_000
             ),
             cluster=ClusterSettings.from_env(env),
         )

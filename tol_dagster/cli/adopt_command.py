@@ -17,8 +17,8 @@ from dagster._core.execution.execution_result import ExecutionResult
 from tol_dagster import errors
 from tol_dagster.cli import report
 from tol_dagster.cli.sync_command import run_resyncs
+from tol_dagster.defs.keys import asset_key
 from tol_dagster.defs.mirror.adoption import REPORT_KEY, stage_run_config
-from tol_dagster.defs.mirror.keys import staged_op_name
 from tol_dagster.resync.adopt_report import AdoptionReport
 
 
@@ -45,8 +45,11 @@ def _adoption(config: str, result: ExecutionResult) -> dict[str, Any]:
 
 
 def _report_of(result: ExecutionResult, config: str) -> dict[str, Any] | None:
-    """The adoption report the run's `staged` step recorded (None: it failed before that)."""
-    for materialization in result.asset_materializations_for_node(staged_op_name(config)):
+    """The adoption report the run's `fetched` recorded (None: it failed before that)."""
+    for event in result.get_asset_materialization_events():
+        materialization = event.step_materialization_data.materialization
+        if materialization.asset_key != asset_key(config, "fetched"):
+            continue
         value = materialization.metadata.get(REPORT_KEY)
         if isinstance(value, dg.JsonMetadataValue) and isinstance(value.value, dict):
             return value.value

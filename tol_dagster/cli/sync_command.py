@@ -21,8 +21,9 @@ from tol_dagster.cli.launch import load_code_location
 from tol_dagster.cli.runner import execute, exit_code
 from tol_dagster.defs.instance import open_instance
 from tol_dagster.defs.mirror.jobs import RESYNC_JOB, resync_run_tags
-from tol_dagster.defs.mirror.keys import resync_check_keys, resync_keys, staged_op_name
+from tol_dagster.defs.mirror.keys import resync_check_keys, resync_keys
 from tol_dagster.defs.mirror.resync_slot import ensure_resync_pools
+from tol_dagster.defs.mirror.run_config import resync_run_config
 from tol_dagster.defs.orphaned_runs import fail_dead_cli_runs
 from tol_dagster.settings import Settings
 
@@ -57,7 +58,8 @@ def run_resyncs(
     extra: Extra | None = None,
     **document: Any,
 ) -> int:
-    """One resync run per selected config with `stage_config` as the staged step's config, each
+    """One resync run per selected config with `stage_config` as its run config
+    values (`defs.mirror.run_config`), each
     reported as `sync` reports (`extra` adds to its facts); the worst exit code. With `--json`,
     one document with `document`'s fields and each config's facts."""
     settings = Settings.from_env()
@@ -76,7 +78,7 @@ def run_resyncs(
                 job,
                 asset_selection=resync_keys(name),
                 asset_check_selection=resync_check_keys(name),
-                run_config={"ops": {staged_op_name(name): {"config": dict(stage_config)}}},
+                run_config=resync_run_config(name, **stage_config),
                 instance=instance,
                 tags=resync_run_tags(name, None),
             )

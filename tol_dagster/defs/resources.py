@@ -22,6 +22,7 @@ import dagster as dg
 from pydantic import PrivateAttr
 
 from tol_dagster.hub.client import HubClient, RetryPolicy
+from tol_dagster.resync.batches import BatchPolicy, parallelism
 from tol_dagster.settings import Settings, hub_token
 from tol_dagster.store.layout import Layout
 
@@ -75,6 +76,21 @@ class StorageResource(dg.ConfigurableResource):
         return Layout(Path(self.home))
 
 
+#: The IO manager of values passed between the steps of per-file work (`StepsResource`).
+STEP_IO = "step_io"
+
+
+class StepsResource(dg.ConfigurableResource):
+    """How per-file work is cut into steps (`resync.batches`): how many steps the executor
+    runs at once, and `TOL_STEP_BATCH_FILES`."""
+
+    parallelism: int = 1
+    batch_files: int | None = None
+
+    def policy(self) -> BatchPolicy:
+        return BatchPolicy(parallelism=self.parallelism, batch_files=self.batch_files)
+
+
 class GateResource(dg.ConfigurableResource):
     """Policy of the validation gate."""
 
@@ -112,7 +128,7 @@ LITERALS = ConfigSource()
 
 def resources_from(
     settings: Settings, source: ConfigSource = LITERALS
-) -> dict[str, dg.ConfigurableResource]:
+) -> dict[str, dg.ConfigurableResource | dg.FilesystemIOManager]:
     """The resources for `settings` (usually `Settings.from_env()`)."""
     deadline = settings.sync_deadline_s
     return {
@@ -130,4 +146,11 @@ def resources_from(
         ),
         "storage": StorageResource(home=source.home(settings)),
         "gate": GateResource(max_row_loss=settings.max_row_loss),
+        STEP_IO: dg.FilesystemIOManager(base_dir=str(settings.layout.step_outputs_dir())),
+        "steps": StepsResource(
+            parallelism=parallelism(settings.cluster),
+            batch_files=None
+            if settings.step_batch_files is None
+            else source.number("TOL_STEP_BATCH_FILES", settings.step_batch_files),
+        ),
     }

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 
 from tol_dagster import exit_codes, progress
@@ -32,14 +32,19 @@ class Progress:
     """Files, bytes, MB/s and ETA in the run log, at most every few seconds; every byte and
     file to `tol_dagster.progress` as it comes (the command line's bar), as `task`."""
 
-    def __init__(self, log: Log, files: int, total_bytes: int, task: str = "fetch") -> None:
+    def __init__(
+        self, log: Log, files: int, total_bytes: int, task: str = "fetch", *, start: bool = True
+    ) -> None:
+        """`start`: the task begins here (else its totals were told already, e.g. by the plan
+        whose batch this is)."""
         self.log, self.files, self.total, self.task = log, files, total_bytes, task
         self.done_files = 0
         self.bytes = 0
         self.started = time.monotonic()
         self.last = 0.0
         self.lock = threading.Lock()
-        progress.start(task, files=files, bytes=total_bytes)
+        if start:
+            progress.start(task, files=files, bytes=total_bytes)
 
     def add(self, count: int) -> None:
         progress.advance(self.task, bytes=count)
@@ -76,11 +81,18 @@ class _Fetcher:
     """Fetches one file of `plan` into its staging (unless already staged) and inspects it."""
 
     def __init__(
-        self, layout: Layout, client: HubClient, config: str, plan: Plan, log: Log
+        self,
+        layout: Layout,
+        client: HubClient,
+        config: str,
+        plan: Plan,
+        files: Sequence[RemoteFile],
+        log: Log,
     ) -> None:
         self.layout, self.client, self.config, self.plan = layout, client, config, plan
         self.staged = staged_files(layout, config, plan.commit)
-        self.progress = Progress(log, len(plan.to_fetch), plan.bytes_to_fetch)
+        # The plan told the totals (`stage.prepare`): a batch only advances them.
+        self.progress = Progress(log, len(files), sum(f.size for f in files), start=False)
         self.stop = threading.Event()
 
     def on_progress(self, count: int) -> None:
@@ -132,14 +144,22 @@ def _failed(remote_file: RemoteFile, reason: str, rows: int | None = None) -> St
 
 
 def fetch_all(
-    layout: Layout, client: HubClient, config: str, plan: Plan, *, max_parallel: int, log: Log
+    layout: Layout,
+    client: HubClient,
+    config: str,
+    plan: Plan,
+    files: Sequence[RemoteFile],
+    *,
+    max_parallel: int,
+    log: Log,
 ) -> dict[str, StagedFile]:
-    """Every file of `plan.to_fetch`, fetched (or found staged), verified and inspected, by name.
+    """Every one of `files` (of `plan.to_fetch`), fetched (or found staged), verified and
+    inspected, by name.
 
     A full disk or a similar storage failure while fetching says what the sync still needs."""
-    fetcher = _Fetcher(layout, client, config, plan, log)
+    fetcher = _Fetcher(layout, client, config, plan, files, log)
     try:
-        return _run_parallel(fetcher, plan.to_fetch, max_parallel)
+        return _run_parallel(fetcher, files, max_parallel)
     except OSError as error:
         if error.errno not in exit_codes.STORAGE_ERRNOS:
             raise

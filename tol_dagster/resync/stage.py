@@ -2,7 +2,10 @@
 
 The first of the resync's three steps, kept apart so Dagster can put the gate's blocking checks
 between staging and publishing. Only files whose sha256 differs from the manifest are fetched
-(see `plan`); files already staged, or held by a kept generation, are not fetched again.
+(see `plan`); files already staged, or held by a kept generation, are not fetched again. It is
+three functions so that Dagster can spread the per-file work: `prepare` plans under the lock,
+`fetch_batch` fetches and inspects some of the files (batches: `resync.batches`), anywhere,
+and `conclude` gathers the batches into the staged state.
 
 It is also where drift is repaired (the audit only reports it): under the lock, every published
 file is stat'ed (missing, another size) and the suspects the last audit named are re-hashed;
@@ -13,10 +16,11 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Sequence
+from dataclasses import dataclass
 
 from tol_dagster import progress
-from tol_dagster.errors import RevisionGone
+from tol_dagster.errors import RevisionGone, StoreError
 from tol_dagster.hub.client import HubClient, RemoteConfig, RemoteFile
 from tol_dagster.resync import reuse
 from tol_dagster.resync.facts import facts_path, file_facts
@@ -43,6 +47,26 @@ from tol_dagster.store.staging import stage_path
 MAX_REPLANS = 3
 
 
+@dataclass(frozen=True)
+class Staging:
+    """What `prepare` decided, for the fetch batches and `conclude`: small values only, so each
+    can run in another process (or on another machine sharing `TOL_HOME`)."""
+
+    remote: RemoteConfig
+    plan: Plan
+    base_generation: str | None
+    #: Wall-clock start (epoch seconds): batches may run in other processes.
+    started: float
+
+
+@dataclass(frozen=True)
+class Batch:
+    """What one fetch step brought: its files by name, or the commit it found gone."""
+
+    files: dict[str, StagedFile]
+    gone: str | None = None
+
+
 def stage(
     layout: Layout,
     client: HubClient,
@@ -54,14 +78,31 @@ def stage(
     suspects: Collection[str] = (),
     log: Log = print,
 ) -> StagedState:
-    """Fetch, verify and inspect every file of upstream's commit that the mirror lacks.
+    """Fetch, verify and inspect every file of upstream's commit that the mirror lacks, in this
+    process: `prepare`, one `fetch_batch` of every file, `conclude` (Dagster runs the same three
+    as steps, the fetches in batches)."""
+    staging = prepare(layout, client, config, commit=commit, suspects=suspects, log=log)
+    fetched = fetch_batch(
+        layout, client, staging, staging.plan.to_fetch, max_parallel=max_parallel, log=log
+    )
+    return conclude(layout, client, staging, [fetched], key=key, max_parallel=max_parallel, log=log)
 
-    Unchanged files cost no request; files that passed in an earlier attempt stay staged, so a
-    retry fetches only what is still missing. A file that fails is quarantined with its reason
-    and marked failed (the gate then refuses). If the commit vanishes mid-sync (force-push),
-    the plan is made again against the new head. The state is saved under `key` (the run id).
-    Published files that drifted from the manifest are fetched again: every one is stat'ed,
-    and `suspects` (the files the last audit found drifted) are re-hashed too.
+
+def prepare(
+    layout: Layout,
+    client: HubClient,
+    config: str,
+    *,
+    commit: str | None = None,
+    suspects: Collection[str] = (),
+    log: Log = print,
+) -> Staging:
+    """Plan what upstream's commit asks of the mirror and ready its staging, under the lock.
+
+    Unchanged files cost no request; files already staged, or held by a kept generation, are
+    linked into the staging and not fetched again. Published files that drifted from the
+    manifest are planned again: every one is stat'ed, and `suspects` (the files the last audit
+    found drifted) are re-hashed too.
     """
     say = progress.told(log)
     with config_lock(layout, config):
@@ -70,53 +111,119 @@ def stage(
             say(
                 f"upstream moved from {commit[:12]} to {remote.commit[:12]} since the request; syncing the newer commit"
             )
-        superseded: RemoteConfig | None = None
-        for replans in range(MAX_REPLANS + 1):
-            try:
-                state = _stage_commit(
-                    layout,
-                    client,
-                    remote,
-                    superseded,
-                    suspects=suspects,
-                    max_parallel=max_parallel,
-                    log=log,
-                )
-            except RevisionGone as gone:
-                if replans == MAX_REPLANS:
-                    raise
-                say(f"{gone}; re-planning against the new head")
-                superseded, remote = remote, refresh_remote(layout, client, config)
-                continue
-            state.replans = replans
-            state.key = key
-            save_staged(layout, state)
-            return state
-    raise AssertionError("unreachable")
+        return _prepare_commit(layout, remote, None, suspects=suspects, log=log)
 
 
-def _stage_commit(
+def fetch_batch(
     layout: Layout,
     client: HubClient,
+    staging: Staging,
+    files: Sequence[RemoteFile],
+    *,
+    max_parallel: int,
+    log: Log = print,
+) -> Batch:
+    """Fetch (unless staged), verify and inspect `files` of the plan; their facts are cached by
+    sha256. Takes no lock: each batch writes only its own files' staging and cache entries, and
+    the run's lease keeps other resyncs out. A commit gone upstream (force-push) is reported,
+    for `conclude` to re-plan."""
+    config = staging.remote.config
+    try:
+        return Batch(
+            fetch_all(
+                layout, client, config, staging.plan, files, max_parallel=max_parallel, log=log
+            )
+        )
+    except RevisionGone as gone:
+        return Batch({}, gone=str(gone))
+
+
+def conclude(
+    layout: Layout,
+    client: HubClient,
+    staging: Staging,
+    fetched: Iterable[Batch],
+    *,
+    key: str = LOCAL_KEY,
+    max_parallel: int = 4,
+    log: Log = print,
+) -> StagedState:
+    """The staged state of the plan from its batches, saved under `key` (the run id).
+
+    A file that failed its own checks was quarantined and is marked failed (the gate then
+    refuses). If the commit vanished mid-sync (force-push), the plan is made again against the
+    new head, in this process, keeping the files that already landed.
+    """
+    batches = list(fetched)
+    with config_lock(layout, staging.remote.config):
+        gone = next((b.gone for b in batches if b.gone), None)
+        if gone is None:
+            results = {name: f for b in batches for name, f in b.files.items()}
+            state = _staged_state(layout, staging, results)
+        else:
+            state = _replanned(layout, client, staging, gone, max_parallel=max_parallel, log=log)
+        state.key = key
+        save_staged(layout, state)
+        return state
+
+
+def _replanned(
+    layout: Layout,
+    client: HubClient,
+    staging: Staging,
+    gone: str,
+    *,
+    max_parallel: int,
+    log: Log,
+) -> StagedState:
+    """Stage the new head after `staging`'s commit vanished, at most `MAX_REPLANS` times."""
+    say = progress.told(log)
+    superseded = staging.remote
+    for replans in range(1, MAX_REPLANS + 1):
+        say(f"{gone}; re-planning against the new head")
+        remote = refresh_remote(layout, client, superseded.config)
+        again = _prepare_commit(layout, remote, superseded, suspects=(), log=log)
+        batch = fetch_batch(
+            layout, client, again, again.plan.to_fetch, max_parallel=max_parallel, log=log
+        )
+        if batch.gone is None:
+            state = _staged_state(layout, again, batch.files)
+            state.replans = replans
+            return state
+        superseded, gone = remote, batch.gone
+    raise RevisionGone(gone)
+
+
+def _prepare_commit(
+    layout: Layout,
     remote: RemoteConfig,
     superseded: RemoteConfig | None,
     *,
     suspects: Collection[str],
-    max_parallel: int,
     log: Log,
-) -> StagedState:
+) -> Staging:
     config = remote.config
     manifest = load_manifest(layout, config)
     say = progress.told(log)  # what the plan is and why: for a person watching too
     plan = plan_sync(manifest, remote, drifted=_drifted(layout, manifest, remote, suspects, say))
     say(f"{config} @ {remote.commit[:12]}: {plan_summary(plan)}")
     _prepare_staging(layout, config, plan, superseded, log=say)
-    started = time.monotonic()
-    # Its periodic lines go to the run log only: a person watching has the bar.
-    results = fetch_all(layout, client, config, plan, max_parallel=max_parallel, log=log)
-    results.update(_kept_unchanged(layout, config, plan, manifest))
+    progress.start("fetch", files=len(plan.to_fetch), bytes=plan.bytes_to_fetch)
+    return Staging(remote, plan, manifest.generation if manifest else None, time.time())
+
+
+def _staged_state(layout: Layout, staging: Staging, results: dict[str, StagedFile]) -> StagedState:
+    """The candidate generation: the batches' files and the ones the plan keeps."""
+    remote, plan = staging.remote, staging.plan
+    missing = sorted({f.name for f in plan.to_fetch} - set(results))
+    if missing:
+        raise StoreError(
+            f"{remote.config}: no fetch step reported {', '.join(missing[:5])}: the run lost a "
+            "step's result. Run `tol-dagster sync` again (what landed is kept)"
+        )
+    results = {**results, **_kept_unchanged(layout, remote.config, plan)}
     return StagedState(
-        config=config,
+        config=remote.config,
         repo_id=remote.repo_id,
         commit=plan.commit,
         expected_rows=remote.expected_rows,
@@ -125,8 +232,8 @@ def _stage_commit(
         removed=list(plan.removed),
         files=[results[name] for name in sorted(results)],
         bytes_fetched=sum(f.size for f in results.values() if f.status == "fetched"),
-        download_seconds=time.monotonic() - started,
-        base_generation=manifest.generation if manifest else None,
+        download_seconds=time.time() - staging.started,
+        base_generation=staging.base_generation,
         repaired=[f.name for f in plan.repaired],
     )
 
@@ -170,11 +277,10 @@ def _prepare_staging(
     check_free_disk(layout.store_dir(config), bytes_still_needed(layout, config, plan))
 
 
-def _kept_unchanged(
-    layout: Layout, config: str, plan: Plan, manifest: Manifest | None
-) -> dict[str, StagedFile]:
+def _kept_unchanged(layout: Layout, config: str, plan: Plan) -> dict[str, StagedFile]:
     """The files `plan` keeps as they are, with their facts computed if the cache lacks them."""
     current = pin_generation(layout, config, lease=False) if plan.unchanged else None
+    manifest = load_manifest(layout, config) if plan.unchanged else None
     kept = manifest.by_name if manifest else {}
     results = {}
     for name in plan.unchanged:

@@ -12,6 +12,7 @@
     quarantine/                   files that failed a check, with a .reason.txt each
     derived/<sha256>/             per-file results (validation facts, summaries) keyed by content
 <home>/dagster/                   DAGSTER_HOME: runs, event logs, schedules
+<home>/steps/<run id>/            what a run's steps pass each other (names, sha256s: no data)
 <home>/demo-hub/                  the sample repo the local Hub serves in `make demo`/`make dev`
 
 Commit ids and file names that become path components are checked here (`check_commit`,
@@ -93,6 +94,11 @@ class Layout:
 
     def dagster_home(self) -> Path:
         return self.home / "dagster"
+
+    def step_outputs_dir(self) -> Path:
+        """What a run's steps pass each other, where every worker finds it: under the data
+        home, which workers share (`DAGSTER_HOME` need not be)."""
+        return self.home / "steps"
 
     def demo_repo(self) -> Path:
         """The generated sample repo that the local Hub serves in the demo and `make dev`."""

@@ -1,10 +1,10 @@
 """Adopting a user's copy through Dagster: one `adopt_<config>` job per config whose launchpad
-asks for the folder, and the step of `staged` that adopts before it stages.
+asks for the folder, and what `fetched`'s plan step does to adopt it before it stages.
 
-The job is the resync (remote -> staged -> mirror, with the gate's checks) with the folder in
-the staged step's run config, so it holds the config's pool and lease like any resync, and
-its run shows the adoption report in the `staged` materialization's metadata, the same report
-`tol-dagster adopt` prints.
+The job is the resync (remote -> fetched -> staged -> mirror, with the gate's checks) with the
+folder in the plan step's run config, so it holds the config's pool and lease like any resync,
+and its run shows the adoption report in the `fetched` materialization's metadata, the same
+report `tol-dagster adopt` prints.
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ import dagster as dg
 
 from tol_dagster.defs.keys import safe_name
 from tol_dagster.defs.metadata import with_size
-from tol_dagster.defs.mirror.keys import resync_check_keys, resync_keys, staged_op_name
+from tol_dagster.defs.mirror.keys import resync_check_keys, resync_keys
+from tol_dagster.defs.mirror.run_config import resync_run_config
 from tol_dagster.errors import SettingsError
 from tol_dagster.hub.client import HubClient
 from tol_dagster.resync import adopt
@@ -25,7 +26,7 @@ from tol_dagster.resync.fetch import Log
 from tol_dagster.resync.state import load_remote, refresh_remote
 from tol_dagster.store.layout import Layout
 
-#: The staged materialization's metadata key holding the report (`AdoptionReport.to_dict`).
+#: The fetched materialization's metadata key holding the report (`AdoptionReport.to_dict`).
 REPORT_KEY = "adoption"
 
 
@@ -38,7 +39,7 @@ def adopt_job_name(config: str) -> str:
 
 
 def stage_run_config(path: str, copy: bool = False) -> dict[str, Any]:
-    """The staged step's run config that adopts `path` (absolute) before staging."""
+    """A resync's run config values that adopt `path` (absolute) before staging."""
     return {"adopt_from": path, "adopt_copy": copy}
 
 
@@ -60,9 +61,7 @@ def build_adopt_job(config: str, tags: dict[str, str]) -> dg.UnresolvedAssetJobD
     def from_folder(values: dict[str, Any]) -> dict[str, Any]:
         return {
             **RUN_LOGS,
-            "ops": {
-                staged_op_name(config): {"config": stage_run_config(values["path"], values["copy"])}
-            },
+            **resync_run_config(config, **stage_run_config(values["path"], values["copy"])),
         }
 
     selection = dg.AssetSelection.assets(

@@ -1,6 +1,7 @@
-"""Per-config mirror assets: remote -> staged (gated by blocking checks) -> mirror.
+"""Per-config mirror assets: remote -> fetched -> staged (gated by blocking checks) -> mirror.
 
-The download is a staged state of its own, so a failing check is recorded against the staged
+The download (`fetched`, steps per batch of files: `defs.mirror.fetched`) is a staged state of
+its own, so a failing check is recorded against the staged
 version and never against the mirror consumers read; `mirror` only runs when every blocking
 check on `staged` passed, and publishing is one atomic switch (see `tol_dagster.resync.publish`).
 No `code_version` here: what these assets hold is upstream's bytes, which our code verifies
@@ -13,9 +14,6 @@ from datetime import timedelta
 import dagster as dg
 import pyarrow as pa
 import pyarrow.parquet as pq
-from dagster._core.storage.asset_check_execution_record import (
-    COMPLETED_ASSET_CHECK_EXECUTION_RECORD_STATUSES,
-)
 
 from tol_dagster.defs.failures import in_words
 from tol_dagster.defs.keys import asset_key
@@ -27,11 +25,13 @@ from tol_dagster.defs.metadata import (
     table_schema,
     with_size,
 )
-from tol_dagster.defs.mirror.adoption import adopt_folder, adoption_metadata
+from tol_dagster.defs.mirror.fetched import build_fetched_asset
 from tol_dagster.defs.mirror.keys import PUBLISHED_FILES, mirror_group
 from tol_dagster.defs.mirror.resync_slot import ResyncSlotResource, resync_pool
+from tol_dagster.defs.mirror.run_config import StageConfig
 from tol_dagster.defs.resources import GateResource, HubResource, StorageResource
-from tol_dagster.resync import audit, plan, publish, revision_diff, stage
+from tol_dagster.errors import StoreError
+from tol_dagster.resync import plan, publish, revision_diff
 from tol_dagster.resync.gate import GATE_CHECKS, gate_refusal, run_gate
 from tol_dagster.resync.state import StagedState, load_staged, refresh_remote, remote_version
 from tol_dagster.schema import expected_schema
@@ -40,23 +40,12 @@ from tol_dagster.store.manifest import load_manifest
 from tol_dagster.store.staging import stage_path
 
 
-class StageConfig(dg.Config):
-    """Run config of a resync. The sensor pins `commit`; the command line sets the accept flags."""
-
-    commit: str | None = None
-    accept_row_loss: bool = False
-    accept_schema_change: bool = False
-    accept_emb_change: bool = False
-    #: Adopt this folder (a user's `hf download` copy) before staging: see `adoption`.
-    adopt_from: str | None = None
-    adopt_copy: bool = False
-
-
 def build_mirror_assets(name: str, freshness_days: int = 7) -> list[dg.AssetsDefinition]:
-    """The remote, staged and mirror assets of config `name`; a mirror not published for
-    `freshness_days` shows as stale."""
+    """The remote, fetched, staged and mirror assets of config `name`; a mirror not published
+    for `freshness_days` shows as stale."""
     return [
         build_remote_asset(name),
+        build_fetched_asset(name),
         build_staged_asset(name),
         build_mirror_asset(name, freshness_days),
     ]
@@ -103,9 +92,9 @@ def build_remote_asset(name: str) -> dg.AssetsDefinition:
 
 def _staged_description(name: str) -> str:
     return (
-        f"Files of `{name}` fetched for the upstream commit and verified (sha256), waiting behind "
-        "the validation gate. Only files whose sha256 differs from the mirror's are fetched, and "
-        "files the last audit found drifted (re-verified first). "
+        f"The candidate generation of `{name}`: the files `fetched` staged for the upstream "
+        "commit and the mirror's unchanged ones, behind the validation gate (the per-file "
+        "facts `fetched` computed, combined with the checks across files). "
         "Kept per run: the run's `mirror` publishes what its own `staged` staged."
     )
 
@@ -115,13 +104,12 @@ def build_staged_asset(name: str) -> dg.AssetsDefinition:
 
     @dg.asset(
         key=staged_key,
-        deps=[asset_key(name, "remote")],
+        deps=[asset_key(name, "fetched")],
         group_name=mirror_group(name),
         kinds={"parquet"},
         owners=OWNERS,
         description=_staged_description(name),
         check_specs=blocking_checks(staged_key, GATE_CHECKS),
-        tags={"tol/stage": "download"},
         pool=resync_pool(name),
     )
     @in_words
@@ -133,24 +121,12 @@ def build_staged_asset(name: str) -> dg.AssetsDefinition:
         gate: GateResource,
         resync_slot: ResyncSlotResource,  # held from the run's start to its end
     ) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
-        adopted = adopt_folder(
-            storage.layout,
-            hub.client(),
-            name,
-            config.adopt_from,
-            config.adopt_copy,
-            context.log.info,
-        )
-        state = stage.stage(
-            storage.layout,
-            hub.client(),
-            name,
-            commit=config.commit,
-            max_parallel=hub.max_parallel_downloads,
-            key=context.run.run_id,
-            suspects=_audit_suspects(context, asset_key(name, "mirror")),
-            log=context.log.info,
-        )
+        state = load_staged(storage.layout, name, _staged_by(context, storage, name))
+        if state is None:
+            raise StoreError(
+                f"{name}: nothing was staged by this run: materialize `fetched` with it "
+                "(`tol-dagster sync` does)"
+            )
         yield dg.MaterializeResult(
             metadata={
                 "upstream_commit": commit_url(hub.endpoint, hub.repo_id, state.commit),
@@ -158,11 +134,8 @@ def build_staged_asset(name: str) -> dg.AssetsDefinition:
                 "fetched": len(state.fetched),
                 "failed": len(state.failed),
                 "removed_upstream": len(state.removed),
-                **with_size("bytes_fetched", state.bytes_fetched),
-                "download_mb_per_s": round(state.download_mb_per_s, 1),
                 "rows": dg.MetadataValue.int(state.total_rows),
                 "dagster/column_schema": table_schema(_staged_schema(storage.layout, state), name),
-                **(adoption_metadata(adopted.with_fetched(state)) if adopted else {}),
             },
             data_version=dg.DataVersion(state.version),
         )
@@ -259,17 +232,3 @@ def _staged_by(context: dg.AssetExecutionContext, storage: StorageResource, conf
         if key and load_staged(storage.layout, config, key) is not None:
             return key
     return run.run_id  # publish says that nothing is staged by this run
-
-
-def _audit_suspects(context: dg.AssetExecutionContext, mirror_key: dg.AssetKey) -> list[str]:
-    """The files the latest audit of the mirror found drifted, from Dagster's record of it:
-    the resync re-hashes them and fetches again those still drifted (the audit writes nothing)."""
-    records = context.instance.event_log_storage.get_asset_check_execution_history(
-        dg.AssetCheckKey(mirror_key, audit.AUDIT_CHECK),
-        limit=1,
-        status=COMPLETED_ASSET_CHECK_EXECUTION_RECORD_STATUSES,
-    )
-    evaluation = records[0].evaluation if records else None
-    named = evaluation.metadata.get(audit.DRIFTED_FILES) if evaluation is not None else None
-    names = named.value if isinstance(named, dg.JsonMetadataValue) else None
-    return [n for n in names if isinstance(n, str)] if isinstance(names, list) else []

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dagster as dg
 
-from tol_dagster.defs.keys import asset_key, op_name, safe_name
+from tol_dagster.defs.keys import asset_key, safe_name
 from tol_dagster.resync.audit import AUDIT_CHECK
 from tol_dagster.resync.gate import GATE_CHECKS
 
@@ -19,7 +19,7 @@ def mirror_group(config: str) -> str:
 
 def resync_keys(config: str) -> list[dg.AssetKey]:
     """What one resync of `config` materializes (the staged asset carries the gate's checks)."""
-    return [asset_key(config, "remote"), asset_key(config, "staged"), asset_key(config, "mirror")]
+    return [asset_key(config, name) for name in ("remote", "fetched", "staged", "mirror")]
 
 
 def resync_check_keys(config: str) -> list[dg.AssetCheckKey]:
@@ -27,8 +27,3 @@ def resync_check_keys(config: str) -> list[dg.AssetCheckKey]:
     resync re-hashes only the files just published (the audit job re-hashes every file)."""
     gate = [dg.AssetCheckKey(asset_key(config, "staged"), name) for name in GATE_CHECKS]
     return [*gate, dg.AssetCheckKey(asset_key(config, "mirror"), AUDIT_CHECK)]
-
-
-def staged_op_name(config: str) -> str:
-    """The op that runs `tol/<config>/staged`: where a resync's run config goes."""
-    return op_name(config, "staged")

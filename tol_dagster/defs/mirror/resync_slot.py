@@ -46,7 +46,7 @@ Log = Callable[[str], None]
 
 POOL_PREFIX = "tol_resync_"
 #: Assets whose runs hold the config's pool and lease: the ones that write the mirror's store.
-WRITING_ASSETS = ("staged", "mirror")
+WRITING_ASSETS = ("fetched", "staged", "mirror")
 
 
 def resync_pool(config: str) -> str:
@@ -153,8 +153,9 @@ def run_leases(
 
 def configs_of_run(run: dg.DagsterRun, configs: Sequence[str]) -> list[str]:
     """The configs whose store `run` writes, sorted so that runs holding several leases take
-    them in one order: those of its `staged`/`mirror` steps (a job subset executed in process
-    names its steps, with an empty asset selection), else of its selected assets (a queued
+    them in one order: those of its `fetched`/`staged`/`mirror` steps (a job subset executed
+    in process names its steps, with an empty asset selection; `fetched`'s are its graph's,
+    `<graph>.<op>`), else of its selected assets (a queued
     run), else every configured one (the whole job)."""
     if run.step_keys_to_execute:
         writers = {
@@ -162,7 +163,8 @@ def configs_of_run(run: dg.DagsterRun, configs: Sequence[str]) -> list[str]:
             for config in configs
             for name in WRITING_ASSETS
         }
-        return sorted({writers[step] for step in run.step_keys_to_execute if step in writers})
+        nodes = {step.split(".")[0] for step in run.step_keys_to_execute}
+        return sorted({writers[node] for node in nodes if node in writers})
     if run.asset_selection:
         found = {
             key.path[1]

@@ -21,8 +21,9 @@ import dagster as dg
 from tol_dagster.defs.attempts import RUN_RETRY_TAGS, next_attempt
 from tol_dagster.defs.keys import asset_key, source_tags
 from tol_dagster.defs.mirror.jobs import RESYNC_JOB, resync_run_tags
-from tol_dagster.defs.mirror.keys import resync_check_keys, resync_keys, staged_op_name
+from tol_dagster.defs.mirror.keys import resync_check_keys, resync_keys
 from tol_dagster.defs.mirror.resync_slot import ensure_resync_pools
+from tol_dagster.defs.mirror.run_config import resync_run_config
 from tol_dagster.defs.orphaned_runs import fail_dead_cli_runs
 from tol_dagster.defs.resources import HubResource, StorageResource
 from tol_dagster.errors import UpstreamError
@@ -130,7 +131,7 @@ def _resync_request(config: str, head: str, run_key: str, plan: str) -> dg.RunRe
         run_key=run_key,
         asset_selection=resync_keys(config),
         asset_check_keys=resync_check_keys(config),
-        run_config={"ops": {staged_op_name(config): {"config": {"commit": head}}}},
+        run_config=resync_run_config(config, commit=head),
         tags={
             **resync_run_tags(config, head),
             **RUN_RETRY_TAGS,

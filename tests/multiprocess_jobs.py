@@ -1,0 +1,16 @@
+"""Jobs the tests run with `dg.execute_job` on another executor: module-level functions, so that
+each step's process can rebuild the job (`dg.reconstructable`) from the same environment."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from tol_dagster.definitions import build_definitions
+from tol_dagster.defs.mirror.jobs import RESYNC_JOB
+from tol_dagster.settings import Settings
+
+
+def resync_multiprocess() -> dg.JobDefinition:
+    """The code location's resync job with each step in a process of its own, two at a time."""
+    job = build_definitions(Settings.from_env()).resolve_job_def(RESYNC_JOB)
+    return job.with_executor_def(dg.multiprocess_executor.configured({"max_concurrent": 2}))

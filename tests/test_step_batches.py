@@ -1,0 +1,262 @@
+"""Per-file work as Dagster steps: how files are cut into batches, and that a resync whose
+fetches run as batches of steps, in one process or in many, publishes the same bytes, records
+which worker ran each step, survives a kill between batches and still refuses a bad file."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import time
+from pathlib import Path
+
+import dagster as dg
+import multiprocess_jobs
+import pytest
+from dagster._core.definitions.reconstruct import ReconstructableJob
+from resync_testing import (
+    CONFIG,
+    User,
+    dagster_home,
+    file_names,
+    mirror_view,
+    sync_process,
+    synced,
+    synced_home,
+    upstream_files,
+    user,
+    valid_edit,
+)
+from test_sync import CORRUPTIONS
+
+from tol_dagster.cluster_settings import ClusterSettings
+from tol_dagster.defs.mirror.keys import resync_keys
+from tol_dagster.defs.mirror.run_config import resync_run_config
+from tol_dagster.devtools.localhub import Fault
+from tol_dagster.errors import SettingsError
+from tol_dagster.resync.batches import (
+    MAX_BATCHES,
+    BatchPolicy,
+    batch_count,
+    batches,
+    parallelism,
+)
+from tol_dagster.resync.facts import facts_path
+from tol_dagster.settings import Settings
+from tol_dagster.store.hashing import sha256_file
+from tol_dagster.store.layout import Layout
+
+__all__ = ["dagster_home", "synced", "synced_home", "user"]  # fixtures, imported to be found
+
+MB = 10**6
+GB = 10**9
+
+
+# --- the batch policy ---------------------------------------------------------------------------
+
+
+def cut(sizes: list[int], policy: BatchPolicy) -> list[list[int]]:
+    """Batches of file indexes."""
+    return batches(list(range(len(sizes))), lambda i: sizes[i], policy)
+
+
+def test_in_one_process_a_small_config_is_one_batch() -> None:
+    assert cut([730_000] * 666, BatchPolicy()) == [list(range(666))]
+
+
+def test_with_workers_each_gets_a_few_batches_of_about_equal_bytes() -> None:
+    sizes = [(i % 7 + 1) * MB for i in range(200)]
+
+    made = cut(sizes, BatchPolicy(parallelism=2))
+
+    assert len(made) == 6
+    assert [i for batch in made for i in batch] == list(range(200)), "every file once, in order"
+    loads = [sum(sizes[i] for i in batch) for batch in made]
+    assert max(loads) - min(loads) <= 7 * MB, loads
+
+
+def test_a_batch_holds_a_bounded_number_of_bytes() -> None:
+    sizes = [520 * MB] * 666  # bioclip-2_float16: 666 files, ~346 GB
+
+    made = cut(sizes, BatchPolicy(max_batch_bytes=8 * GB))
+
+    assert len(made) == 44
+    assert all(sum(sizes[i] for i in batch) <= 8 * GB + 520 * MB for batch in made)
+
+
+def test_hundreds_of_files_never_make_hundreds_of_steps() -> None:
+    for workers in (1, 2, 8, 64):
+        assert batch_count([490 * MB] * 933, BatchPolicy(parallelism=workers)) <= max(
+            MAX_BATCHES, workers * 3
+        )
+    assert batch_count([1] * 933, BatchPolicy(parallelism=4)) == 12
+
+
+def test_a_file_larger_than_a_batch_is_a_batch_of_its_own() -> None:
+    made = cut([1, 20 * GB, 1], BatchPolicy(max_batch_bytes=8 * GB))
+
+    assert made == [[0], [1], [2]]
+
+
+def test_tol_step_batch_files_fixes_the_files_per_batch() -> None:
+    made = cut([GB] * 25, BatchPolicy(parallelism=8, batch_files=10))
+
+    assert [len(batch) for batch in made] == [10, 10, 5]
+
+
+def test_nothing_to_fetch_is_one_empty_batch() -> None:
+    assert cut([], BatchPolicy(parallelism=4)) == [[]]
+
+
+def test_the_executor_sets_how_many_steps_run_at_once() -> None:
+    def steps(env: dict[str, str]) -> int:
+        return parallelism(ClusterSettings.from_env(env))
+
+    assert steps({}) == 1
+    assert steps({"TOL_EXECUTOR": "in_process", "TOL_WORKERS": "8"}) == 1
+    assert steps({"TOL_EXECUTOR": "multiprocess", "TOL_WORKERS": "4"}) == 4
+    assert steps({"TOL_EXECUTOR": "celery", "TOL_WORKERS": "2"}) == 2
+
+
+@pytest.mark.parametrize("value", ["0", "-3", "ten", "1.5"])
+def test_a_bad_tol_step_batch_files_is_refused_naming_the_variable(value: str) -> None:
+    with pytest.raises(SettingsError, match="TOL_STEP_BATCH_FILES"):
+        Settings.from_env({"TOL_STEP_BATCH_FILES": value})
+
+
+def test_tol_step_batch_files_is_read() -> None:
+    assert Settings.from_env({"TOL_STEP_BATCH_FILES": "7"}).step_batch_files == 7
+    assert Settings.from_env({}).step_batch_files is None
+
+
+# --- resyncs whose fetches are batches of steps -------------------------------------------------
+
+
+def fetch_outputs(instance: dg.DagsterInstance, run_id: str) -> list[dict[str, object]]:
+    """The metadata each fetch step recorded with its output, by step."""
+    found = {}
+    for record in instance.all_logs(run_id, of_type=dg.DagsterEventType.STEP_OUTPUT):
+        event = record.dagster_event
+        if event is not None and ".fetch_" in (event.step_key or ""):
+            metadata = event.step_output_data.metadata
+            found[event.step_key] = {key: value.value for key, value in metadata.items()}
+    return [found[key] for key in sorted(found)]
+
+
+def published_bytes(layout: Layout) -> dict[str, str]:
+    """sha256 of every file a resync leaves behind that its steps computed: the mirror's
+    files and the per-file results cached by sha256 (facts, uuid hashes, emb digests)."""
+    derived = layout.store_dir(CONFIG) / "derived"
+    return {
+        **{f"mirror/{name}": sha for name, sha in mirror_view(layout).sha256s.items()},
+        **{
+            str(path.relative_to(derived)): sha256_file(path)
+            for path in sorted(derived.rglob("*"))
+            if path.is_file()
+        },
+    }
+
+
+@pytest.mark.e2e
+def test_a_multiprocess_resync_publishes_the_same_bytes_with_each_step_on_its_worker(
+    user: User, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TOL_STEP_BATCH_FILES", "1")
+    in_process = user.sync()
+    assert in_process.code == 0, in_process.text
+    monkeypatch.setenv("TOL_HOME", str(tmp_path / "other-home"))
+    home = tmp_path / "dagster"  # a persistent instance: the steps' processes share it
+    home.mkdir()
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        result = dg.execute_job(
+            # By file: the steps' processes do not have the tests' folder on their path.
+            ReconstructableJob.for_file(multiprocess_jobs.__file__, "resync_multiprocess"),
+            instance,
+            run_config=resync_run_config(CONFIG, commit=user.hub.head_commit()),
+            asset_selection=resync_keys(CONFIG),
+        )
+        assert result.success
+        outputs = fetch_outputs(instance, result.run_id)
+
+    names = file_names(user.root)
+    assert published_bytes(Layout(tmp_path / "other-home")) == published_bytes(user.layout)
+    passed = Layout(tmp_path / "other-home").step_outputs_dir() / result.run_id
+    assert list(passed.rglob("planned")), "the steps pass their values in TOL_HOME"
+    assert not list(home.rglob("planned")), "not in DAGSTER_HOME (workers need not share it)"
+    assert mirror_view(user.layout).sha256s == upstream_files(user.root)
+    assert [o["files"] for o in outputs] == [1] * len(names), "one step per file"
+    assert sum(int(str(o["bytes"])) for o in outputs) == sum(
+        (user.folder / n).stat().st_size for n in names
+    )
+    assert {o["worker_host"] for o in outputs} == {socket.gethostname()}
+    pids = {o["worker_pid"] for o in outputs}
+    assert len(pids) == len(names) and os.getpid() not in pids, "each step in its own process"
+
+
+def test_each_fetch_step_records_its_worker_in_process(
+    user: User, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TOL_STEP_BATCH_FILES", "2")
+
+    outcome = user.sync()
+
+    assert outcome.code == 0, outcome.text
+    [run_id] = outcome.run_ids
+    with user.instance() as instance:
+        outputs = fetch_outputs(instance, run_id)
+    assert [o["files"] for o in outputs] == [2, 1]
+    assert {(o["worker_host"], o["worker_pid"]) for o in outputs} == {
+        (socket.gethostname(), os.getpid())
+    }
+    assert mirror_view(user.layout).sha256s == upstream_files(user.root)
+
+
+@pytest.mark.e2e
+def test_a_sync_killed_between_batches_loses_nothing(
+    user: User, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TOL_STEP_BATCH_FILES", "1")
+    first, *later = file_names(user.root)
+    for name in later:  # the second batch waits: the sync is killed while it does
+        user.hub.add_fault(Fault("delay", pattern=f"*/{name}", request_kind="lfs_get", delay_s=60))
+    first_sha = sha256_file(user.folder / first)
+    killed = sync_process()
+    try:
+        deadline = time.monotonic() + 120
+        while not facts_path(user.layout, CONFIG, first_sha).is_file():
+            assert killed.poll() is None, "the sync ended before it could be killed"
+            assert time.monotonic() < deadline, "the first batch never finished"
+            time.sleep(0.05)
+        time.sleep(0.5)  # into the second batch's wait
+    finally:
+        killed.send_signal(signal.SIGKILL)
+        killed.wait()
+    user.reset_counts()  # the faults too
+
+    outcome = user.sync()
+
+    assert outcome.code == 0, outcome.text
+    assert mirror_view(user.layout).sha256s == upstream_files(user.root)
+    later_bytes = sum((user.folder / name).stat().st_size for name in later)
+    assert user.bytes_served() == later_bytes, "the first batch's file was not fetched again"
+
+
+def test_a_bad_file_in_one_batch_fails_the_gate_and_publishes_nothing(
+    synced: User, small_sample: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TOL_STEP_BATCH_FILES", "1")
+    before = mirror_view(synced.layout)
+    good, bad, _ = file_names(synced.root)
+    valid_edit(synced.root, good)
+    CORRUPTIONS["NaN in emb"].apply(synced, bad)
+
+    refused = synced.sync()
+
+    assert refused.code == 1, refused.text
+    assert "check emb_finite failed" in refused.err and bad in refused.err
+    assert mirror_view(synced.layout) == before, "nothing published"
+    with synced.instance() as instance:
+        [run_id] = refused.run_ids
+        assert [o["files"] for o in fetch_outputs(instance, run_id)] == [1, 1]
