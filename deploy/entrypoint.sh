@@ -9,6 +9,9 @@ set -euo pipefail
 
 ROLES="code-server, webserver, daemon, worker (or a 'dagster …' command)"
 WORKSPACE="$(dirname "$0")/workspace.yaml"
+# Where the code server listens and where the webserver and the daemon find it (workspace.yaml).
+export TOL_CODE_SERVER_HOST="${TOL_CODE_SERVER_HOST:-code-server}"
+export TOL_CODE_SERVER_PORT="${TOL_CODE_SERVER_PORT:-4000}"
 
 usage() {
 	echo "entrypoint: $1; expected a role: $ROLES" >&2
@@ -45,7 +48,7 @@ esac
 
 render_instance
 case "$role" in
-code-server) exec dagster code-server start -h 0.0.0.0 -p 4000 -m tol_dagster.definitions "$@" ;;
+code-server) exec dagster code-server start -h 0.0.0.0 -p "$TOL_CODE_SERVER_PORT" -m tol_dagster.definitions "$@" ;;
 webserver) exec dagster-webserver -h 0.0.0.0 -p 3000 -w "$WORKSPACE" "$@" ;;
 daemon) exec dagster-daemon run -w "$WORKSPACE" "$@" ;;
 worker) exec tol-dagster worker "$@" ;;

@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -235,6 +237,15 @@ def make_user(
     monkeypatch.setenv("DAGSTER_HOME", str(dagster_home))
     monkeypatch.delenv("HF_TOKEN", raising=False)
     return User(hub, root, home, dagster_home, capsys)
+
+
+def sync_process() -> subprocess.Popen[bytes]:
+    """`tol-dagster sync` in a process of its own (to be killed), its output discarded."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "tol_dagster.cli.main", "sync"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
 
 
 def core_sync(layout: Layout, client: HubClient, config: str = CONFIG) -> Published:

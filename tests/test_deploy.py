@@ -10,7 +10,7 @@ import os
 import signal
 import subprocess
 import sys
-import uuid
+import urllib.error
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -24,8 +24,9 @@ from dagster._core.instance.config import dagster_instance_config
 from dagster._grpc.client import DagsterGrpcClient
 from dagster._serdes import deserialize_value
 from dagster_k8s import K8sRunLauncher
-from processes import Stack, free_port, running
-from requirements import missing, require_port, require_tool
+from processes import Stack, free_port, http_json, location_loaded, running
+from requirements import missing, require_tool
+from service_testing import RABBITMQ_URL, require_rabbitmq, unique_queue
 
 from tol_dagster.cluster_settings import ClusterSettings
 from tol_dagster.defs.executors import chosen_executor
@@ -432,17 +433,46 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
 
 
 @pytest.mark.e2e
-def test_entrypoint_code_server_serves_the_code_location(stack: Stack, tmp_path: Path) -> None:
-    port = free_port()
-    env = venv_env(TOL_HOME=str(tmp_path / "home"))
-    argv = [str(ENTRYPOINT), "code-server", "-h", "127.0.0.1", "-p", str(port)]
-    stack.start("code-server", argv, env)
-    client = DagsterGrpcClient(port=port, host="127.0.0.1")
+def test_entrypoint_roles_serve_the_code_location_to_the_webserver_and_daemon(
+    stack: Stack, tmp_path: Path
+) -> None:
+    """code-server, webserver and daemon as compose runs them (its workspace.yaml, one
+    DAGSTER_HOME), on this machine: the code server answers gRPC, the webserver loads the code
+    location from it, and the daemon heartbeats into the instance the webserver reads."""
+    grpc_port, web_port = free_port(), free_port()
+    env = venv_env(
+        TOL_HOME=str(tmp_path / "home"),
+        TOL_CODE_SERVER_HOST="127.0.0.1",
+        TOL_CODE_SERVER_PORT=str(grpc_port),
+    )
+    stack.start("code-server", [str(ENTRYPOINT), "code-server", "-h", "127.0.0.1"], env)
+    client = DagsterGrpcClient(port=grpc_port, host="127.0.0.1")
     assert stack.wait_for("the code server's gRPC ping", lambda: ping(client)) == "tol"
     names = stack.wait_for("the code location's repositories", lambda: repositories(client))
     assert names == ["__repository__"]
+    web = [str(ENTRYPOINT), "webserver", "-h", "127.0.0.1", "-p", str(web_port)]
+    stack.start("webserver", web, env)
+    stack.start("daemon", [str(ENTRYPOINT), "daemon"], env)
+    graphql = f"http://127.0.0.1:{web_port}/graphql"
+    assert stack.wait_for("the webserver's code location", lambda: location_loaded(stack, graphql))
+    healthy = stack.wait_for("the daemon's heartbeats", lambda: daemons_healthy(graphql))
+    assert {"SENSOR", "SCHEDULER", "QUEUED_RUN_COORDINATOR"} <= healthy
     yaml_path = tmp_path / "home" / "dagster" / "dagster.yaml"
     assert yaml_path.read_text() == render_instance_yaml(ClusterSettings())
+
+
+DAEMON_HEALTH = "{ instance { daemonHealth { allDaemonStatuses { daemonType healthy } } } }"
+
+
+def daemons_healthy(graphql: str) -> set[str] | None:
+    """The daemons the webserver sees as healthy, once the scheduler is among them."""
+    try:
+        answer = http_json(graphql, {"query": DAEMON_HEALTH})
+    except (urllib.error.URLError, ConnectionError):
+        return None
+    statuses = answer["data"]["instance"]["daemonHealth"]["allDaemonStatuses"]
+    healthy = {s["daemonType"] for s in statuses if s["healthy"]}
+    return healthy if "SCHEDULER" in healthy else None
 
 
 def ping(client: DagsterGrpcClient) -> str | None:
@@ -465,12 +495,12 @@ def repositories(client: DagsterGrpcClient) -> list[str] | None:
 def test_entrypoint_worker_serves_the_queue_and_stops_on_sigterm(
     stack: Stack, tmp_path: Path
 ) -> None:
-    require_port("RabbitMQ", 5672)
-    queue = f"tol-test-{uuid.uuid4().hex[:12]}"  # the vhost is shared: a queue of its own
+    require_rabbitmq()
+    queue = unique_queue()
     env = venv_env(
         TOL_HOME=str(tmp_path / "home"),
         TOL_EXECUTOR="celery",
-        TOL_CELERY_BROKER="amqp://guest:guest@127.0.0.1:5672//",
+        TOL_CELERY_BROKER=RABBITMQ_URL,
         TOL_CELERY_QUEUE=queue,
     )
     worker = stack.start("worker", [str(ENTRYPOINT), "worker", "--concurrency", "1"], env)

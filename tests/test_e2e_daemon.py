@@ -11,7 +11,9 @@ with the mirrors published before, then follow the new mirror generation the sen
 publishes, each time in a run the automation launched.
 
 One test, not several: the processes take most of the time and xdist would start them once per
-worker. Every wait is bounded; a failure shows the tail of each process's log.
+worker. Every wait is bounded; a failure shows the tail of each process's log. It runs twice:
+on SQLite under DAGSTER_HOME, and on PostgreSQL (`TOL_DAGSTER_PG_URL`, a database of its own),
+where the webserver, the daemon, the runs it launches and this test share the database.
 """
 
 from __future__ import annotations
@@ -37,7 +39,9 @@ from processes import (
     location_loaded,
     running,
 )
+from service_testing import pg_database
 
+from tol_dagster.cluster_settings import PG_URL_VAR
 from tol_dagster.defs.keys import RESYNC_TAG, asset_key
 from tol_dagster.defs.mirror.jobs import RESYNC_JOB
 from tol_dagster.defs.mirror.keys import resync_check_keys, resync_keys
@@ -64,9 +68,12 @@ ROWS = 3000
 BUDGET_S = 300.0
 
 
-def _instance_yaml(dagster_home: Path) -> None:
-    """The repo's dagster.yaml, unchanged but for a 1 s queue poll (default 5 s) to save time."""
+def _instance_yaml(dagster_home: Path, storage: str) -> None:
+    """The repo's dagster.yaml, unchanged but for a 1 s queue poll (default 5 s) to save time,
+    plus PostgreSQL storage as `defs.instance` renders it when `storage` says so."""
     settings = yaml.safe_load((REPO_ROOT / "dagster.yaml").read_text())
+    if storage == "postgres":
+        settings["storage"] = {"postgres": {"postgres_url": {"env": PG_URL_VAR}}}
     settings["run_coordinator"] = {
         "module": "dagster.core.run_coordinator",
         "class": "QueuedRunCoordinator",
@@ -247,20 +254,32 @@ def _launch_resync(graphql: str, config: str, *, like_the_ui: bool = False) -> s
     return str(result["run"]["runId"])
 
 
+@pytest.fixture(params=["sqlite", "postgres"])
+def storage(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """The instance's storage; for PostgreSQL its URL is in this process's environment (which
+    the processes started here inherit)."""
+    if request.param == "sqlite":
+        yield "sqlite"
+        return
+    with pg_database() as url:
+        monkeypatch.setenv(PG_URL_VAR, url)
+        yield "postgres"
+
+
 @pytest.fixture
-def stack(tmp_path: Path) -> Iterator[Stack]:
+def stack(tmp_path: Path, storage: str) -> Iterator[Stack]:
     yield from running(tmp_path / "logs", BUDGET_S)
 
 
 @pytest.mark.timeout(BUDGET_S + 120)
 def test_daemon_resyncs_the_mirror_and_serializes_resyncs_per_config(
-    stack: Stack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    stack: Stack, storage: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     hub_root = tmp_path / "hub"
     build_sample(hub_root, rows=ROWS, files=3, seed=7, config=CONFIG, row_group_size=500)
     build_sample(hub_root, rows=ROWS, files=1, seed=7, config=OTHER, row_group_size=500)
     home, dagster_home = tmp_path / "tol_home", tmp_path / "dagster_home"
-    _instance_yaml(dagster_home)
+    _instance_yaml(dagster_home, storage)
     layout = Layout(home)
 
     stack.start(

@@ -7,8 +7,6 @@ from __future__ import annotations
 import os
 import signal
 import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -22,6 +20,7 @@ from resync_testing import (
     dagster_home,
     file_names,
     mirror_view,
+    sync_process,
     synced,
     synced_home,
     upstream_files,
@@ -223,11 +222,7 @@ def test_a_sync_killed_between_batches_loses_nothing(
     for name in later:  # the second batch waits: the sync is killed while it does
         user.hub.add_fault(Fault("delay", pattern=f"*/{name}", request_kind="lfs_get", delay_s=60))
     first_sha = sha256_file(user.folder / first)
-    killed = subprocess.Popen(
-        [sys.executable, "-m", "tol_dagster.cli.main", "sync"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    killed = sync_process()
     try:
         deadline = time.monotonic() + 120
         while not facts_path(user.layout, CONFIG, first_sha).is_file():

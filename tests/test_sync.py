@@ -7,8 +7,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -34,6 +32,7 @@ from resync_testing import (
     mirror_view,
     replace_upstream,
     set_card_rows,
+    sync_process,
     synced,
     synced_home,
     upstream_files,
@@ -514,11 +513,7 @@ def test_the_sync_completes_through_a_misbehaving_hub(
 def test_a_killed_sync_resumes_with_a_range_request_and_frees_its_slot(user: User) -> None:
     user.hub.add_fault(Fault("bandwidth", request_kind="lfs_get", bytes_per_s=250_000))
     partials = user.layout.partial_dir(CONFIG)
-    killed = subprocess.Popen(
-        [sys.executable, "-m", "tol_dagster.cli.main", "sync"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    killed = sync_process()
     try:
         deadline = time.monotonic() + 120
         while not any(p.stat().st_size > 100_000 for p in partials.glob("*.part")):

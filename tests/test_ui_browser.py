@@ -192,13 +192,13 @@ def _asset_graph_shows_every_asset_materialized(page: Page, base: str, shots: Pa
     """Every asset of the config is on the global graph, its two groups open, and once the
     runs the automation started settle (the catalog after the new slice), every one shows
     materialized and in sync."""
-    page.set_viewport_size({"width": 1800, "height": 1500})
+    page.set_viewport_size({"width": 2000, "height": 1500})  # remote -> ... -> catalog: 7 wide
     page.goto(f"{base}/asset-groups")
     for name in ASSET_NAMES:
         expect(page.get_by_text(name, exact=True).first).to_be_visible()
     # Zoomed in until the nodes show their state, the asset tree closed.
     page.locator('button:has([aria-label="panel_show_right"])').first.click()
-    for _ in range(2):
+    for _ in range(3):
         page.locator('[aria-label="zoom_in"]').first.click()
     page.mouse.move(300, 1300)  # the whole graph in the picture
     page.mouse.down()

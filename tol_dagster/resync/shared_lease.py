@@ -66,7 +66,7 @@ def _holder(cursor: Any, config: str) -> str:
     cursor.execute(
         "SELECT a.application_name, a.client_addr, a.pid FROM pg_locks l "
         "JOIN pg_stat_activity a ON a.pid = l.pid WHERE l.locktype = 'advisory' AND l.granted "
-        "AND l.classid = %s::int::oid AND l.objid = %s::int::oid AND l.objsubid = 2",
+        "AND l.classid = CAST(%s AS int)::oid AND l.objid = CAST(%s AS int)::oid AND l.objsubid = 2",
         (high, low),
     )
     row = cursor.fetchone()
