@@ -1,6 +1,7 @@
 """deploy/ on paper and checked: the compose file by docker-compose itself and the compose
-spec, the Helm values by the chart's own values schema and their run launcher by dagster-k8s's
-config schema, the instance yaml of every mode by Dagster's, and the image's entrypoint run
+spec, the Helm values' Kubernetes objects by the Kubernetes client's models and their run
+launcher by dagster-k8s's config schema (the chart itself, with its schema, by `helm` where it is
+installed), the instance yaml of every mode by Dagster's, and the image's entrypoint run
 for real on this machine (no Docker daemon here: the image itself is not built)."""
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 
 import dagster as dg
 import jsonschema
+import kubernetes
 import pytest
 import yaml
 from dagster._config import process_config
@@ -37,11 +39,8 @@ from tol_dagster.settings import Settings
 REPO = Path(__file__).resolve().parents[1]
 DEPLOY = REPO / "deploy"
 ENTRYPOINT = DEPLOY / "entrypoint.sh"
-CHART_SCHEMA = DEPLOY / "helm" / "schema" / "values.schema.json"
 #: The compose spec as Debian's docker-compose ships it (the schema its `config` applies).
 COMPOSE_SPEC = Path("/usr/lib/python3/dist-packages/compose/config/compose_spec.json")
-#: The Kubernetes object schemas the chart's schema points to online: not checked offline.
-K8S_SCHEMAS = "https://kubernetesjsonschema.dev/"
 #: Passwords compose refuses to start without; these stand in for the user's.
 COMPOSE_SECRETS = {"TOL_PG_PASSWORD": "pg-secret", "TOL_RABBITMQ_PASSWORD": "mq-secret"}
 TOL_SERVICES = {"code-server", "webserver", "daemon", "worker-1", "worker-2"}
@@ -140,71 +139,84 @@ def test_compose_file_matches_the_compose_spec() -> None:
 # --- Helm values ---------------------------------------------------------------------------
 
 
-def chart_validator() -> jsonschema.Draft7Validator:
-    """The chart's schema as `helm` applies it to merged values, minus what needs the chart.
+#: The Kubernetes objects the values hand to the chart, by where they sit, and their model in
+#: the Kubernetes client (installed with dagster-k8s): the API's own field names and required
+#: fields, checked offline. `[]` marks a list of such objects.
+K8S_OBJECTS = {
+    "volumes[]": "V1Volume",
+    "volumeMounts[]": "V1VolumeMount",
+    "resources": "V1ResourceRequirements",
+    "podSecurityContext": "V1PodSecurityContext",
+}
 
-    Helm validates our values merged over the chart's defaults, which supply every key the
-    schema requires; without the chart here, `required` is kept only where it is conditional
-    (a run launcher type requires its config). The Kubernetes object schemas it references
-    online are left out: there the keywords beside each reference (`type: object`, string
-    values for labels and annotations) are what is checked.
-    """
-    return jsonschema.Draft7Validator(offline(json.loads(CHART_SCHEMA.read_text())))
+
+def k8s_errors(value: Any, model: str, path: str) -> Iterator[str]:
+    """What the Kubernetes API would refuse in `value` as a `model`: a key it does not know
+    (a typo) or a required field missing, by path."""
+    kind = getattr(kubernetes.client, model, None)
+    if kind is None:  # a primitive or a map of them: nothing to check offline
+        return
+    fields = {json_name: kind.openapi_types[name] for name, json_name in kind.attribute_map.items()}
+    if not isinstance(value, dict):
+        yield f"{path}: expected an object ({model})"
+        return
+    for key, item in value.items():
+        if key not in fields:
+            yield f"{path}.{key}: not a field of {model}"
+            continue
+        field_type = fields[key]
+        if field_type.startswith("list[") and isinstance(item, list):
+            for index, element in enumerate(item):
+                yield from k8s_errors(element, field_type[5:-1], f"{path}.{key}[{index}]")
+        elif field_type.startswith("V1"):
+            yield from k8s_errors(item, field_type, f"{path}.{key}")
+    try:
+        kubernetes.client.ApiClient()._ApiClient__deserialize(value, model)  # type: ignore[attr-defined]
+    except ValueError as exc:
+        yield f"{path}: {exc}"
 
 
-def offline(node: Any, conditional: bool = False) -> Any:
-    if isinstance(node, list):
-        return [offline(item, conditional) for item in node]
-    if not isinstance(node, dict):
-        return node
-    return {
-        key: offline(value, conditional or key == "then")
-        for key, value in node.items()
-        if not (key == "required" and not conditional)
-        and not (key == "$ref" and str(value).startswith(K8S_SCHEMAS))
+def k8s_objects(values: Mapping[str, Any]) -> Iterator[tuple[str, Any, str]]:
+    """(path, object, model) of every Kubernetes object the values set, where the chart
+    takes them: the user deployment and the run launcher."""
+    holders = {
+        "dagster-user-deployments.deployments[0]": values["dagster-user-deployments"][
+            "deployments"
+        ][0],
+        "runLauncher.config.k8sRunLauncher": values["runLauncher"]["config"]["k8sRunLauncher"],
     }
-
-
-def undeclared_keys(value: Any, schema: Mapping[str, Any], path: str = "") -> Iterator[str]:
-    """Keys of `value` that the schema does not declare where it declares any (typos)."""
-    definitions = json.loads(CHART_SCHEMA.read_text())["definitions"]
-    ref = schema.get("$ref", "")
-    if ref.startswith("#/definitions/"):
-        schema = definitions[ref.removeprefix("#/definitions/")]
-    for branch in schema.get("anyOf", []):
-        yield from undeclared_keys(value, branch, path)
-    properties = schema.get("properties") or {}
-    if isinstance(value, dict) and properties:
-        for key, item in value.items():
-            if key not in properties:
-                yield f"{path}.{key}"
-            else:
-                yield from undeclared_keys(item, properties[key], f"{path}.{key}")
-    if isinstance(value, list) and isinstance(schema.get("items"), dict):
-        for index, item in enumerate(value):
-            yield from undeclared_keys(item, schema["items"], f"{path}[{index}]")
+    for holder_path, holder in holders.items():
+        for where, model in K8S_OBJECTS.items():
+            key = where.removesuffix("[]")
+            if key not in holder:
+                continue
+            items = holder[key] if where.endswith("[]") else [holder[key]]
+            for index, item in enumerate(items):
+                yield f"{holder_path}.{key}[{index}]", item, model
 
 
 def helm_values() -> dict[str, Any]:
     return read_yaml(DEPLOY / "helm" / "values.yaml")
 
 
-def test_helm_values_match_the_charts_schema() -> None:
-    values = helm_values()
-    errors = list(chart_validator().iter_errors(values))
-    assert not errors, [f"{list(e.absolute_path)}: {e.message}" for e in errors]
-    schema = json.loads(CHART_SCHEMA.read_text())
-    assert sorted(set(undeclared_keys(values, schema))) == []
+def test_helm_values_kubernetes_objects_are_valid_for_the_kubernetes_api() -> None:
+    """Volumes, mounts, resources and security contexts, and the claim the runs share, as the
+    Kubernetes API reads them (the chart's own schema needs the chart: `helm lint` below)."""
+    objects = list(k8s_objects(helm_values()))
+    assert {model for _, _, model in objects} == set(K8S_OBJECTS.values())
+    errors = [e for path, item, model in objects for e in k8s_errors(item, model, path)]
+    claim = read_yaml(DEPLOY / "helm" / "tol-home-pvc.yaml")
+    errors += list(k8s_errors(claim, "V1PersistentVolumeClaim", "tol-home-pvc"))
+    assert errors == []
 
 
-def test_helm_values_check_catches_a_typo_and_a_missing_launcher_config() -> None:
+def test_helm_values_check_catches_a_typo_and_a_missing_field() -> None:
     values = helm_values()
     launcher = values["runLauncher"]["config"]["k8sRunLauncher"]
-    launcher["envSecret"] = launcher.pop("envSecrets")
-    schema = json.loads(CHART_SCHEMA.read_text())
-    assert ".runLauncher.config.k8sRunLauncher.envSecret" in set(undeclared_keys(values, schema))
-    del values["runLauncher"]["config"]["k8sRunLauncher"]
-    assert any("k8sRunLauncher" in e.message for e in chart_validator().iter_errors(values))
+    launcher["volumeMounts"][0]["mountpath"] = launcher["volumeMounts"][0].pop("mountPath")
+    errors = [e for path, item, model in k8s_objects(values) for e in k8s_errors(item, model, path)]
+    assert any("mountpath: not a field of V1VolumeMount" in e for e in errors), errors
+    assert any("mount_path" in e and "must not be `None`" in e for e in errors), errors
 
 
 def test_helm_runs_and_steps_see_tol_home_on_a_read_write_many_claim() -> None:
