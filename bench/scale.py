@@ -11,7 +11,8 @@ run as the commands a user types, `TOL_EXECUTOR` set to `in_process`, `multiproc
 (`TOL_WORKERS=2`) and `celery` (two `tol-dagster worker --concurrency 1` started before and
 stopped after, RabbitMQ on 127.0.0.1:5672, a queue of this run's own). Printed side by side:
 wall time and its ratio to in process, CPU seconds of every process involved (the commands with
-the step processes they reaped, the workers with theirs; the Hub's excluded), the peak RSS of
+every process they started, reaped here if they outlive it, the workers with theirs; the Hub's
+excluded), the peak RSS of
 the largest process of each kind, and the fixed cost per file: what one more file adds to the
 CPU seconds of an in-process first sync, from a second config a tenth the size (the command's
 start-up cancels out; target <= 20 ms at 666 files; about 130 ms before issue 10).
@@ -27,6 +28,8 @@ advises. Wall times on 2 shared cores measure the neighbours too; the CPU column
 from __future__ import annotations
 
 import argparse
+import contextlib
+import ctypes
 import os
 import resource
 import shutil
@@ -49,6 +52,9 @@ BROKER = "amqp://guest:guest@127.0.0.1:5672//"
 WORKERS = 2
 #: How long a worker may take to say it is ready.
 WORKER_START_S = 120
+#: How long processes a command left behind may take to end after it.
+ORPHAN_WAIT_S = 30
+PR_SET_CHILD_SUBREAPER = 36
 
 
 @dataclass(frozen=True)
@@ -83,8 +89,43 @@ class ModeRun:
         return self.sync.cpu_s + self.slice.cpu_s + sum(w.cpu_s for w in self.workers)
 
 
+def become_subreaper() -> None:
+    """Processes a command leaves behind (the multiprocess executor's forkserver, with the
+    steps it forked) become this process's children when the command exits, so their CPU and
+    RSS are counted by reaping them (prctl PR_SET_CHILD_SUBREAPER, Linux)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER)")
+
+
+def children() -> set[int]:
+    """The pids whose parent is this process, from /proc."""
+    found = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            # The command name may hold spaces and parentheses: the fields follow the last ')'.
+            if int(stat.read_text().rpartition(")")[2].split()[1]) == os.getpid():
+                found.add(int(stat.parent.name))
+    return found
+
+
+def reap_left_behind(keep: set[int]) -> list[resource.struct_rusage]:
+    """Wait for the processes a command left behind (children now, not in `keep`) to end."""
+    used = []
+    deadline = time.monotonic() + ORPHAN_WAIT_S
+    while (left := children() - keep) and time.monotonic() < deadline:
+        for pid in left:
+            with contextlib.suppress(ChildProcessError):
+                done, _, usage = os.wait4(pid, os.WNOHANG)
+                if done:
+                    used.append(usage)
+        time.sleep(0.05)
+    return used
+
+
 def run_command(args: list[str], env: dict[str, str], log: Path) -> Usage:
-    """`tol-dagster ARGS` to completion; its usage (with its reaped step processes)."""
+    """`tol-dagster ARGS` to completion; its usage with every process it started."""
+    keep = children()
     started = time.perf_counter()
     with log.open("a") as out:
         process = subprocess.Popen(
@@ -94,10 +135,12 @@ def run_command(args: list[str], env: dict[str, str], log: Path) -> Usage:
             env=env,
         )
         _, status, usage = os.wait4(process.pid, 0)
+    wall_s = time.perf_counter() - started
     code = os.waitstatus_to_exitcode(status)
     if code != 0:
         raise RuntimeError(f"tol-dagster {' '.join(args)} exited {code}; see {log}")
-    return Usage.of(usage, time.perf_counter() - started)
+    used = [Usage.of(u, wall_s) for u in [usage, *reap_left_behind(keep)]]
+    return Usage(wall_s, sum(u.cpu_s for u in used), max(u.max_rss_bytes for u in used))
 
 
 class Workers:
@@ -206,6 +249,7 @@ def small_sync_cpu(work: Path, files: int) -> float:
 
 
 def bench(work: Path, files: int) -> list[Figure]:
+    become_subreaper()
     small = max(2, files // 10)
     small_cpu = small_sync_cpu(work, small)
     sample = sample_of(work, files)

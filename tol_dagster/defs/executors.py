@@ -75,7 +75,12 @@ def chosen_executor(cluster: ClusterSettings, source: ConfigSource) -> dg.Execut
     """Dagster's executor for `cluster.executor`, configured; a URL from the environment is
     named by its variable in the run config (`{"env": …}`), never written out."""
     if cluster.executor == MULTIPROCESS:
-        return dg.multiprocess_executor.configured({"max_concurrent": cluster.workers})
+        return dg.multiprocess_executor.configured(
+            {
+                "max_concurrent": cluster.workers,
+                "start_method": {"forkserver": {"preload_modules": ["tol_dagster.definitions"]}},
+            }
+        )
     if cluster.executor == CELERY:
         assert cluster.celery_broker is not None and cluster.celery_backend is not None
         return require_extra("dagster_celery").celery_executor.configured(
