@@ -83,6 +83,10 @@ def _slices_remove(args: argparse.Namespace) -> int:
     return slice_commands.remove_slice_command(args.key, config=args.config)
 
 
+def _slices_add_rank(args: argparse.Namespace) -> int:
+    return slice_commands.add_rank_command(args.rank, config=args.config, min_rows=args.min_rows)
+
+
 def _demo(args: argparse.Namespace) -> int:
     with runner.launched_by("demo"):
         return demo.run_demo()
@@ -98,6 +102,7 @@ HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
     "slice": _slice,
     "slices list": _slices_list,
     "slices remove": _slices_remove,
+    "slices add-rank": _slices_add_rank,
     "demo": _demo,
 }
 

@@ -27,6 +27,11 @@ def derived_keys(config: str) -> list[dg.AssetKey]:
     ]
 
 
+def rank_slices_op_name(config: str) -> str:
+    """The op that runs `tol/<config>/rank_slices`: where a rank run's config (min_rows) goes."""
+    return op_name(config, "rank_slices")
+
+
 def slices_op_name(config: str) -> str:
     """The op that runs `tol/<config>/slices`: where a slice run's config (allow_empty) goes."""
     return op_name(config, "slices")

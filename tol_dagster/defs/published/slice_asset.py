@@ -6,7 +6,6 @@ data (`refresh`); a slice can also be built from the UI or with `tol-dagster sli
 """
 
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -146,7 +145,10 @@ def _publish_slice(
             raise
     for warning in result.warnings:
         context.log.warning(warning)
-    records.save_slice_record(layout, name, _slice_record(name, key, result, pin, allow_empty))
+    record = records.slice_record(
+        name, key, result, commit=pin.commit, generation=pin.name, allow_empty=allow_empty
+    )
+    records.save_slice_record(layout, name, record)
     yield dg.MaterializeResult(
         metadata={
             **_slice_metadata(key, result, schema, name),
@@ -171,26 +173,6 @@ def _usable_index(
         )
         return None  # its row ranges describe other bytes
     return index_table
-
-
-def _slice_record(
-    name: str, key: SliceKey, result: SliceResult, pin: PinnedGeneration, allow_empty: bool
-) -> dict[str, object]:
-    """The slice's catalog row and how it was built (`records.save_slice_record`)."""
-    return {
-        "config": name,
-        "name": key.name,
-        "rank": key.rank,
-        "value": key.value,
-        "path": str(result.path),
-        "rows": result.rows,
-        "bytes": result.bytes,
-        "sha256": result.sha256,
-        "upstream_commit": pin.commit,
-        "built_at": datetime.now(UTC).isoformat(),
-        "generation": pin.name,
-        "allow_empty": allow_empty,
-    }
 
 
 def _slice_metadata(
