@@ -21,7 +21,7 @@ with the new index's.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -196,13 +196,14 @@ def publish_rank(
     commit: str,
     generation: str,
     keep: set[str] = frozenset(),  # type: ignore[assignment]
-    published: Callable[[SliceResult], None] | None = None,
+    checked: bool = True,
 ) -> RankResult:
     """Publish every slice of `plan` whose rows changed since it was built (or never built),
     each checked and renamed into place, its record written after it; then remove the slices
     an earlier pass of this rank made that the plan no longer has (unless named in `keep`:
     they are also slices of their own). A value whose checks fail is not published (its file
-    is left as it was) and the pass goes on; `ValidationFailed` then names every such value."""
+    is left as it was) and the pass goes on; `ValidationFailed` then names every such value.
+    `checked` False skips the checks (the benchmark measures them apart)."""
     started = time.perf_counter()
     result = RankResult(plan.rank)
     failures = []
@@ -212,7 +213,9 @@ def publish_rank(
             result.unchanged.append(value.key.name)
             continue
         try:
-            built = _publish_value(value, files, out, schema=schema, layout=layout, config=config)
+            built = _publish_value(
+                value, files, out, schema=schema, layout=layout, config=config, checked=checked
+            )
         except ValidationFailed as error:
             failures.append(str(error))
             continue
@@ -222,8 +225,6 @@ def publish_rank(
         )  # fmt: skip
         records.save_slice_record(layout, config, record)
         result.built.append(built)
-        if published is not None:
-            published(built)
     result.removed = _remove_dropped(layout, config, plan, keep)
     result.seconds = time.perf_counter() - started
     if failures:
@@ -242,6 +243,7 @@ def _publish_value(
     schema: pa.Schema,
     layout: Layout,
     config: str,
+    checked: bool,
 ) -> SliceResult:
     """One value's slice, exactly as its own key would build it, with its blocking checks."""
 
@@ -250,7 +252,9 @@ def _publish_value(
             path, value.key, value.rows, schema, files, value.index, layout=layout, config=config
         )
 
-    return extract_slice(value.key, files, value.index, out, schema=schema, verify=verify)
+    return extract_slice(
+        value.key, files, value.index, out, schema=schema, verify=verify if checked else None
+    )
 
 
 def _unchanged(record: dict | None, value: RankValue, out: Path) -> bool:
