@@ -58,9 +58,11 @@ class Ranked:
     def brute_uuids(self, key: SliceKey) -> set[str]:
         where, params = to_sql_filter(key)
         paths = [str(f.path) for f in self.files]
-        rows = duckdb.execute(
-            f"SELECT uuid FROM read_parquet(?) WHERE {where}", [paths, *params]
-        ).fetchall()
+        rows = (
+            duckdb.connect()
+            .execute(f"SELECT uuid FROM read_parquet(?) WHERE {where}", [paths, *params])
+            .fetchall()
+        )
         return {uuid for (uuid,) in rows}
 
 
@@ -92,10 +94,14 @@ def test_every_slice_of_a_rank_is_its_rows_by_brute_force_with_the_exact_schema(
         assert schema.equals(SCHEMA, check_metadata=False), value.key.name
         assert schema.field("emb").type == pa.list_(pa.float16(), 768)
         placed += uuids
-    families = duckdb.execute(
-        "SELECT count(*) FROM read_parquet(?) WHERE family IS NOT NULL",
-        [[str(f.path) for f in ranked.files]],
-    ).fetchone()
+    families = (
+        duckdb.connect()
+        .execute(
+            "SELECT count(*) FROM read_parquet(?) WHERE family IS NOT NULL",
+            [[str(f.path) for f in ranked.files]],
+        )
+        .fetchone()
+    )
     assert len(placed) == len(set(placed)) == families[0] - plan.unplaced_rows, (
         "every row with a family is in exactly one slice of the rank"
     )
@@ -139,11 +145,15 @@ def test_homonyms_get_path_keys_split_at_the_topmost_differing_rank(
     names = {v.key.name for v in plan.values}
     assert {"kingdom=Animalia/genus=Morus", "kingdom=Plantae/genus=Morus"} <= names
     assert "genus=Morus" not in names
-    parents = duckdb.execute(
-        "SELECT genus FROM read_parquet(?) WHERE genus IS NOT NULL GROUP BY genus "
-        "HAVING count(DISTINCT kingdom) > 1",
-        [[str(f.path) for f in ranked.files]],
-    ).fetchall()
+    parents = (
+        duckdb.connect()
+        .execute(
+            "SELECT genus FROM read_parquet(?) WHERE genus IS NOT NULL GROUP BY genus "
+            "HAVING count(DISTINCT kingdom) > 1",
+            [[str(f.path) for f in ranked.files]],
+        )
+        .fetchall()
+    )
     path_keyed = {v.key.value for v in plan.values if len(v.key.conditions) > 1}
     assert {g for (g,) in parents} <= path_keyed
     for value in plan.values:
@@ -194,10 +204,14 @@ def test_odd_names_are_slices_and_null_is_none(odd: Ranked) -> None:
         key = values[name].key
         uuids = set(pq.read_table(_slice(odd.layout, key), columns=["uuid"])["uuid"].to_pylist())
         assert uuids == odd.brute_uuids(key) != set()
-    nulls = duckdb.execute(
-        "SELECT list(uuid) FROM read_parquet(?) WHERE family IS NULL",
-        [[str(f.path) for f in odd.files]],
-    ).fetchone()[0]
+    nulls = (
+        duckdb.connect()
+        .execute(
+            "SELECT list(uuid) FROM read_parquet(?) WHERE family IS NULL",
+            [[str(f.path) for f in odd.files]],
+        )
+        .fetchone()[0]
+    )
     published = set()
     for built in result.built:
         published |= set(pq.read_table(built.path, columns=["uuid"])["uuid"].to_pylist())
@@ -329,10 +343,14 @@ def test_add_rank_publishes_every_family_in_one_run_and_the_catalog_once(synced:
     files = sorted(p.path for p in mirror_of(layout.mirror_dir(CONFIG)))
     for row in families[:: max(1, len(families) // 8)]:
         where, params = to_sql_filter(parse_slice_key(row["name"]))
-        expected = duckdb.execute(
-            f"SELECT list(uuid) FROM read_parquet(?) WHERE {where}",
-            [[str(f) for f in files], *params],
-        ).fetchone()[0]
+        expected = (
+            duckdb.connect()
+            .execute(
+                f"SELECT list(uuid) FROM read_parquet(?) WHERE {where}",
+                [[str(f) for f in files], *params],
+            )
+            .fetchone()[0]
+        )
         assert set(pq.read_table(row["path"], columns=["uuid"])["uuid"].to_pylist()) == set(
             expected
         )

@@ -89,13 +89,15 @@ def plan_rank(
     if rank not in RANKS:
         raise ValueError(f"unknown rank {rank!r}; expected one of {', '.join(RANKS)}")
     keys, unplaced = _keys(rank, lineage)
-    entries = _entries_by_value(index, rank)
+    entries = {r: _entries_by_value(index, r) for r in RANKS[: RANKS.index(rank) + 1]}
     order = {f.name: position for position, f in enumerate(files)}
     sha256 = {f.name: f.sha256 for f in files}
     values, below = [], 0
-    for key in keys:
+    for key, counted in keys.items():
         sub = _sub_index(index, entries, key)
-        rows = expected_count(key, sub, files)
+        # The lineage counts exactly the rows of a key but for `species`: its keys are
+        # binomials, which the filter also matches as genus + epithet.
+        rows = counted if rank != "species" else expected_count(key, sub, files)
         if rows < min_rows:
             below += 1
             continue
@@ -117,23 +119,28 @@ def plan_rank(
     return RankPlan(rank, min_rows, values, below, unplaced)
 
 
-def _keys(rank: str, lineage: pa.Table) -> tuple[list[SliceKey], int]:
-    """The keys of `rank`'s values (path keys for homonyms) and the rows no key places."""
+def _keys(rank: str, lineage: pa.Table) -> tuple[dict[SliceKey, int], int]:
+    """The keys of `rank`'s values (path keys for homonyms) with their rows by the lineage
+    summary, and the rows no key places."""
     above = list(RANKS[: RANKS.index(rank)])
     table = pa.table({"value": _values(lineage, rank), **{p: lineage[p] for p in above}})
     table = table.append_column("images", lineage["images"]).filter(pc.is_valid(table["value"]))
-    if not above:
-        return [SliceKey(((rank, v),)) for v in sorted(pc.unique(table["value"]).to_pylist())], 0
-    counts = table.group_by("value").aggregate([(p, "count_distinct") for p in above])
+    counts = table.group_by("value").aggregate(
+        [("images", "sum"), *((p, "count_distinct") for p in above)]
+    )
+    values = counts["value"].to_pylist()
     split = np.column_stack(
-        [counts[f"{p}_count_distinct"].to_numpy() >= 2 for p in above]
-    )  # values x ranks above: two or more parents there
+        [np.zeros(len(values), dtype=bool)]
+        + [counts[f"{p}_count_distinct"].to_numpy() >= 2 for p in above]
+    )  # values x (none, ranks above): two or more parents there
     homonyms = {
-        value: above[int(np.argmax(row))]
-        for value, row in zip(counts["value"].to_pylist(), split, strict=True)
-        if row.any()
+        v: above[int(np.argmax(row[1:]))] for v, row in zip(values, split, strict=True) if row.any()
     }
-    keys = [SliceKey(((rank, v),)) for v in counts["value"].to_pylist() if v not in homonyms]
+    keys = {
+        SliceKey(((rank, v),)): n
+        for v, n in zip(values, counts["images_sum"].to_pylist(), strict=True)
+        if v not in homonyms
+    }
     unplaced = 0
     for value, parent in homonyms.items():
         rows = table.filter(pc.equal(table["value"], value))
@@ -144,7 +151,7 @@ def _keys(rank: str, lineage: pa.Table) -> tuple[list[SliceKey], int]:
             if x is None:
                 unplaced += n
             else:
-                keys.append(SliceKey(((parent, x), (rank, value))))
+                keys[SliceKey(((parent, x), (rank, value)))] = n
     return keys, unplaced
 
 
@@ -170,15 +177,14 @@ def _entries_by_value(index: pa.Table, rank: str) -> dict[str, pa.Table]:
     return {values[s]: entries.slice(int(s), int(e - s)) for s, e in zip(starts, ends, strict=True)}
 
 
-def _sub_index(index: pa.Table, entries: dict[str, pa.Table], key: SliceKey) -> pa.Table:
+def _sub_index(index: pa.Table, entries: dict[str, dict[str, pa.Table]], key: SliceKey) -> pa.Table:
     """The entries of the index `key` reads: its value's, and for a path key its parent's in
-    the row groups of the value's."""
-    value = key.value
-    own = entries.get(value, index.schema.empty_table())
+    the row groups of the value's (`entries`: by rank, by value)."""
+    own = entries[key.rank].get(key.value, index.schema.empty_table())
     if len(key.conditions) == 1:
         return own
     (parent, x), _ = key.conditions
-    theirs = index.filter(pc.and_(pc.equal(index["rank"], parent), pc.equal(index["value"], x)))
+    theirs = entries[parent].get(x, index.schema.empty_table())
     groups = pc.binary_join_element_wise(own["file"], pc.cast(own["row_group"], pa.string()), "#")
     mine = pc.binary_join_element_wise(
         theirs["file"], pc.cast(theirs["row_group"], pa.string()), "#"

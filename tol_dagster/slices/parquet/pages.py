@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import bisect
 import struct
+import threading
+from collections import OrderedDict
 from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
@@ -127,36 +129,120 @@ def _read_column(
     stop: int,
     rows: int,
 ) -> pa.ChunkedArray:
-    """One column of `read_rows`: its pages for the rows, as a one-column parquet file."""
+    """One column of `read_rows`: its pages for the rows, as a one-column parquet file (or as
+    decoded for the previous read of this chunk, if that covered them)."""
     if not chunk.has(field_ids.CC_OFFSET_INDEX):
         raise SpliceError(f"{footer.path}: a column chunk has no offset index")
     meta = chunk.get(field_ids.CC_META).copy()
-    pages = _pages(footer.path, handle, chunk, meta, start, stop, rows)
+    key = (id(footer), chunk_start(meta))
+    known = DECODED.get(key, footer)
+    locations = (
+        known.locations if known is not None else _locations(footer.path, handle, chunk, meta, rows)
+    )
+    first, last, covered = _page_range(locations, start, stop, rows)
+    if known is not None and known.covers(first, last):
+        return known.column.slice(start - known.covered[0], stop - start)
+    pages = _pages(footer.path, handle, meta, locations, first, last, covered)
     data = _one_column_file(footer, elements, meta, pages)
     column = pq.ParquetFile(pa.BufferReader(data)).read(use_threads=False).column(0)
-    covered = pages.rows[1] - pages.rows[0]
-    if len(column) != covered:
+    if len(column) != covered[1] - covered[0]:
         raise SpliceError(
             f"{footer.path}: pages {pages.first}..{pages.last} of a column decode to "
-            f"{len(column)} rows where its offset index says {covered}"
+            f"{len(column)} rows where its offset index says {covered[1] - covered[0]}"
         )
-    return column.slice(start - pages.rows[0], stop - start)
+    DECODED.put(key, _Chunk(footer, locations, first, last, covered, column))
+    return column.slice(start - covered[0], stop - start)
 
 
-def _pages(
-    path: Path, handle: BinaryIO, chunk: Struct, meta: Struct, start: int, stop: int, rows: int
-) -> _Pages:
-    """The pages of `chunk` holding rows [start, stop), found through its offset index, with
-    their totals (checked against the offset index for data pages v2)."""
+@dataclass(frozen=True)
+class _Chunk:
+    """A column chunk's checked offset index (`locations`) and its pages `first`..`last`
+    decoded (`column`, rows `covered` of the row group)."""
+
+    footer: Footer
+    locations: list[Struct]
+    first: int
+    last: int
+    covered: tuple[int, int]
+    column: pa.ChunkedArray
+
+    def covers(self, first: int, last: int) -> bool:
+        return self.first <= first and last <= self.last
+
+
+class _DecodedPages:
+    """The last decoded pages of recently read column chunks, up to `limit` bytes, least
+    recently used dropped first; shared by the reader's threads. A whole rank reads its values
+    in the mirror's order and neighbours share pages (a 50k-row row group's `uuid` is a single
+    page): each page is decoded once, not once per value."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.size = limit, 0
+        self.entries: OrderedDict[tuple[int, int], _Chunk] = OrderedDict()
+        self.lock = threading.Lock()
+
+    def get(self, key: tuple[int, int], footer: Footer) -> _Chunk | None:
+        with self.lock:
+            known = self.entries.get(key)
+            if known is None or known.footer is not footer:  # the entry holds its footer: ids stay
+                return None
+            self.entries.move_to_end(key)
+            return known
+
+    def put(self, key: tuple[int, int], chunk: _Chunk) -> None:
+        with self.lock:
+            old = self.entries.pop(key, None)
+            self.size -= _bytes(old)
+            if _bytes(chunk) > self.limit:
+                return
+            self.entries[key] = chunk
+            self.size += _bytes(chunk)
+            while self.size > self.limit:
+                self.size -= _bytes(self.entries.popitem(last=False)[1])
+
+
+def _bytes(chunk: _Chunk | None) -> int:
+    return 0 if chunk is None else chunk.column.nbytes
+
+
+#: Bytes of decoded pages kept for the next reads (`_DecodedPages`).
+DECODED_PAGES_BYTES = 256 << 20
+DECODED = _DecodedPages(DECODED_PAGES_BYTES)
+
+
+def _locations(
+    path: Path, handle: BinaryIO, chunk: Struct, meta: Struct, rows: int
+) -> list[Struct]:
+    """The page locations of `chunk`'s offset index, checked (`check_locations`)."""
     index = pread_struct(
         handle, chunk.get(field_ids.CC_OFFSET_INDEX), chunk.get(field_ids.CC_OFFSET_INDEX_LENGTH)
     )
-    locations = index.get(field_ids.PAGE_LOCATIONS)[1]
+    locations: list[Struct] = index.get(field_ids.PAGE_LOCATIONS)[1]
     check_locations(path, locations, meta, rows)
+    return locations
+
+
+def _page_range(
+    locations: list[Struct], start: int, stop: int, rows: int
+) -> tuple[int, int, tuple[int, int]]:
+    """The first and last page holding rows [start, stop), and the rows those pages hold."""
     firsts = [page.get(field_ids.PAGE_FIRST_ROW) for page in locations]
     first = bisect.bisect_right(firsts, start) - 1
     last = bisect.bisect_left(firsts, stop) - 1
-    covered = firsts[first], firsts[last + 1] if last + 1 < len(firsts) else rows
+    return first, last, (firsts[first], firsts[last + 1] if last + 1 < len(firsts) else rows)
+
+
+def _pages(
+    path: Path,
+    handle: BinaryIO,
+    meta: Struct,
+    locations: list[Struct],
+    first: int,
+    last: int,
+    covered: tuple[int, int],
+) -> _Pages:
+    """Pages `first`..`last` of a column chunk (holding its rows `covered`), with the
+    dictionary page, and their totals (checked against the offset index for data pages v2)."""
     body = bytearray(MAGIC)
     dictionary = _dictionary_page(path, handle, meta, locations[0].get(field_ids.PAGE_OFFSET))
     if dictionary is not None:
