@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import bisect
 import struct
-import threading
-from collections import OrderedDict
 from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from tol_dagster.slices.parquet import field_ids
+from tol_dagster.slices.parquet.decoded import DECODED, DecodedChunk
 from tol_dagster.slices.parquet.footer import (
     MAGIC,
     Footer,
@@ -150,64 +149,8 @@ def _read_column(
             f"{footer.path}: pages {pages.first}..{pages.last} of a column decode to "
             f"{len(column)} rows where its offset index says {covered[1] - covered[0]}"
         )
-    DECODED.put(key, _Chunk(footer, locations, first, last, covered, column))
+    DECODED.put(key, DecodedChunk(footer, locations, first, last, covered, column))
     return column.slice(start - covered[0], stop - start)
-
-
-@dataclass(frozen=True)
-class _Chunk:
-    """A column chunk's checked offset index (`locations`) and its pages `first`..`last`
-    decoded (`column`, rows `covered` of the row group)."""
-
-    footer: Footer
-    locations: list[Struct]
-    first: int
-    last: int
-    covered: tuple[int, int]
-    column: pa.ChunkedArray
-
-    def covers(self, first: int, last: int) -> bool:
-        return self.first <= first and last <= self.last
-
-
-class _DecodedPages:
-    """The last decoded pages of recently read column chunks, up to `limit` bytes, least
-    recently used dropped first; shared by the reader's threads. A whole rank reads its values
-    in the mirror's order and neighbours share pages (a 50k-row row group's `uuid` is a single
-    page): each page is decoded once, not once per value."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit, self.size = limit, 0
-        self.entries: OrderedDict[tuple[int, int], _Chunk] = OrderedDict()
-        self.lock = threading.Lock()
-
-    def get(self, key: tuple[int, int], footer: Footer) -> _Chunk | None:
-        with self.lock:
-            known = self.entries.get(key)
-            if known is None or known.footer is not footer:  # the entry holds its footer: ids stay
-                return None
-            self.entries.move_to_end(key)
-            return known
-
-    def put(self, key: tuple[int, int], chunk: _Chunk) -> None:
-        with self.lock:
-            old = self.entries.pop(key, None)
-            self.size -= _bytes(old)
-            if _bytes(chunk) > self.limit:
-                return
-            self.entries[key] = chunk
-            self.size += _bytes(chunk)
-            while self.size > self.limit:
-                self.size -= _bytes(self.entries.popitem(last=False)[1])
-
-
-def _bytes(chunk: _Chunk | None) -> int:
-    return 0 if chunk is None else chunk.column.nbytes
-
-
-#: Bytes of decoded pages kept for the next reads (`_DecodedPages`).
-DECODED_PAGES_BYTES = 256 << 20
-DECODED = _DecodedPages(DECODED_PAGES_BYTES)
 
 
 def _locations(
