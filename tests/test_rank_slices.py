@@ -17,6 +17,7 @@ from mirror_testing import mirror_of, sample_mirror
 from resync_testing import CONFIG, User, dagster_home, synced, synced_home, user
 
 from tol_dagster.cli.main import main
+from tol_dagster.defs.published.refresh import ranks_to_refresh
 from tol_dagster.derived.summaries import build_summaries, read_summary
 from tol_dagster.derived.taxon_index import build_taxon_index, read_taxon_index
 from tol_dagster.errors import SettingsError, SliceSpecError
@@ -362,3 +363,13 @@ def test_add_rank_publishes_every_family_in_one_run_and_the_catalog_once(synced:
     assert again.code == 0, again.text
     after = {r["name"]: r["built_at"] for r in read_catalog(layout, CONFIG).to_pylist()}
     assert {n: after[n] for n in built_at} == built_at, "nothing changed: nothing rebuilt"
+
+
+def test_a_resync_refreshes_declared_and_published_ranks_the_file_winning(
+    tmp_path: Path,
+) -> None:
+    layout, path = Layout(tmp_path / "home"), tmp_path / "slices.yaml"
+    path.write_text(yaml.safe_dump({"ranks": [{"rank": "genus", "min_rows": 7}]}))
+    records.save_rank_state(layout, CONFIG, "family", 3)  # `add-rank family --min-rows 3`
+    records.save_rank_state(layout, CONFIG, "genus", 2)
+    assert ranks_to_refresh(layout, CONFIG, path) == {"family": 3, "genus": 7}
