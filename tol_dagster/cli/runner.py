@@ -250,37 +250,45 @@ def _build_slice(
     allow_empty: bool = False,
 ) -> Outcome:
     instance.add_dynamic_partitions(slices_partitions_name(name), [key])
-    result = execute(
+    return _run_partition(
         defs.resolve_job_def(slices_job_name(name)),
-        run_config={
-            "ops": {slices_op_name(name): {"config": {"allow_empty": allow_empty}}},
-        },
-        instance=instance,
-        partition_key=key,
+        instance,
+        {slices_op_name(name): {"allow_empty": allow_empty}},
+        key,
+        f"slice {key}: not published; the previous file (if any) is unchanged",
     )
-    code, lines = exit_code(result)
-    if code:
-        _print_failure(
-            code, lines, f"slice {key}: not published; the previous file (if any) is unchanged"
-        )
-    return code, lines
 
 
 def _build_rank(
     defs: dg.Definitions, instance: dg.DagsterInstance, name: str, rank: str, min_rows: int | None
 ) -> Outcome:
     """One pass publishing every value of `rank` (`tol/<config>/rank_slices`, partition `rank`)."""
-    result = execute(
+    return _run_partition(
         defs.resolve_job_def(rank_slices_job_name(name)),
-        run_config={"ops": {rank_slices_op_name(name): {"config": {"min_rows": min_rows}}}},
+        instance,
+        {rank_slices_op_name(name): {"min_rows": min_rows}},
+        rank,
+        f"{rank}: the slices named above are not published; the others are",
+    )
+
+
+def _run_partition(
+    job: dg.JobDefinition,
+    instance: dg.DagsterInstance,
+    config: Mapping[str, Mapping[str, Any]],
+    partition: str,
+    failed: str,
+) -> Outcome:
+    """Run `partition` of `job` with each op's `config`; on failure, say `failed` after why."""
+    result = execute(
+        job,
+        run_config={"ops": {op: {"config": dict(c)} for op, c in config.items()}},
         instance=instance,
-        partition_key=rank,
+        partition_key=partition,
     )
     code, lines = exit_code(result)
     if code:
-        _print_failure(
-            code, lines, f"{rank}: the slices named above are not published; the others are"
-        )
+        _print_failure(code, lines, failed)
     return code, lines
 
 

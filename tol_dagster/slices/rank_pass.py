@@ -37,6 +37,7 @@ from tol_dagster.slices.counts import expected_count
 from tol_dagster.slices.extract import SliceResult, extract_slice
 from tol_dagster.slices.keys import SliceKey
 from tol_dagster.slices.locate import locate
+from tol_dagster.store.durable import fsync_dir
 from tol_dagster.store.layout import Layout
 from tol_dagster.store.mirror_files import MirrorFile
 
@@ -205,7 +206,7 @@ def publish_rank(
     checked: bool = True,
 ) -> RankResult:
     """Publish every slice of `plan` whose rows changed since it was built (or never built),
-    each checked and renamed into place, its record written after it; then remove the slices
+    each checked and renamed into place, its record written after it (`_Recorder`); then remove the slices
     an earlier pass of this rank made that the plan no longer has (unless named in `keep`:
     they are also slices of their own). A value whose checks fail is not published (its file
     is left as it was) and the pass goes on; `ValidationFailed` then names every such value.
@@ -213,24 +214,29 @@ def publish_rank(
     started = time.perf_counter()
     result = RankResult(plan.rank)
     failures = []
-    for value in plan.values:
-        out = layout.slices_dir(config) / value.key.file_name
-        if _unchanged(records.slice_record_named(layout, config, value.key.name), value, out):
-            result.unchanged.append(value.key.name)
-            continue
-        try:
-            built = _publish_value(
-                value, files, out, schema=schema, layout=layout, config=config, checked=checked
-            )
-        except ValidationFailed as error:
-            failures.append(str(error))
-            continue
-        record = records.slice_record(
-            config, value.key, built, commit=commit, generation=generation,
-            how={RANK_PASS: plan.rank, BUILT_FROM_ROWS: value.built_from_rows},
-        )  # fmt: skip
-        records.save_slice_record(layout, config, record)
-        result.built.append(built)
+    recorder = _Recorder(layout, config)
+    try:
+        for value in plan.values:
+            out = layout.slices_dir(config) / value.key.file_name
+            if _unchanged(records.slice_record_named(layout, config, value.key.name), value, out):
+                result.unchanged.append(value.key.name)
+                continue
+            try:
+                built = _publish_value(
+                    value, files, out, schema=schema, layout=layout, config=config,
+                    checked=checked,
+                )  # fmt: skip
+            except ValidationFailed as error:
+                failures.append(str(error))
+                continue
+            record = records.slice_record(
+                config, value.key, built, commit=commit, generation=generation,
+                how={RANK_PASS: plan.rank, BUILT_FROM_ROWS: value.built_from_rows},
+            )  # fmt: skip
+            recorder.add(record)
+            result.built.append(built)
+    finally:
+        recorder.flush()
     result.removed = _remove_dropped(layout, config, plan, keep)
     result.seconds = time.perf_counter() - started
     if failures:
@@ -259,8 +265,38 @@ def _publish_value(
         )
 
     return extract_slice(
-        value.key, files, value.index, out, schema=schema, verify=verify if checked else None
-    )
+        value.key, files, value.index, out, schema=schema, verify=verify if checked else None,
+        sync_dir=False,
+    )  # fmt: skip
+
+
+#: Values published between two syncs of the slices' folder (see `_Recorder`).
+SYNC_EVERY = 64
+
+
+class _Recorder:
+    """Records of published slices, written in groups: one sync of the slices' folder makes
+    their renames durable, then their records are written and their folder synced once. A
+    record never outlives its slice on disk, and a record lost in a crash costs a rebuild:
+    two syncs per group instead of two per slice (an fsync costs milliseconds)."""
+
+    def __init__(self, layout: Layout, config: str) -> None:
+        self.layout, self.config = layout, config
+        self.pending: list[dict[str, object]] = []
+
+    def add(self, record: dict[str, object]) -> None:
+        self.pending.append(record)
+        if len(self.pending) >= SYNC_EVERY:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.pending:
+            return
+        fsync_dir(self.layout.slices_dir(self.config))
+        for record in self.pending:
+            records.save_slice_record(self.layout, self.config, record, sync_dir=False)
+        fsync_dir(records.records_dir(self.layout, self.config))
+        self.pending = []
 
 
 def _unchanged(record: dict | None, value: RankValue, out: Path) -> bool:

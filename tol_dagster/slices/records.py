@@ -19,12 +19,13 @@ from tol_dagster.store.durable import write_atomic
 from tol_dagster.store.layout import Layout
 
 
-def _records_dir(layout: Layout, config: str) -> Path:
+def records_dir(layout: Layout, config: str) -> Path:
+    """Where the records of `config`'s slices are."""
     return layout.state_dir(config) / "slices"
 
 
 def _record_path(layout: Layout, config: str, name: str) -> Path:
-    return _records_dir(layout, config) / (
+    return records_dir(layout, config) / (
         parse_slice_key(name).file_name.removesuffix(".parquet") + ".json"
     )
 
@@ -57,16 +58,21 @@ def slice_record(
     }
 
 
-def save_slice_record(layout: Layout, config: str, record: Mapping[str, object]) -> None:
-    """Write the record of the slice `record["name"]`, replacing the one of its last build."""
+def save_slice_record(
+    layout: Layout, config: str, record: Mapping[str, object], *, sync_dir: bool = True
+) -> None:
+    """Write the record of the slice `record["name"]`, replacing the one of its last build
+    (`sync_dir`: see `store.durable.atomic_path`)."""
     write_atomic(
-        _record_path(layout, config, str(record["name"])), json.dumps(record, indent=1).encode()
+        _record_path(layout, config, str(record["name"])),
+        json.dumps(record, indent=1).encode(),
+        sync_dir=sync_dir,
     )
 
 
 def slice_records(layout: Layout, config: str) -> list[dict[str, object]]:
     """Every slice record of `config`: the catalog's rows, and what each slice was built from."""
-    folder = _records_dir(layout, config)
+    folder = records_dir(layout, config)
     if not folder.is_dir():
         return []
     return [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))]
@@ -87,7 +93,7 @@ def allowed_empty(layout: Layout, config: str, name: str) -> bool:
 def remove_slice_records_named(layout: Layout, config: str, names: set[str]) -> list[Path]:
     """Remove the records whose `name` is one of `names`, found by content (a name that no
     longer parses as a key has no computable record path); returns the slice files they name."""
-    folder = _records_dir(layout, config)
+    folder = records_dir(layout, config)
     paths = []
     for record in sorted(folder.glob("*.json")) if folder.is_dir() else []:
         data = json.loads(record.read_text())

@@ -17,7 +17,7 @@ from pydantic import Field
 from tol_dagster.defs.failures import in_words
 from tol_dagster.defs.keys import asset_key
 from tol_dagster.defs.metadata import OWNERS, commit_url, table_preview, with_size
-from tol_dagster.defs.published.keys import published_group, summary_keys
+from tol_dagster.defs.published.keys import published_group, slice_inputs
 from tol_dagster.defs.published.partitions import RANK_PARTITIONS, slice_partition_keys
 from tol_dagster.defs.resources import HubResource, StorageResource
 from tol_dagster.derived import built_from, summaries, taxon_index
@@ -48,11 +48,7 @@ class RankRunConfig(dg.Config):
 def build_rank_slices_asset(name: str) -> dg.AssetsDefinition:
     @dg.asset(
         key=asset_key(name, "rank_slices"),
-        deps=[
-            asset_key(name, "mirror"),
-            asset_key(name, "taxon_index"),
-            summary_keys(name)["lineage"],
-        ],
+        deps=slice_inputs(name),
         partitions_def=RANK_PARTITIONS,
         group_name=published_group(name),
         kinds={"parquet"},

@@ -23,7 +23,7 @@ from tol_dagster.defs.metadata import (
     table_schema,
     with_size,
 )
-from tol_dagster.defs.published.keys import published_group, summary_keys
+from tol_dagster.defs.published.keys import published_group, slice_inputs
 from tol_dagster.defs.published.partitions import slice_partitions
 from tol_dagster.defs.resources import HubResource, StorageResource
 from tol_dagster.derived import built_from, taxon_index
@@ -80,11 +80,7 @@ def build_slices_asset(name: str) -> dg.AssetsDefinition:
 
     @dg.asset(
         key=slices_key,
-        deps=[
-            asset_key(name, "mirror"),
-            asset_key(name, "taxon_index"),
-            summary_keys(name)["lineage"],
-        ],
+        deps=slice_inputs(name),
         partitions_def=slice_partitions(name),
         group_name=published_group(name),
         kinds={"parquet"},
