@@ -404,12 +404,7 @@ def dagster_bookkeeping(partitions: int) -> Measure:
 
 def bench_rank(rank: str, workdir: Path, runs: int, partitions: int) -> dict[str, Measure]:
     """The whole-rank ways, `runs` rounds interleaved, and Dagster's bookkeeping once."""
-    results: dict[str, list[Measure]] = {way: [] for way in RANK_WAYS}
-    for _ in range(runs):
-        for way in RANK_WAYS:
-            size = results["rank-ours"][-1].bytes if way == "rank-floor" else 0
-            results[way].append(measure(way, rank, workdir, False, size))
-    med = {way: _median(measures) for way, measures in results.items()}
+    med = rounds(RANK_WAYS, rank, workdir, runs, False, "rank-ours")
     med["dagster"] = measure("dagster", str(partitions), workdir, False)
     copy = med["rank-copy"]
     print(f"\nwhole rank: {rank} — {med['rank-ours'].rows:,} rows; ours: {med['rank-ours'].note}")
@@ -486,12 +481,7 @@ def bench_slice(
 ) -> dict[str, Measure]:
     ways = WAYS if role != "largest kingdom" else ("ours", "checked", "floor")
     ways += (UNSPLICED,) if unspliced and role != "largest kingdom" else ()
-    results: dict[str, list[Measure]] = {way: [] for way in ways}
-    for _ in range(runs):
-        for way in ways:
-            size = results["ours"][-1].bytes if way == "floor" else 0
-            results[way].append(measure(way, key, workdir, species_or, size))
-    med = {way: _median(measures) for way, measures in results.items()}
+    med = rounds(ways, key, workdir, runs, species_or, "ours")
     base = med.get("copy")
     print(f"\n{role}: {key} — {med['ours'].rows:,} rows; ours: {med['ours'].note}")
     print(
@@ -521,6 +511,19 @@ def bench_slice(
     if UNSPLICED in med:
         assert med[UNSPLICED].rows == med["ours"].rows, "unspliced selected other rows"
     return med
+
+
+def rounds(
+    ways: tuple[str, ...], key: str, workdir: Path, runs: int, species_or: bool, ours: str
+) -> dict[str, Measure]:
+    """Medians of `runs` rounds of `ways`, interleaved; a floor way writes as many bytes as
+    `ours` did in its round (`ours` comes before it in `ways`)."""
+    results: dict[str, list[Measure]] = {way: [] for way in ways}
+    for _ in range(runs):
+        for way in ways:
+            size = results[ours][-1].bytes if way.endswith("floor") else 0
+            results[way].append(measure(way, key, workdir, species_or, size))
+    return {way: _median(measures) for way, measures in results.items()}
 
 
 def _median(measures: list[Measure]) -> Measure:
