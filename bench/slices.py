@@ -22,6 +22,20 @@ way and the floor only (its copy takes minutes and GBs of RAM):
          (`splices.PAGE_SPLICES`): row groups the slice covers only partly are decoded and encoded
          whole, as before page-level splicing; beside ours, it shows what splicing gains.
 
+A whole rank (`--rank family`, on unless `--no-rank`), once (`--rank-runs`), in the same run:
+
+- rank-copy:  DuckDB's `COPY (SELECT * FROM read_parquet('<glob>')) TO '<dir>' (FORMAT parquet,
+              PARTITION_BY (family))`: one file per family, `emb` turned into `list<float>`.
+- rank-ours:  `slices.rank_pass`: a slice per value in one pass, exact schema, each published
+              atomically (the catalog is not written: its one writer runs once after).
+- rank-checked: rank-ours with every blocking check of every slice, as `rank_slices` runs it.
+- rank-floor: reading every byte of the mirror once, then writing and fsyncing as many bytes as
+              rank-ours wrote.
+- dagster:    Dagster's bookkeeping per dynamic partition: `--dagster-partitions` partitions of
+              an asset that does nothing, materialized in one single-run backfill on SQLite; set
+              against the data work per value of rank-checked, it decides the Dagster shape
+              (one partition per value only if Dagster's share stays <= 10%).
+
 Each way runs in its own process, so its peak RSS (VmHWM) is its own. Times cover the work
 only, wall and CPU (user + sys, every thread), in a warmed-up process as a Dagster worker would
 be (modules imported, the process's DuckDB database open). Page cache is warm for every way,
@@ -32,7 +46,8 @@ The machine is shared and noisy: compare the ratios of one run, and read CPU nex
 Targets: ours >= 2.5x faster than the copy for the family-sized slice, >= 1.25x for the
 species-sized one (extraction; the checked way's ratios and the checks' CPU per GB of slice are
 printed beside them), `emb` kept as `fixed_size_list<halffloat>[dim]`, peak RSS < 2 GB for the
-largest order.
+largest order. Whole rank: ours >= 2x faster than DuckDB's PARTITION_BY copy and within 2x of
+the floor; peak RSS < 2 GB.
 
     .venv/bin/python bench/slices.py                          # 2.8M rows, 8 files of ~520 MB
     .venv/bin/python bench/slices.py --rows 400000 --files 4  # smaller, quicker
@@ -61,6 +76,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from tol_dagster import duck
+from tol_dagster.derived.summaries import build_summaries, read_summary
 from tol_dagster.derived.taxon_index import build_taxon_index, read_taxon_index
 from tol_dagster.devtools.sample import build_sample
 from tol_dagster.schema import DEFAULT_CONFIG, expected_schema, quote_ident
@@ -70,6 +86,7 @@ from tol_dagster.slices.counts import expected_count
 from tol_dagster.slices.extract import extract_slice
 from tol_dagster.slices.keys import SliceKey, parse_slice_key, split_binomial, to_sql_filter
 from tol_dagster.slices.locate import plan_scans
+from tol_dagster.slices.rank_pass import plan_rank, publish_rank
 from tol_dagster.slices.write import EMB_MIN_GAIN, ZSTD_LEVEL
 from tol_dagster.store.hashing import sha256_file
 from tol_dagster.store.layout import Layout
@@ -83,6 +100,11 @@ UNSPLICED = "unspliced"
 TARGETS = {"family-sized": 2.5, "species-sized": 1.25}
 RSS_LIMIT_MB = 2048
 RSS_ROLES = ("largest order", "largest kingdom")
+RANK_WAYS = ("rank-copy", "rank-ours", "rank-checked", "rank-floor")
+#: Whole rank: ours at least this many times faster than the copy, within this many floors.
+RANK_COPY_TARGET, RANK_FLOOR_TARGET = 2.0, 2.0
+#: Dagster's share of a rank's work above which a rank is one materialization.
+DAGSTER_SHARE_LIMIT = 0.10
 
 
 @dataclass(frozen=True)
@@ -126,6 +148,9 @@ def prepare(workdir: Path, rows: int, files: int, row_group_size: int, seed: int
         f"mirror: {len(mirror)} files, {size:,.0f} MB; taxon index: {result.rows:,} entries, "
         f"{result.bytes / 1024:,.0f} kB ({time.perf_counter() - started:.1f} s)"
     )
+    started = time.perf_counter()
+    build_summaries(mirror, layout, CONFIG)
+    print(f"summaries (lineage, for the ranks' homonyms): {time.perf_counter() - started:.1f} s")
     started = time.perf_counter()
     computed = sum(ensure_table(f, layout, CONFIG) for f in mirror)
     print(
@@ -291,6 +316,152 @@ def measure(way: str, key: str, workdir: Path, species_or: bool, output_bytes: i
     return Measure(**json.loads(done.stdout.strip().splitlines()[-1]))
 
 
+# --- a whole rank ------------------------------------------------------------------------------
+
+
+def run_rank_way(way: str, rank: str, workdir: Path) -> Measure:
+    """Run a whole-rank `way` once in this process (a fresh child) and measure it."""
+    mirror, index = load(workdir)
+    layout = Layout(workdir / "home")
+    out = layout.slices_dir(CONFIG)
+    for stale in (out, layout.state_dir(CONFIG) / "slices", workdir / "out" / "rank-copy"):
+        shutil.rmtree(stale, ignore_errors=True)  # every pass builds every slice
+    warm_up()
+    before, started = _cpu(), time.perf_counter()
+    note = ""
+    if way == "rank-copy":
+        glob = str(mirror[0].path.parent / "*.parquet")
+        out = workdir / "out" / "rank-copy"
+        with duck.cursor() as con:
+            con.execute(
+                f"COPY (SELECT * FROM read_parquet('{glob}')) TO '{out}' "
+                f"(FORMAT parquet, PARTITION_BY ({quote_ident(rank)}))"
+            )
+    elif way == "rank-floor":
+        rank_floor(mirror, workdir / "out" / "rank-floor", int(os.environ["BENCH_OUTPUT_BYTES"]))
+        out = workdir / "out" / "rank-floor"
+    else:
+        lineage = read_summary(layout, CONFIG, "lineage")
+        plan = plan_rank(rank, index, lineage, mirror)
+        result = publish_rank(
+            plan, mirror, schema=expected_schema(CONFIG), layout=layout, config=CONFIG,
+            commit="bench", generation="bench", checked=way == "rank-checked",
+        )  # fmt: skip
+        note = f"{len(result.built):,} slices"
+    seconds, cpu = time.perf_counter() - started, _cpu() - before
+    parts = sorted(out.rglob("*.parquet")) if out.is_dir() else [out]
+    rows = sum(pq.read_metadata(p).num_rows for p in parts if p.suffix == ".parquet")
+    emb = str(pq.read_schema(parts[0]).field("emb").type) if way != "rank-floor" else "-"
+    note = note or f"{len(parts):,} files"
+    size = sum(p.stat().st_size for p in parts)
+    return Measure(seconds, cpu, peak_rss_mb(), size, rows, emb, note)
+
+
+def rank_floor(mirror: list[MirrorFile], out: Path, size: int) -> None:
+    """Read every byte of the mirror once; write and fsync `size` bytes."""
+    chunk = memoryview(bytearray(8 << 20))
+    for file in mirror:
+        with open(file.path, "rb", buffering=0) as handle:
+            while handle.readinto(chunk):
+                pass
+    with open(out, "wb") as handle:
+        for written in range(0, size, len(chunk)):
+            handle.write(chunk[: min(len(chunk), size - written)])
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def dagster_bookkeeping(partitions: int) -> Measure:
+    """`partitions` dynamic partitions of an asset that does nothing, materialized in one
+    single-run backfill on a SQLite instance: Dagster's cost before any byte moves."""
+    import dagster as dg
+
+    values = dg.DynamicPartitionsDefinition(name="values")
+
+    @dg.asset(partitions_def=values, backfill_policy=dg.BackfillPolicy.single_run())
+    def noop() -> None:
+        """Nothing: what is left is Dagster's bookkeeping."""
+
+    with tempfile.TemporaryDirectory() as home:
+        instance = dg.DagsterInstance.local_temp(home)
+        keys = [f"family=F{i:06d}" for i in range(partitions)]
+        instance.add_dynamic_partitions("values", keys)
+        job = dg.Definitions(assets=[noop], jobs=[dg.define_asset_job("noop_job")])
+        before, started = _cpu(), time.perf_counter()
+        result = job.resolve_job_def("noop_job").execute_in_process(
+            instance=instance,
+            tags={
+                "dagster/asset_partition_range_start": keys[0],
+                "dagster/asset_partition_range_end": keys[-1],
+            },
+            run_config={"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}},
+        )
+        seconds, cpu = time.perf_counter() - started, _cpu() - before
+        done = instance.fetch_materializations(noop.key, limit=partitions + 1).records
+        assert result.success and len(done) == partitions, "not every partition materialized"
+    return Measure(seconds, cpu, peak_rss_mb(), 0, partitions, "-", f"{partitions:,} partitions")
+
+
+def bench_rank(rank: str, workdir: Path, runs: int, partitions: int) -> dict[str, Measure]:
+    """The whole-rank ways, `runs` rounds interleaved, and Dagster's bookkeeping once."""
+    med = rounds(RANK_WAYS, rank, workdir, runs, False, "rank-ours")
+    med["dagster"] = measure("dagster", str(partitions), workdir, False)
+    copy = med["rank-copy"]
+    print(f"\nwhole rank: {rank} — {med['rank-ours'].rows:,} rows; ours: {med['rank-ours'].note}")
+    print(
+        f"  {'way':<13} {'wall s':>8} {'cpu s':>8} {'copy/way wall':>14} {'copy/way cpu':>13} "
+        f"{'peak RSS':>9} {'output':>10}  emb type"
+    )
+    for way, m in med.items():
+        print(
+            f"  {way:<13} {m.seconds:8.2f} {m.cpu:8.2f} {copy.seconds / m.seconds:13.2f}x "
+            f"{copy.cpu / max(m.cpu, 1e-9):12.2f}x {m.rss_mb:7.0f}MB "
+            f"{m.bytes / 2**20:8.1f}MB  {m.emb_type} ({m.note})"
+        )
+    return med
+
+
+def rank_verdicts(rank: str, med: dict[str, Measure]) -> None:
+    copy, ours, checked = med["rank-copy"], med["rank-ours"], med["rank-checked"]
+    floor, dagster = med["rank-floor"], med["dagster"]
+    slices = int(ours.note.split()[0].replace(",", ""))
+    print(f"\nwhole rank ({rank}, {slices:,} slices):")
+    for name, m in (("ours", ours), ("checked", checked)):
+        wall, cpu = copy.seconds / m.seconds, copy.cpu / m.cpu
+        print(
+            f"  {name:<8} {wall:5.2f}x wall, {cpu:5.2f}x cpu faster than DuckDB's PARTITION_BY "
+            f"copy (target {RANK_COPY_TARGET}x): {'met' if wall >= RANK_COPY_TARGET else 'MISSED'}"
+        )
+    of_floor = ours.seconds / floor.seconds
+    print(
+        f"  ours     {of_floor:5.2f}x the floor's wall, {ours.cpu / floor.cpu:5.2f}x its cpu "
+        f"(target within {RANK_FLOOR_TARGET}x): {'met' if of_floor <= RANK_FLOOR_TARGET else 'MISSED'}"
+    )
+    print(
+        f"  peak RSS {checked.rss_mb:,.0f} MB checked, {ours.rss_mb:,.0f} MB ours (target < "
+        f"{RSS_LIMIT_MB} MB): {'met' if max(checked.rss_mb, ours.rss_mb) < RSS_LIMIT_MB else 'MISSED'}"
+    )
+    print(
+        f"  emb type kept exact: {'yes' if ours.emb_type.startswith('fixed_size_list') else 'NO'} "
+        f"(the copy writes {copy.emb_type}); rows: ours {ours.rows:,}, copy {copy.rows:,} "
+        "(the copy also writes the NULL-family rows)"
+    )
+    per_partition = dagster.seconds / dagster.rows
+    per_value = checked.seconds / max(slices, 1)
+    share = per_partition / per_value
+    print(
+        f"  Dagster: {per_partition * 1000:.1f} ms wall ({dagster.cpu / dagster.rows * 1000:.1f} "
+        f"ms cpu) per dynamic partition ({dagster.note}, one run, SQLite); the data work is "
+        f"{per_value * 1000:.1f} ms per value (checked): Dagster would add {share:.0%} "
+        f"(limit {DAGSTER_SHARE_LIMIT:.0%}): "
+        + (
+            "one partition per value"
+            if share <= DAGSTER_SHARE_LIMIT
+            else "a rank is one materialization"
+        )
+    )
+
+
 # --- the report -------------------------------------------------------------------------------
 
 
@@ -310,12 +481,7 @@ def bench_slice(
 ) -> dict[str, Measure]:
     ways = WAYS if role != "largest kingdom" else ("ours", "checked", "floor")
     ways += (UNSPLICED,) if unspliced and role != "largest kingdom" else ()
-    results: dict[str, list[Measure]] = {way: [] for way in ways}
-    for _ in range(runs):
-        for way in ways:
-            size = results["ours"][-1].bytes if way == "floor" else 0
-            results[way].append(measure(way, key, workdir, species_or, size))
-    med = {way: _median(measures) for way, measures in results.items()}
+    med = rounds(ways, key, workdir, runs, species_or, "ours")
     base = med.get("copy")
     print(f"\n{role}: {key} — {med['ours'].rows:,} rows; ours: {med['ours'].note}")
     print(
@@ -345,6 +511,19 @@ def bench_slice(
     if UNSPLICED in med:
         assert med[UNSPLICED].rows == med["ours"].rows, "unspliced selected other rows"
     return med
+
+
+def rounds(
+    ways: tuple[str, ...], key: str, workdir: Path, runs: int, species_or: bool, ours: str
+) -> dict[str, Measure]:
+    """Medians of `runs` rounds of `ways`, interleaved; a floor way writes as many bytes as
+    `ours` did in its round (`ours` comes before it in `ways`)."""
+    results: dict[str, list[Measure]] = {way: [] for way in ways}
+    for _ in range(runs):
+        for way in ways:
+            size = results[ours][-1].bytes if way.endswith("floor") else 0
+            results[way].append(measure(way, key, workdir, species_or, size))
+    return {way: _median(measures) for way, measures in results.items()}
 
 
 def _median(measures: list[Measure]) -> Measure:
@@ -425,14 +604,23 @@ def main() -> None:
     )
     parser.add_argument(
         "--roles",
-        help="comma-separated roles to run (default: all), e.g. 'family-sized,species-sized'",
+        help="comma-separated roles to run (default: all), e.g. 'family-sized,whole rank'",
     )
+    parser.add_argument("--rank", default="family", help="the whole rank to publish in one pass")
+    parser.add_argument("--no-rank", dest="rank", action="store_const", const=None)
+    parser.add_argument("--rank-runs", type=int, default=1)
+    parser.add_argument("--dagster-partitions", type=int, default=1000)
     parser.add_argument("--child", nargs=2, metavar=("WAY", "KEY"), help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     if args.child:
         way, key = args.child
-        measured = run_way(way, parse_slice_key(key), args.workdir, args.species_or)
+        if way == "dagster":
+            measured = dagster_bookkeeping(int(key))
+        elif way in RANK_WAYS:
+            measured = run_rank_way(way, key, args.workdir)
+        else:
+            measured = run_way(way, parse_slice_key(key), args.workdir, args.species_or)
         print(json.dumps(asdict(measured)))
         return
 
@@ -446,7 +634,12 @@ def main() -> None:
             for role, key in keys.items()
             if role in roles
         }
+        ranked = None
+        if args.rank and (not args.roles or "whole rank" in roles):
+            ranked = bench_rank(args.rank, workdir, args.rank_runs, args.dagster_partitions)
         verdicts(rows)
+        if ranked is not None:
+            rank_verdicts(args.rank, ranked)
     finally:
         shutil.rmtree(workdir / "out", ignore_errors=True)
         if args.workdir is None:

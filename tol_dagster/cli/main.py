@@ -88,6 +88,10 @@ def _worker(args: argparse.Namespace) -> int:
     return worker_command.run_worker(concurrency=args.concurrency)
 
 
+def _slices_add_rank(args: argparse.Namespace) -> int:
+    return slice_commands.add_rank_command(args.rank, config=args.config, min_rows=args.min_rows)
+
+
 def _demo(args: argparse.Namespace) -> int:
     with runner.launched_by("demo"):
         return demo.run_demo()
@@ -103,6 +107,7 @@ HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
     "slice": _slice,
     "slices list": _slices_list,
     "slices remove": _slices_remove,
+    "slices add-rank": _slices_add_rank,
     "worker": _worker,
     "demo": _demo,
 }

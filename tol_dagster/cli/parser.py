@@ -203,3 +203,16 @@ def _add_slices(commands: Subparsers) -> None:
     slices_remove.add_argument("key", metavar="KEY")
     slices_remove.add_argument("--config", default=None)
     slices_remove.set_defaults(handler="slices remove")
+    add_rank = slices_commands.add_parser(
+        "add-rank", help="publish a slice for every value of a rank, in one pass over the mirror"
+    )
+    add_rank.add_argument(
+        "rank", metavar="RANK", help="kingdom, phylum, class, order, family, genus or species"
+    )
+    add_rank.add_argument(
+        "--min-rows", type=int, default=None,
+        help="only values with at least N rows (default: the rank's last setting, else 1)",
+    )  # fmt: skip
+    add_rank.add_argument("--config", default=None)
+    _add_json(add_rank)
+    add_rank.set_defaults(handler="slices add-rank")

@@ -26,8 +26,13 @@ from tol_dagster.defs.instance import open_instance
 from tol_dagster.defs.keys import asset_key
 from tol_dagster.defs.orphaned_runs import cli_run_tags
 from tol_dagster.defs.published import refresh
-from tol_dagster.defs.published.jobs import CATALOG_JOB, DERIVED_JOB, slices_job_name
-from tol_dagster.defs.published.keys import derived_keys, slices_op_name
+from tol_dagster.defs.published.jobs import (
+    CATALOG_JOB,
+    DERIVED_JOB,
+    rank_slices_job_name,
+    slices_job_name,
+)
+from tol_dagster.defs.published.keys import derived_keys, rank_slices_op_name, slices_op_name
 from tol_dagster.defs.published.partitions import slices_partitions_name
 from tol_dagster.derived import built_from
 from tol_dagster.settings import Settings
@@ -247,26 +252,52 @@ def _build_slice(
     allow_empty: bool = False,
 ) -> Outcome:
     instance.add_dynamic_partitions(slices_partitions_name(name), [key])
-    result = execute(
+    return _run_partition(
         defs.resolve_job_def(slices_job_name(name)),
-        run_config={
-            "ops": {slices_op_name(name): {"config": {"allow_empty": allow_empty}}},
-        },
+        instance,
+        {slices_op_name(name): {"allow_empty": allow_empty}},
+        key,
+        f"slice {key}: not published; the previous file (if any) is unchanged",
+    )
+
+
+def _build_rank(
+    defs: dg.Definitions, instance: dg.DagsterInstance, name: str, rank: str, min_rows: int | None
+) -> Outcome:
+    """One pass publishing every value of `rank` (`tol/<config>/rank_slices`, partition `rank`)."""
+    return _run_partition(
+        defs.resolve_job_def(rank_slices_job_name(name)),
+        instance,
+        {rank_slices_op_name(name): {"min_rows": min_rows}},
+        rank,
+        f"{rank}: the slices named above are not published; the others are",
+    )
+
+
+def _run_partition(
+    job: dg.JobDefinition,
+    instance: dg.DagsterInstance,
+    config: Mapping[str, Mapping[str, Any]],
+    partition: str,
+    failed: str,
+) -> Outcome:
+    """Run `partition` of `job` with each op's `config`; on failure, say `failed` after why."""
+    result = execute(
+        job,
+        run_config={"ops": {op: {"config": dict(c)} for op, c in config.items()}},
         instance=instance,
-        partition_key=key,
+        partition_key=partition,
     )
     code, lines = exit_code(result)
     if code:
-        _print_failure(
-            code, lines, f"slice {key}: not published; the previous file (if any) is unchanged"
-        )
+        _print_failure(code, lines, failed)
     return code, lines
 
 
 def refresh_published(settings: Settings, name: str) -> int:
     """What the automation and `mirror_change_sensor` do after a resync, in this process and
     as planned by `tol_dagster.defs.published.refresh`: derived outputs, the slices the new
-    generation touched (and declared ones never built), the catalog."""
+    generation touched (and declared ones never built), the whole ranks, the catalog."""
     instance = open_instance(settings)
     defs = launch.load_code_location(settings)
     code, _ = _ensure_derived(defs, instance, settings, name)
@@ -277,6 +308,10 @@ def refresh_published(settings: Settings, name: str) -> int:
     plan = refresh.plan_slice_refresh(instance, settings.layout, name, settings.slices_file, built)
     for key in plan.rebuild:
         code = max(code, _build_slice(defs, instance, name, key)[0])
+    for rank, min_rows in refresh.ranks_to_refresh(
+        settings.layout, name, settings.slices_file
+    ).items():
+        code = max(code, _build_rank(defs, instance, name, rank, min_rows)[0])
     return max(code, _refresh_catalog(defs, instance, name)[0])
 
 

@@ -1,4 +1,4 @@
-"""`tol-dagster slice KEY` and `tol-dagster slices list|remove`: slices on demand.
+"""`tol-dagster slice KEY` and `tol-dagster slices list|remove|add-rank`: slices on demand.
 
 A slice is built through Dagster (its dynamic partition added first) after the derived tables
 it reads are brought up to date, and the catalog is rewritten after every change, so the UI,
@@ -15,15 +15,17 @@ from tol_dagster import catalog
 from tol_dagster.cli import progress_view, report, verbosity
 from tol_dagster.cli.config_option import one_config, select_configs
 from tol_dagster.cli.launch import load_code_location
-from tol_dagster.cli.runner import _build_slice, _ensure_derived, _refresh_catalog
+from tol_dagster.cli.runner import _build_rank, _build_slice, _ensure_derived, _refresh_catalog
 from tol_dagster.defs.instance import open_instance
 from tol_dagster.defs.published.partitions import slices_partitions_name
 from tol_dagster.derived import built_from, taxon_index
-from tol_dagster.errors import SliceSpecError
+from tol_dagster.errors import SettingsError, SliceSpecError
 from tol_dagster.settings import Settings
 from tol_dagster.slices import catalog_file, records
 from tol_dagster.slices.counts import expected_count, refuse_empty
 from tol_dagster.slices.keys import SliceKey, parse_slice_key
+from tol_dagster.slices.rank_pass import RANK_PASS
+from tol_dagster.slices.rebuilds import checked_rank
 
 
 def run_slice(key_text: str, *, config: str | None, allow_empty: bool = False) -> int:
@@ -65,6 +67,36 @@ def _refuse_empty(settings: Settings, name: str, key: SliceKey) -> int:
     expected = expected_count(key, index, files)
     refuse_empty(key, index, expected)
     return expected
+
+
+def add_rank_command(rank: str, *, config: str | None, min_rows: int | None = None) -> int:
+    """Publish a slice for every value of `rank` in one pass through Dagster (the partition
+    `rank` of `tol/<config>/rank_slices`), then refresh the catalog once."""
+    settings = Settings.from_env()
+    checked_rank(rank, f"add-rank {rank!r}")
+    if min_rows is not None and min_rows < 1:
+        raise SettingsError(
+            f"--min-rows {min_rows}: give a whole number >= 1 (1 publishes every value)"
+        )
+    name = one_config(settings, config)
+    built_from.mirror_inputs(settings.layout, name)  # no mirror: say so before touching anything
+    instance = open_instance(settings)
+    defs = load_code_location(settings)
+    with progress_view.shown(name):
+        code, lines = _ensure_derived(defs, instance, settings, name)
+        if not code:
+            code, lines = _build_rank(defs, instance, name, rank, min_rows)
+        code = max(code, _refresh_catalog(defs, instance, name)[0])
+    if verbosity.as_json():
+        report.print_document("slices add-rank", code, lines, rank=rank, config=name)
+    elif code == 0:
+        published = [
+            r for r in records.slice_records(settings.layout, name) if r.get(RANK_PASS) == rank
+        ]
+        rows = sum(int(str(r["rows"])) for r in published)
+        report.say(f"{name}: {len(published):,} {rank} slices, {rows:,} rows")
+        report.say(str(settings.layout.slices_dir(name)))
+    return code
 
 
 def list_slices_command(*, config: str | None) -> int:

@@ -77,12 +77,14 @@ def extract_slice(
     *,
     schema: pa.Schema,
     verify: Verify | None = None,
+    sync_dir: bool = True,
 ) -> SliceResult:
     """Write the rows of `files` (in mirror order) that satisfy `key` to `out`, atomically.
 
     `index` None finds the rows without it (correct, slower). `verify` gets the finished temp
     file; if any of its checks fails, `ValidationFailed` is raised and `out` is left as it was.
-    A taxon with no rows gives a 0-row file with the full schema and a warning.
+    A taxon with no rows gives a 0-row file with the full schema and a warning. `sync_dir`
+    False: the caller makes the rename durable (`store.durable.atomic_path`).
     """
     started = time.perf_counter()
     out = Path(out)
@@ -90,7 +92,7 @@ def extract_slice(
     spliced = any(isinstance(p, (Copy, Splice)) for scan in scans for p in scan.pieces)
     per_file = {scan.file.name: 0 for scan in scans}
     progress.start("slice", what=key.name)
-    with atomic_path(out) as temp:
+    with atomic_path(out, sync_dir=sync_dir) as temp:
         reader = contextlib.closing(prefetched(read_slice_rows(key, scans, schema), READ_AHEAD))
         with _jemalloc():  # the checks too: they decode the slice's `emb` back
             with open(temp, "wb") as handle, reader as items:

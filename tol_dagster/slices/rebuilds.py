@@ -1,5 +1,5 @@
-"""Which slices to build: those the repo declares, and after a resync those whose taxa have
-rows in a file that changed.
+"""Which slices to build: those the repo declares (keys, and whole ranks: `declared_ranks`), and
+after a resync those whose taxa have rows in a file that changed.
 
 Dagster cannot know which slice depends on which mirror file: that mapping is in the data (the
 taxon index). The old and the new index together name every file a slice's rows were or are in.
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
@@ -17,6 +18,7 @@ import yaml
 from tol_dagster.derived.built_from import BuiltFrom, changed_files, previous_index
 from tol_dagster.derived.taxon_index import read_taxon_index
 from tol_dagster.errors import SettingsError, SliceSpecError
+from tol_dagster.schema import RANKS
 from tol_dagster.slices.keys import SliceKey, parse_slice_key
 from tol_dagster.slices.locate import locate
 from tol_dagster.slices.records import slice_records
@@ -27,6 +29,74 @@ logger = logging.getLogger("tol_dagster.slices.rebuilds")
 
 def declared_slices(path: Path, config: str) -> list[str]:
     """Canonical keys the slices file declares for `config` (`all` applies to every config)."""
+    section = _load(path).get("slices", {})
+    if not isinstance(section, dict):
+        raise SettingsError(
+            f"{path}: expected `slices:` mapping config names (or `all`) to lists of keys"
+        )
+    keys = [*(section.get("all") or []), *(section.get(config) or [])]
+    return list(dict.fromkeys(parse_slice_key(str(key)).name for key in keys))
+
+
+@dataclass(frozen=True)
+class RankSpec:
+    """A whole rank to publish, one slice per value with at least `min_rows` rows."""
+
+    rank: str
+    min_rows: int = 1
+
+
+_RANKS_HELP = (
+    "write `ranks:` as a list such as [family, {rank: genus, min_rows: 100}] (or a mapping of "
+    f"config names, or `all`, to such lists); a rank is one of {', '.join(RANKS)}"
+)
+
+
+def declared_ranks(path: Path, config: str) -> list[RankSpec]:
+    """The whole ranks the slices file declares for `config`: `ranks:` is a list (every
+    config) or maps config names and `all` to lists; an entry is a rank name or
+    `{rank: NAME, min_rows: N}`. A rank named twice keeps its last entry."""
+    section = _load(path).get("ranks") or []
+    if isinstance(section, dict):
+        section = [*(section.get("all") or []), *(section.get(config) or [])]
+    if not isinstance(section, list):
+        raise SettingsError(f"{path}: `ranks:` is a {type(section).__name__}; {_RANKS_HELP}")
+    specs = {spec.rank: spec for spec in (_rank_entry(path, entry) for entry in section)}
+    return list(specs.values())
+
+
+def _rank_entry(path: Path, entry: object) -> RankSpec:
+    """One `ranks:` entry, validated; SettingsError naming the file, the entry and the fix."""
+    if isinstance(entry, dict):
+        unknown = set(entry) - {"rank", "min_rows"}
+        min_rows = entry.get("min_rows", 1)
+        if unknown or "rank" not in entry:
+            raise SettingsError(
+                f"{path}: `ranks:` entry {entry!r} needs `rank` and may have `min_rows`, "
+                f"nothing else; {_RANKS_HELP}"
+            )
+        if isinstance(min_rows, bool) or not isinstance(min_rows, int) or min_rows < 1:
+            raise SettingsError(
+                f"{path}: `ranks:` entry {entry!r}: min_rows must be a whole number >= 1"
+            )
+        return RankSpec(checked_rank(entry["rank"], f"{path}: `ranks:` entry {entry!r}"), min_rows)
+    return RankSpec(checked_rank(entry, f"{path}: `ranks:` entry {entry!r}"))
+
+
+def checked_rank(rank: object, where: str) -> str:
+    """`rank` if a whole rank can be sliced by it; SliceSpecError saying which can."""
+    if rank in RANKS:
+        return str(rank)
+    why = (
+        "scientific_name is not a rank to publish whole (about one slice per image); "
+        if rank == "scientific_name"
+        else f"{rank!r} is not a rank; "
+    )
+    raise SliceSpecError(f"{where}: {why}use one of {', '.join(RANKS)}")
+
+
+def _load(path: Path) -> dict:
+    """The slices file's document (a mapping)."""
     if not path.is_file():
         raise SettingsError(
             f"TOL_SLICES_FILE={path}: no such file; point it at a YAML file with a `slices:` mapping"
@@ -35,13 +105,11 @@ def declared_slices(path: Path, config: str) -> list[str]:
         document = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as error:
         raise SettingsError(f"{path}: not valid YAML ({error})") from None
-    section = document.get("slices", {}) if isinstance(document, dict) else None
-    if not isinstance(section, dict):
+    if not isinstance(document, dict):
         raise SettingsError(
             f"{path}: expected `slices:` mapping config names (or `all`) to lists of keys"
         )
-    keys = [*(section.get("all") or []), *(section.get(config) or [])]
-    return list(dict.fromkeys(parse_slice_key(str(key)).name for key in keys))
+    return document
 
 
 def slices_to_rebuild(

@@ -9,36 +9,79 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
-from tol_dagster.slices.keys import parse_slice_key
+from tol_dagster.slices.extract import SliceResult
+from tol_dagster.slices.keys import SliceKey, parse_slice_key
 from tol_dagster.store.durable import write_atomic
 from tol_dagster.store.layout import Layout
 
 
-def _records_dir(layout: Layout, config: str) -> Path:
+def records_dir(layout: Layout, config: str) -> Path:
+    """Where the records of `config`'s slices are."""
     return layout.state_dir(config) / "slices"
 
 
 def _record_path(layout: Layout, config: str, name: str) -> Path:
-    return _records_dir(layout, config) / (
+    return records_dir(layout, config) / (
         parse_slice_key(name).file_name.removesuffix(".parquet") + ".json"
     )
 
 
-def save_slice_record(layout: Layout, config: str, record: Mapping[str, object]) -> None:
-    """Write the record of the slice `record["name"]`, replacing the one of its last build."""
+def slice_record(
+    config: str,
+    key: SliceKey,
+    result: SliceResult,
+    *,
+    commit: str,
+    generation: str,
+    allow_empty: bool = False,
+    how: dict[str, object] | None = None,
+) -> dict[str, object]:
+    """The slice's catalog row and how it was built (`how`: what a rank pass adds)."""
+    return {
+        "config": config,
+        "name": key.name,
+        "rank": key.rank,
+        "value": key.value,
+        "path": str(result.path),
+        "rows": result.rows,
+        "bytes": result.bytes,
+        "sha256": result.sha256,
+        "upstream_commit": commit,
+        "built_at": datetime.now(UTC).isoformat(),
+        "generation": generation,
+        "allow_empty": allow_empty,
+        **(how or {}),
+    }
+
+
+def save_slice_record(
+    layout: Layout, config: str, record: Mapping[str, object], *, sync_dir: bool = True
+) -> None:
+    """Write the record of the slice `record["name"]`, replacing the one of its last build
+    (`sync_dir`: see `store.durable.atomic_path`)."""
     write_atomic(
-        _record_path(layout, config, str(record["name"])), json.dumps(record, indent=1).encode()
+        _record_path(layout, config, str(record["name"])),
+        json.dumps(record, indent=1).encode(),
+        sync_dir=sync_dir,
     )
 
 
 def slice_records(layout: Layout, config: str) -> list[dict[str, object]]:
     """Every slice record of `config`: the catalog's rows, and what each slice was built from."""
-    folder = _records_dir(layout, config)
+    folder = records_dir(layout, config)
     if not folder.is_dir():
         return []
     return [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))]
+
+
+def slice_record_named(layout: Layout, config: str, name: str) -> dict[str, Any] | None:
+    """The record of the slice `name` (a canonical key), None if it was never built."""
+    path = _record_path(layout, config, name)
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def allowed_empty(layout: Layout, config: str, name: str) -> bool:
@@ -50,7 +93,7 @@ def allowed_empty(layout: Layout, config: str, name: str) -> bool:
 def remove_slice_records_named(layout: Layout, config: str, names: set[str]) -> list[Path]:
     """Remove the records whose `name` is one of `names`, found by content (a name that no
     longer parses as a key has no computable record path); returns the slice files they name."""
-    folder = _records_dir(layout, config)
+    folder = records_dir(layout, config)
     paths = []
     for record in sorted(folder.glob("*.json")) if folder.is_dir() else []:
         data = json.loads(record.read_text())
@@ -59,3 +102,25 @@ def remove_slice_records_named(layout: Layout, config: str, names: set[str]) -> 
                 paths.append(Path(str(data["path"])))
             record.unlink()
     return paths
+
+
+def _rank_state_path(layout: Layout, config: str, rank: str) -> Path:
+    return layout.state_dir(config) / "ranks" / f"{rank}.json"
+
+
+def save_rank_state(layout: Layout, config: str, rank: str, min_rows: int) -> None:
+    """Remember that `rank` is published whole, and with which `min_rows`: a resync refreshes
+    it with the same setting (unless the slices file says otherwise)."""
+    write_atomic(
+        _rank_state_path(layout, config, rank), json.dumps({"min_rows": min_rows}).encode()
+    )
+
+
+def published_ranks(layout: Layout, config: str) -> dict[str, int]:
+    """The ranks published whole for `config`, with the `min_rows` of their last pass."""
+    folder = _rank_state_path(layout, config, "x").parent
+    if not folder.is_dir():
+        return {}
+    return {
+        p.stem: int(json.loads(p.read_text())["min_rows"]) for p in sorted(folder.glob("*.json"))
+    }

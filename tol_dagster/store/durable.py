@@ -60,10 +60,11 @@ def fsync_dir(path: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_path(path: Path) -> Iterator[Path]:
+def atomic_path(path: Path, *, sync_dir: bool = True) -> Iterator[Path]:
     """A temp path next to `path` (mode as an ordinary `open()` would give), fsynced and renamed
     onto `path` when the block succeeds, removed otherwise: the one atomic write of the project,
-    for writers that need a path (pyarrow, numpy, DuckDB) rather than bytes."""
+    for writers that need a path (pyarrow, numpy, DuckDB) rather than bytes. `sync_dir` False
+    leaves the rename's durability to the caller's one `fsync_dir` after many (a rank pass)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, temp = tempfile.mkstemp(
         dir=path.parent, prefix=f"{TEMP_PREFIX}{path.name}.", suffix=TEMP_SUFFIX
@@ -77,7 +78,8 @@ def atomic_path(path: Path) -> Iterator[Path]:
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temp)
-    fsync_dir(path.parent)
+    if sync_dir:
+        fsync_dir(path.parent)
 
 
 def fsync_file(path: Path) -> None:
@@ -89,9 +91,10 @@ def fsync_file(path: Path) -> None:
         os.close(fd)
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Replace `path` with `data`: temp file in the same folder, fsync, rename, fsync the folder."""
-    with atomic_path(path) as temp:
+def write_atomic(path: Path, data: bytes, *, sync_dir: bool = True) -> None:
+    """Replace `path` with `data`: temp file in the same folder, fsync, rename, fsync the folder
+    (unless not `sync_dir`: see `atomic_path`)."""
+    with atomic_path(path, sync_dir=sync_dir) as temp:
         temp.write_bytes(data)
 
 

@@ -1,5 +1,6 @@
 """Per-config catalog of published slices: the one writer of `catalog.parquet`, so parallel
-slice runs never race on it. It follows the slices by itself (`automation.CATALOG_CONDITION`);
+slice runs never race on it; it lists the partitions of the slices asset and the slices of
+whole ranks (`rank_slices`). It follows the slices by itself (`automation.CATALOG_CONDITION`);
 the command line refreshes it after its own slice runs."""
 
 from datetime import datetime
@@ -16,6 +17,7 @@ from tol_dagster.defs.published.keys import published_group
 from tol_dagster.defs.published.partitions import slice_partition_keys
 from tol_dagster.defs.resources import StorageResource
 from tol_dagster.slices import catalog_file, records
+from tol_dagster.slices.rank_pass import RANK_PASS
 from tol_dagster.store.disk import human_size
 from tol_dagster.store.layout import Layout
 
@@ -26,7 +28,7 @@ CATALOG_CODE_VERSION = "1"
 def build_catalog_asset(name: str) -> dg.AssetsDefinition:
     @dg.asset(
         key=asset_key(name, "catalog"),
-        deps=[asset_key(name, "slices")],
+        deps=[asset_key(name, "slices"), asset_key(name, "rank_slices")],
         group_name=published_group(name),
         kinds={"parquet"},
         owners=OWNERS,
@@ -39,7 +41,7 @@ def build_catalog_asset(name: str) -> dg.AssetsDefinition:
         context: dg.AssetExecutionContext, storage: StorageResource
     ) -> dg.MaterializeResult:
         layout = storage.layout
-        live = set(slice_partition_keys(context.instance, name))
+        live = set(slice_partition_keys(context.instance, name)) | rank_slice_names(layout, name)
         for stale in set(catalog_file.read_catalog(layout, name).column("name").to_pylist()) - live:
             catalog_file.remove_entry(layout, name, stale)
         table = catalog_file.upsert_entries(layout, name, _entries(layout, name, live))
@@ -53,6 +55,11 @@ def build_catalog_asset(name: str) -> dg.AssetsDefinition:
         )
 
     return slice_catalog
+
+
+def rank_slice_names(layout: Layout, name: str) -> set[str]:
+    """The slices a rank pass published (`rank_slices`): live as long as their record is."""
+    return {str(r["name"]) for r in records.slice_records(layout, name) if r.get(RANK_PASS)}
 
 
 def _catalog_preview(table: pa.Table) -> pa.Table:

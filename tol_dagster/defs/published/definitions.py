@@ -1,4 +1,5 @@
-"""The published domain's definitions: per config its derived tables, slices and catalog; the
+"""The published domain's definitions: per config its derived tables, slices, rank slices and
+catalog; the
 alignment checks between configs; their jobs, `mirror_change_sensor` and the automation sensor."""
 
 from __future__ import annotations
@@ -10,7 +11,12 @@ from tol_dagster.defs.published.alignment_checks import build_alignment_checks
 from tol_dagster.defs.published.automation import build_automation_sensor
 from tol_dagster.defs.published.catalog_asset import build_catalog_asset
 from tol_dagster.defs.published.derived_assets import build_derived_assets
-from tol_dagster.defs.published.jobs import build_published_jobs, build_slices_jobs
+from tol_dagster.defs.published.jobs import (
+    build_published_jobs,
+    build_rank_jobs,
+    build_slices_jobs,
+)
+from tol_dagster.defs.published.rank_asset import build_rank_slices_asset
 from tol_dagster.defs.published.slice_asset import build_slices_asset
 from tol_dagster.defs.published.slice_sensor import build_mirror_change_sensor
 from tol_dagster.settings import Settings
@@ -18,7 +24,12 @@ from tol_dagster.settings import Settings
 
 def build_published_assets(name: str) -> list[dg.AssetsDefinition]:
     """The published assets of config `name`: derived tables, slices, catalog."""
-    return [*build_derived_assets(name), build_slices_asset(name), build_catalog_asset(name)]
+    return [
+        *build_derived_assets(name),
+        build_slices_asset(name),
+        build_rank_slices_asset(name),
+        build_catalog_asset(name),
+    ]
 
 
 def build_published_definitions(settings: Settings) -> dg.Definitions:
@@ -27,12 +38,13 @@ def build_published_definitions(settings: Settings) -> dg.Definitions:
     configs = settings.configs
     assets = [asset for config in configs for asset in build_published_assets(config)]
     slices_jobs = build_slices_jobs(configs)
+    rank_jobs = build_rank_jobs(configs)
     return dg.Definitions(
         assets=with_code_references(assets),
         asset_checks=build_alignment_checks(configs),
-        jobs=[*build_published_jobs(configs), *slices_jobs],
+        jobs=[*build_published_jobs(configs), *slices_jobs, *rank_jobs],
         sensors=[
-            build_mirror_change_sensor(configs, settings.slices_file, slices_jobs),
+            build_mirror_change_sensor(configs, settings.slices_file, [*slices_jobs, *rank_jobs]),
             build_automation_sensor(configs),
         ],
     )

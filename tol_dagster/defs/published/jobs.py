@@ -1,5 +1,6 @@
 """The published outputs' jobs: derived tables and the catalog over every config (what the
-command line runs), and one slices job per config (a job cannot mix partitions definitions)."""
+command line runs), and per config one slices job and one rank job (a job cannot mix
+partitions definitions)."""
 
 from __future__ import annotations
 
@@ -24,6 +25,11 @@ def slices_job_name(config: str) -> str:
     return f"Slices_{safe_name(config)}_job"
 
 
+def rank_slices_job_name(config: str) -> str:
+    """One rank job per config, capitalised as `slices_job_name` is (the UI's Materialize)."""
+    return f"Rank_slices_{safe_name(config)}_job"
+
+
 def build_published_jobs(configs: Sequence[str]) -> list[dg.UnresolvedAssetJobDefinition]:
     def catalogs(config: str) -> list[dg.AssetKey]:
         return [asset_key(config, "catalog")]
@@ -41,6 +47,18 @@ def build_slices_jobs(configs: Sequence[str]) -> list[dg.UnresolvedAssetJobDefin
             slices_job_name(config),
             dg.AssetSelection.assets(asset_key(config, "slices")),
             f"Build one slice of {config} (a partition per slice key).",
+        )
+        for config in configs
+    ]
+
+
+def build_rank_jobs(configs: Sequence[str]) -> list[dg.UnresolvedAssetJobDefinition]:
+    return [
+        asset_job(
+            rank_slices_job_name(config),
+            dg.AssetSelection.assets(asset_key(config, "rank_slices")),
+            f"Publish every value of one rank of {config} as a slice, in one pass (a partition "
+            "per rank).",
         )
         for config in configs
     ]

@@ -18,6 +18,15 @@ def summary_keys(config: str) -> dict[str, dg.AssetKey]:
     return {table: asset_key(config, "summary", table) for table in SUMMARY_NAMES}
 
 
+def slice_inputs(config: str) -> list[dg.AssetKey]:
+    """What a slice is cut with: the mirror, the taxon index (where), the lineage (counts)."""
+    return [
+        asset_key(config, "mirror"),
+        asset_key(config, "taxon_index"),
+        summary_keys(config)["lineage"],
+    ]
+
+
 def derived_keys(config: str) -> list[dg.AssetKey]:
     """Outputs rebuilt after every published resync, before any slice."""
     return [
@@ -25,6 +34,11 @@ def derived_keys(config: str) -> list[dg.AssetKey]:
         asset_key(config, "taxon_index"),
         asset_key(config, "centroids"),
     ]
+
+
+def rank_slices_op_name(config: str) -> str:
+    """The op that runs `tol/<config>/rank_slices`: where a rank run's config (min_rows) goes."""
+    return op_name(config, "rank_slices")
 
 
 def slices_op_name(config: str) -> str:

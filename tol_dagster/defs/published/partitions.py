@@ -13,6 +13,7 @@ import functools
 import dagster as dg
 
 from tol_dagster.defs.keys import safe_name
+from tol_dagster.schema import RANKS
 
 
 def slices_partitions_name(config: str) -> str:
@@ -29,3 +30,7 @@ def slice_partitions(config: str) -> dg.DynamicPartitionsDefinition:
 def slice_partition_keys(instance: dg.DagsterInstance, config: str) -> list[str]:
     """The slice keys that are partitions of `config` in `instance` now."""
     return list(instance.get_dynamic_partitions(slices_partitions_name(config)))
+
+
+#: The partitions of `tol/<config>/rank_slices`: one per rank a whole rank can be published by.
+RANK_PARTITIONS = dg.StaticPartitionsDefinition(list(RANKS))

@@ -4,7 +4,8 @@ daemon and the command line.
 The derived tables are current once the taxon index was built from the published generation
 (`current_derived`). The slices to rebuild are then those whose taxa have rows in files that
 changed since the previous index, plus declared slices never built (`plan_slice_refresh`);
-declared slices that are not partitions yet become partitions (`declared_to_add`). In
+declared slices that are not partitions yet become partitions (`declared_to_add`); whole ranks
+are refreshed by one run each (`ranks_to_refresh`). In
 `make dev` the automation builds the derived tables and the catalog and `mirror_change_sensor`
 requests the slices; the command line's `refresh_published` (the demo) runs the same steps in
 its own process.
@@ -19,7 +20,7 @@ import dagster as dg
 
 from tol_dagster.defs.published.partitions import slice_partition_keys
 from tol_dagster.derived import built_from
-from tol_dagster.slices import rebuilds
+from tol_dagster.slices import rebuilds, records
 from tol_dagster.store.layout import Layout
 from tol_dagster.store.manifest import load_manifest
 
@@ -38,6 +39,14 @@ def declared_to_add(instance: dg.DagsterInstance, config: str, slices_file: Path
     """The slices `slices_file` declares for `config` that are not partitions yet, in order."""
     existing = set(slice_partition_keys(instance, config))
     return [key for key in rebuilds.declared_slices(slices_file, config) if key not in existing]
+
+
+def ranks_to_refresh(layout: Layout, config: str, slices_file: Path) -> dict[str, int]:
+    """The whole ranks to publish after a new generation, with their `min_rows`: those the
+    slices file declares (its setting wins) and those published before (their last setting)."""
+    ranks = records.published_ranks(layout, config)
+    ranks.update({s.rank: s.min_rows for s in rebuilds.declared_ranks(slices_file, config)})
+    return ranks
 
 
 @dataclass(frozen=True)

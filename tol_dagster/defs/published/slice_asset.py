@@ -6,7 +6,6 @@ data (`refresh`); a slice can also be built from the UI or with `tol-dagster sli
 """
 
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +23,7 @@ from tol_dagster.defs.metadata import (
     table_schema,
     with_size,
 )
-from tol_dagster.defs.published.keys import published_group, summary_keys
+from tol_dagster.defs.published.keys import published_group, slice_inputs
 from tol_dagster.defs.published.partitions import slice_partitions
 from tol_dagster.defs.resources import HubResource, StorageResource
 from tol_dagster.derived import built_from, taxon_index
@@ -81,11 +80,7 @@ def build_slices_asset(name: str) -> dg.AssetsDefinition:
 
     @dg.asset(
         key=slices_key,
-        deps=[
-            asset_key(name, "mirror"),
-            asset_key(name, "taxon_index"),
-            summary_keys(name)["lineage"],
-        ],
+        deps=slice_inputs(name),
         partitions_def=slice_partitions(name),
         group_name=published_group(name),
         kinds={"parquet"},
@@ -146,7 +141,10 @@ def _publish_slice(
             raise
     for warning in result.warnings:
         context.log.warning(warning)
-    records.save_slice_record(layout, name, _slice_record(name, key, result, pin, allow_empty))
+    record = records.slice_record(
+        name, key, result, commit=pin.commit, generation=pin.name, allow_empty=allow_empty
+    )
+    records.save_slice_record(layout, name, record)
     yield dg.MaterializeResult(
         metadata={
             **_slice_metadata(key, result, schema, name),
@@ -171,26 +169,6 @@ def _usable_index(
         )
         return None  # its row ranges describe other bytes
     return index_table
-
-
-def _slice_record(
-    name: str, key: SliceKey, result: SliceResult, pin: PinnedGeneration, allow_empty: bool
-) -> dict[str, object]:
-    """The slice's catalog row and how it was built (`records.save_slice_record`)."""
-    return {
-        "config": name,
-        "name": key.name,
-        "rank": key.rank,
-        "value": key.value,
-        "path": str(result.path),
-        "rows": result.rows,
-        "bytes": result.bytes,
-        "sha256": result.sha256,
-        "upstream_commit": pin.commit,
-        "built_at": datetime.now(UTC).isoformat(),
-        "generation": pin.name,
-        "allow_empty": allow_empty,
-    }
 
 
 def _slice_metadata(

@@ -5,7 +5,9 @@ the data), so this sensor reads it from the taxon index: once the automation reb
 derived tables for the published generation (`automation`), it diffs the index before and
 after and requests only the slices whose taxa have rows in changed files, plus declared slices
 never built (`refresh.plan_slice_refresh`). Slices declared in the slices file become
-partitions here. The catalog follows the slices by automation.
+partitions here. Whole ranks (declared in the slices file's `ranks:`, or published before) get
+one `rank_slices` run each per generation, which rebuilds only their values whose rows changed;
+a rank newly declared gets its run at once. The catalog follows the slices by automation.
 
 Each request stays in the cursor (`pending`, by base run key) until its run succeeded: a run
 that failed for good is requested again on a later tick under its next attempt's run key (see
@@ -24,7 +26,8 @@ from tol_dagster.defs.attempts import RUN_RETRY_TAGS, next_attempt
 from tol_dagster.defs.keys import source_tags
 from tol_dagster.defs.published import refresh
 from tol_dagster.defs.published.automation import AUTOMATION_SENSOR
-from tol_dagster.defs.published.jobs import slices_job_name
+from tol_dagster.defs.published.jobs import rank_slices_job_name, slices_job_name
+from tol_dagster.defs.published.keys import rank_slices_op_name
 from tol_dagster.defs.published.partitions import slice_partitions
 from tol_dagster.defs.resources import StorageResource
 from tol_dagster.errors import TolError
@@ -113,6 +116,8 @@ def _evaluate(
     # requests here, which the automation makes now.
     pending = {k: v for k, v in state.get("pending", {}).items() if "partition" in v}
     generation = state.get("slices_generation")
+    ranks = refresh.ranks_to_refresh(layout, config, slices_file)
+    new_ranks = {r: n for r, n in ranks.items() if r not in state.get("ranks", [])}
     if generation != built.generation or add:
         plan = refresh.plan_slice_refresh(context.instance, layout, config, slices_file, built)
         context.log.info(plan.describe(config))
@@ -121,14 +126,23 @@ def _evaluate(
                 "job": slices_job_name(config),
                 "partition": key,
             }
-        generation = built.generation
+    for rank, min_rows in (ranks if generation != built.generation else new_ranks).items():
+        pending[f"{config}:rank:{rank}:{built.generation}"] = {
+            "job": rank_slices_job_name(config),
+            "partition": rank,
+            "run_config": {
+                "ops": {rank_slices_op_name(config): {"config": {"min_rows": min_rows}}}
+            },
+        }
+    generation = built.generation
     requests, pending = _attempts(context, pending)
     why = (
-        f"{len(pending)} slice runs of generation {generation} not finished yet"
+        f"{len(pending)} slice and rank runs of generation {generation} not finished yet"
         if pending
         else f"slices up to date with generation {generation}"
     )
-    return _ConfigTick(requests, add, {"slices_generation": generation, "pending": pending}, why)
+    state = {"slices_generation": generation, "pending": pending, "ranks": sorted(ranks)}
+    return _ConfigTick(requests, add, state, why)
 
 
 def _attempts(
@@ -152,6 +166,7 @@ def _attempts(
                 run_key=attempt.run_key,
                 job_name=spec["job"],
                 partition_key=spec["partition"],
+                run_config=spec.get("run_config", {}),
                 tags={**RUN_RETRY_TAGS, **source_tags("sensor")},
             )
         )

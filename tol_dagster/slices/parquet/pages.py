@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from tol_dagster.slices.parquet import field_ids
+from tol_dagster.slices.parquet.decoded import DECODED, DecodedChunk
 from tol_dagster.slices.parquet.footer import (
     MAGIC,
     Footer,
@@ -127,36 +128,64 @@ def _read_column(
     stop: int,
     rows: int,
 ) -> pa.ChunkedArray:
-    """One column of `read_rows`: its pages for the rows, as a one-column parquet file."""
+    """One column of `read_rows`: its pages for the rows, as a one-column parquet file (or as
+    decoded for the previous read of this chunk, if that covered them)."""
     if not chunk.has(field_ids.CC_OFFSET_INDEX):
         raise SpliceError(f"{footer.path}: a column chunk has no offset index")
     meta = chunk.get(field_ids.CC_META).copy()
-    pages = _pages(footer.path, handle, chunk, meta, start, stop, rows)
+    key = (id(footer), chunk_start(meta))
+    known = DECODED.get(key, footer)
+    locations = (
+        known.locations if known is not None else _locations(footer.path, handle, chunk, meta, rows)
+    )
+    first, last, covered = _page_range(locations, start, stop, rows)
+    if known is not None and known.covers(first, last):
+        return known.column.slice(start - known.covered[0], stop - start)
+    pages = _pages(footer.path, handle, meta, locations, first, last, covered)
     data = _one_column_file(footer, elements, meta, pages)
     column = pq.ParquetFile(pa.BufferReader(data)).read(use_threads=False).column(0)
-    covered = pages.rows[1] - pages.rows[0]
-    if len(column) != covered:
+    if len(column) != covered[1] - covered[0]:
         raise SpliceError(
             f"{footer.path}: pages {pages.first}..{pages.last} of a column decode to "
-            f"{len(column)} rows where its offset index says {covered}"
+            f"{len(column)} rows where its offset index says {covered[1] - covered[0]}"
         )
-    return column.slice(start - pages.rows[0], stop - start)
+    DECODED.put(key, DecodedChunk(footer, locations, first, last, covered, column))
+    return column.slice(start - covered[0], stop - start)
 
 
-def _pages(
-    path: Path, handle: BinaryIO, chunk: Struct, meta: Struct, start: int, stop: int, rows: int
-) -> _Pages:
-    """The pages of `chunk` holding rows [start, stop), found through its offset index, with
-    their totals (checked against the offset index for data pages v2)."""
+def _locations(
+    path: Path, handle: BinaryIO, chunk: Struct, meta: Struct, rows: int
+) -> list[Struct]:
+    """The page locations of `chunk`'s offset index, checked (`check_locations`)."""
     index = pread_struct(
         handle, chunk.get(field_ids.CC_OFFSET_INDEX), chunk.get(field_ids.CC_OFFSET_INDEX_LENGTH)
     )
-    locations = index.get(field_ids.PAGE_LOCATIONS)[1]
+    locations: list[Struct] = index.get(field_ids.PAGE_LOCATIONS)[1]
     check_locations(path, locations, meta, rows)
+    return locations
+
+
+def _page_range(
+    locations: list[Struct], start: int, stop: int, rows: int
+) -> tuple[int, int, tuple[int, int]]:
+    """The first and last page holding rows [start, stop), and the rows those pages hold."""
     firsts = [page.get(field_ids.PAGE_FIRST_ROW) for page in locations]
     first = bisect.bisect_right(firsts, start) - 1
     last = bisect.bisect_left(firsts, stop) - 1
-    covered = firsts[first], firsts[last + 1] if last + 1 < len(firsts) else rows
+    return first, last, (firsts[first], firsts[last + 1] if last + 1 < len(firsts) else rows)
+
+
+def _pages(
+    path: Path,
+    handle: BinaryIO,
+    meta: Struct,
+    locations: list[Struct],
+    first: int,
+    last: int,
+    covered: tuple[int, int],
+) -> _Pages:
+    """Pages `first`..`last` of a column chunk (holding its rows `covered`), with the
+    dictionary page, and their totals (checked against the offset index for data pages v2)."""
     body = bytearray(MAGIC)
     dictionary = _dictionary_page(path, handle, meta, locations[0].get(field_ids.PAGE_OFFSET))
     if dictionary is not None:

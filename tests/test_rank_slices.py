@@ -1,0 +1,375 @@
+"""A whole rank in one pass: every slice of a rank equals a brute-force DuckDB query by uuid set
+with the mirror's exact schema, and the bytes of the slice its own key gives; homonyms get path
+keys; `min_rows` filters; odd names and NULL ranks; a resync rebuilds only the changed value; a
+kill between values leaves whole slices; `slices.yaml`'s `ranks:` and `slices add-rank`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+import yaml
+from mirror_testing import mirror_of, sample_mirror
+from resync_testing import CONFIG, User, dagster_home, synced, synced_home, user
+
+from tol_dagster.cli.main import main
+from tol_dagster.defs.published.refresh import ranks_to_refresh
+from tol_dagster.derived.summaries import build_summaries, read_summary
+from tol_dagster.derived.taxon_index import build_taxon_index, read_taxon_index
+from tol_dagster.errors import SettingsError, SliceSpecError
+from tol_dagster.schema import DEFAULT_CONFIG, SORT_KEY, expected_schema
+from tol_dagster.slices import rank_pass, records
+from tol_dagster.slices.catalog_file import read_catalog
+from tol_dagster.slices.extract import extract_slice
+from tol_dagster.slices.keys import SliceKey, parse_slice_key, to_sql_filter
+from tol_dagster.slices.rank_pass import RankPlan, RankResult, plan_rank, publish_rank
+from tol_dagster.slices.rebuilds import RankSpec, declared_ranks
+from tol_dagster.store.hashing import sha256_file
+from tol_dagster.store.layout import Layout
+from tol_dagster.store.mirror_files import MirrorFile
+
+__all__ = ["dagster_home", "synced", "synced_home", "user"]  # fixtures, imported to be found
+
+SCHEMA = expected_schema(DEFAULT_CONFIG)
+
+
+class Ranked:
+    """A mirror with its taxon index and lineage summary, and a home to publish into."""
+
+    def __init__(self, files: list[MirrorFile], layout: Layout) -> None:
+        self.files, self.layout = files, layout
+        build_taxon_index(files, layout, DEFAULT_CONFIG)
+        build_summaries(files, layout, DEFAULT_CONFIG)
+
+    def plan(self, rank: str, min_rows: int = 1) -> RankPlan:
+        index = read_taxon_index(self.layout, DEFAULT_CONFIG)
+        lineage = read_summary(self.layout, DEFAULT_CONFIG, "lineage")
+        return plan_rank(rank, index, lineage, self.files, min_rows)
+
+    def publish(self, plan: RankPlan) -> RankResult:
+        return publish_rank(
+            plan, self.files, schema=SCHEMA, layout=self.layout, config=DEFAULT_CONFIG,
+            commit="c0ffee", generation="g1",
+        )  # fmt: skip
+
+    def brute_uuids(self, key: SliceKey) -> set[str]:
+        where, params = to_sql_filter(key)
+        paths = [str(f.path) for f in self.files]
+        rows = (
+            duckdb.connect()
+            .execute(f"SELECT uuid FROM read_parquet(?) WHERE {where}", [paths, *params])
+            .fetchall()
+        )
+        return {uuid for (uuid,) in rows}
+
+
+def _slice(layout: Layout, key: SliceKey) -> Path:
+    return layout.slices_dir(DEFAULT_CONFIG) / key.file_name
+
+
+@pytest.fixture(scope="module")
+def family(
+    small_sample: Path, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Ranked, RankPlan, RankResult]:
+    ranked = Ranked(sample_mirror(small_sample), Layout(tmp_path_factory.mktemp("home")))
+    plan = ranked.plan("family")
+    return ranked, plan, ranked.publish(plan)
+
+
+def test_every_slice_of_a_rank_is_its_rows_by_brute_force_with_the_exact_schema(
+    family: tuple[Ranked, RankPlan, RankResult],
+) -> None:
+    ranked, plan, result = family
+    assert len(result.built) == len(plan.values) > 50 and not result.unchanged
+    placed: list[str] = []
+    for value in plan.values:
+        path = _slice(ranked.layout, value.key)
+        uuids = pq.read_table(path, columns=["uuid"])["uuid"].to_pylist()
+        assert set(uuids) == ranked.brute_uuids(value.key), value.key.name
+        assert len(uuids) == len(set(uuids)) == value.rows
+        schema = pq.read_schema(path)
+        assert schema.equals(SCHEMA, check_metadata=False), value.key.name
+        assert schema.field("emb").type == pa.list_(pa.float16(), 768)
+        placed += uuids
+    families = (
+        duckdb.connect()
+        .execute(
+            "SELECT count(*) FROM read_parquet(?) WHERE family IS NOT NULL",
+            [[str(f.path) for f in ranked.files]],
+        )
+        .fetchone()
+    )
+    assert len(placed) == len(set(placed)) == families[0] - plan.unplaced_rows, (
+        "every row with a family is in exactly one slice of the rank"
+    )
+
+
+def test_a_rank_slice_has_the_bytes_of_the_slice_its_own_key_gives(
+    family: tuple[Ranked, RankPlan, RankResult], tmp_path: Path
+) -> None:
+    ranked, plan, result = family
+    by_name = {r.key: r for r in result.built}
+    index = read_taxon_index(ranked.layout, DEFAULT_CONFIG)
+    biggest = max(plan.values, key=lambda v: v.rows)
+    homonym = next(v for v in plan.values if len(v.key.conditions) > 1)
+    for value in (biggest, homonym, plan.values[0], plan.values[-1]):
+        single = extract_slice(
+            value.key, ranked.files, index, tmp_path / value.key.file_name, schema=SCHEMA
+        )
+        assert single.sha256 == by_name[value.key.name].sha256, value.key.name
+    assert [v.first for v in plan.values] == sorted(v.first for v in plan.values), (
+        "values are published in the mirror's order of their first row"
+    )
+
+
+def test_every_rank_slice_has_a_record_like_a_single_slice(
+    family: tuple[Ranked, RankPlan, RankResult],
+) -> None:
+    ranked, _, result = family
+    saved = {r["name"]: r for r in records.slice_records(ranked.layout, DEFAULT_CONFIG)}
+    for built in result.built:
+        record = saved[built.key]
+        assert record["rank"] == "family" and record[rank_pass.RANK_PASS] == "family"
+        assert record["sha256"] == sha256_file(built.path) and record["rows"] == built.rows
+        assert record["value"] == built.key.rsplit("family=", 1)[1]
+
+
+def test_homonyms_get_path_keys_split_at_the_topmost_differing_rank(
+    family: tuple[Ranked, RankPlan, RankResult],
+) -> None:
+    ranked = family[0]
+    plan = ranked.plan("genus")
+    names = {v.key.name for v in plan.values}
+    assert {"kingdom=Animalia/genus=Morus", "kingdom=Plantae/genus=Morus"} <= names
+    assert "genus=Morus" not in names
+    parents = (
+        duckdb.connect()
+        .execute(
+            "SELECT genus FROM read_parquet(?) WHERE genus IS NOT NULL GROUP BY genus "
+            "HAVING count(DISTINCT kingdom) > 1",
+            [[str(f.path) for f in ranked.files]],
+        )
+        .fetchall()
+    )
+    path_keyed = {v.key.value for v in plan.values if len(v.key.conditions) > 1}
+    assert {g for (g,) in parents} <= path_keyed
+    for value in plan.values:
+        if value.key.value == "Morus":
+            assert value.rows == len(ranked.brute_uuids(value.key)) > 0
+
+
+def test_min_rows_keeps_the_values_with_at_least_that_many_rows(
+    family: tuple[Ranked, RankPlan, RankResult],
+) -> None:
+    ranked, everything, _ = family
+    cut = sorted(v.rows for v in everything.values)[len(everything.values) // 2]
+    plan = ranked.plan("family", min_rows=cut)
+    assert {v.key.name for v in plan.values} == {
+        v.key.name for v in everything.values if v.rows >= cut
+    }
+    assert plan.below_min_rows == len(everything.values) - len(plan.values) > 0
+
+
+ODD_NAMES = ['O\'Brien "quoted" idae', "Ünïcødé–科 idae", "Slash/And%2Fidae"]
+
+
+@pytest.fixture(scope="module")
+def odd(small_sample: Path, tmp_path_factory: pytest.TempPathFactory) -> Ranked:
+    """The sample with three families renamed to names with quotes, Unicode and a `/`, and
+    one family's rows set to NULL, re-sorted as upstream sorts."""
+    folder = tmp_path_factory.mktemp("odd")
+    table = pa.concat_tables(pq.read_table(f.path) for f in sample_mirror(small_sample))
+    names = pc.unique(table["family"].drop_null()).to_pylist()
+    mapping = dict(zip(names[:3], ODD_NAMES, strict=True)) | {names[3]: None}
+    column = pa.array([mapping.get(f, f) for f in table["family"].to_pylist()], pa.string())
+    table = table.set_column(table.schema.get_field_index("family"), "family", column)
+    table = table.sort_by([(c, "ascending") for c in SORT_KEY])
+    for number, start in enumerate(range(0, table.num_rows, 2000)):
+        pq.write_table(
+            table.slice(start, 2000), folder / f"part-{number}.parquet", row_group_size=500
+        )
+    return Ranked(mirror_of(folder), Layout(tmp_path_factory.mktemp("home")))
+
+
+def test_odd_names_are_slices_and_null_is_none(odd: Ranked) -> None:
+    plan = odd.plan("family")
+    result = odd.publish(plan)
+    values = {v.key.value: v for v in plan.values}
+    assert set(ODD_NAMES) <= set(values), "quotes, Unicode and '/' are values like any"
+    assert None not in values and "NULL" not in values and "" not in values
+    for name in ODD_NAMES:
+        key = values[name].key
+        uuids = set(pq.read_table(_slice(odd.layout, key), columns=["uuid"])["uuid"].to_pylist())
+        assert uuids == odd.brute_uuids(key) != set()
+    nulls = (
+        duckdb.connect()
+        .execute(
+            "SELECT list(uuid) FROM read_parquet(?) WHERE family IS NULL",
+            [[str(f.path) for f in odd.files]],
+        )
+        .fetchone()[0]
+    )
+    published = set()
+    for built in result.built:
+        published |= set(pq.read_table(built.path, columns=["uuid"])["uuid"].to_pylist())
+    assert nulls and published.isdisjoint(nulls), "rows with a NULL family are in no slice"
+
+
+def _three_files(small_sample: Path, folder: Path) -> tuple[list[MirrorFile], str]:
+    """The sample in three files, the middle one holding exactly one family's rows (a family
+    whose rows are one run): a resync can then change that family's rows alone."""
+    table = pa.concat_tables(pq.read_table(f.path) for f in sample_mirror(small_sample))
+    family = table["family"].to_pylist()
+    runs: dict[str, list[int]] = {}
+    for row, name in enumerate(family):
+        runs.setdefault(name, []).append(row)
+    name, rows = max(
+        ((n, r) for n, r in runs.items() if n and r[-1] - r[0] + 1 == len(r) and len(r) >= 4),
+        key=lambda item: len(item[1]),
+    )
+    cuts = [0, rows[0], rows[-1] + 1, table.num_rows]
+    folder.mkdir(parents=True, exist_ok=True)
+    for number in range(3):
+        part = table.slice(cuts[number], cuts[number + 1] - cuts[number])
+        pq.write_table(part, folder / f"part-{number}.parquet", row_group_size=500)
+    return mirror_of(folder), name
+
+
+def test_a_resync_rebuilds_only_the_value_whose_rows_changed(
+    small_sample: Path, tmp_path: Path
+) -> None:
+    files, changed = _three_files(small_sample, tmp_path / "v1")
+    ranked = Ranked(files, Layout(tmp_path / "home"))
+    first = ranked.publish(ranked.plan("family"))
+    assert len(first.built) > 50
+    middle = files[1]
+    table = pq.read_table(middle.path)
+    kept = table.slice(0, table.num_rows - 2)  # upstream dropped two of its images
+    new = tmp_path / "v2"
+    new.mkdir()
+    pq.write_table(kept, new / middle.name, row_group_size=500)
+    resynced = [MirrorFile(middle.name, sha256_file(new / middle.name), new / middle.name)]
+    ranked = Ranked([files[0], *resynced, files[2]], ranked.layout)
+
+    again = ranked.publish(ranked.plan("family"))
+
+    assert [r.key for r in again.built] == [f"family={changed}"], "only that slice is rebuilt"
+    assert len(again.unchanged) == len(first.built) - 1
+    key = SliceKey((("family", changed),))
+    assert again.built[0].rows == len(ranked.brute_uuids(key)) == len(table) - 2
+
+
+def test_a_kill_between_values_leaves_whole_slices_and_a_resumable_pass(
+    small_sample: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ranked = Ranked(sample_mirror(small_sample), Layout(tmp_path / "home"))
+    plan = ranked.plan("family")
+    real = rank_pass._publish_value
+    calls = []
+
+    def killed_at_the_fourth(*args: object, **kwargs: object) -> object:
+        calls.append(1)
+        if len(calls) == 4:
+            raise KeyboardInterrupt  # what SIGINT does mid-pass
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(rank_pass, "_publish_value", killed_at_the_fourth)
+    with pytest.raises(KeyboardInterrupt):
+        ranked.publish(plan)
+    monkeypatch.setattr(rank_pass, "_publish_value", real)
+
+    folder = ranked.layout.slices_dir(DEFAULT_CONFIG)
+    assert sorted(p.name for p in folder.iterdir()) == sorted(
+        v.key.file_name for v in plan.values[:3]
+    ), "three slices published, no temp file left"
+    for record in records.slice_records(ranked.layout, DEFAULT_CONFIG):
+        assert sha256_file(Path(str(record["path"]))) == record["sha256"], "whole, as recorded"
+    assert read_catalog(ranked.layout, DEFAULT_CONFIG).num_rows == 0, (
+        "the catalog is written once, after the pass: untouched by a killed one"
+    )
+    resumed = ranked.publish(plan)
+    assert len(resumed.unchanged) == 3 and len(resumed.built) == len(plan.values) - 3
+
+
+def test_the_slices_file_declares_ranks_and_refuses_bad_entries(tmp_path: Path) -> None:
+    path = tmp_path / "slices.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "slices": {"all": ["family=Felidae"]},
+                "ranks": ["family", {"rank": "genus", "min_rows": 5}],
+            }
+        )
+    )
+    assert declared_ranks(path, CONFIG) == [RankSpec("family", 1), RankSpec("genus", 5)]
+    path.write_text(
+        yaml.safe_dump({"ranks": {"all": ["order"], CONFIG: ["family"], "other": ["genus"]}})
+    )
+    assert declared_ranks(path, CONFIG) == [RankSpec("order"), RankSpec("family")]
+    for bad, words in [
+        (["famly"], "'famly' is not a rank; use one of kingdom"),
+        (["scientific_name"], "scientific_name is not a rank to publish whole"),
+        ([{"rank": "genus", "min_rows": 0}], "min_rows must be a whole number >= 1"),
+        ([{"rank": "genus", "rows": 5}], "needs `rank` and may have `min_rows`"),
+        ("family", "`ranks:` is a str"),
+    ]:
+        path.write_text(yaml.safe_dump({"ranks": bad}))
+        with pytest.raises((SettingsError, SliceSpecError)) as raised:
+            declared_ranks(path, CONFIG)
+        assert str(path) in str(raised.value) and words in str(raised.value)
+        assert raised.value.exit_code == 2
+
+
+def test_a_bad_rank_name_exits_2_naming_the_ranks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("TOL_HOME", str(tmp_path))
+    assert main(["slices", "add-rank", "famly"]) == 2
+    err = capsys.readouterr().err
+    assert "'famly' is not a rank; use one of kingdom, phylum, class, order, family" in err
+
+
+@pytest.mark.e2e
+def test_add_rank_publishes_every_family_in_one_run_and_the_catalog_once(synced: User) -> None:
+    outcome = synced.tol("slices", "add-rank", "family", "--min-rows", "2")
+    assert outcome.code == 0, outcome.text
+    layout = synced.layout
+    catalog = read_catalog(layout, CONFIG).to_pylist()
+    families = [row for row in catalog if row["rank"] == "family"]
+    assert len(families) > 20 and f"{len(families):,} family slices" in outcome.out
+    files = sorted(p.path for p in mirror_of(layout.mirror_dir(CONFIG)))
+    for row in families[:: max(1, len(families) // 8)]:
+        where, params = to_sql_filter(parse_slice_key(row["name"]))
+        expected = (
+            duckdb.connect()
+            .execute(
+                f"SELECT list(uuid) FROM read_parquet(?) WHERE {where}",
+                [[str(f) for f in files], *params],
+            )
+            .fetchone()[0]
+        )
+        assert set(pq.read_table(row["path"], columns=["uuid"])["uuid"].to_pylist()) == set(
+            expected
+        )
+        assert row["rows"] == len(expected) >= 2 and row["sha256"] == sha256_file(Path(row["path"]))
+    assert records.published_ranks(layout, CONFIG) == {"family": 2}
+    built_at = {r["name"]: r["built_at"] for r in families}
+
+    again = synced.tol("slices", "add-rank", "family")
+    assert again.code == 0, again.text
+    after = {r["name"]: r["built_at"] for r in read_catalog(layout, CONFIG).to_pylist()}
+    assert {n: after[n] for n in built_at} == built_at, "nothing changed: nothing rebuilt"
+
+
+def test_a_resync_refreshes_declared_and_published_ranks_the_file_winning(
+    tmp_path: Path,
+) -> None:
+    layout, path = Layout(tmp_path / "home"), tmp_path / "slices.yaml"
+    path.write_text(yaml.safe_dump({"ranks": [{"rank": "genus", "min_rows": 7}]}))
+    records.save_rank_state(layout, CONFIG, "family", 3)  # `add-rank family --min-rows 3`
+    records.save_rank_state(layout, CONFIG, "genus", 2)
+    assert ranks_to_refresh(layout, CONFIG, path) == {"family": 3, "genus": 7}

@@ -1,0 +1,141 @@
+"""`tol/<config>/rank_slices`: a whole rank published in one run, one partition per rank
+(`family`, `genus`, …), a slice per value of that rank (see `slices.rank_pass`).
+
+One materialization per rank, not one partition per value: Dagster's bookkeeping costs tens
+of ms per partition before any byte moves, more than the data work of most values (README,
+"A whole rank in one pass"). Each value's slice is still checked and published on its own and
+gets its catalog row; the run's metadata lists them. Single keys stay partitions of
+`tol/<config>/slices`.
+"""
+
+from typing import Any
+
+import dagster as dg
+import pyarrow as pa
+from pydantic import Field
+
+from tol_dagster.defs.failures import in_words
+from tol_dagster.defs.keys import asset_key
+from tol_dagster.defs.metadata import OWNERS, commit_url, table_preview, with_size
+from tol_dagster.defs.published.keys import published_group, slice_inputs
+from tol_dagster.defs.published.partitions import RANK_PARTITIONS, slice_partition_keys
+from tol_dagster.defs.resources import HubResource, StorageResource
+from tol_dagster.derived import built_from, summaries, taxon_index
+from tol_dagster.errors import StoreError
+from tol_dagster.slices import records
+from tol_dagster.slices.rank_pass import RankPlan, RankResult, plan_rank, publish_rank
+from tol_dagster.store import generations
+from tol_dagster.store.disk import human_size
+from tol_dagster.store.layout import Layout
+
+#: Bump when a change of our code changes what a rank's slices hold (see derived_assets).
+RANK_SLICES_CODE_VERSION = "1"
+
+
+class RankRunConfig(dg.Config):
+    """Run config of a rank run (`tol-dagster slices add-rank RANK --min-rows N` sets it)."""
+
+    min_rows: int | None = Field(
+        default=None,
+        ge=1,
+        description=(
+            "Publish only the values with at least this many rows. Empty: the rank's last "
+            "setting (the slices file's `ranks:` entry, or 1)."
+        ),
+    )
+
+
+def build_rank_slices_asset(name: str) -> dg.AssetsDefinition:
+    @dg.asset(
+        key=asset_key(name, "rank_slices"),
+        deps=slice_inputs(name),
+        partitions_def=RANK_PARTITIONS,
+        group_name=published_group(name),
+        kinds={"parquet"},
+        owners=OWNERS,
+        code_version=RANK_SLICES_CODE_VERSION,
+        description=(
+            "Every value of a rank as its own slice (`family`: one slice per family; homonyms "
+            "get a path key), published in one pass over the mirror. Each slice is exactly the "
+            "slice of its own key, checked before its atomic publish, with a catalog row; "
+            "after a resync only the values whose rows changed are rebuilt."
+        ),
+    )
+    @in_words
+    def rank_slices(
+        context: dg.AssetExecutionContext,
+        config: RankRunConfig,
+        hub: HubResource,
+        storage: StorageResource,
+    ) -> dg.MaterializeResult:
+        return _publish_rank(context, config, hub, storage.layout, name)
+
+    return rank_slices
+
+
+def _publish_rank(
+    context: dg.AssetExecutionContext,
+    config: RankRunConfig,
+    hub: HubResource,
+    layout: Layout,
+    name: str,
+) -> dg.MaterializeResult:
+    """Plan the partition's rank from one pinned generation, publish its changed values."""
+    rank = context.partition_key
+    min_rows = config.min_rows or records.published_ranks(layout, name).get(rank, 1)
+    with generations.pin_generation(layout, name) as pin:
+        files = pin.mirror_files()
+        for output in ("taxon_index", "summaries"):
+            built = built_from.load_built_from(layout, name, output)
+            if built is None or built.files != pin.files:
+                raise StoreError(
+                    f"{name}: the {output} do not describe generation {pin.name}; materialize "
+                    f"the derived tables first (tol/{name}/taxon_index, tol/{name}/summary/*)"
+                )
+        plan = plan_rank(
+            rank,
+            taxon_index.read_taxon_index(layout, name),
+            summaries.read_summary(layout, name, "lineage"),
+            files,
+            min_rows,
+        )
+        context.log.info(f"{rank}: {len(plan.values):,} slices to check (min_rows {min_rows})")
+        result = publish_rank(
+            plan, files, schema=built_from.pinned_schema(layout, pin), layout=layout,
+            config=name, commit=pin.commit, generation=pin.name,
+            keep=set(slice_partition_keys(context.instance, name)),
+        )  # fmt: skip
+    records.save_rank_state(layout, name, rank, min_rows)
+    return dg.MaterializeResult(
+        metadata={
+            **rank_metadata(plan, result),
+            "slices_dir": dg.MetadataValue.path(str(layout.slices_dir(name))),
+            "upstream_commit": commit_url(hub.endpoint, hub.repo_id, pin.commit),
+        }
+    )
+
+
+def rank_metadata(plan: RankPlan, result: RankResult) -> dict[str, Any]:
+    """What a pass did, for the UI: counts, and the slices it rebuilt (largest first)."""
+    built = sorted(result.built, key=lambda r: -r.rows)
+    preview = pa.table(
+        {
+            "name": [r.key for r in built],
+            "rows": pa.array([r.rows for r in built], pa.int64()),
+            "size": [human_size(r.bytes) for r in built],
+            "seconds": [round(r.seconds, 3) for r in built],
+        }
+    )
+    return {
+        "slices": dg.MetadataValue.int(len(plan.values)),
+        "rebuilt": dg.MetadataValue.int(len(result.built)),
+        "unchanged": dg.MetadataValue.int(len(result.unchanged)),
+        "removed": dg.MetadataValue.json(result.removed),
+        "below_min_rows": dg.MetadataValue.int(plan.below_min_rows),
+        "min_rows": dg.MetadataValue.int(plan.min_rows),
+        "unplaced_rows": dg.MetadataValue.int(plan.unplaced_rows),
+        "dagster/row_count": dg.MetadataValue.int(sum(r.rows for r in result.built)),
+        **with_size("bytes_written", sum(r.bytes for r in result.built)),
+        "seconds": round(result.seconds, 3),
+        "rebuilt_slices": table_preview(preview),
+    }

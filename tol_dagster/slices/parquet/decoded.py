@@ -1,0 +1,71 @@
+"""Decoded pages kept for the next read of the same column chunk (`parquet.pages.read_rows`).
+
+A whole rank reads its values in the mirror's order, and neighbouring values share pages (a
+50k-row row group's `uuid` is a single page): with this, each page is decoded once, not once per
+value. Keyed by the footer (the parsed file version) and the column chunk's offset.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import pyarrow as pa
+
+from tol_dagster.slices.parquet.footer import Footer
+from tol_dagster.slices.parquet.thrift import Struct
+
+
+@dataclass(frozen=True)
+class DecodedChunk:
+    """A column chunk's checked offset index (`locations`) and its pages `first`..`last`
+    decoded (`column`, rows `covered` of the row group)."""
+
+    footer: Footer
+    locations: list[Struct]
+    first: int
+    last: int
+    covered: tuple[int, int]
+    column: pa.ChunkedArray
+
+    def covers(self, first: int, last: int) -> bool:
+        return self.first <= first and last <= self.last
+
+
+class DecodedPages:
+    """The last decoded pages of recently read column chunks, up to `limit` bytes, least
+    recently used dropped first; shared by the reader's threads."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.size = limit, 0
+        self.entries: OrderedDict[tuple[int, int], DecodedChunk] = OrderedDict()
+        self.lock = threading.Lock()
+
+    def get(self, key: tuple[int, int], footer: Footer) -> DecodedChunk | None:
+        with self.lock:
+            known = self.entries.get(key)
+            if known is None or known.footer is not footer:  # the entry holds its footer: ids stay
+                return None
+            self.entries.move_to_end(key)
+            return known
+
+    def put(self, key: tuple[int, int], chunk: DecodedChunk) -> None:
+        with self.lock:
+            old = self.entries.pop(key, None)
+            self.size -= _bytes(old)
+            if _bytes(chunk) > self.limit:
+                return
+            self.entries[key] = chunk
+            self.size += _bytes(chunk)
+            while self.size > self.limit:
+                self.size -= _bytes(self.entries.popitem(last=False)[1])
+
+
+def _bytes(chunk: DecodedChunk | None) -> int:
+    return 0 if chunk is None else chunk.column.nbytes
+
+
+#: Bytes of decoded pages kept for the next reads (`DecodedPages`).
+DECODED_PAGES_BYTES = 256 << 20
+DECODED = DecodedPages(DECODED_PAGES_BYTES)
