@@ -1,5 +1,5 @@
 """Jobs the tests run with `dg.execute_job` on another executor: module-level functions, so that
-each step's process can rebuild the job (`dg.reconstructable`) from the same environment."""
+each step's process can rebuild the job (a reconstructable job) from the same environment."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ from tol_dagster.defs.mirror.jobs import RESYNC_JOB
 from tol_dagster.settings import Settings
 
 
-def resync_multiprocess() -> dg.JobDefinition:
-    """The code location's resync job with each step in a process of its own, two at a time."""
-    job = build_definitions(Settings.from_env()).resolve_job_def(RESYNC_JOB)
-    return job.with_executor_def(dg.multiprocess_executor.configured({"max_concurrent": 2}))
+def resync_job() -> dg.JobDefinition:
+    """The code location's resync job, on the executor `TOL_EXECUTOR` names."""
+    return build_definitions(Settings.from_env()).resolve_job_def(RESYNC_JOB)

@@ -168,11 +168,13 @@ def test_a_multiprocess_resync_publishes_the_same_bytes_with_each_step_on_its_wo
     home = tmp_path / "dagster"  # a persistent instance: the steps' processes share it
     home.mkdir()
     monkeypatch.setenv("DAGSTER_HOME", str(home))
+    monkeypatch.setenv("TOL_EXECUTOR", "multiprocess")
+    monkeypatch.setenv("TOL_WORKERS", "2")
 
     with dg.DagsterInstance.from_config(str(home)) as instance:
         result = dg.execute_job(
             # By file: the steps' processes do not have the tests' folder on their path.
-            ReconstructableJob.for_file(multiprocess_jobs.__file__, "resync_multiprocess"),
+            ReconstructableJob.for_file(multiprocess_jobs.__file__, "resync_job"),
             instance,
             run_config=resync_run_config(CONFIG, commit=user.hub.head_commit()),
             asset_selection=resync_keys(CONFIG),
