@@ -301,6 +301,20 @@ def test_a_broker_that_is_down_fails_the_sync_with_exit_3_naming_it(
     assert not (tmp_path / "home" / "mirror").exists(), "nothing is published"
 
 
+def test_a_worker_whose_broker_is_down_exits_3_naming_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    broker = f"redis://:hunter2@127.0.0.1:{free_port()}/3"  # nothing listens there
+    monkeypatch.setenv("TOL_HOME", str(tmp_path))
+    monkeypatch.setenv("TOL_CELERY_BROKER", broker)
+
+    code = main(["worker", "--concurrency", "1"])
+    err = capsys.readouterr().err
+
+    assert code == 3, err
+    assert "Celery broker redis://:***@127.0.0.1:" in err.splitlines()[0] and "hunter2" not in err
+
+
 # --- multiprocess ----------------------------------------------------------------------------
 
 
@@ -308,7 +322,12 @@ def test_multiprocess_gives_the_in_process_mirror_without_dagster_lines(
     hub: LocalHub, tmp_path: Path, in_process: dict[str, object]
 ) -> None:
     env = _env(
-        hub, tmp_path / "home", tmp_path / "dagster", TOL_EXECUTOR="multiprocess", TOL_WORKERS="2"
+        hub,
+        tmp_path / "home",
+        tmp_path / "dagster",
+        TOL_EXECUTOR="multiprocess",
+        TOL_WORKERS="2",
+        TOL_STEP_BATCH_FILES="6",  # a process per step: two fetch steps are enough here
     )
     done = _sync(env)
 
