@@ -30,8 +30,9 @@ from resync_testing import (
 from test_sync import CORRUPTIONS
 
 from tol_dagster.cluster_settings import ClusterSettings
+from tol_dagster.defs.keys import op_name
 from tol_dagster.defs.mirror.keys import resync_keys
-from tol_dagster.defs.mirror.run_config import resync_run_config
+from tol_dagster.defs.mirror.run_config import plan_op_name, resync_run_config, staged_op_name
 from tol_dagster.devtools.localhub import Fault
 from tol_dagster.errors import SettingsError
 from tol_dagster.resync.batches import (
@@ -127,6 +128,23 @@ def test_a_bad_tol_step_batch_files_is_refused_naming_the_variable(value: str) -
 def test_tol_step_batch_files_is_read() -> None:
     assert Settings.from_env({"TOL_STEP_BATCH_FILES": "7"}).step_batch_files == 7
     assert Settings.from_env({}).step_batch_files is None
+
+
+def test_a_resyncs_run_config_goes_to_the_steps_that_consume_it() -> None:
+    run_config = resync_run_config(
+        CONFIG, commit="abc123", adopt_from="/data", accept_row_loss=True
+    )
+
+    fetched = op_name(CONFIG, "fetched")  # the graph, then its plan op
+    assert set(run_config["ops"]) == {fetched, staged_op_name(CONFIG)}
+    assert run_config["ops"][fetched]["ops"][plan_op_name(CONFIG)]["config"] == {
+        "commit": "abc123",
+        "adopt_from": "/data",
+    }
+    assert run_config["ops"][staged_op_name(CONFIG)]["config"] == {"accept_row_loss": True}
+    assert resync_run_config(CONFIG) == {"ops": {}}
+    with pytest.raises(ValueError, match="accept_everything"):
+        resync_run_config(CONFIG, accept_everything=True)
 
 
 # --- resyncs whose fetches are batches of steps -------------------------------------------------
