@@ -9,10 +9,15 @@ from pathlib import Path
 import pytest
 import yaml
 from dagster._core.instance.config import dagster_instance_config
+from dagster._serdes import serialize_value
 
 from tol_dagster import cluster_settings
 from tol_dagster.cluster_settings import ClusterSettings, mask, require_extra
+from tol_dagster.definitions import build_definitions
 from tol_dagster.defs import instance
+from tol_dagster.defs.mirror.jobs import RESYNC_JOB
+from tol_dagster.defs.published.jobs import CATALOG_JOB, DERIVED_JOB
+from tol_dagster.defs.resources import ConfigSource
 from tol_dagster.errors import SettingsError
 from tol_dagster.settings import Settings
 
@@ -162,3 +167,19 @@ def test_the_variables_are_named_once() -> None:
         cluster_settings.QUEUE_VAR,
     }
     assert names == set(ClusterSettings.from_env({}).shown()) - {"storage"}
+
+
+@pytest.mark.parametrize("executor", ["in_process", "multiprocess", "celery", "k8s"])
+def test_every_job_takes_the_executor_tol_executor_names(executor: str, tmp_path: Path) -> None:
+    env = {
+        "TOL_HOME": str(tmp_path),
+        "TOL_EXECUTOR": executor,
+        "TOL_CELERY_BROKER": "amqp://guest:hunter2@mq:5672//",
+    }
+    defs = build_definitions(Settings.from_env(env), ConfigSource(env))
+
+    jobs = [defs.resolve_job_def(name) for name in (RESYNC_JOB, DERIVED_JOB, CATALOG_JOB)]
+
+    assert {job.executor_def.name for job in jobs} == {executor}
+    # What the instance stores of a run's job (its snapshot) never holds the broker's password.
+    assert "hunter2" not in serialize_value(jobs[0].get_job_snapshot())

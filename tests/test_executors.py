@@ -23,7 +23,6 @@ from processes import Stack, free_port, running, signal_group
 from service_testing import RABBITMQ_URL, pg_database, require_rabbitmq, unique_queue
 
 from tol_dagster.cli.main import main
-from tol_dagster.defs.keys import asset_key
 from tol_dagster.devtools.localhub import LocalHub
 from tol_dagster.devtools.localhub.faults import Fault
 from tol_dagster.devtools.sample import build_sample
@@ -39,7 +38,8 @@ FILES = 12
 BIN = Path(sys.executable).parent
 #: Every wait of the Celery tests together, from the first worker's start.
 BUDGET_S = 240.0
-STAGED_STEP = asset_key(CONFIG, "staged").to_python_identifier()
+#: A fetch step's key: `<fetched graph>.fetch_<config>[<batch>]`.
+FETCH_STEP = ".fetch_"
 DAGSTER_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d [+-]\d{4} - dagster - ", re.M)
 
 
@@ -136,6 +136,7 @@ def cluster(hub: LocalHub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> I
             TOL_CELERY_QUEUE=unique_queue(),
             TOL_DAGSTER_PG_URL=pg_url,
             TOL_MAX_PARALLEL_DOWNLOADS="2",
+            TOL_STEP_BATCH_FILES="2",  # 6 fetch steps for 2 workers
         )
         for stack in running(base / "logs", BUDGET_S):
             for name in ("worker1", "worker2"):  # one after the other: each ready first
@@ -152,9 +153,31 @@ def _celery_worker_of(event: dg.EventLogEntry) -> str | None:
     return None if worker is None else str(worker.value)
 
 
-def _workers_of_step(instance: dg.DagsterInstance, run_id: str, step: str) -> list[str]:
-    events = instance.all_logs(run_id, of_type=dg.DagsterEventType.ENGINE_EVENT)
-    return [w for e in events if e.step_key == step and (w := _celery_worker_of(e)) is not None]
+def _workers_by_step(instance: dg.DagsterInstance, run_id: str) -> dict[str, list[str]]:
+    """The workers each fetch step was sent to, in order (more than one: it ran again)."""
+    found: dict[str, list[str]] = {}
+    for event in instance.all_logs(run_id, of_type=dg.DagsterEventType.ENGINE_EVENT):
+        worker = _celery_worker_of(event)
+        if worker is not None and FETCH_STEP in (event.step_key or ""):
+            found.setdefault(str(event.step_key), []).append(worker)
+    return found
+
+
+def _recorded_pids(instance: dg.DagsterInstance, run_id: str) -> list[int]:
+    """`worker_pid` of each fetch step's output metadata (the process that ran it)."""
+    return [
+        int(str(e.dagster_event.step_output_data.metadata["worker_pid"].value))
+        for e in instance.all_logs(run_id, of_type=dg.DagsterEventType.STEP_OUTPUT)
+        if e.dagster_event is not None and FETCH_STEP in (e.step_key or "")
+    ]
+
+
+def _parent(pid: int) -> int | None:
+    """The parent of `pid` (a worker's pool process: the worker), None once it is gone."""
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 def _run_id(cluster: Cluster, before: set[str]) -> str | None:
@@ -166,7 +189,7 @@ def _run_id(cluster: Cluster, before: set[str]) -> str | None:
 def test_celery_resync_survives_a_worker_killed_mid_step_and_matches_in_process(
     cluster: Cluster, hub: LocalHub, in_process: dict[str, object]
 ) -> None:
-    hub.add_fault(Fault("delay", request_kind="lfs_get", delay_s=0.4))  # `staged` lasts seconds
+    hub.add_fault(Fault("delay", request_kind="lfs_get", delay_s=0.4))  # a fetch step lasts > 1 s
     with cluster.instance() as instance:
         before = {r.run_id for r in instance.get_runs()}
     sync = subprocess.Popen(
@@ -179,11 +202,12 @@ def test_celery_resync_survives_a_worker_killed_mid_step_and_matches_in_process(
     try:
         run_id = cluster.stack.wait_for("the sync's run", lambda: _run_id(cluster, before))
 
-        def staged_worker() -> list[str] | None:
+        def a_fetch_running() -> tuple[str, str] | None:
             with cluster.instance() as instance:
-                return _workers_of_step(instance, run_id, STAGED_STEP) or None
+                sent = _workers_by_step(instance, run_id)
+            return min((step, workers[0]) for step, workers in sent.items()) if sent else None
 
-        [first] = cluster.stack.wait_for("`staged` to start on a worker", staged_worker)
+        step, first = cluster.stack.wait_for("a fetch step to start on a worker", a_fetch_running)
         victim = next(n for n, pid in cluster.worker_pids().items() if f"tol-{pid}@" in first)
         process = cluster.stack.processes.pop(victim)  # its death is the test, not a failure
         signal_group(process, 9)
@@ -198,13 +222,13 @@ def test_celery_resync_survives_a_worker_killed_mid_step_and_matches_in_process(
     assert sync.returncode == 0 and document["exit_code"] == 0, err
     with cluster.instance() as instance:
         run = instance.get_run_by_id(run_id)
-        workers = _workers_of_step(instance, run_id, STAGED_STEP)
+        sent = _workers_by_step(instance, run_id)
         successes = instance.all_logs(run_id, of_type=dg.DagsterEventType.STEP_SUCCESS)
     assert run is not None and run.status == dg.DagsterRunStatus.SUCCESS
-    assert len(workers) == 2 and workers[0] == first and workers[1] != first, (
-        f"`staged` must run again on the surviving worker once its first worker died: {workers}"
+    assert len(sent[step]) == 2 and sent[step][0] == first and sent[step][1] != first, (
+        f"{step} must run again on the surviving worker once its first worker died: {sent}"
     )
-    assert [e.step_key for e in successes].count(STAGED_STEP) == 1
+    assert [e.step_key for e in successes].count(step) == 1
     assert mirror_bytes(cluster.home) == in_process, "the Celery mirror differs from in-process"
 
 
@@ -230,9 +254,16 @@ def test_two_celery_syncs_of_one_config_never_overlap(
         waited = [
             e.message for r in run_ids for e in instance.all_logs(r) if "waiting for" in e.message
         ]
+        first = min(run_ids, key=lambda r: _steps_window(instance, r))
+        pids = _recorded_pids(instance, first)
     assert windows[1][0] >= windows[0][1], f"two Celery resyncs of {CONFIG} overlapped: {windows}"
     assert any("waiting for resync run" in m for m in waited), "the second never waited"
     assert mirror_bytes(cluster.home) == in_process
+    # The first fetched every file, in 6 steps spread over both workers' pool processes.
+    assert len(pids) == FILES // 2, pids
+    assert {_parent(pid) for pid in pids} == set(cluster.worker_pids().values()), (
+        f"the fetch steps did not run on both workers: {pids} vs {cluster.worker_pids()}"
+    )
 
 
 def _steps_window(instance: dg.DagsterInstance, run_id: str) -> tuple[float, float]:
@@ -270,6 +301,20 @@ def test_a_broker_that_is_down_fails_the_sync_with_exit_3_naming_it(
     assert not (tmp_path / "home" / "mirror").exists(), "nothing is published"
 
 
+def test_a_worker_whose_broker_is_down_exits_3_naming_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    broker = f"redis://:hunter2@127.0.0.1:{free_port()}/3"  # nothing listens there
+    monkeypatch.setenv("TOL_HOME", str(tmp_path))
+    monkeypatch.setenv("TOL_CELERY_BROKER", broker)
+
+    code = main(["worker", "--concurrency", "1"])
+    err = capsys.readouterr().err
+
+    assert code == 3, err
+    assert "Celery broker redis://:***@127.0.0.1:" in err.splitlines()[0] and "hunter2" not in err
+
+
 # --- multiprocess ----------------------------------------------------------------------------
 
 
@@ -277,7 +322,12 @@ def test_multiprocess_gives_the_in_process_mirror_without_dagster_lines(
     hub: LocalHub, tmp_path: Path, in_process: dict[str, object]
 ) -> None:
     env = _env(
-        hub, tmp_path / "home", tmp_path / "dagster", TOL_EXECUTOR="multiprocess", TOL_WORKERS="2"
+        hub,
+        tmp_path / "home",
+        tmp_path / "dagster",
+        TOL_EXECUTOR="multiprocess",
+        TOL_WORKERS="2",
+        TOL_STEP_BATCH_FILES="6",  # a process per step: two fetch steps are enough here
     )
     done = _sync(env)
 

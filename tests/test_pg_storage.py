@@ -21,6 +21,7 @@ from dagster._core.remote_origin import (
 )
 from dagster._core.scheduler.instigation import InstigatorState, InstigatorStatus, InstigatorType
 from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
+from processes import free_port
 from resync_testing import CONFIG, User, dagster_home, upstream_files, user
 from service_testing import pg_database
 
@@ -129,3 +130,18 @@ def test_an_unreachable_database_names_it_with_its_password_masked() -> None:
     ):
         pass
     assert "hunter2" not in str(down.value) and down.value.exit_code == 3
+
+
+def test_a_sync_whose_database_is_down_exits_3_naming_it(
+    user: User, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TOL_DAGSTER_PG_URL", f"postgresql://tol:hunter2@127.0.0.1:{free_port()}/x")
+
+    outcome = user.sync()
+
+    assert outcome.code == 3, outcome.err
+    first = outcome.err.splitlines()[0]
+    assert (
+        "PostgreSQL at postgresql://tol:***@127.0.0.1:" in first and "TOL_DAGSTER_PG_URL" in first
+    )
+    assert "hunter2" not in outcome.text

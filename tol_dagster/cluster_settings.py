@@ -118,17 +118,22 @@ def parse_queue(value: str | None) -> str:
 
 def parse_workers(value: str | None) -> int:
     """How many steps run at once (multiprocess, k8s): default one per CPU."""
-    default = os.cpu_count() or 1
+    return parse_int(WORKERS_VAR, value, os.cpu_count() or 1, 1, 256)
+
+
+def parse_int(name: str, value: str | None, default: int, low: int, high: int) -> int:
+    """The whole number `name` holds, in `low..high`, or `default` when unset (every whole-number
+    setting's parser: here, because `settings` builds on this module)."""
     if value is None or value.strip() == "":
         return default
     try:
         number = int(value)
     except ValueError:
         raise SettingsError(
-            f"{WORKERS_VAR}={value!r} is not a whole number; expected 1..256"
+            f"{name}={value!r} is not a whole number; expected {low}..{high}"
         ) from None
-    if not 1 <= number <= 256:
-        raise SettingsError(f"{WORKERS_VAR}={value!r} is out of range; expected 1..256")
+    if not low <= number <= high:
+        raise SettingsError(f"{name}={value!r} is out of range; expected {low}..{high}")
     return number
 
 

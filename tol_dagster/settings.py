@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
-from tol_dagster.cluster_settings import ClusterSettings
+from tol_dagster.cluster_settings import ClusterSettings, parse_int
 from tol_dagster.errors import SettingsError
 from tol_dagster.schema import DEFAULT_CONFIG
 from tol_dagster.store.layout import Layout
@@ -155,20 +155,6 @@ def parse_configs(name: str, value: str) -> tuple[str, ...]:
     if len(set(configs)) != len(configs):
         raise SettingsError(f"{name}={value!r} names a config twice")
     return configs
-
-
-def parse_int(name: str, value: str | None, default: int, low: int, high: int) -> int:
-    if value is None or value.strip() == "":
-        return default
-    try:
-        number = int(value)
-    except ValueError:
-        raise SettingsError(
-            f"{name}={value!r} is not a whole number; expected {low}..{high}"
-        ) from None
-    if not low <= number <= high:
-        raise SettingsError(f"{name}={value!r} is out of range; expected {low}..{high}")
-    return number
 
 
 def parse_optional_int(name: str, value: str | None, low: int, high: int) -> int | None:

@@ -7,7 +7,9 @@ environment (the same `TOL_HOME`, on a shared file system) against the run's ins
 
 A worker that dies mid-step must lose nothing: tasks are acknowledged late (once done, not once
 received), a worker takes one task at a time (prefetch 1, so a busy worker hoards none), and a
-task whose worker process was lost goes back to the queue, where another worker takes it.
+task whose worker process was lost goes back to the queue, where another worker takes it. On
+RabbitMQ that is at once (the dead worker's connection closes); on Redis, once the message's
+visibility timeout (an hour by default) has passed.
 """
 
 from __future__ import annotations

@@ -16,6 +16,7 @@ from pathlib import Path
 import dagster as dg
 
 from tol_dagster.cluster_settings import CLUSTER_EXTRA, PG_URL_VAR, ClusterSettings, require_extra
+from tol_dagster.resync.shared_lease import connect
 from tol_dagster.settings import Settings
 from tol_dagster.store.durable import file_lock, write_atomic
 
@@ -81,5 +82,7 @@ def open_instance(settings: Settings) -> dg.DagsterInstance:
     already exists").
     """
     home = ensure_dagster_home(settings)
+    if settings.cluster.pg_url is not None:  # say so at once, not after Dagster's retries
+        connect(settings.cluster.pg_url, "tol-dagster", "Dagster's runs and events").close()
     with file_lock(home / ".tol-open.lock"):
         return dg.DagsterInstance.get()

@@ -5,7 +5,8 @@ machines share only the instance's database (`TOL_DAGSTER_PG_URL`). The lease is
 advisory lock on a key derived from the config's name, held on a connection kept open for the
 whole run: PostgreSQL drops it when that session ends, so a killed process (TCP keepalives
 detect a dead machine) never holds it. The session's `application_name` names the holder, so a
-run that waits can say for whom.
+run that waits can say for whom. Advisory locks belong to their database: instances in other
+databases of the same server never wait for each other.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ def pg_lease(url: str, config: str, holder: str, waiting: Callable[[str], None])
     """Hold `config`'s lease in the database at `url` for the block; `waiting(whom)` is told
     once if another session holds it, then this waits for it. `holder` names this run
     ("run <run id>")."""
-    connection = _connect(url, f"tol-dagster {holder}"[:63])  # PostgreSQL keeps 63 bytes
+    connection = connect(url, f"tol-dagster {holder}", "the resync lease")
     try:
         with connection.cursor() as cursor:
             cursor.execute("SELECT pg_try_advisory_lock(%s, %s)", lock_keys(config))
@@ -47,13 +48,17 @@ def pg_lease(url: str, config: str, holder: str, waiting: Callable[[str], None])
         connection.close()  # ends the session: PostgreSQL releases the lock with it
 
 
-def _connect(url: str, application: str) -> Any:
+def connect(url: str, application: str, purpose: str) -> Any:
+    """A session on the instance's database (`TOL_DAGSTER_PG_URL`), named `application`;
+    unreachable: `ServiceUnreachable` (exit 3) naming it, its password masked, and `purpose`."""
     psycopg2 = require_extra("psycopg2", CLUSTER_EXTRA)
     try:
-        connection = psycopg2.connect(url, application_name=application, **_KEEPALIVES)
+        connection = psycopg2.connect(
+            url, application_name=application[:63], connect_timeout=10, **_KEEPALIVES
+        )  # PostgreSQL keeps 63 bytes of a name
     except psycopg2.OperationalError as exc:
         raise ServiceUnreachable(
-            f"the instance's PostgreSQL at {mask(url)} is not reachable for the resync lease "
+            f"the instance's PostgreSQL at {mask(url)} is not reachable for {purpose} "
             f"({' '.join(str(exc).split())}); start it or fix TOL_DAGSTER_PG_URL"
         ) from None
     connection.autocommit = True  # a session lock, not a transaction's
@@ -66,7 +71,8 @@ def _holder(cursor: Any, config: str) -> str:
     cursor.execute(
         "SELECT a.application_name, a.client_addr, a.pid FROM pg_locks l "
         "JOIN pg_stat_activity a ON a.pid = l.pid WHERE l.locktype = 'advisory' AND l.granted "
-        "AND l.classid = CAST(%s AS int)::oid AND l.objid = CAST(%s AS int)::oid AND l.objsubid = 2",
+        "AND l.classid = CAST(%s AS int)::oid AND l.objid = CAST(%s AS int)::oid AND l.objsubid = 2 "
+        "AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())",
         (high, low),
     )
     row = cursor.fetchone()
