@@ -33,6 +33,7 @@ from resync_testing import (
 from tol_dagster.defs.keys import asset_key, op_name
 from tol_dagster.defs.mirror.resync_slot import lease_holder, resync_lease
 from tol_dagster.defs.mirror.run_config import plan_op_name
+from tol_dagster.devtools.localhub import Fault
 from tol_dagster.errors import ResyncConflict, ValidationFailed
 from tol_dagster.hub.client import HubClient
 from tol_dagster.resync.gate import run_gate
@@ -43,6 +44,9 @@ from tol_dagster.resync.state import StagedState, load_staged, refresh_remote
 __all__ = ["dagster_home", "synced", "synced_home", "user"]  # fixtures, imported to be found
 
 SYNCS = 3
+#: Each file's download is held this long, so the first resync outlasts the others' start-up
+#: (opening the instance, creating their runs) on a loaded machine: they must contend.
+DOWNLOAD_DELAY_S = 4.0
 #: Each process imports everything, then waits for the barrier file: released together, they
 #: reach `tol-dagster sync` within milliseconds of each other.
 AT_THE_BARRIER = """
@@ -112,6 +116,7 @@ def test_three_syncs_started_at_the_same_instant_run_one_after_another(
     try:
         time.sleep(8)  # every process has imported tol_dagster and Dagster and waits
         assert all(p.poll() is None for p in processes), "a sync ended before the barrier"
+        user.hub.add_fault(Fault(kind="delay", delay_s=DOWNLOAD_DELAY_S, request_kind="lfs_get"))
         barrier.touch()
         codes = [p.wait(timeout=240) for p in processes]
     finally:
