@@ -349,6 +349,18 @@ def test_cleanup_can_keep_quarantine_forever(layout: Layout) -> None:
     )
 
 
+def test_cleanup_removes_step_outputs_of_runs_untouched_for_a_week(layout: Layout) -> None:
+    old, recent = (layout.step_outputs_dir() / run for run in ("old-run", "recent-run"))
+    for run in (old, recent):
+        (run / "fetch").mkdir(parents=True)
+        (run / "fetch" / "result").write_bytes(b"12345")
+    week_ago = (datetime.now(UTC) - timedelta(days=7, minutes=1)).timestamp()
+    os.utime(old, (week_ago, week_ago))
+    report = cleanup(layout, CONFIG, keep_commit=None, wanted_sha256s=(), grace_s=0)
+    assert (report.steps, report.bytes_freed) == ((old,), 5)
+    assert not old.exists() and (recent / "fetch" / "result").exists()
+
+
 def test_audit_of_an_intact_mirror_is_clean(layout: Layout) -> None:
     generation = publish_generation(layout, CONFIG, commit="c1", files=stage(layout, "c1", V1))
     report = audit_mirror(layout, CONFIG, manifest_of(layout, generation, "c1"))

@@ -1,5 +1,6 @@
 """Cleanup: remove what nothing needs any more (superseded generations, old staging, unwanted
-partials, old quarantine, temp files) and the per-file results of contents no longer kept."""
+partials, old quarantine, old runs' step outputs, temp files) and the per-file results of
+contents no longer kept."""
 
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ class CleanupReport:
     staging: tuple[Path, ...] = ()
     partials: tuple[Path, ...] = ()
     quarantined: tuple[Path, ...] = ()
+    steps: tuple[Path, ...] = ()
     temporary: tuple[Path, ...] = ()
     bytes_freed: int = 0
 
@@ -39,6 +41,7 @@ class CleanupReport:
             *self.staging,
             *self.partials,
             *self.quarantined,
+            *self.steps,
             *self.temporary,
         )
 
@@ -99,6 +102,7 @@ def cleanup(
     wanted_sha256s: Collection[str],
     grace_s: float,
     quarantine_max_age_days: float | None = 30.0,
+    steps_max_age_days: float = 7.0,
     now: datetime | None = None,
 ) -> CleanupReport:
     """Remove what nothing needs any more and report the bytes freed (hard links counted once).
@@ -107,7 +111,8 @@ def cleanup(
     superseded for `grace_s` (the caller reads TOL_GENERATION_GRACE_S) and pinned by no run;
     staging of commits other than `keep_commit`; partials whose sha256 is not in
     `wanted_sha256s`; quarantined files older than `quarantine_max_age_days` (None keeps them);
-    temp files that interrupted writes left. Call it when no sync of this config is running.
+    what runs' steps passed each other, untouched for `steps_max_age_days` (kept that long so
+    a failed run can be re-executed from its failure); temp files that interrupted writes left. Call it when no sync of this config is running.
     """
     removal = _Removal()
     moment = (now or datetime.now(UTC)).timestamp()
@@ -136,6 +141,10 @@ def cleanup(
                 removal.remove("quarantined", item.path)
                 if reason_path(item.path).exists():
                     removal.remove("quarantined", reason_path(item.path))
+    steps_cutoff = moment - steps_max_age_days * 86400
+    for path in children(layout.step_outputs_dir()):
+        if path.stat().st_mtime < steps_cutoff:
+            removal.remove("steps", path)
     link = layout.mirror_dir(config)
     for folder in (layout.store_dir(config), layout.quarantine_dir(config), link.parent):
         for path in children(folder):
