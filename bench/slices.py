@@ -97,7 +97,11 @@ from tol_dagster.validation.emb_digests import ensure_table
 CONFIG = DEFAULT_CONFIG
 WAYS = ("copy", "ours", "checked", "floor")
 UNSPLICED = "unspliced"
+#: Ours against the copy, wall: issue 7's targets (kept with the checks in place).
 TARGETS = {"family-sized": 2.5, "species-sized": 1.25}
+#: Issue 11's: (wall, CPU or None) against the copy, and ours within this many floors' wall.
+FULL_SCALE_TARGETS = {"family-sized": (5.0, 4.0), "species-sized": (3.0, None)}
+FLOOR_TARGETS = {"family-sized": 3.0}
 RSS_LIMIT_MB = 2048
 RSS_ROLES = ("largest order", "largest kingdom")
 RANK_WAYS = ("rank-copy", "rank-ours", "rank-checked", "rank-floor")
@@ -547,6 +551,19 @@ def verdicts(rows: dict[str, dict[str, Measure]]) -> None:
             print(
                 f"  {role:<16} {wall:5.2f}x wall, {cpu:5.2f}x cpu faster than the copy "
                 f"(target {need}x): {'met' if wall >= need else 'MISSED'}"
+            )
+            wall_need, cpu_need = FULL_SCALE_TARGETS[role]
+            met = wall >= wall_need and (cpu_need is None or cpu >= cpu_need)
+            print(
+                f"  {role:<16} full-scale target {wall_need}x wall"
+                + (f", {cpu_need}x cpu" if cpu_need else "")
+                + f": {'met' if met else 'MISSED'}"
+            )
+        if role in FLOOR_TARGETS and "floor" in med:
+            of_floor, limit = ours.seconds / med["floor"].seconds, FLOOR_TARGETS[role]
+            print(
+                f"  {role:<16} ours {of_floor:5.2f}x the floor's wall (target within {limit}x): "
+                f"{'met' if of_floor <= limit else 'MISSED'}"
             )
         checks = med["checked"].cpu - ours.cpu
         print(
