@@ -192,7 +192,9 @@ def _add_slice(commands: Subparsers) -> None:
 
 
 def _add_slices(commands: Subparsers) -> None:
-    slices = commands.add_parser("slices", help="list or remove published slices")
+    slices = commands.add_parser(
+        "slices", help="list or remove published slices, or publish a whole rank"
+    )
     slices_commands = slices.add_subparsers(dest="slices_command", required=True, metavar="ACTION")
     slices_list = slices_commands.add_parser("list", help="the catalog of published slices")
     slices_list.add_argument("--config", default=None)
