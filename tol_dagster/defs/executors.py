@@ -16,6 +16,7 @@ the definitions' executor: the UI's Materialize and the automation's runs get it
 
 from __future__ import annotations
 
+import functools
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
@@ -50,7 +51,11 @@ def run_executor(settings: Settings, source: ConfigSource = LITERALS) -> dg.Exec
     """`TOL_EXECUTOR`'s executor, holding the leases of the runs of `settings`' configs."""
     inner = chosen_executor(settings.cluster, source)
     cluster = settings.cluster
-    preflight = _broker_check(cluster.celery_broker) if cluster.executor == CELERY else None
+    preflight = (
+        functools.partial(check_broker, cluster.celery_broker)
+        if cluster.executor == CELERY and cluster.celery_broker is not None
+        else None
+    )
 
     def create(context: InitExecutorContext) -> Executor:
         assert inner.executor_creation_fn is not None
@@ -95,11 +100,6 @@ def chosen_executor(cluster: ClusterSettings, source: ConfigSource) -> dg.Execut
             {"max_concurrent": cluster.workers}
         )
     return dg.in_process_executor
-
-
-def _broker_check(url: str | None) -> Callable[[], None]:
-    assert url is not None
-    return lambda: check_broker(url)
 
 
 class LeasedExecutor(Executor):
