@@ -7,9 +7,39 @@ import dagster as dg
 
 from tol_dagster.definitions import build_definitions
 from tol_dagster.defs.mirror.jobs import RESYNC_JOB
+from tol_dagster.defs.published.jobs import DERIVED_JOB
 from tol_dagster.settings import Settings
 
 
 def resync_job() -> dg.JobDefinition:
     """The code location's resync job, on the executor `TOL_EXECUTOR` names."""
     return build_definitions(Settings.from_env()).resolve_job_def(RESYNC_JOB)
+
+
+def derived_job() -> dg.JobDefinition:
+    """The code location's derived-tables job, on the executor `TOL_EXECUTOR` names."""
+    return build_definitions(Settings.from_env()).resolve_job_def(DERIVED_JOB)
+
+
+def run_derived_job() -> None:
+    """Run `derived_job` over the default config in this fresh process, print the run's id.
+
+    A process of its own: a pytest process's forkserver keeps the environment of the test that
+    started it, so a later test's TOL_HOME would not reach its steps."""
+    from dagster._core.definitions.reconstruct import ReconstructableJob
+
+    from tol_dagster.defs.published.keys import derived_keys
+    from tol_dagster.schema import DEFAULT_CONFIG
+
+    with dg.DagsterInstance.get() as instance:
+        result = dg.execute_job(
+            ReconstructableJob.for_file(__file__, "derived_job"),
+            instance,
+            asset_selection=derived_keys(DEFAULT_CONFIG),
+        )
+    print(result.run_id)
+    raise SystemExit(0 if result.success else 1)
+
+
+if __name__ == "__main__":
+    run_derived_job()

@@ -19,7 +19,7 @@ LAYERS: tuple[frozenset[str], ...] = tuple(
         "__init__ errors schema duck exit_codes progress",
         "hub",
         "store",
-        "settings cluster_settings",
+        "settings cluster_settings batches",
         "validation",
         "resync",
         "derived",

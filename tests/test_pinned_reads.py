@@ -290,6 +290,26 @@ def test_a_leased_generation_stays_past_its_grace_until_the_lease_ends(layout: L
     assert report.generations == (first,)
 
 
+def test_a_later_step_pins_the_generation_its_run_started_with_past_publishes(
+    layout: Layout,
+) -> None:
+    first = publish(layout, "A", write_content(layout, "A"))
+    started = generations.pin_generation(layout, CONFIG, lease=False).name
+    publish(layout, "B", write_content(layout, "B"))
+    publish(layout, "A", write_content(layout, "A"))  # the previous one is kept: two after
+
+    with generations.pin_named(layout, CONFIG, started) as pin:
+        assert pin.path == first and pin.leased
+        report = cleanup.cleanup(layout, CONFIG, keep_commit=None, wanted_sha256s=(), grace_s=0)
+        assert report.generations == ()
+        assert markers_of(pin.paths()) == ["A"] * 3
+    report = cleanup.cleanup(layout, CONFIG, keep_commit=None, wanted_sha256s=(), grace_s=0)
+    assert report.generations == (first,)
+    with pytest.raises(StoreError, match=f"generation {started}, which this run started"):
+        generations.pin_named(layout, CONFIG, started)
+    assert not layout.lease_path(CONFIG, started).exists(), "no lease file for a removed one"
+
+
 LEASE_HOLDER = """
 import sys, time
 from tol_dagster.store.layout import Layout

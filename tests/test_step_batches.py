@@ -7,6 +7,8 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -29,19 +31,20 @@ from resync_testing import (
 )
 from test_sync import CORRUPTIONS
 
-from tol_dagster.cluster_settings import ClusterSettings
-from tol_dagster.defs.keys import op_name
-from tol_dagster.defs.mirror.keys import resync_keys
-from tol_dagster.defs.mirror.run_config import plan_op_name, resync_run_config, staged_op_name
-from tol_dagster.devtools.localhub import Fault
-from tol_dagster.errors import SettingsError
-from tol_dagster.resync.batches import (
+from tol_dagster.batches import (
     MAX_BATCHES,
     BatchPolicy,
     batch_count,
     batches,
     parallelism,
 )
+from tol_dagster.cluster_settings import ClusterSettings
+from tol_dagster.defs.keys import op_name, safe_name
+from tol_dagster.defs.mirror.keys import resync_keys
+from tol_dagster.defs.mirror.run_config import plan_op_name, resync_run_config, staged_op_name
+from tol_dagster.derived import centroids, summaries, taxon_index
+from tol_dagster.devtools.localhub import Fault
+from tol_dagster.errors import SettingsError
 from tol_dagster.resync.facts import facts_path
 from tol_dagster.settings import Settings
 from tol_dagster.store.hashing import sha256_file
@@ -280,3 +283,99 @@ def test_a_bad_file_in_one_batch_fails_the_gate_and_publishes_nothing(
     with synced.instance() as instance:
         [run_id] = refused.run_ids
         assert [o["files"] for o in fetch_outputs(instance, run_id)] == [1, 1]
+
+
+# --- derived tables whose per-file parts are batches of steps -----------------------------------
+
+DERIVED_PARTS = (summaries.SUMMARY_PART, taxon_index.INDEX_PART, centroids.SUMS_PART)
+
+
+def derived_tables(layout: Layout) -> dict[str, str]:
+    """sha256 of every derived table a consumer reads."""
+    paths = [*sorted(layout.summary_dir(CONFIG).glob("*.parquet"))]
+    paths += [layout.taxon_index_path(CONFIG), layout.centroids_path(CONFIG)]
+    return {path.name: sha256_file(path) for path in paths}
+
+
+def forget_derived(layout: Layout) -> None:
+    """Remove the derived tables and every file's parts: the next run builds all again."""
+    for part in DERIVED_PARTS:
+        for path in (layout.store_dir(CONFIG) / "derived").rglob(part):
+            path.unlink()
+    for path in derived_tables(layout):
+        next(p for p in layout.published_dir(CONFIG).rglob(path)).unlink()
+
+
+def parts_outputs(instance: dg.DagsterInstance, run_id: str) -> dict[str, list[dict[str, object]]]:
+    """The metadata each `parts` step recorded with its output, by derived table."""
+    found: dict[str, list[dict[str, object]]] = {}
+    for record in instance.all_logs(run_id, of_type=dg.DagsterEventType.STEP_OUTPUT):
+        event = record.dagster_event
+        step = (event.step_key or "") if event is not None else ""
+        if event is not None and ".parts_" in step:
+            kind = step.split(".parts_")[1].split(f"_{safe_name(CONFIG)}")[0]
+            metadata = {k: v.value for k, v in event.step_output_data.metadata.items()}
+            found.setdefault(kind, []).append(metadata)
+    return found
+
+
+def run_derived() -> str:
+    """Run the derived tables' job in a process of its own (see `multiprocess_jobs`), under
+    this test's environment; the run's id."""
+    done = subprocess.run(
+        [sys.executable, multiprocess_jobs.__file__], capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout.split()[-1]
+
+
+@pytest.mark.e2e
+def test_derived_parts_as_steps_of_their_own_give_the_in_process_tables_byte_for_byte(
+    user: User, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert user.sync().code == 0
+    home = tmp_path / "dagster"  # a persistent instance: the steps' processes share it
+    home.mkdir()
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    monkeypatch.setenv("TOL_HOME", str(user.home))
+    run_derived()  # in process, one batch
+    in_process = derived_tables(user.layout)
+    forget_derived(user.layout)
+    monkeypatch.setenv("TOL_EXECUTOR", "multiprocess")
+    monkeypatch.setenv("TOL_WORKERS", "2")
+    monkeypatch.setenv("TOL_STEP_BATCH_FILES", "1")
+
+    run_id = run_derived()
+
+    assert derived_tables(user.layout) == in_process, "the tables differ from in-process"
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        outputs = parts_outputs(instance, run_id)
+    files = len(file_names(user.root))
+    assert sorted(outputs) == ["centroids", "summaries", "taxon_index"]
+    for kind, steps in outputs.items():
+        assert [o["files"] for o in steps] == [1] * files, f"{kind}: one step per file"
+        pids = {o["worker_pid"] for o in steps}
+        assert os.getpid() not in pids and len(pids) == files, f"{kind}: a process per step"
+
+
+def test_derived_parts_already_written_make_no_step_work(
+    user: User, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert user.sync().code == 0
+    home = tmp_path / "dagster"
+    home.mkdir()
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    monkeypatch.setenv("TOL_HOME", str(user.home))
+    run_derived()
+    built = derived_tables(user.layout)
+
+    again = run_derived()
+
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        outputs = parts_outputs(instance, again)
+    assert {kind: [o["files"] for o in steps] for kind, steps in outputs.items()} == {
+        "centroids": [0],
+        "summaries": [0],
+        "taxon_index": [0],
+    }, "one empty batch each: every file already has its parts"
+    assert derived_tables(user.layout) == built

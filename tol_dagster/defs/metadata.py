@@ -4,6 +4,8 @@ owners every asset names."""
 
 from __future__ import annotations
 
+import os
+import socket
 import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -95,6 +97,14 @@ def with_size(key: str, size: int) -> dict[str, dg.MetadataValue]:
     return {
         key: dg.MetadataValue.int(size),
         key.replace("bytes", "size"): dg.MetadataValue.text(human_size(size)),
+    }
+
+
+def worker_metadata() -> dict[str, dg.MetadataValue]:
+    """Which worker ran a step: its host and process."""
+    return {
+        "worker_host": dg.MetadataValue.text(socket.gethostname()),
+        "worker_pid": dg.MetadataValue.int(os.getpid()),
     }
 
 

@@ -21,8 +21,8 @@ from pathlib import Path
 import dagster as dg
 from pydantic import PrivateAttr
 
+from tol_dagster.batches import BatchPolicy, parallelism
 from tol_dagster.hub.client import HubClient, RetryPolicy
-from tol_dagster.resync.batches import BatchPolicy, parallelism
 from tol_dagster.settings import Settings, hub_token
 from tol_dagster.store.layout import Layout
 
@@ -81,7 +81,7 @@ STEP_IO = "step_io"
 
 
 class StepsResource(dg.ConfigurableResource):
-    """How per-file work is cut into steps (`resync.batches`): how many steps the executor
+    """How per-file work is cut into steps (`tol_dagster.batches`): how many steps the executor
     runs at once, and `TOL_STEP_BATCH_FILES`."""
 
     parallelism: int = 1

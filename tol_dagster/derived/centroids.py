@@ -84,14 +84,21 @@ def build_centroids(
     files: Sequence[MirrorFile], layout: Layout, config: str, dim: int, *, force: bool = False
 ) -> CentroidResult:
     """Sum the embeddings of the files not read yet (all when `force`), then publish the table."""
+    recomputed = write_parts(files, layout, config, dim, force=force)
+    path = layout.centroids_path(config)
+    species, genus = _publish(files, layout, config, dim, path)
+    return CentroidResult(recomputed=recomputed, species=species, genus=genus, path=path)
+
+
+def write_parts(
+    files: Sequence[MirrorFile], layout: Layout, config: str, dim: int, *, force: bool = False
+) -> tuple[str, ...]:
+    """Sum the embeddings of the files of `files` not read yet (all when `force`), a part
+    each; the names of those read. Any subset of the mirror, in any step: parts are per file."""
     stale = stale_files(files, layout, config, SUMS_PART, force=force)
     for file in stale:
         write_part(_file_sums(file, dim), layout, config, file, SUMS_PART)
-    path = layout.centroids_path(config)
-    species, genus = _publish(files, layout, config, dim, path)
-    return CentroidResult(
-        recomputed=tuple(f.name for f in stale), species=species, genus=genus, path=path
-    )
+    return tuple(f.name for f in stale)
 
 
 def read_centroids(layout: Layout, config: str) -> pa.Table:

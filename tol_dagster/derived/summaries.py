@@ -125,6 +125,24 @@ def build_summaries(
     `files` is the whole mirror in its order; `force` recomputes every file's part (a rebuild
     from scratch, as the bench measures it).
     """
+    recomputed = write_parts(files, layout, config, force=force)
+    tables = _combine(files, layout, config)
+    paths = {name: summary_path(layout, config, name) for name in tables}
+    # Writing is most of a small update's cost, and pyarrow writes without the GIL.
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        list(pool.map(partial(publish_table, **_WRITER_OPTIONS), tables.values(), paths.values()))
+    return SummaryResult(
+        recomputed=recomputed,
+        rows={name: table.num_rows for name, table in tables.items()},
+        paths=paths,
+    )
+
+
+def write_parts(
+    files: Sequence[MirrorFile], layout: Layout, config: str, *, force: bool = False
+) -> tuple[str, ...]:
+    """Scan the files of `files` not summarised yet (all when `force`) and keep each one's
+    part; the names of those scanned. Any subset of the mirror, in any step: parts are per file."""
     stale = stale_files(files, layout, config, SUMMARY_PART, force=force)
     if stale:
         with duck.cursor() as con:
@@ -132,16 +150,7 @@ def build_summaries(
             stats = _stats(con, stale)
         for (file, rows), file_stats in zip(counts, stats, strict=True):
             write_part(_part(rows, file_stats), layout, config, file, SUMMARY_PART)
-    tables = _combine(files, layout, config)
-    paths = {name: summary_path(layout, config, name) for name in tables}
-    # Writing is most of a small update's cost, and pyarrow writes without the GIL.
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        list(pool.map(partial(publish_table, **_WRITER_OPTIONS), tables.values(), paths.values()))
-    return SummaryResult(
-        recomputed=tuple(f.name for f in stale),
-        rows={name: table.num_rows for name, table in tables.items()},
-        paths=paths,
-    )
+    return tuple(f.name for f in stale)
 
 
 def read_summary(layout: Layout, config: str, name: str) -> pa.Table:

@@ -91,19 +91,28 @@ def build_taxon_index(
     files: Sequence[MirrorFile], layout: Layout, config: str, *, force: bool = False
 ) -> IndexResult:
     """Index the files not indexed yet (all when `force`), then publish the whole index."""
-    stale = parts.stale_files(files, layout, config, INDEX_PART, force=force)
-    if stale:
-        for file, part in parts.split_by_file(_index_files(stale), stale):
-            parts.write_part(part, layout, config, file, INDEX_PART)
+    recomputed = write_parts(files, layout, config, force=force)
     index = _combine(files, layout, config)
     path = layout.taxon_index_path(config)
     parts.publish_table(index, path, **_WRITER_OPTIONS)
     return IndexResult(
-        recomputed=tuple(f.name for f in stale),
+        recomputed=recomputed,
         rows=index.num_rows,
         bytes=path.stat().st_size,
         path=path,
     )
+
+
+def write_parts(
+    files: Sequence[MirrorFile], layout: Layout, config: str, *, force: bool = False
+) -> tuple[str, ...]:
+    """Index the files of `files` not indexed yet (all when `force`), a part each; the names
+    of those indexed. Any subset of the mirror, in any step: parts are per file."""
+    stale = parts.stale_files(files, layout, config, INDEX_PART, force=force)
+    if stale:
+        for file, part in parts.split_by_file(_index_files(stale), stale):
+            parts.write_part(part, layout, config, file, INDEX_PART)
+    return tuple(f.name for f in stale)
 
 
 def read_taxon_index(layout: Layout, config: str) -> pa.Table:

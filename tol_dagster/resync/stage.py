@@ -4,7 +4,7 @@ The first of the resync's three steps, kept apart so Dagster can put the gate's 
 between staging and publishing. Only files whose sha256 differs from the manifest are fetched
 (see `plan`); files already staged, or held by a kept generation, are not fetched again. It is
 three functions so that Dagster can spread the per-file work: `prepare` plans under the lock,
-`fetch_batch` fetches and inspects some of the files (batches: `resync.batches`), anywhere,
+`fetch_batch` fetches and inspects some of the files (batches: `tol_dagster.batches`), anywhere,
 and `conclude` gathers the batches into the staged state.
 
 It is also where drift is repaired (the audit only reports it): under the lock, every published

@@ -185,6 +185,29 @@ def pin_generation(layout: Layout, config: str, *, lease: bool = True) -> Pinned
     )
 
 
+def pin_named(layout: Layout, config: str, name: str) -> PinnedGeneration:
+    """Generation `name` of `config`, leased again: a later step of the run that pinned it
+    (maybe on another machine) reads what its first step read, whatever was published since.
+
+    Raises `StoreError` if the generation was removed meanwhile (superseded longer than
+    TOL_GENERATION_GRACE_S ago with no lease held).
+    """
+    generation = layout.generations_dir(config) / name
+    pinned = None
+    if generation.is_dir():  # no lease file for a generation long gone
+        handle = take_lease(layout, config, name)
+        pinned = _pinned(layout, config, generation, handle)
+        if pinned is None:
+            handle.close()
+    if pinned is None:
+        raise StoreError(
+            f"{config}: generation {name}, which this run started reading, was removed before "
+            "this step ran (superseded and unleased for TOL_GENERATION_GRACE_S); materialize "
+            "again to read the current generation"
+        )
+    return pinned
+
+
 def _pinned(
     layout: Layout, config: str, generation: Path, handle: IO[bytes] | None
 ) -> PinnedGeneration | None:

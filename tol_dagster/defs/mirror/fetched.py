@@ -2,15 +2,13 @@
 can spread it.
 
 A graph: `plan` decides what to fetch (under the store's lock) and cuts it into batches
-(`resync.batches`), one `fetch` step per batch downloads, verifies and inspects its files (the
+(`tol_dagster.batches`), one `fetch` step per batch downloads, verifies and inspects its files (the
 gate's per-file facts, cached by sha256 under the store), and `conclude` gathers the batches
 into the run's staged state. Steps pass small values only (names, paths, sha256s): the bytes
 and the facts stay under `TOL_HOME`, which every worker shares. What `staged` then checks
 across files, and the publish, stay single steps.
 """
 
-import os
-import socket
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -19,9 +17,10 @@ from dagster._core.storage.asset_check_execution_record import (
     COMPLETED_ASSET_CHECK_EXECUTION_RECORD_STATUSES,
 )
 
+from tol_dagster.batches import batches
 from tol_dagster.defs.failures import in_words
 from tol_dagster.defs.keys import asset_key, safe_name
-from tol_dagster.defs.metadata import OWNERS, commit_url, with_size
+from tol_dagster.defs.metadata import OWNERS, commit_url, with_size, worker_metadata
 from tol_dagster.defs.mirror.adoption import adopt_folder, adoption_metadata
 from tol_dagster.defs.mirror.keys import mirror_group
 from tol_dagster.defs.mirror.resync_slot import ResyncSlotResource, resync_pool
@@ -30,7 +29,6 @@ from tol_dagster.defs.resources import STEP_IO, HubResource, StepsResource, Stor
 from tol_dagster.hub.remote import RemoteFile
 from tol_dagster.resync import audit, stage
 from tol_dagster.resync.adopt_report import AdoptionReport
-from tol_dagster.resync.batches import batches
 
 
 @dataclass(frozen=True)
@@ -39,14 +37,6 @@ class Planned:
 
     staging: stage.Staging
     adopted: AdoptionReport | None
-
-
-def worker_metadata() -> dict[str, dg.MetadataValue]:
-    """Which worker ran a step: its host and process."""
-    return {
-        "worker_host": dg.MetadataValue.text(socket.gethostname()),
-        "worker_pid": dg.MetadataValue.int(os.getpid()),
-    }
 
 
 def _files_metadata(files: Sequence[RemoteFile]) -> dict[str, dg.MetadataValue]:
@@ -74,7 +64,7 @@ def build_fetched_asset(name: str) -> dg.AssetsDefinition:
             "(re-verified first)."
         ),
     )
-    def fetched(remote: object) -> object:
+    def fetched(remote):  # untyped: a Nothing input, from the AssetIn
         planned, batch = plan(remote)
         return conclude(planned, batch.map(lambda files: fetch(planned, files)).collect())
 

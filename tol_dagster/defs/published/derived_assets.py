@@ -1,7 +1,8 @@
 """Per-config derived tables over the mirror: summaries, taxon index, centroids.
 
 Rebuilt incrementally (per-file results cached by sha256), so after a resync only changed files
-are scanned; each reads one pinned generation, whose name is its data version. They follow
+are scanned, in batches of steps any executor can spread (`derived_steps`); each reads one
+pinned generation, whose name is its data version. They follow
 every mirror materialization by themselves (`automation.DERIVED_CONDITION`).
 """
 
@@ -15,7 +16,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from tol_dagster.defs.columns import CENTROID_COLUMNS, SUMMARY_COLUMNS, TAXON_INDEX_COLUMNS
-from tol_dagster.defs.failures import in_words
 from tol_dagster.defs.keys import asset_key
 from tol_dagster.defs.metadata import (
     OWNERS,
@@ -26,10 +26,15 @@ from tol_dagster.defs.metadata import (
     with_size,
 )
 from tol_dagster.defs.published.automation import DERIVED_CONDITION
-from tol_dagster.defs.published.keys import published_group, summary_keys
+from tol_dagster.defs.published.derived_steps import (
+    DerivedSteps,
+    build_derived_graph,
+    table_output,
+)
+from tol_dagster.defs.published.keys import summary_keys
 from tol_dagster.defs.resources import HubResource, StorageResource
 from tol_dagster.derived import built_from, centroids, summaries, taxon_index
-from tol_dagster.store import generations
+from tol_dagster.store.layout import Layout
 from tol_dagster.store.pins import PinnedGeneration
 
 #: Bump when a change of our code changes what an asset writes: the UI then shows it stale
@@ -43,18 +48,6 @@ CENTROIDS_CODE_VERSION = "1"
 def build_derived_assets(name: str) -> list[dg.AssetsDefinition]:
     """The summaries, taxon index and centroids of config `name`."""
     return [build_summary_assets(name), build_taxon_index_asset(name), build_centroids_asset(name)]
-
-
-def _derived_table(name: str, code_version: str) -> dict[str, Any]:
-    """What every derived table's definition shares: read from the mirror, in the published
-    group, rebuilt by automation after each mirror."""
-    return {
-        "deps": [asset_key(name, "mirror")],
-        "group_name": published_group(name),
-        "owners": OWNERS,
-        "code_version": code_version,
-        "automation_condition": DERIVED_CONDITION,
-    }
 
 
 def _built_metadata(
@@ -86,121 +79,156 @@ def centroid_preview(table: pa.Table) -> pa.Table:
     )
 
 
+def _asset_out(
+    key: dg.AssetKey, kinds: set[str], code_version: str, description: str
+) -> dg.AssetOut:
+    """A derived table's asset (in the published group: `build_derived_graph`), rebuilt by
+    automation after each mirror."""
+    return dg.AssetOut(
+        key=key,
+        kinds=kinds,
+        description=description,
+        owners=OWNERS,
+        code_version=code_version,
+        automation_condition=DERIVED_CONDITION,
+    )
+
+
 def build_summary_assets(name: str) -> dg.AssetsDefinition:
     keys = summary_keys(name)
 
-    @dg.multi_asset(
-        specs=[
-            dg.AssetSpec(
-                key,
-                kinds={"duckdb", "parquet"},
-                description=f"Summary table `{table}` of `{name}` (image counts; NULL holes kept as buckets).",
-                **_derived_table(name, SUMMARIES_CODE_VERSION),
-            )
-            for table, key in keys.items()
-        ],
-        name=f"{asset_key(name, 'mirror').to_python_identifier()}_summaries",
-    )
-    @in_words
-    def summary_tables(
-        context: dg.AssetExecutionContext, hub: HubResource, storage: StorageResource
-    ) -> Iterator[dg.MaterializeResult]:
+    def publish(
+        context: dg.OpExecutionContext,
+        hub: HubResource,
+        storage: StorageResource,
+        pin: PinnedGeneration,
+        computed: frozenset[str],
+    ) -> Iterator[dg.Output[None]]:
         layout = storage.layout
-        with generations.pin_generation(layout, name) as pin:  # one generation, leased
-            files = pin.mirror_files()
-            result = summaries.build_summaries(files, layout, name)
-            context.log.info(
-                f"summaries of {name}: rescanned {len(result.recomputed)} of {len(files)} files"
+        files = pin.mirror_files()
+        result = summaries.build_summaries(files, layout, name)
+        rescanned = len(computed | set(result.recomputed))
+        context.log.info(f"summaries of {name}: rescanned {rescanned} of {len(files)} files")
+        built_from.save_built_from(layout, name, "summaries", pin, files)
+        for table in keys:
+            data = pq.read_table(result.paths[table])
+            yield table_output(
+                table,
+                {
+                    **_built_metadata(result.paths[table], result.rows[table], pin, hub),
+                    "dagster/column_schema": table_schema(
+                        data.schema, name, SUMMARY_COLUMNS[table]
+                    ),
+                    "files_rescanned": rescanned,
+                    "preview": table_preview(_biggest_first(data)),
+                },
+                pin,
             )
-            built_from.save_built_from(layout, name, "summaries", pin, files)
-            for table, key in keys.items():
-                data = pq.read_table(result.paths[table])
-                yield dg.MaterializeResult(
-                    asset_key=key,
-                    metadata={
-                        **_built_metadata(result.paths[table], result.rows[table], pin, hub),
-                        "dagster/column_schema": table_schema(
-                            data.schema, name, SUMMARY_COLUMNS[table]
-                        ),
-                        "files_rescanned": len(result.recomputed),
-                        "preview": table_preview(_biggest_first(data)),
-                    },
-                    data_version=dg.DataVersion(pin.name),
-                )
 
-    return summary_tables
+    steps = DerivedSteps(
+        node=f"{asset_key(name, 'mirror').to_python_identifier()}_summaries",
+        kind="summaries",
+        part=summaries.SUMMARY_PART,
+        write_parts=lambda files, layout, pin: summaries.write_parts(files, layout, name),
+        publish=publish,
+    )
+    outs = {
+        table: _asset_out(
+            key,
+            {"duckdb", "parquet"},
+            SUMMARIES_CODE_VERSION,
+            f"Summary table `{table}` of `{name}` (image counts; NULL holes kept as buckets).",
+        )
+        for table, key in keys.items()
+    }
+    return build_derived_graph(name, steps, outs)
 
 
 def build_taxon_index_asset(name: str) -> dg.AssetsDefinition:
-    @dg.asset(
-        key=asset_key(name, "taxon_index"),
-        kinds={"parquet"},
-        description="(rank, value) -> file, row group, row range: lets a slice read only the row groups of its taxon.",
-        **_derived_table(name, TAXON_INDEX_CODE_VERSION),
-    )
-    @in_words
-    def index(
-        context: dg.AssetExecutionContext, hub: HubResource, storage: StorageResource
-    ) -> dg.MaterializeResult:
+    def publish(
+        context: dg.OpExecutionContext,
+        hub: HubResource,
+        storage: StorageResource,
+        pin: PinnedGeneration,
+        computed: frozenset[str],
+    ) -> Iterator[dg.Output[None]]:
         layout = storage.layout
-        with generations.pin_generation(layout, name) as pin:  # one generation, leased
-            files = pin.mirror_files()
-            built = built_from.load_built_from(layout, name, "taxon_index")
-            if built is None or built.generation != pin.name:
-                built_from.keep_previous_index(layout, name)
-            result = taxon_index.build_taxon_index(files, layout, name)
-            built_from.save_built_from(layout, name, "taxon_index", pin, files)
-            context.log.info(
-                f"taxon index of {name}: re-indexed {len(result.recomputed)} of {len(files)} files"
-            )
-            return dg.MaterializeResult(
-                metadata={
-                    **_built_metadata(result.path, result.rows, pin, hub),
-                    **with_size("bytes", result.bytes),
-                    "files_reindexed": len(result.recomputed),
-                    **_table_metadata(result.path, name, TAXON_INDEX_COLUMNS),
-                },
-                data_version=dg.DataVersion(pin.name),
-            )
+        files = pin.mirror_files()
+        built = built_from.load_built_from(layout, name, "taxon_index")
+        if built is None or built.generation != pin.name:
+            built_from.keep_previous_index(layout, name)
+        result = taxon_index.build_taxon_index(files, layout, name)
+        built_from.save_built_from(layout, name, "taxon_index", pin, files)
+        reindexed = len(computed | set(result.recomputed))
+        context.log.info(f"taxon index of {name}: re-indexed {reindexed} of {len(files)} files")
+        yield table_output(
+            "taxon_index",
+            {
+                **_built_metadata(result.path, result.rows, pin, hub),
+                **with_size("bytes", result.bytes),
+                "files_reindexed": reindexed,
+                **_table_metadata(result.path, name, TAXON_INDEX_COLUMNS),
+            },
+            pin,
+        )
 
-    return index
+    key = asset_key(name, "taxon_index")
+    steps = DerivedSteps(
+        node=key.to_python_identifier(),
+        kind="taxon_index",
+        part=taxon_index.INDEX_PART,
+        write_parts=lambda files, layout, pin: taxon_index.write_parts(files, layout, name),
+        publish=publish,
+    )
+    description = "(rank, value) -> file, row group, row range: lets a slice read only the row groups of its taxon."
+    out = _asset_out(key, {"parquet"}, TAXON_INDEX_CODE_VERSION, description)
+    return build_derived_graph(name, steps, {"taxon_index": out})
 
 
 def build_centroids_asset(name: str) -> dg.AssetsDefinition:
-    @dg.asset(
-        key=asset_key(name, "centroids"),
-        kinds={"parquet", "numpy"},
-        description=(
-            "Mean embedding (float32) and image count per full lineage at species and genus level: "
-            "one streaming pass, incremental per file."
-        ),
-        **_derived_table(name, CENTROIDS_CODE_VERSION),
-    )
-    @in_words
-    def centroid_table(
-        context: dg.AssetExecutionContext, hub: HubResource, storage: StorageResource
-    ) -> dg.MaterializeResult:
-        layout = storage.layout
-        with generations.pin_generation(layout, name) as pin:  # one generation, leased
-            files = pin.mirror_files()
-            schema = built_from.pinned_schema(layout, pin)
-            dim = schema.field("emb").type.list_size
-            result = centroids.build_centroids(files, layout, name, dim)
-            context.log.info(
-                f"centroids of {name}: read {len(result.recomputed)} of {len(files)} files"
-            )
-            return dg.MaterializeResult(
-                metadata={
-                    **_built_metadata(result.path, result.species + result.genus, pin, hub),
-                    "species": result.species,
-                    "genera": result.genus,
-                    "files_reread": len(result.recomputed),
-                    **_table_metadata(result.path, name, CENTROID_COLUMNS, centroid_preview),
-                },
-                data_version=dg.DataVersion(pin.name),
-            )
+    def dim(layout: Layout, pin: PinnedGeneration) -> int:
+        return built_from.pinned_schema(layout, pin).field("emb").type.list_size
 
-    return centroid_table
+    def publish(
+        context: dg.OpExecutionContext,
+        hub: HubResource,
+        storage: StorageResource,
+        pin: PinnedGeneration,
+        computed: frozenset[str],
+    ) -> Iterator[dg.Output[None]]:
+        layout = storage.layout
+        files = pin.mirror_files()
+        result = centroids.build_centroids(files, layout, name, dim(layout, pin))
+        reread = len(computed | set(result.recomputed))
+        context.log.info(f"centroids of {name}: read {reread} of {len(files)} files")
+        yield table_output(
+            "centroids",
+            {
+                **_built_metadata(result.path, result.species + result.genus, pin, hub),
+                "species": result.species,
+                "genera": result.genus,
+                "files_reread": reread,
+                **_table_metadata(result.path, name, CENTROID_COLUMNS, centroid_preview),
+            },
+            pin,
+        )
+
+    key = asset_key(name, "centroids")
+    steps = DerivedSteps(
+        node=key.to_python_identifier(),
+        kind="centroids",
+        part=centroids.SUMS_PART,
+        write_parts=lambda files, layout, pin: centroids.write_parts(
+            files, layout, name, dim(layout, pin)
+        ),
+        publish=publish,
+    )
+    description = (
+        "Mean embedding (float32) and image count per full lineage at species and genus level: "
+        "one streaming pass, incremental per file."
+    )
+    out = _asset_out(key, {"parquet", "numpy"}, CENTROIDS_CODE_VERSION, description)
+    return build_derived_graph(name, steps, {"centroids": out})
 
 
 def _table_metadata(
