@@ -23,6 +23,7 @@ from processes import Stack, free_port, running, signal_group
 from service_testing import RABBITMQ_URL, pg_database, require_rabbitmq, unique_queue
 
 from tol_dagster.cli.main import main
+from tol_dagster.defs.published.jobs import DERIVED_JOB
 from tol_dagster.devtools.localhub import LocalHub
 from tol_dagster.devtools.localhub.faults import Fault
 from tol_dagster.devtools.sample import build_sample
@@ -40,6 +41,10 @@ BIN = Path(sys.executable).parent
 BUDGET_S = 240.0
 #: A fetch step's key: `<fetched graph>.fetch_<config>[<batch>]`.
 FETCH_STEP = ".fetch_"
+#: A derived table's per-file step: `<table's graph>.parts_<table>_<config>[<batch>]`.
+PARTS_STEP = ".parts_"
+#: A slice over every file of the sample (both kingdoms' halves are in each of its files).
+SLICE = "kingdom=Animalia"
 DAGSTER_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d [+-]\d{4} - dagster - ", re.M)
 
 
@@ -94,6 +99,34 @@ def in_process(hub: LocalHub, tmp_path_factory: pytest.TempPathFactory) -> dict[
     done = _sync(_env(hub, base / "home", base / "dagster"))
     assert done.returncode == 0, done.stderr
     return mirror_bytes(base / "home")
+
+
+@pytest.fixture(scope="module")
+def in_process_derived(hub: LocalHub, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """The derived tables and a slice over every file, built in one process."""
+    base = tmp_path_factory.mktemp("in-process-derived")
+    env = _env(hub, base / "home", base / "dagster")
+    for command in (["sync"], ["slice", SLICE]):
+        done = _tol(env, *command)
+        assert done.returncode == 0, done.stderr
+    return derived_bytes(base / "home")
+
+
+def _tol(env: dict[str, str], *argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(BIN / "tol-dagster"), *argv], env=env, capture_output=True, text=True
+    )
+
+
+def derived_bytes(home: Path) -> dict[str, str]:
+    """sha256 of each derived table and of every slice published under `home`."""
+    layout = Layout(home)
+    paths = [
+        *layout.summary_dir(CONFIG).glob("*.parquet"),
+        *layout.slices_dir(CONFIG).rglob("*.parquet"),
+    ]
+    paths += [layout.taxon_index_path(CONFIG), layout.centroids_path(CONFIG)]
+    return {str(p.relative_to(layout.published_dir(CONFIG))): sha256_file(p) for p in sorted(paths)}
 
 
 # --- Celery ----------------------------------------------------------------------------------
@@ -163,12 +196,12 @@ def _workers_by_step(instance: dg.DagsterInstance, run_id: str) -> dict[str, lis
     return found
 
 
-def _recorded_pids(instance: dg.DagsterInstance, run_id: str) -> list[int]:
-    """`worker_pid` of each fetch step's output metadata (the process that ran it)."""
+def _recorded_pids(instance: dg.DagsterInstance, run_id: str, step: str = FETCH_STEP) -> list[int]:
+    """`worker_pid` of each `step` step's output metadata (the process that ran it)."""
     return [
         int(str(e.dagster_event.step_output_data.metadata["worker_pid"].value))
         for e in instance.all_logs(run_id, of_type=dg.DagsterEventType.STEP_OUTPUT)
-        if e.dagster_event is not None and FETCH_STEP in (e.step_key or "")
+        if e.dagster_event is not None and step in (e.step_key or "")
     ]
 
 
@@ -263,6 +296,30 @@ def test_two_celery_syncs_of_one_config_never_overlap(
     assert len(pids) == FILES // 2, pids
     assert {_parent(pid) for pid in pids} == set(cluster.worker_pids().values()), (
         f"the fetch steps did not run on both workers: {pids} vs {cluster.worker_pids()}"
+    )
+
+
+def test_celery_derived_tables_and_a_slice_match_in_process_with_parts_on_both_workers(
+    cluster: Cluster, in_process_derived: dict[str, str]
+) -> None:
+    assert _tol(cluster.env, "sync").returncode == 0
+    with cluster.instance() as instance:
+        before = {r.run_id for r in instance.get_runs()}
+
+    done = _tol(cluster.env, "slice", SLICE)
+
+    assert done.returncode == 0, done.stderr
+    assert derived_bytes(cluster.home) == in_process_derived, "Celery's tables differ"
+    with cluster.instance() as instance:
+        derived_run = next(
+            r.run_id
+            for r in instance.get_runs()
+            if r.run_id not in before and r.job_name == DERIVED_JOB
+        )
+        pids = _recorded_pids(instance, derived_run, PARTS_STEP)
+    assert len(pids) == 3 * FILES // 2, "6 parts steps for each of the 3 tables"
+    assert {_parent(pid) for pid in pids} == set(cluster.worker_pids().values()), (
+        f"the parts steps did not run on both workers: {pids} vs {cluster.worker_pids()}"
     )
 
 
