@@ -379,3 +379,47 @@ def test_derived_parts_already_written_make_no_step_work(
         "taxon_index": [0],
     }, "one empty batch each: every file already has its parts"
     assert derived_tables(user.layout) == built
+
+
+@pytest.mark.e2e
+def test_a_derived_run_killed_between_batches_loses_nothing_and_the_next_does_the_rest(
+    user: User, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert user.sync().code == 0
+    home = tmp_path / "dagster"
+    home.mkdir()
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    monkeypatch.setenv("TOL_HOME", str(user.home))
+    monkeypatch.setenv("TOL_STEP_BATCH_FILES", "1")
+    files = mirror_view(user.layout).sha256s
+    parts = [
+        user.layout.derived_dir(CONFIG, sha) / summaries.SUMMARY_PART for sha in files.values()
+    ]
+    killed = subprocess.Popen(
+        [sys.executable, multiprocess_jobs.__file__],
+        env={**os.environ, multiprocess_jobs.HOLD_AFTER_FIRST_PART: "1"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not any(p.is_file() for p in parts):
+            assert killed.poll() is None, "the run ended before it could be killed"
+            assert time.monotonic() < deadline, "the first batch never finished"
+            time.sleep(0.05)
+        time.sleep(0.5)  # into the second batch's wait
+    finally:
+        killed.send_signal(signal.SIGKILL)
+        killed.wait()
+    assert [p.is_file() for p in parts].count(True) == 1, "one batch done when killed"
+
+    run_id = run_derived()
+
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        outputs = parts_outputs(instance, run_id)
+    assert len(outputs["summaries"]) == len(files) - 1, "the killed run's part is kept"
+    assert all(p.is_file() for p in parts)
+    built = derived_tables(user.layout)
+    forget_derived(user.layout)
+    run_derived()
+    assert derived_tables(user.layout) == built, "the same tables as a build from scratch"
