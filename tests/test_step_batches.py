@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import dagster as dg
@@ -236,6 +237,20 @@ def test_each_fetch_step_records_its_worker_in_process(
     assert mirror_view(user.layout).sha256s == upstream_files(user.root)
 
 
+def kill_between_batches(process: subprocess.Popen[bytes], first_done: Callable[[], bool]) -> None:
+    """SIGKILL `process` once its first batch is done, half a second into the second's wait."""
+    try:
+        deadline = time.monotonic() + 120
+        while not first_done():
+            assert process.poll() is None, "the run ended before it could be killed"
+            assert time.monotonic() < deadline, "the first batch never finished"
+            time.sleep(0.05)
+        time.sleep(0.5)
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+
+
 @pytest.mark.e2e
 def test_a_sync_killed_between_batches_loses_nothing(
     user: User, monkeypatch: pytest.MonkeyPatch
@@ -245,17 +260,7 @@ def test_a_sync_killed_between_batches_loses_nothing(
     for name in later:  # the second batch waits: the sync is killed while it does
         user.hub.add_fault(Fault("delay", pattern=f"*/{name}", request_kind="lfs_get", delay_s=60))
     first_sha = sha256_file(user.folder / first)
-    killed = sync_process()
-    try:
-        deadline = time.monotonic() + 120
-        while not facts_path(user.layout, CONFIG, first_sha).is_file():
-            assert killed.poll() is None, "the sync ended before it could be killed"
-            assert time.monotonic() < deadline, "the first batch never finished"
-            time.sleep(0.05)
-        time.sleep(0.5)  # into the second batch's wait
-    finally:
-        killed.send_signal(signal.SIGKILL)
-        killed.wait()
+    kill_between_batches(sync_process(), facts_path(user.layout, CONFIG, first_sha).is_file)
     user.reset_counts()  # the faults too
 
     outcome = user.sync()
@@ -319,6 +324,18 @@ def parts_outputs(instance: dg.DagsterInstance, run_id: str) -> dict[str, list[d
     return found
 
 
+@pytest.fixture
+def derived_home(user: User, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A persistent Dagster instance (steps in other processes share it) over `user`'s synced
+    mirror, both in the environment: what `run_derived` runs against."""
+    assert user.sync().code == 0
+    home = tmp_path / "dagster"
+    home.mkdir()
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    monkeypatch.setenv("TOL_HOME", str(user.home))
+    return home
+
+
 def run_derived() -> str:
     """Run the derived tables' job in a process of its own (see `multiprocess_jobs`), under
     this test's environment; the run's id."""
@@ -331,13 +348,9 @@ def run_derived() -> str:
 
 @pytest.mark.e2e
 def test_derived_parts_as_steps_of_their_own_give_the_in_process_tables_byte_for_byte(
-    user: User, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    user: User, derived_home: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    assert user.sync().code == 0
-    home = tmp_path / "dagster"  # a persistent instance: the steps' processes share it
-    home.mkdir()
-    monkeypatch.setenv("DAGSTER_HOME", str(home))
-    monkeypatch.setenv("TOL_HOME", str(user.home))
+    home = derived_home
     run_derived()  # in process, one batch
     in_process = derived_tables(user.layout)
     forget_derived(user.layout)
@@ -358,14 +371,8 @@ def test_derived_parts_as_steps_of_their_own_give_the_in_process_tables_byte_for
         assert os.getpid() not in pids and len(pids) == files, f"{kind}: a process per step"
 
 
-def test_derived_parts_already_written_make_no_step_work(
-    user: User, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    assert user.sync().code == 0
-    home = tmp_path / "dagster"
-    home.mkdir()
-    monkeypatch.setenv("DAGSTER_HOME", str(home))
-    monkeypatch.setenv("TOL_HOME", str(user.home))
+def test_derived_parts_already_written_make_no_step_work(user: User, derived_home: Path) -> None:
+    home = derived_home
     run_derived()
     built = derived_tables(user.layout)
 
@@ -383,13 +390,9 @@ def test_derived_parts_already_written_make_no_step_work(
 
 @pytest.mark.e2e
 def test_a_derived_run_killed_between_batches_loses_nothing_and_the_next_does_the_rest(
-    user: User, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    user: User, derived_home: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    assert user.sync().code == 0
-    home = tmp_path / "dagster"
-    home.mkdir()
-    monkeypatch.setenv("DAGSTER_HOME", str(home))
-    monkeypatch.setenv("TOL_HOME", str(user.home))
+    home = derived_home
     monkeypatch.setenv("TOL_STEP_BATCH_FILES", "1")
     files = mirror_view(user.layout).sha256s
     parts = [
@@ -401,16 +404,7 @@ def test_a_derived_run_killed_between_batches_loses_nothing_and_the_next_does_th
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    try:
-        deadline = time.monotonic() + 120
-        while not any(p.is_file() for p in parts):
-            assert killed.poll() is None, "the run ended before it could be killed"
-            assert time.monotonic() < deadline, "the first batch never finished"
-            time.sleep(0.05)
-        time.sleep(0.5)  # into the second batch's wait
-    finally:
-        killed.send_signal(signal.SIGKILL)
-        killed.wait()
+    kill_between_batches(killed, lambda: any(p.is_file() for p in parts))
     assert [p.is_file() for p in parts].count(True) == 1, "one batch done when killed"
 
     run_id = run_derived()

@@ -6,7 +6,7 @@ pinned generation, whose name is its data version. They follow
 every mirror materialization by themselves (`automation.DERIVED_CONDITION`).
 """
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,11 +28,12 @@ from tol_dagster.defs.metadata import (
 from tol_dagster.defs.published.automation import DERIVED_CONDITION
 from tol_dagster.defs.published.derived_steps import (
     DerivedSteps,
+    PartsWriter,
+    Publisher,
+    Publishing,
     build_derived_graph,
-    table_output,
 )
 from tol_dagster.defs.published.keys import summary_keys
-from tol_dagster.defs.resources import HubResource, StorageResource
 from tol_dagster.derived import built_from, centroids, summaries, taxon_index
 from tol_dagster.store.layout import Layout
 from tol_dagster.store.pins import PinnedGeneration
@@ -50,14 +51,24 @@ def build_derived_assets(name: str) -> list[dg.AssetsDefinition]:
     return [build_summary_assets(name), build_taxon_index_asset(name), build_centroids_asset(name)]
 
 
-def _built_metadata(
-    path: Path, rows: int, pin: PinnedGeneration, hub: HubResource
-) -> dict[str, Any]:
+def _built_metadata(path: Path, rows: int, run: Publishing) -> dict[str, Any]:
     """What every derived table reports: where it is, its rows, the commit it was built from."""
     return {
         "path": dg.MetadataValue.path(str(path)),
         "dagster/row_count": dg.MetadataValue.int(rows),
-        "upstream_commit": commit_url(hub.endpoint, hub.repo_id, pin.commit),
+        "upstream_commit": commit_url(run.hub.endpoint, run.hub.repo_id, run.pin.commit),
+    }
+
+
+def _summary_metadata(
+    run: Publishing, config: str, table: str, result: summaries.SummaryResult, rescanned: int
+) -> dict[str, Any]:
+    data = pq.read_table(result.paths[table])
+    return {
+        **_built_metadata(result.paths[table], result.rows[table], run),
+        "dagster/column_schema": table_schema(data.schema, config, SUMMARY_COLUMNS[table]),
+        "files_rescanned": rescanned,
+        "preview": table_preview(_biggest_first(data)),
     }
 
 
@@ -97,33 +108,14 @@ def _asset_out(
 def build_summary_assets(name: str) -> dg.AssetsDefinition:
     keys = summary_keys(name)
 
-    def publish(
-        context: dg.OpExecutionContext,
-        hub: HubResource,
-        storage: StorageResource,
-        pin: PinnedGeneration,
-        computed: frozenset[str],
-    ) -> Iterator[dg.Output[None]]:
-        layout = storage.layout
+    def publish(run: Publishing) -> dict[str, dict[str, Any]]:
+        layout, pin = run.layout, run.pin
         files = pin.mirror_files()
         result = summaries.build_summaries(files, layout, name)
-        rescanned = len(computed | set(result.recomputed))
-        context.log.info(f"summaries of {name}: rescanned {rescanned} of {len(files)} files")
+        rescanned = run.files_computed(result.recomputed)
+        run.log(f"summaries of {name}: rescanned {rescanned} of {len(files)} files")
         built_from.save_built_from(layout, name, "summaries", pin, files)
-        for table in keys:
-            data = pq.read_table(result.paths[table])
-            yield table_output(
-                table,
-                {
-                    **_built_metadata(result.paths[table], result.rows[table], pin, hub),
-                    "dagster/column_schema": table_schema(
-                        data.schema, name, SUMMARY_COLUMNS[table]
-                    ),
-                    "files_rescanned": rescanned,
-                    "preview": table_preview(_biggest_first(data)),
-                },
-                pin,
-            )
+        return {table: _summary_metadata(run, name, table, result, rescanned) for table in keys}
 
     steps = DerivedSteps(
         node=f"{asset_key(name, 'mirror').to_python_identifier()}_summaries",
@@ -145,90 +137,93 @@ def build_summary_assets(name: str) -> dg.AssetsDefinition:
 
 
 def build_taxon_index_asset(name: str) -> dg.AssetsDefinition:
-    def publish(
-        context: dg.OpExecutionContext,
-        hub: HubResource,
-        storage: StorageResource,
-        pin: PinnedGeneration,
-        computed: frozenset[str],
-    ) -> Iterator[dg.Output[None]]:
-        layout = storage.layout
+    def publish(run: Publishing) -> dict[str, dict[str, Any]]:
+        layout, pin = run.layout, run.pin
         files = pin.mirror_files()
         built = built_from.load_built_from(layout, name, "taxon_index")
         if built is None or built.generation != pin.name:
             built_from.keep_previous_index(layout, name)
         result = taxon_index.build_taxon_index(files, layout, name)
         built_from.save_built_from(layout, name, "taxon_index", pin, files)
-        reindexed = len(computed | set(result.recomputed))
-        context.log.info(f"taxon index of {name}: re-indexed {reindexed} of {len(files)} files")
-        yield table_output(
-            "taxon_index",
-            {
-                **_built_metadata(result.path, result.rows, pin, hub),
+        reindexed = run.files_computed(result.recomputed)
+        run.log(f"taxon index of {name}: re-indexed {reindexed} of {len(files)} files")
+        return {
+            "taxon_index": {
+                **_built_metadata(result.path, result.rows, run),
                 **with_size("bytes", result.bytes),
                 "files_reindexed": reindexed,
                 **_table_metadata(result.path, name, TAXON_INDEX_COLUMNS),
-            },
-            pin,
-        )
+            }
+        }
 
-    key = asset_key(name, "taxon_index")
-    steps = DerivedSteps(
-        node=key.to_python_identifier(),
-        kind="taxon_index",
-        part=taxon_index.INDEX_PART,
-        write_parts=lambda files, layout, pin: taxon_index.write_parts(files, layout, name),
-        publish=publish,
+    return _one_table(
+        name,
+        "taxon_index",
+        taxon_index.INDEX_PART,
+        lambda files, layout, pin: taxon_index.write_parts(files, layout, name),
+        publish,
+        _asset_out(
+            asset_key(name, "taxon_index"),
+            {"parquet"},
+            TAXON_INDEX_CODE_VERSION,
+            "(rank, value) -> file, row group, row range: lets a slice read only the row groups of its taxon.",
+        ),
     )
-    description = "(rank, value) -> file, row group, row range: lets a slice read only the row groups of its taxon."
-    out = _asset_out(key, {"parquet"}, TAXON_INDEX_CODE_VERSION, description)
-    return build_derived_graph(name, steps, {"taxon_index": out})
 
 
 def build_centroids_asset(name: str) -> dg.AssetsDefinition:
     def dim(layout: Layout, pin: PinnedGeneration) -> int:
         return built_from.pinned_schema(layout, pin).field("emb").type.list_size
 
-    def publish(
-        context: dg.OpExecutionContext,
-        hub: HubResource,
-        storage: StorageResource,
-        pin: PinnedGeneration,
-        computed: frozenset[str],
-    ) -> Iterator[dg.Output[None]]:
-        layout = storage.layout
+    def publish(run: Publishing) -> dict[str, dict[str, Any]]:
+        layout, pin = run.layout, run.pin
         files = pin.mirror_files()
         result = centroids.build_centroids(files, layout, name, dim(layout, pin))
-        reread = len(computed | set(result.recomputed))
-        context.log.info(f"centroids of {name}: read {reread} of {len(files)} files")
-        yield table_output(
-            "centroids",
-            {
-                **_built_metadata(result.path, result.species + result.genus, pin, hub),
+        reread = run.files_computed(result.recomputed)
+        run.log(f"centroids of {name}: read {reread} of {len(files)} files")
+        return {
+            "centroids": {
+                **_built_metadata(result.path, result.species + result.genus, run),
                 "species": result.species,
                 "genera": result.genus,
                 "files_reread": reread,
                 **_table_metadata(result.path, name, CENTROID_COLUMNS, centroid_preview),
-            },
-            pin,
-        )
+            }
+        }
 
-    key = asset_key(name, "centroids")
-    steps = DerivedSteps(
-        node=key.to_python_identifier(),
-        kind="centroids",
-        part=centroids.SUMS_PART,
-        write_parts=lambda files, layout, pin: centroids.write_parts(
-            files, layout, name, dim(layout, pin)
+    return _one_table(
+        name,
+        "centroids",
+        centroids.SUMS_PART,
+        lambda files, layout, pin: centroids.write_parts(files, layout, name, dim(layout, pin)),
+        publish,
+        _asset_out(
+            asset_key(name, "centroids"),
+            {"parquet", "numpy"},
+            CENTROIDS_CODE_VERSION,
+            "Mean embedding (float32) and image count per full lineage at species and genus "
+            "level: one streaming pass, incremental per file.",
         ),
+    )
+
+
+def _one_table(
+    name: str,
+    table: str,
+    part: str,
+    write_parts: PartsWriter,
+    publish: Publisher,
+    out: dg.AssetOut,
+) -> dg.AssetsDefinition:
+    """The graph of a derived table that is one asset, `tol/<name>/<table>`."""
+    steps = DerivedSteps(
+        node=asset_key(name, table).to_python_identifier(),
+        kind=table,
+        part=part,
+        write_parts=write_parts,
         publish=publish,
     )
-    description = (
-        "Mean embedding (float32) and image count per full lineage at species and genus level: "
-        "one streaming pass, incremental per file."
-    )
-    out = _asset_out(key, {"parquet", "numpy"}, CENTROIDS_CODE_VERSION, description)
-    return build_derived_graph(name, steps, {"centroids": out})
+    return build_derived_graph(name, steps, {table: out})
 
 
 def _table_metadata(

@@ -30,24 +30,27 @@ from tol_dagster.store.pins import PinnedGeneration
 
 #: Writes the parts of some files of a pinned generation; the names of the files it computed.
 PartsWriter = Callable[[Sequence[MirrorFile], Layout, PinnedGeneration], tuple[str, ...]]
-#: Publishes a table from every file's part; one output per asset, with its metadata. Gets the
-#: names of the files the `parts` steps computed.
-Publisher = Callable[
-    [dg.OpExecutionContext, HubResource, StorageResource, PinnedGeneration, frozenset[str]],
-    Iterator[dg.Output[None]],
-]
 
 
-def table_output(
-    output: str, metadata: Mapping[str, Any], pin: PinnedGeneration
-) -> dg.Output[None]:
-    """A derived table's materialization: its metadata, and the pinned generation's name as
-    its data version (what it was built from)."""
-    with warnings.catch_warnings():  # `data_version` on an Output is beta; the asset's is not
-        warnings.simplefilter("ignore", dg.BetaWarning)
-        return dg.Output(
-            None, output_name=output, metadata=dict(metadata), data_version=dg.DataVersion(pin.name)
-        )
+@dataclass(frozen=True)
+class Publishing:
+    """What a table's `publish` step hands its publisher: the pinned generation, the names of
+    the files the `parts` steps computed, where to write and log, the Hub (commit links)."""
+
+    pin: PinnedGeneration
+    computed: frozenset[str]
+    layout: Layout
+    hub: HubResource
+    log: Callable[[str], None]
+
+    def files_computed(self, recomputed: Sequence[str]) -> int:
+        """How many files' parts this run computed: in its `parts` steps, or at the publish
+        (`recomputed`: files whose part was missing there)."""
+        return len(self.computed | set(recomputed))
+
+
+#: Publishes a table from every file's part; each output's metadata, by output name.
+Publisher = Callable[[Publishing], dict[str, dict[str, Any]]]
 
 
 @dataclass(frozen=True)
@@ -161,6 +164,22 @@ def _publish_op(config: str, table: DerivedSteps, outputs: list[str]) -> dg.OpDe
         """Combine every file's part into the published table(s), atomically."""
         with generations.pin_named(storage.layout, config, generation) as pin:
             computed = frozenset(name for batch in written for name in batch)
-            yield from table.publish(context, hub, storage, pin, computed)
+            published = table.publish(
+                Publishing(pin, computed, storage.layout, hub, context.log.info)
+            )
+            for output, metadata in published.items():
+                yield _table_output(output, metadata, pin)
 
     return publish
+
+
+def _table_output(
+    output: str, metadata: Mapping[str, Any], pin: PinnedGeneration
+) -> dg.Output[None]:
+    """A derived table's materialization: its metadata, and the pinned generation's name as
+    its data version (what it was built from)."""
+    with warnings.catch_warnings():  # `data_version` on an Output is beta; the asset's is not
+        warnings.simplefilter("ignore", dg.BetaWarning)
+        return dg.Output(
+            None, output_name=output, metadata=dict(metadata), data_version=dg.DataVersion(pin.name)
+        )
