@@ -24,7 +24,7 @@ from tol_dagster.schema import DEFAULT_CONFIG, METADATA_COLUMNS, STRING_COLUMNS,
 from tol_dagster.slices import read, splices
 from tol_dagster.slices.checks import slice_checks
 from tol_dagster.slices.counts import expected_count
-from tol_dagster.slices.extract import SliceResult, extract_slice
+from tol_dagster.slices.extract import SliceResult, assemble_slice, extract_segment, extract_slice
 from tol_dagster.slices.keys import SliceKey, parse_slice_key, to_arrow_filter
 from tol_dagster.slices.locate import Span, Splice, plan_scans
 from tol_dagster.slices.parquet import field_ids
@@ -400,3 +400,36 @@ def test_spans_too_short_to_gain_are_read_without_planning(
     result = paged.extract(key, tmp_path / key.file_name)
     assert result.row_groups_spliced == 0
     assert pq.read_table(result.path).equals(paged.expected(key))
+
+
+# --- a slice cut into segments (the steps of a slice run) ---------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text", ["family=Felidae", "kingdom=Animalia", "species=Danaus plexippus", "genus=Nowhere"]
+)
+def test_a_slice_assembled_from_segments_is_the_same_bytes_however_the_files_are_cut(
+    paged: PagedMirror, tmp_path: Path, text: str
+) -> None:
+    key = parse_slice_key(text)
+    files = paged.files
+
+    def assembled(cuts: list[list[MirrorFile]], name: str) -> SliceResult:
+        segments = [
+            extract_segment(key, batch, paged.index, tmp_path / f"{name}-{i}.seg", schema=SCHEMA)
+            for i, batch in enumerate(cuts)
+        ]
+        return assemble_slice(key, segments, tmp_path / f"{name}.parquet", schema=SCHEMA)
+
+    whole = assembled([list(files)], "whole")
+    by_file = assembled([[f] for f in files], "by-file")
+    uneven = assembled([list(files[:1]), list(files[1:])], "uneven")
+
+    assert len(files) >= 3
+    assert by_file.sha256 == whole.sha256 == uneven.sha256
+    assert (tmp_path / "by-file.parquet").read_bytes() == (tmp_path / "whole.parquet").read_bytes()
+    assert by_file.rows == paged.expected(key).num_rows
+    assert pq.read_table(by_file.path).equals(paged.expected(key))
+    assert pq.read_schema(by_file.path).equals(SCHEMA, check_metadata=False)
+    single = paged.extract(key, tmp_path / "single.parquet")
+    assert pq.read_table(single.path).equals(pq.read_table(by_file.path)), "the rows of one pass"

@@ -28,15 +28,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from tol_dagster import progress
 from tol_dagster.errors import ValidationFailed
 from tol_dagster.slices.keys import SliceKey
-from tol_dagster.slices.locate import Copy, Splice, plan_scans
+from tol_dagster.slices.locate import Copy, Scan, Splice, plan_scans
+from tol_dagster.slices.parquet.footer import read_footer
+from tol_dagster.slices.parquet.splice import Splicer
 from tol_dagster.slices.read import Item, prefetched, read_slice_rows
 from tol_dagster.slices.sink import HashingSink
 from tol_dagster.slices.splices import plan_page_splices
-from tol_dagster.slices.write import copyable_scans, write_slice
+from tol_dagster.slices.write import copyable_scans, reference_footer, write_slice
 from tol_dagster.store.durable import atomic_path
 from tol_dagster.store.mirror_files import MirrorFile
 from tol_dagster.validation.checks import CheckResult
@@ -88,7 +91,7 @@ def extract_slice(
     """
     started = time.perf_counter()
     out = Path(out)
-    scans = plan_page_splices(key, copyable_scans(plan_scans(key, files, index), schema))
+    scans = _scans(key, files, index, schema)
     spliced = any(isinstance(p, (Copy, Splice)) for scan in scans for p in scan.pieces)
     per_file = {scan.file.name: 0 for scan in scans}
     progress.start("slice", what=key.name)
@@ -98,15 +101,52 @@ def extract_slice(
             with open(temp, "wb") as handle, reader as items:
                 sink = HashingSink(handle)
                 codec = write_slice(_counted(items, per_file), sink, schema, spliced)
-            progress.start("slice checks", what=key.name)
-            checks = tuple(verify(temp)) if verify is not None else ()
-        failed = [c for c in checks if not c.passed]
-        if failed:
-            raise ValidationFailed(
-                f"slice {key.name}: not published, {out} is unchanged:\n"
-                + "\n".join(c.message for c in failed)
-            )
-    rows = sum(per_file.values())
+            checks = _verified(key, temp, out, verify)
+    return _result(
+        key,
+        out,
+        sink,
+        list(per_file.items()),
+        started,
+        checks,
+        read=sum(len(scan.row_groups) for scan in scans),
+        copied=sum(isinstance(p, Copy) for scan in scans for p in scan.pieces),
+        spliced=sum(isinstance(p, Splice) for scan in scans for p in scan.pieces),
+        codec=codec,
+    )
+
+
+def _verified(
+    key: SliceKey, temp: Path, out: Path, verify: Verify | None
+) -> tuple[CheckResult, ...]:
+    """The blocking checks of the finished `temp`; ValidationFailed if any fails (`out` is
+    then left as it was)."""
+    progress.start("slice checks", what=key.name)
+    checks = tuple(verify(temp)) if verify is not None else ()
+    failed = [c for c in checks if not c.passed]
+    if failed:
+        raise ValidationFailed(
+            f"slice {key.name}: not published, {out} is unchanged:\n"
+            + "\n".join(c.message for c in failed)
+        )
+    return checks
+
+
+def _result(
+    key: SliceKey,
+    out: Path,
+    sink: HashingSink,
+    per_file: Sequence[tuple[str, int]],
+    started: float,
+    checks: tuple[CheckResult, ...],
+    *,
+    read: int,
+    copied: int,
+    spliced: int,
+    codec: str,
+) -> SliceResult:
+    """What a published slice holds and cost; a 0-row slice says so (a warning)."""
+    rows = sum(count for _, count in per_file)
     warnings = () if rows else (f"slice {key.name}: no rows in the mirror match; wrote 0 rows",)
     for warning in warnings:
         progress.note(warning)
@@ -116,15 +156,103 @@ def extract_slice(
         rows=rows,
         bytes=sink.size,
         sha256=sink.digest.hexdigest(),
-        source_files=tuple(name for name, count in per_file.items() if count),
-        row_groups_read=sum(len(scan.row_groups) for scan in scans),
-        row_groups_copied=sum(isinstance(p, Copy) for scan in scans for p in scan.pieces),
-        row_groups_spliced=sum(isinstance(p, Splice) for scan in scans for p in scan.pieces),
+        source_files=tuple(name for name, count in per_file if count),
+        row_groups_read=read,
+        row_groups_copied=copied,
+        row_groups_spliced=spliced,
         seconds=time.perf_counter() - started,
         emb_compression=codec,
         warnings=warnings,
         checks=checks,
     )
+
+
+@dataclass(frozen=True)
+class Segment:
+    """The rows of a slice in some of the mirror's files (`extract_segment`), not checked nor
+    published: what one step of a slice run writes and passes on (small: a path and counts)."""
+
+    path: Path
+    rows_by_file: tuple[tuple[str, int], ...]
+    row_groups_read: int
+    row_groups_copied: int
+    row_groups_spliced: int
+    emb_compression: str
+
+
+def extract_segment(
+    key: SliceKey,
+    files: Sequence[MirrorFile],
+    index: pa.Table | None,
+    out: Path,
+    *,
+    schema: pa.Schema,
+) -> Segment:
+    """Write the rows of `files` that satisfy `key` to `out` (atomically), for
+    `assemble_slice`. Any cut of the mirror's files into segments assembles to the same bytes:
+    each file's rows are written on their own (`write_slice`)."""
+    if index is not None:  # its entries of these files: the others are other segments'
+        index = index.filter(pc.is_in(index["file"], pa.array([f.name for f in files])))
+    scans = _scans(key, files, index, schema)
+    per_file = {scan.file.name: 0 for scan in scans}
+    with atomic_path(out, sync_dir=False) as temp:
+        reader = contextlib.closing(prefetched(read_slice_rows(key, scans, schema), READ_AHEAD))
+        with _jemalloc(), open(temp, "wb") as handle, reader as items:
+            codec = write_slice(_counted(items, per_file), HashingSink(handle), schema, True)
+    return Segment(
+        path=out,
+        rows_by_file=tuple(per_file.items()),
+        row_groups_read=sum(len(scan.row_groups) for scan in scans),
+        row_groups_copied=sum(isinstance(p, Copy) for scan in scans for p in scan.pieces),
+        row_groups_spliced=sum(isinstance(p, Splice) for scan in scans for p in scan.pieces),
+        emb_compression=codec,
+    )
+
+
+def assemble_slice(
+    key: SliceKey,
+    segments: Sequence[Segment],
+    out: Path,
+    *,
+    schema: pa.Schema,
+    verify: Verify | None = None,
+    started: float | None = None,
+) -> SliceResult:
+    """Publish the slice made of `segments` (in mirror order) at `out`, atomically: their row
+    groups copied as bytes into one file, which `verify` checks before the rename (as in
+    `extract_slice`: a failing slice never replaces a good one)."""
+    started = time.perf_counter() if started is None else started
+    progress.start("slice", what=key.name)
+    with atomic_path(out) as temp:
+        with open(temp, "wb") as handle:
+            sink = HashingSink(handle)
+            splicer = Splicer(sink, reference_footer(schema))
+            for segment in segments:
+                footer = read_footer(segment.path)
+                for group in range(len(footer.row_groups)):
+                    splicer.add(footer, group)
+            splicer.close()
+        checks = _verified(key, temp, out, verify)
+    per_file = [pair for segment in segments for pair in segment.rows_by_file]
+    codecs = [s.emb_compression for s in segments if s.emb_compression != "none"]
+    return _result(
+        key,
+        out,
+        sink,
+        per_file,
+        started,
+        checks,
+        read=sum(s.row_groups_read for s in segments),
+        copied=sum(s.row_groups_copied for s in segments),
+        spliced=sum(s.row_groups_spliced for s in segments),
+        codec=codecs[0] if codecs else "none",
+    )
+
+
+def _scans(
+    key: SliceKey, files: Sequence[MirrorFile], index: pa.Table | None, schema: pa.Schema
+) -> list[Scan]:
+    return plan_page_splices(key, copyable_scans(plan_scans(key, files, index), schema))
 
 
 def _counted(items: Iterator[Item], per_file: dict[str, int]) -> Iterator[Item]:

@@ -64,11 +64,25 @@ def write_slice(
     splicer = Splicer(sink, reference_footer(schema))
     mirror: dict[Path, Footer] = {}
     segment = _Segment(schema, codec=None)
+    current: Path | None = None
+    first_codec: list[str] = []  # of the first rows encoded here
+
+    def drained(segment: _Segment) -> _Segment:
+        fresh = segment.drain(splicer)
+        if fresh is not segment and not first_codec and segment.writer.codec is not None:
+            first_codec.append(segment.writer.codec)
+        return fresh
+
     with contextlib.ExitStack() as stack:
         stack.callback(lambda: segment.writer.abandon())
         for file, item in items:
+            if file.path != current:
+                # A file's rows start a row group and a codec choice of their own: the bytes
+                # are then the same wherever the files are cut into steps (`extract_segment`).
+                drained(segment)
+                segment, current = _Segment(schema, codec=None), file.path
             if isinstance(item, Copy):
-                segment = segment.drain(splicer)
+                segment = drained(segment)
                 try:
                     if file.path not in mirror:
                         mirror[file.path] = read_footer(file.path)
@@ -76,15 +90,15 @@ def write_slice(
                 except SpliceError as error:
                     raise _damaged(error) from error
             elif isinstance(item, read.SplicedRange):
-                segment = segment.drain(splicer)
+                segment = drained(segment)
                 splicer.add_columns(_range_columns(item, schema, segment.writer.codec), item.rows)
             else:
                 segment.writer.add(item)
                 if segment.size >= SEGMENT_BYTES:
-                    segment = segment.drain(splicer)
-        segment = segment.drain(splicer)
+                    segment = drained(segment)
+        drained(segment)
     splicer.close()
-    return segment.writer.codec if segment.writer.codec is not None else "none"
+    return first_codec[0] if first_codec else "none"
 
 
 def _range_columns(item: read.SplicedRange, schema: pa.Schema, codec: str | None) -> list[Column]:
