@@ -23,7 +23,7 @@ from processes import Stack, free_port, running, signal_group
 from service_testing import RABBITMQ_URL, pg_database, require_rabbitmq, unique_queue
 
 from tol_dagster.cli.main import main
-from tol_dagster.defs.published.jobs import DERIVED_JOB
+from tol_dagster.defs.published.jobs import DERIVED_JOB, slices_job_name
 from tol_dagster.devtools.localhub import LocalHub
 from tol_dagster.devtools.localhub.faults import Fault
 from tol_dagster.devtools.sample import build_sample
@@ -43,6 +43,8 @@ BUDGET_S = 240.0
 FETCH_STEP = ".fetch_"
 #: A derived table's per-file step: `<table's graph>.parts_<table>_<config>[<batch>]`.
 PARTS_STEP = ".parts_"
+#: A slice's per-file step: `<slices graph>.extract_slice_<config>[<batch>]`.
+EXTRACT_STEP = ".extract_slice_"
 #: A slice over every file of the sample (both kingdoms' halves are in each of its files).
 SLICE = "kingdom=Animalia"
 DAGSTER_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d [+-]\d{4} - dagster - ", re.M)
@@ -299,7 +301,7 @@ def test_two_celery_syncs_of_one_config_never_overlap(
     )
 
 
-def test_celery_derived_tables_and_a_slice_match_in_process_with_parts_on_both_workers(
+def test_celery_derived_tables_and_a_slice_match_in_process_with_their_steps_on_both_workers(
     cluster: Cluster, in_process_derived: dict[str, str]
 ) -> None:
     assert _tol(cluster.env, "sync").returncode == 0
@@ -317,9 +319,15 @@ def test_celery_derived_tables_and_a_slice_match_in_process_with_parts_on_both_w
             if r.run_id not in before and r.job_name == DERIVED_JOB
         )
         pids = _recorded_pids(instance, derived_run, PARTS_STEP)
+        [slice_run, *_] = instance.get_runs(dg.RunsFilter(job_name=slices_job_name(CONFIG)))
+        extracted = _recorded_pids(instance, slice_run.run_id, EXTRACT_STEP)
+    workers = set(cluster.worker_pids().values())
     assert len(pids) == 3 * FILES // 2, "6 parts steps for each of the 3 tables"
-    assert {_parent(pid) for pid in pids} == set(cluster.worker_pids().values()), (
+    assert {_parent(pid) for pid in pids} == workers, (
         f"the parts steps did not run on both workers: {pids} vs {cluster.worker_pids()}"
+    )
+    assert len(extracted) >= 3 and {_parent(pid) for pid in extracted} == workers, (
+        f"the slice's extract steps did not run on both workers: {extracted} vs {workers}"
     )
 
 

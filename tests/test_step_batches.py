@@ -15,6 +15,7 @@ from pathlib import Path
 
 import dagster as dg
 import multiprocess_jobs
+import pyarrow.parquet as pq
 import pytest
 from dagster._core.definitions.reconstruct import ReconstructableJob
 from resync_testing import (
@@ -43,11 +44,13 @@ from tol_dagster.cluster_settings import ClusterSettings
 from tol_dagster.defs.keys import op_name, safe_name
 from tol_dagster.defs.mirror.keys import resync_keys
 from tol_dagster.defs.mirror.run_config import plan_op_name, resync_run_config, staged_op_name
+from tol_dagster.defs.published.jobs import slices_job_name
 from tol_dagster.derived import centroids, summaries, taxon_index
 from tol_dagster.devtools.localhub import Fault
 from tol_dagster.errors import SettingsError
 from tol_dagster.resync.facts import facts_path
 from tol_dagster.settings import Settings
+from tol_dagster.slices.keys import parse_slice_key
 from tol_dagster.store.hashing import sha256_file
 from tol_dagster.store.layout import Layout
 
@@ -154,15 +157,20 @@ def test_a_resyncs_run_config_goes_to_the_steps_that_consume_it() -> None:
 # --- resyncs whose fetches are batches of steps -------------------------------------------------
 
 
-def fetch_outputs(instance: dg.DagsterInstance, run_id: str) -> list[dict[str, object]]:
-    """The metadata each fetch step recorded with its output, by step."""
+def step_outputs(instance: dg.DagsterInstance, run_id: str, step: str) -> list[dict[str, object]]:
+    """The metadata each `step` step recorded with its output, in step order."""
     found = {}
     for record in instance.all_logs(run_id, of_type=dg.DagsterEventType.STEP_OUTPUT):
         event = record.dagster_event
-        if event is not None and ".fetch_" in (event.step_key or ""):
+        if event is not None and step in (event.step_key or ""):
             metadata = event.step_output_data.metadata
             found[event.step_key] = {key: value.value for key, value in metadata.items()}
     return [found[key] for key in sorted(found)]
+
+
+def fetch_outputs(instance: dg.DagsterInstance, run_id: str) -> list[dict[str, object]]:
+    """The metadata each fetch step recorded with its output, by step."""
+    return step_outputs(instance, run_id, ".fetch_")
 
 
 def published_bytes(layout: Layout) -> dict[str, str]:
@@ -417,3 +425,45 @@ def test_a_derived_run_killed_between_batches_loses_nothing_and_the_next_does_th
     forget_derived(user.layout)
     run_derived()
     assert derived_tables(user.layout) == built, "the same tables as a build from scratch"
+
+
+# --- a slice whose extraction is batches of steps ----------------------------------------------
+
+
+@pytest.mark.e2e
+def test_a_slice_extracted_in_steps_of_their_own_is_the_in_process_slice_byte_for_byte(
+    user: User, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    key = parse_slice_key("kingdom=Animalia")  # rows in every file of the sample
+    assert user.sync().code == 0
+    assert user.tol("slice", key.name).code == 0  # in process, one batch
+    path = user.layout.slices_dir(CONFIG) / key.file_name
+    in_process = sha256_file(path)
+    path.unlink()
+
+    done = subprocess.run(
+        [str(Path(sys.executable).parent / "tol-dagster"), "slice", key.name],
+        env={
+            **os.environ,
+            "TOL_EXECUTOR": "multiprocess",
+            "TOL_WORKERS": "2",
+            "TOL_STEP_BATCH_FILES": "1",
+        },
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+    assert done.returncode == 0, done.stderr
+    assert sha256_file(path) == in_process, "the slice differs from the in-process one"
+    with user.instance() as instance:
+        [run, *_] = instance.get_runs(dg.RunsFilter(job_name=slices_job_name(CONFIG)), limit=1)
+        outputs = step_outputs(instance, run.run_id, ".extract_slice_")
+    files = len(file_names(user.root))
+    assert [o["files"] for o in outputs] == [1] * files, "one step per file"
+    assert sum(int(str(o["dagster/row_count"])) for o in outputs) == pq.read_metadata(path).num_rows
+    pids = {o["worker_pid"] for o in outputs}
+    assert os.getpid() not in pids and len(pids) == files, "each step in its own process"
+    assert not list(user.layout.step_outputs_dir().rglob("slice_segments/*.parquet")), (
+        "the segments are removed once the slice is published"
+    )

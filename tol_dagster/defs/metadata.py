@@ -100,6 +100,15 @@ def with_size(key: str, size: int) -> dict[str, dg.MetadataValue]:
     }
 
 
+def versioned_output(output: str, metadata: Mapping[str, Any], version: str) -> dg.Output[None]:
+    """An asset's materialization from an op of its graph: its metadata and data version."""
+    with warnings.catch_warnings():  # `data_version` on an Output is beta; the asset's is not
+        warnings.simplefilter("ignore", dg.BetaWarning)
+        return dg.Output(
+            None, output_name=output, metadata=dict(metadata), data_version=dg.DataVersion(version)
+        )
+
+
 def worker_metadata() -> dict[str, dg.MetadataValue]:
     """Which worker ran a step: its host and process."""
     return {

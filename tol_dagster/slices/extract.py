@@ -190,9 +190,12 @@ def extract_segment(
 ) -> Segment:
     """Write the rows of `files` that satisfy `key` to `out` (atomically), for
     `assemble_slice`. Any cut of the mirror's files into segments assembles to the same bytes:
-    each file's rows are written on their own (`write_slice`)."""
+    each file's rows are written on their own (`write_slice`). Rows written advance the task
+    "slice", which the caller starts (once for all the segments it extracts)."""
     if index is not None:  # its entries of these files: the others are other segments'
-        index = index.filter(pc.is_in(index["file"], pa.array([f.name for f in files])))
+        index = index.filter(
+            pc.is_in(index["file"], pa.array([f.name for f in files], pa.string()))
+        )
     scans = _scans(key, files, index, schema)
     per_file = {scan.file.name: 0 for scan in scans}
     with atomic_path(out, sync_dir=False) as temp:
@@ -222,7 +225,6 @@ def assemble_slice(
     groups copied as bytes into one file, which `verify` checks before the rename (as in
     `extract_slice`: a failing slice never replaces a good one)."""
     started = time.perf_counter() if started is None else started
-    progress.start("slice", what=key.name)
     with atomic_path(out) as temp:
         with open(temp, "wb") as handle:
             sink = HashingSink(handle)

@@ -10,12 +10,14 @@ bytes: no decoding, no encoding. That is what makes a large slice cheap.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from tol_dagster import duck
@@ -82,14 +84,40 @@ def plan_scans(key: SliceKey, files: Sequence[MirrorFile], index: pa.Table | Non
     )
     if spans is None:
         spans = _spans_by_scan(key, files)
-    by_name = {f.name for f in files}
-    unknown = sorted(set(spans) - by_name)
+    _refuse_unknown(spans, files)
+    return [scan_file(f, spans[f.name], exact) for f in files if f.name in spans]
+
+
+def files_to_read(
+    key: SliceKey, files: Sequence[MirrorFile], index: pa.Table | None
+) -> list[MirrorFile]:
+    """The files of `files` that may hold rows of `key`, in order: those the index locates it
+    in, every file when it cannot (no index, or no locatable condition)."""
+    spans = None if index is None else locate(key, index)
+    if spans is None:
+        return list(files)
+    _refuse_unknown(spans, files)
+    return [f for f in files if f.name in spans]
+
+
+def index_entries(key: SliceKey, index: pa.Table) -> pa.Table:
+    """The index's entries of `key`'s conditions: all that locating its rows reads (small,
+    where the whole index of a full config is not)."""
+    wanted = [
+        pc.and_(pc.equal(index["rank"], rank), pc.is_in(index["value"], pa.array(values)))
+        for rank, value in key.conditions
+        for values in [_indexed_as(rank, value)]
+    ]
+    return index.filter(functools.reduce(pc.or_, wanted))
+
+
+def _refuse_unknown(spans: Spans, files: Sequence[MirrorFile]) -> None:
+    unknown = sorted(set(spans) - {f.name for f in files})
     if unknown:
         raise StoreError(
             f"the taxon index names {unknown[0]}, which is not in the mirror: the index is "
             "older than the mirror; rebuild it (materialize the config's taxon_index)"
         )
-    return [scan_file(f, spans[f.name], exact) for f in files if f.name in spans]
 
 
 def locate(key: SliceKey, index: pa.Table) -> Spans | None:
@@ -163,14 +191,19 @@ def row_group_starts(metadata: pq.FileMetaData) -> np.ndarray:
     return np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
 
 
-def _spans(index: pa.Table, rank: str, value: str) -> Spans:
-    """The spans of the index entries that may hold rows with `rank` = `value`."""
+def _indexed_as(rank: str, value: str) -> list[str]:
+    """The values the index may hold rows with `rank` = `value` under."""
     values = [value]
     parts = split_binomial(value) if rank == "species" else None
     if parts is not None and " " in parts[1]:
         values.append(parts[1])  # such rows are indexed under the species column as is
+    return values
+
+
+def _spans(index: pa.Table, rank: str, value: str) -> Spans:
+    """The spans of the index entries that may hold rows with `rank` = `value`."""
     spans: Spans = {}
-    for v in values:
+    for v in _indexed_as(rank, value):
         for entry in lookup(index, rank, v):
             _widen(
                 spans, entry.file, entry.row_group, Span(entry.row_start, entry.row_end, entry.rows)

@@ -9,7 +9,7 @@ and the facts stay under `TOL_HOME`, which every worker shares. What `staged` th
 across files, and the publish, stay single steps.
 """
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import dagster as dg
@@ -17,7 +17,7 @@ from dagster._core.storage.asset_check_execution_record import (
     COMPLETED_ASSET_CHECK_EXECUTION_RECORD_STATUSES,
 )
 
-from tol_dagster.batches import batches
+from tol_dagster.defs.batch_steps import batch_metadata, batch_outputs
 from tol_dagster.defs.failures import in_words
 from tol_dagster.defs.keys import asset_key, safe_name
 from tol_dagster.defs.metadata import OWNERS, commit_url, with_size, worker_metadata
@@ -37,13 +37,6 @@ class Planned:
 
     staging: stage.Staging
     adopted: AdoptionReport | None
-
-
-def _files_metadata(files: Sequence[RemoteFile]) -> dict[str, dg.MetadataValue]:
-    return {
-        "files": dg.MetadataValue.int(len(files)),
-        **with_size("bytes", sum(f.size for f in files)),
-    }
 
 
 def build_fetched_asset(name: str) -> dg.AssetsDefinition:
@@ -111,13 +104,7 @@ def _plan_op(name: str) -> dg.OpDefinition:
             log=context.log.info,
         )
         yield dg.Output(Planned(staging, adopted), "planned", metadata=worker_metadata())
-        for index, files in enumerate(batches(staging.plan.to_fetch, _size, steps.policy())):
-            yield dg.DynamicOutput(
-                tuple(files),
-                mapping_key=f"batch_{index}",
-                output_name="batch",
-                metadata=_files_metadata(files),
-            )
+        yield from batch_outputs(staging.plan.to_fetch, _size, steps.policy(), tuple)
 
     return plan
 
@@ -146,7 +133,10 @@ def _fetch_op(name: str) -> dg.OpDefinition:
             max_parallel=hub.max_parallel_downloads,
             log=context.log.info,
         )
-        return dg.Output(batch, metadata={**worker_metadata(), **_files_metadata(files)})
+        return dg.Output(
+            batch,
+            metadata={**worker_metadata(), **batch_metadata(len(files), sum(map(_size, files)))},
+        )
 
     return fetch
 

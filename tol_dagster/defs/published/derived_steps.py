@@ -9,17 +9,16 @@ leases that generation again (`generations.pin_named`), so a resync published me
 nothing a run reads, on whatever machine its steps run.
 """
 
-import warnings
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import dagster as dg
 
-from tol_dagster.batches import batches
+from tol_dagster.defs.batch_steps import batch_files, files_metadata, mirror_file_batches
 from tol_dagster.defs.failures import in_words
 from tol_dagster.defs.keys import asset_key, safe_name
-from tol_dagster.defs.metadata import with_size, worker_metadata
+from tol_dagster.defs.metadata import versioned_output, worker_metadata
 from tol_dagster.defs.published.keys import published_group
 from tol_dagster.defs.resources import STEP_IO, HubResource, StepsResource, StorageResource
 from tol_dagster.derived import parts
@@ -98,26 +97,17 @@ def _plan_op(config: str, table: DerivedSteps) -> dg.OpDefinition:
     @in_words
     def plan(
         storage: StorageResource, steps: StepsResource
-    ) -> Iterator[dg.Output[str] | dg.DynamicOutput[tuple[str, ...]]]:
+    ) -> Iterator[dg.Output[str] | dg.DynamicOutput[object]]:
         """Pin the current generation; one output per batch of files without a part."""
         layout = storage.layout
         with generations.pin_generation(layout, config) as pin:
             files = pin.mirror_files()
             stale = parts.stale_files(files, layout, config, table.part)
-            sizes = {f.name: f.path.stat().st_size for f in stale}
+            batched = list(mirror_file_batches(stale, steps.policy()))  # sized in the lease
         yield dg.Output(
             pin.name, "generation", metadata={"files": len(files), "without_part": len(stale)}
         )
-        for index, batch in enumerate(batches(stale, lambda f: sizes[f.name], steps.policy())):
-            yield dg.DynamicOutput(
-                tuple(f.name for f in batch),
-                mapping_key=f"batch_{index}",
-                output_name="batch",
-                metadata={
-                    "files": len(batch),
-                    **with_size("bytes", sum(sizes[f.name] for f in batch)),
-                },
-            )
+        yield from batched
 
     return plan
 
@@ -135,14 +125,10 @@ def _parts_op(config: str, table: DerivedSteps) -> dg.OpDefinition:
         """Write the parts of one batch of files; which worker did it goes in the metadata."""
         layout = storage.layout
         with generations.pin_named(layout, config, generation) as pin:
-            wanted = set(files)
-            chosen = [f for f in pin.mirror_files() if f.name in wanted]
+            chosen = batch_files(pin, files)
             written = table.write_parts(chosen, layout, pin)
-            size = sum(f.path.stat().st_size for f in chosen)
-        return dg.Output(
-            written,
-            metadata={**worker_metadata(), "files": len(chosen), **with_size("bytes", size)},
-        )
+            read = files_metadata(chosen)
+        return dg.Output(written, metadata={**worker_metadata(), **read})
 
     return write
 
@@ -168,18 +154,6 @@ def _publish_op(config: str, table: DerivedSteps, outputs: list[str]) -> dg.OpDe
                 Publishing(pin, computed, storage.layout, hub, context.log.info)
             )
             for output, metadata in published.items():
-                yield _table_output(output, metadata, pin)
+                yield versioned_output(output, metadata, pin.name)
 
     return publish
-
-
-def _table_output(
-    output: str, metadata: Mapping[str, Any], pin: PinnedGeneration
-) -> dg.Output[None]:
-    """A derived table's materialization: its metadata, and the pinned generation's name as
-    its data version (what it was built from)."""
-    with warnings.catch_warnings():  # `data_version` on an Output is beta; the asset's is not
-        warnings.simplefilter("ignore", dg.BetaWarning)
-        return dg.Output(
-            None, output_name=output, metadata=dict(metadata), data_version=dg.DataVersion(pin.name)
-        )
