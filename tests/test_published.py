@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 import dagster as dg
@@ -44,6 +45,7 @@ from tol_dagster.cli.demo import run_demo
 from tol_dagster.definitions import build_definitions
 from tol_dagster.defs.keys import asset_key
 from tol_dagster.defs.mirror.jobs import AUDIT_JOB
+from tol_dagster.defs.published import slice_asset
 from tol_dagster.defs.published.automation import AUTOMATION_SENSOR, automated_keys
 from tol_dagster.defs.published.jobs import slices_job_name
 from tol_dagster.defs.published.keys import derived_keys, slices_op_name
@@ -51,11 +53,14 @@ from tol_dagster.defs.published.partitions import slices_partitions_name
 from tol_dagster.defs.resources import resources_from
 from tol_dagster.devtools import sample
 from tol_dagster.devtools.localhub import LocalHub
+from tol_dagster.errors import ValidationFailed
 from tol_dagster.hub.client import HubClient
 from tol_dagster.settings import DEFAULT_SLICES_FILE, Settings
 from tol_dagster.slices.catalog_file import CatalogEntry, upsert_entries
+from tol_dagster.slices.keys import parse_slice_key
 from tol_dagster.store.hashing import sha256_file
 from tol_dagster.store.layout import Layout
+from tol_dagster.validation.checks import CheckResult
 
 __all__ = ["dagster_home", "synced", "synced_home", "user"]  # fixtures, imported to be found
 
@@ -868,3 +873,40 @@ def test_a_mirror_published_between_the_derived_request_and_the_next_tick_is_not
     assert kinds(follow) == ["derived"], "the mirror published after the request was lost"
     daemon.run(follow)
     assert daemon.tick() == [], "once rebuilt after the new mirror, nothing more"
+
+
+def test_a_slice_failing_a_blocking_check_keeps_the_published_one_and_records_the_verdicts(
+    synced: User, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert synced.tol("slice", "family=Felidae").code == 0
+    path = synced.layout.slices_dir(CONFIG) / parse_slice_key("family=Felidae").file_name
+    before = path.read_bytes()
+    real_checks = slice_asset.slice_checks
+
+    def one_fails(*args: Any, **kwargs: Any) -> list[CheckResult]:
+        verdicts = list(real_checks(*args, **kwargs))
+        first = verdicts[0]
+        return [CheckResult(first.check, False, f"{first.check}: planted failure"), *verdicts[1:]]
+
+    monkeypatch.setattr(slice_asset, "slice_checks", one_fails)
+
+    outcome = synced.tol("slice", "family=Felidae")
+
+    assert outcome.code == ValidationFailed.exit_code, outcome.text
+    assert "planted failure" in outcome.text
+    assert path.read_bytes() == before, "the published slice is untouched"
+    with synced.instance() as instance:
+        [run, *_] = instance.get_runs(dg.RunsFilter(job_name=slices_job_name(CONFIG)), limit=1)
+        verdicts = {
+            e.dagster_event.asset_check_evaluation_data.check_name: (
+                e.dagster_event.asset_check_evaluation_data.passed
+            )
+            for e in instance.all_logs(
+                run.run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION
+            )
+            if e.dagster_event is not None
+        }
+    assert len(verdicts) == 5 and list(verdicts.values()).count(False) == 1, verdicts
+    assert not list(synced.layout.step_outputs_dir().rglob("slice_segments/*.parquet")), (
+        "a refused slice's segments are removed too"
+    )

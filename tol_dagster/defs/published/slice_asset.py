@@ -265,7 +265,7 @@ def _assembled(
     verdicts: list[CheckResult],
 ) -> SliceResult:
     """The slice spliced from `segments`, its checks' verdicts added to `verdicts`, published
-    at its path if they pass (ValidationFailed if not); the segments removed then."""
+    at its path if they pass (ValidationFailed if not); the segments removed either way."""
     started = time.perf_counter()
     files = pin.mirror_files()
 
@@ -280,10 +280,11 @@ def _assembled(
 
     ordered = _in_batch_order(segments)
     out = layout.slices_dir(name) / key.file_name
-    result = assemble_slice(key, ordered, out, schema=schema, verify=verify, started=started)
-    for segment in segments:
-        segment.path.unlink(missing_ok=True)
-    return result
+    try:
+        return assemble_slice(key, ordered, out, schema=schema, verify=verify, started=started)
+    finally:  # published or refused, the segments (a kingdom's: gigabytes) have served
+        for segment in segments:
+            segment.path.unlink(missing_ok=True)
 
 
 def _in_batch_order(segments: list[Segment]) -> list[Segment]:
