@@ -22,6 +22,7 @@ never replaces a good one.
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -40,7 +41,7 @@ from tol_dagster.slices.read import Item, prefetched, read_slice_rows
 from tol_dagster.slices.sink import HashingSink
 from tol_dagster.slices.splices import plan_page_splices
 from tol_dagster.slices.write import copyable_scans, reference_footer, write_slice
-from tol_dagster.store.durable import atomic_path
+from tol_dagster.store.durable import atomic_path, fsync_dir
 from tol_dagster.store.mirror_files import MirrorFile
 from tol_dagster.validation.checks import CheckResult
 
@@ -105,7 +106,7 @@ def extract_slice(
     return _result(
         key,
         out,
-        sink,
+        (sink.digest.hexdigest(), sink.size),
         list(per_file.items()),
         started,
         checks,
@@ -135,7 +136,7 @@ def _verified(
 def _result(
     key: SliceKey,
     out: Path,
-    sink: HashingSink,
+    written: tuple[str, int],
     per_file: Sequence[tuple[str, int]],
     started: float,
     checks: tuple[CheckResult, ...],
@@ -154,8 +155,8 @@ def _result(
         key=key.name,
         path=out,
         rows=rows,
-        bytes=sink.size,
-        sha256=sink.digest.hexdigest(),
+        bytes=written[1],
+        sha256=written[0],
         source_files=tuple(name for name, count in per_file if count),
         row_groups_read=read,
         row_groups_copied=copied,
@@ -178,6 +179,8 @@ class Segment:
     row_groups_copied: int
     row_groups_spliced: int
     emb_compression: str
+    sha256: str
+    size: int
 
 
 def extract_segment(
@@ -201,7 +204,8 @@ def extract_segment(
     with atomic_path(out, sync_dir=False) as temp:
         reader = contextlib.closing(prefetched(read_slice_rows(key, scans, schema), READ_AHEAD))
         with _jemalloc(), open(temp, "wb") as handle, reader as items:
-            codec = write_slice(_counted(items, per_file), HashingSink(handle), schema, True)
+            sink = HashingSink(handle)
+            codec = write_slice(_counted(items, per_file), sink, schema, True)
     return Segment(
         path=out,
         rows_by_file=tuple(per_file.items()),
@@ -209,6 +213,8 @@ def extract_segment(
         row_groups_copied=sum(isinstance(p, Copy) for scan in scans for p in scan.pieces),
         row_groups_spliced=sum(isinstance(p, Splice) for scan in scans for p in scan.pieces),
         emb_compression=codec,
+        sha256=sink.digest.hexdigest(),
+        size=sink.size,
     )
 
 
@@ -225,22 +231,32 @@ def assemble_slice(
     groups copied as bytes into one file, which `verify` checks before the rename (as in
     `extract_slice`: a failing slice never replaces a good one)."""
     started = time.perf_counter() if started is None else started
-    with atomic_path(out) as temp:
-        with open(temp, "wb") as handle:
-            sink = HashingSink(handle)
-            splicer = Splicer(sink, reference_footer(schema))
-            for segment in segments:
-                footer = read_footer(segment.path)
-                for group in range(len(footer.row_groups)):
-                    splicer.add(footer, group)
-            splicer.close()
-        checks = _verified(key, temp, out, verify)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if len(segments) == 1 and segments[0].path.stat().st_dev == out.parent.stat().st_dev:
+        # One segment is already the slice's bytes (splicing it again copies it as it is):
+        # checked where it lies, then renamed into place, written once.
+        checks = _verified(key, segments[0].path, out, verify)
+        os.replace(segments[0].path, out)
+        fsync_dir(out.parent)
+        sha256, size = segments[0].sha256, segments[0].size
+    else:
+        with atomic_path(out) as temp:
+            with open(temp, "wb") as handle:
+                sink = HashingSink(handle)
+                splicer = Splicer(sink, reference_footer(schema))
+                for segment in segments:
+                    footer = read_footer(segment.path)
+                    for group in range(len(footer.row_groups)):
+                        splicer.add(footer, group)
+                splicer.close()
+            checks = _verified(key, temp, out, verify)
+        sha256, size = sink.digest.hexdigest(), sink.size
     per_file = [pair for segment in segments for pair in segment.rows_by_file]
     codecs = [s.emb_compression for s in segments if s.emb_compression != "none"]
     return _result(
         key,
         out,
-        sink,
+        (sha256, size),
         per_file,
         started,
         checks,
