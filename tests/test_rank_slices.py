@@ -24,7 +24,7 @@ from tol_dagster.errors import SettingsError, SliceSpecError
 from tol_dagster.schema import DEFAULT_CONFIG, SORT_KEY, expected_schema
 from tol_dagster.slices import rank_pass, records
 from tol_dagster.slices.catalog_file import read_catalog
-from tol_dagster.slices.extract import extract_slice
+from tol_dagster.slices.extract import assemble_slice, extract_segment, extract_slice
 from tol_dagster.slices.keys import SliceKey, parse_slice_key, to_sql_filter
 from tol_dagster.slices.rank_pass import RankPlan, RankResult, plan_rank, publish_rank
 from tol_dagster.slices.rebuilds import RankSpec, declared_ranks
@@ -121,6 +121,13 @@ def test_a_rank_slice_has_the_bytes_of_the_slice_its_own_key_gives(
             value.key, ranked.files, index, tmp_path / value.key.file_name, schema=SCHEMA
         )
         assert single.sha256 == by_name[value.key.name].sha256, value.key.name
+        # As the slices asset builds it on N workers: one segment per file, spliced together.
+        segments = [
+            extract_segment(value.key, [f], index, tmp_path / f"{i}.segment", schema=SCHEMA)
+            for i, f in enumerate(ranked.files)
+        ]
+        stepped = assemble_slice(value.key, segments, tmp_path / "stepped.parquet", schema=SCHEMA)
+        assert stepped.sha256 == single.sha256, value.key.name
     assert [v.first for v in plan.values] == sorted(v.first for v in plan.values), (
         "values are published in the mirror's order of their first row"
     )

@@ -22,6 +22,7 @@ never replaces a good one.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -34,7 +35,7 @@ import pyarrow.compute as pc
 from tol_dagster import progress
 from tol_dagster.errors import ValidationFailed
 from tol_dagster.slices.keys import SliceKey
-from tol_dagster.slices.locate import Copy, Scan, Splice, plan_scans
+from tol_dagster.slices.locate import Copy, Splice, plan_scans
 from tol_dagster.slices.parquet.footer import read_footer
 from tol_dagster.slices.parquet.splice import Splicer
 from tol_dagster.slices.read import Item, prefetched, read_slice_rows
@@ -92,29 +93,12 @@ def extract_slice(
     """
     started = time.perf_counter()
     out = Path(out)
-    scans = _scans(key, files, index, schema)
-    spliced = any(isinstance(p, (Copy, Splice)) for scan in scans for p in scan.pieces)
-    per_file = {scan.file.name: 0 for scan in scans}
     progress.start("slice", what=key.name)
-    with atomic_path(out, sync_dir=sync_dir) as temp:
-        reader = contextlib.closing(prefetched(read_slice_rows(key, scans, schema), READ_AHEAD))
-        with _jemalloc():  # the checks too: they decode the slice's `emb` back
-            with open(temp, "wb") as handle, reader as items:
-                sink = HashingSink(handle)
-                codec = write_slice(_counted(items, per_file), sink, schema, spliced)
-            checks = _verified(key, temp, out, verify)
-    return _result(
-        key,
-        out,
-        (sink.digest.hexdigest(), sink.size),
-        list(per_file.items()),
-        started,
-        checks,
-        read=sum(len(scan.row_groups) for scan in scans),
-        copied=sum(isinstance(p, Copy) for scan in scans for p in scan.pieces),
-        spliced=sum(isinstance(p, Splice) for scan in scans for p in scan.pieces),
-        codec=codec,
-    )
+    # jemalloc for the checks too: they decode the slice's `emb` back.
+    with atomic_path(out, sync_dir=sync_dir) as temp, _jemalloc():
+        segment = _write_segment(key, files, index, temp, schema)
+        checks = _verified(key, temp, out, verify)
+    return _result(key, out, [segment], started, checks, (segment.sha256, segment.size))
 
 
 def _verified(
@@ -136,17 +120,15 @@ def _verified(
 def _result(
     key: SliceKey,
     out: Path,
-    written: tuple[str, int],
-    per_file: Sequence[tuple[str, int]],
+    segments: Sequence[Segment],
     started: float,
     checks: tuple[CheckResult, ...],
-    *,
-    read: int,
-    copied: int,
-    spliced: int,
-    codec: str,
+    written: tuple[str, int],
 ) -> SliceResult:
-    """What a published slice holds and cost; a 0-row slice says so (a warning)."""
+    """What the slice published at `out` (`written`: its sha256 and size) holds and cost, from
+    the segments it was made of; a 0-row slice says so (a warning)."""
+    per_file = [pair for segment in segments for pair in segment.rows_by_file]
+    codecs = [s.emb_compression for s in segments if s.emb_compression != "none"]
     rows = sum(count for _, count in per_file)
     warnings = () if rows else (f"slice {key.name}: no rows in the mirror match; wrote 0 rows",)
     for warning in warnings:
@@ -158,11 +140,11 @@ def _result(
         bytes=written[1],
         sha256=written[0],
         source_files=tuple(name for name, count in per_file if count),
-        row_groups_read=read,
-        row_groups_copied=copied,
-        row_groups_spliced=spliced,
+        row_groups_read=sum(s.row_groups_read for s in segments),
+        row_groups_copied=sum(s.row_groups_copied for s in segments),
+        row_groups_spliced=sum(s.row_groups_spliced for s in segments),
         seconds=time.perf_counter() - started,
-        emb_compression=codec,
+        emb_compression=codecs[0] if codecs else "none",
         warnings=warnings,
         checks=checks,
     )
@@ -199,23 +181,9 @@ def extract_segment(
         index = index.filter(
             pc.is_in(index["file"], pa.array([f.name for f in files], pa.string()))
         )
-    scans = _scans(key, files, index, schema)
-    per_file = {scan.file.name: 0 for scan in scans}
-    with atomic_path(out, sync_dir=False) as temp:
-        reader = contextlib.closing(prefetched(read_slice_rows(key, scans, schema), READ_AHEAD))
-        with _jemalloc(), open(temp, "wb") as handle, reader as items:
-            sink = HashingSink(handle)
-            codec = write_slice(_counted(items, per_file), sink, schema, True)
-    return Segment(
-        path=out,
-        rows_by_file=tuple(per_file.items()),
-        row_groups_read=sum(len(scan.row_groups) for scan in scans),
-        row_groups_copied=sum(isinstance(p, Copy) for scan in scans for p in scan.pieces),
-        row_groups_spliced=sum(isinstance(p, Splice) for scan in scans for p in scan.pieces),
-        emb_compression=codec,
-        sha256=sink.digest.hexdigest(),
-        size=sink.size,
-    )
+    with atomic_path(out, sync_dir=False) as temp, _jemalloc():
+        segment = _write_segment(key, files, index, temp, schema)
+    return dataclasses.replace(segment, path=out)
 
 
 def assemble_slice(
@@ -232,45 +200,63 @@ def assemble_slice(
     `extract_slice`: a failing slice never replaces a good one)."""
     started = time.perf_counter() if started is None else started
     out.parent.mkdir(parents=True, exist_ok=True)
-    if len(segments) == 1 and segments[0].path.stat().st_dev == out.parent.stat().st_dev:
-        # One segment is already the slice's bytes (splicing it again copies it as it is):
-        # checked where it lies, then renamed into place, written once.
-        checks = _verified(key, segments[0].path, out, verify)
-        os.replace(segments[0].path, out)
-        fsync_dir(out.parent)
-        sha256, size = segments[0].sha256, segments[0].size
-    else:
-        with atomic_path(out) as temp:
-            with open(temp, "wb") as handle:
-                sink = HashingSink(handle)
-                splicer = Splicer(sink, reference_footer(schema))
-                for segment in segments:
-                    footer = read_footer(segment.path)
-                    for group in range(len(footer.row_groups)):
-                        splicer.add(footer, group)
-                splicer.close()
-            checks = _verified(key, temp, out, verify)
-        sha256, size = sink.digest.hexdigest(), sink.size
-    per_file = [pair for segment in segments for pair in segment.rows_by_file]
-    codecs = [s.emb_compression for s in segments if s.emb_compression != "none"]
-    return _result(
-        key,
-        out,
-        (sha256, size),
-        per_file,
-        started,
-        checks,
-        read=sum(s.row_groups_read for s in segments),
-        copied=sum(s.row_groups_copied for s in segments),
-        spliced=sum(s.row_groups_spliced for s in segments),
-        codec=codecs[0] if codecs else "none",
+    only = segments[0] if len(segments) == 1 else None
+    with _jemalloc():  # the checks decode the slice's `emb` back
+        if only is not None and only.path.stat().st_dev == out.parent.stat().st_dev:
+            # One segment is already the slice's bytes (splicing it again copies it as it is):
+            # checked where it lies, then renamed into place, written once.
+            checks = _verified(key, only.path, out, verify)
+            os.replace(only.path, out)
+            fsync_dir(out.parent)
+            written = (only.sha256, only.size)
+        else:
+            written, checks = _spliced(key, segments, out, schema, verify)
+    return _result(key, out, segments, started, checks, written)
+
+
+def _spliced(
+    key: SliceKey, segments: Sequence[Segment], out: Path, schema: pa.Schema, verify: Verify | None
+) -> tuple[tuple[str, int], tuple[CheckResult, ...]]:
+    """The segments' row groups copied into one file at `out`, checked, then renamed into
+    place; its sha256 and size, and the checks."""
+    with atomic_path(out) as temp:
+        with open(temp, "wb") as handle:
+            sink = HashingSink(handle)
+            splicer = Splicer(sink, reference_footer(schema))
+            for segment in segments:
+                footer = read_footer(segment.path)
+                for group in range(len(footer.row_groups)):
+                    splicer.add(footer, group)
+            splicer.close()
+        checks = _verified(key, temp, out, verify)
+    return (sink.digest.hexdigest(), sink.size), checks
+
+
+def _write_segment(
+    key: SliceKey,
+    files: Sequence[MirrorFile],
+    index: pa.Table | None,
+    path: Path,
+    schema: pa.Schema,
+) -> Segment:
+    """Write the rows of `files` that satisfy `key` to `path` (the one way every slice is
+    written), reading ahead of the writer in a thread."""
+    scans = plan_page_splices(key, copyable_scans(plan_scans(key, files, index), schema))
+    per_file = {scan.file.name: 0 for scan in scans}
+    reader = contextlib.closing(prefetched(read_slice_rows(key, scans, schema), READ_AHEAD))
+    with open(path, "wb") as handle, reader as items:
+        sink = HashingSink(handle)
+        codec = write_slice(_counted(items, per_file), sink, schema)
+    return Segment(
+        path=path,
+        rows_by_file=tuple(per_file.items()),
+        row_groups_read=sum(len(scan.row_groups) for scan in scans),
+        row_groups_copied=sum(isinstance(p, Copy) for scan in scans for p in scan.pieces),
+        row_groups_spliced=sum(isinstance(p, Splice) for scan in scans for p in scan.pieces),
+        emb_compression=codec,
+        sha256=sink.digest.hexdigest(),
+        size=sink.size,
     )
-
-
-def _scans(
-    key: SliceKey, files: Sequence[MirrorFile], index: pa.Table | None, schema: pa.Schema
-) -> list[Scan]:
-    return plan_page_splices(key, copyable_scans(plan_scans(key, files, index), schema))
 
 
 def _counted(items: Iterator[Item], per_file: dict[str, int]) -> Iterator[Item]:

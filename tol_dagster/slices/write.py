@@ -5,7 +5,7 @@ re-encoded ends, and its other columns encoded here.
 
 Writer settings for speed: ZSTD level 1 on the string columns, dictionary and statistics off
 for `emb`, and `emb` uncompressed unless that makes it 10% or more bigger than ZSTD would
-(float16 embeddings barely compress: ~9% here; the first batch decides). Copied row groups
+(float16 embeddings barely compress: ~9% here; each file's first batch decides). Copied row groups
 keep the mirror's codec. A file whose row groups cannot be spliced (another physical schema,
 an unusual layout) has them read and filtered instead (`copyable_scans`).
 """
@@ -43,24 +43,14 @@ EMB_COLUMN = "emb"
 EMB_LEAF = "emb.list.element"
 
 
-def write_slice(
-    items: Iterator[read.Item], sink: HashingSink, schema: pa.Schema, spliced: bool
-) -> str:
-    """Write the slice to `sink`; returns the codec of the `emb` we encoded.
+def write_slice(items: Iterator[read.Item], sink: HashingSink, schema: pa.Schema) -> str:
+    """Write the slice to `sink`; returns the codec of the first `emb` rows we encoded.
 
-    Without row groups to copy, pyarrow writes straight to `sink`. Otherwise the file is
-    spliced as it streams: each run of batches between copied row groups is encoded by pyarrow
-    into memory (a segment, at most SEGMENT_BYTES) and its row groups are copied into `sink`
-    in place, between the mirror's.
+    The file is spliced as it streams: each run of batches between copied row groups is encoded
+    by pyarrow into memory (a segment, at most SEGMENT_BYTES) and its row groups are copied into
+    `sink` in place, between the mirror's. Always so, and each file's rows on their own: one way
+    of writing, so a slice is the same bytes whether one pass, a rank pass or steps wrote it.
     """
-    if not spliced:
-        writer = _Writer(sink, schema, page_index=True)
-        with contextlib.ExitStack() as stack:
-            stack.callback(writer.abandon)
-            for _, batch in items:
-                writer.add(batch)
-            writer.close()
-        return writer.codec or "none"
     splicer = Splicer(sink, reference_footer(schema))
     mirror: dict[Path, Footer] = {}
     segment = _Segment(schema, codec=None)
