@@ -44,10 +44,20 @@ def as_arrow(rows: np.ndarray, null_rows: Sequence[int] = ()) -> pa.FixedSizeLis
 
 def test_peaks_from_bits_equal_the_float_peaks_bit_for_bit() -> None:
     rows = awkward_rows()
-    values = rows.astype(np.float32)
-    from_bits = emb_norms._peaks(rows, values)
+    values = np.abs(rows.astype(np.float32))
+    from_bits = emb_norms._peaks(rows, emb_norms.magnitudes(rows))
     from_floats = emb_norms._float_peaks(values)
     assert from_bits.tobytes() == from_floats.tobytes()
+
+
+def test_magnitudes_from_bits_are_numpys_conversion_bit_for_bit() -> None:
+    """Every finite float16 pattern, both signs, subnormals and zeros included."""
+    patterns = np.arange(2**16, dtype=np.uint32).astype(np.uint16)
+    halves = patterns.view(np.float16)
+    finite = np.isfinite(halves)
+    from_bits = emb_norms.magnitudes(halves.reshape(1, -1))[0]
+    assert from_bits[finite].tobytes() == np.abs(halves[finite].astype(np.float32)).tobytes()
+    assert np.isfinite(from_bits).all()  # Inf and NaN rows are left to `_peaks` to exclude
 
 
 def test_bounds_scan_details_are_those_of_the_float_path() -> None:
@@ -57,7 +67,7 @@ def test_bounds_scan_details_are_those_of_the_float_path() -> None:
     scan.add(rows, None, 0)
     values = rows.astype(np.float32)
     norms = np.sqrt(np.einsum("ij,ij->i", values, values))
-    peaks = emb_norms._float_peaks(values)
+    peaks = emb_norms._float_peaks(np.abs(values))
     seen = np.isfinite(norms) & np.isfinite(peaks)
     bad = seen & ((norms < 1.0) | (norms > 6.0) | (peaks > 3.0))
     assert scan.outside == int(bad.sum())

@@ -20,6 +20,12 @@ from mirror_testing import mirror_of, sample_mirror
 
 from tol_dagster.derived.taxon_index import build_taxon_index, read_taxon_index
 from tol_dagster.errors import ValidationFailed
+from tol_dagster.parquet import field_ids
+from tol_dagster.parquet.footer import Footer, SpliceError, read_footer
+from tol_dagster.parquet.page_splice import PageRun, RangePlan, plan_range
+from tol_dagster.parquet.pages import read_rows
+from tol_dagster.parquet.splice import Splicer
+from tol_dagster.parquet.thrift import read_struct, write_struct
 from tol_dagster.schema import DEFAULT_CONFIG, METADATA_COLUMNS, STRING_COLUMNS, expected_schema
 from tol_dagster.slices import read, splices
 from tol_dagster.slices.checks import slice_checks
@@ -27,12 +33,6 @@ from tol_dagster.slices.counts import expected_count
 from tol_dagster.slices.extract import SliceResult, assemble_slice, extract_segment, extract_slice
 from tol_dagster.slices.keys import SliceKey, parse_slice_key, to_arrow_filter
 from tol_dagster.slices.locate import Span, Splice, plan_scans
-from tol_dagster.slices.parquet import field_ids
-from tol_dagster.slices.parquet.footer import Footer, SpliceError, read_footer
-from tol_dagster.slices.parquet.page_splice import PageRun, RangePlan, plan_range
-from tol_dagster.slices.parquet.pages import read_rows
-from tol_dagster.slices.parquet.splice import Splicer
-from tol_dagster.slices.parquet.thrift import read_struct, write_struct
 from tol_dagster.slices.write import _range_columns
 from tol_dagster.store.layout import Layout
 from tol_dagster.store.mirror_files import MirrorFile

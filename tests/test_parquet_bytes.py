@@ -16,11 +16,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tol_dagster.parquet.footer import MAGIC, SpliceError, read_footer
+from tol_dagster.parquet.pages import decode_rows, read_rows
+from tol_dagster.parquet.splice import Splicer
+from tol_dagster.parquet.thrift import Struct, read_struct, write_struct
 from tol_dagster.schema import arrow_schema
-from tol_dagster.slices.parquet.footer import MAGIC, SpliceError, read_footer
-from tol_dagster.slices.parquet.pages import decode_rows, read_rows
-from tol_dagster.slices.parquet.splice import Splicer
-from tol_dagster.slices.parquet.thrift import Struct, read_struct, write_struct
 
 SCHEMA = arrow_schema(dim=8)
 

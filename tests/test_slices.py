@@ -21,6 +21,8 @@ from mirror_testing import sample_mirror
 
 from tol_dagster.derived.taxon_index import INDEX_SCHEMA, build_taxon_index, read_taxon_index
 from tol_dagster.errors import EmptySliceError, StoreError, ValidationFailed
+from tol_dagster.parquet.footer import Footer, SpliceError, read_footer
+from tol_dagster.parquet.pages import read_rows
 from tol_dagster.schema import DEFAULT_CONFIG, arrow_schema, expected_schema
 from tol_dagster.slices import emb_check, read, write
 from tol_dagster.slices.checks import (
@@ -38,8 +40,6 @@ from tol_dagster.slices.counts import close_matches, expected_count, refuse_empt
 from tol_dagster.slices.emb_check import EMB_MATCHES_MIRROR, check_emb_matches_mirror
 from tol_dagster.slices.extract import SliceResult, extract_slice
 from tol_dagster.slices.keys import SliceKey, parse_slice_key, split_binomial
-from tol_dagster.slices.parquet.footer import Footer, SpliceError, read_footer
-from tol_dagster.slices.parquet.pages import read_rows
 from tol_dagster.slices.rebuilds import affected_slices
 from tol_dagster.slices.write import EMB_LEAF
 from tol_dagster.store.hashing import sha256_file

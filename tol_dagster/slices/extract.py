@@ -34,10 +34,10 @@ import pyarrow.compute as pc
 
 from tol_dagster import progress
 from tol_dagster.errors import ValidationFailed
+from tol_dagster.parquet.footer import read_footer
+from tol_dagster.parquet.splice import Splicer
 from tol_dagster.slices.keys import SliceKey
 from tol_dagster.slices.locate import Copy, Splice, plan_scans
-from tol_dagster.slices.parquet.footer import read_footer
-from tol_dagster.slices.parquet.splice import Splicer
 from tol_dagster.slices.read import Item, prefetched, read_slice_rows
 from tol_dagster.slices.sink import HashingSink
 from tol_dagster.slices.splices import plan_page_splices

@@ -23,8 +23,8 @@ import pyarrow.parquet as pq
 from tol_dagster import duck
 from tol_dagster.derived.taxon_index import lookup
 from tol_dagster.errors import StoreError
+from tol_dagster.parquet.page_splice import RangePlan
 from tol_dagster.slices.keys import SliceKey, split_binomial, to_sql_filter
-from tol_dagster.slices.parquet.page_splice import RangePlan
 from tol_dagster.store.mirror_files import MirrorFile
 
 

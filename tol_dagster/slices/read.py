@@ -40,12 +40,12 @@ import pyarrow.parquet as pq
 
 from tol_dagster import duck
 from tol_dagster.errors import StoreError
+from tol_dagster.parquet.footer import Footer, SpliceError, read_footer
+from tol_dagster.parquet.page_splice import Encoded, RangePlan, encode_pages
+from tol_dagster.parquet.pages import decode_rows, read_rows
 from tol_dagster.schema import quote_ident
 from tol_dagster.slices.keys import SliceKey, filter_columns, to_arrow_filter, to_sql_filter
 from tol_dagster.slices.locate import Copy, Scan, Span, Splice, row_group_starts
-from tol_dagster.slices.parquet.footer import Footer, SpliceError, read_footer
-from tol_dagster.slices.parquet.page_splice import Encoded, RangePlan, encode_pages
-from tol_dagster.slices.parquet.pages import decode_rows, read_rows
 from tol_dagster.store.mirror_files import MirrorFile
 
 logger = logging.getLogger("tol_dagster.slices.read")

@@ -18,12 +18,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from tol_dagster.parquet.footer import Footer, SpliceError
+from tol_dagster.parquet.page_splice import RangePlan, plan_range
+from tol_dagster.parquet.pages import read_rows
 from tol_dagster.slices import read
 from tol_dagster.slices.keys import SliceKey
 from tol_dagster.slices.locate import Copy, Scan, Span, Splice, row_group_starts
-from tol_dagster.slices.parquet.footer import Footer, SpliceError
-from tol_dagster.slices.parquet.page_splice import RangePlan, plan_range
-from tol_dagster.slices.parquet.pages import read_rows
 
 logger = logging.getLogger("tol_dagster.slices.splices")
 

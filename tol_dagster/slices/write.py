@@ -22,12 +22,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from tol_dagster.errors import StoreError
+from tol_dagster.parquet.footer import Footer, SpliceError, parse_footer, read_footer
+from tol_dagster.parquet.page_splice import range_columns
+from tol_dagster.parquet.splice import Column, Splicer
 from tol_dagster.schema import METADATA_COLUMNS, STRING_COLUMNS
 from tol_dagster.slices import read
 from tol_dagster.slices.locate import Copy, Scan, Span, row_group_starts, scan_file
-from tol_dagster.slices.parquet.footer import Footer, SpliceError, parse_footer, read_footer
-from tol_dagster.slices.parquet.page_splice import range_columns
-from tol_dagster.slices.parquet.splice import Column, Splicer
 from tol_dagster.slices.sink import HashingSink
 
 #: Bytes of encoded rows held in memory before they are spliced into the output.

@@ -34,7 +34,7 @@ class BoundsScan:
     max_abs_seen: float = 0.0
 
     def add(self, matrix: np.ndarray, valid: np.ndarray | None, first_row: int) -> None:
-        values = matrix.astype(np.float32)
+        values = magnitudes(matrix)
         norms = np.sqrt(np.einsum("ij,ij->i", values, values))
         peaks = _peaks(matrix, values) if values.shape[1] else norms
         seen = np.isfinite(norms) & np.isfinite(peaks)
@@ -57,24 +57,41 @@ class BoundsScan:
             self.examples.append((first_row + index, float(norms[index]), float(peaks[index])))
 
 
+#: 2**112: float16's bits shifted into a float32's, times this, are the same number (see
+#: `magnitudes`).
+_HALF_TO_SINGLE = np.float32(2.0**112)
+
+
+def magnitudes(matrix: np.ndarray) -> np.ndarray:
+    """|x| of every value, in float32 (squares and maxima need no sign).
+
+    From float16 without numpy's conversion (about 4x slower here): a half's exponent and
+    mantissa shifted 13 bits up are a float32 of the same digits, 2**112 times too small, and
+    multiplying by 2**112 is exact, subnormals included. Inf and NaN come out finite and
+    large: their rows are `emb_finite`'s, and `_peaks` (from the bits) leaves them out."""
+    if matrix.dtype != np.float16:
+        return np.abs(matrix.astype(np.float32))
+    bits = (matrix.view(np.uint16) & np.uint16(0x7FFF)).astype(np.uint32)
+    bits <<= np.uint32(13)
+    values = bits.view(np.float32)
+    values *= _HALF_TO_SINGLE
+    return values
+
+
 def _float_peaks(values: np.ndarray) -> np.ndarray:
-    """Each row's largest |x| (NaN if the row holds one), in float32."""
-    return np.maximum(values.max(axis=1), -values.min(axis=1))
+    """Each row's largest |x| (NaN if the row holds one) from float32 magnitudes."""
+    return values.max(axis=1)
 
 
 def _peaks(matrix: np.ndarray, values: np.ndarray) -> np.ndarray:
-    """`_float_peaks(values)`, bit for bit, from float16's bit patterns when it can (2.5x
-    cheaper): with the sign bit cleared a larger magnitude has a larger pattern (and NaN the
-    largest of all), so a row's largest pattern is its largest |x|. Rows of zeros keep the float
-    path's answer, whose sign depends on which zero its reductions meet."""
+    """Each row's largest |x| in float32, from float16's bit patterns when it can (no
+    conversion, and Inf and NaN stay what they are): with the sign bit cleared a larger
+    magnitude has a larger pattern (and NaN the largest of all), so a row's largest pattern is
+    its largest |x|. `values` are the float32 magnitudes (`magnitudes`) for other types."""
     if matrix.dtype != np.float16:
         return _float_peaks(values)
     largest = (matrix.view(np.uint16) & np.uint16(0x7FFF)).max(axis=1)
-    peaks = largest.view(np.float16).astype(np.float32)
-    zero = largest == 0
-    if zero.any():
-        peaks[zero] = _float_peaks(values[zero])
-    return peaks
+    return largest.view(np.float16).astype(np.float32)
 
 
 def bounds_result(

@@ -1,20 +1,25 @@
 """The gate's one pass over a file's `emb`: `emb_finite`, each row's digest (`emb_digests`) and
 its norm against the config's bounds (`emb_norms`), on the same decoded batches.
 
-It runs beside the download of the same file and must keep up with 50 MB/s: pyarrow decodes our
-`fixed_size_list<halffloat>` and tests it with `is_finite` faster than DuckDB, which widens it
-to `FLOAT[]` first; memory stays at one batch.
+It runs beside the download of the same file and must keep up with it: `emb`'s pages are read in
+place (`parquet.list_pages`, bounded by decompression), with pyarrow's decoding (about 4x the
+cost, still faster than DuckDB, which widens `emb` to `FLOAT[]` first) for anything unusual;
+memory stays at one page or one batch.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from tol_dagster.parquet.footer import SpliceError, read_footer
+from tol_dagster.parquet.list_pages import list_pages
 from tol_dagster.schema import EmbBounds
 from tol_dagster.validation import emb_digests, emb_norms
 from tol_dagster.validation.checks import (
@@ -46,41 +51,71 @@ class EmbScan:
     bounds: emb_norms.BoundsScan | None = None
 
 
-def scan_emb(parquet: pq.ParquetFile, bounds: EmbBounds | None = None) -> EmbScan | str:
-    """Decode `emb` in batches of EMB_BATCH_ROWS and count rows holding NaN, Inf or NULL;
-    digest each row's bytes and measure its norm against `bounds` on the same batches.
+def scan_emb(path: Path, parquet: pq.ParquetFile, bounds: EmbBounds | None = None) -> EmbScan | str:
+    """Count the rows of `emb` holding NaN, Inf or NULL, digest each row's bytes and measure
+    its norm against `bounds`, in one pass over the rows of the file at `path` (`parquet`).
 
-    One thread: the gate runs beside downloads and other files' gates. Returns why it could
-    not read, if it could not.
+    The pages are read in place when they are the plain regular case (`parquet.list_pages`:
+    no NULL, a fixed-size list of floats); otherwise, or at the first surprise, pyarrow decodes
+    `emb` in batches of EMB_BATCH_ROWS. One thread: the gate runs beside downloads and other
+    files' gates. Returns why `emb` could not be read (EMB_MISSING without it), if it could not.
     """
+    if "emb" not in parquet.schema_arrow.names:
+        return EMB_MISSING
+    emb_type = parquet.schema_arrow.field("emb").type
+    if pa.types.is_fixed_size_list(emb_type) and pa.types.is_floating(emb_type.value_type):
+        dtype = np.dtype(emb_type.value_type.to_pandas_dtype())
+        try:
+            pages = list_pages(read_footer(path), "emb", emb_type.list_size, dtype)
+            return _scan(((matrix, None) for matrix in pages), bounds)
+        except SpliceError:
+            pass  # not the plain case: pyarrow reads it, and says what is wrong if anything is
+    try:
+        return _scan(_arrow_batches(parquet), bounds)
+    except Exception as error:  # a page that does not decode, a type that is not a list
+        return f"'emb' does not read ({error})"
+
+
+#: A batch of rows: their values as (rows, dim) (None when `emb` is not a fixed-size list of
+#: floats) and the Arrow array when it was decoded by pyarrow (for NULLs and other types).
+Batch = tuple[np.ndarray | None, pa.FixedSizeListArray | None]
+
+
+def _arrow_batches(parquet: pq.ParquetFile) -> Iterator[Batch]:
+    for batch in parquet.iter_batches(
+        batch_size=EMB_BATCH_ROWS, columns=["emb"], use_threads=False
+    ):
+        emb = batch.column(0)
+        yield emb_digests.emb_matrix(emb), emb
+
+
+def _scan(batches: Iterable[Batch], bounds: EmbBounds | None) -> EmbScan:
+    """The scan of `batches`: NULL and non-finite rows, digests, norms."""
     rows = null_rows = nonfinite_rows = 0
     first_nonfinite: int | None = None
     digests: list[np.ndarray] | None = []
     in_bounds = None if bounds is None else emb_norms.BoundsScan(bounds)
-    try:
-        for batch in parquet.iter_batches(
-            batch_size=EMB_BATCH_ROWS, columns=["emb"], use_threads=False
-        ):
-            emb = batch.column(0)
+    for matrix, emb in batches:
+        valid = None
+        if emb is not None and emb.null_count:
             null_rows += emb.null_count
-            matrix = emb_digests.emb_matrix(emb)
-            valid = emb.is_valid().to_numpy(zero_copy_only=False) if emb.null_count else None
-            nonfinite_in_batch = _nonfinite_rows(emb, matrix, valid)
-            if nonfinite_in_batch.size:
-                nonfinite_rows += nonfinite_in_batch.size
-                if first_nonfinite is None:
-                    first_nonfinite = rows + int(nonfinite_in_batch[0])
-            if matrix is None:
-                digests = None
-                in_bounds = None
-            else:
-                if digests is not None:
-                    digests.append(emb_digests.row_digests(matrix, valid))
-                if in_bounds is not None:
-                    in_bounds.add(matrix, valid, rows)
+            valid = emb.is_valid().to_numpy(zero_copy_only=False)
+        nonfinite_in_batch = _nonfinite_rows(emb, matrix, valid)
+        if nonfinite_in_batch.size:
+            nonfinite_rows += nonfinite_in_batch.size
+            if first_nonfinite is None:
+                first_nonfinite = rows + int(nonfinite_in_batch[0])
+        if matrix is None:
+            digests = in_bounds = None
+        else:
+            if digests is not None:
+                digests.append(emb_digests.row_digests(matrix, valid))
+            if in_bounds is not None:
+                in_bounds.add(matrix, valid, rows)
+        if emb is not None:
             rows += len(emb)
-    except Exception as error:  # a page that does not decode, a type that is not a list
-        return f"'emb' does not read ({error})"
+        elif matrix is not None:
+            rows += len(matrix)
     all_digests = None
     if digests is not None:
         all_digests = np.concatenate(digests) if digests else np.empty(0, np.uint64)
@@ -88,19 +123,23 @@ def scan_emb(parquet: pq.ParquetFile, bounds: EmbBounds | None = None) -> EmbSca
 
 
 def _nonfinite_rows(
-    emb: pa.Array, matrix: np.ndarray | None, valid: np.ndarray | None
+    emb: pa.FixedSizeListArray | None, matrix: np.ndarray | None, valid: np.ndarray | None
 ) -> np.ndarray:
     """The rows (in the batch, ascending) holding a NaN, an Inf or a NULL value; NULL rows are
     `emb_finite`'s other count, not these.
 
-    On float16 without NULL values, from the bits of `matrix` (the batch's rows): an exponent
-    of all ones is NaN or Inf. Otherwise Arrow's `is_finite` on the values."""
-    if matrix is not None and matrix.dtype == np.float16 and not emb.values.null_count:
-        exponents = matrix.view(np.uint16) & np.uint16(0x7C00)
-        bad = (exponents == np.uint16(0x7C00)).any(axis=1)
+    Without NULL values, from `matrix` (the batch's rows): on float16 from its bits (an
+    exponent of all ones is NaN or Inf). Otherwise Arrow's `is_finite` on the values."""
+    if matrix is not None and (emb is None or not emb.values.null_count):
+        if matrix.dtype == np.float16:
+            exponents = matrix.view(np.uint16) & np.uint16(0x7C00)
+            bad = (exponents == np.uint16(0x7C00)).any(axis=1)
+        else:
+            bad = ~np.isfinite(matrix).all(axis=1)
         if valid is not None:
             bad &= valid
         return np.flatnonzero(bad)
+    assert emb is not None  # a batch without values as a matrix comes from pyarrow
     values = pc.list_flatten(emb)
     finite = pc.is_finite(values)
     if not len(values) or (not values.null_count and pc.all(finite).as_py()):

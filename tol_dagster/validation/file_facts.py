@@ -164,7 +164,7 @@ def inspect_file(
     results.append(_footer_result(name, parquet))
     results += _schema_results(name, schema, expected_schema, last_validated_schema)
     metadata = _read_metadata(parquet, schema)
-    emb = emb_scan.scan_emb(parquet, emb_bounds) if "emb" in schema.names else emb_scan.EMB_MISSING
+    emb = emb_scan.scan_emb(path, parquet, emb_bounds)
     results.append(_rows_result(name, parquet.metadata.num_rows, metadata, emb))
     results.append(emb_scan.emb_finite_result(name, emb))
     uuids = None if isinstance(metadata, str) else _column(metadata, "uuid")

@@ -15,15 +15,15 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from tol_dagster.slices.parquet import field_ids
-from tol_dagster.slices.parquet.footer import (
+from tol_dagster.parquet import field_ids
+from tol_dagster.parquet.footer import (
     MAGIC,
     Footer,
     SpliceError,
     parse_struct,
     read_bytes,
 )
-from tol_dagster.slices.parquet.thrift import I16, I32, I64, LIST, STRUCT, Struct, write_struct
+from tol_dagster.parquet.thrift import I16, I32, I64, LIST, STRUCT, Struct, write_struct
 
 
 @dataclass(frozen=True)

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
-from tol_dagster.slices.parquet.footer import Footer
-from tol_dagster.slices.parquet.thrift import Struct
+from tol_dagster.parquet.footer import Footer
+from tol_dagster.parquet.thrift import Struct
 
 
 @dataclass(frozen=True)

@@ -49,7 +49,7 @@ class Struct:
         return Struct([[i, t, _copy(t, v)] for i, t, v in self.fields])
 
 
-def _read_varint(data: memoryview, pos: int) -> tuple[int, int]:
+def read_varint(data: memoryview, pos: int) -> tuple[int, int]:
     result = shift = 0
     while True:
         byte = data[pos]
@@ -61,7 +61,7 @@ def _read_varint(data: memoryview, pos: int) -> tuple[int, int]:
 
 
 def _read_int(data: memoryview, pos: int) -> tuple[int, int]:
-    raw, pos = _read_varint(data, pos)
+    raw, pos = read_varint(data, pos)
     return (raw >> 1) ^ -(raw & 1), pos
 
 
@@ -75,14 +75,14 @@ def _read_value(data: memoryview, pos: int, kind: int) -> tuple[Any, int]:
     if kind == DOUBLE:
         return struct.unpack_from("<d", data, pos)[0], pos + 8
     if kind == BINARY:
-        size, pos = _read_varint(data, pos)
+        size, pos = read_varint(data, pos)
         return bytes(data[pos : pos + size]), pos + size
     if kind in (LIST, SET):
         header = data[pos]
         pos += 1
         size, element = header >> 4, header & 0x0F
         if size == 15:
-            size, pos = _read_varint(data, pos)
+            size, pos = read_varint(data, pos)
         items = []
         for _ in range(size):
             item, pos = _read_value(data, pos, element)
@@ -96,7 +96,7 @@ def _read_value(data: memoryview, pos: int, kind: int) -> tuple[Any, int]:
 
 
 def _read_map(data: memoryview, pos: int) -> tuple[Any, int]:
-    size, pos = _read_varint(data, pos)
+    size, pos = read_varint(data, pos)
     if size == 0:
         return (0, 0, []), pos
     key_kind, value_kind = data[pos] >> 4, data[pos] & 0x0F
@@ -130,7 +130,7 @@ def read_struct(data: memoryview, pos: int) -> tuple[Struct, int]:
             fields.append([field_id, kind, value])
 
 
-def _write_varint(out: bytearray, value: int) -> None:
+def write_varint(out: bytearray, value: int) -> None:
     while value >= 0x80:
         out.append((value & 0x7F) | 0x80)
         value >>= 7
@@ -138,7 +138,7 @@ def _write_varint(out: bytearray, value: int) -> None:
 
 
 def _write_int(out: bytearray, value: int) -> None:
-    _write_varint(out, (value << 1) ^ (value >> 63))
+    write_varint(out, (value << 1) ^ (value >> 63))
 
 
 def write_value(out: bytearray, kind: int, value: Any) -> None:
@@ -152,7 +152,7 @@ def write_value(out: bytearray, kind: int, value: Any) -> None:
     elif kind == DOUBLE:
         out += struct.pack("<d", value)
     elif kind == BINARY:
-        _write_varint(out, len(value))
+        write_varint(out, len(value))
         out += value
     elif kind in (LIST, SET):
         element, items = value
@@ -160,12 +160,12 @@ def write_value(out: bytearray, kind: int, value: Any) -> None:
             out.append(len(items) << 4 | element)
         else:
             out.append(0xF0 | element)
-            _write_varint(out, len(items))
+            write_varint(out, len(items))
         for item in items:
             write_value(out, element, item)
     elif kind == MAP:
         key_kind, value_kind, pairs = value
-        _write_varint(out, len(pairs))
+        write_varint(out, len(pairs))
         if pairs:
             out.append(key_kind << 4 | value_kind)
             for key, item in pairs:

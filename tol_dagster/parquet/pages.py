@@ -19,9 +19,9 @@ from typing import BinaryIO
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from tol_dagster.slices.parquet import field_ids
-from tol_dagster.slices.parquet.decoded import DECODED, DecodedChunk
-from tol_dagster.slices.parquet.footer import (
+from tol_dagster.parquet import field_ids
+from tol_dagster.parquet.decoded import DECODED, DecodedChunk
+from tol_dagster.parquet.footer import (
     MAGIC,
     Footer,
     SpliceError,
@@ -30,7 +30,7 @@ from tol_dagster.slices.parquet.footer import (
     pread,
     pread_struct,
 )
-from tol_dagster.slices.parquet.thrift import (
+from tol_dagster.parquet.thrift import (
     I32,
     I64,
     LIST,

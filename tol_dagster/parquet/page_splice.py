@@ -28,8 +28,8 @@ from typing import BinaryIO
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from tol_dagster.slices.parquet import field_ids
-from tol_dagster.slices.parquet.footer import (
+from tol_dagster.parquet import field_ids
+from tol_dagster.parquet.footer import (
     Footer,
     SpliceError,
     chunk_start,
@@ -38,9 +38,9 @@ from tol_dagster.slices.parquet.footer import (
     pread_struct,
     read_bytes,
 )
-from tol_dagster.slices.parquet.pages import check_locations, page_header
-from tol_dagster.slices.parquet.splice import Column
-from tol_dagster.slices.parquet.thrift import I32, I64, LIST, STRUCT, Struct, write_struct
+from tol_dagster.parquet.pages import check_locations, page_header
+from tol_dagster.parquet.splice import Column
+from tol_dagster.parquet.thrift import I32, I64, LIST, STRUCT, Struct, write_struct
 
 #: Parquet codecs (CompressionCodec) whose pages pyarrow writes, by pyarrow's name.
 CODECS = {0: "none", 1: "snappy", 2: "gzip", 4: "brotli", 6: "zstd", 7: "lz4"}

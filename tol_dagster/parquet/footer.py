@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from tol_dagster.slices.parquet import field_ids
-from tol_dagster.slices.parquet.thrift import LIST, Struct, read_struct, write_value
+from tol_dagster.parquet import field_ids
+from tol_dagster.parquet.thrift import LIST, Struct, read_struct, write_value
 
 MAGIC = b"PAR1"
 
