@@ -19,82 +19,82 @@ from typing import BinaryIO
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from tol_dagster.parquet import field_ids
-from tol_dagster.parquet.footer import Footer, SpliceError, chunk_start, pread
+from tol_dagster.parquet.footer import SpliceError, pread
 from tol_dagster.parquet.pages import page_header
 from tol_dagster.parquet.thrift import Struct, read_varint, write_varint
 
-#: Parquet codecs (CompressionCodec) by pyarrow's codec name; 0 is uncompressed.
-_CODECS = {1: "snappy", 2: "gzip", 4: "brotli", 6: "zstd", 7: "lz4_raw"}
-#: SchemaElement fields, repetition types and physical types read here.
-_TYPE, _TYPE_LENGTH, _REPETITION = 1, 2, 3
-_REQUIRED, _REPEATED = 0, 2
-_PHYSICAL = {4: np.dtype("<f4"), 5: np.dtype("<f8")}  # FLOAT, DOUBLE
-_FIXED_LEN_BYTE_ARRAY = 7
+#: Parquet codecs by the names pyarrow's metadata gives them and its codec names. Not "LZ4":
+#: pyarrow names both LZ4 framings so, and they decompress differently.
+_CODECS = {"SNAPPY": "snappy", "GZIP": "gzip", "BROTLI": "brotli", "ZSTD": "zstd"}
+#: Physical types that hold floats of a numpy dtype (FIXED_LEN_BYTE_ARRAY by its length).
+_PHYSICAL = {"FLOAT": np.dtype("<f4"), "DOUBLE": np.dtype("<f8")}
 #: DataPageHeader fields and the encodings accepted.
 _ENCODING, _DEF_ENCODING, _REP_ENCODING = 2, 3, 4
 _PLAIN, _RLE = 0, 3
 
 
-def list_pages(footer: Footer, column: str, size: int, dtype: np.dtype) -> Iterator[np.ndarray]:
-    """Each data page of top-level column `column` (a list of `size` values of `dtype`) as a
-    (rows, size) array of `dtype`, in file order, every row of the file exactly once.
+def list_pages(
+    path: Path, metadata: pq.FileMetaData, column: str, size: int, dtype: np.dtype
+) -> Iterator[np.ndarray]:
+    """Each data page of top-level column `column` of the file at `path` (its footer as
+    pyarrow parsed it: no second parse here) as a (rows, `size`) array of `dtype`, in file
+    order, every row of the file exactly once.
 
     SpliceError as soon as anything is not the plain regular case (see the module); rows
     already yielded are then to be thrown away.
     """
-    position = _column_position(footer, column)
-    max_def = _max_definition_level(footer, column, dtype)
-    with open(footer.path, "rb") as handle:
-        for number, group in enumerate(footer.row_groups):
-            chunk = group.get(field_ids.RG_COLUMNS)[1][position]
+    leaf, max_def = _leaf(path, metadata, column, dtype)
+    with open(path, "rb") as handle:
+        for number in range(metadata.num_row_groups):
+            group = metadata.row_group(number)
             rows = 0
-            for page in _chunk_pages(footer.path, handle, chunk.get(field_ids.CC_META)):
-                matrix = _page_values(footer.path, page, size, dtype, max_def)
+            for page in _chunk_pages(path, handle, group.column(leaf)):
+                matrix = _page_values(path, page, size, dtype, max_def)
                 rows += matrix.shape[0]
                 yield matrix
-            if rows != group.get(field_ids.RG_NUM_ROWS):
+            if rows != group.num_rows:
                 raise SpliceError(
-                    f"{footer.path}: row group {number}'s {column} pages hold {rows} rows, not "
-                    f"the {group.get(field_ids.RG_NUM_ROWS)} its footer says"
+                    f"{path}: row group {number}'s {column} pages hold {rows} rows, not the "
+                    f"{group.num_rows} its footer says"
                 )
 
 
-def _column_position(footer: Footer, column: str) -> int:
-    names = [name for name, _ in footer.top_level_fields()]
-    if column not in names:
-        raise SpliceError(f"{footer.path}: no column {column!r}")
-    return names.index(column)
-
-
-def _max_definition_level(footer: Footer, column: str, dtype: np.dtype) -> int:
-    """The leaf's maximum definition level, after checking that the column is a list (an
-    optional or required group, one repeated group, one leaf) of `dtype`-wide values."""
-    elements = dict(footer.top_level_fields())[column]
-    if len(elements) != 3 or elements[1].get(_REPETITION) != _REPEATED:
-        raise SpliceError(f"{footer.path}: column {column!r} is not a list of one leaf")
-    leaf = elements[2]
-    physical = leaf.get(_TYPE)
-    if not (
-        (physical == _FIXED_LEN_BYTE_ARRAY and leaf.get(_TYPE_LENGTH) == dtype.itemsize)
-        or _PHYSICAL.get(physical) == dtype
+def _leaf(path: Path, metadata: pq.FileMetaData, column: str, dtype: np.dtype) -> tuple[int, int]:
+    """The leaf column of list `column` (`column`.list.element: one repeated level) and its
+    maximum definition level, after checking it holds `dtype`-wide floats."""
+    schema = metadata.schema
+    leaves = [i for i in range(len(schema)) if schema.column(i).path.split(".")[0] == column]
+    if len(leaves) != 1:
+        raise SpliceError(f"{path}: column {column!r} is not a list of one leaf")
+    leaf = schema.column(leaves[0])
+    physical = leaf.physical_type
+    if (
+        len(leaf.path.split(".")) != 3
+        or leaf.max_repetition_level != 1
+        or not (
+            (physical == "FIXED_LEN_BYTE_ARRAY" and leaf.length == dtype.itemsize)
+            or _PHYSICAL.get(physical) == dtype
+        )
     ):
-        raise SpliceError(f"{footer.path}: column {column!r} does not hold {dtype} values")
-    return sum(element.get(_REPETITION) != _REQUIRED for element in elements)
+        raise SpliceError(f"{path}: column {column!r} is not a list of {dtype} values")
+    return leaves[0], leaf.max_definition_level
 
 
-def _chunk_pages(path: Path, handle: BinaryIO, meta: Struct) -> Iterator[tuple[Struct, pa.Buffer]]:
-    """(DataPageHeader, decompressed body) of each data page of a column chunk without a dictionary,
-    the pages ending exactly where the chunk does."""
-    if meta.get(field_ids.CM_DICTIONARY_PAGE):
+def _chunk_pages(
+    path: Path, handle: BinaryIO, chunk: pq.ColumnChunkMetaData
+) -> Iterator[tuple[Struct, pa.Buffer]]:
+    """(DataPageHeader, decompressed body) of each data page of a column chunk without a
+    dictionary, the pages ending exactly where the chunk does."""
+    if chunk.has_dictionary_page or chunk.dictionary_page_offset:
         raise SpliceError(f"{path}: a dictionary-encoded list column")
-    codec_id = meta.get(field_ids.CM_CODEC)
-    if codec_id != 0 and codec_id not in _CODECS:
-        raise SpliceError(f"{path}: compression codec {codec_id}")
-    codec = pa.Codec(_CODECS[codec_id]) if codec_id else None
-    offset = chunk_start(meta)
-    end = offset + int(meta.get(field_ids.CM_TOTAL_COMPRESSED))
+    if chunk.compression != "UNCOMPRESSED" and chunk.compression not in _CODECS:
+        raise SpliceError(f"{path}: compression {chunk.compression}")
+    codec = pa.Codec(_CODECS[chunk.compression]) if chunk.compression in _CODECS else None
+    offset = chunk.data_page_offset
+    end = offset + chunk.total_compressed_size
     values = 0
     while offset < end:
         header, header_size = page_header(path, handle, offset, end - offset)
@@ -119,7 +119,7 @@ def _chunk_pages(path: Path, handle: BinaryIO, meta: Struct) -> Iterator[tuple[S
             raise SpliceError(f"{path}: a page decompresses to {data.size} bytes")
         values += info.get(field_ids.DATA_NUM_VALUES)
         yield info, data
-    if offset != end or values != meta.get(field_ids.CM_NUM_VALUES):
+    if offset != end or values != chunk.num_values:
         raise SpliceError(f"{path}: a column chunk's pages do not add up to its metadata")
 
 
