@@ -45,7 +45,7 @@ def as_arrow(rows: np.ndarray, null_rows: Sequence[int] = ()) -> pa.FixedSizeLis
 def test_peaks_from_bits_equal_the_float_peaks_bit_for_bit() -> None:
     rows = awkward_rows()
     values = np.abs(rows.astype(np.float32))
-    from_bits = emb_norms._peaks(rows, emb_norms.magnitudes(rows))
+    from_bits = emb_norms._peaks(rows, emb_norms.magnitudes(rows), None)
     from_floats = emb_norms._float_peaks(values)
     assert from_bits.tobytes() == from_floats.tobytes()
 

@@ -33,10 +33,17 @@ class BoundsScan:
     norm_range: tuple[float, float] = (float("inf"), float("-inf"))
     max_abs_seen: float = 0.0
 
-    def add(self, matrix: np.ndarray, valid: np.ndarray | None, first_row: int) -> None:
+    def add(
+        self,
+        matrix: np.ndarray,
+        valid: np.ndarray | None,
+        first_row: int,
+        largest: np.ndarray | None = None,
+    ) -> None:
+        """Measure a batch of rows (`largest`: its `largest_bits`, if already computed)."""
         values = magnitudes(matrix)
         norms = np.sqrt(np.einsum("ij,ij->i", values, values))
-        peaks = _peaks(matrix, values) if values.shape[1] else norms
+        peaks = _peaks(matrix, values, largest) if values.shape[1] else norms
         seen = np.isfinite(norms) & np.isfinite(peaks)
         if valid is not None:
             seen &= valid
@@ -83,14 +90,26 @@ def _float_peaks(values: np.ndarray) -> np.ndarray:
     return values.max(axis=1)
 
 
-def _peaks(matrix: np.ndarray, values: np.ndarray) -> np.ndarray:
+def largest_bits(matrix: np.ndarray) -> np.ndarray:
+    """Each float16 row's largest bit pattern with the sign cleared: with the sign bit cleared
+    a larger magnitude has a larger pattern (Inf and NaN, exponent all ones, the largest of
+    all), so this is the row's largest |x|, and the row holds Inf or NaN exactly when it is at
+    least INF_BITS."""
+    return (matrix.view(np.uint16) & np.uint16(0x7FFF)).max(axis=1)
+
+
+#: float16's +Inf: a pattern at least this large (sign cleared) is Inf or NaN.
+INF_BITS = np.uint16(0x7C00)
+
+
+def _peaks(matrix: np.ndarray, values: np.ndarray, largest: np.ndarray | None) -> np.ndarray:
     """Each row's largest |x| in float32, from float16's bit patterns when it can (no
-    conversion, and Inf and NaN stay what they are): with the sign bit cleared a larger
-    magnitude has a larger pattern (and NaN the largest of all), so a row's largest pattern is
-    its largest |x|. `values` are the float32 magnitudes (`magnitudes`) for other types."""
+    conversion, and Inf and NaN stay what they are: `largest_bits`, or `largest` when given).
+    `values` are the float32 magnitudes (`magnitudes`) for other types."""
     if matrix.dtype != np.float16:
         return _float_peaks(values)
-    largest = (matrix.view(np.uint16) & np.uint16(0x7FFF)).max(axis=1)
+    if largest is None:
+        largest = largest_bits(matrix)
     return largest.view(np.float16).astype(np.float32)
 
 

@@ -100,7 +100,12 @@ def _scan(batches: Iterable[Batch], bounds: EmbBounds | None) -> EmbScan:
         if emb is not None and emb.null_count:
             null_rows += emb.null_count
             valid = emb.is_valid().to_numpy(zero_copy_only=False)
-        nonfinite_in_batch = _nonfinite_rows(emb, matrix, valid)
+        largest = (
+            emb_norms.largest_bits(matrix)
+            if matrix is not None and matrix.dtype == np.float16
+            else None
+        )
+        nonfinite_in_batch = _nonfinite_rows(emb, matrix, valid, largest)
         if nonfinite_in_batch.size:
             nonfinite_rows += nonfinite_in_batch.size
             if first_nonfinite is None:
@@ -111,7 +116,7 @@ def _scan(batches: Iterable[Batch], bounds: EmbBounds | None) -> EmbScan:
             if digests is not None:
                 digests.append(emb_digests.row_digests(matrix, valid))
             if in_bounds is not None:
-                in_bounds.add(matrix, valid, rows)
+                in_bounds.add(matrix, valid, rows, largest)
         if emb is not None:
             rows += len(emb)
         elif matrix is not None:
@@ -123,17 +128,22 @@ def _scan(batches: Iterable[Batch], bounds: EmbBounds | None) -> EmbScan:
 
 
 def _nonfinite_rows(
-    emb: pa.FixedSizeListArray | None, matrix: np.ndarray | None, valid: np.ndarray | None
+    emb: pa.FixedSizeListArray | None,
+    matrix: np.ndarray | None,
+    valid: np.ndarray | None,
+    largest: np.ndarray | None = None,
 ) -> np.ndarray:
     """The rows (in the batch, ascending) holding a NaN, an Inf or a NULL value; NULL rows are
     `emb_finite`'s other count, not these.
 
-    Without NULL values, from `matrix` (the batch's rows): on float16 from its bits (an
-    exponent of all ones is NaN or Inf). Otherwise Arrow's `is_finite` on the values."""
+    Without NULL values, from `matrix` (the batch's rows): on float16 from its bits (a row's
+    `largest_bits`, given or computed here, at least INF_BITS). Otherwise Arrow's `is_finite`
+    on the values."""
     if matrix is not None and (emb is None or not emb.values.null_count):
         if matrix.dtype == np.float16:
-            exponents = matrix.view(np.uint16) & np.uint16(0x7C00)
-            bad = (exponents == np.uint16(0x7C00)).any(axis=1)
+            if largest is None:
+                largest = emb_norms.largest_bits(matrix)
+            bad = largest >= emb_norms.INF_BITS
         else:
             bad = ~np.isfinite(matrix).all(axis=1)
         if valid is not None:
