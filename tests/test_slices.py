@@ -22,6 +22,7 @@ from mirror_testing import sample_mirror
 from tol_dagster.derived.taxon_index import INDEX_SCHEMA, build_taxon_index, read_taxon_index
 from tol_dagster.errors import EmptySliceError, StoreError, ValidationFailed
 from tol_dagster.parquet.footer import Footer, SpliceError, read_footer
+from tol_dagster.parquet.list_pages import list_pages
 from tol_dagster.parquet.pages import read_rows
 from tol_dagster.schema import DEFAULT_CONFIG, arrow_schema, expected_schema
 from tol_dagster.slices import emb_check, read, write
@@ -46,6 +47,7 @@ from tol_dagster.store.hashing import sha256_file
 from tol_dagster.store.layout import Layout
 from tol_dagster.store.mirror_files import MirrorFile
 from tol_dagster.validation.checks import CheckResult
+from tol_dagster.validation.emb_digests import emb_matrix
 
 SCHEMA = expected_schema(DEFAULT_CONFIG)
 
@@ -351,6 +353,21 @@ def test_the_checks_pass_on_a_good_slice(mirror: Mirror, tmp_path: Path) -> None
         EMB_MATCHES_MIRROR,
     ]
     assert all(c.passed for c in checks), [c.message for c in checks if not c.passed]
+
+
+@pytest.mark.parametrize("text", ["family=Felidae", "order=Primates", "kingdom=Animalia"])
+def test_the_emb_check_reads_our_slices_pages_in_place_as_pyarrow_decodes_them(
+    mirror: Mirror, tmp_path: Path, text: str
+) -> None:
+    """Spliced pages, re-encoded boundary pages and row groups copied whole: all the plain
+    case the check's page reader takes (pyarrow is its fallback, never silently its path)."""
+    _, result, _ = _extract(mirror, text, tmp_path)
+    written = pq.ParquetFile(result.path)
+    dim = written.schema_arrow.field("emb").type.list_size
+    for group in range(written.num_row_groups):
+        pages = list_pages(result.path, written.metadata, "emb", dim, np.dtype(np.float16), [group])
+        decoded = written.read_row_group(group, columns=["emb"])["emb"]
+        assert np.concatenate(list(pages)).tobytes() == emb_matrix(decoded).tobytes()
 
 
 def test_each_check_fails_on_the_fault_it_names(mirror: Mirror, tmp_path: Path) -> None:
@@ -841,9 +858,9 @@ def test_row_groups_copied_whole_are_proven_by_their_bytes_without_decoding(
     decoded: list[int] = []
     real = emb_check._digests
 
-    def counting(written: pq.ParquetFile, group: int) -> np.ndarray | None:
+    def counting(path: Path, written: pq.ParquetFile, group: int) -> np.ndarray | None:
         decoded.append(group)
-        return real(written, group)
+        return real(path, written, group)
 
     monkeypatch.setattr(emb_check, "_digests", counting)
     assert mirror.emb_check(result.path, key, index=True).passed

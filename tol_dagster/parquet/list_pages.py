@@ -13,7 +13,7 @@ disagreement with the footer raise `SpliceError`, and the caller decodes with py
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
@@ -37,18 +37,24 @@ _PLAIN, _RLE = 0, 3
 
 
 def list_pages(
-    path: Path, metadata: pq.FileMetaData, column: str, size: int, dtype: np.dtype
+    path: Path,
+    metadata: pq.FileMetaData,
+    column: str,
+    size: int,
+    dtype: np.dtype,
+    row_groups: Sequence[int] | None = None,
 ) -> Iterator[np.ndarray]:
     """Each data page of top-level column `column` of the file at `path` (its footer as
     pyarrow parsed it: no second parse here) as a (rows, `size`) array of `dtype`, in file
-    order, every row of the file exactly once.
+    order, every row of the file (of `row_groups`, when given) exactly once.
 
     SpliceError as soon as anything is not the plain regular case (see the module); rows
     already yielded are then to be thrown away.
     """
     leaf, max_def = _leaf(path, metadata, column, dtype)
+    numbers = range(metadata.num_row_groups) if row_groups is None else row_groups
     with open(path, "rb") as handle:
-        for number in range(metadata.num_row_groups):
+        for number in numbers:
             group = metadata.row_group(number)
             rows = 0
             for page in _chunk_pages(path, handle, group.column(leaf)):
