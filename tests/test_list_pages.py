@@ -17,6 +17,7 @@ import pytest
 from tol_dagster.parquet import field_ids
 from tol_dagster.parquet.footer import MAGIC, SpliceError, read_footer
 from tol_dagster.parquet.list_pages import list_pages
+from tol_dagster.parquet.pages import page_header
 from tol_dagster.parquet.thrift import write_struct
 from tol_dagster.schema import DEFAULT_CONFIG, EmbBounds
 from tol_dagster.validation import emb_scan
@@ -172,3 +173,26 @@ def test_a_footer_promising_more_rows_than_the_pages_hold_is_refused(tmp_path: P
     lying.write_bytes(body + bytes(tail) + struct.pack("<I", len(tail)) + MAGIC)
     with pytest.raises(SpliceError, match="row group 0"):
         pages(lying)
+
+
+@pytest.mark.parametrize("field", [field_ids.HEADER_UNCOMPRESSED, field_ids.HEADER_COMPRESSED])
+def test_a_page_header_claiming_impossible_sizes_is_refused_before_any_allocation(
+    tmp_path: Path, field: int
+) -> None:
+    """A hostile file's first `emb` page claims 1 TB (or a negative size): refused as not the
+    plain case, never allocated or read."""
+    path = write(tmp_path / "f.parquet", rows_with_faults(), compression="none")
+    column = pq.ParquetFile(path).metadata.row_group(0).column(1)
+    with open(path, "rb") as handle:
+        header, size = page_header(path, handle, column.data_page_offset, 1 << 20)
+    for claim in (1 << 40, -5):
+        changed = header.copy()
+        changed.set(field, claim)
+        encoded = bytearray()
+        write_struct(encoded, changed)
+        data = path.read_bytes()
+        start = column.data_page_offset
+        hostile = tmp_path / "hostile.parquet"
+        hostile.write_bytes(data[:start] + bytes(encoded) + data[start + size :])
+        with pytest.raises(SpliceError, match="sizes do not fit"):  # on the first page, at once
+            pages(hostile)

@@ -31,6 +31,9 @@ from tol_dagster.parquet.thrift import Struct, read_varint, write_varint
 _CODECS = {"SNAPPY": "snappy", "GZIP": "gzip", "BROTLI": "brotli", "ZSTD": "zstd"}
 #: Physical types that hold floats of a numpy dtype (FIXED_LEN_BYTE_ARRAY by its length).
 _PHYSICAL = {"FLOAT": np.dtype("<f4"), "DOUBLE": np.dtype("<f8")}
+#: A bound on a page's decompressed bytes per value (a float64 and its levels), checked before
+#: decompressing: a header may not make us allocate what its values cannot fill.
+_MAX_BYTES_PER_VALUE = 9
 #: DataPageHeader fields and the encodings accepted.
 _ENCODING, _DEF_ENCODING, _REP_ENCODING = 2, 3, 4
 _PLAIN, _RLE = 0, 3
@@ -115,6 +118,13 @@ def _chunk_pages(
         ):
             raise SpliceError(f"{path}: a page of type {header.get(field_ids.HEADER_TYPE)}")
         offset += header_size
+        count = info.get(field_ids.DATA_NUM_VALUES)
+        if not (
+            0 <= compressed <= end - offset
+            and 0 <= count <= chunk.num_values - values
+            and 0 <= uncompressed <= _MAX_BYTES_PER_VALUE * count + 64
+        ):
+            raise SpliceError(f"{path}: a page header whose sizes do not fit its column chunk")
         body = pread(handle, offset, compressed)
         offset += compressed
         try:
@@ -123,7 +133,7 @@ def _chunk_pages(
             raise SpliceError(f"{path}: a page does not decompress ({error})") from error
         if data.size != uncompressed:
             raise SpliceError(f"{path}: a page decompresses to {data.size} bytes")
-        values += info.get(field_ids.DATA_NUM_VALUES)
+        values += count
         yield info, data
     if offset != end or values != chunk.num_values:
         raise SpliceError(f"{path}: a column chunk's pages do not add up to its metadata")
