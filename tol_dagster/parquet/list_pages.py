@@ -3,7 +3,7 @@ decompressed, its levels proven to be the regular pattern of non-NULL lists of n
 values, and its values viewed in place as a (rows, size) numpy array.
 
 Why: Arrow decodes `emb` (`fixed_size_list<halffloat>[768]`) by building nested lists and
-their levels value by value, about 4x the cost of decompressing the same pages, and the gate
+their levels value by value, about 3x the cost of decompressing the same pages, and the gate
 reads every byte of `emb` of every file. Only the plain regular case is read here: a NULL
 anywhere, a dictionary, data pages v2, another encoding, levels encoded otherwise or any
 disagreement with the footer raise `SpliceError`, and the caller decodes with pyarrow instead

@@ -2,7 +2,7 @@
 its norm against the config's bounds (`emb_norms`), on the same decoded batches.
 
 It runs beside the download of the same file and must keep up with it: `emb`'s pages are read in
-place (`parquet.list_pages`, bounded by decompression), with pyarrow's decoding (about 4x the
+place (`parquet.list_pages`, bounded by decompression), with pyarrow's decoding (about 3x the
 cost, still faster than DuckDB, which widens `emb` to `FLOAT[]` first) for anything unusual;
 memory stays at one page or one batch.
 """
