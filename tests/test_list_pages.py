@@ -20,6 +20,7 @@ from tol_dagster.parquet.list_pages import list_pages
 from tol_dagster.parquet.pages import page_header
 from tol_dagster.parquet.thrift import write_struct
 from tol_dagster.schema import DEFAULT_CONFIG, EmbBounds
+from tol_dagster.slices import emb_check
 from tol_dagster.validation import emb_scan
 from tol_dagster.validation.emb_digests import emb_matrix
 
@@ -196,3 +197,14 @@ def test_a_page_header_claiming_impossible_sizes_is_refused_before_any_allocatio
         hostile.write_bytes(data[:start] + bytes(encoded) + data[start + size :])
         with pytest.raises(SpliceError, match="sizes do not fit"):  # on the first page, at once
             pages(hostile)
+
+
+def test_a_file_without_rows_scans_and_digests_to_nothing(tmp_path: Path) -> None:
+    path = write(tmp_path / "f.parquet", np.zeros((0, DIM), np.float16))
+    parquet = pq.ParquetFile(path)
+    scan = emb_scan.scan_emb(path, parquet, BOUNDS)
+    assert isinstance(scan, emb_scan.EmbScan) and scan.rows == 0 and not scan.nonfinite_rows
+    assert scan.digests is not None and scan.digests.size == 0
+    for group in range(parquet.num_row_groups):
+        digests = emb_check._digests(path, parquet, group)
+        assert digests is not None and digests.size == 0

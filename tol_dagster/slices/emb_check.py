@@ -30,13 +30,18 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from tol_dagster.parquet.footer import SpliceError
-from tol_dagster.parquet.list_pages import list_pages
 from tol_dagster.slices.keys import SliceKey
 from tol_dagster.slices.locate import plan_scans, row_group_starts
 from tol_dagster.store.layout import Layout
 from tol_dagster.store.mirror_files import MirrorFile
 from tol_dagster.validation.checks import CheckResult
-from tol_dagster.validation.emb_digests import digests_path, emb_matrix, ensure_table, row_digests
+from tol_dagster.validation.emb_digests import (
+    digests_path,
+    emb_matrix,
+    emb_pages,
+    ensure_table,
+    row_digests,
+)
 from tol_dagster.validation.uuid_index import uuid_row_hashes
 
 EMB_MATCHES_MIRROR = "emb_matches_mirror"
@@ -95,12 +100,10 @@ def _digests(path: Path, written: pq.ParquetFile, group: int) -> np.ndarray | No
 
     Its pages are read in place when they are the plain regular case (`parquet.list_pages`,
     about 3x cheaper), by pyarrow otherwise: the reader is not the writer either way."""
-    emb_type = written.schema_arrow.field("emb").type
-    if pa.types.is_fixed_size_list(emb_type) and pa.types.is_floating(emb_type.value_type):
-        dtype = np.dtype(emb_type.value_type.to_pandas_dtype())
-        pages = list_pages(path, written.metadata, "emb", emb_type.list_size, dtype, [group])
+    pages = emb_pages(path, written, [group])
+    if pages is not None:
         try:
-            return np.concatenate([row_digests(matrix) for matrix in pages])
+            return np.concatenate([np.empty(0, np.uint64), *map(row_digests, pages)])
         except SpliceError:
             pass  # not the plain case: pyarrow decodes it, or says why it cannot
     emb = _column(written, group, "emb")

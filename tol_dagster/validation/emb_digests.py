@@ -17,6 +17,7 @@ with probability about 2**-32.
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import duckdb
@@ -24,6 +25,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from tol_dagster.parquet.list_pages import list_pages
 from tol_dagster.store.durable import atomic_path
 from tol_dagster.store.file_cache import derived_path
 from tol_dagster.store.layout import Layout
@@ -44,6 +46,26 @@ BATCH_ROWS = 10_000
 # --- per row ---------------------------------------------------------------------------------
 
 
+def float_list_dtype(emb_type: pa.DataType) -> np.dtype | None:
+    """The numpy dtype of a `fixed_size_list<float>`'s values; None for any other type."""
+    if not pa.types.is_fixed_size_list(emb_type) or not pa.types.is_floating(emb_type.value_type):
+        return None
+    return np.dtype(emb_type.value_type.to_pandas_dtype())
+
+
+def emb_pages(
+    path: Path, parquet: pq.ParquetFile, row_groups: Sequence[int] | None = None
+) -> Iterator[np.ndarray] | None:
+    """`emb`'s rows page by page as (rows, dim), read in place (`parquet.list_pages`) from the
+    file at `path` (of `row_groups`, when given); None when `emb` is not a fixed-size list of
+    floats. SpliceError while iterating: not the plain case, read it with pyarrow instead."""
+    emb_type = parquet.schema_arrow.field("emb").type
+    dtype = float_list_dtype(emb_type)
+    if dtype is None:
+        return None
+    return list_pages(path, parquet.metadata, "emb", emb_type.list_size, dtype, row_groups)
+
+
 def emb_matrix(emb: pa.Array | pa.ChunkedArray) -> np.ndarray | None:
     """The rows of a `fixed_size_list<float>` array as a (rows, dim) numpy view, zero-copy.
 
@@ -52,10 +74,10 @@ def emb_matrix(emb: pa.Array | pa.ChunkedArray) -> np.ndarray | None:
     """
     if isinstance(emb, pa.ChunkedArray):
         emb = emb.combine_chunks()
-    if not pa.types.is_fixed_size_list(emb.type) or not pa.types.is_floating(emb.type.value_type):
+    dtype = float_list_dtype(emb.type)
+    if dtype is None:
         return None
     dim = emb.type.list_size
-    dtype = np.dtype(emb.type.value_type.to_pandas_dtype())
     if len(emb) == 0 or dim == 0:
         return np.empty((len(emb), dim), dtype)
     child = emb.values  # the whole child: `emb.offset` is not applied to it

@@ -19,7 +19,6 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from tol_dagster.parquet.footer import SpliceError
-from tol_dagster.parquet.list_pages import list_pages
 from tol_dagster.schema import EmbBounds
 from tol_dagster.validation import emb_digests, emb_norms
 from tol_dagster.validation.checks import (
@@ -62,11 +61,9 @@ def scan_emb(path: Path, parquet: pq.ParquetFile, bounds: EmbBounds | None = Non
     """
     if "emb" not in parquet.schema_arrow.names:
         return EMB_MISSING
-    emb_type = parquet.schema_arrow.field("emb").type
-    if pa.types.is_fixed_size_list(emb_type) and pa.types.is_floating(emb_type.value_type):
-        dtype = np.dtype(emb_type.value_type.to_pandas_dtype())
+    pages = emb_digests.emb_pages(path, parquet)
+    if pages is not None:
         try:
-            pages = list_pages(path, parquet.metadata, "emb", emb_type.list_size, dtype)
             return _scan(((matrix, None) for matrix in pages), bounds)
         except SpliceError:
             pass  # not the plain case: pyarrow reads it, and says what is wrong if anything is
