@@ -16,6 +16,7 @@ from tol_dagster.derived.summaries import (
     build_summaries,
     read_summary,
 )
+from tol_dagster.parquet.segmented import declared_segments
 from tol_dagster.schema import RANKS, SORT_KEY, quote_ident
 from tol_dagster.store.layout import Layout
 from tol_dagster.store.mirror_files import MirrorFile, mirror_files
@@ -120,9 +121,15 @@ def test_after_one_file_changes_only_it_is_rescanned_and_tables_equal_a_rebuild(
     built: tuple[list[MirrorFile], Layout], tmp_path: Path
 ) -> None:
     files, layout = built
+    segmented = [layout.summary_dir(CONFIG) / f"{n}.parquet" for n in ("lineage", "rank_counts")]
+    before = [declared_segments(path) or [] for path in segmented]
     changed = resync_one_file(files, 1, tmp_path / "resync")
     result = build_summaries(changed, layout, CONFIG)
     assert result.recomputed == (files[1].name,)
+    for path, old in zip(segmented, before, strict=True):
+        new = declared_segments(path) or []
+        # The last file's groups neither changed nor join the changed file's: its bytes are kept.
+        assert len(new) == len(files) and new[-1] == old[-1] and new[1][0] != old[1][0]
     fresh = Layout(tmp_path / "fresh")
     build_summaries(changed, fresh, CONFIG)
     for name in SUMMARY_NAMES:

@@ -20,6 +20,7 @@ from tol_dagster.derived.taxon_index import (
     lookup,
     read_taxon_index,
 )
+from tol_dagster.parquet.segmented import declared_segments
 from tol_dagster.schema import SLICE_RANKS, quote_ident
 from tol_dagster.slices.keys import parse_slice_key, to_sql_filter
 from tol_dagster.store.layout import Layout
@@ -141,8 +142,13 @@ def test_after_one_file_changes_only_it_is_reindexed_and_the_index_equals_a_rebu
     built: tuple[list[MirrorFile], Layout, pa.Table], tmp_path: Path
 ) -> None:
     files, layout, _ = built
+    before = declared_segments(layout.taxon_index_path(CONFIG)) or []
     changed = resync_one_file(files, 2, tmp_path / "resync")
     assert build_taxon_index(changed, layout, CONFIG).recomputed == (files[2].name,)
+    after = declared_segments(layout.taxon_index_path(CONFIG)) or []
+    # A segment per file here: the unchanged files' entries are the old index's bytes.
+    assert len(after) == len(files) and [s[2] for s in after[:2]] == [s[2] for s in before[:2]]
+    assert after[2][0] != before[2][0]
     fresh = Layout(tmp_path / "fresh")
     build_taxon_index(changed, fresh, CONFIG)
     index = read_taxon_index(layout, CONFIG)

@@ -3,13 +3,17 @@
 A result computed from one mirror file lives under `Layout.derived_dir(config, sha256)`, so an
 unchanged file is never recomputed and a changed one (new sha256) is computed once, whatever
 its name. Parts are Arrow IPC files: a recombination reads one per mirror file, and IPC reads
-them ~15x faster than parquet would. Every write goes through `store.durable.atomic_path` (a
-temp file in the target's folder, fsynced and renamed into place), so a reader sees the old
-table or the new one, never half of one.
+them ~15x faster than parquet would. Large published tables are written in segments of
+consecutive files (`publish_segments`), so an update copies the unchanged segments' bytes from
+the version it replaces. Every write goes through `store.durable.atomic_path` (a temp file in
+the target's folder, fsynced and renamed into place), so a reader sees the old table or the
+new one, never half of one.
 """
 
 from __future__ import annotations
 
+import hashlib
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -19,10 +23,17 @@ import pyarrow as pa
 import pyarrow.feather as feather
 import pyarrow.parquet as pq
 
+from tol_dagster.parquet.segmented import Segment, Written, write_segmented
 from tol_dagster.store.durable import atomic_path
 from tol_dagster.store.file_cache import derived_path
 from tol_dagster.store.layout import Layout
 from tol_dagster.store.mirror_files import MirrorFile
+
+#: Published tables are cut into at most this many segments of consecutive mirror files. An
+#: update encodes the segments it changed and copies the others, but every row group costs
+#: ~1 ms of footer work in Python (parsed, moved, written), so more segments stop paying: at 40
+#: files of upstream's size, 16 segments updated in 0.09 of a rebuild's time, 40 in 0.14.
+MAX_SEGMENTS = 16
 
 
 def stale_files(
@@ -71,3 +82,37 @@ def publish_table(table: pa.Table, path: Path, **options: Any) -> None:
     """Publish `table` as parquet at `path`, atomically (`options` go to `pq.write_table`)."""
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp, **({"compression": "zstd"} | options))
+
+
+def file_groups(files: Sequence[MirrorFile]) -> list[Sequence[MirrorFile]]:
+    """`files` cut into at most MAX_SEGMENTS runs of consecutive files of one size (the last
+    shorter): a published table's segments, each rewritten only when one of its files changed."""
+    size = max(1, math.ceil(len(files) / MAX_SEGMENTS))
+    return [files[start : start + size] for start in range(0, len(files), size)]
+
+
+def content_key(files: Sequence[MirrorFile], *extra: object) -> str:
+    """A segment's key: the names and contents of the files it was computed from, and any
+    `extra` its rows depend on."""
+    digest = hashlib.sha256()
+    for file in files:
+        digest.update(f"{file.name}\0{file.sha256}\0".encode())
+    digest.update(repr(extra).encode())
+    return digest.hexdigest()[:32]
+
+
+def publish_segments(
+    segments: Sequence[Segment],
+    path: Path,
+    schema: pa.Schema,
+    *,
+    layout: str,
+    reuse: bool = True,
+    **options: Any,
+) -> Written:
+    """Publish `segments` as one parquet table at `path`, atomically, copying from the version
+    published there the segments it holds under the same key (none unless `reuse`)."""
+    with atomic_path(path) as tmp:
+        return write_segmented(
+            tmp, schema, segments, layout=layout, previous=path if reuse else None, **options
+        )

@@ -66,7 +66,11 @@ def sum_runs(table: pa.Table, keys: Sequence[str], values: Sequence[str]) -> pa.
 
 
 def _key(table: pa.Table, row: int, keys: Sequence[str]) -> tuple[tuple[bool, str], ...]:
-    """Row `row`'s keys as a Python tuple that orders like the mirror (code point order is
-    UTF-8 byte order; NULLs last)."""
-    values = [table[key][row].as_py() for key in keys]
+    """Row `row`'s keys as a Python tuple that orders like the mirror."""
+    return mirror_order([table[key][row].as_py() for key in keys])
+
+
+def mirror_order(values: Sequence[str | None]) -> tuple[tuple[bool, str], ...]:
+    """Key values as a tuple that orders like the mirror (code point order is UTF-8 byte
+    order; NULLs last)."""
     return tuple((value is None, value or "") for value in values)

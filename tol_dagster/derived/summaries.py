@@ -3,7 +3,8 @@ basis and publisher, and per-file statistics.
 
 Computed from the metadata columns only (never `emb`, ~99% of the bytes). Each file's counts are
 kept under its content hash and the published tables are sums over those parts, so after a
-resync only the new files are scanned. NULLs are real buckets everywhere: a row with a NULL
+resync only the new files are scanned; `lineage` and `rank_counts` are published in segments
+of files (`rank_counts`), so only the segments a change reaches are encoded again. NULLs are real buckets everywhere: a row with a NULL
 `class` and a known `order` is counted under (..., NULL, order, ...), never dropped.
 """
 
@@ -18,13 +19,14 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from tol_dagster import duck
+from tol_dagster.derived import rank_counts
 from tol_dagster.derived.parts import (
+    publish_segments,
     publish_table,
     read_part,
     read_published,
@@ -32,7 +34,17 @@ from tol_dagster.derived.parts import (
     stale_files,
     write_part,
 )
-from tol_dagster.derived.sorted_runs import changes, concat_sorted, sort_by, sum_runs
+from tol_dagster.derived.rank_counts import (
+    IMAGES,
+    LINEAGE,
+    LINEAGE_SCHEMA,
+    PART_SCHEMA,
+    RANK_COUNTS_SCHEMA,
+    STRING,
+    Part,
+    by_rank,
+)
+from tol_dagster.derived.sorted_runs import sort_by, sum_runs
 from tol_dagster.schema import RANKS, SORT_KEY, quote_ident
 from tol_dagster.store.layout import Layout
 from tol_dagster.store.mirror_files import MirrorFile
@@ -55,30 +67,22 @@ VALUE_COLUMNS: dict[str, str] = {
 }
 
 #: Each file's part under its derived folder (bump the suffix when its meaning changes): its
-#: lineage counts (sorted, `part` = "lineage"), then its value counts (`part` = a VALUE_COLUMNS
-#: name), with the file's statistics in the schema metadata. One file, not three: on a busy
-#: disk each small write and rename costs milliseconds.
-SUMMARY_PART = "summary.v1.arrow"
+#: groups at each rank, kingdom to species (`part` = the rank; each rank's rows sorted, their
+#: counts in the metadata's `level_rows`), then its value counts (`part` = a VALUE_COLUMNS
+#: name), with the file's statistics in the metadata. One file, not three: on a busy disk
+#: each small write and rename costs milliseconds.
+SUMMARY_PART = "summary.v2.arrow"
 
-#: These tables are small (one row group): statistics serve no reader, and snappy writes a
-#: third faster than zstd for ~25% more bytes; writing is most of an incremental update.
+#: The layouts of the segmented tables (`lineage`, `rank_counts`): bump with SUMMARY_PART or
+#: the writer options, so that no segment of an older meaning is copied.
+_SEGMENTED = {"lineage": "summary.lineage.v2", "rank_counts": "summary.rank_counts.v2"}
+
+#: These tables are small: statistics serve no reader, and snappy writes a third faster than
+#: zstd for ~25% more bytes.
 _WRITER_OPTIONS: dict[str, Any] = {"compression": "snappy", "write_statistics": False}
 
-_LINEAGE = ("source_dataset", *RANKS)
-_STRING = pa.string()
-_IMAGES = pa.field("images", pa.int64())
-_KEY_TYPE = pa.struct([pa.field(name, _STRING) for name in SORT_KEY])
-
-_LINEAGE_SCHEMA = pa.schema([*(pa.field(n, _STRING) for n in _LINEAGE), _IMAGES])
+_KEY_TYPE = pa.struct([pa.field(name, STRING) for name in SORT_KEY])
 _VALUE_KEYS = ("part", "source_dataset", "value")
-_PART_SCHEMA = pa.schema(
-    [
-        pa.field("part", _STRING),
-        *_LINEAGE_SCHEMA.remove(len(_LINEAGE)),
-        pa.field("value", _STRING),
-        _IMAGES,
-    ]
-)
 _STATS_SCHEMA = pa.schema(
     [
         pa.field("rows", pa.int64()),
@@ -91,13 +95,13 @@ _STATS_SCHEMA = pa.schema(
 
 #: The published schema of every summary table.
 SCHEMAS: dict[str, pa.Schema] = {
-    "lineage": _LINEAGE_SCHEMA,
-    "rank_counts": pa.schema([pa.field("rank", _STRING), *_LINEAGE_SCHEMA]),
+    "lineage": LINEAGE_SCHEMA,
+    "rank_counts": RANK_COUNTS_SCHEMA,
     **{
-        name: pa.schema([pa.field("source_dataset", _STRING), pa.field("value", _STRING), _IMAGES])
+        name: pa.schema([pa.field("source_dataset", STRING), pa.field("value", STRING), IMAGES])
         for name in VALUE_COLUMNS
     },
-    "files": pa.schema([pa.field("file", _STRING), pa.field("sha256", _STRING), *_STATS_SCHEMA]),
+    "files": pa.schema([pa.field("file", STRING), pa.field("sha256", STRING), *_STATS_SCHEMA]),
 }
 
 
@@ -122,18 +126,41 @@ def build_summaries(
 ) -> SummaryResult:
     """Scan the files not summarised yet (all when `force`), then publish every summary table.
 
-    `files` is the whole mirror in its order; `force` recomputes every file's part (a rebuild
-    from scratch, as the bench measures it).
+    `files` is the whole mirror in its order; `force` recomputes every file's part and encodes
+    every table whole (a rebuild from scratch, as the bench measures it). Otherwise `lineage`
+    and `rank_counts` copy the segments of unchanged files from the tables they replace.
     """
     recomputed = write_parts(files, layout, config, force=force)
-    tables = _combine(files, layout, config)
-    paths = {name: summary_path(layout, config, name) for name in tables}
+    parts = [Part.of(read_part(layout, config, f, SUMMARY_PART)) for f in files]
+    tables = rank_counts.segments(files, parts, _SEGMENTED)
+    small = _small_tables(files, parts)
+    paths = {name: summary_path(layout, config, name) for name in SUMMARY_NAMES}
+    publish = {
+        **{
+            name: partial(
+                publish_segments,
+                tables[name],
+                paths[name],
+                SCHEMAS[name],
+                layout=_SEGMENTED[name],
+                reuse=not force,
+                **_WRITER_OPTIONS,
+            )
+            for name in _SEGMENTED
+        },
+        **{
+            name: partial(publish_table, table, paths[name], **_WRITER_OPTIONS)
+            for name, table in small.items()
+        },
+    }
     # Writing is most of a small update's cost, and pyarrow writes without the GIL.
     with ThreadPoolExecutor(max_workers=2) as pool:
-        list(pool.map(partial(publish_table, **_WRITER_OPTIONS), tables.values(), paths.values()))
+        done = dict(zip(publish, pool.map(lambda write: write(), publish.values()), strict=True))
+    rows = {name: table.num_rows for name, table in small.items()}
+    rows |= {name: done[name].rows for name in _SEGMENTED}
     return SummaryResult(
         recomputed=recomputed,
-        rows={name: table.num_rows for name, table in tables.items()},
+        rows={name: rows[name] for name in SUMMARY_NAMES},
         paths=paths,
     )
 
@@ -147,9 +174,8 @@ def write_parts(
     if stale:
         with duck.cursor() as con:
             counts = _counts(con, stale)
-            stats = _stats(con, stale)
-        for (file, rows), file_stats in zip(counts, stats, strict=True):
-            write_part(_part(rows, file_stats), layout, config, file, SUMMARY_PART)
+        for file, rows in counts:
+            write_part(_part(rows, _stats(file, rows)), layout, config, file, SUMMARY_PART)
     return tuple(f.name for f in stale)
 
 
@@ -184,101 +210,80 @@ def _counts(
     return split_by_file(counts, files)
 
 
-def _stats(con: duckdb.DuckDBPyConnection, files: Sequence[MirrorFile]) -> list[dict[str, Any]]:
-    """Rows, bytes, row groups and first/last sort key of each file.
+def _stats(file: MirrorFile, counts: pa.Table) -> dict[str, Any]:
+    """Rows, bytes, row groups and first/last sort key of `file`, from its footer, its sorted
+    lineage counts and its first and last `common_name`, the sort key's last column.
 
-    The keys come from a row-number filter, which DuckDB answers from two row groups per file.
+    A mirror file is sorted by the sort key (the gate proves it before publishing), so its
+    first and last lineages are its first and last rows'. (A DuckDB row-number filter naming
+    every file, used before, tested each row against two conditions per file: a first build
+    of 666 files took minutes.)
     """
-    metas = [pq.read_metadata(f.path) for f in files]
-    ends = [(i, m.num_rows - 1) for i, m in enumerate(metas) if m.num_rows]
-    where = " OR ".join("(file_index = ? AND file_row_number IN (0, ?))" for _ in ends) or "false"
-    keys = con.sql(
-        f"""
-        SELECT file_index, struct_pack({", ".join(quote_ident(c) for c in SORT_KEY)}) AS key
-        FROM read_parquet(?, file_row_number = true)
-        WHERE {where}
-        ORDER BY file_index, file_row_number
-        """,
-        params=[[str(f.path) for f in files], *(v for i, end in ends for v in (i, end))],
-    ).to_arrow_table()
-    stats = []
-    for (file, rows), meta in zip(split_by_file(keys, files), metas, strict=True):
-        first_last = rows["key"].to_pylist() or [None]
-        stats.append(
-            {
-                "rows": meta.num_rows,
-                "bytes": file.path.stat().st_size,
-                "row_groups": meta.num_row_groups,
-                "first_key": first_last[0],
-                "last_key": first_last[-1],
-            }
-        )
-    return stats
+    reader = pq.ParquetFile(file.path)
+    meta = reader.metadata
+    keys: list[dict[str, Any] | None] = [None, None]
+    lineages = pc.sum(pc.equal(counts["part"], "lineage")).as_py() or 0
+    if meta.num_rows and lineages:
+        names = _end_values(reader, "common_name")
+        for end, row in enumerate([0, lineages - 1]):
+            key = {c: counts[c][row].as_py() for c in LINEAGE}
+            keys[end] = key | {"common_name": names[end]}
+    return {
+        "rows": meta.num_rows,
+        "bytes": file.path.stat().st_size,
+        "row_groups": meta.num_row_groups,
+        "first_key": keys[0],
+        "last_key": keys[1],
+    }
+
+
+def _end_values(reader: pq.ParquetFile, column: str) -> tuple[Any, Any]:
+    """`column`'s values on the file's first and last rows: the first from one batch of one
+    row, the last from its row group's column."""
+    meta = reader.metadata
+    groups = [g for g in range(meta.num_row_groups) if meta.row_group(g).num_rows]
+    first = next(reader.iter_batches(batch_size=1, row_groups=groups[:1], columns=[column]))
+    last = reader.read_row_group(groups[-1], columns=[column])[column]
+    return first[column][0].as_py(), last[len(last) - 1].as_py()
 
 
 def _part(counts: pa.Table, stats: dict[str, Any]) -> pa.Table:
-    """One file's part (sorted lineage rows, then value rows), statistics in the metadata."""
+    """One file's part: its groups at each rank (each rank's rows sorted), then its value
+    rows; the rows per rank and the file's statistics in the metadata."""
     lineage_rows = pc.sum(pc.equal(counts["part"], "lineage")).as_py() or 0
-    return counts.cast(_PART_SCHEMA).replace_schema_metadata(
-        {"lineage_rows": str(lineage_rows), "file_stats": json.dumps(stats)}
+    lineage = counts.slice(0, lineage_rows).select(LINEAGE_SCHEMA.names).cast(LINEAGE_SCHEMA)
+    levels = by_rank(lineage)
+    ranks = [
+        level.rename_columns(["part", *LINEAGE_SCHEMA.names])
+        .append_column("value", pa.nulls(level.num_rows, STRING))
+        .select(PART_SCHEMA.names)
+        for level in levels
+    ]
+    part = pa.concat_tables(
+        [*(r.cast(PART_SCHEMA) for r in ranks), counts.slice(lineage_rows).cast(PART_SCHEMA)]
+    )
+    return part.replace_schema_metadata(
+        {
+            "level_rows": json.dumps([level.num_rows for level in levels]),
+            "file_stats": json.dumps(stats),
+        }
     )
 
 
-def _combine(files: Sequence[MirrorFile], layout: Layout, config: str) -> dict[str, pa.Table]:
-    """Sum the per-file parts into the published tables.
-
-    Each file's lineage counts are sorted and the files are in the mirror's order, so their
-    concatenation is sorted too and summing is collapsing runs: no hashing, no sort.
-    """
-    parts = [read_part(layout, config, f, SUMMARY_PART) for f in files]
-    metadata = [part.schema.metadata for part in parts]
-    splits = [int(m[b"lineage_rows"]) for m in metadata]
-    lineage = concat_sorted(
-        [p.slice(0, n).select(_LINEAGE_SCHEMA.names) for p, n in zip(parts, splits, strict=True)],
-        _LINEAGE,
-        _LINEAGE_SCHEMA,
-    )
-    by_rank = _by_rank(lineage)
-    values = [p.slice(n).cast(_PART_SCHEMA) for p, n in zip(parts, splits, strict=True)]
-    values = pa.concat_tables(values) if values else _PART_SCHEMA.empty_table()
+def _small_tables(files: Sequence[MirrorFile], parts: Sequence[Part]) -> dict[str, pa.Table]:
+    """The value-count tables and `files`, summed over the parts and written whole."""
+    values = [p.table.slice(sum(p.level_rows)) for p in parts]
+    values = pa.concat_tables(values) if values else PART_SCHEMA.empty_table()
     values = sum_runs(sort_by(values, _VALUE_KEYS), _VALUE_KEYS, ["images"])
-    tables = {
-        "lineage": by_rank[-1].drop_columns(["rank"]),
-        "rank_counts": pa.concat_tables(by_rank),
-    }
+    tables = {}
     for name in VALUE_COLUMNS:
-        tables[name] = values.filter(pc.equal(values["part"], name)).drop_columns(["part"])
-    stats = [json.loads(m[b"file_stats"]) for m in metadata]
+        table = values.filter(pc.equal(values["part"], name)).drop_columns(["part"])
+        tables[name] = table.select(SCHEMAS[name].names).cast(SCHEMAS[name])
     tables["files"] = pa.Table.from_pylist(
-        [{"file": f.name, "sha256": f.sha256, **s} for f, s in zip(files, stats, strict=True)],
+        [
+            {"file": f.name, "sha256": f.sha256, **p.stats}
+            for f, p in zip(files, parts, strict=True)
+        ],
         schema=SCHEMAS["files"],
     )
-    return {name: tables[name].cast(SCHEMAS[name]) for name in SUMMARY_NAMES}
-
-
-def _by_rank(lineage: pa.Table) -> list[pa.Table]:
-    """Counts at each rank from sorted lineage rows (rank_counts rows, kingdom to species).
-
-    At a rank, a group is a run of rows sharing the source and the ranks down to it, so one
-    pass of neighbour comparisons serves every rank; at `species` the groups are the full
-    lineages. NULL equals NULL in a run, so a hole above the rank stays its own bucket; the
-    `rank` column tells a hole (NULL at or above `rank`) from truncation (NULL below it).
-    """
-    images = lineage["images"].to_numpy()
-    changed = changes(lineage["source_dataset"])
-    tables = []
-    for depth, rank in enumerate(RANKS):
-        changed |= changes(lineage[rank])
-        starts = np.flatnonzero(changed)
-        kept = _LINEAGE[: depth + 2]
-        rows = lineage.select(kept)
-        if len(starts) < lineage.num_rows:  # at `species` only rows at file seams repeat, if any
-            rows = rows.take(starts)
-        columns = {
-            "rank": pa.repeat(rank, len(starts)),
-            **dict(zip(kept, rows.columns, strict=True)),
-        }
-        columns |= {c: pa.nulls(len(starts), _STRING) for c in _LINEAGE[depth + 2 :]}
-        columns["images"] = np.add.reduceat(images, starts)
-        tables.append(pa.table(columns, schema=SCHEMAS["rank_counts"]))
     return tables

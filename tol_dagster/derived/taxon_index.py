@@ -8,6 +8,10 @@ between). For `species` the value is the binomial ("Danaus plexippus") whether t
 column holds the bare epithet (joined to the genus) or the binomial already; a row with an
 epithet and no genus has no binomial and is not indexed under `species`. NULLs are not indexed:
 no slice key names them.
+
+Entries are published in mirror order (by file, then rank, value and row group), in one
+segment per group of files (`parts.file_groups`): an update encodes the segments of the
+changed files and copies the others' bytes from the index it replaces.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +29,7 @@ import pyarrow.parquet as pq
 
 from tol_dagster import duck
 from tol_dagster.derived import parts
+from tol_dagster.parquet.segmented import Segment
 from tol_dagster.schema import SLICE_RANKS, quote_ident
 from tol_dagster.store.layout import Layout
 from tol_dagster.store.mirror_files import MirrorFile
@@ -36,6 +42,10 @@ BINOMIAL_SQL = (
     f"CASE WHEN contains({quote_ident('species')}, ' ') THEN {quote_ident('species')} "
     f"ELSE {quote_ident('genus')} || ' ' || {quote_ident('species')} END"
 )
+
+#: The published file's segments: one per group of mirror files (`parts.file_groups`); bump
+#: when the entries' meaning or the writer options change, so no older segment is copied.
+_LAYOUT = "taxon_index.v2"
 
 #: Sorted values share prefixes and row numbers grow: delta encodings make the index ~20%
 #: smaller than dictionaries would, and write faster.
@@ -90,14 +100,24 @@ class IndexResult:
 def build_taxon_index(
     files: Sequence[MirrorFile], layout: Layout, config: str, *, force: bool = False
 ) -> IndexResult:
-    """Index the files not indexed yet (all when `force`), then publish the whole index."""
+    """Index the files not indexed yet (all when `force`), then publish the whole index: the
+    segments of unchanged files copied from the index published before (unless `force`)."""
     recomputed = write_parts(files, layout, config, force=force)
-    index = _combine(files, layout, config)
     path = layout.taxon_index_path(config)
-    parts.publish_table(index, path, **_WRITER_OPTIONS)
+    written = parts.publish_segments(
+        [
+            Segment(parts.content_key(group), partial(_entries, group, layout, config))
+            for group in parts.file_groups(files)
+        ],
+        path,
+        INDEX_SCHEMA,
+        layout=_LAYOUT,
+        reuse=not force,
+        **_WRITER_OPTIONS,
+    )
     return IndexResult(
         recomputed=recomputed,
-        rows=index.num_rows,
+        rows=written.rows,
         bytes=path.stat().st_size,
         path=path,
     )
@@ -184,17 +204,10 @@ def _row_group_starts(files: Sequence[MirrorFile]) -> pa.Table:
     return pa.table({column: pa.array(values, types[column]) for column, values in rows.items()})
 
 
-def _combine(files: Sequence[MirrorFile], layout: Layout, config: str) -> pa.Table:
-    """The per-file parts with their file names, sorted by rank and value, then mirror order.
-
-    Parts are sorted by (rank, value, row_group) and concatenated in mirror order, and Arrow's
-    sort is stable, so sorting by (rank, value) keeps each taxon's entries in mirror order.
-    """
+def _entries(files: Sequence[MirrorFile], layout: Layout, config: str) -> pa.Table:
+    """The entries of `files`, in mirror order: by file, then rank, value and row group."""
     tables = []
     for file in files:
         part = parts.read_part(layout, config, file, INDEX_PART)
         tables.append(part.add_column(2, "file", pa.repeat(file.name, part.num_rows)))
-    if not tables:
-        return INDEX_SCHEMA.empty_table()
-    index = pa.concat_tables(tables).cast(INDEX_SCHEMA)
-    return index.sort_by([("rank", "ascending"), ("value", "ascending")])
+    return pa.concat_tables(tables).cast(INDEX_SCHEMA) if tables else INDEX_SCHEMA.empty_table()

@@ -6,7 +6,10 @@ not named here is carried along untouched (see `thrift.Struct`).
 
 # FileMetaData
 FILE_VERSION, FILE_SCHEMA, FILE_NUM_ROWS, FILE_ROW_GROUPS = 1, 2, 3, 4
+FILE_KEY_VALUE = 5
 FILE_ENCRYPTION = (8, 9)
+# KeyValue
+KV_KEY, KV_VALUE = 1, 2
 # RowGroup
 RG_COLUMNS, RG_TOTAL_BYTE_SIZE, RG_NUM_ROWS, RG_FILE_OFFSET, RG_ORDINAL = 1, 2, 3, 5, 7
 RG_TOTAL_COMPRESSED = 6

@@ -23,7 +23,7 @@ from tol_dagster.parquet.footer import (
     parse_struct,
     read_bytes,
 )
-from tol_dagster.parquet.thrift import I16, I32, I64, LIST, STRUCT, Struct, write_struct
+from tol_dagster.parquet.thrift import BINARY, I16, I32, I64, LIST, STRUCT, Struct, write_struct
 
 
 @dataclass(frozen=True)
@@ -164,9 +164,9 @@ class Splicer:
             field_ids.CC_COLUMN_INDEX_LENGTH,
         )
 
-    def close(self) -> int:
-        """Write the page indexes and the footer (the template's, with our row groups);
-        returns the file's rows."""
+    def close(self, key_value: dict[bytes, bytes] | None = None) -> int:
+        """Write the page indexes and the footer (the template's, with our row groups and
+        `key_value` set in its key-value metadata); returns the file's rows."""
         for held, (offset, length) in (
             (self.column_indexes, (field_ids.CC_COLUMN_INDEX, field_ids.CC_COLUMN_INDEX_LENGTH)),
             (self.offset_indexes, (field_ids.CC_OFFSET_INDEX, field_ids.CC_OFFSET_INDEX_LENGTH)),
@@ -179,6 +179,8 @@ class Splicer:
         meta = self.template.meta.copy()
         meta.set(field_ids.FILE_ROW_GROUPS, (STRUCT, self.groups))
         meta.set(field_ids.FILE_NUM_ROWS, sum(g.get(field_ids.RG_NUM_ROWS) for g in self.groups))
+        if key_value:
+            _set_key_value(meta, key_value)
         footer = bytearray()
         write_struct(footer, meta)
         self.sink.write(bytes(footer))
@@ -201,6 +203,20 @@ def _moved(group: Struct, delta: int, ordinal: int) -> Struct:
                 _shift(meta, field_id, delta)
         meta.drop(*field_ids.CM_DROPPED)
     return group
+
+
+def _set_key_value(meta: Struct, entries: dict[bytes, bytes]) -> None:
+    """Set `entries` in a FileMetaData's key-value metadata, replacing entries of those keys."""
+    kept = [
+        pair
+        for pair in meta.get(field_ids.FILE_KEY_VALUE, (STRUCT, []))[1]
+        if pair.get(field_ids.KV_KEY) not in entries
+    ]
+    added = [
+        Struct([[field_ids.KV_KEY, BINARY, key], [field_ids.KV_VALUE, BINARY, value]])
+        for key, value in entries.items()
+    ]
+    meta.put(field_ids.FILE_KEY_VALUE, LIST, (STRUCT, kept + added))
 
 
 def _total(metas: list[Struct], field_id: int) -> int:
