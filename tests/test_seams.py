@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 from mirror_testing import brute, rows_of
 
-from tol_dagster.derived import seams
+from tol_dagster.derived import seams, summaries, summary_facts
 from tol_dagster.derived.summaries import SUMMARY_NAMES, build_summaries, read_summary
 from tol_dagster.parquet.segmented import declared_segments
 from tol_dagster.schema import RANKS, SORT_KEY, quote_ident
@@ -147,3 +147,49 @@ def test_summaries_of_a_mirror_cut_anywhere_equal_the_group_by_before_and_after_
     for key, _, digest in after:  # a segment under an old key is the old segment's bytes
         assert old_keys.get(key, digest) == digest
     assert after[changed][0] not in old_keys
+
+
+def test_an_update_reads_only_the_parts_it_encodes_and_a_lost_facts_cache_changes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    files = mirror(tmp_path / "v1", 3)
+    assert len(files) >= 6
+    layout = Layout(tmp_path / "home")
+    build_summaries(files, layout, CONFIG)
+    middle = len(files) // 2
+    table = pq.read_table(files[middle].path)
+    assert table.num_rows > 1
+    path = tmp_path / "v2" / files[middle].name
+    path.parent.mkdir()
+    pq.write_table(table.slice(0, table.num_rows // 2), path)
+    changed = list(files)
+    changed[middle] = MirrorFile(path.name, sha256_file(path), path)
+
+    real = summaries._read_part
+    read: list[str] = []
+
+    def counted(layout: Layout, config: str, file: MirrorFile) -> object:
+        read.append(file.name)
+        return real(layout, config, file)
+
+    monkeypatch.setattr(summaries, "_read_part", counted)
+    build_summaries(changed, layout, CONFIG)
+    assert published(layout) == expected(changed)
+    assert files[middle].name in read and len(set(read)) < len(files) - 2
+
+    for name in (summary_facts.FACTS, summary_facts.VALUES):  # a damaged cache is rebuilt
+        (layout.state_dir(CONFIG) / name).write_bytes(b"not arrow")
+    read.clear()
+    build_summaries(changed, layout, CONFIG)
+    assert published(layout) == expected(changed) and len(set(read)) == len(changed)
+
+
+def test_two_files_of_one_content_count_twice(tmp_path: Path) -> None:
+    files = mirror(tmp_path / "v1", 5)[:2]
+    copy = tmp_path / "copy" / "train-99999.parquet"
+    copy.parent.mkdir()
+    copy.write_bytes(files[1].path.read_bytes())
+    twice = [*files, MirrorFile(copy.name, files[1].sha256, copy)]
+    layout = Layout(tmp_path / "home")
+    build_summaries(twice, layout, CONFIG)
+    assert published(layout) == expected(twice)

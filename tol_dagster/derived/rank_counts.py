@@ -10,7 +10,7 @@ changed and copies the others. Within a segment, rows go rank by rank, file by f
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -67,29 +67,32 @@ class Part:
 
 @dataclass(frozen=True)
 class _Joined:
-    """A file's part and how its groups join its neighbours'."""
+    """A file, how to read its part, and how its groups join its neighbours'."""
 
-    part: Part
+    file: MirrorFile
+    read: Callable[[MirrorFile], Part]
     seams: seams.Joined
 
 
 def segments(
-    files: Sequence[MirrorFile], parts: Sequence[Part], layouts: dict[str, str]
+    files: Sequence[MirrorFile],
+    groups: Sequence[seams.FileGroups],
+    read: Callable[[MirrorFile], Part],
+    layouts: dict[str, str],
 ) -> dict[str, list[Segment]]:
     """The `lineage` and `rank_counts` tables as segments of consecutive files: each file's
     groups, those it shares with the file before left to the file that owns them, totals on
-    the groups it owns (`seams`). Files out of lineage order make one segment, sorted whole."""
-    joined = seams.join([_file_groups(part) for part in parts])
+    the groups it owns (`seams`). Files out of lineage order make one segment, sorted whole.
+    Only the files of segments being encoded are `read`."""
+    joined = seams.join(groups)
     if joined is None:
         key = content_key(files, layouts, "sorted whole")
-        rank_counts = partial(_sorted_whole, parts)
+        rank_counts = partial(_sorted_whole, [partial(read, f) for f in files])
         return {
             "rank_counts": [Segment(key, rank_counts)],
             "lineage": [Segment(key, lambda: _lineage_of(rank_counts()))],
         }
-    by_file = {
-        file.name: _Joined(part, j) for file, part, j in zip(files, parts, joined, strict=True)
-    }
+    by_file = {f.name: _Joined(f, read, j) for f, j in zip(files, joined, strict=True)}
     segments: dict[str, list[Segment]] = {"rank_counts": [], "lineage": []}
     for group in file_groups(files):
         mine = [by_file[f.name] for f in group]
@@ -100,7 +103,7 @@ def segments(
     return segments
 
 
-def _file_groups(part: Part) -> seams.FileGroups:
+def seam_facts(part: Part) -> seams.FileGroups:
     """A part's groups at each rank as `seams.join` needs them (a few values per rank)."""
     starts = np.cumsum([0, *part.level_rows[:-1]]).tolist()
     spans = [(start, start + n) for start, n in zip(starts, part.level_rows, strict=True)]
@@ -123,10 +126,11 @@ def _published_rows(files: Sequence[_Joined], levels: Sequence[int]) -> pa.Table
     """Some consecutive files' rows of `rank_counts` at `levels`: level by level, file by file,
     each file's groups without the first when an earlier file owns it, with the totals of
     those it owns."""
+    parts = {file.file.name: file.read(file.file) for file in files}
     tables = []
     for level in levels:
         for file in files:
-            rows = file.part.level(level, skip=int(file.seams.merged[level]))
+            rows = parts[file.file.name].level(level, skip=int(file.seams.merged[level]))
             total = file.seams.total[level]
             if total is not None and rows.num_rows:
                 images = rows["images"].to_numpy().copy()
@@ -154,10 +158,10 @@ def _lineage_of(rank_counts: pa.Table) -> pa.Table:
     return species.select(LINEAGE_SCHEMA.names)
 
 
-def _sorted_whole(parts: Sequence[Part]) -> pa.Table:
+def _sorted_whole(reads: Sequence[Callable[[], Part]]) -> pa.Table:
     """`rank_counts` from parts that are not in lineage order: their lineages sorted and
     summed, then counted at each rank."""
-    lineages = [part.level(len(RANKS) - 1).select(LINEAGE_SCHEMA.names) for part in parts]
+    lineages = [read().level(len(RANKS) - 1).select(LINEAGE_SCHEMA.names) for read in reads]
     lineage = sum_runs(concat_sorted(lineages, LINEAGE, LINEAGE_SCHEMA), LINEAGE, ["images"])
     return pa.concat_tables(by_rank(lineage.cast(LINEAGE_SCHEMA)))
 

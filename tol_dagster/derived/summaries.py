@@ -10,7 +10,9 @@ of files (`rank_counts`), so only the segments a change reaches are encoded agai
 
 from __future__ import annotations
 
+import functools
 import json
+from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -24,7 +26,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from tol_dagster import duck
-from tol_dagster.derived import rank_counts
+from tol_dagster.derived import rank_counts, summary_facts
 from tol_dagster.derived.parts import (
     publish_segments,
     publish_table,
@@ -131,9 +133,10 @@ def build_summaries(
     and `rank_counts` copy the segments of unchanged files from the tables they replace.
     """
     recomputed = write_parts(files, layout, config, force=force)
-    parts = [Part.of(read_part(layout, config, f, SUMMARY_PART)) for f in files]
-    tables = rank_counts.segments(files, parts, _SEGMENTED)
-    small = _small_tables(files, parts)
+    read = functools.cache(partial(_read_part, layout, config))  # facts, then segments
+    facts, values = summary_facts.load(files, layout, config, read, force=force)
+    tables = rank_counts.segments(files, [f.groups for f in facts], read, _SEGMENTED)
+    small = _small_tables(files, facts, values)
     paths = {name: summary_path(layout, config, name) for name in SUMMARY_NAMES}
     publish = {
         **{
@@ -270,10 +273,22 @@ def _part(counts: pa.Table, stats: dict[str, Any]) -> pa.Table:
     )
 
 
-def _small_tables(files: Sequence[MirrorFile], parts: Sequence[Part]) -> dict[str, pa.Table]:
-    """The value-count tables and `files`, summed over the parts and written whole."""
-    values = [p.table.slice(sum(p.level_rows)) for p in parts]
-    values = pa.concat_tables(values) if values else PART_SCHEMA.empty_table()
+def _read_part(layout: Layout, config: str, file: MirrorFile) -> Part:
+    return Part.of(read_part(layout, config, file, SUMMARY_PART))
+
+
+def _small_tables(
+    files: Sequence[MirrorFile], facts: Sequence[summary_facts.Facts], values: pa.Table
+) -> dict[str, pa.Table]:
+    """The value-count tables and `files`, summed over the files' value counts (`values`, one
+    set per content: a content held by several files counts once per file) and written whole."""
+    copies = Counter(f.sha256 for f in files)
+    extra = [
+        values.filter(pc.equal(values["sha256"], sha))
+        for sha, count in copies.items()
+        for _ in range(count - 1)
+    ]
+    values = pa.concat_tables([values, *extra]).drop_columns(["sha256"])
     values = sum_runs(sort_by(values, _VALUE_KEYS), _VALUE_KEYS, ["images"])
     tables = {}
     for name in VALUE_COLUMNS:
@@ -281,8 +296,8 @@ def _small_tables(files: Sequence[MirrorFile], parts: Sequence[Part]) -> dict[st
         tables[name] = table.select(SCHEMAS[name].names).cast(SCHEMAS[name])
     tables["files"] = pa.Table.from_pylist(
         [
-            {"file": f.name, "sha256": f.sha256, **p.stats}
-            for f, p in zip(files, parts, strict=True)
+            {"file": f.name, "sha256": f.sha256, **fact.stats}
+            for f, fact in zip(files, facts, strict=True)
         ],
         schema=SCHEMAS["files"],
     )
