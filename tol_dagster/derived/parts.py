@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -40,7 +41,10 @@ def stale_files(
     files: Sequence[MirrorFile], layout: Layout, config: str, name: str, *, force: bool = False
 ) -> list[MirrorFile]:
     """The files without a result `name` yet (every file when `force`), in order."""
-    return [f for f in files if force or not derived_path(layout, config, f, name).is_file()]
+    if force:
+        return list(files)
+    root = str(layout.derived_dir(config, "-").parent)  # one Path, not one per file
+    return [f for f in files if not os.path.isfile(os.path.join(root, f.sha256, name))]
 
 
 def read_part(layout: Layout, config: str, file: MirrorFile, name: str) -> pa.Table:

@@ -46,7 +46,7 @@ from tol_dagster.derived.rank_counts import (
     Part,
     by_rank,
 )
-from tol_dagster.derived.sorted_runs import sort_by, sum_runs
+from tol_dagster.derived.sorted_runs import sort_by
 from tol_dagster.schema import RANKS, SORT_KEY, quote_ident
 from tol_dagster.store.layout import Layout
 from tol_dagster.store.mirror_files import MirrorFile
@@ -289,7 +289,10 @@ def _small_tables(
         for _ in range(count - 1)
     ]
     values = pa.concat_tables([values, *extra]).drop_columns(["sha256"])
-    values = sum_runs(sort_by(values, _VALUE_KEYS), _VALUE_KEYS, ["images"])
+    # Hash the many rows into few groups, then sort those (NULL keys are groups too).
+    values = values.group_by(list(_VALUE_KEYS), use_threads=False).aggregate([("images", "sum")])
+    values = values.select([*_VALUE_KEYS, "images_sum"]).rename_columns([*_VALUE_KEYS, "images"])
+    values = sort_by(values, _VALUE_KEYS)
     tables = {}
     for name in VALUE_COLUMNS:
         table = values.filter(pc.equal(values["part"], name)).drop_columns(["part"])

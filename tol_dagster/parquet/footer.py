@@ -97,12 +97,18 @@ def read_footer(path: Path) -> Footer:
 @functools.lru_cache(maxsize=256)
 def _footer(path: str, inode: int, size: int, mtime_ns: int) -> Footer:
     """The footer of `path`, cached by file version (inode, size, mtime)."""
+    return parse_file_footer(Path(path))
+
+
+def parse_file_footer(path: Path) -> Footer:
+    """The footer of the parquet file at `path`, parsed afresh: the caller's alone to change
+    (`read_footer` shares its cached one)."""
     with open(path, "rb") as handle:
         handle.seek(-8, 2)
         tail = handle.read(8)
         length = struct.unpack("<I", tail[:4])[0]
         handle.seek(-8 - length, 2)
-        return parse_footer(handle.read(length) + tail, Path(path))
+        return parse_footer(handle.read(length) + tail, path)
 
 
 def parse_footer(tail: Any, path: Path, data: Any = None) -> Footer:

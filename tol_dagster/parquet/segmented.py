@@ -29,7 +29,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from tol_dagster.parquet import field_ids
-from tol_dagster.parquet.footer import Footer, SpliceError, parse_footer, read_footer
+from tol_dagster.parquet.footer import Footer, SpliceError, parse_file_footer, parse_footer
 from tol_dagster.parquet.splice import Splicer
 
 #: The key-value metadata entry that lists a file's segments: {"layout": ..., "segments":
@@ -111,7 +111,7 @@ def _previous(path: Path, layout: str) -> _Previous | None:
     if declared is None or declared[0] != layout:
         return None
     try:
-        footer = read_footer(path)
+        footer = parse_file_footer(path)  # this write's alone: its row groups move in place
     except (OSError, SpliceError):
         return None
     groups = _groups_of(footer, [(key, rows) for key, rows, _ in declared[1]])
@@ -178,7 +178,7 @@ def _write(
             footer, groups, expected = sources[segment.key]
             sink.start()
             for group in groups:
-                splicer.add(footer, group)
+                splicer.add(footer, group, owned=True)
             digest = sink.digest.hexdigest()
             if expected is not None and digest != expected:
                 raise SpliceError(f"{footer.path}: segment {segment.key} changed on disk")

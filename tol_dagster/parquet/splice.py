@@ -66,8 +66,10 @@ class Splicer:
         sink.write(MAGIC)
         self.position = len(MAGIC)
 
-    def add(self, footer: Footer, row_group: int) -> None:
+    def add(self, footer: Footer, row_group: int, *, owned: bool = False) -> None:
         """Append `row_group` of `footer`'s file; its physical schema must be the template's.
+        `owned`: the footer was parsed for this file alone, so its row group is moved in
+        place rather than copied first (a cached footer is shared: never pass it as owned).
 
         An empty row group adds nothing: it has no rows, and writers give its column chunks
         no usable offsets (pyarrow: data page offset 0)."""
@@ -77,7 +79,8 @@ class Splicer:
             return
         start, length = footer.byte_range(row_group)
         delta = self.position - start
-        moved = _moved(footer.row_groups[row_group], delta, len(self.groups))
+        group = footer.row_groups[row_group]
+        moved = _moved(group if owned else group.copy(), delta, len(self.groups))
         try:
             for chunk in moved.get(field_ids.RG_COLUMNS)[1]:
                 self._keep_indexes(footer, chunk, delta)
@@ -189,9 +192,8 @@ class Splicer:
 
 
 def _moved(group: Struct, delta: int, ordinal: int) -> Struct:
-    """A copy of `group` whose bytes moved by `delta`, without bloom filters (the caller
-    places the page indexes)."""
-    group = group.copy()
+    """`group` changed in place to say its bytes moved by `delta`, without bloom filters (the
+    caller places the page indexes)."""
     _shift(group, field_ids.RG_FILE_OFFSET, delta)
     if group.has(field_ids.RG_ORDINAL):
         group.set(field_ids.RG_ORDINAL, ordinal)
