@@ -10,6 +10,7 @@ like the parts: a file not found here (new, or a cache lost or damaged) is read 
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -45,6 +46,8 @@ _FACTS_SCHEMA = pa.schema(
     ]
 )
 _VALUES_SCHEMA = pa.schema([pa.field("sha256", pa.string()), *PART_SCHEMA])
+#: The facts' schema metadata key naming the sha256 of the values file written with them.
+_VALUES_SHA256 = b"values_sha256"
 
 
 @dataclass(frozen=True)
@@ -66,34 +69,31 @@ def load(
     """Each file's facts, and the value counts of all `files` (part schema, `sha256` added),
     from the kept facts, or from `read` (a file's part) for files they lack (all when
     `force`); the kept facts are then rewritten for exactly `files`."""
-    wanted = pa.array([f.sha256 for f in files], pa.string())
-    kept, values = _FACTS_SCHEMA.empty_table(), _VALUES_SCHEMA.empty_table()
-    if not force:
-        kept = _read(layout, config, FACTS, _FACTS_SCHEMA, wanted)
-        values = _read(layout, config, VALUES, _VALUES_SCHEMA, wanted)
+    wanted = {f.sha256 for f in files}
+    kept, values = _read(layout, config) if not force else _nothing()
+    kept_shas = set(kept["sha256"].to_pylist())
+    if kept_shas - wanted:  # files left the mirror: their rows go
+        keep = pa.array(sorted(kept_shas & wanted), pa.string())
+        kept = kept.filter(pc.is_in(kept["sha256"], keep))
+        values = values.filter(pc.is_in(values["sha256"], keep))
     by_sha = {row["sha256"]: row for row in kept.to_pylist()}
-    have_values = set(values["sha256"].unique().to_pylist())
-    missing = list(
-        {
-            f.sha256: f for f in files if f.sha256 not in by_sha or f.sha256 not in have_values
-        }.values()
-    )
-    added_values = []
+    missing = list({f.sha256: f for f in files if f.sha256 not in by_sha}.values())
+    added = [values]
     for file in missing:
         part = read(file)
         by_sha[file.sha256] = _row(file.sha256, seam_facts(part), part.stats)
         rows = part.table.slice(sum(part.level_rows))
-        added_values.append(rows.add_column(0, "sha256", pa.repeat(file.sha256, rows.num_rows)))
-    if missing:
-        stale = pc.is_in(values["sha256"], pa.array([f.sha256 for f in missing], pa.string()))
-        values = pa.concat_tables(
-            [values.filter(pc.invert(stale)), *(v.cast(_VALUES_SCHEMA) for v in added_values)]
-        )
+        rows = rows.add_column(0, "sha256", pa.repeat(file.sha256, rows.num_rows))
+        added.append(rows.cast(_VALUES_SCHEMA))
+    values = pa.concat_tables(added)
     rows = [by_sha[f.sha256] for f in files]
-    if missing or kept.num_rows != len(set(wanted.to_pylist())):
-        _write(layout, config, FACTS, pa.Table.from_pylist(rows, schema=_FACTS_SCHEMA))
-        _write(layout, config, VALUES, values)
+    if missing or kept_shas != wanted:
+        _write(layout, config, pa.Table.from_pylist(rows, schema=_FACTS_SCHEMA), values)
     return [_facts(row) for row in rows], values
+
+
+def _nothing() -> tuple[pa.Table, pa.Table]:
+    return _FACTS_SCHEMA.empty_table(), _VALUES_SCHEMA.empty_table()
 
 
 def _row(sha256: str, groups: seams.FileGroups, stats: dict[str, Any]) -> dict[str, Any]:
@@ -125,18 +125,28 @@ def _path(layout: Layout, config: str, name: str) -> Path:
     return layout.state_dir(config) / name
 
 
-def _read(layout: Layout, config: str, name: str, schema: pa.Schema, wanted: pa.Array) -> pa.Table:
-    """The kept rows of `wanted` files; none if the file is missing or unreadable (a cache:
-    the parts rebuild it)."""
+def _read(layout: Layout, config: str) -> tuple[pa.Table, pa.Table]:
+    """The kept facts and value counts; none if either is missing, unreadable, or not the
+    other's pair (the facts name their values file's sha256): a cache, the parts rebuild it."""
     try:
-        table = feather.read_table(_path(layout, config, name), memory_map=False)
-        if not table.schema.equals(schema):
-            raise ValueError(f"{name}: another schema")
-    except (OSError, ValueError, pa.ArrowException):
-        return schema.empty_table()
-    return table.filter(pc.is_in(table["sha256"], wanted))
+        data = _path(layout, config, VALUES).read_bytes()
+        facts = feather.read_table(_path(layout, config, FACTS), memory_map=False)
+        if facts.schema.metadata.get(_VALUES_SHA256) != hashlib.sha256(data).hexdigest().encode():
+            raise ValueError("the values are not the facts' pair")
+        values = feather.read_table(pa.BufferReader(data))
+        if not (facts.schema.equals(_FACTS_SCHEMA) and values.schema.equals(_VALUES_SCHEMA)):
+            raise ValueError("another schema")
+    except (OSError, ValueError, AttributeError, pa.ArrowException):
+        return _nothing()
+    return facts, values
 
 
-def _write(layout: Layout, config: str, name: str, table: pa.Table) -> None:
-    with atomic_path(_path(layout, config, name)) as tmp:
-        feather.write_feather(table, tmp, compression="uncompressed")
+def _write(layout: Layout, config: str, facts: pa.Table, values: pa.Table) -> None:
+    """Keep the values, then the facts that name their sha256 (a crash between the two
+    leaves a pair that `_read` refuses)."""
+    with atomic_path(_path(layout, config, VALUES)) as tmp:
+        feather.write_feather(values, tmp, compression="uncompressed")
+        digest = hashlib.sha256(tmp.read_bytes()).hexdigest()
+    facts = facts.replace_schema_metadata({_VALUES_SHA256: digest})
+    with atomic_path(_path(layout, config, FACTS)) as tmp:
+        feather.write_feather(facts, tmp, compression="uncompressed")
