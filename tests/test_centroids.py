@@ -152,3 +152,13 @@ def test_a_width_other_than_the_files_is_refused_by_name(
 def test_an_unbuilt_table_says_what_to_materialize(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match=f"materialize tol/{CONFIG}/centroids"):
         read_centroids(Layout(tmp_path), CONFIG)
+
+
+def test_gathered_rows_equal_indexing_the_concatenated_sums() -> None:
+    rng = np.random.default_rng(1)
+    matrices = [rng.random((int(n), 3)) for n in rng.integers(0, 9, 40)]
+    offsets = np.cumsum([0, *(len(m) for m in matrices)])
+    rows = rng.permutation(offsets[-1])[: offsets[-1] // 2]
+    assert np.array_equal(
+        centroids._gather(matrices, offsets, rows, 3), np.concatenate(matrices)[rows]
+    )

@@ -237,9 +237,13 @@ def _gather(
     """Rows `rows` (numbered across the concatenated parts) of the per-file sum matrices."""
     out = np.empty((len(rows), dim), dtype=np.float64)
     part_of = np.searchsorted(offsets, rows, "right") - 1
-    for part in np.unique(part_of):
-        mask = part_of == part
-        out[mask] = matrices[part][rows[mask] - offsets[part]]
+    # Rows grouped by part with one sort: a mask per part would test every row once per part.
+    order = np.argsort(part_of, kind="stable")
+    starts = np.flatnonzero(np.diff(part_of[order], prepend=-1))
+    for start, end in zip(starts.tolist(), [*starts[1:].tolist(), len(order)], strict=True):
+        mine = order[start:end]
+        part = part_of[mine[0]]
+        out[mine] = matrices[part][rows[mine] - offsets[part]]
     return out
 
 
