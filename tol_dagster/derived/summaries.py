@@ -241,13 +241,17 @@ def _stats(file: MirrorFile, counts: pa.Table) -> dict[str, Any]:
 
 
 def _end_values(reader: pq.ParquetFile, column: str) -> tuple[Any, Any]:
-    """`column`'s values on the file's first and last rows: the first from one batch of one
-    row, the last from its row group's column."""
+    """`column`'s values on the file's first and last rows, from that column of their row
+    groups (one read when they are the same row group)."""
     meta = reader.metadata
     groups = [g for g in range(meta.num_row_groups) if meta.row_group(g).num_rows]
-    first = next(reader.iter_batches(batch_size=1, row_groups=groups[:1], columns=[column]))
-    last = reader.read_row_group(groups[-1], columns=[column])[column]
-    return first[column][0].as_py(), last[len(last) - 1].as_py()
+    first = reader.read_row_group(groups[0], columns=[column])[column]
+    last = (
+        first
+        if groups[-1] == groups[0]
+        else reader.read_row_group(groups[-1], columns=[column])[column]
+    )
+    return first[0].as_py(), last[len(last) - 1].as_py()
 
 
 def _part(counts: pa.Table, stats: dict[str, Any]) -> pa.Table:
