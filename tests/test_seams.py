@@ -6,6 +6,7 @@ and after one file changes."""
 from __future__ import annotations
 
 import random
+import threading
 from pathlib import Path
 
 import pyarrow as pa
@@ -201,3 +202,33 @@ def test_two_files_of_one_content_count_twice(tmp_path: Path) -> None:
     layout = Layout(tmp_path / "home")
     build_summaries(twice, layout, CONFIG)
     assert published(layout) == expected(twice)
+
+
+def test_two_updates_at_the_same_instant_publish_whole_tables(tmp_path: Path) -> None:
+    """Each update reads the table the other may be replacing: a segment copied from a file
+    renamed away in between fails its sha256 and the update writes whole; both publish a
+    table equal to the GROUP BY, never half of one."""
+    files = mirror(tmp_path / "v1", 11)
+    layout = Layout(tmp_path / "home")
+    build_summaries(files, layout, CONFIG)
+    table = pq.read_table(files[0].path)
+    path = tmp_path / "v2" / files[0].name
+    path.parent.mkdir()
+    pq.write_table(table.slice(0, max(1, table.num_rows // 2)), path)
+    changed = [MirrorFile(path.name, sha256_file(path), path), *files[1:]]
+    barrier = threading.Barrier(2)
+    errors: list[BaseException] = []
+
+    def update() -> None:
+        barrier.wait()
+        try:
+            build_summaries(changed, layout, CONFIG)
+        except BaseException as error:  # reported below, in the test's thread
+            errors.append(error)
+
+    threads = [threading.Thread(target=update) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors and published(layout) == expected(changed)

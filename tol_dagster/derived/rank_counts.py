@@ -9,6 +9,7 @@ changed and copies the others. Within a segment, rows go rank by rank, file by f
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -87,7 +88,7 @@ def segments(
     joined = seams.join(groups)
     if joined is None:
         key = content_key(files, layouts, "sorted whole")
-        rank_counts = partial(_sorted_whole, [partial(read, f) for f in files])
+        rank_counts = functools.cache(partial(_sorted_whole, [partial(read, f) for f in files]))
         return {
             "rank_counts": [Segment(key, rank_counts)],
             "lineage": [Segment(key, lambda: _lineage_of(rank_counts()))],

@@ -4,8 +4,9 @@ basis and publisher, and per-file statistics.
 Computed from the metadata columns only (never `emb`, ~99% of the bytes). Each file's counts are
 kept under its content hash and the published tables are sums over those parts, so after a
 resync only the new files are scanned; `lineage` and `rank_counts` are published in segments
-of files (`rank_counts`), so only the segments a change reaches are encoded again. NULLs are real buckets everywhere: a row with a NULL
-`class` and a known `order` is counted under (..., NULL, order, ...), never dropped.
+of files (`rank_counts`), so only the segments a change reaches are encoded again. NULLs are
+real buckets everywhere: a row with a NULL `class` and a known `order` is counted under (...,
+NULL, order, ...), never dropped.
 """
 
 from __future__ import annotations
@@ -178,7 +179,9 @@ def write_parts(
         with duck.cursor() as con:
             counts = _counts(con, stale)
         for file, rows in counts:
-            write_part(_part(rows, _stats(file, rows)), layout, config, file, SUMMARY_PART)
+            lineages = pc.sum(pc.equal(rows["part"], "lineage")).as_py() or 0
+            stats = _stats(file, rows.slice(0, lineages))
+            write_part(_part(rows, lineages, stats), layout, config, file, SUMMARY_PART)
     return tuple(f.name for f in stale)
 
 
@@ -213,9 +216,10 @@ def _counts(
     return split_by_file(counts, files)
 
 
-def _stats(file: MirrorFile, counts: pa.Table) -> dict[str, Any]:
+def _stats(file: MirrorFile, lineages: pa.Table) -> dict[str, Any]:
     """Rows, bytes, row groups and first/last sort key of `file`, from its footer, its sorted
-    lineage counts and its first and last `common_name`, the sort key's last column.
+    lineage counts (`lineages`) and its first and last `common_name`, the sort key's last
+    column.
 
     A mirror file is sorted by the sort key (the gate proves it before publishing), so its
     first and last lineages are its first and last rows'. (A DuckDB row-number filter naming
@@ -225,11 +229,10 @@ def _stats(file: MirrorFile, counts: pa.Table) -> dict[str, Any]:
     reader = pq.ParquetFile(file.path)
     meta = reader.metadata
     keys: list[dict[str, Any] | None] = [None, None]
-    lineages = pc.sum(pc.equal(counts["part"], "lineage")).as_py() or 0
-    if meta.num_rows and lineages:
+    if meta.num_rows and lineages.num_rows:
         names = _end_values(reader, "common_name")
-        for end, row in enumerate([0, lineages - 1]):
-            key = {c: counts[c][row].as_py() for c in LINEAGE}
+        for end, row in enumerate([0, lineages.num_rows - 1]):
+            key = {c: lineages[c][row].as_py() for c in LINEAGE}
             keys[end] = key | {"common_name": names[end]}
     return {
         "rows": meta.num_rows,
@@ -254,10 +257,10 @@ def _end_values(reader: pq.ParquetFile, column: str) -> tuple[Any, Any]:
     return first[0].as_py(), last[len(last) - 1].as_py()
 
 
-def _part(counts: pa.Table, stats: dict[str, Any]) -> pa.Table:
+def _part(counts: pa.Table, lineage_rows: int, stats: dict[str, Any]) -> pa.Table:
     """One file's part: its groups at each rank (each rank's rows sorted), then its value
-    rows; the rows per rank and the file's statistics in the metadata."""
-    lineage_rows = pc.sum(pc.equal(counts["part"], "lineage")).as_py() or 0
+    rows (its counts: `lineage_rows` lineage rows first); the rows per rank and the file's
+    statistics in the metadata."""
     lineage = counts.slice(0, lineage_rows).select(LINEAGE_SCHEMA.names).cast(LINEAGE_SCHEMA)
     levels = by_rank(lineage)
     ranks = [
