@@ -6,6 +6,7 @@ itself. The local Hub counts every file request.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import stat
 from pathlib import Path
@@ -34,7 +35,7 @@ from tol_dagster.defs.instance import open_instance
 from tol_dagster.defs.mirror.jobs import AUDIT_JOB
 from tol_dagster.resync.audit import AUDIT_CHECK, DRIFTED_FILES
 from tol_dagster.settings import Settings
-from tol_dagster.store.hashing import sha256_file
+from tol_dagster.store.hashing import CHUNK_BYTES, sha256_file
 
 __all__ = ["dagster_home", "synced", "synced_home", "user"]  # fixtures, imported to be found
 
@@ -208,3 +209,12 @@ def test_a_published_file_deleted_or_truncated_is_fetched_again_without_an_audit
     after = latest_audit(synced)  # the resync's own: what it published, re-hashed
     assert after.passed, after.description
     assert "1 files just published re-hashed" in (after.description or "")
+
+
+@pytest.mark.parametrize("size", [0, 1, CHUNK_BYTES - 1, CHUNK_BYTES, 2 * CHUNK_BYTES + 7])
+def test_sha256_file_hashes_every_byte_whatever_the_size(tmp_path: Path, size: int) -> None:
+    """The read buffer is sized to the file: no byte is left out at or around its edges."""
+    data = os.urandom(size)
+    path = tmp_path / "file.bin"
+    path.write_bytes(data)
+    assert sha256_file(path) == hashlib.sha256(data).hexdigest()

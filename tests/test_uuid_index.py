@@ -10,6 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from tol_dagster import duck
 from tol_dagster.schema import DEFAULT_CONFIG
 from tol_dagster.store.hashing import sha256_file
 from tol_dagster.store.layout import Layout
@@ -19,6 +20,7 @@ from tol_dagster.validation.uuid_index import (
     hashes_path,
     save_hashes,
     uuid_hashes,
+    uuid_row_hashes,
 )
 
 CONFIG = DEFAULT_CONFIG
@@ -152,3 +154,20 @@ def test_hashes_skip_nulls_and_are_sorted() -> None:
     assert hashes.dtype == np.uint64 and hashes.size == 3
     assert np.all(hashes[1:] >= hashes[:-1])
     assert np.count_nonzero(hashes[1:] == hashes[:-1]) == 1
+
+
+def test_row_hashes_are_duckdbs_hash_in_row_order_across_chunks() -> None:
+    """The cached hashes of earlier syncs stay valid: each row gets DuckDB's `hash(uuid)`, in
+    row order, whatever the chunking, NULL rows included."""
+    values = ["b", None, "a", "it's", "é—ü", "b", ""] * 300
+    uuids = pa.chunked_array(
+        [pa.array(values[:5]), pa.array(values[5:1000]), pa.array(values[1000:])]
+    )
+    with duck.cursor() as con:
+        expected = [
+            con.execute("SELECT hash(?::VARCHAR)", [value]).fetchone()[0] for value in values[:7]
+        ]
+    hashes = uuid_row_hashes(uuids)
+    assert hashes.dtype == np.uint64 and hashes.size == len(values)
+    assert hashes[:7].tolist() == expected
+    assert (hashes.reshape(300, 7) == hashes[:7]).all()

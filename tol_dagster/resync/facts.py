@@ -50,7 +50,7 @@ def file_facts(layout: Layout, config: str, path: Path, sha256: str) -> FileFact
         emb_bounds=emb_bounds(config),
         emb_digests_path=digests_path(layout, config, file) if genuine else None,
     )
-    if genuine:
+    if genuine:  # last, and in their folder: its fsync makes the arrays' renames durable too
         write_atomic(cached, facts.to_json().encode())
     return facts
 

@@ -137,9 +137,10 @@ def digest_table(row_hashes: np.ndarray, uuid_valid: np.ndarray, digests: np.nda
     return np.stack([hashes[order], values[order], rows[order]])
 
 
-def save_table(path: Path, table: np.ndarray) -> None:
-    """Write a digest table atomically (readers never see half of one)."""
-    with atomic_path(path) as temp, open(temp, "wb") as handle:
+def save_table(path: Path, table: np.ndarray, *, sync_dir: bool = True) -> None:
+    """Write a digest table atomically (readers never see half of one); `sync_dir` as for
+    `atomic_path`."""
+    with atomic_path(path, sync_dir=sync_dir) as temp, open(temp, "wb") as handle:
         np.save(handle, table, allow_pickle=False)
 
 

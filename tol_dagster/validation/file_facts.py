@@ -149,7 +149,9 @@ def inspect_file(
     `uuid_index.hashes_path`) receives the file's sorted uuid hashes for the cross-file
     uniqueness check, so that never re-reads it; `emb_digests_path` (see
     `emb_digests.digests_path`) receives each uuid's `emb` digest, from the same pass over
-    `emb`, for `emb_unchanged_for_existing_uuids`. `emb_bounds` None (no bounds pinned for the
+    `emb`, for `emb_unchanged_for_existing_uuids`. Both are renamed into place without an fsync
+    of their folder: the caller's next atomic write there (`resync.facts` writes the facts that
+    name them last) makes every rename in it durable with one. `emb_bounds` None (no bounds pinned for the
     config) passes `emb_norms_within_bounds` with a note.
     """
     path = Path(path)
@@ -157,7 +159,8 @@ def inspect_file(
     sha256 = actual_sha256 or sha256_file(path)
     results = [check_sha256(name, expected_sha256, sha256)]
     try:
-        parquet = pq.ParquetFile(path, buffer_size=emb_scan.READ_BUFFER_BYTES, pre_buffer=False)
+        buffer = max(1, min(emb_scan.READ_BUFFER_BYTES, path.stat().st_size))
+        parquet = pq.ParquetFile(path, buffer_size=buffer, pre_buffer=False)
         schema = parquet.schema_arrow
     except Exception as error:  # pyarrow raises several types for a broken footer
         return _unreadable_footer(path, sha256, results[0], error)
@@ -305,7 +308,8 @@ def _save_digests(path: Path | None, emb: EmbScan | str, row_hashes: RowHashes |
         and row_hashes is not None
         and emb.digests.size == row_hashes[0].size
     ):
-        emb_digests.save_table(path, emb_digests.digest_table(*row_hashes, emb.digests))
+        table = emb_digests.digest_table(*row_hashes, emb.digests)
+        emb_digests.save_table(path, table, sync_dir=False)
 
 
 def _metadata_results(
@@ -355,7 +359,7 @@ def _uuid_unique(
         raise ValueError("the uuids could not be hashed")
     hashes = np.sort(row_hashes[0][row_hashes[1]])
     if hashes_path is not None:
-        uuid_index.save_hashes(hashes_path, hashes)
+        uuid_index.save_hashes(hashes_path, hashes, sync_dir=False)
     return uuid_index.check_uuid_unique_within(name, path, hashes)
 
 
