@@ -90,6 +90,30 @@ def test_a_spliced_file_holds_the_chosen_row_groups_in_order(tmp_path: Path) -> 
     assert pq.ParquetFile(out).metadata.row_group(2).column(2).has_column_index
 
 
+def test_splicing_leaves_the_shared_footers_it_copies_from_as_they_were(tmp_path: Path) -> None:
+    """`read_footer` shares one parsed footer per file: the splicer changes copies of the
+    parts it moves (offsets, ordinals, page index fields), never the cached footer."""
+    one = _table(3000, 1)
+    path = _write(one, tmp_path / "a.parquet")
+    footer = read_footer(path)
+    before = bytearray()
+    write_struct(before, footer.meta)
+    sink = io.BytesIO()
+    splicer = Splicer(sink, footer)
+    for group in (2, 2, 0):  # moved to other offsets, the same group twice
+        splicer.add(footer, group)
+    splicer.close()
+    after = bytearray()
+    write_struct(after, read_footer(path).meta)
+    assert read_footer(path) is footer and after == before
+    out = tmp_path / "out.parquet"
+    out.write_bytes(sink.getvalue())
+    expected = pa.concat_tables([one.slice(2000, 1000), one.slice(2000, 1000), one.slice(0, 1000)])
+    assert pq.read_table(out).equals(expected)
+    spliced = read_footer(out)
+    assert read_rows(spliced, 1, 5, 15).cast(SCHEMA).equals(one.slice(2005, 10))
+
+
 def test_files_with_another_physical_schema_are_refused(tmp_path: Path) -> None:
     a = read_footer(_write(_table(1000, 1), tmp_path / "a.parquet"))
     other = _table(1000, 2).drop_columns(["common_name"])

@@ -80,7 +80,7 @@ class Splicer:
         start, length = footer.byte_range(row_group)
         delta = self.position - start
         group = footer.row_groups[row_group]
-        moved = _moved(group if owned else group.copy(), delta, len(self.groups))
+        moved = _moved(group if owned else _own(group), delta, len(self.groups))
         try:
             for chunk in moved.get(field_ids.RG_COLUMNS)[1]:
                 self._keep_indexes(footer, chunk, delta)
@@ -189,6 +189,25 @@ class Splicer:
         self.sink.write(bytes(footer))
         self.sink.write(struct.pack("<I", len(footer)) + MAGIC)
         return int(meta.get(field_ids.FILE_NUM_ROWS))
+
+
+def _own(group: Struct) -> Struct:
+    """A copy of `group` that `_moved`, `_keep_indexes` and `close` may change: the row group,
+    its column chunks and their metadata are copied, what none of them changes (statistics,
+    encodings, paths) is shared. A deep copy of a mirror row group cost more than the rest of
+    splicing it."""
+    own = group.shallow()
+    kind, chunks = own.get(field_ids.RG_COLUMNS)
+    own.set(field_ids.RG_COLUMNS, (kind, [_own_chunk(chunk) for chunk in chunks]))
+    return own
+
+
+def _own_chunk(chunk: Struct) -> Struct:
+    own = chunk.shallow()
+    meta = own.get(field_ids.CC_META)
+    if meta is not None:
+        own.set(field_ids.CC_META, meta.shallow())
+    return own
 
 
 def _moved(group: Struct, delta: int, ordinal: int) -> Struct:

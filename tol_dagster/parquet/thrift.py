@@ -48,6 +48,10 @@ class Struct:
     def copy(self) -> Struct:
         return Struct([[i, t, _copy(t, v)] for i, t, v in self.fields])
 
+    def shallow(self) -> Struct:
+        """A copy whose own fields may be set, added or dropped; their values are shared."""
+        return Struct([list(field) for field in self.fields])
+
 
 def read_varint(data: memoryview, pos: int) -> tuple[int, int]:
     result = shift = 0
@@ -65,15 +69,19 @@ def _read_int(data: memoryview, pos: int) -> tuple[int, int]:
     return (raw >> 1) ^ -(raw & 1), pos
 
 
+# The readers below are the hot path of every footer and page header we parse: the common
+# kinds are tested first (integers, structs) and a one-byte integer is decoded inline, about a
+# quarter cheaper than a dispatch per value.
+_unpack_byte = struct.Struct("<b").unpack_from
+_unpack_double = struct.Struct("<d").unpack_from
+
+
 def _read_value(data: memoryview, pos: int, kind: int) -> tuple[Any, int]:
-    if kind in (TRUE, FALSE):  # only in containers: one byte each
-        return data[pos] == TRUE, pos + 1
-    if kind == BYTE:
-        return struct.unpack_from("<b", data, pos)[0], pos + 1
     if kind in _INTS:
-        return _read_int(data, pos)
-    if kind == DOUBLE:
-        return struct.unpack_from("<d", data, pos)[0], pos + 8
+        raw, pos = read_varint(data, pos)
+        return (raw >> 1) ^ -(raw & 1), pos
+    if kind == STRUCT:
+        return read_struct(data, pos)
     if kind == BINARY:
         size, pos = read_varint(data, pos)
         return bytes(data[pos : pos + size]), pos + size
@@ -84,14 +92,21 @@ def _read_value(data: memoryview, pos: int, kind: int) -> tuple[Any, int]:
         if size == 15:
             size, pos = read_varint(data, pos)
         items = []
+        append = items.append
         for _ in range(size):
-            item, pos = _read_value(data, pos, element)
-            items.append(item)
+            item, pos = (
+                read_struct(data, pos) if element == STRUCT else _read_value(data, pos, element)
+            )
+            append(item)
         return (element, items), pos
+    if kind in (TRUE, FALSE):  # only in containers: one byte each
+        return data[pos] == TRUE, pos + 1
+    if kind == BYTE:
+        return _unpack_byte(data, pos)[0], pos + 1
+    if kind == DOUBLE:
+        return _unpack_double(data, pos)[0], pos + 8
     if kind == MAP:
         return _read_map(data, pos)
-    if kind == STRUCT:
-        return read_struct(data, pos)
     raise ValueError(f"unknown thrift type {kind} in a parquet footer")
 
 
@@ -112,22 +127,31 @@ def _read_map(data: memoryview, pos: int) -> tuple[Any, int]:
 def read_struct(data: memoryview, pos: int) -> tuple[Struct, int]:
     """The struct at `pos` of `data`, and the position after it."""
     fields: list[list[Any]] = []
+    append = fields.append
     field_id = 0
     while True:
         header = data[pos]
         pos += 1
         if header == 0:
             return Struct(fields), pos
-        delta, kind = header >> 4, header & 0x0F
-        if delta:
-            field_id += delta
+        kind = header & 0x0F
+        if header >> 4:
+            field_id += header >> 4
         else:
             field_id, pos = _read_int(data, pos)
-        if kind in (TRUE, FALSE):
-            fields.append([field_id, kind, kind == TRUE])
+        if kind in _INTS:
+            byte = data[pos]
+            if byte < 0x80:
+                pos += 1
+                append([field_id, kind, (byte >> 1) ^ -(byte & 1)])
+            else:
+                raw, pos = read_varint(data, pos)
+                append([field_id, kind, (raw >> 1) ^ -(raw & 1)])
+        elif kind in (TRUE, FALSE):
+            append([field_id, kind, kind == TRUE])
         else:
             value, pos = _read_value(data, pos, kind)
-            fields.append([field_id, kind, value])
+            append([field_id, kind, value])
 
 
 def write_varint(out: bytearray, value: int) -> None:
