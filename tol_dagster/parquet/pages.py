@@ -132,7 +132,7 @@ def _read_column(
     decoded for the previous read of this chunk, if that covered them)."""
     if not chunk.has(field_ids.CC_OFFSET_INDEX):
         raise SpliceError(f"{footer.path}: a column chunk has no offset index")
-    meta = chunk.get(field_ids.CC_META).copy()
+    meta = chunk.get(field_ids.CC_META).shallow()  # `_one_column_file` changes its fields
     key = (id(footer), chunk_start(meta))
     known = DECODED.get(key, footer)
     locations = (

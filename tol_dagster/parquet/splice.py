@@ -179,7 +179,7 @@ class Splicer:
                 chunk.put(length, I32, len(blob))
                 self.sink.write(blob)
                 self.position += len(blob)
-        meta = self.template.meta.copy()
+        meta = self.template.meta.shallow()  # only its own fields are set
         meta.set(field_ids.FILE_ROW_GROUPS, (STRUCT, self.groups))
         meta.set(field_ids.FILE_NUM_ROWS, sum(g.get(field_ids.RG_NUM_ROWS) for g in self.groups))
         if key_value:

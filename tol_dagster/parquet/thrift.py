@@ -17,6 +17,10 @@ TRUE, FALSE, BYTE, I16, I32, I64, DOUBLE, BINARY, LIST, SET, MAP, STRUCT = range
 _INTS = (I16, I32, I64)
 
 
+#: What `Struct.get` returns for a field that is not there, when asked to (`Struct.has`).
+_ABSENT = object()
+
+
 class Struct:
     """A Thrift struct as read: (field id, type, value) in wire order, unknown fields kept."""
 
@@ -24,7 +28,10 @@ class Struct:
         self.fields = fields
 
     def get(self, field_id: int, default: Any = None) -> Any:
-        return next((f[2] for f in self.fields if f[0] == field_id), default)
+        for field in self.fields:  # a loop, not a generator: called millions of times
+            if field[0] == field_id:
+                return field[2]
+        return default
 
     def set(self, field_id: int, value: Any) -> None:
         for field in self.fields:
@@ -43,7 +50,7 @@ class Struct:
         self.fields = [f for f in self.fields if f[0] not in field_ids]
 
     def has(self, field_id: int) -> bool:
-        return any(f[0] == field_id for f in self.fields)
+        return self.get(field_id, _ABSENT) is not _ABSENT
 
     def copy(self) -> Struct:
         return Struct([[i, t, _copy(t, v)] for i, t, v in self.fields])
@@ -91,7 +98,7 @@ def _read_value(data: memoryview, pos: int, kind: int) -> tuple[Any, int]:
         size, element = header >> 4, header & 0x0F
         if size == 15:
             size, pos = read_varint(data, pos)
-        items = []
+        items: list[Any] = []
         append = items.append
         for _ in range(size):
             item, pos = (
@@ -167,12 +174,14 @@ def _write_int(out: bytearray, value: int) -> None:
 
 def write_value(out: bytearray, kind: int, value: Any) -> None:
     """Append `value`, of Thrift type `kind`, to `out`."""
-    if kind in (TRUE, FALSE):
+    if kind in _INTS:
+        _write_int(out, value)
+    elif kind == STRUCT:
+        write_struct(out, value)
+    elif kind in (TRUE, FALSE):
         out.append(TRUE if value else FALSE)
     elif kind == BYTE:
         out += struct.pack("<b", value)
-    elif kind in _INTS:
-        _write_int(out, value)
     elif kind == DOUBLE:
         out += struct.pack("<d", value)
     elif kind == BINARY:
@@ -202,17 +211,23 @@ def write_value(out: bytearray, kind: int, value: Any) -> None:
 def write_struct(out: bytearray, value: Struct) -> None:
     """Append the struct `value` to `out`, its fields in the order they are held."""
     last = 0
+    append = out.append
     for field_id, kind, item in value.fields:
-        wire_kind = (TRUE if item else FALSE) if kind in (TRUE, FALSE) else kind
+        boolean = kind in (TRUE, FALSE)
+        wire_kind = (TRUE if item else FALSE) if boolean else kind
         if 0 < field_id - last <= 15:
-            out.append((field_id - last) << 4 | wire_kind)
+            append((field_id - last) << 4 | wire_kind)
         else:
-            out.append(wire_kind)
+            append(wire_kind)
             _write_int(out, field_id)
         last = field_id
-        if kind not in (TRUE, FALSE):
+        if boolean:
+            continue
+        if kind in _INTS and -64 <= item < 64:  # one byte, zigzag encoded: most of a footer
+            append((item << 1) ^ (item >> 63))
+        else:
             write_value(out, kind, item)
-    out.append(0)
+    append(0)
 
 
 _COPIERS: dict[int, Callable[[Any], Any]] = {
