@@ -13,6 +13,7 @@ an unusual layout) has them read and filtered instead (`copyable_scans`).
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -230,7 +231,15 @@ def copyable_scans(scans: list[Scan], schema: pa.Schema) -> list[Scan]:
 
 def reference_footer(schema: pa.Schema) -> Footer:
     """The footer our writer gives an empty file of `schema`: the template of spliced files
-    (physical schema, the Arrow schema in its key-value metadata, the writer's name)."""
+    (physical schema, the Arrow schema in its key-value metadata, the writer's name). Shared:
+    read it, never change it (a rank pass asks twice per slice)."""
+    return _reference_footer(schema.serialize().to_pybytes())
+
+
+@functools.lru_cache(maxsize=8)
+def _reference_footer(serialized: bytes) -> Footer:
+    """By the schema's bytes: unlike `pa.Schema.__eq__`, they tell its metadata apart."""
+    schema = pa.ipc.read_schema(pa.py_buffer(serialized))
     writer = _Writer(pa.BufferOutputStream(), schema, page_index=False, codec="none")
     writer.close()
     data = writer.sink.getvalue()
