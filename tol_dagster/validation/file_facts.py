@@ -149,18 +149,15 @@ def inspect_file(
     `uuid_index.hashes_path`) receives the file's sorted uuid hashes for the cross-file
     uniqueness check, so that never re-reads it; `emb_digests_path` (see
     `emb_digests.digests_path`) receives each uuid's `emb` digest, from the same pass over
-    `emb`, for `emb_unchanged_for_existing_uuids`. Both are renamed into place without an fsync
-    of their folder: the caller's next atomic write there (`resync.facts` writes the facts that
-    name them last) makes every rename in it durable with one. `emb_bounds` None (no bounds pinned for the
-    config) passes `emb_norms_within_bounds` with a note.
+    `emb`, for `emb_unchanged_for_existing_uuids` (the caller's next atomic write in their
+    folder makes both renames durable). `emb_bounds` None passes the norms check with a note.
     """
     path = Path(path)
     name = path.name
     sha256 = actual_sha256 or sha256_file(path)
     results = [check_sha256(name, expected_sha256, sha256)]
     try:
-        buffer = max(1, min(emb_scan.READ_BUFFER_BYTES, path.stat().st_size))
-        parquet = pq.ParquetFile(path, buffer_size=buffer, pre_buffer=False)
+        parquet = _open(path)
         schema = parquet.schema_arrow
     except Exception as error:  # pyarrow raises several types for a broken footer
         return _unreadable_footer(path, sha256, results[0], error)
@@ -212,6 +209,13 @@ def check_sha256(name: str, expected: str | None, actual: str) -> CheckResult:
 
 
 # --- the steps of inspect_file ---------------------------------------------------------------
+
+
+def _open(path: Path) -> pq.ParquetFile:
+    """The file's reader; its buffer no larger than the file (zeroing 8 MiB for a file of
+    0.7 MB cost as much as reading it)."""
+    buffer = max(1, min(emb_scan.READ_BUFFER_BYTES, path.stat().st_size))
+    return pq.ParquetFile(path, buffer_size=buffer, pre_buffer=False)
 
 
 def _unreadable_footer(
