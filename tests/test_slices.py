@@ -310,6 +310,18 @@ def test_compressible_embeddings_are_compressed(tmp_path: Path) -> None:
     assert pq.read_table(result.path).equals(table.filter(pc.equal(table["family"], "F1")))
 
 
+def test_emb_codec_is_decided_by_the_batchs_own_values_only() -> None:
+    """A batch sliced from a larger table shares its buffer: the bytes after the batch's rows
+    (here, zeros that compress to nothing) must not decide the codec of its own (random)."""
+    rng = np.random.default_rng(9)
+    noise = rng.integers(0, 1 << 16, 64 * 768, dtype=np.uint16).view(np.float16)
+    values = np.concatenate([noise, np.zeros(4000 * 768, np.float16)])
+    emb = pa.FixedSizeListArray.from_arrays(pa.array(values, pa.float16()), 768)
+    table = pa.table({"emb": emb})
+    assert write._emb_codec(table.slice(0, 64).to_batches()[0]) == "none"
+    assert write._emb_codec(table.slice(64, 64).to_batches()[0]) == "zstd"
+
+
 def test_the_slice_reads_only_the_row_groups_the_index_names(
     mirror: Mirror, tmp_path: Path
 ) -> None:

@@ -188,7 +188,9 @@ def _emb_codec(batch: pa.RecordBatch) -> str:
         return "none"
     values = batch.column(EMB_COLUMN).flatten()
     width = values.type.byte_width
-    sample = values.buffers()[1][values.offset * width :][:_PROBE_BYTES]
+    # The batch's own values only: its buffer may be a larger one's (a slice of a read table).
+    own = values.buffers()[1][values.offset * width :][: len(values) * width]
+    sample = own[:_PROBE_BYTES]
     compressed = pa.Codec("zstd", compression_level=ZSTD_LEVEL).compress(sample)
     grows = sample.size / max(compressed.size, 1) - 1
     return "zstd" if grows >= EMB_MIN_GAIN else "none"
