@@ -1,18 +1,14 @@
-"""A fixed-size list column's values straight from its pages (`list_pages`): each data page
-decompressed, its levels proven to be the regular pattern of non-NULL lists of non-NULL
-values, and its values viewed in place as a (rows, size) numpy array.
+"""A fixed-size list column's values straight from its pages (`list_pages`), file by file: each
+data page read, decompressed and viewed in place (`list_values.page_values`) as a (rows, size)
+numpy array.
 
-Why: Arrow decodes `emb` (`fixed_size_list<halffloat>[768]`) by building nested lists and
-their levels value by value, about 3x the cost of decompressing the same pages, and the gate
-reads every byte of `emb` of every file. Only the plain regular case is read here: a NULL
-anywhere, a dictionary, data pages v2, another encoding, levels encoded otherwise or any
-disagreement with the footer raise `SpliceError`, and the caller decodes with pyarrow instead
-(which then says what is wrong, if anything is).
+Why: the gate reads every byte of `emb` of every file, and Arrow's decoding of nested lists
+costs several times the decompression (see `list_values`). Anything but the plain regular case
+raises `SpliceError`, and the caller decodes with pyarrow instead.
 """
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import BinaryIO
@@ -23,20 +19,15 @@ import pyarrow.parquet as pq
 
 from tol_dagster.parquet import field_ids
 from tol_dagster.parquet.footer import SpliceError, pread
+from tol_dagster.parquet.list_values import decompressed, page_values
 from tol_dagster.parquet.pages import page_header
-from tol_dagster.parquet.thrift import Struct, read_varint, write_varint
+from tol_dagster.parquet.thrift import Struct
 
 #: Parquet codecs by the names pyarrow's metadata gives them and its codec names. Not "LZ4":
 #: pyarrow names both LZ4 framings so, and they decompress differently.
 _CODECS = {"SNAPPY": "snappy", "GZIP": "gzip", "BROTLI": "brotli", "ZSTD": "zstd"}
 #: Physical types that hold floats of a numpy dtype (FIXED_LEN_BYTE_ARRAY by its length).
 _PHYSICAL = {"FLOAT": np.dtype("<f4"), "DOUBLE": np.dtype("<f8")}
-#: A bound on a page's decompressed bytes per value (a float64 and its levels), checked before
-#: decompressing: a header may not make us allocate what its values cannot fill.
-_MAX_BYTES_PER_VALUE = 9
-#: DataPageHeader fields and the encodings accepted.
-_ENCODING, _DEF_ENCODING, _REP_ENCODING = 2, 3, 4
-_PLAIN, _RLE = 0, 3
 
 
 def list_pages(
@@ -61,7 +52,7 @@ def list_pages(
             group = metadata.row_group(number)
             rows = 0
             for page in _chunk_pages(path, handle, group.column(leaf)):
-                matrix = _page_values(path, page, size, dtype, max_def)
+                matrix = page_values(path, page, size, dtype, max_def)
                 rows += matrix.shape[0]
                 yield matrix
             if rows != group.num_rows:
@@ -107,99 +98,14 @@ def _chunk_pages(
     values = 0
     while offset < end:
         header, header_size = page_header(path, handle, offset, end - offset)
-        compressed = header.get(field_ids.HEADER_COMPRESSED)
-        uncompressed = header.get(field_ids.HEADER_UNCOMPRESSED)
-        info = header.get(field_ids.HEADER_DATA_V1)
-        if header.get(field_ids.HEADER_TYPE) != field_ids.DATA_PAGE or not (
-            isinstance(info, Struct)
-            and isinstance(info.get(field_ids.DATA_NUM_VALUES), int)
-            and isinstance(compressed, int)
-            and isinstance(uncompressed, int)
-        ):
-            raise SpliceError(f"{path}: a page of type {header.get(field_ids.HEADER_TYPE)}")
         offset += header_size
-        count = info.get(field_ids.DATA_NUM_VALUES)
-        if not (
-            0 <= compressed <= end - offset
-            and 0 <= count <= chunk.num_values - values
-            and 0 <= uncompressed <= _MAX_BYTES_PER_VALUE * count + 64
-        ):
+        compressed = header.get(field_ids.HEADER_COMPRESSED)
+        if not isinstance(compressed, int) or not 0 <= compressed <= end - offset:
             raise SpliceError(f"{path}: a page header whose sizes do not fit its column chunk")
         body = pread(handle, offset, compressed)
         offset += compressed
-        try:
-            data = codec.decompress(body, uncompressed) if codec else pa.py_buffer(body)
-        except (pa.ArrowException, OSError, ValueError) as error:
-            raise SpliceError(f"{path}: a page does not decompress ({error})") from error
-        if data.size != uncompressed:
-            raise SpliceError(f"{path}: a page decompresses to {data.size} bytes")
-        values += count
-        yield info, data
+        page = decompressed(path, header, body, codec, chunk.num_values - values)
+        values += page[0].get(field_ids.DATA_NUM_VALUES)
+        yield page
     if offset != end or values != chunk.num_values:
         raise SpliceError(f"{path}: a column chunk's pages do not add up to its metadata")
-
-
-def _page_values(
-    path: Path, page: tuple[Struct, pa.Buffer], size: int, dtype: np.dtype, max_def: int
-) -> np.ndarray:
-    """One data page v1 (its DataPageHeader, its decompressed body) as (rows, size), its
-    levels checked to be regular lists."""
-    info, data = page
-    count = info.get(field_ids.DATA_NUM_VALUES)
-    if (
-        info.get(_ENCODING) != _PLAIN
-        or info.get(_DEF_ENCODING) != _RLE
-        or info.get(_REP_ENCODING) != _RLE
-        or count % size
-    ):
-        raise SpliceError(f"{path}: a page not PLAIN with RLE levels of whole lists")
-    view = memoryview(data).cast("B")
-    repetition, position = _levels_section(path, view, 0)
-    if repetition != _repetition_pattern(size) * (count // size):
-        raise SpliceError(f"{path}: a page's lists are not all {size} values long")
-    definition, position = _levels_section(path, view, position)
-    _check_all_at(path, definition, max_def, count)
-    if len(view) - position != count * dtype.itemsize:
-        raise SpliceError(f"{path}: a page holds {len(view) - position} bytes of values")
-    return np.frombuffer(data, dtype, count=count, offset=position).reshape(-1, size)
-
-
-def _levels_section(path: Path, view: memoryview, position: int) -> tuple[memoryview, int]:
-    """A data page v1's length-prefixed levels and the position after them."""
-    if position + 4 > len(view):
-        raise SpliceError(f"{path}: a page ends inside its levels")
-    length = struct.unpack_from("<I", view, position)[0]
-    start = position + 4
-    if start + length > len(view):
-        raise SpliceError(f"{path}: a page's levels run past its end")
-    return view[start : start + length], start + length
-
-
-def _repetition_pattern(size: int) -> bytes:
-    """The repetition levels of one list of `size` values (0 then `size` - 1 ones) as Arrow's
-    RLE/bit-packed encoder writes them with bit width 1 when `size` is a multiple of 8: the
-    first eight levels bit-packed (one group), the rest one run of ones. Every row of a page
-    is encoded alike, so a page of n rows is this pattern n times."""
-    if size % 8 or size < 16:
-        raise SpliceError(f"lists of {size} values are read by pyarrow")
-    out = bytearray([0x03, 0xFE])
-    write_varint(out, (size - 8) << 1)
-    return bytes(out + b"\x01")
-
-
-def _check_all_at(path: Path, levels: memoryview, level: int, count: int) -> None:
-    """The definition levels are RLE runs of `level` only (no NULL anywhere), `count` in all."""
-    width = (level.bit_length() + 7) // 8
-    position = total = 0
-    while position < len(levels):
-        try:
-            run, position = read_varint(levels, position)
-        except IndexError as error:
-            raise SpliceError(f"{path}: a page's levels end inside a run header") from error
-        value = int.from_bytes(levels[position : position + width], "little")
-        position += width
-        if run & 1 or value != level:
-            raise SpliceError(f"{path}: a page holds NULLs or levels not in RLE runs")
-        total += run >> 1
-    if position != len(levels) or total != count:
-        raise SpliceError(f"{path}: a page's definition levels count {total}, not {count}")
