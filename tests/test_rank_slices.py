@@ -50,10 +50,10 @@ class Ranked:
         lineage = read_summary(self.layout, DEFAULT_CONFIG, "lineage")
         return plan_rank(rank, index, lineage, self.files, min_rows)
 
-    def publish(self, plan: RankPlan) -> RankResult:
+    def publish(self, plan: RankPlan, workers: int = 1) -> RankResult:
         return publish_rank(
             plan, self.files, schema=SCHEMA, layout=self.layout, config=DEFAULT_CONFIG,
-            commit="c0ffee", generation="g1",
+            commit="c0ffee", generation="g1", workers=workers,
         )  # fmt: skip
 
     def brute_uuids(self, key: SliceKey) -> set[str]:

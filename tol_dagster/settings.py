@@ -63,6 +63,8 @@ class Settings:
     freshness_days: int = 7
     #: Files per step of per-file work (None: chosen from the files' sizes and the executor).
     step_batch_files: int | None = None
+    #: Processes a whole rank's slices are published with (`slices.rank_workers`).
+    rank_workers: int = field(default_factory=lambda: default_rank_workers())
     #: The instance's database, the executor and the Celery broker (`cluster_settings`).
     cluster: ClusterSettings = field(default_factory=ClusterSettings)
 
@@ -107,8 +109,16 @@ class Settings:
             step_batch_files=parse_optional_int(
                 "TOL_STEP_BATCH_FILES", env.get("TOL_STEP_BATCH_FILES"), 1, 100_000
             ),
+            rank_workers=parse_int(
+                "TOL_RANK_WORKERS", env.get("TOL_RANK_WORKERS"), default_rank_workers(), 1, 64
+            ),
             cluster=ClusterSettings.from_env(env),
         )
+
+
+def default_rank_workers() -> int:
+    """Two processes for a rank pass where two cores are (each holds one slice at a time)."""
+    return min(2, os.cpu_count() or 1)
 
 
 def generation_grace_s(env: Mapping[str, str] | None = None) -> int:

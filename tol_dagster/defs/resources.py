@@ -82,10 +82,12 @@ STEP_IO = "step_io"
 
 class StepsResource(dg.ConfigurableResource):
     """How per-file work is cut into steps (`tol_dagster.batches`): how many steps the executor
-    runs at once, and `TOL_STEP_BATCH_FILES`."""
+    runs at once, and `TOL_STEP_BATCH_FILES`; and the processes of a whole rank's pass
+    (`TOL_RANK_WORKERS`)."""
 
     parallelism: int = 1
     batch_files: int | None = None
+    rank_workers: int = 1
 
     def policy(self) -> BatchPolicy:
         return BatchPolicy(parallelism=self.parallelism, batch_files=self.batch_files)
@@ -152,5 +154,6 @@ def resources_from(
             batch_files=None
             if settings.step_batch_files is None
             else source.number("TOL_STEP_BATCH_FILES", settings.step_batch_files),
+            rank_workers=source.number("TOL_RANK_WORKERS", settings.rank_workers),
         ),
     }

@@ -31,7 +31,7 @@ import pyarrow.compute as pc
 
 from tol_dagster.errors import StoreError, ValidationFailed
 from tol_dagster.schema import RANKS
-from tol_dagster.slices import records
+from tol_dagster.slices import rank_workers, records
 from tol_dagster.slices.checks import slice_checks
 from tol_dagster.slices.counts import expected_count
 from tol_dagster.slices.extract import SliceResult, extract_slice
@@ -204,39 +204,32 @@ def publish_rank(
     generation: str,
     keep: set[str] = frozenset(),  # type: ignore[assignment]
     checked: bool = True,
+    workers: int = 1,
 ) -> RankResult:
     """Publish every slice of `plan` whose rows changed since it was built (or never built),
-    each checked and renamed into place, its record written after it (`_Recorder`); then remove the slices
-    an earlier pass of this rank made that the plan no longer has (unless named in `keep`:
-    they are also slices of their own). A value whose checks fail is not published (its file
-    is left as it was) and the pass goes on; `ValidationFailed` then names every such value.
-    `checked` False skips the checks (the benchmark measures them apart)."""
+    each checked and renamed into place, its record written after it (`_Recorder`), over up to
+    `workers` processes (`rank_workers`); then remove the slices an earlier pass of this rank
+    made that the plan no longer has (unless named in `keep`: they are also slices of their
+    own). A value whose checks fail is not published (its file is left as it was) and the pass
+    goes on; `ValidationFailed` then names every such value. `checked` False skips the checks
+    (the benchmark measures them apart)."""
     started = time.perf_counter()
     result = RankResult(plan.rank)
+    todo = []
+    for value in plan.values:
+        out = layout.slices_dir(config) / value.key.file_name
+        if _unchanged(records.slice_record_named(layout, config, value.key.name), value, out):
+            result.unchanged.append(value.key.name)
+        else:
+            todo.append(value)
+    parts = rank_workers.split(todo, [v.rows for v in todo], workers)
     failures = []
-    recorder = _Recorder(layout, config)
-    try:
-        for value in plan.values:
-            out = layout.slices_dir(config) / value.key.file_name
-            if _unchanged(records.slice_record_named(layout, config, value.key.name), value, out):
-                result.unchanged.append(value.key.name)
-                continue
-            try:
-                built = _publish_value(
-                    value, files, out, schema=schema, layout=layout, config=config,
-                    checked=checked,
-                )  # fmt: skip
-            except ValidationFailed as error:
-                failures.append(str(error))
-                continue
-            record = records.slice_record(
-                config, value.key, built, commit=commit, generation=generation,
-                how={RANK_PASS: plan.rank, BUILT_FROM_ROWS: value.built_from_rows},
-            )  # fmt: skip
-            recorder.add(record)
-            result.built.append(built)
-    finally:
-        recorder.flush()
+    for built, failed in rank_workers.run_parts(
+        publish_values, parts, files=files, schema=schema, layout=layout, config=config,
+        commit=commit, generation=generation, rank=plan.rank, checked=checked,
+    ):  # fmt: skip
+        result.built += built
+        failures += failed
     result.removed = _remove_dropped(layout, config, plan, keep)
     result.seconds = time.perf_counter() - started
     if failures:
@@ -245,6 +238,46 @@ def publish_rank(
             "others are):\n" + "\n".join(failures)
         )
     return result
+
+
+def publish_values(
+    values: list[RankValue],
+    *,
+    files: Sequence[MirrorFile],
+    schema: pa.Schema,
+    layout: Layout,
+    config: str,
+    commit: str,
+    generation: str,
+    rank: str,
+    checked: bool,
+) -> tuple[list[SliceResult], list[str]]:
+    """Publish `values` in order (one worker's part of a pass): their results, and the words of
+    each value whose checks failed."""
+    built, failures = [], []
+    recorder = _Recorder(layout, config)
+    try:
+        for value in values:
+            if rank_workers.parent_gone():
+                break
+            out = layout.slices_dir(config) / value.key.file_name
+            try:
+                result = _publish_value(
+                    value, files, out, schema=schema, layout=layout, config=config,
+                    checked=checked,
+                )  # fmt: skip
+            except ValidationFailed as error:
+                failures.append(str(error))
+                continue
+            record = records.slice_record(
+                config, value.key, result, commit=commit, generation=generation,
+                how={RANK_PASS: rank, BUILT_FROM_ROWS: value.built_from_rows},
+            )  # fmt: skip
+            recorder.add(record)
+            built.append(result)
+    finally:
+        recorder.flush()
+    return built, failures
 
 
 def _publish_value(

@@ -19,7 +19,7 @@ from tol_dagster.defs.keys import asset_key
 from tol_dagster.defs.metadata import OWNERS, commit_url, table_preview, with_size
 from tol_dagster.defs.published.keys import published_group, slice_inputs
 from tol_dagster.defs.published.partitions import RANK_PARTITIONS, slice_partition_keys
-from tol_dagster.defs.resources import HubResource, StorageResource
+from tol_dagster.defs.resources import HubResource, StepsResource, StorageResource
 from tol_dagster.derived import built_from, summaries, taxon_index
 from tol_dagster.errors import StoreError
 from tol_dagster.slices import records
@@ -67,8 +67,9 @@ def build_rank_slices_asset(name: str) -> dg.AssetsDefinition:
         config: RankRunConfig,
         hub: HubResource,
         storage: StorageResource,
+        steps: StepsResource,
     ) -> dg.MaterializeResult:
-        return _publish_rank(context, config, hub, storage.layout, name)
+        return _publish_rank(context, config, hub, storage.layout, name, steps.rank_workers)
 
     return rank_slices
 
@@ -79,8 +80,10 @@ def _publish_rank(
     hub: HubResource,
     layout: Layout,
     name: str,
+    workers: int,
 ) -> dg.MaterializeResult:
-    """Plan the partition's rank from one pinned generation, publish its changed values."""
+    """Plan the partition's rank from one pinned generation, publish its changed values (over
+    `workers` processes)."""
     rank = context.partition_key
     min_rows = config.min_rows or records.published_ranks(layout, name).get(rank, 1)
     with generations.pin_generation(layout, name) as pin:
@@ -103,7 +106,7 @@ def _publish_rank(
         result = publish_rank(
             plan, files, schema=built_from.pinned_schema(layout, pin), layout=layout,
             config=name, commit=pin.commit, generation=pin.name,
-            keep=set(slice_partition_keys(context.instance, name)),
+            keep=set(slice_partition_keys(context.instance, name)), workers=workers,
         )  # fmt: skip
     records.save_rank_state(layout, name, rank, min_rows)
     return dg.MaterializeResult(

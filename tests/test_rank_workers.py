@@ -1,0 +1,106 @@
+"""A whole rank over several processes (`slices.rank_workers`): the values cut into contiguous
+parts of about equal work; the same slices, bytes and records as one process; a worker's error
+raised by the pass; an interrupted pass interrupts its workers; `TOL_RANK_WORKERS`."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from mirror_testing import sample_mirror
+from test_rank_slices import Ranked
+
+from tol_dagster.errors import SettingsError
+from tol_dagster.schema import DEFAULT_CONFIG
+from tol_dagster.settings import Settings
+from tol_dagster.slices import rank_workers, records
+from tol_dagster.store.layout import Layout
+
+
+def test_parts_are_contiguous_balanced_and_never_too_small() -> None:
+    values = list(range(1000))
+    weights = [10_000 if v < 100 else 10 for v in values]  # heavy values first
+    parts = rank_workers.split(values, weights, 2)
+    assert [v for part in parts for v in part] == values, "every value once, in order"
+    assert len(parts) == 2 and len(parts[0]) < 300, "the heavy start is a part of its own"
+    work = [sum(weights[v] + rank_workers.ROWS_PER_VALUE for v in part) for part in parts]
+    assert max(work) / min(work) < 1.3
+    few = list(range(rank_workers.MIN_VALUES_PER_WORKER + 5))
+    assert rank_workers.split(few, [1] * len(few), 8) == [few], "not worth a second process"
+    assert rank_workers.split([], [], 2) == []
+
+
+@pytest.fixture
+def started(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The pids of the workers started (the parent's side: it sees the monkeypatch)."""
+    pids: list[int] = []
+    real_start = rank_workers._start
+
+    def counted(task: bytes) -> Any:
+        process, results = real_start(task)
+        pids.append(process.pid)
+        return process, results
+
+    monkeypatch.setattr(rank_workers, "_start", counted)
+    return pids
+
+
+def test_a_rank_over_two_processes_is_the_same_slices_bytes_and_records(
+    small_sample: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, started: list[int]
+) -> None:
+    monkeypatch.setattr(rank_workers, "MIN_VALUES_PER_WORKER", 8)
+    results = {}
+    for workers in (1, 2):
+        ranked = Ranked(sample_mirror(small_sample), Layout(tmp_path / f"home{workers}"))
+        plan = ranked.plan("family")
+        result = ranked.publish(plan, workers)
+        assert [r.key for r in result.built] == [v.key.name for v in plan.values], "in order"
+        kept = {
+            str(r["name"]): (r["sha256"], r["rows"], r["built_from_rows"])
+            for r in records.slice_records(ranked.layout, DEFAULT_CONFIG)
+        }
+        results[workers] = ({r.key: r.sha256 for r in result.built}, kept)
+    assert len(started) == 2, "two worker processes"
+    assert results[1] == results[2]
+
+
+def test_results_come_back_in_order_and_a_workers_error_is_raised() -> None:
+    assert rank_workers.run_parts(len, [[1, 2], [3], [4, 5, 6]]) == [2, 1, 3]
+    with pytest.raises(TypeError, match="len"):
+        rank_workers.run_parts(len, [[1], 5])  # type: ignore[list-item]
+    assert not rank_workers.parent_gone(), "not a worker"
+
+
+def test_an_interrupted_pass_interrupts_its_workers(started: list[int]) -> None:
+    def interrupt(*_: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    began = time.monotonic()
+    try:
+        signal.alarm(2)
+        with pytest.raises(KeyboardInterrupt):
+            rank_workers.run_parts(time.sleep, [60, 60])  # type: ignore[list-item]
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    assert time.monotonic() - began < 30, "the workers stopped, not waited for"
+    assert len(started) == 2
+    for pid in started:
+        with pytest.raises(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)  # reaped: no worker left running
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "two", "65"])
+def test_a_bad_tol_rank_workers_is_refused_naming_the_variable(value: str) -> None:
+    with pytest.raises(SettingsError, match="TOL_RANK_WORKERS"):
+        Settings.from_env({"TOL_RANK_WORKERS": value})
+
+
+def test_tol_rank_workers_is_read_with_a_default_of_the_cores_up_to_two() -> None:
+    assert Settings.from_env({"TOL_RANK_WORKERS": "3"}).rank_workers == 3
+    assert Settings.from_env({}).rank_workers == min(2, os.cpu_count() or 1)

@@ -1,0 +1,150 @@
+"""A rank pass's values spread over worker processes: the values cut into contiguous parts of
+about equal work, each part published by its own process, in the mirror's order.
+
+Why: a rank pass is CPU-bound on one thread (pages decoded and encoded, footers parsed and
+written in Python, the checks), and the GIL keeps threads from sharing that work. Each part is
+a run of neighbouring values, so each worker keeps reading the pages its last value read.
+Workers are new Python processes (not forked from a process holding DuckDB's and Arrow's
+threads), stop between values once their parent is gone, and hold one slice at a time each.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import subprocess
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, BinaryIO, TypeVar
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+#: Fewer values than this per worker are not worth a process (starting one costs ~0.5 s).
+MIN_VALUES_PER_WORKER = 64
+#: A value's fixed cost in rows' worth of work (its footers, checks and publish), to balance
+#: parts of many small values against parts of a few large ones.
+ROWS_PER_VALUE = 2_000
+
+
+def split(values: Sequence[T], weights: Sequence[int], workers: int) -> list[list[T]]:
+    """`values` cut into at most `workers` contiguous parts of about equal weight (plus
+    ROWS_PER_VALUE each), at least MIN_VALUES_PER_WORKER values a part."""
+    parts = max(1, min(workers, len(values) // MIN_VALUES_PER_WORKER))
+    if parts == 1:
+        return [list(values)] if values else []
+    total = sum(weights) + ROWS_PER_VALUE * len(values)
+    cut, done, out = 1, 0, [[]]  # type: ignore[var-annotated]
+    for value, weight in zip(values, weights, strict=True):
+        if done >= total * cut / parts and cut < parts:
+            out.append([])
+            cut += 1
+        out[-1].append(value)
+        done += weight + ROWS_PER_VALUE
+    return out
+
+
+def run_parts(work: Callable[..., R], parts: list[list[T]], **arguments: Any) -> list[R]:
+    """`work(part, **arguments)` for each part: in this process for one part, else one worker
+    process per part (this module run by this Python: no main module imported again, unlike
+    multiprocessing's spawn). Results in the parts' order; the first part's error is raised
+    once every part has stopped. Interrupted (or failing) here, the workers are interrupted
+    too (SIGINT: each cleans up what it was writing) and waited for."""
+    if len(parts) <= 1:
+        return [work(part, **arguments) for part in parts]
+    workers: list[tuple[subprocess.Popen, BinaryIO]] = []
+    try:
+        for part in parts:
+            workers.append(_start(pickle.dumps((os.getpid(), work, part, arguments))))
+        outcomes = [_outcome(process, results) for process, results in workers]
+    except BaseException:
+        _interrupt([process for process, _ in workers])
+        raise
+    finally:
+        for _, results in workers:
+            results.close()
+    for ok, value in outcomes:
+        if not ok:
+            raise value
+    return [value for _, value in outcomes]
+
+
+def _start(task: bytes) -> tuple[subprocess.Popen, BinaryIO]:
+    """A worker given `task` on its stdin, answering on a pipe of its own (its stdout and
+    stderr stay the caller's, for its logs)."""
+    read, write = os.pipe()
+    package = str(Path(__file__).resolve().parents[2])  # where this tol_dagster is imported from
+    path = os.pathsep.join(filter(None, [package, os.environ.get("PYTHONPATH")]))
+    try:
+        process = subprocess.Popen(
+            [sys.executable, "-m", __name__, str(write)],
+            stdin=subprocess.PIPE,
+            pass_fds=(write,),
+            env={**os.environ, "PYTHONPATH": path},
+        )
+    finally:
+        os.close(write)
+    results = os.fdopen(read, "rb")
+    assert process.stdin is not None
+    with process.stdin:
+        process.stdin.write(task)
+    return process, results
+
+
+def _outcome(process: subprocess.Popen, results: BinaryIO) -> tuple[bool, Any]:
+    try:
+        outcome = pickle.load(results)
+    except EOFError:
+        process.wait()
+        raise RuntimeError(
+            f"a worker of the rank pass (pid {process.pid}) ended without a result (exit code "
+            f"{process.returncode}: killed, perhaps for memory); the slices it published are "
+            "whole; run the pass again, with fewer workers (TOL_RANK_WORKERS) if memory is short"
+        ) from None
+    process.wait()
+    return outcome
+
+
+def _interrupt(processes: list[subprocess.Popen]) -> None:
+    """SIGINT to each worker still running, then wait for it (killed after 30 s)."""
+    for process in processes:
+        if process.poll() is None:
+            process.send_signal(signal.SIGINT)
+    for process in processes:
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+#: In a worker, its parent's pid.
+_PARENT: list[int] = []
+
+
+def parent_gone() -> bool:
+    """In a worker: its parent (the pass) is gone, killed or interrupted; the worker should stop
+    before its next value (its published slices are whole: each is published atomically)."""
+    return bool(_PARENT) and os.getppid() != _PARENT[0]
+
+
+def _serve(results: int) -> None:
+    """A worker: its task from stdin, its outcome (result, or the error) to fd `results`."""
+    parent, work, part, arguments = pickle.load(sys.stdin.buffer)
+    _PARENT.append(parent)
+    try:
+        outcome: tuple[bool, Any] = (True, work(part, **arguments))
+    except BaseException as error:  # sent to the parent, which raises it
+        outcome = (False, error)
+    with os.fdopen(results, "wb") as out:
+        try:
+            data = pickle.dumps(outcome)
+        except Exception as error:  # an error that does not pickle: its words then
+            data = pickle.dumps((False, RuntimeError(f"{outcome[1]!r} ({error})")))
+        out.write(data)
+
+
+if __name__ == "__main__":
+    _serve(int(sys.argv[1]))
