@@ -223,11 +223,9 @@ def publish_rank(
         else:
             todo.append(value)
     parts = rank_workers.split(todo, [v.rows for v in todo], workers)
+    target = Target(files, schema, layout, config, commit, generation, plan.rank, checked)
     failures = []
-    for built, failed in rank_workers.run_parts(
-        publish_values, parts, files=files, schema=schema, layout=layout, config=config,
-        commit=commit, generation=generation, rank=plan.rank, checked=checked,
-    ):  # fmt: skip
+    for built, failed in rank_workers.run_parts(publish_values, parts, target=target):
         result.built += built
         failures += failed
     result.removed = _remove_dropped(layout, config, plan, keep)
@@ -240,38 +238,38 @@ def publish_rank(
     return result
 
 
-def publish_values(
-    values: list[RankValue],
-    *,
-    files: Sequence[MirrorFile],
-    schema: pa.Schema,
-    layout: Layout,
-    config: str,
-    commit: str,
-    generation: str,
-    rank: str,
-    checked: bool,
-) -> tuple[list[SliceResult], list[str]]:
+@dataclass(frozen=True)
+class Target:
+    """What a pass publishes from and to, the same for each of its values (and workers)."""
+
+    files: Sequence[MirrorFile]
+    schema: pa.Schema
+    layout: Layout
+    config: str
+    commit: str
+    generation: str
+    rank: str
+    checked: bool
+
+
+def publish_values(values: list[RankValue], target: Target) -> tuple[list[SliceResult], list[str]]:
     """Publish `values` in order (one worker's part of a pass): their results, and the words of
     each value whose checks failed."""
     built, failures = [], []
-    recorder = _Recorder(layout, config)
+    recorder = _Recorder(target.layout, target.config)
     try:
         for value in values:
             if rank_workers.parent_gone():
                 break
-            out = layout.slices_dir(config) / value.key.file_name
             try:
-                result = _publish_value(
-                    value, files, out, schema=schema, layout=layout, config=config,
-                    checked=checked,
-                )  # fmt: skip
+                result = _publish_value(value, target)
             except ValidationFailed as error:
                 failures.append(str(error))
                 continue
             record = records.slice_record(
-                config, value.key, result, commit=commit, generation=generation,
-                how={RANK_PASS: rank, BUILT_FROM_ROWS: value.built_from_rows},
+                target.config, value.key, result, commit=target.commit,
+                generation=target.generation,
+                how={RANK_PASS: target.rank, BUILT_FROM_ROWS: value.built_from_rows},
             )  # fmt: skip
             recorder.add(record)
             built.append(result)
@@ -280,26 +278,20 @@ def publish_values(
     return built, failures
 
 
-def _publish_value(
-    value: RankValue,
-    files: Sequence[MirrorFile],
-    out: Path,
-    *,
-    schema: pa.Schema,
-    layout: Layout,
-    config: str,
-    checked: bool,
-) -> SliceResult:
+def _publish_value(value: RankValue, target: Target) -> SliceResult:
     """One value's slice, exactly as its own key would build it, with its blocking checks."""
+    files, layout, config = target.files, target.layout, target.config
 
     def verify(path: Path) -> list:
         return slice_checks(
-            path, value.key, value.rows, schema, files, value.index, layout=layout, config=config
-        )
+            path, value.key, value.rows, target.schema, files, value.index, layout=layout,
+            config=config,
+        )  # fmt: skip
 
+    out = layout.slices_dir(config) / value.key.file_name
     return extract_slice(
-        value.key, files, value.index, out, schema=schema, verify=verify if checked else None,
-        sync_dir=False,
+        value.key, files, value.index, out, schema=target.schema,
+        verify=verify if target.checked else None, sync_dir=False,
     )  # fmt: skip
 
 
