@@ -27,7 +27,9 @@ A whole rank (`--rank family`, on unless `--no-rank`), once (`--rank-runs`), in 
 - rank-copy:  DuckDB's `COPY (SELECT * FROM read_parquet('<glob>')) TO '<dir>' (FORMAT parquet,
               PARTITION_BY (family))`: one file per family, `emb` turned into `list<float>`.
 - rank-ours:  `slices.rank_pass`: a slice per value in one pass, exact schema, each published
-              atomically (the catalog is not written: its one writer runs once after).
+              atomically (the catalog is not written: its one writer runs once after), over
+              `--rank-workers` processes (default `TOL_RANK_WORKERS`, as the asset runs it):
+              their CPU is counted, and their peak RSS as each worker at the largest one's.
 - rank-checked: rank-ours with every blocking check of every slice, as `rank_slices` runs it.
 - rank-floor: reading every byte of the mirror once, then writing and fsyncing as many bytes as
               rank-ours wrote.
@@ -62,6 +64,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -80,6 +83,7 @@ from tol_dagster.derived.summaries import build_summaries, read_summary
 from tol_dagster.derived.taxon_index import build_taxon_index, read_taxon_index
 from tol_dagster.devtools.sample import build_sample
 from tol_dagster.schema import DEFAULT_CONFIG, expected_schema, quote_ident
+from tol_dagster.settings import Settings
 from tol_dagster.slices import splices
 from tol_dagster.slices.checks import slice_checks
 from tol_dagster.slices.counts import expected_count
@@ -299,8 +303,15 @@ def peak_rss_mb() -> float:
 
 
 def _cpu() -> float:
+    """User + sys of this process's threads and of its children waited for (a rank's workers)."""
     times = os.times()
-    return times.user + times.system
+    return times.user + times.system + times.children_user + times.children_system
+
+
+def workers_peak_rss_mb(workers: int) -> float:
+    """An upper bound of the peak RSS of a rank's workers together: each at the largest one's
+    (ru_maxrss of the children waited for is the largest child's, in KB on Linux)."""
+    return workers * resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
 
 
 def measure(way: str, key: str, workdir: Path, species_or: bool, output_bytes: int = 0) -> Measure:
@@ -323,8 +334,9 @@ def measure(way: str, key: str, workdir: Path, species_or: bool, output_bytes: i
 # --- a whole rank ------------------------------------------------------------------------------
 
 
-def run_rank_way(way: str, rank: str, workdir: Path) -> Measure:
-    """Run a whole-rank `way` once in this process (a fresh child) and measure it."""
+def run_rank_way(way: str, rank: str, workdir: Path, workers: int) -> Measure:
+    """Run a whole-rank `way` once in this process (a fresh child) and measure it; ours over
+    `workers` processes (their CPU and RSS counted)."""
     mirror, index = load(workdir)
     layout = Layout(workdir / "home")
     out = layout.slices_dir(CONFIG)
@@ -349,16 +361,17 @@ def run_rank_way(way: str, rank: str, workdir: Path) -> Measure:
         plan = plan_rank(rank, index, lineage, mirror)
         result = publish_rank(
             plan, mirror, schema=expected_schema(CONFIG), layout=layout, config=CONFIG,
-            commit="bench", generation="bench", checked=way == "rank-checked",
+            commit="bench", generation="bench", checked=way == "rank-checked", workers=workers,
         )  # fmt: skip
-        note = f"{len(result.built):,} slices"
+        note = f"{len(result.built):,} slices, {workers} process{'es' if workers > 1 else ''}"
     seconds, cpu = time.perf_counter() - started, _cpu() - before
+    rss = peak_rss_mb() + (workers_peak_rss_mb(workers) if workers > 1 else 0.0)
     parts = sorted(out.rglob("*.parquet")) if out.is_dir() else [out]
     rows = sum(pq.read_metadata(p).num_rows for p in parts if p.suffix == ".parquet")
     emb = str(pq.read_schema(parts[0]).field("emb").type) if way != "rank-floor" else "-"
     note = note or f"{len(parts):,} files"
     size = sum(p.stat().st_size for p in parts)
-    return Measure(seconds, cpu, peak_rss_mb(), size, rows, emb, note)
+    return Measure(seconds, cpu, rss, size, rows, emb, note)
 
 
 def rank_floor(mirror: list[MirrorFile], out: Path, size: int) -> None:
@@ -626,6 +639,12 @@ def main() -> None:
     parser.add_argument("--rank", default="family", help="the whole rank to publish in one pass")
     parser.add_argument("--no-rank", dest="rank", action="store_const", const=None)
     parser.add_argument("--rank-runs", type=int, default=1)
+    parser.add_argument(
+        "--rank-workers",
+        type=int,
+        default=Settings.from_env().rank_workers,
+        help="processes of our rank pass (default: TOL_RANK_WORKERS, as the asset runs it)",
+    )
     parser.add_argument("--dagster-partitions", type=int, default=1000)
     parser.add_argument("--child", nargs=2, metavar=("WAY", "KEY"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -635,12 +654,13 @@ def main() -> None:
         if way == "dagster":
             measured = dagster_bookkeeping(int(key))
         elif way in RANK_WAYS:
-            measured = run_rank_way(way, key, args.workdir)
+            measured = run_rank_way(way, key, args.workdir, args.rank_workers)
         else:
             measured = run_way(way, parse_slice_key(key), args.workdir, args.species_or)
         print(json.dumps(asdict(measured)))
         return
 
+    os.environ["TOL_RANK_WORKERS"] = str(args.rank_workers)  # the children's default
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="tol-bench-slices-"))
     try:
         prepare(workdir, args.rows, args.files, args.row_group_size, args.seed)

@@ -24,6 +24,10 @@ R = TypeVar("R")
 
 #: Fewer values than this per worker are not worth a process (starting one costs ~0.5 s).
 MIN_VALUES_PER_WORKER = 64
+#: glibc's malloc arenas in a worker (unless MALLOC_ARENA_MAX is set): by default each thread
+#: (prefetch, page decoding) gets one, and each keeps the page buffers freed in it; two hold a
+#: worker's peak RSS to about half, at the same speed (measured on a rank of 1,018 families).
+_ARENAS = os.environ.get("MALLOC_ARENA_MAX", "2")
 #: A value's fixed cost in rows' worth of work (its footers, checks and publish), to balance
 #: parts of many small values against parts of a few large ones.
 ROWS_PER_VALUE = 2_000
@@ -82,7 +86,7 @@ def _start(task: bytes) -> tuple[subprocess.Popen, BinaryIO]:
             [sys.executable, "-m", __name__, str(write)],
             stdin=subprocess.PIPE,
             pass_fds=(write,),
-            env={**os.environ, "PYTHONPATH": path},
+            env={**os.environ, "PYTHONPATH": path, "MALLOC_ARENA_MAX": _ARENAS},
         )
     finally:
         os.close(write)
