@@ -31,7 +31,7 @@ from tol_dagster.slices import read, splices
 from tol_dagster.slices.checks import slice_checks
 from tol_dagster.slices.counts import expected_count
 from tol_dagster.slices.extract import SliceResult, assemble_slice, extract_segment, extract_slice
-from tol_dagster.slices.keys import SliceKey, parse_slice_key, to_arrow_filter
+from tol_dagster.slices.keys import SliceKey, arrow_mask, parse_slice_key
 from tol_dagster.slices.locate import Span, Splice, plan_scans
 from tol_dagster.slices.write import _range_columns
 from tol_dagster.store.layout import Layout
@@ -259,7 +259,7 @@ class PagedMirror:
         return extract_slice(key, self.files, self.index, out, schema=SCHEMA, verify=verify)
 
     def expected(self, key: SliceKey) -> pa.Table:
-        return self.table.filter(to_arrow_filter(key))
+        return self.table.filter(arrow_mask(key, self.table))
 
 
 def _paged(small_sample: Path, folder: Path, **options: object) -> list[MirrorFile]:

@@ -15,9 +15,9 @@ from tol_dagster.schema import SLICE_RANKS
 from tol_dagster.slices.keys import (
     MAX_STEM_BYTES,
     SliceKey,
+    arrow_mask,
     filter_columns,
     parse_slice_key,
-    to_arrow_filter,
     to_sql_filter,
 )
 
@@ -209,7 +209,7 @@ def _matches_sql(key: SliceKey) -> list[int]:
 
 def _matches_arrow(key: SliceKey) -> list[int]:
     table = _ROWS.append_column("i", pa.array(range(_ROWS.num_rows)))
-    return table.filter(to_arrow_filter(key))["i"].to_pylist()
+    return table.filter(arrow_mask(key, table))["i"].to_pylist()
 
 
 @pytest.mark.parametrize(

@@ -23,12 +23,12 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import operator
 import re
 import unicodedata
 from dataclasses import dataclass
 from urllib.parse import quote
 
+import pyarrow as pa
 import pyarrow.compute as pc
 
 from tol_dagster.errors import SliceSpecError
@@ -151,17 +151,20 @@ def to_sql_filter(key: SliceKey) -> tuple[str, list[str]]:
     return " AND ".join(clauses), params
 
 
-def to_arrow_filter(key: SliceKey) -> pc.Expression:
-    """The same predicate as `to_sql_filter`, for `pyarrow` (`RecordBatch.filter` drops NULLs,
-    as SQL's WHERE does)."""
+def arrow_mask(key: SliceKey, table: pa.Table | pa.RecordBatch) -> pa.ChunkedArray | pa.Array:
+    """The same predicate as `to_sql_filter`, for `pyarrow`: which rows of `table` (holding
+    `filter_columns(key)`) match; NULL comparisons are false, as in SQL's WHERE. Compute kernels,
+    not an expression: `Table.filter(expression)` builds a query plan per call (~1 ms)."""
     clauses = []
     for alternatives in _predicate(key):
         terms = [
-            functools.reduce(operator.and_, [pc.field(column) == value for column, value in pairs])
+            functools.reduce(
+                pc.and_kleene, [pc.equal(table[column], value) for column, value in pairs]
+            )
             for pairs in alternatives
         ]
-        clauses.append(functools.reduce(operator.or_, terms))
-    return functools.reduce(operator.and_, clauses)
+        clauses.append(functools.reduce(pc.or_kleene, terms))
+    return pc.fill_null(functools.reduce(pc.and_kleene, clauses), False)
 
 
 def filter_columns(key: SliceKey) -> list[str]:

@@ -15,7 +15,7 @@ How, and why (bench/slices.py measures it):
   are not copied decoded, and the rows at the ends of those that are (`_spliced`): the writer
   encodes them and copies the pages between as bytes. On any anomaly, its rows are read as
   above instead.
-- Every path filters with the key's own predicate (`to_arrow_filter`, or `to_sql_filter` in
+- Every path filters with the key's own predicate (`arrow_mask`, or `to_sql_filter` in
   DuckDB). PAGE_WORKERS chunks of pages are decoded at once, and `prefetched` runs the whole
   reader in a thread ahead of the writer: pyarrow releases the GIL.
 """
@@ -36,6 +36,7 @@ from typing import TypeVar
 import duckdb
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from tol_dagster import duck
@@ -44,7 +45,7 @@ from tol_dagster.parquet.footer import Footer, SpliceError, read_footer
 from tol_dagster.parquet.page_splice import Encoded, RangePlan, encode_pages
 from tol_dagster.parquet.pages import decode_rows, read_rows
 from tol_dagster.schema import quote_ident
-from tol_dagster.slices.keys import SliceKey, filter_columns, to_arrow_filter, to_sql_filter
+from tol_dagster.slices.keys import SliceKey, arrow_mask, filter_columns, to_sql_filter
 from tol_dagster.slices.locate import Copy, Scan, Span, Splice, row_group_starts
 from tol_dagster.store.mirror_files import MirrorFile
 
@@ -162,14 +163,12 @@ class Predicate:
     some are dropped, so a batch wholly inside the taxon passes untouched."""
 
     def __init__(self, key: SliceKey) -> None:
-        self.expression = to_arrow_filter(key)
+        self.key = key
         self.columns = filter_columns(key)
 
     def keep(self, rows: _Rows) -> _Rows:
-        keys = pa.table([rows.column(c) for c in self.columns], names=self.columns)
-        keys = keys.append_column("row", pa.array(np.arange(rows.num_rows)))
-        kept = keys.filter(self.expression).column("row").combine_chunks()
-        return rows if len(kept) == rows.num_rows else rows.take(kept)
+        mask = arrow_mask(self.key, rows)
+        return rows if pc.all(mask).as_py() else rows.filter(mask)
 
 
 def page_indexed(scan: Scan) -> Footer | None:
