@@ -1,6 +1,7 @@
 """A slice reads the `emb` rows of partial pages in place (`parquet.list_values`, through
 `pages.read_rows`): the same values as pyarrow's decoding, for every codec and any row range
-across pages; anything but the plain regular case is decoded by pyarrow, with the same result."""
+across pages; anything but the plain regular case is decoded by pyarrow, with the same result;
+a sparse taxon's rows are read run by run (`slices.read`)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ import pytest
 from tol_dagster.parquet import list_values, pages
 from tol_dagster.parquet.decoded import DECODED
 from tol_dagster.parquet.footer import read_footer
+from tol_dagster.slices import read
+from tol_dagster.slices.keys import parse_slice_key
 
 DIM = 16
 ROWS = 3000
@@ -156,3 +159,39 @@ def test_a_damaged_emb_page_is_refused_not_read_as_other_values(tmp_path: Path) 
     assert np.array_equal(  # the values pyarrow reads from the damaged file, if any
         _bits(got["emb"]), _bits(pq.read_table(path)["emb"].slice(1000, 1000))
     )
+
+
+def test_a_sparse_taxon_decodes_only_the_emb_pages_of_its_own_rows(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A family under two sources spans other families' rows in its row group (the taxon index
+    gives one range): its rows are read run by run, the `emb` pages between never decoded."""
+    families = ["X"] * 10 + ["Y"] * 880 + ["X"] * 10 + ["Z"] * 100
+    emb = pa.FixedSizeListArray.from_arrays(
+        pa.array(np.arange(len(families) * DIM) % 251, pa.float16()), DIM
+    )
+    table = pa.table(
+        {"uuid": [f"u{i}" for i in range(len(families))], "emb": emb, "family": families}
+    )
+    path = tmp_path / "f.parquet"
+    pq.write_table(
+        table, path, row_group_size=1000, data_page_size=2048, write_page_index=True,
+        use_dictionary=["family"],
+    )  # fmt: skip
+    decoded: list[int] = []
+    real = list_values.regular_list_column
+
+    def counted(*args: Any) -> pa.Array | None:
+        values = real(*args)
+        if values is not None:  # `emb`'s pages: the rows they hold
+            decoded.append(len(values))
+        return values
+
+    monkeypatch.setattr(pages, "regular_list_column", counted)
+    DECODED.entries.clear()
+    predicate = read.Predicate(parse_slice_key("family=X"))
+    batches = read._matching_rows(read_footer(path), 0, 0, 910, predicate, table.schema)
+    got = pa.Table.from_batches(batches, schema=table.schema)
+    expected = table.filter(pc.equal(table["family"], "X"))
+    assert got.equals(expected)
+    assert 20 <= sum(decoded) < 200, f"{sum(decoded)} rows of emb pages decoded for 20 rows"

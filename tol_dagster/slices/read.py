@@ -60,6 +60,8 @@ DENSE_SHARE = 0.4
 PAGE_READS = True
 #: Chunks of pages read at once (pyarrow releases the GIL while it decodes).
 PAGE_WORKERS = 2
+#: A chunk's matches in more runs than this are read with the rows between them (`_matching_rows`).
+SPARSE_RUNS = 8
 
 T = TypeVar("T")
 _Rows = TypeVar("_Rows", pa.Table, pa.RecordBatch)
@@ -245,7 +247,7 @@ def _page_chunk(
     of the pages (an offset index, a header or a decoded length that does not add up), the
     rows decoded by pyarrow from the row group's start instead."""
     try:
-        rows = read_rows(footer, group, low, high)
+        return _matching_rows(footer, group, low, high, predicate, schema)
     except (SpliceError, pa.ArrowException, OSError) as error:
         logger.warning(f"{error}; reading rows {low}..{high} of row group {group} with pyarrow")
         try:
@@ -257,6 +259,29 @@ def _page_chunk(
                 "sync the mirror again"
             ) from again
     return predicate.keep(rows.cast(schema, safe=False)).to_batches()
+
+
+def _matching_rows(
+    footer: Footer, group: int, low: int, high: int, predicate: Predicate, schema: pa.Schema
+) -> list[pa.RecordBatch]:
+    """The matching rows of rows [low, high) of `group`, page by page: the key's columns first,
+    then, where the matches are a few runs covering less than DENSE_SHARE of the rows, only
+    those runs (the taxon index gives one range per row group, and a taxon under several
+    sources spans other taxa's rows: their `emb` pages are never decoded); else every row."""
+    mask = arrow_mask(predicate.key, read_rows(footer, group, low, high, columns=predicate.columns))
+    flags = mask.to_numpy(zero_copy_only=False)
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], flags.astype(np.int8), [0]])))
+    runs = list(zip(edges[::2].tolist(), edges[1::2].tolist(), strict=True))
+    if not runs:
+        return []
+    if runs == [(0, high - low)]:
+        rows = read_rows(footer, group, low, high)
+    elif len(runs) > SPARSE_RUNS or flags.sum() >= DENSE_SHARE * (high - low):
+        rows = read_rows(footer, group, low, high).filter(mask)
+    else:
+        parts = [read_rows(footer, group, low + a, low + b) for a, b in runs]
+        rows = pa.concat_tables(parts).combine_chunks()
+    return rows.cast(schema, safe=False).to_batches()
 
 
 def _pyarrow_rows(
