@@ -7,6 +7,7 @@ the one that wrote it (DuckDB or pyarrow), so a fault of the splicer or the page
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +15,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from tol_dagster import duck
+from tol_dagster.schema import quote_ident
 from tol_dagster.slices.emb_check import check_emb_matches_mirror
-from tol_dagster.slices.keys import SliceKey, to_sql_filter
+from tol_dagster.slices.keys import SliceKey, filter_columns, to_sql_filter
 from tol_dagster.store.layout import Layout
 from tol_dagster.store.mirror_files import MirrorFile
 from tol_dagster.validation.checks import CheckResult
@@ -43,10 +45,11 @@ def slice_checks(
     """Every blocking check of a slice file (pass as `verify` to check before publishing);
     `index` (the taxon index) narrows the mirror files the `emb` check looks rows up in, and
     `layout`/`config` say where the gate keeps those files' `emb` digests."""
+    facts = row_facts(path, key)
     return [
         check_rows_match_index_count(path, key, expected_rows),
-        check_rows_satisfy_key(path, key),
-        check_uuids_unique(path, key),
+        check_rows_satisfy_key(path, key, facts),
+        check_uuids_unique(path, key, facts),
         check_schema_matches(path, mirror_schema, key),
         check_emb_matches_mirror(path, key, files, index, layout=layout, config=config),
     ]
@@ -70,16 +73,40 @@ def check_rows_match_index_count(path: Path, key: SliceKey, expected: int) -> Ch
     )
 
 
-def check_rows_satisfy_key(path: Path, key: SliceKey) -> CheckResult:
-    """Every row of the slice satisfies its key (a NULL in a keyed column does not)."""
+@dataclass(frozen=True)
+class RowFacts:
+    """What two checks need of a slice's rows, read by DuckDB in one query: the rows that do
+    not satisfy the key and the uuids that appear twice (counts, and the first few uuids)."""
+
+    violations: int
+    first_violations: list[str]
+    duplicated: int
+    first_duplicated: list[str]
+
+
+def row_facts(path: Path, key: SliceKey) -> RowFacts:
+    """The slice's `RowFacts` (one query: each costs a file open and a plan)."""
     where, params = to_sql_filter(key)
+    columns = ", ".join(quote_ident(c) for c in dict.fromkeys(["uuid", *filter_columns(key)]))
     with duck.cursor() as con:
-        bad, first = con.execute(
-            "SELECT count(*), list(uuid)[:5] FROM read_parquet(?) "
-            f"WHERE NOT coalesce(({where}), false)",
+        found = con.execute(
+            f"WITH s AS MATERIALIZED (SELECT {columns} FROM read_parquet(?)), "
+            f"bad AS (SELECT count(*) AS n, list(uuid)[:5] AS f FROM s "
+            f"WHERE NOT coalesce(({where}), false)), "
+            "dup AS (SELECT count(*) AS n, list(uuid ORDER BY uuid)[:5] AS f FROM "
+            "(SELECT uuid FROM s GROUP BY uuid HAVING count(*) > 1)) "
+            "SELECT bad.n, bad.f, dup.n, dup.f FROM bad, dup",
             [str(path), *params],
-        ).fetchone() or (0, [])
-    details: dict[str, Any] = {"violations": bad, "first": first or []}
+        ).fetchone()
+    bad, first_bad, dups, first_dups = found or (0, [], 0, [])
+    return RowFacts(bad, first_bad or [], dups, first_dups or [])
+
+
+def check_rows_satisfy_key(path: Path, key: SliceKey, facts: RowFacts | None = None) -> CheckResult:
+    """Every row of the slice satisfies its key (a NULL in a keyed column does not)."""
+    facts = facts or row_facts(path, key)
+    bad = facts.violations
+    details: dict[str, Any] = {"violations": bad, "first": facts.first_violations}
     if not bad:
         return CheckResult(
             ROWS_SATISFY_KEY, True, f"slice {key.name}: every row satisfies the key", details
@@ -93,15 +120,11 @@ def check_rows_satisfy_key(path: Path, key: SliceKey) -> CheckResult:
     )
 
 
-def check_uuids_unique(path: Path, key: SliceKey) -> CheckResult:
+def check_uuids_unique(path: Path, key: SliceKey, facts: RowFacts | None = None) -> CheckResult:
     """No uuid appears twice in the slice."""
-    with duck.cursor() as con:
-        dups, first = con.execute(
-            "SELECT count(*), list(uuid ORDER BY uuid)[:5] FROM (SELECT uuid FROM "
-            "read_parquet(?) GROUP BY uuid HAVING count(*) > 1)",
-            [str(path)],
-        ).fetchone() or (0, [])
-    details: dict[str, Any] = {"duplicated": dups, "first": first or []}
+    facts = facts or row_facts(path, key)
+    dups = facts.duplicated
+    details: dict[str, Any] = {"duplicated": dups, "first": facts.first_duplicated}
     if not dups:
         return CheckResult(UUIDS_UNIQUE, True, f"slice {key.name}: uuids are unique", details)
     return CheckResult(
