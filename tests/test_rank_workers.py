@@ -5,6 +5,7 @@ raised by the pass; an interrupted pass interrupts its workers; `TOL_RANK_WORKER
 from __future__ import annotations
 
 import os
+import pickle
 import signal
 import time
 from pathlib import Path
@@ -104,3 +105,19 @@ def test_a_bad_tol_rank_workers_is_refused_naming_the_variable(value: str) -> No
 def test_tol_rank_workers_is_read_with_a_default_of_the_cores_up_to_two() -> None:
     assert Settings.from_env({"TOL_RANK_WORKERS": "3"}).rank_workers == 3
     assert Settings.from_env({}).rank_workers == min(2, os.cpu_count() or 1)
+
+
+def test_a_value_is_sent_to_a_worker_with_its_own_index_entries_only(
+    small_sample: Path, tmp_path: Path
+) -> None:
+    """A value's index is a slice of the rank's: pickled as is, it would carry the whole."""
+    ranked = Ranked(sample_mirror(small_sample), Layout(tmp_path / "home"))
+    plan = ranked.plan("family")
+    value = max(plan.values, key=lambda v: v.index.num_rows)
+    whole = len(pickle.dumps(value.index))
+    sent = pickle.loads(pickle.dumps(value))
+    assert len(pickle.dumps(value)) < whole / 10
+    assert sent.index.equals(value.index)
+    assert (sent.key, sent.rows, sent.built_from_rows, sent.first) == (
+        value.key, value.rows, value.built_from_rows, value.first,
+    )  # fmt: skip

@@ -24,6 +24,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -57,6 +58,12 @@ class RankValue:
     built_from_rows: list[list[object]]
     #: (file position, row) of its first row: values are published in this order.
     first: tuple[int, int]
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickled (for a worker process) with its own index entries only: a slice of a table
+        pickles all of the table's buffers (a whole rank's values: gigabytes)."""
+        own = self.index.take(np.arange(self.index.num_rows))
+        return (RankValue, (self.key, own, self.rows, self.built_from_rows, self.first))
 
 
 @dataclass(frozen=True)
