@@ -25,7 +25,7 @@ from tol_dagster.parquet.footer import Footer, SpliceError, read_footer
 from tol_dagster.parquet.list_pages import list_pages
 from tol_dagster.parquet.pages import read_rows
 from tol_dagster.schema import DEFAULT_CONFIG, arrow_schema, expected_schema
-from tol_dagster.slices import emb_check, read, write
+from tol_dagster.slices import emb_check, locate, read, write
 from tol_dagster.slices.checks import (
     ROWS_MATCH_INDEX_COUNT,
     ROWS_SATISFY_KEY,
@@ -881,3 +881,17 @@ def test_row_groups_copied_whole_are_proven_by_their_bytes_without_decoding(
     monkeypatch.setattr(emb_check, "_digests", counting)
     assert mirror.emb_check(result.path, key, index=True).passed
     assert len(decoded) == groups - result.row_groups_copied
+
+
+def test_row_groups_are_read_once_per_file_version(tmp_path: Path) -> None:
+    """`locate.row_groups` is cached by the file's inode, size and mtime: asked again it does
+    not parse the footer, and a file rewritten in place is read again."""
+    path = tmp_path / "f.parquet"
+    pq.write_table(pa.table({"x": list(range(10))}), path, row_group_size=4)
+    starts, sizes = locate.row_groups(path)
+    assert starts.tolist() == [0, 4, 8] and sizes.tolist() == [4, 4, 2]
+    assert locate.row_groups(path)[0] is starts, "cached"
+    with pytest.raises(ValueError):
+        starts[0] = 1  # shared: read-only
+    pq.write_table(pa.table({"x": list(range(7))}), path, row_group_size=5)
+    assert locate.row_groups(path)[1].tolist() == [5, 2]

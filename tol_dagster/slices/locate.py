@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
@@ -169,12 +170,11 @@ def index_counts_exactly(rank: str, value: str) -> bool:
 
 def scan_file(file: MirrorFile, spans: dict[int, Span], exact: bool) -> Scan:
     """The pieces of one file: whole row groups to copy (if `exact`), touching spans merged."""
-    meta = pq.read_metadata(file.path)
-    starts = row_group_starts(meta)
+    starts, sizes = row_groups(file.path)
     pieces: list[Span | Copy | Splice] = []
     for group in sorted(spans):
         span = spans[group]
-        size = meta.row_group(group).num_rows
+        size = int(sizes[group])
         last = pieces[-1] if pieces else None
         if exact and span == (starts[group], starts[group] + size, size):
             pieces.append(Copy(group, size))
@@ -188,6 +188,30 @@ def scan_file(file: MirrorFile, spans: dict[int, Span], exact: bool) -> Scan:
 def row_group_starts(metadata: pq.FileMetaData) -> np.ndarray:
     """First file-relative row of each row group."""
     sizes = [metadata.row_group(g).num_rows for g in range(metadata.num_row_groups)]
+    return _starts(np.array(sizes, dtype=np.int64))
+
+
+def row_groups(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(first row, rows) of each row group of the parquet file at `path`, read once per file
+    version (its inode, size and mtime): a rank pass asks for every value, and pyarrow parses
+    the whole footer each time. Read-only arrays, shared."""
+    stat = path.stat()
+    return _row_groups(str(path), stat.st_ino, stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=1024)
+def _row_groups(path: str, inode: int, size: int, mtime_ns: int) -> tuple[np.ndarray, np.ndarray]:
+    metadata = pq.read_metadata(path)
+    sizes = np.array(
+        [metadata.row_group(g).num_rows for g in range(metadata.num_row_groups)], dtype=np.int64
+    )
+    starts = _starts(sizes)
+    for array in (starts, sizes):
+        array.setflags(write=False)
+    return starts, sizes
+
+
+def _starts(sizes: np.ndarray) -> np.ndarray:
     return np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
 
 
@@ -222,7 +246,7 @@ def _spans_by_scan(key: SliceKey, files: Sequence[MirrorFile]) -> Spans:
                 [str(file.path), *params],
             ).fetchnumpy()["file_row_number"]
             if len(rows):
-                starts = row_group_starts(pq.read_metadata(file.path))
+                starts = row_groups(file.path)[0]
                 groups = np.searchsorted(starts, rows, side="right") - 1
                 for group in np.unique(groups):
                     members = rows[groups == group]

@@ -46,7 +46,7 @@ from tol_dagster.parquet.page_splice import Encoded, RangePlan, encode_pages
 from tol_dagster.parquet.pages import decode_rows, read_rows
 from tol_dagster.schema import quote_ident
 from tol_dagster.slices.keys import SliceKey, arrow_mask, filter_columns, to_sql_filter
-from tol_dagster.slices.locate import Copy, Scan, Span, Splice, row_group_starts
+from tol_dagster.slices.locate import Copy, Scan, Span, Splice, row_groups
 from tol_dagster.store.mirror_files import MirrorFile
 
 logger = logging.getLogger("tol_dagster.slices.read")
@@ -136,8 +136,7 @@ def _jobs(
     predicate = Predicate(key)
     with duck.cursor() as con:
         for scan in scans:
-            parquet = pq.ParquetFile(scan.file.path)
-            starts = row_group_starts(parquet.metadata)
+            starts = row_groups(scan.file.path)[0]
             footer = page_indexed(scan)
             for span in scan.pieces:
                 if isinstance(span, Copy):
@@ -155,6 +154,7 @@ def _jobs(
                         )
                         yield scan.file, read
                 elif span.rows >= DENSE_SHARE * (span.stop - starts[first]):
+                    parquet = pq.ParquetFile(scan.file.path)
                     yield scan.file, _pyarrow_rows(parquet, starts, first, span, predicate, schema)
                 else:
                     yield scan.file, _duckdb_rows(con, key, scan.file, span, schema)

@@ -16,14 +16,13 @@ from typing import TypeGuard
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from tol_dagster.parquet.footer import Footer, SpliceError
 from tol_dagster.parquet.page_splice import RangePlan, plan_range
 from tol_dagster.parquet.pages import read_rows
 from tol_dagster.slices import read
 from tol_dagster.slices.keys import SliceKey
-from tol_dagster.slices.locate import Copy, Scan, Span, Splice, row_group_starts
+from tol_dagster.slices.locate import Copy, Scan, Span, Splice, row_groups
 
 logger = logging.getLogger("tol_dagster.slices.splices")
 
@@ -52,7 +51,7 @@ def plan_page_splices(key: SliceKey, scans: Sequence[Scan]) -> list[Scan]:
         if footer is None:
             result.append(scan)
             continue
-        starts = row_group_starts(pq.read_metadata(scan.file.path))
+        starts = row_groups(scan.file.path)[0]
         pieces: list[Span | Copy | Splice] = []
         for piece in scan.pieces:
             if _worth_planning(piece):

@@ -28,7 +28,7 @@ from tol_dagster.parquet.page_splice import range_columns
 from tol_dagster.parquet.splice import Column, Splicer
 from tol_dagster.schema import METADATA_COLUMNS, STRING_COLUMNS
 from tol_dagster.slices import read
-from tol_dagster.slices.locate import Copy, Scan, Span, row_group_starts, scan_file
+from tol_dagster.slices.locate import Copy, Scan, Span, row_groups, scan_file
 from tol_dagster.slices.sink import HashingSink
 
 #: Bytes of encoded rows held in memory before they are spliced into the output.
@@ -250,7 +250,7 @@ def _reference_footer(serialized: bytes) -> Footer:
 
 def _as_spans(scan: Scan) -> Scan:
     """`scan` with its copied row groups read and filtered instead."""
-    starts = row_group_starts(pq.read_metadata(scan.file.path))
+    starts = row_groups(scan.file.path)[0]
     spans = {}
     for piece in scan.pieces:
         if isinstance(piece, Copy):
