@@ -10,6 +10,7 @@ threads), stop between values once their parent is gone, and hold one slice at a
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import signal
@@ -64,6 +65,8 @@ def run_parts(work: Callable[..., R], parts: list[list[T]], **arguments: Any) ->
             workers.append(_start(pickle.dumps((os.getpid(), work, part, arguments))))
         outcomes = [_outcome(process, results) for process, results in workers]
     except BaseException:
+        for _, results in workers:
+            results.close()  # a worker sending its outcome now fails at once, never blocks
         _interrupt([process for process, _ in workers])
         raise
     finally:
@@ -79,6 +82,7 @@ def _start(task: bytes) -> tuple[subprocess.Popen, BinaryIO]:
     """A worker given `task` on its stdin, answering on a pipe of its own (its stdout and
     stderr stay the caller's, for its logs)."""
     read, write = os.pipe()
+    results = os.fdopen(read, "rb")
     package = str(Path(__file__).resolve().parents[2])  # where this tol_dagster is imported from
     path = os.pathsep.join(filter(None, [package, os.environ.get("PYTHONPATH")]))
     try:
@@ -88,12 +92,19 @@ def _start(task: bytes) -> tuple[subprocess.Popen, BinaryIO]:
             pass_fds=(write,),
             env={**os.environ, "PYTHONPATH": path, "MALLOC_ARENA_MAX": _ARENAS},
         )
+    except BaseException:
+        results.close()
+        raise
     finally:
         os.close(write)
-    results = os.fdopen(read, "rb")
-    assert process.stdin is not None
-    with process.stdin:
-        process.stdin.write(task)
+    try:
+        assert process.stdin is not None
+        with process.stdin:
+            process.stdin.write(task)
+    except BaseException:
+        results.close()
+        _interrupt([process])
+        raise
     return process, results
 
 
@@ -142,12 +153,12 @@ def _serve(results: int) -> None:
         outcome: tuple[bool, Any] = (True, work(part, **arguments))
     except BaseException as error:  # sent to the parent, which raises it
         outcome = (False, error)
-    with os.fdopen(results, "wb") as out:
-        try:
-            data = pickle.dumps(outcome)
-        except Exception as error:  # an error that does not pickle: its words then
-            data = pickle.dumps((False, RuntimeError(f"{outcome[1]!r} ({error})")))
-        out.write(data)
+    try:
+        data = pickle.dumps(outcome)
+    except Exception as error:  # an error that does not pickle: its words then
+        data = pickle.dumps((False, RuntimeError(f"{outcome[1]!r} ({error})")))
+    with contextlib.suppress(BrokenPipeError), os.fdopen(results, "wb") as out:
+        out.write(data)  # a parent that stopped listening (interrupted) closed the pipe
 
 
 if __name__ == "__main__":
