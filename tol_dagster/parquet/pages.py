@@ -143,7 +143,7 @@ def _read_column(
     if known is not None and known.covers(first, last):
         return known.column.slice(start - known.covered[0], stop - start)
     pages = _pages(footer.path, handle, meta, locations, first, last, covered)
-    column = _decoded(footer, elements, meta, pages, _page_rows(locations, pages, rows))
+    column = _decoded(footer, elements, meta, pages, _page_rows(locations, pages))
     if len(column) != covered[1] - covered[0]:
         raise SpliceError(
             f"{footer.path}: pages {pages.first}..{pages.last} of a column decode to "
@@ -169,7 +169,7 @@ def _decoded(
     return pq.ParquetFile(pa.BufferReader(data)).read(use_threads=False).column(0)
 
 
-def _page_rows(locations: list[Struct], pages: _Pages, rows: int) -> list[int]:
+def _page_rows(locations: list[Struct], pages: _Pages) -> list[int]:
     """The rows each page of `pages` holds, by the offset index."""
     firsts = [
         page.get(field_ids.PAGE_FIRST_ROW) for page in locations[pages.first : pages.last + 1]

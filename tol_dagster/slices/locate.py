@@ -187,8 +187,7 @@ def scan_file(file: MirrorFile, spans: dict[int, Span], exact: bool) -> Scan:
 
 def row_group_starts(metadata: pq.FileMetaData) -> np.ndarray:
     """First file-relative row of each row group."""
-    sizes = [metadata.row_group(g).num_rows for g in range(metadata.num_row_groups)]
-    return _starts(np.array(sizes, dtype=np.int64))
+    return _starts(_sizes(metadata))
 
 
 def row_groups(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -201,14 +200,17 @@ def row_groups(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 @functools.lru_cache(maxsize=1024)
 def _row_groups(path: str, inode: int, size: int, mtime_ns: int) -> tuple[np.ndarray, np.ndarray]:
-    metadata = pq.read_metadata(path)
-    sizes = np.array(
-        [metadata.row_group(g).num_rows for g in range(metadata.num_row_groups)], dtype=np.int64
-    )
+    sizes = _sizes(pq.read_metadata(path))
     starts = _starts(sizes)
     for array in (starts, sizes):
         array.setflags(write=False)
     return starts, sizes
+
+
+def _sizes(metadata: pq.FileMetaData) -> np.ndarray:
+    return np.array(
+        [metadata.row_group(g).num_rows for g in range(metadata.num_row_groups)], dtype=np.int64
+    )
 
 
 def _starts(sizes: np.ndarray) -> np.ndarray:
