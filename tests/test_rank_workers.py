@@ -4,9 +4,12 @@ raised by the pass; an interrupted pass interrupts its workers; `TOL_RANK_WORKER
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -19,6 +22,7 @@ from tol_dagster.errors import SettingsError
 from tol_dagster.schema import DEFAULT_CONFIG
 from tol_dagster.settings import Settings
 from tol_dagster.slices import rank_workers, records
+from tol_dagster.store.hashing import sha256_file
 from tol_dagster.store.layout import Layout
 
 
@@ -121,3 +125,87 @@ def test_a_value_is_sent_to_a_worker_with_its_own_index_entries_only(
     assert (sent.key, sent.rows, sent.built_from_rows, sent.first) == (
         value.key, value.rows, value.built_from_rows, value.first,
     )  # fmt: skip
+
+
+_KILLED_PASS = """
+import sys
+from pathlib import Path
+sys.path.insert(0, {tests!r})
+from mirror_testing import sample_mirror
+from tol_dagster.derived.summaries import read_summary
+from tol_dagster.derived.taxon_index import read_taxon_index
+from tol_dagster.schema import DEFAULT_CONFIG, expected_schema
+from tol_dagster.slices import rank_workers
+from tol_dagster.slices.rank_pass import plan_rank, publish_rank
+from tol_dagster.store.hashing import sha256_file
+from tol_dagster.store.layout import Layout
+
+rank_workers.MIN_VALUES_PER_WORKER = 8
+layout, files = Layout(Path({home!r})), sample_mirror(Path({sample!r}))
+index = read_taxon_index(layout, DEFAULT_CONFIG)
+plan = plan_rank("genus", index, read_summary(layout, DEFAULT_CONFIG, "lineage"), files)
+publish_rank(
+    plan, files, schema=expected_schema(DEFAULT_CONFIG), layout=layout, config=DEFAULT_CONFIG,
+    commit="c0ffee", generation="g1", workers=2,
+)
+"""
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                if int(fields[1]) == pid:
+                    found.append(int(entry.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads processes from /proc (Linux)")
+def test_a_pass_killed_with_kill_9_leaves_its_workers_stopping_and_every_slice_whole(
+    small_sample: Path, tmp_path: Path
+) -> None:
+    """kill -9 of the pass mid-way: its workers finish the value they are on and stop (their
+    parent is gone), every slice on disk is whole and recorded, no temp file is left, and the
+    pass run again builds only what is missing."""
+    ranked = Ranked(sample_mirror(small_sample), Layout(tmp_path / "home"))
+    plan = ranked.plan("genus")
+    folder = ranked.layout.slices_dir(DEFAULT_CONFIG)
+    script = _KILLED_PASS.format(
+        tests=str(Path(__file__).parent), home=str(tmp_path / "home"), sample=str(small_sample)
+    )
+    process = subprocess.Popen([sys.executable, "-c", script])
+    workers: list[int] = []
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None:
+        workers = workers if len(workers) == 2 else _children(process.pid)
+        if len(workers) == 2 and folder.is_dir() and len(list(folder.glob("*.parquet"))) >= 4:
+            break
+        time.sleep(0.005)
+    assert process.poll() is None, "the pass ended before it could be killed"
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    stop = time.monotonic() + 60
+    while any(_alive(pid) for pid in workers) and time.monotonic() < stop:
+        time.sleep(0.05)
+    assert len(workers) == 2 and not any(_alive(pid) for pid in workers), "workers stopped"
+
+    published = sorted(p.name for p in folder.iterdir())
+    assert published and all(name.endswith(".parquet") for name in published), "no temp file"
+    assert len(published) < len(plan.values) // 4, "each worker stopped after its value"
+    recorded = records.slice_records(ranked.layout, DEFAULT_CONFIG)
+    assert sorted(Path(str(r["path"])).name for r in recorded) == published, "each recorded"
+    for record in recorded:
+        assert sha256_file(Path(str(record["path"]))) == record["sha256"], "whole, as recorded"
+    resumed = ranked.publish(plan)
+    assert len(resumed.unchanged) == len(published)
+    assert len(resumed.built) == len(plan.values) - len(published)

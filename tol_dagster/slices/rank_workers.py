@@ -53,10 +53,10 @@ def split(values: Sequence[T], weights: Sequence[int], workers: int) -> list[lis
 
 def run_parts(work: Callable[..., R], parts: list[list[T]], **arguments: Any) -> list[R]:
     """`work(part, **arguments)` for each part: in this process for one part, else one worker
-    process per part (this module run by this Python: no main module imported again, unlike
-    multiprocessing's spawn). Results in the parts' order; the first part's error is raised
-    once every part has stopped. Interrupted (or failing) here, the workers are interrupted
-    too (SIGINT: each cleans up what it was writing) and waited for."""
+    process per part (this Python importing this module and calling `serve`: no main module
+    imported again, unlike multiprocessing's spawn). Results in the parts' order; the first
+    part's error is raised once every part has stopped. Interrupted (or failing) here, the
+    workers are interrupted too (SIGINT: each cleans up what it was writing) and waited for."""
     if len(parts) <= 1:
         return [work(part, **arguments) for part in parts]
     workers: list[tuple[subprocess.Popen, BinaryIO]] = []
@@ -87,7 +87,9 @@ def _start(task: bytes) -> tuple[subprocess.Popen, BinaryIO]:
     path = os.pathsep.join(filter(None, [package, os.environ.get("PYTHONPATH")]))
     try:
         process = subprocess.Popen(
-            [sys.executable, "-m", __name__, str(write)],
+            # Imported, not run as __main__: a second copy of this module would hold the
+            # parent's pid where `parent_gone` never looks.
+            [sys.executable, "-c", f"from {__name__} import serve; serve({write})"],
             stdin=subprocess.PIPE,
             pass_fds=(write,),
             env={**os.environ, "PYTHONPATH": path, "MALLOC_ARENA_MAX": _ARENAS},
@@ -145,7 +147,7 @@ def parent_gone() -> bool:
     return bool(_PARENT) and os.getppid() != _PARENT[0]
 
 
-def _serve(results: int) -> None:
+def serve(results: int) -> None:
     """A worker: its task from stdin, its outcome (result, or the error) to fd `results`."""
     parent, work, part, arguments = pickle.load(sys.stdin.buffer)
     _PARENT.append(parent)
@@ -159,7 +161,3 @@ def _serve(results: int) -> None:
         data = pickle.dumps((False, RuntimeError(f"{outcome[1]!r} ({error})")))
     with contextlib.suppress(BrokenPipeError), os.fdopen(results, "wb") as out:
         out.write(data)  # a parent that stopped listening (interrupted) closed the pipe
-
-
-if __name__ == "__main__":
-    _serve(int(sys.argv[1]))
