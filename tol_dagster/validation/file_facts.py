@@ -163,15 +163,15 @@ def inspect_file(
         return _unreadable_footer(path, sha256, results[0], error)
     results.append(_footer_result(name, parquet))
     results += _schema_results(name, schema, expected_schema, last_validated_schema)
-    metadata = _read_metadata(parquet, schema)
+    metadata = _read_metadata(path, parquet, schema)
     emb = emb_scan.scan_emb(path, parquet, emb_bounds)
     results.append(_rows_result(name, parquet.metadata.num_rows, metadata, emb))
     results.append(emb_scan.emb_finite_result(name, emb))
     uuids = None if isinstance(metadata, str) else _column(metadata, "uuid")
     row_hashes = None if uuids is None else _guarded_hashes(uuids)
     results.append(emb_scan.emb_norms_result(name, emb, emb_bounds, uuids))
-    _save_digests(emb_digests_path, emb, row_hashes)
-    results += _metadata_results(name, path, metadata, row_hashes, uuid_hashes_path)
+    sorted_hashes = _save_digests(emb_digests_path, emb, row_hashes)
+    results += _metadata_results(name, path, metadata, sorted_hashes, uuid_hashes_path)
     first_key, last_key = _end_keys(metadata)
     return FileFacts(
         name=name,
@@ -266,12 +266,14 @@ def _schema_results(
     ]
 
 
-def _read_metadata(parquet: pq.ParquetFile, schema: pa.Schema) -> pa.Table | str:
+def _read_metadata(path: Path, parquet: pq.ParquetFile, schema: pa.Schema) -> pa.Table | str:
     """The metadata columns the file has, or why they do not read. One thread: pyarrow's
     column threads cost more CPU than they save here (0.40 against 0.26 CPU s per GB), and the
-    gate already runs beside downloads and other files' gates."""
+    gate already runs beside downloads and other files' gates. Each of their column chunks is
+    read whole (a few MB), not through `emb`'s streaming buffer: that cost as much again."""
     try:
-        return parquet.read(
+        whole_chunks = pq.ParquetFile(path, metadata=parquet.metadata, pre_buffer=False)
+        return whole_chunks.read(
             columns=[c for c in METADATA_COLUMNS if c in schema.names], use_threads=False
         )
     except Exception as error:
@@ -302,25 +304,31 @@ def _guarded_hashes(uuids: pa.ChunkedArray) -> RowHashes | None:
         return None
 
 
-def _save_digests(path: Path | None, emb: EmbScan | str, row_hashes: RowHashes | None) -> None:
+def _save_digests(
+    path: Path | None, emb: EmbScan | str, row_hashes: RowHashes | None
+) -> np.ndarray | None:
     """Keep the file's (uuid hash, emb digest, row) table at `path`, if one is given and both
-    passes gave every row."""
+    passes gave every row. Returns the non-NULL uuids' hashes sorted (None if the uuids could
+    not be hashed): the table's first row when it was made, so they are sorted once."""
+    if row_hashes is None:
+        return None
     if (
         path is not None
         and isinstance(emb, EmbScan)
         and emb.digests is not None
-        and row_hashes is not None
         and emb.digests.size == row_hashes[0].size
     ):
         table = emb_digests.digest_table(*row_hashes, emb.digests)
         emb_digests.save_table(path, table, sync_dir=False)
+        return table[0]
+    return np.sort(row_hashes[0][row_hashes[1]])
 
 
 def _metadata_results(
     name: str,
     path: Path,
     table: pa.Table | str,
-    row_hashes: RowHashes | None,
+    sorted_hashes: np.ndarray | None,
     hashes_path: Path | None,
 ) -> list[CheckResult]:
     """The checks on the metadata columns (`table`, or why they did not read): the
@@ -337,7 +345,7 @@ def _metadata_results(
             _guarded(SORTED_BY_CONTRACT_KEY, name, lambda: check_sorted_within(name, keys))
         )
     results.append(
-        _guarded(UUID_UNIQUE, name, lambda: _uuid_unique(name, path, row_hashes, hashes_path))
+        _guarded(UUID_UNIQUE, name, lambda: _uuid_unique(name, path, sorted_hashes, hashes_path))
         if "uuid" in table.column_names
         else not_run(UUID_UNIQUE, name, "column 'uuid' missing")
     )
@@ -355,13 +363,12 @@ def _end_keys(metadata: pa.Table | str) -> tuple[SortKey | None, SortKey | None]
 
 
 def _uuid_unique(
-    name: str, path: Path, row_hashes: RowHashes | None, hashes_path: Path | None
+    name: str, path: Path, hashes: np.ndarray | None, hashes_path: Path | None
 ) -> CheckResult:
-    """`uuid_unique` within the file, on its uuid hashes; they are kept at `hashes_path` for
-    the check across files."""
-    if row_hashes is None:
+    """`uuid_unique` within the file, on its non-NULL uuids' hashes sorted; they are kept at
+    `hashes_path` for the check across files."""
+    if hashes is None:
         raise ValueError("the uuids could not be hashed")
-    hashes = np.sort(row_hashes[0][row_hashes[1]])
     if hashes_path is not None:
         uuid_index.save_hashes(hashes_path, hashes, sync_dir=False)
     return uuid_index.check_uuid_unique_within(name, path, hashes)
