@@ -42,12 +42,27 @@ def as_arrow(rows: np.ndarray, null_rows: Sequence[int] = ()) -> pa.FixedSizeLis
     return pa.FixedSizeListArray.from_arrays(values, DIM, mask=pa.array(mask))
 
 
-def test_peaks_from_bits_equal_the_float_peaks_bit_for_bit() -> None:
+def float_peaks(rows: np.ndarray) -> np.ndarray:
+    """Each row's largest |x| by numpy's conversion to float32 (NaN where a row holds one)."""
+    return np.abs(rows.astype(np.float32)).max(axis=1)
+
+
+def test_peaks_from_bits_equal_the_float_peaks_where_finite_and_are_inf_where_not() -> None:
     rows = awkward_rows()
-    values = np.abs(rows.astype(np.float32))
-    from_bits = emb_norms._peaks(rows, emb_norms.magnitudes(rows), None)
-    from_floats = emb_norms._float_peaks(values)
-    assert from_bits.tobytes() == from_floats.tobytes()
+    from_bits = emb_norms.row_peaks(rows, emb_norms.magnitudes(rows))
+    from_floats = float_peaks(rows)
+    finite = np.isfinite(from_floats)
+    assert from_bits[finite].tobytes() == from_floats[finite].tobytes()
+    assert np.flatnonzero(~finite).tolist() == [1, 2, 3, 10]
+    assert (from_bits[~finite] == np.inf).all()
+
+
+def test_peaks_of_wider_floats_are_not_finite_exactly_where_a_row_is_not() -> None:
+    rows = awkward_rows().astype(np.float64)
+    rows[11, 0] = 1e300  # finite in float64, Inf once narrowed to float32
+    peaks = emb_norms.row_peaks(rows, emb_norms.magnitudes(rows))
+    assert np.flatnonzero(~np.isfinite(peaks)).tolist() == [1, 2, 3, 10]
+    assert peaks[11] == 1e300
 
 
 def test_magnitudes_from_bits_are_numpys_conversion_bit_for_bit() -> None:
@@ -57,17 +72,18 @@ def test_magnitudes_from_bits_are_numpys_conversion_bit_for_bit() -> None:
     finite = np.isfinite(halves)
     from_bits = emb_norms.magnitudes(halves.reshape(1, -1))[0]
     assert from_bits[finite].tobytes() == np.abs(halves[finite].astype(np.float32)).tobytes()
-    assert np.isfinite(from_bits).all()  # Inf and NaN rows are left to `_peaks` to exclude
+    assert np.isfinite(from_bits).all()  # Inf and NaN rows are left to `row_peaks` to mark
 
 
 def test_bounds_scan_details_are_those_of_the_float_path() -> None:
     rows = awkward_rows()
     bounds = EmbBounds(norm_min=1.0, norm_max=6.0, max_abs=3.0)
     scan = emb_norms.BoundsScan(bounds)
-    scan.add(rows, None, 0)
+    magnitudes = emb_norms.magnitudes(rows)
+    scan.add(magnitudes, emb_norms.row_peaks(rows, magnitudes), None, 0)
     values = rows.astype(np.float32)
     norms = np.sqrt(np.einsum("ij,ij->i", values, values))
-    peaks = emb_norms._float_peaks(np.abs(values))
+    peaks = float_peaks(rows)
     seen = np.isfinite(norms) & np.isfinite(peaks)
     bad = seen & ((norms < 1.0) | (norms > 6.0) | (peaks > 3.0))
     assert scan.outside == int(bad.sum())
@@ -82,7 +98,10 @@ def test_nonfinite_rows_from_bits_equal_arrows_is_finite() -> None:
     for null_rows in ([], [2, 4, 30]):
         emb = as_arrow(rows, null_rows)
         valid = emb.is_valid().to_numpy(zero_copy_only=False) if null_rows else None
-        from_bits = emb_scan._nonfinite_rows(emb, emb_matrix(emb), valid)
+        matrix = emb_matrix(emb)
+        assert matrix is not None
+        peaks = emb_norms.row_peaks(matrix, emb_norms.magnitudes(matrix))
+        from_bits = emb_scan._nonfinite_rows(emb, peaks, valid)
         from_arrow = emb_scan._nonfinite_rows(emb, None, None)
         assert from_bits.tolist() == from_arrow.tolist() == sorted({1, 2, 3, 10} - set(null_rows))
 
@@ -91,4 +110,7 @@ def test_a_null_value_inside_a_row_is_found_by_arrow() -> None:
     rows = awkward_rows()[20:24]
     values = pa.array(rows.reshape(-1), pa.float16(), mask=np.arange(rows.size) == DIM + 2)
     emb = pa.FixedSizeListArray.from_arrays(values, DIM)
-    assert emb_scan._nonfinite_rows(emb, emb_matrix(emb), None).tolist() == [1]
+    matrix = emb_matrix(emb)
+    assert matrix is not None
+    peaks = emb_norms.row_peaks(matrix, emb_norms.magnitudes(matrix))
+    assert emb_scan._nonfinite_rows(emb, peaks, None).tolist() == [1]

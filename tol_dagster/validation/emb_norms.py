@@ -34,16 +34,12 @@ class BoundsScan:
     max_abs_seen: float = 0.0
 
     def add(
-        self,
-        matrix: np.ndarray,
-        valid: np.ndarray | None,
-        first_row: int,
-        largest: np.ndarray | None = None,
+        self, values: np.ndarray, peaks: np.ndarray, valid: np.ndarray | None, first_row: int
     ) -> None:
-        """Measure a batch of rows (`largest`: its `largest_bits`, if already computed)."""
-        values = magnitudes(matrix)
+        """Measure a batch of rows from their `magnitudes` and `row_peaks`."""
         norms = np.sqrt(np.einsum("ij,ij->i", values, values))
-        peaks = _peaks(matrix, values, largest) if values.shape[1] else norms
+        if not values.shape[1]:
+            peaks = norms
         seen = np.isfinite(norms) & np.isfinite(peaks)
         if valid is not None:
             seen &= valid
@@ -67,17 +63,20 @@ class BoundsScan:
 #: 2**112: float16's bits shifted into a float32's, times this, are the same number (see
 #: `magnitudes`).
 _HALF_TO_SINGLE = np.float32(2.0**112)
+#: The least magnitude `magnitudes` gives a float16 Inf or NaN (the largest finite is 65504).
+_HALF_NONFINITE = np.float32(2.0**16)
 
 
 def magnitudes(matrix: np.ndarray) -> np.ndarray:
-    """|x| of every value, in float32 (squares and maxima need no sign).
+    """|x| of every value, in float32 for float16 and float32 (squares and maxima need no
+    sign), float64 for float64.
 
     From float16 without numpy's conversion (about 4x slower here): a half's exponent and
     mantissa shifted 13 bits up are a float32 of the same digits, 2**112 times too small, and
     multiplying by 2**112 is exact, subnormals included. Inf and NaN come out finite and
-    large: their rows are `emb_finite`'s, and `_peaks` (from the bits) leaves them out."""
+    large (at least 2**16): `row_peaks` makes their rows' peaks Inf."""
     if matrix.dtype != np.float16:
-        return np.abs(matrix.astype(np.float32))
+        return np.abs(matrix.astype(np.promote_types(matrix.dtype, np.float32)))
     bits = (matrix.view(np.uint16) & np.uint16(0x7FFF)).astype(np.uint32)
     bits <<= np.uint32(13)
     values = bits.view(np.float32)
@@ -85,32 +84,16 @@ def magnitudes(matrix: np.ndarray) -> np.ndarray:
     return values
 
 
-def _float_peaks(values: np.ndarray) -> np.ndarray:
-    """Each row's largest |x| (NaN if the row holds one) from float32 magnitudes."""
-    return values.max(axis=1)
-
-
-def largest_bits(matrix: np.ndarray) -> np.ndarray:
-    """Each float16 row's largest bit pattern with the sign cleared: with the sign bit cleared
-    a larger magnitude has a larger pattern (Inf and NaN, exponent all ones, the largest of
-    all), so this is the row's largest |x|, and the row holds Inf or NaN exactly when it is at
-    least INF_BITS."""
-    return (matrix.view(np.uint16) & np.uint16(0x7FFF)).max(axis=1)
-
-
-#: float16's +Inf: a pattern at least this large (sign cleared) is Inf or NaN.
-INF_BITS = np.uint16(0x7C00)
-
-
-def _peaks(matrix: np.ndarray, values: np.ndarray, largest: np.ndarray | None) -> np.ndarray:
-    """Each row's largest |x| in float32, from float16's bit patterns when it can (no
-    conversion, and Inf and NaN stay what they are: `largest_bits`, or `largest` when given).
-    `values` are the float32 magnitudes (`magnitudes`) for other types."""
-    if matrix.dtype != np.float16:
-        return _float_peaks(values)
-    if largest is None:
-        largest = largest_bits(matrix)
-    return largest.view(np.float16).astype(np.float32)
+def row_peaks(matrix: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Each row's largest |x| from its `magnitudes`: not finite exactly when the row holds
+    Inf or NaN (Inf for float16 rows, whose magnitudes are finite; NaN if one is there for
+    wider floats). Zero for rows of no values."""
+    if not values.shape[1]:
+        return np.zeros(values.shape[0], values.dtype)
+    peaks = values.max(axis=1)
+    if matrix.dtype == np.float16:
+        peaks[peaks >= _HALF_NONFINITE] = np.inf
+    return peaks
 
 
 def bounds_result(

@@ -97,23 +97,22 @@ def _scan(batches: Iterable[Batch], bounds: EmbBounds | None) -> EmbScan:
         if emb is not None and emb.null_count:
             null_rows += emb.null_count
             valid = emb.is_valid().to_numpy(zero_copy_only=False)
-        largest = (
-            emb_norms.largest_bits(matrix)
-            if matrix is not None and matrix.dtype == np.float16
-            else None
-        )
-        nonfinite_in_batch = _nonfinite_rows(emb, matrix, valid, largest)
+        values = peaks = None
+        if matrix is not None:
+            values = emb_norms.magnitudes(matrix)
+            peaks = emb_norms.row_peaks(matrix, values)
+        nonfinite_in_batch = _nonfinite_rows(emb, peaks, valid)
         if nonfinite_in_batch.size:
             nonfinite_rows += nonfinite_in_batch.size
             if first_nonfinite is None:
                 first_nonfinite = rows + int(nonfinite_in_batch[0])
-        if matrix is None:
+        if matrix is None or values is None or peaks is None:
             digests = in_bounds = None
         else:
             if digests is not None:
                 digests.append(emb_digests.row_digests(matrix, valid))
             if in_bounds is not None:
-                in_bounds.add(matrix, valid, rows, largest)
+                in_bounds.add(values, peaks, valid, rows)
         if emb is not None:
             rows += len(emb)
         elif matrix is not None:
@@ -125,24 +124,15 @@ def _scan(batches: Iterable[Batch], bounds: EmbBounds | None) -> EmbScan:
 
 
 def _nonfinite_rows(
-    emb: pa.FixedSizeListArray | None,
-    matrix: np.ndarray | None,
-    valid: np.ndarray | None,
-    largest: np.ndarray | None = None,
+    emb: pa.FixedSizeListArray | None, peaks: np.ndarray | None, valid: np.ndarray | None
 ) -> np.ndarray:
     """The rows (in the batch, ascending) holding a NaN, an Inf or a NULL value; NULL rows are
     `emb_finite`'s other count, not these.
 
-    Without NULL values, from `matrix` (the batch's rows): on float16 from its bits (a row's
-    `largest_bits`, given or computed here, at least INF_BITS). Otherwise Arrow's `is_finite`
-    on the values."""
-    if matrix is not None and (emb is None or not emb.values.null_count):
-        if matrix.dtype == np.float16:
-            if largest is None:
-                largest = emb_norms.largest_bits(matrix)
-            bad = largest >= emb_norms.INF_BITS
-        else:
-            bad = ~np.isfinite(matrix).all(axis=1)
+    Without NULL values, from the rows' `emb_norms.row_peaks` (not finite exactly there).
+    Otherwise Arrow's `is_finite` on the values."""
+    if peaks is not None and (emb is None or not emb.values.null_count):
+        bad = ~np.isfinite(peaks)
         if valid is not None:
             bad &= valid
         return np.flatnonzero(bad)
