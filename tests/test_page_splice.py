@@ -20,7 +20,7 @@ from mirror_testing import mirror_of, sample_mirror
 
 from tol_dagster.derived.taxon_index import build_taxon_index, read_taxon_index
 from tol_dagster.errors import ValidationFailed
-from tol_dagster.parquet import field_ids
+from tol_dagster.parquet import field_ids, list_encode
 from tol_dagster.parquet.footer import Footer, SpliceError, read_footer
 from tol_dagster.parquet.page_splice import PageRun, RangePlan, plan_range
 from tol_dagster.parquet.pages import read_rows
@@ -70,12 +70,12 @@ def _write_like_upstream(table: pa.Table, path: Path, **options: object) -> Path
     return path
 
 
-def _table(rows: int, seed: int) -> pa.Table:
+def _table(rows: int, seed: int, null_share: float = 0.05) -> pa.Table:
     """The mirror's schema, NULL `emb` rows among random ones, families in runs of 300 rows."""
     rng = np.random.default_rng(seed)
     values = rng.standard_normal(rows * 768).astype(np.float16)
     emb = pa.FixedSizeListArray.from_arrays(
-        pa.array(values), 768, mask=pa.array(rng.random(rows) < 0.05)
+        pa.array(values), 768, mask=pa.array(rng.random(rows) < null_share)
     )
     columns = {name: pa.array([f"{name}-{i // 300}" for i in range(rows)]) for name in SCHEMA.names}
     columns["uuid"] = pa.array([f"{seed}-{i:06d}" for i in range(rows)])
@@ -169,6 +169,30 @@ def test_ranges_aligned_or_not_at_either_end_of_row_groups_splice_to_the_same_ro
     for plan in plans:
         run = plan.runs[1]
         assert source[run.offset : run.offset + run.length] in written  # copied as bytes
+
+
+@pytest.mark.parametrize("layout", ["v1-zstd", "v1-none"])
+def test_emb_end_pages_are_written_by_list_encode_and_splice_to_the_same_rows(
+    layout: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    table = _table(2 * GROUP_ROWS, 4, null_share=0.0)
+    footer = read_footer(_write_like_upstream(table, tmp_path / "m.parquet", **LAYOUTS[layout]))
+    written: list[bool] = []
+    real = list_encode.encode_list_pages
+
+    def spy(*args: object) -> object:
+        pages = real(*args)  # type: ignore[arg-type]
+        written.append(pages is not None)
+        return pages
+
+    monkeypatch.setattr(list_encode, "encode_list_pages", spy)
+    firsts = _page_firsts(footer, 1)
+    ranges = [(1, firsts[2] + 3, firsts[6] - 2), (0, 5, GROUP_ROWS - 7)]
+    out = tmp_path / "spliced.parquet"
+    _splice(footer, ranges, out)
+    assert written == [True] * 4  # `emb`'s pages at both ends of both ranges
+    expected = pa.concat_tables([table.slice(g * GROUP_ROWS + a, b - a) for g, a, b in ranges])
+    _reads_the_same_everywhere(out, expected)
 
 
 def test_a_range_inside_one_page_has_no_page_to_copy(

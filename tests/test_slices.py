@@ -8,7 +8,7 @@ import difflib
 import errno
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import duckdb
@@ -24,6 +24,7 @@ from tol_dagster.errors import EmptySliceError, StoreError, ValidationFailed
 from tol_dagster.parquet.footer import Footer, SpliceError, read_footer
 from tol_dagster.parquet.list_pages import list_pages
 from tol_dagster.parquet.pages import read_rows
+from tol_dagster.parquet.splice import Column
 from tol_dagster.schema import DEFAULT_CONFIG, arrow_schema, expected_schema
 from tol_dagster.slices import emb_check, locate, read, write
 from tol_dagster.slices.checks import (
@@ -314,12 +315,15 @@ def test_emb_codec_is_decided_by_the_batchs_own_values_only() -> None:
     """A batch sliced from a larger table shares its buffer: the bytes after the batch's rows
     (here, zeros that compress to nothing) must not decide the codec of its own (random)."""
     rng = np.random.default_rng(9)
-    noise = rng.integers(0, 1 << 16, 64 * 768, dtype=np.uint16).view(np.float16)
+    rows = 16  # less than the probe's bytes
+    assert rows * 768 * 2 < write._PROBE_BYTES
+    noise = rng.integers(0, 1 << 16, rows * 768, dtype=np.uint16).view(np.float16)
     values = np.concatenate([noise, np.zeros(4000 * 768, np.float16)])
     emb = pa.FixedSizeListArray.from_arrays(pa.array(values, pa.float16()), 768)
     table = pa.table({"emb": emb})
-    assert write._emb_codec(table.slice(0, 64).to_batches()[0]) == "none"
-    assert write._emb_codec(table.slice(64, 64).to_batches()[0]) == "zstd"
+    assert write._emb_codec(table.slice(0, rows).to_batches()[0]) == "none"
+    assert write._emb_codec(table.slice(rows, rows).to_batches()[0]) == "zstd"
+    assert write._emb_codec(table.slice(0, rows)) == "none"  # a table: its first batch decides
 
 
 def test_the_slice_reads_only_the_row_groups_the_index_names(
@@ -755,17 +759,20 @@ def test_files_with_another_parquet_layout_are_read_instead_of_copied(
     assert pq.read_table(result.path).equals(mirror.expected(key))
 
 
-def test_segments_drained_at_any_size_splice_the_same_slice(
+def test_encoded_rows_are_added_row_group_by_row_group_between_the_copied_ones(
     mirror: Mirror, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(write, "SEGMENT_BYTES", 1)  # every row group encoded is spliced at once
     monkeypatch.setattr(read, "BATCH_ROWS", 100)
-    spliced: list[tuple[bool, int]] = []  # (from a segment, row groups of its file) per add
+    added: list[tuple[str, int]] = []  # ("copy", row group) or ("rows", rows) per add
 
     class Recording(write.Splicer):
-        def add(self, footer: Footer, row_group: int) -> None:
-            spliced.append((footer.data is not None, len(footer.row_groups)))
-            super().add(footer, row_group)
+        def add(self, footer: Footer, row_group: int, *, owned: bool = False) -> None:
+            added.append(("copy", row_group))
+            super().add(footer, row_group, owned=owned)
+
+        def add_columns(self, columns: Sequence[Column], rows: int) -> None:
+            added.append(("rows", rows))
+            super().add_columns(columns, rows)
 
     monkeypatch.setattr(write, "Splicer", Recording)
     key, result, table = _extract(mirror, "kingdom=Animalia", tmp_path)
@@ -773,10 +780,12 @@ def test_segments_drained_at_any_size_splice_the_same_slice(
     assert table.equals(mirror.expected(key))
     meta = pq.read_metadata(result.path)
     assert meta.num_row_groups > result.row_groups_copied
-    assert len(spliced) == meta.num_row_groups  # none empty: each add is a row group out
-    encoded = [meta.row_group(g).num_rows for g, (segment, _) in enumerate(spliced) if segment]
+    assert len(added) == meta.num_row_groups  # none empty: each add is a row group out
+    encoded = [rows for kind, rows in added if kind == "rows"]
+    assert encoded == [
+        meta.row_group(g).num_rows for g, (kind, _) in enumerate(added) if kind == "rows"
+    ]
     assert len(encoded) == meta.num_row_groups - result.row_groups_copied
-    assert all(groups == 1 for segment, groups in spliced if segment)  # drained one by one
     assert max(encoded) < 2 * 100  # row groups of 100 rows and more, from batches of 100
 
 

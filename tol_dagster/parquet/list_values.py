@@ -27,9 +27,8 @@ from tol_dagster.parquet.thrift import Struct, read_varint, write_varint
 #: A bound on a page's decompressed bytes per value (a float64 and its levels), checked before
 #: decompressing: a header may not make us allocate what its values cannot fill.
 _MAX_BYTES_PER_VALUE = 9
-#: DataPageHeader fields and the encodings accepted.
-_ENCODING, _DEF_ENCODING, _REP_ENCODING = 2, 3, 4
-_PLAIN, _RLE = 0, 3
+#: The encodings accepted.
+PLAIN, RLE = 0, 3
 #: ColumnMetaData's codec ids that pyarrow decompresses under these names (not LZ4: two framings).
 _CODECS = {0: None, 1: "snappy", 2: "gzip", 4: "brotli", 6: "zstd"}
 #: SchemaElement fields, and the values of them read here.
@@ -80,15 +79,15 @@ def page_values(
     info, data = page
     count = info.get(field_ids.DATA_NUM_VALUES)
     if (
-        info.get(_ENCODING) != _PLAIN
-        or info.get(_DEF_ENCODING) != _RLE
-        or info.get(_REP_ENCODING) != _RLE
+        info.get(field_ids.DATA_ENCODING) != PLAIN
+        or info.get(field_ids.DATA_DEF_ENCODING) != RLE
+        or info.get(field_ids.DATA_REP_ENCODING) != RLE
         or count % size
     ):
         raise SpliceError(f"{path}: a page not PLAIN with RLE levels of whole lists")
     view = memoryview(data).cast("B")
     repetition, position = _levels_section(path, view, 0)
-    if repetition != _repetition_pattern(size) * (count // size):
+    if repetition != repetition_pattern(size) * (count // size):
         raise SpliceError(f"{path}: a page's lists are not all {size} values long")
     definition, position = _levels_section(path, view, position)
     _check_all_at(path, definition, max_def, count)
@@ -103,7 +102,7 @@ def regular_list_column(
     """Consecutive data pages `pages` of the column `elements` describe (compressed by parquet
     codec `codec`, holding `page_rows` rows each) as a fixed-size list array of their floats;
     None unless they are all the plain regular case (the caller decodes with pyarrow)."""
-    leaf = _float_list(elements)
+    leaf = float_list(elements)
     if leaf is None or codec not in _CODECS:
         return None
     dtype, max_def = leaf
@@ -126,7 +125,7 @@ def regular_list_column(
     return pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1)), size)
 
 
-def _float_list(elements: list[Struct]) -> tuple[np.dtype, int] | None:
+def float_list(elements: list[Struct]) -> tuple[np.dtype, int] | None:
     """(dtype, max definition level) of a list column of one repeated level of floats (the
     three schema elements of `emb`), else None."""
     if len(elements) != 3 or elements[2].get(field_ids.SCHEMA_NUM_CHILDREN):
@@ -155,7 +154,7 @@ def _levels_section(path: Path, view: memoryview, position: int) -> tuple[memory
     return view[start : start + length], start + length
 
 
-def _repetition_pattern(size: int) -> bytes:
+def repetition_pattern(size: int) -> bytes:
     """The repetition levels of one list of `size` values (0 then `size` - 1 ones) as Arrow's
     RLE/bit-packed encoder writes them with bit width 1 when `size` is a multiple of 8: the
     first eight levels bit-packed (one group), the rest one run of ones. Every row of a page

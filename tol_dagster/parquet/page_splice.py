@@ -28,7 +28,7 @@ from typing import BinaryIO
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from tol_dagster.parquet import field_ids
+from tol_dagster.parquet import field_ids, list_encode
 from tol_dagster.parquet.footer import (
     Footer,
     SpliceError,
@@ -45,6 +45,8 @@ from tol_dagster.parquet.thrift import I32, I64, LIST, STRUCT, Struct, write_str
 #: Parquet codecs (CompressionCodec) whose pages pyarrow writes, by pyarrow's name.
 CODECS = {0: "none", 1: "snappy", 2: "gzip", 4: "brotli", 6: "zstd", 7: "lz4"}
 _VERSIONS = {field_ids.DATA_PAGE: "1.0", field_ids.DATA_PAGE_V2: "2.0"}
+#: The ZSTD level of end pages `list_encode` writes (pyarrow's default, as for the others).
+END_ZSTD_LEVEL = 1
 
 
 @dataclass(frozen=True)
@@ -207,13 +209,21 @@ def _run_totals(
 
 
 def encode_pages(rows: pa.Array | pa.ChunkedArray, plan: RangePlan, column: int) -> Encoded:
-    """`rows` of the plan's column `column` (its Arrow type) encoded by pyarrow as data pages
-    that can sit beside its copied pages: same physical schema, codec and page version, no
-    dictionary, no statistics. SpliceError if pyarrow wrote anything else."""
+    """`rows` of the plan's column `column` (its Arrow type) encoded as data pages that can
+    sit beside its copied pages: same physical schema, codec and page version, no dictionary,
+    no statistics. A regular list of floats (`emb`) by `list_encode`, anything else by
+    pyarrow; SpliceError if pyarrow wrote anything else."""
     run = plan.runs[column]
     name, elements = plan.footer.top_level_fields()[column]
     meta = plan.footer.row_groups[plan.row_group].get(field_ids.RG_COLUMNS)[1][column]
     codec = meta.get(field_ids.CC_META).get(field_ids.CM_CODEC)
+    if run.version == field_ids.DATA_PAGE:
+        pages = list_encode.encode_list_pages(rows, elements, CODECS[codec], END_ZSTD_LEVEL)
+        if pages is not None:  # `emb`: its levels and values written here, not by pyarrow
+            return Encoded(
+                b"".join(pages.parts), tuple(pages.locations), pages.values,
+                pages.uncompressed, list_encode.ENCODINGS,
+            )  # fmt: skip
     sink = pa.BufferOutputStream()
     schema = pa.schema([pa.field(name, rows.type)])
     with pq.ParquetWriter(
@@ -245,23 +255,35 @@ def encode_pages(rows: pa.Array | pa.ChunkedArray, plan: RangePlan, column: int)
 
 
 def range_columns(
-    plan: RangePlan, rest: Footer, ends: dict[int, tuple[Encoded | None, Encoded | None]]
+    plan: RangePlan,
+    rest: Sequence[Column],
+    rows: int,
+    ends: dict[int, tuple[Encoded | None, Encoded | None]],
 ) -> list[Column]:
     """The columns of the plan's range, for `Splicer.add_columns`: those with a page run as
     their encoded first pages, the copied run and their encoded last pages (`ends`); the
-    others whole from `rest`, a file of one row group holding just them, in order."""
-    rest_chunks = iter(rest.row_groups[0].get(field_ids.RG_COLUMNS)[1])
-    if rest.row_groups[0].get(field_ids.RG_NUM_ROWS) != plan.rows or len(rest.row_groups) != 1:
-        raise SpliceError(f"{plan.footer.path}: the decoded columns hold other rows")
+    others from `rest`, the range's `rows` rows of just them, in order."""
     chunks = plan.footer.row_groups[plan.row_group].get(field_ids.RG_COLUMNS)[1]
+    if rows != plan.rows or len(rest) + len(plan.runs) != len(chunks):
+        raise SpliceError(f"{plan.footer.path}: the decoded columns hold other rows")
+    rest_columns = iter(rest)
     columns = []
     for position, chunk in enumerate(chunks):
         if position in plan.runs:
             head, tail = ends[position]
             columns.append(_spliced_column(plan, chunk, plan.runs[position], head, tail))
         else:
-            columns.append(_whole_column(rest, next(rest_chunks)))
+            columns.append(next(rest_columns))
     return columns
+
+
+def whole_columns(footer: Footer) -> list[Column]:
+    """The column chunks of the one row group of `footer`'s file (read into memory), as they
+    are, for `Splicer.add_columns`; `footer` is theirs after (parsed for this alone).
+    SpliceError if the file holds another number of row groups."""
+    if len(footer.row_groups) != 1:
+        raise SpliceError(f"{footer.path}: {len(footer.row_groups)} row groups, not one")
+    return [_whole_column(footer, c) for c in footer.row_groups[0].get(field_ids.RG_COLUMNS)[1]]
 
 
 def _spliced_column(
@@ -314,12 +336,13 @@ _INDEX_FIELDS = (
 
 
 def _whole_column(rest: Footer, chunk: Struct) -> Column:
-    """A column chunk of `rest` as it is, its offsets made relative to its first byte."""
+    """A column chunk of `rest` as it is, its offsets made relative to its first byte (in
+    place: `rest` was parsed for this alone)."""
     meta = chunk.get(field_ids.CC_META)
     begin, length = chunk_start(meta), meta.get(field_ids.CM_TOTAL_COMPRESSED)
     index = None
     if chunk.has(field_ids.CC_OFFSET_INDEX):
-        pages = [page.copy() for page in _offset_index(rest, chunk)]
+        pages = _offset_index(rest, chunk)
         for page in pages:
             page.set(field_ids.PAGE_OFFSET, page.get(field_ids.PAGE_OFFSET) - begin)
         index = Struct([[field_ids.PAGE_LOCATIONS, LIST, (STRUCT, pages)]])
@@ -330,7 +353,6 @@ def _whole_column(rest: Footer, chunk: Struct) -> Column:
         if chunk.has(field_ids.CC_COLUMN_INDEX)
         else None
     )
-    chunk = chunk.copy()
     chunk.drop(*_INDEX_FIELDS)
     meta = chunk.get(field_ids.CC_META)
     for field_id in (field_ids.CM_DICTIONARY_PAGE, field_ids.CM_INDEX_PAGE):

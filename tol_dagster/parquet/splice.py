@@ -91,16 +91,17 @@ class Splicer:
 
     def add_columns(self, columns: Sequence[Column], rows: int) -> None:
         """Append a row group of `rows` rows built column by column: each column's parts
-        written in turn, its offsets and page indexes moved to where it lands."""
+        written in turn, its offsets and page indexes moved to where it lands (in place: the
+        columns are the splicer's after, never reuse them)."""
         chunks, start = [], self.position
         for column in columns:
-            chunk = column.chunk.copy()
+            chunk = column.chunk
             _shift(chunk, field_ids.CC_FILE_OFFSET, self.position)
             meta = chunk.get(field_ids.CC_META)
             for field_id in _PAGE_OFFSETS:
                 _shift(meta, field_id, self.position)
             if column.offset_index is not None:
-                index = column.offset_index.copy()
+                index = column.offset_index
                 for page in index.get(field_ids.PAGE_LOCATIONS)[1]:
                     _shift(page, field_ids.PAGE_OFFSET, self.position)
                 blob = bytearray()
