@@ -22,7 +22,16 @@ import pyarrow as pa
 from tol_dagster.parquet import field_ids
 from tol_dagster.parquet.list_values import PLAIN, RLE, float_list, repetition_pattern
 from tol_dagster.parquet.splice import Column
-from tol_dagster.parquet.thrift import I32, I64, LIST, STRUCT, Struct, write_struct, write_varint
+from tol_dagster.parquet.thrift import (
+    BINARY,
+    I32,
+    I64,
+    LIST,
+    STRUCT,
+    Struct,
+    write_struct,
+    write_varint,
+)
 
 #: Values bytes per data page: pyarrow's default page size, so pages hold what its would.
 PAGE_BYTES = 1024 * 1024
@@ -34,11 +43,10 @@ ENCODINGS = (RLE, PLAIN)
 
 @dataclass(frozen=True)
 class ListChunk:
-    """What a column chunk of the list column needs besides its pages: its ColumnChunk as our
-    pyarrow writer makes it (`template`, any rows), its schema elements (`elements`: the list
-    and its leaf) and the ZSTD level of its compressed pages."""
+    """What a column chunk of the list column needs besides its pages: its schema elements
+    (`elements`: the list, its repeated group and its leaf) and the ZSTD level of its
+    compressed pages."""
 
-    template: Struct
     elements: list[Struct]
     zstd_level: int
 
@@ -49,7 +57,7 @@ class Pages:
     locations (offsets from the first page, rows from the first row), values, decompressed
     bytes (headers included) and bytes as written."""
 
-    parts: list[bytes]
+    parts: list[bytes | memoryview]
     locations: list[Struct]
     values: int
     uncompressed: int
@@ -67,7 +75,7 @@ def encode_list_column(
         return None
     return Column(
         list(pages.parts),
-        _chunk(chunk.template, codec, pages.values, pages.uncompressed, pages.size),
+        _chunk(chunk.elements, codec, pages.values, pages.uncompressed, pages.size),
         Struct([[field_ids.PAGE_LOCATIONS, LIST, (STRUCT, pages.locations)]]),
         None,
     )
@@ -86,13 +94,14 @@ def encode_list_pages(
     pattern = repetition_pattern(size)
     compressor = pa.Codec("zstd", compression_level=zstd_level) if codec == "zstd" else None
     page_rows = max(1, PAGE_BYTES // (size * matrix.dtype.itemsize))
-    parts: list[bytes] = []
+    parts: list[bytes | memoryview] = []
     locations, offset, uncompressed = [], 0, 0
     for first in range(0, rows, page_rows):
         header, body, raw = _page(matrix[first : first + page_rows], pattern, leaf[1], compressor)
-        parts += [header, body]
-        locations.append(_location(offset, len(header) + len(body), first))
-        offset += len(header) + len(body)
+        written = len(header) + sum(len(part) for part in body)
+        parts += [header, *body]
+        locations.append(_location(offset, written, first))
+        offset += written
         uncompressed += len(header) + raw
     return Pages(parts, locations, rows * size, uncompressed, offset)
 
@@ -124,25 +133,22 @@ def _matrix(values: pa.Array | pa.ChunkedArray, elements: list[Struct]) -> np.nd
 
 def _page(
     rows: np.ndarray, pattern: bytes, max_def: int, compressor: pa.Codec | None
-) -> tuple[bytes, bytes, int]:
-    """(header, body as written, body's decompressed size) of a data page v1 of `rows`."""
+) -> tuple[bytes, list[bytes | memoryview], int]:
+    """(header, body as written in parts, body's decompressed size) of a data page v1 of
+    `rows`; uncompressed, the values are the array's own bytes, not a copy."""
     count = rows.size
     repetition = pattern * rows.shape[0]
+    levels = bytearray(struct.pack("<I", len(repetition)))
+    levels += repetition
     definition = bytearray()
     write_varint(definition, count << 1)
     definition.append(max_def)
-    body = b"".join(
-        [
-            struct.pack("<I", len(repetition)),
-            repetition,
-            struct.pack("<I", len(definition)),
-            bytes(definition),
-            rows.tobytes(),
-        ]
-    )
-    raw = len(body)
+    levels += struct.pack("<I", len(definition))
+    levels += definition
+    body: list[bytes | memoryview] = [bytes(levels), rows.data.cast("B")]
+    raw = len(levels) + rows.nbytes
     if compressor is not None:
-        body = compressor.compress(body, asbytes=True)
+        body = [compressor.compress(b"".join(body), asbytes=True)]
     header = bytearray()
     write_struct(
         header,
@@ -150,7 +156,7 @@ def _page(
             [
                 [field_ids.HEADER_TYPE, I32, field_ids.DATA_PAGE],
                 [field_ids.HEADER_UNCOMPRESSED, I32, raw],
-                [field_ids.HEADER_COMPRESSED, I32, len(body)],
+                [field_ids.HEADER_COMPRESSED, I32, sum(len(part) for part in body)],
                 [
                     field_ids.HEADER_DATA_V1,
                     STRUCT,
@@ -179,23 +185,20 @@ def _location(offset: int, size: int, first_row: int) -> Struct:
     )
 
 
-def _chunk(template: Struct, codec: str, values: int, uncompressed: int, size: int) -> Struct:
-    """The template's ColumnChunk for these pages: offsets relative to the chunk's first byte,
-    totals set, nothing that describes the template's rows (statistics, page stats, indexes)."""
-    chunk = template.shallow()
-    meta = chunk.get(field_ids.CC_META).shallow()  # what is set here is its own
-    chunk.set(field_ids.CC_META, meta)
-    chunk.drop(
-        field_ids.CC_OFFSET_INDEX,
-        field_ids.CC_OFFSET_INDEX_LENGTH,
-        field_ids.CC_COLUMN_INDEX,
-        field_ids.CC_COLUMN_INDEX_LENGTH,
+def _chunk(elements: list[Struct], codec: str, values: int, uncompressed: int, size: int) -> Struct:
+    """The ColumnChunk of these pages, every offset relative to the chunk's first byte: the
+    fields a reader needs (ColumnMetaData's required ones), nothing that describes all the rows
+    (statistics, page encoding stats, size statistics, indexes: optional)."""
+    meta = Struct(
+        [
+            [field_ids.CM_TYPE, I32, elements[-1].get(field_ids.SCHEMA_TYPE)],
+            [field_ids.CM_ENCODINGS, LIST, (I32, list(ENCODINGS))],
+            [field_ids.CM_PATH, LIST, (BINARY, [e.get(field_ids.SCHEMA_NAME) for e in elements])],
+            [field_ids.CM_CODEC, I32, CODEC_IDS[codec]],
+            [field_ids.CM_NUM_VALUES, I64, values],
+            [field_ids.CM_TOTAL_UNCOMPRESSED, I64, uncompressed],
+            [field_ids.CM_TOTAL_COMPRESSED, I64, size],
+            [field_ids.CM_DATA_PAGE, I64, 0],
+        ]
     )
-    chunk.put(field_ids.CC_FILE_OFFSET, I64, 0)
-    meta.drop(*field_ids.CM_OF_ALL_ROWS, field_ids.CM_DICTIONARY_PAGE)
-    meta.set(field_ids.CM_CODEC, CODEC_IDS[codec])
-    meta.set(field_ids.CM_NUM_VALUES, values)
-    meta.set(field_ids.CM_TOTAL_UNCOMPRESSED, uncompressed)
-    meta.set(field_ids.CM_TOTAL_COMPRESSED, size)
-    meta.set(field_ids.CM_DATA_PAGE, 0)
-    return chunk
+    return Struct([[field_ids.CC_FILE_OFFSET, I64, 0], [field_ids.CC_META, STRUCT, meta]])

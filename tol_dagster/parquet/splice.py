@@ -33,7 +33,7 @@ class Column:
     to the chunk's first byte (an optional page offset present means a page is there), its
     column index as bytes (None: none)."""
 
-    parts: list[bytes | tuple[Footer, int, int]]
+    parts: list[bytes | memoryview | tuple[Footer, int, int]]
     chunk: Struct
     offset_index: Struct | None
     column_index: bytes | None
@@ -50,7 +50,7 @@ class Writable(Protocol):
     """Where `Splicer` writes. A sink may also offer `copy_range(path, start, length)` to
     append a byte range of a file without the bytes passing through Python."""
 
-    def write(self, data: bytes, /) -> Any: ...
+    def write(self, data: bytes | memoryview, /) -> Any: ...
 
 
 class Splicer:

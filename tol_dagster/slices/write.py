@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from tol_dagster.errors import StoreError
-from tol_dagster.parquet import field_ids, list_encode
+from tol_dagster.parquet import list_encode
 from tol_dagster.parquet.footer import Footer, SpliceError, parse_footer, read_footer
 from tol_dagster.parquet.page_splice import range_columns, whole_columns
 from tol_dagster.parquet.splice import Column, Splicer
@@ -223,8 +223,8 @@ def _reference_footer(serialized: bytes) -> Footer:
 
 
 def _emb_chunk(schema: pa.Schema) -> list_encode.ListChunk | None:
-    """What `list_encode` needs to write `emb`'s column chunks as our pyarrow writer would
-    (None without `emb`, or when it is not a list of floats). Shared: never change it."""
+    """What `list_encode` needs to write `emb`'s column chunks (None without `emb`, or when it
+    is not a list of floats). Shared: never change it."""
     if EMB_COLUMN not in schema.names:
         return None
     return _emb_chunk_of(schema.serialize().to_pybytes())
@@ -232,26 +232,13 @@ def _emb_chunk(schema: pa.Schema) -> list_encode.ListChunk | None:
 
 @functools.lru_cache(maxsize=8)
 def _emb_chunk_of(serialized: bytes) -> list_encode.ListChunk | None:
-    """From one row written by our pyarrow writer: `emb`'s ColumnChunk and schema elements."""
+    """`emb`'s schema elements as our pyarrow writer lays them out (`reference_footer`)."""
     schema = pa.ipc.read_schema(pa.py_buffer(serialized))
     emb_type = schema.field(EMB_COLUMN).type
     if not pa.types.is_fixed_size_list(emb_type) or not pa.types.is_floating(emb_type.value_type):
         return None
-    emb = pa.FixedSizeListArray.from_arrays(
-        pa.nulls(emb_type.list_size, emb_type.value_type).fill_null(0), emb_type.list_size
-    )
-    columns = [emb if f.name == EMB_COLUMN else pa.nulls(1, f.type) for f in schema]
-    sink = pa.BufferOutputStream()
-    with _parquet_writer(sink, schema, "none", page_index=True) as writer:
-        writer.write_table(pa.Table.from_arrays(columns, schema=schema))
-    data = sink.getvalue()
-    footer = parse_footer(memoryview(data), Path("<emb template>"), data=data)
-    position = [name for name, _ in footer.top_level_fields()].index(EMB_COLUMN)
-    return list_encode.ListChunk(
-        footer.row_groups[0].get(field_ids.RG_COLUMNS)[1][position],
-        footer.top_level_fields()[position][1],
-        ZSTD_LEVEL,
-    )
+    fields = dict(reference_footer(schema).top_level_fields())
+    return list_encode.ListChunk(fields[EMB_COLUMN], ZSTD_LEVEL)
 
 
 def _as_spans(scan: Scan) -> Scan:
