@@ -36,6 +36,7 @@ from tol_dagster.slices.checks import (
     check_rows_satisfy_key,
     check_schema_matches,
     check_uuids_unique,
+    row_facts,
     slice_checks,
 )
 from tol_dagster.slices.counts import close_matches, expected_count, refuse_empty
@@ -400,6 +401,17 @@ def test_each_check_fails_on_the_fault_it_names(mirror: Mirror, tmp_path: Path) 
     pq.write_table(pa.concat_tables([table, table.slice(0, 2)]), doubled)
     failed = check_uuids_unique(doubled, key)
     assert not failed.passed and failed.details["duplicated"] == 2
+
+    # NULL is one uuid, as GROUP BY groups it: two NULLs are a duplicate, one is not
+    nulls = pa.array([None] * 2, pa.string())
+    for count, passes in ((1, True), (2, False)):
+        path = tmp_path / f"null-uuids-{count}.parquet"
+        pq.write_table(table.slice(0, 5).set_column(0, "uuid", pa.concat_arrays(
+            [nulls.slice(0, count), table["uuid"].slice(count, 5 - count).combine_chunks()]
+        )), path)  # fmt: skip
+        facts = row_facts(path, key)
+        assert check_uuids_unique(path, key, facts).passed is passes
+        assert facts.duplicated == (0 if passes else 1) and facts.violations == 0
 
     widened = tmp_path / "widened.parquet"
     emb = table["emb"].cast(pa.list_(pa.float32()))

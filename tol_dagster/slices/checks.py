@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -46,19 +47,24 @@ def slice_checks(
     `index` (the taxon index) narrows the mirror files the `emb` check looks rows up in, and
     `layout`/`config` say where the gate keeps those files' `emb` digests."""
     facts = row_facts(path, key)
-    return [
-        check_rows_match_index_count(path, key, expected_rows),
-        check_rows_satisfy_key(path, key, facts),
-        check_uuids_unique(path, key, facts),
-        check_schema_matches(path, mirror_schema, key),
-        check_emb_matches_mirror(path, key, files, index, layout=layout, config=config),
-    ]
+    with pq.ParquetFile(path) as written:  # its footer read once for the three checks
+        return [
+            check_rows_match_index_count(path, key, expected_rows, written.metadata.num_rows),
+            check_rows_satisfy_key(path, key, facts),
+            check_uuids_unique(path, key, facts),
+            check_schema_matches(path, mirror_schema, key, written.schema_arrow),
+            check_emb_matches_mirror(
+                path, key, files, index, layout=layout, config=config, written=written
+            ),
+        ]
 
 
-def check_rows_match_index_count(path: Path, key: SliceKey, expected: int) -> CheckResult:
+def check_rows_match_index_count(
+    path: Path, key: SliceKey, expected: int, rows: int | None = None
+) -> CheckResult:
     """The slice has as many rows as the taxon index counts for its key (`expected`, from
-    `counts.expected_count`)."""
-    rows = pq.read_metadata(path).num_rows
+    `counts.expected_count`); `rows`, its footer's count, read here unless given."""
+    rows = pq.read_metadata(path).num_rows if rows is None else rows
     details = {"rows": rows, "expected": expected}
     if rows == expected:
         return CheckResult(
@@ -85,19 +91,35 @@ class RowFacts:
 
 
 def row_facts(path: Path, key: SliceKey) -> RowFacts:
-    """The slice's `RowFacts` (one query: each costs a file open and a plan)."""
+    """The slice's `RowFacts`: one query counts (each costs a file open and a plan); a second
+    names the first rows only when a check fails."""
+    where, params = to_sql_filter(key)
+    with duck.cursor() as con:
+        counted = con.execute(
+            f"SELECT count(*) FILTER (WHERE NOT coalesce(({where}), false)), "
+            # rows beyond one per uuid, NULL being one uuid (as GROUP BY groups them)
+            "count(*) - count(DISTINCT uuid) - (count(*) > count(uuid))::INTEGER "
+            "FROM read_parquet(?)",
+            [*params, str(path)],
+        ).fetchone()
+        if counted is None or counted == (0, 0):
+            return RowFacts(0, [], 0, [])
+        return _named_row_facts(con, path, key)
+
+
+def _named_row_facts(con: duckdb.DuckDBPyConnection, path: Path, key: SliceKey) -> RowFacts:
+    """`RowFacts` with the first uuids that fail each check."""
     where, params = to_sql_filter(key)
     columns = ", ".join(quote_ident(c) for c in dict.fromkeys(["uuid", *filter_columns(key)]))
-    with duck.cursor() as con:
-        found = con.execute(
-            f"WITH s AS MATERIALIZED (SELECT {columns} FROM read_parquet(?)), "
-            f"bad AS (SELECT count(*) AS n, list(uuid)[:5] AS f FROM s "
-            f"WHERE NOT coalesce(({where}), false)), "
-            "dup AS (SELECT count(*) AS n, list(uuid ORDER BY uuid)[:5] AS f FROM "
-            "(SELECT uuid FROM s GROUP BY uuid HAVING count(*) > 1)) "
-            "SELECT bad.n, bad.f, dup.n, dup.f FROM bad, dup",
-            [str(path), *params],
-        ).fetchone()
+    found = con.execute(
+        f"WITH s AS MATERIALIZED (SELECT {columns} FROM read_parquet(?)), "
+        f"bad AS (SELECT count(*) AS n, list(uuid)[:5] AS f FROM s "
+        f"WHERE NOT coalesce(({where}), false)), "
+        "dup AS (SELECT count(*) AS n, list(uuid ORDER BY uuid)[:5] AS f FROM "
+        "(SELECT uuid FROM s GROUP BY uuid HAVING count(*) > 1)) "
+        "SELECT bad.n, bad.f, dup.n, dup.f FROM bad, dup",
+        [str(path), *params],
+    ).fetchone()
     bad, first_bad, dups, first_dups = found or (0, [], 0, [])
     return RowFacts(bad, first_bad or [], dups, first_dups or [])
 
@@ -137,11 +159,15 @@ def check_uuids_unique(path: Path, key: SliceKey, facts: RowFacts | None = None)
 
 
 def check_schema_matches(
-    path: Path, mirror_schema: pa.Schema, key: SliceKey | None = None
+    path: Path,
+    mirror_schema: pa.Schema,
+    key: SliceKey | None = None,
+    found: pa.Schema | None = None,
 ) -> CheckResult:
-    """The slice's schema is the mirror's: same columns, order and exact types."""
+    """The slice's schema (`found`, read here unless given) is the mirror's: same columns,
+    order and exact types."""
     name = f"slice {key.name}" if key is not None else str(path)
-    differences = schema_differences(pq.read_schema(path), mirror_schema)
+    differences = schema_differences(found or pq.read_schema(path), mirror_schema)
     details: dict[str, Any] = {"differences": differences}
     if not differences:
         return CheckResult(SCHEMA_MATCHES_MIRROR, True, f"{name}: schema equals the mirror's")

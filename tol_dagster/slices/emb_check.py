@@ -20,6 +20,7 @@ follows the slice, not the mirror row groups it was cut from.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,15 +56,24 @@ def check_emb_matches_mirror(
     *,
     layout: Layout,
     config: str,
+    written: pq.ParquetFile | None = None,
 ) -> CheckResult:
     """See the module's docstring. `index` (the taxon index) narrows the mirror files looked in
     to those the key's rows lie in (every file without it); `layout` and `config` say where the
-    gate keeps their digests (computed here for a file validated before they existed)."""
+    gate keeps their digests (computed here for a file validated before they existed);
+    `written`, the slice opened by pyarrow, is opened here unless given."""
     candidates = files if index is None else [scan.file for scan in plan_scans(key, files, index)]
     for file in candidates:
         ensure_table(file, layout, config)
     mirror = _Mirror(candidates, [digests_path(layout, config, f) for f in candidates])
-    written = pq.ParquetFile(path)
+    if written is None:
+        with pq.ParquetFile(path) as opened:
+            return _check(path, key, opened, mirror)
+    return _check(path, key, written, mirror)
+
+
+def _check(path: Path, key: SliceKey, written: pq.ParquetFile, mirror: _Mirror) -> CheckResult:
+    """`emb_matches_mirror` of the slice at `path` (`written`) against `mirror`."""
     verdict = _Verdict()
     for group in range(written.num_row_groups):
         uuids = _column(written, group, "uuid")
@@ -120,14 +130,11 @@ class _Mirror:
 
     def __init__(self, files: Sequence[MirrorFile], tables: Sequence[Path]) -> None:
         self.files = files
-        self.tables = [np.load(path, mmap_mode="r") for path in tables]
-        self.footers: dict[int, pq.FileMetaData] = {}
+        self.tables = [_digest_table(path) for path in tables]
 
     def metadata(self, number: int) -> pq.FileMetaData:
-        """The footer of candidate file `number`, read once."""
-        if number not in self.footers:
-            self.footers[number] = pq.read_metadata(self.files[number].path)
-        return self.footers[number]
+        """The footer of candidate file `number` (read once per file version)."""
+        return _metadata(self.files[number].path)
 
     def place(self, hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(file index or -1, row in that file) of each uuid hash, the first entry found."""
@@ -174,6 +181,29 @@ class _Mirror:
         if starts[group] != row[0] or meta.row_group(group).num_rows != row.size:
             return None
         return self.files[int(owner[0])].path, meta.row_group(group)
+
+
+def _digest_table(path: Path) -> np.ndarray:
+    """A digest table, memory-mapped once per file version: a rank pass checks thousands of
+    slices against the same few."""
+    status = path.stat()
+    return _mapped(str(path), status.st_ino, status.st_size, status.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=64)
+def _mapped(path: str, inode: int, size: int, mtime_ns: int) -> np.ndarray:
+    return np.load(path, mmap_mode="r")
+
+
+def _metadata(path: Path) -> pq.FileMetaData:
+    """A mirror file's footer as pyarrow reads it, once per file version."""
+    status = path.stat()
+    return _read_metadata(str(path), status.st_ino, status.st_size, status.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=64)
+def _read_metadata(path: str, inode: int, size: int, mtime_ns: int) -> pq.FileMetaData:
+    return pq.read_metadata(path)
 
 
 def _ranges(keys: np.ndarray, needles: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
