@@ -6,8 +6,8 @@ halves: most of what writing a slice's encoded rows cost. The pages of non-NULL 
 non-NULL floats need nothing of that: the repetition levels are one pattern per row (the bytes
 Arrow's encoder writes, `list_values.repetition_pattern`), the definition levels one RLE run,
 the values the array's bytes (PLAIN). The pages are data pages v1 of about `PAGE_BYTES` each,
-with an offset index, no statistics, no dictionary, as our pyarrow writer makes `emb`'s.
-Anything else (NULLs, a list size the pattern does not cover, another type) gives None and
+with an offset index, no statistics, no dictionary (as our pyarrow writer made `emb`'s), and
+the ColumnChunk holds ColumnMetaData's required fields only. Anything else (NULLs, a list size the pattern does not cover, another type) gives None and
 pyarrow encodes the column.
 """
 
@@ -33,7 +33,7 @@ from tol_dagster.parquet.thrift import (
     write_varint,
 )
 
-#: Values bytes per data page: pyarrow's default page size, so pages hold what its would.
+#: Values bytes per data page: pyarrow's default page size, so pages hold what pyarrow's would.
 PAGE_BYTES = 1024 * 1024
 #: Parquet's ids of the codecs written here, by pyarrow's name.
 CODEC_IDS = {"none": 0, "zstd": 6}
