@@ -31,8 +31,6 @@ from tol_dagster.slices import read
 from tol_dagster.slices.locate import Copy, Scan, Span, row_groups, scan_file
 from tol_dagster.slices.sink import HashingSink
 
-#: Bytes of encoded rows held in memory before they are spliced into the output.
-SEGMENT_BYTES = 64 * 1024 * 1024
 #: ZSTD level of every compressed column: level 3 costs more and saves little here.
 ZSTD_LEVEL = 1
 #: `emb` is written uncompressed when that makes it less than this much bigger than ZSTD would.
