@@ -21,6 +21,7 @@ from mirror_testing import sample_mirror
 
 from tol_dagster.derived.taxon_index import INDEX_SCHEMA, build_taxon_index, read_taxon_index
 from tol_dagster.errors import EmptySliceError, StoreError, ValidationFailed
+from tol_dagster.parquet import list_encode
 from tol_dagster.parquet.footer import Footer, SpliceError, read_footer
 from tol_dagster.parquet.list_pages import list_pages
 from tol_dagster.parquet.pages import read_rows
@@ -494,6 +495,29 @@ def test_a_wrong_emb_from_the_page_reader_fails_the_check_and_nothing_is_publish
     published = pq.read_table(good.path)
     assert published["uuid"][int(wrong_uuid.group(2))].as_py() == wrong_uuid.group(1)
     assert "1 of" in message
+    assert good.path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == [good.path.name]
+
+
+def test_a_wrong_emb_from_the_page_encoder_fails_the_check_and_nothing_is_published(
+    mirror: Mirror, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    key = parse_slice_key("family=Felidae")
+    good = _guarded(mirror, key, tmp_path / key.file_name)
+    before = good.path.read_bytes()
+    real, pages = list_encode._page, []
+
+    def flipped(rows: np.ndarray, *args: object) -> object:
+        pages.append(len(rows))
+        if len(pages) == 1:  # one bit of the first value of the first page `list_encode` writes
+            rows = rows.copy()
+            rows.view(np.uint16)[0, 0] ^= 1
+        return real(rows, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(list_encode, "_page", flipped)
+    with pytest.raises(ValidationFailed, match=r"emb of uuid \S+ \(row 0\) differs"):
+        _guarded(mirror, key, good.path)
+    assert pages
     assert good.path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == [good.path.name]
 
