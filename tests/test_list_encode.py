@@ -14,6 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from spy_testing import returned_something
 
 from tol_dagster.parquet import list_encode, list_values
 from tol_dagster.parquet.footer import read_footer
@@ -53,16 +54,7 @@ def _spliced(table: pa.Table, path: Path, codec: str) -> None:
 
 def _hand_encoded(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
     """Whether each `emb` column chunk was encoded here (True) or left to pyarrow."""
-    calls: list[bool] = []
-    real = list_encode.encode_list_column
-
-    def spy(*args: object) -> object:
-        result = real(*args)  # type: ignore[arg-type]
-        calls.append(result is not None)
-        return result
-
-    monkeypatch.setattr(list_encode, "encode_list_column", spy)
-    return calls
+    return returned_something(monkeypatch, list_encode, "encode_list_column")
 
 
 @pytest.mark.parametrize("codec", ["none", "zstd"])

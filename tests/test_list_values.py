@@ -13,6 +13,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
+from spy_testing import returned_something
 
 from tol_dagster.parquet import list_values, pages
 from tol_dagster.parquet.decoded import DECODED
@@ -45,15 +46,7 @@ def _write(path: Path, null_rows: tuple[int, ...] = (), **options: Any) -> pa.Ta
 
 def _in_place_calls(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
     """Whether each read of `emb`'s pages was done in place (True) or left to pyarrow."""
-    calls: list[bool] = []
-    real = list_values.regular_list_column
-
-    def spy(*args: Any) -> pa.Array | None:
-        result = real(*args)
-        calls.append(result is not None)
-        return result
-
-    monkeypatch.setattr(pages, "regular_list_column", spy)
+    calls = returned_something(monkeypatch, pages, "regular_list_column")
     DECODED.entries.clear()
     DECODED.size = 0
     return calls

@@ -17,6 +17,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 from mirror_testing import mirror_of, sample_mirror
+from spy_testing import returned_something
 
 from tol_dagster.derived.taxon_index import build_taxon_index, read_taxon_index
 from tol_dagster.errors import ValidationFailed
@@ -177,15 +178,7 @@ def test_emb_end_pages_are_written_by_list_encode_and_splice_to_the_same_rows(
 ) -> None:
     table = _table(2 * GROUP_ROWS, 4, null_share=0.0)
     footer = read_footer(_write_like_upstream(table, tmp_path / "m.parquet", **LAYOUTS[layout]))
-    written: list[bool] = []
-    real = list_encode.encode_list_pages
-
-    def spy(*args: object) -> object:
-        pages = real(*args)  # type: ignore[arg-type]
-        written.append(pages is not None)
-        return pages
-
-    monkeypatch.setattr(list_encode, "encode_list_pages", spy)
+    written = returned_something(monkeypatch, list_encode, "encode_list_pages")
     firsts = _page_firsts(footer, 1)
     ranges = [(1, firsts[2] + 3, firsts[6] - 2), (0, 5, GROUP_ROWS - 7)]
     out = tmp_path / "spliced.parquet"

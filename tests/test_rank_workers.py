@@ -106,9 +106,13 @@ def test_a_bad_tol_rank_workers_is_refused_naming_the_variable(value: str) -> No
         Settings.from_env({"TOL_RANK_WORKERS": value})
 
 
-def test_tol_rank_workers_is_read_with_a_default_of_the_cores_up_to_two() -> None:
+def test_tol_rank_workers_is_read_with_a_default_of_the_usable_cores_up_to_two(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     assert Settings.from_env({"TOL_RANK_WORKERS": "3"}).rank_workers == 3
-    assert Settings.from_env({}).rank_workers == min(2, os.cpu_count() or 1)
+    for cores, default in (({0}, 1), ({0, 1, 2, 3}, 2)):  # pinned (taskset, a cgroup) or not
+        monkeypatch.setattr(os, "sched_getaffinity", lambda pid, c=cores: c, raising=False)
+        assert Settings.from_env({}).rank_workers == default
 
 
 def test_a_value_is_sent_to_a_worker_with_its_own_index_entries_only(

@@ -16,6 +16,7 @@ from pathlib import Path
 from tol_dagster.cluster_settings import ClusterSettings, parse_int
 from tol_dagster.errors import SettingsError
 from tol_dagster.schema import DEFAULT_CONFIG
+from tol_dagster.store.hashing import usable_cores
 from tol_dagster.store.layout import Layout
 
 PUBLIC_HUB = "https://huggingface.co"
@@ -118,7 +119,7 @@ class Settings:
 
 def default_rank_workers() -> int:
     """Two processes for a rank pass where two cores are (each holds one slice at a time)."""
-    return min(2, os.cpu_count() or 1)
+    return min(2, usable_cores())
 
 
 def generation_grace_s(env: Mapping[str, str] | None = None) -> int:

@@ -8,14 +8,13 @@ we cannot splice or read by pages raises `SpliceError`, and callers fall back to
 
 from __future__ import annotations
 
-import functools
-import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from tol_dagster.parquet import field_ids
+from tol_dagster.parquet.file_versions import per_file_version
 from tol_dagster.parquet.thrift import LIST, Struct, read_struct, write_value
 
 MAGIC = b"PAR1"
@@ -84,20 +83,14 @@ class Footer:
         return start, length
 
 
+@per_file_version(maxsize=256)
 def read_footer(path: Path) -> Footer:
     """The parsed footer of the parquet file at `path`; SpliceError if we cannot splice it.
 
     Parsed once per file version (a slice asks several times; parsing is pure Python) and
     shared: treat it as read-only, copy a struct before changing it.
     """
-    status = os.stat(path)
-    return _footer(str(path), status.st_ino, status.st_size, status.st_mtime_ns)
-
-
-@functools.lru_cache(maxsize=256)
-def _footer(path: str, inode: int, size: int, mtime_ns: int) -> Footer:
-    """The footer of `path`, cached by file version (inode, size, mtime)."""
-    return parse_file_footer(Path(path))
+    return parse_file_footer(path)
 
 
 def parse_file_footer(path: Path) -> Footer:

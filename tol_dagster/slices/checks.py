@@ -167,7 +167,8 @@ def check_schema_matches(
     """The slice's schema (`found`, read here unless given) is the mirror's: same columns,
     order and exact types."""
     name = f"slice {key.name}" if key is not None else str(path)
-    differences = schema_differences(found or pq.read_schema(path), mirror_schema)
+    found = pq.read_schema(path) if found is None else found
+    differences = schema_differences(found, mirror_schema)
     details: dict[str, Any] = {"differences": differences}
     if not differences:
         return CheckResult(SCHEMA_MATCHES_MIRROR, True, f"{name}: schema equals the mirror's")

@@ -20,7 +20,6 @@ follows the slice, not the mirror row groups it was cut from.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +29,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from tol_dagster.parquet.file_versions import per_file_version
 from tol_dagster.parquet.footer import SpliceError
 from tol_dagster.slices.keys import SliceKey
 from tol_dagster.slices.locate import plan_scans, row_group_starts
@@ -183,26 +183,16 @@ class _Mirror:
         return self.files[int(owner[0])].path, meta.row_group(group)
 
 
+@per_file_version(maxsize=64)
 def _digest_table(path: Path) -> np.ndarray:
     """A digest table, memory-mapped once per file version: a rank pass checks thousands of
     slices against the same few."""
-    status = path.stat()
-    return _mapped(str(path), status.st_ino, status.st_size, status.st_mtime_ns)
-
-
-@functools.lru_cache(maxsize=64)
-def _mapped(path: str, inode: int, size: int, mtime_ns: int) -> np.ndarray:
     return np.load(path, mmap_mode="r")
 
 
+@per_file_version(maxsize=64)
 def _metadata(path: Path) -> pq.FileMetaData:
     """A mirror file's footer as pyarrow reads it, once per file version."""
-    status = path.stat()
-    return _read_metadata(str(path), status.st_ino, status.st_size, status.st_mtime_ns)
-
-
-@functools.lru_cache(maxsize=64)
-def _read_metadata(path: str, inode: int, size: int, mtime_ns: int) -> pq.FileMetaData:
     return pq.read_metadata(path)
 
 

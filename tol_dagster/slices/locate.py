@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 from tol_dagster import duck
 from tol_dagster.derived.taxon_index import lookup
 from tol_dagster.errors import StoreError
+from tol_dagster.parquet.file_versions import per_file_version
 from tol_dagster.parquet.page_splice import RangePlan
 from tol_dagster.slices.keys import SliceKey, split_binomial, to_sql_filter
 from tol_dagster.store.mirror_files import MirrorFile
@@ -190,16 +191,11 @@ def row_group_starts(metadata: pq.FileMetaData) -> np.ndarray:
     return _starts(_sizes(metadata))
 
 
+@per_file_version(maxsize=1024)
 def row_groups(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """(first row, rows) of each row group of the parquet file at `path`, read once per file
-    version (its inode, size and mtime): a rank pass asks for every value, and pyarrow parses
-    the whole footer each time. Read-only arrays, shared."""
-    stat = path.stat()
-    return _row_groups(str(path), stat.st_ino, stat.st_size, stat.st_mtime_ns)
-
-
-@functools.lru_cache(maxsize=1024)
-def _row_groups(path: str, inode: int, size: int, mtime_ns: int) -> tuple[np.ndarray, np.ndarray]:
+    version: a rank pass asks for every value, and pyarrow parses the whole footer each time.
+    Read-only arrays, shared."""
     sizes = _sizes(pq.read_metadata(path))
     starts = _starts(sizes)
     for array in (starts, sizes):

@@ -138,6 +138,7 @@ def _jobs(
         for scan in scans:
             starts = row_groups(scan.file.path)[0]
             footer = page_indexed(scan)
+            parquet: pq.ParquetFile | None = None  # opened once, if a span needs it
             for span in scan.pieces:
                 if isinstance(span, Copy):
                     yield scan.file, span
@@ -154,7 +155,8 @@ def _jobs(
                         )
                         yield scan.file, read
                 elif span.rows >= DENSE_SHARE * (span.stop - starts[first]):
-                    parquet = pq.ParquetFile(scan.file.path)
+                    if parquet is None:
+                        parquet = pq.ParquetFile(scan.file.path)
                     yield scan.file, _pyarrow_rows(parquet, starts, first, span, predicate, schema)
                 else:
                     yield scan.file, _duckdb_rows(con, key, scan.file, span, schema)
