@@ -16,6 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tol_dagster.parquet.decoded import DECODED
 from tol_dagster.parquet.footer import MAGIC, SpliceError, read_footer
 from tol_dagster.parquet.pages import decode_rows, read_rows
 from tol_dagster.parquet.splice import Splicer
@@ -136,6 +137,24 @@ def test_a_row_range_read_by_pages_equals_pyarrows(
     assert pq.read_metadata(path).row_group(0).column(1).has_offset_index
     rows = read_rows(read_footer(path), group, start, stop).cast(SCHEMA)
     assert rows.equals(table.slice(group * 1000 + start, stop - start))
+
+
+def test_columns_of_few_distinct_values_are_decoded_as_indices_and_read_as_values(
+    tmp_path: Path,
+) -> None:
+    table = _table(3000, 5)  # metadata columns: 20 values per 1000 rows; uuid all distinct
+    path = _write(table, tmp_path / "a.parquet")
+    footer = read_footer(path)
+    DECODED.entries.clear()
+    DECODED.size = 0
+    first = read_rows(footer, 1, 100, 300)
+    kept = {entry.column.type for entry in DECODED.entries.values()}
+    assert pa.dictionary(pa.int32(), pa.string()) in kept  # the repeated names, as indices
+    assert pa.string() in kept  # uuid: as many values as rows, decoded as values
+    again = read_rows(footer, 1, 250, 900)  # served from the decoded pages where they cover it
+    for got, start in [(first, 100), (again, 250)]:
+        assert not any(pa.types.is_dictionary(field.type) for field in got.schema)
+        assert got.cast(SCHEMA).equals(table.slice(1000 + start, got.num_rows))
 
 
 def test_a_file_without_an_offset_index_cannot_be_read_by_pages(tmp_path: Path) -> None:

@@ -25,11 +25,13 @@ CM_DROPPED = (14, 15)  # bloom filter offset and length
 CM_OF_ALL_ROWS = (10, 12, 13, 14, 15, 16, 17)  # statistics and indexes: wrong for a subset
 # SchemaElement
 SCHEMA_TYPE, SCHEMA_NAME, SCHEMA_NUM_CHILDREN = 1, 4, 5
+BYTE_ARRAY = 6  # Type: strings
 # OffsetIndex and PageLocation
 PAGE_LOCATIONS, PAGE_OFFSET, PAGE_SIZE, PAGE_FIRST_ROW = 1, 1, 2, 3
 # PageHeader
 HEADER_TYPE, HEADER_UNCOMPRESSED, HEADER_COMPRESSED = 1, 2, 3
 HEADER_DATA_V1, HEADER_DATA_V2 = 5, 8  # each holds num_values as field 1; v2 num_rows as 3
+HEADER_DICTIONARY = 7  # DictionaryPageHeader: num_values as field 1
 DATA_NUM_VALUES, DATA_V2_NUM_ROWS = 1, 3
 DATA_ENCODING, DATA_DEF_ENCODING, DATA_REP_ENCODING = 2, 3, 4  # DataPageHeader (v1)
 # PageType

@@ -41,6 +41,11 @@ from tol_dagster.parquet.thrift import (
     write_struct,
 )
 
+#: Strings whose dictionary holds at most one value per this many rows of the pages read are
+#: decoded as Arrow dictionary indices, and `_plain` looks up only the rows asked for: a taxon's
+#: names repeat for thousands of rows, and building their strings costs ~5x the indices.
+DICTIONARY_SHARE = 4
+
 
 def read_rows(
     footer: Footer, row_group: int, start: int, stop: int, columns: Collection[str] | None = None
@@ -106,13 +111,14 @@ def decode_rows(path: Path, row_group: int, start: int, stop: int) -> pa.Table:
 @dataclass(frozen=True)
 class _Pages:
     """The pages of one column chunk that hold a row range, as the body of a parquet file:
-    `body` is the magic, the dictionary page if any, then data pages `first`..`last` (from
-    byte `data_start`), holding `values` values, `uncompressed` bytes once decompressed
-    (headers included) and the chunk's rows [`rows[0]`, `rows[1]`)."""
+    `body` is the magic, the dictionary page if any (of `dictionary` values, else 0), then
+    data pages `first`..`last` (from byte `data_start`), holding `values` values,
+    `uncompressed` bytes once decompressed (headers included) and the chunk's rows
+    [`rows[0]`, `rows[1]`)."""
 
     body: bytearray
     data_start: int
-    dictionary: bool
+    dictionary: int
     first: int
     last: int
     values: int
@@ -141,7 +147,7 @@ def _read_column(
     )
     first, last, covered = _page_range(locations, start, stop, rows)
     if known is not None and known.covers(first, last):
-        return known.column.slice(start - known.covered[0], stop - start)
+        return _plain(known.column.slice(start - known.covered[0], stop - start))
     pages = _pages(footer.path, handle, meta, locations, first, last, covered)
     column = _decoded(footer, elements, meta, pages, _page_rows(locations, pages))
     if len(column) != covered[1] - covered[0]:
@@ -150,7 +156,7 @@ def _read_column(
             f"{len(column)} rows where its offset index says {covered[1] - covered[0]}"
         )
     DECODED.put(key, DecodedChunk(footer, locations, first, last, covered, column))
-    return column.slice(start - covered[0], stop - start)
+    return _plain(column.slice(start - covered[0], stop - start))
 
 
 def _decoded(
@@ -158,7 +164,7 @@ def _decoded(
 ) -> pa.ChunkedArray:
     """The rows of `pages`: read in place when they are the pages of a regular list of floats
     (`emb`: Arrow's nested decoding costs ten times that), else decoded by pyarrow from a
-    one-column parquet file of them."""
+    one-column parquet file of them (strings of few distinct values as a dictionary)."""
     if not pages.dictionary:
         body = memoryview(pages.body)[pages.data_start :]
         codec = meta.get(field_ids.CM_CODEC)
@@ -166,7 +172,19 @@ def _decoded(
         if values is not None:
             return pa.chunked_array([values])
     data = _one_column_file(footer, elements, meta, pages)
-    return pq.ParquetFile(pa.BufferReader(data)).read(use_threads=False).column(0)
+    leaf = elements[0].get(field_ids.SCHEMA_TYPE) if len(elements) == 1 else None
+    few = leaf == field_ids.BYTE_ARRAY and 0 < pages.dictionary * DICTIONARY_SHARE <= pages.values
+    name = elements[0].get(field_ids.SCHEMA_NAME).decode()
+    parquet = pq.ParquetFile(pa.BufferReader(data), read_dictionary=[name] if few else None)
+    return parquet.read(use_threads=False).column(0)
+
+
+def _plain(column: pa.ChunkedArray) -> pa.ChunkedArray:
+    """`column` with its values, when `_decoded` kept it as a dictionary: only the rows
+    asked for are looked up."""
+    if pa.types.is_dictionary(column.type):
+        return column.cast(column.type.value_type)
+    return column
 
 
 def _page_rows(locations: list[Struct], pages: _Pages) -> list[int]:
@@ -211,7 +229,9 @@ def _pages(
     """Pages `first`..`last` of a column chunk (holding its rows `covered`), with the
     dictionary page, and their totals (checked against the offset index for data pages v2)."""
     body = bytearray(MAGIC)
-    dictionary = _dictionary_page(path, handle, meta, locations[0].get(field_ids.PAGE_OFFSET))
+    dictionary, entries = _dictionary_page(
+        path, handle, meta, locations[0].get(field_ids.PAGE_OFFSET)
+    )
     if dictionary is not None:
         body += dictionary
     data_start = len(body)
@@ -228,9 +248,7 @@ def _pages(
         )
     if dictionary is not None:
         uncompressed += _page_totals(memoryview(dictionary), path, data_pages=0)[1]
-    return _Pages(
-        body, data_start, dictionary is not None, first, last, values, uncompressed, covered
-    )
+    return _Pages(body, data_start, entries, first, last, values, uncompressed, covered)
 
 
 def _one_column_file(footer: Footer, elements: list[Struct], meta: Struct, pages: _Pages) -> bytes:
@@ -303,25 +321,27 @@ def check_locations(path: Path, locations: list[Struct], meta: Struct, rows: int
 
 def _dictionary_page(
     path: Path, handle: BinaryIO, meta: Struct, first_data_page: int
-) -> bytes | None:
-    """The column chunk's dictionary page (header and body), found from the column metadata:
-    at `dictionary_page_offset`, or (writers that leave it unset) at the chunk's start when a
-    page sits there before the first data page. Its header must say it is a dictionary page."""
+) -> tuple[bytes | None, int]:
+    """The column chunk's dictionary page (header and body) and its number of values (None
+    and 0 without one), found from the column metadata: at `dictionary_page_offset`, or
+    (writers that leave it unset) at the chunk's start when a page sits there before the
+    first data page. Its header must say it is a dictionary page."""
     offset = meta.get(field_ids.CM_DICTIONARY_PAGE)
     strict = bool(offset)
     if not offset:  # absent, or 0 for "none" (some writers)
         offset = int(meta.get(field_ids.CM_DATA_PAGE))
         if offset >= first_data_page:
-            return None
+            return None, 0
     header, size = page_header(path, handle, offset, first_data_page - offset)
     if header.get(field_ids.HEADER_TYPE) != field_ids.DICTIONARY_PAGE:
         if strict:
             raise SpliceError(f"{path}: no dictionary page at dictionary_page_offset {offset}")
-        return None
+        return None, 0
     length = size + header.get(field_ids.HEADER_COMPRESSED)
     if offset + length > first_data_page and offset < first_data_page:
         raise SpliceError(f"{path}: the dictionary page at {offset} overlaps the data pages")
-    return pread(handle, offset, length)
+    entries = header.get(field_ids.HEADER_DICTIONARY).get(field_ids.DATA_NUM_VALUES)
+    return pread(handle, offset, length), max(int(entries), 1)
 
 
 def page_header(path: Path, handle: BinaryIO, offset: int, room: int) -> tuple[Struct, int]:
