@@ -25,7 +25,7 @@ from tol_dagster.parquet import list_encode
 from tol_dagster.parquet.footer import Footer, SpliceError, read_footer
 from tol_dagster.parquet.list_pages import list_pages
 from tol_dagster.parquet.pages import read_rows
-from tol_dagster.parquet.splice import Column
+from tol_dagster.parquet.splice import Column, Splicer
 from tol_dagster.schema import DEFAULT_CONFIG, arrow_schema, expected_schema
 from tol_dagster.slices import emb_check, locate, read, write
 from tol_dagster.slices.checks import (
@@ -286,7 +286,38 @@ def test_emb_keeps_its_exact_type_and_is_written_with_the_cheap_settings(
     emb = columns[EMB_LEAF]
     assert emb.compression == {"none": "UNCOMPRESSED", "zstd": "ZSTD"}[result.emb_compression]
     assert not emb.is_stats_set and not emb.has_dictionary_page
-    assert columns["family"].compression == "ZSTD" and columns["family"].is_stats_set
+    assert columns["family"].is_stats_set
+
+
+def test_string_columns_are_compressed_only_in_row_groups_worth_it(tmp_path: Path) -> None:
+    schema = arrow_schema(dim=8)
+    small, large = write.MIN_COMPRESSED_ROWS - 1, write.MIN_COMPRESSED_ROWS
+    for rows in (small, large):
+        table = pa.table(
+            {
+                "uuid": [f"u{i:06d}" for i in range(rows)],
+                "emb": pa.FixedSizeListArray.from_arrays(
+                    pa.array(np.arange(8 * rows) % 7, pa.float16()), 8
+                ),
+                **{
+                    name: pa.array([f"{name}-{i % 9}" for i in range(rows)])
+                    for name in schema.names[2:]
+                },
+            },
+            schema=schema,
+        )
+        sink = pa.BufferOutputStream()
+        splicer = Splicer(sink, write.reference_footer(schema))
+        splicer.add_columns(write.encoded_columns(table, schema, "none"), rows)
+        splicer.close()
+        data = sink.getvalue()
+        meta = pq.read_metadata(pa.BufferReader(data))
+        codecs = {meta.row_group(0).column(i).compression for i in range(meta.num_columns)}
+        assert codecs == ({"UNCOMPRESSED"} if rows == small else {"UNCOMPRESSED", "ZSTD"})
+        assert meta.row_group(0).column(0).compression == (
+            "ZSTD" if rows == large else "UNCOMPRESSED"
+        )
+        assert pq.read_table(pa.BufferReader(data)).equals(table)
 
 
 def test_compressible_embeddings_are_compressed(tmp_path: Path) -> None:

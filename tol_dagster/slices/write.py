@@ -3,8 +3,8 @@ other columns by pyarrow), and the row groups to copy, spliced in as bytes betwe
 one parquet file with the mirror's schema. A range of a row group spliced page by page becomes
 one row group: its copied pages with their re-encoded ends, and its other columns encoded here.
 
-Writer settings for speed: ZSTD level 1 on the string columns, dictionary and statistics off
-for `emb`, and `emb` uncompressed unless that makes it 10% or more bigger than ZSTD would
+Writer settings for speed: ZSTD level 1 on the string columns (none in row groups of fewer than
+MIN_COMPRESSED_ROWS rows), dictionary and statistics off for `emb`, and `emb` uncompressed unless that makes it 10% or more bigger than ZSTD would
 (float16 embeddings barely compress: ~9% here; each file's first batch decides). Copied row groups
 keep the mirror's codec. A file whose row groups cannot be spliced (another physical schema,
 an unusual layout) has them read and filtered instead (`copyable_scans`).
@@ -33,6 +33,11 @@ from tol_dagster.slices.sink import HashingSink
 
 #: ZSTD level of every compressed column: level 3 costs more and saves little here.
 ZSTD_LEVEL = 1
+#: Row groups of fewer rows than this get their string columns uncompressed: ZSTD sets up
+#: anew for every page (~20 us), which is more than writing 16 small columns costs, and their
+#: bytes are a few percent of `emb`'s. A rank's slices are mostly such (a family is ~800 rows
+#: in the bench's sample): 1.14 -> 0.40 ms a row group.
+MIN_COMPRESSED_ROWS = 2_000
 #: `emb` is written uncompressed when that makes it less than this much bigger than ZSTD would.
 EMB_MIN_GAIN = 0.10
 #: Bytes of the first batch's `emb` values tried with ZSTD to decide `emb`'s codec: 64 KiB
@@ -140,7 +145,8 @@ def encoded_columns(table: pa.Table, schema: pa.Schema, codec: str) -> list[Colu
     if rest.num_columns:
         buffer = pa.BufferOutputStream()
         subset = pa.schema([schema.field(name) for name in rest.column_names])
-        with _parquet_writer(buffer, subset, codec, page_index=True) as writer:
+        strings = "zstd" if rest.num_rows >= MIN_COMPRESSED_ROWS else "none"
+        with _parquet_writer(buffer, subset, codec, page_index=True, strings=strings) as writer:
             writer.write_table(rest, row_group_size=max(rest.num_rows, 1))
         data = buffer.getvalue()
         columns = whole_columns(parse_footer(memoryview(data), Path("<rows>"), data))
@@ -169,9 +175,9 @@ def _emb_codec(batch: pa.RecordBatch | pa.Table) -> str:
 
 
 def _parquet_writer(
-    sink: Any, schema: pa.Schema, emb_codec: str, page_index: bool
+    sink: Any, schema: pa.Schema, emb_codec: str, page_index: bool, strings: str = "zstd"
 ) -> pq.ParquetWriter:
-    compression = {name: "zstd" for name in schema.names if name != EMB_COLUMN}
+    compression = {name: strings for name in schema.names if name != EMB_COLUMN}
     compression[EMB_LEAF] = emb_codec
     return pq.ParquetWriter(
         sink,
