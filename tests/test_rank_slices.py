@@ -5,6 +5,7 @@ kill between values leaves whole slices; `slices.yaml`'s `ranks:` and `slices ad
 
 from __future__ import annotations
 
+import errno
 from pathlib import Path
 
 import duckdb
@@ -26,8 +27,9 @@ from tol_dagster.slices import rank_pass, records
 from tol_dagster.slices.catalog_file import read_catalog
 from tol_dagster.slices.extract import assemble_slice, extract_segment, extract_slice
 from tol_dagster.slices.keys import SliceKey, parse_slice_key, to_sql_filter
-from tol_dagster.slices.rank_pass import RankPlan, RankResult, plan_rank, publish_rank
+from tol_dagster.slices.rank_pass import RankPlan, RankResult, RankValue, plan_rank, publish_rank
 from tol_dagster.slices.rebuilds import RankSpec, declared_ranks
+from tol_dagster.store import renames
 from tol_dagster.store.hashing import sha256_file
 from tol_dagster.store.layout import Layout
 from tol_dagster.store.mirror_files import MirrorFile
@@ -270,11 +272,17 @@ def test_a_resync_rebuilds_only_the_value_whose_rows_changed(
     assert again.built[0].rows == len(ranked.brute_uuids(key)) == len(table) - 2
 
 
-def test_a_kill_between_values_leaves_whole_slices_and_a_resumable_pass(
-    small_sample: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.fixture
+def families(small_sample: Path, tmp_path: Path) -> tuple[Ranked, RankPlan]:
+    """A mirror with nothing published yet, and the plan of its families."""
     ranked = Ranked(sample_mirror(small_sample), Layout(tmp_path / "home"))
-    plan = ranked.plan("family")
+    return ranked, ranked.plan("family")
+
+
+def test_a_kill_between_values_leaves_whole_slices_and_a_resumable_pass(
+    families: tuple[Ranked, RankPlan], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ranked, plan = families
     real = rank_pass._publish_value
     calls = []
 
@@ -289,10 +297,7 @@ def test_a_kill_between_values_leaves_whole_slices_and_a_resumable_pass(
         ranked.publish(plan)
     monkeypatch.setattr(rank_pass, "_publish_value", real)
 
-    folder = ranked.layout.slices_dir(DEFAULT_CONFIG)
-    assert sorted(p.name for p in folder.iterdir()) == sorted(
-        v.key.file_name for v in plan.values[:3]
-    ), "three slices published, no temp file left"
+    assert _on_disk(ranked) == _file_names(plan.values[:3]), "three published, no temp file left"
     for record in records.slice_records(ranked.layout, DEFAULT_CONFIG):
         assert sha256_file(Path(str(record["path"]))) == record["sha256"], "whole, as recorded"
     assert read_catalog(ranked.layout, DEFAULT_CONFIG).num_rows == 0, (
@@ -300,6 +305,40 @@ def test_a_kill_between_values_leaves_whole_slices_and_a_resumable_pass(
     )
     resumed = ranked.publish(plan)
     assert len(resumed.unchanged) == 3 and len(resumed.built) == len(plan.values) - 3
+
+
+def test_a_full_disk_at_a_slices_fsync_stops_the_pass_with_no_record_of_it(
+    families: tuple[Ranked, RankPlan], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ranked, plan = families
+    real = renames.fsync_file
+    synced: list[Path] = []
+
+    def full_at_the_third(path: Path) -> None:
+        synced.append(path)
+        if len(synced) == 3:
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        real(path)
+
+    monkeypatch.setattr(renames, "fsync_file", full_at_the_third)
+    with pytest.raises(OSError, match="No space left"):
+        ranked.publish(plan)
+    monkeypatch.setattr(renames, "fsync_file", real)
+
+    assert _on_disk(ranked) == _file_names(plan.values[:2]), "the two synced, no temp file left"
+    recorded = records.slice_records(ranked.layout, DEFAULT_CONFIG)
+    assert all(Path(str(r["path"])).is_file() for r in recorded), "no record without its slice"
+    resumed = ranked.publish(plan)
+    assert len(resumed.built) + len(resumed.unchanged) == len(plan.values)
+    assert _on_disk(ranked) == _file_names(plan.values)
+
+
+def _on_disk(ranked: Ranked) -> list[str]:
+    return sorted(p.name for p in ranked.layout.slices_dir(DEFAULT_CONFIG).iterdir())
+
+
+def _file_names(values: list[RankValue]) -> list[str]:
+    return sorted(v.key.file_name for v in values)
 
 
 def test_the_slices_file_declares_ranks_and_refuses_bad_entries(tmp_path: Path) -> None:

@@ -83,19 +83,21 @@ def extract_slice(
     schema: pa.Schema,
     verify: Verify | None = None,
     sync_dir: bool = True,
+    publish: Callable[[Path, Path], None] | None = None,
 ) -> SliceResult:
     """Write the rows of `files` (in mirror order) that satisfy `key` to `out`, atomically.
 
     `index` None finds the rows without it (correct, slower). `verify` gets the finished temp
     file; if any of its checks fails, `ValidationFailed` is raised and `out` is left as it was.
     A taxon with no rows gives a 0-row file with the full schema and a warning. `sync_dir`
-    False: the caller makes the rename durable (`store.durable.atomic_path`).
+    False: the caller makes the rename durable; `publish` (with `sync_dir` False) takes the
+    checked temp file over to fsync and rename it later (`store.durable.atomic_path`).
     """
     started = time.perf_counter()
     out = Path(out)
     progress.start("slice", what=key.name)
     # jemalloc for the checks too: they decode the slice's `emb` back.
-    with atomic_path(out, sync_dir=sync_dir) as temp, _jemalloc():
+    with atomic_path(out, sync_dir=sync_dir, publish=publish) as temp, _jemalloc():
         segment = _write_segment(key, files, index, temp, schema)
         checks = _verified(key, temp, out, verify)
     return _result(key, out, [segment], started, checks, (segment.sha256, segment.size))

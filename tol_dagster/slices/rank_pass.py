@@ -41,6 +41,7 @@ from tol_dagster.slices.locate import locate
 from tol_dagster.store.durable import fsync_dir
 from tol_dagster.store.layout import Layout
 from tol_dagster.store.mirror_files import MirrorFile
+from tol_dagster.store.renames import DeferredRenames
 
 #: The record field naming the rank pass that built a slice (the catalog lists such slices).
 RANK_PASS = "rank_pass"
@@ -263,13 +264,14 @@ def publish_values(values: list[RankValue], target: Target) -> tuple[list[SliceR
     """Publish `values` in order (one worker's part of a pass): their results, and the words of
     each value whose checks failed."""
     built, failures = [], []
-    recorder = _Recorder(target.layout, target.config)
+    renames = DeferredRenames()
+    recorder = _Recorder(target.layout, target.config, renames)
     try:
         for value in values:
             if rank_workers.parent_gone():
                 break
             try:
-                result = _publish_value(value, target)
+                result = _publish_value(value, target, renames)
             except ValidationFailed as error:
                 failures.append(str(error))
                 continue
@@ -281,12 +283,14 @@ def publish_values(values: list[RankValue], target: Target) -> tuple[list[SliceR
             recorder.add(record)
             built.append(result)
     finally:
-        recorder.flush()
+        with renames:
+            recorder.flush()
     return built, failures
 
 
-def _publish_value(value: RankValue, target: Target) -> SliceResult:
-    """One value's slice, exactly as its own key would build it, with its blocking checks."""
+def _publish_value(value: RankValue, target: Target, renames: DeferredRenames) -> SliceResult:
+    """One value's slice, exactly as its own key would build it, with its blocking checks;
+    put in place by `renames` (its fsync overlaps the next value's work)."""
     files, layout, config = target.files, target.layout, target.config
 
     def verify(path: Path) -> list:
@@ -298,7 +302,7 @@ def _publish_value(value: RankValue, target: Target) -> SliceResult:
     out = layout.slices_dir(config) / value.key.file_name
     return extract_slice(
         value.key, files, value.index, out, schema=target.schema,
-        verify=verify if target.checked else None, sync_dir=False,
+        verify=verify if target.checked else None, sync_dir=False, publish=renames.publish,
     )  # fmt: skip
 
 
@@ -307,13 +311,14 @@ SYNC_EVERY = 64
 
 
 class _Recorder:
-    """Records of published slices, written in groups: one sync of the slices' folder makes
-    their renames durable, then their records are written and their folder synced once. A
-    record never outlives its slice on disk, and a record lost in a crash costs a rebuild:
-    two syncs per group instead of two per slice (an fsync costs milliseconds)."""
+    """Records of published slices, written in groups: once their slices are in place
+    (`renames`), one sync of the slices' folder makes the renames durable, then their records
+    are written and their folder synced once. A record never outlives its slice on disk, and a
+    record lost in a crash costs a rebuild: two syncs per group instead of two per slice (an
+    fsync costs milliseconds)."""
 
-    def __init__(self, layout: Layout, config: str) -> None:
-        self.layout, self.config = layout, config
+    def __init__(self, layout: Layout, config: str, renames: DeferredRenames) -> None:
+        self.layout, self.config, self.renames = layout, config, renames
         self.pending: list[dict[str, object]] = []
 
     def add(self, record: dict[str, object]) -> None:
@@ -324,6 +329,7 @@ class _Recorder:
     def flush(self) -> None:
         if not self.pending:
             return
+        self.renames.wait()
         fsync_dir(self.layout.slices_dir(self.config))
         for record in self.pending:
             records.save_slice_record(self.layout, self.config, record, sync_dir=False)

@@ -7,7 +7,7 @@ import fcntl
 import os
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from functools import cache
 from pathlib import Path
 
@@ -60,24 +60,36 @@ def fsync_dir(path: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_path(path: Path, *, sync_dir: bool = True) -> Iterator[Path]:
+def atomic_path(
+    path: Path, *, sync_dir: bool = True, publish: Callable[[Path, Path], None] | None = None
+) -> Iterator[Path]:
     """A temp path next to `path` (mode as an ordinary `open()` would give), fsynced and renamed
     onto `path` when the block succeeds, removed otherwise: the one atomic write of the project,
     for writers that need a path (pyarrow, numpy, DuckDB) rather than bytes. `sync_dir` False
-    leaves the rename's durability to the caller's one `fsync_dir` after many (a rank pass)."""
+    leaves the rename's durability to the caller's one `fsync_dir` after many (a rank pass);
+    `publish(temp, path)` takes the finished temp file over to do both later
+    (`renames.DeferredRenames`), and the caller syncs the folder."""
+    if publish is not None and sync_dir:
+        raise ValueError("a deferred publish leaves syncing the folder to the caller")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, temp = tempfile.mkstemp(
         dir=path.parent, prefix=f"{TEMP_PREFIX}{path.name}.", suffix=TEMP_SUFFIX
     )
+    handed_over = False
     try:
         make_public(fd)  # writers reopen the path: the mode stays, not mkstemp's 0600
         os.close(fd)
         yield Path(temp)
-        fsync_file(Path(temp))
-        os.replace(temp, path)
+        if publish is not None:
+            publish(Path(temp), path)
+            handed_over = True
+        else:
+            fsync_file(Path(temp))
+            os.replace(temp, path)
     finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temp)
+        if not handed_over:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temp)
     if sync_dir:
         fsync_dir(path.parent)
 
