@@ -45,12 +45,14 @@ from tol_dagster.slices.emb_check import EMB_MATCHES_MIRROR, check_emb_matches_m
 from tol_dagster.slices.extract import SliceResult, extract_slice
 from tol_dagster.slices.keys import SliceKey, parse_slice_key, split_binomial
 from tol_dagster.slices.rebuilds import affected_slices
+from tol_dagster.slices.slice_uuids import RowGroupUuids, may_repeat, read_slice_uuids
 from tol_dagster.slices.write import EMB_LEAF
 from tol_dagster.store.hashing import sha256_file
 from tol_dagster.store.layout import Layout
 from tol_dagster.store.mirror_files import MirrorFile
 from tol_dagster.validation.checks import CheckResult
 from tol_dagster.validation.emb_digests import emb_matrix
+from tol_dagster.validation.uuid_index import uuid_row_hashes
 
 SCHEMA = expected_schema(DEFAULT_CONFIG)
 
@@ -452,6 +454,29 @@ def test_each_check_fails_on_the_fault_it_names(mirror: Mirror, tmp_path: Path) 
     assert not failed.passed and "emb" in failed.message
     for good in (check_rows_satisfy_key(result.path, key), check_uuids_unique(result.path, key)):
         assert good.passed
+
+
+def test_uniqueness_is_told_from_the_uuid_hashes_and_equal_hashes_confirmed_on_uuids(
+    mirror: Mirror, tmp_path: Path
+) -> None:
+    key, result, table = _extract(mirror, "family=Felidae", tmp_path)
+    doubled = tmp_path / "doubled.parquet"
+    pq.write_table(pa.concat_tables([table, table.slice(0, 2)]), doubled, row_group_size=7)
+    checks = {c.check: c for c in mirror.checks(doubled, key, table.num_rows + 2)}
+    assert not checks[UUIDS_UNIQUE].passed and checks[UUIDS_UNIQUE].details["duplicated"] == 2
+    assert checks[ROWS_SATISFY_KEY].passed
+
+    with pq.ParquetFile(result.path) as written:
+        groups = read_slice_uuids(written)
+    assert not may_repeat(groups)
+    collided = [RowGroupUuids(g.uuids, np.zeros_like(g.hashes)) for g in groups]
+    assert may_repeat(collided)  # every uuid shares a hash: the uuids are compared instead
+    facts = row_facts(result.path, key, uuids_may_repeat=may_repeat(collided))
+    assert facts.duplicated == 0 and check_uuids_unique(result.path, key, facts).passed
+
+    for nulls, repeats in ((1, False), (2, True)):  # NULL is one uuid, as GROUP BY groups it
+        uuids = pa.array([None] * nulls + [f"u{i}" for i in range(5)], pa.string())
+        assert may_repeat([RowGroupUuids(uuids, uuid_row_hashes(uuids))]) is repeats
 
 
 def test_a_failing_verify_leaves_the_published_slice_untouched(

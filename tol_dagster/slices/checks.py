@@ -19,6 +19,7 @@ from tol_dagster import duck
 from tol_dagster.schema import quote_ident
 from tol_dagster.slices.emb_check import check_emb_matches_mirror
 from tol_dagster.slices.keys import SliceKey, filter_columns, to_sql_filter
+from tol_dagster.slices.slice_uuids import may_repeat, read_slice_uuids
 from tol_dagster.store.layout import Layout
 from tol_dagster.store.mirror_files import MirrorFile
 from tol_dagster.validation.checks import CheckResult
@@ -46,17 +47,19 @@ def slice_checks(
     """Every blocking check of a slice file (pass as `verify` to check before publishing);
     `index` (the taxon index) narrows the mirror files the `emb` check looks rows up in, and
     `layout`/`config` say where the gate keeps those files' `emb` digests."""
-    facts = row_facts(path, key)
     with pq.ParquetFile(path) as written:  # its footer read once for the three checks
+        uuids = read_slice_uuids(written)
+        facts = row_facts(path, key, uuids_may_repeat=may_repeat(uuids))
         return [
             check_rows_match_index_count(path, key, expected_rows, written.metadata.num_rows),
             check_rows_satisfy_key(path, key, facts),
             check_uuids_unique(path, key, facts),
             check_schema_matches(path, mirror_schema, key, written.schema_arrow),
             check_emb_matches_mirror(
-                path, key, files, index, layout=layout, config=config, written=written
+                path, key, files, index, layout=layout, config=config, written=written,
+                uuids=uuids,
             ),
-        ]
+        ]  # fmt: skip
 
 
 def check_rows_match_index_count(
@@ -90,16 +93,17 @@ class RowFacts:
     first_duplicated: list[str]
 
 
-def row_facts(path: Path, key: SliceKey) -> RowFacts:
+def row_facts(path: Path, key: SliceKey, *, uuids_may_repeat: bool = True) -> RowFacts:
     """The slice's `RowFacts`: one query counts (each costs a file open and a plan); a second
-    names the first rows only when a check fails."""
+    names the first rows only when a check fails. `uuids_may_repeat` False (the uuids' hashes
+    all differ: `slice_uuids.may_repeat`) leaves the uuids out of the count."""
     where, params = to_sql_filter(key)
+    # rows beyond one per uuid, NULL being one uuid (as GROUP BY groups them)
+    repeated = "count(*) - count(DISTINCT uuid) - (count(*) > count(uuid))::INTEGER"
     with duck.cursor() as con:
         counted = con.execute(
             f"SELECT count(*) FILTER (WHERE NOT coalesce(({where}), false)), "
-            # rows beyond one per uuid, NULL being one uuid (as GROUP BY groups them)
-            "count(*) - count(DISTINCT uuid) - (count(*) > count(uuid))::INTEGER "
-            "FROM read_parquet(?)",
+            f"{repeated if uuids_may_repeat else '0'} FROM read_parquet(?)",
             [*params, str(path)],
         ).fetchone()
         if counted is None or counted == (0, 0):

@@ -33,6 +33,7 @@ from tol_dagster.parquet.file_versions import per_file_version
 from tol_dagster.parquet.footer import SpliceError
 from tol_dagster.slices.keys import SliceKey
 from tol_dagster.slices.locate import plan_scans, row_group_starts
+from tol_dagster.slices.slice_uuids import RowGroupUuids, read_slice_uuids, row_group_column
 from tol_dagster.store.layout import Layout
 from tol_dagster.store.mirror_files import MirrorFile
 from tol_dagster.validation.checks import CheckResult
@@ -43,7 +44,6 @@ from tol_dagster.validation.emb_digests import (
     ensure_table,
     row_digests,
 )
-from tol_dagster.validation.uuid_index import uuid_row_hashes
 
 EMB_MATCHES_MIRROR = "emb_matches_mirror"
 
@@ -57,27 +57,30 @@ def check_emb_matches_mirror(
     layout: Layout,
     config: str,
     written: pq.ParquetFile | None = None,
+    uuids: list[RowGroupUuids] | None = None,
 ) -> CheckResult:
     """See the module's docstring. `index` (the taxon index) narrows the mirror files looked in
     to those the key's rows lie in (every file without it); `layout` and `config` say where the
     gate keeps their digests (computed here for a file validated before they existed);
-    `written`, the slice opened by pyarrow, is opened here unless given."""
+    `written`, the slice opened by pyarrow, and its `uuids` are read here unless given."""
     candidates = files if index is None else [scan.file for scan in plan_scans(key, files, index)]
     for file in candidates:
         ensure_table(file, layout, config)
     mirror = _Mirror(candidates, [digests_path(layout, config, f) for f in candidates])
     if written is None:
         with pq.ParquetFile(path) as opened:
-            return _check(path, key, opened, mirror)
-    return _check(path, key, written, mirror)
+            return _check(path, key, opened, mirror, read_slice_uuids(opened))
+    return _check(path, key, written, mirror, uuids or read_slice_uuids(written))
 
 
-def _check(path: Path, key: SliceKey, written: pq.ParquetFile, mirror: _Mirror) -> CheckResult:
-    """`emb_matches_mirror` of the slice at `path` (`written`) against `mirror`."""
+def _check(
+    path: Path, key: SliceKey, written: pq.ParquetFile, mirror: _Mirror, groups: list[RowGroupUuids]
+) -> CheckResult:
+    """`emb_matches_mirror` of the slice at `path` (`written`, the uuids of its row `groups`)
+    against `mirror`."""
     verdict = _Verdict()
-    for group in range(written.num_row_groups):
-        uuids = _column(written, group, "uuid")
-        hashes = uuid_row_hashes(uuids)
+    for group, read in enumerate(groups):
+        uuids, hashes = read.uuids, read.hashes
         owner, row = mirror.place(hashes)
         source = mirror.whole_group(owner, row)
         if source is not None and _same_chunks(path, written.metadata.row_group(group), *source):
@@ -92,17 +95,9 @@ def _check(path: Path, key: SliceKey, written: pq.ParquetFile, mirror: _Mirror) 
                 verdict.fault_all(uuids, "type")
                 continue
             owner, row, same = mirror.find(hashes, digests)
-        owner[~np.asarray(uuids.is_valid().to_numpy(zero_copy_only=False), dtype=bool)] = -1
+        owner[~read.valid] = -1
         verdict.add(uuids, owner, row, same)
     return verdict.result(key)
-
-
-def _column(written: pq.ParquetFile, group: int, name: str) -> pa.Array:
-    """One column of one row group, decoded in this thread: a row group at a time bounds the
-    memory (~25 MB of `emb` for a row group we wrote, 77 MB for one copied from the mirror),
-    and reading it whole decodes 3x faster than a streaming reader with small buffers."""
-    column = written.read_row_group(group, columns=[name], use_threads=False).column(0)
-    return column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()  # no copy
 
 
 def _digests(path: Path, written: pq.ParquetFile, group: int) -> np.ndarray | None:
@@ -116,7 +111,7 @@ def _digests(path: Path, written: pq.ParquetFile, group: int) -> np.ndarray | No
             return np.concatenate([np.empty(0, np.uint64), *map(row_digests, pages)])
         except SpliceError:
             pass  # not the plain case: pyarrow decodes it, or says why it cannot
-    emb = _column(written, group, "emb")
+    emb = row_group_column(written, group, "emb")
     matrix = emb_matrix(emb)
     if matrix is None:
         return None
