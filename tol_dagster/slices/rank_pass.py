@@ -284,7 +284,7 @@ def publish_values(values: list[RankValue], target: Target) -> tuple[list[SliceR
             built.append(result)
     finally:
         with renames:
-            recorder.flush()
+            recorder.close()
     return built, failures
 
 
@@ -313,13 +313,15 @@ SYNC_EVERY = 64
 class _Recorder:
     """Records of published slices, written in groups: once their slices are in place
     (`renames`), one sync of the slices' folder makes the renames durable, then their records
-    are written and their folder synced once. A record never outlives its slice on disk, and a
-    record lost in a crash costs a rebuild: two syncs per group instead of two per slice (an
-    fsync costs milliseconds)."""
+    are queued to `renames` too, and their folder is synced at the next group (or at `close`):
+    a record never outlives its slice on disk, and a record lost in a crash costs a rebuild.
+    Two folder syncs per group instead of two per slice, and every file's fsync overlaps the
+    next slices' work (an fsync costs milliseconds)."""
 
     def __init__(self, layout: Layout, config: str, renames: DeferredRenames) -> None:
         self.layout, self.config, self.renames = layout, config, renames
         self.pending: list[dict[str, object]] = []
+        self.queued = False  # records queued since the records' folder was last synced
 
     def add(self, record: dict[str, object]) -> None:
         self.pending.append(record)
@@ -327,14 +329,29 @@ class _Recorder:
             self.flush()
 
     def flush(self) -> None:
+        """Queue the pending records once their slices are durably in place, and make the
+        records queued before them durable."""
+        self.renames.wait()
+        self._sync_records()
         if not self.pending:
             return
-        self.renames.wait()
         fsync_dir(self.layout.slices_dir(self.config))
         for record in self.pending:
-            records.save_slice_record(self.layout, self.config, record, sync_dir=False)
-        fsync_dir(records.records_dir(self.layout, self.config))
-        self.pending = []
+            records.save_slice_record(
+                self.layout, self.config, record, sync_dir=False, publish=self.renames.publish
+            )
+        self.pending, self.queued = [], True
+
+    def close(self) -> None:
+        """Every record in place and durable."""
+        self.flush()
+        self.renames.wait()
+        self._sync_records()
+
+    def _sync_records(self) -> None:
+        if self.queued:
+            fsync_dir(records.records_dir(self.layout, self.config))
+            self.queued = False
 
 
 def _unchanged(record: dict | None, value: RankValue, out: Path) -> bool:

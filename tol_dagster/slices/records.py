@@ -8,7 +8,7 @@ atomically: parallel slice runs each write their own and never race on the catal
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -59,14 +59,20 @@ def slice_record(
 
 
 def save_slice_record(
-    layout: Layout, config: str, record: Mapping[str, object], *, sync_dir: bool = True
+    layout: Layout,
+    config: str,
+    record: Mapping[str, object],
+    *,
+    sync_dir: bool = True,
+    publish: Callable[[Path, Path], None] | None = None,
 ) -> None:
     """Write the record of the slice `record["name"]`, replacing the one of its last build
-    (`sync_dir`: see `store.durable.atomic_path`)."""
+    (`sync_dir` and `publish`: see `store.durable.atomic_path`)."""
     write_atomic(
         _record_path(layout, config, str(record["name"])),
         json.dumps(record, indent=1).encode(),
         sync_dir=sync_dir,
+        publish=publish,
     )
 
 

@@ -103,10 +103,16 @@ def fsync_file(path: Path) -> None:
         os.close(fd)
 
 
-def write_atomic(path: Path, data: bytes, *, sync_dir: bool = True) -> None:
+def write_atomic(
+    path: Path,
+    data: bytes,
+    *,
+    sync_dir: bool = True,
+    publish: Callable[[Path, Path], None] | None = None,
+) -> None:
     """Replace `path` with `data`: temp file in the same folder, fsync, rename, fsync the folder
-    (unless not `sync_dir`: see `atomic_path`)."""
-    with atomic_path(path, sync_dir=sync_dir) as temp:
+    (unless not `sync_dir`, or done later by `publish`: see `atomic_path`)."""
+    with atomic_path(path, sync_dir=sync_dir, publish=publish) as temp:
         temp.write_bytes(data)
 
 
