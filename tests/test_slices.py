@@ -465,6 +465,11 @@ def test_uniqueness_is_told_from_the_uuid_hashes_and_equal_hashes_confirmed_on_u
     checks = {c.check: c for c in mirror.checks(doubled, key, table.num_rows + 2)}
     assert not checks[UUIDS_UNIQUE].passed and checks[UUIDS_UNIQUE].details["duplicated"] == 2
     assert checks[ROWS_SATISFY_KEY].passed
+    with pq.ParquetFile(doubled) as written:  # many row groups, hashed in one query
+        groups = read_slice_uuids(written)
+    assert len(groups) == pq.read_metadata(doubled).num_row_groups > 2
+    for group in groups:
+        assert (group.hashes == uuid_row_hashes(group.uuids)).all()
 
     with pq.ParquetFile(result.path) as written:
         groups = read_slice_uuids(written)

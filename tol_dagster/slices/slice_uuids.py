@@ -28,12 +28,17 @@ class RowGroupUuids:
 
 
 def read_slice_uuids(written: pq.ParquetFile) -> list[RowGroupUuids]:
-    """Each row group's uuids and hashes."""
-    groups = []
-    for group in range(written.num_row_groups):
-        uuids = row_group_column(written, group, "uuid")
-        groups.append(RowGroupUuids(uuids, uuid_row_hashes(uuids)))
-    return groups
+    """Each row group's uuids and hashes, hashed in one query (each costs ~0.7 ms however
+    few the uuids, and a rank's slices are mostly a few small row groups)."""
+    columns = [row_group_column(written, g, "uuid") for g in range(written.num_row_groups)]
+    if not columns:
+        return []
+    hashes = uuid_row_hashes(pa.chunked_array(columns))
+    ends = np.cumsum([len(column) for column in columns])[:-1]
+    return [
+        RowGroupUuids(column, part)
+        for column, part in zip(columns, np.split(hashes, ends), strict=True)
+    ]
 
 
 def row_group_column(written: pq.ParquetFile, group: int, name: str) -> pa.Array:
