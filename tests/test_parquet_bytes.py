@@ -156,6 +156,11 @@ def test_columns_of_few_distinct_values_are_decoded_as_indices_and_read_as_value
         assert not any(pa.types.is_dictionary(field.type) for field in got.schema)
         assert got.cast(SCHEMA).equals(table.slice(1000 + start, got.num_rows))
 
+    empty = table.set_column(2, table.field(2), pa.nulls(3000, pa.string()))  # a 0-value dictionary
+    path = _write(empty, tmp_path / "nulls.parquet")
+    assert pq.read_metadata(path).row_group(1).column(2).has_dictionary_page
+    assert read_rows(read_footer(path), 1, 100, 300).cast(SCHEMA).equals(empty.slice(1100, 200))
+
 
 def test_a_file_without_an_offset_index_cannot_be_read_by_pages(tmp_path: Path) -> None:
     path = _write(_table(1000, 4), tmp_path / "a.parquet", write_page_index=False)

@@ -7,8 +7,8 @@ non-NULL floats need nothing of that: the repetition levels are one pattern per 
 Arrow's encoder writes, `list_values.repetition_pattern`), the definition levels one RLE run,
 the values the array's bytes (PLAIN). The pages are data pages v1 of about `PAGE_BYTES` each,
 with an offset index, no statistics, no dictionary (as our pyarrow writer made `emb`'s), and
-the ColumnChunk holds ColumnMetaData's required fields only. Anything else (NULLs, a list size the pattern does not cover, another type) gives None and
-pyarrow encodes the column.
+the ColumnChunk holds ColumnMetaData's required fields only. Anything else (NULLs, a list size
+the pattern does not cover, another type) gives None and pyarrow encodes the column.
 """
 
 from __future__ import annotations

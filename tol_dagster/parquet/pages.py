@@ -111,14 +111,14 @@ def decode_rows(path: Path, row_group: int, start: int, stop: int) -> pa.Table:
 @dataclass(frozen=True)
 class _Pages:
     """The pages of one column chunk that hold a row range, as the body of a parquet file:
-    `body` is the magic, the dictionary page if any (of `dictionary` values, else 0), then
+    `body` is the magic, the dictionary page if any (of `dictionary` values, else None), then
     data pages `first`..`last` (from byte `data_start`), holding `values` values,
     `uncompressed` bytes once decompressed (headers included) and the chunk's rows
     [`rows[0]`, `rows[1]`)."""
 
     body: bytearray
     data_start: int
-    dictionary: int
+    dictionary: int | None
     first: int
     last: int
     values: int
@@ -165,7 +165,7 @@ def _decoded(
     """The rows of `pages`: read in place when they are the pages of a regular list of floats
     (`emb`: Arrow's nested decoding costs ten times that), else decoded by pyarrow from a
     one-column parquet file of them (strings of few distinct values as a dictionary)."""
-    if not pages.dictionary:
+    if pages.dictionary is None:
         body = memoryview(pages.body)[pages.data_start :]
         codec = meta.get(field_ids.CM_CODEC)
         values = regular_list_column(footer.path, elements, codec, body, page_rows)
@@ -173,7 +173,11 @@ def _decoded(
             return pa.chunked_array([values])
     data = _one_column_file(footer, elements, meta, pages)
     leaf = elements[0].get(field_ids.SCHEMA_TYPE) if len(elements) == 1 else None
-    few = leaf == field_ids.BYTE_ARRAY and 0 < pages.dictionary * DICTIONARY_SHARE <= pages.values
+    few = (
+        leaf == field_ids.BYTE_ARRAY
+        and pages.dictionary is not None
+        and pages.dictionary * DICTIONARY_SHARE <= pages.values
+    )
     name = elements[0].get(field_ids.SCHEMA_NAME).decode()
     parquet = pq.ParquetFile(pa.BufferReader(data), read_dictionary=[name] if few else None)
     return parquet.read(use_threads=False).column(0)
@@ -260,7 +264,7 @@ def _one_column_file(footer: Footer, elements: list[Struct], meta: Struct, pages
     meta.set(field_ids.CM_TOTAL_COMPRESSED, len(pages.body) - len(MAGIC))
     meta.set(field_ids.CM_DATA_PAGE, pages.data_start)
     meta.drop(field_ids.CM_DICTIONARY_PAGE)
-    if pages.dictionary:
+    if pages.dictionary is not None:
         meta.put(field_ids.CM_DICTIONARY_PAGE, I64, len(MAGIC))
     root = footer.meta.get(field_ids.FILE_SCHEMA)[1][0].copy()
     root.set(field_ids.SCHEMA_NUM_CHILDREN, 1)
@@ -321,9 +325,9 @@ def check_locations(path: Path, locations: list[Struct], meta: Struct, rows: int
 
 def _dictionary_page(
     path: Path, handle: BinaryIO, meta: Struct, first_data_page: int
-) -> tuple[bytes | None, int]:
-    """The column chunk's dictionary page (header and body) and its number of values (None
-    and 0 without one), found from the column metadata: at `dictionary_page_offset`, or
+) -> tuple[bytes | None, int | None]:
+    """The column chunk's dictionary page (header and body) and its number of values (both
+    None without one), found from the column metadata: at `dictionary_page_offset`, or
     (writers that leave it unset) at the chunk's start when a page sits there before the
     first data page. Its header must say it is a dictionary page."""
     offset = meta.get(field_ids.CM_DICTIONARY_PAGE)
@@ -331,17 +335,17 @@ def _dictionary_page(
     if not offset:  # absent, or 0 for "none" (some writers)
         offset = int(meta.get(field_ids.CM_DATA_PAGE))
         if offset >= first_data_page:
-            return None, 0
+            return None, None
     header, size = page_header(path, handle, offset, first_data_page - offset)
     if header.get(field_ids.HEADER_TYPE) != field_ids.DICTIONARY_PAGE:
         if strict:
             raise SpliceError(f"{path}: no dictionary page at dictionary_page_offset {offset}")
-        return None, 0
+        return None, None
     length = size + header.get(field_ids.HEADER_COMPRESSED)
     if offset + length > first_data_page and offset < first_data_page:
         raise SpliceError(f"{path}: the dictionary page at {offset} overlaps the data pages")
     entries = header.get(field_ids.HEADER_DICTIONARY).get(field_ids.DATA_NUM_VALUES)
-    return pread(handle, offset, length), max(int(entries), 1)
+    return pread(handle, offset, length), int(entries)
 
 
 def page_header(path: Path, handle: BinaryIO, offset: int, room: int) -> tuple[Struct, int]:

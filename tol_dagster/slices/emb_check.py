@@ -70,7 +70,9 @@ def check_emb_matches_mirror(
     if written is None:
         with pq.ParquetFile(path) as opened:
             return _check(path, key, opened, mirror, read_slice_uuids(opened))
-    return _check(path, key, written, mirror, uuids or read_slice_uuids(written))
+    return _check(
+        path, key, written, mirror, uuids if uuids is not None else read_slice_uuids(written)
+    )
 
 
 def _check(

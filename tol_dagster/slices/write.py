@@ -3,11 +3,12 @@ other columns by pyarrow), and the row groups to copy, spliced in as bytes betwe
 one parquet file with the mirror's schema. A range of a row group spliced page by page becomes
 one row group: its copied pages with their re-encoded ends, and its other columns encoded here.
 
-Writer settings for speed: ZSTD level 1 on the string columns (none in row groups of fewer than
-MIN_COMPRESSED_ROWS rows), dictionary and statistics off for `emb`, and `emb` uncompressed unless that makes it 10% or more bigger than ZSTD would
-(float16 embeddings barely compress: ~9% here; each file's first batch decides). Copied row groups
-keep the mirror's codec. A file whose row groups cannot be spliced (another physical schema,
-an unusual layout) has them read and filtered instead (`copyable_scans`).
+Writer settings for speed: ZSTD level 1 on the string columns (none in row groups of fewer
+than MIN_COMPRESSED_ROWS rows), dictionary and statistics off for `emb`, and `emb` uncompressed
+unless that makes it 10% or more bigger than ZSTD would (float16 embeddings barely compress:
+~9% here; each file's first batch decides). Copied row groups keep the mirror's codec. A file
+whose row groups cannot be spliced (another physical schema, an unusual layout) has them read
+and filtered instead (`copyable_scans`).
 """
 
 from __future__ import annotations
