@@ -5,6 +5,7 @@ raised by the pass; an interrupted pass interrupts its workers; `TOL_RANK_WORKER
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import pickle
 import signal
@@ -21,7 +22,7 @@ from test_rank_slices import Ranked
 from tol_dagster.errors import SettingsError
 from tol_dagster.schema import DEFAULT_CONFIG
 from tol_dagster.settings import Settings
-from tol_dagster.slices import rank_workers, records
+from tol_dagster.slices import rank_pass, rank_workers, records
 from tol_dagster.store.hashing import sha256_file
 from tol_dagster.store.layout import Layout
 
@@ -45,8 +46,8 @@ def started(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     pids: list[int] = []
     real_start = rank_workers._start
 
-    def counted(task: bytes) -> Any:
-        process, results = real_start(task)
+    def counted() -> Any:
+        process, results = real_start()
         pids.append(process.pid)
         return process, results
 
@@ -115,20 +116,32 @@ def test_tol_rank_workers_is_read_with_a_default_of_the_usable_cores_up_to_two(
         assert Settings.from_env({}).rank_workers == default
 
 
-def test_a_value_is_sent_to_a_worker_with_its_own_index_entries_only(
+def test_a_part_is_sent_to_a_worker_with_its_values_own_index_entries_only(
     small_sample: Path, tmp_path: Path
 ) -> None:
     """A value's index is a slice of the rank's: pickled as is, it would carry the whole."""
     ranked = Ranked(sample_mirror(small_sample), Layout(tmp_path / "home"))
     plan = ranked.plan("family")
-    value = max(plan.values, key=lambda v: v.index.num_rows)
-    whole = len(pickle.dumps(value.index))
-    sent = pickle.loads(pickle.dumps(value))
-    assert len(pickle.dumps(value)) < whole / 10
-    assert sent.index.equals(value.index)
-    assert (sent.key, sent.rows, sent.built_from_rows, sent.first) == (
-        value.key, value.rows, value.built_from_rows, value.first,
-    )  # fmt: skip
+    values = sorted(plan.values, key=lambda v: -v.index.num_rows)[:3]
+    whole = len(pickle.dumps(values[0].index))
+    sent = pickle.loads(pickle.dumps(rank_pass._Part(values)))
+    assert len(pickle.dumps(rank_pass._Part(values))) < whole / 10
+    assert type(sent) is list and len(sent) == 3
+    for got, value in zip(sent, values, strict=True):
+        assert got.index.equals(value.index)
+        assert (got.key, got.rows, got.built_from_rows, got.first) == (
+            value.key, value.rows, value.built_from_rows, value.first,
+        )  # fmt: skip
+    assert pickle.loads(pickle.dumps(rank_pass._Part([]))) == []
+
+
+def test_a_part_runs_with_fewer_collections_and_the_threshold_is_restored() -> None:
+    before = gc.get_threshold()
+    seen = rank_workers.run_parts(lambda part: gc.get_threshold()[0], [[1]])
+    assert seen == [rank_workers.YOUNG_OBJECTS] and gc.get_threshold() == before
+    with pytest.raises(ZeroDivisionError):
+        rank_workers.run_parts(lambda part: 1 / 0, [[1]])
+    assert gc.get_threshold() == before
 
 
 _KILLED_PASS = """
