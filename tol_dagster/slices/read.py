@@ -29,7 +29,8 @@ import queue
 import threading
 from collections import deque
 from collections.abc import Generator, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent import futures
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -47,6 +48,7 @@ from tol_dagster.parquet.pages import decode_rows, read_rows
 from tol_dagster.schema import quote_ident
 from tol_dagster.slices.keys import SliceKey, arrow_mask, filter_columns, to_sql_filter
 from tol_dagster.slices.locate import Copy, Scan, Span, Splice, row_groups
+from tol_dagster.slices.thread_pools import shared_pool
 from tol_dagster.store.mirror_files import MirrorFile
 
 logger = logging.getLogger("tol_dagster.slices.read")
@@ -60,6 +62,8 @@ DENSE_SHARE = 0.4
 PAGE_READS = True
 #: Chunks of pages read at once (pyarrow releases the GIL while it decodes).
 PAGE_WORKERS = 2
+#: Slices read ahead at once in a process (`prefetched`); more wait for one to end.
+READERS = 8
 #: A chunk's matches in more runs than this are read with the rows between them (`_matching_rows`).
 SPARSE_RUNS = 8
 
@@ -112,7 +116,7 @@ def read_slice_rows(key: SliceKey, scans: Sequence[Scan], schema: pa.Schema) -> 
             for batch in chunk.result():
                 yield file, batch
 
-    pool = ThreadPoolExecutor(PAGE_WORKERS, thread_name_prefix="slice-pages")
+    pool = shared_pool("slice-pages", PAGE_WORKERS)
     try:
         for file, job in _jobs(key, scans, schema):
             if isinstance(job, functools.partial):
@@ -125,8 +129,10 @@ def read_slice_rows(key: SliceKey, scans: Sequence[Scan], schema: pa.Schema) -> 
                 else:
                     yield from ((file, batch) for batch in job)
         yield from ready(0)
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+    finally:  # no read of this slice goes on once it is closed
+        for _, chunk in window:
+            chunk.cancel()
+        futures.wait([chunk for _, chunk in window])
 
 
 def _jobs(
@@ -354,6 +360,8 @@ def prefetched(items: Iterator[T], depth: int) -> Generator[T]:
 
     def work() -> None:
         try:
+            if cancelled.is_set():
+                return
             for item in items:
                 if not put(item):
                     return
@@ -365,8 +373,7 @@ def prefetched(items: Iterator[T], depth: int) -> Generator[T]:
             if close is not None:
                 close()
 
-    worker = threading.Thread(target=work, name="slice-reader", daemon=True)
-    worker.start()
+    worker = shared_pool("slice-reader", READERS).submit(work)
     try:
         while (item := slots.get()) is not _END:
             if isinstance(item, _Raised):
@@ -374,4 +381,4 @@ def prefetched(items: Iterator[T], depth: int) -> Generator[T]:
             yield item  # type: ignore[misc]
     finally:
         cancelled.set()
-        worker.join()
+        worker.result()  # `work` raises nothing: its errors were handed over
