@@ -340,7 +340,7 @@ def run_rank_way(way: str, rank: str, workdir: Path, workers: int) -> Measure:
     mirror, index = load(workdir)
     layout = Layout(workdir / "home")
     out = layout.slices_dir(CONFIG)
-    for stale in (out, layout.state_dir(CONFIG) / "slices", workdir / "out" / "rank-copy"):
+    for stale in (out, layout.slice_records_dir(CONFIG), workdir / "out" / "rank-copy"):
         shutil.rmtree(stale, ignore_errors=True)  # every pass builds every slice
     warm_up()
     before, started = _cpu(), time.perf_counter()

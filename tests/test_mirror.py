@@ -15,9 +15,10 @@ import pytest
 from tol_dagster.errors import DiskSpaceError, StoreError
 from tol_dagster.hub.remote import RemoteConfig, RemoteFile
 from tol_dagster.resync.plan import bytes_still_needed, plan_sync
-from tol_dagster.store.cleanup import cleanup, prune_derived
+from tol_dagster.store.cleanup import STALE_TEMP_S, cleanup, prune_derived
 from tol_dagster.store.disk import check_free_disk
 from tol_dagster.store.drift import audit_mirror
+from tol_dagster.store.durable import TEMP_PREFIX, TEMP_SUFFIX
 from tol_dagster.store.generations import (
     current_generation,
     previous_generation,
@@ -265,6 +266,32 @@ def test_a_published_file_cannot_be_quarantined(layout: Layout) -> None:
     with pytest.raises(StoreError, match="published mirror"):
         quarantine(layout, CONFIG, layout.mirror_dir(CONFIG) / "a.parquet", "drift")
     assert (generation / "a.parquet").exists()
+
+
+def test_cleanup_removes_what_killed_slice_writers_left_once_stale(layout: Layout) -> None:
+    """A rank worker killed with its deferred renames queued leaves finished temp files in the
+    slices' and records' folders; a live writer's are recent and stay."""
+    folders = (
+        layout.published_dir(CONFIG), layout.slices_dir(CONFIG), layout.slice_records_dir(CONFIG)
+    )  # fmt: skip
+    stale, fresh = [], []
+    for folder in folders:
+        folder.mkdir(parents=True, exist_ok=True)
+        old = folder / f"{TEMP_PREFIX}family=Felidae.parquet.x1{TEMP_SUFFIX}"
+        old.write_bytes(b"o" * 5)
+        os.utime(old, (0, time.time() - STALE_TEMP_S - 60))
+        new = folder / f"{TEMP_PREFIX}family=Canidae.parquet.x2{TEMP_SUFFIX}"
+        new.write_bytes(b"n")
+        stale.append(old)
+        fresh.append(new)
+    published = layout.slices_dir(CONFIG) / "family=Felidae.parquet"
+    published.write_bytes(b"s")
+    os.utime(published, (0, 0))
+
+    report = cleanup(layout, CONFIG, keep_commit=None, wanted_sha256s=(), grace_s=0)
+
+    assert sorted(report.temporary) == sorted(stale)
+    assert all(p.exists() for p in fresh) and published.exists()
 
 
 def test_cleanup_keeps_current_and_previous_and_frees_the_rest(layout: Layout) -> None:

@@ -369,7 +369,7 @@ def test_slices_remove_removes_a_partition_whose_name_does_not_parse_or_is_not_c
     slices_dir = synced.home / "published" / CONFIG / "slices"
     stale = slices_dir / f"{quote(raw, safe='')}.parquet"  # as an older version named it
     stale.write_bytes(slice_file(synced, "family=Felidae").read_bytes())
-    records = synced.layout.state_dir(CONFIG) / "slices"
+    records = synced.layout.slice_records_dir(CONFIG)
     record = dict(
         json.loads((records / "family%3DFelidae.json").read_text()), name=raw, path=str(stale)
     )

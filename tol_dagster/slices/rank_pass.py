@@ -370,7 +370,7 @@ class _Recorder:
 
     def _sync_records(self) -> None:
         if self.queued:
-            fsync_dir(records.records_dir(self.layout, self.config))
+            fsync_dir(self.layout.slice_records_dir(self.config))
             self.queued = False
 
 

@@ -19,13 +19,8 @@ from tol_dagster.store.durable import write_atomic
 from tol_dagster.store.layout import Layout
 
 
-def records_dir(layout: Layout, config: str) -> Path:
-    """Where the records of `config`'s slices are."""
-    return layout.state_dir(config) / "slices"
-
-
 def _record_path(layout: Layout, config: str, name: str) -> Path:
-    return records_dir(layout, config) / (
+    return layout.slice_records_dir(config) / (
         parse_slice_key(name).file_name.removesuffix(".parquet") + ".json"
     )
 
@@ -78,7 +73,7 @@ def save_slice_record(
 
 def slice_records(layout: Layout, config: str) -> list[dict[str, object]]:
     """Every slice record of `config`: the catalog's rows, and what each slice was built from."""
-    folder = records_dir(layout, config)
+    folder = layout.slice_records_dir(config)
     if not folder.is_dir():
         return []
     return [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))]
@@ -99,7 +94,7 @@ def allowed_empty(layout: Layout, config: str, name: str) -> bool:
 def remove_slice_records_named(layout: Layout, config: str, names: set[str]) -> list[Path]:
     """Remove the records whose `name` is one of `names`, found by content (a name that no
     longer parses as a key has no computable record path); returns the slice files they name."""
-    folder = records_dir(layout, config)
+    folder = layout.slice_records_dir(config)
     paths = []
     for record in sorted(folder.glob("*.json")) if folder.is_dir() else []:
         data = json.loads(record.read_text())

@@ -112,7 +112,8 @@ def cleanup(
     staging of commits other than `keep_commit`; partials whose sha256 is not in
     `wanted_sha256s`; quarantined files older than `quarantine_max_age_days` (None keeps them);
     what runs' steps passed each other, untouched for `steps_max_age_days` (kept that long so
-    a failed run can be re-executed from its failure); temp files that interrupted writes left. Call it when no sync of this config is running.
+    a failed run can be re-executed from its failure); temp files that interrupted writes left (`_remove_temps`). Call it when no sync of this
+    config is running.
     """
     removal = _Removal()
     moment = (now or datetime.now(UTC)).timestamp()
@@ -145,12 +146,39 @@ def cleanup(
     for path in children(layout.step_outputs_dir()):
         if path.stat().st_mtime < steps_cutoff:
             removal.remove("steps", path)
+    _remove_temps(removal, layout, config, moment)
+    return removal.report()
+
+
+#: A temp file in the published folders untouched this long was left by a killed writer: a
+#: live one is writing it, or has it renamed within seconds (a rank pass's deferred renames).
+STALE_TEMP_S = 3600.0
+
+
+def _remove_temps(removal: _Removal, layout: Layout, config: str, moment: float) -> None:
+    """Temp files of interrupted writes: all of them where only a sync writes (store,
+    quarantine, the mirror's link), the stale ones in the published slices, their records and
+    the catalog's folder, which rank passes and single slices write while a sync runs."""
     link = layout.mirror_dir(config)
     for folder in (layout.store_dir(config), layout.quarantine_dir(config), link.parent):
         for path in children(folder):
             if _is_temp(path) and (folder != link.parent or is_temp_of(path, link)):
                 removal.remove("temporary", path)
-    return removal.report()
+    published = (
+        layout.published_dir(config), layout.slices_dir(config), layout.slice_records_dir(config)
+    )  # fmt: skip
+    for folder in published:
+        for path in children(folder):
+            if _is_temp(path) and _untouched(path) < moment - STALE_TEMP_S:
+                removal.remove("temporary", path)
+
+
+def _untouched(path: Path) -> float:
+    """When `path` was last written; infinitely recent if it is gone (renamed into place)."""
+    try:
+        return path.stat().st_mtime
+    except FileNotFoundError:
+        return float("inf")
 
 
 def prune_derived(layout: Layout, config: str, keep_sha256s: Collection[str]) -> int:

@@ -92,6 +92,10 @@ class Layout:
         """Small JSON state shared between assets, sensors and the command line."""
         return self.store_dir(config) / "state"
 
+    def slice_records_dir(self, config: str) -> Path:
+        """Where the records of `config`'s slices are."""
+        return self.state_dir(config) / "slices"
+
     def dagster_home(self) -> Path:
         return self.home / "dagster"
 
