@@ -607,9 +607,11 @@ def verdicts(rows: dict[str, dict[str, Measure]]) -> None:
         m["ours"].emb_type.startswith("fixed_size_list<element: halffloat>") for m in rows.values()
     )
     copies = {m["copy"].emb_type for m in rows.values() if "copy" in m}
-    print(
-        f"  emb type kept exact in every slice: {'yes' if exact else 'NO'} (the copy writes {', '.join(copies)})"
-    )
+    if copies:  # none when only the whole rank ran: it says so itself
+        print(
+            f"  emb type kept exact in every slice: {'yes' if exact else 'NO'} "
+            f"(the copy writes {', '.join(copies)})"
+        )
 
 
 def main() -> None:
