@@ -112,8 +112,8 @@ def cleanup(
     staging of commits other than `keep_commit`; partials whose sha256 is not in
     `wanted_sha256s`; quarantined files older than `quarantine_max_age_days` (None keeps them);
     what runs' steps passed each other, untouched for `steps_max_age_days` (kept that long so
-    a failed run can be re-executed from its failure); temp files that interrupted writes left (`_remove_temps`). Call it when no sync of this
-    config is running.
+    a failed run can be re-executed from its failure); temp files that interrupted writes left
+    (`_remove_temps`). Call it when no sync of this config is running.
     """
     removal = _Removal()
     moment = (now or datetime.now(UTC)).timestamp()
