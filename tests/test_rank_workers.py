@@ -46,8 +46,8 @@ def started(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     pids: list[int] = []
     real_start = rank_workers._start
 
-    def counted() -> Any:
-        process, results = real_start()
+    def counted(task: bytes) -> Any:
+        process, results = real_start(task)
         pids.append(process.pid)
         return process, results
 

@@ -17,6 +17,7 @@ import pickle
 import signal
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
@@ -67,10 +68,8 @@ def run_parts(work: Callable[..., R], parts: Sequence[list[T]], **arguments: Any
             return [work(part, **arguments) for part in parts]
     workers: list[tuple[subprocess.Popen, BinaryIO]] = []
     try:
-        for _ in parts:  # every worker imports while the tasks are pickled and sent
-            workers.append(_start())
-        for (process, _), part in zip(workers, parts, strict=True):
-            _send(process, pickle.dumps((os.getpid(), work, part, arguments)))
+        for part in parts:
+            workers.append(_start(pickle.dumps((os.getpid(), work, part, arguments))))
         outcomes = [_outcome(process, results) for process, results in workers]
     except BaseException:
         for _, results in workers:
@@ -97,35 +96,32 @@ def fewer_collections() -> Iterator[None]:
         gc.set_threshold(*threshold)
 
 
-def _start() -> tuple[subprocess.Popen, BinaryIO]:
-    """A worker, waiting for its task on its stdin (`_send`), answering on a pipe of its own
-    (its stdout and stderr stay the caller's, for its logs)."""
+def _start(task: bytes) -> tuple[subprocess.Popen, BinaryIO]:
+    """A worker reading `task` from a file as its stdin (not a pipe: no worker waits for the
+    one before it to read its task), answering on a pipe of its own (its stdout and stderr
+    stay the caller's, for its logs)."""
     read, write = os.pipe()
     results = os.fdopen(read, "rb")
     package = str(Path(__file__).resolve().parents[2])  # where this tol_dagster is imported from
     path = os.pathsep.join(filter(None, [package, os.environ.get("PYTHONPATH")]))
     try:
-        process = subprocess.Popen(
-            # Imported, not run as __main__: a second copy of this module would hold the
-            # parent's pid where `parent_gone` never looks.
-            [sys.executable, "-c", f"from {__name__} import serve; serve({write})"],
-            stdin=subprocess.PIPE,
-            pass_fds=(write,),
-            env={**os.environ, "PYTHONPATH": path, "MALLOC_ARENA_MAX": _ARENAS},
-        )
+        with tempfile.TemporaryFile() as stdin:
+            stdin.write(task)
+            stdin.seek(0)
+            process = subprocess.Popen(
+                # Imported, not run as __main__: a second copy of this module would hold the
+                # parent's pid where `parent_gone` never looks.
+                [sys.executable, "-c", f"from {__name__} import serve; serve({write})"],
+                stdin=stdin,
+                pass_fds=(write,),
+                env={**os.environ, "PYTHONPATH": path, "MALLOC_ARENA_MAX": _ARENAS},
+            )
     except BaseException:
         results.close()
         raise
     finally:
         os.close(write)
     return process, results
-
-
-def _send(process: subprocess.Popen, task: bytes) -> None:
-    """Give a worker its task (this returns once the worker has read most of it)."""
-    assert process.stdin is not None
-    with process.stdin:
-        process.stdin.write(task)
 
 
 def _outcome(process: subprocess.Popen, results: BinaryIO) -> tuple[bool, Any]:
