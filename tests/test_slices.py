@@ -51,7 +51,7 @@ from tol_dagster.store.hashing import sha256_file
 from tol_dagster.store.layout import Layout
 from tol_dagster.store.mirror_files import MirrorFile
 from tol_dagster.validation.checks import CheckResult
-from tol_dagster.validation.emb_digests import emb_matrix
+from tol_dagster.validation.emb_digests import digest_table, emb_matrix, save_table
 from tol_dagster.validation.uuid_index import uuid_row_hashes
 
 SCHEMA = expected_schema(DEFAULT_CONFIG)
@@ -1001,3 +1001,25 @@ def test_row_groups_are_read_once_per_file_version(tmp_path: Path) -> None:
         starts[0] = 1  # shared: read-only
     pq.write_table(pa.table({"x": list(range(7))}), path, row_group_size=5)
     assert locate.row_groups(path)[1].tolist() == [5, 2]
+
+
+def test_a_slice_row_is_found_among_mirror_entries_sharing_its_uuid_hash(tmp_path: Path) -> None:
+    """64-bit uuid hashes collide at this scale: the digest decides which entry a row is."""
+
+    def table(name: str, hashes: list[int], digests: list[int]) -> Path:
+        path = tmp_path / f"{name}.npy"
+        hashed = np.array(hashes, dtype=np.uint64)
+        valid = np.ones(len(hashes), dtype=bool)
+        save_table(path, digest_table(hashed, valid, np.array(digests, dtype=np.uint64)))
+        return path
+
+    first = table("first", [5, 7, 7, 9], [50, 70, 71, 90])  # rows 1 and 2 share hash 7
+    second = table("second", [11], [110])
+    files = [MirrorFile(p.name, "0" * 64, p) for p in (first, second)]
+    mirror = emb_check._Mirror(files, [first, second])
+    hashes = np.array([7, 11, 13, 9], dtype=np.uint64)
+    placed = mirror.place(hashes)
+    assert placed.owner.tolist() == [0, 1, -1, 0]
+    same = mirror.same_digests(placed, np.array([71, 110, 0, 99], dtype=np.uint64))
+    assert same.tolist() == [True, True, False, False]
+    assert placed.row[[0, 1, 3]].tolist() == [2, 0, 3]  # hash 7's second entry, by its digest

@@ -83,7 +83,8 @@ def _check(
     verdict = _Verdict()
     for group, read in enumerate(groups):
         uuids, hashes = read.uuids, read.hashes
-        owner, row = mirror.place(hashes)
+        placed = mirror.place(hashes)
+        owner, row = placed.owner, placed.row
         source = mirror.whole_group(owner, row)
         if source is not None and _same_chunks(path, written.metadata.row_group(group), *source):
             same = np.ones(len(uuids), dtype=bool)
@@ -96,7 +97,7 @@ def _check(
             if digests is None:
                 verdict.fault_all(uuids, "type")
                 continue
-            owner, row, same = mirror.find(hashes, digests)
+            same = mirror.same_digests(placed, digests)
         owner[~read.valid] = -1
         verdict.add(uuids, owner, row, same)
     return verdict.result(key)
@@ -122,6 +123,16 @@ def _digests(path: Path, written: pq.ParquetFile, group: int) -> np.ndarray | No
     )
 
 
+@dataclass(frozen=True)
+class _Placed:
+    """Where a row group's uuid hashes are in the mirror's digest tables (see `place`)."""
+
+    owner: np.ndarray
+    row: np.ndarray
+    low: np.ndarray
+    high: np.ndarray
+
+
 class _Mirror:
     """The candidate mirror files: their digest tables (memory-mapped) and footers."""
 
@@ -133,36 +144,37 @@ class _Mirror:
         """The footer of candidate file `number` (read once per file version)."""
         return _metadata(self.files[number].path)
 
-    def place(self, hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(file index or -1, row in that file) of each uuid hash, the first entry found."""
-        owner = np.full(hashes.size, -1, dtype=np.int64)
-        row = np.zeros(hashes.size, dtype=np.int64)
+    def place(self, hashes: np.ndarray) -> _Placed:
+        """Where each uuid hash is: the first file whose table holds it (-1: none), and there
+        its first entry's row and the range of its entries."""
+        placed = _Placed(*(np.zeros(hashes.size, dtype=np.int64) for _ in range(4)))
+        placed.owner[:] = -1
         for number, table in enumerate(self.tables):
-            todo = np.flatnonzero(owner < 0)
+            todo = np.flatnonzero(placed.owner < 0)
             if not todo.size:
                 break
             low, high = _ranges(table[0], hashes[todo])
-            hit = high > low
-            owner[todo[hit]], row[todo[hit]] = number, table[2][low[hit]]
-        return owner, row
+            found = high > low
+            hit = todo[found]
+            placed.owner[hit], placed.row[hit] = number, table[2][low[found]]
+            placed.low[hit], placed.high[hit] = low[found], high[found]
+        return placed
 
-    def find(
-        self, hashes: np.ndarray, digests: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(file index or -1, row, digest equal) of each hash: among entries sharing a hash (a
-        64-bit collision), the one with the same digest if any."""
-        owner, row = self.place(hashes)
-        same = np.zeros(hashes.size, dtype=bool)
+    def same_digests(self, placed: _Placed, digests: np.ndarray) -> np.ndarray:
+        """Whether each placed row's digest is the one its hash's entry holds: among entries
+        sharing a hash (a 64-bit collision), the one with the same digest if any, whose row
+        then replaces `placed.row`'s."""
+        same = np.zeros(digests.size, dtype=bool)
         for number, table in enumerate(self.tables):
-            at = np.flatnonzero(owner == number)
-            low, high = _ranges(table[0], hashes[at])
+            at = np.flatnonzero(placed.owner == number)
+            low, high = placed.low[at], placed.high[at]
             same[at] = table[1][low] == digests[at]
             for k in np.flatnonzero((high - low > 1) & ~same[at]).tolist():
                 for entry in range(int(low[k]) + 1, int(high[k])):
                     if table[1][entry] == digests[at[k]]:
-                        row[at[k]], same[at[k]] = table[2][entry], True
+                        placed.row[at[k]], same[at[k]] = table[2][entry], True
                         break
-        return owner, row, same
+        return same
 
     def whole_group(
         self, owner: np.ndarray, row: np.ndarray
