@@ -90,7 +90,8 @@ from tol_dagster.slices.counts import expected_count
 from tol_dagster.slices.extract import extract_slice
 from tol_dagster.slices.keys import SliceKey, parse_slice_key, split_binomial, to_sql_filter
 from tol_dagster.slices.locate import plan_scans
-from tol_dagster.slices.rank_pass import plan_rank, publish_rank
+from tol_dagster.slices.rank_pass import publish_rank
+from tol_dagster.slices.rank_plan import plan_rank
 from tol_dagster.slices.write import EMB_MIN_GAIN, ZSTD_LEVEL
 from tol_dagster.store.hashing import sha256_file
 from tol_dagster.store.layout import Layout

@@ -27,7 +27,8 @@ from tol_dagster.slices import rank_pass, records
 from tol_dagster.slices.catalog_file import read_catalog
 from tol_dagster.slices.extract import assemble_slice, extract_segment, extract_slice
 from tol_dagster.slices.keys import SliceKey, parse_slice_key, to_sql_filter
-from tol_dagster.slices.rank_pass import RankPlan, RankResult, RankValue, plan_rank, publish_rank
+from tol_dagster.slices.rank_pass import RankResult, publish_rank
+from tol_dagster.slices.rank_plan import RankPlan, RankValue, plan_rank
 from tol_dagster.slices.rebuilds import RankSpec, declared_ranks
 from tol_dagster.store import renames
 from tol_dagster.store.hashing import sha256_file

@@ -153,7 +153,8 @@ from tol_dagster.derived.summaries import read_summary
 from tol_dagster.derived.taxon_index import read_taxon_index
 from tol_dagster.schema import DEFAULT_CONFIG, expected_schema
 from tol_dagster.slices import rank_workers
-from tol_dagster.slices.rank_pass import plan_rank, publish_rank
+from tol_dagster.slices.rank_pass import publish_rank
+from tol_dagster.slices.rank_plan import plan_rank
 from tol_dagster.store.hashing import sha256_file
 from tol_dagster.store.layout import Layout
 

@@ -222,6 +222,17 @@ def _indexed_as(rank: str, value: str) -> list[str]:
     return values
 
 
+def entry_spans(entries: pa.Table) -> Spans:
+    """The spans of taxon index `entries` (a value's own: a rank pass has them already cut)."""
+    spans: Spans = {}
+    columns = (
+        entries[c].to_pylist() for c in ("file", "row_group", "row_start", "row_end", "rows")
+    )
+    for file, group, start, stop, rows in zip(*columns, strict=True):
+        _widen(spans, file, group, Span(start, stop, rows))
+    return spans
+
+
 def _spans(index: pa.Table, rank: str, value: str) -> Spans:
     """The spans of the index entries that may hold rows with `rank` = `value`."""
     spans: Spans = {}

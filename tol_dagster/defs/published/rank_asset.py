@@ -23,7 +23,8 @@ from tol_dagster.defs.resources import HubResource, StepsResource, StorageResour
 from tol_dagster.derived import built_from, summaries, taxon_index
 from tol_dagster.errors import StoreError
 from tol_dagster.slices import records
-from tol_dagster.slices.rank_pass import RankPlan, RankResult, plan_rank, publish_rank
+from tol_dagster.slices.rank_pass import RankResult, publish_rank
+from tol_dagster.slices.rank_plan import RankPlan, plan_rank
 from tol_dagster.store import generations
 from tol_dagster.store.disk import human_size
 from tol_dagster.store.layout import Layout
