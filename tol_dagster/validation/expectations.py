@@ -136,7 +136,8 @@ def run_metadata_suite(table: pa.Table, *, label: str = "metadata") -> CheckResu
 
 def gx_outcomes(table: pa.Table) -> list[dict[str, Any]]:
     """Each expectation's outcome as GX reports it on the suite's columns of `table`."""
-    frame = table.select([c for c in SUITE_COLUMNS if c in table.column_names]).to_pandas()
+    columns = table.select([c for c in SUITE_COLUMNS if c in table.column_names])
+    frame = columns.cast(_decoded(columns.schema)).to_pandas()  # strings, not categoricals
     with _lock:
         validation = _validation().run(batch_parameters={"dataframe": frame}, result_format="BASIC")
     outcomes = []
@@ -157,6 +158,13 @@ def gx_outcomes(table: pa.Table) -> list[dict[str, Any]]:
             }
         )
     return outcomes
+
+
+def _decoded(schema: pa.Schema) -> pa.Schema:
+    """`schema` with each dictionary-encoded column as its values' type."""
+    return pa.schema(
+        [f.with_type(f.type.value_type) if pa.types.is_dictionary(f.type) else f for f in schema]
+    )
 
 
 def _passed(rule: _Rule) -> dict[str, Any]:

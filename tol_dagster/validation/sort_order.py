@@ -89,7 +89,8 @@ def describe_step(a: SortKey, b: SortKey) -> str:
 def check_sorted_within(name: str, keys: pa.Table) -> CheckResult:
     """Rows of `keys` (the SORT_KEY columns) ascend in the contract's order, NULLs last.
 
-    Vectorized over pairs of adjacent rows with pyarrow compute, no Python object per row.
+    Vectorized over pairs of adjacent rows, on each column's ranks (`_ranks`): integers
+    compared, no Python object per row.
     It also counts where NULLs sit against values at each column, so a failure says which
     placement the file actually uses (the contract's NULLs last is not confirmed upstream).
     """
@@ -102,11 +103,11 @@ def check_sorted_within(name: str, keys: pa.Table) -> CheckResult:
     inverted = np.zeros(rows - 1, dtype=bool)
     value_inversions = 0
     for column in SORT_KEY:
-        values = keys.column(column).combine_chunks()
-        a, b = values.slice(0, rows - 1), values.slice(1)
-        a_null, b_null = _bools(pc.is_null(a)), _bools(pc.is_null(b))
-        greater = _bools(pc.fill_null(pc.greater(a, b), False))
-        less = _bools(pc.fill_null(pc.less(a, b), False))
+        ranks, null = _ranks(keys.column(column))
+        a, b = ranks[:-1], ranks[1:]
+        a_null, b_null = a == null, b == null
+        values = ~a_null & ~b_null
+        greater, less = values & (a > b), values & (a < b)
         null_then_value = undecided & a_null & ~b_null
         value_then_null = undecided & ~a_null & b_null
         greater &= undecided
@@ -182,8 +183,28 @@ def check_sorted_across(facts_in_file_order: Sequence[FileEnds]) -> CheckResult:
     )
 
 
-def _bools(array: pa.Array) -> np.ndarray:
-    return np.asarray(array.to_numpy(zero_copy_only=False), dtype=bool)
+def _ranks(column: pa.ChunkedArray) -> tuple[np.ndarray, int]:
+    """Each row's place among the column's distinct values in byte-wise order, and the
+    place of NULL, after every value: adjacent rows compare as their ranks do.
+
+    Ranked on the column's dictionary (the gate reads the key columns dictionary-encoded: a
+    few thousand values, not a string per row); a column of plain values is encoded first."""
+    if not pa.types.is_dictionary(column.type):
+        column = pc.dictionary_encode(column)
+    column = column.unify_dictionaries()  # one dictionary, each value once
+    if not column.num_chunks:
+        return np.zeros(0, np.int64), 0
+    dictionary = column.chunk(0).dictionary
+    ranks = pc.rank(dictionary, sort_keys="ascending", tiebreaker="dense").to_numpy()
+    ranks = ranks.astype(np.int64) - 1
+    valid = np.asarray(dictionary.is_valid().to_numpy(zero_copy_only=False), dtype=bool)
+    null = int(ranks[valid].max()) + 1 if valid.any() else 0
+    ranks = np.append(np.where(valid, ranks, null), null)  # a NULL index: position len(dict)
+    indices = [
+        chunk.indices.fill_null(len(dictionary)).to_numpy(zero_copy_only=False)
+        for chunk in column.chunks
+    ]
+    return ranks[np.concatenate(indices)], null
 
 
 def _placement(nulls_first: dict[str, int], nulls_last: dict[str, int]) -> str:
