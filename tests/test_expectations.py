@@ -4,7 +4,9 @@ value the screens cannot decide exactly goes to GX."""
 
 from __future__ import annotations
 
+import random
 import re
+import uuid
 from pathlib import Path
 
 import pyarrow as pa
@@ -122,3 +124,37 @@ def test_a_pattern_re2_may_read_otherwise_than_python_goes_to_gx() -> None:
     assert not re.search(regex, "éx")
     rule = expectations._Rule("word", "uuid", "ExpectColumnValuesToMatchRegex", {"regex": regex})
     assert not expectations._certainly_passes(rule, pa.table({"uuid": values}))
+
+
+def _uuid_like(rng: random.Random, hyphens: bool) -> str:
+    """A uuid-shaped string, well formed or off by one character: often where the pattern
+    wants a hyphen, the version "4" or a variant digit."""
+    value = list(str(uuid.UUID(int=rng.getrandbits(128), version=4)))
+    if rng.random() < 0.15:
+        position = rng.choice([rng.randrange(len(value)), 8, 13, 14, 18, 19, 23])
+        value[position] = rng.choice([*"0123456789abcdef-AFg48c", "é", " "])
+    return "".join(value) if hyphens else "".join(c for c in value if c != "-")
+
+
+def test_the_uuid_byte_screen_certifies_only_what_the_pattern_matches() -> None:
+    """`_uuids_of_one_width` (the uuid rule's fast screen) says True only where every value
+    matches UUID_PATTERN as Python's `re` reads it, and does say True for well-formed columns
+    of one width, sliced or not, `string` or `large_string`."""
+    rng = random.Random(7)
+    pattern = re.compile(expectations.UUID_PATTERN)
+    certified = 0
+    for _ in range(2000):
+        hyphens = rng.random() < 0.7
+        values = [_uuid_like(rng, hyphens or rng.random() < 0.1) for _ in range(rng.randint(1, 6))]
+        if rng.random() < 0.1:
+            values[rng.randrange(len(values))] = None  # type: ignore[call-overload]
+        kind = rng.choice([pa.string(), pa.large_string()])
+        array = pa.array(["pad", *values], kind).slice(1)  # a slice: offsets not at 0
+        matches = all(v is not None and pattern.search(v) for v in values)
+        uniform = len({None if v is None else len(v) for v in values}) == 1
+        if expectations._uuids_of_one_width(array):
+            assert matches, values
+            certified += 1
+        else:
+            assert not (matches and uniform and None not in values), values
+    assert certified > 20  # the screen is used, not only ever refusing

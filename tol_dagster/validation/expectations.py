@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -216,13 +217,47 @@ _PLAIN_PATTERN = re.compile(r"(?:[\^$()|\[\]{}\-,0-9A-Za-z]|\(\?:)*")
 
 
 def _all_match(column: pa.ChunkedArray, kwargs: dict[str, Any]) -> bool:
-    """RE2 matches every value, and the pattern is one where that implies Python's `re` does."""
+    """RE2 matches every value, and the pattern is one where that implies Python's `re` does
+    (UUID_PATTERN is first tried on the bytes: `_uuids_of_one_width`)."""
     regex = kwargs["regex"]
+    if regex == UUID_PATTERN and all(_uuids_of_one_width(c) for c in column.chunks):
+        return True
     if not _PLAIN_PATTERN.fullmatch(regex):
         return False
     if pa.types.is_dictionary(column.type):
         column = column.cast(column.type.value_type)
     return pc.all(pc.match_substring_regex(column, regex)).as_py() is not False
+
+
+#: Where a hyphenated uuid holds its hyphens, its version digit ("4") and its variant digit.
+_HYPHENS, _VERSION, _VARIANT = [8, 13, 18, 23], 14, 19
+
+
+def _uuids_of_one_width(chunk: pa.Array) -> bool:
+    """True only if every value matches UUID_PATTERN, decided on the bytes when the values are
+    all 36 or all 32 characters and none is NULL (a file's usual case): ~14 ms for 350,000
+    uuids where RE2 takes ~32. False means "ask RE2", not "does not match"."""
+    string = pa.types.is_string(chunk.type) or pa.types.is_large_string(chunk.type)
+    if not string or chunk.null_count or not len(chunk):
+        return False
+    offsets = np.frombuffer(
+        chunk.buffers()[1], np.int64 if pa.types.is_large_string(chunk.type) else np.int32
+    )[chunk.offset : chunk.offset + len(chunk) + 1]
+    width = int(offsets[1] - offsets[0])
+    if width not in (32, 36) or not (np.diff(offsets) == width).all():
+        return False
+    values = np.frombuffer(chunk.buffers()[2], np.uint8)[offsets[0] : offsets[-1]]
+    values = values.reshape(len(chunk), width)
+    hex_digit = (values - np.uint8(ord("0"))) < 10  # uint8 wraps below "0"
+    hex_digit |= (values - np.uint8(ord("a"))) < 6
+    if width == 32:
+        return bool(hex_digit.all())
+    hex_digit[:, _HYPHENS] = values[:, _HYPHENS] == ord("-")
+    return bool(
+        hex_digit.all()
+        and (values[:, _VERSION] == ord("4")).all()
+        and np.isin(values[:, _VARIANT], np.frombuffer(b"89ab", np.uint8)).all()
+    )
 
 
 def _all_in_set(column: pa.ChunkedArray, kwargs: dict[str, Any]) -> bool:
