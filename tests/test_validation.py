@@ -11,6 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from tol_dagster.parquet.pages import page_header
 from tol_dagster.schema import DEFAULT_CONFIG, SORT_KEY, arrow_schema, expected_schema
 from tol_dagster.store.hashing import sha256_file
 from tol_dagster.validation.checks import (
@@ -382,6 +383,26 @@ def test_metadata_expectations_catch_bad_values(
         o for o in result.details["expectations"] if o["expectation"].startswith(expectation)
     )
     assert outcome["unexpected_count"] == 1
+
+
+@pytest.mark.parametrize("column", ["family", "identifier"])
+def test_a_metadata_page_that_does_not_decode_fails_the_file(
+    small_sample: Path, tmp_path: Path, column: str
+) -> None:
+    """The gate reads `family` dictionary-encoded and `identifier` plain: either way every
+    page is decoded, so a page upstream shipped damaged (its sha256 announced as is) fails."""
+    path = tmp_path / "damaged.parquet"
+    path.write_bytes(sample_files(small_sample)[0].read_bytes())
+    chunk = pq.read_metadata(path).row_group(0).column(SCHEMA.get_field_index(column))
+    with open(path, "r+b") as handle:
+        start = chunk.data_page_offset
+        _, header = page_header(path, handle, start, chunk.total_compressed_size)
+        end = (chunk.dictionary_page_offset or start) + chunk.total_compressed_size
+        handle.seek(start + header)
+        handle.write(b"\xff" * (end - start - header))  # the page's compressed bytes
+    failures = failed(inspect(path))
+    assert "the metadata columns do not read" in failures[ROWS_MATCH_FOOTER]
+    assert "damaged.parquet" in failures[ROWS_MATCH_FOOTER]
 
 
 def test_missing_emb_column_reports_emb_not_run(small_sample: Path, tmp_path: Path) -> None:
