@@ -49,7 +49,7 @@ def float_peaks(rows: np.ndarray) -> np.ndarray:
 
 def test_peaks_from_bits_equal_the_float_peaks_where_finite_and_are_inf_where_not() -> None:
     rows = awkward_rows()
-    from_bits = emb_norms.row_peaks(rows, emb_norms.magnitudes(rows))
+    from_bits = emb_norms.magnitudes_and_peaks(rows)[1]
     from_floats = float_peaks(rows)
     finite = np.isfinite(from_floats)
     assert from_bits[finite].tobytes() == from_floats[finite].tobytes()
@@ -60,7 +60,7 @@ def test_peaks_from_bits_equal_the_float_peaks_where_finite_and_are_inf_where_no
 def test_peaks_of_wider_floats_are_not_finite_exactly_where_a_row_is_not() -> None:
     rows = awkward_rows().astype(np.float64)
     rows[11, 0] = 1e300  # finite in float64, Inf once narrowed to float32
-    peaks = emb_norms.row_peaks(rows, emb_norms.magnitudes(rows))
+    peaks = emb_norms.magnitudes_and_peaks(rows)[1]
     assert np.flatnonzero(~np.isfinite(peaks)).tolist() == [1, 2, 3, 10]
     assert peaks[11] == 1e300
 
@@ -70,17 +70,31 @@ def test_magnitudes_from_bits_are_numpys_conversion_bit_for_bit() -> None:
     patterns = np.arange(2**16, dtype=np.uint32).astype(np.uint16)
     halves = patterns.view(np.float16)
     finite = np.isfinite(halves)
-    from_bits = emb_norms.magnitudes(halves.reshape(1, -1))[0]
+    from_bits = emb_norms.magnitudes_and_peaks(halves.reshape(1, -1))[0][0]
     assert from_bits[finite].tobytes() == np.abs(halves[finite].astype(np.float32)).tobytes()
-    assert np.isfinite(from_bits).all()  # Inf and NaN rows are left to `row_peaks` to mark
+    assert np.isfinite(from_bits).all()  # Inf and NaN rows: their peaks mark them
+
+
+def test_peaks_from_bits_order_every_float16_pattern_as_its_value() -> None:
+    """Each pattern alone in a row, and pairs of patterns (a row's larger |x| wins whatever the
+    signs): the peak is numpy's |x| where finite, Inf where the row holds Inf or NaN."""
+    halves = np.arange(2**16, dtype=np.uint32).astype(np.uint16).view(np.float16)
+    pairs = np.stack([halves, np.random.default_rng(7).permutation(halves)], axis=1)
+    for rows in (halves.reshape(-1, 1), pairs):
+        peaks = emb_norms.magnitudes_and_peaks(rows)[1]
+        with np.errstate(invalid="ignore"):
+            expected = np.abs(rows.astype(np.float32)).max(axis=1)
+        finite = np.isfinite(expected)
+        assert peaks[finite].tobytes() == expected[finite].tobytes()
+        assert (peaks[~finite] == np.inf).all()
+    assert emb_norms.magnitudes_and_peaks(np.empty((3, 0), np.float16))[1].tolist() == [0, 0, 0]
 
 
 def test_bounds_scan_details_are_those_of_the_float_path() -> None:
     rows = awkward_rows()
     bounds = EmbBounds(norm_min=1.0, norm_max=6.0, max_abs=3.0)
     scan = emb_norms.BoundsScan(bounds)
-    magnitudes = emb_norms.magnitudes(rows)
-    scan.add(magnitudes, emb_norms.row_peaks(rows, magnitudes), None, 0)
+    scan.add(*emb_norms.magnitudes_and_peaks(rows), None, 0)
     values = rows.astype(np.float32)
     norms = np.sqrt(np.einsum("ij,ij->i", values, values))
     peaks = float_peaks(rows)
@@ -100,7 +114,7 @@ def test_nonfinite_rows_from_bits_equal_arrows_is_finite() -> None:
         valid = emb.is_valid().to_numpy(zero_copy_only=False) if null_rows else None
         matrix = emb_matrix(emb)
         assert matrix is not None
-        peaks = emb_norms.row_peaks(matrix, emb_norms.magnitudes(matrix))
+        peaks = emb_norms.magnitudes_and_peaks(matrix)[1]
         from_bits = emb_scan._nonfinite_rows(emb, peaks, valid)
         from_arrow = emb_scan._nonfinite_rows(emb, None, None)
         assert from_bits.tolist() == from_arrow.tolist() == sorted({1, 2, 3, 10} - set(null_rows))
@@ -112,5 +126,5 @@ def test_a_null_value_inside_a_row_is_found_by_arrow() -> None:
     emb = pa.FixedSizeListArray.from_arrays(values, DIM)
     matrix = emb_matrix(emb)
     assert matrix is not None
-    peaks = emb_norms.row_peaks(matrix, emb_norms.magnitudes(matrix))
+    peaks = emb_norms.magnitudes_and_peaks(matrix)[1]
     assert emb_scan._nonfinite_rows(emb, peaks, None).tolist() == [1]

@@ -99,8 +99,7 @@ def _scan(batches: Iterable[Batch], bounds: EmbBounds | None) -> EmbScan:
             valid = emb.is_valid().to_numpy(zero_copy_only=False)
         values = peaks = None
         if matrix is not None:
-            values = emb_norms.magnitudes(matrix)
-            peaks = emb_norms.row_peaks(matrix, values)
+            values, peaks = emb_norms.magnitudes_and_peaks(matrix)
         nonfinite_in_batch = _nonfinite_rows(emb, peaks, valid)
         if nonfinite_in_batch.size:
             nonfinite_rows += nonfinite_in_batch.size
@@ -129,7 +128,7 @@ def _nonfinite_rows(
     """The rows (in the batch, ascending) holding a NaN, an Inf or a NULL value; NULL rows are
     `emb_finite`'s other count, not these.
 
-    Without NULL values, from the rows' `emb_norms.row_peaks` (not finite exactly there).
+    Without NULL values, from the rows' `emb_norms.magnitudes_and_peaks` (not finite exactly there).
     Otherwise Arrow's `is_finite` on the values."""
     if peaks is not None and (emb is None or not emb.values.null_count):
         bad = ~np.isfinite(peaks)
