@@ -146,6 +146,39 @@ def test_truncated_file_fails_the_footer_and_runs_nothing_else(
     assert facts.rows is None and facts.first_key is None
 
 
+def damaged_copies(source: Path, folder: Path) -> dict[str, Path]:
+    """Copies of `source` that send the gate's pass over `emb` down each of its ways."""
+    data = source.read_bytes()
+    emb = pq.ParquetFile(source).metadata.row_group(1).column(1)
+    copies = {
+        "clean": data,
+        "truncated": data[: len(data) // 2],
+        "emb page zeroed": data[: emb.data_page_offset + 40]
+        + bytes(200)
+        + data[emb.data_page_offset + 240 :],
+        "one byte flipped": data[:-100] + bytes([data[-100] ^ 1]) + data[-99:],
+    }
+    paths = {kind: folder / f"{kind}.parquet" for kind in copies}
+    for kind, content in copies.items():
+        paths[kind].write_bytes(content)
+    paths["emb NULL in a row"] = rewrite(
+        source, folder / "null_emb.parquet", lambda t: with_values(t, "emb", {3: None})
+    )
+    paths["no emb"] = rewrite(source, folder / "noemb.parquet", lambda t: t.drop_columns(["emb"]))
+    return paths
+
+
+def test_the_gates_own_sha256_is_the_files_whichever_way_emb_was_read(
+    small_sample: Path, tmp_path: Path
+) -> None:
+    """Without the download's hash the gate hashes what it reads of `emb` (and the rest):
+    pages in place, pyarrow after a surprise, no `emb`, no footer."""
+    for kind, path in damaged_copies(sample_files(small_sample)[0], tmp_path).items():
+        facts = inspect(path, expected_sha256=None)
+        assert facts.sha256 == sha256_file(path), kind
+        assert SHA256_MATCHES_UPSTREAM not in failed(facts), kind
+
+
 @pytest.mark.parametrize("column", [0, 1], ids=["uuid", "emb"])
 def test_a_corrupt_data_page_fails_rows_read(
     small_sample: Path, tmp_path: Path, column: int

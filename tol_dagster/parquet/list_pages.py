@@ -10,6 +10,7 @@ raises `SpliceError`, and the caller decodes with pyarrow instead.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from contextlib import nullcontext
 from pathlib import Path
 from typing import BinaryIO
 
@@ -37,21 +38,23 @@ def list_pages(
     size: int,
     dtype: np.dtype,
     row_groups: Sequence[int] | None = None,
+    handle: BinaryIO | None = None,
 ) -> Iterator[np.ndarray]:
     """Each data page of top-level column `column` of the file at `path` (its footer as
     pyarrow parsed it: no second parse here) as a (rows, `size`) array of `dtype`, in file
     order, every row of the file (of `row_groups`, when given) exactly once.
 
     SpliceError as soon as anything is not the plain regular case (see the module); rows
-    already yielded are then to be thrown away.
+    already yielded are then to be thrown away. `handle`: the file opened by the caller (left
+    open), for one that hashes what is read (`store.hashing.HashingFile`).
     """
     leaf, max_def = _leaf(path, metadata, column, dtype)
     numbers = range(metadata.num_row_groups) if row_groups is None else row_groups
-    with open(path, "rb") as handle:
+    with nullcontext(handle) if handle is not None else open(path, "rb") as opened:
         for number in numbers:
             group = metadata.row_group(number)
             rows = 0
-            for page in _chunk_pages(path, handle, group.column(leaf)):
+            for page in _chunk_pages(path, opened, group.column(leaf)):
                 matrix = page_values(path, page, size, dtype, max_def)
                 rows += matrix.shape[0]
                 yield matrix

@@ -19,6 +19,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 import duckdb
 import numpy as np
@@ -54,16 +55,20 @@ def float_list_dtype(emb_type: pa.DataType) -> np.dtype | None:
 
 
 def emb_pages(
-    path: Path, parquet: pq.ParquetFile, row_groups: Sequence[int] | None = None
+    path: Path,
+    parquet: pq.ParquetFile,
+    row_groups: Sequence[int] | None = None,
+    handle: BinaryIO | None = None,
 ) -> Iterator[np.ndarray] | None:
     """`emb`'s rows page by page as (rows, dim), read in place (`parquet.list_pages`) from the
-    file at `path` (of `row_groups`, when given); None when `emb` is not a fixed-size list of
-    floats. SpliceError while iterating: not the plain case, read it with pyarrow instead."""
+    file at `path` (of `row_groups`, when given; through `handle`, when given); None when `emb`
+    is not a fixed-size list of floats. SpliceError while iterating: not the plain case, read
+    it with pyarrow instead."""
     emb_type = parquet.schema_arrow.field("emb").type
     dtype = float_list_dtype(emb_type)
     if dtype is None:
         return None
-    return list_pages(path, parquet.metadata, "emb", emb_type.list_size, dtype, row_groups)
+    return list_pages(path, parquet.metadata, "emb", emb_type.list_size, dtype, row_groups, handle)
 
 
 def emb_matrix(emb: pa.Array | pa.ChunkedArray) -> np.ndarray | None:

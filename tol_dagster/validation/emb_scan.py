@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import pyarrow as pa
@@ -50,18 +51,23 @@ class EmbScan:
     bounds: emb_norms.BoundsScan | None = None
 
 
-def scan_emb(path: Path, parquet: pq.ParquetFile, bounds: EmbBounds | None = None) -> EmbScan | str:
+def scan_emb(
+    path: Path,
+    parquet: pq.ParquetFile,
+    bounds: EmbBounds | None = None,
+    handle: BinaryIO | None = None,
+) -> EmbScan | str:
     """Count the rows of `emb` holding NaN, Inf or NULL, digest each row's bytes and measure
     its norm against `bounds`, in one pass over the rows of the file at `path` (`parquet`).
 
     The pages are read in place when they are the plain regular case (`parquet.list_pages`:
     no NULL, a fixed-size list of floats); otherwise, or at the first surprise, pyarrow decodes
-    `emb` in batches of EMB_BATCH_ROWS. One thread: the gate runs beside downloads and other
-    files' gates. Returns why `emb` could not be read (EMB_MISSING without it), if it could not.
+    `emb` in batches of EMB_BATCH_ROWS (`handle`, when given, is what the pages are read
+    through). One thread: the gate runs beside downloads and other files' gates. Returns why `emb` could not be read (EMB_MISSING without it), if it could not.
     """
     if "emb" not in parquet.schema_arrow.names:
         return EMB_MISSING
-    pages = emb_digests.emb_pages(path, parquet)
+    pages = emb_digests.emb_pages(path, parquet, handle=handle)
     if pages is not None:
         try:
             return _scan(((matrix, None) for matrix in pages), bounds)

@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from tol_dagster.schema import METADATA_COLUMNS, SORT_KEY, STRING_COLUMNS, EmbBounds
-from tol_dagster.store.hashing import sha256_file
+from tol_dagster.store.hashing import hashed_reads
 from tol_dagster.validation import emb_digests, emb_scan, uuid_index
 from tol_dagster.validation.checks import (
     EMB_FINITE,
@@ -139,7 +139,7 @@ def inspect_file(
     """Run every per-file check on the parquet file at `path` and return what it learned.
 
     `actual_sha256` is the hash the download computed while streaming; None hashes the file
-    here. `expected_sha256` None (nothing announced upstream) passes with a note.
+    from the reads of `emb`'s pages (`hashing.HashingFile`). `expected_sha256` None (nothing announced upstream) passes with a note.
 
     "Rows read" is honest and cheap: every data page of every column is decoded exactly once
     (the metadata columns for the expectations and the sort, `emb` for the NaN check), so a
@@ -154,17 +154,17 @@ def inspect_file(
     """
     path = Path(path)
     name = path.name
-    sha256 = actual_sha256 or sha256_file(path)
-    results = [check_sha256(name, expected_sha256, sha256)]
-    try:
-        parquet = _open(path)
-        schema = parquet.schema_arrow
-    except Exception as error:  # pyarrow raises several types for a broken footer
-        return _unreadable_footer(path, sha256, results[0], error)
-    results.append(_footer_result(name, parquet))
+    with hashed_reads(path, actual_sha256) as (handle, file_sha256):
+        try:
+            parquet = _open(path)
+            schema = parquet.schema_arrow
+        except Exception as error:  # pyarrow raises several types for a broken footer
+            return _unreadable_footer(path, expected_sha256, file_sha256(), error)
+        metadata = _read_metadata(path, parquet, schema)
+        emb = emb_scan.scan_emb(path, parquet, emb_bounds, handle)
+        sha256 = file_sha256()
+    results = [check_sha256(name, expected_sha256, sha256), _footer_result(name, parquet)]
     results += _schema_results(name, schema, expected_schema, last_validated_schema)
-    metadata = _read_metadata(path, parquet, schema)
-    emb = emb_scan.scan_emb(path, parquet, emb_bounds)
     results.append(_rows_result(name, parquet.metadata.num_rows, metadata, emb))
     results.append(emb_scan.emb_finite_result(name, emb))
     uuids = None if isinstance(metadata, str) else _column(metadata, "uuid")
@@ -219,7 +219,7 @@ def _open(path: Path) -> pq.ParquetFile:
 
 
 def _unreadable_footer(
-    path: Path, sha256: str, sha256_result: CheckResult, error: Exception
+    path: Path, expected_sha256: str | None, sha256: str, error: Exception
 ) -> FileFacts:
     """The facts of a file whose footer does not read: every check after it failed, not run."""
     name = path.name
@@ -232,7 +232,7 @@ def _unreadable_footer(
     )
     after_footer = PER_FILE_CHECKS[PER_FILE_CHECKS.index(FOOTER_READS) + 1 :]
     results = [
-        sha256_result,
+        check_sha256(name, expected_sha256, sha256),
         footer,
         *(not_run(c, name, "the footer does not read") for c in after_footer),
     ]
