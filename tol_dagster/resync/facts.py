@@ -30,15 +30,16 @@ def file_facts(layout: Layout, config: str, path: Path, sha256: str) -> FileFact
     """The per-file checks of a file that should hold the content `sha256`, cached by content.
 
     The bytes on disk are hashed again every time: the download hashed them in memory as they
-    streamed by, and a file can change after it landed. Only facts about bytes that do have
-    `sha256` are cached (with the file's uuid hashes and emb digests); failures are cached too,
-    since the same bytes always give the same facts and the gate reads them to say which check
-    each file failed.
+    streamed by, and a file can change after it landed. A file without cached facts is hashed
+    from the gate's own reads (`inspect_file`, which keeps the uuid hashes and emb digests only
+    for bytes that have `sha256`), not read twice. Only facts about bytes that do have `sha256`
+    are cached (with the file's uuid hashes and emb digests); failures are cached too, since
+    the same bytes always give the same facts and the gate reads them to say which check each
+    file failed.
     """
-    actual = sha256_file(path)
-    genuine = actual.lower() == sha256.lower()
     cached = facts_path(layout, config, sha256)
-    if genuine and cached.is_file():
+    actual = sha256_file(path) if cached.is_file() else None
+    if actual is not None and actual.lower() == sha256.lower():
         return FileFacts.from_json(cached.read_text())
     file = MirrorFile(path.name, sha256, path)
     facts = inspect_file(
@@ -46,10 +47,11 @@ def file_facts(layout: Layout, config: str, path: Path, sha256: str) -> FileFact
         expected_sha256=sha256,
         actual_sha256=actual,
         expected_schema=expected_schema(config),
-        uuid_hashes_path=hashes_path(layout, config, file) if genuine else None,
+        uuid_hashes_path=hashes_path(layout, config, file),
         emb_bounds=emb_bounds(config),
-        emb_digests_path=digests_path(layout, config, file) if genuine else None,
+        emb_digests_path=digests_path(layout, config, file),
     )
+    genuine = facts.sha256.lower() == sha256.lower()
     if genuine:  # last, and in their folder: its fsync makes the arrays' renames durable too
         write_atomic(cached, facts.to_json().encode())
     return facts

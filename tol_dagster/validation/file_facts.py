@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -91,21 +91,9 @@ class FileFacts:
         return next((result for result in self.results if result.check == check), None)
 
     def to_json(self) -> str:
-        return json.dumps(
-            {
-                "name": self.name,
-                "sha256": self.sha256,
-                "size": self.size,
-                "rows": self.rows,
-                "footer_rows": self.footer_rows,
-                "row_groups": self.row_groups,
-                "schema": self.schema,
-                "first_key": self.first_key,
-                "last_key": self.last_key,
-                "results": [result.to_dict() for result in self.results],
-            },
-            ensure_ascii=False,
-        )
+        data: dict[str, object] = {field.name: getattr(self, field.name) for field in fields(self)}
+        data["results"] = [result.to_dict() for result in self.results]
+        return json.dumps(data, ensure_ascii=False)
 
     @classmethod
     def from_json(cls, text: str) -> FileFacts:
@@ -138,19 +126,17 @@ def inspect_file(
 ) -> FileFacts:
     """Run every per-file check on the parquet file at `path` and return what it learned.
 
-    `actual_sha256` is the hash the download computed while streaming; None hashes the file
-    from the reads of `emb`'s pages (`hashing.HashingFile`). `expected_sha256` None (nothing announced upstream) passes with a note.
-
-    "Rows read" is honest and cheap: every data page of every column is decoded exactly once
-    (the metadata columns for the expectations and the sort, `emb` for the NaN check), so a
+    `actual_sha256`: the hash the download computed while streaming; None hashes the file from
+    the gate's own reads (`hashing.HashingFile`). `expected_sha256` None (nothing announced
+    upstream) passes with a note. Every data page of every column is decoded exactly once
+    (metadata columns for the expectations and the sort, `emb` for the NaN check), so a
     truncated or undecodable page fails `rows_match_footer`; a bit flip that still decodes is
-    the sha256 check's to catch (inside `emb`, also the emb checks'). If the footer does not
-    read, every later check is reported as failed and not run. `uuid_hashes_path` (see
-    `uuid_index.hashes_path`) receives the file's sorted uuid hashes for the cross-file
-    uniqueness check, so that never re-reads it; `emb_digests_path` (see
-    `emb_digests.digests_path`) receives each uuid's `emb` digest, from the same pass over
-    `emb`, for `emb_unchanged_for_existing_uuids` (the caller's next atomic write in their
-    folder makes both renames durable). `emb_bounds` None passes the norms check with a note.
+    the sha256 check's to catch (in `emb`, the emb checks' too). No footer: every later check
+    is reported failed, not run. `uuid_hashes_path` (`uuid_index.hashes_path`) receives the
+    sorted uuid hashes for the cross-file uniqueness check; `emb_digests_path`
+    (`emb_digests.digests_path`) each uuid's `emb` digest, for `emb_unchanged_for_existing_uuids`
+    (the caller's next atomic write in their folder makes both renames durable); neither is
+    written for bytes that are not the announced ones. `emb_bounds` None: norms pass, noted.
     """
     path = Path(path)
     name = path.name
@@ -163,6 +149,8 @@ def inspect_file(
         metadata = _read_metadata(path, parquet, schema)
         emb = emb_scan.scan_emb(path, parquet, emb_bounds, handle)
         sha256 = file_sha256()
+    if expected_sha256 is not None and sha256.lower() != expected_sha256.lower():
+        uuid_hashes_path = emb_digests_path = None  # kept for the announced bytes only
     results = [check_sha256(name, expected_sha256, sha256), _footer_result(name, parquet)]
     results += _schema_results(name, schema, expected_schema, last_validated_schema)
     results.append(_rows_result(name, parquet.metadata.num_rows, metadata, emb))
