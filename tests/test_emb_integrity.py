@@ -26,7 +26,7 @@ from tol_dagster.validation.emb_digests import (
 )
 from tol_dagster.validation.emb_unchanged import check_emb_unchanged
 from tol_dagster.validation.file_facts import FileFacts, inspect_file
-from tol_dagster.validation.uuid_index import uuid_row_hashes
+from tol_dagster.validation.uuid_index import stable_order, uuid_row_hashes
 
 CONFIG = DEFAULT_CONFIG
 
@@ -86,6 +86,17 @@ def test_every_single_bit_flip_of_a_row_changes_its_digest_and_nothing_else() ->
     assert (flipped != original).all()
     assert np.unique(flipped).size == flipped.size
     assert row_digests(row[None, :].copy())[0] == original, "a digest depends on bytes alone"
+
+
+def test_the_digest_tables_order_is_a_stable_sorts_with_or_without_equal_hashes() -> None:
+    """Equal hashes (a 64-bit collision, or many, drawn from few values) keep their rows'
+    order: the table's bytes are the same whichever sort numpy picks."""
+    rng = np.random.default_rng(9)
+    for values in (2**64 - 1, 2**64 - 1, 50, 3, 1):
+        for size in (0, 1, 2, 17, 5000):
+            hashes = rng.integers(0, values, size, dtype=np.uint64, endpoint=True)
+            expected = np.argsort(hashes, kind="stable")
+            assert np.array_equal(stable_order(hashes), expected), (values, size)
 
 
 def test_emb_matrix_honours_slices_and_nulls() -> None:

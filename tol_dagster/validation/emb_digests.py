@@ -31,7 +31,7 @@ from tol_dagster.store.durable import atomic_path
 from tol_dagster.store.file_cache import derived_path
 from tol_dagster.store.layout import Layout
 from tol_dagster.store.mirror_files import MirrorFile
-from tol_dagster.validation.uuid_index import uuid_row_hashes
+from tol_dagster.validation.uuid_index import stable_order, uuid_row_hashes
 
 #: The digest's definition (v1: multilinear over 32-bit words) and DuckDB's uuid hash version.
 #: v2: rows are (uuid hash, digest, row in the file); a NULL `emb` has its own digest.
@@ -138,7 +138,7 @@ def digest_table(row_hashes: np.ndarray, uuid_valid: np.ndarray, digests: np.nda
     row in the file below (the slice check finds a slice row's place in the mirror by it)."""
     rows = np.flatnonzero(uuid_valid).astype(np.uint64)
     hashes, values = row_hashes[uuid_valid], digests[uuid_valid]
-    order = np.argsort(hashes, kind="stable")
+    order = stable_order(hashes)
     return np.stack([hashes[order], values[order], rows[order]])
 
 

@@ -21,7 +21,12 @@ from tol_dagster.store.layout import Layout
 from tol_dagster.store.mirror_files import MirrorFile
 from tol_dagster.validation.checks import EMB_UNCHANGED_FOR_EXISTING_UUIDS, CheckResult
 from tol_dagster.validation.emb_digests import digests_path, emb_matrix, ensure_table
-from tol_dagster.validation.uuid_index import hash_ranges, load_hash_range, rows_with_hashes
+from tol_dagster.validation.uuid_index import (
+    hash_ranges,
+    load_hash_range,
+    rows_with_hashes,
+    stable_order,
+)
 
 #: Digest mismatches held per (old file, new file) pair for confirmation.
 MAX_CONFIRMED = 100
@@ -110,7 +115,7 @@ def _compare_digests(
         owners = np.repeat(
             np.arange(len(new_paths), dtype=np.int32), [part.shape[1] for part in parts]
         )
-        order = np.argsort(hashes, kind="stable")
+        order = stable_order(hashes)
         hashes, digests, owners = hashes[order], digests[order], owners[order]
         for index, path in enumerate(old_paths):
             theirs = load_hash_range(path, low, high)
