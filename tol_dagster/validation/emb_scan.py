@@ -63,7 +63,8 @@ def scan_emb(
     The pages are read in place when they are the plain regular case (`parquet.list_pages`:
     no NULL, a fixed-size list of floats); otherwise, or at the first surprise, pyarrow decodes
     `emb` in batches of EMB_BATCH_ROWS (`handle`, when given, is what the pages are read
-    through). One thread: the gate runs beside downloads and other files' gates. Returns why `emb` could not be read (EMB_MISSING without it), if it could not.
+    through). One thread: the gate runs beside downloads and other files' gates. Returns why
+    `emb` could not be read (EMB_MISSING without it), if it could not.
     """
     if "emb" not in parquet.schema_arrow.names:
         return EMB_MISSING
@@ -134,8 +135,8 @@ def _nonfinite_rows(
     """The rows (in the batch, ascending) holding a NaN, an Inf or a NULL value; NULL rows are
     `emb_finite`'s other count, not these.
 
-    Without NULL values, from the rows' `emb_norms.magnitudes_and_peaks` (not finite exactly there).
-    Otherwise Arrow's `is_finite` on the values."""
+    Without NULL values, from the rows' peaks (`emb_norms.magnitudes_and_peaks`: not finite
+    exactly there). Otherwise Arrow's `is_finite` on the values."""
     if peaks is not None and (emb is None or not emb.values.null_count):
         bad = ~np.isfinite(peaks)
         if valid is not None:
