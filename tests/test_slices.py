@@ -4,6 +4,7 @@ or an empty taxon never breaks what was published; only affected slices are rebu
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import errno
 import os
@@ -19,6 +20,7 @@ import pyarrow.parquet as pq
 import pytest
 from mirror_testing import sample_mirror
 
+import tol_dagster.slices.checks as checks_module
 from tol_dagster.derived.taxon_index import INDEX_SCHEMA, build_taxon_index, read_taxon_index
 from tol_dagster.errors import EmptySliceError, StoreError, ValidationFailed
 from tol_dagster.parquet import list_encode
@@ -482,6 +484,63 @@ def test_uniqueness_is_told_from_the_uuid_hashes_and_equal_hashes_confirmed_on_u
     for nulls, repeats in ((1, False), (2, True)):  # NULL is one uuid, as GROUP BY groups it
         uuids = pa.array([None] * nulls + [f"u{i}" for i in range(5)], pa.string())
         assert may_repeat([RowGroupUuids(uuids, uuid_row_hashes(uuids))]) is repeats
+
+
+class _RowShort:
+    """A DuckDB connection whose Arrow results lack their last row: a reader fault."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection) -> None:
+        self.con = con
+
+    def sql(self, query: str, **options: object) -> _RowShort:
+        self.relation = self.con.sql(query, **options)  # type: ignore[arg-type]
+        return self
+
+    def to_arrow_table(self) -> pa.Table:
+        table = self.relation.to_arrow_table()
+        return table.slice(0, table.num_rows - 1)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.con, name)
+
+
+def test_one_query_reads_the_uuids_and_counts_the_rows_off_the_key(
+    mirror: Mirror, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The checks take each row group's uuids, their hashes and the rows off the key from one
+    DuckDB query: the uuids and hashes pyarrow reads, the same verdicts. A read that returns
+    another number of rows than the footer holds is not trusted: pyarrow reads the uuids."""
+    key, result, table = _extract(mirror, "family=Felidae", tmp_path)
+    intruder = mirror.expected(parse_slice_key("family=Nymphalidae")).slice(0, 1)
+    mixed = tmp_path / "mixed.parquet"
+    pq.write_table(pa.concat_tables([table, intruder]), mixed, row_group_size=7)
+
+    def read_both(path: Path) -> tuple[list[RowGroupUuids], int | None, list[RowGroupUuids]]:
+        with pq.ParquetFile(path) as written:
+            groups, violations = checks_module._uuids_and_violations(path, key, written)
+            return groups, violations, read_slice_uuids(written)
+
+    def same(groups: list[RowGroupUuids], expected: list[RowGroupUuids]) -> bool:
+        return [g.uuids.to_pylist() for g in groups] == [
+            g.uuids.to_pylist() for g in expected
+        ] and all((a.hashes == b.hashes).all() for a, b in zip(groups, expected, strict=True))
+
+    for path, off_key in ((result.path, 0), (mixed, 1)):
+        groups, violations, expected = read_both(path)
+        assert violations == off_key and same(groups, expected)
+    assert len(read_both(mixed)[0]) == pq.read_metadata(mixed).num_row_groups > 2
+    verdicts = {c.check: c for c in mirror.checks(mixed, key, table.num_rows + 1)}
+    assert not verdicts[ROWS_SATISFY_KEY].passed
+    assert intruder["uuid"][0].as_py() in verdicts[ROWS_SATISFY_KEY].message
+
+    real = checks_module.duck.cursor
+    monkeypatch.setattr(
+        checks_module.duck, "cursor", lambda: contextlib.nullcontext(_RowShort(real()))
+    )
+    groups, violations, expected = read_both(mixed)
+    assert violations is None and same(groups, expected)
+    verdicts = {c.check: c for c in mirror.checks(mixed, key, table.num_rows + 1)}
+    assert not verdicts[ROWS_SATISFY_KEY].passed and verdicts[UUIDS_UNIQUE].passed
 
 
 def test_a_failing_verify_leaves_the_published_slice_untouched(

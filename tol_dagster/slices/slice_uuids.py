@@ -28,8 +28,10 @@ class RowGroupUuids:
 
 
 def read_slice_uuids(written: pq.ParquetFile) -> list[RowGroupUuids]:
-    """Each row group's uuids and hashes, hashed in one query (each costs ~0.7 ms however
-    few the uuids, and a rank's slices are mostly a few small row groups)."""
+    """Each row group's uuids as pyarrow reads them, hashed in one query (each costs ~0.7 ms
+    however few the uuids). The blocking checks take them from their key query instead
+    (`checks.slice_checks`); this reads them for the `emb` check alone, and when that query's
+    rows do not add up to the footer's."""
     columns = [row_group_column(written, g, "uuid") for g in range(written.num_row_groups)]
     if not columns:
         return []
