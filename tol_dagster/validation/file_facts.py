@@ -149,9 +149,9 @@ def inspect_file(
         metadata = _read_metadata(path, parquet, schema)
         emb = emb_scan.scan_emb(path, parquet, emb_bounds, handle)
         sha256 = file_sha256()
-    if expected_sha256 is not None and sha256.lower() != expected_sha256.lower():
-        uuid_hashes_path = emb_digests_path = None  # kept for the announced bytes only
     results = [check_sha256(name, expected_sha256, sha256), _footer_result(name, parquet)]
+    if not results[0].passed:
+        uuid_hashes_path = emb_digests_path = None  # kept for the announced bytes only
     results += _schema_results(name, schema, expected_schema, last_validated_schema)
     results.append(_rows_result(name, parquet.metadata.num_rows, metadata, emb))
     results.append(emb_scan.emb_finite_result(name, emb))
