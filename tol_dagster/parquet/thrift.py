@@ -2,8 +2,10 @@
 
 Structs are read into `Struct`s keyed by field id that keep every field, known or not, in wire
 order, and are written back as read: a footer rewritten by the splicer changes in nothing but
-the fields it sets. Malformed bytes raise IndexError, struct.error or ValueError; callers that
-know the file turn them into `SpliceError` naming it.
+the fields it sets. Fields nothing here reads (a column's statistics, say) can be kept as their
+wire bytes (`Raw`, chosen by a `Shape`): skipped over rather than built, and written back as
+they came. Malformed bytes raise IndexError, struct.error or ValueError; callers that know the
+file turn them into `SpliceError` naming it.
 """
 
 from __future__ import annotations
@@ -19,6 +21,15 @@ _INTS = (I16, I32, I64)
 
 #: What `Struct.get` returns for a field that is not there, when asked to (`Struct.has`).
 _ABSENT = object()
+
+
+class Raw(bytes):
+    """A field's value kept as its wire bytes: never read, written back as it came."""
+
+
+#: Which fields of a struct `read_struct` keeps as `Raw` (None) or reads with a shape of their
+#: own (a struct, or each struct of a list); fields not named are read as usual.
+Shape = dict[int, "Shape | None"]
 
 
 class Struct:
@@ -131,8 +142,9 @@ def _read_map(data: memoryview, pos: int) -> tuple[Any, int]:
     return (key_kind, value_kind, pairs), pos
 
 
-def read_struct(data: memoryview, pos: int) -> tuple[Struct, int]:
-    """The struct at `pos` of `data`, and the position after it."""
+def read_struct(data: memoryview, pos: int, shape: Shape | None = None) -> tuple[Struct, int]:
+    """The struct at `pos` of `data`, and the position after it; `shape` says which fields
+    to keep as `Raw`."""
     fields: list[list[Any]] = []
     append = fields.append
     field_id = 0
@@ -156,9 +168,67 @@ def read_struct(data: memoryview, pos: int) -> tuple[Struct, int]:
                 append([field_id, kind, (raw >> 1) ^ -(raw & 1)])
         elif kind in (TRUE, FALSE):
             append([field_id, kind, kind == TRUE])
+        elif shape is not None and field_id in shape:
+            value, pos = _shaped(data, pos, kind, shape[field_id])
+            append([field_id, kind, value])
         else:
             value, pos = _read_value(data, pos, kind)
             append([field_id, kind, value])
+
+
+def _shaped(data: memoryview, pos: int, kind: int, shape: Shape | None) -> tuple[Any, int]:
+    """A value read as `shape` says: its wire bytes (None), or a struct (or each struct of a
+    list) read with `shape`."""
+    if shape is None:
+        end = skip_value(data, pos, kind)
+        return Raw(data[pos:end]), end
+    if kind == STRUCT:
+        return read_struct(data, pos, shape)
+    if kind not in (LIST, SET) or data[pos] & 0x0F != STRUCT:
+        return _read_value(data, pos, kind)
+    size, pos = data[pos] >> 4, pos + 1
+    if size == 15:
+        size, pos = read_varint(data, pos)
+    items = []
+    for _ in range(size):
+        item, pos = read_struct(data, pos, shape)
+        items.append(item)
+    return (STRUCT, items), pos
+
+
+def skip_value(data: memoryview, pos: int, kind: int) -> int:
+    """The position after the value of Thrift type `kind` at `pos`, nothing built."""
+    if kind in _INTS:
+        while data[pos] & 0x80:
+            pos += 1
+        return pos + 1
+    if kind == BINARY:
+        size, pos = read_varint(data, pos)
+        if pos + size > len(data):
+            raise IndexError("a binary value runs past the end of the data")
+        return pos + size
+    if kind == STRUCT:
+        while (header := data[pos]) != 0:
+            pos += 1
+            if not header >> 4:
+                pos = skip_value(data, pos, I16)
+            if header & 0x0F not in (TRUE, FALSE):  # a boolean field is its header
+                pos = skip_value(data, pos, header & 0x0F)
+        return pos + 1
+    if kind in (LIST, SET):
+        size, element, pos = data[pos] >> 4, data[pos] & 0x0F, pos + 1
+        if size == 15:
+            size, pos = read_varint(data, pos)
+        for _ in range(size):
+            pos = skip_value(data, pos, element)
+        return pos
+    if kind in (TRUE, FALSE, BYTE):  # TRUE and FALSE: in containers, one byte each
+        return pos + 1
+    if kind == DOUBLE:
+        return pos + 8
+    if kind == MAP:
+        return _read_map(data, pos)[1]
+    raise ValueError(f"unknown thrift type {kind} in a parquet footer")
 
 
 def write_varint(out: bytearray, value: int) -> None:
@@ -174,7 +244,9 @@ def _write_int(out: bytearray, value: int) -> None:
 
 def write_value(out: bytearray, kind: int, value: Any) -> None:
     """Append `value`, of Thrift type `kind`, to `out`."""
-    if kind in _INTS:
+    if isinstance(value, Raw):
+        out += value
+    elif kind in _INTS:
         _write_int(out, value)
     elif kind == STRUCT:
         write_struct(out, value)
@@ -240,4 +312,4 @@ _COPIERS: dict[int, Callable[[Any], Any]] = {
 
 def _copy(kind: int, value: Any) -> Any:
     copier = _COPIERS.get(kind)
-    return value if copier is None else copier(value)
+    return value if copier is None or isinstance(value, Raw) else copier(value)
