@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 from mirror_testing import brute, resync_one_file, sample_mirror
 
+from tol_dagster.derived import taxon_index
 from tol_dagster.derived.taxon_index import (
     BINOMIAL_SQL,
     INDEX_SCHEMA,
@@ -128,6 +129,32 @@ def test_a_homonym_genus_is_found_in_both_kingdoms(
     kingdoms = brute(files, "SELECT DISTINCT kingdom FROM rows WHERE genus = 'Morus'")
     assert len(kingdoms) == 2
     assert count(index, "genus", "Morus") == expected
+
+
+def test_a_small_index_is_searched_as_a_large_one_is(
+    built: tuple[list[MirrorFile], Layout, pa.Table], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A value's own few entries (a rank pass's) are searched in Python: the same entries, in
+    the same order, as pyarrow's filter finds, with homonyms, unicode and absent values."""
+    _, _, index = built
+    rng = np.random.default_rng(7)
+    queries = [
+        (r, v) for r, v in zip(*index.select(["rank", "value"]).to_pydict().values(), strict=True)
+    ]
+    queries += [("family", "Nonexistidae"), ("species", "Morus"), ("genus", "")]
+    for size in (1, 5, taxon_index.SMALL_INDEX):
+        for start in rng.integers(0, index.num_rows - size, 30):
+            small = index.slice(int(start), size)
+            asked = [queries[int(i)] for i in rng.integers(0, len(queries), 20)]
+            asked += [
+                (r, v)
+                for r, v in zip(*small.select(["rank", "value"]).to_pydict().values(), strict=True)
+            ]
+            found = [lookup(small, r, v) for r, v in asked]
+            monkeypatch.setattr(taxon_index, "SMALL_INDEX", -1)
+            assert found == [lookup(small, r, v) for r, v in asked]
+            monkeypatch.undo()
+            assert any(found)
 
 
 def test_an_absent_taxon_has_no_entries(built: tuple[list[MirrorFile], Layout, pa.Table]) -> None:
