@@ -104,11 +104,7 @@ def _read_value(data: memoryview, pos: int, kind: int) -> tuple[Any, int]:
         size, pos = read_varint(data, pos)
         return bytes(data[pos : pos + size]), pos + size
     if kind in (LIST, SET):
-        header = data[pos]
-        pos += 1
-        size, element = header >> 4, header & 0x0F
-        if size == 15:
-            size, pos = read_varint(data, pos)
+        size, element, pos = _list_header(data, pos)
         items: list[Any] = []
         append = items.append
         for _ in range(size):
@@ -126,6 +122,15 @@ def _read_value(data: memoryview, pos: int, kind: int) -> tuple[Any, int]:
     if kind == MAP:
         return _read_map(data, pos)
     raise ValueError(f"unknown thrift type {kind} in a parquet footer")
+
+
+def _list_header(data: memoryview, pos: int) -> tuple[int, int, int]:
+    """A list's or set's size and element type, and the position of its first element."""
+    header = data[pos]
+    size, pos = header >> 4, pos + 1
+    if size == 15:
+        size, pos = read_varint(data, pos)
+    return size, header & 0x0F, pos
 
 
 def _read_map(data: memoryview, pos: int) -> tuple[Any, int]:
@@ -186,9 +191,7 @@ def _shaped(data: memoryview, pos: int, kind: int, shape: Shape | None) -> tuple
         return read_struct(data, pos, shape)
     if kind not in (LIST, SET) or data[pos] & 0x0F != STRUCT:
         return _read_value(data, pos, kind)
-    size, pos = data[pos] >> 4, pos + 1
-    if size == 15:
-        size, pos = read_varint(data, pos)
+    size, _, pos = _list_header(data, pos)
     items = []
     for _ in range(size):
         item, pos = read_struct(data, pos, shape)
@@ -216,9 +219,7 @@ def skip_value(data: memoryview, pos: int, kind: int) -> int:
                 pos = skip_value(data, pos, header & 0x0F)
         return pos + 1
     if kind in (LIST, SET):
-        size, element, pos = data[pos] >> 4, data[pos] & 0x0F, pos + 1
-        if size == 15:
-            size, pos = read_varint(data, pos)
+        size, element, pos = _list_header(data, pos)
         for _ in range(size):
             pos = skip_value(data, pos, element)
         return pos
