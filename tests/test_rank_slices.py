@@ -5,6 +5,7 @@ kill between values leaves whole slices; `slices.yaml`'s `ranks:` and `slices ad
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 from pathlib import Path
 
@@ -21,10 +22,17 @@ from tol_dagster.cli.main import main
 from tol_dagster.defs.published.refresh import ranks_to_refresh
 from tol_dagster.derived.summaries import build_summaries, read_summary
 from tol_dagster.derived.taxon_index import build_taxon_index, read_taxon_index
-from tol_dagster.errors import SettingsError, SliceSpecError
+from tol_dagster.errors import SettingsError, SliceSpecError, ValidationFailed
 from tol_dagster.schema import DEFAULT_CONFIG, SORT_KEY, expected_schema
-from tol_dagster.slices import rank_pass, records
+from tol_dagster.slices import check_batch, rank_pass, records
 from tol_dagster.slices.catalog_file import read_catalog
+from tol_dagster.slices.checks import (
+    ROWS_MATCH_INDEX_COUNT,
+    ROWS_SATISFY_KEY,
+    SCHEMA_MATCHES_MIRROR,
+    UUIDS_UNIQUE,
+)
+from tol_dagster.slices.emb_check import EMB_MATCHES_MIRROR
 from tol_dagster.slices.extract import assemble_slice, extract_segment, extract_slice
 from tol_dagster.slices.keys import SliceKey, parse_slice_key, to_sql_filter
 from tol_dagster.slices.rank_pass import RankResult, publish_rank
@@ -283,8 +291,10 @@ def families(small_sample: Path, tmp_path: Path) -> tuple[Ranked, RankPlan]:
 def test_a_kill_between_values_leaves_whole_slices_and_a_resumable_pass(
     families: tuple[Ranked, RankPlan], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Slices are checked in groups (here of two): a kill publishes none of the group it
+    stops in, and leaves none of its temp files."""
     ranked, plan = families
-    real = rank_pass._publish_value
+    real = rank_pass._held
     calls = []
 
     def killed_at_the_fourth(*args: object, **kwargs: object) -> object:
@@ -293,19 +303,54 @@ def test_a_kill_between_values_leaves_whole_slices_and_a_resumable_pass(
             raise KeyboardInterrupt  # what SIGINT does mid-pass
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(rank_pass, "_publish_value", killed_at_the_fourth)
+    monkeypatch.setattr(check_batch, "BATCH_SLICES", 2)
+    monkeypatch.setattr(rank_pass, "_held", killed_at_the_fourth)
     with pytest.raises(KeyboardInterrupt):
         ranked.publish(plan)
-    monkeypatch.setattr(rank_pass, "_publish_value", real)
+    monkeypatch.setattr(rank_pass, "_held", real)
 
-    assert _on_disk(ranked) == _file_names(plan.values[:3]), "three published, no temp file left"
+    assert _on_disk(ranked) == _file_names(plan.values[:2]), "two published, no temp file left"
     for record in records.slice_records(ranked.layout, DEFAULT_CONFIG):
         assert sha256_file(Path(str(record["path"]))) == record["sha256"], "whole, as recorded"
     assert read_catalog(ranked.layout, DEFAULT_CONFIG).num_rows == 0, (
         "the catalog is written once, after the pass: untouched by a killed one"
     )
     resumed = ranked.publish(plan)
-    assert len(resumed.unchanged) == 3 and len(resumed.built) == len(plan.values) - 3
+    assert len(resumed.unchanged) == 2 and len(resumed.built) == len(plan.values) - 2
+
+
+def test_a_value_failing_its_checks_stays_as_it_was_and_the_rest_of_its_group_is_published(
+    families: tuple[Ranked, RankPlan], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Checked in groups (here of three), a value whose checks fail is not published: its old
+    file stays as it was and its temp file is removed, while the values around it in its group
+    are published and recorded; the pass then names it."""
+    ranked, plan = families
+    monkeypatch.setattr(check_batch, "BATCH_SLICES", 3)
+    bad = plan.values[1]
+    old = ranked.layout.slices_dir(DEFAULT_CONFIG) / bad.key.file_name
+    old.parent.mkdir(parents=True)
+    old.write_bytes(b"the slice published before")
+    miscounted = dataclasses.replace(bad, rows=bad.rows + 1)  # an index counting one row more
+    values = [plan.values[0], miscounted, *plan.values[2:]]
+    with pytest.raises(ValidationFailed, match=f"1 of {len(values)} slices not published") as err:
+        ranked.publish(dataclasses.replace(plan, values=values))
+
+    assert f"slice {bad.key.name}: not published" in str(err.value)
+    assert f"but the mirror counts {bad.rows + 1:,}" in str(err.value)
+    assert old.read_bytes() == b"the slice published before"
+    assert _on_disk(ranked) == _file_names(plan.values), "every other slice, no temp file"
+    recorded = {r["name"] for r in records.slice_records(ranked.layout, DEFAULT_CONFIG)}
+    assert recorded == {v.key.name for v in plan.values} - {bad.key.name}
+    for record in records.slice_records(ranked.layout, DEFAULT_CONFIG):
+        assert sha256_file(Path(str(record["path"]))) == record["sha256"], "whole, as recorded"
+    again = ranked.publish(plan)
+    assert [r.key for r in again.built] == [bad.key.name], "the others are left as built"
+    assert {c.check for c in again.built[0].checks} == {
+        ROWS_MATCH_INDEX_COUNT, ROWS_SATISFY_KEY, UUIDS_UNIQUE, SCHEMA_MATCHES_MIRROR,
+        EMB_MATCHES_MIRROR,
+    }  # fmt: skip
+    assert all(c.passed for c in again.built[0].checks)
 
 
 def test_a_full_disk_at_a_slices_fsync_stops_the_pass_with_no_record_of_it(

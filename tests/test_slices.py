@@ -29,7 +29,8 @@ from tol_dagster.parquet.list_pages import list_pages
 from tol_dagster.parquet.pages import read_rows
 from tol_dagster.parquet.splice import Column, Splicer
 from tol_dagster.schema import DEFAULT_CONFIG, arrow_schema, expected_schema
-from tol_dagster.slices import emb_check, locate, read, write
+from tol_dagster.slices import check_batch, emb_check, locate, read, write
+from tol_dagster.slices.check_batch import read_for_checks
 from tol_dagster.slices.checks import (
     ROWS_MATCH_INDEX_COUNT,
     ROWS_SATISFY_KEY,
@@ -39,13 +40,14 @@ from tol_dagster.slices.checks import (
     check_rows_satisfy_key,
     check_schema_matches,
     check_uuids_unique,
+    row_check_columns,
     row_facts,
     slice_checks,
 )
 from tol_dagster.slices.counts import close_matches, expected_count, refuse_empty
 from tol_dagster.slices.emb_check import EMB_MATCHES_MIRROR, check_emb_matches_mirror
 from tol_dagster.slices.extract import SliceResult, extract_slice
-from tol_dagster.slices.keys import SliceKey, parse_slice_key, split_binomial
+from tol_dagster.slices.keys import SliceKey, parse_slice_key, split_binomial, to_sql_filter
 from tol_dagster.slices.rebuilds import affected_slices
 from tol_dagster.slices.slice_uuids import RowGroupUuids, may_repeat, read_slice_uuids
 from tol_dagster.slices.write import EMB_LEAF
@@ -541,6 +543,82 @@ def test_one_query_reads_the_uuids_and_counts_the_rows_off_the_key(
     assert violations is None and same(groups, expected)
     verdicts = {c.check: c for c in mirror.checks(mixed, key, table.num_rows + 1)}
     assert not verdicts[ROWS_SATISFY_KEY].passed and verdicts[UUIDS_UNIQUE].passed
+
+
+def test_one_query_over_many_slices_reads_each_as_its_own_query_would(
+    mirror: Mirror, tmp_path: Path
+) -> None:
+    """A rank pass reads the checks' rows of a group of slices with one DuckDB query: each
+    file's rows, judged by its own key, are those of a query over that file alone, and its
+    checks give the same verdicts. A group DuckDB refuses (a file that is not parquet) or one
+    naming a file twice gives no rows at all: each slice then reads its own."""
+    texts = [
+        "family=Felidae",
+        "species=Danaus plexippus",
+        "kingdom=Plantae/genus=Morus",
+        "kingdom=Animalia/class=Squamata/family=Felidae",  # no rows
+    ]
+    built = [_extract(mirror, text, tmp_path) for text in texts]
+    felidae, _, table = built[0]
+    intruder = mirror.expected(parse_slice_key("family=Nymphalidae")).slice(0, 1)
+    mixed = tmp_path / "mixed.parquet"
+    pq.write_table(pa.concat_tables([table, intruder]), mixed, row_group_size=7)
+    group = [(result.path, key) for key, result, _ in built] + [(mixed, felidae)]
+
+    def alone(path: Path, key: SliceKey) -> pa.Table:
+        where, params = to_sql_filter(key)
+        with duckdb.connect() as con:
+            return con.sql(
+                f"SELECT {row_check_columns(where)} FROM read_parquet(?)",
+                params=[*params, str(path)],
+            ).to_arrow_table()
+
+    reads = read_for_checks(group)
+    assert [r.num_rows if r is not None else None for r in reads] == [
+        pq.read_metadata(path).num_rows for path, _ in group
+    ]
+    for (path, key), rows in zip(group, reads, strict=True):
+        assert rows is not None and rows.to_pylist() == alone(path, key).to_pylist(), path.name
+    mixed_rows, no_rows = reads[-1], reads[3]
+    assert mixed_rows is not None and pc.sum(mixed_rows["bad"]).as_py() == 1, "the intruder"
+    assert no_rows is not None and no_rows.num_rows == 0
+    expected = {path: pq.read_metadata(path).num_rows for path, _ in group}
+    for (path, key), rows in zip(group, reads, strict=True):
+        with_read = mirror.checks(path, key, expected[path])
+        assert [(c.check, c.passed, c.message) for c in with_read] == [
+            (c.check, c.passed, c.message)
+            for c in slice_checks(
+                path,
+                key,
+                expected[path],
+                SCHEMA,
+                mirror.files,
+                None,
+                layout=mirror.layout,
+                config=DEFAULT_CONFIG,
+                read=rows,
+            )
+        ]
+    not_parquet = tmp_path / "not.parquet"
+    not_parquet.write_text("not parquet")
+    assert read_for_checks([*group, (not_parquet, felidae)]) == [None] * (len(group) + 1)
+    twice = [*group, (mixed, parse_slice_key("family=Nymphalidae"))]
+    assert read_for_checks(twice) == [None] * len(twice), "one file under two keys: not shared"
+
+
+def test_rows_read_for_many_slices_are_split_only_when_each_file_comes_as_one_run() -> None:
+    def split(names: list[str]) -> list[list[int] | None]:
+        read = pa.table({"filename": pa.array(names, pa.string()), "row": range(len(names))})
+        return [
+            None if t is None else t["row"].to_pylist()
+            for t in check_batch._by_file(read, ["a", "b", "c"])
+        ]
+
+    assert split(["a", "a", "c"]) == [[0, 1], [], [2]]
+    assert split([]) == [[], [], []]
+    assert split(["a", "c", "a"]) == [None] * 3, "a file's rows in two runs"
+    assert split(["a", "d"]) == [None] * 3, "a file not asked for"
+    assert check_batch.read_for_checks([]) == []
 
 
 def test_a_failing_verify_leaves_the_published_slice_untouched(

@@ -46,12 +46,14 @@ def slice_checks(
     *,
     layout: Layout,
     config: str,
+    read: pa.Table | None = None,
 ) -> list[CheckResult]:
     """Every blocking check of a slice file (pass as `verify` to check before publishing);
     `index` (the taxon index) narrows the mirror files the `emb` check looks rows up in, and
-    `layout`/`config` say where the gate keeps those files' `emb` digests."""
+    `layout`/`config` say where the gate keeps those files' `emb` digests. `read`: the file's
+    rows as `row_check_columns` reads them, read with other slices' (queried here if None)."""
     with pq.ParquetFile(path) as written:  # its footer read once for the three checks
-        uuids, violations = _uuids_and_violations(path, key, written)
+        uuids, violations = _uuids_and_violations(path, key, written, read)
         repeats = may_repeat(uuids)
         facts = (
             row_facts(path, key, uuids_may_repeat=repeats)
@@ -70,20 +72,27 @@ def slice_checks(
         ]  # fmt: skip
 
 
+def row_check_columns(where: str) -> str:
+    """What the checks read of each row with DuckDB: its uuid, the uuid's hash, and whether the
+    row fails the key's predicate `where` (NULL fails)."""
+    return f"uuid, hash(uuid) AS h, NOT coalesce(({where}), false) AS bad"
+
+
 def _uuids_and_violations(
-    path: Path, key: SliceKey, written: pq.ParquetFile
+    path: Path, key: SliceKey, written: pq.ParquetFile, read: pa.Table | None = None
 ) -> tuple[list[RowGroupUuids], int | None]:
     """Each row group's uuids with their hashes, and how many rows do not satisfy `key`, from
-    one DuckDB query over the slice (each query costs ~0.7 ms however small the slice, and a
-    rank checks thousands). None violations: DuckDB read another number of rows than the footer
-    holds, so the uuids are read by pyarrow and the caller counts again."""
-    where, params = to_sql_filter(key)
-    with duck.cursor() as con:
-        read = con.sql(
-            f"SELECT uuid, hash(uuid) AS h, NOT coalesce(({where}), false) AS bad "
-            "FROM read_parquet(?)",
-            params=[*params, str(path)],
-        ).to_arrow_table()
+    one DuckDB query over the slice (`read`, if a query over several slices read it already:
+    each query costs ~3 ms however small the slice, and a rank checks thousands). None
+    violations: DuckDB read another number of rows than the footer holds, so the uuids are read
+    by pyarrow and the caller counts again."""
+    if read is None:
+        where, params = to_sql_filter(key)
+        with duck.cursor() as con:
+            read = con.sql(
+                f"SELECT {row_check_columns(where)} FROM read_parquet(?)",
+                params=[*params, str(path)],
+            ).to_arrow_table()
     sizes = [written.metadata.row_group(g).num_rows for g in range(written.num_row_groups)]
     if read.num_rows != sum(sizes):
         return read_slice_uuids(written), None

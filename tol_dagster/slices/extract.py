@@ -91,7 +91,8 @@ def extract_slice(
     file; if any of its checks fails, `ValidationFailed` is raised and `out` is left as it was.
     A taxon with no rows gives a 0-row file with the full schema and a warning. `sync_dir`
     False: the caller makes the rename durable; `publish` (with `sync_dir` False) takes the
-    checked temp file over to fsync and rename it later (`store.durable.atomic_path`).
+    finished temp file over (checked, if `verify` is given; a rank pass checks its slices in
+    groups, `check_batch`) to fsync and rename it later (`store.durable.atomic_path`).
     """
     started = time.perf_counter()
     out = Path(out)
@@ -101,6 +102,13 @@ def extract_slice(
         segment = _write_segment(key, files, index, temp, schema)
         checks = _verified(key, temp, out, verify)
     return _result(key, out, [segment], started, checks, (segment.sha256, segment.size))
+
+
+def checked(key: SliceKey, temp: Path, out: Path, verify: Verify) -> tuple[CheckResult, ...]:
+    """`verify`'s checks of the finished `temp` of slice `key` built outside `extract_slice`'s
+    checks (a rank pass checks its slices in groups); ValidationFailed if any fails."""
+    with _jemalloc():
+        return _verified(key, temp, out, verify)
 
 
 def _verified(

@@ -23,6 +23,7 @@ import pyarrow as pa
 
 from tol_dagster.errors import ValidationFailed
 from tol_dagster.slices import rank_workers, records
+from tol_dagster.slices.check_batch import CheckBatch, Held
 from tol_dagster.slices.checks import slice_checks
 from tol_dagster.slices.extract import SliceResult, extract_slice
 from tol_dagster.slices.keys import SliceKey
@@ -31,6 +32,7 @@ from tol_dagster.store.durable import fsync_dir
 from tol_dagster.store.layout import Layout
 from tol_dagster.store.mirror_files import MirrorFile
 from tol_dagster.store.renames import DeferredRenames
+from tol_dagster.validation.checks import CheckResult
 
 #: The record field naming the rank pass that built a slice (the catalog lists such slices).
 RANK_PASS = "rank_pass"
@@ -136,48 +138,73 @@ class Target:
 
 def publish_values(values: list[RankValue], target: Target) -> tuple[list[SliceResult], list[str]]:
     """Publish `values` in order (one worker's part of a pass): their results, and the words of
-    each value whose checks failed."""
-    built, failures = [], []
+    each value whose checks failed. Checked values are checked in groups (`CheckBatch`)."""
+    built: list[SliceResult] = []
+    failures: list[str] = []
     renames = DeferredRenames()
     recorder = _Recorder(target.layout, target.config, renames)
-    try:
-        for value in values:
-            if rank_workers.parent_gone():
-                break
-            try:
-                result = _publish_value(value, target, renames)
-            except ValidationFailed as error:
-                failures.append(str(error))
+    batch = CheckBatch(renames.publish)
+    by_key = {value.key.name: value for value in values}
+
+    def settle(outcomes: list[SliceResult | ValidationFailed]) -> None:
+        for outcome in outcomes:
+            if isinstance(outcome, ValidationFailed):
+                failures.append(str(outcome))
                 continue
+            value = by_key[outcome.key]
             record = records.slice_record(
-                target.config, value.key, result, commit=target.commit,
+                target.config, value.key, outcome, commit=target.commit,
                 generation=target.generation,
                 how={RANK_PASS: target.rank, BUILT_FROM_ROWS: value.built_from_rows},
             )  # fmt: skip
             recorder.add(record)
-            built.append(result)
+            built.append(outcome)
+
+    try:
+        for value in values:
+            if rank_workers.parent_gone():
+                break
+            if target.checked:
+                settle(batch.hold(_held(value, target)))
+            else:
+                settle([_publish_value(value, target, renames)])
+        settle(batch.flush())
     finally:
+        batch.discard()
         with renames:
             recorder.close()
     return built, failures
 
 
 def _publish_value(value: RankValue, target: Target, renames: DeferredRenames) -> SliceResult:
-    """One value's slice, exactly as its own key would build it, with its blocking checks;
-    put in place by `renames` (its fsync overlaps the next value's work)."""
+    """One value's slice, exactly as its own key would build it, unchecked (the benchmark
+    measures the checks apart); put in place by `renames` (its fsync overlaps the next value's
+    work)."""
+    out = target.layout.slices_dir(target.config) / value.key.file_name
+    return extract_slice(
+        value.key, target.files, value.index, out, schema=target.schema, sync_dir=False,
+        publish=renames.publish,
+    )  # fmt: skip
+
+
+def _held(value: RankValue, target: Target) -> Held:
+    """One value's slice, exactly as its own key would build it, held back as its temp file
+    for its blocking checks (`CheckBatch`)."""
     files, layout, config = target.files, target.layout, target.config
 
-    def verify(path: Path) -> list:
+    def checks(path: Path, read: pa.Table | None) -> list[CheckResult]:
         return slice_checks(
             path, value.key, value.rows, target.schema, files, value.index, layout=layout,
-            config=config,
+            config=config, read=read,
         )  # fmt: skip
 
     out = layout.slices_dir(config) / value.key.file_name
-    return extract_slice(
-        value.key, files, value.index, out, schema=target.schema,
-        verify=verify if target.checked else None, sync_dir=False, publish=renames.publish,
+    temps: list[Path] = []
+    result = extract_slice(
+        value.key, files, value.index, out, schema=target.schema, sync_dir=False,
+        publish=lambda temp, _: temps.append(temp),
     )  # fmt: skip
+    return Held(value.key, temps[0], out, result, checks)
 
 
 #: Values published between two syncs of the slices' folder (see `_Recorder`).
