@@ -753,6 +753,25 @@ def test_a_wrong_emb_from_the_splicer_fails_the_check_and_nothing_is_published(
     assert [p.name for p in good.path.parent.iterdir()] == [good.path.name]
 
 
+def test_hash_ranges_in_a_digest_table_are_numpys_left_and_right_ends(tmp_path: Path) -> None:
+    """The `emb` check finds each uuid hash's entries by one search and a look at the next
+    key: the same ends as two searches, with keys held once, twice or many times, needles
+    absent, below the first key and past the last, in memory and memory-mapped."""
+    rng = np.random.default_rng(7)
+    for trial in range(300):
+        spread = int(rng.integers(1, 1 << 20)) if trial % 3 else 8  # few values: many repeats
+        keys = np.sort(rng.integers(1, spread + 1, int(rng.integers(0, 400)), dtype=np.uint64))
+        needles = rng.integers(0, spread + 2, int(rng.integers(0, 200)), dtype=np.uint64)
+        if keys.size:  # and keys held
+            needles = np.concatenate([needles, keys[rng.integers(0, keys.size, 20)]])
+        if trial % 10 == 0:
+            np.save(tmp_path / "keys.npy", keys)
+            keys = np.load(tmp_path / "keys.npy", mmap_mode="r")
+        low, high = emb_check._ranges(keys, needles)
+        assert (low == np.searchsorted(keys, needles, side="left")).all()
+        assert (high == np.searchsorted(keys, needles, side="right")).all()
+
+
 def test_the_emb_check_compares_nulls_nans_and_order_and_finds_rows_not_in_the_mirror(
     tmp_path: Path,
 ) -> None:
