@@ -288,11 +288,12 @@ def families(small_sample: Path, tmp_path: Path) -> tuple[Ranked, RankPlan]:
     return ranked, ranked.plan("family")
 
 
+@pytest.mark.parametrize("limit", ["slices", "rows"])
 def test_a_kill_between_values_leaves_whole_slices_and_a_resumable_pass(
-    families: tuple[Ranked, RankPlan], monkeypatch: pytest.MonkeyPatch
+    families: tuple[Ranked, RankPlan], monkeypatch: pytest.MonkeyPatch, limit: str
 ) -> None:
-    """Slices are checked in groups (here of two): a kill publishes none of the group it
-    stops in, and leaves none of its temp files."""
+    """Slices are checked in groups (here of two, closed by their count or by their rows): a
+    kill publishes none of the group it stops in, and leaves none of its temp files."""
     ranked, plan = families
     real = rank_pass._held
     calls = []
@@ -303,7 +304,12 @@ def test_a_kill_between_values_leaves_whole_slices_and_a_resumable_pass(
             raise KeyboardInterrupt  # what SIGINT does mid-pass
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(check_batch, "BATCH_SLICES", 2)
+    if limit == "slices":
+        monkeypatch.setattr(check_batch, "BATCH_SLICES", 2)
+    else:
+        rows = sum(v.rows for v in plan.values[:2])
+        assert plan.values[2].rows < rows, "the third value alone closes no group"
+        monkeypatch.setattr(check_batch, "BATCH_ROWS", rows)
     monkeypatch.setattr(rank_pass, "_held", killed_at_the_fourth)
     with pytest.raises(KeyboardInterrupt):
         ranked.publish(plan)

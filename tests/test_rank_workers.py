@@ -192,9 +192,10 @@ def _alive(pid: int) -> bool:
 def test_a_pass_killed_with_kill_9_leaves_its_workers_stopping_and_every_slice_whole(
     small_sample: Path, tmp_path: Path
 ) -> None:
-    """kill -9 of the pass mid-way: its workers finish the value they are on and stop (their
-    parent is gone), every slice on disk is whole and recorded, no temp file is left, and the
-    pass run again builds only what is missing."""
+    """kill -9 of the pass mid-way: its workers finish the value they are on, check and
+    publish the group of slices they hold, and stop (their parent is gone); every slice on
+    disk is whole and recorded, no temp file is left, and the pass run again builds only what
+    is missing."""
     ranked = Ranked(sample_mirror(small_sample), Layout(tmp_path / "home"))
     plan = ranked.plan("genus")
     folder = ranked.layout.slices_dir(DEFAULT_CONFIG)
@@ -219,7 +220,7 @@ def test_a_pass_killed_with_kill_9_leaves_its_workers_stopping_and_every_slice_w
 
     published = sorted(p.name for p in folder.iterdir())
     assert published and all(name.endswith(".parquet") for name in published), "no temp file"
-    assert len(published) < len(plan.values) // 4, "each worker stopped after its value"
+    assert len(published) < len(plan.values) // 4, "each worker stopped after its value and group"
     recorded = records.slice_records(ranked.layout, DEFAULT_CONFIG)
     assert sorted(Path(str(r["path"])).name for r in recorded) == published, "each recorded"
     for record in recorded:
