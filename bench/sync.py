@@ -348,9 +348,9 @@ def emb_check_cost(path: Path, config: str) -> tuple[float, float]:
         matrix = emb_digests.emb_matrix(batch.column(0))
         assert matrix is not None
         emb_digests.row_digests(matrix)
-        values, peaks = emb_norms.magnitudes_and_peaks(matrix)  # peaks: the finiteness check's
+        norms, peaks = emb_norms.norms_and_peaks(matrix)  # peaks: the finiteness check's
         if scan is not None:
-            scan.add(values, peaks, None, 0)
+            scan.add(norms, peaks, None, 0)
         mark = time.process_time()
         checks += mark - decoded
     return decode, checks

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import pyarrow as pa
+import pytest
 
 from tol_dagster.schema import EmbBounds
 from tol_dagster.validation import emb_norms, emb_scan
@@ -49,7 +50,7 @@ def float_peaks(rows: np.ndarray) -> np.ndarray:
 
 def test_peaks_from_bits_equal_the_float_peaks_where_finite_and_are_inf_where_not() -> None:
     rows = awkward_rows()
-    from_bits = emb_norms.magnitudes_and_peaks(rows)[1]
+    from_bits = emb_norms.norms_and_peaks(rows)[1]
     from_floats = float_peaks(rows)
     finite = np.isfinite(from_floats)
     assert from_bits[finite].tobytes() == from_floats[finite].tobytes()
@@ -60,7 +61,7 @@ def test_peaks_from_bits_equal_the_float_peaks_where_finite_and_are_inf_where_no
 def test_peaks_of_wider_floats_are_not_finite_exactly_where_a_row_is_not() -> None:
     rows = awkward_rows().astype(np.float64)
     rows[11, 0] = 1e300  # finite in float64, Inf once narrowed to float32
-    peaks = emb_norms.magnitudes_and_peaks(rows)[1]
+    peaks = emb_norms.norms_and_peaks(rows)[1]
     assert np.flatnonzero(~np.isfinite(peaks)).tolist() == [1, 2, 3, 10]
     assert peaks[11] == 1e300
 
@@ -70,9 +71,24 @@ def test_magnitudes_from_bits_are_numpys_conversion_bit_for_bit() -> None:
     patterns = np.arange(2**16, dtype=np.uint32).astype(np.uint16)
     halves = patterns.view(np.float16)
     finite = np.isfinite(halves)
-    from_bits = emb_norms.magnitudes_and_peaks(halves.reshape(1, -1))[0][0]
+    out = np.empty(patterns.size, np.uint32)
+    from_bits = emb_norms._half_bits_to_single(patterns & np.uint16(0x7FFF), out)
     assert from_bits[finite].tobytes() == np.abs(halves[finite].astype(np.float32)).tobytes()
     assert np.isfinite(from_bits).all()  # Inf and NaN rows: their peaks mark them
+
+
+@pytest.mark.parametrize("rows", [0, 1, 127, 128, 129, 300])
+def test_norms_in_blocks_are_those_of_numpys_conversion_bit_for_bit(rows: int) -> None:
+    """Rows measured a block at a time (128 rows of 768 values) give each row's norm and peak
+    as one einsum over numpy's float32 conversion of the whole matrix does, block seams and a
+    short last block included."""
+    matrix = (np.random.default_rng(rows).standard_normal((rows, 768)) / 27).astype(np.float16)
+    matrix[rows // 2 :: 7, 5] = np.float16(6e-8)  # subnormals, in every block past the first
+    norms, peaks = emb_norms.norms_and_peaks(matrix)
+    values = matrix.astype(np.float32)
+    assert norms.tobytes() == np.sqrt(np.einsum("ij,ij->i", values, values)).tobytes()
+    expected_peaks = np.abs(values).max(axis=1) if rows else np.empty(0, np.float32)
+    assert peaks.tobytes() == expected_peaks.tobytes()
 
 
 def test_peaks_from_bits_order_every_float16_pattern_as_its_value() -> None:
@@ -81,20 +97,20 @@ def test_peaks_from_bits_order_every_float16_pattern_as_its_value() -> None:
     halves = np.arange(2**16, dtype=np.uint32).astype(np.uint16).view(np.float16)
     pairs = np.stack([halves, np.random.default_rng(7).permutation(halves)], axis=1)
     for rows in (halves.reshape(-1, 1), pairs):
-        peaks = emb_norms.magnitudes_and_peaks(rows)[1]
+        peaks = emb_norms.norms_and_peaks(rows)[1]
         with np.errstate(invalid="ignore"):
             expected = np.abs(rows.astype(np.float32)).max(axis=1)
         finite = np.isfinite(expected)
         assert peaks[finite].tobytes() == expected[finite].tobytes()
         assert (peaks[~finite] == np.inf).all()
-    assert emb_norms.magnitudes_and_peaks(np.empty((3, 0), np.float16))[1].tolist() == [0, 0, 0]
+    assert emb_norms.norms_and_peaks(np.empty((3, 0), np.float16))[1].tolist() == [0, 0, 0]
 
 
 def test_bounds_scan_details_are_those_of_the_float_path() -> None:
     rows = awkward_rows()
     bounds = EmbBounds(norm_min=1.0, norm_max=6.0, max_abs=3.0)
     scan = emb_norms.BoundsScan(bounds)
-    scan.add(*emb_norms.magnitudes_and_peaks(rows), None, 0)
+    scan.add(*emb_norms.norms_and_peaks(rows), None, 0)
     values = rows.astype(np.float32)
     norms = np.sqrt(np.einsum("ij,ij->i", values, values))
     peaks = float_peaks(rows)
@@ -114,7 +130,7 @@ def test_nonfinite_rows_from_bits_equal_arrows_is_finite() -> None:
         valid = emb.is_valid().to_numpy(zero_copy_only=False) if null_rows else None
         matrix = emb_matrix(emb)
         assert matrix is not None
-        peaks = emb_norms.magnitudes_and_peaks(matrix)[1]
+        peaks = emb_norms.norms_and_peaks(matrix)[1]
         from_bits = emb_scan._nonfinite_rows(emb, peaks, valid)
         from_arrow = emb_scan._nonfinite_rows(emb, None, None)
         assert from_bits.tolist() == from_arrow.tolist() == sorted({1, 2, 3, 10} - set(null_rows))
@@ -126,5 +142,5 @@ def test_a_null_value_inside_a_row_is_found_by_arrow() -> None:
     emb = pa.FixedSizeListArray.from_arrays(values, DIM)
     matrix = emb_matrix(emb)
     assert matrix is not None
-    peaks = emb_norms.magnitudes_and_peaks(matrix)[1]
+    peaks = emb_norms.norms_and_peaks(matrix)[1]
     assert emb_scan._nonfinite_rows(emb, peaks, None).tolist() == [1]

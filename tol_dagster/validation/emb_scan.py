@@ -104,21 +104,21 @@ def _scan(batches: Iterable[Batch], bounds: EmbBounds | None) -> EmbScan:
         if emb is not None and emb.null_count:
             null_rows += emb.null_count
             valid = emb.is_valid().to_numpy(zero_copy_only=False)
-        values = peaks = None
+        norms = peaks = None
         if matrix is not None:
-            values, peaks = emb_norms.magnitudes_and_peaks(matrix)
+            norms, peaks = emb_norms.norms_and_peaks(matrix)
         nonfinite_in_batch = _nonfinite_rows(emb, peaks, valid)
         if nonfinite_in_batch.size:
             nonfinite_rows += nonfinite_in_batch.size
             if first_nonfinite is None:
                 first_nonfinite = rows + int(nonfinite_in_batch[0])
-        if matrix is None or values is None or peaks is None:
+        if matrix is None or norms is None or peaks is None:
             digests = in_bounds = None
         else:
             if digests is not None:
                 digests.append(emb_digests.row_digests(matrix, valid))
             if in_bounds is not None:
-                in_bounds.add(values, peaks, valid, rows)
+                in_bounds.add(norms, peaks, valid, rows)
         if emb is not None:
             rows += len(emb)
         elif matrix is not None:
@@ -135,7 +135,7 @@ def _nonfinite_rows(
     """The rows (in the batch, ascending) holding a NaN, an Inf or a NULL value; NULL rows are
     `emb_finite`'s other count, not these.
 
-    Without NULL values, from the rows' peaks (`emb_norms.magnitudes_and_peaks`: not finite
+    Without NULL values, from the rows' peaks (`emb_norms.norms_and_peaks`: not finite
     exactly there). Otherwise Arrow's `is_finite` on the values."""
     if peaks is not None and (emb is None or not emb.values.null_count):
         bad = ~np.isfinite(peaks)
