@@ -158,3 +158,35 @@ def test_the_uuid_byte_screen_certifies_only_what_the_pattern_matches() -> None:
         else:
             assert not (matches and uniform and None not in values), values
     assert certified > 20  # the screen is used, not only ever refusing
+
+
+@pytest.mark.parametrize("bad_chunk", [None, 0, 1, 2])
+def test_the_uuid_rule_leaves_to_re2_only_the_chunks_the_byte_screen_cannot_certify(
+    bad_chunk: int | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Row groups of hyphenated uuids are certified on their bytes; RE2 reads only the chunk
+    mixing both widths (where the old 32-digit block begins), and a malformed uuid in any chunk,
+    certified or not, fails the rule."""
+    rng = random.Random(11)
+    hyphenated = [str(uuid.UUID(int=rng.getrandbits(128), version=4)) for _ in range(30)]
+    chunks = [
+        hyphenated[:10],
+        hyphenated[10:20],
+        hyphenated[20:25] + [u.replace("-", "") for u in hyphenated[25:]],
+    ]
+    if bad_chunk is not None:
+        chunks[bad_chunk][3] = chunks[bad_chunk][3][:-1] + "g"
+    column = pa.chunked_array([pa.array(c, pa.string()) for c in chunks])
+    read_by_re2: list[int] = []
+    real = pc.match_substring_regex
+
+    def counted(values: pa.ChunkedArray, pattern: str) -> pa.ChunkedArray:
+        read_by_re2.append(len(values))
+        return real(values, pattern)
+
+    monkeypatch.setattr(expectations.pc, "match_substring_regex", counted)
+    verdict = expectations._all_match(column, {"regex": expectations.UUID_PATTERN})
+    assert verdict is (bad_chunk is None)
+    assert read_by_re2 == (
+        [20] if bad_chunk in (0, 1) else [10]
+    )  # the mixed chunk, and a refused one

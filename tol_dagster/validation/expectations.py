@@ -218,10 +218,15 @@ _PLAIN_PATTERN = re.compile(r"(?:[\^$()|\[\]{}\-,0-9A-Za-z]|\(\?:)*")
 
 def _all_match(column: pa.ChunkedArray, kwargs: dict[str, Any]) -> bool:
     """RE2 matches every value, and the pattern is one where that implies Python's `re` does
-    (UUID_PATTERN is first tried on the bytes: `_uuids_of_one_width`)."""
+    (UUID_PATTERN is first tried on the bytes, a chunk at a time: `_uuids_of_one_width`; RE2
+    then reads only the chunks it could not certify, such as the row group where the 32-digit
+    uuids begin)."""
     regex = kwargs["regex"]
-    if regex == UUID_PATTERN and all(_uuids_of_one_width(c) for c in column.chunks):
-        return True
+    if regex == UUID_PATTERN:
+        undecided = [c for c in column.chunks if not _uuids_of_one_width(c)]
+        if not undecided:
+            return True
+        column = pa.chunked_array(undecided, column.type)
     if not _PLAIN_PATTERN.fullmatch(regex):
         return False
     if pa.types.is_dictionary(column.type):
