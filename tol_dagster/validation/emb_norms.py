@@ -80,7 +80,7 @@ _HALF_TO_SINGLE = np.float32(2.0**112)
 #: The bits of float16's Inf; with the sign cleared, the larger patterns are NaN.
 _HALF_INF_BITS = np.uint16(0x7C00)
 #: Values measured at a time: a block's float32 copy (~400 KB) stays in the core's cache
-#: between the passes over it, where a page's (~2 MB) did not: 17% less CPU for these passes.
+#: between the passes over it, where a page's (~2 MB) did not: ~20% less CPU for these passes.
 BLOCK_VALUES = 128 * 768
 
 
@@ -116,7 +116,7 @@ def norms_and_peaks(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def _half_bits_to_single(bits: np.ndarray, out: np.ndarray) -> np.ndarray:
     """The float32 of each float16 pattern whose sign is cleared (Inf and NaN come out
     finite, at least 2**16), written into `out` (uint32, the shape of `bits`)."""
-    np.copyto(out, bits)  # widened, then shifted in place: ~15% cheaper than one cast shift
+    np.copyto(out, bits)  # widened, then shifted in place: ~13% cheaper than one cast shift
     out <<= np.uint32(13)
     values = out.view(np.float32)
     values *= _HALF_TO_SINGLE
