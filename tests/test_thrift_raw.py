@@ -15,7 +15,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tol_dagster.parquet import field_ids
-from tol_dagster.parquet.footer import FOOTER_SHAPE, parse_footer
+from tol_dagster.parquet.footer import FOOTER_SHAPE, SPLICED_ROWS_SHAPE, parse_footer
+from tol_dagster.parquet.page_splice import whole_columns
 from tol_dagster.parquet.thrift import (
     BINARY,
     BYTE,
@@ -29,6 +30,7 @@ from tol_dagster.parquet.thrift import (
     STRUCT,
     TRUE,
     Raw,
+    Shape,
     Struct,
     read_struct,
     skip_value,
@@ -94,13 +96,14 @@ def _same(shaped: Any, plain: Any, kind: int = STRUCT) -> bool:
     return bool(shaped == plain)
 
 
+@pytest.mark.parametrize("shape", [FOOTER_SHAPE, SPLICED_ROWS_SHAPE], ids=["footer", "rows"])
 def test_a_shaped_footer_writes_back_byte_for_byte_and_parses_the_rest_as_before(
-    tmp_path: Path,
+    tmp_path: Path, shape: Shape
 ) -> None:
     raw_fields = 0
     for path in _files(tmp_path):
         blob = _footer_bytes(path)
-        shaped, end = read_struct(memoryview(blob), 0, FOOTER_SHAPE)
+        shaped, end = read_struct(memoryview(blob), 0, shape)
         plain, _ = read_struct(memoryview(blob), 0)
         assert end == len(blob)
         out = bytearray()
@@ -116,6 +119,35 @@ def test_a_shaped_footer_writes_back_byte_for_byte_and_parses_the_rest_as_before
         write_struct(out, copy)
         assert bytes(out) == blob
     assert raw_fields >= 3  # the statistics were kept raw, not parsed
+
+
+@pytest.mark.parametrize("page_index", [True, False])
+def test_the_columns_of_rows_just_written_are_the_same_however_their_footer_is_parsed(
+    tmp_path: Path, page_index: bool
+) -> None:
+    """`slices.write` parses the footer of each row group it encodes with SPLICED_ROWS_SHAPE:
+    its columns for the splicer are what the full parse gives (bytes, metadata, indexes)."""
+    for path in _files(tmp_path):
+        table = pq.read_table(path).slice(0, 1200)
+        sink = pa.BufferOutputStream()
+        pq.write_table(table, sink, row_group_size=len(table), write_page_index=page_index)
+        data = sink.getvalue()
+        full = whole_columns(parse_footer(memoryview(data), path, data))
+        lean = whole_columns(parse_footer(memoryview(data), path, data, SPLICED_ROWS_SHAPE))
+        assert len(full) == len(lean) == table.num_columns  # one leaf each
+        for a, b in zip(full, lean, strict=True):
+            assert a.parts == b.parts
+            assert a.column_index == b.column_index
+            for x, y in ((a.chunk, b.chunk), (a.offset_index, b.offset_index)):
+                wire_x, wire_y = bytearray(), bytearray()
+                if x is not None:
+                    write_struct(wire_x, x)
+                if y is not None:
+                    write_struct(wire_y, y)
+                assert wire_x == wire_y
+            assert (a.offset_index is not None) == page_index
+        raw = lean[0].chunk.get(field_ids.CC_META).get(field_ids.CM_PATH)
+        assert isinstance(raw, Raw)  # kept as bytes, not parsed
 
 
 def test_a_footer_with_raw_fields_dropped_is_the_plain_footer_with_them_dropped(

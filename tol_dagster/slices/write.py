@@ -24,7 +24,13 @@ import pyarrow.parquet as pq
 
 from tol_dagster.errors import StoreError
 from tol_dagster.parquet import list_encode
-from tol_dagster.parquet.footer import Footer, SpliceError, parse_footer, read_footer
+from tol_dagster.parquet.footer import (
+    SPLICED_ROWS_SHAPE,
+    Footer,
+    SpliceError,
+    parse_footer,
+    read_footer,
+)
 from tol_dagster.parquet.page_splice import range_columns, whole_columns
 from tol_dagster.parquet.splice import Column, Splicer
 from tol_dagster.schema import METADATA_COLUMNS, STRING_COLUMNS
@@ -150,7 +156,8 @@ def encoded_columns(table: pa.Table, schema: pa.Schema, codec: str) -> list[Colu
         with _parquet_writer(buffer, subset, codec, page_index=True, strings=strings) as writer:
             writer.write_table(rest, row_group_size=max(rest.num_rows, 1))
         data = buffer.getvalue()
-        columns = whole_columns(parse_footer(memoryview(data), Path("<rows>"), data))
+        rows = parse_footer(memoryview(data), Path("<rows>"), data, SPLICED_ROWS_SHAPE)
+        columns = whole_columns(rows)
     if emb is not None:
         columns.insert(table.column_names.index(EMB_COLUMN), emb)
     return columns
