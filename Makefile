@@ -54,6 +54,7 @@ test: lint typecheck unit
 bench: setup
 	$(BIN)/python bench/sync.py
 	$(BIN)/python bench/gate.py
+	$(BIN)/python bench/encoded_rows.py
 	$(BIN)/python bench/slices.py
 	$(BIN)/python bench/summaries.py
 	$(BIN)/python bench/adopt.py
