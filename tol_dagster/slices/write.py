@@ -156,8 +156,8 @@ def encoded_columns(table: pa.Table, schema: pa.Schema, codec: str) -> list[Colu
         with _parquet_writer(buffer, subset, codec, page_index=True, strings=strings) as writer:
             writer.write_table(rest, row_group_size=max(rest.num_rows, 1))
         data = buffer.getvalue()
-        rows = parse_footer(memoryview(data), Path("<rows>"), data, SPLICED_ROWS_SHAPE)
-        columns = whole_columns(rows)
+        footer = parse_footer(memoryview(data), Path("<rows>"), data, SPLICED_ROWS_SHAPE)
+        columns = whole_columns(footer)
     if emb is not None:
         columns.insert(table.column_names.index(EMB_COLUMN), emb)
     return columns
