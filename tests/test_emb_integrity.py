@@ -3,6 +3,7 @@ comparison with the last validated generation, and the per-row bounds of the con
 
 from __future__ import annotations
 
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ from tol_dagster.schema import DEFAULT_CONFIG, EMB_BOUNDS, emb_bounds, expected_
 from tol_dagster.store.hashing import sha256_file
 from tol_dagster.store.layout import Layout
 from tol_dagster.store.mirror_files import MirrorFile
+from tol_dagster.validation import chunk_crcs
 from tol_dagster.validation.checks import EMB_NORMS_WITHIN_BOUNDS, EMB_UNCHANGED_FOR_EXISTING_UUIDS
 from tol_dagster.validation.emb_digests import (
     NULL_DIGEST,
@@ -57,10 +59,12 @@ def flip_bit(table: pa.Table, row: int, element: int, bit: int) -> pa.Table:
 def inspect(path: Path, **options: object) -> FileFacts:
     return inspect_file(
         path,
-        expected_sha256=None,
-        actual_sha256=None,
-        expected_schema=expected_schema(CONFIG),
-        **options,  # type: ignore[arg-type]
+        **{  # type: ignore[arg-type]
+            "expected_sha256": None,
+            "actual_sha256": None,
+            "expected_schema": expected_schema(CONFIG),
+            **options,
+        },
     )
 
 
@@ -133,6 +137,29 @@ def test_the_gates_digest_table_equals_one_computed_apart(
     assert sorted(table[2].tolist()) == list(range(table.shape[1])), "each row's place, once"
     uuids = pq.read_table(path, columns=["uuid"])["uuid"]
     assert (uuid_row_hashes(uuids)[table[2].astype(np.int64)] == table[0]).all()
+
+
+@pytest.mark.parametrize("sha256_known", [False, True], ids=["hashed-by-the-gate", "known"])
+def test_the_gates_chunk_crcs_are_those_of_each_row_groups_uuid_and_emb_chunks(
+    small_sample: Path, tmp_path: Path, sha256_known: bool
+) -> None:
+    """Taken from the gate's own reads, whether it hashes the file or the download did."""
+    path = sample_file(small_sample)
+    kept = tmp_path / "crcs.npy"
+
+    inspect(path, actual_sha256=sha256_file(path) if sha256_known else None, chunk_crcs_path=kept)
+
+    table = chunk_crcs.load(kept)
+    metadata = pq.read_metadata(path)
+    assert table.shape == (metadata.num_row_groups, 2, 3)
+    data = path.read_bytes()
+    for group in range(metadata.num_row_groups):
+        for column, (offset, length, crc) in zip(
+            ("uuid", "emb"), table[group].tolist(), strict=True
+        ):
+            assert chunk_crcs.chunk_range(metadata.row_group(group), column) == (offset, length)
+            assert zlib.crc32(data[offset : offset + length]) == crc
+    assert (table == chunk_crcs.compute(path)).all()
 
 
 # --- the comparison with the last validated generation ----------------------------------------

@@ -33,10 +33,11 @@ from tol_dagster.slices.checks import slice_checks
 from tol_dagster.slices.counts import expected_count
 from tol_dagster.slices.extract import SliceResult, assemble_slice, extract_segment, extract_slice
 from tol_dagster.slices.keys import SliceKey, arrow_mask, parse_slice_key
-from tol_dagster.slices.locate import Span, Splice, plan_scans
+from tol_dagster.slices.locate import Copy, Span, Splice, plan_scans
 from tol_dagster.slices.write import _range_columns
 from tol_dagster.store.layout import Layout
 from tol_dagster.store.mirror_files import MirrorFile
+from tol_dagster.validation import chunk_crcs
 from tol_dagster.validation.emb_digests import ensure_table
 
 SCHEMA = expected_schema(DEFAULT_CONFIG)
@@ -260,8 +261,9 @@ class PagedMirror:
         self.files, self.layout = files, layout
         build_taxon_index(files, layout, DEFAULT_CONFIG)
         self.index = read_taxon_index(layout, DEFAULT_CONFIG)
-        for file in files:
+        for file in files:  # as the gate keeps them
             ensure_table(file, layout, DEFAULT_CONFIG)
+            chunk_crcs.ensure(file, layout, DEFAULT_CONFIG)
         self.table = pa.concat_tables(pq.read_table(f.path) for f in files)
 
     def extract(self, key: SliceKey, out: Path) -> SliceResult:
@@ -345,6 +347,41 @@ def test_a_damaged_copied_page_fails_the_checks_and_nothing_is_published(
     with pytest.raises(
         ValidationFailed, match=r"emb of .*(differs from the mirror|does not decode)"
     ):
+        paged.extract(key, out)
+    assert out.read_bytes() == before
+    assert [p.name for p in out.parent.iterdir()] == [out.name]
+
+
+def _whole_copied_emb(paged: PagedMirror, key: SliceKey) -> tuple[MirrorFile, int, int]:
+    """A mirror file and the offset and length of the `emb` chunk of a row group that the
+    slice of `key` copies whole."""
+    for scan in plan_scans(key, paged.files, paged.index):
+        for piece in scan.pieces:
+            if isinstance(piece, Copy):
+                group = pq.read_metadata(scan.file.path).row_group(piece.row_group)
+                emb = chunk_crcs.chunk_range(group, "emb")
+                assert emb is not None
+                return scan.file, *emb
+    raise AssertionError(f"{key.name} copies no row group whole")
+
+
+def test_a_row_group_copied_whole_that_rotted_in_the_mirror_fails_the_checks(
+    small_sample: Path, tmp_path: Path
+) -> None:
+    """The gate's chunk crcs, not the mirror's bytes now, prove a row group copied whole: a
+    chunk whose crc differs is decoded and its rows' digests compared with the gate's."""
+    files = _paged(small_sample, tmp_path / "mirror")
+    paged = PagedMirror(files, Layout(tmp_path / "home"))  # crcs of the good bytes
+    key = parse_slice_key("kingdom=Animalia")
+    out = tmp_path / "out" / key.file_name
+    good = paged.extract(key, out)
+    assert good.row_groups_copied > 0 and all(c.passed for c in good.checks)
+    before = out.read_bytes()
+    file, offset, length = _whole_copied_emb(paged, key)
+    data = bytearray(file.path.read_bytes())
+    data[offset + length // 2] ^= 0x01  # in a page's values: rot after the gate
+    file.path.write_bytes(bytes(data))
+    with pytest.raises(ValidationFailed, match=r"emb of .*differs from the mirror"):
         paged.extract(key, out)
     assert out.read_bytes() == before
     assert [p.name for p in out.parent.iterdir()] == [out.name]

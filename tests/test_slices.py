@@ -1127,7 +1127,7 @@ def test_rows_neither_the_pages_nor_pyarrow_can_read_say_the_mirror_file_is_dama
         _extract(mirror, "family=Felidae", tmp_path)
 
 
-def test_row_groups_copied_whole_are_proven_by_their_bytes_without_decoding(
+def test_row_groups_copied_whole_are_proven_by_the_gates_crcs_without_decoding(
     mirror: Mirror, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     key, result, _ = _extract(mirror, "kingdom=Animalia", tmp_path)
@@ -1172,7 +1172,7 @@ def test_a_slice_row_is_found_among_mirror_entries_sharing_its_uuid_hash(tmp_pat
     first = table("first", [5, 7, 7, 9], [50, 70, 71, 90])  # rows 1 and 2 share hash 7
     second = table("second", [11], [110])
     files = [MirrorFile(p.name, "0" * 64, p) for p in (first, second)]
-    mirror = emb_check._Mirror(files, [first, second])
+    mirror = emb_check._Mirror(files, [first, second], [])
     hashes = np.array([7, 11, 13, 9], dtype=np.uint64)
     placed = mirror.place(hashes)
     assert placed.owner.tolist() == [0, 1, -1, 0]

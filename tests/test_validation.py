@@ -456,7 +456,7 @@ def test_hashes_for_the_cross_file_check_are_kept(small_sample: Path, tmp_path: 
     assert hashes.size == facts.rows and np.all(hashes[1:] >= hashes[:-1])
 
 
-def test_hashes_and_digests_are_kept_only_for_the_announced_bytes(
+def test_hashes_digests_and_crcs_are_kept_only_for_the_announced_bytes(
     small_sample: Path, tmp_path: Path
 ) -> None:
     """They are filed under the announced sha256: bytes that are not those must not fill it."""
@@ -464,10 +464,14 @@ def test_hashes_and_digests_are_kept_only_for_the_announced_bytes(
     for expected, kept in (("0" * 64, False), (sha256_file(path), True), (None, True)):
         arrays = tmp_path / str(expected)
         arrays.mkdir()
-        keep = {"uuid_hashes_path": arrays / "h.npy", "emb_digests_path": arrays / "d.npy"}
+        keep = {
+            "uuid_hashes_path": arrays / "h.npy",
+            "emb_digests_path": arrays / "d.npy",
+            "chunk_crcs_path": arrays / "c.npy",
+        }
         facts = inspect(path, expected_sha256=expected, **keep)
         assert facts.result(SHA256_MATCHES_UPSTREAM).passed is kept  # type: ignore[union-attr]
-        assert [p.is_file() for p in keep.values()] == [kept, kept]
+        assert [p.is_file() for p in keep.values()] == [kept, kept, kept]
 
 
 def test_files_inspected_in_parallel_threads_get_the_same_facts(small_sample: Path) -> None:

@@ -17,6 +17,7 @@ from tol_dagster.store.hashing import sha256_file
 from tol_dagster.store.layout import Layout
 from tol_dagster.store.mirror_files import MirrorFile
 from tol_dagster.validation.checks import SCHEMA_MATCHES_CONTRACT
+from tol_dagster.validation.chunk_crcs import crcs_path
 from tol_dagster.validation.emb_digests import digests_path
 from tol_dagster.validation.file_facts import FileFacts, inspect_file
 from tol_dagster.validation.uuid_index import hashes_path
@@ -31,11 +32,11 @@ def file_facts(layout: Layout, config: str, path: Path, sha256: str) -> FileFact
 
     The bytes on disk are hashed again every time: the download hashed them in memory as they
     streamed by, and a file can change after it landed. A file without cached facts is hashed
-    from the gate's own reads (`inspect_file`, which keeps the uuid hashes and emb digests only
-    for bytes that have `sha256`), not read twice. Only facts about bytes that do have `sha256`
-    are cached (with the file's uuid hashes and emb digests); failures are cached too, since
-    the same bytes always give the same facts and the gate reads them to say which check each
-    file failed.
+    from the gate's own reads (`inspect_file`, which keeps the uuid hashes, emb digests and
+    chunk crcs only for bytes that have `sha256`), not read twice. Only facts about bytes that
+    do have `sha256` are cached (with those arrays); failures are cached too, since the same
+    bytes always give the same facts and the gate reads them to say which check each file
+    failed.
     """
     cached = facts_path(layout, config, sha256)
     actual = sha256_file(path) if cached.is_file() else None
@@ -50,6 +51,7 @@ def file_facts(layout: Layout, config: str, path: Path, sha256: str) -> FileFact
         uuid_hashes_path=hashes_path(layout, config, file),
         emb_bounds=emb_bounds(config),
         emb_digests_path=digests_path(layout, config, file),
+        chunk_crcs_path=crcs_path(layout, config, file),
     )
     genuine = facts.sha256.lower() == sha256.lower()
     if genuine:  # last, and in their folder: its fsync makes the arrays' renames durable too

@@ -7,8 +7,10 @@ in the digest tables the gate keeps for the mirror
 files by sha256 (`validation.emb_digests`: uuid hash sorted, `emb` digest, row in the file),
 which places it at a (file, row) of the mirror; places must increase from row to row. Then:
 
-- a slice row group that holds exactly one mirror row group, whole, is proven by comparing its
-  `uuid` and `emb` column chunks with the mirror's byte for byte (the splicer copies them so);
+- a slice row group that holds exactly one mirror row group, whole, is proven by the crc32 of
+  its `uuid` and `emb` column chunks (the splicer copies them as bytes): each must be the one
+  the gate took of the mirror chunk from the reads its sha256 came from
+  (`validation.chunk_crcs`), so bytes that rotted in the mirror since fail;
 - any other rows have their `emb` decoded (from the pages in place, `parquet.list_pages`, or
   by pyarrow for anything unusual) and digested as the gate digests them,
   and each digest must equal the mirror row's (any one changed value is always seen; several
@@ -36,7 +38,9 @@ from tol_dagster.slices.locate import plan_scans, row_group_starts
 from tol_dagster.slices.slice_uuids import RowGroupUuids, read_slice_uuids, row_group_column
 from tol_dagster.store.layout import Layout
 from tol_dagster.store.mirror_files import MirrorFile
+from tol_dagster.validation import chunk_crcs
 from tol_dagster.validation.checks import CheckResult
+from tol_dagster.validation.chunk_crcs import crcs_path
 from tol_dagster.validation.emb_digests import (
     digests_path,
     emb_matrix,
@@ -61,12 +65,18 @@ def check_emb_matches_mirror(
 ) -> CheckResult:
     """See the module's docstring. `index` (the taxon index) narrows the mirror files looked in
     to those the key's rows lie in (every file without it); `layout` and `config` say where the
-    gate keeps their digests (computed here for a file validated before they existed);
+    gate keeps their digests and chunk crcs (computed here for a file validated before they
+    existed);
     `written`, the slice opened by pyarrow, and its `uuids` are read here unless given."""
     candidates = files if index is None else [scan.file for scan in plan_scans(key, files, index)]
     for file in candidates:
         ensure_table(file, layout, config)
-    mirror = _Mirror(candidates, [digests_path(layout, config, f) for f in candidates])
+        chunk_crcs.ensure(file, layout, config)
+    mirror = _Mirror(
+        candidates,
+        [digests_path(layout, config, f) for f in candidates],
+        [crcs_path(layout, config, f) for f in candidates],
+    )
     if written is None:
         with pq.ParquetFile(path) as opened:
             return _check(path, key, opened, mirror, read_slice_uuids(opened))
@@ -86,7 +96,7 @@ def _check(
         placed = mirror.place(hashes)
         owner, row = placed.owner, placed.row
         source = mirror.whole_group(owner, row)
-        if source is not None and _same_chunks(path, written.metadata.row_group(group), *source):
+        if source is not None and _same_chunks(path, written.metadata.row_group(group), source):
             same = np.ones(len(uuids), dtype=bool)
         else:
             try:
@@ -136,9 +146,12 @@ class _Placed:
 class _Mirror:
     """The candidate mirror files: their digest tables (memory-mapped) and footers."""
 
-    def __init__(self, files: Sequence[MirrorFile], tables: Sequence[Path]) -> None:
+    def __init__(
+        self, files: Sequence[MirrorFile], tables: Sequence[Path], crcs: Sequence[Path]
+    ) -> None:
         self.files = files
         self.tables = [_digest_table(path) for path in tables]
+        self.crcs = crcs
 
     def metadata(self, number: int) -> pq.FileMetaData:
         """The footer of candidate file `number` (read once per file version)."""
@@ -176,10 +189,9 @@ class _Mirror:
                         break
         return same
 
-    def whole_group(
-        self, owner: np.ndarray, row: np.ndarray
-    ) -> tuple[Path, pq.RowGroupMetaData] | None:
-        """The mirror file and row group whose rows these are, all of them in order, if so."""
+    def whole_group(self, owner: np.ndarray, row: np.ndarray) -> np.ndarray | None:
+        """The kept chunk crcs (`chunk_crcs`) of the mirror row group whose rows these are, all
+        of them in order, if so."""
         if not owner.size or owner[0] < 0 or (owner != owner[0]).any():
             return None
         if not (row == row[0] + np.arange(row.size)).all():
@@ -189,7 +201,8 @@ class _Mirror:
         group = int(np.searchsorted(starts, row[0], side="right")) - 1
         if starts[group] != row[0] or meta.row_group(group).num_rows != row.size:
             return None
-        return self.files[int(owner[0])].path, meta.row_group(group)
+        kept = _crc_table(self.crcs[int(owner[0])])
+        return kept[group] if group < len(kept) else None
 
 
 @per_file_version(maxsize=64)
@@ -198,6 +211,12 @@ def _digest_table(path: Path) -> np.ndarray:
     slices against the same few. Seen as a plain array (the same pages, which it keeps
     mapped): `np.memmap` runs Python on every index taken, ~half the lookups' time."""
     return np.asarray(np.load(path, mmap_mode="r"))
+
+
+@per_file_version(maxsize=64)
+def _crc_table(path: Path) -> np.ndarray:
+    """A mirror file's kept chunk crcs, read once per file version."""
+    return chunk_crcs.load(path)
 
 
 @per_file_version(maxsize=64)
@@ -230,47 +249,16 @@ def _equal_at(keys: np.ndarray, at: np.ndarray, wanted: np.ndarray) -> np.ndarra
     return equal
 
 
-def _same_chunks(
-    path: Path, ours: pq.RowGroupMetaData, source: Path, theirs: pq.RowGroupMetaData
-) -> bool:
-    """Whether the `uuid` and `emb` column chunks of a slice row group and a mirror row group
-    are the same bytes (as pyarrow's reading of both footers locates them)."""
-    for column in ("uuid", "emb"):
-        mine, other = _chunk_range(ours, column), _chunk_range(theirs, column)
-        if mine is None or other is None or mine[1] != other[1]:
-            return False
-        if not _same_bytes(path, mine[0], source, other[0], mine[1]):
-            return False
-    return True
-
-
-def _chunk_range(row_group: pq.RowGroupMetaData, column: str) -> tuple[int, int] | None:
-    """(offset, length) of `column`'s chunk in `row_group`, its dictionary page included."""
-    for index in range(row_group.num_columns):
-        chunk = row_group.column(index)
-        if chunk.path_in_schema.split(".")[0] == column:
-            start = chunk.data_page_offset
-            if chunk.has_dictionary_page and chunk.dictionary_page_offset:
-                start = min(start, chunk.dictionary_page_offset)
-            return start, chunk.total_compressed_size
-    return None
-
-
-#: Bytes compared at a time by `_same_bytes`.
-COMPARE_BLOCK = 8 << 20
-
-
-def _same_bytes(a: Path, start_a: int, b: Path, start_b: int, length: int) -> bool:
-    """Whether two byte ranges are equal, read a block at a time (memory stays flat)."""
-    with open(a, "rb") as left, open(b, "rb") as right:
-        left.seek(start_a)
-        right.seek(start_b)
-        while length > 0:
-            size = min(length, COMPARE_BLOCK)
-            block = left.read(size)
-            if len(block) != size or block != right.read(size):
+def _same_chunks(path: Path, ours: pq.RowGroupMetaData, kept: np.ndarray) -> bool:
+    """Whether the `uuid` and `emb` column chunks of a slice row group are, by length and
+    crc32, the mirror chunks the gate read (`kept`: their (offset, length, crc) rows)."""
+    with open(path, "rb") as handle:
+        for column, (_, length, crc) in zip(chunk_crcs.COLUMNS, kept.tolist(), strict=True):
+            mine = chunk_crcs.chunk_range(ours, column)
+            if mine is None or mine[1] != length:
                 return False
-            length -= size
+            if chunk_crcs.crc_of(handle, *mine) != crc:
+                return False
     return True
 
 

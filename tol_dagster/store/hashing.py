@@ -8,9 +8,11 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import zlib
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -39,15 +41,22 @@ class HashingFile(io.RawIOBase):
     it for the hash. Each byte is hashed once, in file order: bytes a read skips over are read
     and hashed first, bytes read again are not hashed again, and `sha256` reads the rest.
 
+    The same reads give the crc32 of byte ranges named by `track` (the gate keeps those of each
+    row group's `uuid` and `emb` column chunks, so that a slice copying them can prove later
+    that they are the bytes it verified). With the sha256 `known` already, nothing is hashed
+    and, beyond what the reader reads, only the tracked ranges are read.
+
     Wrap it in `io.BufferedReader` for small reads; seeks within that buffer stay there, so a
     page reader's headers and bodies reach this file as one sequential stream."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, known: str | None = None) -> None:
         super().__init__()
         self._fd = os.open(path, os.O_RDONLY)
         self.name = str(path)
         self._position = self._hashed = 0
-        self._digest = hashlib.sha256()
+        self._known = known
+        self._digest = hashlib.sha256() if known is None else None
+        self._ranges: list[_Crc] = []
 
     def readable(self) -> bool:
         return True
@@ -64,14 +73,29 @@ class HashingFile(io.RawIOBase):
         read = os.readv(self._fd, [buffer])  # from the file's offset, which it moves on
         start, self._position = self._position, self._position + read
         if self._position > self._hashed:
-            self._digest.update(memoryview(buffer).cast("B")[self._hashed - start : read])
+            self._seen(self._hashed, memoryview(buffer).cast("B")[self._hashed - start : read])
             self._hashed = self._position
         return read
 
+    def track(self, ranges: Sequence[tuple[int, int]]) -> None:
+        """Take the crc32 of each (offset, length) range from here on; before any read."""
+        if self._hashed:
+            raise ValueError("ranges are tracked from the file's first read")
+        self._ranges = [_Crc(offset, offset + length) for offset, length in ranges]
+
     def sha256(self) -> str:
         """Hex sha256 of the whole file (the bytes not read so far are read now)."""
+        if self._known is not None:
+            return self._known
         self._hash_to(None)
+        assert self._digest is not None
         return self._digest.hexdigest()
+
+    def crcs(self) -> list[int | None]:
+        """The crc32 of each tracked range (the bytes not read so far are read now); None for
+        a range past the end of the file."""
+        self._hash_to(None)
+        return [r.crc if r.seen == r.end - r.start else None for r in self._ranges]
 
     def close(self) -> None:
         if not self.closed:
@@ -79,28 +103,57 @@ class HashingFile(io.RawIOBase):
         super().close()
 
     def _hash_to(self, end: int | None) -> None:
-        """Hash the bytes from the last hashed one to `end` (None: the end of the file)."""
+        """Take in the bytes from the last one taken to `end` (None: the end of the file):
+        all of them for the sha256, else only those of tracked ranges."""
         while end is None or self._hashed < end:
-            want = CHUNK_BYTES if end is None else min(CHUNK_BYTES, end - self._hashed)
-            block = os.pread(self._fd, want, self._hashed)
+            start = self._hashed if self._digest is not None else self._next_tracked()
+            if start is None or (end is not None and start >= end):
+                self._hashed = max(self._hashed, end or 0)
+                return
+            stop = start + CHUNK_BYTES if end is None else min(start + CHUNK_BYTES, end)
+            if self._digest is None:
+                stop = min(stop, min(r.end for r in self._ranges if r.end > start))
+            block = os.pread(self._fd, stop - start, start)
             if not block:
                 return
+            self._seen(start, memoryview(block))
+            self._hashed = start + len(block)
+
+    def _next_tracked(self) -> int | None:
+        """The first byte from the last one taken on that lies in a tracked range."""
+        starts = [max(r.start, self._hashed) for r in self._ranges]
+        return min(
+            (s for s, r in zip(starts, self._ranges, strict=True) if r.end > s), default=None
+        )
+
+    def _seen(self, offset: int, block: memoryview) -> None:
+        """Bytes [offset, offset + len(block)) of the file, each seen once, in file order."""
+        if self._digest is not None:
             self._digest.update(block)
-            self._hashed += len(block)
+        end = offset + len(block)
+        for crc in self._ranges:
+            if crc.start < end and crc.end > offset:
+                part = block[max(crc.start, offset) - offset : min(crc.end, end) - offset]
+                crc.crc = zlib.crc32(part, crc.crc)
+                crc.seen += len(part)
+
+
+@dataclass
+class _Crc:
+    """A tracked range [start, end) and the crc32 of its bytes seen so far."""
+
+    start: int
+    end: int
+    crc: int = 0
+    seen: int = 0
 
 
 @contextmanager
-def hashed_reads(
-    path: Path, known: str | None
-) -> Iterator[tuple[BinaryIO | None, Callable[[], str]]]:
-    """A handle on the file at `path` for a reader that reads most of it, and a function giving
-    the file's sha256 after (`HashingFile`); with the sha256 `known` already, no handle (None:
-    the reader opens the file its own way) and that sha256."""
-    if known is not None:
-        yield None, lambda: known
-        return
-    with HashingFile(path) as raw, io.BufferedReader(raw) as handle:
-        yield handle, raw.sha256
+def hashed_reads(path: Path, known: str | None) -> Iterator[tuple[BinaryIO, HashingFile]]:
+    """A handle on the file at `path` for a reader that reads most of it, and the
+    `HashingFile` under it, which gives the file's sha256 after (`known` already: that one)."""
+    with HashingFile(path, known) as raw, io.BufferedReader(raw) as handle:
+        yield handle, raw
 
 
 def usable_cores() -> int:

@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 
 from tol_dagster.schema import METADATA_COLUMNS, SORT_KEY, STRING_COLUMNS, EmbBounds
 from tol_dagster.store.hashing import hashed_reads
-from tol_dagster.validation import emb_digests, emb_scan, uuid_index
+from tol_dagster.validation import chunk_crcs, emb_digests, emb_scan, uuid_index
 from tol_dagster.validation.checks import (
     EMB_FINITE,
     EMB_NORMS_WITHIN_BOUNDS,
@@ -123,35 +123,35 @@ def inspect_file(
     uuid_hashes_path: Path | None = None,
     emb_bounds: EmbBounds | None = None,
     emb_digests_path: Path | None = None,
+    chunk_crcs_path: Path | None = None,
 ) -> FileFacts:
     """Run every per-file check on the parquet file at `path` and return what it learned.
 
-    `actual_sha256`: the hash the download computed while streaming; None hashes the file from
-    the gate's own reads (`hashing.HashingFile`). `expected_sha256` None (nothing announced
-    upstream) passes with a note. Every data page of every column is decoded exactly once
-    (metadata columns for the expectations and the sort, `emb` for the NaN check), so a
-    truncated or undecodable page fails `rows_match_footer`; a bit flip that still decodes is
-    the sha256 check's to catch (in `emb`, the emb checks' too). No footer: every later check
-    is reported failed, not run. `uuid_hashes_path` (`uuid_index.hashes_path`) receives the
-    sorted uuid hashes for the cross-file uniqueness check; `emb_digests_path`
-    (`emb_digests.digests_path`) each uuid's `emb` digest, for `emb_unchanged_for_existing_uuids`
-    (the caller's next atomic write in their folder makes both renames durable); neither is
-    written for bytes that are not the announced ones. `emb_bounds` None: norms pass, noted.
+    `actual_sha256`: the download's, streamed; None: hashed from the gate's own reads
+    (`hashing.HashingFile`). `expected_sha256` None (nothing announced) passes, noted. Every
+    data page is decoded once: an undecodable one fails `rows_match_footer`, a flip that still
+    decodes is the sha256's (in `emb` the emb checks' too). No footer: later checks fail, not run.
+    Kept for the announced bytes only: the sorted uuid hashes (`uuid_hashes_path`), each row's
+    `emb` digest (`emb_digests_path`), the crc32s of each row group's `uuid` and `emb` chunks from
+    the sha256's reads (`chunk_crcs_path`). `emb_bounds` None: norms pass, noted.
     """
     path = Path(path)
     name = path.name
-    with hashed_reads(path, actual_sha256) as (handle, file_sha256):
+    with hashed_reads(path, actual_sha256) as (handle, reads):
         try:
             parquet = _open(path)
             schema = parquet.schema_arrow
         except Exception as error:  # pyarrow raises several types for a broken footer
-            return _unreadable_footer(path, expected_sha256, file_sha256(), error)
+            return _unreadable_footer(path, expected_sha256, reads.sha256(), error)
+        chunks = chunk_crcs.ranges(parquet.metadata)
+        reads.track(chunks or [])
         metadata = _read_metadata(path, parquet, schema)
         emb = emb_scan.scan_emb(path, parquet, emb_bounds, handle)
-        sha256 = file_sha256()
+        sha256, crcs = reads.sha256(), reads.crcs()
     results = [check_sha256(name, expected_sha256, sha256), _footer_result(name, parquet)]
     if not results[0].passed:
-        uuid_hashes_path = emb_digests_path = None  # kept for the announced bytes only
+        uuid_hashes_path = emb_digests_path = chunk_crcs_path = None  # announced bytes only
+    chunk_crcs.keep(chunk_crcs_path, chunks, crcs)
     results += _schema_results(name, schema, expected_schema, last_validated_schema)
     results.append(_rows_result(name, parquet.metadata.num_rows, metadata, emb))
     results.append(emb_scan.emb_finite_result(name, emb))

@@ -1,0 +1,129 @@
+"""The crc32 of each row group's `uuid` and `emb` column chunks as the gate read them, kept per
+validated file, so that a slice row group copied whole from the mirror is proven to be the
+bytes the gate verified, not merely the bytes on disk now.
+
+Why: the slice check proves such a row group without decoding it (`slices.emb_check`).
+Comparing its chunks with the mirror file's passed bytes that rotted in the mirror after the
+gate (until the audit re-hashes it): the splicer copies the same rotten bytes. The gate takes
+these crcs from the very reads its sha256 comes from (`store.hashing.HashingFile`): ~7 GB/s,
+against decoding the row group again. A crc32 sees every burst of up to 32 flipped bits and
+misses other random damage with odds of 2**-32; rot is the threat here, since a process that
+can write to the mirror can write the crcs as well.
+"""
+
+from __future__ import annotations
+
+import zlib
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from tol_dagster.store.durable import atomic_path
+from tol_dagster.store.file_cache import derived_path
+from tol_dagster.store.layout import Layout
+from tol_dagster.store.mirror_files import MirrorFile
+
+#: The kept table: per row group, (offset, length, crc32) of its `uuid` and `emb` chunks.
+CRCS_NAME = "chunk_crcs.v1.npy"
+#: The columns whose chunks are kept, in the table's order.
+COLUMNS = ("uuid", "emb")
+#: Bytes read at a time when a crc is computed from a file.
+BLOCK = 8 << 20
+
+
+def crcs_path(layout: Layout, config: str, file: MirrorFile) -> Path:
+    """Where the chunk crcs of `file` (by its sha256) are kept."""
+    return derived_path(layout, config, file, CRCS_NAME)
+
+
+def chunk_range(row_group: pq.RowGroupMetaData, column: str) -> tuple[int, int] | None:
+    """(offset, length) of top-level `column`'s chunk in `row_group`, its dictionary page
+    included; None if the row group has no such column (or it has several leaves)."""
+    found = [
+        row_group.column(i)
+        for i in range(row_group.num_columns)
+        if row_group.column(i).path_in_schema.split(".")[0] == column
+    ]
+    if len(found) != 1:
+        return None
+    chunk = found[0]
+    start = chunk.data_page_offset
+    if chunk.has_dictionary_page and chunk.dictionary_page_offset:
+        start = min(start, chunk.dictionary_page_offset)
+    return start, chunk.total_compressed_size
+
+
+def ranges(metadata: pq.FileMetaData) -> list[tuple[int, int]] | None:
+    """The ranges to keep crcs of, row group by row group, in COLUMNS order; None if a row
+    group lacks one of COLUMNS."""
+    found = [
+        chunk_range(metadata.row_group(group), column)
+        for group in range(metadata.num_row_groups)
+        for column in COLUMNS
+    ]
+    return None if None in found else [r for r in found if r is not None]
+
+
+def table(chunks: list[tuple[int, int]], crcs: list[int | None]) -> np.ndarray | None:
+    """The kept table (row groups, COLUMNS, 3) of `ranges` and their crcs; None if a crc is
+    missing (a range past the end of the file)."""
+    if None in crcs:
+        return None
+    rows = [(offset, length, crc) for (offset, length), crc in zip(chunks, crcs, strict=True)]
+    return np.array(rows, dtype=np.uint64).reshape(-1, len(COLUMNS), 3)
+
+
+def keep(path: Path | None, chunks: list[tuple[int, int]] | None, crcs: list[int | None]) -> None:
+    """Save the table of the gate's `chunks` (`ranges`) and their `crcs` at `path` when both are
+    given and every chunk was read whole (`save` without the directory's fsync)."""
+    kept = None if path is None or chunks is None else table(chunks, crcs)
+    if path is not None and kept is not None:
+        save(path, kept, sync_dir=False)
+
+
+def save(path: Path, kept: np.ndarray, *, sync_dir: bool = True) -> None:
+    """Write the table atomically; `sync_dir` as for `atomic_path`."""
+    with atomic_path(path, sync_dir=sync_dir) as temp, open(temp, "wb") as handle:
+        np.save(handle, kept, allow_pickle=False)
+
+
+def load(path: Path) -> np.ndarray:
+    """A kept table."""
+    return np.asarray(np.load(path, allow_pickle=False))
+
+
+def compute(path: Path) -> np.ndarray:
+    """The table of the parquet file at `path` from its bytes on disk now (for a file the gate
+    validated before the crcs were kept)."""
+    chunks = ranges(pq.read_metadata(path))
+    if chunks is None:
+        raise ValueError(f"{path}: a row group lacks one of the columns {', '.join(COLUMNS)}")
+    with open(path, "rb") as handle:
+        kept = table(chunks, [crc_of(handle, offset, length) for offset, length in chunks])
+    if kept is None:
+        raise ValueError(f"{path}: a column chunk runs past the end of the file")
+    return kept
+
+
+def ensure(file: MirrorFile, layout: Layout, config: str) -> bool:
+    """Make sure `file`'s table is kept; True if it had to be computed."""
+    path = crcs_path(layout, config, file)
+    if path.is_file():
+        return False
+    save(path, compute(file.path))
+    return True
+
+
+def crc_of(handle: BinaryIO, offset: int, length: int) -> int | None:
+    """The crc32 of `length` bytes at `offset` of an open binary file; None if it ends before."""
+    crc = 0
+    handle.seek(offset)
+    while length > 0:
+        block = handle.read(min(length, BLOCK))
+        if not block:
+            return None
+        crc = zlib.crc32(block, crc)
+        length -= len(block)
+    return crc
