@@ -96,6 +96,7 @@ from tol_dagster.slices.write import EMB_MIN_GAIN, ZSTD_LEVEL
 from tol_dagster.store.hashing import sha256_file
 from tol_dagster.store.layout import Layout
 from tol_dagster.store.mirror_files import MirrorFile
+from tol_dagster.validation import chunk_crcs
 from tol_dagster.validation.checks import CheckResult
 from tol_dagster.validation.emb_digests import ensure_table
 
@@ -161,9 +162,10 @@ def prepare(workdir: Path, rows: int, files: int, row_group_size: int, seed: int
     build_summaries(mirror, layout, CONFIG)
     print(f"summaries (lineage, for the ranks' homonyms): {time.perf_counter() - started:.1f} s")
     started = time.perf_counter()
-    computed = sum(ensure_table(f, layout, CONFIG) for f in mirror)
+    made = [ensure_table(f, layout, CONFIG) | chunk_crcs.ensure(f, layout, CONFIG) for f in mirror]
+    computed = sum(made)
     print(
-        f"emb digests the gate keeps per file: {computed} computed "
+        f"emb digests and chunk crcs the gate keeps per file: {computed} computed "
         f"({time.perf_counter() - started:.1f} s), {len(mirror) - computed} kept"
     )
 

@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from tol_dagster.devtools.sample import build_sample
+from tol_dagster.errors import StoreError
 from tol_dagster.schema import DEFAULT_CONFIG, EMB_BOUNDS, emb_bounds, expected_schema
 from tol_dagster.store.hashing import sha256_file
 from tol_dagster.store.layout import Layout
@@ -159,7 +160,29 @@ def test_the_gates_chunk_crcs_are_those_of_each_row_groups_uuid_and_emb_chunks(
         ):
             assert chunk_crcs.chunk_range(metadata.row_group(group), column) == (offset, length)
             assert zlib.crc32(data[offset : offset + length]) == crc
-    assert (table == chunk_crcs.compute(path)).all()
+    assert (table == chunk_crcs.compute(MirrorFile(path.name, sha256_file(path), path))).all()
+
+
+def test_chunk_crcs_computed_for_an_older_mirror_are_of_the_verified_bytes_only(
+    small_sample: Path, tmp_path: Path
+) -> None:
+    """A mirror the gate validated before the crcs were kept: they are taken from a read that
+    re-hashes the file, and refused for bytes that changed since it was verified."""
+    layout = Layout(tmp_path / "home")
+    source = sample_file(small_sample)
+    file = MirrorFile(source.name, sha256_file(source), tmp_path / source.name)
+    data = bytearray(source.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    file.path.write_bytes(bytes(data))
+    with pytest.raises(StoreError, match=r"no longer has the sha256.*tol-dagster sync"):
+        chunk_crcs.ensure(file, layout, CONFIG)
+    assert not chunk_crcs.crcs_path(layout, CONFIG, file).exists()
+    file.path.write_bytes(source.read_bytes())
+    assert chunk_crcs.ensure(file, layout, CONFIG)
+    assert not chunk_crcs.ensure(file, layout, CONFIG)  # kept: not computed again
+    assert (
+        chunk_crcs.load(chunk_crcs.crcs_path(layout, CONFIG, file)) == chunk_crcs.compute(file)
+    ).all()
 
 
 # --- the comparison with the last validated generation ----------------------------------------

@@ -20,8 +20,10 @@ from typing import BinaryIO
 import numpy as np
 import pyarrow.parquet as pq
 
+from tol_dagster.errors import StoreError
 from tol_dagster.store.durable import atomic_path
 from tol_dagster.store.file_cache import derived_path
+from tol_dagster.store.hashing import HashingFile
 from tol_dagster.store.layout import Layout
 from tol_dagster.store.mirror_files import MirrorFile
 
@@ -94,16 +96,22 @@ def load(path: Path) -> np.ndarray:
     return np.asarray(np.load(path, allow_pickle=False))
 
 
-def compute(path: Path) -> np.ndarray:
-    """The table of the parquet file at `path` from its bytes on disk now (for a file the gate
-    validated before the crcs were kept)."""
-    chunks = ranges(pq.read_metadata(path))
+def compute(file: MirrorFile) -> np.ndarray:
+    """The table of a mirror file the gate validated before the crcs were kept, from one read
+    of all of it: its bytes must still hash to its sha256, so the crcs are of the bytes the
+    gate verified (StoreError if they do not: the file changed on disk since)."""
+    chunks = ranges(pq.read_metadata(file.path))
     if chunks is None:
-        raise ValueError(f"{path}: a row group lacks one of the columns {', '.join(COLUMNS)}")
-    with open(path, "rb") as handle:
-        kept = table(chunks, [crc_of(handle, offset, length) for offset, length in chunks])
-    if kept is None:
-        raise ValueError(f"{path}: a column chunk runs past the end of the file")
+        raise StoreError(f"{file.path}: a row group lacks one of the columns {', '.join(COLUMNS)}")
+    with HashingFile(file.path) as reads:
+        reads.track(chunks)
+        sha256, kept = reads.sha256(), table(chunks, reads.crcs())
+    if sha256 != file.sha256.lower() or kept is None:
+        raise StoreError(
+            f"mirror file {file.path} no longer has the sha256 it was verified with "
+            f"({file.sha256[:12]}..., now {sha256[:12]}...): it changed on disk. Run "
+            "`tol-dagster sync`: it verifies the mirror's files again and fetches this one anew."
+        )
     return kept
 
 
@@ -112,7 +120,7 @@ def ensure(file: MirrorFile, layout: Layout, config: str) -> bool:
     path = crcs_path(layout, config, file)
     if path.is_file():
         return False
-    save(path, compute(file.path))
+    save(path, compute(file))
     return True
 
 
