@@ -2,9 +2,9 @@
 validated file, so that a slice row group copied whole from the mirror is proven to be the
 bytes the gate verified, not merely the bytes on disk now.
 
-Why: the slice check proves such a row group without decoding it (`slices.emb_check`).
-Comparing its chunks with the mirror file's passed bytes that rotted in the mirror after the
-gate (until the audit re-hashes it): the splicer copies the same rotten bytes. The gate takes
+Why: the slice check proves such a row group without decoding it (`slices.emb_check`). A
+comparison of its chunks with the mirror file's bytes passed bytes that rotted in the mirror
+after the gate (until the audit re-hashes it), since the splicer copies the same rotten bytes. The gate takes
 these crcs from the very reads its sha256 comes from (`store.hashing.HashingFile`): ~7 GB/s,
 against decoding the row group again. A crc32 sees every burst of up to 32 flipped bits and
 misses other random damage with odds of 2**-32; rot is the threat here, since a process that
@@ -109,8 +109,9 @@ def compute(file: MirrorFile) -> np.ndarray:
     if sha256 != file.sha256.lower() or kept is None:
         raise StoreError(
             f"mirror file {file.path} no longer has the sha256 it was verified with "
-            f"({file.sha256[:12]}..., now {sha256[:12]}...): it changed on disk. Run "
-            "`tol-dagster sync`: it verifies the mirror's files again and fetches this one anew."
+            f"({file.sha256[:12]}..., now {sha256[:12]}...): it changed on disk. Run the "
+            "mirror's audit (the `mirror_matches_manifest` check, in the UI) so that it names "
+            "the file, then `tol-dagster sync` fetches it again."
         )
     return kept
 
