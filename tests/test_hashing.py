@@ -86,10 +86,9 @@ def test_the_crcs_of_tracked_ranges_are_their_bytes_whatever_the_reads(
         content = rng.randbytes(size)
         path = tmp_path / f"{trial}.bin"
         path.write_bytes(content)
-        ranges = []
-        for _ in range(rng.randrange(0, 6)):  # overlapping, empty, past the end: any
-            start = rng.randrange(0, size + 100)
-            ranges.append((start, rng.choice([0, 1, rng.randrange(0, size + 50)])))
+        # in file order and apart, as `track` takes them: adjacent, empty, past the end too
+        cuts = sorted(rng.randrange(0, size + 100) for _ in range(2 * rng.randrange(0, 6)))
+        ranges = [(start, stop - start) for start, stop in zip(cuts[::2], cuts[1::2], strict=True)]
         raw = HashingFile(path, known)
         raw.track(ranges)
         with (
@@ -127,9 +126,15 @@ def test_with_a_known_sha256_only_tracked_bytes_are_read_beyond_the_readers(
     assert read == [(10_000, 500), (60_000, 20)]
 
 
-def test_ranges_are_tracked_from_the_first_read(tmp_path: Path) -> None:
+def test_ranges_are_tracked_from_the_first_read_in_file_order_and_apart(tmp_path: Path) -> None:
     path = tmp_path / "f.bin"
     path.write_bytes(b"abcdef")
+    with HashingFile(path) as raw:
+        for refused in ([(2, 2), (0, 1)], [(0, 3), (2, 2)], [(0, -1)]):
+            with pytest.raises(ValueError, match="file order"):
+                raw.track(refused)
+        raw.track([(0, 2), (2, 0), (2, 2), (5, 9)])  # adjacent, empty and past the end are fine
+        assert raw.crcs() == [zlib.crc32(b"ab"), 0, zlib.crc32(b"cd"), None]
     with HashingFile(path) as raw:
         raw.read(2)
         with pytest.raises(ValueError, match="first read"):

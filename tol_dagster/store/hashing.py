@@ -9,10 +9,12 @@ import hashlib
 import io
 import os
 import zlib
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
+from itertools import pairwise
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -44,7 +46,9 @@ class HashingFile(io.RawIOBase):
     The same reads give the crc32 of byte ranges named by `track` (the gate keeps those of each
     row group's `uuid` and `emb` column chunks, so that a slice copying them can prove later
     that they are the bytes it verified). With the sha256 `known` already, nothing is hashed
-    and, beyond what the reader reads, only the tracked ranges are read.
+    and, beyond what the reader reads, only the tracked ranges are read. The ranges come in
+    file order and apart, so each read touches only the few it overlaps (a footer of many row
+    groups must not make the gate quadratic).
 
     Wrap it in `io.BufferedReader` for small reads; seeks within that buffer stay there, so a
     page reader's headers and bodies reach this file as one sequential stream."""
@@ -57,6 +61,7 @@ class HashingFile(io.RawIOBase):
         self._known = known
         self._digest = hashlib.sha256() if known is None else None
         self._ranges: list[_Crc] = []
+        self._pending: deque[_Crc] = deque()  # ranges not read to their end yet, in order
 
     def readable(self) -> bool:
         return True
@@ -72,16 +77,20 @@ class HashingFile(io.RawIOBase):
         self._hash_to(self._position)
         read = os.readv(self._fd, [buffer])  # from the file's offset, which it moves on
         start, self._position = self._position, self._position + read
-        if self._position > self._hashed:
+        if read and self._position > self._hashed:  # nothing past the end moves it
             self._seen(self._hashed, memoryview(buffer).cast("B")[self._hashed - start : read])
             self._hashed = self._position
         return read
 
     def track(self, ranges: Sequence[tuple[int, int]]) -> None:
-        """Take the crc32 of each (offset, length) range from here on; before any read."""
+        """Take the crc32 of each (offset, length) range from here on, before any read; the
+        ranges in file order, none overlapping the next (`ordered`)."""
         if self._hashed:
             raise ValueError("ranges are tracked from the file's first read")
+        if not ordered(ranges):
+            raise ValueError("tracked ranges must come in file order, apart")
         self._ranges = [_Crc(offset, offset + length) for offset, length in ranges]
+        self._pending = deque(r for r in self._ranges if r.end > r.start)
 
     def sha256(self) -> str:
         """Hex sha256 of the whole file (the bytes not read so far are read now)."""
@@ -112,7 +121,7 @@ class HashingFile(io.RawIOBase):
                 return
             stop = start + CHUNK_BYTES if end is None else min(start + CHUNK_BYTES, end)
             if self._digest is None:
-                stop = min(stop, min(r.end for r in self._ranges if r.end > start))
+                stop = min(stop, self._pending[0].end)  # the range `start` lies in
             block = os.pread(self._fd, stop - start, start)
             if not block:
                 return
@@ -121,21 +130,28 @@ class HashingFile(io.RawIOBase):
 
     def _next_tracked(self) -> int | None:
         """The first byte from the last one taken on that lies in a tracked range."""
-        starts = [max(r.start, self._hashed) for r in self._ranges]
-        return min(
-            (s for s, r in zip(starts, self._ranges, strict=True) if r.end > s), default=None
-        )
+        return max(self._pending[0].start, self._hashed) if self._pending else None
 
     def _seen(self, offset: int, block: memoryview) -> None:
         """Bytes [offset, offset + len(block)) of the file, each seen once, in file order."""
         if self._digest is not None:
             self._digest.update(block)
         end = offset + len(block)
-        for crc in self._ranges:
-            if crc.start < end and crc.end > offset:
-                part = block[max(crc.start, offset) - offset : min(crc.end, end) - offset]
-                crc.crc = zlib.crc32(part, crc.crc)
-                crc.seen += len(part)
+        for crc in self._pending:
+            if crc.start >= end:
+                break
+            part = block[max(crc.start, offset) - offset : min(crc.end, end) - offset]
+            crc.crc = zlib.crc32(part, crc.crc)
+            crc.seen += len(part)
+        while self._pending and self._pending[0].end <= end:
+            self._pending.popleft()
+
+
+def ordered(ranges: Sequence[tuple[int, int]]) -> bool:
+    """Whether (offset, length) ranges come in file order, each ending before the next starts."""
+    return all(length >= 0 for _, length in ranges) and all(
+        start + length <= following for (start, length), (following, _) in pairwise(ranges)
+    )
 
 
 @dataclass

@@ -4,9 +4,9 @@ bytes the gate verified, not merely the bytes on disk now.
 
 Why: the slice check proves such a row group without decoding it (`slices.emb_check`). A
 comparison of its chunks with the mirror file's bytes passed bytes that rotted in the mirror
-after the gate (until the audit re-hashes it), since the splicer copies the same rotten bytes. The gate takes
-these crcs from the very reads its sha256 comes from (`store.hashing.HashingFile`): ~7 GB/s,
-against decoding the row group again. A crc32 sees every burst of up to 32 flipped bits and
+after the gate (until the audit re-hashes it), since the splicer copies the same rotten
+bytes. The gate takes these crcs from the very reads its sha256 comes from
+(`store.hashing.HashingFile`): ~7 GB/s, against decoding the row group again. A crc32 sees every burst of up to 32 flipped bits and
 misses other random damage with odds of 2**-32; rot is the threat here, since a process that
 can write to the mirror can write the crcs as well.
 """
@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 from tol_dagster.errors import StoreError
 from tol_dagster.store.durable import atomic_path
 from tol_dagster.store.file_cache import derived_path
-from tol_dagster.store.hashing import HashingFile
+from tol_dagster.store.hashing import HashingFile, ordered
 from tol_dagster.store.layout import Layout
 from tol_dagster.store.mirror_files import MirrorFile
 
@@ -59,13 +59,15 @@ def chunk_range(row_group: pq.RowGroupMetaData, column: str) -> tuple[int, int] 
 
 def ranges(metadata: pq.FileMetaData) -> list[tuple[int, int]] | None:
     """The ranges to keep crcs of, row group by row group, in COLUMNS order; None if a row
-    group lacks one of COLUMNS."""
+    group lacks one of COLUMNS or the chunks are not laid out in that order, apart (a footer
+    no writer we know makes)."""
     found = [
         chunk_range(metadata.row_group(group), column)
         for group in range(metadata.num_row_groups)
         for column in COLUMNS
     ]
-    return None if None in found else [r for r in found if r is not None]
+    chunks = [r for r in found if r is not None]
+    return chunks if len(chunks) == len(found) and ordered(chunks) else None
 
 
 def table(chunks: list[tuple[int, int]], crcs: list[int | None]) -> np.ndarray | None:
@@ -102,7 +104,10 @@ def compute(file: MirrorFile) -> np.ndarray:
     gate verified (StoreError if they do not: the file changed on disk since)."""
     chunks = ranges(pq.read_metadata(file.path))
     if chunks is None:
-        raise StoreError(f"{file.path}: a row group lacks one of the columns {', '.join(COLUMNS)}")
+        raise StoreError(
+            f"{file.path}: a row group lacks one of the columns {', '.join(COLUMNS)}, or their "
+            "chunks are not laid out one after another: its row groups cannot be proven whole"
+        )
     with HashingFile(file.path) as reads:
         reads.track(chunks)
         sha256, kept = reads.sha256(), table(chunks, reads.crcs())
