@@ -351,6 +351,7 @@ def run_rank_way(way: str, rank: str, workdir: Path, workers: int) -> Measure:
     if way == "rank-copy":
         glob = str(mirror[0].path.parent / "*.parquet")
         out = workdir / "out" / "rank-copy"
+        out.parent.mkdir(parents=True, exist_ok=True)  # DuckDB makes `out` alone
         with duck.cursor() as con:
             con.execute(
                 f"COPY (SELECT * FROM read_parquet('{glob}')) TO '{out}' "
