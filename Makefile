@@ -44,7 +44,7 @@ lint: setup
 	$(BIN)/ruff format --check .
 
 typecheck: setup
-	$(BIN)/mypy tol_dagster
+	$(BIN)/mypy tol_dagster bench
 
 unit: setup
 	$(BIN)/pytest -n 2 --durations=15

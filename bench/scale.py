@@ -193,7 +193,7 @@ def broker_reachable() -> bool:
 
 def largest_family(mirror: Path) -> str:
     """The family with the most rows in the synced mirror: the slice every mode cuts."""
-    rows = duckdb.sql(
+    rows = duckdb.execute(
         f"SELECT family FROM read_parquet('{mirror}/*.parquet') WHERE family IS NOT NULL "
         "GROUP BY family ORDER BY count(*) DESC, family LIMIT 1"
     ).fetchall()

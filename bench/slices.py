@@ -528,7 +528,7 @@ def emb_gain(path: Path) -> float:
 def bench_slice(
     role: str, key: str, workdir: Path, runs: int, species_or: bool, unspliced: bool = False
 ) -> dict[str, Measure]:
-    ways = WAYS if role != "largest kingdom" else ("ours", "checked", "floor")
+    ways: tuple[str, ...] = WAYS if role != "largest kingdom" else ("ours", "checked", "floor")
     ways += (UNSPLICED,) if unspliced and role != "largest kingdom" else ()
     med = rounds(ways, key, workdir, runs, species_or, "ours")
     base = med.get("copy")
