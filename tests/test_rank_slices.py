@@ -359,6 +359,34 @@ def test_a_value_failing_its_checks_stays_as_it_was_and_the_rest_of_its_group_is
     assert all(c.passed for c in again.built[0].checks)
 
 
+def test_a_slice_of_a_groups_rows_or_more_is_read_by_its_own_streamed_query(
+    families: tuple[Ranked, RankPlan], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The group's one query hands all its rows over at once; a slice as large as a group
+    alone (a real order holds 21.7M rows) reads its own, streamed, and is checked the same."""
+    ranked, plan = families
+    sizes = sorted(v.rows for v in plan.values)
+    limit = sizes[-3]  # the two or three largest values read alone, the others together
+    monkeypatch.setattr(check_batch, "BATCH_ROWS", limit)
+    together: list[list[str]] = []
+    real = check_batch.read_for_checks
+
+    def spied(slices: list[tuple[Path, SliceKey]]) -> list[pa.Table | None]:
+        together.append([key.name for _, key in slices])
+        return real(slices)
+
+    monkeypatch.setattr(check_batch, "read_for_checks", spied)
+    result = ranked.publish(plan)
+
+    large = {v.key.name for v in plan.values if v.rows >= limit}
+    read = [name for names in together for name in names]
+    assert large and not large & set(read), "the large slices read alone"
+    assert sorted(read) == sorted(v.key.name for v in plan.values if v.rows < limit)
+    assert len(result.built) == len(plan.values)
+    assert all(c.passed for built in result.built for c in built.checks)
+    assert _on_disk(ranked) == _file_names(plan.values)
+
+
 def test_a_full_disk_at_a_slices_fsync_stops_the_pass_with_no_record_of_it(
     families: tuple[Ranked, RankPlan], monkeypatch: pytest.MonkeyPatch
 ) -> None:

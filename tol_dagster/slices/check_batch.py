@@ -21,7 +21,6 @@ from pathlib import Path
 import duckdb
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from tol_dagster import duck
 from tol_dagster.errors import ValidationFailed
@@ -30,7 +29,8 @@ from tol_dagster.slices.extract import SliceResult, checked
 from tol_dagster.slices.keys import SliceKey, to_sql_filter
 from tol_dagster.validation.checks import CheckResult
 
-#: A group is checked once it holds this many slices, or this many rows.
+#: A group is checked once it holds this many slices, or this many rows; a slice of this many
+#: rows or more reads its own (streamed: the group's query hands its rows over all at once).
 BATCH_SLICES = 32
 BATCH_ROWS = 250_000
 
@@ -50,8 +50,8 @@ class Held:
 
 
 def read_for_checks(slices: Sequence[tuple[Path, SliceKey]]) -> list[pa.Table | None]:
-    """Each file's rows as the slice checks read them (`checks.row_check_columns`: uuid, its
-    hash, whether the row fails the file's key), in file order, from one query over all the
+    """Each file's rows as the slice checks read them (`checks.row_check_columns`: its uuid's
+    hash, whether the uuid is not NULL, whether the row fails the file's key), in file order, from one query over all the
     files; all None when DuckDB refuses the group, a file is named twice, or the rows do not
     come back file by file (each slice then reads its own, and an error names its file)."""
     if not slices:
@@ -60,33 +60,30 @@ def read_for_checks(slices: Sequence[tuple[Path, SliceKey]]) -> list[pa.Table | 
     if len(set(names)) < len(names):  # one file under two keys: its rows are read once
         return [None] * len(slices)
     whens, params = [], []
-    for path, key in slices:
+    for number, (_, key) in enumerate(slices):
         where, values = to_sql_filter(key)
-        whens.append(f"WHEN ? THEN ({where})")
-        params += [str(path), *values]
-    columns = row_check_columns(f"CASE filename {' '.join(whens)} END")
+        whens.append(f"WHEN {number} THEN ({where})")
+        params += values
+    columns = row_check_columns(f"CASE file_index {' '.join(whens)} END")
     try:
         with duck.cursor() as con:
             read = con.sql(
-                f"SELECT filename, {columns} FROM read_parquet(?, filename = true)",
-                params=[*params, names],
+                f"SELECT file_index, {columns} FROM read_parquet(?)", params=[*params, names]
             ).to_arrow_table()
     except duckdb.Error:
         return [None] * len(slices)
-    return _by_file(read, names)
+    return _by_file(read, len(names))
 
 
-def _by_file(read: pa.Table, names: list[str]) -> list[pa.Table | None]:
-    """`read`'s rows split by its `filename` column into one table per name (in `names`'
-    order, rows in the order read); all None unless each file's rows come as one run."""
-    files = pc.index_in(read["filename"], value_set=pa.array(names))
-    if files.null_count:
-        return [None] * len(names)
-    order = files.to_numpy()
-    if np.any(np.diff(order) < 0):
-        return [None] * len(names)
-    bounds = np.searchsorted(order, np.arange(len(names) + 1)).tolist()
-    rows = read.drop_columns(["filename"])
+def _by_file(read: pa.Table, files: int) -> list[pa.Table | None]:
+    """`read`'s rows split by its `file_index` column (DuckDB's place of the file in the list
+    it was given, a number: a file's name on every row cost ~100 bytes a row) into one table
+    per file, rows in the order read; all None unless each file's rows come as one run."""
+    order = np.asarray(read["file_index"].to_numpy(), dtype=np.int64)
+    if order.size and (np.any(np.diff(order) < 0) or order[0] < 0 or order[-1] >= files):
+        return [None] * files
+    bounds = np.searchsorted(order, np.arange(files + 1)).tolist()
+    rows = read.drop_columns(["file_index"])
     return [rows.slice(a, b - a) for a, b in itertools.pairwise(bounds)]
 
 
@@ -107,7 +104,9 @@ class CheckBatch:
     def flush(self) -> list[SliceResult | ValidationFailed]:
         """Check every held slice: the result of each one published (its checks in it), the
         error of each one not published, in the order held."""
-        reads = read_for_checks([(h.temp, h.key) for h in self.held])
+        small = [h for h in self.held if h.result.rows < BATCH_ROWS]  # the others stream
+        together = iter(read_for_checks([(h.temp, h.key) for h in small]))
+        reads = [next(together) if h.result.rows < BATCH_ROWS else None for h in self.held]
         outcomes = []
         for read in reads:
             outcomes.append(self._settle(self.held[0], read))

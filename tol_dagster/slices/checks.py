@@ -7,7 +7,7 @@ the one that wrote it (DuckDB or pyarrow), so a fault of the splicer or the page
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +34,9 @@ ROWS_MATCH_INDEX_COUNT = "rows_match_summary"
 ROWS_SATISFY_KEY = "rows_satisfy_key"
 UUIDS_UNIQUE = "uuids_unique"
 SCHEMA_MATCHES_MIRROR = "schema_matches_mirror"
+
+#: Rows of the checks' DuckDB query handed over at a time (`_check_columns`).
+_STREAMED_ROWS = 1 << 20
 
 
 def slice_checks(
@@ -73,36 +76,56 @@ def slice_checks(
 
 
 def row_check_columns(where: str) -> str:
-    """What the checks read of each row with DuckDB: its uuid, the uuid's hash, and whether the
-    row fails the key's predicate `where` (NULL fails)."""
-    return f"uuid, hash(uuid) AS h, NOT coalesce(({where}), false) AS bad"
+    """What the checks read of each row with DuckDB: its uuid's hash, whether the uuid is not
+    NULL, and whether the row fails the key's predicate `where` (NULL fails). Not the uuid
+    itself: ~80 bytes a row where these are ~10 (`slice_uuids`)."""
+    return f"hash(uuid) AS h, uuid IS NOT NULL AS valid, NOT coalesce(({where}), false) AS bad"
 
 
 def _uuids_and_violations(
     path: Path, key: SliceKey, written: pq.ParquetFile, read: pa.Table | None = None
 ) -> tuple[list[RowGroupUuids], int | None]:
-    """Each row group's uuids with their hashes, and how many rows do not satisfy `key`, from
-    one DuckDB query over the slice (`read`, if a query over several slices read it already:
-    each query costs ~3 ms however small the slice, and a rank checks thousands). None
-    violations: DuckDB read another number of rows than the footer holds, so the uuids are read
-    by pyarrow and the caller counts again."""
+    """Each row group's uuid hashes (`RowGroupUuids`), and how many rows do not satisfy `key`,
+    from one DuckDB query over the slice, streamed (`read`, if a query over several slices read
+    it already: each query costs ~3 ms however small the slice, and a rank checks thousands).
+    None violations: DuckDB read another number of rows than the footer holds, so the uuids
+    are read by pyarrow and the caller counts again."""
+    sizes = [written.metadata.row_group(g).num_rows for g in range(written.num_row_groups)]
     if read is None:
         where, params = to_sql_filter(key)
         with duck.cursor() as con:
-            read = con.sql(
+            batches = con.sql(
                 f"SELECT {row_check_columns(where)} FROM read_parquet(?)",
                 params=[*params, str(path)],
-            ).to_arrow_table()
-    sizes = [written.metadata.row_group(g).num_rows for g in range(written.num_row_groups)]
-    if read.num_rows != sum(sizes):
+            ).to_arrow_reader(_STREAMED_ROWS)
+            columns = _check_columns(batches, sum(sizes))
+    else:
+        columns = _check_columns(read.to_batches(), sum(sizes))
+    if columns is None:
         return read_slice_uuids(written), None
-    uuids = read.column("uuid").combine_chunks()
-    hashes = np.asarray(read.column("h").to_numpy(), dtype=np.uint64)
+    hashes, valid, violations = columns
     starts = np.concatenate([[0], np.cumsum(sizes)]).tolist()
-    groups = [
-        RowGroupUuids(uuids.slice(a, b - a), hashes[a:b]) for a, b in itertools.pairwise(starts)
-    ]
-    return groups, int(pc.sum(read.column("bad")).as_py() or 0)
+    groups = [RowGroupUuids(hashes[a:b], valid[a:b]) for a, b in itertools.pairwise(starts)]
+    return groups, violations
+
+
+def _check_columns(
+    batches: Iterable[pa.RecordBatch], rows: int
+) -> tuple[np.ndarray, np.ndarray, int] | None:
+    """The uuid hashes, non-NULL uuids and count of rows off the key that `batches` hold,
+    copied into one array each as they come (the whole result as Arrow was ~25 bytes a row
+    more); None unless they hold exactly `rows` rows."""
+    hashes, valid = np.empty(rows, np.uint64), np.empty(rows, bool)
+    violations = at = 0
+    for batch in batches:
+        end = at + batch.num_rows
+        if end > rows:
+            return None
+        hashes[at:end] = batch.column("h").to_numpy()
+        valid[at:end] = batch.column("valid").to_numpy(zero_copy_only=False)
+        violations += int(pc.sum(batch.column("bad")).as_py() or 0)
+        at = end
+    return (hashes, valid, violations) if at == rows else None
 
 
 def check_rows_match_index_count(

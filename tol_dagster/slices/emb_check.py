@@ -22,8 +22,9 @@ follows the slice, not the mirror row groups it was cut from.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,12 @@ from tol_dagster.parquet.file_versions import per_file_version
 from tol_dagster.parquet.footer import SpliceError
 from tol_dagster.slices.keys import SliceKey
 from tol_dagster.slices.locate import plan_scans, row_group_starts
-from tol_dagster.slices.slice_uuids import RowGroupUuids, read_slice_uuids, row_group_column
+from tol_dagster.slices.slice_uuids import (
+    RowGroupUuids,
+    read_slice_uuids,
+    row_group_column,
+    uuid_at,
+)
 from tol_dagster.store.layout import Layout
 from tol_dagster.store.mirror_files import MirrorFile
 from tol_dagster.validation import chunk_crcs
@@ -92,24 +98,24 @@ def _check(
     against `mirror`."""
     verdict = _Verdict()
     for group, read in enumerate(groups):
-        uuids, hashes = read.uuids, read.hashes
-        placed = mirror.place(hashes)
+        verdict.uuid_at = partial(uuid_at, written, group)
+        placed = mirror.place(read.hashes)
         owner, row = placed.owner, placed.row
         source = mirror.whole_group(owner, row)
         if source is not None and _same_chunks(path, written.metadata.row_group(group), source):
-            same = np.ones(len(uuids), dtype=bool)
+            same = np.ones(read.hashes.size, dtype=bool)
         else:
             try:
                 digests = _digests(path, written, group)
             except (pa.ArrowException, OSError):  # pages that do not decode: damaged bytes
-                verdict.fault_all(uuids, "decode")
+                verdict.fault_all(read.hashes.size, "decode")
                 continue
             if digests is None:
-                verdict.fault_all(uuids, "type")
+                verdict.fault_all(read.hashes.size, "type")
                 continue
             same = mirror.same_digests(placed, digests)
         owner[~read.valid] = -1
-        verdict.add(uuids, owner, row, same)
+        verdict.add(owner, row, same)
     return verdict.result(key)
 
 
@@ -264,15 +270,17 @@ def _same_chunks(path: Path, ours: pq.RowGroupMetaData, kept: np.ndarray) -> boo
 
 @dataclass
 class _Verdict:
-    """The comparison so far: rows seen, the last (file, row) place, the first fault."""
+    """The comparison so far: rows seen, the last (file, row) place, the first fault;
+    `uuid_at` names the uuid at a row of the row group being added."""
 
     compared: int = 0
     differing: int = 0
     last: tuple[int, int] = (-1, -1)
     first: dict[str, Any] | None = None
     faults: dict[str, int] = field(default_factory=dict)
+    uuid_at: Callable[[int], str | None] = lambda row: None
 
-    def add(self, uuids: pa.Array, owner: np.ndarray, row: np.ndarray, same: np.ndarray) -> None:
+    def add(self, owner: np.ndarray, row: np.ndarray, same: np.ndarray) -> None:
         kinds = _faults(owner, row, same, self.last)
         for kind in ("missing", "emb", "order"):
             count = int((kinds == kind).sum())
@@ -281,22 +289,21 @@ class _Verdict:
         bad = np.flatnonzero(kinds != "")
         self.differing += bad.size
         if bad.size and self.first is None:
-            at = int(bad[0])
-            self._first(at, str(kinds[at]), uuids[at].as_py())
+            self._first(int(bad[0]), str(kinds[int(bad[0])]))
         if len(owner):
             self.last = (int(owner[-1]), int(row[-1]))
         self.compared += len(owner)
 
-    def fault_all(self, uuids: pa.Array, kind: str) -> None:
-        if len(uuids):
-            self.differing += len(uuids)
-            self.faults[kind] = self.faults.get(kind, 0) + len(uuids)
+    def fault_all(self, rows: int, kind: str) -> None:
+        if rows:
+            self.differing += rows
+            self.faults[kind] = self.faults.get(kind, 0) + rows
             if self.first is None:
-                self._first(0, kind, uuids[0].as_py())
-        self.compared += len(uuids)
+                self._first(0, kind)
+        self.compared += rows
 
-    def _first(self, at: int, kind: str, uuid: object) -> None:
-        self.first = {"row": self.compared + at, "uuid": uuid, "fault": kind}
+    def _first(self, at: int, kind: str) -> None:
+        self.first = {"row": self.compared + at, "uuid": self.uuid_at(at), "fault": kind}
 
     def result(self, key: SliceKey) -> CheckResult:
         details: dict[str, Any] = {
