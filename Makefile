@@ -56,6 +56,7 @@ bench: setup
 	$(BIN)/python bench/gate.py
 	$(BIN)/python bench/encoded_rows.py
 	$(BIN)/python bench/slices.py
+	$(BIN)/python bench/slice_checks.py
 	$(BIN)/python bench/summaries.py
 	$(BIN)/python bench/adopt.py
 	$(BIN)/python bench/executor_overhead.py
