@@ -1,8 +1,8 @@
 """The slice checks' memory per row: what they keep of every row of a slice (its uuid's hash
-and whether it is NULL, ~9 bytes, and the sorted hashes for `uuids_unique`, 8 more), never
-the uuid strings. Measured as the peak RSS over a fresh process's, for two sizes of slice:
-the slope is the memory each row costs, whatever the process's fixed costs. The strings the
-checks held before were ~88 bytes a row: the real `kingdom=Animalia` (112M rows) needed ~10 GB.
+and whether it is NULL, ~9 bytes; `uuids_unique` sorts the hashes in place), never the uuid
+strings. Measured as the peak RSS over a fresh process's, for two sizes of slice: the slope is
+the memory each row costs, whatever the process's fixed costs. The strings the checks held
+before were ~90 bytes a row: the real `kingdom=Animalia` (112M rows) needed ~10 GB.
 """
 
 from __future__ import annotations
@@ -18,8 +18,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-#: Bytes a row the checks may keep at their peak (17 expected; 88 with the uuid strings).
-MAX_BYTES_PER_ROW = 40
+#: Bytes a row the checks may keep at their peak (~9 expected; 17 with a sorted copy of the
+#: hashes, ~90 with the uuid strings).
+MAX_BYTES_PER_ROW = 20
 
 _MEASURE = """
 import json, sys
@@ -40,8 +41,8 @@ duck.cursor().sql("SELECT 1").fetchall()  # the database's own memory is not the
 with pq.ParquetFile(path) as written:
     Path("/proc/self/clear_refs").write_text("5")  # the peak from here on
     before = status("VmRSS:")
-    groups, violations = checks._uuids_and_violations(path, parse_slice_key("kingdom=Animalia"), written)
-    repeats = may_repeat(groups)
+    uuids, violations = checks._uuids_and_violations(path, parse_slice_key("kingdom=Animalia"), written)
+    repeats = may_repeat(uuids)
     print(json.dumps({"peak": status("VmHWM:") - before, "violations": violations, "repeats": repeats}))
 """
 

@@ -49,7 +49,7 @@ from tol_dagster.slices.emb_check import EMB_MATCHES_MIRROR, check_emb_matches_m
 from tol_dagster.slices.extract import SliceResult, extract_slice
 from tol_dagster.slices.keys import SliceKey, parse_slice_key, split_binomial, to_sql_filter
 from tol_dagster.slices.rebuilds import affected_slices
-from tol_dagster.slices.slice_uuids import RowGroupUuids, may_repeat, read_slice_uuids
+from tol_dagster.slices.slice_uuids import SliceUuids, may_repeat, read_slice_uuids
 from tol_dagster.slices.write import EMB_LEAF
 from tol_dagster.store.hashing import sha256_file
 from tol_dagster.store.layout import Layout
@@ -470,7 +470,7 @@ def test_uniqueness_is_told_from_the_uuid_hashes_and_equal_hashes_confirmed_on_u
     assert not checks[UUIDS_UNIQUE].passed and checks[UUIDS_UNIQUE].details["duplicated"] == 2
     assert checks[ROWS_SATISFY_KEY].passed
     with pq.ParquetFile(doubled) as written:  # many row groups, hashed in one query
-        groups = read_slice_uuids(written)
+        groups = list(read_slice_uuids(written).groups())
         assert len(groups) == written.num_row_groups > 2
         for number, group in enumerate(groups):
             uuids = written.read_row_group(number, columns=["uuid"])["uuid"]
@@ -478,16 +478,18 @@ def test_uniqueness_is_told_from_the_uuid_hashes_and_equal_hashes_confirmed_on_u
             assert (group.valid == uuids.is_valid().to_numpy(zero_copy_only=False)).all()
 
     with pq.ParquetFile(result.path) as written:
-        groups = read_slice_uuids(written)
-    assert not may_repeat(groups)
-    collided = [RowGroupUuids(np.zeros_like(g.hashes), g.valid) for g in groups]
+        read_twice = read_slice_uuids(written), read_slice_uuids(written)
+    again = read_twice[1]
+    collided = SliceUuids(np.zeros_like(again.hashes), again.valid, again.sizes)
+    assert not may_repeat(read_twice[0])
+    assert np.all(read_twice[0].hashes[1:] >= read_twice[0].hashes[:-1]), "sorted in place"
     assert may_repeat(collided)  # every uuid shares a hash: the uuids are compared instead
-    facts = row_facts(result.path, key, uuids_may_repeat=may_repeat(collided))
+    facts = row_facts(result.path, key, uuids_may_repeat=True)
     assert facts.duplicated == 0 and check_uuids_unique(result.path, key, facts).passed
 
     for nulls, repeats in ((1, False), (2, True)):  # NULL is one uuid, as GROUP BY groups it
         uuids = pa.array([None] * nulls + [f"u{i}" for i in range(5)], pa.string())
-        assert may_repeat([RowGroupUuids.of(uuids)]) is repeats
+        assert may_repeat(SliceUuids.of(uuids)) is repeats
 
 
 class _RowShort:
@@ -519,21 +521,22 @@ def test_one_query_reads_the_uuids_and_counts_the_rows_off_the_key(
     mixed = tmp_path / "mixed.parquet"
     pq.write_table(pa.concat_tables([table, intruder]), mixed, row_group_size=7)
 
-    def read_both(path: Path) -> tuple[list[RowGroupUuids], int | None, list[RowGroupUuids]]:
+    def read_both(path: Path) -> tuple[SliceUuids, int | None, SliceUuids]:
         with pq.ParquetFile(path) as written:
-            groups, violations = checks_module._uuids_and_violations(path, key, written)
-            return groups, violations, read_slice_uuids(written)
+            uuids, violations = checks_module._uuids_and_violations(path, key, written)
+            return uuids, violations, read_slice_uuids(written)
 
-    def same(groups: list[RowGroupUuids], expected: list[RowGroupUuids]) -> bool:
-        return len(groups) == len(expected) and all(
-            (a.hashes == b.hashes).all() and (a.valid == b.valid).all()
-            for a, b in zip(groups, expected, strict=True)
+    def same(uuids: SliceUuids, expected: SliceUuids) -> bool:
+        return (
+            uuids.sizes == expected.sizes
+            and (uuids.hashes == expected.hashes).all()
+            and (uuids.valid == expected.valid).all()
         )
 
     for path, off_key in ((result.path, 0), (mixed, 1)):
-        groups, violations, expected = read_both(path)
-        assert violations == off_key and same(groups, expected)
-    assert len(read_both(mixed)[0]) == pq.read_metadata(mixed).num_row_groups > 2
+        uuids, violations, expected = read_both(path)
+        assert violations == off_key and same(uuids, expected)
+    assert len(read_both(mixed)[0].sizes) == pq.read_metadata(mixed).num_row_groups > 2
     verdicts = {c.check: c for c in mirror.checks(mixed, key, table.num_rows + 1)}
     assert not verdicts[ROWS_SATISFY_KEY].passed
     assert intruder["uuid"][0].as_py() in verdicts[ROWS_SATISFY_KEY].message
@@ -542,8 +545,8 @@ def test_one_query_reads_the_uuids_and_counts_the_rows_off_the_key(
     monkeypatch.setattr(
         checks_module.duck, "cursor", lambda: contextlib.nullcontext(_RowShort(real()))
     )
-    groups, violations, expected = read_both(mixed)
-    assert violations is None and same(groups, expected)
+    uuids, violations, expected = read_both(mixed)
+    assert violations is None and same(uuids, expected)
     verdicts = {c.check: c for c in mirror.checks(mixed, key, table.num_rows + 1)}
     assert not verdicts[ROWS_SATISFY_KEY].passed and verdicts[UUIDS_UNIQUE].passed
 

@@ -6,7 +6,6 @@ the one that wrote it (DuckDB or pyarrow), so a fault of the splicer or the page
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +21,7 @@ from tol_dagster import duck
 from tol_dagster.schema import quote_ident
 from tol_dagster.slices.emb_check import check_emb_matches_mirror
 from tol_dagster.slices.keys import SliceKey, filter_columns, to_sql_filter
-from tol_dagster.slices.slice_uuids import RowGroupUuids, may_repeat, read_slice_uuids
+from tol_dagster.slices.slice_uuids import SliceUuids, may_repeat, read_slice_uuids
 from tol_dagster.store.layout import Layout
 from tol_dagster.store.mirror_files import MirrorFile
 from tol_dagster.validation.checks import CheckResult
@@ -57,7 +56,10 @@ def slice_checks(
     rows as `row_check_columns` reads them, read with other slices' (queried here if None)."""
     with pq.ParquetFile(path) as written:  # its footer read once for the three checks
         uuids, violations = _uuids_and_violations(path, key, written, read)
-        repeats = may_repeat(uuids)
+        emb = check_emb_matches_mirror(
+            path, key, files, index, layout=layout, config=config, written=written, uuids=uuids
+        )
+        repeats = may_repeat(uuids)  # last: it sorts the hashes in place
         facts = (
             row_facts(path, key, uuids_may_repeat=repeats)
             if violations != 0 or repeats
@@ -68,11 +70,8 @@ def slice_checks(
             check_rows_satisfy_key(path, key, facts),
             check_uuids_unique(path, key, facts),
             check_schema_matches(path, mirror_schema, key, written.schema_arrow),
-            check_emb_matches_mirror(
-                path, key, files, index, layout=layout, config=config, written=written,
-                uuids=uuids,
-            ),
-        ]  # fmt: skip
+            emb,
+        ]
 
 
 def row_check_columns(where: str) -> str:
@@ -84,8 +83,8 @@ def row_check_columns(where: str) -> str:
 
 def _uuids_and_violations(
     path: Path, key: SliceKey, written: pq.ParquetFile, read: pa.Table | None = None
-) -> tuple[list[RowGroupUuids], int | None]:
-    """Each row group's uuid hashes (`RowGroupUuids`), and how many rows do not satisfy `key`,
+) -> tuple[SliceUuids, int | None]:
+    """The slice's uuid hashes (`SliceUuids`), and how many rows do not satisfy `key`,
     from one DuckDB query over the slice, streamed (`read`, if a query over several slices read
     it already: each query costs ~3 ms however small the slice, and a rank checks thousands).
     None violations: DuckDB read another number of rows than the footer holds, so the uuids
@@ -104,9 +103,7 @@ def _uuids_and_violations(
     if columns is None:
         return read_slice_uuids(written), None
     hashes, valid, violations = columns
-    starts = np.concatenate([[0], np.cumsum(sizes)]).tolist()
-    groups = [RowGroupUuids(hashes[a:b], valid[a:b]) for a, b in itertools.pairwise(starts)]
-    return groups, violations
+    return SliceUuids(hashes, valid, sizes), violations
 
 
 def _check_columns(

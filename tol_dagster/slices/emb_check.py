@@ -37,7 +37,7 @@ from tol_dagster.parquet.footer import SpliceError
 from tol_dagster.slices.keys import SliceKey
 from tol_dagster.slices.locate import plan_scans, row_group_starts
 from tol_dagster.slices.slice_uuids import (
-    RowGroupUuids,
+    SliceUuids,
     read_slice_uuids,
     row_group_column,
     uuid_at,
@@ -67,7 +67,7 @@ def check_emb_matches_mirror(
     layout: Layout,
     config: str,
     written: pq.ParquetFile | None = None,
-    uuids: list[RowGroupUuids] | None = None,
+    uuids: SliceUuids | None = None,
 ) -> CheckResult:
     """See the module's docstring. `index` (the taxon index) narrows the mirror files looked in
     to those the key's rows lie in (every file without it); `layout` and `config` say where the
@@ -92,12 +92,11 @@ def check_emb_matches_mirror(
 
 
 def _check(
-    path: Path, key: SliceKey, written: pq.ParquetFile, mirror: _Mirror, groups: list[RowGroupUuids]
+    path: Path, key: SliceKey, written: pq.ParquetFile, mirror: _Mirror, uuids: SliceUuids
 ) -> CheckResult:
-    """`emb_matches_mirror` of the slice at `path` (`written`, the uuids of its row `groups`)
-    against `mirror`."""
+    """`emb_matches_mirror` of the slice at `path` (`written`, its `uuids`) against `mirror`."""
     verdict = _Verdict()
-    for group, read in enumerate(groups):
+    for group, read in enumerate(uuids.groups()):
         verdict.uuid_at = partial(uuid_at, written, group)
         placed = mirror.place(read.hashes, max(verdict.last[0], 0))
         owner, row = placed.owner, placed.row

@@ -3,9 +3,9 @@ each row in the mirror by its hash, and `uuids_unique` is told from the same has
 hashes are distinct uuids; equal ones are confirmed on the uuids themselves). Counting distinct
 uuids in DuckDB instead was most of a small slice's key-and-uuid query (1 of 2 ms).
 
-Only the hashes and which uuids are NULL are kept, ~9 bytes a row: the uuid strings (~80 bytes
-a row as Arrow holds them) made a slice's checks grow with its rows, ~9 GB for the real
-`kingdom=Animalia` (112M rows). A uuid a message names is read again (`uuid_at`).
+Only the hashes and which uuids are NULL are kept, one array each, ~9 bytes a row: the uuid
+strings (~80 bytes a row as Arrow holds them) made a slice's checks grow with its rows, ~10 GB
+for the real `kingdom=Animalia` (112M rows). A uuid a message names is read again (`uuid_at`).
 """
 
 from __future__ import annotations
@@ -31,38 +31,52 @@ class RowGroupUuids:
     hashes: np.ndarray
     valid: np.ndarray
 
+
+@dataclass(frozen=True)
+class SliceUuids:
+    """A slice's uuid hashes and non-NULL flags in row order, one array each, and its row
+    groups' sizes."""
+
+    hashes: np.ndarray
+    valid: np.ndarray
+    sizes: list[int]
+
     @classmethod
-    def of(cls, uuids: pa.Array | pa.ChunkedArray) -> RowGroupUuids:
-        """The hashes of `uuids`, as the checks' DuckDB query computes them."""
+    def of(cls, uuids: pa.Array | pa.ChunkedArray, sizes: list[int] | None = None) -> SliceUuids:
+        """The hashes of `uuids` (row groups of `sizes` rows; one without), as the checks'
+        DuckDB query computes them."""
         valid = np.asarray(uuids.is_valid().to_numpy(zero_copy_only=False), dtype=bool)
-        return cls(uuid_row_hashes(uuids), valid)
+        return cls(uuid_row_hashes(uuids), valid, [len(uuids)] if sizes is None else sizes)
+
+    def groups(self) -> Iterator[RowGroupUuids]:
+        """Each row group's part of the arrays (views, not copies)."""
+        for start, stop in itertools.pairwise([0, *itertools.accumulate(self.sizes)]):
+            yield RowGroupUuids(self.hashes[start:stop], self.valid[start:stop])
 
 
-def read_slice_uuids(written: pq.ParquetFile) -> list[RowGroupUuids]:
-    """Each row group's uuids as pyarrow reads them, hashed in one query per HASHED_ROWS rows
-    (each costs ~0.7 ms however few the uuids). The blocking checks take the hashes from their
-    key query instead (`checks.slice_checks`); this reads them for the `emb` check alone, and
-    when that query's rows do not add up to the footer's."""
-    groups: list[RowGroupUuids] = []
-    for batch in _batches(written):
-        columns = [row_group_column(written, g, "uuid") for g in batch]
-        hashed = RowGroupUuids.of(pa.chunked_array(columns, pa.string()))
-        ends = np.cumsum([len(column) for column in columns])[:-1]
-        groups += [
-            RowGroupUuids(hashes, valid)
-            for hashes, valid in zip(
-                np.split(hashed.hashes, ends), np.split(hashed.valid, ends), strict=True
-            )
-        ]
-    return groups
+def read_slice_uuids(written: pq.ParquetFile) -> SliceUuids:
+    """The uuids as pyarrow reads them, hashed in one query per HASHED_ROWS rows (each costs
+    ~0.7 ms however few the uuids). The blocking checks take the hashes from their key query
+    instead (`checks.slice_checks`); this reads them for the `emb` check alone, and when that
+    query's rows do not add up to the footer's."""
+    sizes = [written.metadata.row_group(g).num_rows for g in range(written.num_row_groups)]
+    hashes, valid = np.empty(sum(sizes), np.uint64), np.empty(sum(sizes), bool)
+    start = 0
+    for batch in _batches(sizes):
+        hashed = SliceUuids.of(
+            pa.chunked_array([row_group_column(written, g, "uuid") for g in batch], pa.string())
+        )
+        stop = start + hashed.hashes.size
+        hashes[start:stop], valid[start:stop] = hashed.hashes, hashed.valid
+        start = stop
+    return SliceUuids(hashes, valid, sizes)
 
 
-def _batches(written: pq.ParquetFile) -> Iterator[list[int]]:
-    """The file's row groups in runs of about HASHED_ROWS rows (a larger one alone)."""
+def _batches(sizes: list[int]) -> Iterator[list[int]]:
+    """The row groups of `sizes` rows in runs of about HASHED_ROWS rows (a larger one alone)."""
     batch: list[int] = []
     rows = 0
-    for group in range(written.num_row_groups):
-        size = written.metadata.row_group(group).num_rows
+    for group, size in enumerate(sizes):
         if batch and rows + size > HASHED_ROWS:
             yield batch
             batch, rows = [], 0
@@ -90,15 +104,15 @@ def uuid_at(written: pq.ParquetFile, group: int, row: int) -> str | None:
     return None if value is None else str(value)
 
 
-def may_repeat(groups: list[RowGroupUuids]) -> bool:
-    """False when no uuid can appear twice: the hashes of the non-NULL uuids all differ and at
-    most one uuid is NULL (NULL is one uuid, as GROUP BY groups it). True asks for the uuids
-    themselves to be compared (two uuids may share a hash)."""
-    kept = [int(np.count_nonzero(group.valid)) for group in groups]
-    nulls = sum(group.valid.size for group in groups) - sum(kept)
-    hashes = np.empty(sum(kept), np.uint64)  # filled group by group: one copy, not two
-    bounds = itertools.pairwise(np.cumsum([0, *kept]).tolist())
-    for group, (start, stop) in zip(groups, bounds, strict=True):
-        np.compress(group.valid, group.hashes, out=hashes[start:stop])
-    hashes.sort()
-    return nulls > 1 or bool((hashes[1:] == hashes[:-1]).any())
+def may_repeat(uuids: SliceUuids) -> bool:
+    """False when no uuid can appear twice: the hashes of the uuids all differ and at most one
+    uuid is NULL (NULL is one uuid, as GROUP BY groups it). True asks for the uuids themselves
+    to be compared (two uuids may share a hash, a NULL's with another's too).
+
+    Sorts `uuids.hashes` in place, without a copy (8 bytes a row of a slice that may hold
+    100M): call it after every check that reads them in row order."""
+    nulls = uuids.valid.size - int(np.count_nonzero(uuids.valid))
+    if nulls > 1:
+        return True
+    uuids.hashes.sort()
+    return bool((uuids.hashes[1:] == uuids.hashes[:-1]).any())
