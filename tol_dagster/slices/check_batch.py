@@ -51,9 +51,10 @@ class Held:
 
 def read_for_checks(slices: Sequence[tuple[Path, SliceKey]]) -> list[pa.Table | None]:
     """Each file's rows as the slice checks read them (`checks.row_check_columns`: its uuid's
-    hash, whether the uuid is not NULL, whether the row fails the file's key), in file order, from one query over all the
-    files; all None when DuckDB refuses the group, a file is named twice, or the rows do not
-    come back file by file (each slice then reads its own, and an error names its file)."""
+    hash, whether the uuid is not NULL, whether the row fails the file's key), in file order,
+    from one query over all the files; all None when DuckDB refuses the group, a file is named
+    twice, or the rows do not come back file by file (each slice then reads its own, and an
+    error names its file)."""
     if not slices:
         return []
     names = [str(path) for path, _ in slices]

@@ -241,16 +241,6 @@ def _metadata(path: Path) -> pq.FileMetaData:
     return pq.read_metadata(path)
 
 
-def _ranges(keys: np.ndarray, needles: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """searchsorted left and right of `needles` in `keys` (`_sorted_ranges`, the needles sorted
-    first)."""
-    order = np.argsort(needles)  # equal needles find the same places: any order of them
-    left, right = _sorted_ranges(keys, needles[order])
-    low, high = np.empty_like(order), np.empty_like(order)
-    low[order], high[order] = left, right
-    return low, high
-
-
 def _sorted_ranges(keys: np.ndarray, wanted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """searchsorted left and right of the sorted needles `wanted` in `keys` (on a memory map,
     searching in order touches each page once instead of at random). The right end is searched
