@@ -551,6 +551,25 @@ def test_one_query_reads_the_uuids_and_counts_the_rows_off_the_key(
     assert not verdicts[ROWS_SATISFY_KEY].passed and verdicts[UUIDS_UNIQUE].passed
 
 
+def test_a_null_uuid_is_no_mirror_row_and_two_are_one_uuid_twice(
+    mirror: Mirror, tmp_path: Path
+) -> None:
+    """The checks keep whether each uuid is NULL, not the uuid: a row whose uuid became NULL
+    is named as no mirror row's by `emb_matches_mirror`; two such rows are one uuid twice."""
+    key, _, table = _extract(mirror, "family=Felidae", tmp_path)
+    for nulls in (1, 2):
+        uuids = table["uuid"].to_pylist()
+        uuids[3 : 3 + nulls] = [None] * nulls
+        path = tmp_path / f"nulls-{nulls}.parquet"
+        pq.write_table(table.set_column(0, "uuid", pa.array(uuids, pa.string())), path)
+        checks = {c.check: c for c in mirror.checks(path, key, table.num_rows)}
+        emb = checks[EMB_MATCHES_MIRROR]
+        assert not emb.passed and emb.details["faults"] == {"missing": nulls}
+        assert "row 3 is uuid None, which no mirror file" in emb.message
+        assert checks[UUIDS_UNIQUE].passed is (nulls == 1)
+        assert checks[ROWS_SATISFY_KEY].passed
+
+
 def test_one_query_over_many_slices_reads_each_as_its_own_query_would(
     mirror: Mirror, tmp_path: Path
 ) -> None:
