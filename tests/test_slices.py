@@ -570,6 +570,22 @@ def test_a_null_uuid_is_no_mirror_row_and_two_are_one_uuid_twice(
         assert checks[ROWS_SATISFY_KEY].passed
 
 
+def test_a_slice_whose_uuids_are_not_strings_gets_a_verdict_not_an_error(
+    mirror: Mirror, tmp_path: Path
+) -> None:
+    """The `emb` check reads a slice's uuids by pyarrow, whatever their type: a slice that
+    stores them as bytes is found wrong (and its schema named), not a crash of the check."""
+    key, _, table = _extract(mirror, "family=Felidae", tmp_path)
+    path = tmp_path / "binary-uuids.parquet"
+    pq.write_table(table.set_column(0, "uuid", table["uuid"].cast(pa.binary())), path)
+    emb = mirror.emb_check(path, key)
+    assert emb.check == EMB_MATCHES_MIRROR and emb.details["rows_compared"] == table.num_rows
+    checks = {c.check: c for c in mirror.checks(path, key, table.num_rows)}
+    assert (
+        not checks[SCHEMA_MATCHES_MIRROR].passed and "uuid" in checks[SCHEMA_MATCHES_MIRROR].message
+    )
+
+
 def test_one_query_over_many_slices_reads_each_as_its_own_query_would(
     mirror: Mirror, tmp_path: Path
 ) -> None:

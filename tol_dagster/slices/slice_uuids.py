@@ -64,7 +64,7 @@ def read_slice_uuids(written: pq.ParquetFile) -> SliceUuids:
     start = 0
     for batch in _batches(sizes):
         hashed = SliceUuids.of(
-            pa.chunked_array([row_group_column(written, g, "uuid") for g in batch], pa.string())
+            pa.chunked_array([row_group_column(written, g, "uuid") for g in batch])
         )
         stop = start + hashed.hashes.size
         hashes[start:stop], valid[start:stop] = hashed.hashes, hashed.valid
