@@ -57,6 +57,7 @@ bench: setup
 	$(BIN)/python bench/encoded_rows.py
 	$(BIN)/python bench/slices.py
 	$(BIN)/python bench/slice_checks.py
+	$(BIN)/python bench/rank_plan.py
 	$(BIN)/python bench/summaries.py
 	$(BIN)/python bench/adopt.py
 	$(BIN)/python bench/executor_overhead.py

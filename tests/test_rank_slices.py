@@ -22,7 +22,7 @@ from tol_dagster.cli.main import main
 from tol_dagster.defs.published.refresh import ranks_to_refresh
 from tol_dagster.derived.summaries import build_summaries, read_summary
 from tol_dagster.derived.taxon_index import build_taxon_index, read_taxon_index
-from tol_dagster.errors import SettingsError, SliceSpecError, ValidationFailed
+from tol_dagster.errors import SettingsError, SliceSpecError, StoreError, ValidationFailed
 from tol_dagster.schema import DEFAULT_CONFIG, SORT_KEY, expected_schema
 from tol_dagster.slices import check_batch, rank_pass, records
 from tol_dagster.slices.catalog_file import read_catalog
@@ -144,6 +144,17 @@ def test_a_rank_slice_has_the_bytes_of_the_slice_its_own_key_gives(
     )
 
 
+def test_a_plan_refuses_an_index_naming_a_file_the_mirror_lacks(
+    family: tuple[Ranked, RankPlan, RankResult],
+) -> None:
+    ranked, _, _ = family
+    index = read_taxon_index(ranked.layout, DEFAULT_CONFIG)
+    lineage = read_summary(ranked.layout, DEFAULT_CONFIG, "lineage")
+    for rank in ("family", "species"):
+        with pytest.raises(StoreError, match=f"names {ranked.files[-1].name}, which is not in"):
+            plan_rank(rank, index, lineage, ranked.files[:-1])
+
+
 def test_every_rank_slice_has_a_record_like_a_single_slice(
     family: tuple[Ranked, RankPlan, RankResult],
 ) -> None:
@@ -235,6 +246,60 @@ def test_odd_names_are_slices_and_null_is_none(odd: Ranked) -> None:
     for built in result.built:
         published |= set(pq.read_table(built.path, columns=["uuid"])["uuid"].to_pylist())
     assert nulls and published.isdisjoint(nulls), "rows with a NULL family are in no slice"
+
+
+@pytest.fixture(scope="module")
+def binomials(small_sample: Path, tmp_path_factory: pytest.TempPathFactory) -> Ranked:
+    """The sample with one genus's species renamed so that a binomial's filter matches rows
+    indexed under another value: most as epithet `× piperita` (a space in it: the index names
+    them `× piperita`; the genus is the sample's largest, a homonym of two kingdoms), one as
+    `Mentha × piperita` whole (the only row the index names so; its
+    key's filter also matches genus + epithet), and one epithet left empty."""
+    folder = tmp_path_factory.mktemp("binomials")
+    table = pa.concat_tables(pq.read_table(f.path) for f in sample_mirror(small_sample))
+    counts = pc.value_counts(table["genus"].drop_null())
+    genus = counts[pc.index(counts.field("counts"), pc.max(counts.field("counts"))).as_py()]
+    genus = genus["values"].as_py()
+    rows = pc.indices_nonzero(pc.equal(table["genus"], genus)).to_pylist()
+    species = table["species"].to_pylist()
+    genera = table["genus"].to_pylist()
+    for n, row in enumerate(rows):
+        genera[row], species[row] = "Mentha", "× piperita"
+        if n == 0:
+            species[row] = "Mentha × piperita"
+        elif n == 1:
+            species[row] = ""
+    for name, column in (("genus", genera), ("species", species)):
+        table = table.set_column(table.schema.get_field_index(name), name, pa.array(column))
+    table = table.sort_by([(c, "ascending") for c in SORT_KEY])
+    for number, start in enumerate(range(0, table.num_rows, 2000)):
+        pq.write_table(
+            table.slice(start, 2000), folder / f"part-{number}.parquet", row_group_size=500
+        )
+    return Ranked(mirror_of(folder), Layout(tmp_path_factory.mktemp("home")))
+
+
+def test_a_binomial_whose_filter_matches_more_than_its_index_entries_is_all_its_rows(
+    binomials: Ranked,
+) -> None:
+    """`species=Mentha × piperita` keeps the rows of genus `Mentha` and epithet `× piperita`
+    too, which the index names under `× piperita`: its slice holds them all (it held one row),
+    and every species' row count is the filter's."""
+    plan = binomials.plan("species")
+    values = {v.key.name: v for v in plan.values}
+    for value in plan.values:
+        assert value.rows == len(binomials.brute_uuids(value.key)), value.key.name
+    whole = values["species=Mentha × piperita"]
+    epithets = [v for v in plan.values if v.key.value == "× piperita"]  # the genus's homonym
+    assert len(epithets) == 2 and whole.rows == sum(v.rows for v in epithets) + 1 > 2
+    tricky = [whole, *epithets]
+    assert "species=Mentha " not in values, "an empty epithet is no binomial"
+    result = binomials.publish(dataclasses.replace(plan, values=tricky))
+    assert len(result.built) == 3
+    for value in tricky:
+        path = _slice(binomials.layout, value.key)
+        uuids = pq.read_table(path, columns=["uuid"])["uuid"].to_pylist()
+        assert len(uuids) == value.rows and set(uuids) == binomials.brute_uuids(value.key)
 
 
 def _three_files(small_sample: Path, folder: Path) -> tuple[list[MirrorFile], str]:

@@ -119,18 +119,19 @@ def test_tol_rank_workers_is_read_with_a_default_of_the_usable_cores_up_to_two(
 def test_a_part_is_sent_to_a_worker_with_its_values_own_index_entries_only(
     small_sample: Path, tmp_path: Path
 ) -> None:
-    """A value's index is a slice of the rank's: pickled as is, it would carry the whole."""
+    """A value's entries lie in the table its plan's values share: pickled as is, each value
+    would carry the whole."""
     ranked = Ranked(sample_mirror(small_sample), Layout(tmp_path / "home"))
     plan = ranked.plan("family")
     values = sorted(plan.values, key=lambda v: -v.index.num_rows)[:3]
-    whole = len(pickle.dumps(values[0].index))
+    whole = len(pickle.dumps(values[0].entries))
     sent = pickle.loads(pickle.dumps(rank_pass._Part(values)))
     assert len(pickle.dumps(rank_pass._Part(values))) < whole / 10
     assert type(sent) is list and len(sent) == 3
     for got, value in zip(sent, values, strict=True):
         assert got.index.equals(value.index)
-        assert (got.key, got.rows, got.built_from_rows, got.first) == (
-            value.key, value.rows, value.built_from_rows, value.first,
+        assert (got.key, got.rows, got.spans(), got.first) == (
+            value.key, value.rows, value.spans(), value.first,
         )  # fmt: skip
     assert pickle.loads(pickle.dumps(rank_pass._Part([]))) == []
 

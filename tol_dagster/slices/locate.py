@@ -11,7 +11,7 @@ bytes: no decoding, no encoding. That is what makes a large slice cheap.
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Container, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -86,7 +86,7 @@ def plan_scans(key: SliceKey, files: Sequence[MirrorFile], index: pa.Table | Non
     )
     if spans is None:
         spans = _spans_by_scan(key, files)
-    _refuse_unknown(spans, files)
+    refuse_unknown(spans, {f.name for f in files})
     return [scan_file(f, spans[f.name], exact) for f in files if f.name in spans]
 
 
@@ -98,7 +98,7 @@ def files_to_read(
     spans = None if index is None else locate(key, index)
     if spans is None:
         return list(files)
-    _refuse_unknown(spans, files)
+    refuse_unknown(spans, {f.name for f in files})
     return [f for f in files if f.name in spans]
 
 
@@ -108,13 +108,14 @@ def index_entries(key: SliceKey, index: pa.Table) -> pa.Table:
     wanted = [
         pc.and_(pc.equal(index["rank"], rank), pc.is_in(index["value"], pa.array(values)))
         for rank, value in key.conditions
-        for values in [_indexed_as(rank, value)]
+        for values in [indexed_as(rank, value)]
     ]
     return index.filter(functools.reduce(pc.or_, wanted))
 
 
-def _refuse_unknown(spans: Spans, files: Sequence[MirrorFile]) -> None:
-    unknown = sorted(set(spans) - {f.name for f in files})
+def refuse_unknown(names: Iterable[str], known: Container[str]) -> None:
+    """StoreError naming the first of `names` (files the taxon index names) not `known`."""
+    unknown = sorted(n for n in set(names) if n not in known)
     if unknown:
         raise StoreError(
             f"the taxon index names {unknown[0]}, which is not in the mirror: the index is "
@@ -213,7 +214,7 @@ def _starts(sizes: np.ndarray) -> np.ndarray:
     return np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
 
 
-def _indexed_as(rank: str, value: str) -> list[str]:
+def indexed_as(rank: str, value: str) -> list[str]:
     """The values the index may hold rows with `rank` = `value` under."""
     values = [value]
     parts = split_binomial(value) if rank == "species" else None
@@ -236,7 +237,7 @@ def entry_spans(entries: pa.Table) -> Spans:
 def _spans(index: pa.Table, rank: str, value: str) -> Spans:
     """The spans of the index entries that may hold rows with `rank` = `value`."""
     spans: Spans = {}
-    for v in _indexed_as(rank, value):
+    for v in indexed_as(rank, value):
         for entry in lookup(index, rank, v):
             _widen(
                 spans, entry.file, entry.row_group, Span(entry.row_start, entry.row_end, entry.rows)

@@ -27,7 +27,8 @@ from tol_dagster.slices.check_batch import CheckBatch, Held
 from tol_dagster.slices.checks import slice_checks
 from tol_dagster.slices.extract import SliceResult, extract_slice
 from tol_dagster.slices.keys import SliceKey
-from tol_dagster.slices.rank_plan import RankPlan, RankValue
+from tol_dagster.slices.rank_entries import FileOrder
+from tol_dagster.slices.rank_plan import RankPlan, RankValue, built_from_rows
 from tol_dagster.store.durable import fsync_dir
 from tol_dagster.store.layout import Layout
 from tol_dagster.store.mirror_files import MirrorFile
@@ -73,15 +74,16 @@ def publish_rank(
     (the benchmark measures them apart)."""
     started = time.perf_counter()
     result = RankResult(plan.rank)
-    todo = []
+    todo, order = [], FileOrder.of(files)
     for value in plan.values:
         out = layout.slices_dir(config) / value.key.file_name
-        if _unchanged(records.slice_record_named(layout, config, value.key.name), value, out):
+        record = records.slice_record_named(layout, config, value.key.name)
+        if _unchanged(record, built_from_rows(value, order), out):
             result.unchanged.append(value.key.name)
         else:
             todo.append(value)
     parts = [_Part(p) for p in rank_workers.split(todo, [v.rows for v in todo], workers)]
-    target = Target(files, schema, layout, config, commit, generation, plan.rank, checked)
+    target = Target(files, order, schema, layout, config, commit, generation, plan.rank, checked)
     failures = []
     for built, failed in rank_workers.run_parts(publish_values, parts, target=target):
         result.built += built
@@ -97,28 +99,32 @@ def publish_rank(
 
 
 class _Part(list[RankValue]):
-    """A worker's values, pickled with their index entries in one table (a value's own is a
-    slice of the rank's, which pickles all its buffers; 1,750 tables one by one took 0.6 s)."""
+    """A worker's values, pickled with only their own index entries, taken from the table
+    their plan's values share into one table."""
 
     def __reduce__(self) -> tuple[Any, ...]:
-        entries = pa.concat_tables([v.index for v in self]).combine_chunks() if self else None
-        sizes = [v.index.num_rows for v in self]
-        fields = [(v.key, v.rows, v.built_from_rows, v.first) for v in self]
-        return (_unpack, (fields, sizes, entries))
+        if not self:
+            return (_unpack, ([], [], None))
+        if any(v.entries is not self[0].entries for v in self):
+            raise ValueError("the values of a part come from one plan")
+        taken = np.concatenate([np.arange(v.start, v.stop, dtype=np.int64) for v in self])
+        sizes = [v.stop - v.start for v in self]
+        fields = [(v.key, v.rows, v.first) for v in self]
+        return (_unpack, (fields, sizes, self[0].entries.take(taken)))
 
 
 def _unpack(
-    fields: list[tuple[SliceKey, int, list[list[object]], tuple[int, int]]],
+    fields: list[tuple[SliceKey, int, int]],
     sizes: list[int],
     entries: pa.Table | None,
 ) -> list[RankValue]:
-    """A `_Part`'s values again, each index a slice of the one table."""
+    """A `_Part`'s values again, sharing the one table."""
     if entries is None:
         return []
-    starts = np.cumsum([0, *sizes[:-1]], dtype=np.int64)
+    stops = np.cumsum(sizes, dtype=np.int64)
     return [
-        RankValue(key, entries.slice(int(start), size), rows, built, first)
-        for (key, rows, built, first), start, size in zip(fields, starts, sizes, strict=True)
+        RankValue(key, rows, first, entries, int(stop - size), int(stop))
+        for (key, rows, first), size, stop in zip(fields, sizes, stops, strict=True)
     ]
 
 
@@ -127,6 +133,7 @@ class Target:
     """What a pass publishes from and to, the same for each of its values (and workers)."""
 
     files: Sequence[MirrorFile]
+    order: FileOrder
     schema: pa.Schema
     layout: Layout
     config: str
@@ -155,7 +162,7 @@ def publish_values(values: list[RankValue], target: Target) -> tuple[list[SliceR
             record = records.slice_record(
                 target.config, value.key, outcome, commit=target.commit,
                 generation=target.generation,
-                how={RANK_PASS: target.rank, BUILT_FROM_ROWS: value.built_from_rows},
+                how={RANK_PASS: target.rank, BUILT_FROM_ROWS: built_from_rows(value, target.order)},
             )  # fmt: skip
             recorder.add(record)
             built.append(outcome)
@@ -255,9 +262,10 @@ class _Recorder:
             self.queued = False
 
 
-def _unchanged(record: dict | None, value: RankValue, out: Path) -> bool:
-    """The slice at `out` was built from exactly these rows and is still there, whole."""
-    if record is None or record.get(BUILT_FROM_ROWS) != value.built_from_rows:
+def _unchanged(record: dict | None, built: list[list[object]], out: Path) -> bool:
+    """The slice at `out` was built from exactly the rows `built` names and is still there,
+    whole."""
+    if record is None or record.get(BUILT_FROM_ROWS) != built:
         return False
     try:
         return out.stat().st_size == record.get("bytes") and record.get("path") == str(out)

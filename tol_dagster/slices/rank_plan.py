@@ -1,9 +1,12 @@
 """A whole rank's plan: a slice for every value of a rank (`family`: one per family), planned
 from one read of the taxon index and the lineage summary of one generation.
 
-The taxon index is cut into one small table per value (sorted once, not searched once per
-value, which at 13,088 families is 13,088 scans of the index), and the values are ordered by
-the mirror's order of their first row, which `rank_pass` publishes them in.
+The rank's index entries are sorted by value once and each value keeps only where its entries
+lie in that one table (not a table of its own: 868,000 species of the real config would hold
+gigabytes of small tables before the first slice). Row counts come from the lineage summary
+(for `species` too, whose filter also matches genus + epithet: one grouping, not a count per
+value), and the values are ordered by the mirror's order of their first row, which `rank_pass`
+publishes them in.
 
 Homonyms, the same value under different parents, get path keys as a single slice would: a
 value whose rows hold two or more non-NULL values of a rank above it is split at the topmost
@@ -21,24 +24,38 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from tol_dagster.errors import StoreError
 from tol_dagster.schema import RANKS
-from tol_dagster.slices.counts import expected_count
 from tol_dagster.slices.keys import SliceKey
-from tol_dagster.slices.locate import entry_spans, locatable, locate
+from tol_dagster.slices.locate import Spans, entry_spans, index_counts_exactly, indexed_as, locate
+from tol_dagster.slices.rank_entries import ByValue, FileOrder, in_row_groups
+from tol_dagster.slices.species_counts import species_counts
 from tol_dagster.store.mirror_files import MirrorFile
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class RankValue:
-    """One slice of a rank: its key, the taxon index entries it reads, its row count."""
+    """One slice of a rank: its key, its row count, and where its taxon index entries lie in
+    the table its plan's values share (`entries[start:stop]`)."""
 
     key: SliceKey
-    index: pa.Table
     rows: int
-    built_from_rows: list[list[object]]
-    #: (file position, row) of its first row: values are published in this order.
-    first: tuple[int, int]
+    #: Its first row as (file position << 40) | row (one int, not a tuple: one per value):
+    #: values are published in this order.
+    first: int
+    entries: pa.Table
+    start: int
+    stop: int
+
+    @property
+    def index(self) -> pa.Table:
+        """The taxon index entries the slice reads (a view, made when asked for)."""
+        return self.entries.slice(self.start, self.stop - self.start)
+
+    def spans(self) -> Spans:
+        """Where its rows are, by file and row group."""
+        if _one_run(self.key):
+            return entry_spans(self.index)
+        return locate(self.key, self.index) or {}
 
 
 @dataclass(frozen=True)
@@ -61,35 +78,92 @@ def plan_rank(
     if rank not in RANKS:
         raise ValueError(f"unknown rank {rank!r}; expected one of {', '.join(RANKS)}")
     keys, unplaced = _keys(rank, lineage)
-    entries = {r: _entries_by_value(index, r) for r in RANKS[: RANKS.index(rank) + 1]}
-    order = {f.name: position for position, f in enumerate(files)}
-    sha256 = {f.name: f.sha256 for f in files}
-    values, below = [], 0
-    for key, counted in keys.items():
-        sub = _sub_index(index, entries, key)
-        # The lineage counts exactly the rows of a key but for `species`: its keys are
-        # binomials, which the filter also matches as genus + epithet.
-        rows = counted if rank != "species" else expected_count(key, sub, files)
-        if rows < min_rows:
-            below += 1
-            continue
-        own = len(key.conditions) == 1 and locatable(key.rank, key.value)  # `sub` is all its own
-        spans = entry_spans(sub) if own else (locate(key, sub) or {})
-        unknown = sorted(set(spans) - set(order))
-        if unknown:
-            raise StoreError(
-                f"the taxon index names {unknown[0]}, which is not in the mirror: the index is "
-                "older than the mirror; rebuild it (materialize the config's taxon_index)"
+    if (
+        rank == "species"
+    ):  # its keys are binomials, which the filter also matches as genus + epithet
+        keys = dict(zip(keys, species_counts(lineage, list(keys)), strict=True))
+    planned = [key for key, rows in keys.items() if rows >= min_rows]
+    order = FileOrder.of(files)
+    own = ByValue(index, rank)
+    ranges, extra = _entry_ranges(index, own, planned)
+    entries = pa.concat_tables([own.table, *extra]).combine_chunks()
+    firsts = _firsts(entries, planned, ranges, order)
+    starts, stops, first = ranges[:, 0].tolist(), ranges[:, 1].tolist(), firsts.tolist()
+    values = [
+        RankValue(planned[i], keys[planned[i]], first[i], entries, starts[i], stops[i])
+        for i in np.argsort(firsts, kind="stable").tolist()  # ties keep the keys' order
+    ]
+    pa.default_memory_pool().release_unused()  # the sorts' and groupings' buffers
+    return RankPlan(rank, min_rows, values, len(keys) - len(planned), unplaced)
+
+
+def built_from_rows(value: RankValue, order: FileOrder) -> list[list[object]]:
+    """The rows `value`'s slice is built from, as its record keeps them: [[sha256, row group,
+    start, stop, rows]] in the mirror's order (`rank_pass` rebuilds a slice when they change)."""
+    spans = value.spans()
+    return [
+        [order.sha256[name], group, span.start, span.stop, span.rows]
+        for name in sorted(spans, key=order.position.__getitem__)
+        for group, span in sorted(spans[name].items())
+    ]
+
+
+def _entry_ranges(
+    index: pa.Table, own: ByValue, keys: list[SliceKey]
+) -> tuple[np.ndarray, list[pa.Table]]:
+    """Each key's [start, stop) in its rank's sorted entries, past them for a key whose entries
+    are not one run (`extra`, in order: a binomial's and its epithet's, see
+    `locate.indexed_as`; a path key's and its parent's in the same row groups)."""
+    ranges = np.stack(own.ranges([k.value for k in keys]), axis=1)
+    irregular = [i for i, key in enumerate(keys) if not _one_run(key)]
+    aliases = [indexed_as(keys[i].rank, keys[i].value)[1:] for i in irregular]
+    aliased = iter(own.runs([v for names in aliases for v in names]))
+    extra = [
+        pa.concat_tables([own.slice(*ranges[i]), *(next(aliased) for _ in names)])
+        for i, names in zip(irregular, aliases, strict=True)
+    ]
+    paths = [j for j, i in enumerate(irregular) if len(keys[i].conditions) > 1]
+    for parent in dict.fromkeys(keys[irregular[j]].conditions[0][0] for j in paths):
+        mine = [j for j in paths if keys[irregular[j]].conditions[0][0] == parent]
+        theirs = ByValue(index, parent).runs([keys[irregular[j]].conditions[0][1] for j in mine])
+        for j, entries in zip(mine, theirs, strict=True):
+            extra[j] = pa.concat_tables([extra[j], in_row_groups(entries, extra[j])])
+    stops = own.table.num_rows + np.cumsum([t.num_rows for t in extra], dtype=np.int64)
+    for i, table, stop in zip(irregular, extra, stops, strict=True):
+        ranges[i] = (stop - table.num_rows, stop)
+    return ranges, extra
+
+
+def _one_run(key: SliceKey) -> bool:
+    """The rows of `key` are exactly its value's entries: one run of its rank's."""
+    return len(key.conditions) == 1 and index_counts_exactly(key.rank, key.value)
+
+
+def _firsts(
+    entries: pa.Table, keys: list[SliceKey], ranges: np.ndarray, order: FileOrder
+) -> np.ndarray:
+    """Each key's first row as `RankValue.first`: the least of its own entries' (all of them
+    at once), from its spans for a path key or a value the index cannot locate (if none, past
+    the last file)."""
+    positions = order.positions(entries["file"])
+    first = np.full(len(keys), (len(order.position) << 40), dtype=np.int64)
+    own = [i for i, key in enumerate(keys) if _one_run(key) and ranges[i, 1] > ranges[i, 0]]
+    packed = (positions << 40) | entries["row_start"].to_numpy()
+    if own:
+        # Each key's entries are one run; reduceat takes the least of each run from its start.
+        starts = ranges[own, 0]
+        bounds = np.unique(np.concatenate([starts, ranges[own, 1]]))
+        least = np.minimum.reduceat(packed, bounds[bounds < len(packed)])
+        first[own] = least[np.searchsorted(bounds[bounds < len(packed)], starts)]
+    for i in sorted(set(range(len(keys))) - set(own)):
+        value = RankValue(keys[i], 0, 0, entries, int(ranges[i, 0]), int(ranges[i, 1]))
+        spans = value.spans()
+        order.refuse_unknown(spans)
+        if spans:
+            first[i] = min(
+                (order.position[n] << 40) | s.start for n, g in spans.items() for s in g.values()
             )
-        built = [
-            [sha256[name], group, span.start, span.stop, span.rows]
-            for name in sorted(spans, key=order.__getitem__)
-            for group, span in sorted(spans[name].items())
-        ]
-        first = min((order[n], s.start) for n, g in spans.items() for s in g.values())
-        values.append(RankValue(key, sub, rows, built, first))
-    values.sort(key=lambda v: v.first)
-    return RankPlan(rank, min_rows, values, below, unplaced)
+    return first
 
 
 def _keys(rank: str, lineage: pa.Table) -> tuple[dict[SliceKey, int], int]:
@@ -136,30 +210,3 @@ def _values(lineage: pa.Table, rank: str) -> pa.ChunkedArray:
     species, genus = lineage["species"], lineage["genus"]
     joined = pc.binary_join_element_wise(genus, species, " ")
     return pc.if_else(pc.match_substring(species, " "), species, joined)
-
-
-def _entries_by_value(index: pa.Table, rank: str) -> dict[str, pa.Table]:
-    """The index entries of `rank`, one table per value, in the index's (mirror) order."""
-    entries = index.filter(pc.equal(index["rank"], rank))
-    entries = entries.take(pc.sort_indices(entries, [("value", "ascending")]))  # stable
-    values = entries["value"].to_numpy(zero_copy_only=False)
-    if not len(values):
-        return {}
-    starts = np.flatnonzero(np.concatenate([[True], values[1:] != values[:-1]]))
-    ends = np.append(starts[1:], len(values))
-    return {values[s]: entries.slice(int(s), int(e - s)) for s, e in zip(starts, ends, strict=True)}
-
-
-def _sub_index(index: pa.Table, entries: dict[str, dict[str, pa.Table]], key: SliceKey) -> pa.Table:
-    """The entries of the index `key` reads: its value's, and for a path key its parent's in
-    the row groups of the value's (`entries`: by rank, by value)."""
-    own = entries[key.rank].get(key.value) or index.schema.empty_table()
-    if len(key.conditions) == 1:
-        return own
-    (parent, x), _ = key.conditions
-    theirs = entries[parent].get(x, index.schema.empty_table())
-    groups = pc.binary_join_element_wise(own["file"], pc.cast(own["row_group"], pa.string()), "#")
-    mine = pc.binary_join_element_wise(
-        theirs["file"], pc.cast(theirs["row_group"], pa.string()), "#"
-    )
-    return pa.concat_tables([own, theirs.filter(pc.is_in(mine, groups))])

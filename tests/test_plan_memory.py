@@ -1,0 +1,33 @@
+"""A rank's plan holds about a kilobyte a value, not a table of its own per value.
+
+A value's own slice of the taxon index cost ~3.4 kB of Arrow objects, and its spans and record
+rows as Python lists more: ~5 kB a value, several GB for the real config's ~868,000 species
+before the first slice. Measured as the peak RSS of planning `species` over a fresh process's
+(after planning a small rank once: the kernels' and DuckDB's own memory is not the values'),
+for two sizes of generated index and lineage: the slope is what each value costs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tol_dagster.devtools.rank_tables import measure_plan, write_rank_tables
+
+#: Bytes a value a plan may cost at its peak (~1,200 measured; ~5,000 with a table a value).
+MAX_BYTES_PER_VALUE = 2_500
+
+
+@pytest.mark.skipif(
+    not Path("/proc/self/clear_refs").exists(), reason="reads peak RSS from /proc (Linux)"
+)
+def test_a_plan_holds_about_a_kilobyte_a_value_not_a_table_each(tmp_path: Path) -> None:
+    write_rank_tables(tmp_path / "small", 1_000)
+    sizes = (40_000, 200_000)
+    for n in sizes:
+        write_rank_tables(tmp_path / str(n), n)
+    measured = [measure_plan(tmp_path / "small", tmp_path / str(n)) for n in sizes]
+    assert [m["values"] for m in measured] == list(sizes)
+    per_value = (measured[1]["peak"] - measured[0]["peak"]) / (sizes[1] - sizes[0])
+    assert per_value < MAX_BYTES_PER_VALUE, f"{per_value:.0f} bytes a value ({measured})"
