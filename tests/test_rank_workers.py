@@ -222,7 +222,7 @@ def test_a_pass_killed_with_kill_9_leaves_its_workers_stopping_and_every_slice_w
     published = sorted(p.name for p in folder.iterdir())
     assert published and all(name.endswith(".parquet") for name in published), "no temp file"
     assert len(published) < len(plan.values) // 4, "each worker stopped after its value and group"
-    recorded = records.slice_records(ranked.layout, DEFAULT_CONFIG)
+    recorded = list(records.slice_records(ranked.layout, DEFAULT_CONFIG))
     assert sorted(Path(str(r["path"])).name for r in recorded) == published, "each recorded"
     for record in recorded:
         assert sha256_file(Path(str(record["path"]))) == record["sha256"], "whole, as recorded"

@@ -16,7 +16,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -41,12 +41,30 @@ RANK_PASS = "rank_pass"
 BUILT_FROM_ROWS = "built_from_rows"
 
 
+class Built(NamedTuple):
+    """A slice a pass published, as the pass's result keeps it: not its `SliceResult`, whose
+    checks' words and details are ~3 kB (868,000 species would hold 2.7 GB of them)."""
+
+    key: str
+    rows: int
+    bytes: int
+    sha256: str
+    seconds: float
+    #: The checks it passed, by name (none when the pass is unchecked).
+    checks: tuple[str, ...]
+
+    @classmethod
+    def of(cls, result: SliceResult) -> Built:
+        checks = tuple(c.check for c in result.checks)
+        return cls(result.key, result.rows, result.bytes, result.sha256, result.seconds, checks)
+
+
 @dataclass
 class RankResult:
-    """What a pass did: slices rebuilt (with their results), left as built, removed."""
+    """What a pass did: slices rebuilt, left as built, removed."""
 
     rank: str
-    built: list[SliceResult] = field(default_factory=list)
+    built: list[Built] = field(default_factory=list)
     unchanged: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
     seconds: float = 0.0
@@ -143,10 +161,10 @@ class Target:
     checked: bool
 
 
-def publish_values(values: list[RankValue], target: Target) -> tuple[list[SliceResult], list[str]]:
+def publish_values(values: list[RankValue], target: Target) -> tuple[list[Built], list[str]]:
     """Publish `values` in order (one worker's part of a pass): their results, and the words of
     each value whose checks failed. Checked values are checked in groups (`CheckBatch`)."""
-    built: list[SliceResult] = []
+    built: list[Built] = []
     failures: list[str] = []
     renames = DeferredRenames()
     recorder = _Recorder(target.layout, target.config, renames)
@@ -165,7 +183,7 @@ def publish_values(values: list[RankValue], target: Target) -> tuple[list[SliceR
                 how={RANK_PASS: target.rank, BUILT_FROM_ROWS: built_from_rows(value, target.order)},
             )  # fmt: skip
             recorder.add(record)
-            built.append(outcome)
+            built.append(Built.of(outcome))
 
     try:
         for value in values:

@@ -118,14 +118,14 @@ def slices_to_rebuild(
     """The slices among `keys` whose taxa have rows in files changed since the previous index
     (or that were never built), minus those already built from this generation; and the
     changed files. `built` is what the current taxon index was built from."""
-    records = {str(r["name"]): r for r in slice_records(layout, config)}
+    generations = {str(r["name"]): r.get("generation") for r in slice_records(layout, config)}
     keys = _parseable(keys, config)
     old_index, old_files = previous_index(layout, config)
     changed = changed_files(old_files, built.files)
     todo = affected_slices(
-        keys, old_index, read_taxon_index(layout, config), changed, built=records
+        keys, old_index, read_taxon_index(layout, config), changed, built=generations
     )
-    fresh = {name for name, r in records.items() if r.get("generation") == built.generation}
+    fresh = {name for name, generation in generations.items() if generation == built.generation}
     return [key for key in todo if key not in fresh], changed
 
 
