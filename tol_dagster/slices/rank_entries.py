@@ -7,7 +7,7 @@ entries; a run in one sorted table costs two integers.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,11 +32,11 @@ class ByValue:
 
     def ranges(self, values: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """[start, stop) of each of `values`' run in `table` (empty where it has none)."""
+        if not len(self.values):
+            return np.zeros(len(values), np.int64), np.zeros(len(values), np.int64)
         at = pc.index_in(pa.array(values, self.values.type), value_set=self.values)
         found = at.is_valid().to_numpy(zero_copy_only=False)
         where = at.fill_null(0).to_numpy()
-        if not len(self.values):
-            return np.zeros(len(values), np.int64), np.zeros(len(values), np.int64)
         return np.where(found, self.starts[where], 0), np.where(found, self.stops[where], 0)
 
     def runs(self, values: Sequence[str]) -> list[pa.Table]:
@@ -77,9 +77,5 @@ class FileOrder:
         the index is older than the mirror)."""
         at = pc.index_in(names, value_set=pa.array(list(self.position), names.type))
         if at.null_count:
-            self.refuse_unknown(pc.unique(names.filter(at.is_null())).to_pylist())
+            refuse_unknown(pc.unique(names.filter(at.is_null())).to_pylist(), self.position)
         return at.to_numpy().astype(np.int64)
-
-    def refuse_unknown(self, names: Iterable[str]) -> None:
-        """StoreError naming the first of `names` that is not a file of the mirror."""
-        refuse_unknown(names, self.position)

@@ -78,9 +78,7 @@ def plan_rank(
     if rank not in RANKS:
         raise ValueError(f"unknown rank {rank!r}; expected one of {', '.join(RANKS)}")
     keys, unplaced = _keys(rank, lineage)
-    if (
-        rank == "species"
-    ):  # its keys are binomials, which the filter also matches as genus + epithet
+    if rank == "species":  # binomials, which the filter also matches as genus + epithet
         keys = dict(zip(keys, species_counts(lineage, list(keys)), strict=True))
     planned = [key for key, rows in keys.items() if rows >= min_rows]
     order = FileOrder.of(files)
@@ -157,8 +155,7 @@ def _firsts(
         first[own] = least[np.searchsorted(bounds[bounds < len(packed)], starts)]
     for i in sorted(set(range(len(keys))) - set(own)):
         value = RankValue(keys[i], 0, 0, entries, int(ranges[i, 0]), int(ranges[i, 1]))
-        spans = value.spans()
-        order.refuse_unknown(spans)
+        spans = value.spans()  # of `entries`, whose files `positions` knows
         if spans:
             first[i] = min(
                 (order.position[n] << 40) | s.start for n, g in spans.items() for s in g.values()
