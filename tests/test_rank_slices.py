@@ -281,23 +281,23 @@ def test_odd_names_are_slices_and_null_is_none(odd: Ranked) -> None:
 def binomials(small_sample: Path, tmp_path_factory: pytest.TempPathFactory) -> Ranked:
     """The sample with one genus's species renamed so that a binomial's filter matches rows
     indexed under another value: most as epithet `× piperita` (a space in it: the index names
-    them `× piperita`; the genus is the sample's largest, a homonym of two kingdoms), one as
-    `Mentha × piperita` whole (the only row the index names so; its
-    key's filter also matches genus + epithet), and one epithet left empty."""
+    them `× piperita`; the sample has such rows in another kingdom), its first row and one row
+    of another kingdom as `Mentha × piperita` whole (the only rows the index names so, a
+    homonym; its keys' filters also match genus + epithet), one epithet left empty."""
     folder = tmp_path_factory.mktemp("binomials")
     table = pa.concat_tables(pq.read_table(f.path) for f in sample_mirror(small_sample))
     counts = pc.value_counts(table["genus"].drop_null())
     genus = counts[pc.index(counts.field("counts"), pc.max(counts.field("counts"))).as_py()]
     genus = genus["values"].as_py()
     rows = pc.indices_nonzero(pc.equal(table["genus"], genus)).to_pylist()
-    species = table["species"].to_pylist()
-    genera = table["genus"].to_pylist()
-    for n, row in enumerate(rows):
+    species, genera = table["species"].to_pylist(), table["genus"].to_pylist()
+    kingdoms = table["kingdom"].to_pylist()
+    other = next(r for r, k in enumerate(kingdoms) if k and k != kingdoms[rows[0]])
+    for row in rows:
         genera[row], species[row] = "Mentha", "× piperita"
-        if n == 0:
-            species[row] = "Mentha × piperita"
-        elif n == 1:
-            species[row] = ""
+    species[rows[1]] = ""
+    for row in (rows[0], other):
+        genera[row], species[row] = "Mentha", "Mentha × piperita"
     for name, column in (("genus", genera), ("species", species)):
         table = table.set_column(table.schema.get_field_index(name), name, pa.array(column))
     table = table.sort_by([(c, "ascending") for c in SORT_KEY])
@@ -308,23 +308,31 @@ def binomials(small_sample: Path, tmp_path_factory: pytest.TempPathFactory) -> R
     return Ranked(mirror_of(folder), Layout(tmp_path_factory.mktemp("home")))
 
 
+def _species_rows(ranked: Ranked, species: str) -> list[tuple[str]]:
+    """The uuids of the rows whose species column is `species`."""
+    paths = [str(f.path) for f in ranked.files]
+    query = "SELECT uuid FROM read_parquet(?) WHERE species = ?"
+    return duckdb.connect().execute(query, [paths, species]).fetchall()
+
+
 def test_a_binomial_whose_filter_matches_more_than_its_index_entries_is_all_its_rows(
     binomials: Ranked,
 ) -> None:
-    """`species=Mentha × piperita` keeps the rows of genus `Mentha` and epithet `× piperita`
-    too, which the index names under `× piperita`: its slice holds them all (it held one row),
-    and every species' row count is the filter's."""
+    """`kingdom=…/species=Mentha × piperita` keeps the rows of genus `Mentha` and epithet
+    `× piperita` of its kingdom too, which the index names under `× piperita`: its slice holds
+    them all (it held one row), and every species' row count is the filter's."""
     plan = binomials.plan("species")
     values = {v.key.name: v for v in plan.values}
     for value in plan.values:
         assert value.rows == len(binomials.brute_uuids(value.key)), value.key.name
-    whole = values["species=Mentha × piperita"]
-    epithets = [v for v in plan.values if v.key.value == "× piperita"]  # the genus's homonym
-    assert len(epithets) == 2 and whole.rows == sum(v.rows for v in epithets) + 1 > 2
-    tricky = [whole, *epithets]
+    wholes = [v for v in plan.values if v.key.value == "Mentha × piperita"]
+    epithets = [v for v in plan.values if v.key.value == "× piperita"]
+    assert len(wholes) == len(epithets) == 2, "homonyms of two kingdoms"
+    assert sum(v.rows for v in wholes) > len(_species_rows(binomials, "Mentha × piperita")) == 2
+    tricky = [*wholes, *epithets]
     assert "species=Mentha " not in values, "an empty epithet is no binomial"
     result = binomials.publish(dataclasses.replace(plan, values=tricky))
-    assert len(result.built) == 3
+    assert len(result.built) == 4
     for value in tricky:
         path = _slice(binomials.layout, value.key)
         uuids = pq.read_table(path, columns=["uuid"])["uuid"].to_pylist()
