@@ -21,6 +21,8 @@ from mirror_testing import mirror_of, sample_mirror
 from resync_testing import CONFIG, User, dagster_home, synced, synced_home, user
 
 from tol_dagster.cli.main import main
+from tol_dagster.defs.metadata import PREVIEW_ROWS
+from tol_dagster.defs.published.rank_asset import REMOVED_SHOWN, rank_metadata
 from tol_dagster.defs.published.refresh import ranks_to_refresh
 from tol_dagster.derived.summaries import build_summaries, read_summary
 from tol_dagster.derived.taxon_index import build_taxon_index, read_taxon_index
@@ -193,6 +195,19 @@ def test_a_pass_keeps_a_few_hundred_bytes_a_published_slice(
         tracemalloc.stop()
     assert received == result.built
     assert held / len(received) < 500, f"{held / len(received):.0f} bytes a slice"
+
+
+def test_a_pass_of_many_slices_keeps_its_metadata_small() -> None:
+    """Raising `min_rows` may remove most of a rank, a first pass rebuild all of it: the run's
+    metadata counts them and lists the largest rebuilt and the first removed, not them all."""
+    built = [rank_pass.Built(f"family=F{i}", i, 10 * i, "0" * 64, 0.1, ()) for i in range(500)]
+    removed = [f"family=Gone{i}" for i in range(5_000)]
+    result = RankResult("family", built=built, removed=removed)
+    metadata = rank_metadata(RankPlan("family", 1, [], 0, 0), result)
+    assert metadata["rebuilt"].value == 500 and metadata["removed"].value == 5_000
+    assert metadata["removed_slices"].value == removed[:REMOVED_SHOWN]
+    shown = [record.data["name"] for record in metadata["rebuilt_slices"].value.records]
+    assert shown == [f"family=F{i}" for i in range(499, 499 - PREVIEW_ROWS, -1)]
 
 
 def test_homonyms_get_path_keys_split_at_the_topmost_differing_rank(

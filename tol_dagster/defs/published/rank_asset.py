@@ -8,6 +8,7 @@ gets its catalog row; the run's metadata lists them. Single keys stay partitions
 `tol/<config>/slices`.
 """
 
+import heapq
 from typing import Any
 
 import dagster as dg
@@ -16,7 +17,7 @@ from pydantic import Field
 
 from tol_dagster.defs.failures import in_words
 from tol_dagster.defs.keys import asset_key
-from tol_dagster.defs.metadata import OWNERS, commit_url, table_preview, with_size
+from tol_dagster.defs.metadata import OWNERS, PREVIEW_ROWS, commit_url, table_preview, with_size
 from tol_dagster.defs.published.keys import published_group, slice_inputs
 from tol_dagster.defs.published.partitions import RANK_PARTITIONS, slice_partition_keys
 from tol_dagster.defs.resources import HubResource, StepsResource, StorageResource
@@ -31,6 +32,9 @@ from tol_dagster.store.layout import Layout
 
 #: Bump when a change of our code changes what a rank's slices hold (see derived_assets).
 RANK_SLICES_CODE_VERSION = "1"
+#: Names of the slices a pass removed that its metadata lists (raising `min_rows` may remove
+#: most of a rank).
+REMOVED_SHOWN = 100
 
 
 class RankRunConfig(dg.Config):
@@ -120,8 +124,9 @@ def _publish_rank(
 
 
 def rank_metadata(plan: RankPlan, result: RankResult) -> dict[str, Any]:
-    """What a pass did, for the UI: counts, and the slices it rebuilt (largest first)."""
-    built = sorted(result.built, key=lambda r: -r.rows)
+    """What a pass did, for the UI: counts, the slices it rebuilt (the largest) and some it
+    removed (a pass may rebuild or remove hundreds of thousands: the metadata stays small)."""
+    built = heapq.nlargest(PREVIEW_ROWS, result.built, key=lambda r: r.rows)
     preview = pa.table(
         {
             "name": [r.key for r in built],
@@ -134,7 +139,8 @@ def rank_metadata(plan: RankPlan, result: RankResult) -> dict[str, Any]:
         "slices": dg.MetadataValue.int(len(plan.values)),
         "rebuilt": dg.MetadataValue.int(len(result.built)),
         "unchanged": dg.MetadataValue.int(len(result.unchanged)),
-        "removed": dg.MetadataValue.json(result.removed),
+        "removed": dg.MetadataValue.int(len(result.removed)),
+        "removed_slices": dg.MetadataValue.json(result.removed[:REMOVED_SHOWN]),
         "below_min_rows": dg.MetadataValue.int(plan.below_min_rows),
         "min_rows": dg.MetadataValue.int(plan.min_rows),
         "unplaced_rows": dg.MetadataValue.int(plan.unplaced_rows),
