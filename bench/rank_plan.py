@@ -4,7 +4,8 @@ real config's species), in fresh child processes, `--runs` times. Printed: CPU a
 peak RSS above the process's before the plan (after a small plan: the kernels' and DuckDB's own
 memory is not the values'), what it still holds after, and both per value. A rank pass holds
 its plan in the parent process while the workers publish (target of the pass: < 2 GB in all).
-Run it on other code with `PYTHONPATH=<a worktree>` to compare.
+Run it on other code with `PYTHONPATH=<a worktree>` to compare (a commit before
+`tol_dagster/devtools/rank_tables.py` needs that file copied into its worktree).
 
     .venv/bin/python bench/rank_plan.py --workdir /tmp/rp
 """

@@ -134,6 +134,9 @@ def test_a_part_is_sent_to_a_worker_with_its_values_own_index_entries_only(
             value.key, value.rows, value.spans(), value.first,
         )  # fmt: skip
     assert pickle.loads(pickle.dumps(rank_pass._Part([]))) == []
+    other = ranked.plan("genus").values[0]  # another plan's table: its offsets mean nothing here
+    with pytest.raises(ValueError, match="one plan"):
+        pickle.dumps(rank_pass._Part([values[0], other]))
 
 
 def test_a_part_runs_with_fewer_collections_and_the_threshold_is_restored() -> None:
