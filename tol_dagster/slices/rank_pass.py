@@ -12,8 +12,9 @@ with the new index's.
 
 from __future__ import annotations
 
+import itertools
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -55,8 +56,12 @@ class Built(NamedTuple):
 
     @classmethod
     def of(cls, result: SliceResult) -> Built:
-        checks = tuple(c.check for c in result.checks)
+        names = tuple(c.check for c in result.checks)
+        checks = _CHECK_NAMES.setdefault(names, names)  # one tuple for every slice's
         return cls(result.key, result.rows, result.bytes, result.sha256, result.seconds, checks)
+
+
+_CHECK_NAMES: dict[tuple[str, ...], tuple[str, ...]] = {}
 
 
 @dataclass
@@ -100,7 +105,7 @@ def publish_rank(
             result.unchanged.append(value.key.name)
         else:
             todo.append(value)
-    parts = [_Part(p) for p in rank_workers.split(todo, [v.rows for v in todo], workers)]
+    parts = [_chunks(p) for p in rank_workers.split(todo, [v.rows for v in todo], workers)]
     target = Target(files, order, schema, layout, config, commit, generation, plan.rank, checked)
     failures = []
     for built, failed in rank_workers.run_parts(publish_values, parts, target=target):
@@ -116,9 +121,18 @@ def publish_rank(
     return result
 
 
+#: Values a worker is sent at a time (it holds one chunk, not its whole part).
+CHUNK_VALUES = 1_024
+
+
+def _chunks(values: list[RankValue]) -> list[_Part]:
+    """`values` in chunks of CHUNK_VALUES, each pickled on its own (`_Part`)."""
+    return [_Part(values[i : i + CHUNK_VALUES]) for i in range(0, len(values), CHUNK_VALUES)]
+
+
 class _Part(list[RankValue]):
-    """A worker's values, pickled with only their own index entries, taken from the table
-    their plan's values share into one table."""
+    """Values sent to a worker, pickled with only their own index entries, taken from the
+    table their plan's values share into one table."""
 
     def __reduce__(self) -> tuple[Any, ...]:
         if not self:
@@ -161,22 +175,25 @@ class Target:
     checked: bool
 
 
-def publish_values(values: list[RankValue], target: Target) -> tuple[list[Built], list[str]]:
-    """Publish `values` in order (one worker's part of a pass): their results, and the words of
-    each value whose checks failed. Checked values are checked in groups (`CheckBatch`)."""
+def publish_values(
+    chunks: Iterable[list[RankValue]], target: Target
+) -> tuple[list[Built], list[str]]:
+    """Publish the values of `chunks` in order (one worker's part of a pass, read a chunk at a
+    time): their results, and the words of each value whose checks failed. Checked values are
+    checked in groups (`CheckBatch`)."""
     built: list[Built] = []
     failures: list[str] = []
     renames = DeferredRenames()
     recorder = _Recorder(target.layout, target.config, renames)
     batch = CheckBatch(renames.publish)
-    by_key = {value.key.name: value for value in values}
+    pending: dict[str, RankValue] = {}  # built, not yet settled (a failed one stays: few)
 
     def settle(outcomes: list[SliceResult | ValidationFailed]) -> None:
         for outcome in outcomes:
             if isinstance(outcome, ValidationFailed):
                 failures.append(str(outcome))
                 continue
-            value = by_key[outcome.key]
+            value = pending.pop(outcome.key)
             record = records.slice_record(
                 target.config, value.key, outcome, commit=target.commit,
                 generation=target.generation,
@@ -186,9 +203,10 @@ def publish_values(values: list[RankValue], target: Target) -> tuple[list[Built]
             built.append(Built.of(outcome))
 
     try:
-        for value in values:
+        for value in itertools.chain.from_iterable(chunks):
             if rank_workers.parent_gone():
                 break
+            pending[value.key.name] = value
             if target.checked:
                 settle(batch.hold(_held(value, target)))
             else:

@@ -6,6 +6,8 @@ written in Python, the checks), and the GIL keeps threads from sharing that work
 a run of neighbouring values, so each worker keeps reading the pages its last value read.
 Workers are new Python processes (not forked from a process holding DuckDB's and Arrow's
 threads), stop between values once their parent is gone, and hold one slice at a time each.
+A worker reads its part one item at a time from its task file (a rank pass's items are chunks
+of values): what it holds does not grow with its part (434,000 species each, at full scale).
 """
 
 from __future__ import annotations
@@ -57,19 +59,20 @@ def split(values: Sequence[T], weights: Sequence[int], workers: int) -> list[lis
     return out
 
 
-def run_parts(work: Callable[..., R], parts: Sequence[list[T]], **arguments: Any) -> list[R]:
-    """`work(part, **arguments)` for each part: in this process for one part, else one worker
-    process per part (this Python importing this module and calling `serve`: no main module
-    imported again, unlike multiprocessing's spawn). Results in the parts' order; the first
-    part's error is raised once every part has stopped. Interrupted (or failing) here, the
-    workers are interrupted too (SIGINT: each cleans up what it was writing) and waited for."""
+def run_parts(work: Callable[..., R], parts: Sequence[Sequence[T]], **arguments: Any) -> list[R]:
+    """`work(items, **arguments)` for each part, `items` an iterable of the part's items: in
+    this process for one part, else one worker process per part (this Python importing this
+    module and calling `serve`: no main module imported again, unlike multiprocessing's spawn),
+    which unpickles the items as `work` iterates. Results in the parts' order; the first part's
+    error is raised once every part has stopped. Interrupted (or failing) here, the workers are
+    interrupted too (SIGINT: each cleans up what it was writing) and waited for."""
     if len(parts) <= 1:
         with fewer_collections():
             return [work(part, **arguments) for part in parts]
     workers: list[tuple[subprocess.Popen, BinaryIO]] = []
     try:
         for part in parts:
-            workers.append(_start(pickle.dumps((os.getpid(), work, part, arguments))))
+            workers.append(_start((os.getpid(), work, arguments), part))
         outcomes = [_outcome(process, results) for process, results in workers]
     except BaseException:
         for _, results in workers:
@@ -96,17 +99,20 @@ def fewer_collections() -> Iterator[None]:
         gc.set_threshold(*threshold)
 
 
-def _start(task: bytes) -> tuple[subprocess.Popen, BinaryIO]:
-    """A worker reading `task` from a file as its stdin (not a pipe: no worker waits for the
-    one before it to read its task), answering on a pipe of its own (its stdout and stderr
-    stay the caller's, for its logs)."""
+def _start(task: tuple[Any, ...], items: Sequence[Any]) -> tuple[subprocess.Popen, BinaryIO]:
+    """A worker reading `task`, then the number of `items` and each item, pickled one after
+    the other in a file as its stdin (not a pipe: no worker waits for the one before it to
+    read its task), answering on a pipe of its own (its stdout and stderr stay the caller's,
+    for its logs)."""
     read, write = os.pipe()
     results = os.fdopen(read, "rb")
     package = str(Path(__file__).resolve().parents[2])  # where this tol_dagster is imported from
     path = os.pathsep.join(filter(None, [package, os.environ.get("PYTHONPATH")]))
     try:
         with tempfile.TemporaryFile() as stdin:
-            stdin.write(task)
+            pickle.dump((*task, len(items)), stdin)
+            for item in items:
+                pickle.dump(item, stdin)
             stdin.seek(0)
             process = subprocess.Popen(
                 # Imported, not run as __main__: a second copy of this module would hold the
@@ -161,13 +167,19 @@ def parent_gone() -> bool:
     return bool(_PARENT) and os.getppid() != _PARENT[0]
 
 
+def _items(count: int) -> Iterator[Any]:
+    """A worker's items, each unpickled from stdin when asked for."""
+    for _ in range(count):
+        yield pickle.load(sys.stdin.buffer)
+
+
 def serve(results: int) -> None:
     """A worker: its task from stdin, its outcome (result, or the error) to fd `results`."""
-    parent, work, part, arguments = pickle.load(sys.stdin.buffer)
+    parent, work, arguments, count = pickle.load(sys.stdin.buffer)
     _PARENT.append(parent)
     try:
         with fewer_collections():
-            outcome: tuple[bool, Any] = (True, work(part, **arguments))
+            outcome: tuple[bool, Any] = (True, work(_items(count), **arguments))
     except BaseException as error:  # sent to the parent, which raises it
         outcome = (False, error)
     try:
