@@ -62,14 +62,15 @@ unless `--workdir` names a folder to keep it in (a matching mirror there is reus
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
-import resource
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -297,12 +298,12 @@ def warm_up() -> None:
     duck.cursor().close()
 
 
-def peak_rss_mb() -> float:
-    """This process's peak RSS (VmHWM: unlike ru_maxrss, not inherited across exec)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
+def peak_rss_mb(pid: int | str = "self") -> float:
+    """A process's peak RSS (VmHWM: unlike ru_maxrss, not inherited across exec)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmHWM in /proc/self/status")
+    raise RuntimeError(f"no VmHWM in /proc/{pid}/status")
 
 
 def _cpu() -> float:
@@ -311,10 +312,30 @@ def _cpu() -> float:
     return times.user + times.system + times.children_user + times.children_system
 
 
-def workers_peak_rss_mb(workers: int) -> float:
-    """An upper bound of the peak RSS of a rank's workers together: each at the largest one's
-    (ru_maxrss of the children waited for is the largest child's, in KB on Linux)."""
-    return workers * resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+class WorkerPeaks(threading.Thread):
+    """The peak RSS of a rank's workers, each read from /proc every SAMPLE_S while they run
+    (their ru_maxrss would not do: a process started by exec keeps its parent's peak in it,
+    here the pass's, plan and index included)."""
+
+    SAMPLE_S = 0.05
+
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        self.peaks: dict[str, float] = {}
+        self.done = threading.Event()
+        self.children = Path(f"/proc/self/task/{os.getpid()}/children")  # the main thread's
+
+    def run(self) -> None:
+        while not self.done.wait(self.SAMPLE_S):
+            for pid in self.children.read_text().split():
+                with contextlib.suppress(OSError, RuntimeError):  # ended since
+                    self.peaks[pid] = max(self.peaks.get(pid, 0.0), peak_rss_mb(pid))
+
+    def total_mb(self) -> float:
+        """The workers' peaks added up (each the highest sampled), once they have ended."""
+        self.done.set()
+        self.join()
+        return sum(self.peaks.values())
 
 
 def measure(way: str, key: str, workdir: Path, species_or: bool, output_bytes: int = 0) -> Measure:
@@ -375,7 +396,7 @@ def run_rank_way(way: str, rank: str, workdir: Path, workers: int) -> Measure:
     clear_rank_outputs(workdir, way)
     warm_up()
     before, started = _cpu(), time.perf_counter()
-    note = ""
+    note, sampled = "", WorkerPeaks()
     if way == "rank-copy":
         glob = str(mirror[0].path.parent / "*.parquet")
         out = workdir / "out" / "rank-copy"
@@ -391,13 +412,14 @@ def run_rank_way(way: str, rank: str, workdir: Path, workers: int) -> Measure:
     else:
         lineage = read_summary(layout, CONFIG, "lineage")
         plan = plan_rank(rank, index, lineage, mirror)
+        sampled.start()
         result = publish_rank(
             plan, mirror, schema=expected_schema(CONFIG), layout=layout, config=CONFIG,
             commit="bench", generation="bench", checked=way == "rank-checked", workers=workers,
         )  # fmt: skip
         note = f"{len(result.built):,} slices, {workers} process{'es' if workers > 1 else ''}"
     seconds, cpu = time.perf_counter() - started, _cpu() - before
-    rss = peak_rss_mb() + (workers_peak_rss_mb(workers) if workers > 1 else 0.0)
+    rss = peak_rss_mb() + (sampled.total_mb() if sampled.is_alive() else 0.0)
     parts = sorted(out.rglob("*.parquet")) if out.is_dir() else [out]
     rows = sum(pq.read_metadata(p).num_rows for p in parts if p.suffix == ".parquet")
     emb = str(pq.read_schema(parts[0]).field("emb").type) if way != "rank-floor" else "-"
