@@ -17,7 +17,7 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -30,6 +30,7 @@ from tol_dagster.slices.extract import SliceResult, extract_slice
 from tol_dagster.slices.keys import SliceKey
 from tol_dagster.slices.rank_entries import FileOrder
 from tol_dagster.slices.rank_plan import RankPlan, RankValue, built_from_rows
+from tol_dagster.slices.rank_results import Built, BuiltSlices
 from tol_dagster.store.durable import fsync_dir
 from tol_dagster.store.layout import Layout
 from tol_dagster.store.mirror_files import MirrorFile
@@ -42,34 +43,12 @@ RANK_PASS = "rank_pass"
 BUILT_FROM_ROWS = "built_from_rows"
 
 
-class Built(NamedTuple):
-    """A slice a pass published, as the pass's result keeps it: not its `SliceResult`, whose
-    checks' words and details are ~3 kB (868,000 species would hold 2.7 GB of them)."""
-
-    key: str
-    rows: int
-    bytes: int
-    sha256: str
-    seconds: float
-    #: The checks it passed, by name (none when the pass is unchecked).
-    checks: tuple[str, ...]
-
-    @classmethod
-    def of(cls, result: SliceResult) -> Built:
-        names = tuple(c.check for c in result.checks)
-        checks = _CHECK_NAMES.setdefault(names, names)  # one tuple for every slice's
-        return cls(result.key, result.rows, result.bytes, result.sha256, result.seconds, checks)
-
-
-_CHECK_NAMES: dict[tuple[str, ...], tuple[str, ...]] = {}
-
-
 @dataclass
 class RankResult:
     """What a pass did: slices rebuilt, left as built, removed."""
 
     rank: str
-    built: list[Built] = field(default_factory=list)
+    built: BuiltSlices = field(default_factory=BuiltSlices)
     unchanged: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
     seconds: float = 0.0
@@ -109,7 +88,7 @@ def publish_rank(
     target = Target(files, order, schema, layout, config, commit, generation, plan.rank, checked)
     failures = []
     for built, failed in rank_workers.run_parts(publish_values, parts, target=target):
-        result.built += built
+        result.built.extend(built)
         failures += failed
     result.removed = _remove_dropped(layout, config, plan, keep)
     result.seconds = time.perf_counter() - started
@@ -177,11 +156,11 @@ class Target:
 
 def publish_values(
     chunks: Iterable[list[RankValue]], target: Target
-) -> tuple[list[Built], list[str]]:
+) -> tuple[BuiltSlices, list[str]]:
     """Publish the values of `chunks` in order (one worker's part of a pass, read a chunk at a
     time): their results, and the words of each value whose checks failed. Checked values are
     checked in groups (`CheckBatch`)."""
-    built: list[Built] = []
+    built = BuiltSlices()
     failures: list[str] = []
     renames = DeferredRenames()
     recorder = _Recorder(target.layout, target.config, renames)

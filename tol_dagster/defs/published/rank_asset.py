@@ -144,8 +144,8 @@ def rank_metadata(plan: RankPlan, result: RankResult) -> dict[str, Any]:
         "below_min_rows": dg.MetadataValue.int(plan.below_min_rows),
         "min_rows": dg.MetadataValue.int(plan.min_rows),
         "unplaced_rows": dg.MetadataValue.int(plan.unplaced_rows),
-        "dagster/row_count": dg.MetadataValue.int(sum(r.rows for r in result.built)),
-        **with_size("bytes_written", sum(r.bytes for r in result.built)),
+        "dagster/row_count": dg.MetadataValue.int(sum(result.built.rows)),
+        **with_size("bytes_written", sum(result.built.bytes)),
         "seconds": round(result.seconds, 3),
         "rebuilt_slices": table_preview(preview),
     }
