@@ -41,7 +41,7 @@ from tol_dagster.slices.emb_check import EMB_MATCHES_MIRROR
 from tol_dagster.slices.extract import assemble_slice, extract_segment, extract_slice
 from tol_dagster.slices.keys import SliceKey, parse_slice_key, to_sql_filter
 from tol_dagster.slices.rank_pass import RankResult, publish_rank
-from tol_dagster.slices.rank_plan import RankPlan, RankValue, plan_rank
+from tol_dagster.slices.rank_plan import PlanValues, RankPlan, RankValue, plan_rank
 from tol_dagster.slices.rank_results import Built, BuiltSlices
 from tol_dagster.slices.rebuilds import RankSpec, declared_ranks
 from tol_dagster.store import renames
@@ -249,6 +249,22 @@ def test_homonyms_get_path_keys_split_at_the_topmost_differing_rank(
     for value in plan.values:
         if value.key.value == "Morus":
             assert value.rows == len(ranked.brute_uuids(value.key)) > 0
+
+
+def test_a_plan_hands_out_its_values_made_from_columns_path_keys_included(
+    family: tuple[Ranked, RankPlan, RankResult],
+) -> None:
+    """A plan keeps its values as columns (`PlanValues`): each value made when asked for is
+    the same whether indexed, sliced or iterated, homonyms with their path keys."""
+    values = family[0].plan("genus").values
+    assert isinstance(values, PlanValues) and len(values) > 50
+    made = list(values)
+    assert made == [values[i] for i in range(len(values))]
+    assert values[-1] == made[-1] and values[3:7] == made[3:7]
+    assert any(len(v.key.conditions) > 1 for v in made), "the sample has homonyms"
+    assert [v.first for v in made] == sorted(v.first for v in made), "in the mirror's order"
+    with pytest.raises(IndexError):
+        values[len(values)]
 
 
 def test_min_rows_keeps_the_values_with_at_least_that_many_rows(

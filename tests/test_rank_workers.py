@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from mirror_testing import sample_mirror
 from test_rank_slices import Ranked
@@ -24,6 +25,7 @@ from tol_dagster.errors import SettingsError
 from tol_dagster.schema import DEFAULT_CONFIG
 from tol_dagster.settings import Settings
 from tol_dagster.slices import rank_pass, rank_workers, records
+from tol_dagster.slices.rank_plan import RankValue
 from tol_dagster.store.hashing import sha256_file
 from tol_dagster.store.layout import Layout
 
@@ -150,18 +152,22 @@ def test_a_part_is_sent_to_a_worker_with_its_values_own_index_entries_only(
     plan = ranked.plan("family")
     values = sorted(plan.values, key=lambda v: -v.index.num_rows)[:3]
     whole = len(pickle.dumps(values[0].entries))
-    sent = pickle.loads(pickle.dumps(rank_pass._Part(values)))
-    assert len(pickle.dumps(rank_pass._Part(values))) < whole / 10
+    sent = pickle.loads(pickle.dumps(_chunk(values)))
+    assert len(pickle.dumps(_chunk(values))) < whole / 10
     assert type(sent) is list and len(sent) == 3
     for got, value in zip(sent, values, strict=True):
         assert got.index.equals(value.index)
         assert (got.key, got.rows, got.spans(), got.first) == (
             value.key, value.rows, value.spans(), value.first,
         )  # fmt: skip
-    assert pickle.loads(pickle.dumps(rank_pass._Part([]))) == []
+    assert pickle.loads(pickle.dumps(_chunk([]))) == []
     other = ranked.plan("genus").values[0]  # another plan's table: its offsets mean nothing here
     with pytest.raises(ValueError, match="one plan"):
-        pickle.dumps(rank_pass._Part([values[0], other]))
+        pickle.dumps(_chunk([values[0], other]))
+
+
+def _chunk(values: list[RankValue]) -> Any:
+    return rank_pass._Chunk(values, np.arange(len(values)))
 
 
 def test_a_part_runs_with_fewer_collections_and_the_threshold_is_restored() -> None:

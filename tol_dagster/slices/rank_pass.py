@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Iterable, Sequence
+from array import array
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -76,15 +77,16 @@ def publish_rank(
     (the benchmark measures them apart)."""
     started = time.perf_counter()
     result = RankResult(plan.rank)
-    todo, order = [], FileOrder.of(files)
-    for value in plan.values:
+    todo, weights, order = array("q"), array("q"), FileOrder.of(files)  # by place in the plan
+    for i, value in enumerate(plan.values):
         out = layout.slices_dir(config) / value.key.file_name
         record = records.slice_record_named(layout, config, value.key.name)
         if _unchanged(record, value, order, out):
             result.unchanged.append(value.key.name)
         else:
-            todo.append(value)
-    parts = [_chunks(p) for p in rank_workers.split(todo, [v.rows for v in todo], workers)]
+            todo.append(i)
+            weights.append(value.rows)
+    parts = [_chunks(plan.values, p) for p in rank_workers.split(todo, weights, workers)]
     target = Target(files, order, schema, layout, config, commit, generation, plan.rank, checked)
     failures = []
     for built, failed in rank_workers.run_parts(publish_values, parts, target=target):
@@ -104,24 +106,35 @@ def publish_rank(
 CHUNK_VALUES = 1_024
 
 
-def _chunks(values: list[RankValue]) -> list[_Part]:
-    """`values` in chunks of CHUNK_VALUES, each pickled on its own (`_Part`)."""
-    return [_Part(values[i : i + CHUNK_VALUES]) for i in range(0, len(values), CHUNK_VALUES)]
+def _chunks(values: Sequence[RankValue], at: Sequence[int]) -> list[_Chunk]:
+    """The values of `values` at places `at`, in chunks of CHUNK_VALUES (`_Chunk`)."""
+    places = np.asarray(at, dtype=np.int64)
+    return [
+        _Chunk(values, places[i : i + CHUNK_VALUES]) for i in range(0, len(places), CHUNK_VALUES)
+    ]
 
 
-class _Part(list[RankValue]):
-    """Values sent to a worker, pickled with only their own index entries, taken from the
-    table their plan's values share into one table."""
+class _Chunk:
+    """Values of a plan by their places in it, made when iterated (a plan keeps its values as
+    columns), pickled for a worker as a list of them with only their own index entries, taken
+    from the table their plan's values share into one table."""
+
+    def __init__(self, values: Sequence[RankValue], at: np.ndarray) -> None:
+        self.values, self.at = values, at
+
+    def __iter__(self) -> Iterator[RankValue]:
+        return (self.values[i] for i in self.at.tolist())
 
     def __reduce__(self) -> tuple[Any, ...]:
-        if not self:
+        values = list(self)
+        if not values:
             return (_unpack, ([], [], None))
-        if any(v.entries is not self[0].entries for v in self):
-            raise ValueError("the values of a part come from one plan")
-        taken = np.concatenate([np.arange(v.start, v.stop, dtype=np.int64) for v in self])
-        sizes = [v.stop - v.start for v in self]
-        fields = [(v.key, v.rows, v.first) for v in self]
-        return (_unpack, (fields, sizes, self[0].entries.take(taken)))
+        if any(v.entries is not values[0].entries for v in values):
+            raise ValueError("the values of a chunk come from one plan")
+        taken = np.concatenate([np.arange(v.start, v.stop, dtype=np.int64) for v in values])
+        sizes = [v.stop - v.start for v in values]
+        fields = [(v.key, v.rows, v.first) for v in values]
+        return (_unpack, (fields, sizes, values[0].entries.take(taken)))
 
 
 def _unpack(
@@ -129,7 +142,7 @@ def _unpack(
     sizes: list[int],
     entries: pa.Table | None,
 ) -> list[RankValue]:
-    """A `_Part`'s values again, sharing the one table."""
+    """A `_Chunk`'s values again, sharing the one table."""
     if entries is None:
         return []
     stops = np.cumsum(sizes, dtype=np.int64)
