@@ -7,8 +7,10 @@ of its own: give each thread (and each `with` block) its own.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
+from collections.abc import Iterator
 
 import duckdb
 
@@ -23,3 +25,15 @@ def cursor() -> duckdb.DuckDBPyConnection:
         if pid not in _DATABASES:
             _DATABASES[pid] = duckdb.connect()
         return _DATABASES[pid].cursor()
+
+
+@contextlib.contextmanager
+def own_database() -> Iterator[duckdb.DuckDBPyConnection]:
+    """A database of its own, closed after: the memory of a large query goes back to the
+    system (the shared database's allocator keeps what its queries freed: ~235 MB after a
+    rank's plan counted 868,000 species, held while the pass's workers run)."""
+    con = duckdb.connect()
+    try:
+        yield con
+    finally:
+        con.close()

@@ -42,7 +42,7 @@ def species_counts(lineage: pa.Table, keys: Sequence[SliceKey]) -> list[int]:
         }
     )
     counts = np.zeros(len(keys), dtype=np.int64)
-    with duck.cursor() as con:
+    with duck.own_database() as con:  # ~40 ms, and its memory freed after
         con.register("lineage", lineage)
         con.register("wanted", wanted)
         for parent in dict.fromkeys(p for p, _ in parents):
