@@ -17,15 +17,22 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import pytest
 from mirror_testing import sample_mirror
 from test_rank_slices import Ranked
 
+from tol_dagster.devtools.rank_tables import (
+    SLICE_CHECKS,
+    read_rank_tables,
+    results_only,
+    write_rank_tables,
+)
 from tol_dagster.errors import SettingsError
 from tol_dagster.schema import DEFAULT_CONFIG
 from tol_dagster.settings import Settings
 from tol_dagster.slices import rank_pass, rank_workers, records
-from tol_dagster.slices.rank_plan import RankValue
+from tol_dagster.slices.rank_plan import RankValue, plan_rank
 from tol_dagster.store.hashing import sha256_file
 from tol_dagster.store.layout import Layout
 
@@ -263,3 +270,22 @@ def test_a_pass_killed_with_kill_9_leaves_its_workers_stopping_and_every_slice_w
     resumed = ranked.publish(plan)
     assert len(resumed.unchanged) == len(published)
     assert len(resumed.built) == len(plan.values) - len(published)
+
+
+def test_a_pass_of_thousands_of_values_reaches_its_workers_in_chunks_in_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, started: list[int]
+) -> None:
+    """Generated tables of 5,000 species, no mirror: the pass's workers (publishing nothing,
+    `rank_tables.results_only`) get every value once, in the plan's order, over several chunks
+    each, with its key and rows."""
+    write_rank_tables(tmp_path / "tables", 5_000)
+    index, lineage, files = read_rank_tables(tmp_path / "tables")
+    plan = plan_rank("species", index, lineage, files)
+    monkeypatch.setattr(rank_pass, "publish_values", results_only)
+    result = rank_pass.publish_rank(
+        plan, files, schema=pa.schema([]), layout=Layout(tmp_path / "home"), config="c",
+        commit="c", generation="g", workers=2,
+    )  # fmt: skip
+    assert len(started) == 2 and len(plan.values) > 2 * rank_pass.CHUNK_VALUES
+    assert [(b.key, b.rows) for b in result.built] == [(v.key.name, v.rows) for v in plan.values]
+    assert {b.checks for b in result.built} == {SLICE_CHECKS}
