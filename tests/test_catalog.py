@@ -7,23 +7,23 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from pathlib import Path
 
+import dagster as dg
 import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 from mirror_testing import sample_mirror
 
 from tol_dagster import catalog
 from tol_dagster.catalog import list_slices, read_arrow, read_duckdb, read_pandas
+from tol_dagster.defs.published.catalog_asset import build_catalog_asset
+from tol_dagster.defs.published.partitions import slices_partitions_name
+from tol_dagster.defs.resources import StorageResource
 from tol_dagster.errors import SliceNotPublished, SliceSpecError
 from tol_dagster.schema import DEFAULT_CONFIG, expected_schema
-from tol_dagster.slices.catalog_file import (
-    CATALOG_SCHEMA,
-    CatalogEntry,
-    read_catalog,
-    remove_entry,
-    upsert_entries,
-)
+from tol_dagster.slices import catalog_file, records
+from tol_dagster.slices.catalog_file import CATALOG_SCHEMA, read_catalog, remove_entry, upsert_rows
 from tol_dagster.slices.extract import extract_slice
 from tol_dagster.slices.keys import parse_slice_key
 from tol_dagster.store.layout import Layout
@@ -31,7 +31,7 @@ from tol_dagster.store.layout import Layout
 OTHER = "bioclip-2.5-vith14_float16"
 
 
-def _publish(layout: Layout, config: str, text: str, files: list) -> CatalogEntry:
+def _publish(layout: Layout, config: str, text: str, files: list) -> None:
     key = parse_slice_key(text)
     result = extract_slice(
         key,
@@ -40,17 +40,12 @@ def _publish(layout: Layout, config: str, text: str, files: list) -> CatalogEntr
         layout.slices_dir(config) / key.file_name,
         schema=expected_schema(DEFAULT_CONFIG),
     )
-    entry = CatalogEntry.for_slice(
-        config,
-        key,
-        result.path,
-        rows=result.rows,
-        bytes=result.bytes,
-        sha256=result.sha256,
-        upstream_commit="c0ffee",
-    )
-    upsert_entries(layout, config, [entry])
-    return entry
+    row = {
+        "config": config, "name": key.name, "rank": key.rank, "value": key.value,
+        "path": str(result.path.resolve()), "rows": result.rows, "bytes": result.bytes,
+        "sha256": result.sha256, "upstream_commit": "c0ffee", "built_at": datetime.now(UTC),
+    }  # fmt: skip
+    upsert_rows(layout, config, pa.Table.from_pylist([row], schema=CATALOG_SCHEMA))
 
 
 @pytest.fixture
@@ -89,8 +84,8 @@ def test_upsert_replaces_by_name_and_remove_drops_one_row(home: Layout) -> None:
     old = read_catalog(home, DEFAULT_CONFIG)
     felidae = next(r for r in old.to_pylist() if r["name"] == "family=Felidae")
     later = datetime(2031, 1, 2, tzinfo=UTC)
-    entry = CatalogEntry(**{**felidae, "upstream_commit": "beef", "built_at": later})
-    new = upsert_entries(home, DEFAULT_CONFIG, [entry])
+    entry = {**felidae, "upstream_commit": "beef", "built_at": later}
+    new = upsert_rows(home, DEFAULT_CONFIG, pa.Table.from_pylist([entry], schema=CATALOG_SCHEMA))
     assert new.num_rows == old.num_rows
     row = next(
         r for r in read_catalog(home, DEFAULT_CONFIG).to_pylist() if r["name"] == "family=Felidae"
@@ -110,7 +105,7 @@ def test_upsert_replaces_by_name_and_remove_drops_one_row(home: Layout) -> None:
 def test_an_entry_for_another_config_is_refused(home: Layout) -> None:
     row = read_catalog(home, DEFAULT_CONFIG).to_pylist()[0]
     with pytest.raises(ValueError, match="another config"):
-        upsert_entries(home, OTHER, [CatalogEntry(**row)])
+        upsert_rows(home, OTHER, pa.Table.from_pylist([row], schema=CATALOG_SCHEMA))
 
 
 def test_readers_return_the_slice_in_every_form(home: Layout) -> None:
@@ -174,3 +169,45 @@ def test_nothing_published_says_how_to_start(
     assert list_slices().empty
     with pytest.raises(SliceNotPublished, match="tol-dagster slice"):
         read_arrow("family=Felidae")
+
+
+def _record(name: str, **how: object) -> dict[str, object]:
+    key = parse_slice_key(name)
+    return {
+        "config": DEFAULT_CONFIG, "name": key.name, "rank": key.rank, "value": key.value,
+        "path": f"/published/{key.file_name}", "rows": 3, "bytes": 1_000,
+        "sha256": "ab" * 32, "upstream_commit": "c0ffee",
+        "built_at": datetime(2026, 12, 6, tzinfo=UTC).isoformat(), **how,
+    }  # fmt: skip
+
+
+def test_a_refresh_that_drops_thousands_of_slices_rewrites_the_catalog_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A rank's raised `min_rows` may drop most of its slices: the catalog asset keeps the
+    slices recorded as built that are live (a rank's, or a partition's) and the rows of live
+    partitions not built again, dropping the rest, in one rewrite (it removed each dropped
+    slice with a rewrite of its own: a catalog of 868,000 species rewritten 400,000 times)."""
+    layout = Layout(tmp_path / "home")
+    gone = [f"species=Gone {i}" for i in range(3_000)]
+    kept = _record("family=Kept", upstream_commit="old")  # a partition not built again
+    old = catalog_file.catalog_rows(DEFAULT_CONFIG, [*(_record(n) for n in gone), kept])
+    upsert_rows(layout, DEFAULT_CONFIG, old)
+    ranked = [_record(f"species=Kept {i}", rank_pass="species") for i in range(2_000)]
+    for record in [*ranked, _record("genus=Unlisted")]:  # no longer a partition, no rank's
+        records.save_slice_record(layout, DEFAULT_CONFIG, record, sync_dir=False)
+    rewrites = []
+    real = catalog_file._publish
+    monkeypatch.setattr(catalog_file, "_publish", lambda *a: rewrites.append(1) or real(*a))
+    instance = dg.DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions(slices_partitions_name(DEFAULT_CONFIG), ["family=Kept"])
+    asset = build_catalog_asset(DEFAULT_CONFIG)
+    storage = StorageResource(home=str(layout.home))
+    assert dg.materialize([asset], instance=instance, resources={"storage": storage}).success
+    assert len(rewrites) == 1
+    table = read_catalog(layout, DEFAULT_CONFIG)
+    assert table["name"].to_pylist() == sorted(["family=Kept", *(r["name"] for r in ranked)])
+    assert (
+        table.filter(pc.equal(table["name"], "family=Kept"))["upstream_commit"][0].as_py() == "old"
+    )
+    assert table.schema.equals(CATALOG_SCHEMA, check_metadata=False)

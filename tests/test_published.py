@@ -56,7 +56,7 @@ from tol_dagster.devtools.localhub import LocalHub
 from tol_dagster.errors import ValidationFailed
 from tol_dagster.hub.client import HubClient
 from tol_dagster.settings import DEFAULT_SLICES_FILE, Settings
-from tol_dagster.slices.catalog_file import CatalogEntry, upsert_entries
+from tol_dagster.slices.catalog_file import CATALOG_SCHEMA, upsert_rows
 from tol_dagster.slices.keys import parse_slice_key
 from tol_dagster.store.hashing import sha256_file
 from tol_dagster.store.layout import Layout
@@ -375,7 +375,8 @@ def test_slices_remove_removes_a_partition_whose_name_does_not_parse_or_is_not_c
     )
     (records / "hand-made.json").write_text(json.dumps(record))
     [row] = catalog_rows(synced).values()
-    upsert_entries(synced.layout, CONFIG, [CatalogEntry(**{**row, "name": raw})])
+    raw_row = pa.Table.from_pylist([{**row, "name": raw}], schema=CATALOG_SCHEMA)
+    upsert_rows(synced.layout, CONFIG, raw_row)
     with synced.instance() as instance:
         instance.add_dynamic_partitions(slices_partitions_name(CONFIG), [raw])
     assert raw in partitions(synced) and raw in catalog_rows(synced)
