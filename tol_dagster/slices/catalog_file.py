@@ -54,7 +54,8 @@ def upsert_rows(
     """Add or replace (by name) `rows` in `config`'s catalog, keeping those of its other rows
     named in `keep` (all when None), in one atomic rewrite; returns the new catalog. Why one
     rewrite, in columns: a refresh may drop hundreds of thousands of slices (a rank's raised
-    `min_rows`), and the catalog of 868,000 species is ~0.2 GB as columns, ~3 GB as rows."""
+    `min_rows`), and refreshing 868,000 species' rows took 1.95 GB and 42 CPU s as Python
+    objects, ~1 GB and 9 s as columns."""
     wrong = rows.filter(pc.not_equal(rows["config"], config))["name"].to_pylist()
     if wrong:
         raise ValueError(f"catalog of {config}: rows {wrong[:10]} belong to another config")
