@@ -6,7 +6,8 @@ memory is not the values'), what it still holds after, and both per value. A ran
 its plan in the parent process while the workers publish (target of the pass: < 2 GB in all).
 Then a pass over that plan whose two workers publish nothing (`rank_tables.results_only`: each
 value's result as a real one, no slice), which measures what the pass holds per value: the
-parent's peak during the pass and each worker's. A real pass adds each worker's working set of
+parent's peak during the pass and each worker's, and its wall time (what a pass spends on
+its values besides their slices: finding their records, sending them, taking their results). A real pass adds each worker's working set of
 one slice at a time (`bench/slices.py`'s rank runs print it).
 Run it on other code with `PYTHONPATH=<a worktree>` to compare (a commit before
 `tol_dagster/devtools/rank_tables.py` needs that file copied into its worktree).
@@ -22,6 +23,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pyarrow as pa
@@ -49,31 +51,34 @@ def tables(workdir: Path, species: int) -> Path:
 def pass_child(folder: Path) -> None:
     """In a fresh process: the plan of `folder`'s species, then a pass over it of two workers
     that publish nothing; prints the values, the parent's peak during the pass and each
-    worker's (MB)."""
+    worker's (MB), and the pass's seconds."""
     index, lineage, files = read_rank_tables(folder)
     plan = plan_rank("species", index, lineage, files)
     del index, lineage
+    rank_pass._release_freed()  # as the pass starts by doing: what planning freed is not its
     Path("/proc/self/clear_refs").write_text("5")  # the parent's peak from here on
     rank_pass.publish_values = results_only
     workers = WorkerPeaks()
     workers.start()
+    started = time.perf_counter()
     with tempfile.TemporaryDirectory() as home:
         rank_pass.publish_rank(
             plan, files, schema=pa.schema([]), layout=Layout(Path(home)), config="bench",
             commit="bench", generation="bench", workers=2,
         )  # fmt: skip
+    seconds = time.perf_counter() - started
     workers.total_mb()
-    print(json.dumps([len(plan.values), peak_rss_mb(), sorted(workers.peaks.values())]))
+    print(json.dumps([len(plan.values), peak_rss_mb(), sorted(workers.peaks.values()), seconds]))
 
 
-def measure_pass(folder: Path) -> tuple[int, float, list[float]]:
+def measure_pass(folder: Path) -> tuple[int, float, list[float], float]:
     """`pass_child` in a fresh process."""
     done = subprocess.run(
         [sys.executable, __file__, "--pass-child", str(folder)],
         capture_output=True, text=True, check=True,
     )  # fmt: skip
-    values, parent, workers = json.loads(done.stdout.strip().splitlines()[-1])
-    return values, parent, workers
+    values, parent, workers, seconds = json.loads(done.stdout.strip().splitlines()[-1])
+    return values, parent, workers, seconds
 
 
 def main() -> None:
@@ -102,9 +107,10 @@ def main() -> None:
                 f"{middle / values:,.0f} bytes a value"
             )
     print(f"species planned: {values:,}")
-    values, parent, workers = measure_pass(folder)
+    values, parent, workers, seconds = measure_pass(folder)
     print(
-        f"a pass over them, its 2 workers publishing nothing: the parent's peak {parent:.0f} MB, "
+        f"a pass over them, its 2 workers publishing nothing, in {seconds:.1f} s (wall): "
+        f"the parent's peak {parent:.0f} MB, "
         f"the workers' {' and '.join(f'{w:.0f}' for w in workers)} MB: "
         f"{parent + sum(workers):,.0f} MB together ({values:,} values)"
     )

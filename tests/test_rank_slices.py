@@ -431,6 +431,61 @@ def test_a_resync_rebuilds_only_the_value_whose_rows_changed(
     assert again.built[0].rows == len(ranked.brute_uuids(key)) == len(table) - 2
 
 
+def test_a_pass_removes_what_its_rank_no_longer_has_and_nothing_else(
+    families: tuple[Ranked, RankPlan],
+) -> None:
+    """Values under a raised `min_rows` lose their slice and record; a value named in `keep`,
+    a record of another rank's pass and a single slice's record stay, and so do the values
+    still in the plan (unchanged: not rebuilt)."""
+    ranked, plan = families
+    first = ranked.publish(plan)
+    cut = sorted(v.rows for v in plan.values)[len(plan.values) // 2]
+    smaller = ranked.plan("family", min_rows=cut)
+    gone = sorted(v.key.name for v in plan.values if v.rows < cut)
+    kept = gone.pop(0)
+    folder = ranked.layout.slice_records_dir(DEFAULT_CONFIG)
+    others = {"genus=Other": "genus", "family=Single": None}
+    for name, rank in others.items():  # as a genus pass and a slice of its own write them
+        record = {"name": name, "path": str(_slice(ranked.layout, parse_slice_key(name)))}
+        record |= {rank_pass.RANK_PASS: rank} if rank else {}
+        records.save_slice_record(ranked.layout, DEFAULT_CONFIG, record)
+        Path(str(record["path"])).write_bytes(b"PAR1")
+
+    again = publish_rank(
+        smaller, ranked.files, schema=SCHEMA, layout=ranked.layout, config=DEFAULT_CONFIG,
+        commit="c0ffee", generation="g1", keep={kept},
+    )  # fmt: skip
+
+    assert again.removed == gone and len(again.built) == 0
+    assert len(again.unchanged) == len(smaller.values) == len(first.built) - len(gone) - 1
+    left = {r["name"] for r in records.slice_records(ranked.layout, DEFAULT_CONFIG)}
+    assert left == {v.key.name for v in smaller.values} | {kept, *others}
+    for name in gone:
+        assert not _slice(ranked.layout, parse_slice_key(name)).exists()
+    for name in [kept, *others]:
+        assert _slice(ranked.layout, parse_slice_key(name)).exists()
+    assert sorted(p.name for p in folder.iterdir()) == sorted(
+        records.record_file_name(parse_slice_key(n)) for n in left
+    ), "no other file is left in the records' folder"
+
+
+def test_a_record_folder_hands_out_each_record_once_and_skips_temp_files(tmp_path: Path) -> None:
+    """`take` reads a key's record and takes it off the list; `rest` reads the ones left, never
+    a writer's temp file (half written) nor one removed since the listing."""
+    layout = Layout(tmp_path)
+    for name in ["family=A", "family=B", "family=C"]:
+        records.save_slice_record(layout, DEFAULT_CONFIG, {"name": name, "rows": len(name)})
+    folder = layout.slice_records_dir(DEFAULT_CONFIG)
+    (folder / ".family=D.json.x1.tmp").write_text('{"na')
+    listed = records.RecordFolder(layout, DEFAULT_CONFIG)
+    (folder / records.record_file_name(parse_slice_key("family=C"))).unlink()
+
+    assert listed.take(parse_slice_key("family=A")) == {"name": "family=A", "rows": 8}
+    assert listed.take(parse_slice_key("family=A")) is None, "taken once"
+    assert listed.take(parse_slice_key("family=E")) is None, "never built"
+    assert [(p.name, r["name"]) for p, r in listed.rest()] == [("family%3DB.json", "family=B")]
+
+
 @pytest.fixture
 def families(small_sample: Path, tmp_path: Path) -> tuple[Ranked, RankPlan]:
     """A mirror with nothing published yet, and the plan of its families."""

@@ -80,10 +80,10 @@ def publish_rank(
     _release_freed()
     result = RankResult(plan.rank)
     todo, weights, order = array("q"), array("q"), FileOrder.of(files)  # by place in the plan
+    listed, slices = records.RecordFolder(layout, config), layout.slices_dir(config)
     for i, value in enumerate(plan.values):
-        out = layout.slices_dir(config) / value.key.file_name
-        record = records.slice_record_named(layout, config, value.key.name)
-        if _unchanged(record, value, order, out):
+        record = listed.take(value.key)
+        if record is not None and _unchanged(record, value, order, slices / value.key.file_name):
             result.unchanged.append(value.key.name)
         else:
             todo.append(i)
@@ -96,7 +96,7 @@ def publish_rank(
         result.built.extend(built)
         failures += failed
         del built
-    result.removed = _remove_dropped(layout, config, plan, keep)
+    result.removed = _remove_dropped(listed, slices, plan.rank, keep)
     result.seconds = time.perf_counter() - started
     if failures:
         raise ValidationFailed(
@@ -305,10 +305,11 @@ class _Recorder:
             self.queued = False
 
 
-def _unchanged(record: dict | None, value: RankValue, order: FileOrder, out: Path) -> bool:
-    """The slice at `out` was built from exactly `value`'s rows and is still there, whole (its
-    rows are worked out only when it has a record: a first pass of 868,000 species skips it)."""
-    if record is None or record.get(BUILT_FROM_ROWS) != built_from_rows(value, order):
+def _unchanged(record: dict, value: RankValue, order: FileOrder, out: Path) -> bool:
+    """The slice at `out`, of `record`, was built from exactly `value`'s rows and is still
+    there, whole (its rows are worked out only when it has a record: a first pass of 868,000
+    species skips it)."""
+    if record.get(BUILT_FROM_ROWS) != built_from_rows(value, order):
         return False
     try:
         return out.stat().st_size == record.get("bytes") and record.get("path") == str(out)
@@ -316,16 +317,19 @@ def _unchanged(record: dict | None, value: RankValue, order: FileOrder, out: Pat
         return False
 
 
-def _remove_dropped(layout: Layout, config: str, plan: RankPlan, keep: set[str]) -> list[str]:
-    """Remove the slices (records and files) of earlier passes of this rank that the plan no
-    longer has: values gone from the mirror, or now under `min_rows`."""
-    names = {v.key.name for v in plan.values}
-    dropped = {
-        str(r["name"])
-        for r in records.slice_records(layout, config)
-        if r.get(RANK_PASS) == plan.rank and r["name"] not in names and r["name"] not in keep
-    }
-    for path in records.remove_slice_records_named(layout, config, dropped):
-        if path.parent == layout.slices_dir(config):
+def _remove_dropped(
+    listed: records.RecordFolder, slices: Path, rank: str, keep: set[str]
+) -> list[str]:
+    """Remove the slices (records and files) of earlier passes of `rank` that the plan no
+    longer has (values gone from the mirror, or now under `min_rows`): the records `listed`
+    before the pass that none of its values took, unless named in `keep`."""
+    dropped = []
+    for path, record in listed.rest():
+        name = str(record.get("name"))
+        if record.get(RANK_PASS) == rank and name not in keep:
+            published = Path(str(record.get("path", "")))
+            if published.parent == slices:  # the file first: a pass killed here retries
+                published.unlink(missing_ok=True)
             path.unlink(missing_ok=True)
+            dropped.append(name)
     return sorted(dropped)

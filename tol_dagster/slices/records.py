@@ -7,7 +7,9 @@ atomically: parallel slice runs each write their own and never race on the catal
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,9 +22,12 @@ from tol_dagster.store.layout import Layout
 
 
 def _record_path(layout: Layout, config: str, name: str) -> Path:
-    return layout.slice_records_dir(config) / (
-        parse_slice_key(name).file_name.removesuffix(".parquet") + ".json"
-    )
+    return layout.slice_records_dir(config) / record_file_name(parse_slice_key(name))
+
+
+def record_file_name(key: SliceKey) -> str:
+    """The name of the file holding `key`'s record (its slice's, `.json` for `.parquet`)."""
+    return key.file_name.removesuffix(".parquet") + ".json"
 
 
 def slice_record(
@@ -71,18 +76,42 @@ def save_slice_record(
     )
 
 
+class RecordFolder:
+    """A config's slice records, listed once and read by key (`take`), then the others
+    (`rest`). Why: a rank pass asks for each of its values' record, and working out each
+    one's path and trying to open it cost ~60 us a value (~55 s for 868,000 species whose
+    records do not exist yet); what is left unasked is what the pass may have to remove."""
+
+    def __init__(self, layout: Layout, config: str) -> None:
+        self.folder = layout.slice_records_dir(config)
+        listed = os.listdir(self.folder) if self.folder.is_dir() else []
+        self.names = {n for n in listed if n.endswith(".json") and not n.startswith(".")}
+
+    def take(self, key: SliceKey) -> dict[str, Any] | None:
+        """`key`'s record (None if it was never built), taken off the list."""
+        name = record_file_name(key)
+        if name not in self.names:
+            return None
+        self.names.remove(name)
+        try:
+            return json.loads((self.folder / name).read_bytes())
+        except FileNotFoundError:  # removed since it was listed
+            return None
+
+    def rest(self) -> Iterator[tuple[Path, dict[str, Any]]]:
+        """The records listed and not taken, with their paths, read one at a time."""
+        for name in sorted(self.names):
+            path = self.folder / name
+            with contextlib.suppress(FileNotFoundError):
+                yield path, json.loads(path.read_bytes())
+
+
 def slice_records(layout: Layout, config: str) -> Iterator[dict[str, object]]:
     """Every slice record of `config`: the catalog's rows, and what each slice was built from.
     Read one at a time: a rank of 868,000 species has as many records, ~2 kB each in memory."""
     folder = layout.slice_records_dir(config)
     for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
         yield json.loads(path.read_text())
-
-
-def slice_record_named(layout: Layout, config: str, name: str) -> dict[str, Any] | None:
-    """The record of the slice `name` (a canonical key), None if it was never built."""
-    path = _record_path(layout, config, name)
-    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def allowed_empty(layout: Layout, config: str, name: str) -> bool:
