@@ -66,6 +66,9 @@ def _bytes(chunk: DecodedChunk | None) -> int:
     return 0 if chunk is None else chunk.column.nbytes
 
 
-#: Bytes of decoded pages kept for the next reads (`DecodedPages`).
-DECODED_PAGES_BYTES = 256 << 20
+#: Bytes of decoded pages kept for the next reads (`DecodedPages`): a rank pass reads its values
+#: in mirror order, so only the last row groups' pages come back. Over 1,500 families of the
+#: bench sample, 64 MB decoded 0.5% more than 256 MB (which filled: 210 MB, each worker's RSS
+#: 150 MB higher), over 4,000 species the same bytes (0.1%); 32 MB decoded twice as much.
+DECODED_PAGES_BYTES = 64 << 20
 DECODED = DecodedPages(DECODED_PAGES_BYTES)
