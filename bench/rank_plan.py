@@ -6,9 +6,10 @@ memory is not the values'), what it still holds after, and both per value. A ran
 its plan in the parent process while the workers publish (target of the pass: < 2 GB in all).
 Then a pass over that plan whose two workers publish nothing (`rank_tables.results_only`: each
 value's result as a real one, no slice), which measures what the pass holds per value: the
-parent's peak during the pass and each worker's, and its wall time (what a pass spends on
-its values besides their slices: finding their records, sending them, taking their results). A real pass adds each worker's working set of
-one slice at a time (`bench/slices.py`'s rank runs print it).
+parent's peak during the pass and each worker's, and its wall time (what a pass spends on its
+values besides their slices: finding their records, sending them, taking their results). A
+real pass adds each worker's working set of one slice at a time (`bench/slices.py`'s rank runs
+print it).
 Run it on other code with `PYTHONPATH=<a worktree>` to compare (a commit before
 `tol_dagster/devtools/rank_tables.py` needs that file copied into its worktree).
 
