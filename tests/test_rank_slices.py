@@ -436,7 +436,8 @@ def test_a_pass_removes_what_its_rank_no_longer_has_and_nothing_else(
 ) -> None:
     """Values under a raised `min_rows` lose their slice and record; a value named in `keep`,
     a record of another rank's pass and a single slice's record stay, and so do the values
-    still in the plan (unchanged: not rebuilt)."""
+    still in the plan (unchanged: not rebuilt); a record whose slice file a killed pass already
+    removed is removed now."""
     ranked, plan = families
     first = ranked.publish(plan)
     cut = sorted(v.rows for v in plan.values)[len(plan.values) // 2]
@@ -450,13 +451,18 @@ def test_a_pass_removes_what_its_rank_no_longer_has_and_nothing_else(
         record |= {rank_pass.RANK_PASS: rank} if rank else {}
         records.save_slice_record(ranked.layout, DEFAULT_CONFIG, record)
         Path(str(record["path"])).write_bytes(b"PAR1")
+    half = "family=Halfremovedidae"  # a pass killed between its slice file and its record
+    record = {"name": half, "path": str(_slice(ranked.layout, parse_slice_key(half)))}
+    records.save_slice_record(
+        ranked.layout, DEFAULT_CONFIG, record | {rank_pass.RANK_PASS: "family"}
+    )
 
     again = publish_rank(
         smaller, ranked.files, schema=SCHEMA, layout=ranked.layout, config=DEFAULT_CONFIG,
         commit="c0ffee", generation="g1", keep={kept},
     )  # fmt: skip
 
-    assert again.removed == gone and len(again.built) == 0
+    assert again.removed == sorted([*gone, half]) and len(again.built) == 0
     assert len(again.unchanged) == len(smaller.values) == len(first.built) - len(gone) - 1
     left = {r["name"] for r in records.slice_records(ranked.layout, DEFAULT_CONFIG)}
     assert left == {v.key.name for v in smaller.values} | {kept, *others}
