@@ -8,7 +8,6 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import zlib
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -18,8 +17,14 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from isal import isal_zlib
+
 #: Large reads keep hashing at disk speed without holding a whole ~500 MB file in memory.
 CHUNK_BYTES = 8 * 1024 * 1024
+
+#: zlib's crc32 (the same numbers), from ISA-L: ~29 GB/s against zlib 1.2's ~5.6 here, 6% of
+#: the gate's CPU saved (it takes the crc of every `uuid` and `emb` chunk it reads).
+crc32 = isal_zlib.crc32
 
 
 def sha256_file(path: Path, on_bytes: Callable[[int], None] | None = None) -> str:
@@ -141,7 +146,7 @@ class HashingFile(io.RawIOBase):
             if crc.start >= end:
                 break
             part = block[max(crc.start, offset) - offset : min(crc.end, end) - offset]
-            crc.crc = zlib.crc32(part, crc.crc)
+            crc.crc = crc32(part, crc.crc)
             crc.seen += len(part)
         while self._pending and self._pending[0].end <= end:
             self._pending.popleft()

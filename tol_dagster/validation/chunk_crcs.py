@@ -6,14 +6,14 @@ Why: the slice check proves such a row group without decoding it (`slices.emb_ch
 comparison of its chunks with the mirror file's bytes passed bytes that rotted in the mirror
 after the gate (until the audit re-hashes it), since the splicer copies the same rotten
 bytes. The gate takes these crcs from the very reads its sha256 comes from
-(`store.hashing.HashingFile`): ~7 GB/s, against decoding the row group again. A crc32 sees every burst of up to 32 flipped bits and
-misses other random damage with odds of 2**-32; rot is the threat here, since a process that
-can write to the mirror can write the crcs as well.
+(`store.hashing.HashingFile`, ISA-L's crc32: ~29 GB/s here), against decoding the row group
+again. A crc32 sees every burst of up to 32 flipped bits and misses other random damage with
+odds of 2**-32; rot is the threat here, since a process that can write to the mirror can write
+the crcs as well.
 """
 
 from __future__ import annotations
 
-import zlib
 from pathlib import Path
 from typing import BinaryIO
 
@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 from tol_dagster.errors import StoreError
 from tol_dagster.store.durable import atomic_path
 from tol_dagster.store.file_cache import derived_path
-from tol_dagster.store.hashing import HashingFile, ordered
+from tol_dagster.store.hashing import HashingFile, crc32, ordered
 from tol_dagster.store.layout import Layout
 from tol_dagster.store.mirror_files import MirrorFile
 
@@ -138,6 +138,6 @@ def crc_of(handle: BinaryIO, offset: int, length: int) -> int | None:
         block = handle.read(min(length, BLOCK))
         if not block:
             return None
-        crc = zlib.crc32(block, crc)
+        crc = crc32(block, crc)
         length -= len(block)
     return crc
