@@ -163,6 +163,22 @@ def test_the_gates_chunk_crcs_are_those_of_each_row_groups_uuid_and_emb_chunks(
     assert (table == chunk_crcs.compute(MirrorFile(path.name, sha256_file(path), path))).all()
 
 
+def test_the_crc_of_a_byte_range_is_zlibs_across_read_blocks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`crc_of` (what a slice's copied chunk is proven by) gives zlib's crc32 of the range,
+    continued across its reads, and None for a range the file ends inside."""
+    monkeypatch.setattr(chunk_crcs, "BLOCK", 1000)
+    data = np.random.default_rng(3).integers(0, 256, 10_000, dtype=np.uint8).tobytes()
+    path = tmp_path / "bytes.bin"
+    path.write_bytes(data)
+    with open(path, "rb") as handle:
+        for offset, length in [(0, 0), (0, 1), (7, 999), (7, 1000), (13, 5_987), (0, 10_000)]:
+            crc = chunk_crcs.crc_of(handle, offset, length)
+            assert crc == zlib.crc32(data[offset : offset + length]), (offset, length)
+        assert chunk_crcs.crc_of(handle, 9_000, 1_001) is None
+
+
 def test_chunk_crcs_computed_for_an_older_mirror_are_of_the_verified_bytes_only(
     small_sample: Path, tmp_path: Path
 ) -> None:
