@@ -125,14 +125,12 @@ def allowed_empty(layout: Layout, config: str, name: str) -> bool:
 def remove_slice_records_named(layout: Layout, config: str, names: set[str]) -> list[Path]:
     """Remove the records whose `name` is one of `names`, found by content (a name that no
     longer parses as a key has no computable record path); returns the slice files they name."""
-    folder = layout.slice_records_dir(config)
     paths = []
-    for record in sorted(folder.glob("*.json")) if folder.is_dir() else []:
-        data = json.loads(record.read_text())
+    for record, data in RecordFolder(layout, config).rest():
         if data.get("name") in names:
             if data.get("path"):
                 paths.append(Path(str(data["path"])))
-            record.unlink()
+            record.unlink(missing_ok=True)
     return paths
 
 
