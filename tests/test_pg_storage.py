@@ -26,7 +26,11 @@ from resync_testing import CONFIG, User, dagster_home, upstream_files, user
 from service_testing import pg_database
 
 from tol_dagster.defs import instance as instance_module
-from tol_dagster.defs.mirror.resync_slot import resync_lease, resync_pool
+from tol_dagster.defs.mirror.resync_slot import (
+    ensure_resync_pools,
+    resync_lease,
+    resync_pool,
+)
 from tol_dagster.errors import ServiceUnreachable
 from tol_dagster.resync.shared_lease import pg_lease
 from tol_dagster.settings import Settings
@@ -121,6 +125,51 @@ def test_the_resync_lease_waits_across_postgres_sessions_and_dies_with_its_holde
     finally:
         holder.kill()
         holder.wait()
+
+
+def _ensure_at_the_same_instant(
+    instances: list[dg.DagsterInstance], config: str
+) -> list[BaseException]:
+    """`ensure_resync_pools` of `config` through every instance at once: what each raised."""
+    together = threading.Barrier(len(instances))
+    failures: list[BaseException] = []
+
+    def ensure(instance: dg.DagsterInstance) -> None:
+        together.wait()
+        try:
+            ensure_resync_pools(instance, [config])
+        except BaseException as error:  # the thread's failure is the test's
+            failures.append(error)
+
+    threads = [threading.Thread(target=ensure, args=(i,)) for i in instances]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    return failures
+
+
+def test_syncs_setting_a_new_pool_at_the_same_instant_all_succeed_with_one_slot(
+    pg_url: str, tmp_path: Path
+) -> None:
+    """Two `tol-dagster sync` started together both find the pool missing and set it: Dagster
+    inserts its row after a read, so all but one used to fail on the row's unique key (the
+    sync then exited 70). Four instances, as four processes would, on ten new pools."""
+    instances = [_instance_at(tmp_path / f"home-{n}") for n in range(4)]
+    configs = [f"config-{n}" for n in range(10)]
+    failures: list[BaseException] = []
+    try:
+        for config in configs:
+            failures += _ensure_at_the_same_instant(instances, config)
+        storage = instances[0].event_log_storage
+        limits = {pool.name: pool.limit for pool in storage.get_pool_limits()}
+        slots = [storage.get_concurrency_info(resync_pool(c)).slot_count for c in configs]
+    finally:
+        for instance in instances:
+            instance.dispose()
+    assert not failures, failures[:2]
+    assert [limits.get(resync_pool(c)) for c in configs] == [1] * len(configs)
+    assert slots == [1] * len(configs), "a pool of limit 1 holds one slot"
 
 
 def test_an_unreachable_database_names_it_with_its_password_masked() -> None:

@@ -36,6 +36,8 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
 import dagster as dg
+import sqlalchemy.exc
+from dagster._core.storage.event_log.base import EventLogStorage
 
 from tol_dagster import progress
 from tol_dagster.defs.keys import asset_key, safe_name
@@ -67,7 +69,18 @@ def ensure_resync_pools(instance: dg.DagsterInstance, configs: Iterable[str]) ->
     for config in configs:
         pool = resync_pool(config)
         if limits.get(pool) != 1:
-            storage.set_concurrency_slots(pool, 1)
+            _set_limit_of_one(storage, pool)
+
+
+def _set_limit_of_one(storage: EventLogStorage, pool: str) -> None:
+    """Dagster's `set_concurrency_slots` inserts a new pool's row after reading that it is
+    missing: processes setting it at the same instant (two `tol-dagster sync` started together
+    on PostgreSQL) all insert, and all but one fail on its unique key. Those find the row the
+    winner committed and set it again: an update under its row lock, adding no slot."""
+    try:
+        storage.set_concurrency_slots(pool, 1)
+    except sqlalchemy.exc.IntegrityError:
+        storage.set_concurrency_slots(pool, 1)
 
 
 def _lock_path(layout: Layout, config: str) -> Path:
