@@ -325,6 +325,8 @@ def _remove_dropped(
     before the pass that none of its values took, unless named in `keep`."""
     dropped = []
     for path, record in listed.rest():
+        if record is None:  # damaged: whose it is is unknown, so it is left (the catalog names it)
+            continue
         name = str(record.get("name"))
         if record.get(RANK_PASS) == rank and name not in keep:
             published = Path(str(record.get("path", "")))

@@ -21,7 +21,7 @@ from tol_dagster.errors import SettingsError, SliceSpecError
 from tol_dagster.schema import RANKS
 from tol_dagster.slices.keys import SliceKey, parse_slice_key
 from tol_dagster.slices.locate import locate
-from tol_dagster.slices.records import slice_records
+from tol_dagster.slices.records import built_generations
 from tol_dagster.store.layout import Layout
 
 logger = logging.getLogger("tol_dagster.slices.rebuilds")
@@ -118,7 +118,7 @@ def slices_to_rebuild(
     """The slices among `keys` whose taxa have rows in files changed since the previous index
     (or that were never built), minus those already built from this generation; and the
     changed files. `built` is what the current taxon index was built from."""
-    generations = {str(r["name"]): r.get("generation") for r in slice_records(layout, config)}
+    generations = built_generations(layout, config)
     keys = _parseable(keys, config)
     old_index, old_files = previous_index(layout, config)
     changed = changed_files(old_files, built.files)

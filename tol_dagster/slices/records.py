@@ -3,17 +3,25 @@ and read by the catalog asset (the catalog's single writer) and the rebuild deci
 
 Records live in the config's state folder (`Layout.state_dir`), one JSON file per slice, written
 atomically: parallel slice runs each write their own and never race on the catalog.
+
+A record that does not read as a JSON object (a damaged disk, an edit) is never taken for a bug:
+what decides whether to rebuild a slice takes it for a slice never built, so the rebuild writes
+it again; what reports the slices (the catalog) stops with `LocalStorageError` naming the file.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shlex
 from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
+from tol_dagster.errors import LocalStorageError, SliceSpecError
 from tol_dagster.slices.extract import SliceResult
 from tol_dagster.slices.keys import SliceKey, parse_slice_key
 from tol_dagster.store.durable import write_atomic
@@ -93,45 +101,97 @@ class RecordFolder:
             return None
         self.names.remove(name)
         try:
-            return json.loads((self.folder / name).read_bytes())
+            return read_json_object(self.folder / name)  # damaged: rebuilt as never built
         except FileNotFoundError:  # removed since it was listed
             return None
 
-    def rest(self) -> Iterator[tuple[Path, dict[str, Any]]]:
-        """The records listed and not taken, with their paths, read one at a time."""
+    def rest(self) -> Iterator[tuple[Path, dict[str, Any] | None]]:
+        """The records listed and not taken, with their paths, read one at a time; None for a
+        damaged one (`read_json_object`)."""
         for name in sorted(self.names):
             path = self.folder / name
             try:
-                data = path.read_bytes()
+                yield path, read_json_object(path)
             except FileNotFoundError:  # removed since it was listed
                 continue
-            yield path, json.loads(data)
+
+
+def read_json_object(path: Path, needs: str = "name") -> dict[str, Any] | None:
+    """The JSON object in the file at `path`; None when it holds anything else, or lacks the
+    field `needs` (a record's `name`)."""
+    try:
+        found = json.loads(path.read_bytes())
+    except ValueError:  # not JSON, or not UTF-8
+        return None
+    return found if isinstance(found, dict) and needs in found else None
+
+
+def damaged_record(path: Path) -> LocalStorageError:
+    """The error for the damaged record at `path`, naming what writes it again."""
+    name = unquote(path.stem)
+    return LocalStorageError(
+        f"the slice record {path} is damaged (not a JSON object with a name): rebuild its "
+        f"slice to write it again (`tol-dagster slice {shlex.quote(name)}`, or `tol-dagster "
+        "slices add-rank RANK` for a rank's), or delete it and the slice's file to drop the slice"
+    )
 
 
 def slice_records(layout: Layout, config: str) -> Iterator[dict[str, object]]:
     """Every slice record of `config`: the catalog's rows, and what each slice was built from.
     Read one at a time: a rank of 868,000 species has as many records, ~2 kB each in memory;
-    one removed while they are read (a rank pass dropping it) is skipped."""
-    for _, record in RecordFolder(layout, config).rest():
+    one removed while they are read (a rank pass dropping it) is skipped, a damaged one raises
+    `damaged_record`."""
+    for path, record in RecordFolder(layout, config).rest():
+        if record is None:
+            raise damaged_record(path)
         yield record
 
 
+def built_generations(layout: Layout, config: str) -> dict[str, object]:
+    """The generation each slice was last built from, by name; a damaged record's slice is
+    left out, as if never built, so that it is rebuilt."""
+    return {
+        str(record["name"]): record.get("generation")
+        for _, record in RecordFolder(layout, config).rest()
+        if record is not None
+    }
+
+
 def allowed_empty(layout: Layout, config: str, name: str) -> bool:
-    """Whether slice `name` was last built with allow_empty: rebuilds keep that consent."""
-    path = _record_path(layout, config, name)
-    return path.is_file() and bool(json.loads(path.read_text()).get("allow_empty"))
+    """Whether slice `name` was last built with allow_empty: rebuilds keep that consent (not
+    a damaged record's: the rebuild then needs it again, and writes the record anew)."""
+    try:
+        record = read_json_object(_record_path(layout, config, name))
+    except FileNotFoundError:
+        return False
+    return record is not None and bool(record.get("allow_empty"))
 
 
 def remove_slice_records_named(layout: Layout, config: str, names: set[str]) -> list[Path]:
     """Remove the records whose `name` is one of `names`, found by content (a name that no
-    longer parses as a key has no computable record path); returns the slice files they name."""
+    longer parses as a key has no computable record path), or by file name when damaged;
+    returns the slice files they name."""
     paths = []
-    for record, data in RecordFolder(layout, config).rest():
-        if data.get("name") in names:
-            if data.get("path"):
-                paths.append(Path(str(data["path"])))
-            record.unlink(missing_ok=True)
+    keys = _keys_by_record_file(names)
+    for path, record in RecordFolder(layout, config).rest():
+        if record is None and path.name in keys:
+            paths.append(layout.slices_dir(config) / keys[path.name].file_name)
+            path.unlink(missing_ok=True)
+        elif record is not None and record.get("name") in names:
+            if record.get("path"):
+                paths.append(Path(str(record["path"])))
+            path.unlink(missing_ok=True)
     return paths
+
+
+def _keys_by_record_file(names: set[str]) -> dict[str, SliceKey]:
+    """The keys among `names` that parse, by the name of their record's file."""
+    keys = {}
+    for name in names:
+        with contextlib.suppress(SliceSpecError):
+            key = parse_slice_key(name)
+            keys[record_file_name(key)] = key
+    return keys
 
 
 def _rank_state_path(layout: Layout, config: str, rank: str) -> Path:
@@ -151,6 +211,16 @@ def published_ranks(layout: Layout, config: str) -> dict[str, int]:
     folder = _rank_state_path(layout, config, "x").parent
     if not folder.is_dir():
         return {}
-    return {
-        p.stem: int(json.loads(p.read_text())["min_rows"]) for p in sorted(folder.glob("*.json"))
-    }
+    return {p.stem: _min_rows(p) for p in sorted(folder.glob("*.json"))}
+
+
+def _min_rows(path: Path) -> int:
+    """The `min_rows` a rank state file at `path` keeps."""
+    state = read_json_object(path, "min_rows")
+    if state is None or not isinstance(state["min_rows"], int):
+        raise LocalStorageError(
+            f"the rank state {path} is damaged (no whole `min_rows`): publish the rank again "
+            f"to write it anew (`tol-dagster slices add-rank {path.stem} --min-rows N`, 1 for "
+            "every value), or delete it and resyncs no longer refresh that rank's slices"
+        )
+    return int(state["min_rows"])
