@@ -25,6 +25,7 @@ from tol_dagster.store.layout import Layout
 from tol_dagster.store.manifest import Manifest, load_manifest
 from tol_dagster.store.mirror_files import MirrorFile
 from tol_dagster.store.pins import PinnedGeneration
+from tol_dagster.store.rebuildable import read_rebuildable
 
 
 def mirror_inputs(layout: Layout, config: str) -> tuple[Manifest, list[MirrorFile]]:
@@ -93,8 +94,11 @@ def _built_path(layout: Layout, config: str, output: str) -> Path:
 
 def load_built_from(layout: Layout, config: str, output: str) -> BuiltFrom | None:
     """What `output` (summaries, taxon_index) was last built from; None before its first build."""
-    path = _built_path(layout, config, output)
-    return BuiltFrom(**json.loads(path.read_text())) if path.is_file() else None
+    return read_rebuildable(_built_path(layout, config, output), _parse_built_from)
+
+
+def _parse_built_from(text: str) -> BuiltFrom:
+    return BuiltFrom(**json.loads(text))
 
 
 def save_built_from(
@@ -113,24 +117,31 @@ def previous_index_path(layout: Layout, config: str) -> Path:
     return layout.state_dir(config) / "taxon_index.previous.parquet"
 
 
+def _previous_built_path(layout: Layout, config: str) -> Path:
+    return layout.state_dir(config) / "built-taxon_index.previous.json"
+
+
 def keep_previous_index(layout: Layout, config: str) -> None:
-    """Before the index is rebuilt, keep the current one: the slices sensor diffs the two."""
-    current = layout.taxon_index_path(config)
-    if current.is_file():
-        target = previous_index_path(layout, config)
+    """Before the index is rebuilt, keep the current one: the slices sensor diffs the two. An
+    index whose build record is missing or damaged is not kept, and an older one is dropped:
+    with no previous index, every slice is rebuilt."""
+    current, target = layout.taxon_index_path(config), previous_index_path(layout, config)
+    previous_built = _previous_built_path(layout, config)
+    if current.is_file() and load_built_from(layout, config, "taxon_index") is not None:
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(current, target)
-        previous_built = _built_path(layout, config, "taxon_index")
-        if previous_built.is_file():
-            shutil.copyfile(
-                previous_built, layout.state_dir(config) / "built-taxon_index.previous.json"
-            )
+        shutil.copyfile(_built_path(layout, config, "taxon_index"), previous_built)
+    else:
+        target.unlink(missing_ok=True)
+        previous_built.unlink(missing_ok=True)
 
 
 def previous_index(layout: Layout, config: str) -> tuple[pa.Table | None, dict[str, str]]:
-    """The index (and its files) from before the last rebuild; (None, {}) before any."""
+    """The index (and its files) from before the last rebuild; (None, {}) before any, or when
+    its build record is damaged."""
     path = previous_index_path(layout, config)
-    built = layout.state_dir(config) / "built-taxon_index.previous.json"
-    if not path.is_file() or not built.is_file():
+    built = _previous_built_path(layout, config)
+    files = read_rebuildable(built, lambda text: dict(json.loads(text)["files"]))
+    if not path.is_file() or files is None:
         return None, {}
-    return pq.read_table(path), json.loads(built.read_text())["files"]
+    return pq.read_table(path), files

@@ -16,6 +16,7 @@ from tol_dagster.store.durable import write_atomic
 from tol_dagster.store.hashing import sha256_file
 from tol_dagster.store.layout import Layout
 from tol_dagster.store.mirror_files import MirrorFile
+from tol_dagster.store.rebuildable import read_rebuildable
 from tol_dagster.validation.checks import SCHEMA_MATCHES_CONTRACT
 from tol_dagster.validation.chunk_crcs import crcs_path
 from tol_dagster.validation.emb_digests import digests_path
@@ -41,7 +42,9 @@ def file_facts(layout: Layout, config: str, path: Path, sha256: str) -> FileFact
     cached = facts_path(layout, config, sha256)
     actual = sha256_file(path) if cached.is_file() else None
     if actual is not None and actual.lower() == sha256.lower():
-        return FileFacts.from_json(cached.read_text())
+        kept = read_rebuildable(cached, FileFacts.from_json)
+        if kept is not None:
+            return kept
     file = MirrorFile(path.name, sha256, path)
     facts = inspect_file(
         path,
@@ -60,8 +63,8 @@ def file_facts(layout: Layout, config: str, path: Path, sha256: str) -> FileFact
 
 
 def cached_facts(layout: Layout, config: str, sha256: str) -> FileFacts | None:
-    cached = facts_path(layout, config, sha256)
-    return FileFacts.from_json(cached.read_text()) if cached.is_file() else None
+    """The facts kept for `sha256`; None when none are, or they are damaged."""
+    return read_rebuildable(facts_path(layout, config, sha256), FileFacts.from_json)
 
 
 def refusal(facts: FileFacts, path: Path, config: str) -> str | None:

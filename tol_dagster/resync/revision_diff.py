@@ -23,6 +23,7 @@ from tol_dagster.schema import RANKS, quote_ident
 from tol_dagster.store.durable import write_atomic
 from tol_dagster.store.layout import Layout
 from tol_dagster.store.mirror_files import MirrorFile
+from tol_dagster.store.rebuildable import read_rebuildable
 
 _RANKS_SQL = ", ".join(quote_ident(rank) for rank in RANKS)
 #: Ranks shown in the markdown table (the full lineage stays in `taxa`).
@@ -173,5 +174,11 @@ def describe_change(published: Published, diff: RevisionDiff | None) -> str:
 
 
 def last_revision_diff(layout: Layout, config: str) -> dict[str, object] | None:
-    path = _revision_diff_path(layout, config)
-    return json.loads(path.read_text()) if path.is_file() else None
+    return read_rebuildable(_revision_diff_path(layout, config), _parse_diff)
+
+
+def _parse_diff(text: str) -> dict[str, object]:
+    document = json.loads(text)
+    if not isinstance(document, dict):
+        raise TypeError(f"a JSON object, not {type(document).__name__}")
+    return document

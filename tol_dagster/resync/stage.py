@@ -23,7 +23,7 @@ from tol_dagster import progress
 from tol_dagster.errors import RevisionGone, StoreError
 from tol_dagster.hub.client import HubClient, RemoteConfig, RemoteFile
 from tol_dagster.resync import reuse
-from tol_dagster.resync.facts import facts_path, file_facts
+from tol_dagster.resync.facts import cached_facts, file_facts
 from tol_dagster.resync.fetch import Log, fetch_all
 from tol_dagster.resync.plan import Plan, bytes_still_needed, plan_summary, plan_sync
 from tol_dagster.resync.state import (
@@ -288,7 +288,7 @@ def _kept_unchanged(layout: Layout, config: str, plan: Plan) -> dict[str, Staged
         if (
             current is not None
             and current.files.get(name) == entry.sha256  # facts of these very bytes only
-            and not facts_path(layout, config, entry.sha256).is_file()
+            and cached_facts(layout, config, entry.sha256) is None  # none, or damaged
         ):
             file_facts(layout, config, current.path / name, entry.sha256)
         results[name] = StagedFile(

@@ -21,6 +21,7 @@ from tol_dagster.store.durable import file_lock, write_atomic
 from tol_dagster.store.generations import pin_generation
 from tol_dagster.store.layout import Layout
 from tol_dagster.store.pins import PinnedGeneration
+from tol_dagster.store.rebuildable import read_rebuildable
 from tol_dagster.store.staging import stage_path
 
 #: The staged state's key when no run names one (the core functions called directly).
@@ -165,10 +166,11 @@ def save_remote(layout: Layout, remote: RemoteConfig) -> None:
 
 
 def load_remote(layout: Layout, config: str) -> RemoteConfig | None:
-    path = _remote_path(layout, config)
-    if not path.is_file():
-        return None
-    document = json.loads(path.read_text())
+    return read_rebuildable(_remote_path(layout, config), _parse_remote)
+
+
+def _parse_remote(text: str) -> RemoteConfig:
+    document = json.loads(text)
     document["files"] = tuple(RemoteFile(**f) for f in document["files"])
     return RemoteConfig(**document)
 
