@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 
 from tol_dagster.parquet.segmented import Segment, Written, write_segmented
 from tol_dagster.store.durable import atomic_path
-from tol_dagster.store.file_cache import derived_path
+from tol_dagster.store.file_cache import derived_path, read_kept
 from tol_dagster.store.layout import Layout
 from tol_dagster.store.mirror_files import MirrorFile
 
@@ -49,7 +49,11 @@ def stale_files(
 
 def read_part(layout: Layout, config: str, file: MirrorFile, name: str) -> pa.Table:
     """The result `name` of `file`, as `write_part` kept it."""
-    with pa.memory_map(str(derived_path(layout, config, file, name))) as source:
+    return read_kept(derived_path(layout, config, file, name), _read_ipc)
+
+
+def _read_ipc(path: Path) -> pa.Table:
+    with pa.memory_map(str(path)) as source:
         return pa.ipc.open_file(source).read_all()
 
 

@@ -54,6 +54,7 @@ from tol_dagster.validation.emb_digests import (
     ensure_table,
     row_digests,
 )
+from tol_dagster.validation.uuid_index import kept_array
 
 EMB_MATCHES_MIRROR = "emb_matches_mirror"
 
@@ -226,7 +227,7 @@ def _digest_table(path: Path) -> np.ndarray:
     """A digest table, memory-mapped once per file version: a rank pass checks thousands of
     slices against the same few. Seen as a plain array (the same pages, which it keeps
     mapped): `np.memmap` runs Python on every index taken, ~half the lookups' time."""
-    return np.asarray(np.load(path, mmap_mode="r"))
+    return np.asarray(kept_array(path))
 
 
 @per_file_version(maxsize=64)

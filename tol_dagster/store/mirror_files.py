@@ -10,6 +10,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from tol_dagster.errors import StoreError
+from tol_dagster.store.hashing import sha256_file
+
 
 @dataclass(frozen=True)
 class MirrorFile:
@@ -18,6 +21,25 @@ class MirrorFile:
     name: str
     sha256: str
     path: Path
+
+
+def changed_on_disk(file: MirrorFile, sha256: str) -> StoreError:
+    """The error for mirror file `file` found to hash to `sha256`, not the one it was verified
+    with: it changed on disk since."""
+    return StoreError(
+        f"mirror file {file.path} no longer has the sha256 it was verified with "
+        f"({file.sha256[:12]}..., now {sha256[:12]}...): it changed on disk. Run the "
+        "mirror's audit (the `mirror_matches_manifest` check, in the UI) so that it names "
+        "the file, then `tol-dagster sync` fetches it again."
+    )
+
+
+def verify_unchanged(file: MirrorFile) -> None:
+    """`changed_on_disk` unless `file` still hashes to its sha256: what is computed from it
+    and kept by its sha256 must be of the bytes the gate verified."""
+    sha256 = sha256_file(file.path)
+    if sha256 != file.sha256.lower():
+        raise changed_on_disk(file, sha256)
 
 
 def mirror_files(directory: Path, sha256s: Mapping[str, str]) -> list[MirrorFile]:

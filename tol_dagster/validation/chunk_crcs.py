@@ -22,10 +22,10 @@ import pyarrow.parquet as pq
 
 from tol_dagster.errors import StoreError
 from tol_dagster.store.durable import atomic_path
-from tol_dagster.store.file_cache import derived_path
+from tol_dagster.store.file_cache import derived_path, read_kept
 from tol_dagster.store.hashing import HashingFile, crc32, ordered
 from tol_dagster.store.layout import Layout
-from tol_dagster.store.mirror_files import MirrorFile
+from tol_dagster.store.mirror_files import MirrorFile, changed_on_disk
 
 #: The kept table: per row group, (offset, length, crc32) of its `uuid` and `emb` chunks.
 CRCS_NAME = "chunk_crcs.v1.npy"
@@ -95,7 +95,7 @@ def save(path: Path, kept: np.ndarray, *, sync_dir: bool = True) -> None:
 
 def load(path: Path) -> np.ndarray:
     """A kept table."""
-    return np.asarray(np.load(path, allow_pickle=False))
+    return np.asarray(read_kept(path, lambda p: np.load(p, allow_pickle=False)))
 
 
 def compute(file: MirrorFile) -> np.ndarray:
@@ -112,12 +112,7 @@ def compute(file: MirrorFile) -> np.ndarray:
         reads.track(chunks)
         sha256, kept = reads.sha256(), table(chunks, reads.crcs())
     if sha256 != file.sha256.lower() or kept is None:
-        raise StoreError(
-            f"mirror file {file.path} no longer has the sha256 it was verified with "
-            f"({file.sha256[:12]}..., now {sha256[:12]}...): it changed on disk. Run the "
-            "mirror's audit (the `mirror_matches_manifest` check, in the UI) so that it names "
-            "the file, then `tol-dagster sync` fetches it again."
-        )
+        raise changed_on_disk(file, sha256)
     return kept
 
 

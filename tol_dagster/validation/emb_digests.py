@@ -30,7 +30,7 @@ from tol_dagster.parquet.list_pages import list_pages
 from tol_dagster.store.durable import atomic_path
 from tol_dagster.store.file_cache import derived_path
 from tol_dagster.store.layout import Layout
-from tol_dagster.store.mirror_files import MirrorFile
+from tol_dagster.store.mirror_files import MirrorFile, verify_unchanged
 from tol_dagster.validation.uuid_index import stable_order, uuid_row_hashes
 
 #: The digest's definition (v1: multilinear over 32-bit words) and DuckDB's uuid hash version.
@@ -172,5 +172,6 @@ def ensure_table(file: MirrorFile, layout: Layout, config: str) -> bool:
     path = digests_path(layout, config, file)
     if path.is_file():
         return False
+    verify_unchanged(file)
     save_table(path, compute_table(file.path))
     return True

@@ -23,6 +23,7 @@ from tol_dagster.validation.checks import EMB_UNCHANGED_FOR_EXISTING_UUIDS, Chec
 from tol_dagster.validation.emb_digests import digests_path, emb_matrix, ensure_table
 from tol_dagster.validation.uuid_index import (
     hash_ranges,
+    kept_array,
     load_hash_range,
     rows_with_hashes,
     stable_order,
@@ -103,7 +104,7 @@ def _compare_digests(
 ) -> tuple[_Mismatches, int]:
     """The digest mismatches between the old and the new tables, and how many uuids of the old
     ones the new ones hold, one uuid-hash range of the new tables at a time."""
-    total_new = sum(np.load(p, mmap_mode="r").shape[1] for p in new_paths)
+    total_new = sum(kept_array(p).shape[1] for p in new_paths)
     mismatches = _Mismatches()
     compared = 0
     for low, high in hash_ranges(total_new, max_group_rows):

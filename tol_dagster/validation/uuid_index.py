@@ -23,9 +23,9 @@ import pyarrow.parquet as pq
 
 from tol_dagster import duck
 from tol_dagster.store.durable import atomic_path
-from tol_dagster.store.file_cache import derived_path
+from tol_dagster.store.file_cache import derived_path, read_kept
 from tol_dagster.store.layout import Layout
-from tol_dagster.store.mirror_files import MirrorFile
+from tol_dagster.store.mirror_files import MirrorFile, verify_unchanged
 from tol_dagster.validation.checks import UUID_UNIQUE, CheckResult
 
 #: DuckDB's `hash` may change between versions: the version is part of the cache's name.
@@ -78,6 +78,7 @@ def ensure_hashes(file: MirrorFile, layout: Layout, config: str) -> bool:
     path = hashes_path(layout, config, file)
     if path.is_file():
         return False
+    verify_unchanged(file)
     save_hashes(path, uuid_hashes(pq.read_table(file.path, columns=["uuid"]).column("uuid")))
     return True
 
@@ -162,7 +163,7 @@ def check_uuid_unique_across(
     computed = [file.name for file in files if ensure_hashes(file, layout, config)]
     mine = sorted(by_name[name] for name in changed)
     paths = [hashes_path(layout, config, file) for file in files]
-    total_changed = sum(np.load(paths[i], mmap_mode="r").size for i in mine)
+    total_changed = sum(kept_array(paths[i]).size for i in mine)
     ranges = hash_ranges(total_changed, max_group_hashes)
     hits = _Hits()
     for low, high in ranges:
@@ -221,6 +222,11 @@ def hash_ranges(total: int, max_group: int) -> list[tuple[int, int]]:
     return list(itertools.pairwise((k << 64) // ranges for k in range(ranges + 1)))
 
 
+def kept_array(path: Path) -> np.ndarray:
+    """The array kept at `path`, memory-mapped (`file_cache.read_kept`: removed if damaged)."""
+    return read_kept(path, lambda p: np.load(p, mmap_mode="r"))
+
+
 def load_hash_range(path: Path, low: int, high: int) -> np.ndarray:
     """The part of an array cached at `path` whose uuid hash is in [low, high) (`high` may be
     2**64, the end): sorted hashes, or a table whose first row holds them (`emb_digests`).
@@ -228,7 +234,7 @@ def load_hash_range(path: Path, low: int, high: int) -> np.ndarray:
     Memory-mapped to read only that range, and copied so the map closes on return: maps
     kept open would count every file's pages in the process's resident memory.
     """
-    table = np.load(path, mmap_mode="r")
+    table = kept_array(path)
     hashes = table if table.ndim == 1 else table[0]
     start = int(np.searchsorted(hashes, np.uint64(low)))
     stop = hashes.size if high >= 1 << 64 else int(np.searchsorted(hashes, np.uint64(high)))
