@@ -225,9 +225,12 @@ Outcome = tuple[int, list[str]]
 def _ensure_derived(
     defs: dg.Definitions, instance: dg.DagsterInstance, settings: Settings, name: str
 ) -> Outcome:
-    """Summaries, index and centroids for the current mirror generation (a run only if stale)."""
-    built_from.mirror_inputs(settings.layout, name)  # no mirror: say so
-    if refresh.current_derived(settings.layout, name) is not None:
+    """Summaries, index and centroids for the current mirror generation (a run only if stale,
+    or one of them no longer reads)."""
+    layout = settings.layout
+    built_from.mirror_inputs(layout, name)  # no mirror: say so
+    current = refresh.current_derived(layout, name) is not None
+    if current and built_from.published_tables_read(layout, name):
         return 0, []
     if verbosity.chatty():
         print(

@@ -18,6 +18,7 @@ from typing import Protocol
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from tol_dagster.derived.summaries import SUMMARY_NAMES, summary_path
 from tol_dagster.errors import StoreError
 from tol_dagster.store.durable import write_atomic
 from tol_dagster.store.generations import pin_generation
@@ -86,6 +87,19 @@ class BuiltFrom:
     generation: str
     upstream_commit: str
     files: dict[str, str]
+
+
+def published_tables_read(layout: Layout, config: str) -> bool:
+    """Whether the footer of every published derived table reads: one missing or damaged (a
+    disk's fault, a hand edit) makes them stale, so that the next build writes them anew."""
+    tables = [layout.taxon_index_path(config), layout.centroids_path(config)]
+    tables += [summary_path(layout, config, name) for name in SUMMARY_NAMES]
+    try:
+        for path in tables:
+            pq.read_metadata(path)
+    except (OSError, pa.ArrowException):  # missing, or not parquet
+        return False
+    return True
 
 
 def _built_path(layout: Layout, config: str, output: str) -> Path:

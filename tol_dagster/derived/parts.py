@@ -24,6 +24,7 @@ import pyarrow as pa
 import pyarrow.feather as feather
 import pyarrow.parquet as pq
 
+from tol_dagster.errors import LocalStorageError
 from tol_dagster.parquet.segmented import Segment, Written, write_segmented
 from tol_dagster.store.durable import atomic_path
 from tol_dagster.store.file_cache import derived_path, read_kept
@@ -80,10 +81,17 @@ def write_part(table: pa.Table, layout: Layout, config: str, file: MirrorFile, n
 
 
 def read_published(path: Path, asset: str) -> pa.Table:
-    """A published table; FileNotFoundError names the asset that builds it."""
+    """A published table; FileNotFoundError names the asset that builds it, LocalStorageError
+    (exit 4) the one that writes it anew when it no longer reads."""
     if not path.is_file():
         raise FileNotFoundError(f"{path}: not built yet; materialize {asset}")
-    return pq.read_table(path)
+    try:
+        return pq.read_table(path)
+    except pa.ArrowException as error:  # not parquet, or a page that does not decode
+        raise LocalStorageError(
+            f"the published table {path} is damaged ({error}): materialize {asset} to write it "
+            "anew (`tol-dagster slice KEY` does, when its footer is what is damaged)"
+        ) from error
 
 
 def publish_table(table: pa.Table, path: Path, **options: Any) -> None:

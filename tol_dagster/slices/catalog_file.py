@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from tol_dagster.errors import SliceSpecError
+from tol_dagster.errors import LocalStorageError, SliceSpecError
 from tol_dagster.slices.keys import parse_slice_key
 from tol_dagster.store.durable import atomic_path, file_lock
 from tol_dagster.store.layout import Layout
@@ -40,12 +40,23 @@ CATALOG_SCHEMA = pa.schema(
 )
 
 
-def read_catalog(layout: Layout, config: str) -> pa.Table:
-    """The catalog of `config` (empty, with the full schema, before the first slice)."""
+def read_catalog(layout: Layout, config: str, *, damaged_as_empty: bool = False) -> pa.Table:
+    """The catalog of `config` (empty, with the full schema, before the first slice). One that
+    no longer reads raises LocalStorageError (exit 4) saying how it is written anew, unless
+    `damaged_as_empty`: its writer, which rewrites it from the slice records."""
     path = layout.catalog_path(config)
     if not path.is_file():
         return CATALOG_SCHEMA.empty_table()
-    return pq.read_table(path, schema=CATALOG_SCHEMA)
+    try:
+        return pq.read_table(path, schema=CATALOG_SCHEMA)
+    except pa.ArrowException as error:  # not parquet, a page that does not decode
+        if damaged_as_empty:
+            return CATALOG_SCHEMA.empty_table()
+        raise LocalStorageError(
+            f"the slice catalog {path} is damaged ({error}): build any slice (`tol-dagster "
+            f"slice KEY`), or materialize tol/{config}/catalog in the UI, to write it anew "
+            "from the slice records"
+        ) from error
 
 
 def upsert_rows(
@@ -60,7 +71,7 @@ def upsert_rows(
     if wrong:
         raise ValueError(f"catalog of {config}: rows {wrong[:10]} belong to another config")
     with _locked(layout, config):
-        old = read_catalog(layout, config)
+        old = read_catalog(layout, config, damaged_as_empty=True)
         others = pc.invert(pc.is_in(old["name"], rows["name"]))
         if keep is not None:
             others = pc.and_(others, pc.is_in(old["name"], pa.array(list(keep), pa.string())))
@@ -97,7 +108,7 @@ def remove_entry(layout: Layout, config: str, name: str) -> bool:
     except SliceSpecError:
         names = {name}
     with _locked(layout, config):
-        rows = read_catalog(layout, config)
+        rows = read_catalog(layout, config, damaged_as_empty=True)
         kept = rows.filter(pc.invert(pc.is_in(rows["name"], pa.array(list(names), pa.string()))))
         if kept.num_rows == rows.num_rows:
             return False

@@ -1,0 +1,64 @@
+"""A published table that no longer reads (summaries, taxon index, centroids, the slice
+catalog) is named with exit 4 and how to write it anew, never a bug (exit 70); the next slice
+built from the command line rewrites the derived tables and the catalog as they were."""
+
+from __future__ import annotations
+
+import re
+
+import pyarrow.parquet as pq
+import pytest
+from resync_testing import CONFIG, User, dagster_home, synced, synced_home, user
+
+from tol_dagster import catalog
+from tol_dagster.derived import summaries
+from tol_dagster.errors import LocalStorageError
+from tol_dagster.slices.catalog_file import read_catalog
+
+__all__ = ["dagster_home", "synced", "synced_home", "user"]  # fixtures, imported to be found
+
+
+def test_damaged_published_tables_are_named_then_written_anew_by_the_next_slice(
+    synced: User,
+) -> None:
+    assert synced.tol("slice", "family=Felidae").code == 0
+    layout = synced.layout
+    published = layout.home / "published" / CONFIG
+    tables = sorted(p for p in published.rglob("*.parquet") if p.parent.name != "slices")
+    assert layout.catalog_path(CONFIG) in tables and layout.taxon_index_path(CONFIG) in tables
+    before = {p: pq.read_table(p) for p in tables}
+    for path in tables:
+        data = path.read_bytes()
+        path.write_bytes(data[: len(data) // 2])
+
+    listed = synced.tol("slices", "list")
+    assert listed.code == 4, listed.text
+    assert f"the slice catalog {layout.catalog_path(CONFIG)} is damaged" in listed.err
+    with pytest.raises(LocalStorageError, match="build any slice"):
+        catalog.list_slices(CONFIG, home=layout.home)
+    lineage = summaries.summary_path(layout, CONFIG, "lineage")
+    with pytest.raises(LocalStorageError, match=re.escape(f"{lineage} is damaged")) as raised:
+        summaries.read_summary(layout, CONFIG, "lineage")
+    assert f"materialize tol/{CONFIG}/summary/lineage" in str(raised.value)
+
+    rebuilt = synced.tol("slice", "family=Felidae")
+    assert rebuilt.code == 0, rebuilt.text
+    for path, table in before.items():
+        if path != layout.catalog_path(CONFIG):
+            assert pq.read_table(path).equals(table), f"{path} is not what it was"
+    names = read_catalog(layout, CONFIG).column("name").to_pylist()
+    assert names == before[layout.catalog_path(CONFIG)].column("name").to_pylist()
+    relisted = synced.tol("slices", "list")
+    assert relisted.code == 0 and "family=Felidae" in relisted.out, relisted.text
+
+
+def test_the_catalogs_writer_rewrites_a_damaged_catalog_from_what_it_is_given(
+    synced: User,
+) -> None:
+    assert synced.tol("slice", "family=Felidae").code == 0
+    assert synced.tol("slice", "genus=Panthera").code == 0
+    path = synced.layout.catalog_path(CONFIG)
+    path.write_bytes(b"PAR1 not a catalog")
+    removed = synced.tol("slices", "remove", "genus=Panthera")
+    assert removed.code == 0, removed.text
+    assert read_catalog(synced.layout, CONFIG).column("name").to_pylist() == ["family=Felidae"]
