@@ -12,10 +12,24 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from resync_testing import CONFIG, User, dagster_home, synced, synced_home, user
+from resync_testing import (
+    CONFIG,
+    User,
+    dagster_home,
+    manifest,
+    synced,
+    synced_home,
+    user,
+    valid_edit,
+)
 
 from tol_dagster.derived import built_from
-from tol_dagster.resync.state import load_remote
+from tol_dagster.errors import ValidationFailed
+from tol_dagster.hub.client import HubClient
+from tol_dagster.resync.gate import run_gate
+from tol_dagster.resync.publish import publish
+from tol_dagster.resync.stage import stage
+from tol_dagster.resync.state import load_remote, load_staged, refresh_remote
 from tol_dagster.store.layout import Layout
 from tol_dagster.store.rebuildable import read_rebuildable
 
@@ -96,3 +110,21 @@ def test_an_index_whose_build_record_is_damaged_leaves_no_previous_index(
     built_from.keep_previous_index(layout, CONFIG)
     assert not previous.exists() and not built_from.previous_index_path(layout, CONFIG).exists()
     assert built_from.previous_index(layout, CONFIG) == (None, {})
+
+
+def test_a_damaged_staged_state_publishes_nothing_and_says_so(synced: User) -> None:
+    layout, first = synced.layout, sorted((synced.root / CONFIG).glob("*.parquet"))[0]
+    valid_edit(synced.root, first.name)
+    client = HubClient(synced.hub.endpoint, synced.hub.repo_id, None)
+    refresh_remote(layout, client, CONFIG)
+    state = stage(layout, client, CONFIG, log=lambda _: None)
+    assert all(r.passed for r in run_gate(layout, state, max_row_loss=0.01))
+    saved = load_staged(layout, CONFIG, state.key)
+    assert saved is not None and saved.gate_passed
+    before = manifest(layout)
+
+    (layout.store_dir(CONFIG) / "state" / "staged" / f"{state.key}.json").write_bytes(DAMAGES[0])
+    assert load_staged(layout, CONFIG, state.key) is None and load_staged(layout, CONFIG) is None
+    with pytest.raises(ValidationFailed, match=f"nothing is staged by run {state.key}"):
+        publish(layout, CONFIG, key=state.key, log=lambda _: None)
+    assert manifest(layout) == before, "the mirror keeps its generation"

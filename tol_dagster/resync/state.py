@@ -184,12 +184,12 @@ def refresh_remote(layout: Layout, client: HubClient, config: str) -> RemoteConf
 
 def load_staged(layout: Layout, config: str, key: str | None = None) -> StagedState | None:
     """The state staged under `key` (a run id), or with no key the newest one, for inspection
-    only: publishing always names its key."""
+    only: publishing always names its key. A damaged one reads as none: nothing is published
+    from it, and the next sync stages again."""
     if key is not None:
-        path = _staged_path(layout, config, key)
-        return StagedState.from_json(path.read_text()) if path.is_file() else None
+        return read_rebuildable(_staged_path(layout, config, key), StagedState.from_json)
     newest = _staged_files(layout, config)
-    return StagedState.from_json(newest[0].read_text()) if newest else None
+    return read_rebuildable(newest[0], StagedState.from_json) if newest else None
 
 
 def _staged_files(layout: Layout, config: str) -> list[Path]:
