@@ -157,6 +157,30 @@ def test_the_instance_yaml_follows_the_mode_but_keeps_a_user_s_own(
     assert target.read_text() == "telemetry:\n  enabled: false\n"
 
 
+@pytest.mark.parametrize(
+    ("text", "said"),
+    [
+        ("run_storage: [\n  cut", "expected ',' or ']'"),
+        (
+            "storage:\n  sqlite:\n    base_dir: 5\nbogus_key: 1\n",
+            'unexpected config entry "bogus_key"',
+        ),
+    ],
+)
+def test_a_user_s_broken_instance_yaml_is_bad_settings_named_in_a_line(
+    text: str, said: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target = _written(tmp_path, monkeypatch, {}) / "dagster.yaml"
+    target.write_text(text)
+    with pytest.raises(SettingsError) as raised:
+        instance.open_instance(Settings.from_env({"TOL_HOME": str(tmp_path)}))
+    message = str(raised.value)
+    assert f"{target} is not a Dagster instance configuration" in message and said in message
+    assert "delete it and tol-dagster writes its own" in message
+    assert len(message) < 500 and "Expected:" not in message, "not Dagster's whole schema"
+    assert raised.value.exit_code == 2 and target.read_text() == text, "the user's file is left"
+
+
 def test_the_variables_are_named_once() -> None:
     names = {
         cluster_settings.PG_URL_VAR,

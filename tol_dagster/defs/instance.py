@@ -14,8 +14,10 @@ from importlib import resources
 from pathlib import Path
 
 import dagster as dg
+import yaml
 
 from tol_dagster.cluster_settings import CLUSTER_EXTRA, PG_URL_VAR, ClusterSettings, require_extra
+from tol_dagster.errors import SettingsError
 from tol_dagster.resync.shared_lease import connect
 from tol_dagster.settings import Settings
 from tol_dagster.store.durable import file_lock, write_atomic
@@ -85,4 +87,18 @@ def open_instance(settings: Settings) -> dg.DagsterInstance:
     if settings.cluster.pg_url is not None:  # say so at once, not after Dagster's retries
         connect(settings.cluster.pg_url, "tol-dagster", "Dagster's runs and events").close()
     with file_lock(home / ".tol-open.lock"):
-        return dg.DagsterInstance.get()
+        try:
+            return dg.DagsterInstance.get()
+        except (yaml.YAMLError, dg.DagsterInvalidConfigError) as error:
+            raise SettingsError(
+                f"{home / 'dagster.yaml'} is not a Dagster instance configuration "
+                f"({_why(error)}): mend it, or delete it and tol-dagster writes its own"
+            ) from error
+
+
+def _why(error: Exception) -> str:
+    """What is wrong with the instance's yaml, in a line: each config error without the schema
+    Dagster appends to it (a few thousand characters)."""
+    if isinstance(error, dg.DagsterInvalidConfigError):
+        return "; ".join(message.split(" Expected: ")[0] for message in error.error_messages)
+    return " ".join(str(error).split())
