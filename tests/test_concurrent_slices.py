@@ -1,0 +1,50 @@
+"""Slice commands started at the same instant on one data home (two people, two terminals, a
+cron job beside a user): each succeeds, and what is published is whole and consistent, every
+catalog row naming the bytes its file holds."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pyarrow.parquet as pq
+from resync_testing import CONFIG, User, dagster_home, synced, synced_home, user
+
+from tol_dagster.slices import records
+from tol_dagster.slices.catalog_file import read_catalog
+from tol_dagster.store.hashing import sha256_file
+
+__all__ = ["dagster_home", "synced", "synced_home", "user"]  # fixtures, imported to be found
+
+COMMANDS = [
+    ("slice", "family=Felidae"),
+    ("slice", "family=Felidae"),
+    ("slices", "add-rank", "genus"),
+    ("slices", "add-rank", "genus"),
+]
+
+
+def test_slices_and_ranks_started_at_the_same_instant_all_publish_whole(synced: User) -> None:
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-m", "tol_dagster.cli.main", *argv],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for argv in COMMANDS
+    ]
+    outputs = [p.communicate(timeout=600) for p in processes]
+
+    assert [p.returncode for p in processes] == [0] * len(COMMANDS), outputs
+    layout = synced.layout
+    rows = read_catalog(layout, CONFIG).to_pylist()
+    names = [row["name"] for row in rows]
+    genus = [r for r in records.slice_records(layout, CONFIG) if r.get("rank") == "genus"]
+    assert len(genus) > 100 and "family=Felidae" in names
+    assert sorted(names) == sorted(["family=Felidae", *(str(r["name"]) for r in genus)])
+    for row in rows:
+        assert sha256_file(row["path"]) == row["sha256"], f"{row['name']}: mixed writers"
+        assert pq.read_metadata(row["path"]).num_rows == row["rows"]
+    leftovers = [p.name for p in layout.slices_dir(CONFIG).iterdir() if p.name.startswith(".")]
+    assert not leftovers, f"temporary files left: {leftovers[:5]}"
