@@ -20,7 +20,7 @@ from tol_dagster.store.file_cache import read_kept
 from tol_dagster.store.hashing import sha256_file
 from tol_dagster.store.mirror_files import MirrorFile
 from tol_dagster.validation.emb_digests import digests_path, ensure_table
-from tol_dagster.validation.uuid_index import ensure_hashes, hashes_path, kept_array
+from tol_dagster.validation.uuid_index import kept_array
 
 __all__ = ["dagster_home", "synced", "synced_home", "user"]  # fixtures, imported to be found
 
@@ -80,7 +80,7 @@ def test_the_same_command_again_heals_every_damaged_result_and_publishes_the_sam
     assert healed, "the arrays the slice read were computed anew, as they were"
 
 
-def test_results_are_computed_only_from_mirror_bytes_the_gate_verified(
+def test_emb_digests_are_computed_only_from_mirror_bytes_the_gate_verified(
     synced: User, tmp_path: Path
 ) -> None:
     layout = synced.layout
@@ -91,12 +91,11 @@ def test_results_are_computed_only_from_mirror_bytes_the_gate_verified(
     data[len(data) // 2] ^= 0x01
     flipped.write_bytes(bytes(data))
     file = MirrorFile(entry.name, entry.sha256, flipped)
-    for path in (digests_path(layout, CONFIG, file), hashes_path(layout, CONFIG, file)):
-        path.unlink(missing_ok=True)
+    kept = digests_path(layout, CONFIG, file)
+    kept.unlink()
 
-    for ensure, path in [(ensure_table, digests_path), (ensure_hashes, hashes_path)]:
-        with pytest.raises(
-            StoreError, match=re.escape(f"mirror file {flipped} no longer has the sha256")
-        ):
-            ensure(file, layout, CONFIG)
-        assert not path(layout, CONFIG, file).exists(), "nothing kept from changed bytes"
+    with pytest.raises(
+        StoreError, match=re.escape(f"mirror file {flipped} no longer has the sha256")
+    ):
+        ensure_table(file, layout, CONFIG)
+    assert not kept.exists(), "no digest kept from changed bytes"

@@ -25,7 +25,7 @@ from tol_dagster import duck
 from tol_dagster.store.durable import atomic_path
 from tol_dagster.store.file_cache import derived_path, read_kept
 from tol_dagster.store.layout import Layout
-from tol_dagster.store.mirror_files import MirrorFile, verify_unchanged
+from tol_dagster.store.mirror_files import MirrorFile
 from tol_dagster.validation.checks import UUID_UNIQUE, CheckResult
 
 #: DuckDB's `hash` may change between versions: the version is part of the cache's name.
@@ -74,11 +74,13 @@ def save_hashes(path: Path, hashes: np.ndarray, *, sync_dir: bool = True) -> Non
 
 
 def ensure_hashes(file: MirrorFile, layout: Layout, config: str) -> bool:
-    """Make sure `file`'s hashes are cached, reading only its uuid column; True if computed."""
+    """Make sure `file`'s hashes are cached, reading only its uuid column; True if computed.
+    Not from bytes hashed first, as the emb digests are (`emb_digests.ensure_table`): a new
+    DuckDB recomputes every file's hashes, and hashing the files would read the whole mirror
+    for what only finds duplicates (the audit names a file that changed on disk)."""
     path = hashes_path(layout, config, file)
     if path.is_file():
         return False
-    verify_unchanged(file)
     save_hashes(path, uuid_hashes(pq.read_table(file.path, columns=["uuid"]).column("uuid")))
     return True
 
