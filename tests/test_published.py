@@ -911,3 +911,14 @@ def test_a_slice_failing_a_blocking_check_keeps_the_published_one_and_records_th
     assert not list(synced.layout.step_outputs_dir().rglob("slice_segments/*.parquet")), (
         "a refused slice's segments are removed too"
     )
+
+
+@pytest.mark.parametrize("cursor", ["{", '["a"]', '{"bioclip-2_float16": {"pending": []}}'])
+def test_a_slice_sensor_cursor_set_by_hand_starts_it_over_without_rebuilding_what_is_current(
+    synced: User, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cursor: str
+) -> None:
+    daemon = settled(DaemonDriver(declare(synced, ["family=Felidae"], tmp_path, monkeypatch)))
+    kept = daemon.cursor
+    daemon.cursor = cursor
+    assert daemon.tick() == [], "the slices of this generation are not built again"
+    assert daemon.cursor is not None and json.loads(daemon.cursor) == json.loads(kept or "")

@@ -359,3 +359,23 @@ def test_an_unchanged_upstream_is_confirmed_once_half_the_freshness_window_passe
     assert [r.run_key for r in again.run_requests or []] == [request.run_key], (
         "the same run key within the window: Dagster launches it once"
     )
+
+
+#: Cursors a person might set in the UI that this sensor never writes.
+HAND_SET_CURSORS = [
+    "not json",
+    "[1, 2]",
+    '{"commit": 5}',
+    '{"pending": "x"}',
+    '{"commit": null, "pending": {"commit": "abc", "configs": {"c": "x"}}}',
+]
+
+
+@pytest.mark.parametrize("cursor", HAND_SET_CURSORS)
+def test_a_cursor_set_by_hand_that_the_sensor_never_writes_starts_it_over(
+    synced: Ticks, cursor: str
+) -> None:
+    fresh = synced.tick(None)
+    result = synced.tick(cursor)
+    assert result.run_requests == fresh.run_requests == []
+    assert json.loads(result.cursor or "") == {"commit": synced.hub.head_commit()}

@@ -15,10 +15,12 @@ pending one (its resync syncs the newest state anyway).
 import json
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import dagster as dg
 
 from tol_dagster.defs.attempts import RUN_RETRY_TAGS, next_attempt
+from tol_dagster.defs.cursors import read_cursor
 from tol_dagster.defs.keys import asset_key, source_tags
 from tol_dagster.defs.mirror.jobs import RESYNC_JOB, resync_run_tags
 from tol_dagster.defs.mirror.keys import resync_check_keys, resync_keys
@@ -63,7 +65,7 @@ def build_upstream_change_sensor(
     def upstream_change_sensor(
         context: dg.SensorEvaluationContext, hub: HubResource, storage: StorageResource
     ) -> dg.SensorResult | dg.SkipReason:
-        cursor = json.loads(context.cursor) if context.cursor else {}
+        cursor = read_cursor(context, _is_cursor)
         ensure_resync_pools(context.instance, configs)
         for config in configs:
             fail_dead_cli_runs(context.instance, config)
@@ -85,6 +87,27 @@ def build_upstream_change_sensor(
         return _new_commit(context, client, storage.layout, configs, head, cursor.get("commit"))
 
     return upstream_change_sensor
+
+
+def _is_cursor(cursor: dict[str, Any]) -> bool:
+    """Whether `cursor` is what this sensor writes: {"commit": str or null, "pending": {"commit":
+    str, "configs": {config: {"run_key": str, "plan": str}}}} (`pending` while runs are out)."""
+    pending = cursor.get("pending")
+    if not isinstance(cursor.get("commit"), str | None):
+        return False
+    if pending is None:
+        return True
+    if not isinstance(pending, dict):
+        return False
+    plans = pending.get("configs")
+    return (
+        isinstance(pending.get("commit"), str)
+        and isinstance(plans, dict)
+        and all(
+            isinstance(plan, dict) and isinstance(plan.get("run_key"), str) and "plan" in plan
+            for plan in plans.values()
+        )
+    )
 
 
 def _new_commit(

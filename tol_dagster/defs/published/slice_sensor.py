@@ -19,10 +19,12 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 
 from tol_dagster.defs.attempts import RUN_RETRY_TAGS, next_attempt
+from tol_dagster.defs.cursors import read_cursor
 from tol_dagster.defs.keys import source_tags
 from tol_dagster.defs.published import refresh
 from tol_dagster.defs.published.automation import AUTOMATION_SENSOR
@@ -56,7 +58,7 @@ def build_mirror_change_sensor(
         requests: list[dg.RunRequest] = []
         partition_requests: list[dg.AddDynamicPartitionsRequest] = []
         why: list[str] = []
-        cursor = json.loads(context.cursor) if context.cursor else {}
+        cursor = read_cursor(context, _is_cursor)
         for config in configs:
             try:
                 tick = _evaluate(
@@ -80,6 +82,18 @@ def build_mirror_change_sensor(
         )
 
     return mirror_change_sensor
+
+
+def _is_cursor(cursor: dict[str, Any]) -> bool:
+    """Whether `cursor` is what this sensor writes: per config, {"slices_generation": str,
+    "pending": {base run key: {"job": str, ...}}, "ranks": [rank, ...]}."""
+    return all(
+        isinstance(state, dict)
+        and isinstance(state.get("pending", {}), dict)
+        and all(isinstance(s, dict) and "job" in s for s in state.get("pending", {}).values())
+        and isinstance(state.get("ranks", []), list)
+        for state in cursor.values()
+    )
 
 
 @dataclass(frozen=True)
