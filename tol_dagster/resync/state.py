@@ -15,7 +15,7 @@ import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from tol_dagster.errors import StoreError
+from tol_dagster.errors import LocalStorageError, StoreError
 from tol_dagster.hub.client import HubClient, RemoteConfig, RemoteFile
 from tol_dagster.store.durable import file_lock, write_atomic
 from tol_dagster.store.generations import pin_generation
@@ -184,10 +184,17 @@ def refresh_remote(layout: Layout, client: HubClient, config: str) -> RemoteConf
 
 def load_staged(layout: Layout, config: str, key: str | None = None) -> StagedState | None:
     """The state staged under `key` (a run id), or with no key the newest one, for inspection
-    only: publishing always names its key. A damaged one reads as none: nothing is published
-    from it, and the next sync stages again."""
+    only: publishing always names its key. A damaged one under `key` raises LocalStorageError
+    (nothing is published from it; the next sync stages anew); the newest, damaged, is none."""
     if key is not None:
-        return read_rebuildable(_staged_path(layout, config, key), StagedState.from_json)
+        path = _staged_path(layout, config, key)
+        state = read_rebuildable(path, StagedState.from_json)
+        if state is None and path.exists():
+            raise LocalStorageError(
+                f"the state staged by run {key} ({path}) is damaged: run `tol-dagster sync` "
+                "again, which stages anew; the mirror keeps its last validated generation"
+            )
+        return state
     newest = _staged_files(layout, config)
     return read_rebuildable(newest[0], StagedState.from_json) if newest else None
 
