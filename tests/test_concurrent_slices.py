@@ -6,10 +6,15 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from functools import partial
+from pathlib import Path
 
+import dagster as dg
 import pyarrow.parquet as pq
 from resync_testing import CONFIG, User, dagster_home, synced, synced_home, user
+from together import at_the_same_instant
 
+from tol_dagster.defs.published.partitions import add_slice_partition, slice_partition_keys
 from tol_dagster.slices import records
 from tol_dagster.slices.catalog_file import read_catalog
 from tol_dagster.store.hashing import sha256_file
@@ -48,3 +53,20 @@ def test_slices_and_ranks_started_at_the_same_instant_all_publish_whole(synced: 
         assert pq.read_metadata(row["path"]).num_rows == row["rows"]
     leftovers = [p.name for p in layout.slices_dir(CONFIG).iterdir() if p.name.startswith(".")]
     assert not leftovers, f"temporary files left: {leftovers[:5]}"
+
+
+def test_commands_adding_one_new_slice_key_at_the_same_instant_all_succeed(
+    tmp_path: Path,
+) -> None:
+    """SQLite (the default instance): Dagster inserts a new key after reading that it is
+    missing, so of four commands adding it at once three used to fail on its unique index
+    (exit 70). Four instances on one DAGSTER_HOME, as four processes, on twenty new keys."""
+    instances = [dg.DagsterInstance.local_temp(str(tmp_path)) for _ in range(4)]
+    keys = [f"family=F{n}" for n in range(20)]
+    failures: list[BaseException] = []
+    for key in keys:
+        failures += at_the_same_instant(
+            [partial(add_slice_partition, instance, CONFIG, key) for instance in instances]
+        )
+    assert not failures, failures[:2]
+    assert sorted(slice_partition_keys(instances[0], CONFIG)) == sorted(keys)

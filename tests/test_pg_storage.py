@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 
 import dagster as dg
@@ -24,6 +25,7 @@ from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
 from processes import free_port
 from resync_testing import CONFIG, User, dagster_home, upstream_files, user
 from service_testing import pg_database
+from together import at_the_same_instant
 
 from tol_dagster.defs import instance as instance_module
 from tol_dagster.defs.mirror.resync_slot import (
@@ -127,28 +129,6 @@ def test_the_resync_lease_waits_across_postgres_sessions_and_dies_with_its_holde
         holder.wait()
 
 
-def _ensure_at_the_same_instant(
-    instances: list[dg.DagsterInstance], config: str
-) -> list[BaseException]:
-    """`ensure_resync_pools` of `config` through every instance at once: what each raised."""
-    together = threading.Barrier(len(instances))
-    failures: list[BaseException] = []
-
-    def ensure(instance: dg.DagsterInstance) -> None:
-        together.wait()
-        try:
-            ensure_resync_pools(instance, [config])
-        except BaseException as error:  # the thread's failure is the test's
-            failures.append(error)
-
-    threads = [threading.Thread(target=ensure, args=(i,)) for i in instances]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
-    return failures
-
-
 def test_syncs_setting_a_new_pool_at_the_same_instant_all_succeed_with_one_slot(
     pg_url: str, tmp_path: Path
 ) -> None:
@@ -160,7 +140,9 @@ def test_syncs_setting_a_new_pool_at_the_same_instant_all_succeed_with_one_slot(
     failures: list[BaseException] = []
     try:
         for config in configs:
-            failures += _ensure_at_the_same_instant(instances, config)
+            failures += at_the_same_instant(
+                [partial(ensure_resync_pools, instance, [config]) for instance in instances]
+            )
         storage = instances[0].event_log_storage
         limits = {pool.name: pool.limit for pool in storage.get_pool_limits()}
         slots = [storage.get_concurrency_info(resync_pool(c)).slot_count for c in configs]

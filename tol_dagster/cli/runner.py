@@ -33,7 +33,7 @@ from tol_dagster.defs.published.jobs import (
     slices_job_name,
 )
 from tol_dagster.defs.published.keys import derived_keys, rank_slices_op_name, slices_op_name
-from tol_dagster.defs.published.partitions import slices_partitions_name
+from tol_dagster.defs.published.partitions import add_slice_partition
 from tol_dagster.derived import built_from
 from tol_dagster.settings import Settings
 
@@ -254,7 +254,7 @@ def _build_slice(
     *,
     allow_empty: bool = False,
 ) -> Outcome:
-    instance.add_dynamic_partitions(slices_partitions_name(name), [key])
+    add_slice_partition(instance, name, key)
     return _run_partition(
         defs.resolve_job_def(slices_job_name(name)),
         instance,
