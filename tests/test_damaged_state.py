@@ -130,3 +130,28 @@ def test_a_damaged_staged_state_publishes_nothing_and_names_it(synced: User) -> 
     ):
         publish(layout, CONFIG, key=state.key, log=lambda _: None)
     assert manifest(layout) == before, "the mirror keeps its generation"
+
+
+def test_a_kill_while_the_previous_index_is_kept_leaves_no_index_paired_with_another_record(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    layout = Layout(tmp_path)
+    index = layout.taxon_index_path(CONFIG)
+    index.parent.mkdir(parents=True)
+    state = layout.state_dir(CONFIG)
+    state.mkdir(parents=True)
+    for generation, file in [("g1", "a.parquet"), ("g2", "b.parquet")]:
+        pq.write_table(pa.table({"file": [file]}), index)
+        built = built_from.BuiltFrom(generation, "c", {file: "1" * 64})
+        (state / "built-taxon_index.json").write_text(json.dumps(asdict(built)))
+        if generation == "g1":
+            built_from.keep_previous_index(layout, CONFIG)
+
+    def killed(*_: object, **__: object) -> None:
+        raise KeyboardInterrupt("killed after the index was copied")
+
+    monkeypatch.setattr(built_from, "write_atomic", killed)
+    with pytest.raises(KeyboardInterrupt):
+        built_from.keep_previous_index(layout, CONFIG)
+    table, files = built_from.previous_index(layout, CONFIG)
+    assert (table, files) == (None, {}), "g2's index must not pass for g1's files"

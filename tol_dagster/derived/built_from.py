@@ -115,12 +115,16 @@ def _parse_built_from(text: str) -> BuiltFrom:
     return BuiltFrom(**json.loads(text))
 
 
+def _document(built: BuiltFrom) -> bytes:
+    return json.dumps(asdict(built), indent=1).encode()
+
+
 def save_built_from(
     layout: Layout, config: str, output: str, manifest: Generation, files: list[MirrorFile]
 ) -> None:
     """Record that `output` was just built from `files` of generation `manifest`."""
     built = BuiltFrom(manifest.generation, manifest.upstream_commit, file_map(files))
-    write_atomic(_built_path(layout, config, output), json.dumps(asdict(built), indent=1).encode())
+    write_atomic(_built_path(layout, config, output), _document(built))
 
 
 # --- the taxon index of the previous build ----------------------------------------------------
@@ -138,16 +142,19 @@ def _previous_built_path(layout: Layout, config: str) -> Path:
 def keep_previous_index(layout: Layout, config: str) -> None:
     """Before the index is rebuilt, keep the current one: the slices sensor diffs the two. An
     index whose build record is missing or damaged is not kept, and an older one is dropped:
-    with no previous index, every slice is rebuilt."""
+    with no previous index, every slice is rebuilt. The previous record goes first and comes
+    back last, whole: a process killed in between leaves no previous index, never an index
+    paired with another one's record."""
     current, target = layout.taxon_index_path(config), previous_index_path(layout, config)
     previous_built = _previous_built_path(layout, config)
-    if current.is_file() and load_built_from(layout, config, "taxon_index") is not None:
+    previous_built.unlink(missing_ok=True)
+    built = load_built_from(layout, config, "taxon_index")
+    if current.is_file() and built is not None:
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(current, target)
-        shutil.copyfile(_built_path(layout, config, "taxon_index"), previous_built)
+        write_atomic(previous_built, _document(built))
     else:
         target.unlink(missing_ok=True)
-        previous_built.unlink(missing_ok=True)
 
 
 def previous_index(layout: Layout, config: str) -> tuple[pa.Table | None, dict[str, str]]:
