@@ -1,6 +1,7 @@
 """A published table that no longer reads (summaries, taxon index, centroids, the slice
 catalog) is named with exit 4 and how to write it anew, never a bug (exit 70); the next slice
-built from the command line rewrites the derived tables and the catalog as they were."""
+built from the command line rewrites the derived tables and the catalog as they were. A slice
+file a reader cannot read is named with the command that rebuilds it."""
 
 from __future__ import annotations
 
@@ -62,3 +63,20 @@ def test_the_catalogs_writer_rewrites_a_damaged_catalog_from_what_it_is_given(
     removed = synced.tol("slices", "remove", "genus=Panthera")
     assert removed.code == 0, removed.text
     assert read_catalog(synced.layout, CONFIG).column("name").to_pylist() == ["family=Felidae"]
+
+
+def test_a_damaged_slice_file_is_named_to_a_reader_with_the_command_that_rebuilds_it(
+    synced: User,
+) -> None:
+    assert synced.tol("slice", "family=Felidae").code == 0
+    before = catalog.read_arrow("family=Felidae")
+    path = catalog.slice_path("family=Felidae")
+    path.write_bytes(path.read_bytes()[:1000])
+
+    with pytest.raises(
+        LocalStorageError, match=re.escape(f"the slice file {path} is damaged")
+    ) as raised:
+        catalog.read_pandas("family=Felidae")
+    assert "rebuild it with `tol-dagster slice family=Felidae`" in str(raised.value)
+    assert synced.tol("slice", "family=Felidae").code == 0
+    assert catalog.read_arrow("family=Felidae").equals(before)

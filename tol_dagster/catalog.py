@@ -13,6 +13,7 @@ sees one upstream commit even if a publish switches `mirror/<config>` meanwhile.
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 
 import duckdb
@@ -20,7 +21,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from tol_dagster.errors import SliceNotPublished, StoreError
+from tol_dagster.errors import LocalStorageError, SliceNotPublished, StoreError
 from tol_dagster.settings import Settings
 from tol_dagster.slices.catalog_file import CATALOG_SCHEMA, read_catalog
 from tol_dagster.slices.keys import SliceKey, parse_slice_key
@@ -38,8 +39,17 @@ def list_slices(config: str | None = None, home: Path | str | None = None) -> pd
 
 
 def read_arrow(key: str | SliceKey, config: str | None = None) -> pa.Table:
-    """The slice `key` as an Arrow table (exact schema: `emb` is fixed_size_list<halffloat>)."""
-    return pq.read_table(slice_path(key, config))
+    """The slice `key` as an Arrow table (exact schema: `emb` is fixed_size_list<halffloat>);
+    LocalStorageError naming the file and the command that rebuilds it if it no longer reads."""
+    path = slice_path(key, config)
+    try:
+        return pq.read_table(path)
+    except pa.ArrowException as error:  # not parquet, or a page that does not decode
+        name = key.name if isinstance(key, SliceKey) else parse_slice_key(key).name
+        raise LocalStorageError(
+            f"the slice file {path} is damaged ({error}): rebuild it with "
+            f"`tol-dagster slice {shlex.quote(name)}`"
+        ) from error
 
 
 def read_pandas(key: str | SliceKey, config: str | None = None) -> pd.DataFrame:
