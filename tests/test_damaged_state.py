@@ -51,7 +51,9 @@ def test_a_damaged_file_reads_as_never_written_and_says_so(
     path.write_bytes(damage)
     with caplog.at_level(logging.WARNING):
         assert read_rebuildable(path, lambda text: dict(json.loads(text)["files"])) is None
-    assert f"{path} is damaged" in caplog.text
+    assert f"{path} is damaged" in caplog.text and path.exists(), "kept, unless dropped"
+    assert read_rebuildable(path, lambda text: json.loads(text)["files"], drop=True) is None
+    assert not path.exists(), "a damaged cache is dropped when asked"
 
 
 def _kept(layout: Layout) -> dict[Path, bytes]:
@@ -75,7 +77,9 @@ def test_a_sync_and_a_slice_rewrite_damaged_facts_and_states_as_they_were(synced
 
     synced_again = synced.sync()
     assert synced_again.code == 0, synced_again.text
-    assert "facts.json is damaged" in synced_again.text, "the user is told"
+    facts = [p for p in before if p.name == "facts.json"]
+    told = [synced_again.text.count(f"{p} is damaged") for p in facts]
+    assert told == [1] * len(facts), "the user is told, once a file"
     sliced = synced.tol("slice", "family=Felidae")
     assert sliced.code == 0, sliced.text
 

@@ -42,7 +42,7 @@ def file_facts(layout: Layout, config: str, path: Path, sha256: str) -> FileFact
     cached = facts_path(layout, config, sha256)
     actual = sha256_file(path) if cached.is_file() else None
     if actual is not None and actual.lower() == sha256.lower():
-        kept = read_rebuildable(cached, FileFacts.from_json)
+        kept = read_rebuildable(cached, FileFacts.from_json, drop=True)
         if kept is not None:
             return kept
     file = MirrorFile(path.name, sha256, path)
@@ -63,8 +63,9 @@ def file_facts(layout: Layout, config: str, path: Path, sha256: str) -> FileFact
 
 
 def cached_facts(layout: Layout, config: str, sha256: str) -> FileFacts | None:
-    """The facts kept for `sha256`; None when none are, or they are damaged."""
-    return read_rebuildable(facts_path(layout, config, sha256), FileFacts.from_json)
+    """The facts kept for `sha256`; None when none are, or they are damaged (then removed, so
+    that the next `file_facts` inspects the file without hashing it first)."""
+    return read_rebuildable(facts_path(layout, config, sha256), FileFacts.from_json, drop=True)
 
 
 def refusal(facts: FileFacts, path: Path, config: str) -> str | None:

@@ -8,6 +8,7 @@ table is rebuilt whole, upstream is asked again. Each damaged read is logged wit
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -18,14 +19,18 @@ T = TypeVar("T")
 _log = logging.getLogger(__name__)
 
 
-def read_rebuildable(path: Path, parse: Callable[[str], T]) -> T | None:
+def read_rebuildable(path: Path, parse: Callable[[str], T], *, drop: bool = False) -> T | None:
     """`parse` of the text of the file at `path`; None when the file is missing, or damaged:
     not UTF-8, or text that `parse` refuses (ValueError, as for JSON that does not parse;
-    KeyError, TypeError or AttributeError, as for a document of another shape)."""
+    KeyError, TypeError or AttributeError, as for a document of another shape). `drop`: a
+    damaged file is removed too, for a cache whose writer checks only that it exists."""
     try:
         return parse(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         return None
     except (ValueError, KeyError, TypeError, AttributeError) as error:
         _log.warning("%s is damaged (%s): it is computed again", path, error)
+        if drop:
+            with contextlib.suppress(OSError):
+                path.unlink()
         return None
