@@ -80,3 +80,20 @@ def test_a_damaged_slice_file_is_named_to_a_reader_with_the_command_that_rebuild
     assert "rebuild it with `tol-dagster slice family=Felidae`" in str(raised.value)
     assert synced.tol("slice", "family=Felidae").code == 0
     assert catalog.read_arrow("family=Felidae").equals(before)
+
+
+def test_a_reader_that_verifies_is_refused_a_slice_whose_bytes_changed_on_disk(
+    synced: User,
+) -> None:
+    assert synced.tol("slice", "family=Felidae").code == 0
+    before = catalog.read_arrow("family=Felidae")
+    assert catalog.read_arrow("family=Felidae", verify=True).equals(before)
+    path = catalog.slice_path("family=Felidae")
+    data = bytearray(path.read_bytes())
+    data[len(data) // 3] ^= 0x20  # inside the pages: it may still decode, to other values
+    path.write_bytes(bytes(data))
+
+    with pytest.raises(LocalStorageError, match="no longer has the sha256 the catalog gives"):
+        catalog.read_pandas("family=Felidae", verify=True)
+    assert synced.tol("slice", "family=Felidae").code == 0
+    assert catalog.read_arrow("family=Felidae", verify=True).equals(before)

@@ -13,6 +13,7 @@ sees one upstream commit even if a publish switches `mirror/<config>` meanwhile.
 
 from __future__ import annotations
 
+import hashlib
 import shlex
 from pathlib import Path
 
@@ -38,23 +39,35 @@ def list_slices(config: str | None = None, home: Path | str | None = None) -> pd
     return table.to_pandas()
 
 
-def read_arrow(key: str | SliceKey, config: str | None = None) -> pa.Table:
+def read_arrow(key: str | SliceKey, config: str | None = None, *, verify: bool = False) -> pa.Table:
     """The slice `key` as an Arrow table (exact schema: `emb` is fixed_size_list<halffloat>);
-    LocalStorageError naming the file and the command that rebuilds it if it no longer reads."""
-    path = slice_path(key, config)
-    try:
-        return pq.read_table(path)
-    except pa.ArrowException as error:  # not parquet, or a page that does not decode
-        name = key.name if isinstance(key, SliceKey) else parse_slice_key(key).name
-        raise LocalStorageError(
-            f"the slice file {path} is damaged ({error}): rebuild it with "
-            f"`tol-dagster slice {shlex.quote(name)}`"
-        ) from error
+    LocalStorageError naming the file and the command that rebuilds it if it no longer reads,
+    or, with `verify`, if its bytes no longer hash to the sha256 the catalog gives (one more
+    pass over the file, from the same open file as the read: a publish meanwhile cannot mix)."""
+    path, sha256 = _published(key, config)
+    rebuild = f"rebuild it with `tol-dagster slice {shlex.quote(_name(key))}`"
+    with pa.memory_map(str(path)) as source:
+        if verify:
+            found = hashlib.sha256(source.read_buffer()).hexdigest()
+            if found != sha256:
+                raise LocalStorageError(
+                    f"the slice file {path} no longer has the sha256 the catalog gives "
+                    f"({sha256[:12]}..., now {found[:12]}...): its bytes changed on disk; {rebuild}"
+                )
+            source.seek(0)
+        try:
+            return pq.read_table(source)
+        except pa.ArrowException as error:  # not parquet, or a page that does not decode
+            raise LocalStorageError(
+                f"the slice file {path} is damaged ({error}): {rebuild}"
+            ) from error
 
 
-def read_pandas(key: str | SliceKey, config: str | None = None) -> pd.DataFrame:
-    """The slice `key` as a pandas DataFrame."""
-    return read_arrow(key, config).to_pandas()
+def read_pandas(
+    key: str | SliceKey, config: str | None = None, *, verify: bool = False
+) -> pd.DataFrame:
+    """The slice `key` as a pandas DataFrame (`verify`: as for `read_arrow`)."""
+    return read_arrow(key, config, verify=verify).to_pandas()
 
 
 def read_duckdb(
@@ -106,6 +119,17 @@ def slice_path(
     key: str | SliceKey, config: str | None = None, home: Path | str | None = None
 ) -> Path:
     """Where the published slice `key` is; `SliceNotPublished` says how to build it if absent."""
+    return _published(key, config, home)[0]
+
+
+def _name(key: str | SliceKey) -> str:
+    return key.name if isinstance(key, SliceKey) else parse_slice_key(key).name
+
+
+def _published(
+    key: str | SliceKey, config: str | None = None, home: Path | str | None = None
+) -> tuple[Path, str]:
+    """The published slice `key`'s path and sha256, from the catalog (see `slice_path`)."""
     layout = _layout(home)
     slice_key = key if isinstance(key, SliceKey) else parse_slice_key(key)
     config = resolve_config(layout, config)
@@ -119,7 +143,7 @@ def slice_path(
             f"`tol-dagster slice '{slice_key.name}' --config {config}` "
             "(`tol-dagster slices list` shows what is published)"
         )
-    return path
+    return path, str(hits["sha256"][0].as_py())
 
 
 def published_configs(layout: Layout) -> list[str]:
