@@ -5,7 +5,10 @@ file a reader cannot read is named with the command that rebuilds it."""
 
 from __future__ import annotations
 
+import hashlib
+import os
 import re
+import shutil
 
 import pyarrow.parquet as pq
 import pytest
@@ -97,3 +100,26 @@ def test_a_reader_that_verifies_is_refused_a_slice_whose_bytes_changed_on_disk(
         catalog.read_pandas("family=Felidae", verify=True)
     assert synced.tol("slice", "family=Felidae").code == 0
     assert catalog.read_arrow("family=Felidae", verify=True).equals(before)
+
+
+def test_a_verified_read_during_a_publish_gets_the_bytes_it_hashed(
+    synced: User, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A publish renames new bytes into the slice's path while the reader hashes the old ones:
+    the table read is the one hashed, never the new file behind an old file's sha256."""
+    assert synced.tol("slice", "family=Felidae").code == 0
+    assert synced.tol("slice", "genus=Panthera").code == 0
+    before = catalog.read_arrow("family=Felidae")
+    path, other = catalog.slice_path("family=Felidae"), catalog.slice_path("genus=Panthera")
+    real_sha256 = hashlib.sha256
+
+    def publishing_meanwhile(data: object) -> object:
+        staged = path.with_name(".publish.tmp")
+        shutil.copyfile(other, staged)
+        os.replace(staged, path)  # what an atomic publish does
+        return real_sha256(data)
+
+    monkeypatch.setattr(catalog.hashlib, "sha256", publishing_meanwhile)
+    read = catalog.read_arrow("family=Felidae", verify=True)
+    assert read.equals(before), "the bytes hashed and the bytes read are one file's"
+    assert pq.read_table(path).num_rows != before.num_rows, "the publish did happen"

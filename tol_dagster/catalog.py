@@ -123,6 +123,7 @@ def slice_path(
 
 
 def _name(key: str | SliceKey) -> str:
+    """The canonical name of `key` (SliceSpecError if it does not parse)."""
     return key.name if isinstance(key, SliceKey) else parse_slice_key(key).name
 
 
@@ -131,16 +132,16 @@ def _published(
 ) -> tuple[Path, str]:
     """The published slice `key`'s path and sha256, from the catalog (see `slice_path`)."""
     layout = _layout(home)
-    slice_key = key if isinstance(key, SliceKey) else parse_slice_key(key)
+    name = _name(key)
     config = resolve_config(layout, config)
     catalog = read_catalog(layout, config)
-    hits = catalog.filter(pa.compute.equal(catalog["name"], slice_key.name))
+    hits = catalog.filter(pa.compute.equal(catalog["name"], name))
     path = Path(hits["path"][0].as_py()) if hits.num_rows else None
     if path is None or not path.is_file():
         state = "is not published" if path is None else f"is in the catalog but {path} is missing"
         raise SliceNotPublished(
-            f"slice {slice_key.name!r} of {config} {state}; build it with "
-            f"`tol-dagster slice '{slice_key.name}' --config {config}` "
+            f"slice {name!r} of {config} {state}; build it with "
+            f"`tol-dagster slice '{name}' --config {config}` "
             "(`tol-dagster slices list` shows what is published)"
         )
     return path, str(hits["sha256"][0].as_py())
