@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import stat
 import subprocess
 import sys
 import tempfile
@@ -25,6 +26,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from tol_dagster.cli.main import main
+from tol_dagster.definitions import build_definitions
+from tol_dagster.defs.instance import open_instance
 from tol_dagster.devtools.localhub import LocalHub
 from tol_dagster.hub import retry
 from tol_dagster.hub.card import card_body, expected_rows, parse_card, render_card, with_config
@@ -34,6 +37,7 @@ from tol_dagster.resync.publish import Published, publish
 from tol_dagster.resync.stage import stage
 from tol_dagster.resync.state import refresh_remote
 from tol_dagster.schema import DEFAULT_CONFIG
+from tol_dagster.settings import Settings
 from tol_dagster.store.hashing import sha256_file
 from tol_dagster.store.layout import Layout
 from tol_dagster.store.manifest import Manifest, load_manifest
@@ -46,6 +50,37 @@ FILE_REQUESTS = ("resolve_head", "resolve_get", "lfs_get", "range_requests")
 
 
 # --- upstream, edited in the Hub's folder -----------------------------------------------------
+
+
+def flip_a_byte(path: Path) -> None:
+    """Bit rot inside a published file: one byte in its middle changes, its size and its
+    modification time do not."""
+    status = path.stat()
+    os.chmod(path, status.st_mode | stat.S_IWUSR)
+    with open(path, "r+b") as handle:
+        handle.seek(status.st_size // 2)
+        byte = handle.read(1)
+        handle.seek(-1, os.SEEK_CUR)
+        handle.write(bytes([byte[0] ^ 0xFF]))
+    os.chmod(path, status.st_mode)
+    os.utime(path, ns=(status.st_atime_ns, status.st_mtime_ns))
+
+
+def job_checks(
+    job: str, asset_selection: list[dg.AssetKey] | None = None
+) -> dict[str, dg.AssetCheckEvaluation]:
+    """The code location's `job` run through Dagster on the user's instance (as a schedule or
+    the UI runs it), its check evaluations by check name."""
+    settings = Settings.from_env()
+    with open_instance(settings) as instance:
+        result = (
+            build_definitions(settings)
+            .resolve_job_def(job)
+            .execute_in_process(
+                instance=instance, raise_on_error=False, asset_selection=asset_selection
+            )
+        )
+    return {e.check_name: e for e in result.get_asset_check_evaluations()}
 
 
 def upstream_files(root: Path, config: str = CONFIG) -> dict[str, str]:

@@ -21,6 +21,8 @@ from resync_testing import (
     User,
     dagster_home,
     file_names,
+    flip_a_byte,
+    job_checks,
     manifest,
     mirror_view,
     synced,
@@ -30,7 +32,6 @@ from resync_testing import (
     valid_edit,
 )
 
-from tol_dagster.definitions import build_definitions
 from tol_dagster.defs.instance import open_instance
 from tol_dagster.defs.mirror.jobs import AUDIT_JOB
 from tol_dagster.resync.audit import AUDIT_CHECK, DRIFTED_FILES
@@ -38,18 +39,6 @@ from tol_dagster.settings import Settings
 from tol_dagster.store.hashing import CHUNK_BYTES, sha256_file
 
 __all__ = ["dagster_home", "synced", "synced_home", "user"]  # fixtures, imported to be found
-
-
-def flip_a_byte(path: Path) -> None:
-    """Bit rot inside a published file: one byte in its middle changes, its size does not."""
-    mode = path.stat().st_mode
-    os.chmod(path, mode | stat.S_IWUSR)
-    with open(path, "r+b") as handle:
-        handle.seek(path.stat().st_size // 2)
-        byte = handle.read(1)
-        handle.seek(-1, os.SEEK_CUR)
-        handle.write(bytes([byte[0] ^ 0xFF]))
-    os.chmod(path, mode)
 
 
 def tree(home: Path, skip: Path) -> dict[str, tuple[str | None, int, int]]:
@@ -75,15 +64,7 @@ def tree(home: Path, skip: Path) -> dict[str, tuple[str | None, int, int]]:
 
 def audit(user: User) -> dg.AssetCheckEvaluation:
     """The audit job run through Dagster on the user's instance, as the schedule runs it."""
-    settings = Settings.from_env()
-    with open_instance(settings) as instance:
-        result = (
-            build_definitions(settings)
-            .resolve_job_def(AUDIT_JOB)
-            .execute_in_process(instance=instance, raise_on_error=False)
-        )
-    [evaluation] = [e for e in result.get_asset_check_evaluations() if e.check_name == AUDIT_CHECK]
-    return evaluation
+    return job_checks(AUDIT_JOB)[AUDIT_CHECK]
 
 
 def drifted_files(evaluation: dg.AssetCheckEvaluation) -> object:

@@ -319,10 +319,13 @@ def refresh_published(settings: Settings, name: str) -> int:
 
 
 def _refresh_catalog(defs: dg.Definitions, instance: dg.DagsterInstance, config: str) -> Outcome:
+    """The catalog written anew, without its audit check: another slice's drift is the audit's
+    to report (the UI, the weekly job), not a failure of this command."""
     result = execute(
         defs.resolve_job_def(CATALOG_JOB),
         instance=instance,
         asset_selection=[asset_key(config, "catalog")],
+        asset_check_selection=[],
     )
     code, lines = exit_code(result)
     _print_failure(code, lines)

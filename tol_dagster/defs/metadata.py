@@ -38,6 +38,17 @@ def check_result(result: CheckResult, asset: dg.AssetKey) -> dg.AssetCheckResult
     )
 
 
+def materialized_in_this_run(
+    context: dg.AssetCheckExecutionContext, key: dg.AssetKey
+) -> dg.AssetMaterialization | None:
+    """`key`'s materialization by the check's own run, if this run made one: a check's depth
+    follows whether it runs after its asset or alone (the audit job)."""
+    event = context.instance.get_latest_materialization_event(key)
+    if event is None or event.run_id != context.run.run_id:
+        return None
+    return event.asset_materialization
+
+
 def blocking_checks(asset: dg.AssetKey, descriptions: Mapping[str, str]) -> list[dg.AssetCheckSpec]:
     """A blocking check on `asset` per name in `descriptions`: a failure stops what follows."""
     return [

@@ -28,7 +28,8 @@ from tol_dagster.store.durable import write_atomic
 from tol_dagster.store.layout import Layout
 
 
-def _record_path(layout: Layout, config: str, name: str) -> Path:
+def record_path(layout: Layout, config: str, name: str) -> Path:
+    """Where the record of slice `name` is kept."""
     return layout.slice_records_dir(config) / record_file_name(parse_slice_key(name))
 
 
@@ -76,7 +77,7 @@ def save_slice_record(
     """Write the record of the slice `record["name"]`, replacing the one of its last build
     (`sync_dir` and `publish`: see `store.durable.atomic_path`)."""
     write_atomic(
-        _record_path(layout, config, str(record["name"])),
+        record_path(layout, config, str(record["name"])),
         json.dumps(record, indent=1).encode(),
         sync_dir=sync_dir,
         publish=publish,
@@ -157,13 +158,18 @@ def built_generations(layout: Layout, config: str) -> dict[str, object]:
     }
 
 
+def slice_record_of(layout: Layout, config: str, name: str) -> dict[str, Any] | None:
+    """The record of slice `name`; None when there is none or it is damaged."""
+    try:
+        return read_json_object(record_path(layout, config, name))
+    except FileNotFoundError:
+        return None
+
+
 def allowed_empty(layout: Layout, config: str, name: str) -> bool:
     """Whether slice `name` was last built with allow_empty: rebuilds keep that consent (not
     a damaged record's: the rebuild then needs it again, and writes the record anew)."""
-    try:
-        record = read_json_object(_record_path(layout, config, name))
-    except FileNotFoundError:
-        return False
+    record = slice_record_of(layout, config, name)
     return record is not None and bool(record.get("allow_empty"))
 
 

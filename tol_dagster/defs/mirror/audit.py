@@ -10,7 +10,7 @@ import dagster as dg
 
 from tol_dagster.defs.failures import in_words
 from tol_dagster.defs.keys import asset_key
-from tol_dagster.defs.metadata import check_result
+from tol_dagster.defs.metadata import check_result, materialized_in_this_run
 from tol_dagster.defs.mirror.keys import PUBLISHED_FILES
 from tol_dagster.defs.resources import HubResource, StorageResource
 from tol_dagster.resync import audit
@@ -46,10 +46,9 @@ def _published_in_this_run(
     context: dg.AssetCheckExecutionContext, mirror_key: dg.AssetKey
 ) -> list[str] | None:
     """The files `mirror` published in this run (a resync's), or None (the audit job's run)."""
-    event = context.instance.get_latest_materialization_event(mirror_key)
-    if event is None or event.run_id != context.run.run_id:
+    materialization = materialized_in_this_run(context, mirror_key)
+    if materialization is None:
         return None
-    materialization = event.asset_materialization
-    named = materialization.metadata.get(PUBLISHED_FILES) if materialization else None
+    named = materialization.metadata.get(PUBLISHED_FILES)
     names = named.value if isinstance(named, dg.JsonMetadataValue) else None
     return [n for n in names if isinstance(n, str)] if isinstance(names, list) else []

@@ -19,20 +19,23 @@ STATUS_JOB = "status_job"
 def build_mirror_jobs(configs: Sequence[str]) -> list[dg.UnresolvedAssetJobDefinition]:
     """The resync, audit and status jobs over every config, and one adopt job per config."""
 
-    def mirrors(config: str) -> list[dg.AssetKey]:
-        return [asset_key(config, "mirror")]
+    def audited(config: str) -> list[dg.AssetKey]:
+        return [asset_key(config, "mirror"), asset_key(config, "catalog")]
 
     def remotes(config: str) -> list[dg.AssetKey]:
         return [asset_key(config, "remote")]
 
     resync = "Fetch what changed upstream, verify it, gate it, publish it atomically."
-    audit = "Re-hash the mirror against its manifest and upstream; report drift."
+    audit = (
+        "Re-hash the mirror against its manifest and upstream, and each published slice "
+        "against the catalog; report drift."
+    )
     status = "Read upstream's state and how far the mirror is behind it (no downloads)."
     return [
         assets_job(RESYNC_JOB, configs, resync_keys, resync),
         asset_job(
             AUDIT_JOB,
-            dg.AssetSelection.checks_for_assets(*of_every_config(configs, mirrors)),
+            dg.AssetSelection.checks_for_assets(*of_every_config(configs, audited)),
             audit,
         ),
         assets_job(STATUS_JOB, configs, remotes, status),

@@ -1,6 +1,6 @@
 """The published domain's definitions: per config its derived tables, slices, rank slices and
-catalog; the
-alignment checks between configs; their jobs, `mirror_change_sensor` and the automation sensor."""
+catalog, and the catalog's audit check; the alignment checks between configs; their jobs,
+`mirror_change_sensor` and the automation sensor."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from tol_dagster.defs.published.jobs import (
 from tol_dagster.defs.published.rank_asset import build_rank_slices_asset
 from tol_dagster.defs.published.slice_asset import build_slices_asset
 from tol_dagster.defs.published.slice_sensor import build_mirror_change_sensor
+from tol_dagster.defs.published.slices_audit import build_slices_audit_check
 from tol_dagster.settings import Settings
 
 
@@ -41,7 +42,10 @@ def build_published_definitions(settings: Settings) -> dg.Definitions:
     rank_jobs = build_rank_jobs(configs)
     return dg.Definitions(
         assets=with_code_references(assets),
-        asset_checks=build_alignment_checks(configs),
+        asset_checks=[
+            *build_alignment_checks(configs),
+            *(build_slices_audit_check(config) for config in configs),
+        ],
         jobs=[*build_published_jobs(configs), *slices_jobs, *rank_jobs],
         sensors=[
             build_mirror_change_sensor(configs, settings.slices_file, [*slices_jobs, *rank_jobs]),

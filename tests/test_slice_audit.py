@@ -1,0 +1,175 @@
+"""The published slices' audit, `slices_match_catalog`: a slice whose bytes changed on disk after
+it was published (bit rot, an edit, a deletion) is named with the command that builds it again,
+by the weekly audit job (every slice re-hashed) and after each catalog write in Dagster (every
+slice looked for and sized); a publish the catalog has not followed yet is not drift, and the
+command line's own catalog refresh never fails for another slice's drift."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+from resync_testing import (
+    CONFIG,
+    User,
+    dagster_home,
+    flip_a_byte,
+    job_checks,
+    synced,
+    synced_home,
+    user,
+)
+
+from tol_dagster import catalog
+from tol_dagster.defs.keys import asset_key
+from tol_dagster.defs.mirror.jobs import AUDIT_JOB
+from tol_dagster.defs.published.jobs import CATALOG_JOB
+from tol_dagster.resync.audit import AUDIT_CHECK
+from tol_dagster.slices import audit, records
+from tol_dagster.slices.audit import IN_FLIGHT_S, SLICES_AUDIT_CHECK, audit_slices
+from tol_dagster.store.hashing import sha256_file
+
+__all__ = ["dagster_home", "synced", "synced_home", "user"]  # fixtures, imported to be found
+
+FELIDAE, PANTHERA = "family=Felidae", "genus=Panthera"
+
+
+@pytest.fixture
+def sliced(synced: User) -> User:
+    for key in (FELIDAE, PANTHERA):
+        built = synced.tol("slice", key)
+        assert built.code == 0, built.text
+    return synced
+
+
+def drifted(details: dict[str, object]) -> object:
+    return details["drifted_slices"]
+
+
+def edited_long_ago(path: Path) -> None:
+    """An edit in place made before the audit's window for publishes in flight."""
+    stale = time.time() - IN_FLIGHT_S - 60
+    os.utime(path, (stale, stale))
+
+
+def test_the_weekly_audit_names_a_rotted_slice_with_its_rebuild_then_passes_once_rebuilt(
+    sliced: User,
+) -> None:
+    paths = {key: catalog.slice_path(key) for key in (FELIDAE, PANTHERA)}
+    checks = job_checks(AUDIT_JOB)
+    assert checks[SLICES_AUDIT_CHECK].passed, checks[SLICES_AUDIT_CHECK].description
+    hashed = checks[SLICES_AUDIT_CHECK].metadata["bytes_hashed"].value
+    assert hashed == sum(path.stat().st_size for path in paths.values())
+
+    flip_a_byte(paths[FELIDAE])
+    checks = job_checks(AUDIT_JOB)
+
+    audit = checks[SLICES_AUDIT_CHECK]
+    assert not audit.passed
+    assert audit.metadata["drifted_slices"].value == [FELIDAE]
+    assert f"rebuild it with `tol-dagster slice {FELIDAE} --config {CONFIG}`" in (
+        audit.description or ""
+    )
+    assert checks[AUDIT_CHECK].passed  # the mirror itself is intact
+    rebuilt = sliced.tol("slice", FELIDAE)
+    assert rebuilt.code == 0, rebuilt.text
+    assert job_checks(AUDIT_JOB)[SLICES_AUDIT_CHECK].passed
+
+
+def test_after_a_catalog_write_each_slice_is_looked_for_and_sized_not_hashed(
+    sliced: User,
+) -> None:
+    flip_a_byte(catalog.slice_path(FELIDAE))
+    catalog.slice_path(PANTHERA).unlink()
+
+    check = job_checks(CATALOG_JOB, [asset_key(CONFIG, "catalog")])[SLICES_AUDIT_CHECK]
+
+    assert not check.passed
+    assert check.metadata["drifted_slices"].value == [PANTHERA]
+    assert "is missing" in (check.description or "")
+    assert check.metadata["bytes_hashed"].value == 0
+
+
+def test_the_command_lines_catalog_refresh_never_fails_for_another_slices_drift(
+    sliced: User,
+) -> None:
+    path = catalog.slice_path(PANTHERA)
+    path.write_bytes(path.read_bytes()[:100])
+    edited_long_ago(path)
+
+    built = sliced.tol("slice", FELIDAE)
+
+    assert built.code == 0, built.text
+    assert not audit_slices(sliced.layout, CONFIG, rehash=False).passed
+
+
+def test_a_publish_the_catalog_has_not_followed_yet_is_not_drift(sliced: User) -> None:
+    layout = sliced.layout
+    path = catalog.slice_path(FELIDAE)
+    newer = catalog.slice_path(PANTHERA).read_bytes()  # as a rebuild writes other bytes
+    assert len(newer) != path.stat().st_size
+    path.write_bytes(newer)
+    record = records.slice_record_of(layout, CONFIG, FELIDAE)
+    assert record is not None
+    in_flight = audit_slices(layout, CONFIG, rehash=True)  # renamed in, its record not yet
+    assert in_flight.passed and in_flight.details["in_flight"] == [FELIDAE], in_flight.message
+
+    edited_long_ago(path)
+    edited = audit_slices(layout, CONFIG, rehash=True)
+    assert not edited.passed and drifted(edited.details) == [FELIDAE], edited.message
+
+    record.update(sha256=sha256_file(path), bytes=path.stat().st_size)
+    records.record_path(layout, CONFIG, FELIDAE).write_text(json.dumps(record))
+    published = audit_slices(layout, CONFIG, rehash=True)
+    assert published.passed and published.details["in_flight"] == [], published.message
+    flip_a_byte(path)  # rot in the newer bytes: hashed against the record's sha256 too
+    rotted = audit_slices(layout, CONFIG, rehash=True)
+    assert not rotted.passed and drifted(rotted.details) == [FELIDAE], rotted.message
+
+
+def test_a_slice_a_publish_replaces_while_it_is_hashed_is_read_again(
+    sliced: User, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    layout = sliced.layout
+    path = catalog.slice_path(FELIDAE)
+    newer = catalog.slice_path(PANTHERA).read_bytes()
+    record = records.slice_record_of(layout, CONFIG, FELIDAE)
+    assert record is not None
+    hashed: list[Path] = []
+
+    def hash_then_publish(hashing: Path) -> str:
+        """The old bytes hashed, then a publish renames the new ones in and writes its record."""
+        found = sha256_file(hashing)
+        hashed.append(hashing)
+        if hashing == path and hashed.count(path) == 1:
+            temp = path.with_name(path.name + ".new")
+            temp.write_bytes(newer)
+            os.replace(temp, path)
+            record.update(sha256=sha256_file(path), bytes=len(newer))
+            records.record_path(layout, CONFIG, FELIDAE).write_text(json.dumps(record))
+        return found
+
+    monkeypatch.setattr(audit, "sha256_file", hash_then_publish)
+    result = audit_slices(layout, CONFIG, rehash=True)
+
+    assert result.passed and result.details["in_flight"] == [], result.message
+    assert hashed.count(path) == 2
+
+
+def test_a_damaged_catalog_fails_the_audit_naming_it(sliced: User) -> None:
+    path = sliced.layout.catalog_path(CONFIG)
+    path.write_bytes(b"PAR1 not a catalog")
+
+    result = audit_slices(sliced.layout, CONFIG, rehash=True)
+
+    assert not result.passed
+    assert f"the slice catalog {path} is damaged" in result.message
+
+
+def test_no_slices_published_passes_with_nothing_checked(synced: User) -> None:
+    result = audit_slices(synced.layout, CONFIG, rehash=True)
+
+    assert result.passed and result.details["slices_checked"] == 0, result.message

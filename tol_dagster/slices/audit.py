@@ -1,0 +1,175 @@
+"""The published slices' audit (`slices_match_catalog`): every slice the catalog lists still
+holds the bytes the catalog gives (bit rot, edits in place, deletions).
+
+Downstream code trusts the catalog's sha256 without hashing (`catalog.read_arrow` hashes only
+with `verify=True`), so without this a slice whose bytes changed on disk stays published
+silently. Two depths, as the mirror's audit: after the catalog is written, each listed slice is
+looked for and sized (a stat each); the audit job re-hashes every one. It only reads: a drifted
+slice is named with the command that builds it again.
+
+Not drift: a slice published since the catalog was last written (its record gives the bytes
+found; the catalog follows its slices by itself), and one whose file was written (its mtime)
+after its record and in the last IN_FLIGHT_S (a publish between its rename and its record,
+which a rank pass writes a group of slices later; an edit in place waits as long): the next
+audit checks those again. Bit rot changes no mtime.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from tol_dagster.errors import LocalStorageError
+from tol_dagster.slices.catalog_file import read_catalog
+from tol_dagster.slices.records import record_path, slice_record_of
+from tol_dagster.store.hashing import sha256_file
+from tol_dagster.store.layout import Layout
+from tol_dagster.validation.checks import CheckResult
+
+SLICES_AUDIT_CHECK = "slices_match_catalog"
+#: A slice file changed this recently, whose bytes match neither the catalog nor its record,
+#: is taken for a publish in flight, not for drift.
+IN_FLIGHT_S = 600.0
+#: Reads of a slice that a publish keeps replacing while it is hashed (the last one counts).
+READ_TRIES = 3
+#: Drifted slices named in the check's message (all of them are in its details).
+MAX_NAMED = 10
+
+
+@dataclass(frozen=True)
+class Listed:
+    """A slice as the catalog lists it."""
+
+    name: str
+    path: Path
+    size: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class Found:
+    """What the audit found of one listed slice: `drift` None when its bytes are as published."""
+
+    drift: str | None = None
+    in_flight: bool = False
+    bytes_hashed: int = 0
+
+
+def audit_slices(layout: Layout, config: str, *, rehash: bool) -> CheckResult:
+    """`slices_match_catalog` of `config`: each slice the catalog lists is present with its
+    size and, with `rehash`, its sha256."""
+    try:
+        catalog = read_catalog(layout, config)
+    except LocalStorageError as error:
+        return CheckResult(SLICES_AUDIT_CHECK, False, str(error), {"catalog_reads": False})
+    columns = [catalog.column(c).to_pylist() for c in ("name", "path", "bytes", "sha256")]
+    found = {
+        name: check_slice(layout, config, Listed(name, Path(path), size, sha256), rehash=rehash)
+        for name, path, size, sha256 in zip(*columns, strict=True)
+    }
+    return _result(config, found, rehash=rehash)
+
+
+def check_slice(layout: Layout, config: str, listed: Listed, *, rehash: bool) -> Found:
+    """Whether `listed`'s file still holds the bytes the catalog or its record gives."""
+    try:
+        stat, sha256 = _read(listed.path, rehash=rehash)
+    except FileNotFoundError:
+        return _unless_republished(layout, config, listed, f"{listed.path} is missing", None)
+    hashed = stat.st_size if sha256 is not None else 0
+    if stat.st_size != listed.size:
+        reason = f"{stat.st_size:,} bytes on disk, the catalog says {listed.size:,}"
+    elif sha256 is not None and sha256 != listed.sha256:
+        reason = (
+            f"sha256 on disk {sha256[:12]}... differs from the catalog's {listed.sha256[:12]}..."
+        )
+    else:
+        return Found(bytes_hashed=hashed)
+    found = _unless_republished(layout, config, listed, reason, stat, sha256)
+    return Found(found.drift, found.in_flight, hashed)
+
+
+def _read(path: Path, *, rehash: bool) -> tuple[os.stat_result, str | None]:
+    """The file's status and, with `rehash`, its sha256, both of one version of it: read
+    again if a publish renamed another file into `path` while it was hashed."""
+    for _ in range(READ_TRIES):
+        before = path.stat()
+        sha256 = sha256_file(path) if rehash else None
+        after = path.stat()
+        if _version(before) == _version(after):
+            break
+    return after, sha256
+
+
+def _version(stat: os.stat_result) -> tuple[int, int, int, int]:
+    return stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns
+
+
+def _unless_republished(
+    layout: Layout,
+    config: str,
+    listed: Listed,
+    reason: str,
+    stat: os.stat_result | None,
+    sha256: str | None = None,
+) -> Found:
+    """Drift for `reason`, unless the slice's record (read after the file) gives what was found,
+    or the file changed too recently to tell a publish in flight from an edit."""
+    if stat is not None:
+        record = slice_record_of(layout, config, listed.name)
+        if _recorded(record, stat.st_size, sha256):
+            return Found()
+        if _in_flight(stat, record_path(layout, config, listed.name)):
+            return Found(in_flight=True)
+    rebuild = f"tol-dagster slice {shlex.quote(listed.name)} --config {config}"
+    return Found(f"{listed.name}: {reason}; rebuild it with `{rebuild}`")
+
+
+def _recorded(record: dict[str, object] | None, size: int, sha256: str | None) -> bool:
+    """Whether the slice's record gives `size` bytes and `sha256` (None: not hashed)."""
+    if record is None or record.get("bytes") != size:
+        return False
+    return sha256 is None or record.get("sha256") == sha256
+
+
+def _in_flight(stat: os.stat_result, record: Path) -> bool:
+    """Whether the slice file was written after its record, and recently: a publish whose
+    record is still to come (a finished publish writes the record last)."""
+    try:
+        recorded = record.stat().st_mtime
+    except FileNotFoundError:
+        recorded = float("-inf")
+    return stat.st_mtime > recorded and time.time() - stat.st_mtime < IN_FLIGHT_S
+
+
+def _result(config: str, found: dict[str, Found], *, rehash: bool) -> CheckResult:
+    drifted = {name: f.drift for name, f in found.items() if f.drift is not None}
+    in_flight = sorted(name for name, f in found.items() if f.in_flight)
+    scope = "every slice re-hashed" if rehash else "every slice looked for and sized"
+    details: dict[str, object] = {
+        "scope": scope,
+        "slices_checked": len(found),
+        "bytes_hashed": sum(f.bytes_hashed for f in found.values()),
+        "drifted_slices": sorted(drifted),
+        "drifted": [drifted[name] for name in sorted(drifted)],
+        "in_flight": in_flight,
+    }
+    note = (
+        f"; {len(in_flight)} changed in the last {IN_FLIGHT_S:.0f} s, being published (checked "
+        "again at the next audit)"
+        if in_flight
+        else ""
+    )
+    if drifted:
+        named = [drifted[name] for name in sorted(drifted)[:MAX_NAMED]]
+        more = f"; and {len(drifted) - MAX_NAMED:,} more" if len(drifted) > MAX_NAMED else ""
+        message = (
+            f"{len(drifted):,} of {len(found):,} published slices of {config} no longer hold the "
+            f"bytes the catalog gives: " + "; ".join(named) + more + note
+        )
+        return CheckResult(SLICES_AUDIT_CHECK, False, message, details)
+    message = f"{len(found):,} published slices of {config} match the catalog ({scope}){note}"
+    return CheckResult(SLICES_AUDIT_CHECK, True, message, details)
