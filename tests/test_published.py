@@ -32,6 +32,8 @@ from resync_testing import (
     User,
     core_sync,
     dagster_home,
+    flip_a_byte,
+    job_checks,
     set_card_rows,
     synced,
     synced_home,
@@ -56,6 +58,7 @@ from tol_dagster.devtools.localhub import LocalHub
 from tol_dagster.errors import ValidationFailed
 from tol_dagster.hub.client import HubClient
 from tol_dagster.settings import DEFAULT_SLICES_FILE, Settings
+from tol_dagster.slices.audit import SLICES_AUDIT_CHECK
 from tol_dagster.slices.catalog_file import CATALOG_SCHEMA, upsert_rows
 from tol_dagster.slices.keys import parse_slice_key
 from tol_dagster.store.hashing import sha256_file
@@ -911,6 +914,27 @@ def test_a_slice_failing_a_blocking_check_keeps_the_published_one_and_records_th
     assert not list(synced.layout.step_outputs_dir().rglob("slice_segments/*.parquet")), (
         "a refused slice's segments are removed too"
     )
+
+
+def test_the_slice_sensor_rebuilds_once_a_slice_the_weekly_audit_found_drifted(
+    synced: User, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    keys = ["family=Felidae", "genus=Panthera"]
+    daemon = settled(DaemonDriver(declare(synced, keys, tmp_path, monkeypatch)))
+    path = slice_file(synced, "family=Felidae")
+    published = path.read_bytes()
+    flip_a_byte(path)
+    assert not job_checks(AUDIT_JOB)[SLICES_AUDIT_CHECK].passed
+
+    requests = daemon.tick()
+
+    assert kinds(requests) == ["family=Felidae"], requests
+    assert ":repair:" in (requests[0].run_key or "")
+    daemon.run(requests)
+    assert path.read_bytes() == published
+    settled(daemon)  # the catalog follows; the same evaluation is never answered twice
+    assert job_checks(AUDIT_JOB)[SLICES_AUDIT_CHECK].passed
+    assert daemon.tick() == []
 
 
 @pytest.mark.parametrize("cursor", ["{", '["a"]', '{"bioclip-2_float16": {"pending": []}}'])

@@ -30,6 +30,8 @@ from tol_dagster.store.layout import Layout
 from tol_dagster.validation.checks import CheckResult
 
 SLICES_AUDIT_CHECK = "slices_match_catalog"
+#: The key of the check's details naming the drifted slices (what `mirror_change_sensor` reads).
+DRIFTED_SLICES = "drifted_slices"
 #: A slice file changed this recently, whose bytes match neither the catalog nor its record,
 #: is taken for a publish in flight, not for drift.
 IN_FLIGHT_S = 600.0
@@ -153,7 +155,7 @@ def _result(config: str, found: dict[str, Found], *, rehash: bool) -> CheckResul
         "scope": scope,
         "slices_checked": len(found),
         "bytes_hashed": sum(f.bytes_hashed for f in found.values()),
-        "drifted_slices": sorted(drifted),
+        DRIFTED_SLICES: sorted(drifted),
         "drifted": [drifted[name] for name in sorted(drifted)],
         "in_flight": in_flight,
     }

@@ -13,11 +13,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import dagster as dg
-from dagster._core.storage.asset_check_execution_record import (
-    COMPLETED_ASSET_CHECK_EXECUTION_RECORD_STATUSES,
-)
 
 from tol_dagster.defs.batch_steps import batch_metadata, batch_outputs
+from tol_dagster.defs.check_history import latest_named
 from tol_dagster.defs.failures import in_words
 from tol_dagster.defs.keys import asset_key, safe_name
 from tol_dagster.defs.metadata import OWNERS, commit_url, with_size, worker_metadata
@@ -193,12 +191,6 @@ def _size(remote_file: RemoteFile) -> int:
 def _audit_suspects(context: dg.OpExecutionContext, mirror_key: dg.AssetKey) -> list[str]:
     """The files the latest audit of the mirror found drifted, from Dagster's record of it:
     the resync re-hashes them and fetches again those still drifted (the audit writes nothing)."""
-    records = context.instance.event_log_storage.get_asset_check_execution_history(
-        dg.AssetCheckKey(mirror_key, audit.AUDIT_CHECK),
-        limit=1,
-        status=COMPLETED_ASSET_CHECK_EXECUTION_RECORD_STATUSES,
-    )
-    evaluation = records[0].evaluation if records else None
-    named = evaluation.metadata.get(audit.DRIFTED_FILES) if evaluation is not None else None
-    names = named.value if isinstance(named, dg.JsonMetadataValue) else None
-    return [n for n in names if isinstance(n, str)] if isinstance(names, list) else []
+    check = dg.AssetCheckKey(mirror_key, audit.AUDIT_CHECK)
+    named = latest_named(context.instance, check, audit.DRIFTED_FILES)
+    return named.names if named is not None else []

@@ -7,7 +7,9 @@ after and requests only the slices whose taxa have rows in changed files, plus d
 never built (`refresh.plan_slice_refresh`). Slices declared in the slices file become
 partitions here. Whole ranks (declared in the slices file's `ranks:`, or published before) get
 one `rank_slices` run each per generation, which rebuilds only their values whose rows changed;
-a rank newly declared gets its run at once. The catalog follows the slices by automation.
+a rank newly declared gets its run at once. The catalog follows the slices by automation. The
+slice partitions the catalog's audit (`slices_match_catalog`) last found drifted are rebuilt,
+once per evaluation of it.
 
 Each request stays in the cursor (`pending`, by base run key) until its run succeeded: a run
 that failed for good is requested again on a later tick under its next attempt's run key (see
@@ -24,15 +26,17 @@ from typing import Any
 import dagster as dg
 
 from tol_dagster.defs.attempts import RUN_RETRY_TAGS, next_attempt
+from tol_dagster.defs.check_history import latest_named
 from tol_dagster.defs.cursors import read_cursor
-from tol_dagster.defs.keys import source_tags
+from tol_dagster.defs.keys import asset_key, source_tags
 from tol_dagster.defs.published import refresh
 from tol_dagster.defs.published.automation import AUTOMATION_SENSOR
 from tol_dagster.defs.published.jobs import rank_slices_job_name, slices_job_name
 from tol_dagster.defs.published.keys import rank_slices_op_name
-from tol_dagster.defs.published.partitions import slice_partitions
+from tol_dagster.defs.published.partitions import slice_partition_keys, slice_partitions
 from tol_dagster.defs.resources import StorageResource
 from tol_dagster.errors import TolError
+from tol_dagster.slices.audit import DRIFTED_SLICES, SLICES_AUDIT_CHECK
 from tol_dagster.store.layout import Layout
 from tol_dagster.store.manifest import load_manifest
 
@@ -86,7 +90,8 @@ def build_mirror_change_sensor(
 
 def _is_cursor(cursor: dict[str, Any]) -> bool:
     """Whether `cursor` is what this sensor writes: per config, {"slices_generation": str,
-    "pending": {base run key: {"job": str, ...}}, "ranks": [rank, ...]}."""
+    "pending": {base run key: {"job": str, ...}}, "ranks": [rank, ...], "repaired": the id of
+    the audit evaluation whose drifted slices were asked for, or None}."""
     return all(
         isinstance(state, dict)
         and isinstance(state.get("pending", {}), dict)
@@ -148,6 +153,8 @@ def _evaluate(
                 "ops": {rank_slices_op_name(config): {"config": {"min_rows": min_rows}}}
             },
         }
+    repairs = _repairs(context.instance, config, state.get("repaired"))
+    pending.update(repairs.pending)
     generation = built.generation
     requests, pending = _attempts(context, pending)
     why = (
@@ -155,8 +162,41 @@ def _evaluate(
         if pending
         else f"slices up to date with generation {generation}"
     )
-    state = {"slices_generation": generation, "pending": pending, "ranks": sorted(ranks)}
+    state = {
+        "slices_generation": generation,
+        "pending": pending,
+        "ranks": sorted(ranks),
+        "repaired": repairs.evaluation_id,
+    }
     return _ConfigTick(requests, add, state, why)
+
+
+@dataclass(frozen=True)
+class _Repairs:
+    """Rebuilds of drifted slices to add to `pending`, and the audit evaluation they answer."""
+
+    pending: dict[str, dict]
+    evaluation_id: int | None
+
+
+def _repairs(instance: dg.DagsterInstance, config: str, repaired: object) -> _Repairs:
+    """A rebuild of each slice partition the latest `slices_match_catalog` found drifted, asked
+    once per evaluation (`repaired`: the one already answered). A rank pass's slices are left
+    to the command the check names: a rank run rebuilds only what changed upstream."""
+    check = dg.AssetCheckKey(asset_key(config, "catalog"), SLICES_AUDIT_CHECK)
+    named = latest_named(instance, check, DRIFTED_SLICES)
+    if named is None or named.evaluation_id == repaired:
+        return _Repairs({}, repaired if isinstance(repaired, int) else None)
+    partitions = set(slice_partition_keys(instance, config)) if named.names else set()
+    pending = {
+        f"{config}:repair:{key}:{named.evaluation_id}": {
+            "job": slices_job_name(config),
+            "partition": key,
+        }
+        for key in named.names
+        if key in partitions
+    }
+    return _Repairs(pending, named.evaluation_id)
 
 
 def _attempts(
