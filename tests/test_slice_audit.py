@@ -173,3 +173,17 @@ def test_no_slices_published_passes_with_nothing_checked(synced: User) -> None:
     result = audit_slices(synced.layout, CONFIG, rehash=True)
 
     assert result.passed and result.details["slices_checked"] == 0, result.message
+
+
+def test_a_check_over_many_drifted_slices_counts_all_and_lists_the_first_by_name(
+    sliced: User, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(audit, "MAX_LISTED", 1)
+    for key in (FELIDAE, PANTHERA):
+        catalog.slice_path(key).unlink()
+
+    result = audit_slices(sliced.layout, CONFIG, rehash=False)
+
+    assert not result.passed and result.message.startswith("2 of 2 published slices"), result
+    assert result.details["drifted_count"] == 2
+    assert drifted(result.details) == [FELIDAE]
