@@ -187,3 +187,14 @@ def test_a_check_over_many_drifted_slices_counts_all_and_lists_the_first_by_name
     assert not result.passed and result.message.startswith("2 of 2 published slices"), result
     assert result.details["drifted_count"] == 2
     assert drifted(result.details) == [FELIDAE]
+
+
+def test_a_slice_that_does_not_read_is_drift_not_an_error_of_the_check(sliced: User) -> None:
+    path = catalog.slice_path(FELIDAE)
+    path.unlink()
+    path.mkdir()  # a folder in its place
+
+    result = audit_slices(sliced.layout, CONFIG, rehash=True)
+
+    assert not result.passed and drifted(result.details) == [FELIDAE], result.message
+    assert "does not read" in result.message

@@ -105,6 +105,8 @@ def check_slice(layout: Layout, config: str, listed: Listed, *, rehash: bool) ->
         stat, sha256 = _read(listed.path, rehash=rehash)
     except FileNotFoundError:
         return _unless_republished(layout, config, listed, f"{listed.path} is missing", None)
+    except OSError as error:  # a folder in its place, no permission, an I/O error
+        return _unless_republished(layout, config, listed, f"does not read ({error})", None)
     hashed = stat.st_size if sha256 is not None else 0
     if stat.st_size != listed.size:
         reason = f"{stat.st_size:,} bytes on disk, the catalog says {listed.size:,}"
