@@ -198,3 +198,42 @@ def test_a_slice_that_does_not_read_is_drift_not_an_error_of_the_check(sliced: U
 
     assert not result.passed and drifted(result.details) == [FELIDAE], result.message
     assert "does not read" in result.message
+
+
+def test_the_audit_command_exits_0_when_every_byte_is_as_published(sliced: User) -> None:
+    audited = sliced.tol("audit")
+
+    assert audited.code == 0, audited.text
+    assert f"ok: tol/{CONFIG}/mirror mirror_matches_manifest:" in audited.out
+    assert f"ok: tol/{CONFIG}/catalog slices_match_catalog: 2 published slices" in audited.out
+
+
+def test_the_audit_command_exits_4_naming_a_rotted_slice_and_mirror_file_and_writes_nothing(
+    sliced: User,
+) -> None:
+    layout = sliced.layout
+    flip_a_byte(catalog.slice_path(FELIDAE))
+    rotten = sorted(layout.mirror_dir(CONFIG).glob("*.parquet"))[0]
+    flip_a_byte(rotten)
+    published = {p: p.read_bytes() for p in layout.slices_dir(CONFIG).iterdir()}
+
+    audited = sliced.tol("audit", "--json")
+
+    assert audited.code == 4, audited.text
+    document = json.loads(audited.out)
+    assert document["command"] == "audit" and document["exit_code"] == 4
+    verdicts = {v["check"]: v for v in document["checks"]}
+    assert not verdicts[SLICES_AUDIT_CHECK]["passed"]
+    assert (
+        f"tol-dagster slice {FELIDAE} --config {CONFIG}" in verdicts[SLICES_AUDIT_CHECK]["message"]
+    )
+    assert not verdicts[AUDIT_CHECK]["passed"] and rotten.name in verdicts[AUDIT_CHECK]["message"]
+    assert any(SLICES_AUDIT_CHECK in line for line in document["errors"])
+    assert {p: p.read_bytes() for p in layout.slices_dir(CONFIG).iterdir()} == published
+
+
+def test_the_audit_command_refuses_a_config_not_configured(sliced: User) -> None:
+    audited = sliced.tol("audit", "--config", "nope")
+
+    assert audited.code == 2, audited.text
+    assert "--config 'nope' is not configured" in audited.err

@@ -18,6 +18,7 @@ from pathlib import Path
 from tol_dagster import exit_codes
 from tol_dagster.cli import (
     adopt_command,
+    audit_command,
     demo,
     interrupts,
     report,
@@ -72,6 +73,10 @@ def _status(args: argparse.Namespace) -> int:
     return status.run_status()
 
 
+def _audit(args: argparse.Namespace) -> int:
+    return audit_command.run_audit(config=args.config)
+
+
 def _slice(args: argparse.Namespace) -> int:
     return slice_commands.run_slice(args.key, config=args.config, allow_empty=args.allow_empty)
 
@@ -104,6 +109,7 @@ HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
     "sync": _sync,
     "adopt": _adopt,
     "status": _status,
+    "audit": _audit,
     "slice": _slice,
     "slices list": _slices_list,
     "slices remove": _slices_remove,

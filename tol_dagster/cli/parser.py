@@ -33,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sync(commands)
     _add_adopt(commands)
     _add_status(commands)
+    _add_audit(commands)
     _add_slice(commands)
     _add_slices(commands)
     _add_worker(commands)
@@ -173,6 +174,18 @@ def _add_status(commands: Subparsers) -> None:
     _add_json(status)
     _add_verbosity(status)
     status.set_defaults(handler="status")
+
+
+def _add_audit(commands: Subparsers) -> None:
+    audit = commands.add_parser(
+        "audit",
+        help="re-hash the mirror and every published slice; exit 4 naming what drifted "
+        "(a Dagster run)",
+    )
+    _add_config(audit)
+    _add_json(audit)
+    _add_verbosity(audit)
+    audit.set_defaults(handler="audit")
 
 
 def _add_slice(commands: Subparsers) -> None:
