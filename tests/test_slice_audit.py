@@ -237,3 +237,10 @@ def test_the_audit_command_refuses_a_config_not_configured(sliced: User) -> None
 
     assert audited.code == 2, audited.text
     assert "--config 'nope' is not configured" in audited.err
+
+
+def test_the_audit_command_without_a_mirror_exits_2_saying_to_sync(user: User) -> None:
+    audited = user.tol("audit")
+
+    assert audited.code == 2, audited.text
+    assert "no mirror is published" in audited.err and "tol-dagster sync" in audited.err

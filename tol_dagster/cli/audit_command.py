@@ -21,6 +21,7 @@ from tol_dagster.cli.runner import execute, exit_code
 from tol_dagster.defs.instance import open_instance
 from tol_dagster.defs.keys import asset_key
 from tol_dagster.defs.mirror.jobs import AUDIT_JOB
+from tol_dagster.derived import built_from
 from tol_dagster.errors import LocalStorageError
 from tol_dagster.resync.audit import AUDIT_CHECK
 from tol_dagster.settings import Settings
@@ -46,7 +47,10 @@ def run_audit(*, config: str | None) -> int:
     """Run the audit of `config` (every configured one when None); print each check's verdict
     (`--json`: one document)."""
     settings = Settings.from_env()
-    checks = audit_checks(select_configs(settings, config))
+    configs = select_configs(settings, config)
+    for name in configs:
+        built_from.mirror_inputs(settings.layout, name)  # no mirror: exit 2 saying so, not drift
+    checks = audit_checks(configs)
     instance = open_instance(settings)
     job = load_code_location(settings).resolve_job_def(AUDIT_JOB)
     with progress_view.shown("audit"):
