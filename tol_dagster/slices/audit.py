@@ -32,8 +32,8 @@ from tol_dagster.validation.checks import CheckResult
 SLICES_AUDIT_CHECK = "slices_match_catalog"
 #: The key of the check's details naming the drifted slices (what `mirror_change_sensor` reads).
 DRIFTED_SLICES = "drifted_slices"
-#: A slice file changed this recently, whose bytes match neither the catalog nor its record,
-#: is taken for a publish in flight, not for drift.
+#: A slice file written after its record and this recently, whose bytes match neither the
+#: catalog nor its record, is taken for a publish in flight, not for drift.
 IN_FLIGHT_S = 600.0
 #: Reads of a slice that a publish keeps replacing while it is hashed (the last one counts).
 READ_TRIES = 3
