@@ -41,11 +41,11 @@ def hashing(
     first file is hashed (a publish racing the audit). Returns the paths hashed."""
     hashed: list[Path] = []
 
-    def fake(path: Path) -> str:
+    def fake(path: Path, on_bytes: Callable[[int], None] | None = None) -> str:
         if not hashed and during is not None:
             during()
         hashed.append(path)
-        return WRONG if path.name == drifted else sha256_file(path)
+        return WRONG if path.name == drifted else sha256_file(path, on_bytes)
 
     monkeypatch.setattr(drift, "sha256_file", fake)
     return hashed

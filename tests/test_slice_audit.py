@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -23,10 +24,11 @@ from resync_testing import (
     user,
 )
 
-from tol_dagster import catalog
+from tol_dagster import catalog, progress
 from tol_dagster.defs.keys import asset_key
 from tol_dagster.defs.mirror.jobs import AUDIT_JOB
 from tol_dagster.defs.published.jobs import CATALOG_JOB
+from tol_dagster.resync import audit as mirror_audit
 from tol_dagster.resync.audit import AUDIT_CHECK
 from tol_dagster.slices import audit, records
 from tol_dagster.slices.audit import IN_FLIGHT_S, SLICES_AUDIT_CHECK, audit_slices
@@ -140,9 +142,9 @@ def test_a_slice_a_publish_replaces_while_it_is_hashed_is_read_again(
     assert record is not None
     hashed: list[Path] = []
 
-    def hash_then_publish(hashing: Path) -> str:
+    def hash_then_publish(hashing: Path, on_bytes: Callable[[int], None] | None = None) -> str:
         """The old bytes hashed, then a publish renames the new ones in and writes its record."""
-        found = sha256_file(hashing)
+        found = sha256_file(hashing, on_bytes)
         hashed.append(hashing)
         if hashing == path and hashed.count(path) == 1:
             temp = path.with_name(path.name + ".new")
@@ -244,3 +246,17 @@ def test_the_audit_command_without_a_mirror_exits_2_saying_to_sync(user: User) -
 
     assert audited.code == 2, audited.text
     assert "no mirror is published" in audited.err and "tol-dagster sync" in audited.err
+
+
+def test_the_audits_report_progress_every_file_and_every_byte_hashed(sliced: User) -> None:
+    events: list[progress.Event] = []
+    with progress.listening(events.append):
+        audit_slices(sliced.layout, CONFIG, rehash=True)
+        mirror_audit.audit(sliced.layout, CONFIG)
+
+    starts = [i for i, e in enumerate(events) if e.kind == "start"]
+    assert [events[i].text for i in starts] == [f"{CONFIG} slices", f"{CONFIG} mirror"]
+    for begin, end in zip(starts, [*starts[1:], len(events)], strict=True):
+        start, advances = events[begin], events[begin + 1 : end]
+        assert start.files == sum(e.files for e in advances) > 0, start
+        assert start.bytes == sum(e.bytes for e in advances) > 0, start

@@ -22,9 +22,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pyarrow.compute as pc
+
+from tol_dagster import progress
 from tol_dagster.errors import LocalStorageError
 from tol_dagster.slices.catalog_file import read_catalog
 from tol_dagster.slices.records import record_path, slice_record_of
+from tol_dagster.store.drift import AUDIT_TASK, audit_bytes
 from tol_dagster.store.hashing import sha256_file
 from tol_dagster.store.layout import Layout
 from tol_dagster.validation.checks import CheckResult
@@ -74,10 +78,13 @@ def audit_slices(layout: Layout, config: str, *, rehash: bool) -> CheckResult:
     except LocalStorageError as error:
         return CheckResult(SLICES_AUDIT_CHECK, False, str(error), {"catalog_reads": False})
     tally = _Tally()
+    total = (pc.sum(catalog["bytes"]).as_py() or 0) if rehash else 0
+    progress.start(AUDIT_TASK, files=catalog.num_rows, bytes=total, what=f"{config} slices")
     for batch in catalog.select(["name", "path", "bytes", "sha256"]).to_batches(BATCH_ROWS):
         for name, path, size, sha256 in zip(*batch.to_pydict().values(), strict=True):
             listed = Listed(name, Path(path), size, sha256)
             tally.add(name, check_slice(layout, config, listed, rehash=rehash))
+            progress.advance(AUDIT_TASK, files=1)
     return _result(config, tally, rehash=rehash)
 
 
@@ -125,7 +132,7 @@ def _read(path: Path, *, rehash: bool) -> tuple[os.stat_result, str | None]:
     again if a publish renamed another file into `path` while it was hashed."""
     for _ in range(READ_TRIES):
         before = path.stat()
-        sha256 = sha256_file(path) if rehash else None
+        sha256 = sha256_file(path, audit_bytes) if rehash else None
         after = path.stat()
         if _version(before) == _version(after):
             break

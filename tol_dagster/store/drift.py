@@ -12,10 +12,19 @@ from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from tol_dagster import progress
 from tol_dagster.store.generations import current_generation
 from tol_dagster.store.hashing import sha256_file
 from tol_dagster.store.layout import Layout
 from tol_dagster.store.manifest import Manifest, ManifestEntry
+
+#: The progress task of an audit (the command line's bar): files looked at, bytes hashed.
+AUDIT_TASK = "audit"
+
+
+def audit_bytes(count: int) -> None:
+    """`count` more bytes hashed by an audit (`sha256_file`'s `on_bytes`)."""
+    progress.advance(AUDIT_TASK, bytes=count)
 
 
 @dataclass(frozen=True)
@@ -51,7 +60,7 @@ def _resized(generation: Path, entry: ManifestEntry) -> Drift | None:
 
 
 def _rehashed(generation: Path, entry: ManifestEntry) -> Drift | None:
-    digest = sha256_file(generation / entry.name)
+    digest = sha256_file(generation / entry.name, audit_bytes)
     if digest == entry.sha256:
         return None
     return Drift(
@@ -110,6 +119,13 @@ def audit_mirror(
             )
         )
     checked = hashed = 0
+    to_hash = [e for e in manifest.entries if only is None or e.name in only]
+    progress.start(
+        AUDIT_TASK,
+        files=len(manifest.entries),
+        bytes=sum(e.size for e in to_hash),
+        what=f"{config} mirror",
+    )
     for entry in manifest.entries:
         drift = _missing(generation, entry)
         if drift is None:
@@ -120,6 +136,7 @@ def audit_mirror(
             drift = _rehashed(generation, entry)
         if drift is not None:
             drifted.append(drift)
+        progress.advance(AUDIT_TASK, files=1)
     known = set(manifest.by_name)
     for path in sorted(generation.iterdir()):
         if path.name not in known:
