@@ -255,7 +255,10 @@ def test_the_audits_report_progress_every_file_and_every_byte_hashed(sliced: Use
         mirror_audit.audit(sliced.layout, CONFIG)
 
     starts = [i for i, e in enumerate(events) if e.kind == "start"]
-    assert [events[i].text for i in starts] == [f"{CONFIG} slices", f"{CONFIG} mirror"]
+    assert [(events[i].task, events[i].text) for i in starts] == [
+        ("slices", CONFIG),
+        ("mirror", CONFIG),
+    ]
     for begin, end in zip(starts, [*starts[1:], len(events)], strict=True):
         start, advances = events[begin], events[begin + 1 : end]
         assert start.files == sum(e.files for e in advances) > 0, start

@@ -28,7 +28,6 @@ from tol_dagster import progress
 from tol_dagster.errors import LocalStorageError
 from tol_dagster.slices.catalog_file import read_catalog
 from tol_dagster.slices.records import record_path, slice_record_of
-from tol_dagster.store.drift import AUDIT_TASK, audit_bytes
 from tol_dagster.store.hashing import sha256_file
 from tol_dagster.store.layout import Layout
 from tol_dagster.validation.checks import CheckResult
@@ -46,6 +45,8 @@ READ_TRIES = 3
 #: those listed, the next audit lists the rest).
 MAX_NAMED = 10
 MAX_LISTED = 1_000
+#: The progress task of the audit (the command line's bar): slices looked at, bytes hashed.
+AUDIT_TASK = "slices"
 #: Catalog rows turned into Python values at a time.
 BATCH_ROWS = 65_536
 
@@ -79,7 +80,7 @@ def audit_slices(layout: Layout, config: str, *, rehash: bool) -> CheckResult:
         return CheckResult(SLICES_AUDIT_CHECK, False, str(error), {"catalog_reads": False})
     tally = _Tally()
     total = (pc.sum(catalog["bytes"]).as_py() or 0) if rehash else 0
-    progress.start(AUDIT_TASK, files=catalog.num_rows, bytes=total, what=f"{config} slices")
+    progress.start(AUDIT_TASK, files=catalog.num_rows, bytes=total, what=config)
     for batch in catalog.select(["name", "path", "bytes", "sha256"]).to_batches(BATCH_ROWS):
         for name, path, size, sha256 in zip(*batch.to_pydict().values(), strict=True):
             listed = Listed(name, Path(path), size, sha256)
@@ -132,11 +133,16 @@ def _read(path: Path, *, rehash: bool) -> tuple[os.stat_result, str | None]:
     again if a publish renamed another file into `path` while it was hashed."""
     for _ in range(READ_TRIES):
         before = path.stat()
-        sha256 = sha256_file(path, audit_bytes) if rehash else None
+        sha256 = sha256_file(path, _hashed_bytes) if rehash else None
         after = path.stat()
         if _version(before) == _version(after):
             break
     return after, sha256
+
+
+def _hashed_bytes(count: int) -> None:
+    """`count` more bytes hashed by the audit (`sha256_file`'s `on_bytes`)."""
+    progress.advance(AUDIT_TASK, bytes=count)
 
 
 def _version(stat: os.stat_result) -> tuple[int, int, int, int]:

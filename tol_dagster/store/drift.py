@@ -18,12 +18,13 @@ from tol_dagster.store.hashing import sha256_file
 from tol_dagster.store.layout import Layout
 from tol_dagster.store.manifest import Manifest, ManifestEntry
 
-#: The progress task of an audit (the command line's bar): files looked at, bytes hashed.
-AUDIT_TASK = "audit"
+#: The progress task of the mirror's audit (the command line's bar): files looked at, bytes
+#: hashed.
+AUDIT_TASK = "mirror"
 
 
-def audit_bytes(count: int) -> None:
-    """`count` more bytes hashed by an audit (`sha256_file`'s `on_bytes`)."""
+def _hashed_bytes(count: int) -> None:
+    """`count` more bytes hashed by the audit (`sha256_file`'s `on_bytes`)."""
     progress.advance(AUDIT_TASK, bytes=count)
 
 
@@ -60,7 +61,7 @@ def _resized(generation: Path, entry: ManifestEntry) -> Drift | None:
 
 
 def _rehashed(generation: Path, entry: ManifestEntry) -> Drift | None:
-    digest = sha256_file(generation / entry.name, audit_bytes)
+    digest = sha256_file(generation / entry.name, _hashed_bytes)
     if digest == entry.sha256:
         return None
     return Drift(
@@ -124,7 +125,7 @@ def audit_mirror(
         AUDIT_TASK,
         files=len(manifest.entries),
         bytes=sum(e.size for e in to_hash),
-        what=f"{config} mirror",
+        what=config,
     )
     for entry in manifest.entries:
         drift = _missing(generation, entry)
