@@ -2,7 +2,8 @@
 it was published (bit rot, an edit, a deletion) is named with the command that builds it again,
 by the weekly audit job (every slice re-hashed) and after each catalog write in Dagster (every
 slice looked for and sized); a publish the catalog has not followed yet is not drift, and the
-command line's own catalog refresh never fails for another slice's drift."""
+command line's own catalog refresh never fails for another slice's drift. `tol-dagster audit`
+runs both audits on demand (the slice sensor's repair is tested in `test_published.py`)."""
 
 from __future__ import annotations
 
@@ -69,11 +70,11 @@ def test_the_weekly_audit_names_a_rotted_slice_with_its_rebuild_then_passes_once
     flip_a_byte(paths[FELIDAE])
     checks = job_checks(AUDIT_JOB)
 
-    audit = checks[SLICES_AUDIT_CHECK]
-    assert not audit.passed
-    assert audit.metadata["drifted_slices"].value == [FELIDAE]
+    verdict = checks[SLICES_AUDIT_CHECK]
+    assert not verdict.passed
+    assert verdict.metadata["drifted_slices"].value == [FELIDAE]
     assert f"rebuild it with `tol-dagster slice {FELIDAE} --config {CONFIG}`" in (
-        audit.description or ""
+        verdict.description or ""
     )
     assert checks[AUDIT_CHECK].passed  # the mirror itself is intact
     rebuilt = sliced.tol("slice", FELIDAE)
