@@ -63,6 +63,7 @@ bench: setup
 	$(BIN)/python bench/executor_overhead.py
 	$(BIN)/python bench/per_file_cost.py
 	$(BIN)/python bench/scale.py
+	$(BIN)/python bench/audit.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -131,9 +131,11 @@ def check_slice(layout: Layout, config: str, listed: Listed, *, rehash: bool) ->
 def _read(path: Path, *, rehash: bool) -> tuple[os.stat_result, str | None]:
     """The file's status and, with `rehash`, its sha256, both of one version of it: read
     again if a publish renamed another file into `path` while it was hashed."""
+    if not rehash:
+        return path.stat(), None
     for _ in range(READ_TRIES):
         before = path.stat()
-        sha256 = sha256_file(path, _hashed_bytes) if rehash else None
+        sha256 = sha256_file(path, _hashed_bytes)
         after = path.stat()
         if _version(before) == _version(after):
             break
