@@ -6,6 +6,7 @@ file a reader cannot read is named with the command that rebuilds it."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -17,6 +18,7 @@ from resync_testing import CONFIG, User, dagster_home, synced, synced_home, user
 from tol_dagster import catalog
 from tol_dagster.derived import summaries
 from tol_dagster.errors import LocalStorageError
+from tol_dagster.slices import records
 from tol_dagster.slices.catalog_file import read_catalog
 
 __all__ = ["dagster_home", "synced", "synced_home", "user"]  # fixtures, imported to be found
@@ -100,6 +102,30 @@ def test_a_reader_that_verifies_is_refused_a_slice_whose_bytes_changed_on_disk(
         catalog.read_pandas("family=Felidae", verify=True)
     assert synced.tol("slice", "family=Felidae").code == 0
     assert catalog.read_arrow("family=Felidae", verify=True).equals(before)
+
+
+def test_a_verified_read_accepts_a_slice_published_since_the_catalog_was_written(
+    synced: User,
+) -> None:
+    """Between a slice's publish and the catalog's next write (its one writer runs after), the
+    slice's record gives the new bytes: a verifying reader gets them, not a refusal."""
+    assert synced.tol("slice", "family=Felidae").code == 0
+    assert synced.tol("slice", "genus=Panthera").code == 0
+    layout = synced.layout
+    path, other = catalog.slice_path("family=Felidae"), catalog.slice_path("genus=Panthera")
+    record = records.slice_record_of(layout, CONFIG, "family=Felidae")
+    assert record is not None
+    staged = path.with_name(".publish.tmp")
+    shutil.copyfile(other, staged)
+    os.replace(staged, path)  # the rebuild's publish; its record follows, the catalog later
+    with pytest.raises(LocalStorageError, match="no longer has the sha256 the catalog gives"):
+        catalog.read_arrow("family=Felidae", verify=True)  # no record of these bytes yet
+    record.update(sha256=hashlib.sha256(path.read_bytes()).hexdigest())
+    records.record_path(layout, CONFIG, "family=Felidae").write_text(json.dumps(record))
+
+    read = catalog.read_arrow("family=Felidae", verify=True)
+
+    assert read.equals(pq.read_table(other))
 
 
 def test_a_verified_read_during_a_publish_gets_the_bytes_it_hashed(
