@@ -52,37 +52,6 @@ FILE_REQUESTS = ("resolve_head", "resolve_get", "lfs_get", "range_requests")
 # --- upstream, edited in the Hub's folder -----------------------------------------------------
 
 
-def flip_a_byte(path: Path) -> None:
-    """Bit rot inside a published file: one byte in its middle changes, its size and its
-    modification time do not."""
-    status = path.stat()
-    os.chmod(path, status.st_mode | stat.S_IWUSR)
-    with open(path, "r+b") as handle:
-        handle.seek(status.st_size // 2)
-        byte = handle.read(1)
-        handle.seek(-1, os.SEEK_CUR)
-        handle.write(bytes([byte[0] ^ 0xFF]))
-    os.chmod(path, status.st_mode)
-    os.utime(path, ns=(status.st_atime_ns, status.st_mtime_ns))
-
-
-def job_checks(
-    job: str, asset_selection: list[dg.AssetKey] | None = None
-) -> dict[str, dg.AssetCheckEvaluation]:
-    """The code location's `job` run through Dagster on the user's instance (as a schedule or
-    the UI runs it), its check evaluations by check name."""
-    settings = Settings.from_env()
-    with open_instance(settings) as instance:
-        result = (
-            build_definitions(settings)
-            .resolve_job_def(job)
-            .execute_in_process(
-                instance=instance, raise_on_error=False, asset_selection=asset_selection
-            )
-        )
-    return {e.check_name: e for e in result.get_asset_check_evaluations()}
-
-
 def upstream_files(root: Path, config: str = CONFIG) -> dict[str, str]:
     """name -> sha256 of the config's parquet files in the Hub's folder."""
     return {p.name: sha256_file(p) for p in sorted((root / config).glob("*.parquet"))}
@@ -146,7 +115,7 @@ def valid_edit(root: Path, name: str, *, source: Path | None = None, drop: int =
     set_card_rows(root, upstream_rows(root))
 
 
-# --- the mirror ---------------------------------------------------------------------------------
+# --- the mirror and what is published: views, rot, the audits' checks ---------------------------
 
 
 @dataclass(frozen=True)
@@ -173,6 +142,37 @@ def manifest(layout: Layout, config: str = CONFIG) -> Manifest:
     found = load_manifest(layout, config)
     assert found is not None, f"no manifest for {config} under {layout.home}"
     return found
+
+
+def flip_a_byte(path: Path) -> None:
+    """Bit rot inside a published file: one byte in its middle changes, its size and its
+    modification time do not."""
+    status = path.stat()
+    os.chmod(path, status.st_mode | stat.S_IWUSR)
+    with open(path, "r+b") as handle:
+        handle.seek(status.st_size // 2)
+        byte = handle.read(1)
+        handle.seek(-1, os.SEEK_CUR)
+        handle.write(bytes([byte[0] ^ 0xFF]))
+    os.chmod(path, status.st_mode)
+    os.utime(path, ns=(status.st_atime_ns, status.st_mtime_ns))
+
+
+def job_checks(
+    job: str, asset_selection: list[dg.AssetKey] | None = None
+) -> dict[str, dg.AssetCheckEvaluation]:
+    """The code location's `job` run through Dagster on the user's instance (as a schedule or
+    the UI runs it), its check evaluations by check name."""
+    settings = Settings.from_env()
+    with open_instance(settings) as instance:
+        result = (
+            build_definitions(settings)
+            .resolve_job_def(job)
+            .execute_in_process(
+                instance=instance, raise_on_error=False, asset_selection=asset_selection
+            )
+        )
+    return {e.check_name: e for e in result.get_asset_check_evaluations()}
 
 
 # --- a user's environment -----------------------------------------------------------------------
