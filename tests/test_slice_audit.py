@@ -12,6 +12,7 @@ import os
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from resync_testing import (
@@ -31,7 +32,7 @@ from tol_dagster.defs.mirror.jobs import AUDIT_JOB
 from tol_dagster.defs.published.jobs import CATALOG_JOB
 from tol_dagster.resync import audit as mirror_audit
 from tol_dagster.resync.audit import AUDIT_CHECK
-from tol_dagster.slices import audit, records
+from tol_dagster.slices import audit, catalog_file, records
 from tol_dagster.slices.audit import IN_FLIGHT_S, SLICES_AUDIT_CHECK, audit_slices
 from tol_dagster.store.hashing import sha256_file
 
@@ -160,6 +161,24 @@ def test_a_slice_a_publish_replaces_while_it_is_hashed_is_read_again(
 
     assert result.passed and result.details["in_flight"] == [], result.message
     assert hashed.count(path) == 2
+
+
+def test_a_slice_removed_while_the_audit_runs_is_not_drift(
+    sliced: User, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    layout = sliced.layout
+    real, removed = audit.check_slice, catalog.slice_path(PANTHERA)
+
+    def removing_meanwhile(*args: Any, **kwargs: Any) -> audit.Found:
+        if removed.exists():  # as `slices remove` does: the catalog's row, then the file
+            catalog_file.remove_entry(layout, CONFIG, PANTHERA)
+            removed.unlink()
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(audit, "check_slice", removing_meanwhile)
+    result = audit_slices(layout, CONFIG, rehash=True)
+
+    assert result.passed and result.details["slices_checked"] == 2, result.message
 
 
 def test_a_damaged_catalog_fails_the_audit_naming_it(sliced: User) -> None:

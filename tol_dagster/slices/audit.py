@@ -86,6 +86,8 @@ def audit_slices(layout: Layout, config: str, *, rehash: bool) -> CheckResult:
             listed = Listed(name, Path(path), size, sha256)
             tally.add(name, check_slice(layout, config, listed, rehash=rehash))
             progress.advance(AUDIT_TASK, files=1)
+    if tally.drifted:
+        tally.drop_removed(layout, config)
     return _result(config, tally, rehash=rehash)
 
 
@@ -105,6 +107,15 @@ class _Tally:
             self.drifted[name] = found.drift
         if found.in_flight:
             self.in_flight.append(name)
+
+    def drop_removed(self, layout: Layout, config: str) -> None:
+        """Forget the drift of slices the catalog no longer lists: removed while the audit ran
+        (`slices remove` drops the catalog row before the file)."""
+        try:
+            listed = set(read_catalog(layout, config).column("name").to_pylist())
+        except LocalStorageError:  # damaged meanwhile: the next audit says so
+            return
+        self.drifted = {n: why for n, why in self.drifted.items() if n in listed}
 
 
 def check_slice(layout: Layout, config: str, listed: Listed, *, rehash: bool) -> Found:
