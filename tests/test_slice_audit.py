@@ -170,7 +170,8 @@ def test_a_slice_removed_while_the_audit_runs_is_not_drift(
     real, removed = audit.check_slice, catalog.slice_path(PANTHERA)
 
     def removing_meanwhile(*args: Any, **kwargs: Any) -> audit.Found:
-        if removed.exists():  # as `slices remove` does: the catalog's row, then the file
+        if removed.exists():  # as `slices remove` does: the record, the catalog's row, the file
+            records.record_path(layout, CONFIG, PANTHERA).unlink()
             catalog_file.remove_entry(layout, CONFIG, PANTHERA)
             removed.unlink()
         return real(*args, **kwargs)
@@ -178,7 +179,22 @@ def test_a_slice_removed_while_the_audit_runs_is_not_drift(
     monkeypatch.setattr(audit, "check_slice", removing_meanwhile)
     result = audit_slices(layout, CONFIG, rehash=True)
 
-    assert result.passed and result.details["slices_checked"] == 2, result.message
+    assert result.passed and result.details["removed_since_catalog"] == [PANTHERA], result
+
+
+def test_a_slice_dropped_with_its_record_is_not_drift_until_the_catalog_follows(
+    sliced: User,
+) -> None:
+    """A rank pass drops a value (a raised `min_rows`): its file, then its record; the catalog's
+    row goes at the catalog's next write."""
+    layout = sliced.layout
+    catalog.slice_path(PANTHERA).unlink()
+    records.record_path(layout, CONFIG, PANTHERA).unlink()
+
+    result = audit_slices(layout, CONFIG, rehash=True)
+
+    assert result.passed and result.details["removed_since_catalog"] == [PANTHERA], result
+    assert "1 removed since the catalog was written" in result.message
 
 
 def test_a_damaged_catalog_fails_the_audit_naming_it(sliced: User) -> None:

@@ -10,8 +10,10 @@ slice is named with the command that builds it again.
 Not drift: a slice published since the catalog was last written (its record gives the bytes
 found; the catalog follows its slices by itself), and one whose file was written (its mtime)
 after its record and in the last IN_FLIGHT_S (a publish between its rename and its record,
-which a rank pass writes a group of slices later; an edit in place waits as long): the next
-audit checks those again. Bit rot changes no mtime.
+which a rank pass writes a group of slices later; an edit in place waits as long), and one
+gone with its record (removed by `slices remove` or a rank pass since the catalog was written;
+a slice file deleted alone is drift): the next audit checks those again. Bit rot changes no
+mtime.
 """
 
 from __future__ import annotations
@@ -61,12 +63,22 @@ class Listed:
     sha256: str
 
 
+#: Slices the catalog lists that are not as it says, but on their way to it: the catalog's next
+#: write follows them (details key -> the message's note).
+IN_FLIGHT, REMOVED = "in_flight", "removed_since_catalog"
+SETTLING = {
+    IN_FLIGHT: f"changed in the last {IN_FLIGHT_S:.0f} s, being published",
+    REMOVED: "removed since the catalog was written, slice and record",
+}
+
+
 @dataclass(frozen=True)
 class Found:
-    """What the audit found of one listed slice: `drift` None when its bytes are as published."""
+    """What the audit found of one listed slice: `drift` None when its bytes are as published;
+    `settling`, a key of SETTLING, when it is on its way to what the catalog's next write says."""
 
     drift: str | None = None
-    in_flight: bool = False
+    settling: str | None = None
     bytes_hashed: int = 0
 
 
@@ -86,8 +98,6 @@ def audit_slices(layout: Layout, config: str, *, rehash: bool) -> CheckResult:
             listed = Listed(name, Path(path), size, sha256)
             tally.add(name, check_slice(layout, config, listed, rehash=rehash))
             progress.advance(AUDIT_TASK, files=1)
-    if tally.drifted:
-        tally.drop_removed(layout, config)
     return _result(config, tally, rehash=rehash)
 
 
@@ -98,24 +108,15 @@ class _Tally:
     checked: int = 0
     bytes_hashed: int = 0
     drifted: dict[str, str] = field(default_factory=dict)
-    in_flight: list[str] = field(default_factory=list)
+    settling: dict[str, list[str]] = field(default_factory=lambda: {k: [] for k in SETTLING})
 
     def add(self, name: str, found: Found) -> None:
         self.checked += 1
         self.bytes_hashed += found.bytes_hashed
         if found.drift is not None:
             self.drifted[name] = found.drift
-        if found.in_flight:
-            self.in_flight.append(name)
-
-    def drop_removed(self, layout: Layout, config: str) -> None:
-        """Forget the drift of slices the catalog no longer lists: removed while the audit ran
-        (`slices remove` drops the catalog row before the file)."""
-        try:
-            listed = set(read_catalog(layout, config).column("name").to_pylist())
-        except LocalStorageError:  # damaged meanwhile: the next audit says so
-            return
-        self.drifted = {n: why for n, why in self.drifted.items() if n in listed}
+        if found.settling is not None:
+            self.settling[found.settling].append(name)
 
 
 def check_slice(layout: Layout, config: str, listed: Listed, *, rehash: bool) -> Found:
@@ -136,7 +137,7 @@ def check_slice(layout: Layout, config: str, listed: Listed, *, rehash: bool) ->
     else:
         return Found(bytes_hashed=hashed)
     found = _unless_republished(layout, config, listed, reason, stat, sha256)
-    return Found(found.drift, found.in_flight, hashed)
+    return Found(found.drift, found.settling, hashed)
 
 
 def _read(path: Path, *, rehash: bool) -> tuple[os.stat_result, str | None]:
@@ -171,13 +172,18 @@ def _unless_republished(
     sha256: str | None = None,
 ) -> Found:
     """Drift for `reason`, unless the slice's record (read after the file) gives what was found,
-    or the file changed too recently to tell a publish in flight from an edit."""
-    if stat is not None:
+    or the file changed too recently to tell a publish in flight from an edit, or the slice is
+    gone with its record (a rank pass dropped it: the catalog's next write does too)."""
+    record_file = record_path(layout, config, listed.name)
+    if stat is None:
+        if not record_file.exists():
+            return Found(settling=REMOVED)
+    else:
         record = slice_record_of(layout, config, listed.name)
         if _recorded(record, stat.st_size, sha256):
             return Found()
-        if _in_flight(stat, record_path(layout, config, listed.name)):
-            return Found(in_flight=True)
+        if _in_flight(stat, record_file):
+            return Found(settling=IN_FLIGHT)
     rebuild = f"tol-dagster slice {shlex.quote(listed.name)} --config {config}"
     return Found(f"{listed.name}: {reason}; rebuild it with `{rebuild}`")
 
@@ -209,14 +215,12 @@ def _result(config: str, tally: _Tally, *, rehash: bool) -> CheckResult:
         "drifted_count": len(names),
         DRIFTED_SLICES: names[:MAX_LISTED],
         "drifted": [tally.drifted[name] for name in names[:MAX_LISTED]],
-        "in_flight": sorted(tally.in_flight)[:MAX_LISTED],
+        **{kind: sorted(found)[:MAX_LISTED] for kind, found in tally.settling.items()},
     }
-    in_flight = len(tally.in_flight)
-    note = (
-        f"; {in_flight:,} changed in the last {IN_FLIGHT_S:.0f} s, being published (checked "
-        "again at the next audit)"
-        if in_flight
-        else ""
+    note = "".join(
+        f"; {len(found):,} {SETTLING[kind]} (checked again at the next audit)"
+        for kind, found in tally.settling.items()
+        if found
     )
     if names:
         named = [tally.drifted[name] for name in names[:MAX_NAMED]]
