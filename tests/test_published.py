@@ -757,6 +757,8 @@ def test_the_demo_publishes_the_declared_slices_and_reports_them_with_summary_li
 
     out = capsys.readouterr().out
     assert code == 0, out
+    assert f"ok: tol/{CONFIG}/mirror mirror_matches_manifest:" in out
+    assert re.search(rf"^ok: tol/{CONFIG}/catalog slices_match_catalog: \d+ published", out, re.M)
     declared = yaml.safe_load(DEFAULT_SLICES_FILE.read_text())["slices"]
     names = [*declared.get("all", []), *declared.get(CONFIG, [])]
     assert names, "slices.yaml declares no slice"

@@ -2,7 +2,8 @@
 
 Builds the sample repo once under the data home, serves it with the local Hub (the real
 huggingface_hub client talks to it), runs every asset through Dagster exactly as production
-does, and tells the user what was produced and how to open the UI.
+does, audits what it published (`tol-dagster audit`), and tells the user what was produced and
+how to open the UI.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import duckdb
 
 from tol_dagster.catalog import list_slices
 from tol_dagster.cli import progress_view
+from tol_dagster.cli.audit_command import run_audit
 from tol_dagster.cli.report import say
 from tol_dagster.cli.runner import refresh_published
 from tol_dagster.cli.status import status_report
@@ -53,6 +55,11 @@ def run_demo() -> int:
                     file=sys.stderr,
                 )
                 return code
+        # Both audits evaluated: the UI shows them passed, not "Not evaluated".
+        code = run_audit(config=None)
+        if code != 0:
+            print(f"demo: the audit ended with exit code {code}", file=sys.stderr)
+            return code
         report = status_report(settings)
     say("")
     say(f"demo done in {time.monotonic() - started:.0f} s. What was produced:")
