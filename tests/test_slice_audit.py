@@ -14,6 +14,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 from resync_testing import (
     CONFIG,
@@ -34,6 +36,7 @@ from tol_dagster.resync import audit as mirror_audit
 from tol_dagster.resync.audit import AUDIT_CHECK
 from tol_dagster.slices import audit, catalog_file, records
 from tol_dagster.slices.audit import IN_FLIGHT_S, SLICES_AUDIT_CHECK, audit_slices
+from tol_dagster.slices.catalog_file import read_catalog, upsert_rows
 from tol_dagster.store.hashing import sha256_file
 
 __all__ = ["dagster_home", "synced", "synced_home", "user"]  # fixtures, imported to be found
@@ -299,3 +302,21 @@ def test_the_audits_report_progress_every_file_and_every_byte_hashed(sliced: Use
         start, advances = events[begin], events[begin + 1 : end]
         assert start.files == sum(e.files for e in advances) > 0, start
         assert start.bytes == sum(e.bytes for e in advances) > 0, start
+
+
+def test_a_catalog_row_whose_name_no_longer_parses_is_drift_named_not_an_error(
+    sliced: User,
+) -> None:
+    """A row kept from before a key rule was tightened (control characters): no record can be
+    kept under such a name, so its missing file is drift, and the check still runs."""
+    layout = sliced.layout
+    odd = "family=Fel\x07idae"
+    row = read_catalog(layout, CONFIG).filter(pc.equal(pc.field("name"), FELIDAE))
+    renamed = row.set_column(row.schema.get_field_index("name"), "name", pa.array([odd]))
+    upsert_rows(layout, CONFIG, renamed.set_column(4, "path", pa.array(["/nowhere.parquet"])))
+
+    result = audit_slices(layout, CONFIG, rehash=True)
+
+    assert not result.passed and drifted(result.details) == [odd], result.message
+    assert result.details["slices_checked"] == 3
+    assert "remove it with `tol-dagster slices remove" in result.message

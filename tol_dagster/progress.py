@@ -58,6 +58,15 @@ def advance(task: Task, *, files: int = 0, bytes: int = 0, rows: int = 0) -> Non
         _emit(Event("advance", task, files, bytes, rows))
 
 
+def bytes_of(task: Task) -> Callable[[int], None]:
+    """`advance(task, bytes=n)` as a callback of `n`: what a hash's `on_bytes` calls."""
+
+    def advanced(count: int) -> None:
+        advance(task, bytes=count)
+
+    return advanced
+
+
 def note(text: str) -> None:
     """A sentence a person watching should read (e.g. a re-plan); the run log has it too."""
     if _listeners:

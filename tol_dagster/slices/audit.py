@@ -21,13 +21,13 @@ from __future__ import annotations
 import os
 import shlex
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pyarrow.compute as pc
 
 from tol_dagster import progress
-from tol_dagster.errors import LocalStorageError
+from tol_dagster.errors import LocalStorageError, SliceSpecError
 from tol_dagster.slices.catalog_file import read_catalog
 from tol_dagster.slices.records import record_path, slice_record_of
 from tol_dagster.store.hashing import sha256_file
@@ -137,7 +137,7 @@ def check_slice(layout: Layout, config: str, listed: Listed, *, rehash: bool) ->
     else:
         return Found(bytes_hashed=hashed)
     found = _unless_republished(layout, config, listed, reason, stat, sha256)
-    return Found(found.drift, found.settling, hashed)
+    return replace(found, bytes_hashed=hashed)
 
 
 def _read(path: Path, *, rehash: bool) -> tuple[os.stat_result, str | None]:
@@ -145,18 +145,14 @@ def _read(path: Path, *, rehash: bool) -> tuple[os.stat_result, str | None]:
     again if a publish renamed another file into `path` while it was hashed."""
     if not rehash:
         return path.stat(), None
+    hashed = progress.bytes_of(AUDIT_TASK)
     for _ in range(READ_TRIES):
         before = path.stat()
-        sha256 = sha256_file(path, _hashed_bytes)
+        sha256 = sha256_file(path, hashed)
         after = path.stat()
         if _version(before) == _version(after):
             break
     return after, sha256
-
-
-def _hashed_bytes(count: int) -> None:
-    """`count` more bytes hashed by the audit (`sha256_file`'s `on_bytes`)."""
-    progress.advance(AUDIT_TASK, bytes=count)
 
 
 def _version(stat: os.stat_result) -> tuple[int, int, int, int]:
@@ -174,8 +170,10 @@ def _unless_republished(
     """Drift for `reason`, unless the slice's record (read after the file) gives what was found,
     or the file changed too recently to tell a publish in flight from an edit, or the slice is
     gone with its record (a rank pass dropped it: the catalog's next write does too)."""
-    record_file = record_path(layout, config, listed.name)
-    if stat is None:
+    record_file = _record_file(layout, config, listed.name)
+    if record_file is None:
+        pass  # a name that no longer parses as a key (made before a rule): no record is kept
+    elif stat is None:
         if not record_file.exists():
             return Found(settling=REMOVED)
     else:
@@ -184,8 +182,20 @@ def _unless_republished(
             return Found()
         if _in_flight(stat, record_file):
             return Found(settling=IN_FLIGHT)
-    rebuild = f"tol-dagster slice {shlex.quote(listed.name)} --config {config}"
-    return Found(f"{listed.name}: {reason}; rebuild it with `{rebuild}`")
+    name = shlex.quote(listed.name)
+    if record_file is None:
+        mend = f"remove it with `tol-dagster slices remove {name} --config {config}`"
+    else:
+        mend = f"rebuild it with `tol-dagster slice {name} --config {config}`"
+    return Found(f"{listed.name}: {reason}; {mend}")
+
+
+def _record_file(layout: Layout, config: str, name: str) -> Path | None:
+    """Where slice `name`'s record is kept; None for a name that no longer parses as a key."""
+    try:
+        return record_path(layout, config, name)
+    except SliceSpecError:
+        return None
 
 
 def _recorded(record: dict[str, object] | None, size: int, sha256: str | None) -> bool:

@@ -23,11 +23,6 @@ from tol_dagster.store.manifest import Manifest, ManifestEntry
 AUDIT_TASK = "mirror"
 
 
-def _hashed_bytes(count: int) -> None:
-    """`count` more bytes hashed by the audit (`sha256_file`'s `on_bytes`)."""
-    progress.advance(AUDIT_TASK, bytes=count)
-
-
 @dataclass(frozen=True)
 class Drift:
     name: str  # a file name, or `mirror/<config>` for the mirror as a whole
@@ -61,7 +56,7 @@ def _resized(generation: Path, entry: ManifestEntry) -> Drift | None:
 
 
 def _rehashed(generation: Path, entry: ManifestEntry) -> Drift | None:
-    digest = sha256_file(generation / entry.name, _hashed_bytes)
+    digest = sha256_file(generation / entry.name, progress.bytes_of(AUDIT_TASK))
     if digest == entry.sha256:
         return None
     return Drift(
