@@ -37,6 +37,7 @@ from tol_dagster.resync.audit import AUDIT_CHECK
 from tol_dagster.slices import audit, catalog_file, records
 from tol_dagster.slices.audit import IN_FLIGHT_S, SLICES_AUDIT_CHECK, audit_slices
 from tol_dagster.slices.catalog_file import read_catalog, upsert_rows
+from tol_dagster.store import hashing
 from tol_dagster.store.hashing import sha256_file
 
 __all__ = ["dagster_home", "synced", "synced_home", "user"]  # fixtures, imported to be found
@@ -159,7 +160,7 @@ def test_a_slice_a_publish_replaces_while_it_is_hashed_is_read_again(
             records.record_path(layout, CONFIG, FELIDAE).write_text(json.dumps(record))
         return found
 
-    monkeypatch.setattr(audit, "sha256_file", hash_then_publish)
+    monkeypatch.setattr(hashing, "sha256_file", hash_then_publish)
     result = audit_slices(layout, CONFIG, rehash=True)
 
     assert result.passed and result.details["in_flight"] == [], result.message

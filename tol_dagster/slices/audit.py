@@ -30,7 +30,7 @@ from tol_dagster import progress
 from tol_dagster.errors import LocalStorageError, SliceSpecError
 from tol_dagster.slices.catalog_file import read_catalog
 from tol_dagster.slices.records import record_path, slice_record_of
-from tol_dagster.store.hashing import sha256_file
+from tol_dagster.store.hashing import sha256_of_one_version
 from tol_dagster.store.layout import Layout
 from tol_dagster.validation.checks import CheckResult
 
@@ -40,8 +40,6 @@ DRIFTED_SLICES = "drifted_slices"
 #: A slice file written after its record and this recently, whose bytes match neither the
 #: catalog nor its record, is taken for a publish in flight, not for drift.
 IN_FLIGHT_S = 600.0
-#: Reads of a slice that a publish keeps replacing while it is hashed (the last one counts).
-READ_TRIES = 3
 #: Drifted slices named in the check's message, and listed in its details (the first, by
 #: name: the metadata of a check whose every slice drifted must stay small; the sensor rebuilds
 #: those listed, the next audit lists the rest).
@@ -141,22 +139,10 @@ def check_slice(layout: Layout, config: str, listed: Listed, *, rehash: bool) ->
 
 
 def _read(path: Path, *, rehash: bool) -> tuple[os.stat_result, str | None]:
-    """The file's status and, with `rehash`, its sha256, both of one version of it: read
-    again if a publish renamed another file into `path` while it was hashed."""
+    """The file's status and, with `rehash`, its sha256 (of that same version of it)."""
     if not rehash:
         return path.stat(), None
-    hashed = progress.bytes_of(AUDIT_TASK)
-    for _ in range(READ_TRIES):
-        before = path.stat()
-        sha256 = sha256_file(path, hashed)
-        after = path.stat()
-        if _version(before) == _version(after):
-            break
-    return after, sha256
-
-
-def _version(stat: os.stat_result) -> tuple[int, int, int, int]:
-    return stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns
+    return sha256_of_one_version(path, progress.bytes_of(AUDIT_TASK))
 
 
 def _unless_republished(

@@ -42,6 +42,30 @@ def sha256_file(path: Path, on_bytes: Callable[[int], None] | None = None) -> st
     return digest.hexdigest()
 
 
+#: Reads of a file that publishes keep replacing while it is hashed (the last one counts).
+READ_TRIES = 3
+
+
+def file_version(stat: os.stat_result) -> tuple[int, int, int, int]:
+    """Which file a path held: a publish renames another inode in, an edit in place changes
+    its size or mtime (bit rot changes neither)."""
+    return stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns
+
+
+def sha256_of_one_version(
+    path: Path, on_bytes: Callable[[int], None] | None = None
+) -> tuple[os.stat_result, str]:
+    """The status and sha256 of the file at `path`, both of one version of it: hashed again
+    if a publish renamed another file into `path` while it was hashed (READ_TRIES at most)."""
+    for _ in range(READ_TRIES):
+        before = path.stat()
+        sha256 = sha256_file(path, on_bytes)
+        after = path.stat()
+        if file_version(before) == file_version(after):
+            break
+    return after, sha256
+
+
 class HashingFile(io.RawIOBase):
     """A file read at will (seek, read) whose sha256 comes from the reads themselves: a reader
     that reads most of a file anyway (the gate's pass over `emb`) then needs no second read of
