@@ -158,11 +158,11 @@ def flip_a_byte(path: Path) -> None:
     os.utime(path, ns=(status.st_atime_ns, status.st_mtime_ns))
 
 
-def job_checks(
+def job_evaluations(
     job: str, asset_selection: list[dg.AssetKey] | None = None
-) -> dict[str, dg.AssetCheckEvaluation]:
+) -> list[dg.AssetCheckEvaluation]:
     """The code location's `job` run through Dagster on the user's instance (as a schedule or
-    the UI runs it), its check evaluations by check name."""
+    the UI runs it), its check evaluations."""
     settings = Settings.from_env()
     with open_instance(settings) as instance:
         result = (
@@ -172,7 +172,14 @@ def job_checks(
                 instance=instance, raise_on_error=False, asset_selection=asset_selection
             )
         )
-    return {e.check_name: e for e in result.get_asset_check_evaluations()}
+    return result.get_asset_check_evaluations()
+
+
+def job_checks(
+    job: str, asset_selection: list[dg.AssetKey] | None = None
+) -> dict[str, dg.AssetCheckEvaluation]:
+    """`job_evaluations` by check name (for checks that one asset of the job carries)."""
+    return {e.check_name: e for e in job_evaluations(job, asset_selection)}
 
 
 # --- a user's environment -----------------------------------------------------------------------

@@ -34,6 +34,7 @@ from resync_testing import (
     dagster_home,
     flip_a_byte,
     job_checks,
+    job_evaluations,
     set_card_rows,
     synced,
     synced_home,
@@ -49,10 +50,11 @@ from tol_dagster.defs.keys import asset_key
 from tol_dagster.defs.mirror.jobs import AUDIT_JOB
 from tol_dagster.defs.published import slice_asset
 from tol_dagster.defs.published.automation import AUTOMATION_SENSOR, automated_keys
-from tol_dagster.defs.published.jobs import slices_job_name
+from tol_dagster.defs.published.jobs import DERIVED_JOB, slices_job_name
 from tol_dagster.defs.published.keys import derived_keys, slices_op_name
 from tol_dagster.defs.published.partitions import slices_partitions_name
 from tol_dagster.defs.resources import resources_from
+from tol_dagster.derived.table_audit import DERIVED_TABLES, TABLES_AUDIT_CHECK, table_path
 from tol_dagster.devtools import sample
 from tol_dagster.devtools.localhub import LocalHub
 from tol_dagster.errors import ValidationFailed
@@ -759,6 +761,9 @@ def test_the_demo_publishes_the_declared_slices_and_reports_them_with_summary_li
     assert code == 0, out
     assert f"ok: tol/{CONFIG}/mirror mirror_matches_manifest:" in out
     assert re.search(rf"^ok: tol/{CONFIG}/catalog slices_match_catalog: \d+ published", out, re.M)
+    for table in DERIVED_TABLES:
+        line = rf"^ok: tol/{CONFIG}/{table} {TABLES_AUDIT_CHECK}: .* holds the bytes published"
+        assert re.search(line, out, re.M), table
     declared = yaml.safe_load(DEFAULT_SLICES_FILE.read_text())["slices"]
     names = [*declared.get("all", []), *declared.get(CONFIG, [])]
     assert names, "slices.yaml declares no slice"
@@ -937,6 +942,28 @@ def test_the_slice_sensor_rebuilds_once_a_slice_the_weekly_audit_found_drifted(
     settled(daemon)  # the catalog follows; the same evaluation is never answered twice
     assert job_checks(AUDIT_JOB)[SLICES_AUDIT_CHECK].passed
     assert daemon.tick() == []
+
+
+def test_the_slice_sensor_rebuilds_once_the_derived_tables_the_weekly_audit_found_drifted(
+    synced: User, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    daemon = settled(DaemonDriver(declare(synced, ["family=Felidae"], tmp_path, monkeypatch)))
+    path = table_path(synced.layout, CONFIG, "summary/rank_counts")
+    published = path.read_bytes()
+    flip_a_byte(path)
+    audited = [e for e in job_evaluations(AUDIT_JOB) if e.check_name == TABLES_AUDIT_CHECK]
+    assert [e.asset_key for e in audited if not e.passed] == [
+        asset_key(CONFIG, "summary", "rank_counts")
+    ]
+
+    requests = daemon.tick()
+
+    assert kinds(requests) == ["derived"], requests
+    assert requests[0].job_name == DERIVED_JOB and ":repair-derived:" in (requests[0].run_key or "")
+    daemon.run(requests)
+    assert path.read_bytes() == published
+    settled(daemon)  # the build's own check passed: nothing more is asked
+    assert all(e.passed for e in job_evaluations(AUDIT_JOB))
 
 
 @pytest.mark.parametrize("cursor", ["{", '["a"]', '{"bioclip-2_float16": {"pending": []}}'])

@@ -4,8 +4,8 @@ Debian's Chromium (`/usr/bin/chromium`, never a downloaded browser) driven by Pl
 `make dev`'s server (`tol_dagster.devtools.dev_server`, on free ports, over a temp data home
 where the demo ran on a small sample) and checks what a person sees: the asset graph; a
 summary's table preview with a `NULL` cell; the mirror's audit check evaluated (it follows each
-resync) and passed, and the catalog's (the demo runs the audit); a slice partition
-(`genus=Panthera`) added and materialized from the page, its checks passed.
+resync) and passed, and the catalog's and the taxon index's (the demo runs the audit); a slice
+partition (`genus=Panthera`) added and materialized from the page, its checks passed.
 
 Screenshots are saved under the test's temp folder; with `TOL_SAVE_SCREENSHOTS=<dir>` the asset
 graph and the slice's checks are copied there too (the README's come from `docs/screenshots`).
@@ -33,6 +33,7 @@ from processes import REPO_ROOT, Stack, endpoint_of, free_port, http_json, runni
 from tol_dagster.defs.mirror.keys import mirror_group
 from tol_dagster.defs.published.jobs import slices_job_name
 from tol_dagster.defs.published.keys import published_group
+from tol_dagster.derived.table_audit import TABLES_AUDIT_CHECK
 from tol_dagster.resync.audit import AUDIT_CHECK
 from tol_dagster.schema import DEFAULT_CONFIG
 from tol_dagster.slices.audit import SLICES_AUDIT_CHECK
@@ -160,6 +161,7 @@ def test_the_ui_shows_the_graph_a_null_cell_the_audit_and_builds_a_slice_added_o
         _summary_preview_shows_null(page, base, shots)
         _mirror_check_passed(page, base, shots)
         _catalog_audit_passed(page, base, shots)
+        _derived_audit_passed(page, base, shots)
         _add_and_materialize_a_slice(page, base, shots, stack, dagster_home)
         _asset_graph_shows_every_asset_materialized(page, base, shots)
         browser.close()
@@ -239,6 +241,14 @@ def _catalog_audit_passed(page: Page, base: str, shots: Path) -> None:
     expect(page.get_by_text(SLICES_AUDIT_CHECK).first).to_be_visible()
     expect(page.get_by_text("Passed", exact=True)).to_be_visible()
     page.screenshot(path=shots / "catalog_checks.png")
+
+
+def _derived_audit_passed(page: Page, base: str, shots: Path) -> None:
+    """The taxon index's audit against what its build recorded shows evaluated, and passed."""
+    page.goto(f"{base}{ASSETS}/taxon_index?view=checks")
+    expect(page.get_by_text(TABLES_AUDIT_CHECK).first).to_be_visible()
+    expect(page.get_by_text("Passed", exact=True)).to_be_visible()
+    page.screenshot(path=shots / "taxon_index_checks.png")
 
 
 def _add_and_materialize_a_slice(

@@ -1,10 +1,11 @@
 """`tol-dagster audit`: the weekly audit on demand, for those who run no daemon: the mirror
 re-hashed against its manifest (and upstream asked again), every published slice against the
-catalog. It runs the code location's `audit_job` (the UI's history shows it, and
-`mirror_change_sensor` rebuilds the drifted slices it names when a daemon runs) and writes
-nothing itself. Exit 0 when every byte is as published; 4 (local storage) naming what drifted
-and how to mend it: a `tol-dagster sync` fetches drifted mirror files again, `tol-dagster
-slice KEY` rebuilds a slice.
+catalog, every derived table against its build's record. It runs the code location's
+`audit_job` (the UI's history shows it, and `mirror_change_sensor` rebuilds the drifted slices
+and tables it names when a daemon runs) and writes nothing itself. Exit 0 when every byte is
+as published; 4 (local storage) naming what drifted and how to mend it: a `tol-dagster sync`
+fetches drifted mirror files again, `tol-dagster slice KEY` rebuilds a slice (and, first, a
+drifted derived table).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from tol_dagster.cli.runner import execute, exit_code
 from tol_dagster.defs.instance import open_instance
 from tol_dagster.defs.keys import asset_key
 from tol_dagster.defs.mirror.jobs import AUDIT_JOB
+from tol_dagster.defs.published.tables_audit import table_checks
 from tol_dagster.derived import built_from
 from tol_dagster.errors import LocalStorageError
 from tol_dagster.resync.audit import AUDIT_CHECK
@@ -32,13 +34,15 @@ DRIFT_EXIT_CODE = LocalStorageError.exit_code
 
 
 def audit_checks(configs: tuple[str, ...]) -> list[dg.AssetCheckKey]:
-    """The audit's two checks of each of `configs`: the mirror's and the catalog's."""
+    """The audit's checks of each of `configs`: the mirror's, the catalog's and each derived
+    table's."""
     return [
         check
         for config in configs
         for check in (
             dg.AssetCheckKey(asset_key(config, "mirror"), AUDIT_CHECK),
             dg.AssetCheckKey(asset_key(config, "catalog"), SLICES_AUDIT_CHECK),
+            *table_checks(config).values(),
         )
     ]
 

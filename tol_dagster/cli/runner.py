@@ -34,6 +34,7 @@ from tol_dagster.defs.published.jobs import (
 )
 from tol_dagster.defs.published.keys import derived_keys, rank_slices_op_name, slices_op_name
 from tol_dagster.defs.published.partitions import add_slice_partition
+from tol_dagster.defs.published.tables_audit import drifted_tables
 from tol_dagster.derived import built_from
 from tol_dagster.settings import Settings
 
@@ -226,15 +227,18 @@ def _ensure_derived(
     defs: dg.Definitions, instance: dg.DagsterInstance, settings: Settings, name: str
 ) -> Outcome:
     """Summaries, index and centroids for the current mirror generation (a run only if stale,
-    or one of them no longer reads)."""
+    one of them no longer reads, or the last audit found one drifted)."""
     layout = settings.layout
     built_from.mirror_inputs(layout, name)  # no mirror: say so
     current = refresh.current_derived(layout, name) is not None
-    if current and built_from.published_tables_read(layout, name):
+    drifted = drifted_tables(instance, name)
+    if current and not drifted and built_from.published_tables_read(layout, name):
         return 0, []
     if verbosity.chatty():
+        why = f" (the audit found {', '.join(drifted)} drifted)" if drifted else ""
         print(
-            f"{name}: building summaries, taxon index and centroids of the mirror…", file=sys.stderr
+            f"{name}: building summaries, taxon index and centroids of the mirror{why}…",
+            file=sys.stderr,
         )
     result = execute(
         defs.resolve_job_def(DERIVED_JOB),

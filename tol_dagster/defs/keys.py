@@ -12,6 +12,8 @@ import re
 
 import dagster as dg
 
+from tol_dagster.derived.table_audit import DERIVED_TABLES
+
 #: The tag every resync run carries (`tol/resync=<config>`): what the queue serializes resyncs
 #: on (dagster.yaml's tag_concurrency_limits) and how orphaned ones are found.
 RESYNC_TAG = "tol/resync"
@@ -25,6 +27,12 @@ def source_tags(source: str) -> dict[str, str]:
 
 def asset_key(config: str, *parts: str) -> dg.AssetKey:
     return dg.AssetKey(["tol", config, *parts])
+
+
+def derived_table_keys(config: str) -> list[dg.AssetKey]:
+    """The derived tables of `config` (summaries, taxon index, centroids): the published
+    domain builds them, the audit job checks them."""
+    return [asset_key(config, *table.split("/")) for table in DERIVED_TABLES]
 
 
 def safe_name(config: str) -> str:

@@ -18,7 +18,7 @@ from typing import Protocol
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from tol_dagster.derived.summaries import SUMMARY_NAMES, summary_path
+from tol_dagster.derived.table_audit import DERIVED_TABLES, table_path
 from tol_dagster.errors import StoreError
 from tol_dagster.store.durable import write_atomic
 from tol_dagster.store.generations import pin_generation
@@ -92,11 +92,9 @@ class BuiltFrom:
 def published_tables_read(layout: Layout, config: str) -> bool:
     """Whether the footer of every published derived table reads: one missing or damaged (a
     disk's fault, a hand edit) makes them stale, so that the next build writes them anew."""
-    tables = [layout.taxon_index_path(config), layout.centroids_path(config)]
-    tables += [summary_path(layout, config, name) for name in SUMMARY_NAMES]
     try:
-        for path in tables:
-            pq.read_metadata(path)
+        for table in DERIVED_TABLES:
+            pq.read_metadata(table_path(layout, config, table))
     except (OSError, pa.ArrowException):  # missing, or not parquet
         return False
     return True

@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 from tol_dagster import duck
 from tol_dagster.derived.parts import read_part, read_published, stale_files, write_part
 from tol_dagster.derived.sorted_runs import run_starts, sort_by
+from tol_dagster.derived.table_records import record_table
 from tol_dagster.schema import RANKS, quote_ident
 from tol_dagster.store.durable import atomic_path
 from tol_dagster.store.layout import Layout
@@ -87,6 +88,7 @@ def build_centroids(
     recomputed = write_parts(files, layout, config, dim, force=force)
     path = layout.centroids_path(config)
     species, genus = _publish(files, layout, config, dim, path)
+    record_table(layout, config, "centroids", path)
     return CentroidResult(recomputed=recomputed, species=species, genus=genus, path=path)
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import functools
 import json
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
@@ -48,6 +48,7 @@ from tol_dagster.derived.rank_counts import (
     by_rank,
 )
 from tol_dagster.derived.sorted_runs import sort_by
+from tol_dagster.derived.table_records import record_table
 from tol_dagster.schema import RANKS, SORT_KEY, quote_ident
 from tol_dagster.store.layout import Layout
 from tol_dagster.store.mirror_files import MirrorFile
@@ -139,7 +140,7 @@ def build_summaries(
     tables = rank_counts.segments(files, [f.groups for f in facts], read, _SEGMENTED)
     small = _small_tables(files, facts, values)
     paths = {name: summary_path(layout, config, name) for name in SUMMARY_NAMES}
-    publish = {
+    publish: dict[str, Callable[[], Any]] = {
         **{
             name: partial(
                 publish_segments,
@@ -157,9 +158,15 @@ def build_summaries(
             for name, table in small.items()
         },
     }
+
+    def write(name: str) -> Any:
+        written = publish[name]()
+        record_table(layout, config, f"summary/{name}", paths[name])
+        return written
+
     # Writing is most of a small update's cost, and pyarrow writes without the GIL.
     with ThreadPoolExecutor(max_workers=2) as pool:
-        done = dict(zip(publish, pool.map(lambda write: write(), publish.values()), strict=True))
+        done = dict(zip(publish, pool.map(write, publish), strict=True))
     rows = {name: table.num_rows for name, table in small.items()}
     rows |= {name: done[name].rows for name in _SEGMENTED}
     return SummaryResult(

@@ -30,6 +30,7 @@ import pyarrow.parquet as pq
 
 from tol_dagster import duck
 from tol_dagster.derived import parts
+from tol_dagster.derived.table_records import record_table
 from tol_dagster.parquet.segmented import Segment
 from tol_dagster.schema import SLICE_RANKS, quote_ident
 from tol_dagster.store.layout import Layout
@@ -124,6 +125,7 @@ def build_taxon_index(
         reuse=not force,
         **_WRITER_OPTIONS,
     )
+    record_table(layout, config, "taxon_index", path)
     return IndexResult(
         recomputed=recomputed,
         rows=written.rows,

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import dagster as dg
 
 from tol_dagster.defs.executors import asset_job, assets_job, of_every_config
-from tol_dagster.defs.keys import RESYNC_TAG, asset_key
+from tol_dagster.defs.keys import RESYNC_TAG, asset_key, derived_table_keys
 from tol_dagster.defs.mirror.adoption import build_adopt_job
 from tol_dagster.defs.mirror.keys import resync_keys
 
@@ -20,15 +20,19 @@ def build_mirror_jobs(configs: Sequence[str]) -> list[dg.UnresolvedAssetJobDefin
     """The resync, audit and status jobs over every config, and one adopt job per config."""
 
     def audited(config: str) -> list[dg.AssetKey]:
-        return [asset_key(config, "mirror"), asset_key(config, "catalog")]
+        return [
+            asset_key(config, "mirror"),
+            asset_key(config, "catalog"),
+            *derived_table_keys(config),
+        ]
 
     def remotes(config: str) -> list[dg.AssetKey]:
         return [asset_key(config, "remote")]
 
     resync = "Fetch what changed upstream, verify it, gate it, publish it atomically."
     audit = (
-        "Re-hash the mirror against its manifest and upstream, and each published slice "
-        "against the catalog; report drift."
+        "Re-hash the mirror against its manifest and upstream, each published slice against "
+        "the catalog and each derived table against its build's record; report drift."
     )
     status = "Read upstream's state and how far the mirror is behind it (no downloads)."
     return [

@@ -38,9 +38,10 @@ def build_schedules(configs: Sequence[str]) -> list[dg.ScheduleDefinition]:
         job_name=AUDIT_JOB,
         cron_schedule="0 4 * * 0",
         description=(
-            "Re-hash every file of the mirror against the manifest and upstream, and every "
-            "published slice against the catalog; the checks report drift. Running by default: "
-            "a resync re-hashes only what it published."
+            "Re-hash every file of the mirror against the manifest and upstream, every "
+            "published slice against the catalog and every derived table against its build's "
+            "record; the checks report drift. Running by default: a resync re-hashes only what "
+            "it published."
         ),
         execution_timezone="UTC",
         default_status=dg.DefaultScheduleStatus.RUNNING,

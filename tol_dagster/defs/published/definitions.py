@@ -1,6 +1,6 @@
 """The published domain's definitions: per config its derived tables, slices, rank slices and
-catalog, and the catalog's audit check; the alignment checks between configs; their jobs,
-`mirror_change_sensor` and the automation sensor."""
+catalog, the catalog's and the derived tables' audit checks; the alignment checks between
+configs; their jobs, `mirror_change_sensor` and the automation sensor."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from tol_dagster.defs.published.automation import build_automation_sensor
 from tol_dagster.defs.published.catalog_asset import build_catalog_asset
 from tol_dagster.defs.published.derived_assets import build_derived_assets
 from tol_dagster.defs.published.jobs import (
+    DERIVED_JOB,
     build_published_jobs,
     build_rank_jobs,
     build_slices_jobs,
@@ -20,6 +21,7 @@ from tol_dagster.defs.published.rank_asset import build_rank_slices_asset
 from tol_dagster.defs.published.slice_asset import build_slices_asset
 from tol_dagster.defs.published.slice_sensor import build_mirror_change_sensor
 from tol_dagster.defs.published.slices_audit import build_slices_audit_check
+from tol_dagster.defs.published.tables_audit import build_tables_audit_check
 from tol_dagster.settings import Settings
 
 
@@ -38,6 +40,8 @@ def build_published_definitions(settings: Settings) -> dg.Definitions:
     bound where the domains are merged: `tol_dagster.definitions`)."""
     configs = settings.configs
     assets = [asset for config in configs for asset in build_published_assets(config)]
+    published_jobs = build_published_jobs(configs)
+    derived_job = [job for job in published_jobs if job.name == DERIVED_JOB]
     slices_jobs = build_slices_jobs(configs)
     rank_jobs = build_rank_jobs(configs)
     return dg.Definitions(
@@ -45,10 +49,13 @@ def build_published_definitions(settings: Settings) -> dg.Definitions:
         asset_checks=[
             *build_alignment_checks(configs),
             *(build_slices_audit_check(config) for config in configs),
+            *(build_tables_audit_check(config) for config in configs),
         ],
-        jobs=[*build_published_jobs(configs), *slices_jobs, *rank_jobs],
+        jobs=[*published_jobs, *slices_jobs, *rank_jobs],
         sensors=[
-            build_mirror_change_sensor(configs, settings.slices_file, [*slices_jobs, *rank_jobs]),
+            build_mirror_change_sensor(
+                configs, settings.slices_file, [*slices_jobs, *rank_jobs, *derived_job]
+            ),
             build_automation_sensor(configs),
         ],
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dagster as dg
 
-from tol_dagster.defs.keys import asset_key, op_name, safe_name
+from tol_dagster.defs.keys import asset_key, derived_table_keys, op_name, safe_name
 from tol_dagster.derived.summaries import SUMMARY_NAMES
 
 
@@ -29,11 +29,7 @@ def slice_inputs(config: str) -> list[dg.AssetKey]:
 
 def derived_keys(config: str) -> list[dg.AssetKey]:
     """Outputs rebuilt after every published resync, before any slice."""
-    return [
-        *summary_keys(config).values(),
-        asset_key(config, "taxon_index"),
-        asset_key(config, "centroids"),
-    ]
+    return derived_table_keys(config)
 
 
 def rank_slices_op_name(config: str) -> str:

@@ -9,7 +9,8 @@ partitions here. Whole ranks (declared in the slices file's `ranks:`, or publish
 one `rank_slices` run each per generation, which rebuilds only their values whose rows changed;
 a rank newly declared gets its run at once. The catalog follows the slices by automation. The
 slice partitions the catalog's audit (`slices_match_catalog`) last found drifted are rebuilt,
-once per evaluation of it.
+once per evaluation of it, and so are the derived tables when the audit of one of them
+(`bytes_as_published`) last found it drifted.
 
 Each request stays in the cursor (`pending`, by base run key) until its run succeeded: a run
 that failed for good is requested again on a later tick under its next attempt's run key (see
@@ -31,9 +32,10 @@ from tol_dagster.defs.cursors import read_cursor
 from tol_dagster.defs.keys import asset_key, source_tags
 from tol_dagster.defs.published import refresh
 from tol_dagster.defs.published.automation import AUTOMATION_SENSOR
-from tol_dagster.defs.published.jobs import rank_slices_job_name, slices_job_name
-from tol_dagster.defs.published.keys import rank_slices_op_name
+from tol_dagster.defs.published.jobs import DERIVED_JOB, rank_slices_job_name, slices_job_name
+from tol_dagster.defs.published.keys import derived_keys, rank_slices_op_name
 from tol_dagster.defs.published.partitions import slice_partition_keys, slice_partitions
+from tol_dagster.defs.published.tables_audit import drifted_tables
 from tol_dagster.defs.resources import StorageResource
 from tol_dagster.errors import TolError
 from tol_dagster.slices.audit import DRIFTED_SLICES, SLICES_AUDIT_CHECK
@@ -44,7 +46,8 @@ from tol_dagster.store.manifest import load_manifest
 def build_mirror_change_sensor(
     configs: Sequence[str], slices_file: Path, jobs: "Sequence[dg.UnresolvedAssetJobDefinition]"
 ) -> dg.SensorDefinition:
-    """`jobs`: the per-config slices jobs (one job per partitions definition)."""
+    """`jobs`: the per-config slices and rank jobs (one job per partitions definition) and the
+    derived tables' job."""
 
     @dg.sensor(
         name="mirror_change_sensor",
@@ -52,7 +55,8 @@ def build_mirror_change_sensor(
         default_status=dg.DefaultSensorStatus.RUNNING,
         description=(
             "After a new mirror generation, once its derived tables are built: only the slices "
-            "whose taxa have rows in changed files, and declared slices never built."
+            "whose taxa have rows in changed files, and declared slices never built. Rebuilds "
+            "the slices and derived tables the audits found drifted."
         ),
         jobs=jobs,
     )
@@ -91,7 +95,8 @@ def build_mirror_change_sensor(
 def _is_cursor(cursor: dict[str, Any]) -> bool:
     """Whether `cursor` is what this sensor writes: per config, {"slices_generation": str,
     "pending": {base run key: {"job": str, ...}}, "ranks": [rank, ...], "repaired": the id of
-    the audit evaluation whose drifted slices were asked for, or None}."""
+    the audit evaluation whose drifted slices were asked for, or None, "tables_repaired": the
+    same of the derived tables' audit}."""
     return all(
         isinstance(state, dict)
         and isinstance(state.get("pending", {}), dict)
@@ -154,7 +159,8 @@ def _evaluate(
             },
         }
     repairs = _repairs(context.instance, config, state.get("repaired"))
-    pending.update(repairs.pending)
+    tables = _table_repairs(context.instance, config, state.get("tables_repaired"))
+    pending.update(repairs.pending | tables.pending)
     generation = built.generation
     requests, pending = _attempts(context, pending)
     why = (
@@ -167,6 +173,7 @@ def _evaluate(
         "pending": pending,
         "ranks": sorted(ranks),
         "repaired": repairs.evaluation_id,
+        "tables_repaired": tables.evaluation_id,
     }
     return _ConfigTick(requests, add, state, why)
 
@@ -199,6 +206,21 @@ def _repairs(instance: dg.DagsterInstance, config: str, repaired: object) -> _Re
     return _Repairs(pending, named.evaluation_id)
 
 
+def _table_repairs(instance: dg.DagsterInstance, config: str, repaired: object) -> _Repairs:
+    """A build of the derived tables of `config` when the latest audit of one of them found
+    drift, asked once per evaluation (`repaired`: the newest one answered). Incremental: the
+    build writes each table anew from its per-file parts, and its own check then passes."""
+    newest = max(drifted_tables(instance, config).values(), default=None)
+    if newest is None or newest == repaired:
+        return _Repairs({}, repaired if isinstance(repaired, int) else None)
+    spec = {
+        "job": DERIVED_JOB,
+        "partition": None,
+        "assets": [key.to_user_string() for key in derived_keys(config)],
+    }
+    return _Repairs({f"{config}:repair-derived:{newest}": spec}, newest)
+
+
 def _attempts(
     context: dg.SensorEvaluationContext, pending: dict[str, dict]
 ) -> tuple[list[dg.RunRequest], dict[str, dict]]:
@@ -220,6 +242,9 @@ def _attempts(
                 run_key=attempt.run_key,
                 job_name=spec["job"],
                 partition_key=spec["partition"],
+                asset_selection=[dg.AssetKey.from_user_string(a) for a in spec["assets"]]
+                if "assets" in spec
+                else None,
                 run_config=spec.get("run_config", {}),
                 tags={**RUN_RETRY_TAGS, **source_tags("sensor")},
             )
