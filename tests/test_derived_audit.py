@@ -31,7 +31,7 @@ from resync_testing import (
 
 from tol_dagster import progress
 from tol_dagster.defs.mirror.jobs import AUDIT_JOB
-from tol_dagster.derived import table_records
+from tol_dagster.derived import table_audit, table_records
 from tol_dagster.derived.centroids import build_centroids
 from tol_dagster.derived.summaries import build_summaries
 from tol_dagster.derived.table_audit import (
@@ -186,6 +186,32 @@ def test_a_record_is_not_written_for_a_table_another_publish_replaced_meanwhile(
     record_table(built, CONFIG, "summary/lineage", path)
 
     assert record_path(built, CONFIG, "summary/lineage").read_bytes() == kept
+
+
+def test_a_table_republished_between_its_hash_and_its_records_read_is_checked_again(
+    built: Layout, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The old bytes hashed, then a build renames the table anew in and records it: the old
+    bytes do not match the new record, and the file is no longer the one hashed."""
+    table = "summary/basis_of_record"
+    reads = []
+
+    def publish_then_read(layout: Layout, config: str, name: str) -> object:
+        if not reads:
+            path = table_path(layout, config, name)
+            temp = path.with_name("newer")
+            temp.write_bytes(b"newer bytes")
+            os.replace(temp, path)
+            record_table(layout, config, name, path)
+        reads.append(name)
+        return load_record(layout, config, name)
+
+    aged(table_path(built, CONFIG, table))  # nothing recent: only a read again tells
+    monkeypatch.setattr(table_audit, "load_record", publish_then_read)
+    result = audit_tables(built, CONFIG, [table])[table]
+
+    assert result.passed and not result.details["in_flight"], result.message
+    assert reads == [table, table]
 
 
 def test_the_audit_reports_progress_every_table_and_every_byte_hashed(built_once: Layout) -> None:

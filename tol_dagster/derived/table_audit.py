@@ -9,8 +9,9 @@ the slice sensor requests, and `tol-dagster slice` (and `sync`) runs before its 
 (`drifted_tables`), an incremental build whose copied segments are checked by their own sha256.
 
 Not drift: a table never built, one published before records were kept (recorded by its next
-build), and one whose file changed in the last IN_FLIGHT_S after its record (a publish between
-its rename and its record). Bit rot changes no mtime.
+build), one whose file changed in the last IN_FLIGHT_S after its record (a publish between
+its rename and its record), and one a publish replaced and recorded after it was hashed (it is
+checked again). Bit rot changes no mtime.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from pathlib import Path
 from tol_dagster import progress
 from tol_dagster.derived.summaries import SUMMARY_NAMES, summary_path
 from tol_dagster.derived.table_records import TableRecord, load_record
-from tol_dagster.store.hashing import file_version, sha256_of_one_version
+from tol_dagster.store.hashing import READ_TRIES, file_version, sha256_of_one_version
 from tol_dagster.store.layout import Layout
 from tol_dagster.validation.checks import CheckResult
 
@@ -65,7 +66,20 @@ def audit_tables(
 
 
 def audit_table(layout: Layout, config: str, table: str, path: Path) -> CheckResult:
-    """Whether the file at `path` holds the bytes recorded when `table` was published. The
+    """Whether the file at `path` holds the bytes recorded when `table` was published. Checked
+    again when a publish renamed another file in and recorded it after this one was hashed:
+    the old bytes would not match the new record."""
+    for _ in range(READ_TRIES):
+        result, hashed = _audit_once(layout, config, table, path)
+        if result.passed or hashed is None or not _replaced(path, hashed):
+            break
+    return result
+
+
+def _audit_once(
+    layout: Layout, config: str, table: str, path: Path
+) -> tuple[CheckResult, tuple[int, int, int, int] | None]:
+    """The verdict on the file at `path` and the version of it hashed (None: none hashed). The
     record is read after the file: a publish renames its table in first."""
     mend = f"materialize tol/{config}/{table} to write it anew (`tol-dagster slice` does first)"
     try:
@@ -73,28 +87,37 @@ def audit_table(layout: Layout, config: str, table: str, path: Path) -> CheckRes
     except FileNotFoundError:
         stat, sha256 = None, ""
     except OSError as error:  # a folder in its place, no permission, an I/O error
-        return _drift(table, path, f"does not read ({error}); {mend}")
+        return _drift(table, path, f"does not read ({error}); {mend}"), None
+    hashed = None if stat is None else file_version(stat)
     try:
         record = load_record(layout, config, table)
     except ValueError as error:
-        return _drift(table, path, f"{error}; {mend}")
+        return _drift(table, path, f"{error}; {mend}"), hashed
     if stat is None:
         if record is None:
-            return _result(table, path, f"{path} is not built yet", recorded=False)
-        return _drift(table, path, f"{path} is missing; {mend}")
+            return _result(table, path, f"{path} is not built yet", recorded=False), None
+        return _drift(table, path, f"{path} is missing; {mend}"), None
     if record is None:
         note = "published before its sha256 was recorded: its next build records it"
-        return _result(table, path, f"{path}: {note}", recorded=False)
+        return _result(table, path, f"{path}: {note}", recorded=False), hashed
     if record.holds(stat.st_size, sha256):
-        return _result(table, path, f"{path} holds the bytes published {_when(record)}")
-    if file_version(stat) != record.version and time.time() - stat.st_mtime < IN_FLIGHT_S:
+        return _result(table, path, f"{path} holds the bytes published {_when(record)}"), hashed
+    if hashed != record.version and time.time() - stat.st_mtime < IN_FLIGHT_S:
         note = f"changed in the last {IN_FLIGHT_S:.0f} s, being published: checked again next time"
-        return _result(table, path, f"{path} {note}", in_flight=True)
+        return _result(table, path, f"{path} {note}", in_flight=True), hashed
     reason = (
         f"{stat.st_size:,} bytes with sha256 {sha256[:12]}... where it was published "
         f"{_when(record)} with {record.bytes:,} bytes and sha256 {record.sha256[:12]}..."
     )
-    return _drift(table, path, f"{path}: {reason}; {mend}")
+    return _drift(table, path, f"{path}: {reason}; {mend}"), hashed
+
+
+def _replaced(path: Path, hashed: tuple[int, int, int, int]) -> bool:
+    """Whether `path` no longer holds the version of the file that was hashed."""
+    try:
+        return file_version(path.stat()) != hashed
+    except OSError:
+        return True
 
 
 def _when(record: TableRecord) -> str:
