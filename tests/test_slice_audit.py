@@ -167,6 +167,42 @@ def test_a_slice_a_publish_replaces_while_it_is_hashed_is_read_again(
     assert hashed.count(path) == 2
 
 
+def test_a_slice_republished_between_its_read_and_its_records_read_is_checked_again(
+    sliced: User, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Republished once before the audit (the catalog not following yet), then again between
+    the audit's hash and its read of the record: the bytes hashed match neither the catalog
+    nor the newer record, and the file is no longer the one hashed."""
+    layout = sliced.layout
+    path = catalog.slice_path(FELIDAE)
+    record = records.slice_record_of(layout, CONFIG, FELIDAE)
+    assert record is not None
+
+    def publish(data: bytes) -> None:
+        temp = path.with_name(path.name + ".new")
+        temp.write_bytes(data)
+        os.replace(temp, path)
+        record.update(sha256=sha256_file(path), bytes=len(data))
+        records.record_path(layout, CONFIG, FELIDAE).write_text(json.dumps(record))
+
+    publish(catalog.slice_path(PANTHERA).read_bytes())
+    edited_long_ago(path)
+    reads: list[str] = []
+    reading = records.slice_record_of
+
+    def republish_then_read(layout: Any, config: str, name: str) -> dict[str, Any] | None:
+        if not reads:
+            publish(path.read_bytes() + b"newer")
+        reads.append(name)
+        return reading(layout, config, name)
+
+    monkeypatch.setattr(audit, "slice_record_of", republish_then_read)
+    result = audit_slices(layout, CONFIG, rehash=True)
+
+    assert result.passed and result.details["in_flight"] == [], result.message
+    assert reads == [FELIDAE, FELIDAE]
+
+
 def test_a_slice_removed_while_the_audit_runs_is_not_drift(
     sliced: User, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -23,7 +23,12 @@ from pathlib import Path
 from tol_dagster import progress
 from tol_dagster.derived.summaries import SUMMARY_NAMES, summary_path
 from tol_dagster.derived.table_records import TableRecord, load_record
-from tol_dagster.store.hashing import READ_TRIES, file_version, sha256_of_one_version
+from tol_dagster.store.hashing import (
+    READ_TRIES,
+    file_version,
+    replaced_since,
+    sha256_of_one_version,
+)
 from tol_dagster.store.layout import Layout
 from tol_dagster.validation.checks import CheckResult
 
@@ -71,7 +76,7 @@ def audit_table(layout: Layout, config: str, table: str, path: Path) -> CheckRes
     the old bytes would not match the new record."""
     for _ in range(READ_TRIES):
         result, hashed = _audit_once(layout, config, table, path)
-        if result.passed or hashed is None or not _replaced(path, hashed):
+        if result.passed or hashed is None or not replaced_since(path, hashed):
             break
     return result
 
@@ -110,14 +115,6 @@ def _audit_once(
         f"{_when(record)} with {record.bytes:,} bytes and sha256 {record.sha256[:12]}..."
     )
     return _drift(table, path, f"{path}: {reason}; {mend}"), hashed
-
-
-def _replaced(path: Path, hashed: tuple[int, int, int, int]) -> bool:
-    """Whether `path` no longer holds the version of the file that was hashed."""
-    try:
-        return file_version(path.stat()) != hashed
-    except OSError:
-        return True
 
 
 def _when(record: TableRecord) -> str:

@@ -12,8 +12,8 @@ found; the catalog follows its slices by itself), and one whose file was written
 after its record and in the last IN_FLIGHT_S (a publish between its rename and its record,
 which a rank pass writes a group of slices later; an edit in place waits as long), and one
 gone with its record (removed by `slices remove` or a rank pass since the catalog was written;
-a slice file deleted alone is drift): the next audit checks those again. Bit rot changes no
-mtime.
+a slice file deleted alone is drift): the next audit checks those again. A slice a publish
+replaced (and recorded) after the audit read it is checked again. Bit rot changes no mtime.
 """
 
 from __future__ import annotations
@@ -30,7 +30,12 @@ from tol_dagster import progress
 from tol_dagster.errors import LocalStorageError, SliceSpecError
 from tol_dagster.slices.catalog_file import read_catalog
 from tol_dagster.slices.records import record_path, slice_record_of
-from tol_dagster.store.hashing import sha256_of_one_version
+from tol_dagster.store.hashing import (
+    READ_TRIES,
+    file_version,
+    replaced_since,
+    sha256_of_one_version,
+)
 from tol_dagster.store.layout import Layout
 from tol_dagster.validation.checks import CheckResult
 
@@ -118,13 +123,26 @@ class _Tally:
 
 
 def check_slice(layout: Layout, config: str, listed: Listed, *, rehash: bool) -> Found:
-    """Whether `listed`'s file still holds the bytes the catalog or its record gives."""
+    """Whether `listed`'s file still holds the bytes the catalog or its record gives. Checked
+    again when a publish renamed another file in (and recorded it) after this one was read."""
+    for _ in range(READ_TRIES):
+        found, read = _check_once(layout, config, listed, rehash=rehash)
+        if found.drift is None or read is None or not replaced_since(listed.path, read):
+            break
+    return found
+
+
+def _check_once(
+    layout: Layout, config: str, listed: Listed, *, rehash: bool
+) -> tuple[Found, tuple[int, int, int, int] | None]:
+    """The verdict on `listed`'s file, and the version of it read (None: none)."""
     try:
         stat, sha256 = _read(listed.path, rehash=rehash)
     except FileNotFoundError:
-        return _unless_republished(layout, config, listed, f"{listed.path} is missing", None)
+        return _unless_republished(layout, config, listed, f"{listed.path} is missing", None), None
     except OSError as error:  # a folder in its place, no permission, an I/O error
-        return _unless_republished(layout, config, listed, f"does not read ({error})", None)
+        reason = f"does not read ({error})"
+        return _unless_republished(layout, config, listed, reason, None), None
     hashed = stat.st_size if sha256 is not None else 0
     if stat.st_size != listed.size:
         reason = f"{stat.st_size:,} bytes on disk, the catalog says {listed.size:,}"
@@ -133,9 +151,9 @@ def check_slice(layout: Layout, config: str, listed: Listed, *, rehash: bool) ->
             f"sha256 on disk {sha256[:12]}... differs from the catalog's {listed.sha256[:12]}..."
         )
     else:
-        return Found(bytes_hashed=hashed)
+        return Found(bytes_hashed=hashed), file_version(stat)
     found = _unless_republished(layout, config, listed, reason, stat, sha256)
-    return replace(found, bytes_hashed=hashed)
+    return replace(found, bytes_hashed=hashed), file_version(stat)
 
 
 def _read(path: Path, *, rehash: bool) -> tuple[os.stat_result, str | None]:

@@ -52,6 +52,14 @@ def file_version(stat: os.stat_result) -> tuple[int, int, int, int]:
     return stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns
 
 
+def replaced_since(path: Path, version: tuple[int, int, int, int]) -> bool:
+    """Whether `path` no longer holds the `file_version` it held (gone, or another file)."""
+    try:
+        return file_version(path.stat()) != version
+    except OSError:
+        return True
+
+
 def sha256_of_one_version(
     path: Path, on_bytes: Callable[[int], None] | None = None
 ) -> tuple[os.stat_result, str]:
