@@ -32,6 +32,8 @@ from tol_dagster import catalog, progress
 from tol_dagster.defs.keys import asset_key
 from tol_dagster.defs.mirror.jobs import AUDIT_JOB
 from tol_dagster.defs.published.jobs import CATALOG_JOB
+from tol_dagster.devtools.localhub.faults import Fault
+from tol_dagster.hub.retry import QUICK_RETRY
 from tol_dagster.resync import audit as mirror_audit
 from tol_dagster.resync.audit import AUDIT_CHECK
 from tol_dagster.slices import audit, catalog_file, records
@@ -308,6 +310,21 @@ def test_the_audit_command_exits_4_naming_a_rotted_slice_and_mirror_file_and_wri
     assert not verdicts[AUDIT_CHECK]["passed"] and rotten.name in verdicts[AUDIT_CHECK]["message"]
     assert any(SLICES_AUDIT_CHECK in line for line in document["errors"])
     assert {p: p.read_bytes() for p in layout.slices_dir(CONFIG).iterdir()} == published
+
+
+def test_the_audit_command_against_a_failing_hub_notes_upstream_after_one_quick_retry(
+    sliced: User,
+) -> None:
+    """Upstream is a note of the audit (the upstream sensor follows it): a Hub that answers
+    503 is asked twice, not with the patient policy of downloads (six tries, 31 s)."""
+    sliced.reset_counts()
+    sliced.hub.add_fault(Fault("status", status=503))
+
+    audited = sliced.tol("audit")
+
+    assert audited.code == 0, audited.text
+    assert "upstream not compared" in audited.out
+    assert sum(sliced.requests().values()) == QUICK_RETRY.attempts
 
 
 def test_the_audit_command_refuses_a_config_not_configured(sliced: User) -> None:

@@ -69,6 +69,20 @@ class RetryPolicy:
         return min(self.max_delay_s, self.base_delay_s * 2 ** (failures - 1))
 
 
+#: For a question whose answer can wait for the next time it is asked (a sensor's tick, the
+#: audit's note on upstream): one quick retry, and a 429 gets one short wait at most, whatever
+#: the server asks. The default policy (6 attempts, backoff to 30 s) held a sensor tick for 31 s
+#: against a Hub that was down, and longer than the daemon's tick timeout against one that hangs.
+QUICK_RETRY = RetryPolicy(
+    attempts=2,
+    base_delay_s=0.5,
+    max_delay_s=0.5,
+    timeout_s=10.0,
+    max_server_wait_s=5.0,
+    rate_limit_attempts=2,
+)
+
+
 class Activity:
     """When a download last received bytes (or was told by the server to wait)."""
 

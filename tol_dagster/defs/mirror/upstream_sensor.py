@@ -30,23 +30,10 @@ from tol_dagster.defs.orphaned_runs import fail_dead_cli_runs
 from tol_dagster.defs.resources import HubResource, StorageResource
 from tol_dagster.errors import UpstreamError
 from tol_dagster.hub.client import HubClient
-from tol_dagster.hub.retry import RetryPolicy
+from tol_dagster.hub.retry import QUICK_RETRY
 from tol_dagster.resync.plan import decide
 from tol_dagster.resync.state import remote_version
 from tol_dagster.store.layout import Layout
-
-#: A tick stays short: one quick retry, then the next tick tries again. The default policy
-#: (6 attempts, backoff to 30 s) held a tick for 31 s against a Hub that was down, and longer
-#: than the daemon's tick timeout against one that hangs.
-#: A 429 likewise: one short wait at most, whatever the server asks.
-SENSOR_RETRY = RetryPolicy(
-    attempts=2,
-    base_delay_s=0.5,
-    max_delay_s=0.5,
-    timeout_s=10.0,
-    max_server_wait_s=5.0,
-    rate_limit_attempts=2,
-)
 
 
 def build_upstream_change_sensor(
@@ -69,7 +56,7 @@ def build_upstream_change_sensor(
         ensure_resync_pools(context.instance, configs)
         for config in configs:
             fail_dead_cli_runs(context.instance, config)
-        client = hub.client(retry=SENSOR_RETRY)
+        client = hub.client(retry=QUICK_RETRY)  # a tick stays short: the next one asks again
         try:
             head = client.head_commit()
         except UpstreamError as error:
