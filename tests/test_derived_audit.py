@@ -14,6 +14,7 @@ import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from unittest.mock import ANY
 
 import pyarrow.parquet as pq
 import pytest
@@ -31,6 +32,7 @@ from resync_testing import (
 
 from tol_dagster import progress
 from tol_dagster.defs.mirror.jobs import AUDIT_JOB
+from tol_dagster.defs.published.tables_audit import drifted_tables
 from tol_dagster.derived import table_audit, table_records
 from tol_dagster.derived.centroids import build_centroids
 from tol_dagster.derived.summaries import build_summaries
@@ -249,7 +251,11 @@ def test_the_weekly_audit_and_the_audit_command_name_a_rotted_table_the_next_sli
     assert sum(v["check"] == TABLES_AUDIT_CHECK for v in verdicts) == len(DERIVED_TABLES)
     assert path.read_bytes() != before  # the audit writes nothing
 
+    with synced.instance() as instance:
+        assert drifted_tables(instance, CONFIG) == {"taxon_index": ANY}
     rebuilt = synced.tol("slice", "genus=Panthera")
     assert rebuilt.code == 0, rebuilt.text
     assert path.read_bytes() == before
+    with synced.instance() as instance:  # the build's own check answered the drift
+        assert drifted_tables(instance, CONFIG) == {}
     assert synced.tol("audit").code == 0
