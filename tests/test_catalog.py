@@ -191,7 +191,7 @@ def test_a_refresh_that_drops_thousands_of_slices_rewrites_the_catalog_once(
     layout = Layout(tmp_path / "home")
     gone = [f"species=Gone {i}" for i in range(3_000)]
     kept = _record("family=Kept", upstream_commit="old")  # a partition not built again
-    old = catalog_file.catalog_rows(DEFAULT_CONFIG, [*(_record(n) for n in gone), kept])
+    old = catalog_file.catalog_rows(layout, DEFAULT_CONFIG, [*(_record(n) for n in gone), kept])
     upsert_rows(layout, DEFAULT_CONFIG, old)
     ranked = [_record(f"species=Kept {i}", rank_pass="species") for i in range(2_000)]
     for record in [*ranked, _record("genus=Unlisted")]:  # no longer a partition, no rank's

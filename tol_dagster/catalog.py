@@ -26,7 +26,7 @@ from tol_dagster.errors import LocalStorageError, SliceNotPublished, StoreError
 from tol_dagster.settings import Settings
 from tol_dagster.slices.catalog_file import CATALOG_SCHEMA, read_catalog
 from tol_dagster.slices.keys import SliceKey, parse_slice_key
-from tol_dagster.slices.records import slice_record_of
+from tol_dagster.slices.records import slice_file, slice_record_of
 from tol_dagster.store import generations
 from tol_dagster.store.layout import Layout
 
@@ -138,7 +138,8 @@ def _published(
     config = resolve_config(layout, config)
     catalog = read_catalog(layout, config)
     hits = catalog.filter(pa.compute.equal(catalog["name"], name))
-    path = Path(hits["path"][0].as_py()) if hits.num_rows else None
+    folder = layout.slices_dir(config)
+    path = slice_file(folder, name, hits["path"][0].as_py()) if hits.num_rows else None
     if path is None or not path.is_file():
         state = "is not published" if path is None else f"is in the catalog but {path} is missing"
         raise SliceNotPublished(

@@ -29,7 +29,7 @@ import pyarrow.compute as pc
 from tol_dagster import progress
 from tol_dagster.errors import LocalStorageError, SliceSpecError
 from tol_dagster.slices.catalog_file import read_catalog
-from tol_dagster.slices.records import record_path, slice_record_of
+from tol_dagster.slices.records import record_path, slice_file, slice_record_of
 from tol_dagster.store.hashing import (
     READ_TRIES,
     file_version,
@@ -96,9 +96,10 @@ def audit_slices(layout: Layout, config: str, *, rehash: bool) -> CheckResult:
     tally = _Tally()
     total = (pc.sum(catalog["bytes"]).as_py() or 0) if rehash else 0
     progress.start(AUDIT_TASK, files=catalog.num_rows, bytes=total, what=config)
+    folder = layout.slices_dir(config)  # a catalog written in a home since moved names it
     for batch in catalog.select(["name", "path", "bytes", "sha256"]).to_batches(BATCH_ROWS):
         for name, path, size, sha256 in zip(*batch.to_pydict().values(), strict=True):
-            listed = Listed(name, Path(path), size, sha256)
+            listed = Listed(name, slice_file(folder, name, path), size, sha256)
             tally.add(name, check_slice(layout, config, listed, rehash=rehash))
             progress.advance(AUDIT_TASK, files=1)
     return _result(config, tally, rehash=rehash)

@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 
 from tol_dagster.errors import LocalStorageError, SliceSpecError
 from tol_dagster.slices.keys import parse_slice_key
+from tol_dagster.slices.records import slice_file
 from tol_dagster.store.durable import atomic_path, file_lock
 from tol_dagster.store.layout import Layout
 
@@ -79,14 +80,16 @@ def upsert_rows(
         return _publish(layout, config, pa.concat_tables([old.filter(others), rows]))
 
 
-def catalog_rows(config: str, records: Iterable[dict[str, Any]]) -> pa.Table:
+def catalog_rows(layout: Layout, config: str, records: Iterable[dict[str, Any]]) -> pa.Table:
     """The catalog rows of slice `records` (`records.slice_records`), read a batch at a time:
-    never a Python object per row of the whole catalog."""
-    batches, records = [], iter(records)
+    never a Python object per row of the whole catalog. Paths are those of this home (a
+    record keeps the one of the home it was written in)."""
+    batches, records, folder = [], iter(records), layout.slices_dir(config)
     while batch := list(itertools.islice(records, ROWS_A_BATCH)):
         columns: dict[str, list[Any]] = {
             "config": [config] * len(batch),
             **{c: [str(r[c]) for r in batch] for c in _TEXT},
+            "path": [str(slice_file(folder, r["name"], str(r["path"]))) for r in batch],
             **{c: [int(str(r[c])) for r in batch] for c in ("rows", "bytes")},
             "built_at": [datetime.fromisoformat(str(r["built_at"])) for r in batch],
         }
@@ -96,8 +99,8 @@ def catalog_rows(config: str, records: Iterable[dict[str, Any]]) -> pa.Table:
 
 #: Records turned into catalog rows at a time.
 ROWS_A_BATCH = 65_536
-#: A record's fields the catalog keeps as text.
-_TEXT = ("name", "rank", "value", "path", "sha256", "upstream_commit")
+#: A record's fields the catalog keeps as text (and `path`, of this home).
+_TEXT = ("name", "rank", "value", "sha256", "upstream_commit")
 
 
 def remove_entry(layout: Layout, config: str, name: str) -> bool:

@@ -312,7 +312,8 @@ def _unchanged(record: dict, value: RankValue, order: FileOrder, out: Path) -> b
     if record.get(BUILT_FROM_ROWS) != built_from_rows(value, order):
         return False
     try:
-        return out.stat().st_size == record.get("bytes") and record.get("path") == str(out)
+        recorded = Path(str(record.get("path")))  # of the home it was written in: names compare
+        return out.stat().st_size == record.get("bytes") and recorded.name == out.name
     except OSError:
         return False
 

@@ -33,6 +33,22 @@ def record_path(layout: Layout, config: str, name: str) -> Path:
     return layout.slice_records_dir(config) / record_file_name(parse_slice_key(name))
 
 
+def slice_file(folder: Path, name: str, recorded: str | None = None) -> Path:
+    """Where slice `name`'s file is in this home, whose slices folder (of its config) is
+    `folder`: its key's file there. Records and catalogs keep the absolute path of the home they
+    were written in, and a home can move (the mirror's link is relative); a `recorded` path in
+    `folder` is taken as it is (no key parsed: a catalog of 868,000 species), and a name that
+    no longer parses as a key keeps its recorded path."""
+    if recorded is not None and os.path.dirname(recorded) == str(folder):
+        return Path(recorded)
+    try:
+        return folder / parse_slice_key(name).file_name
+    except SliceSpecError:
+        if recorded is None:
+            raise
+        return Path(recorded)
+
+
 def record_file_name(key: SliceKey) -> str:
     """The name of the file holding `key`'s record (its slice's, `.json` for `.parquet`)."""
     return key.file_name.removesuffix(".parquet") + ".json"
@@ -185,7 +201,8 @@ def remove_slice_records_named(layout: Layout, config: str, names: set[str]) -> 
             path.unlink(missing_ok=True)
         elif record is not None and record.get("name") in names:
             if record.get("path"):
-                paths.append(Path(str(record["path"])))
+                folder = layout.slices_dir(config)
+                paths.append(slice_file(folder, record["name"], str(record["path"])))
             path.unlink(missing_ok=True)
     return paths
 

@@ -44,7 +44,7 @@ def build_catalog_asset(name: str) -> dg.AssetsDefinition:
             for r in records.slice_records(layout, name)
             if r.get(RANK_PASS) or r["name"] in partitions
         )
-        built = catalog_file.catalog_rows(name, live)
+        built = catalog_file.catalog_rows(layout, name, live)
         table = catalog_file.upsert_rows(layout, name, built, keep=partitions)
         return dg.MaterializeResult(
             metadata={
