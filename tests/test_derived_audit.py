@@ -33,7 +33,7 @@ from resync_testing import (
 from tol_dagster import progress
 from tol_dagster.defs.mirror.jobs import AUDIT_JOB
 from tol_dagster.defs.published.tables_audit import drifted_tables
-from tol_dagster.derived import table_audit, table_records
+from tol_dagster.derived import centroids, table_audit, table_records
 from tol_dagster.derived.centroids import build_centroids
 from tol_dagster.derived.summaries import build_summaries
 from tol_dagster.derived.table_audit import (
@@ -52,11 +52,14 @@ from tol_dagster.store.mirror_files import MirrorFile
 __all__ = ["dagster_home", "synced", "synced_home", "user"]  # fixtures, imported to be found
 
 
+def dim_of(files: list[MirrorFile]) -> int:
+    return int(pq.read_schema(files[0].path).field("emb").type.list_size)
+
+
 def build_all(files: list[MirrorFile], layout: Layout) -> None:
     build_summaries(files, layout, CONFIG)
     build_taxon_index(files, layout, CONFIG)
-    dim = pq.read_schema(files[0].path).field("emb").type.list_size
-    build_centroids(files, layout, CONFIG, dim)
+    build_centroids(files, layout, CONFIG, dim_of(files))
 
 
 @pytest.fixture(scope="module")
@@ -139,6 +142,32 @@ def test_an_edit_in_place_is_drift_once_older_than_a_publish_in_flight(built: La
 
     aged(path)
     assert "bytes with sha256" in drifted(built)["summary/img_type"]
+
+
+def test_a_build_killed_between_its_publish_and_its_record_is_in_flight_then_drift_then_mended(
+    built: Layout, small_sample: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Killed after renaming its table in, before recording it: the table holds other bytes
+    than its record, which is taken for a publish in flight for a while, then is drift, until
+    a build writes and records it anew."""
+    files = sample_mirror(small_sample)
+    path = table_path(built, CONFIG, "centroids")
+
+    def killed(*args: object) -> None:
+        raise SystemExit("killed")
+
+    monkeypatch.setattr(centroids, "record_table", killed)
+    with pytest.raises(SystemExit):  # fewer files: other centroids than those recorded
+        build_centroids(files[:-1], built, CONFIG, dim_of(files))
+    monkeypatch.undo()
+
+    in_flight = audit_tables(built, CONFIG, ["centroids"])["centroids"]
+    assert in_flight.passed and in_flight.details["in_flight"], in_flight.message
+    aged(path)
+    assert "where it was published" in drifted(built)["centroids"]
+
+    build_all(files, built)
+    assert drifted(built) == {}
 
 
 def test_a_table_published_before_records_were_kept_passes_and_its_next_build_records_it(
