@@ -159,9 +159,9 @@ def test_the_ui_shows_the_graph_a_null_cell_the_audit_and_builds_a_slice_added_o
         expect.set_options(timeout=PAGE_TIMEOUT_MS)
         page.add_init_script(BROWSER_STATE)
         _summary_preview_shows_null(page, base, shots)
-        _mirror_check_passed(page, base, shots)
-        _catalog_audit_passed(page, base, shots)
-        _derived_audit_passed(page, base, shots)
+        _audit_passed(page, base, shots, "mirror", AUDIT_CHECK)
+        _audit_passed(page, base, shots, "catalog", SLICES_AUDIT_CHECK)
+        _audit_passed(page, base, shots, "taxon_index", TABLES_AUDIT_CHECK)
         _add_and_materialize_a_slice(page, base, shots, stack, dagster_home)
         _asset_graph_shows_every_asset_materialized(page, base, shots)
         browser.close()
@@ -226,29 +226,13 @@ def _summary_preview_shows_null(page: Page, base: str, shots: Path) -> None:
     page.screenshot(path=shots / "summary_preview.png")
 
 
-def _mirror_check_passed(page: Page, base: str, shots: Path) -> None:
-    """`mirror`'s audit check shows evaluated, and passed."""
-    page.goto(f"{base}{ASSETS}/mirror?view=checks")
-    expect(page.get_by_text(AUDIT_CHECK).first).to_be_visible()
+def _audit_passed(page: Page, base: str, shots: Path, asset: str, check: str) -> None:
+    """`asset`'s audit check shows evaluated, and passed: the mirror's follows each resync,
+    the catalog's and the derived tables' the audit the demo runs."""
+    page.goto(f"{base}{ASSETS}/{asset}?view=checks")
+    expect(page.get_by_text(check).first).to_be_visible()
     expect(page.get_by_text("Passed", exact=True)).to_be_visible()
-    page.screenshot(path=shots / "mirror_checks.png")
-
-
-def _catalog_audit_passed(page: Page, base: str, shots: Path) -> None:
-    """`catalog`'s audit of the published slices shows evaluated (the demo runs the audit),
-    and passed."""
-    page.goto(f"{base}{ASSETS}/catalog?view=checks")
-    expect(page.get_by_text(SLICES_AUDIT_CHECK).first).to_be_visible()
-    expect(page.get_by_text("Passed", exact=True)).to_be_visible()
-    page.screenshot(path=shots / "catalog_checks.png")
-
-
-def _derived_audit_passed(page: Page, base: str, shots: Path) -> None:
-    """The taxon index's audit against what its build recorded shows evaluated, and passed."""
-    page.goto(f"{base}{ASSETS}/taxon_index?view=checks")
-    expect(page.get_by_text(TABLES_AUDIT_CHECK).first).to_be_visible()
-    expect(page.get_by_text("Passed", exact=True)).to_be_visible()
-    page.screenshot(path=shots / "taxon_index_checks.png")
+    page.screenshot(path=shots / f"{asset.replace('/', '_')}_checks.png")
 
 
 def _add_and_materialize_a_slice(

@@ -55,7 +55,7 @@ def run_demo() -> int:
                     file=sys.stderr,
                 )
                 return code
-        # Both audits evaluated: the UI shows them passed, not "Not evaluated".
+        # The audit checks evaluated: the UI shows them passed, not "Not evaluated".
         code = run_audit(config=None)
         if code != 0:
             print(f"demo: the audit ended with exit code {code}", file=sys.stderr)

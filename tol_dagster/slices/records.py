@@ -193,15 +193,14 @@ def remove_slice_records_named(layout: Layout, config: str, names: set[str]) -> 
     """Remove the records whose `name` is one of `names`, found by content (a name that no
     longer parses as a key has no computable record path), or by file name when damaged;
     returns the slice files they name."""
-    paths = []
+    paths, folder = [], layout.slices_dir(config)
     keys = _keys_by_record_file(names)
     for path, record in RecordFolder(layout, config).rest():
         if record is None and path.name in keys:
-            paths.append(layout.slices_dir(config) / keys[path.name].file_name)
+            paths.append(folder / keys[path.name].file_name)
             path.unlink(missing_ok=True)
         elif record is not None and record.get("name") in names:
             if record.get("path"):
-                folder = layout.slices_dir(config)
                 paths.append(slice_file(folder, record["name"], str(record["path"])))
             path.unlink(missing_ok=True)
     return paths
