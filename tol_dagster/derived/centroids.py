@@ -30,8 +30,9 @@ from tol_dagster.store.durable import atomic_path
 from tol_dagster.store.layout import Layout
 from tol_dagster.store.mirror_files import MirrorFile
 
-#: Per-file part under the file's derived folder (bump the suffix when its meaning changes).
-SUMS_PART = "centroid_sums.v1.arrow"
+#: Per-file part under the file's derived folder (bump the suffix when its meaning or its
+#: container changes: v2 added the crc32).
+SUMS_PART = "centroid_sums.v2.arrow"
 
 #: Rows decoded at a time in the per-file pass (~50 MB of float32 at 768 dimensions).
 BATCH_ROWS = 16_384

@@ -2,8 +2,9 @@
 
 A result computed from one mirror file lives under `Layout.derived_dir(config, sha256)`, so an
 unchanged file is never recomputed and a changed one (new sha256) is computed once, whatever
-its name. Parts are Arrow IPC files: a recombination reads one per mirror file, and IPC reads
-them ~15x faster than parquet would. Large published tables are written in segments of
+its name. Parts are Arrow IPC files followed by their crc32 (`file_cache.keep_table`: a
+flipped byte would otherwise be summed into a table as published): a recombination reads one
+per mirror file, and IPC reads them ~15x faster than parquet would. Large published tables are written in segments of
 consecutive files (`publish_segments`), so an update copies the unchanged segments' bytes from
 the version it replaces. Every write goes through `store.durable.atomic_path` (a temp file in
 the target's folder, fsynced and renamed into place), so a reader sees the old table or the
@@ -21,13 +22,12 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.feather as feather
 import pyarrow.parquet as pq
 
 from tol_dagster.errors import LocalStorageError
 from tol_dagster.parquet.segmented import Segment, Written, write_segmented
 from tol_dagster.store.durable import atomic_path
-from tol_dagster.store.file_cache import derived_path, read_kept
+from tol_dagster.store.file_cache import derived_path, keep_table, kept_table, read_kept
 from tol_dagster.store.layout import Layout
 from tol_dagster.store.mirror_files import MirrorFile
 
@@ -49,13 +49,8 @@ def stale_files(
 
 
 def read_part(layout: Layout, config: str, file: MirrorFile, name: str) -> pa.Table:
-    """The result `name` of `file`, as `write_part` kept it."""
-    return read_kept(derived_path(layout, config, file, name), _read_ipc)
-
-
-def _read_ipc(path: Path) -> pa.Table:
-    with pa.memory_map(str(path)) as source:
-        return pa.ipc.open_file(source).read_all()
+    """The result `name` of `file`, as `write_part` kept it (checked, memory-mapped)."""
+    return read_kept(derived_path(layout, config, file, name), kept_table)
 
 
 def split_by_file(
@@ -76,8 +71,7 @@ def split_by_file(
 
 def write_part(table: pa.Table, layout: Layout, config: str, file: MirrorFile, name: str) -> None:
     """Keep `table` as the result `name` of `file` (atomically, like every write here)."""
-    with atomic_path(derived_path(layout, config, file, name)) as tmp:
-        feather.write_feather(table, tmp, compression="uncompressed")
+    keep_table(derived_path(layout, config, file, name), table)
 
 
 def read_published(path: Path, asset: str) -> pa.Table:

@@ -75,10 +75,11 @@ VALUE_COLUMNS: dict[str, str] = {
 #: counts in the metadata's `level_rows`), then its value counts (`part` = a VALUE_COLUMNS
 #: name), with the file's statistics in the metadata. One file, not three: on a busy disk
 #: each small write and rename costs milliseconds.
-SUMMARY_PART = "summary.v2.arrow"
+SUMMARY_PART = "summary.v3.arrow"
 
-#: The layouts of the segmented tables (`lineage`, `rank_counts`): bump with SUMMARY_PART or
-#: the writer options, so that no segment of an older meaning is copied.
+#: The layouts of the segmented tables (`lineage`, `rank_counts`): bump with SUMMARY_PART's
+#: meaning (v3 only added its crc32) or the writer options, so that no segment of an older
+#: meaning is copied.
 _SEGMENTED = {"lineage": "summary.lineage.v2", "rank_counts": "summary.rank_counts.v2"}
 
 #: These tables are small: statistics serve no reader, and snappy writes a third faster than

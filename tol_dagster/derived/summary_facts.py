@@ -6,6 +6,8 @@ its statistics (the `files` table) and its value counts (summed into the value t
 from 666 parts, these cost more than everything else an update does (~0.25 s: opening each
 part, reading its ends); kept here they are two reads. Rows are keyed by the file's sha256,
 like the parts: a file not found here (new, or a cache lost or damaged) is read from its part.
+The facts carry their crc32 and the values' sha256, so a flipped byte in either is a cache
+lost, not a count changed.
 """
 
 from __future__ import annotations
@@ -24,13 +26,14 @@ import pyarrow.feather as feather
 from tol_dagster.derived import seams
 from tol_dagster.derived.rank_counts import PART_SCHEMA, Part, seam_facts
 from tol_dagster.store.durable import atomic_path
+from tol_dagster.store.file_cache import keep_table, kept_table
 from tol_dagster.store.layout import Layout
 from tol_dagster.store.mirror_files import MirrorFile
 
 #: The files' facts and their value counts, under the config's state folder (bump the suffix
 #: with the summary part's).
-FACTS = "summary_facts.v2.arrow"
-VALUES = "summary_values.v2.arrow"
+FACTS = "summary_facts.v3.arrow"
+VALUES = "summary_values.v3.arrow"
 
 _INTS = pa.list_(pa.int64())
 _STRINGS = pa.list_(pa.string())
@@ -130,7 +133,7 @@ def _read(layout: Layout, config: str) -> tuple[pa.Table, pa.Table]:
     other's pair (the facts name their values file's sha256): a cache, the parts rebuild it."""
     try:
         data = _path(layout, config, VALUES).read_bytes()
-        facts = feather.read_table(_path(layout, config, FACTS), memory_map=False)
+        facts = kept_table(_path(layout, config, FACTS))
         if facts.schema.metadata.get(_VALUES_SHA256) != hashlib.sha256(data).hexdigest().encode():
             raise ValueError("the values are not the facts' pair")
         values = feather.read_table(pa.BufferReader(data))
@@ -148,5 +151,4 @@ def _write(layout: Layout, config: str, facts: pa.Table, values: pa.Table) -> No
         feather.write_feather(values, tmp, compression="uncompressed")
         digest = hashlib.sha256(tmp.read_bytes()).hexdigest()
     facts = facts.replace_schema_metadata({_VALUES_SHA256: digest})
-    with atomic_path(_path(layout, config, FACTS)) as tmp:
-        feather.write_feather(facts, tmp, compression="uncompressed")
+    keep_table(_path(layout, config, FACTS), facts)

@@ -36,8 +36,9 @@ from tol_dagster.schema import SLICE_RANKS, quote_ident
 from tol_dagster.store.layout import Layout
 from tol_dagster.store.mirror_files import MirrorFile
 
-#: Per-file part under the file's derived folder (bump the suffix when its meaning changes).
-INDEX_PART = "taxon_index.v1.arrow"
+#: Per-file part under the file's derived folder (bump the suffix when its meaning or its
+#: container changes: v2 added the crc32).
+INDEX_PART = "taxon_index.v2.arrow"
 
 #: SQL for the binomial of a row: the species column if it holds one, else genus + epithet.
 BINOMIAL_SQL = (

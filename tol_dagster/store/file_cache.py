@@ -5,21 +5,33 @@
 A kept result that no longer reads (a disk's fault, a hand edit) is removed where it is read and
 the command stops with `LocalStorageError` (exit 4) naming it: a missing result is computed
 again from its mirror file, so the same command run again succeeds. Healthy reads pay nothing
-for this.
+for this. Results whose values are summed into published tables are kept with a crc32 of
+their bytes (`keep_table`, `kept_table`): a flipped byte in one still parses, and would
+otherwise be published as a count or a centroid that nobody computed.
 """
 
 from __future__ import annotations
 
 import contextlib
+import struct
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
+import pyarrow as pa
+
 from tol_dagster.errors import LocalStorageError
+from tol_dagster.store.durable import atomic_path
+from tol_dagster.store.hashing import crc32
 from tol_dagster.store.layout import Layout
 from tol_dagster.store.mirror_files import MirrorFile
 
 T = TypeVar("T")
+
+#: What ends a checked result: the crc32 of the bytes before it (little-endian), then a mark
+#: that tells a checked result from a file written another way.
+_MARK = b"tol.crc32"
+_TRAILER = struct.Struct(f"<I{len(_MARK)}s")
 
 
 def derived_path(layout: Layout, config: str, file: MirrorFile, name: str) -> Path:
@@ -39,3 +51,34 @@ def read_kept(path: Path, read: Callable[[Path], T]) -> T:
             f"the result kept at {path} was damaged ({error}) and is removed: run the same "
             "command again, and it is computed anew from its mirror file"
         ) from error
+
+
+def keep_table(path: Path, table: pa.Table) -> None:
+    """Keep `table` at `path` (atomically) as an Arrow IPC file followed by its crc32."""
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_file(sink, table.schema) as writer:
+        writer.write_table(table)
+    data = sink.getvalue()
+    with atomic_path(path) as tmp, tmp.open("wb") as out:
+        out.write(data)
+        out.write(_TRAILER.pack(crc32(data), _MARK))
+
+
+def kept_table(path: Path) -> pa.Table:
+    """The table `keep_table` kept at `path`, memory-mapped; ValueError when its bytes are not
+    the ones kept (for `read_kept`). The crc32 costs ~1/30 of reading them from memory."""
+    return pa.ipc.open_file(_checked_bytes(path)).read_all()
+
+
+def _checked_bytes(path: Path) -> pa.Buffer:
+    with pa.memory_map(str(path)) as source:
+        whole = source.read_buffer()
+    if whole.size < _TRAILER.size:
+        raise ValueError(f"{whole.size} bytes: too short to be a checked result")
+    data = whole.slice(0, whole.size - _TRAILER.size)
+    kept, mark = _TRAILER.unpack(whole.slice(data.size).to_pybytes())
+    if mark != _MARK:
+        raise ValueError("no crc32 follows its bytes")
+    if (actual := crc32(data)) != kept:
+        raise ValueError(f"its bytes have the crc32 {actual:08x}, not {kept:08x} as written")
+    return data

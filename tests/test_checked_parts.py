@@ -1,0 +1,116 @@
+"""The per-file parts the derived tables are summed from (and the summaries' kept facts) carry a
+crc32 of their bytes: a flipped byte in one still parses as Arrow, and was summed into the next
+build's table (a count, a centroid) and then recorded as published. Now the build stops with
+exit 4 naming the part, removes it and publishes nothing; the same build run again computes
+the part anew from its mirror file and publishes the tables of an undamaged home."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.feather as feather
+import pyarrow.parquet as pq
+import pytest
+from mirror_testing import sample_mirror
+from resync_testing import CONFIG, flip_a_byte
+from test_derived_audit import build_all, drifted
+
+from tol_dagster.derived import centroids, summaries, summary_facts, taxon_index
+from tol_dagster.derived.table_audit import DERIVED_TABLES, table_path
+from tol_dagster.errors import LocalStorageError
+from tol_dagster.store.file_cache import keep_table, kept_table
+from tol_dagster.store.layout import Layout
+
+PARTS = {
+    "summary": summaries.SUMMARY_PART,
+    "taxon_index": taxon_index.INDEX_PART,
+    "centroids": centroids.SUMS_PART,
+}
+
+
+def _tables(layout: Layout) -> dict[str, pa.Table]:
+    return {t: pq.read_table(table_path(layout, CONFIG, t)) for t in DERIVED_TABLES}
+
+
+@pytest.fixture(scope="module")
+def reference(small_sample: Path, tmp_path_factory: pytest.TempPathFactory) -> Layout:
+    layout = Layout(tmp_path_factory.mktemp("reference") / "home")
+    build_all(sample_mirror(small_sample), layout)
+    return layout
+
+
+def test_a_kept_table_reads_back_and_every_flipped_byte_is_found(tmp_path: Path) -> None:
+    path = tmp_path / "part.arrow"
+    table = pa.table({"n": list(range(50)), "name": [f"Felis {i}" for i in range(50)]})
+    keep_table(path, table)
+    assert kept_table(path).equals(table)
+    data = path.read_bytes()
+
+    for at in range(len(data)):
+        damaged = bytearray(data)
+        damaged[at] ^= 0x10
+        path.write_bytes(bytes(damaged))
+        with pytest.raises(ValueError, match="crc32"):
+            kept_table(path)
+
+    feather.write_feather(table, path, compression="uncompressed")  # no crc32 after it
+    with pytest.raises(ValueError, match="no crc32 follows"):
+        kept_table(path)
+    path.write_bytes(data[:-1])
+    with pytest.raises(ValueError, match="crc32"):
+        kept_table(path)
+
+
+@pytest.mark.parametrize("part", list(PARTS))
+def test_a_flipped_byte_in_a_part_is_never_published(
+    reference: Layout, small_sample: Path, tmp_path: Path, part: str
+) -> None:
+    """The flipped byte is in the middle of the middle file's part (its data, which Arrow
+    reads without complaint); every published table is then written anew from the parts."""
+    files = sample_mirror(small_sample)
+    home = tmp_path / "home"
+    shutil.copytree(reference.home, home)
+    layout = Layout(home)
+    for name in (summary_facts.FACTS, summary_facts.VALUES):
+        (layout.state_dir(CONFIG) / name).unlink()
+    for table in ("summary/lineage", "summary/rank_counts", "taxon_index"):  # no segment copied
+        table_path(layout, CONFIG, table).unlink()
+    damaged = layout.derived_dir(CONFIG, files[len(files) // 2].sha256) / PARTS[part]
+    flip_a_byte(damaged)
+    published = {t: table_path(layout, CONFIG, t).read_bytes() for t in ("centroids",)}
+
+    with pytest.raises(LocalStorageError, match=r"was damaged .*crc32.* and is removed") as raised:
+        build_all(files, layout)
+    assert str(damaged) in str(raised.value) and raised.value.exit_code == 4
+    assert not damaged.exists()
+    if part == "centroids":
+        assert table_path(layout, CONFIG, "centroids").read_bytes() == published["centroids"]
+
+    build_all(files, layout)
+    assert damaged.exists(), "computed anew from its mirror file"
+    assert _tables(layout) == _tables(reference)
+    assert drifted(layout) == {}
+
+
+def test_a_flipped_byte_in_the_kept_facts_is_a_cache_lost_not_a_count_changed(
+    reference: Layout, small_sample: Path, tmp_path: Path
+) -> None:
+    """Bytes through the facts' rows (their groups, first and last keys, statistics): before
+    the crc32 some of these flips changed a published count, most stopped the build."""
+    files = sample_mirror(small_sample)
+    size = (reference.state_dir(CONFIG) / summary_facts.FACTS).stat().st_size
+    for at in range(size * 2 // 5, size * 4 // 5, size // 40):
+        home = tmp_path / str(at)
+        shutil.copytree(reference.home, home)
+        layout = Layout(home)
+        for table in summaries.SUMMARY_NAMES:
+            table_path(layout, CONFIG, f"summary/{table}").unlink()
+        facts = layout.state_dir(CONFIG) / summary_facts.FACTS
+        data = bytearray(facts.read_bytes())
+        data[at] ^= 0xFF
+        facts.write_bytes(bytes(data))
+
+        build_all(files, layout)
+        assert _tables(layout) == _tables(reference), f"byte {at} of {size} flipped"
