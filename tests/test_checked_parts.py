@@ -1,8 +1,8 @@
 """The per-file parts the derived tables are summed from (and the summaries' kept facts) carry a
 crc32 of their bytes: a flipped byte in one still parses as Arrow, and was summed into the next
-build's table (a count, a centroid) and then recorded as published. Now the build stops with
-exit 4 naming the part, removes it and publishes nothing; the same build run again computes
-the part anew from its mirror file and publishes the tables of an undamaged home."""
+build's table (a count, a centroid) and then recorded as published. Now the build finds it,
+says so, computes the part anew from its mirror file and publishes the tables of an undamaged
+home."""
 
 from __future__ import annotations
 
@@ -64,8 +64,12 @@ def test_a_kept_table_reads_back_and_every_flipped_byte_is_found(tmp_path: Path)
 
 
 @pytest.mark.parametrize("part", list(PARTS))
-def test_a_flipped_byte_in_a_part_is_never_published(
-    reference: Layout, small_sample: Path, tmp_path: Path, part: str
+def test_a_flipped_byte_in_a_part_is_computed_anew_never_published(
+    reference: Layout,
+    small_sample: Path,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    part: str,
 ) -> None:
     """The flipped byte is in the middle of the middle file's part (its data, which Arrow
     reads without complaint); every published table is then written anew from the parts."""
@@ -79,19 +83,38 @@ def test_a_flipped_byte_in_a_part_is_never_published(
         table_path(layout, CONFIG, table).unlink()
     damaged = layout.derived_dir(CONFIG, files[len(files) // 2].sha256) / PARTS[part]
     flip_a_byte(damaged)
-    published = {t: table_path(layout, CONFIG, t).read_bytes() for t in ("centroids",)}
-
-    with pytest.raises(LocalStorageError, match=r"was damaged .*crc32.* and is removed") as raised:
-        build_all(files, layout)
-    assert str(damaged) in str(raised.value) and raised.value.exit_code == 4
-    assert not damaged.exists()
-    if part == "centroids":
-        assert table_path(layout, CONFIG, "centroids").read_bytes() == published["centroids"]
 
     build_all(files, layout)
-    assert damaged.exists(), "computed anew from its mirror file"
+    assert f"{damaged} is damaged" in caplog.text and "crc32" in caplog.text
+    assert kept_table(damaged).num_rows, "computed anew, and kept with its crc32"
     assert _tables(layout) == _tables(reference)
     assert drifted(layout) == {}
+
+
+def test_a_part_still_damaged_once_computed_anew_stops_the_build_naming_it(
+    reference: Layout, small_sample: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A disk that damages what is written: exit 4 naming the part, the table left as it was."""
+    files = sample_mirror(small_sample)
+    home = tmp_path / "home"
+    shutil.copytree(reference.home, home)
+    layout = Layout(home)
+    damaged = layout.derived_dir(CONFIG, files[0].sha256) / centroids.SUMS_PART
+    published = table_path(layout, CONFIG, "centroids").read_bytes()
+    real = centroids.write_parts
+
+    def rotting(*args: object, force: bool = False) -> tuple[str, ...]:
+        written = real(*args, force=force)  # type: ignore[arg-type]
+        if force:  # the part computed anew
+            flip_a_byte(damaged)
+        return written
+
+    flip_a_byte(damaged)
+    monkeypatch.setattr(centroids, "write_parts", rotting)
+    with pytest.raises(LocalStorageError, match=r"was damaged .*crc32") as raised:
+        build_all(files, layout)
+    assert str(damaged) in str(raised.value) and raised.value.exit_code == 4
+    assert table_path(layout, CONFIG, "centroids").read_bytes() == published
 
 
 def test_a_flipped_byte_in_the_kept_facts_is_a_cache_lost_not_a_count_changed(

@@ -1,7 +1,8 @@
-"""A per-file result kept by content (uuid hashes, emb digests, chunk crcs, summary and index
-parts) that no longer reads is removed where it is read, with exit 4 naming it, never a bug
-(exit 70); the same command run again computes it anew, from mirror bytes that still hash to
-what the gate verified, and publishes what it published before."""
+"""A per-file result kept by content (uuid hashes, emb digests, chunk crcs) that no longer reads
+is removed where it is read, with exit 4 naming it, never a bug (exit 70); the same command run
+again computes it anew, from mirror bytes that still hash to what the gate verified, and
+publishes what it published before. (The derived tables' parts are computed anew where they are
+read: `tests/test_checked_parts.py`.)"""
 
 from __future__ import annotations
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import duckdb
@@ -189,7 +190,8 @@ def _centroid_chunks(
     """
     parts = []
     for file in files:
-        part = read_part(layout, config, file, SUMS_PART)
+        recompute = partial(write_parts, [file], layout, config, dim, force=True)
+        part = read_part(layout, config, file, SUMS_PART, recompute)
         if part.schema.field("sum").type.list_size != dim:
             raise ValueError(f"{file.path}: its embeddings are not {dim} values wide")
         if part.num_rows:

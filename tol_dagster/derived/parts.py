@@ -14,9 +14,10 @@ new one, never half of one.
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,8 @@ from tol_dagster.store.durable import atomic_path
 from tol_dagster.store.file_cache import derived_path, keep_table, kept_table, read_kept
 from tol_dagster.store.layout import Layout
 from tol_dagster.store.mirror_files import MirrorFile
+
+_log = logging.getLogger(__name__)
 
 #: Published tables are cut into at most this many segments of consecutive mirror files. An
 #: update encodes the segments it changed and copies the others, but every row group costs
@@ -48,9 +51,21 @@ def stale_files(
     return [f for f in files if not os.path.isfile(os.path.join(root, f.sha256, name))]
 
 
-def read_part(layout: Layout, config: str, file: MirrorFile, name: str) -> pa.Table:
-    """The result `name` of `file`, as `write_part` kept it (checked, memory-mapped)."""
-    return read_kept(derived_path(layout, config, file, name), kept_table)
+def read_part(
+    layout: Layout, config: str, file: MirrorFile, name: str, recompute: Callable[[], object]
+) -> pa.Table:
+    """The result `name` of `file`, as `write_part` kept it (checked, memory-mapped); one found
+    damaged is removed, computed anew by `recompute` (a warning says so) and read again: rot in
+    a cache fails no build, and never reaches a published table."""
+    path = derived_path(layout, config, file, name)
+    try:
+        return read_kept(path, kept_table)
+    except LocalStorageError as error:
+        _log.warning(
+            "%s is damaged (%s): it is computed anew from %s", path, error.__cause__, file.path
+        )
+        recompute()
+        return read_kept(path, kept_table)
 
 
 def split_by_file(

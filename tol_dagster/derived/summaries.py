@@ -289,7 +289,8 @@ def _part(counts: pa.Table, lineage_rows: int, stats: dict[str, Any]) -> pa.Tabl
 
 
 def _read_part(layout: Layout, config: str, file: MirrorFile) -> Part:
-    return Part.of(read_part(layout, config, file, SUMMARY_PART))
+    recompute = partial(write_parts, [file], layout, config, force=True)
+    return Part.of(read_part(layout, config, file, SUMMARY_PART, recompute))
 
 
 def _small_tables(

@@ -227,6 +227,7 @@ def _entries(files: Sequence[MirrorFile], layout: Layout, config: str) -> pa.Tab
     """The entries of `files`, in mirror order: by file, then rank, value and row group."""
     tables = []
     for file in files:
-        part = parts.read_part(layout, config, file, INDEX_PART)
+        recompute = partial(write_parts, [file], layout, config, force=True)
+        part = parts.read_part(layout, config, file, INDEX_PART, recompute)
         tables.append(part.add_column(2, "file", pa.repeat(file.name, part.num_rows)))
     return pa.concat_tables(tables).cast(INDEX_SCHEMA) if tables else INDEX_SCHEMA.empty_table()
