@@ -137,3 +137,33 @@ def test_a_flipped_byte_in_the_kept_facts_is_a_cache_lost_not_a_count_changed(
 
         build_all(files, layout)
         assert _tables(layout) == _tables(reference), f"byte {at} of {size} flipped"
+
+
+def test_a_part_written_removes_the_older_versions_of_itself_only(
+    reference: Layout, small_sample: Path, tmp_path: Path
+) -> None:
+    """An upgrade that bumps a part's version leaves no dead copy of every file's part (the
+    centroid sums are gigabytes at full scale) once the new version is computed."""
+    files = sample_mirror(small_sample)
+    home = tmp_path / "home"
+    shutil.copytree(reference.home, home)
+    layout = Layout(home)
+    folder = layout.derived_dir(CONFIG, files[0].sha256)
+    older = {"centroid_sums.v1.arrow", "summary.v2.arrow", "summary.v1.arrow"}
+    kept = {"centroid_sums.v9.arrow", "centroid_sums.v1.npy", "centroid.v1.arrow", "notes.txt"}
+    for name in older | kept:
+        (folder / name).write_bytes(b"x" * 10)
+    state = layout.state_dir(CONFIG)
+    (state / "summary_facts.v2.arrow").write_bytes(b"x")
+    (state / "summary_values.v2.arrow").write_bytes(b"x")
+    (folder / centroids.SUMS_PART).unlink()
+    (folder / summaries.SUMMARY_PART).unlink()
+    (state / summary_facts.FACTS).unlink()  # as after an upgrade: no facts of this version
+
+    build_all(files, layout)
+    names = {p.name for p in folder.iterdir()}
+    assert not names & older and kept <= names, names
+    assert {centroids.SUMS_PART, summaries.SUMMARY_PART} <= names
+    assert not (state / "summary_facts.v2.arrow").exists()
+    assert not (state / "summary_values.v2.arrow").exists()
+    assert (state / summary_facts.FACTS).exists()

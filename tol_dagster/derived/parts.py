@@ -28,7 +28,13 @@ import pyarrow.parquet as pq
 from tol_dagster.errors import LocalStorageError
 from tol_dagster.parquet.segmented import Segment, Written, write_segmented
 from tol_dagster.store.durable import atomic_path
-from tol_dagster.store.file_cache import derived_path, keep_table, kept_table, read_kept
+from tol_dagster.store.file_cache import (
+    derived_path,
+    drop_older_versions,
+    keep_table,
+    kept_table,
+    read_kept,
+)
 from tol_dagster.store.layout import Layout
 from tol_dagster.store.mirror_files import MirrorFile
 
@@ -86,7 +92,9 @@ def split_by_file(
 
 def write_part(table: pa.Table, layout: Layout, config: str, file: MirrorFile, name: str) -> None:
     """Keep `table` as the result `name` of `file` (atomically, like every write here)."""
-    keep_table(derived_path(layout, config, file, name), table)
+    path = derived_path(layout, config, file, name)
+    keep_table(path, table)
+    drop_older_versions(path)
 
 
 def read_published(path: Path, asset: str) -> pa.Table:

@@ -26,7 +26,7 @@ import pyarrow.feather as feather
 from tol_dagster.derived import seams
 from tol_dagster.derived.rank_counts import PART_SCHEMA, Part, seam_facts
 from tol_dagster.store.durable import atomic_path
-from tol_dagster.store.file_cache import keep_table, kept_table
+from tol_dagster.store.file_cache import drop_older_versions, keep_table, kept_table
 from tol_dagster.store.layout import Layout
 from tol_dagster.store.mirror_files import MirrorFile
 
@@ -152,3 +152,5 @@ def _write(layout: Layout, config: str, facts: pa.Table, values: pa.Table) -> No
         digest = hashlib.sha256(tmp.read_bytes()).hexdigest()
     facts = facts.replace_schema_metadata({_VALUES_SHA256: digest})
     keep_table(_path(layout, config, FACTS), facts)
+    for name in (VALUES, FACTS):
+        drop_older_versions(_path(layout, config, name))

@@ -13,6 +13,7 @@ otherwise be published as a count or a centroid that nobody computed.
 from __future__ import annotations
 
 import contextlib
+import re
 import struct
 from collections.abc import Callable
 from pathlib import Path
@@ -25,6 +26,7 @@ from tol_dagster.store.durable import atomic_path
 from tol_dagster.store.hashing import crc32
 from tol_dagster.store.layout import Layout
 from tol_dagster.store.mirror_files import MirrorFile
+from tol_dagster.store.removal import children, remove_tree
 
 T = TypeVar("T")
 
@@ -32,6 +34,9 @@ T = TypeVar("T")
 #: that tells a checked result from a file written another way.
 _MARK = b"tol.crc32"
 _TRAILER = struct.Struct(f"<I{len(_MARK)}s")
+#: A kept result's name: `<stem>.v<version>.<extension>`, the version bumped when its meaning
+#: or its container changes.
+_VERSIONED = re.compile(r"(?P<stem>.+)\.v(?P<version>\d+)(?P<ext>\.[^.]+)")
 
 
 def derived_path(layout: Layout, config: str, file: MirrorFile, name: str) -> Path:
@@ -62,6 +67,23 @@ def keep_table(path: Path, table: pa.Table) -> None:
     with atomic_path(path) as tmp, tmp.open("wb") as out:
         out.write(data)
         out.write(_TRAILER.pack(crc32(data), _MARK))
+
+
+def drop_older_versions(path: Path) -> None:
+    """Remove the versions of the result kept at `path` older than its own (`name.v1.arrow`
+    beside `name.v2.arrow`): no code reads them any more, and an old version of every file's
+    centroid sums is gigabytes at full scale."""
+    own = _VERSIONED.fullmatch(path.name)
+    if own is None:
+        return
+    for sibling in children(path.parent):
+        other = _VERSIONED.fullmatch(sibling.name)
+        if (
+            other is not None
+            and (other["stem"], other["ext"]) == (own["stem"], own["ext"])
+            and int(other["version"]) < int(own["version"])
+        ):
+            remove_tree(sibling)
 
 
 def kept_table(path: Path) -> pa.Table:
