@@ -6,6 +6,7 @@ home."""
 
 from __future__ import annotations
 
+import errno
 import shutil
 from pathlib import Path
 
@@ -16,12 +17,15 @@ import pytest
 from mirror_testing import sample_mirror
 from resync_testing import CONFIG, flip_a_byte
 from test_derived_audit import build_all, drifted
+from test_exit_codes import small_disk
 
 from tol_dagster.derived import centroids, summaries, summary_facts, taxon_index
 from tol_dagster.derived.table_audit import DERIVED_TABLES, table_path
 from tol_dagster.errors import LocalStorageError
 from tol_dagster.store.file_cache import keep_table, kept_table
 from tol_dagster.store.layout import Layout
+
+__all__ = ["small_disk"]  # a fixture, imported to be found
 
 PARTS = {
     "summary": summaries.SUMMARY_PART,
@@ -61,6 +65,21 @@ def test_a_kept_table_reads_back_and_every_flipped_byte_is_found(tmp_path: Path)
     path.write_bytes(data[:-1])
     with pytest.raises(ValueError, match="crc32"):
         kept_table(path)
+
+
+def test_a_part_written_to_a_full_disk_leaves_the_one_kept_whole(small_disk: Path) -> None:
+    path = small_disk / "derived" / "part.v2.arrow"
+    kept = pa.table({"n": list(range(1000))})
+    keep_table(path, kept)
+    filler = small_disk / "filler"
+    with filler.open("wb") as out:  # all but 1 MB
+        out.write(b"\0" * (shutil.disk_usage(small_disk).free - (1 << 20)))
+
+    with pytest.raises(OSError) as raised:
+        keep_table(path, pa.table({"n": list(range(1 << 20))}))  # 8 MB
+    assert raised.value.errno == errno.ENOSPC
+    assert kept_table(path).equals(kept)
+    assert sorted(p.name for p in path.parent.iterdir()) == [path.name], "no temp file left"
 
 
 @pytest.mark.parametrize("part", list(PARTS))
