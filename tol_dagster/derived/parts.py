@@ -4,11 +4,11 @@ A result computed from one mirror file lives under `Layout.derived_dir(config, s
 unchanged file is never recomputed and a changed one (new sha256) is computed once, whatever
 its name. Parts are Arrow IPC files followed by their crc32 (`file_cache.keep_table`: a
 flipped byte would otherwise be summed into a table as published): a recombination reads one
-per mirror file, and IPC reads them ~15x faster than parquet would. Large published tables are written in segments of
-consecutive files (`publish_segments`), so an update copies the unchanged segments' bytes from
-the version it replaces. Every write goes through `store.durable.atomic_path` (a temp file in
-the target's folder, fsynced and renamed into place), so a reader sees the old table or the
-new one, never half of one.
+per mirror file, and IPC reads them ~15x faster than parquet would. Large published tables
+are written in segments of consecutive files (`publish_segments`), so an update copies the
+unchanged segments' bytes from the version it replaces. Every write goes through
+`store.durable.atomic_path` (a temp file in the target's folder, fsynced and renamed into
+place), so a reader sees the old table or the new one, never half of one.
 """
 
 from __future__ import annotations
