@@ -6,8 +6,10 @@ because the slice is wrong, or the mirror file rotted, still fails."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
+import dagster as dg
 import numpy as np
 import pytest
 from resync_testing import (
@@ -103,3 +105,21 @@ def test_mend_replaces_only_what_differs_and_names_a_mirror_file_that_changed(
     assert sha256_file(other.path) != other.sha256
     with pytest.raises(StoreError, match="changed on disk"):
         kept_tables.mend(other, layout, CONFIG)
+
+
+def test_what_was_mended_is_a_warning_in_the_runs_event_log(synced: User) -> None:
+    """The UI shows a run's events: our loggers' warnings are among them (dagster.yaml's
+    `python_logs`), not only in the step's stderr."""
+    layout = synced.layout
+    _ensure(layout)
+    _damage(layout)
+    assert synced.tol("slice", KEY).code == 0
+
+    with dg.DagsterInstance.get() as instance:
+        warnings = [
+            event.user_message
+            for run in instance.get_runs()
+            for event in instance.all_logs(run.run_id)
+            if event.level == logging.WARNING
+        ]
+    assert any("damaged, computed anew from the mirror" in w for w in warnings), warnings
