@@ -3,6 +3,7 @@ and the instance yaml each mode gets (valid for Dagster, no password on disk).""
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -207,3 +208,48 @@ def test_every_job_takes_the_executor_tol_executor_names(executor: str, tmp_path
     assert {job.executor_def.name for job in jobs} == {executor}
     # What the instance stores of a run's job (its snapshot) never holds the broker's password.
     assert "hunter2" not in serialize_value(jobs[0].get_job_snapshot())
+
+
+def _before_this_version() -> str:
+    """The packaged yaml of the version before this one: this one's without its stamp and
+    without `python_logs`, which this version added."""
+    text = instance.INSTANCE_YAML.read_text()
+    start = text.index("# Our code's warnings")
+    return text[:start] + text[text.index("\nsensors:\n", start) + 1 :]
+
+
+@pytest.mark.parametrize("env", [{}, {"TOL_DAGSTER_PG_URL": PG}])
+def test_an_earlier_version_s_unedited_yaml_is_replaced_by_this_one_s(
+    env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target = _written(tmp_path, monkeypatch, env) / "dagster.yaml"
+    wanted = target.read_text()
+    assert "python_logs" in wanted and wanted.splitlines()[-1].startswith(
+        "# Written by tol-dagster"
+    )
+
+    earlier = _before_this_version() + (instance.POSTGRES_STORAGE if env else "")
+    target.write_text(earlier)
+    _written(tmp_path, monkeypatch, env)
+    assert target.read_text() == wanted, "the queue limits and logs of an upgrade reach the home"
+
+    stamped = "telemetry:\n  enabled: false\n"  # a later version's, stamped as ours
+    target.write_text(f"{stamped}{instance._STAMP}{hashlib.sha256(stamped.encode()).hexdigest()}\n")
+    _written(tmp_path, monkeypatch, env)
+    assert target.read_text() == wanted
+
+
+def test_a_yaml_of_ours_the_user_edited_is_theirs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target = _written(tmp_path, monkeypatch, {}) / "dagster.yaml"
+    edited = target.read_text().replace("max_concurrent_runs: 4", "max_concurrent_runs: 9")
+    target.write_text(edited)
+    _written(tmp_path, monkeypatch, {"TOL_DAGSTER_PG_URL": PG})
+    assert target.read_text() == edited
+
+    target.write_text(
+        _before_this_version().replace("max_concurrent_runs: 4", "max_concurrent_runs: 9")
+    )
+    _written(tmp_path, monkeypatch, {})
+    assert "max_concurrent_runs: 9" in target.read_text()

@@ -4,6 +4,7 @@ concurrency limits would silently vanish."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import subprocess
@@ -34,6 +35,13 @@ def test_the_repo_top_dagster_yaml_is_the_packaged_one() -> None:
     )
 
 
+def _body(installed: Path) -> str:
+    """An installed dagster.yaml without the stamp that ends it (its sha256 checked)."""
+    body, stamp, digest = installed.read_text().rpartition(instance._STAMP)
+    assert stamp and digest == f"{hashlib.sha256(body.encode()).hexdigest()}\n", installed
+    return body
+
+
 def test_defaults_are_read_from_the_package(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -43,7 +51,7 @@ def test_defaults_are_read_from_the_package(
 
     home = instance.ensure_dagster_home(Settings.from_env({"TOL_HOME": str(tmp_path)}))
 
-    assert (home / "dagster.yaml").read_bytes() == (PACKAGE / "dagster.yaml").read_bytes()
+    assert _body(home / "dagster.yaml") == (PACKAGE / "dagster.yaml").read_text()
 
 
 def instance_settings(path: Path) -> dict:
@@ -174,7 +182,7 @@ def test_a_non_editable_install_syncs_and_slices_with_the_instance_settings_in_f
     assert sliced.returncode == 0, sliced.stdout + sliced.stderr
 
     installed = home / "dagster" / "dagster.yaml"
-    assert installed.read_bytes() == (PACKAGE / "dagster.yaml").read_bytes()
+    assert _body(installed) == (PACKAGE / "dagster.yaml").read_text()
     assert_project_settings(instance_settings(installed))
     assert Path(sliced.stdout.strip().splitlines()[-1]).is_file()
 

@@ -9,6 +9,7 @@ webserver, the daemon, command-line runs and Celery workers on any machine share
 
 from __future__ import annotations
 
+import hashlib
 import os
 from importlib import resources
 from pathlib import Path
@@ -46,14 +47,55 @@ def render_instance_yaml(cluster: ClusterSettings) -> str:
     return _instance_yaml(postgres=cluster.pg_url is not None)
 
 
+#: The last line of every dagster.yaml we write, with the sha256 of the text above it: a file
+#: that still ends with it over that very text is ours to replace when our settings change
+#: (the queue limits of an upgrade reach homes made before it); an edited one is the user's.
+_STAMP = (
+    "# Written by tol-dagster, which replaces it when its settings change unless it is edited: "
+)
+
+#: The sha256 of every dagster.yaml an earlier version wrote without the stamp (each version
+#: of the packaged file, alone and with POSTGRES_STORAGE): also ours to replace.
+_EARLIER_UNSTAMPED = frozenset(
+    {
+        "106738d10f9c3989f335b16c567eca6216e9c1341643d2dfc23af7f782014d6a",
+        "10ed53253036cad8b7d43224d5f5a4f77e1072827f82606e1a62428d9966a371",
+        "2ac3e3554cc6a4eebcd90f4d4b49c469ce04cf8f2328fcefb87925b46d0be364",
+        "4b3b1d721d74719d495d45d4bfba25d17d6498087c5992f2dcffae0dcf5633f2",
+        "5343486d03503c411107e84e3dfe32afe332494c8d552d2572c0a2d2756c9024",
+        "9e169f6b037bfad88567a2f9e98cb87311a9975099f76b67731ffc9b8f335095",
+        "a32b586aaef9f4971cf21e6d1c1d31eb7884a133c4394182c30f663b496ded04",
+        "bc54787ecb8f892ace6b95d8062ac3adc7b3be840f471bb068d099165a3a8fff",
+        "ce72ed7e0492603fed4392b4f541498dada4d4a3b74fff531852974201a00ccf",
+        "ec2ce7f1091192b545ba81fdc53ce894dd4d5475206de28e37b7c8c6d6e2bb77",
+        "f64b13ca70a4659a18b2b8f14743cbf80912017b0b9e2f9b070dc7b7ae8875e4",
+        "fbaf7e353a692cc558130f92aec878375d1dfadbff07a9833b49a6279ed2ad1b",
+    }
+)
+
+
 def _instance_yaml(*, postgres: bool) -> str:
-    return INSTANCE_YAML.read_text() + (POSTGRES_STORAGE if postgres else "")
+    text = INSTANCE_YAML.read_text() + (POSTGRES_STORAGE if postgres else "")
+    return f"{text}{_STAMP}{_sha256(text)}\n"
+
+
+def _ours_unedited(text: str) -> bool:
+    """Whether `text` is a dagster.yaml a version of tol-dagster wrote, unedited since."""
+    body, stamp, digest = text.rpartition(_STAMP)
+    if stamp:
+        return digest == f"{_sha256(body)}\n"
+    return _sha256(text) in _EARLIER_UNSTAMPED
+
+
+def _sha256(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def ensure_dagster_home(settings: Settings) -> Path:
     """Set `DAGSTER_HOME` (unless the user did) and give it the dagster.yaml of the settings'
     mode: written when missing, rewritten when it is ours for the other mode (SQLite vs
-    PostgreSQL); a dagster.yaml the user wrote is left as it is."""
+    PostgreSQL) or of an earlier version, unedited; a dagster.yaml the user wrote or edited is
+    left as it is."""
     home = (
         Path(os.environ.get("DAGSTER_HOME") or settings.layout.dagster_home())
         .expanduser()
@@ -65,8 +107,7 @@ def ensure_dagster_home(settings: Settings) -> Path:
     target = home / "dagster.yaml"
     with file_lock(home / ".tol-yaml.lock"):
         current = target.read_text() if target.exists() else None
-        ours = (_instance_yaml(postgres=False), _instance_yaml(postgres=True))
-        if current != wanted and (current is None or current in ours):
+        if current != wanted and (current is None or _ours_unedited(current)):
             install_instance_yaml(target, wanted)
     return home
 
