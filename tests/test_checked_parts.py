@@ -21,7 +21,7 @@ from test_exit_codes import small_disk
 
 from tol_dagster.derived import centroids, summaries, summary_facts, taxon_index
 from tol_dagster.derived.table_audit import DERIVED_TABLES, table_path
-from tol_dagster.errors import LocalStorageError
+from tol_dagster.errors import LocalStorageError, StoreError
 from tol_dagster.store.file_cache import keep_table, kept_table
 from tol_dagster.store.layout import Layout
 
@@ -108,6 +108,28 @@ def test_a_flipped_byte_in_a_part_is_computed_anew_never_published(
     assert kept_table(damaged).num_rows, "computed anew, and kept with its crc32"
     assert _tables(layout) == _tables(reference)
     assert drifted(layout) == {}
+
+
+def test_a_damaged_part_is_not_computed_anew_from_a_mirror_file_that_changed_on_disk(
+    reference: Layout, small_sample: Path, tmp_path: Path
+) -> None:
+    """Its digests' rule: computed only from bytes that still hash as the gate verified them."""
+    home = tmp_path / "home"
+    shutil.copytree(reference.home, home)
+    layout = Layout(home)
+    mirror = tmp_path / "mirror"
+    shutil.copytree(small_sample, mirror)
+    files = sample_mirror(mirror)
+    damaged = layout.derived_dir(CONFIG, files[0].sha256) / centroids.SUMS_PART
+    published = table_path(layout, CONFIG, "centroids").read_bytes()
+    flip_a_byte(damaged)
+    flip_a_byte(files[0].path)
+
+    with pytest.raises(StoreError, match="changed on disk") as raised:
+        build_all(files, layout)
+    assert str(files[0].path) in str(raised.value)
+    assert not damaged.exists(), "nothing computed from the changed bytes"
+    assert table_path(layout, CONFIG, "centroids").read_bytes() == published
 
 
 def test_a_part_still_damaged_once_computed_anew_stops_the_build_naming_it(

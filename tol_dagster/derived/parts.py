@@ -36,7 +36,7 @@ from tol_dagster.store.file_cache import (
     read_kept,
 )
 from tol_dagster.store.layout import Layout
-from tol_dagster.store.mirror_files import MirrorFile
+from tol_dagster.store.mirror_files import MirrorFile, verify_unchanged
 
 _log = logging.getLogger(__name__)
 
@@ -61,8 +61,9 @@ def read_part(
     layout: Layout, config: str, file: MirrorFile, name: str, recompute: Callable[[], object]
 ) -> pa.Table:
     """The result `name` of `file`, as `write_part` kept it (checked, memory-mapped); one found
-    damaged is removed, computed anew by `recompute` (a warning says so) and read again: rot in
-    a cache fails no build, and never reaches a published table."""
+    damaged is removed, computed anew by `recompute` (a warning says so) from the mirror file,
+    once its bytes still hash to its sha256 (StoreError otherwise), and read again: rot in a
+    cache fails no build, and never reaches a published table."""
     path = derived_path(layout, config, file, name)
     try:
         return read_kept(path, kept_table)
@@ -70,6 +71,7 @@ def read_part(
         _log.warning(
             "%s is damaged (%s): it is computed anew from %s", path, error.__cause__, file.path
         )
+        verify_unchanged(file)  # the disk that rotted the part may have rotted the file
         recompute()
         return read_kept(path, kept_table)
 
