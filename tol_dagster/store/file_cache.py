@@ -88,7 +88,8 @@ def drop_older_versions(path: Path) -> None:
 
 def kept_table(path: Path) -> pa.Table:
     """The table `keep_table` kept at `path`, memory-mapped; ValueError when its bytes are not
-    the ones kept (for `read_kept`). The crc32 costs ~1/30 of reading them from memory."""
+    the ones kept (for `read_kept`). The crc32 (ISA-L's: 12-29 GB/s on our machines) costs
+    less than the page faults of mapping them, which the read pays anyway."""
     return pa.ipc.open_file(_checked_bytes(path)).read_all()
 
 
