@@ -51,6 +51,7 @@ from tol_dagster.errors import SettingsError
 from tol_dagster.resync.facts import facts_path
 from tol_dagster.settings import Settings
 from tol_dagster.slices.keys import parse_slice_key
+from tol_dagster.store import verified
 from tol_dagster.store.hashing import sha256_file
 from tol_dagster.store.layout import Layout
 
@@ -175,12 +176,15 @@ def fetch_outputs(instance: dg.DagsterInstance, run_id: str) -> list[dict[str, o
 
 def published_bytes(layout: Layout) -> dict[str, str]:
     """sha256 of every file a resync leaves behind that its steps computed: the mirror's
-    files and the per-file results cached by sha256 (facts, uuid hashes, emb digests)."""
+    files and the per-file results cached by sha256 (facts, uuid hashes, emb digests); the
+    notes of when each file was verified only named (they hold an inode and a time)."""
     derived = layout.store_dir(CONFIG) / "derived"
     return {
         **{f"mirror/{name}": sha for name, sha in mirror_view(layout).sha256s.items()},
         **{
-            str(path.relative_to(derived)): sha256_file(path)
+            str(path.relative_to(derived)): (
+                "a note" if path.name == verified.NOTE_NAME else sha256_file(path)
+            )
             for path in sorted(derived.rglob("*"))
             if path.is_file()
         },

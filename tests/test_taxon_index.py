@@ -24,6 +24,7 @@ from tol_dagster.derived.taxon_index import (
 from tol_dagster.parquet.segmented import declared_segments
 from tol_dagster.schema import SLICE_RANKS, quote_ident
 from tol_dagster.slices.keys import parse_slice_key, to_sql_filter
+from tol_dagster.store.hashing import sha256_file
 from tol_dagster.store.layout import Layout
 from tol_dagster.store.mirror_files import MirrorFile
 
@@ -199,7 +200,7 @@ def test_irregular_row_groups_are_placed_right(
         for start, size in [(0, 333), (333, 500), (833, 77)]:
             writer.write_table(table.slice(start, size), row_group_size=size)
         writer.write_table(table.slice(910), row_group_size=table.num_rows)
-    odd = [MirrorFile(path.name, "irregular", path)]
+    odd = [MirrorFile(path.name, sha256_file(path), path)]
     layout = Layout(tmp_path / "home")
     build_taxon_index(odd, layout, CONFIG)
     index = read_taxon_index(layout, CONFIG)

@@ -23,7 +23,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from tol_dagster import duck
-from tol_dagster.derived.parts import read_part, read_published, stale_files, write_part
+from tol_dagster.derived.parts import files_to_compute, read_part, read_published, write_part
 from tol_dagster.derived.sorted_runs import run_starts, sort_by
 from tol_dagster.derived.table_records import record_table
 from tol_dagster.schema import RANKS, quote_ident
@@ -99,7 +99,7 @@ def write_parts(
 ) -> tuple[str, ...]:
     """Sum the embeddings of the files of `files` not read yet (all when `force`), a part
     each; the names of those read. Any subset of the mirror, in any step: parts are per file."""
-    stale = stale_files(files, layout, config, SUMS_PART, force=force)
+    stale = files_to_compute(files, layout, config, SUMS_PART, force=force)
     for file in stale:
         write_part(_file_sums(file, dim), layout, config, file, SUMS_PART)
     return tuple(f.name for f in stale)

@@ -36,7 +36,8 @@ from tol_dagster.store.file_cache import (
     read_kept,
 )
 from tol_dagster.store.layout import Layout
-from tol_dagster.store.mirror_files import MirrorFile, verify_unchanged
+from tol_dagster.store.mirror_files import MirrorFile
+from tol_dagster.store.verified import verify
 
 _log = logging.getLogger(__name__)
 
@@ -57,6 +58,16 @@ def stale_files(
     return [f for f in files if not os.path.isfile(os.path.join(root, f.sha256, name))]
 
 
+def files_to_compute(
+    files: Sequence[MirrorFile], layout: Layout, config: str, name: str, *, force: bool = False
+) -> list[MirrorFile]:
+    """`stale_files`, each verified to hash to its sha256 unless the gate or a build just did
+    (`store.verified`): the part is kept by that sha256, so it must be of those bytes."""
+    stale = stale_files(files, layout, config, name, force=force)
+    verify(stale, layout, config)
+    return stale
+
+
 def read_part(
     layout: Layout, config: str, file: MirrorFile, name: str, recompute: Callable[[], object]
 ) -> pa.Table:
@@ -71,7 +82,7 @@ def read_part(
         _log.warning(
             "%s is damaged (%s): it is computed anew from %s", path, error.__cause__, file.path
         )
-        verify_unchanged(file)  # the disk that rotted the part may have rotted the file
+        verify([file], layout, config, within=0)  # the same disk may have rotted the file
         recompute()
         return read_kept(path, kept_table)
 

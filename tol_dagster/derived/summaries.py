@@ -29,12 +29,12 @@ import pyarrow.parquet as pq
 from tol_dagster import duck
 from tol_dagster.derived import rank_counts, summary_facts
 from tol_dagster.derived.parts import (
+    files_to_compute,
     publish_segments,
     publish_table,
     read_part,
     read_published,
     split_by_file,
-    stale_files,
     write_part,
 )
 from tol_dagster.derived.rank_counts import (
@@ -182,7 +182,7 @@ def write_parts(
 ) -> tuple[str, ...]:
     """Scan the files of `files` not summarised yet (all when `force`) and keep each one's
     part; the names of those scanned. Any subset of the mirror, in any step: parts are per file."""
-    stale = stale_files(files, layout, config, SUMMARY_PART, force=force)
+    stale = files_to_compute(files, layout, config, SUMMARY_PART, force=force)
     if stale:
         with duck.cursor() as con:
             counts = _counts(con, stale)

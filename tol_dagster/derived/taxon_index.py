@@ -140,7 +140,7 @@ def write_parts(
 ) -> tuple[str, ...]:
     """Index the files of `files` not indexed yet (all when `force`), a part each; the names
     of those indexed. Any subset of the mirror, in any step: parts are per file."""
-    stale = parts.stale_files(files, layout, config, INDEX_PART, force=force)
+    stale = parts.files_to_compute(files, layout, config, INDEX_PART, force=force)
     if stale:
         for file, part in parts.split_by_file(_index_files(stale), stale):
             parts.write_part(part, layout, config, file, INDEX_PART)

@@ -6,6 +6,7 @@ then combines the cached facts of every file of the candidate with cheap cross-f
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pyarrow as pa
@@ -17,6 +18,7 @@ from tol_dagster.store.hashing import sha256_file
 from tol_dagster.store.layout import Layout
 from tol_dagster.store.mirror_files import MirrorFile
 from tol_dagster.store.rebuildable import read_rebuildable
+from tol_dagster.store.verified import note_verified
 from tol_dagster.validation.checks import SCHEMA_MATCHES_CONTRACT
 from tol_dagster.validation.chunk_crcs import crcs_path
 from tol_dagster.validation.emb_digests import digests_path
@@ -40,10 +42,12 @@ def file_facts(layout: Layout, config: str, path: Path, sha256: str) -> FileFact
     failed.
     """
     cached = facts_path(layout, config, sha256)
+    at, stat = time.time(), path.stat()  # before hashing: what `note_verified` notes
     actual = sha256_file(path) if cached.is_file() else None
     if actual is not None and actual.lower() == sha256.lower():
         kept = read_rebuildable(cached, FileFacts.from_json, drop=True)
         if kept is not None:
+            note_verified(layout, config, sha256, stat, at)
             return kept
     file = MirrorFile(path.name, sha256, path)
     facts = inspect_file(
@@ -56,8 +60,9 @@ def file_facts(layout: Layout, config: str, path: Path, sha256: str) -> FileFact
         emb_digests_path=digests_path(layout, config, file),
         chunk_crcs_path=crcs_path(layout, config, file),
     )
-    genuine = facts.sha256.lower() == sha256.lower()
-    if genuine:  # last, and in their folder: its fsync makes the arrays' renames durable too
+    if facts.sha256.lower() == sha256.lower():
+        note_verified(layout, config, sha256, stat, at)
+        # last, and in their folder: its fsync makes the arrays' renames durable too
         write_atomic(cached, facts.to_json().encode())
     return facts
 

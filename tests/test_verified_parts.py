@@ -1,0 +1,173 @@
+"""The derived tables' parts are kept by their mirror file's sha256, and were computed from the
+file as it was on disk: a file that rotted between its gate and its parts' first computation
+(an upgrade that bumps the parts' version computes them all again, long after the gate) gave
+parts of rotted bytes under the right sha256, which no resync replaced. Now a part is computed
+only from a file that the gate hashed recently, or that is hashed first."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from mirror_testing import sample_mirror
+from resync_testing import (
+    CONFIG,
+    User,
+    core_sync,
+    dagster_home,
+    flip_a_byte,
+    manifest,
+    synced,
+    synced_home,
+    user,
+)
+from test_derived_audit import build_all
+
+from tol_dagster.derived import centroids, summaries, taxon_index
+from tol_dagster.devtools.localhub import LocalHub
+from tol_dagster.errors import StoreError
+from tol_dagster.hub.client import HubClient
+from tol_dagster.store import hashing, verified
+from tol_dagster.store.layout import Layout
+from tol_dagster.store.mirror_files import MirrorFile
+
+__all__ = ["dagster_home", "synced", "synced_home", "user"]  # fixtures, imported to be found
+
+PARTS = (summaries.SUMMARY_PART, taxon_index.INDEX_PART, centroids.SUMS_PART)
+
+
+@pytest.fixture
+def hashed(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
+    """How many times each mirror file is hashed from here on, by name (the published tables
+    are hashed too, to record them: not counted)."""
+    counts: Counter[str] = Counter()
+    real = hashing.sha256_file
+
+    def counting(path: Path, on_bytes: Callable[[int], None] | None = None) -> str:
+        if Path(path).name.startswith("train-"):
+            counts[Path(path).name] += 1
+        return real(path, on_bytes)
+
+    monkeypatch.setattr(hashing, "sha256_file", counting)
+    return counts
+
+
+def _copied(sample: Path, tmp_path: Path) -> list[MirrorFile]:
+    mirror = tmp_path / "mirror"
+    shutil.copytree(sample, mirror)
+    return sample_mirror(mirror)
+
+
+def _parts(layout: Layout, files: list[MirrorFile]) -> list[Path]:
+    return [layout.derived_dir(CONFIG, f.sha256) / p for f in files for p in PARTS]
+
+
+def _drop_parts(layout: Layout, files: list[MirrorFile]) -> None:
+    """What an upgrade that bumps the parts' version leaves: no part of the current version."""
+    for path in _parts(layout, files):
+        path.unlink()
+
+
+def test_parts_are_not_computed_from_mirror_files_that_rotted_since_their_gate(
+    small_sample: Path, tmp_path: Path
+) -> None:
+    """The scenario the last note tried by hand: every mirror file's middle byte flipped, its
+    size and mtime kept, parts computed long after the gate. Before, the build exited 0."""
+    files = _copied(small_sample, tmp_path)
+    layout = Layout(tmp_path / "home")
+    for file in files:
+        flip_a_byte(file.path)
+
+    with pytest.raises(StoreError, match="changed on disk") as raised:
+        build_all(files, layout)
+    assert str(files[0].path) in str(raised.value) and "tol-dagster sync" in str(raised.value)
+    assert not [p for p in _parts(layout, files) if p.exists()], "nothing computed from them"
+
+
+def test_a_file_is_hashed_once_for_its_parts_and_not_again_while_its_note_is_recent(
+    small_sample: Path, tmp_path: Path, hashed: Counter[str]
+) -> None:
+    files = _copied(small_sample, tmp_path)
+    layout = Layout(tmp_path / "home")
+    names = {f.name: 1 for f in files}
+
+    build_all(files, layout)
+    assert hashed == names, "once for the three parts"
+    hashed.clear()
+    _drop_parts(layout, files)
+    build_all(files, layout)
+    assert hashed == {}, "noted minutes ago: not hashed again"
+
+    aged = time.time() - verified.RECENT_SECONDS - 60
+    for file in files:
+        note = verified.note_path(layout, CONFIG, file.sha256)
+        note.write_text(json.dumps(json.loads(note.read_text()) | {"at": aged}))
+    _drop_parts(layout, files)
+    build_all(files, layout)
+    assert hashed == names, "a note older than RECENT_SECONDS: hashed again"
+
+    hashed.clear()
+    replaced = files[1].path.with_suffix(".new")
+    shutil.copy2(files[1].path, replaced)  # the same bytes and mtime, another file
+    replaced.rename(files[1].path)
+    _drop_parts(layout, files)
+    build_all(files, layout)
+    assert hashed == {files[1].name: 1}, "a note is of the file it hashed"
+
+
+def test_a_damaged_part_is_computed_anew_only_after_its_file_is_hashed_however_recent_its_note(
+    small_sample: Path, tmp_path: Path
+) -> None:
+    """The disk that rotted the part may have rotted the file since the note."""
+    files = _copied(small_sample, tmp_path)
+    layout = Layout(tmp_path / "home")
+    build_all(files, layout)
+    part = layout.derived_dir(CONFIG, files[0].sha256) / centroids.SUMS_PART
+    flip_a_byte(part)
+    flip_a_byte(files[0].path)
+
+    with pytest.raises(StoreError, match="changed on disk"):
+        build_all(files, layout)
+    assert not part.exists()
+
+
+def test_the_gate_notes_the_files_it_hashed(
+    small_sample: Path, tmp_path: Path, hashed: Counter[str]
+) -> None:
+    root = tmp_path / "root"
+    shutil.copytree(small_sample, root)
+    layout = Layout(tmp_path / "home")
+    with LocalHub(root) as hub:
+        core_sync(layout, HubClient(hub.endpoint, hub.repo_id, None))
+    folder = layout.mirror_dir(CONFIG)
+    files = [MirrorFile(e.name, e.sha256, folder / e.name) for e in manifest(layout).entries]
+    now = time.time()
+    assert all(verified.recently_verified(layout, CONFIG, f, now, 600) for f in files)
+
+    hashed.clear()
+    build_all(files, layout)
+    assert hashed == {}, "parts computed right after the gate hash nothing more"
+
+
+def test_a_slice_on_a_mirror_that_rotted_since_its_gate_stops_naming_the_file(
+    synced: User,
+) -> None:
+    """Through the command line and Dagster's steps: the exit code of the store's error (2),
+    its message naming the file and the mend, no part kept (a copied home: notes of no use)."""
+    layout = synced.layout
+    files = [
+        MirrorFile(e.name, e.sha256, layout.mirror_dir(CONFIG) / e.name)
+        for e in manifest(layout).entries
+    ]
+    for file in files:
+        flip_a_byte(file.path)
+
+    outcome = synced.tol("slice", "family=Felidae")
+    assert outcome.code == 2, outcome.text
+    assert "changed on disk" in outcome.text and "tol-dagster sync" in outcome.text
+    assert not [p for p in _parts(layout, files) if p.exists()]
