@@ -50,7 +50,7 @@ from tol_dagster.defs.keys import asset_key
 from tol_dagster.defs.mirror.jobs import AUDIT_JOB
 from tol_dagster.defs.published import slice_asset
 from tol_dagster.defs.published.automation import AUTOMATION_SENSOR, automated_keys
-from tol_dagster.defs.published.jobs import DERIVED_JOB, slices_job_name
+from tol_dagster.defs.published.jobs import DERIVED_JOB, rank_slices_job_name, slices_job_name
 from tol_dagster.defs.published.keys import derived_keys, slices_op_name
 from tol_dagster.defs.published.partitions import slices_partitions_name
 from tol_dagster.defs.resources import resources_from
@@ -540,6 +540,7 @@ class DaemonDriver:
                     instance=instance,
                     asset_selection=request.asset_selection,
                     partition_key=request.partition_key,
+                    run_config=request.run_config,
                     tags={**request.tags, **run_key},
                     raise_on_error=False,
                 )
@@ -939,6 +940,39 @@ def test_the_slice_sensor_rebuilds_once_a_slice_the_weekly_audit_found_drifted(
     assert ":repair:" in (requests[0].run_key or "")
     daemon.run(requests)
     assert path.read_bytes() == published
+    settled(daemon)  # the catalog follows; the same evaluation is never answered twice
+    assert job_checks(AUDIT_JOB)[SLICES_AUDIT_CHECK].passed
+    assert daemon.tick() == []
+
+
+def test_the_slice_sensor_rebuilds_once_the_rank_pass_slices_the_weekly_audit_found_drifted(
+    synced: User, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before, a rank pass's slice was left to the command the check named: a rank run skips
+    a slice whose record still matches its rows, and a byte flipped in place keeps its size."""
+    declared = tmp_path / "slices.yaml"
+    declared.write_text(yaml.safe_dump({"ranks": ["family"]}))
+    monkeypatch.setenv("TOL_SLICES_FILE", str(declared))
+    daemon = settled(DaemonDriver(synced))
+    drifted = [slice_file(synced, key) for key in ("family=Felidae", "family=Canidae")]
+    published = {path: path.read_bytes() for path in drifted}
+    others = {
+        path: path.stat().st_mtime_ns
+        for path in drifted[0].parent.glob("family*.parquet")
+        if path not in published
+    }
+    assert len(others) >= 2, "the rank's other slices, left alone"
+    for path in drifted:
+        flip_a_byte(path)
+    assert not job_checks(AUDIT_JOB)[SLICES_AUDIT_CHECK].passed
+
+    [request] = daemon.tick()
+
+    assert request.job_name == rank_slices_job_name(CONFIG) and request.partition_key == "family"
+    assert ":repair-rank:" in (request.run_key or "")
+    daemon.run([request])
+    assert {path: path.read_bytes() for path in drifted} == published
+    assert {path: path.stat().st_mtime_ns for path in others} == others
     settled(daemon)  # the catalog follows; the same evaluation is never answered twice
     assert job_checks(AUDIT_JOB)[SLICES_AUDIT_CHECK].passed
     assert daemon.tick() == []

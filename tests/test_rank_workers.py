@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from mirror_testing import sample_mirror
 from test_rank_slices import Ranked
@@ -32,6 +33,7 @@ from tol_dagster.errors import SettingsError
 from tol_dagster.schema import DEFAULT_CONFIG
 from tol_dagster.settings import Settings
 from tol_dagster.slices import rank_pass, rank_workers, records
+from tol_dagster.slices.rank_entries import FileOrder
 from tol_dagster.slices.rank_plan import RankValue, plan_rank
 from tol_dagster.store.hashing import sha256_file
 from tol_dagster.store.layout import Layout
@@ -82,6 +84,35 @@ def test_a_rank_over_two_processes_is_the_same_slices_bytes_and_records(
         results[workers] = ({r.key: r.sha256 for r in result.built}, kept)
     assert len(started) == 2, "two worker processes"
     assert results[1] == results[2]
+
+
+def test_a_pass_reaches_its_workers_with_its_schema_exact(
+    small_sample: Path, tmp_path: Path
+) -> None:
+    """pyarrow's pickle of a `fixed_size_list` drops its child's name: `emb`'s `element` (a
+    mirror read by pyarrow names it so) reached the workers as `item`, and the slices they
+    wrote had other footers than those written in the pass's own process."""
+    files = sample_mirror(small_sample)
+    schema = pq.read_schema(files[0].path)
+    emb = schema.get_field_index("emb")
+    named = pa.list_(pa.field("element", pa.float16()), schema.field(emb).type.list_size)
+    schema = schema.set(emb, schema.field(emb).with_type(named))
+    target = rank_pass.Target(
+        files,
+        FileOrder.of(files),
+        schema,
+        Layout(tmp_path),
+        DEFAULT_CONFIG,
+        "c",
+        "g",
+        "genus",
+        True,
+    )
+
+    back = pickle.loads(pickle.dumps(target))
+
+    assert back.schema.serialize() == schema.serialize() and str(back.schema) == str(schema)
+    assert back == target
 
 
 def test_results_come_back_in_order_and_a_workers_error_is_raised() -> None:

@@ -13,6 +13,7 @@ with the new index's.
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import itertools
 import time
 from array import array
@@ -66,11 +67,13 @@ def publish_rank(
     commit: str,
     generation: str,
     keep: set[str] = frozenset(),  # type: ignore[assignment]
+    rebuild: frozenset[str] = frozenset(),
     checked: bool = True,
     workers: int = 1,
 ) -> RankResult:
     """Publish every slice of `plan` whose rows changed since it was built (or never built),
-    each checked and renamed into place, its record written after it (`_Recorder`), over up to
+    and those named in `rebuild` whatever their record says (drifted: their record cannot
+    tell), each checked and renamed into place, its record written after it (`_Recorder`), over up to
     `workers` processes (`rank_workers`); then remove the slices an earlier pass of this rank
     made that the plan no longer has (unless named in `keep`: they are also slices of their
     own). A value whose checks fail is not published (its file is left as it was) and the pass
@@ -83,7 +86,11 @@ def publish_rank(
     listed, slices = records.RecordFolder(layout, config), layout.slices_dir(config)
     for i, value in enumerate(plan.values):
         record = listed.take(value.key)
-        if record is not None and _unchanged(record, value, order, slices / value.key.file_name):
+        if (
+            record is not None
+            and value.key.name not in rebuild
+            and _unchanged(record, value, order, slices / value.key.file_name)
+        ):
             result.unchanged.append(value.key.name)
         else:
             todo.append(i)
@@ -180,6 +187,18 @@ class Target:
     generation: str
     rank: str
     checked: bool
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickled for the workers with its schema as Arrow IPC: pyarrow's own pickle of a
+        `fixed_size_list` drops its child's name (`emb`'s `element` became `item` in the
+        slices that workers wrote, and their footers differed from one written here)."""
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        return _target, (fields | {"schema": self.schema.serialize().to_pybytes()},)
+
+
+def _target(fields: dict[str, Any]) -> Target:
+    """A `Target` from `Target.__reduce__`'s fields."""
+    return Target(**fields | {"schema": pa.ipc.read_schema(pa.py_buffer(fields["schema"]))})
 
 
 def publish_values(

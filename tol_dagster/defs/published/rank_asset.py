@@ -48,6 +48,13 @@ class RankRunConfig(dg.Config):
             "setting (the slices file's `ranks:` entry, or 1)."
         ),
     )
+    rebuild: list[str] = Field(
+        default=[],
+        description=(
+            "Names of this rank's slices to build again even where their rows did not change: "
+            "`mirror_change_sensor` names those the catalog's audit found drifted."
+        ),
+    )
 
 
 def build_rank_slices_asset(name: str) -> dg.AssetsDefinition:
@@ -107,11 +114,15 @@ def _publish_rank(
             files,
             min_rows,
         )
-        context.log.info(f"{rank}: {len(plan.values):,} slices to check (min_rows {min_rows})")
+        context.log.info(
+            f"{rank}: {len(plan.values):,} slices to check (min_rows {min_rows}), "
+            f"{len(config.rebuild):,} to build again whatever their records say"
+        )
         result = publish_rank(
             plan, files, schema=built_from.pinned_schema(layout, pin), layout=layout,
             config=name, commit=pin.commit, generation=pin.name,
-            keep=set(slice_partition_keys(context.instance, name)), workers=workers,
+            keep=set(slice_partition_keys(context.instance, name)),
+            rebuild=frozenset(config.rebuild), workers=workers,
         )  # fmt: skip
     records.save_rank_state(layout, name, rank, min_rows)
     return dg.MaterializeResult(

@@ -8,8 +8,9 @@ never built (`refresh.plan_slice_refresh`). Slices declared in the slices file b
 partitions here. Whole ranks (declared in the slices file's `ranks:`, or published before) get
 one `rank_slices` run each per generation, which rebuilds only their values whose rows changed;
 a rank newly declared gets its run at once. The catalog follows the slices by automation. The
-slice partitions the catalog's audit (`slices_match_catalog`) last found drifted are rebuilt,
-once per evaluation of it, and so are the derived tables when the audit of one of them
+slices the catalog's audit (`slices_match_catalog`) last found drifted are rebuilt, once per
+evaluation of it (a partition by its run, a rank pass's slices by a run of their rank naming
+them), and so are the derived tables when the audit of one of them
 (`bytes_as_published`) last found it drifted.
 
 Each request stays in the cursor (`pending`, by base run key) until its run succeeded: a run
@@ -37,8 +38,10 @@ from tol_dagster.defs.published.keys import derived_keys, rank_slices_op_name
 from tol_dagster.defs.published.partitions import slice_partition_keys, slice_partitions
 from tol_dagster.defs.published.tables_audit import drifted_tables
 from tol_dagster.defs.resources import StorageResource
-from tol_dagster.errors import TolError
+from tol_dagster.errors import SliceSpecError, TolError
 from tol_dagster.slices.audit import DRIFTED_SLICES, SLICES_AUDIT_CHECK
+from tol_dagster.slices.rank_pass import RANK_PASS
+from tol_dagster.slices.records import slice_record_of
 from tol_dagster.store.layout import Layout
 from tol_dagster.store.manifest import load_manifest
 
@@ -158,7 +161,7 @@ def _evaluate(
                 "ops": {rank_slices_op_name(config): {"config": {"min_rows": min_rows}}}
             },
         }
-    repairs = _repairs(context.instance, config, state.get("repaired"))
+    repairs = _repairs(context.instance, layout, config, state.get("repaired"))
     tables = _table_repairs(context.instance, config, state.get("tables_repaired"))
     pending.update(repairs.pending | tables.pending)
     generation = built.generation
@@ -186,10 +189,12 @@ class _Repairs:
     evaluation_id: int | None
 
 
-def _repairs(instance: dg.DagsterInstance, config: str, repaired: object) -> _Repairs:
-    """A rebuild of each slice partition the latest `slices_match_catalog` found drifted, asked
-    once per evaluation (`repaired`: the one already answered). A rank pass's slices are left
-    to the command the check names: a rank run rebuilds only what changed upstream."""
+def _repairs(
+    instance: dg.DagsterInstance, layout: Layout, config: str, repaired: object
+) -> _Repairs:
+    """A rebuild of each slice the latest `slices_match_catalog` found drifted, asked once per
+    evaluation (`repaired`: the one already answered): its partition's run, or for a slice a
+    rank pass made, one run of that rank naming it (`_rank_repairs`)."""
     check = dg.AssetCheckKey(asset_key(config, "catalog"), SLICES_AUDIT_CHECK)
     named = latest_named(instance, check, DRIFTED_SLICES)
     if named is None or named.evaluation_id == repaired:
@@ -203,7 +208,35 @@ def _repairs(instance: dg.DagsterInstance, config: str, repaired: object) -> _Re
         for key in named.names
         if key in partitions
     }
+    others = [name for name in named.names if name not in partitions]
+    pending |= _rank_repairs(layout, config, others, named.evaluation_id)
     return _Repairs(pending, named.evaluation_id)
+
+
+def _rank_repairs(
+    layout: Layout, config: str, names: Sequence[str], evaluation_id: int
+) -> dict[str, dict]:
+    """One run of each rank whose pass made some of `names` (by their records), building those
+    again (`RankRunConfig.rebuild`: a drifted slice's record still matches its rows). A name
+    without a record (a damaged one, or no longer a key) is left to the command the check names."""
+    by_rank: dict[str, list[str]] = {}
+    for name in names:
+        try:
+            record = slice_record_of(layout, config, name)
+        except SliceSpecError:
+            continue
+        rank = record.get(RANK_PASS) if record else None
+        if isinstance(rank, str):
+            by_rank.setdefault(rank, []).append(name)
+    op = rank_slices_op_name(config)
+    return {
+        f"{config}:repair-rank:{rank}:{evaluation_id}": {
+            "job": rank_slices_job_name(config),
+            "partition": rank,
+            "run_config": {"ops": {op: {"config": {"rebuild": sorted(found)}}}},
+        }
+        for rank, found in by_rank.items()
+    }
 
 
 def _table_repairs(instance: dg.DagsterInstance, config: str, repaired: object) -> _Repairs:
