@@ -73,8 +73,8 @@ def publish_rank(
 ) -> RankResult:
     """Publish every slice of `plan` whose rows changed since it was built (or never built),
     and those named in `rebuild` whatever their record says (drifted: their record cannot
-    tell), each checked and renamed into place, its record written after it (`_Recorder`), over up to
-    `workers` processes (`rank_workers`); then remove the slices an earlier pass of this rank
+    tell), each checked and renamed into place, its record written after it (`_Recorder`),
+    over up to `workers` processes (`rank_workers`); then remove the slices an earlier pass of this rank
     made that the plan no longer has (unless named in `keep`: they are also slices of their
     own). A value whose checks fail is not published (its file is left as it was) and the pass
     goes on; `ValidationFailed` then names every such value. `checked` False skips the checks
