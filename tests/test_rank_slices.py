@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 from mirror_testing import mirror_of, sample_mirror
-from resync_testing import CONFIG, User, dagster_home, synced, synced_home, user
+from resync_testing import CONFIG, User, dagster_home, flip_a_byte, synced, synced_home, user
 
 from tol_dagster.cli.main import main
 from tol_dagster.defs.metadata import PREVIEW_ROWS
@@ -696,6 +696,36 @@ def test_add_rank_publishes_every_family_in_one_run_and_the_catalog_once(synced:
     assert again.code == 0, again.text
     after = {r["name"]: r["built_at"] for r in read_catalog(layout, CONFIG).to_pylist()}
     assert {n: after[n] for n in built_at} == built_at, "nothing changed: nothing rebuilt"
+
+
+@pytest.mark.e2e
+def test_the_audit_names_add_rank_for_a_drifted_rank_slice_which_add_rank_rebuilds(
+    synced: User,
+) -> None:
+    """Before, the audit named `tol-dagster slice KEY` (which made the slice a partition of
+    its own) and `slices add-rank` left it drifted: its record still matched its rows."""
+    assert synced.tol("slices", "add-rank", "order").code == 0
+    layout = synced.layout
+    orders = {
+        r["name"]: r for r in read_catalog(layout, CONFIG).to_pylist() if r["rank"] == "order"
+    }
+    drifted = Path(orders["order=Carnivora"]["path"])
+    published = drifted.read_bytes()
+    flip_a_byte(drifted)
+
+    audited = synced.tol("audit")
+    assert audited.code == 4, audited.text
+    assert f"rebuild it with `tol-dagster slices add-rank order --config {CONFIG}`" in audited.text
+
+    again = synced.tol("slices", "add-rank", "order")
+    assert again.code == 0, again.text
+    assert drifted.read_bytes() == published
+    after = {r["name"]: r for r in read_catalog(layout, CONFIG).to_pylist() if r["rank"] == "order"}
+    assert {n: r["built_at"] for n, r in after.items() if n != "order=Carnivora"} == {
+        n: r["built_at"] for n, r in orders.items() if n != "order=Carnivora"
+    }, "only the drifted slice rebuilt"
+    assert "order=Carnivora" in after, "still a slice of the rank's pass"
+    assert synced.tol("audit").code == 0
 
 
 def test_a_resync_refreshes_declared_and_published_ranks_the_file_winning(

@@ -5,7 +5,7 @@ catalog, every derived table against its build's record. It runs the code locati
 and tables it names when a daemon runs) and writes nothing itself. Exit 0 when every byte is
 as published; 4 (local storage) naming what drifted and how to mend it: a `tol-dagster sync`
 fetches drifted mirror files again, `tol-dagster slice KEY` rebuilds a slice (and, first, a
-drifted derived table).
+drifted derived table), `tol-dagster slices add-rank RANK` a rank's drifted slices.
 """
 
 from __future__ import annotations

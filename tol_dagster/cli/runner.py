@@ -34,9 +34,12 @@ from tol_dagster.defs.published.jobs import (
 )
 from tol_dagster.defs.published.keys import derived_keys, rank_slices_op_name, slices_op_name
 from tol_dagster.defs.published.partitions import add_slice_partition
+from tol_dagster.defs.published.slices_audit import drifted_slices
 from tol_dagster.defs.published.tables_audit import drifted_tables
 from tol_dagster.derived import built_from
 from tol_dagster.settings import Settings
+from tol_dagster.slices.rank_pass import by_rank_pass
+from tol_dagster.store.layout import Layout
 
 #: Dagster's console logger: silent unless `--verbose` (then its INFO lines, failures and
 #: tracebacks too). Run config, not another logger: the job keeps the code location's snapshot.
@@ -269,13 +272,21 @@ def _build_slice(
 
 
 def _build_rank(
-    defs: dg.Definitions, instance: dg.DagsterInstance, name: str, rank: str, min_rows: int | None
+    defs: dg.Definitions,
+    instance: dg.DagsterInstance,
+    layout: Layout,
+    name: str,
+    rank: str,
+    min_rows: int | None,
 ) -> Outcome:
-    """One pass publishing every value of `rank` (`tol/<config>/rank_slices`, partition `rank`)."""
+    """One pass publishing every value of `rank` (`tol/<config>/rank_slices`, partition `rank`),
+    and building again its slices the last audit found drifted (as `mirror_change_sensor`)."""
+    named = drifted_slices(instance, name)
+    rebuild = by_rank_pass(layout, name, named.names if named else []).get(rank, [])
     return _run_partition(
         defs.resolve_job_def(rank_slices_job_name(name)),
         instance,
-        {rank_slices_op_name(name): {"min_rows": min_rows}},
+        {rank_slices_op_name(name): {"min_rows": min_rows, "rebuild": rebuild}},
         rank,
         f"{rank}: the slices named above are not published; the others are",
     )
@@ -318,7 +329,7 @@ def refresh_published(settings: Settings, name: str) -> int:
     for rank, min_rows in refresh.ranks_to_refresh(
         settings.layout, name, settings.slices_file
     ).items():
-        code = max(code, _build_rank(defs, instance, name, rank, min_rows)[0])
+        code = max(code, _build_rank(defs, instance, settings.layout, name, rank, min_rows)[0])
     return max(code, _refresh_catalog(defs, instance, name)[0])
 
 

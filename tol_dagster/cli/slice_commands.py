@@ -85,7 +85,7 @@ def add_rank_command(rank: str, *, config: str | None, min_rows: int | None = No
     with progress_view.shown(name):
         code, lines = _ensure_derived(defs, instance, settings, name)
         if not code:
-            code, lines = _build_rank(defs, instance, name, rank, min_rows)
+            code, lines = _build_rank(defs, instance, settings.layout, name, rank, min_rows)
         code = max(code, _refresh_catalog(defs, instance, name)[0])
     if verbosity.as_json():
         report.print_document("slices add-rank", code, lines, rank=rank, config=name)

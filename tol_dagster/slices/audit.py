@@ -29,6 +29,7 @@ import pyarrow.compute as pc
 from tol_dagster import progress
 from tol_dagster.errors import LocalStorageError, SliceSpecError
 from tol_dagster.slices.catalog_file import read_catalog
+from tol_dagster.slices.rank_pass import by_rank_pass
 from tol_dagster.slices.records import record_path, slice_file, slice_record_of
 from tol_dagster.store.hashing import (
     READ_TRIES,
@@ -187,12 +188,19 @@ def _unless_republished(
             return Found()
         if _in_flight(stat, record_file):
             return Found(settling=IN_FLIGHT)
-    name = shlex.quote(listed.name)
+    return Found(f"{listed.name}: {reason}; {_mend(layout, config, listed.name, record_file)}")
+
+
+def _mend(layout: Layout, config: str, name: str, record_file: Path | None) -> str:
+    """The command that mends drifted slice `name`: its rank's pass for a slice one made (a
+    slice built by its own key would also become a partition of its own)."""
+    quoted = shlex.quote(name)
     if record_file is None:
-        mend = f"remove it with `tol-dagster slices remove {name} --config {config}`"
-    else:
-        mend = f"rebuild it with `tol-dagster slice {name} --config {config}`"
-    return Found(f"{listed.name}: {reason}; {mend}")
+        return f"remove it with `tol-dagster slices remove {quoted} --config {config}`"
+    made_by = list(by_rank_pass(layout, config, [name]))
+    if made_by:
+        return f"rebuild it with `tol-dagster slices add-rank {made_by[0]} --config {config}`"
+    return f"rebuild it with `tol-dagster slice {quoted} --config {config}`"
 
 
 def _record_file(layout: Layout, config: str, name: str) -> Path | None:

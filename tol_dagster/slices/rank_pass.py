@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from tol_dagster.errors import ValidationFailed
+from tol_dagster.errors import SliceSpecError, ValidationFailed
 from tol_dagster.slices import rank_workers, records
 from tol_dagster.slices.check_batch import CheckBatch, Held
 from tol_dagster.slices.checks import slice_checks
@@ -322,6 +322,21 @@ class _Recorder:
         if self.queued:
             fsync_dir(self.layout.slice_records_dir(self.config))
             self.queued = False
+
+
+def by_rank_pass(layout: Layout, config: str, names: Iterable[str]) -> dict[str, list[str]]:
+    """`names` grouped by the rank whose pass made each slice (its record's RANK_PASS); a name
+    without a record (none, damaged, or no longer a key) or made by its own key is left out."""
+    grouped: dict[str, list[str]] = {}
+    for name in names:
+        try:
+            record = records.slice_record_of(layout, config, name)
+        except SliceSpecError:
+            continue
+        rank = record.get(RANK_PASS) if record else None
+        if isinstance(rank, str):
+            grouped.setdefault(rank, []).append(name)
+    return grouped
 
 
 def _unchanged(record: dict, value: RankValue, order: FileOrder, out: Path) -> bool:

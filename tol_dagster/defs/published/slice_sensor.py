@@ -28,20 +28,18 @@ from typing import Any
 import dagster as dg
 
 from tol_dagster.defs.attempts import RUN_RETRY_TAGS, next_attempt
-from tol_dagster.defs.check_history import latest_named
 from tol_dagster.defs.cursors import read_cursor
-from tol_dagster.defs.keys import asset_key, source_tags
+from tol_dagster.defs.keys import source_tags
 from tol_dagster.defs.published import refresh
 from tol_dagster.defs.published.automation import AUTOMATION_SENSOR
 from tol_dagster.defs.published.jobs import DERIVED_JOB, rank_slices_job_name, slices_job_name
 from tol_dagster.defs.published.keys import derived_keys, rank_slices_op_name
 from tol_dagster.defs.published.partitions import slice_partition_keys, slice_partitions
+from tol_dagster.defs.published.slices_audit import drifted_slices
 from tol_dagster.defs.published.tables_audit import drifted_tables
 from tol_dagster.defs.resources import StorageResource
-from tol_dagster.errors import SliceSpecError, TolError
-from tol_dagster.slices.audit import DRIFTED_SLICES, SLICES_AUDIT_CHECK
-from tol_dagster.slices.rank_pass import RANK_PASS
-from tol_dagster.slices.records import slice_record_of
+from tol_dagster.errors import TolError
+from tol_dagster.slices.rank_pass import by_rank_pass
 from tol_dagster.store.layout import Layout
 from tol_dagster.store.manifest import load_manifest
 
@@ -195,8 +193,7 @@ def _repairs(
     """A rebuild of each slice the latest `slices_match_catalog` found drifted, asked once per
     evaluation (`repaired`: the one already answered): its partition's run, or for a slice a
     rank pass made, one run of that rank naming it (`_rank_repairs`)."""
-    check = dg.AssetCheckKey(asset_key(config, "catalog"), SLICES_AUDIT_CHECK)
-    named = latest_named(instance, check, DRIFTED_SLICES)
+    named = drifted_slices(instance, config)
     if named is None or named.evaluation_id == repaired:
         return _Repairs({}, repaired if isinstance(repaired, int) else None)
     partitions = set(slice_partition_keys(instance, config)) if named.names else set()
@@ -216,18 +213,9 @@ def _repairs(
 def _rank_repairs(
     layout: Layout, config: str, names: Sequence[str], evaluation_id: int
 ) -> dict[str, dict]:
-    """One run of each rank whose pass made some of `names` (by their records), building those
+    """One run of each rank whose pass made some of `names` (`by_rank_pass`), building those
     again (`RankRunConfig.rebuild`: a drifted slice's record still matches its rows). A name
     without a record (a damaged one, or no longer a key) is left to the command the check names."""
-    by_rank: dict[str, list[str]] = {}
-    for name in names:
-        try:
-            record = slice_record_of(layout, config, name)
-        except SliceSpecError:
-            continue
-        rank = record.get(RANK_PASS) if record else None
-        if isinstance(rank, str):
-            by_rank.setdefault(rank, []).append(name)
     op = rank_slices_op_name(config)
     return {
         f"{config}:repair-rank:{rank}:{evaluation_id}": {
@@ -235,7 +223,7 @@ def _rank_repairs(
             "partition": rank,
             "run_config": {"ops": {op: {"config": {"rebuild": sorted(found)}}}},
         }
-        for rank, found in by_rank.items()
+        for rank, found in by_rank_pass(layout, config, names).items()
     }
 
 

@@ -9,11 +9,19 @@ code already reads, naming each drifted slice with the command that builds it ag
 
 import dagster as dg
 
+from tol_dagster.defs.check_history import Named, latest_named
 from tol_dagster.defs.failures import in_words
 from tol_dagster.defs.keys import asset_key
 from tol_dagster.defs.metadata import check_result, materialized_in_this_run
 from tol_dagster.defs.resources import StorageResource
-from tol_dagster.slices.audit import SLICES_AUDIT_CHECK, audit_slices
+from tol_dagster.slices.audit import DRIFTED_SLICES, SLICES_AUDIT_CHECK, audit_slices
+
+
+def drifted_slices(instance: dg.DagsterInstance, config: str) -> Named | None:
+    """The slices the latest evaluation of `config`'s `slices_match_catalog` found drifted
+    (None: never evaluated): what `mirror_change_sensor` and `slices add-rank` build again."""
+    check = dg.AssetCheckKey(asset_key(config, "catalog"), SLICES_AUDIT_CHECK)
+    return latest_named(instance, check, DRIFTED_SLICES)
 
 
 def build_slices_audit_check(name: str) -> dg.AssetChecksDefinition:
