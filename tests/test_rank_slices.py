@@ -725,6 +725,11 @@ def test_the_audit_names_add_rank_for_a_drifted_rank_slice_which_add_rank_rebuil
         n: r["built_at"] for n, r in orders.items() if n != "order=Carnivora"
     }, "only the drifted slice rebuilt"
     assert "order=Carnivora" in after, "still a slice of the rank's pass"
+    assert synced.tol("slices", "add-rank", "order").code == 0
+    again_after = {r["name"]: r["built_at"] for r in read_catalog(layout, CONFIG).to_pylist()}
+    assert again_after["order=Carnivora"] == after["order=Carnivora"]["built_at"], (
+        "mended: not built again while the audit's last word still names it"
+    )
     assert synced.tol("audit").code == 0
 
 

@@ -38,6 +38,7 @@ from tol_dagster.defs.published.slices_audit import drifted_slices
 from tol_dagster.defs.published.tables_audit import drifted_tables
 from tol_dagster.derived import built_from
 from tol_dagster.settings import Settings
+from tol_dagster.slices.audit import still_drifted
 from tol_dagster.slices.rank_pass import by_rank_pass
 from tol_dagster.store.layout import Layout
 
@@ -280,9 +281,11 @@ def _build_rank(
     min_rows: int | None,
 ) -> Outcome:
     """One pass publishing every value of `rank` (`tol/<config>/rank_slices`, partition `rank`),
-    and building again its slices the last audit found drifted (as `mirror_change_sensor`)."""
+    and building again its slices the last audit found drifted and still are (as
+    `mirror_change_sensor`; re-hashed, so that the next `add-rank` does not build them again)."""
     named = drifted_slices(instance, name)
-    rebuild = by_rank_pass(layout, name, named.names if named else []).get(rank, [])
+    named_here = by_rank_pass(layout, name, named.names if named else []).get(rank, [])
+    rebuild = still_drifted(layout, name, named_here)
     return _run_partition(
         defs.resolve_job_def(rank_slices_job_name(name)),
         instance,

@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import shlex
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -209,6 +210,28 @@ def _record_file(layout: Layout, config: str, name: str) -> Path | None:
         return record_path(layout, config, name)
     except SliceSpecError:
         return None
+
+
+def still_drifted(layout: Layout, config: str, names: Iterable[str]) -> list[str]:
+    """Those of `names` whose slice is missing or no longer holds the bytes its record gives
+    (re-hashed): drift an audit named and nothing mended since. Names without a record are
+    left out (nothing to compare with)."""
+    folder, drifted = layout.slices_dir(config), []
+    for name in names:
+        try:
+            record = slice_record_of(layout, config, name)
+        except SliceSpecError:
+            continue
+        if record is None:
+            continue
+        try:
+            stat, sha256 = sha256_of_one_version(slice_file(folder, name, str(record.get("path"))))
+        except OSError:
+            drifted.append(name)
+            continue
+        if not _recorded(record, stat.st_size, sha256):
+            drifted.append(name)
+    return drifted
 
 
 def _recorded(record: dict[str, object] | None, size: int, sha256: str | None) -> bool:
