@@ -120,6 +120,29 @@ def test_a_file_is_hashed_once_for_its_parts_and_not_again_while_its_note_is_rec
     assert hashed == {files[1].name: 1}, "a note is of the file it hashed"
 
 
+def test_a_damaged_note_is_no_note_and_one_that_cannot_be_written_fails_nothing(
+    small_sample: Path, tmp_path: Path, hashed: Counter[str]
+) -> None:
+    """Notes are written without fsync: a torn one must cost a re-hash, never a verdict."""
+    files = _copied(small_sample, tmp_path)
+    layout = Layout(tmp_path / "home")
+    build_all(files, layout)
+    torn, blocked = (verified.note_path(layout, CONFIG, f.sha256) for f in files[:2])
+    torn.write_bytes(torn.read_bytes()[:9])
+    blocked.unlink()
+    blocked.mkdir()  # where the note would go: no write can replace it
+
+    for _ in range(2):
+        hashed.clear()
+        _drop_parts(layout, files)
+        build_all(files, layout)
+        assert all(p.exists() for p in _parts(layout, files))
+    # The torn note was rewritten in the first round; the blocked file, never noted, is hashed
+    # again for each of its three parts.
+    assert hashed == {files[1].name: 3}
+    assert json.loads(torn.read_text())["at"] > 0
+
+
 def test_a_damaged_part_is_computed_anew_only_after_its_file_is_hashed_however_recent_its_note(
     small_sample: Path, tmp_path: Path
 ) -> None:

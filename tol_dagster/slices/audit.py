@@ -31,7 +31,7 @@ from tol_dagster import progress
 from tol_dagster.errors import LocalStorageError, SliceSpecError
 from tol_dagster.slices.catalog_file import read_catalog
 from tol_dagster.slices.rank_pass import by_rank_pass
-from tol_dagster.slices.records import record_path, slice_file, slice_record_of
+from tol_dagster.slices.records import record_if_key, record_path, slice_file, slice_record_of
 from tol_dagster.store.hashing import (
     READ_TRIES,
     file_version,
@@ -218,10 +218,7 @@ def still_drifted(layout: Layout, config: str, names: Iterable[str]) -> list[str
     left out (nothing to compare with)."""
     folder, drifted = layout.slices_dir(config), []
     for name in names:
-        try:
-            record = slice_record_of(layout, config, name)
-        except SliceSpecError:
-            continue
+        record = record_if_key(layout, config, name)
         if record is None:
             continue
         try:

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from tol_dagster.errors import SliceSpecError, ValidationFailed
+from tol_dagster.errors import ValidationFailed
 from tol_dagster.slices import rank_workers, records
 from tol_dagster.slices.check_batch import CheckBatch, Held
 from tol_dagster.slices.checks import slice_checks
@@ -74,9 +74,9 @@ def publish_rank(
     """Publish every slice of `plan` whose rows changed since it was built (or never built),
     and those named in `rebuild` whatever their record says (drifted: their record cannot
     tell), each checked and renamed into place, its record written after it (`_Recorder`),
-    over up to `workers` processes (`rank_workers`); then remove the slices an earlier pass of this rank
-    made that the plan no longer has (unless named in `keep`: they are also slices of their
-    own). A value whose checks fail is not published (its file is left as it was) and the pass
+    over up to `workers` processes (`rank_workers`); then remove the slices an earlier pass of
+    this rank made that the plan no longer has (unless named in `keep`: they are also slices
+    of their own). A value whose checks fail is not published (its file is left as it was) and the pass
     goes on; `ValidationFailed` then names every such value. `checked` False skips the checks
     (the benchmark measures them apart)."""
     started = time.perf_counter()
@@ -329,10 +329,7 @@ def by_rank_pass(layout: Layout, config: str, names: Iterable[str]) -> dict[str,
     without a record (none, damaged, or no longer a key) or made by its own key is left out."""
     grouped: dict[str, list[str]] = {}
     for name in names:
-        try:
-            record = records.slice_record_of(layout, config, name)
-        except SliceSpecError:
-            continue
+        record = records.record_if_key(layout, config, name)
         rank = record.get(RANK_PASS) if record else None
         if isinstance(rank, str):
             grouped.setdefault(rank, []).append(name)

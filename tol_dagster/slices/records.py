@@ -182,6 +182,15 @@ def slice_record_of(layout: Layout, config: str, name: str) -> dict[str, Any] | 
         return None
 
 
+def record_if_key(layout: Layout, config: str, name: str) -> dict[str, Any] | None:
+    """`slice_record_of`, None too for a name that no longer parses as a key (made before a
+    rule: no record path is computable for it)."""
+    try:
+        return slice_record_of(layout, config, name)
+    except SliceSpecError:
+        return None
+
+
 def allowed_empty(layout: Layout, config: str, name: str) -> bool:
     """Whether slice `name` was last built with allow_empty: rebuilds keep that consent (not
     a damaged record's: the rebuild then needs it again, and writes the record anew)."""
