@@ -13,6 +13,8 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from mirror_testing import sample_mirror
 from resync_testing import (
@@ -26,13 +28,13 @@ from resync_testing import (
     synced_home,
     user,
 )
-from test_derived_audit import build_all
+from test_derived_audit import build_all, dim_of
 
-from tol_dagster.derived import centroids, summaries, taxon_index
+from tol_dagster.derived import centroids, parts, summaries, taxon_index
 from tol_dagster.devtools.localhub import LocalHub
 from tol_dagster.errors import StoreError
 from tol_dagster.hub.client import HubClient
-from tol_dagster.store import hashing, verified
+from tol_dagster.store import file_cache, hashing, verified
 from tol_dagster.store.layout import Layout
 from tol_dagster.store.mirror_files import MirrorFile
 
@@ -194,3 +196,83 @@ def test_a_slice_on_a_mirror_that_rotted_since_its_gate_stops_naming_the_file(
     assert outcome.code == 2, outcome.text
     assert "changed on disk" in outcome.text and "tol-dagster sync" in outcome.text
     assert not [p for p in _parts(layout, files) if p.exists()]
+
+
+def _published(layout: Layout) -> dict[str, pa.Table]:
+    """Every derived table as published (the summaries, the index, the centroids)."""
+    paths = {name: summaries.summary_path(layout, CONFIG, name) for name in summaries.SUMMARY_NAMES}
+    paths |= {"taxon_index": layout.taxon_index_path(CONFIG)}
+    return {name: pq.read_table(path) for name, path in paths.items()} | {
+        "centroids": pq.read_table(layout.centroids_path(CONFIG))
+    }
+
+
+def _family_of_its_own(file: MirrorFile, others: list[MirrorFile]) -> str:
+    """A family with rows in `file` and in none of `others`."""
+    elsewhere = {
+        v for f in others for v in pq.read_table(f.path, columns=["family"])[0].to_pylist()
+    }
+    mine = set(pq.read_table(file.path, columns=["family"])[0].to_pylist()) - elsewhere - {None}
+    return sorted(mine)[0]
+
+
+def test_what_was_computed_from_a_file_before_it_drifted_goes_with_its_repair(
+    synced: User, small_sample: Path, tmp_path: Path
+) -> None:
+    """Parts computed from bytes that later drifted (before notes existed, or within a note's
+    window) are kept under the file's right sha256, which the fresh copy has too: they, the
+    summaries' facts and the published segments keyed by that sha256 outlived the repair. The
+    forgery: one file's three parts computed from another file's bytes."""
+    layout = synced.layout
+    files = [
+        MirrorFile(e.name, e.sha256, layout.mirror_dir(CONFIG) / e.name)
+        for e in manifest(layout).entries
+    ]
+    wrong, donor = files[1], files[2]
+    verified.note_verified(layout, CONFIG, wrong.sha256, donor.path.stat(), time.time())
+    forged = [MirrorFile(wrong.name, wrong.sha256, donor.path)]
+    summaries.write_parts(forged, layout, CONFIG)
+    taxon_index.write_parts(forged, layout, CONFIG)
+    centroids.write_parts(forged, layout, CONFIG, dim_of(files))
+    reference = Layout(tmp_path / "reference")
+    build_all(sample_mirror(small_sample), reference)
+    expected = _published(reference)
+    key = f"family={_family_of_its_own(files[0], files[1:])}"  # its slice reads no forged entry
+    assert synced.tol("slice", key).code == 0
+    assert _published(layout)["lineage"] != expected["lineage"], "the forgery was published"
+
+    flip_a_byte(wrong.path)
+    assert synced.tol("audit").code == 4
+    repaired = synced.sync()
+    assert repaired.code == 0, repaired.text
+    assert f"{wrong.name}: what was computed from its drifted copy is dropped" in repaired.text
+    outcome = synced.tol("slice", key)
+    assert outcome.code == 0, outcome.text
+
+    found = _published(layout)
+    assert found.keys() == expected.keys()
+    for name, table in expected.items():
+        assert found[name].equals(table), name
+
+
+def test_a_part_gone_once_the_build_computed_the_parts_is_computed_anew_where_read(
+    small_sample: Path, tmp_path: Path, hashed: Counter[str]
+) -> None:
+    """A resync that fetches a drifted file again drops its parts, maybe while a build that
+    has already computed its parts runs: the build reads the part computed anew, from the
+    file hashed first, as it would a damaged one."""
+    files = _copied(small_sample, tmp_path)
+    layout = Layout(tmp_path / "home")
+    build_all(files, layout)
+    part = layout.derived_dir(CONFIG, files[0].sha256) / summaries.SUMMARY_PART
+    kept = file_cache.kept_table(part)
+    part.unlink()
+    hashed.clear()
+
+    def recompute() -> None:
+        summaries.write_parts([files[0]], layout, CONFIG, force=True)
+
+    table = parts.read_part(layout, CONFIG, files[0], summaries.SUMMARY_PART, recompute)
+    assert table.num_rows and table.equals(kept) and file_cache.kept_table(part).equals(kept)
+    assert hashed == {files[0].name: 1}, "the file hashed before, however recent its note"
+    assert file_cache.kept_crc32(part) == int.from_bytes(part.read_bytes()[-13:-9], "little")

@@ -32,6 +32,7 @@ from tol_dagster.store.file_cache import (
     derived_path,
     drop_older_versions,
     keep_table,
+    kept_crc32,
     kept_table,
     read_kept,
 )
@@ -74,14 +75,14 @@ def read_part(
     """The result `name` of `file`, as `write_part` kept it (checked, memory-mapped); one found
     damaged is removed, computed anew by `recompute` (a warning says so) from the mirror file,
     once its bytes still hash to its sha256 (StoreError otherwise), and read again: rot in a
-    cache fails no build, and never reaches a published table."""
+    cache fails no build, and never reaches a published table. So is one gone since the build
+    computed its parts (a resync that fetched its file again forgot it: `forget_content`)."""
     path = derived_path(layout, config, file, name)
     try:
         return read_kept(path, kept_table)
-    except LocalStorageError as error:
-        _log.warning(
-            "%s is damaged (%s): it is computed anew from %s", path, error.__cause__, file.path
-        )
+    except (LocalStorageError, FileNotFoundError) as error:
+        why = "gone" if isinstance(error, FileNotFoundError) else f"damaged ({error.__cause__})"
+        _log.warning("%s is %s: it is computed anew from %s", path, why, file.path)
         verify([file], layout, config, within=0)  # the same disk may have rotted the file
         recompute()
         return read_kept(path, kept_table)
@@ -137,12 +138,21 @@ def file_groups(files: Sequence[MirrorFile]) -> list[Sequence[MirrorFile]]:
     return [files[start : start + size] for start in range(0, len(files), size)]
 
 
-def content_key(files: Sequence[MirrorFile], *extra: object) -> str:
-    """A segment's key: the names and contents of the files it was computed from, and any
-    `extra` its rows depend on."""
+def part_crcs(
+    files: Sequence[MirrorFile], layout: Layout, config: str, name: str
+) -> list[int | None]:
+    """The crc32 of each file's part `name` (None: no part), from its last bytes: what the
+    tables built from the parts are keyed by (`content_key`, the summaries' facts)."""
+    return [kept_crc32(derived_path(layout, config, f, name)) for f in files]
+
+
+def content_key(files: Sequence[MirrorFile], crcs: Sequence[int | None], *extra: object) -> str:
+    """A segment's key: the names and contents of the files it was computed from, the crc32s
+    of their parts (`part_crcs`: a part computed anew from the same content, after its file
+    was repaired, gives other rows), and any `extra` its rows depend on."""
     digest = hashlib.sha256()
-    for file in files:
-        digest.update(f"{file.name}\0{file.sha256}\0".encode())
+    for file, crc in zip(files, crcs, strict=True):
+        digest.update(f"{file.name}\0{file.sha256}\0{crc}\0".encode())
     digest.update(repr(extra).encode())
     return digest.hexdigest()[:32]
 

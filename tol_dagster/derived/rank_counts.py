@@ -79,25 +79,29 @@ def segments(
     files: Sequence[MirrorFile],
     groups: Sequence[seams.FileGroups],
     read: Callable[[MirrorFile], Part],
+    crcs: Sequence[int | None],
     layouts: dict[str, str],
 ) -> dict[str, list[Segment]]:
     """The `lineage` and `rank_counts` tables as segments of consecutive files: each file's
     groups, those it shares with the file before left to the file that owns them, totals on
     the groups it owns (`seams`). Files out of lineage order make one segment, sorted whole.
-    Only the files of segments being encoded are `read`."""
+    Only the files of segments being encoded are `read`; segments are keyed by the `crcs`
+    of the files' parts."""
     joined = seams.join(groups)
     if joined is None:
-        key = content_key(files, layouts, "sorted whole")
+        key = content_key(files, crcs, layouts, "sorted whole")
         rank_counts = functools.cache(partial(_sorted_whole, [partial(read, f) for f in files]))
         return {
             "rank_counts": [Segment(key, rank_counts)],
             "lineage": [Segment(key, lambda: _lineage_of(rank_counts()))],
         }
     by_file = {f.name: _Joined(f, read, j) for f, j in zip(files, joined, strict=True)}
+    crc_of = dict(zip([f.name for f in files], crcs, strict=True))
     segments: dict[str, list[Segment]] = {"rank_counts": [], "lineage": []}
     for group in file_groups(files):
         mine = [by_file[f.name] for f in group]
-        key = content_key(group, layouts, [(j.seams.merged, j.seams.total) for j in mine])
+        merged = [(j.seams.merged, j.seams.total) for j in mine]
+        key = content_key(group, [crc_of[f.name] for f in group], layouts, merged)
         ranks = partial(_published_rows, mine, range(len(RANKS)))
         segments["rank_counts"].append(Segment(key, ranks))
         segments["lineage"].append(Segment(key, partial(_published_lineage, mine)))

@@ -30,6 +30,7 @@ from tol_dagster import duck
 from tol_dagster.derived import rank_counts, summary_facts
 from tol_dagster.derived.parts import (
     files_to_compute,
+    part_crcs,
     publish_segments,
     publish_table,
     read_part,
@@ -137,8 +138,9 @@ def build_summaries(
     """
     recomputed = write_parts(files, layout, config, force=force)
     read = functools.cache(partial(_read_part, layout, config))  # facts, then segments
-    facts, values = summary_facts.load(files, layout, config, read, force=force)
-    tables = rank_counts.segments(files, [f.groups for f in facts], read, _SEGMENTED)
+    crcs = part_crcs(files, layout, config, SUMMARY_PART)
+    facts, values = summary_facts.load(files, crcs, layout, config, read, force=force)
+    tables = rank_counts.segments(files, [f.groups for f in facts], read, crcs, _SEGMENTED)
     small = _small_tables(files, facts, values)
     paths = {name: summary_path(layout, config, name) for name in SUMMARY_NAMES}
     publish: dict[str, Callable[[], Any]] = {

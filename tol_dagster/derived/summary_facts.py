@@ -5,9 +5,10 @@ An update needs each file's groups at the seams (`seams.FileGroups`: a few numbe
 its statistics (the `files` table) and its value counts (summed into the value tables). Read
 from 666 parts, these cost more than everything else an update does (~0.25 s: opening each
 part, reading its ends); kept here they are two reads. Rows are keyed by the file's sha256,
-like the parts: a file not found here (new, or a cache lost or damaged) is read from its part.
-The facts carry their crc32 and the values' sha256, so a flipped byte in either is a cache
-lost, not a count changed.
+like the parts, and hold the crc32 of the part they were read from: a file not found here (new,
+a cache lost or damaged) or found with another part (computed anew since: its file was
+repaired) is read from its part. The facts carry their crc32 and the values' sha256, so a
+flipped byte in either is a cache lost, not a count changed.
 """
 
 from __future__ import annotations
@@ -32,14 +33,15 @@ from tol_dagster.store.mirror_files import MirrorFile
 
 #: The files' facts and their value counts, under the config's state folder (bump the suffix
 #: with the summary part's).
-FACTS = "summary_facts.v3.arrow"
-VALUES = "summary_values.v3.arrow"
+FACTS = "summary_facts.v4.arrow"
+VALUES = "summary_values.v4.arrow"
 
 _INTS = pa.list_(pa.int64())
 _STRINGS = pa.list_(pa.string())
 _FACTS_SCHEMA = pa.schema(
     [
         pa.field("sha256", pa.string()),
+        pa.field("part_crc32", pa.int64()),
         pa.field("groups", _INTS),
         pa.field("first_images", _INTS),
         pa.field("last_images", _INTS),
@@ -63,6 +65,7 @@ class Facts:
 
 def load(
     files: Sequence[MirrorFile],
+    crcs: Sequence[int | None],
     layout: Layout,
     config: str,
     read: Callable[[MirrorFile], Part],
@@ -70,13 +73,19 @@ def load(
     force: bool = False,
 ) -> tuple[list[Facts], pa.Table]:
     """Each file's facts, and the value counts of all `files` (part schema, `sha256` added),
-    from the kept facts, or from `read` (a file's part) for files they lack (all when
-    `force`); the kept facts are then rewritten for exactly `files`."""
-    wanted = {f.sha256 for f in files}
+    from the kept facts of the parts whose crc32 are `crcs` (`parts.part_crcs`), or from
+    `read` (a file's part) for the others (all when `force`); the kept facts are then
+    rewritten for exactly `files`."""
+    wanted = {f.sha256: crc for f, crc in zip(files, crcs, strict=True)}
     kept, values = _read(layout, config) if not force else _nothing()
     kept_shas = set(kept["sha256"].to_pylist())
-    if kept_shas - wanted:  # files left the mirror: their rows go
-        keep = pa.array(sorted(kept_shas & wanted), pa.string())
+    good = {
+        row["sha256"]
+        for row in kept.select(["sha256", "part_crc32"]).to_pylist()
+        if row["part_crc32"] is not None and wanted.get(row["sha256"]) == row["part_crc32"]
+    }
+    if kept_shas != good:  # files left the mirror, or their parts were computed anew
+        keep = pa.array(sorted(good), pa.string())
         kept = kept.filter(pc.is_in(kept["sha256"], keep))
         values = values.filter(pc.is_in(values["sha256"], keep))
     by_sha = {row["sha256"]: row for row in kept.to_pylist()}
@@ -84,13 +93,14 @@ def load(
     added = [values]
     for file in missing:
         part = read(file)
-        by_sha[file.sha256] = _row(file.sha256, seam_facts(part), part.stats)
+        facts = _row(file.sha256, wanted[file.sha256], seam_facts(part), part.stats)
+        by_sha[file.sha256] = facts
         rows = part.table.slice(sum(part.level_rows))
         rows = rows.add_column(0, "sha256", pa.repeat(file.sha256, rows.num_rows))
         added.append(rows.cast(_VALUES_SCHEMA))
     values = pa.concat_tables(added)
     rows = [by_sha[f.sha256] for f in files]
-    if missing or kept_shas != wanted:
+    if missing or kept_shas != set(wanted):
         _write(layout, config, pa.Table.from_pylist(rows, schema=_FACTS_SCHEMA), values)
     return [_facts(row) for row in rows], values
 
@@ -99,9 +109,12 @@ def _nothing() -> tuple[pa.Table, pa.Table]:
     return _FACTS_SCHEMA.empty_table(), _VALUES_SCHEMA.empty_table()
 
 
-def _row(sha256: str, groups: seams.FileGroups, stats: dict[str, Any]) -> dict[str, Any]:
+def _row(
+    sha256: str, crc: int | None, groups: seams.FileGroups, stats: dict[str, Any]
+) -> dict[str, Any]:
     return {
         "sha256": sha256,
+        "part_crc32": crc,
         "groups": list(groups.groups),
         "first_images": list(groups.first_images),
         "last_images": list(groups.last_images),

@@ -38,6 +38,7 @@ from tol_dagster.resync.state import (
 )
 from tol_dagster.store.disk import check_free_disk
 from tol_dagster.store.drift import drifted_entries
+from tol_dagster.store.file_cache import forget_content
 from tol_dagster.store.generations import current_generation, pin_generation
 from tol_dagster.store.layout import Layout
 from tol_dagster.store.manifest import Manifest, load_manifest
@@ -208,6 +209,7 @@ def _prepare_commit(
     plan = plan_sync(manifest, remote, drifted=_drifted(layout, manifest, remote, suspects, say))
     say(f"{config} @ {remote.commit[:12]}: {plan_summary(plan)}")
     _prepare_staging(layout, config, plan, superseded, log=say)
+    _forget_repaired(layout, config, plan, log=say)
     progress.start("fetch", files=len(plan.to_fetch), bytes=plan.bytes_to_fetch)
     return Staging(remote, plan, manifest.generation if manifest else None, time.time())
 
@@ -275,6 +277,20 @@ def _prepare_staging(
         _reuse_staged(layout, config, plan, superseded.commit, _identities(superseded.files))
     reuse.link_kept_contents(layout, config, plan, log=log)
     check_free_disk(layout.store_dir(config), bytes_still_needed(layout, config, plan))
+
+
+def _forget_repaired(layout: Layout, config: str, plan: Plan, *, log: Log) -> None:
+    """Drop what was kept for the contents of the drifted files `plan` fetches again (their
+    gate's facts, their derived tables' parts): the parts may have been computed from the
+    drifted bytes, and are kept under the sha256 the fresh copy has too. The gate inspects
+    the fresh copy whole, and the next derived build computes the parts anew from it."""
+    for remote_file in plan.repaired:
+        if layout.derived_dir(config, remote_file.sha256).is_dir():
+            forget_content(layout, config, remote_file.sha256)
+            log(
+                f"{remote_file.name}: what was computed from its drifted copy is dropped, "
+                "to be computed anew from the fresh one"
+            )
 
 
 def _kept_unchanged(layout: Layout, config: str, plan: Plan) -> dict[str, StagedFile]:

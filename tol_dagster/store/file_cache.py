@@ -69,6 +69,26 @@ def keep_table(path: Path, table: pa.Table) -> None:
         out.write(_TRAILER.pack(crc32(data), _MARK))
 
 
+def forget_content(layout: Layout, config: str, sha256: str) -> int:
+    """Remove every result kept for the content `sha256` (the bytes freed). A resync calls it
+    for a file it fetches again because its copy drifted: parts computed from the drifted
+    bytes are kept under the same sha256, and would outlive the repair."""
+    return remove_tree(layout.derived_dir(config, sha256))
+
+
+def kept_crc32(path: Path) -> int | None:
+    """The crc32 `keep_table` wrote after the result at `path` (its last bytes only, not
+    checked against them): what a table built from it is keyed by. None when there is no
+    such result."""
+    try:
+        with path.open("rb") as kept:
+            kept.seek(-_TRAILER.size, 2)
+            crc, mark = _TRAILER.unpack(kept.read(_TRAILER.size))
+    except (OSError, struct.error):  # missing, shorter than a trailer
+        return None
+    return crc if mark == _MARK else None
+
+
 def drop_older_versions(path: Path) -> None:
     """Remove the versions of the result kept at `path` older than its own (`name.v1.arrow`
     beside `name.v2.arrow`): no code reads them any more, and an old version of every file's
