@@ -35,6 +35,7 @@ from tol_dagster.devtools.localhub import LocalHub
 from tol_dagster.errors import StoreError
 from tol_dagster.hub.client import HubClient
 from tol_dagster.store import file_cache, hashing, verified
+from tol_dagster.store.cleanup import prune_derived
 from tol_dagster.store.layout import Layout
 from tol_dagster.store.mirror_files import MirrorFile
 
@@ -276,3 +277,34 @@ def test_a_part_gone_once_the_build_computed_the_parts_is_computed_anew_where_re
     assert table.num_rows and table.equals(kept) and file_cache.kept_table(part).equals(kept)
     assert hashed == {files[0].name: 1}, "the file hashed before, however recent its note"
     assert file_cache.kept_crc32(part) == int.from_bytes(part.read_bytes()[-13:-9], "little")
+
+
+def test_a_forget_killed_midway_leaves_no_result_under_the_content(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The resync's forget is killed after it removed one result: the others must not be
+    found under the sha256 (the next sync may find the file repaired and forget nothing)."""
+    layout = Layout(tmp_path / "home")
+    sha256 = "ab" * 32
+    folder = layout.derived_dir(CONFIG, sha256)
+    folder.mkdir(parents=True)
+    for name in PARTS:
+        (folder / name).write_bytes(b"computed from drifted bytes")
+    real = file_cache.remove_tree
+
+    def killed(path: Path) -> int:
+        if not path.is_dir():
+            return real(path)
+        real(sorted(path.iterdir())[0])
+        raise KeyboardInterrupt  # as a SIGKILL would stop it, mid-removal
+
+    monkeypatch.setattr(file_cache, "remove_tree", killed)
+    with pytest.raises(KeyboardInterrupt):
+        file_cache.forget_content(layout, CONFIG, sha256)
+    assert not folder.exists()
+    leftover = list(folder.parent.iterdir())
+    assert [p.name for p in leftover] == [f"{sha256}.forgotten"]
+
+    monkeypatch.setattr(file_cache, "remove_tree", real)
+    assert prune_derived(layout, CONFIG, {sha256}) > 0 and not list(folder.parent.iterdir())
+    assert file_cache.forget_content(layout, CONFIG, sha256) is False

@@ -285,8 +285,7 @@ def _forget_repaired(layout: Layout, config: str, plan: Plan, *, log: Log) -> No
     drifted bytes, and are kept under the sha256 the fresh copy has too. The gate inspects
     the fresh copy whole, and the next derived build computes the parts anew from it."""
     for remote_file in plan.repaired:
-        if layout.derived_dir(config, remote_file.sha256).is_dir():
-            forget_content(layout, config, remote_file.sha256)
+        if forget_content(layout, config, remote_file.sha256):
             log(
                 f"{remote_file.name}: what was computed from its drifted copy is dropped, "
                 "to be computed anew from the fresh one"

@@ -22,7 +22,7 @@ from typing import TypeVar
 import pyarrow as pa
 
 from tol_dagster.errors import LocalStorageError
-from tol_dagster.store.durable import atomic_path
+from tol_dagster.store.durable import atomic_path, fsync_dir
 from tol_dagster.store.hashing import crc32
 from tol_dagster.store.layout import Layout
 from tol_dagster.store.mirror_files import MirrorFile
@@ -59,21 +59,42 @@ def read_kept(path: Path, read: Callable[[Path], T]) -> T:
 
 
 def keep_table(path: Path, table: pa.Table) -> None:
-    """Keep `table` at `path` (atomically) as an Arrow IPC file followed by its crc32."""
+    """Keep `table` at `path` (atomically) as an Arrow IPC file followed by its crc32; the
+    same rows give the same bytes, however they were computed: what is built from a kept
+    table is keyed by that crc32 (`derived.parts.content_key`)."""
     sink = pa.BufferOutputStream()
     with pa.ipc.new_file(sink, table.schema) as writer:
-        writer.write_table(table)
+        writer.write_table(_compacted(table))
     data = sink.getvalue()
     with atomic_path(path) as tmp, tmp.open("wb") as out:
         out.write(data)
         out.write(_TRAILER.pack(crc32(data), _MARK))
 
 
-def forget_content(layout: Layout, config: str, sha256: str) -> int:
-    """Remove every result kept for the content `sha256` (the bytes freed). A resync calls it
-    for a file it fetches again because its copy drifted: parts computed from the drifted
-    bytes are kept under the same sha256, and would outlive the repair."""
-    return remove_tree(layout.derived_dir(config, sha256))
+def _compacted(table: pa.Table) -> pa.Table:
+    """`table` with each column one array of buffers of its own: a slice of a larger result
+    (one file's rows of a scan of several) keeps buffers sized for its parent, and IPC writes
+    it in other bytes than the same rows computed alone."""
+    columns = [pa.concat_arrays(c.chunks) if c.num_chunks else c for c in table.columns]
+    return pa.Table.from_arrays(columns, schema=table.schema)
+
+
+def forget_content(layout: Layout, config: str, sha256: str) -> bool:
+    """Remove every result kept for the content `sha256` (whether there was any). A resync
+    calls it for a file it fetches again because its copy drifted: parts computed from the
+    drifted bytes are kept under the same sha256, and would outlive the repair. The folder is
+    renamed away first, durably: a process killed while removing it leaves no part behind,
+    only a folder no content is named after, which `store.cleanup.prune_derived` removes."""
+    folder = layout.derived_dir(config, sha256)
+    forgotten = folder.with_name(f"{folder.name}.forgotten")
+    remove_tree(forgotten)  # left by a removal killed midway
+    try:
+        folder.rename(forgotten)
+    except FileNotFoundError:
+        return False
+    fsync_dir(folder.parent)
+    remove_tree(forgotten)
+    return True
 
 
 def kept_crc32(path: Path) -> int | None:
