@@ -9,8 +9,10 @@ import errno
 import dagster as dg
 import pytest
 from resync_testing import (
+    HubSleeps,
     User,
     dagster_home,
+    hub_sleeps,
     set_card_rows,
     synced,
     synced_home,
@@ -21,7 +23,13 @@ from resync_testing import (
 from tol_dagster import errors
 from tol_dagster.defs.failures import FailureInWords, in_words
 
-__all__ = ["dagster_home", "synced", "synced_home", "user"]  # fixtures, imported to be found
+__all__ = [
+    "dagster_home",
+    "hub_sleeps",
+    "synced",
+    "synced_home",
+    "user",
+]  # fixtures, imported to be found
 
 
 def step_failures(user: User) -> list[dg.DagsterEvent]:
@@ -59,15 +67,15 @@ def test_a_gate_refusal_fails_the_staged_step_in_words_with_the_failed_check_fir
 
 
 def test_an_unreachable_hub_fails_remote_in_words_naming_the_endpoint(
-    synced: User, monkeypatch: pytest.MonkeyPatch
+    synced: User, monkeypatch: pytest.MonkeyPatch, hub_sleeps: HubSleeps
 ) -> None:
     closed = "http://127.0.0.1:9"  # discard: nothing listens
     monkeypatch.setenv("TOL_HUB_ENDPOINT", closed)
-    monkeypatch.setenv("TOL_MAX_RETRY_WAIT_S", "0")
 
     outcome = synced.tol("status")
 
     assert outcome.code == 3, outcome.text
+    assert hub_sleeps.asked == [1, 2, 4, 8, 16], "the default policy's backoff, its waits cut"
     [failure] = step_failures(synced)
     data = failure.step_failure_data
     assert data.error is not None and data.error.stack == []
