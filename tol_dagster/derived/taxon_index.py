@@ -115,15 +115,12 @@ def build_taxon_index(
     segments of unchanged files copied from the index published before (unless `force`)."""
     recomputed = write_parts(files, layout, config, force=force)
     path = layout.taxon_index_path(config)
-    crcs = dict(
-        zip(
-            [f.name for f in files], parts.part_crcs(files, layout, config, INDEX_PART), strict=True
-        )
-    )
+    crcs = parts.part_crcs(files, layout, config, INDEX_PART)
+    crc_of = dict(zip([f.name for f in files], crcs, strict=True))
     written = parts.publish_segments(
         [
             Segment(
-                parts.content_key(group, [crcs[f.name] for f in group]),
+                parts.content_key(group, [crc_of[f.name] for f in group]),
                 partial(_entries, group, layout, config),
             )
             for group in parts.file_groups(files)
