@@ -12,6 +12,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -141,8 +142,8 @@ def test_a_damaged_note_is_no_note_and_one_that_cannot_be_written_fails_nothing(
         build_all(files, layout)
         assert all(p.exists() for p in _parts(layout, files))
     # The torn note was rewritten in the first round; the blocked file, never noted, is hashed
-    # again for each of its three parts.
-    assert hashed == {files[1].name: 3}
+    # again for each of its three parts, before it is read and before its part is kept.
+    assert hashed == {files[1].name: 6}
     assert json.loads(torn.read_text())["at"] > 0
 
 
@@ -308,3 +309,28 @@ def test_a_forget_killed_midway_leaves_no_result_under_the_content(
     monkeypatch.setattr(file_cache, "remove_tree", real)
     assert prune_derived(layout, CONFIG, {sha256}) > 0 and not list(folder.parent.iterdir())
     assert file_cache.forget_content(layout, CONFIG, sha256) is False
+
+
+def test_a_part_computed_while_a_resync_forgot_its_content_is_not_kept(
+    small_sample: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A build that trusted a recent note of a file that has rotted since, and a resync that
+    found the file drifted and dropped its content's results while the build read it: the
+    part the build computed from the rotted bytes must not land under the sha256."""
+    files = _copied(small_sample, tmp_path)
+    layout = Layout(tmp_path / "home")
+    build_all(files, layout)
+    _drop_parts(layout, files)
+    rotten = files[0]
+    flip_a_byte(rotten.path)  # its note still matches: mtime and size kept
+    scan = summaries._counts
+
+    def with_a_resync_meanwhile(con: Any, stale: Any) -> Any:
+        counts = scan(con, stale)
+        file_cache.forget_content(layout, CONFIG, rotten.sha256)
+        return counts
+
+    monkeypatch.setattr(summaries, "_counts", with_a_resync_meanwhile)
+    with pytest.raises(StoreError, match="changed on disk"):
+        summaries.write_parts(files, layout, CONFIG)
+    assert not (layout.derived_dir(CONFIG, rotten.sha256) / summaries.SUMMARY_PART).exists()

@@ -105,7 +105,11 @@ def split_by_file(
 
 
 def write_part(table: pa.Table, layout: Layout, config: str, file: MirrorFile, name: str) -> None:
-    """Keep `table` as the result `name` of `file` (atomically, like every write here)."""
+    """Keep `table` as the result `name` of `file` (atomically, like every write here), once
+    `file` is still verified: a resync that found it drifted while `table` was computed from
+    it has dropped its note (`forget_content`), and the file is then hashed first (a note
+    read and a stat otherwise)."""
+    verify([file], layout, config)
     path = derived_path(layout, config, file, name)
     keep_table(path, table)
     drop_older_versions(path)
