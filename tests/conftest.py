@@ -18,6 +18,15 @@ os.environ.pop("HF_ENDPOINT", None)
 
 import pytest  # noqa: E402
 
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The end-to-end tests first (each 20-70 s), the rest in their order: xdist hands tests
+    out as workers free up, so a long test collected late (the browser's, by its file's name)
+    could run alone at the end while the other worker idled (12 min 22 s against 13 min 48 s
+    in the one pair of runs measured)."""
+    items.sort(key=lambda item: item.get_closest_marker("e2e") is None)
+
+
 #: Small but structured: several files and row groups, so taxa straddle both.
 SMALL_SAMPLE = {"rows": 6000, "files": 3, "seed": 7, "row_group_size": 500}
 
