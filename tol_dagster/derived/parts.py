@@ -17,7 +17,7 @@ import hashlib
 import logging
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -144,19 +144,19 @@ def file_groups(files: Sequence[MirrorFile]) -> list[Sequence[MirrorFile]]:
 
 def part_crcs(
     files: Sequence[MirrorFile], layout: Layout, config: str, name: str
-) -> list[int | None]:
-    """The crc32 of each file's part `name` (None: no part), from its last bytes: what the
-    tables built from the parts are keyed by (`content_key`, the summaries' facts)."""
-    return [kept_crc32(derived_path(layout, config, f, name)) for f in files]
+) -> dict[str, int | None]:
+    """The crc32 of each file's part `name` by file name (None: no part), from its last bytes:
+    what the tables built from the parts are keyed by (`content_key`, the summaries' facts)."""
+    return {f.name: kept_crc32(derived_path(layout, config, f, name)) for f in files}
 
 
-def content_key(files: Sequence[MirrorFile], crcs: Sequence[int | None], *extra: object) -> str:
+def content_key(files: Sequence[MirrorFile], crcs: Mapping[str, int | None], *extra: object) -> str:
     """A segment's key: the names and contents of the files it was computed from, the crc32s
     of their parts (`part_crcs`: a part computed anew from the same content, after its file
     was repaired, gives other rows), and any `extra` its rows depend on."""
     digest = hashlib.sha256()
-    for file, crc in zip(files, crcs, strict=True):
-        digest.update(f"{file.name}\0{file.sha256}\0{crc}\0".encode())
+    for file in files:
+        digest.update(f"{file.name}\0{file.sha256}\0{crcs[file.name]}\0".encode())
     digest.update(repr(extra).encode())
     return digest.hexdigest()[:32]
 

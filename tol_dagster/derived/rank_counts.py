@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -79,7 +79,7 @@ def segments(
     files: Sequence[MirrorFile],
     groups: Sequence[seams.FileGroups],
     read: Callable[[MirrorFile], Part],
-    crcs: Sequence[int | None],
+    crcs: Mapping[str, int | None],
     layouts: dict[str, str],
 ) -> dict[str, list[Segment]]:
     """The `lineage` and `rank_counts` tables as segments of consecutive files: each file's
@@ -96,12 +96,11 @@ def segments(
             "lineage": [Segment(key, lambda: _lineage_of(rank_counts()))],
         }
     by_file = {f.name: _Joined(f, read, j) for f, j in zip(files, joined, strict=True)}
-    crc_of = dict(zip([f.name for f in files], crcs, strict=True))
     segments: dict[str, list[Segment]] = {"rank_counts": [], "lineage": []}
     for group in file_groups(files):
         mine = [by_file[f.name] for f in group]
         merged = [(j.seams.merged, j.seams.total) for j in mine]
-        key = content_key(group, [crc_of[f.name] for f in group], layouts, merged)
+        key = content_key(group, crcs, layouts, merged)
         ranks = partial(_published_rows, mine, range(len(RANKS)))
         segments["rank_counts"].append(Segment(key, ranks))
         segments["lineage"].append(Segment(key, partial(_published_lineage, mine)))

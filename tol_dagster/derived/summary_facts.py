@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -65,7 +65,7 @@ class Facts:
 
 def load(
     files: Sequence[MirrorFile],
-    crcs: Sequence[int | None],
+    crcs: Mapping[str, int | None],
     layout: Layout,
     config: str,
     read: Callable[[MirrorFile], Part],
@@ -76,7 +76,7 @@ def load(
     from the kept facts of the parts whose crc32 are `crcs` (`parts.part_crcs`), or from
     `read` (a file's part) for the others (all when `force`); the kept facts are then
     rewritten for exactly `files`."""
-    wanted = {f.sha256: crc for f, crc in zip(files, crcs, strict=True)}
+    wanted = {f.sha256: crcs[f.name] for f in files}
     kept, values = _read(layout, config) if not force else _nothing()
     kept_shas = set(kept["sha256"].to_pylist())
     good = {
@@ -93,8 +93,7 @@ def load(
     added = [values]
     for file in missing:
         part = read(file)
-        facts = _row(file.sha256, wanted[file.sha256], seam_facts(part), part.stats)
-        by_sha[file.sha256] = facts
+        by_sha[file.sha256] = _row(file.sha256, wanted[file.sha256], seam_facts(part), part.stats)
         rows = part.table.slice(sum(part.level_rows))
         rows = rows.add_column(0, "sha256", pa.repeat(file.sha256, rows.num_rows))
         added.append(rows.cast(_VALUES_SCHEMA))

@@ -116,11 +116,10 @@ def build_taxon_index(
     recomputed = write_parts(files, layout, config, force=force)
     path = layout.taxon_index_path(config)
     crcs = parts.part_crcs(files, layout, config, INDEX_PART)
-    crc_of = dict(zip([f.name for f in files], crcs, strict=True))
     written = parts.publish_segments(
         [
             Segment(
-                parts.content_key(group, [crc_of[f.name] for f in group]),
+                parts.content_key(group, crcs),
                 partial(_entries, group, layout, config),
             )
             for group in parts.file_groups(files)

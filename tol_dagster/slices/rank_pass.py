@@ -76,9 +76,9 @@ def publish_rank(
     tell), each checked and renamed into place, its record written after it (`_Recorder`),
     over up to `workers` processes (`rank_workers`); then remove the slices an earlier pass of
     this rank made that the plan no longer has (unless named in `keep`: they are also slices
-    of their own). A value whose checks fail is not published (its file is left as it was) and the pass
-    goes on; `ValidationFailed` then names every such value. `checked` False skips the checks
-    (the benchmark measures them apart)."""
+    of their own). A value whose checks fail is not published (its file is left as it was)
+    and the pass goes on; `ValidationFailed` then names every such value. `checked` False
+    skips the checks (the benchmark measures them apart)."""
     started = time.perf_counter()
     _release_freed()
     result = RankResult(plan.rank)
