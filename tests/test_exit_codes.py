@@ -158,6 +158,7 @@ def test_3_upstream_unreachable(
     outcome = user.sync()  # in this process: the retries' waits are cut by `hub_sleeps`
 
     assert outcome.code == 3, outcome.text
+    assert hub_sleeps.asked == [1, 2, 4, 8, 16], "a sync rides out an outage (`status` does not)"
     failure = [line for line in outcome.err.splitlines() if line.startswith("tol-dagster:")]
     assert failure, outcome.err
     assert closed in failure[0] and "check the network" in failure[0]

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import functools
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -150,10 +150,14 @@ class LeasedExecutor(Executor):
 
 
 def asset_job(
-    name: str, selection: dg.AssetSelection, description: str
+    name: str,
+    selection: dg.AssetSelection,
+    description: str,
+    tags: Mapping[str, str] | None = None,
 ) -> dg.UnresolvedAssetJobDefinition:
-    """An asset job over `selection`, run by the definitions' executor (`run_executor`)."""
-    return dg.define_asset_job(name, selection=selection, description=description)
+    """An asset job over `selection` (its runs tagged `tags`), run by the definitions'
+    executor (`run_executor`)."""
+    return dg.define_asset_job(name, selection=selection, description=description, tags=tags)
 
 
 def of_every_config(
@@ -168,6 +172,8 @@ def assets_job(
     configs: Sequence[str],
     keys: Callable[[str], Iterable[dg.AssetKey]],
     description: str,
+    tags: Mapping[str, str] | None = None,
 ) -> dg.UnresolvedAssetJobDefinition:
     """A job materializing `keys(config)` of every config (each run selects some)."""
-    return asset_job(name, dg.AssetSelection.assets(*of_every_config(configs, keys)), description)
+    selection = dg.AssetSelection.assets(*of_every_config(configs, keys))
+    return asset_job(name, selection, description, tags)

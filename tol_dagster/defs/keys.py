@@ -19,6 +19,9 @@ from tol_dagster.derived.table_audit import DERIVED_TABLES
 RESYNC_TAG = "tol/resync"
 #: Who launched a run: `cli`, `demo`, `sensor` or `schedule` (the UI's own launches carry none).
 SOURCE_TAG = "tol/source"
+#: How a run's `remote` asks the Hub: `quick` (set on `status_job`) gives up after one short
+#: retry, as the sensors do; without it, the patient policy a resync wants.
+HUB_RETRY_TAG = "tol/hub-retry"
 
 
 def source_tags(source: str) -> dict[str, str]:

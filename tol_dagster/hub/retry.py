@@ -70,9 +70,10 @@ class RetryPolicy:
 
 
 #: For a question whose answer can wait for the next time it is asked (a sensor's tick, the
-#: audit's note on upstream): one quick retry, and a 429 gets one short wait at most, whatever
-#: the server asks. The default policy (6 attempts, backoff to 30 s) held a sensor tick for 31 s
-#: against a Hub that was down, and longer than the daemon's tick timeout against one that hangs.
+#: audit's note on upstream, `tol-dagster status`): one quick retry, and a 429 gets one short
+#: wait at most, whatever the server asks. The default policy (6 attempts, backoff to 30 s)
+#: held a sensor tick for 31 s against a Hub that was down, and longer than the daemon's tick
+#: timeout against one that hangs.
 QUICK_RETRY = RetryPolicy(
     attempts=2,
     base_delay_s=0.5,

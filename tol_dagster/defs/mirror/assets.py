@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from tol_dagster.defs.failures import in_words
-from tol_dagster.defs.keys import asset_key
+from tol_dagster.defs.keys import HUB_RETRY_TAG, asset_key
 from tol_dagster.defs.metadata import (
     OWNERS,
     blocking_checks,
@@ -31,6 +31,7 @@ from tol_dagster.defs.mirror.resync_slot import ResyncSlotResource, resync_pool
 from tol_dagster.defs.mirror.run_config import StageConfig
 from tol_dagster.defs.resources import GateResource, HubResource, StorageResource
 from tol_dagster.errors import StoreError
+from tol_dagster.hub.retry import QUICK_RETRY
 from tol_dagster.resync import plan, publish, revision_diff
 from tol_dagster.resync.gate import GATE_CHECKS, gate_refusal, run_gate
 from tol_dagster.resync.state import StagedState, load_staged, refresh_remote, remote_version
@@ -67,7 +68,8 @@ def build_remote_asset(name: str) -> dg.AssetsDefinition:
     def remote(
         context: dg.AssetExecutionContext, hub: HubResource, storage: StorageResource
     ) -> dg.MaterializeResult:
-        state = refresh_remote(storage.layout, hub.client(), name)
+        quick = context.run.tags.get(HUB_RETRY_TAG) == "quick"  # `status`: an answer soon
+        state = refresh_remote(storage.layout, hub.client(QUICK_RETRY if quick else None), name)
         manifest = load_manifest(storage.layout, name)
         behind = plan.plan_sync(manifest, state)
         lacked = plan.lacked_at_check(manifest, behind)

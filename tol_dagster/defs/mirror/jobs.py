@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import dagster as dg
 
 from tol_dagster.defs.executors import asset_job, assets_job, of_every_config
-from tol_dagster.defs.keys import RESYNC_TAG, asset_key, derived_table_keys
+from tol_dagster.defs.keys import HUB_RETRY_TAG, RESYNC_TAG, asset_key, derived_table_keys
 from tol_dagster.defs.mirror.adoption import build_adopt_job
 from tol_dagster.defs.mirror.keys import resync_keys
 
@@ -34,7 +34,10 @@ def build_mirror_jobs(configs: Sequence[str]) -> list[dg.UnresolvedAssetJobDefin
         "Re-hash the mirror against its manifest and upstream, each published slice against "
         "the catalog and each derived table against its build's record; report drift."
     )
-    status = "Read upstream's state and how far the mirror is behind it (no downloads)."
+    status = (
+        "Read upstream's state and how far the mirror is behind it (no downloads; an "
+        "unreachable Hub is reported after one short retry)."
+    )
     return [
         assets_job(RESYNC_JOB, configs, resync_keys, resync),
         asset_job(
@@ -42,7 +45,7 @@ def build_mirror_jobs(configs: Sequence[str]) -> list[dg.UnresolvedAssetJobDefin
             dg.AssetSelection.checks_for_assets(*of_every_config(configs, audited)),
             audit,
         ),
-        assets_job(STATUS_JOB, configs, remotes, status),
+        assets_job(STATUS_JOB, configs, remotes, status, {HUB_RETRY_TAG: "quick"}),
         *(build_adopt_job(config, resync_run_tags(config, None)) for config in configs),
     ]
 
