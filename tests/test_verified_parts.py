@@ -35,7 +35,7 @@ from tol_dagster.derived import centroids, parts, summaries, taxon_index
 from tol_dagster.devtools.localhub import LocalHub
 from tol_dagster.errors import StoreError
 from tol_dagster.hub.client import HubClient
-from tol_dagster.store import file_cache, hashing, verified
+from tol_dagster.store import durable, file_cache, hashing, verified
 from tol_dagster.store.cleanup import prune_derived
 from tol_dagster.store.layout import Layout
 from tol_dagster.store.mirror_files import MirrorFile
@@ -311,18 +311,26 @@ def test_a_forget_killed_midway_leaves_no_result_under_the_content(
     assert file_cache.forget_content(layout, CONFIG, sha256) is False
 
 
+def _rotted_under_a_recent_note(
+    sample: Path, tmp_path: Path
+) -> tuple[list[MirrorFile], Layout, MirrorFile]:
+    """Built, parts dropped, then the first file rotted: its note still matches (mtime and
+    size kept), so a build trusts it."""
+    files = _copied(sample, tmp_path)
+    layout = Layout(tmp_path / "home")
+    build_all(files, layout)
+    _drop_parts(layout, files)
+    flip_a_byte(files[0].path)
+    return files, layout, files[0]
+
+
 def test_a_part_computed_while_a_resync_forgot_its_content_is_not_kept(
     small_sample: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A build that trusted a recent note of a file that has rotted since, and a resync that
     found the file drifted and dropped its content's results while the build read it: the
     part the build computed from the rotted bytes must not land under the sha256."""
-    files = _copied(small_sample, tmp_path)
-    layout = Layout(tmp_path / "home")
-    build_all(files, layout)
-    _drop_parts(layout, files)
-    rotten = files[0]
-    flip_a_byte(rotten.path)  # its note still matches: mtime and size kept
+    files, layout, rotten = _rotted_under_a_recent_note(small_sample, tmp_path)
     scan = summaries._counts
 
     def with_a_resync_meanwhile(con: Any, stale: Any) -> Any:
@@ -334,3 +342,52 @@ def test_a_part_computed_while_a_resync_forgot_its_content_is_not_kept(
     with pytest.raises(StoreError, match="changed on disk"):
         summaries.write_parts(files, layout, CONFIG)
     assert not (layout.derived_dir(CONFIG, rotten.sha256) / summaries.SUMMARY_PART).exists()
+
+
+def _forget_before_the_write(
+    monkeypatch: pytest.MonkeyPatch, forget: Callable[[Path], None]
+) -> None:
+    keep = parts.keep_table
+
+    def keep_after_a_forget(path: Path, table: pa.Table) -> None:
+        forget(path)
+        keep(path, table)
+
+    monkeypatch.setattr(parts, "keep_table", keep_after_a_forget)
+
+
+def _forget_during_the_write(
+    monkeypatch: pytest.MonkeyPatch, forget: Callable[[Path], None]
+) -> None:
+    fsync_file = durable.fsync_file
+
+    def fsync_after_a_forget(path: Path) -> None:
+        if path.name.startswith(durable.TEMP_PREFIX):  # the part's temp file, not yet renamed
+            forget(path)
+        fsync_file(path)
+
+    monkeypatch.setattr(durable, "fsync_file", fsync_after_a_forget)
+
+
+@pytest.mark.parametrize("when", [_forget_before_the_write, _forget_during_the_write])
+def test_a_forget_between_the_last_check_of_the_note_and_the_part_landing_keeps_no_part(
+    small_sample: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    when: Callable[[pytest.MonkeyPatch, Callable[[Path], None]], None],
+) -> None:
+    """The resync drops the content after `write_part` found the note standing: before the
+    write, which recreates the folder (the part of rotted bytes would land there, with no note
+    to say it was never checked again), or between the part's temp file and its rename (the
+    temp file goes with its folder: a `FileNotFoundError` of a temp name, not the store's)."""
+    files, layout, rotten = _rotted_under_a_recent_note(small_sample, tmp_path)
+    folder = layout.derived_dir(CONFIG, rotten.sha256)
+
+    def forget(path: Path) -> None:
+        if path.parent == folder:
+            file_cache.forget_content(layout, CONFIG, rotten.sha256)
+
+    when(monkeypatch, forget)
+    with pytest.raises(StoreError, match="changed on disk"):
+        summaries.write_parts(files, layout, CONFIG)
+    assert not (folder / summaries.SUMMARY_PART).exists()

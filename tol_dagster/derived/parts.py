@@ -36,9 +36,10 @@ from tol_dagster.store.file_cache import (
     kept_table,
     read_kept,
 )
+from tol_dagster.store.hashing import file_version
 from tol_dagster.store.layout import Layout
 from tol_dagster.store.mirror_files import MirrorFile
-from tol_dagster.store.verified import verify
+from tol_dagster.store.verified import noted, verify
 
 _log = logging.getLogger(__name__)
 
@@ -108,11 +109,37 @@ def write_part(table: pa.Table, layout: Layout, config: str, file: MirrorFile, n
     """Keep `table` as the result `name` of `file` (atomically, like every write here), once
     `file` is still verified: a resync that found it drifted while `table` was computed from
     it has dropped its note (`forget_content`), and the file is then hashed first (a note
-    read and a stat otherwise)."""
-    verify([file], layout, config)
+    read and a stat otherwise). A note trusted must still stand once the part is in place: a
+    drop during the write itself removes the part again, and the file is hashed (StoreError
+    if it drifted) before the part is kept."""
     path = derived_path(layout, config, file, name)
-    keep_table(path, table)
+    kept = False
+    if not verify([file], layout, config):  # a recent note trusted, not the file hashed now
+        kept = _kept_while_noted(table, path, layout, config, file)
+        if not kept:
+            verify([file], layout, config, within=0)
+    if not kept:
+        keep_table(path, table)
     drop_older_versions(path)
+
+
+def _kept_while_noted(
+    table: pa.Table, path: Path, layout: Layout, config: str, file: MirrorFile
+) -> bool:
+    """Keep `table` at `path`; whether the note of `file` still stands once it is there
+    (`forget_content` removes the note with the results): otherwise nothing is left at `path`."""
+    try:
+        keep_table(path, table)
+    except FileNotFoundError:  # the folder renamed away under the write
+        return False
+    note = noted(layout, config, file.sha256)
+    try:
+        if note is not None and note[0] == file_version(file.path.stat()):
+            return True
+    except OSError:  # the file gone: what hashes it next says so
+        pass
+    path.unlink(missing_ok=True)
+    return False
 
 
 def read_published(path: Path, asset: str) -> pa.Table:

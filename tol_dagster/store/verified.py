@@ -53,16 +53,28 @@ def note_verified(
         _log.debug("%s not noted as verified: %s", path, error)
 
 
+def noted(layout: Layout, config: str, sha256: str) -> tuple[tuple[int, ...], float] | None:
+    """The note of the content `sha256`: the file version found to hash to it, and when (None:
+    no note that reads). `forget_content` removes it with the content's results."""
+    try:
+        note = json.loads(note_path(layout, config, sha256).read_bytes())
+        return tuple(note["version"]), float(note["at"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def recently_verified(
     layout: Layout, config: str, file: MirrorFile, now: float, within: float
 ) -> bool:
     """Whether `file`, as it is on disk now, was found to hash to its sha256 at most `within`
     seconds before `now` (a note from the future, a clock set back, does not count)."""
+    note = noted(layout, config, file.sha256)
+    if note is None:
+        return False
+    version, at = note
     try:
-        note = json.loads(note_path(layout, config, file.sha256).read_bytes())
-        version, at = tuple(note["version"]), float(note["at"])
         return version == file_version(file.path.stat()) and now - within <= at <= now
-    except (OSError, ValueError, KeyError, TypeError):
+    except OSError:
         return False
 
 
@@ -72,14 +84,14 @@ def verify(
     config: str,
     *,
     within: float = RECENT_SECONDS,
-) -> None:
+) -> list[MirrorFile]:
     """Hash those of `files` not verified within `within` seconds (in threads, one per core)
     and note them; `changed_on_disk` (StoreError) names the first that no longer hashes to
-    its sha256, once the others are noted."""
+    its sha256, once the others are noted. Returns those hashed (the others' notes trusted)."""
     now = time.time()
     due = [f for f in files if not recently_verified(layout, config, f, now, within)]
     if not due:
-        return
+        return due
     _log.info("hashing %d mirror files not verified in the last %d s", len(due), within)
     stats = {f.path: f.path.stat() for f in due}
     found = sha256_files(list(stats), threads=usable_cores())
@@ -89,3 +101,4 @@ def verify(
             note_verified(layout, config, file.sha256, stats[file.path], now)
     if changed:
         raise changed_on_disk(changed[0], found[changed[0].path])
+    return due
