@@ -162,6 +162,7 @@ def test_3_upstream_unreachable(
     failure = [line for line in outcome.err.splitlines() if line.startswith("tol-dagster:")]
     assert failure, outcome.err
     assert closed in failure[0] and "check the network" in failure[0]
+    assert "then run the command again" in failure[0], "status and sync alike"
     before = outcome.err.split(failure[0])[0].splitlines()
     assert all("retry" in line for line in before), "only the retries' progress lines come first"
     assert_no_traceback(outcome)

@@ -191,7 +191,7 @@ class Retrier:
             raise UpstreamError(
                 f"{what} on {self.endpoint} failed after {len(tries.reasons)} attempts "
                 f"({', '.join(tries.reasons[-self.policy.attempts :])}): check the network and "
-                "the Hub's status, then sync again"
+                "the Hub's status, then run the command again"
             ) from err
         return tries.failures, self.policy.attempts
 
