@@ -124,6 +124,28 @@ def test_a_file_is_hashed_once_for_its_parts_and_not_again_while_its_note_is_rec
     assert hashed == {files[1].name: 1}, "a note is of the file it hashed"
 
 
+def test_a_note_from_another_machines_mount_of_the_file_spares_its_hash(
+    small_sample: Path, tmp_path: Path, hashed: Counter[str]
+) -> None:
+    """A network filesystem gives each machine's mount its own device number: the gate's note,
+    written on one machine, names the file the parts' worker sees on another."""
+    files = _copied(small_sample, tmp_path)
+    layout = Layout(tmp_path / "home")
+    build_all(files, layout)
+    for file in files:
+        note = verified.note_path(layout, CONFIG, file.sha256)
+        written = json.loads(note.read_text())
+        device, *same_file = written["version"]
+        note.write_text(json.dumps(written | {"version": [device + 1, *same_file]}))
+    hashed.clear()
+    _drop_parts(layout, files)
+
+    build_all(files, layout)
+
+    assert hashed == {}, "the same inode, size and mtime: the note stands"
+    assert all(p.exists() for p in _parts(layout, files))
+
+
 def test_a_damaged_note_is_no_note_and_one_that_cannot_be_written_fails_nothing(
     small_sample: Path, tmp_path: Path, hashed: Counter[str]
 ) -> None:

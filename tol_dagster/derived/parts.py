@@ -36,10 +36,9 @@ from tol_dagster.store.file_cache import (
     kept_table,
     read_kept,
 )
-from tol_dagster.store.hashing import file_version
 from tol_dagster.store.layout import Layout
 from tol_dagster.store.mirror_files import MirrorFile
-from tol_dagster.store.verified import noted, verify
+from tol_dagster.store.verified import still_noted, verify
 
 _log = logging.getLogger(__name__)
 
@@ -132,12 +131,8 @@ def _kept_while_noted(
         keep_table(path, table)
     except FileNotFoundError:  # the folder renamed away under the write
         return False
-    note = noted(layout, config, file.sha256)
-    try:
-        if note is not None and note[0] == file_version(file.path.stat()):
-            return True
-    except OSError:  # the file gone: what hashes it next says so
-        pass
+    if still_noted(layout, config, file):
+        return True
     path.unlink(missing_ok=True)
     return False
 

@@ -53,14 +53,10 @@ def note_verified(
         _log.debug("%s not noted as verified: %s", path, error)
 
 
-def noted(layout: Layout, config: str, sha256: str) -> tuple[tuple[int, ...], float] | None:
-    """The note of the content `sha256`: the file version found to hash to it, and when (None:
-    no note that reads). `forget_content` removes it with the content's results."""
-    try:
-        note = json.loads(note_path(layout, config, sha256).read_bytes())
-        return tuple(note["version"]), float(note["at"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
+def still_noted(layout: Layout, config: str, file: MirrorFile) -> bool:
+    """Whether the note of `file`'s content still names `file` as it is on disk, however old
+    (`forget_content` removes it with the content's results)."""
+    return _noted_at(layout, config, file) is not None
 
 
 def recently_verified(
@@ -68,14 +64,23 @@ def recently_verified(
 ) -> bool:
     """Whether `file`, as it is on disk now, was found to hash to its sha256 at most `within`
     seconds before `now` (a note from the future, a clock set back, does not count)."""
-    note = noted(layout, config, file.sha256)
-    if note is None:
-        return False
-    version, at = note
+    at = _noted_at(layout, config, file)
+    return at is not None and now - within <= at <= now
+
+
+def _noted_at(layout: Layout, config: str, file: MirrorFile) -> float | None:
+    """When `file`, as it is on disk now, was noted (None: no note of it that reads).
+
+    The same file is the same inode, size and mtime; its device number is not compared: a
+    network filesystem gives each machine's mount a number of its own, and a note the gate
+    wrote on one machine must spare the hash on the worker computing the parts on another."""
     try:
-        return version == file_version(file.path.stat()) and now - within <= at <= now
-    except OSError:
-        return False
+        note = json.loads(note_path(layout, config, file.sha256).read_bytes())
+        version, at = list(note["version"]), float(note["at"])
+        same = version[1:] == list(file_version(file.path.stat()))[1:]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return at if same else None
 
 
 def verify(
