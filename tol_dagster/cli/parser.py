@@ -170,7 +170,14 @@ def _add_worker(commands: Subparsers) -> None:
 
 
 def _add_status(commands: Subparsers) -> None:
-    status = commands.add_parser("status", help="compare the mirror with upstream (a Dagster run)")
+    status = commands.add_parser(
+        "status",
+        help="compare the mirror with upstream (a Dagster run)",
+        description="Ask upstream for its state in a run of status_job, then print per config "
+        "the mirror next to it and what a sync would do; nothing is downloaded. Upstream is "
+        "asked with one quick retry: an unreachable Hub exits 3 within seconds, after what is "
+        "known locally.",
+    )
     _add_json(status)
     _add_verbosity(status)
     status.set_defaults(handler="status")
