@@ -3,6 +3,7 @@ row groups they were made of, and a row range read through the offset index equa
 
 from __future__ import annotations
 
+import builtins
 import io
 import struct
 from collections.abc import Callable
@@ -160,6 +161,29 @@ def test_columns_of_few_distinct_values_are_decoded_as_indices_and_read_as_value
     path = _write(empty, tmp_path / "nulls.parquet")
     assert pq.read_metadata(path).row_group(1).column(2).has_dictionary_page
     assert read_rows(read_footer(path), 1, 100, 300).cast(SCHEMA).equals(empty.slice(1100, 200))
+
+
+def test_pages_read_again_are_looked_up_once_and_read_without_opening_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A rank pass reads each page for several values: the second read of decoded pages gets
+    their values looked up once for all their rows, kept so, and touches no file."""
+    table = _table(3000, 5)
+    path = _write(table, tmp_path / "a.parquet", data_page_size=1 << 20)  # a page per chunk
+    footer = read_footer(path)
+    DECODED.entries.clear()
+    DECODED.size = 0
+    read_rows(footer, 1, 100, 300)
+    assert any(pa.types.is_dictionary(e.column.type) for e in DECODED.entries.values())
+
+    def no_open(*args: object, **kwargs: object) -> None:
+        raise AssertionError(f"opened {args[0]}: its pages were decoded already")
+
+    monkeypatch.setattr(builtins, "open", no_open)
+    again = read_rows(footer, 1, 400, 900)
+    assert again.cast(SCHEMA).equals(table.slice(1400, 500))
+    assert not any(pa.types.is_dictionary(e.column.type) for e in DECODED.entries.values())
+    assert read_rows(footer, 1, 0, 1000).cast(SCHEMA).equals(table.slice(1000, 1000))
 
 
 def test_a_file_without_an_offset_index_cannot_be_read_by_pages(tmp_path: Path) -> None:

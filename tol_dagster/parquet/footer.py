@@ -204,6 +204,28 @@ def read_bytes(footer: Footer, offset: int, length: int) -> bytes:
         return pread(handle, offset, length)
 
 
+class LazyFile:
+    """A file opened on first use: a read of pages a rank pass decoded already (most of its
+    reads) opens nothing."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._handle: BinaryIO | None = None
+
+    def __enter__(self) -> LazyFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._handle is not None:
+            self._handle.close()
+
+    @property
+    def handle(self) -> BinaryIO:
+        if self._handle is None:
+            self._handle = open(self.path, "rb")  # noqa: SIM115 (closed by __exit__)
+        return self._handle
+
+
 def pread(handle: BinaryIO, offset: int, length: int) -> bytes:
     """Exactly `length` bytes at `offset`; SpliceError if the file ends before."""
     handle.seek(offset)

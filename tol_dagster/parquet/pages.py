@@ -20,10 +20,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from tol_dagster.parquet import field_ids
-from tol_dagster.parquet.decoded import DECODED, DecodedChunk
+from tol_dagster.parquet.decoded import DECODED, DecodedChunk, values_of
 from tol_dagster.parquet.footer import (
     MAGIC,
     Footer,
+    LazyFile,
     SpliceError,
     chunk_start,
     parse_struct,
@@ -42,7 +43,7 @@ from tol_dagster.parquet.thrift import (
 )
 
 #: Strings whose dictionary holds at most one value per this many rows of the pages read are
-#: decoded as Arrow dictionary indices, and `_plain` looks up only the rows asked for: a taxon's
+#: decoded as Arrow dictionary indices, and `values_of` looks up only the rows asked for: a taxon's
 #: names repeat for thousands of rows, and building their strings costs ~5x the indices.
 DICTIONARY_SHARE = 4
 
@@ -67,7 +68,7 @@ def read_rows(
     if not 0 <= start < stop <= rows:
         raise ValueError(f"rows {start}..{stop} are not in a row group of {rows} rows")
     read, names = [], []
-    with open(footer.path, "rb") as handle:
+    with LazyFile(footer.path) as handle:
         for (name, elements), chunk in zip(fields, chunks, strict=True):
             if columns is not None and name not in columns:
                 continue
@@ -128,7 +129,7 @@ class _Pages:
 
 def _read_column(
     footer: Footer,
-    handle: BinaryIO,
+    file: LazyFile,
     elements: list[Struct],
     chunk: Struct,
     start: int,
@@ -143,12 +144,14 @@ def _read_column(
     key = (id(footer), chunk_start(meta))
     known = DECODED.get(key, footer)
     locations = (
-        known.locations if known is not None else _locations(footer.path, handle, chunk, meta, rows)
+        known.locations
+        if known is not None
+        else _locations(footer.path, file.handle, chunk, meta, rows)
     )
     first, last, covered = _page_range(locations, start, stop, rows)
     if known is not None and known.covers(first, last):
-        return _plain(known.column.slice(start - known.covered[0], stop - start))
-    pages = _pages(footer.path, handle, meta, locations, first, last, covered)
+        return DECODED.with_values(key, known).slice(start - known.covered[0], stop - start)
+    pages = _pages(footer.path, file.handle, meta, locations, first, last, covered)
     column = _decoded(footer, elements, meta, pages, _page_rows(locations, pages))
     if len(column) != covered[1] - covered[0]:
         raise SpliceError(
@@ -156,7 +159,7 @@ def _read_column(
             f"{len(column)} rows where its offset index says {covered[1] - covered[0]}"
         )
     DECODED.put(key, DecodedChunk(footer, locations, first, last, covered, column))
-    return _plain(column.slice(start - covered[0], stop - start))
+    return values_of(column.slice(start - covered[0], stop - start))
 
 
 def _decoded(
@@ -181,14 +184,6 @@ def _decoded(
     name = elements[0].get(field_ids.SCHEMA_NAME).decode()
     parquet = pq.ParquetFile(pa.BufferReader(data), read_dictionary=[name] if few else None)
     return parquet.read(use_threads=False).column(0)
-
-
-def _plain(column: pa.ChunkedArray) -> pa.ChunkedArray:
-    """`column` with its values, when `_decoded` kept it as a dictionary: only the rows
-    asked for are looked up."""
-    if pa.types.is_dictionary(column.type):
-        return column.cast(column.type.value_type)
-    return column
 
 
 def _page_rows(locations: list[Struct], pages: _Pages) -> list[int]:

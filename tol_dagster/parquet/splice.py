@@ -23,7 +23,17 @@ from tol_dagster.parquet.footer import (
     parse_struct,
     read_bytes,
 )
-from tol_dagster.parquet.thrift import BINARY, I16, I32, I64, LIST, STRUCT, Struct, write_struct
+from tol_dagster.parquet.thrift import (
+    BINARY,
+    I16,
+    I32,
+    I64,
+    LIST,
+    STRUCT,
+    Raw,
+    Struct,
+    write_struct,
+)
 
 
 @dataclass(frozen=True)
@@ -181,6 +191,7 @@ class Splicer:
                 self.sink.write(blob)
                 self.position += len(blob)
         meta = self.template.meta.shallow()  # only its own fields are set
+        meta.set(field_ids.FILE_SCHEMA, Raw(self.template.schema))  # encoded once per template
         meta.set(field_ids.FILE_ROW_GROUPS, (STRUCT, self.groups))
         meta.set(field_ids.FILE_NUM_ROWS, sum(g.get(field_ids.RG_NUM_ROWS) for g in self.groups))
         if key_value:

@@ -140,7 +140,8 @@ def _jobs(
 ) -> Iterator[tuple[MirrorFile, _Job]]:
     """The work of each piece of `scans`, in order: by pages, by pyarrow or by DuckDB."""
     predicate = Predicate(key)
-    with duck.cursor() as con:
+    with contextlib.ExitStack() as stack:
+        con: duckdb.DuckDBPyConnection | None = None  # opened if a span needs it (~0.2 ms)
         for scan in scans:
             starts = row_groups(scan.file.path)[0]
             footer = page_indexed(scan)
@@ -165,6 +166,7 @@ def _jobs(
                         parquet = pq.ParquetFile(scan.file.path)
                     yield scan.file, _pyarrow_rows(parquet, starts, first, span, predicate, schema)
                 else:
+                    con = con or stack.enter_context(duck.cursor())
                     yield scan.file, _duckdb_rows(con, key, scan.file, span, schema)
 
 
