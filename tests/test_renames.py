@@ -64,6 +64,36 @@ def test_a_failed_fsync_publishes_nothing_more_and_is_raised(
     assert sorted(p.name for p in tmp_path.iterdir()) == [".d.tmp", "a.txt"]  # d: never queued
 
 
+def test_bytes_are_written_in_turn_and_not_after_a_failure(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A record queued after its slice is written only once the slice is in place, and never
+    once a file before it failed."""
+    slice_path, record = tmp_path / "s.parquet", tmp_path / "records" / "s.json"
+    seen: list[bool] = []
+
+    def fsync(path: Path) -> None:
+        seen.append(record.exists())
+        if path.name.startswith(".bad"):
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(renames, "fsync_file", fsync)
+    with DeferredRenames() as queue:
+        queue.publish(_temp(tmp_path, "good"), slice_path)
+        queue.write(b"{}", record)
+        queue.wait()
+    assert seen == [False] and record.read_bytes() == b"{}"
+    assert sorted(p.name for p in record.parent.iterdir()) == ["s.json"]
+
+    queue = DeferredRenames()
+    queue.publish(_temp(tmp_path, "bad"), tmp_path / "t.parquet")
+    queue.write(b"{}", tmp_path / "records" / "t.json")
+    with pytest.raises(OSError, match="No space left"):
+        queue.close()
+    assert not (tmp_path / "records" / "t.json").exists()
+    assert sorted(p.name for p in record.parent.iterdir()) == ["s.json"]
+
+
 def test_atomic_path_hands_the_finished_file_over_and_keeps_a_failed_one_out(
     tmp_path: Path,
 ) -> None:

@@ -307,9 +307,7 @@ class _Recorder:
             return
         fsync_dir(self.layout.slices_dir(self.config))
         for record in self.pending:
-            records.save_slice_record(
-                self.layout, self.config, record, sync_dir=False, publish=self.renames.publish
-            )
+            records.save_slice_record(self.layout, self.config, record, deferred=self.renames)
         self.pending, self.queued = [], True
 
     def close(self) -> None:

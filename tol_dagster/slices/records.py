@@ -15,7 +15,7 @@ import contextlib
 import json
 import os
 import shlex
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,7 @@ from tol_dagster.slices.extract import SliceResult
 from tol_dagster.slices.keys import SliceKey, parse_slice_key
 from tol_dagster.store.durable import write_atomic
 from tol_dagster.store.layout import Layout
+from tol_dagster.store.renames import DeferredRenames
 
 
 def record_path(layout: Layout, config: str, name: str) -> Path:
@@ -88,16 +89,16 @@ def save_slice_record(
     record: Mapping[str, object],
     *,
     sync_dir: bool = True,
-    publish: Callable[[Path, Path], None] | None = None,
+    deferred: DeferredRenames | None = None,
 ) -> None:
     """Write the record of the slice `record["name"]`, replacing the one of its last build
-    (`sync_dir` and `publish`: see `store.durable.atomic_path`)."""
-    write_atomic(
-        record_path(layout, config, str(record["name"])),
-        json.dumps(record, indent=1).encode(),
-        sync_dir=sync_dir,
-        publish=publish,
-    )
+    (`sync_dir`: see `store.durable.atomic_path`); `deferred` writes it in turn, and the
+    caller syncs the folder."""
+    path, data = record_path(layout, config, str(record["name"])), json.dumps(record, indent=1)
+    if deferred is not None:
+        deferred.write(data.encode(), path)
+    else:
+        write_atomic(path, data.encode(), sync_dir=sync_dir)
 
 
 class RecordFolder:

@@ -16,19 +16,20 @@ import threading
 from pathlib import Path
 from types import TracebackType
 
-from tol_dagster.store.durable import fsync_file
+from tol_dagster.store.durable import fsync_file, write_atomic
 
 #: Marks the end of the queue for the thread.
 _STOP = None
 
 
 class DeferredRenames:
-    """`publish(temp, path)` returns at once; a thread fsyncs `temp` and renames it onto
-    `path`, in the order given. After a failure (a full disk, an I/O error) nothing more is
-    renamed: the temp files still queued are removed and `wait` raises the first error."""
+    """`publish(temp, path)` (and `write(data, path)`) returns at once; a thread fsyncs `temp`
+    and renames it onto `path`, in the order given. After a failure (a full disk, an I/O
+    error) nothing more is renamed or written: the temp files still queued are removed and
+    `wait` raises the first error."""
 
     def __init__(self) -> None:
-        self._queue: queue.Queue[tuple[Path, Path] | None] = queue.Queue()
+        self._queue: queue.Queue[tuple[Path | bytes, Path] | None] = queue.Queue()
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="durable-renames", daemon=True)
         self._thread.start()
@@ -37,6 +38,13 @@ class DeferredRenames:
         """Queue `temp` (whole, closed) to replace `path`; raises the first earlier failure."""
         self._raise()
         self._queue.put((temp, path))
+
+    def write(self, data: bytes, path: Path) -> None:
+        """Queue `data` to replace `path`, written to a temp file, fsynced and renamed in turn
+        by the thread (`durable.write_atomic`): small files (a rank pass's records) cost the
+        caller no file creation, which waits on the journal while other files sync."""
+        self._raise()
+        self._queue.put((data, path))
 
     def wait(self) -> None:
         """Return once every queued file is in place; raise the first failure if one failed."""
@@ -70,18 +78,29 @@ class DeferredRenames:
 
     def _run(self) -> None:
         while (item := self._queue.get()) is not _STOP:
-            temp, path = item
-            published = False
+            source, path = item
             try:
-                if self._error is None:
-                    fsync_file(temp)
-                    os.replace(temp, path)
-                    published = True
+                if isinstance(source, bytes):
+                    if self._error is None:
+                        write_atomic(path, source, sync_dir=False)
+                else:
+                    self._rename(source, path)
             except BaseException as error:  # kept for the caller's thread
                 self._error = error
             finally:
-                if not published:
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(temp)
                 self._queue.task_done()
         self._queue.task_done()
+
+    def _rename(self, temp: Path, path: Path) -> None:
+        """Put `temp` in place once its bytes are durable; removed if not put (a failure now
+        or before)."""
+        published = False
+        try:
+            if self._error is None:
+                fsync_file(temp)
+                os.replace(temp, path)
+                published = True
+        finally:
+            if not published:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(temp)
