@@ -250,3 +250,15 @@ def test_raw_values_are_written_as_they_are() -> None:
     out = bytearray()
     write_value(out, STRUCT, Raw(b"\x15\x04\x00"))
     assert out == b"\x15\x04\x00"
+
+
+def test_a_struct_that_repeats_a_field_is_damaged() -> None:
+    """One value per field: a struct giving field 1 twice (the second in the long form, as a
+    writer never would) is refused, and its footer with it, rather than one value dropped."""
+    repeated = b"\x15\x04\x05\x02\x06\x00"  # i32 field 1 = 2, then field 1 again = 3
+    with pytest.raises(ValueError, match="field 1 repeated"):
+        read_struct(memoryview(repeated), 0)
+    single = Struct([[1, I32, 2], [2, I32, 3]])
+    out = bytearray()
+    write_struct(out, single)
+    assert read_struct(memoryview(bytes(out)), 0)[0].fields == [[1, I32, 2], [2, I32, 3]]

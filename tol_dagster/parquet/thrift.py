@@ -11,7 +11,7 @@ file turn them into `SpliceError` naming it.
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 # Thrift compact protocol types.
@@ -33,42 +33,49 @@ Shape = dict[int, "Shape | None"]
 
 
 class Struct:
-    """A Thrift struct as read: (field id, type, value) in wire order, unknown fields kept."""
+    """A Thrift struct as read: its fields by id, each (type, value), in wire order, unknown
+    fields kept. A dict, not a list: a rank pass looks fields up millions of times."""
 
-    def __init__(self, fields: list[list[Any]]) -> None:
-        self.fields = fields
+    __slots__ = ("_fields",)
+
+    def __init__(self, fields: list[list[Any]] | dict[int, tuple[int, Any]]) -> None:
+        self._fields = (
+            fields if isinstance(fields, dict) else {i: (kind, v) for i, kind, v in fields}
+        )
+
+    @property
+    def fields(self) -> list[list[Any]]:
+        """(field id, type, value) of each field, in order."""
+        return [[i, kind, value] for i, (kind, value) in self._fields.items()]
+
+    def items(self) -> Iterable[tuple[int, tuple[int, Any]]]:
+        return self._fields.items()
 
     def get(self, field_id: int, default: Any = None) -> Any:
-        for field in self.fields:  # a loop, not a generator: called millions of times
-            if field[0] == field_id:
-                return field[2]
-        return default
+        field = self._fields.get(field_id)
+        return default if field is None else field[1]
 
     def set(self, field_id: int, value: Any) -> None:
-        for field in self.fields:
-            if field[0] == field_id:
-                field[2] = value
-                return
-        raise KeyError(field_id)
+        self._fields[field_id] = (self._fields[field_id][0], value)
 
     def put(self, field_id: int, kind: int, value: Any) -> None:
         """Set a field, adding it in field-id order if absent."""
-        self.drop(field_id)
-        self.fields.append([field_id, kind, value])
-        self.fields.sort(key=lambda field: field[0])
+        self._fields[field_id] = (kind, value)
+        self._fields = dict(sorted(self._fields.items()))
 
     def drop(self, *field_ids: int) -> None:
-        self.fields = [f for f in self.fields if f[0] not in field_ids]
+        for field_id in field_ids:
+            self._fields.pop(field_id, None)
 
     def has(self, field_id: int) -> bool:
-        return self.get(field_id, _ABSENT) is not _ABSENT
+        return field_id in self._fields
 
     def copy(self) -> Struct:
-        return Struct([[i, t, _copy(t, v)] for i, t, v in self.fields])
+        return Struct({i: (t, _copy(t, v)) for i, (t, v) in self._fields.items()})
 
     def shallow(self) -> Struct:
         """A copy whose own fields may be set, added or dropped; their values are shared."""
-        return Struct([list(field) for field in self.fields])
+        return Struct(dict(self._fields))
 
 
 def read_varint(data: memoryview, pos: int) -> tuple[int, int]:
@@ -150,8 +157,7 @@ def _read_map(data: memoryview, pos: int) -> tuple[Any, int]:
 def read_struct(data: memoryview, pos: int, shape: Shape | None = None) -> tuple[Struct, int]:
     """The struct at `pos` of `data`, and the position after it; `shape` says which fields
     to keep as `Raw`."""
-    fields: list[list[Any]] = []
-    append = fields.append
+    fields: dict[int, tuple[int, Any]] = {}
     field_id = 0
     while True:
         header = data[pos]
@@ -163,22 +169,24 @@ def read_struct(data: memoryview, pos: int, shape: Shape | None = None) -> tuple
             field_id += header >> 4
         else:
             field_id, pos = _read_int(data, pos)
+        if field_id in fields:  # one value per field: a struct that repeats one is damaged
+            raise ValueError(f"field {field_id} repeated in a struct")
         if kind in _INTS:
             byte = data[pos]
             if byte < 0x80:
                 pos += 1
-                append([field_id, kind, (byte >> 1) ^ -(byte & 1)])
+                fields[field_id] = (kind, (byte >> 1) ^ -(byte & 1))
             else:
                 raw, pos = read_varint(data, pos)
-                append([field_id, kind, (raw >> 1) ^ -(raw & 1)])
+                fields[field_id] = (kind, (raw >> 1) ^ -(raw & 1))
         elif kind in (TRUE, FALSE):
-            append([field_id, kind, kind == TRUE])
+            fields[field_id] = (kind, kind == TRUE)
         elif shape is not None and field_id in shape:
             value, pos = _shaped(data, pos, kind, shape[field_id])
-            append([field_id, kind, value])
+            fields[field_id] = (kind, value)
         else:
             value, pos = _read_value(data, pos, kind)
-            append([field_id, kind, value])
+            fields[field_id] = (kind, value)
 
 
 def _shaped(data: memoryview, pos: int, kind: int, shape: Shape | None) -> tuple[Any, int]:
@@ -285,7 +293,7 @@ def write_struct(out: bytearray, value: Struct) -> None:
     """Append the struct `value` to `out`, its fields in the order they are held."""
     last = 0
     append = out.append
-    for field_id, kind, item in value.fields:
+    for field_id, (kind, item) in value.items():
         boolean = kind in (TRUE, FALSE)
         wire_kind = (TRUE if item else FALSE) if boolean else kind
         if 0 < field_id - last <= 15:
