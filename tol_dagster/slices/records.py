@@ -94,11 +94,12 @@ def save_slice_record(
     """Write the record of the slice `record["name"]`, replacing the one of its last build
     (`sync_dir`: see `store.durable.atomic_path`); `deferred` writes it in turn, and the
     caller syncs the folder."""
-    path, data = record_path(layout, config, str(record["name"])), json.dumps(record, indent=1)
+    path = record_path(layout, config, str(record["name"]))
+    data = json.dumps(record, indent=1).encode()
     if deferred is not None:
-        deferred.write(data.encode(), path)
+        deferred.write(data, path)
     else:
-        write_atomic(path, data.encode(), sync_dir=sync_dir)
+        write_atomic(path, data, sync_dir=sync_dir)
 
 
 class RecordFolder:

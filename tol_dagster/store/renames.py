@@ -1,4 +1,5 @@
-"""Finished temp files made durable and renamed into place by a background thread, in order.
+"""Finished temp files made durable and renamed into place by a background thread, in order,
+and small files written whole by it (`write`).
 
 Why: publishing a file atomically waits for its fsync (milliseconds of disk, ~6% of a rank
 pass of small slices), and the next slice need not wait for it. The guarantee stays the
