@@ -43,8 +43,9 @@ from tol_dagster.parquet.thrift import (
 )
 
 #: Strings whose dictionary holds at most one value per this many rows of the pages read are
-#: decoded as Arrow dictionary indices, and `values_of` looks up only the rows asked for: a taxon's
-#: names repeat for thousands of rows, and building their strings costs ~5x the indices.
+#: decoded as Arrow dictionary indices, and `values_of` looks up only the rows asked for (or,
+#: read again, all of them once: `DecodedPages.with_values`): a taxon's names repeat for
+#: thousands of rows, and building their strings costs ~5x the indices.
 DICTIONARY_SHARE = 4
 
 
@@ -68,13 +69,13 @@ def read_rows(
     if not 0 <= start < stop <= rows:
         raise ValueError(f"rows {start}..{stop} are not in a row group of {rows} rows")
     read, names = [], []
-    with LazyFile(footer.path) as handle:
+    with LazyFile(footer.path) as file:
         for (name, elements), chunk in zip(fields, chunks, strict=True):
             if columns is not None and name not in columns:
                 continue
             names.append(name)
             try:
-                read.append(_read_column(footer, handle, elements, chunk, start, stop, rows))
+                read.append(_read_column(footer, file, elements, chunk, start, stop, rows))
             except (IndexError, KeyError, TypeError, AttributeError, struct.error) as error:
                 raise SpliceError(f"{footer.path}: damaged page index ({error!r})") from error
             except pa.ArrowException as error:

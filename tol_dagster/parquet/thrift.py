@@ -19,10 +19,6 @@ TRUE, FALSE, BYTE, I16, I32, I64, DOUBLE, BINARY, LIST, SET, MAP, STRUCT = range
 _INTS = (I16, I32, I64)
 
 
-#: What `Struct.get` returns for a field that is not there, when asked to (`Struct.has`).
-_ABSENT = object()
-
-
 class Raw(bytes):
     """A field's value kept as its wire bytes: never read, written back as it came."""
 
