@@ -363,6 +363,12 @@ def test_emb_codec_is_decided_by_the_batchs_own_values_only() -> None:
     assert write._emb_codec(table.slice(0, rows).to_batches()[0]) == "none"
     assert write._emb_codec(table.slice(rows, rows).to_batches()[0]) == "zstd"
     assert write._emb_codec(table.slice(0, rows)) == "none"  # a table: its first batch decides
+    prefix = rng.integers(0, 1 << 16, 64 * 768, dtype=np.uint16).view(np.float16)  # > a probe
+    zeros = pa.array(np.concatenate([prefix, np.zeros(64 * 768, np.float16)])).slice(64 * 768)
+    lists = pa.FixedSizeListArray.from_arrays(zeros, 768)  # of a child that is sliced itself
+    assert write._emb_codec(pa.table({"emb": lists})) == "zstd"
+    with_null = pa.array([None, *emb.slice(0, rows).to_pylist()], emb.type)
+    assert write._emb_codec(pa.table({"emb": with_null})) == "none"  # its values, not the null's
 
 
 def test_the_slice_reads_only_the_row_groups_the_index_names(

@@ -60,7 +60,7 @@ class Writable(Protocol):
     """Where `Splicer` writes. A sink may also offer `copy_range(path, start, length)` to
     append a byte range of a file without the bytes passing through Python."""
 
-    def write(self, data: bytes | memoryview, /) -> Any: ...
+    def write(self, data: bytes | bytearray | memoryview, /) -> Any: ...
 
 
 class Splicer:
@@ -180,26 +180,28 @@ class Splicer:
 
     def close(self, key_value: dict[bytes, bytes] | None = None) -> int:
         """Write the page indexes and the footer (the template's, with our row groups and
-        `key_value` set in its key-value metadata); returns the file's rows."""
+        `key_value` set in its key-value metadata); returns the file's rows. One write: a
+        slice of a rank pass has two small page indexes per column."""
+        tail = bytearray()
         for held, (offset, length) in (
             (self.column_indexes, (field_ids.CC_COLUMN_INDEX, field_ids.CC_COLUMN_INDEX_LENGTH)),
             (self.offset_indexes, (field_ids.CC_OFFSET_INDEX, field_ids.CC_OFFSET_INDEX_LENGTH)),
         ):
             for chunk, blob in held:
-                chunk.put(offset, I64, self.position)
+                chunk.put(offset, I64, self.position + len(tail))
                 chunk.put(length, I32, len(blob))
-                self.sink.write(blob)
-                self.position += len(blob)
+                tail += blob
         meta = self.template.meta.shallow()  # only its own fields are set
         meta.set(field_ids.FILE_SCHEMA, Raw(self.template.schema))  # encoded once per template
         meta.set(field_ids.FILE_ROW_GROUPS, (STRUCT, self.groups))
         meta.set(field_ids.FILE_NUM_ROWS, sum(g.get(field_ids.RG_NUM_ROWS) for g in self.groups))
         if key_value:
             _set_key_value(meta, key_value)
-        footer = bytearray()
-        write_struct(footer, meta)
-        self.sink.write(bytes(footer))
-        self.sink.write(struct.pack("<I", len(footer)) + MAGIC)
+        start = len(tail)
+        write_struct(tail, meta)
+        tail += struct.pack("<I", len(tail) - start) + MAGIC
+        self.sink.write(tail)
+        self.position += len(tail)
         return int(meta.get(field_ids.FILE_NUM_ROWS))
 
 
