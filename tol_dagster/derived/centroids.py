@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 
 from tol_dagster import duck
 from tol_dagster.derived.parts import files_to_compute, read_part, read_published, write_part
-from tol_dagster.derived.sorted_runs import run_starts, sort_by
+from tol_dagster.derived.sorted_runs import run_starts, sort_by, sum_row_runs
 from tol_dagster.derived.table_records import record_table
 from tol_dagster.schema import RANKS, quote_ident
 from tol_dagster.store.durable import atomic_path
@@ -220,7 +220,7 @@ def _centroid_chunks(
         start, end = bounds[first], bounds[last]
         vectors = _gather(matrices, offsets, order[start:end], dim)
         runs = lineage_starts[(lineage_starts >= start) & (lineage_starts < end)] - start
-        sums = np.add.reduceat(vectors, runs, axis=0)
+        sums = sum_row_runs(vectors, runs)
         counts = np.add.reduceat(images[start:end], runs)
         # A genus is a run of lineages: sum the lineage sums, not the rows again.
         genera = np.searchsorted(runs, np.asarray(bounds[first:last]) - start)
@@ -229,7 +229,7 @@ def _centroid_chunks(
             _level_rows(
                 "genus",
                 keys.take(runs[genera] + start),
-                np.add.reduceat(sums, genera, axis=0),
+                sum_row_runs(sums, genera),
                 np.add.reduceat(counts, genera),
             ),
         )
@@ -257,8 +257,8 @@ def _level_rows(level: str, keys: pa.Table, sums: np.ndarray, counts: np.ndarray
     level are NULL, and rows whose rank of `level` is NULL are left out."""
     known = pc.is_valid(keys[level]).to_numpy(zero_copy_only=False)
     depth = RANKS.index(level) + 1
-    keys, sums, counts = keys.filter(known), sums[known], counts[known]
-    centroid = (sums / counts[:, None]).astype(np.float32)
+    keys, sums, counts = keys.filter(known), sums[known], counts[known]  # copies
+    centroid = np.divide(sums, counts[:, None], out=sums).astype(np.float32)
     return pa.table(
         {
             "level": pa.repeat(level, len(counts)),
