@@ -97,7 +97,9 @@ def load(
         rows = part.table.slice(sum(part.level_rows))
         rows = rows.add_column(0, "sha256", pa.repeat(file.sha256, rows.num_rows))
         added.append(rows.cast(_VALUES_SCHEMA))
-    values = pa.concat_tables(added)
+    # One batch: kept as concatenated, a first build's values were one batch per file, and
+    # every later read, filter and write walked them all (~70 ms of an update at 666 files).
+    values = pa.concat_tables(added).combine_chunks()
     rows = [by_sha[f.sha256] for f in files]
     if missing or kept_shas != set(wanted):
         _write(layout, config, pa.Table.from_pylist(rows, schema=_FACTS_SCHEMA), values)
