@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -17,8 +18,15 @@ import pytest
 from resync_testing import CONFIG, User, dagster_home, manifest, synced, synced_home, user
 
 from tol_dagster.errors import LocalStorageError, StoreError
-from tol_dagster.store.file_cache import read_kept
+from tol_dagster.store.file_cache import (
+    derived_path,
+    derived_paths,
+    keep_table,
+    kept_crc32,
+    read_kept,
+)
 from tol_dagster.store.hashing import sha256_file
+from tol_dagster.store.layout import Layout
 from tol_dagster.store.mirror_files import MirrorFile
 from tol_dagster.validation.emb_digests import digests_path, ensure_table
 from tol_dagster.validation.uuid_index import kept_array
@@ -100,3 +108,21 @@ def test_emb_digests_are_computed_only_from_mirror_bytes_the_gate_verified(
     ):
         ensure_table(file, layout, CONFIG)
     assert not kept.exists(), "no digest kept from changed bytes"
+
+
+def test_a_kept_crc32_is_read_from_its_trailer_and_none_without_one(tmp_path: Path) -> None:
+    part = tmp_path / "part.v1.arrow"
+    keep_table(part, pa.table({"n": [1, 2, 3]}))
+    data = part.read_bytes()
+    assert kept_crc32(part) == kept_crc32(str(part)) == zlib.crc32(data[:-13])
+    (tmp_path / "short").write_bytes(data[-5:])  # shorter than a trailer
+    (tmp_path / "unmarked").write_bytes(data[:-1] + b"?")  # another file's last bytes
+    for path in ("missing", "short", "unmarked"):
+        assert kept_crc32(tmp_path / path) is None, path
+
+
+def test_derived_paths_are_each_files_derived_path(tmp_path: Path) -> None:
+    layout = Layout(tmp_path)
+    files = [MirrorFile(f"f{i}.parquet", f"{i:064x}", tmp_path / f"f{i}") for i in range(3)]
+    paths = derived_paths(layout, CONFIG, files, "part.v1.arrow")
+    assert paths == [str(derived_path(layout, CONFIG, f, "part.v1.arrow")) for f in files]

@@ -30,6 +30,7 @@ from tol_dagster.parquet.segmented import Segment, Written, write_segmented
 from tol_dagster.store.durable import atomic_path
 from tol_dagster.store.file_cache import (
     derived_path,
+    derived_paths,
     drop_older_versions,
     keep_table,
     kept_crc32,
@@ -55,8 +56,8 @@ def stale_files(
     """The files without a result `name` yet (every file when `force`), in order."""
     if force:
         return list(files)
-    root = str(layout.derived_dir(config, "-").parent)  # one Path, not one per file
-    return [f for f in files if not os.path.isfile(os.path.join(root, f.sha256, name))]
+    paths = derived_paths(layout, config, files, name)
+    return [f for f, path in zip(files, paths, strict=True) if not os.path.isfile(path)]
 
 
 def files_to_compute(
@@ -169,7 +170,8 @@ def part_crcs(
 ) -> dict[str, int | None]:
     """The crc32 of each file's part `name` by file name (None: no part), from its last bytes:
     what the tables built from the parts are keyed by (`content_key`, the summaries' facts)."""
-    return {f.name: kept_crc32(derived_path(layout, config, f, name)) for f in files}
+    paths = derived_paths(layout, config, files, name)
+    return {f.name: kept_crc32(path) for f, path in zip(files, paths, strict=True)}
 
 
 def content_key(files: Sequence[MirrorFile], crcs: Mapping[str, int | None], *extra: object) -> str:

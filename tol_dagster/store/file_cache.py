@@ -13,9 +13,10 @@ otherwise be published as a count or a centroid that nobody computed.
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
 
@@ -42,6 +43,13 @@ _VERSIONED = re.compile(r"(?P<stem>.+)\.v(?P<version>\d+)(?P<ext>\.[^.]+)")
 def derived_path(layout: Layout, config: str, file: MirrorFile, name: str) -> Path:
     """Where the per-file result `name` of `file` is kept."""
     return layout.derived_dir(config, file.sha256) / name
+
+
+def derived_paths(layout: Layout, config: str, files: Sequence[MirrorFile], name: str) -> list[str]:
+    """`derived_path` of each of `files`, as strings joined onto one folder: a `Path` per file
+    costs ~15 us, which an update pays for every file of the mirror (10 ms at 666 files)."""
+    root = str(layout.derived_dir(config, "-").parent)
+    return [os.path.join(root, file.sha256, name) for file in files]
 
 
 def read_kept(path: Path, read: Callable[[Path], T]) -> T:
@@ -97,14 +105,18 @@ def forget_content(layout: Layout, config: str, sha256: str) -> bool:
     return True
 
 
-def kept_crc32(path: Path) -> int | None:
+def kept_crc32(path: Path | str) -> int | None:
     """The crc32 `keep_table` wrote after the result at `path` (its last bytes only, not
     checked against them): what a table built from it is keyed by. None when there is no
     such result."""
     try:
-        with path.open("rb") as kept:
-            kept.seek(-_TRAILER.size, 2)
-            crc, mark = _TRAILER.unpack(kept.read(_TRAILER.size))
+        fd = os.open(path, os.O_RDONLY)
+        try:  # one read of the trailer, no buffered file object
+            crc, mark = _TRAILER.unpack(
+                os.pread(fd, _TRAILER.size, os.fstat(fd).st_size - _TRAILER.size)
+            )
+        finally:
+            os.close(fd)
     except (OSError, struct.error):  # missing, shorter than a trailer
         return None
     return crc if mark == _MARK else None
