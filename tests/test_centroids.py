@@ -91,13 +91,12 @@ def test_centroids_equal_a_numpy_mean_of_the_rows(
         np.testing.assert_allclose(row["centroid"], expected, rtol=1e-5, atol=1e-4)
 
 
-def test_chunked_recombination_and_small_batches_give_the_same_table(
+def test_chunked_recombination_gives_the_same_table(
     built: tuple[list[MirrorFile], Layout, pa.Table],
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     files, _, table = built
-    monkeypatch.setattr(centroids, "BATCH_ROWS", 97)
     monkeypatch.setattr(centroids, "CHUNK_BYTES", 8 * DIM * 5)
     layout = Layout(tmp_path)
     build_centroids(files, layout, CONFIG, DIM)

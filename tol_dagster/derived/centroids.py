@@ -1,11 +1,11 @@
 """The centroid table: mean embedding and image count per full lineage, at species level (rows
 whose species is known) and at genus level (rows whose genus is known, species or not).
 
-One streaming pass per mirror file sums its embeddings per lineage in float64; those sums and
-counts are kept under the file's content hash, so after a resync only new files are read, and
-the published table is their sum divided by the count, stored as float32. Memory stays bounded
-on both sides: files are read a batch at a time, and the recombination walks the lineages in
-sorted order a chunk at a time over memory-mapped per-file sums.
+One streaming pass per mirror file sums its embeddings per lineage in float64 (`lineage_sums`);
+those sums and counts are kept under the file's content hash, so after a resync only new files
+are read, and the published table is their sum divided by the count, stored as float32. Memory
+stays bounded on both sides: files are read a page or a batch at a time, and the recombination
+walks the lineages in sorted order a chunk at a time over memory-mapped per-file sums.
 """
 
 from __future__ import annotations
@@ -16,17 +16,16 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
-import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from tol_dagster import duck
+from tol_dagster.derived.lineage_sums import file_sums
 from tol_dagster.derived.parts import files_to_compute, read_part, read_published, write_part
-from tol_dagster.derived.sorted_runs import run_starts, sort_by, sum_row_runs
+from tol_dagster.derived.sorted_runs import run_starts, sum_row_runs
 from tol_dagster.derived.table_records import record_table
-from tol_dagster.schema import RANKS, quote_ident
+from tol_dagster.schema import RANKS
 from tol_dagster.store.durable import atomic_path
 from tol_dagster.store.layout import Layout
 from tol_dagster.store.mirror_files import MirrorFile
@@ -35,8 +34,6 @@ from tol_dagster.store.mirror_files import MirrorFile
 #: container changes: v2 added the crc32).
 SUMS_PART = "centroid_sums.v2.arrow"
 
-#: Rows decoded at a time in the per-file pass (~50 MB of float32 at 768 dimensions).
-BATCH_ROWS = 16_384
 #: Bytes of float64 sums gathered at a time when recombining.
 CHUNK_BYTES = 64 << 20
 
@@ -73,16 +70,6 @@ def centroid_schema(dim: int) -> pa.Schema:
     )
 
 
-def _sums_schema(dim: int) -> pa.Schema:
-    return pa.schema(
-        [
-            *(pa.field(rank, pa.string()) for rank in RANKS),
-            pa.field("images", pa.int64()),
-            pa.field("sum", pa.list_(pa.float64(), dim)),
-        ]
-    )
-
-
 def build_centroids(
     files: Sequence[MirrorFile], layout: Layout, config: str, dim: int, *, force: bool = False
 ) -> CentroidResult:
@@ -101,58 +88,13 @@ def write_parts(
     each; the names of those read. Any subset of the mirror, in any step: parts are per file."""
     stale = files_to_compute(files, layout, config, SUMS_PART, force=force)
     for file in stale:
-        write_part(_file_sums(file, dim), layout, config, file, SUMS_PART)
+        write_part(file_sums(file.path, dim), layout, config, file, SUMS_PART)
     return tuple(f.name for f in stale)
 
 
 def read_centroids(layout: Layout, config: str) -> pa.Table:
     """The published centroid table."""
     return read_published(layout.centroids_path(config), f"tol/{config}/centroids")
-
-
-def _file_sums(file: MirrorFile, dim: int) -> pa.Table:
-    """Float64 sums and counts of one file's embeddings per full lineage, sorted by lineage.
-
-    DuckDB decodes `emb` ~5x faster than pyarrow; the cast to FLOAT[dim] gives a fixed-size
-    list (a plain matrix for numpy) and refuses a file of another width. The file is sorted, so
-    a batch's lineages are runs: each run is summed with one numpy call.
-    """
-    sums: dict[tuple[str | None, ...], np.ndarray] = {}
-    counts: dict[tuple[str | None, ...], int] = {}
-    ranks = ", ".join(quote_ident(r) for r in RANKS)
-    with duck.cursor() as con:
-        try:
-            reader = con.sql(
-                f"SELECT {ranks}, emb::FLOAT[{dim}] AS emb FROM read_parquet(?)"
-                " WHERE emb IS NOT NULL",
-                params=[str(file.path)],
-            ).to_arrow_reader(BATCH_ROWS)
-            for batch in reader:
-                vectors = batch.column("emb").flatten().to_numpy().reshape(-1, dim)
-                starts = run_starts(batch, RANKS)
-                ends = [*starts[1:].tolist(), batch.num_rows]
-                keys = batch.select(list(RANKS)).take(starts).to_pylist()
-                for row, start, end in zip(keys, starts.tolist(), ends, strict=True):
-                    key = tuple(row.values())
-                    total = vectors[start:end].sum(axis=0, dtype=np.float64)
-                    if key in sums:
-                        sums[key] += total
-                    else:
-                        sums[key] = total
-                    counts[key] = counts.get(key, 0) + end - start
-        except duckdb.ConversionException as error:
-            raise ValueError(f"{file.path}: its embeddings are not {dim} values wide") from error
-    keys = list(sums)
-    matrix = np.stack([sums[k] for k in keys]) if keys else np.zeros((0, dim))
-    table = pa.table(
-        {
-            **{rank: pa.array([k[i] for k in keys], pa.string()) for i, rank in enumerate(RANKS)},
-            "images": pa.array([counts[k] for k in keys], pa.int64()),
-            "sum": pa.FixedSizeListArray.from_arrays(pa.array(matrix.ravel()), dim),
-        },
-        schema=_sums_schema(dim),
-    )
-    return sort_by(table, RANKS)
 
 
 def _publish(
@@ -258,8 +200,12 @@ def _level_rows(level: str, keys: pa.Table, sums: np.ndarray, counts: np.ndarray
     level are NULL, and rows whose rank of `level` is NULL are left out."""
     known = pc.is_valid(keys[level]).to_numpy(zero_copy_only=False)
     depth = RANKS.index(level) + 1
-    keys, sums, counts = keys.filter(known), sums[known], counts[known]  # copies
-    centroid = np.divide(sums, counts[:, None], out=sums).astype(np.float32)
+    # Divided in float64 and rounded once, straight into float32: no float64 copy
+    centroid = np.divide(
+        sums, counts[:, None], out=np.empty(sums.shape, np.float32), casting="same_kind"
+    )
+    if not known.all():
+        keys, centroid, counts = keys.filter(known), centroid[known], counts[known]
     return pa.table(
         {
             "level": pa.repeat(level, len(counts)),
