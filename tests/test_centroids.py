@@ -153,11 +153,42 @@ def test_an_unbuilt_table_says_what_to_materialize(tmp_path: Path) -> None:
         read_centroids(Layout(tmp_path), CONFIG)
 
 
-def test_gathered_rows_equal_indexing_the_concatenated_sums() -> None:
-    rng = np.random.default_rng(1)
-    matrices = [rng.random((int(n), 3)) for n in rng.integers(0, 9, 40)]
+def _sequential_sums(matrices: list[np.ndarray], lineages: list[np.ndarray]) -> tuple:
+    """The rows sorted by lineage (stably: part order), each lineage's rows added one after
+    another from its first, and what `_lineage_sums` is given for them."""
     offsets = np.cumsum([0, *(len(m) for m in matrices)])
-    rows = rng.permutation(offsets[-1])[: offsets[-1] // 2]
-    assert np.array_equal(
-        centroids._gather(matrices, offsets, rows, 3), np.concatenate(matrices)[rows]
-    )
+    every = np.concatenate(lineages)
+    rows = np.argsort(every, kind="stable")
+    runs = np.flatnonzero(np.diff(every[rows], prepend=-1))
+    flat = np.concatenate(matrices)
+    expected = []
+    for start, end in zip(runs, [*runs[1:], len(rows)], strict=True):
+        total = flat[rows[start]].copy()
+        for row in rows[start + 1 : end]:
+            total = total + flat[row]
+        expected.append(total)
+    return offsets, rows, runs, np.stack(expected)
+
+
+@pytest.mark.parametrize("sorted_parts", [True, False])
+def test_lineage_sums_add_each_lineages_rows_in_part_order_bit_for_bit(sorted_parts: bool) -> None:
+    rng = np.random.default_rng(1)
+    matrices, lineages = [], []
+    for _ in range(30):
+        count = int(rng.integers(1, 9))
+        if sorted_parts:  # a part as written: its lineages sorted, each once
+            lineages.append(np.sort(rng.choice(12, min(count, 12), replace=False)))
+        else:  # anything else still sums right, one row at a time
+            lineages.append(rng.integers(0, 12, count))
+        values = rng.normal(size=(len(lineages[-1]), 4)) * 10.0 ** rng.integers(-8, 8, (1, 4))
+        values[rng.random(values.shape) < 0.2] = 0.0
+        values[:, 0] = -0.0  # a sum of only -0.0 stays -0.0
+        matrices.append(values)
+    offsets, rows, runs, expected = _sequential_sums(matrices, lineages)
+    got = centroids._lineage_sums(matrices, offsets, rows, runs)
+    assert np.array_equal(got.view(np.uint64), expected.view(np.uint64))
+    assert (np.signbit(expected) & (expected == 0)).any()
+    # a chunk of whole lineages from the middle of the sorted rows
+    low, high = runs[3], runs[9]
+    middle = centroids._lineage_sums(matrices, offsets, rows[low:high], runs[3:9] - low)
+    assert np.array_equal(middle.view(np.uint64), expected[3:9].view(np.uint64))

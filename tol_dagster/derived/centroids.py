@@ -161,9 +161,8 @@ def _centroid_chunks(
         # Whole genera, at least one, up to about chunk_rows rows.
         last = max(first + 1, int(np.searchsorted(bounds, bounds[first] + chunk_rows, "right")) - 1)
         start, end = bounds[first], bounds[last]
-        vectors = _gather(matrices, offsets, order[start:end], dim)
         runs = lineage_starts[(lineage_starts >= start) & (lineage_starts < end)] - start
-        sums = sum_row_runs(vectors, runs)
+        sums = _lineage_sums(matrices, offsets, order[start:end], runs)
         counts = np.add.reduceat(images[start:end], runs)
         # A genus is a run of lineages: sum the lineage sums, not the rows again.
         genera = np.searchsorted(runs, np.asarray(bounds[first:last]) - start)
@@ -179,11 +178,20 @@ def _centroid_chunks(
         first = last
 
 
-def _gather(
-    matrices: list[np.ndarray], offsets: np.ndarray, rows: np.ndarray, dim: int
+def _lineage_sums(
+    matrices: list[np.ndarray], offsets: np.ndarray, rows: np.ndarray, runs: np.ndarray
 ) -> np.ndarray:
-    """Rows `rows` (numbered across the concatenated parts) of the per-file sum matrices."""
-    out = np.empty((len(rows), dim), dtype=np.float64)
+    """The sums of the lineages beginning at `runs` of the sorted rows `rows` (numbered across
+    the concatenated parts), each part's rows added in part order, as a sum row after row.
+
+    A part is sorted like the keys and holds a lineage once, so its rows in a chunk are one
+    slice of its matrix, added to distinct lineages at once: no copy of the rows in sorted
+    order first. The sums start at -0.0, which adds as nothing (+0.0 would turn -0.0 into it).
+    """
+    sums = np.full((len(runs), matrices[0].shape[1]), -0.0)
+    lineage = np.zeros(len(rows), dtype=np.int64)
+    lineage[runs[1:]] = 1
+    lineage = np.cumsum(lineage)
     part_of = np.searchsorted(offsets, rows, "right") - 1
     # Rows grouped by part with one sort: a mask per part would test every row once per part.
     order = np.argsort(part_of, kind="stable")
@@ -191,8 +199,12 @@ def _gather(
     for start, end in zip(starts.tolist(), [*starts[1:].tolist(), len(order)], strict=True):
         mine = order[start:end]
         part = part_of[mine[0]]
-        out[mine] = matrices[part][rows[mine] - offsets[part]]
-    return out
+        inside = rows[mine] - offsets[part]
+        if inside[-1] - inside[0] == len(inside) - 1 and (np.diff(inside) == 1).all():
+            sums[lineage[mine]] += matrices[part][inside[0] : inside[-1] + 1]
+        else:  # not a sorted part of unique lineages: added one row at a time, still in order
+            np.add.at(sums, lineage[mine], matrices[part][inside])
+    return sums
 
 
 def _level_rows(level: str, keys: pa.Table, sums: np.ndarray, counts: np.ndarray) -> pa.Table:
