@@ -126,9 +126,9 @@ def _centroid_chunks(
 ) -> Iterator[tuple[pa.Table, pa.Table]]:
     """(species rows, genus rows) of the centroid table, a chunk of whole genera at a time.
 
-    The per-file sums are memory-mapped; only their keys are sorted in memory. Each chunk
-    gathers the sums of a few genera in lineage order, and collapses runs of equal lineage
-    (species level) and of equal kingdom..genus (genus level).
+    The per-file sums are memory-mapped; only their keys are sorted in memory. Each chunk adds
+    the parts' sums of a few genera into their lineages (species level, `_lineage_sums`), then
+    sums runs of equal kingdom..genus among those (genus level).
     """
     parts = []
     for file in files:
