@@ -21,7 +21,7 @@ from tol_dagster.validation.emb_digests import emb_pages
 DIM = config_dim("bioclip-2_float16")
 
 
-def _refuse(path: Path, dim: int) -> pa.Table:
+def _refuse(path: Path, *args: object) -> pa.Table:
     raise AssertionError(f"{path} was read by DuckDB, not from its pages")
 
 
@@ -85,7 +85,7 @@ def _numpy_sums(table: pa.Table) -> dict[tuple[str | None, ...], tuple[int, list
     sums: dict[tuple[str | None, ...], tuple[int, np.ndarray]] = {}
     for row in table.filter(table["emb"].is_valid()).to_pylist():
         key = tuple(row[rank] for rank in RANKS)
-        count, total = sums.get(key, (0, np.zeros(DIM)))
+        count, total = sums.get(key, (0, np.zeros(len(row["emb"]))))
         sums[key] = (count + 1, total + np.asarray(row["emb"], np.float32))
     return {key: (count, total.tolist()) for key, (count, total) in sums.items()}
 
@@ -141,3 +141,21 @@ def test_wider_floats_sum_as_duckdb_sums_them_as_float32(
         rtol=1e-12,
     )
     assert _as_dict(file_sums(files[2], DIM)).keys() == _as_dict(got).keys()
+
+
+@pytest.mark.parametrize("width", [8, 12, 24])
+def test_a_width_whose_pages_are_not_read_in_place_goes_to_duckdb_at_once(
+    files: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, width: int
+) -> None:
+    table = pq.read_table(files[0])
+    values = table["emb"].combine_chunks().values.to_numpy().reshape(-1, DIM)[:, :width]
+    emb = pa.FixedSizeListArray.from_arrays(pa.array(values.ravel()), width)
+    narrow = table.set_column(table.schema.get_field_index("emb"), "emb", emb)
+    path = _rewritten(files[0], tmp_path / f"width-{width}.parquet", narrow)
+    assert (emb_pages(path, pq.ParquetFile(path)) is None) == (width != 24)
+    if width != 24:
+        monkeypatch.setattr(lineage_sums, "_page_sums", _refuse)  # no work done twice
+    else:
+        monkeypatch.setattr(lineage_sums, "duckdb_sums", _refuse)
+    got = file_sums(path, width)
+    assert _as_dict(got) == _numpy_sums(narrow)

@@ -154,12 +154,18 @@ def _levels_section(path: Path, view: memoryview, position: int) -> tuple[memory
     return view[start : start + length], start + length
 
 
+def reads_in_place(size: int) -> bool:
+    """Whether pages of lists of `size` values can be read in place: only their repetition
+    levels' one layout is known (`repetition_pattern`); any other size fails on every page."""
+    return size % 8 == 0 and size >= 16
+
+
 def repetition_pattern(size: int) -> bytes:
     """The repetition levels of one list of `size` values (0 then `size` - 1 ones) as Arrow's
     RLE/bit-packed encoder writes them with bit width 1 when `size` is a multiple of 8: the
     first eight levels bit-packed (one group), the rest one run of ones. Every row of a page
     is encoded alike, so a page of n rows is this pattern n times."""
-    if size % 8 or size < 16:
+    if not reads_in_place(size):
         raise SpliceError(f"lists of {size} values are read by pyarrow")
     out = bytearray([0x03, 0xFE])
     write_varint(out, (size - 8) << 1)

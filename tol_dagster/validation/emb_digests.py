@@ -27,6 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from tol_dagster.parquet.list_pages import list_pages
+from tol_dagster.parquet.list_values import reads_in_place
 from tol_dagster.store.durable import atomic_path
 from tol_dagster.store.file_cache import derived_path
 from tol_dagster.store.layout import Layout
@@ -62,11 +63,12 @@ def emb_pages(
 ) -> Iterator[np.ndarray] | None:
     """`emb`'s rows page by page as (rows, dim), read in place (`parquet.list_pages`) from the
     file at `path` (of `row_groups`, when given; through `handle`, when given); None when `emb`
-    is not a fixed-size list of floats. SpliceError while iterating: not the plain case, read
-    it with pyarrow instead."""
+    is not a fixed-size list of floats, or of a width whose pages are not read in place
+    (`list_values.reads_in_place`). SpliceError while iterating: not the plain case, read it
+    with pyarrow instead."""
     emb_type = parquet.schema_arrow.field("emb").type
     dtype = float_list_dtype(emb_type)
-    if dtype is None:
+    if dtype is None or not reads_in_place(emb_type.list_size):
         return None
     return list_pages(path, parquet.metadata, "emb", emb_type.list_size, dtype, row_groups, handle)
 
