@@ -159,3 +159,23 @@ def test_a_width_whose_pages_are_not_read_in_place_goes_to_duckdb_at_once(
         monkeypatch.setattr(lineage_sums, "duckdb_sums", _refuse)
     got = file_sums(path, width)
     assert _as_dict(got) == _numpy_sums(narrow)
+
+
+def test_lineages_out_of_order_across_source_datasets_keep_their_own_sums(
+    files: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    table = pq.read_table(files[0]).slice(0, 40)
+    kingdoms = ["Zeta"] * 20 + ["Alpha"] * 20  # one lineage a source: sorted, they swap
+    for name, values in [("source_dataset", ["a"] * 20 + ["b"] * 20), ("kingdom", kingdoms)]:
+        table = table.set_column(table.schema.get_field_index(name), name, pa.array(values))
+    for rank in RANKS[1:]:
+        table = table.set_column(
+            table.schema.get_field_index(rank), rank, pa.nulls(40, pa.string())
+        )
+    path = _rewritten(files[0], tmp_path / "swapped.parquet", table)
+    want = duckdb_sums(path, DIM)
+    monkeypatch.setattr(lineage_sums, "duckdb_sums", _refuse)
+    got = file_sums(path, DIM)
+    assert got["kingdom"].to_pylist() == ["Alpha", "Zeta"]
+    assert got.equals(want)
+    assert _as_dict(got) == _numpy_sums(table)
