@@ -61,7 +61,8 @@ def test_page_sums_equal_duckdbs_bit_for_bit(
 def test_pages_of_a_few_rows_cut_runs_and_still_sum_exactly(
     files: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    path = _rewritten(files[0], tmp_path / "small-pages.parquet", data_page_size=4096)
+    small = {"data_page_size": 4096, "row_group_size": 300}  # halves of 4 and 3 row groups
+    path = _rewritten(files[0], tmp_path / "small-pages.parquet", **small)
     pages = emb_pages(path, pq.ParquetFile(path))
     assert pages is not None and len(list(pages)) > pq.read_metadata(path).num_rows // 4
     want = duckdb_sums(path, DIM)
