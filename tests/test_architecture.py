@@ -16,7 +16,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "tol_dagster"
 LAYERS: tuple[frozenset[str], ...] = tuple(
     frozenset(names.split())
     for names in (
-        "__init__ errors schema duck exit_codes progress parquet",
+        "__init__ errors schema duck exit_codes progress thread_pools parquet",
         "hub",
         "store",
         "settings cluster_settings batches",

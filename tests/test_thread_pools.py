@@ -1,4 +1,4 @@
-"""Threads kept from one slice to the next (`slices.thread_pools`): a slice read after another
+"""Threads kept from one slice to the next (`thread_pools`): a slice read after another
 starts no thread, a forked child gets pools of its own, and a slice closed early stops its
 reader before the close returns."""
 
@@ -10,12 +10,12 @@ from collections.abc import Iterator
 
 import pytest
 
-from tol_dagster.slices.read import prefetched
-from tol_dagster.slices.thread_pools import shared_pool
+from tol_dagster.slices.read import read_ahead
+from tol_dagster.thread_pools import shared_pool
 
 
 def _read(items: list[int]) -> list[int]:
-    return list(prefetched(iter(items), 2))
+    return list(read_ahead(iter(items), 2))
 
 
 def test_a_slice_read_after_another_starts_no_thread(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -62,7 +62,7 @@ def test_a_slice_closed_early_has_stopped_reading_when_the_close_returns() -> No
         finally:
             closed.set()
 
-    reader = prefetched(items(), 2)
+    reader = read_ahead(items(), 2)
     assert next(reader) == 0
     reader.close()
     assert closed.is_set()

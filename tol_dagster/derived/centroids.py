@@ -10,6 +10,7 @@ walks the lineages in sorted order a chunk at a time over memory-mapped per-file
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ from tol_dagster.schema import RANKS
 from tol_dagster.store.durable import atomic_path
 from tol_dagster.store.layout import Layout
 from tol_dagster.store.mirror_files import MirrorFile
+from tol_dagster.thread_pools import prefetched, shared_pool
 
 #: Per-file part under the file's derived folder (bump the suffix when its meaning or its
 #: container changes: v2 added the crc32).
@@ -109,8 +111,12 @@ def _publish(
         pq.ParquetWriter(tmp, schema, **_WRITER_OPTIONS) as writer,
     ):
         # Genus rows wait in a temp file so that the table lists all species rows first.
-        with pa.ipc.new_stream(genus_file, schema) as genus_writer:
-            for species_rows, genus_rows in _centroid_chunks(files, layout, config, dim):
+        chunks = _centroid_chunks(files, layout, config, dim)
+        with (
+            pa.ipc.new_stream(genus_file, schema) as genus_writer,
+            contextlib.closing(prefetched(chunks, 1, shared_pool("centroid-chunks", 2))) as ahead,
+        ):
+            for species_rows, genus_rows in ahead:  # the next chunk summed while one is written
                 writer.write_table(species_rows)
                 genus_writer.write_table(genus_rows)
                 species += species_rows.num_rows

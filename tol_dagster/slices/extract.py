@@ -38,7 +38,7 @@ from tol_dagster.parquet.footer import read_footer
 from tol_dagster.parquet.splice import Splicer
 from tol_dagster.slices.keys import SliceKey
 from tol_dagster.slices.locate import Copy, Splice, plan_scans
-from tol_dagster.slices.read import Item, prefetched, read_slice_rows
+from tol_dagster.slices.read import Item, read_ahead, read_slice_rows
 from tol_dagster.slices.sink import HashingSink
 from tol_dagster.slices.splices import plan_page_splices
 from tol_dagster.slices.write import copyable_scans, reference_footer, write_slice
@@ -253,7 +253,7 @@ def _write_segment(
     written), reading ahead of the writer in a thread."""
     scans = plan_page_splices(key, copyable_scans(plan_scans(key, files, index), schema))
     per_file = {scan.file.name: 0 for scan in scans}
-    reader = contextlib.closing(prefetched(read_slice_rows(key, scans, schema), READ_AHEAD))
+    reader = contextlib.closing(read_ahead(read_slice_rows(key, scans, schema), READ_AHEAD))
     with open(path, "wb") as handle, reader as items:
         sink = HashingSink(handle)
         codec = write_slice(_counted(items, per_file), sink, schema)

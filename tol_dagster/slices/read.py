@@ -25,8 +25,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-import queue
-import threading
 from collections import deque
 from collections.abc import Generator, Iterator, Sequence
 from concurrent import futures
@@ -48,8 +46,8 @@ from tol_dagster.parquet.pages import decode_rows, read_rows
 from tol_dagster.schema import quote_ident
 from tol_dagster.slices.keys import SliceKey, arrow_mask, filter_columns, to_sql_filter
 from tol_dagster.slices.locate import Copy, Scan, Span, Splice, row_groups
-from tol_dagster.slices.thread_pools import shared_pool
 from tol_dagster.store.mirror_files import MirrorFile
+from tol_dagster.thread_pools import prefetched, shared_pool
 
 logger = logging.getLogger("tol_dagster.slices.read")
 
@@ -338,49 +336,7 @@ def _duckdb_rows(
     return (b.cast(schema, safe=False) for b in relation.to_arrow_reader(BATCH_ROWS) if b.num_rows)
 
 
-@dataclass(frozen=True)
-class _Raised:
-    """An error of the worker thread, handed to the consumer to raise in its own thread."""
-
-    error: BaseException
-
-
-_END = object()
-
-
-def prefetched(items: Iterator[T], depth: int) -> Generator[T]:
-    """`items`, produced by a worker thread up to `depth` ahead: reading overlaps writing."""
-    slots: queue.Queue[object] = queue.Queue(depth)
-    cancelled = threading.Event()
-
-    def put(item: object) -> bool:
-        while not cancelled.is_set():
-            with contextlib.suppress(queue.Full):
-                slots.put(item, timeout=0.1)
-                return True
-        return False
-
-    def work() -> None:
-        try:
-            if cancelled.is_set():
-                return
-            for item in items:
-                if not put(item):
-                    return
-            put(_END)
-        except BaseException as error:
-            put(_Raised(error))
-        finally:  # release what `items` holds (threads, connections) now, in this thread
-            close = getattr(items, "close", None)
-            if close is not None:
-                close()
-
-    worker = shared_pool("slice-reader", READERS).submit(work)
-    try:
-        while (item := slots.get()) is not _END:
-            if isinstance(item, _Raised):
-                raise item.error
-            yield item  # type: ignore[misc]
-    finally:
-        cancelled.set()
-        worker.result()  # `work` raises nothing: its errors were handed over
+def read_ahead(items: Iterator[T], depth: int) -> Generator[T]:
+    """`items` produced by the slice readers' threads up to `depth` ahead (`prefetched`):
+    reading overlaps writing."""
+    return prefetched(items, depth, shared_pool("slice-reader", READERS))
