@@ -25,8 +25,8 @@ T = TypeVar("T")
 
 def shared_pool(name: str, workers: int) -> ThreadPoolExecutor:
     """This process's pool of up to `workers` threads named `name`, made on first use. Its
-    threads are shared by every slice read at once in the process; each waits for its own
-    work, never for an idle thread's."""
+    threads are shared by every use of that name at once in the process (the slices read at
+    once); each waits for its own work, never for an idle thread's."""
     pool = _POOLS.get(name)
     if pool is None:
         pool = _POOLS.setdefault(name, ThreadPoolExecutor(workers, thread_name_prefix=name))
