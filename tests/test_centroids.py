@@ -3,6 +3,9 @@ and genus level, whatever the chunking, and only changed files are read again.""
 
 from __future__ import annotations
 
+import errno
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +18,7 @@ from mirror_testing import brute, resync_one_file, rows_of, sample_mirror
 from tol_dagster.derived import centroids
 from tol_dagster.derived.centroids import build_centroids, centroid_schema, read_centroids
 from tol_dagster.schema import RANKS, config_dim, quote_ident
+from tol_dagster.store.durable import TEMP_PREFIX, TEMP_SUFFIX
 from tol_dagster.store.layout import Layout
 from tol_dagster.store.mirror_files import MirrorFile
 
@@ -192,3 +196,41 @@ def test_lineage_sums_add_each_lineages_rows_in_part_order_bit_for_bit(sorted_pa
     low, high = runs[3], runs[9]
     middle = centroids._lineage_sums(matrices, offsets, rows[low:high], runs[3:9] - low)
     assert np.array_equal(middle.view(np.uint64), expected[3:9].view(np.uint64))
+
+
+def test_a_full_disk_mid_publish_keeps_the_published_table_and_stops_the_chunks_summed_ahead(
+    built: tuple[list[MirrorFile], Layout, pa.Table], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    files, layout, _ = built
+    published = layout.centroids_path(CONFIG).read_bytes()
+    monkeypatch.setattr(centroids, "CHUNK_BYTES", 8 * DIM * 5)  # many chunks: some still ahead
+    made, closed = [], []
+    chunks = centroids._centroid_chunks
+
+    def watched(*args: object) -> Iterator[tuple[pa.Table, pa.Table]]:
+        try:
+            for chunk in chunks(*args):  # type: ignore[arg-type]
+                made.append(chunk)
+                yield chunk
+        finally:
+            closed.append(True)
+
+    write_table = pq.ParquetWriter.write_table
+    writes: list[int] = []
+
+    def full(writer: pq.ParquetWriter, table: pa.Table, *args: object, **kwargs: object) -> None:
+        writes.append(table.num_rows)
+        if len(writes) == 3:
+            time.sleep(0.3)  # a slow disk: the thread summing ahead fills what it may meanwhile
+            raise OSError(errno.ENOSPC, "No space left on device")
+        write_table(writer, table, *args, **kwargs)
+
+    monkeypatch.setattr(centroids, "_centroid_chunks", watched)
+    monkeypatch.setattr(pq.ParquetWriter, "write_table", full)
+    with pytest.raises(OSError, match="No space left"):
+        build_centroids(files, layout, CONFIG, DIM)
+    assert closed == [True]  # the thread summing ahead stopped before the error came out
+    # Ahead of the writer by the chunk queued and the one waiting to be (of 100 or more)
+    assert len(made) == len(writes) + 2
+    assert layout.centroids_path(CONFIG).read_bytes() == published
+    assert not list(layout.centroids_path(CONFIG).parent.glob(f"{TEMP_PREFIX}*{TEMP_SUFFIX}"))
