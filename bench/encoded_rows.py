@@ -1,15 +1,15 @@
 """CPU per row group a slice encodes (`slices.write.encoded_columns`), and what parsing its
 footer whole would cost.
 
-A whole rank writes thousands of slices, and most of their row groups are rows encoded here:
-the metadata columns written by pyarrow, then that footer parsed in Python to splice its column
-chunks (`page_splice.whole_columns`), and `emb` by `list_encode`. Each round encodes row groups
-of 300 to 1,300 rows cut from a generated mirror file (the sizes a family's partial row groups
-have). Rounds alternate, in one process, the footer parsed as the code does
-(`footer.SPLICED_ROWS_SHAPE`: schema, key-value metadata, encodings and paths kept as bytes) and
-parsed like any footer (`FOOTER_SHAPE`); the medians and their ratio are printed. Across
-checkouts (`PYTHONPATH=...`), only the first figure compares, and this machine's drift from one
-process to the next is larger than that ratio: alternate in one process.
+A whole rank writes thousands of slices, and most of their row groups are rows encoded here: the
+metadata columns written by pyarrow, then that footer parsed in Python to splice its column
+chunks (`page_splice.whole_columns`, in `parquet.list_table`), and `emb` by `list_encode`. Each
+round encodes row groups of 300 to 1,300 rows cut from a generated mirror file (the sizes a
+family's partial row groups have). Rounds alternate, in one process, the footer parsed as the
+code does (`footer.SPLICED_ROWS_SHAPE`: schema, key-value metadata, encodings and paths kept as
+bytes) and parsed like any footer (`FOOTER_SHAPE`); the medians and their ratio are printed.
+Across checkouts (`PYTHONPATH=...`), only the first figure compares, and this machine's drift
+from one process to the next is larger than that ratio: alternate in one process.
 
     .venv/bin/python bench/encoded_rows.py [--workdir DIR] [--rounds N]
 
@@ -29,6 +29,7 @@ import pyarrow.parquet as pq
 
 import tol_dagster
 from tol_dagster.devtools.sample import build_sample
+from tol_dagster.parquet import list_table
 from tol_dagster.parquet.footer import FOOTER_SHAPE, SPLICED_ROWS_SHAPE
 from tol_dagster.schema import DEFAULT_CONFIG, expected_schema
 from tol_dagster.slices import write
@@ -65,9 +66,9 @@ def main() -> None:
     rounds: dict[str, list[float]] = {"lean": [], "whole": []}
     for _ in range(args.rounds):
         for name, shape in (("lean", SPLICED_ROWS_SHAPE), ("whole", FOOTER_SHAPE)):
-            write.SPLICED_ROWS_SHAPE = shape
+            list_table.SPLICED_ROWS_SHAPE = shape
             rounds[name].append(round_ms(tables, "none"))
-    write.SPLICED_ROWS_SHAPE = SPLICED_ROWS_SHAPE
+    list_table.SPLICED_ROWS_SHAPE = SPLICED_ROWS_SHAPE
     lean, whole = (statistics.median(rounds[name]) for name in ("lean", "whole"))
     checkout = Path(tol_dagster.__file__).resolve().parents[1]
     print(

@@ -23,15 +23,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from tol_dagster.errors import StoreError
-from tol_dagster.parquet import list_encode
+from tol_dagster.parquet import list_encode, list_table
 from tol_dagster.parquet.footer import (
-    SPLICED_ROWS_SHAPE,
     Footer,
     SpliceError,
-    parse_footer,
     read_footer,
 )
-from tol_dagster.parquet.page_splice import range_columns, whole_columns
+from tol_dagster.parquet.page_splice import range_columns
 from tol_dagster.parquet.splice import Column, Splicer
 from tol_dagster.schema import METADATA_COLUMNS, STRING_COLUMNS
 from tol_dagster.slices import read
@@ -142,25 +140,17 @@ def encoded_columns(table: pa.Table, schema: pa.Schema, codec: str) -> list[Colu
     """The rows of `table` (some of `schema`'s columns, in its order) encoded as one row
     group's column chunks, for `Splicer.add_columns`: `emb` by `list_encode` when it can
     (with `codec`), the rest by pyarrow with our writer settings."""
-    emb = None
-    if EMB_COLUMN in table.column_names:
-        chunk = _emb_chunk(schema)
-        if chunk is not None:
-            emb = list_encode.encode_list_column(table.column(EMB_COLUMN), chunk, codec)
-    rest = table.drop_columns([EMB_COLUMN]) if emb is not None else table
-    columns = []
-    if rest.num_columns:
-        buffer = pa.BufferOutputStream()
-        subset = pa.schema([schema.field(name) for name in rest.column_names])
-        strings = "zstd" if rest.num_rows >= MIN_COMPRESSED_ROWS else "none"
-        with _parquet_writer(buffer, subset, codec, page_index=True, strings=strings) as writer:
-            writer.write_table(rest, row_group_size=max(rest.num_rows, 1))
-        data = buffer.getvalue()
-        footer = parse_footer(memoryview(data), Path("<rows>"), data, SPLICED_ROWS_SHAPE)
-        columns = whole_columns(footer)
-    if emb is not None:
-        columns.insert(table.column_names.index(EMB_COLUMN), emb)
-    return columns
+    open_writer = functools.partial(_rows_writer, emb_codec=codec)
+    return list_table.encoded_columns(
+        table, schema, EMB_COLUMN, _emb_chunk(schema), codec, open_writer
+    )
+
+
+def _rows_writer(sink: Any, schema: pa.Schema, rows: int, emb_codec: str) -> pq.ParquetWriter:
+    """Our writer for `rows` encoded rows: page indexes, string columns compressed only from
+    MIN_COMPRESSED_ROWS rows."""
+    strings = "zstd" if rows >= MIN_COMPRESSED_ROWS else "none"
+    return _parquet_writer(sink, schema, emb_codec, page_index=True, strings=strings)
 
 
 def _emb_codec(batch: pa.RecordBatch | pa.Table) -> str:
@@ -233,10 +223,11 @@ def reference_footer(schema: pa.Schema) -> Footer:
 def _reference_footer(serialized: bytes) -> Footer:
     """By the schema's bytes: unlike `pa.Schema.__eq__`, they tell its metadata apart."""
     schema = pa.ipc.read_schema(pa.py_buffer(serialized))
-    sink = pa.BufferOutputStream()
-    _parquet_writer(sink, schema, "none", page_index=False).close()
-    data = sink.getvalue()
-    return parse_footer(memoryview(data), Path("<reference>"), data=data)
+    return list_table.template_footer(schema, _reference_writer)
+
+
+def _reference_writer(sink: Any, schema: pa.Schema, rows: int) -> pq.ParquetWriter:
+    return _parquet_writer(sink, schema, "none", page_index=False)
 
 
 def _emb_chunk(schema: pa.Schema) -> list_encode.ListChunk | None:
@@ -251,11 +242,7 @@ def _emb_chunk(schema: pa.Schema) -> list_encode.ListChunk | None:
 def _emb_chunk_of(serialized: bytes) -> list_encode.ListChunk | None:
     """`emb`'s schema elements as our pyarrow writer lays them out (`reference_footer`)."""
     schema = pa.ipc.read_schema(pa.py_buffer(serialized))
-    emb_type = schema.field(EMB_COLUMN).type
-    if not pa.types.is_fixed_size_list(emb_type) or not pa.types.is_floating(emb_type.value_type):
-        return None
-    fields = dict(reference_footer(schema).top_level_fields())
-    return list_encode.ListChunk(fields[EMB_COLUMN], ZSTD_LEVEL)
+    return list_table.list_chunk(schema, reference_footer(schema), EMB_COLUMN, ZSTD_LEVEL)
 
 
 def _as_spans(scan: Scan) -> Scan:
