@@ -17,6 +17,7 @@ from mirror_testing import brute, resync_one_file, rows_of, sample_mirror
 
 from tol_dagster.derived import centroids
 from tol_dagster.derived.centroids import build_centroids, centroid_schema, read_centroids
+from tol_dagster.parquet.list_table import ListTableWriter
 from tol_dagster.schema import RANKS, config_dim, quote_ident
 from tol_dagster.store.durable import TEMP_PREFIX, TEMP_SUFFIX
 from tol_dagster.store.layout import Layout
@@ -215,18 +216,18 @@ def test_a_full_disk_mid_publish_keeps_the_published_table_and_stops_the_chunks_
         finally:
             closed.append(True)
 
-    write_table = pq.ParquetWriter.write_table
+    write_table = ListTableWriter.write_table
     writes: list[int] = []
 
-    def full(writer: pq.ParquetWriter, table: pa.Table, *args: object, **kwargs: object) -> None:
+    def full(writer: ListTableWriter, table: pa.Table) -> None:
         writes.append(table.num_rows)
         if len(writes) == 3:
             time.sleep(0.3)  # a slow disk: the thread summing ahead fills what it may meanwhile
             raise OSError(errno.ENOSPC, "No space left on device")
-        write_table(writer, table, *args, **kwargs)
+        write_table(writer, table)
 
     monkeypatch.setattr(centroids, "_centroid_chunks", watched)
-    monkeypatch.setattr(pq.ParquetWriter, "write_table", full)
+    monkeypatch.setattr(ListTableWriter, "write_table", full)
     with pytest.raises(OSError, match="No space left"):
         build_centroids(files, layout, CONFIG, DIM)
     assert closed == [True]  # the thread summing ahead stopped before the error came out

@@ -16,6 +16,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -26,6 +27,7 @@ from tol_dagster.derived.lineage_sums import file_sums
 from tol_dagster.derived.parts import files_to_compute, read_part, read_published, write_part
 from tol_dagster.derived.sorted_runs import run_starts, sum_row_runs
 from tol_dagster.derived.table_records import record_table
+from tol_dagster.parquet.list_table import ListTableWriter
 from tol_dagster.schema import RANKS
 from tol_dagster.store.durable import atomic_path
 from tol_dagster.store.layout import Layout
@@ -108,8 +110,9 @@ def _publish(
     with (
         atomic_path(path) as tmp,
         tempfile.TemporaryFile(dir=path.parent) as genus_file,
-        pq.ParquetWriter(tmp, schema, **_WRITER_OPTIONS) as writer,
+        open(tmp, "wb") as sink,
     ):
+        writer = ListTableWriter(sink, schema, "centroid", _table_writer)
         # Genus rows wait in a temp file so that the table lists all species rows first.
         chunks = _centroid_chunks(files, layout, config, dim)
         with (
@@ -123,8 +126,15 @@ def _publish(
                 genus += genus_rows.num_rows
         genus_file.seek(0)
         for batch in pa.ipc.open_stream(genus_file):
-            writer.write_batch(batch)
+            writer.write_table(pa.Table.from_batches([batch]))
+        writer.close()
     return species, genus
+
+
+def _table_writer(sink: Any, schema: pa.Schema, rows: int) -> pq.ParquetWriter:
+    """pyarrow's writer of the table's columns but `centroid` (written by `list_table`, but
+    for a width it does not encode)."""
+    return pq.ParquetWriter(sink, schema, **_WRITER_OPTIONS)
 
 
 def _centroid_chunks(
