@@ -199,6 +199,13 @@ def test_lineage_sums_add_each_lineages_rows_in_part_order_bit_for_bit(sorted_pa
     assert np.array_equal(middle.view(np.uint64), expected[3:9].view(np.uint64))
 
 
+def test_lineage_sums_add_both_of_a_parts_consecutive_rows_of_one_lineage() -> None:
+    # Not what `file_sums` writes (a lineage once a part), but summed right all the same
+    parts = [np.array([[1.0, -0.0], [2.0, -0.0]]), np.array([[4.0, 8.0]])]
+    got = centroids._lineage_sums(parts, np.array([0, 2, 3]), np.array([0, 1, 2]), np.array([0]))
+    assert got.tolist() == [[7.0, 8.0]]
+
+
 def test_a_full_disk_mid_publish_keeps_the_published_table_and_stops_the_chunks_summed_ahead(
     built: tuple[list[MirrorFile], Layout, pa.Table], monkeypatch: pytest.MonkeyPatch
 ) -> None:

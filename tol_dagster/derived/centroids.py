@@ -201,10 +201,12 @@ def _lineage_sums(
     the concatenated parts), each part's rows added in part order, as a sum row after row.
 
     A part is sorted like the keys and holds a lineage once, so its rows in a chunk are one
-    slice of its matrix, added to distinct lineages at once: no copy of the rows in sorted
-    order first. The sums start at -0.0, which adds as nothing (+0.0 would turn -0.0 into it).
+    slice of its matrix, for distinct lineages: added at once, no copy of the rows in sorted
+    order first. A lineage's first row is copied, not added (adding it to -0.0, exactly), so
+    the sums are never filled first: most lineages are in one part only.
     """
-    sums = np.full((len(runs), matrices[0].shape[1]), -0.0)
+    sums = np.empty((len(runs), matrices[0].shape[1]))
+    filled = np.zeros(len(runs), dtype=bool)
     lineage = np.zeros(len(rows), dtype=np.int64)
     lineage[runs[1:]] = 1
     lineage = np.cumsum(lineage)
@@ -215,12 +217,36 @@ def _lineage_sums(
     for start, end in zip(starts.tolist(), [*starts[1:].tolist(), len(order)], strict=True):
         mine = order[start:end]
         part = part_of[mine[0]]
-        inside = rows[mine] - offsets[part]
-        if inside[-1] - inside[0] == len(inside) - 1 and (np.diff(inside) == 1).all():
-            sums[lineage[mine]] += matrices[part][inside[0] : inside[-1] + 1]
+        inside, targets = rows[mine] - offsets[part], lineage[mine]
+        if _one_slice(inside) and (np.diff(targets) > 0).all():
+            _add_slice(sums, filled, targets, matrices[part][inside[0] : inside[-1] + 1])
         else:  # not a sorted part of unique lineages: added one row at a time, still in order
-            np.add.at(sums, lineage[mine], matrices[part][inside])
+            sums[targets[~filled[targets]]] = -0.0
+            np.add.at(sums, targets, matrices[part][inside])
+        filled[targets] = True
     return sums
+
+
+def _one_slice(inside: np.ndarray) -> bool:
+    """Whether the rows `inside` (ascending) are consecutive."""
+    return bool(inside[-1] - inside[0] == len(inside) - 1 and (np.diff(inside) == 1).all())
+
+
+def _add_slice(
+    sums: np.ndarray, filled: np.ndarray, targets: np.ndarray, block: np.ndarray
+) -> None:
+    """Add the rows of `block` to the distinct, ascending lineages `targets`: copied where a
+    lineage has no sum yet (`filled`), a plain copy when they are consecutive lineages."""
+    new = ~filled[targets]
+    if not new.all():
+        sums[targets[~new]] += block[~new]
+        targets, block = targets[new], block[new]
+    if not len(targets):
+        return
+    if targets[-1] - targets[0] == len(targets) - 1:
+        sums[targets[0] : targets[-1] + 1] = block
+    else:
+        sums[targets] = block
 
 
 def _level_rows(level: str, keys: pa.Table, sums: np.ndarray, counts: np.ndarray) -> pa.Table:
