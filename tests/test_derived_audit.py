@@ -196,6 +196,21 @@ def test_a_table_that_does_not_read_is_drift_not_an_error_of_the_check(built: La
     assert "does not read" in drifted(built)["summary/publisher"]
 
 
+def replaced_before_the_record(monkeypatch: pytest.MonkeyPatch, path: Path, data: bytes) -> None:
+    """Another publish renames `data` in at `path` just before a record is taken (its lock)."""
+    locking = table_records.file_lock
+
+    @contextlib.contextmanager
+    def replaced_first(lock: Path) -> Iterator[None]:
+        temp = path.with_name("replacement")
+        temp.write_bytes(data)
+        os.replace(temp, path)
+        with locking(lock):
+            yield
+
+    monkeypatch.setattr(table_records, "file_lock", replaced_first)
+
+
 def test_a_record_is_not_written_for_a_table_another_publish_replaced_meanwhile(
     built: Layout, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -203,20 +218,28 @@ def test_a_record_is_not_written_for_a_table_another_publish_replaced_meanwhile(
     the record to the later one, which holds the lock next."""
     path = table_path(built, CONFIG, "summary/lineage")
     kept = record_path(built, CONFIG, "summary/lineage").read_bytes()
-    locking = table_records.file_lock
-
-    @contextlib.contextmanager
-    def replaced_first(lock: Path) -> Iterator[None]:
-        temp = path.with_name("replacement")
-        temp.write_bytes(path.read_bytes())
-        os.replace(temp, path)
-        with locking(lock):
-            yield
-
-    monkeypatch.setattr(table_records, "file_lock", replaced_first)
+    replaced_before_the_record(monkeypatch, path, path.read_bytes())
     record_table(built, CONFIG, "summary/lineage", path)
 
     assert record_path(built, CONFIG, "summary/lineage").read_bytes() == kept
+
+
+def test_the_centroids_hashed_as_written_are_not_recorded_when_replaced_before_the_record(
+    built: Layout, small_sample: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The centroid table's sha256 is taken as it is written: a publish renamed in after it
+    (another build's) holds other bytes, and the record stays that other build's."""
+    files = sample_mirror(small_sample)
+    path = table_path(built, CONFIG, "centroids")
+    kept = record_path(built, CONFIG, "centroids").read_bytes()
+    replaced_before_the_record(monkeypatch, path, b"another build's bytes")
+    build_centroids(files[:-1], built, CONFIG, dim_of(files))  # other centroids, not recorded
+
+    assert record_path(built, CONFIG, "centroids").read_bytes() == kept
+    monkeypatch.undo()
+    build_centroids(files[:-1], built, CONFIG, dim_of(files))
+    record = load_record(built, CONFIG, "centroids")
+    assert record is not None and record.holds(path.stat().st_size, sha256_file(path))
 
 
 def test_a_table_republished_between_its_hash_and_its_records_read_is_checked_again(

@@ -11,6 +11,7 @@ walks the lineages in sorted order a chunk at a time over memory-mapped per-file
 from __future__ import annotations
 
 import contextlib
+import os
 import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ from tol_dagster.derived.table_records import record_table
 from tol_dagster.parquet.list_table import ListTableWriter
 from tol_dagster.schema import RANKS
 from tol_dagster.store.durable import atomic_path
+from tol_dagster.store.hashing import HashingWriter
 from tol_dagster.store.layout import Layout
 from tol_dagster.store.mirror_files import MirrorFile
 from tol_dagster.thread_pools import prefetched, shared_pool
@@ -80,8 +82,8 @@ def build_centroids(
     """Sum the embeddings of the files not read yet (all when `force`), then publish the table."""
     recomputed = write_parts(files, layout, config, dim, force=force)
     path = layout.centroids_path(config)
-    species, genus = _publish(files, layout, config, dim, path)
-    record_table(layout, config, "centroids", path)
+    species, genus, written = _publish(files, layout, config, dim, path)
+    record_table(layout, config, "centroids", path, written)
     return CentroidResult(recomputed=recomputed, species=species, genus=genus, path=path)
 
 
@@ -103,15 +105,18 @@ def read_centroids(layout: Layout, config: str) -> pa.Table:
 
 def _publish(
     files: Sequence[MirrorFile], layout: Layout, config: str, dim: int, path: Path
-) -> tuple[int, int]:
-    """Write species rows, then genus rows, streaming; return how many of each."""
+) -> tuple[int, int, tuple[os.stat_result, str]]:
+    """Write species rows, then genus rows, streaming; return how many of each, and the
+    file's status and sha256 (hashed as written, by the thread that writes: the next chunk
+    is summed meanwhile)."""
     schema = centroid_schema(dim)
     species = genus = 0
     with (
         atomic_path(path) as tmp,
         tempfile.TemporaryFile(dir=path.parent) as genus_file,
-        open(tmp, "wb") as sink,
+        open(tmp, "wb") as handle,
     ):
+        sink = HashingWriter(handle)
         writer = ListTableWriter(sink, schema, "centroid", _table_writer)
         # Genus rows wait in a temp file so that the table lists all species rows first.
         chunks = _centroid_chunks(files, layout, config, dim)
@@ -128,7 +133,8 @@ def _publish(
         for batch in pa.ipc.open_stream(genus_file):
             writer.write_table(pa.Table.from_batches([batch]))
         writer.close()
-    return species, genus
+        written = sink.written()
+    return species, genus, written
 
 
 def _table_writer(sink: Any, schema: pa.Schema, rows: int) -> pq.ParquetWriter:

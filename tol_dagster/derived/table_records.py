@@ -4,13 +4,15 @@ which file it was (device, inode, size, mtime), kept in the config's state folde
 The mirror has its manifest and the slices their catalog; the summaries, the taxon index and
 the centroids had nothing to be compared with, so bit rot or an edit in them went unseen until
 a page no longer decoded (and a flipped digit of a count decodes). Each build records a table
-right after publishing it, hashed from the file itself (bytes just written, in the page cache);
-`table_audit` compares the file with its record.
+right after publishing it, hashed from the file itself (bytes just written, in the page cache)
+or, for the centroids, as they were written (the largest table, hashed while the next chunk is
+summed); `table_audit` compares the file with its record.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -43,10 +45,17 @@ def record_path(layout: Layout, config: str, table: str) -> Path:
     return layout.state_dir(config) / RECORDS_DIR / f"{table.replace('/', '.')}.json"
 
 
-def record_table(layout: Layout, config: str, table: str, path: Path) -> None:
-    """Record the table just published at `path`. Not when another publish replaced it while
-    it was hashed: the lock orders the records, and the last publish's is the one kept."""
-    stat, sha256 = sha256_of_one_version(path)
+def record_table(
+    layout: Layout,
+    config: str,
+    table: str,
+    path: Path,
+    written: tuple[os.stat_result, str] | None = None,
+) -> None:
+    """Record the table just published at `path`, hashed from the file, or as it was written
+    (`written`: `HashingWriter.written` of the file renamed to `path`). Not when another
+    publish replaced it meanwhile: the lock orders the records, the last publish's is kept."""
+    stat, sha256 = written or sha256_of_one_version(path)
     record = TableRecord(str(path), sha256, stat.st_size, file_version(stat), time.time())
     target = record_path(layout, config, table)
     with file_lock(target.with_suffix(".lock")):

@@ -10,14 +10,14 @@ system, an old kernel, macOS, Windows).
 from __future__ import annotations
 
 import errno
-import hashlib
 import mmap
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from tol_dagster.errors import StoreError
+from tol_dagster.store.hashing import HashingWriter
 
 #: errno values of `copy_file_range` meaning "not here" (another file system, an old kernel,
 #: a file system without it): the bytes are then copied through userspace.
@@ -52,20 +52,11 @@ def kernel_copy(source: Any, target: Any, start: int, length: int) -> int:
 
 
 @dataclass
-class HashingSink:
-    """A write-only file that hashes the bytes on their way out (no second read of the slice)."""
+class HashingSink(HashingWriter):
+    """A write-only file that hashes the bytes on their way out (no second read of the slice),
+    and appends copied row groups without them passing through Python."""
 
-    handle: Any
-    digest: Any = field(default_factory=hashlib.sha256)
-    size: int = 0
     closed: bool = False
-
-    def write(self, data: Any) -> int:
-        view = memoryview(data)
-        self.digest.update(view)
-        self.handle.write(view)
-        self.size += view.nbytes
-        return view.nbytes
 
     def copy_range(self, path: Path, start: int, length: int) -> None:
         """Append bytes [start, start + length) of `path` without passing them through Python:

@@ -12,7 +12,7 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import pairwise
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -44,6 +44,29 @@ def sha256_file(path: Path, on_bytes: Callable[[int], None] | None = None) -> st
 
 #: Reads of a file that publishes keep replacing while it is hashed (the last one counts).
 READ_TRIES = 3
+
+
+@dataclass
+class HashingWriter:
+    """A file written through, its bytes hashed on their way out: their sha256 without reading
+    the file back (a slice's, the centroid table's)."""
+
+    handle: Any
+    digest: Any = field(default_factory=hashlib.sha256)
+    size: int = 0
+
+    def write(self, data: Any) -> int:
+        view = memoryview(data)
+        self.digest.update(view)
+        self.handle.write(view)
+        self.size += view.nbytes
+        return view.nbytes
+
+    def written(self) -> tuple[os.stat_result, str]:
+        """The file's status, once flushed, and the sha256 of what was written to it: of one
+        version of it, as `sha256_of_one_version` gives them (a rename keeps the status)."""
+        self.handle.flush()
+        return os.fstat(self.handle.fileno()), self.digest.hexdigest()
 
 
 def file_version(stat: os.stat_result) -> tuple[int, int, int, int]:
