@@ -2,7 +2,7 @@
 here (`list_encode`) and its other columns by pyarrow (`encoded_columns`), spliced into one
 file (`ListTableWriter`, over `splice.Splicer`).
 
-Why: pyarrow's writer builds a nested list's levels value by value, about 3.5 µs a row of 768
+Why: pyarrow's writer builds a nested list's levels value by value, about 3.6 µs a row of 768
 floats: most of what writing a table of embeddings costs (a slice's encoded rows, the centroid
 table). Other readers see an ordinary parquet file: its footer is the one pyarrow's writer
 gives the schema (the Arrow schema in its metadata), its columns but the list pyarrow's own.
