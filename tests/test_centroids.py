@@ -8,6 +8,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -47,6 +48,32 @@ def built(
 def rows(built: tuple[list[MirrorFile], Layout, pa.Table]) -> pa.Table:
     files, _, _ = built
     return pa.concat_tables(pq.read_table(f.path, columns=[*RANKS, "emb"]) for f in files)
+
+
+def test_duckdb_reads_the_published_table_as_pyarrow_does(
+    built: tuple[list[MirrorFile], Layout, pa.Table],
+) -> None:
+    """The centroid column is written by `list_encode`, not pyarrow: a consumer's one DuckDB
+    line reads the same labels and values (as FLOAT[], as from any parquet list)."""
+    _, layout, table = built
+    with duckdb.connect() as con:
+        read = con.sql(
+            f"SELECT * FROM read_parquet(?) WHERE level = 'species' AND {quote_ident('class')}"
+            " IS NOT NULL ORDER BY images DESC, species LIMIT 5",
+            params=[str(layout.centroids_path(CONFIG))],
+        ).to_arrow_table()
+        (kind,) = con.execute(
+            "SELECT typeof(centroid) FROM read_parquet(?) LIMIT 1",
+            [str(layout.centroids_path(CONFIG))],
+        ).fetchone()
+    assert kind == "FLOAT[]" and read.num_rows == 5
+    species = _level(table, "species")
+    for row in read.to_pylist():
+        match = species.filter(pc.equal(species["species"], row["species"]))
+        match = match.filter(pc.equal(match["genus"], row["genus"]))
+        assert match.num_rows == 1 and match["images"][0].as_py() == row["images"]
+        expected = match["centroid"][0].values.to_numpy()
+        assert np.array_equal(np.asarray(row["centroid"], np.float32), expected)
 
 
 def _level(table: pa.Table, level: str) -> pa.Table:
