@@ -3,11 +3,11 @@
 `emb` is read page by page in place, as the gate reads it (`emb_digests.emb_pages`): half the
 CPU of DuckDB decoding it and casting it to FLOAT[dim] (1.6x faster in wall time), the largest
 cost of a first build at full scale; DuckDB reads anything else (NULL rows, lists of other
-types). Either way each run
-of one lineage in the sorted file is summed with one numpy call, in float64 from the values as
-float32 (DuckDB's cast: float16 and float32 exactly, float64 rounded), and a lineage's runs are
-added in file order. Float16 values summed in float64 are exact unless a lineage's sum passes
-2**29 (multiples of 2**-24), so both paths give the same bits for this dataset's configs.
+types). Either way each run of one lineage in the sorted file is summed with one numpy call, in
+float64 from the values as float32 (DuckDB's cast: float16 and float32 exactly, float64
+rounded), and a lineage's runs are added in file order. Float16 values summed in float64 are
+exact unless a lineage's sum passes 2**29 (multiples of 2**-24), so both paths give the same
+bits for this dataset's configs.
 """
 
 from __future__ import annotations

@@ -20,7 +20,13 @@ import numpy as np
 import pyarrow as pa
 
 from tol_dagster.parquet import field_ids
-from tol_dagster.parquet.list_values import PLAIN, RLE, float_list, repetition_pattern
+from tol_dagster.parquet.list_values import (
+    PLAIN,
+    RLE,
+    float_list,
+    reads_in_place,
+    repetition_pattern,
+)
 from tol_dagster.parquet.splice import Column
 from tol_dagster.parquet.thrift import (
     BINARY,
@@ -118,8 +124,7 @@ def _matrix(values: pa.Array | pa.ChunkedArray, elements: list[Struct]) -> np.nd
         or not pa.types.is_fixed_size_list(kind)
         or not pa.types.is_floating(kind.value_type)
         or np.dtype(kind.value_type.to_pandas_dtype()) != leaf[0]
-        or kind.list_size % 8
-        or kind.list_size < 16
+        or not reads_in_place(kind.list_size)
         or values.null_count
     ):
         return None

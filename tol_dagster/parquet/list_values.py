@@ -155,8 +155,9 @@ def _levels_section(path: Path, view: memoryview, position: int) -> tuple[memory
 
 
 def reads_in_place(size: int) -> bool:
-    """Whether pages of lists of `size` values can be read in place: only their repetition
-    levels' one layout is known (`repetition_pattern`); any other size fails on every page."""
+    """Whether pages of lists of `size` values can be read in place (and written by
+    `list_encode`): only their repetition levels' one layout is known (`repetition_pattern`);
+    any other size fails on every page."""
     return size % 8 == 0 and size >= 16
 
 
