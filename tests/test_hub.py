@@ -27,7 +27,7 @@ from tol_dagster.errors import (
     UpstreamError,
     UpstreamInvalid,
 )
-from tol_dagster.hub import download, failures
+from tol_dagster.hub import download, failures, partial
 from tol_dagster.hub.card import render_card, with_config
 from tol_dagster.hub.client import HubClient
 from tol_dagster.hub.remote import RemoteConfig, RemoteFile
@@ -210,17 +210,32 @@ def test_parallel_downloads_in_threads_all_verify(
 # -- resume -----------------------------------------------------------------------------------
 
 
-def test_a_cut_body_is_resumed_with_a_range_request(
-    client: HubClient, planned: RemoteConfig, hub: LocalHub, tmp_path: Path
+@pytest.mark.parametrize(
+    ("hand_over", "cut_at"),
+    [(partial.HAND_OVER_BYTES, 100_000), (100_000, 250_000)],
+    ids=["all-held", "after-two-hand-overs"],
+)
+def test_a_cut_body_is_resumed_with_a_range_request_at_the_cut(
+    client: HubClient,
+    planned: RemoteConfig,
+    hub: LocalHub,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    hand_over: int,
+    cut_at: int,
 ) -> None:
+    """Bytes reach the partial a mebibyte at a time (`hub.partial`): whether the ~300 KB file
+    is cut with all its bytes still held or after some were handed over, the resume asks for
+    the bytes after the cut, none lost, none fetched twice."""
+    monkeypatch.setattr(partial, "HAND_OVER_BYTES", hand_over)
     file = planned.files[0]
     hub.add_fault(
-        Fault(kind="cut", pattern="*.parquet", request_kind="lfs_get", after_bytes=100_000, times=1)
+        Fault(kind="cut", pattern="*.parquet", request_kind="lfs_get", after_bytes=cut_at, times=1)
     )
     dest = _download(client, planned, tmp_path)
     assert _sha256(dest) == file.sha256
     stats = hub.stats()
-    assert stats["range_requests"]["bytes"] == file.size - 100_000
+    assert stats["range_requests"]["bytes"] == file.size - cut_at
     assert stats["lfs_get"]["bytes"] == file.size  # nothing fetched twice
 
 
