@@ -7,7 +7,8 @@ Every figure is measured in the same run and printed beside its target:
 - bytes fetched / bytes of the changed file, after upstream re-encodes one file;
 - download-and-verify throughput (`HubClient.download`: stable partial, streaming sha256) over
   a plain streaming GET to disk of the same file from the same server (the faster of httpx2
-  and urllib), file by file, alternating which goes first, median of the pairs' ratios;
+  and urllib), file by file, alternating which goes first, median of the pairs' ratios; and
+  this process's CPU per GB for each (the Hub's server runs apart): steadier than wall time;
 - the gate's throughput (`file_facts.inspect_file`, re-hashing the file as `sync.file_facts`
   does), in MB per wall second and per CPU second (target >= 400), and, with the Hub capped at
   50 MB/s per connection, gate time / download time per file;
@@ -283,6 +284,7 @@ class Throughput:
     ours_mb_s: float
     plain_mb_s: dict[str, float]
     pairs: int
+    cpu_s_per_gb: dict[str, float]  # by method, ours included: the client's CPU
 
 
 def download_throughput(
@@ -300,6 +302,7 @@ def download_throughput(
         ],
     ]
     rates: dict[str, list[float]] = {name: [] for name, _ in methods}
+    cpu: dict[str, list[float]] = {name: [] for name, _ in methods}
     turn = 0
     for _ in range(repeats):
         for file in remote.files:
@@ -307,13 +310,19 @@ def download_throughput(
             turn += 1
             for name, fetch in order:
                 with scratch_dir(work / "throughput") as folder:
-                    rates[name].append(file.size / timed(fetch, file, folder)[0])
+                    wall, cpu_s = timed(fetch, file, folder)
+                rates[name].append(file.size / wall)
+                cpu[name].append(cpu_s * 1e9 / file.size)
     # Each plain method's rate beside ours, pair by pair (same file, same minute).
     plain = {name: statistics.median(rates[name]) / 1e6 for name in PLAIN_GETS}
     fastest = max(plain, key=lambda name: plain[name])
     ratios = [o / p for o, p in zip(rates["ours"], rates[fastest], strict=True)]
     return Throughput(
-        statistics.median(ratios), statistics.median(rates["ours"]) / 1e6, plain, len(ratios)
+        statistics.median(ratios),
+        statistics.median(rates["ours"]) / 1e6,
+        plain,
+        len(ratios),
+        {name: statistics.median(per_gb) for name, per_gb in cpu.items()},
     )
 
 
@@ -526,6 +535,12 @@ def bench(work: Path, *, rows: int, files: int, repeats: int) -> list[Figure]:
             f"{throughput.ratio:.2f} ({throughput.ours_mb_s:,.0f} vs {max(throughput.plain_mb_s.values()):,.0f} MB/s)",
             ">= 0.80",
             throughput.ratio >= 0.8,
+        ),
+        Figure(
+            "download CPU s per GB (this process; the Hub apart)",
+            ", ".join(f"{name} {s:.2f}" for name, s in throughput.cpu_s_per_gb.items()),
+            "-",
+            None,
         ),
         Figure(
             "gate throughput (inspect_file), MB/s of parquet",

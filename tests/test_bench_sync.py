@@ -13,6 +13,7 @@ FIGURES = (
     "Hub requests, no-op `tol-dagster sync`",
     "bytes fetched / bytes of changed files",
     "download+verify / plain GET throughput",
+    "download CPU s per GB",
     "gate throughput",
     "gate, MB of parquet per CPU second",
     "emb checks (digests + norm bounds), CPU s per GB",
