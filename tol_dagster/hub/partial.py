@@ -6,9 +6,9 @@ orphan `.incomplete` behind and starts again from byte 0). A partial from an ear
 hashed once when opened; from then on the bytes written are hashed as they arrive, so the file
 is read at most once, and publishing it is one atomic rename.
 
-The network delivers a body in chunks of 64 KiB; each is held until a mebibyte is, then written
-and handed to the hashing thread as one: a hand-over per chunk (a queue's put and get, the
-threads' wake-ups) was a sixth of a download's CPU.
+httpx2 hands a body over in chunks of up to 64 KiB; they are held until a mebibyte is, then
+written and handed to the hashing thread together: a hand-over per chunk (a queue's put and get,
+the threads' wake-ups) was a sixth of a download's CPU.
 """
 
 from __future__ import annotations
@@ -89,7 +89,7 @@ class PartialFile:
         if self._out is None:
             self._out = self.path.open("ab")
         if self._pending is None:
-            self._pending = queue.Queue(maxsize=16)
+            self._pending = queue.Queue(maxsize=4)  # 4 MiB unhashed at most, as before
             self._hasher = threading.Thread(
                 target=_hash_chunks,
                 args=(self._pending, self._hash),
