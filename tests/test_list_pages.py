@@ -15,9 +15,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from tol_dagster.parquet import field_ids
-from tol_dagster.parquet.footer import MAGIC, SpliceError, read_footer
+from tol_dagster.parquet.footer import MAGIC, SpliceError, page_header, read_footer
 from tol_dagster.parquet.list_pages import list_pages
-from tol_dagster.parquet.pages import page_header
 from tol_dagster.parquet.thrift import write_struct
 from tol_dagster.schema import DEFAULT_CONFIG, EmbBounds
 from tol_dagster.slices import emb_check

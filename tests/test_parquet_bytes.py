@@ -17,11 +17,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tol_dagster.parquet import field_ids
 from tol_dagster.parquet.decoded import DECODED
 from tol_dagster.parquet.footer import MAGIC, SpliceError, read_footer
 from tol_dagster.parquet.pages import decode_rows, read_rows
 from tol_dagster.parquet.splice import Splicer
-from tol_dagster.parquet.thrift import Struct, read_struct, write_struct
+from tol_dagster.parquet.thrift import I32, I64, STRUCT, Struct, read_struct, write_struct
 from tol_dagster.schema import arrow_schema
 
 SCHEMA = arrow_schema(dim=8)
@@ -245,6 +246,9 @@ VARIANTS: dict[str, dict[str, object]] = {
     "v1-gzip": {"compression": "gzip"},
     "v1-none": {"compression": "none"},
     "v2-none": {"compression": "none", "data_page_version": "2.0"},
+    # As the mirror's files: `uuid` and `emb` without a dictionary (their pages read on their own).
+    "v1-zstd-mirror": {"compression": "zstd", "use_dictionary": list(SCHEMA.names[2:])},
+    "v1-none-mirror": {"compression": "none", "use_dictionary": list(SCHEMA.names[2:])},
 }
 AWKWARD_ROWS = 2500
 
@@ -407,6 +411,35 @@ def test_pages_out_of_their_column_chunk_are_refused(tmp_path: Path) -> None:
     _rewrite_footer(path, shrink)
     with pytest.raises(SpliceError, match="does not fit its column chunk"):
         read_rows(read_footer(path), 0, 900, 1000)
+
+
+def test_a_page_that_claims_more_bytes_than_the_file_holds_is_refused_before_it_is_read(
+    tmp_path: Path,
+) -> None:
+    """A dictionary page (after the data, where a damaged footer points) whose header claims
+    2 GB: refused by the file's size, before a buffer of that size is made to read it into."""
+    table = _table(1000, 24)
+    path = _write(table, tmp_path / "a.parquet", row_group_size=1000)
+    data, start = _footer_bytes(path)
+    dictionary = Struct([[field_ids.DATA_NUM_VALUES, I32, 10], [field_ids.DATA_ENCODING, I32, 0]])
+    header = Struct(
+        [
+            [field_ids.HEADER_TYPE, I32, field_ids.DICTIONARY_PAGE],
+            [field_ids.HEADER_UNCOMPRESSED, I32, 2**31 - 1],
+            [field_ids.HEADER_COMPRESSED, I32, 2**31 - 1],
+            [field_ids.HEADER_DICTIONARY, STRUCT, dictionary],
+        ]
+    )
+    claimed = bytearray()
+    write_struct(claimed, header)
+    meta = read_footer(path).meta.copy()
+    _chunks(meta, 0)[2].get(3).put(field_ids.CM_DICTIONARY_PAGE, I64, start)
+    footer = bytearray()
+    write_struct(footer, meta)
+    path.write_bytes(data[:start] + claimed + footer + struct.pack("<I", len(footer)) + MAGIC)
+    with pytest.raises(SpliceError, match="pages past the end of the file"):
+        read_rows(read_footer(path), 0, 500, 900, columns=[table.column_names[2]])
+    assert read_rows(read_footer(path), 0, 500, 900, columns=["uuid"]).num_rows == 400
 
 
 def test_a_dictionary_page_is_found_from_the_column_metadata(tmp_path: Path) -> None:

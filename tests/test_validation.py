@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tol_dagster.parquet.pages import page_header
+from tol_dagster.parquet.footer import page_header
 from tol_dagster.schema import DEFAULT_CONFIG, SORT_KEY, arrow_schema, expected_schema
 from tol_dagster.store.hashing import sha256_file
 from tol_dagster.validation.checks import (

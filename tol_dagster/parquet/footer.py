@@ -9,6 +9,7 @@ we cannot splice or read by pages raises `SpliceError`, and callers fall back to
 from __future__ import annotations
 
 import functools
+import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -233,6 +234,33 @@ def pread(handle: BinaryIO, offset: int, length: int) -> bytes:
     if len(data) != length:
         raise SpliceError(f"{handle.name}: ends before byte {offset + length}")
     return data
+
+
+def pread_into(handle: BinaryIO, offset: int, into: memoryview) -> None:
+    """Fill `into` with the bytes at `offset` (no copy on the way); SpliceError if the file
+    ends before."""
+    done = 0
+    while done < len(into):
+        got = os.preadv(handle.fileno(), [into[done:]], offset + done)
+        if not got:
+            raise SpliceError(f"{handle.name}: ends before byte {offset + len(into)}")
+        done += got
+
+
+def page_header(path: Path, handle: BinaryIO, offset: int, room: int) -> tuple[Struct, int]:
+    """The page header at `offset` and its size in bytes; reads more until it parses whole."""
+    want = 256
+    while True:
+        handle.seek(offset)
+        data = handle.read(want)
+        try:
+            return read_struct(memoryview(data), 0)
+        except (IndexError, struct.error) as error:
+            if len(data) < want or want >= max(room, 1 << 20):
+                raise SpliceError(f"{path}: no page header at byte {offset} ({error!r})") from error
+            want *= 4
+        except (KeyError, TypeError, ValueError, RecursionError) as error:
+            raise SpliceError(f"{path}: no page header at byte {offset} ({error!r})") from error
 
 
 def pread_struct(handle: BinaryIO, offset: int, length: int) -> Struct:

@@ -19,9 +19,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from tol_dagster.parquet import field_ids
-from tol_dagster.parquet.footer import SpliceError, pread
+from tol_dagster.parquet.footer import SpliceError, page_header, pread
 from tol_dagster.parquet.list_values import decompressed, page_values
-from tol_dagster.parquet.pages import page_header
 from tol_dagster.parquet.thrift import Struct
 
 #: Parquet codecs by the names pyarrow's metadata gives them and its codec names. Not "LZ4":

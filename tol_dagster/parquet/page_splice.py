@@ -33,12 +33,13 @@ from tol_dagster.parquet.footer import (
     Footer,
     SpliceError,
     chunk_start,
+    page_header,
     parse_footer,
     parse_struct,
     pread_struct,
     read_bytes,
 )
-from tol_dagster.parquet.pages import check_locations, page_header
+from tol_dagster.parquet.pages import check_locations
 from tol_dagster.parquet.splice import Column
 from tol_dagster.parquet.thrift import I32, I64, LIST, STRUCT, Struct, write_struct
 

@@ -10,6 +10,7 @@ the plain path, from the row group's start, for when the pages cannot be trusted
 from __future__ import annotations
 
 import bisect
+import os
 import struct
 from collections.abc import Collection
 from dataclasses import dataclass
@@ -27,8 +28,9 @@ from tol_dagster.parquet.footer import (
     LazyFile,
     SpliceError,
     chunk_start,
+    page_header,
     parse_struct,
-    pread,
+    pread_into,
     pread_struct,
 )
 from tol_dagster.parquet.list_values import regular_list_column
@@ -38,7 +40,6 @@ from tol_dagster.parquet.thrift import (
     LIST,
     STRUCT,
     Struct,
-    read_struct,
     write_struct,
 )
 
@@ -116,7 +117,7 @@ class _Pages:
     `body` is the magic, the dictionary page if any (of `dictionary` values, else None), then
     data pages `first`..`last` (from byte `data_start`), holding `values` values,
     `uncompressed` bytes once decompressed (headers included) and the chunk's rows
-    [`rows[0]`, `rows[1]`)."""
+    [`rows[0]`, `rows[1]`). `_one_column_file` appends the file's footer to `body`."""
 
     body: bytearray
     data_start: int
@@ -173,6 +174,7 @@ def _decoded(
         body = memoryview(pages.body)[pages.data_start :]
         codec = meta.get(field_ids.CM_CODEC)
         values = regular_list_column(footer.path, elements, codec, body, page_rows)
+        del body  # a view left would keep `_one_column_file` from extending the bytes
         if values is not None:
             return pa.chunked_array([values])
     data = _one_column_file(footer, elements, meta, pages)
@@ -227,33 +229,43 @@ def _pages(
     covered: tuple[int, int],
 ) -> _Pages:
     """Pages `first`..`last` of a column chunk (holding its rows `covered`), with the
-    dictionary page, and their totals (checked against the offset index for data pages v2)."""
-    body = bytearray(MAGIC)
-    dictionary, entries = _dictionary_page(
+    dictionary page, and their totals (checked against the offset index for data pages v2).
+    The bytes are read straight into the body, which `_one_column_file` then completes in
+    place: each copy of a page's bytes is fresh memory, faulted in page by page."""
+    (offset, size), entries = _dictionary_page(
         path, handle, meta, locations[0].get(field_ids.PAGE_OFFSET)
     )
-    if dictionary is not None:
-        body += dictionary
-    data_start = len(body)
+    data_start = len(MAGIC) + size
     begin = locations[first].get(field_ids.PAGE_OFFSET)
     end = locations[last].get(field_ids.PAGE_OFFSET) + locations[last].get(field_ids.PAGE_SIZE)
-    body += pread(handle, begin, end - begin)
-    values, uncompressed, v2_rows = _page_totals(
-        memoryview(body)[data_start:], path, data_pages=last - first + 1
-    )
+    file_size = os.fstat(handle.fileno()).st_size
+    if max(end, offset + size) > file_size:  # before allocating what a footer claims
+        raise SpliceError(f"{path}: pages past the end of the file ({file_size:,} bytes)")
+    body = bytearray(data_start + end - begin)
+    body[: len(MAGIC)] = MAGIC
+    with memoryview(body) as view:
+        if size:
+            pread_into(handle, offset, view[len(MAGIC) : data_start])
+        pread_into(handle, begin, view[data_start:])
+        values, uncompressed, v2_rows = _page_totals(
+            view[data_start:], path, data_pages=last - first + 1
+        )
+        if entries is not None:
+            uncompressed += _page_totals(view[len(MAGIC) : data_start], path, data_pages=0)[1]
     if v2_rows is not None and v2_rows != covered[1] - covered[0]:
         raise SpliceError(
             f"{path}: data pages v2 hold {v2_rows} rows where the offset index says "
             f"{covered[1] - covered[0]}"
         )
-    if dictionary is not None:
-        uncompressed += _page_totals(memoryview(dictionary), path, data_pages=0)[1]
     return _Pages(body, data_start, entries, first, last, values, uncompressed, covered)
 
 
-def _one_column_file(footer: Footer, elements: list[Struct], meta: Struct, pages: _Pages) -> bytes:
+def _one_column_file(
+    footer: Footer, elements: list[Struct], meta: Struct, pages: _Pages
+) -> bytearray:
     """`pages` as a parquet file of one column and one row group: `meta` (the chunk's column
-    metadata, a copy) rewritten to describe those pages only."""
+    metadata, a copy) rewritten to describe those pages only, its footer appended to
+    `pages.body` (which is then that file)."""
     meta.drop(*field_ids.CM_OF_ALL_ROWS)
     meta.set(field_ids.CM_NUM_VALUES, pages.values)
     meta.set(field_ids.CM_TOTAL_UNCOMPRESSED, pages.uncompressed)
@@ -287,7 +299,11 @@ def _one_column_file(footer: Footer, elements: list[Struct], meta: Struct, pages
     )
     tail = bytearray()
     write_struct(tail, file_meta)
-    return bytes(pages.body + tail + struct.pack("<I", len(tail)) + MAGIC)
+    body = pages.body
+    body += tail
+    body += struct.pack("<I", len(tail))
+    body += MAGIC
+    return body
 
 
 def check_locations(path: Path, locations: list[Struct], meta: Struct, rows: int) -> None:
@@ -321,9 +337,10 @@ def check_locations(path: Path, locations: list[Struct], meta: Struct, rows: int
 
 def _dictionary_page(
     path: Path, handle: BinaryIO, meta: Struct, first_data_page: int
-) -> tuple[bytes | None, int | None]:
-    """The column chunk's dictionary page (header and body) and its number of values (both
-    None without one), found from the column metadata: at `dictionary_page_offset`, or
+) -> tuple[tuple[int, int], int | None]:
+    """Where the column chunk's dictionary page is (offset and size, header included) and its
+    number of values ((0, 0) and None without one), found from the column metadata: at
+    `dictionary_page_offset`, or
     (writers that leave it unset) at the chunk's start when a page sits there before the
     first data page. Its header must say it is a dictionary page."""
     offset = meta.get(field_ids.CM_DICTIONARY_PAGE)
@@ -331,33 +348,17 @@ def _dictionary_page(
     if not offset:  # absent, or 0 for "none" (some writers)
         offset = int(meta.get(field_ids.CM_DATA_PAGE))
         if offset >= first_data_page:
-            return None, None
+            return (0, 0), None
     header, size = page_header(path, handle, offset, first_data_page - offset)
     if header.get(field_ids.HEADER_TYPE) != field_ids.DICTIONARY_PAGE:
         if strict:
             raise SpliceError(f"{path}: no dictionary page at dictionary_page_offset {offset}")
-        return None, None
+        return (0, 0), None
     length = size + header.get(field_ids.HEADER_COMPRESSED)
     if offset + length > first_data_page and offset < first_data_page:
         raise SpliceError(f"{path}: the dictionary page at {offset} overlaps the data pages")
     entries = header.get(field_ids.HEADER_DICTIONARY).get(field_ids.DATA_NUM_VALUES)
-    return pread(handle, offset, length), int(entries)
-
-
-def page_header(path: Path, handle: BinaryIO, offset: int, room: int) -> tuple[Struct, int]:
-    """The page header at `offset` and its size in bytes; reads more until it parses whole."""
-    want = 256
-    while True:
-        handle.seek(offset)
-        data = handle.read(want)
-        try:
-            return read_struct(memoryview(data), 0)
-        except (IndexError, struct.error) as error:
-            if len(data) < want or want >= max(room, 1 << 20):
-                raise SpliceError(f"{path}: no page header at byte {offset} ({error!r})") from error
-            want *= 4
-        except (KeyError, TypeError, ValueError, RecursionError) as error:
-            raise SpliceError(f"{path}: no page header at byte {offset} ({error!r})") from error
+    return (offset, length), int(entries)
 
 
 def _page_totals(pages: memoryview, path: Path, *, data_pages: int) -> tuple[int, int, int | None]:
