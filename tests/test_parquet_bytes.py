@@ -413,11 +413,15 @@ def test_pages_out_of_their_column_chunk_are_refused(tmp_path: Path) -> None:
         read_rows(read_footer(path), 0, 900, 1000)
 
 
+@pytest.mark.parametrize(
+    ("claimed", "refusal"), [(2**31 - 1, "pages past the end of the file"), (-5, "claims -5 bytes")]
+)
 def test_a_page_that_claims_more_bytes_than_the_file_holds_is_refused_before_it_is_read(
-    tmp_path: Path,
+    tmp_path: Path, claimed: int, refusal: str
 ) -> None:
     """A dictionary page (after the data, where a damaged footer points) whose header claims
-    2 GB: refused by the file's size, before a buffer of that size is made to read it into."""
+    2 GB, or less than nothing: refused by the file's size before a buffer of that size is
+    made to read it into, or by its sign."""
     table = _table(1000, 24)
     path = _write(table, tmp_path / "a.parquet", row_group_size=1000)
     data, start = _footer_bytes(path)
@@ -426,7 +430,7 @@ def test_a_page_that_claims_more_bytes_than_the_file_holds_is_refused_before_it_
         [
             [field_ids.HEADER_TYPE, I32, field_ids.DICTIONARY_PAGE],
             [field_ids.HEADER_UNCOMPRESSED, I32, 2**31 - 1],
-            [field_ids.HEADER_COMPRESSED, I32, 2**31 - 1],
+            [field_ids.HEADER_COMPRESSED, I32, claimed],
             [field_ids.HEADER_DICTIONARY, STRUCT, dictionary],
         ]
     )
@@ -437,7 +441,7 @@ def test_a_page_that_claims_more_bytes_than_the_file_holds_is_refused_before_it_
     footer = bytearray()
     write_struct(footer, meta)
     path.write_bytes(data[:start] + claimed + footer + struct.pack("<I", len(footer)) + MAGIC)
-    with pytest.raises(SpliceError, match="pages past the end of the file"):
+    with pytest.raises(SpliceError, match=refusal):
         read_rows(read_footer(path), 0, 500, 900, columns=[table.column_names[2]])
     assert read_rows(read_footer(path), 0, 500, 900, columns=["uuid"]).num_rows == 400
 

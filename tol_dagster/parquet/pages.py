@@ -340,9 +340,8 @@ def _dictionary_page(
 ) -> tuple[tuple[int, int], int | None]:
     """Where the column chunk's dictionary page is (offset and size, header included) and its
     number of values ((0, 0) and None without one), found from the column metadata: at
-    `dictionary_page_offset`, or
-    (writers that leave it unset) at the chunk's start when a page sits there before the
-    first data page. Its header must say it is a dictionary page."""
+    `dictionary_page_offset`, or (writers that leave it unset) at the chunk's start when a
+    page sits there before the first data page. Its header must say it is a dictionary page."""
     offset = meta.get(field_ids.CM_DICTIONARY_PAGE)
     strict = bool(offset)
     if not offset:  # absent, or 0 for "none" (some writers)
@@ -354,7 +353,10 @@ def _dictionary_page(
         if strict:
             raise SpliceError(f"{path}: no dictionary page at dictionary_page_offset {offset}")
         return (0, 0), None
-    length = size + header.get(field_ids.HEADER_COMPRESSED)
+    compressed = header.get(field_ids.HEADER_COMPRESSED)
+    if not isinstance(compressed, int) or compressed < 0:
+        raise SpliceError(f"{path}: the dictionary page at {offset} claims {compressed!r} bytes")
+    length = size + compressed
     if offset + length > first_data_page and offset < first_data_page:
         raise SpliceError(f"{path}: the dictionary page at {offset} overlaps the data pages")
     entries = header.get(field_ids.HEADER_DICTIONARY).get(field_ids.DATA_NUM_VALUES)
