@@ -9,11 +9,11 @@ we cannot splice or read by pages raises `SpliceError`, and callers fall back to
 from __future__ import annotations
 
 import functools
-import os
+import io
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, cast
 
 from tol_dagster.parquet import field_ids
 from tol_dagster.parquet.file_versions import per_file_version
@@ -237,14 +237,11 @@ def pread(handle: BinaryIO, offset: int, length: int) -> bytes:
 
 
 def pread_into(handle: BinaryIO, offset: int, into: memoryview) -> None:
-    """Fill `into` with the bytes at `offset` (no copy on the way); SpliceError if the file
-    ends before."""
-    done = 0
-    while done < len(into):
-        got = os.preadv(handle.fileno(), [into[done:]], offset + done)
-        if not got:
-            raise SpliceError(f"{handle.name}: ends before byte {offset + len(into)}")
-        done += got
+    """Fill `into` with the bytes at `offset` (read straight into it: no bytes object made on
+    the way); SpliceError if the file ends before."""
+    handle.seek(offset)
+    if cast(io.BufferedIOBase, handle).readinto(into) != len(into):  # all binary files have it
+        raise SpliceError(f"{handle.name}: ends before byte {offset + len(into)}")
 
 
 def page_header(path: Path, handle: BinaryIO, offset: int, room: int) -> tuple[Struct, int]:
