@@ -434,13 +434,13 @@ def test_a_page_that_claims_more_bytes_than_the_file_holds_is_refused_before_it_
             [field_ids.HEADER_DICTIONARY, STRUCT, dictionary],
         ]
     )
-    claimed = bytearray()
-    write_struct(claimed, header)
+    page = bytearray()
+    write_struct(page, header)
     meta = read_footer(path).meta.copy()
     _chunks(meta, 0)[2].get(3).put(field_ids.CM_DICTIONARY_PAGE, I64, start)
     footer = bytearray()
     write_struct(footer, meta)
-    path.write_bytes(data[:start] + claimed + footer + struct.pack("<I", len(footer)) + MAGIC)
+    path.write_bytes(data[:start] + page + footer + struct.pack("<I", len(footer)) + MAGIC)
     with pytest.raises(SpliceError, match=refusal):
         read_rows(read_footer(path), 0, 500, 900, columns=[table.column_names[2]])
     assert read_rows(read_footer(path), 0, 500, 900, columns=["uuid"]).num_rows == 400
