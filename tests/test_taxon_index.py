@@ -3,6 +3,7 @@ species resolve as binomials, and only changed files are re-indexed."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -190,27 +191,47 @@ def test_after_one_file_changes_only_it_is_reindexed_and_the_index_equals_a_rebu
         assert count(index, "species", f"{genus} relabellus") == rows
 
 
-def test_irregular_row_groups_are_placed_right(
-    built: tuple[list[MirrorFile], Layout, pa.Table], tmp_path: Path
+#: Row group sizes of a file of n rows, and whether a block of rows is then its row group (no
+#: join needed to place it).
+LAYOUTS: dict[str, tuple[Callable[[int], list[int]], bool]] = {
+    "irregular": (lambda n: [333, 500, 77, n - 910], False),
+    "uniform, a shorter last": (lambda n: [n // 3 + 1] * 2 + [n - 2 * (n // 3 + 1)], True),
+    "uniform, a longer last": (lambda n: [n // 3 - 1] * 2 + [n - 2 * (n // 3 - 1)], False),
+    "one row group": (lambda n: [n], True),
+}
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_entries_place_each_taxons_rows_in_their_row_groups_whatever_the_layout(
+    built: tuple[list[MirrorFile], Layout, pa.Table], tmp_path: Path, layout: str
 ) -> None:
     files, _, _ = built
     table = pq.read_table(files[0].path)
+    sizes, direct = LAYOUTS[layout]
     path = tmp_path / files[0].name
     with pq.ParquetWriter(path, table.schema) as writer:
-        for start, size in [(0, 333), (333, 500), (833, 77)]:
+        start = 0
+        for size in sizes(table.num_rows):
             writer.write_table(table.slice(start, size), row_group_size=size)
-        writer.write_table(table.slice(910), row_group_size=table.num_rows)
+            start += size
     odd = [MirrorFile(path.name, sha256_file(path), path)]
-    layout = Layout(tmp_path / "home")
-    build_taxon_index(odd, layout, CONFIG)
-    index = read_taxon_index(layout, CONFIG)
+    starts = taxon_index._row_group_starts(odd)
+    block = np.gcd.reduce(starts["start"].to_numpy()) or 1 << 62
+    assert taxon_index._blocks_are_row_groups(starts, int(block)) is direct
+    layout_home = Layout(tmp_path / "home")
+    build_taxon_index(odd, layout_home, CONFIG)
+    index = read_taxon_index(layout_home, CONFIG)
     assert index.schema == INDEX_SCHEMA
-    expected = brute(odd, "SELECT family, count(*) FROM rows WHERE family IS NOT NULL GROUP BY 1")
-    assert sorted((v, count(index, "family", v)) for v, _ in expected) == expected
-    for entry in lookup(index, "family", expected[0][0]):
-        group = pq.ParquetFile(path).read_row_group(entry.row_group, columns=["family"])
-        offset = sum(
-            pq.ParquetFile(path).metadata.row_group(i).num_rows for i in range(entry.row_group)
-        )
-        families = group["family"].to_pylist()[entry.row_start - offset : entry.row_end - offset]
-        assert families.count(expected[0][0]) == entry.rows
+    begins = starts["start"].to_pylist()
+    for rank in ("family", "genus"):
+        expected: dict[tuple[str, int], list[int]] = {}
+        for row, value in enumerate(table[rank].to_pylist()):
+            if value is not None:
+                group = int(np.searchsorted(begins, row, side="right")) - 1
+                first, _, rows = expected.get((value, group), [row, row, 0])
+                expected[(value, group)] = [first, row + 1, rows + 1]
+        entries = index.filter(pc.equal(index["rank"], rank)).to_pylist()
+        found = {
+            (e["value"], e["row_group"]): [e["row_start"], e["row_end"], e["rows"]] for e in entries
+        }
+        assert found == expected
