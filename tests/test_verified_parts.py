@@ -355,8 +355,8 @@ def test_a_part_computed_while_a_resync_forgot_its_content_is_not_kept(
     files, layout, rotten = _rotted_under_a_recent_note(small_sample, tmp_path)
     scan = summaries._counts
 
-    def with_a_resync_meanwhile(con: Any, stale: Any) -> Any:
-        counts = scan(con, stale)
+    def with_a_resync_meanwhile(stale: Any) -> Any:
+        counts = scan(stale)
         file_cache.forget_content(layout, CONFIG, rotten.sha256)
         return counts
 

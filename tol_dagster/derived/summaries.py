@@ -21,7 +21,6 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -53,6 +52,7 @@ from tol_dagster.derived.table_records import record_table
 from tol_dagster.schema import RANKS, SORT_KEY, quote_ident
 from tol_dagster.store.layout import Layout
 from tol_dagster.store.mirror_files import MirrorFile
+from tol_dagster.thread_pools import shared_pool
 
 #: Published tables, in the order of their asset keys `tol/<config>/summary/<name>`.
 SUMMARY_NAMES: tuple[str, ...] = (
@@ -186,12 +186,9 @@ def write_parts(
     part; the names of those scanned. Any subset of the mirror, in any step: parts are per file."""
     stale = files_to_compute(files, layout, config, SUMMARY_PART, force=force)
     if stale:
-        with duck.cursor() as con:
-            counts = _counts(con, stale)
-        for file, rows in counts:
-            lineages = pc.sum(pc.equal(rows["part"], "lineage")).as_py() or 0
-            stats = _stats(file, rows.slice(0, lineages))
-            write_part(_part(rows, lineages, stats), layout, config, file, SUMMARY_PART)
+        for file, lineage, values in _counts(stale):
+            part = _part(lineage, values, _stats(file, lineage))
+            write_part(part, layout, config, file, SUMMARY_PART)
     return tuple(f.name for f in stale)
 
 
@@ -200,30 +197,50 @@ def read_summary(layout: Layout, config: str, name: str) -> pa.Table:
     return read_published(summary_path(layout, config, name), f"tol/{config}/summary/{name}")
 
 
-def _counts(
-    con: duckdb.DuckDBPyConnection, files: Sequence[MirrorFile]
-) -> list[tuple[MirrorFile, pa.Table]]:
-    """Each file's lineage and value counts, from one scan of all `files` (grouping sets)."""
+def _counts(files: Sequence[MirrorFile]) -> list[tuple[MirrorFile, pa.Table, pa.Table]]:
+    """Each file's lineage counts (in lineage order) and value counts, from two scans of
+    `files` at once: DuckDB scans a row group on one thread, so a one-file update's one query
+    left a core idle (9.7 -> 6.8 ms for one file of 50,000 rows)."""
+    paths = [str(f.path) for f in files]
+    values = shared_pool("summary-counts", 1).submit(_query, _VALUES_SQL, paths)
+    lineage = split_by_file(_query(_LINEAGE_SQL, paths), files)
+    return [
+        (file, rows, value_rows)
+        for (file, rows), (_, value_rows) in zip(
+            lineage, split_by_file(values.result(), files), strict=True
+        )
+    ]
+
+
+def _query(sql: str, paths: list[str]) -> pa.Table:
+    with duck.cursor() as con:
+        return con.sql(sql, params=[paths]).to_arrow_table()
+
+
+def _counts_sql() -> tuple[str, str]:
+    """The queries of `_counts`: the lineage counts in lineage order, and the value counts
+    as a part holds them (its ranks NULL), by source, table and value."""
     ranks = ", ".join(quote_ident(r) for r in RANKS)
     values = {name: quote_ident(col) for name, col in VALUE_COLUMNS.items()}
     part = " ".join(f"WHEN GROUPING({col}) = 0 THEN '{name}'" for name, col in values.items())
     value = " ".join(f"WHEN GROUPING({col}) = 0 THEN {col}" for col in values.values())
-    sets = ", ".join(
-        [f"(file_index, source_dataset, {ranks})"]
-        + [f"(file_index, source_dataset, {col})" for col in values.values()]
-    )
-    # Sorted here so that each file's part is ready: its lineage rows first, in lineage order.
-    counts = con.sql(
-        f"""
-        SELECT file_index, CASE {part} ELSE 'lineage' END AS part, source_dataset, {ranks},
+    sets = ", ".join(f"(file_index, source_dataset, {col})" for col in values.values())
+    no_ranks = ", ".join(f"NULL::VARCHAR AS {quote_ident(r)}" for r in RANKS)
+    lineage = f"""
+        SELECT file_index, source_dataset, {ranks}, count(*) AS images FROM read_parquet(?)
+        GROUP BY ALL ORDER BY file_index, source_dataset, {ranks}
+    """
+    value_rows = f"""
+        SELECT file_index, CASE {part} END AS part, source_dataset, {no_ranks},
                CASE {value} END AS value, count(*) AS images
         FROM read_parquet(?)
         GROUP BY GROUPING SETS ({sets})
-        ORDER BY file_index, part <> 'lineage', source_dataset, {ranks}, part, value
-        """,
-        params=[[str(f.path) for f in files]],
-    ).to_arrow_table()
-    return split_by_file(counts, files)
+        ORDER BY file_index, source_dataset, part, value
+    """
+    return lineage, value_rows
+
+
+_LINEAGE_SQL, _VALUES_SQL = _counts_sql()
 
 
 def _stats(file: MirrorFile, lineages: pa.Table) -> dict[str, Any]:
@@ -267,21 +284,18 @@ def _end_values(reader: pq.ParquetFile, column: str) -> tuple[Any, Any]:
     return first[0].as_py(), last[len(last) - 1].as_py()
 
 
-def _part(counts: pa.Table, lineage_rows: int, stats: dict[str, Any]) -> pa.Table:
-    """One file's part: its groups at each rank (each rank's rows sorted), then its value
-    rows (its counts: `lineage_rows` lineage rows first); the rows per rank and the file's
+def _part(lineage: pa.Table, values: pa.Table, stats: dict[str, Any]) -> pa.Table:
+    """One file's part: its groups at each rank (each rank's rows sorted), from its sorted
+    `lineage` counts, then its value counts (`values`); the rows per rank and the file's
     statistics in the metadata."""
-    lineage = counts.slice(0, lineage_rows).select(LINEAGE_SCHEMA.names).cast(LINEAGE_SCHEMA)
-    levels = by_rank(lineage)
+    levels = by_rank(lineage.cast(LINEAGE_SCHEMA))
     ranks = [
         level.rename_columns(["part", *LINEAGE_SCHEMA.names])
         .append_column("value", pa.nulls(level.num_rows, STRING))
         .select(PART_SCHEMA.names)
         for level in levels
     ]
-    part = pa.concat_tables(
-        [*(r.cast(PART_SCHEMA) for r in ranks), counts.slice(lineage_rows).cast(PART_SCHEMA)]
-    )
+    part = pa.concat_tables([*(r.cast(PART_SCHEMA) for r in ranks), values.cast(PART_SCHEMA)])
     return part.replace_schema_metadata(
         {
             "level_rows": json.dumps([level.num_rows for level in levels]),
