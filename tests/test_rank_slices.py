@@ -10,6 +10,7 @@ import errno
 import hashlib
 import pickle
 import tracemalloc
+from collections.abc import Callable
 from pathlib import Path
 
 import duckdb
@@ -19,7 +20,16 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 from mirror_testing import mirror_of, sample_mirror
-from resync_testing import CONFIG, User, dagster_home, flip_a_byte, synced, synced_home, user
+from resync_testing import (
+    CONFIG,
+    User,
+    dagster_home,
+    edit_upstream,
+    flip_a_byte,
+    synced,
+    synced_home,
+    user,
+)
 
 from tol_dagster.cli.main import main
 from tol_dagster.defs.metadata import PREVIEW_ROWS
@@ -40,7 +50,7 @@ from tol_dagster.slices.checks import (
 from tol_dagster.slices.emb_check import EMB_MATCHES_MIRROR
 from tol_dagster.slices.extract import assemble_slice, extract_segment, extract_slice
 from tol_dagster.slices.keys import SliceKey, parse_slice_key, to_sql_filter
-from tol_dagster.slices.rank_pass import RankResult, publish_rank
+from tol_dagster.slices.rank_pass import RANK_PASS, RankResult, publish_rank
 from tol_dagster.slices.rank_plan import PlanValues, RankPlan, RankValue, plan_rank
 from tol_dagster.slices.rank_results import Built, BuiltSlices
 from tol_dagster.slices.rebuilds import RankSpec, declared_ranks
@@ -323,6 +333,102 @@ def test_odd_names_are_slices_and_null_is_none(odd: Ranked) -> None:
         path = _slice(odd.layout, parse_slice_key(built.key))
         published |= set(pq.read_table(path, columns=["uuid"])["uuid"].to_pylist())
     assert nulls and published.isdisjoint(nulls), "rows with a NULL family are in no slice"
+
+
+#: Values of a rank no slice key can name (`keys.nameable`): upstream holds such dirt.
+BLANK_NAMES = ["", "  ", "Feli\u200bdae"]
+#: Genera an epithet does not split back off (a key splits a binomial at its first space).
+SPLIT_GENERA = ["Incertae sedis", " Leading"]
+
+
+def _write_sorted(table: pa.Table, folder: Path) -> list[MirrorFile]:
+    table = table.sort_by([(c, "ascending") for c in SORT_KEY])
+    for number, start in enumerate(range(0, table.num_rows, 2000)):
+        pq.write_table(
+            table.slice(start, 2000), folder / f"part-{number}.parquet", row_group_size=500
+        )
+    return mirror_of(folder)
+
+
+@pytest.fixture(scope="module")
+def dirty(small_sample: Path, tmp_path_factory: pytest.TempPathFactory) -> Ranked:
+    """The sample with three families renamed to values no key names (blank, spaces, a
+    zero-width space), a fourth family's first rows under a blank kingdom (a homonym whose
+    parent no key names), and two genera of named species renamed to ones holding a space."""
+    table = pa.concat_tables(pq.read_table(f.path) for f in sample_mirror(small_sample))
+    names = pc.unique(table["family"].drop_null()).to_pylist()
+    mapping = dict(zip(names[:3], BLANK_NAMES, strict=True))
+    families = table["family"].to_pylist()
+    column = pa.array([mapping.get(f, f) for f in families], pa.string())
+    table = table.set_column(table.schema.get_field_index("family"), "family", column)
+    kingdoms = table["kingdom"].to_pylist()
+    for row in [r for r, f in enumerate(families) if f == names[3]][:5]:
+        kingdoms[row] = ""
+    column = pa.array(kingdoms, pa.string())
+    table = table.set_column(table.schema.get_field_index("kingdom"), "kingdom", column)
+    named = table.filter(pc.is_valid(table["species"]))
+    genera = pc.unique(named["genus"].drop_null()).to_pylist()[:2]
+    renamed = dict(zip(genera, SPLIT_GENERA, strict=True))
+    column = pa.array([renamed.get(g, g) for g in table["genus"].to_pylist()], pa.string())
+    table = table.set_column(table.schema.get_field_index("genus"), "genus", column)
+    folder = tmp_path_factory.mktemp("dirty")
+    return Ranked(_write_sorted(table, folder), Layout(tmp_path_factory.mktemp("home")))
+
+
+def _dirty_count(ranked: Ranked, where: str) -> int:
+    query = f"SELECT count(*) FROM read_parquet(?) WHERE {where}"
+    paths = [str(f.path) for f in ranked.files]
+    return int(duckdb.connect().execute(query, [paths]).fetchone()[0])
+
+
+def test_values_no_key_can_name_are_left_out_of_a_rank_and_counted(dirty: Ranked) -> None:
+    """Before, the plan made keys of them: the pass renamed such a slice into place, failed
+    writing its record (exit 2) and left the rest of its group published without records."""
+    plan = dirty.plan("family")
+    for value in plan.values:
+        assert parse_slice_key(value.key.name) == value.key
+    assert plan.unnamed_values == tuple(sorted(BLANK_NAMES))
+    blank = ", ".join(f"'{v}'" for v in BLANK_NAMES)
+    assert plan.unnamed_rows == _dirty_count(dirty, f"family IN ({blank})") > 0
+    result = dirty.publish(plan)
+    assert len(result.built) == len(plan.values)
+    placed: set[str] = set()
+    for value in plan.values:
+        uuids = set(pq.read_table(_slice(dirty.layout, value.key), columns=["uuid"])["uuid"])
+        assert {u.as_py() for u in uuids} == dirty.brute_uuids(value.key), value.key.name
+        placed |= {u.as_py() for u in uuids}
+    assert not any(c[1] == "" for v in plan.values for c in v.key.conditions)
+    assert plan.unplaced_rows >= _dirty_count(dirty, "kingdom = ''") == 5
+    assert len(placed) + plan.unplaced_rows + plan.unnamed_rows == _dirty_count(
+        dirty, "family IS NOT NULL"
+    )
+    published = list(dirty.layout.slices_dir(DEFAULT_CONFIG).glob("*.parquet"))
+    recorded = list(records.slice_records(dirty.layout, DEFAULT_CONFIG))
+    assert len(published) == len(recorded) == len(plan.values), "every slice has its record"
+
+
+def test_an_epithet_whose_genus_holds_a_space_is_in_no_species_slice_and_counted(
+    dirty: Ranked,
+) -> None:
+    """`Incertae sedis` + `alpha` is no binomial: `species=Incertae sedis alpha` names genus
+    `Incertae` and epithet `sedis alpha`. Before, the plan made that key (its slice held other
+    rows, or none), and the index placed the rows under it."""
+    plan = dirty.plan("species")
+    split = ", ".join(f"'{g}'" for g in SPLIT_GENERA)
+    epithets = f"genus IN ({split}) AND species IS NOT NULL AND NOT contains(species, ' ')"
+    assert _dirty_count(dirty, epithets) > 0
+    assert plan.unnamed_rows == _dirty_count(dirty, epithets)
+    for value in plan.values:
+        assert parse_slice_key(value.key.name) == value.key
+        assert not value.key.value.startswith(tuple(g.split()[0] for g in SPLIT_GENERA))
+        assert not value.key.value.startswith(" ")
+    assert sum(v.rows for v in plan.values) + plan.unplaced_rows + plan.unnamed_rows == (
+        _dirty_count(dirty, "species IS NOT NULL")
+    )
+    index = read_taxon_index(dirty.layout, DEFAULT_CONFIG)
+    species = index.filter(pc.equal(index["rank"], "species"))
+    placed = sum(v.rows for v in plan.values) + plan.unplaced_rows
+    assert pc.sum(species["rows"]).as_py() == placed, "the index holds no row without a binomial"
 
 
 @pytest.fixture(scope="module")
@@ -696,6 +802,42 @@ def test_add_rank_publishes_every_family_in_one_run_and_the_catalog_once(synced:
     assert again.code == 0, again.text
     after = {r["name"]: r["built_at"] for r in read_catalog(layout, CONFIG).to_pylist()}
     assert {n: after[n] for n in built_at} == built_at, "nothing changed: nothing rebuilt"
+
+
+def _renamed(column: str, old: str, new: str) -> Callable[[pa.Table], pa.Table]:
+    """An upstream edit renaming `old` to `new` in `column` (the rows keep their order)."""
+
+    def edit(table: pa.Table) -> pa.Table:
+        values = pc.if_else(pc.equal(table[column], old), new, table[column])
+        return table.set_column(table.schema.get_field_index(column), column, values)
+
+    return edit
+
+
+@pytest.mark.e2e
+def test_add_rank_publishes_a_rank_whose_upstream_holds_values_no_key_names(user: User) -> None:
+    """A family with a zero-width space and a genus holding a space: `add-rank` exits 0, says
+    how many rows no slice holds, and every slice it published has its catalog row. Before,
+    `add-rank family` exited 2 at that value every time, leaving slices without catalog rows."""
+    paths = sorted(user.folder.glob("*.parquet"))
+    table = pa.concat_tables(pq.read_table(p) for p in paths)
+    families = sorted(set(table["family"].drop_null().to_pylist()))
+    family = next(f for f in families if not any(o.startswith(f) and o != f for o in families))
+    genus = table.filter(pc.is_valid(table["species"]))["genus"].drop_null()[0].as_py()
+    for path in paths:
+        edit_upstream(path, _renamed("family", family, family + "\u200b"))
+        edit_upstream(path, _renamed("genus", genus, genus + " sedis"))
+    assert user.sync().code == 0
+    said = {"family": repr(family + "\u200b"), "species": "an epithet whose genus"}
+    for rank, value in (("family", family + "\u200b"), ("species", genus + " sedis")):
+        outcome = user.tol("slices", "add-rank", rank)
+        assert outcome.code == 0, outcome.text
+        assert " rows are in no slice" in outcome.text and said[rank] in outcome.text
+        catalog = read_catalog(user.layout, CONFIG).to_pylist()
+        names = {row["name"] for row in catalog if row["rank"] == rank}
+        published = records.slice_records(user.layout, CONFIG)
+        assert names and {r["name"] for r in published if r.get(RANK_PASS) == rank} == names
+        assert not any(value in name for name in names)
 
 
 @pytest.mark.e2e

@@ -5,9 +5,10 @@ The mirror is sorted by lineage, so a taxon sits in few row groups. One entry pe
 value, file, row group): `row_start`/`row_end` are the file-relative rows of the first match and
 one past the last, `rows` the matches between them (a homonym or another source may sit in
 between). For `species` the value is the binomial ("Danaus plexippus") whether the species
-column holds the bare epithet (joined to the genus) or the binomial already; a row with an
-epithet and no genus has no binomial and is not indexed under `species`. NULLs are not indexed:
-no slice key names them.
+column holds the bare epithet (joined to the genus) or the binomial already; a row whose
+epithet has no genus, or an empty one or one holding a space (upstream's dirt: a key splits a
+binomial at its first space, so `Incertae sedis alpha` would name genus `Incertae`), has no
+binomial and is not indexed under `species`. NULLs are not indexed: no slice key names them.
 
 Entries are published in mirror order (by file, then rank, value and row group), in one
 segment per group of files (`parts.file_groups`): an update encodes the segments of the
@@ -37,18 +38,20 @@ from tol_dagster.store.layout import Layout
 from tol_dagster.store.mirror_files import MirrorFile
 
 #: Per-file part under the file's derived folder (bump the suffix when its meaning or its
-#: container changes: v2 added the crc32).
-INDEX_PART = "taxon_index.v2.arrow"
+#: container changes: v2 added the crc32, v3 left out binomials that do not split back).
+INDEX_PART = "taxon_index.v3.arrow"
 
-#: SQL for the binomial of a row: the species column if it holds one, else genus + epithet.
+#: SQL for the binomial of a row: the species column if it holds one, else genus + epithet
+#: where they split back at the first space (`keys.split_binomial`), else NULL.
 BINOMIAL_SQL = (
-    f"CASE WHEN contains({quote_ident('species')}, ' ') THEN {quote_ident('species')} "
-    f"ELSE {quote_ident('genus')} || ' ' || {quote_ident('species')} END"
+    "CASE WHEN contains(species, ' ') THEN species "
+    "WHEN genus <> '' AND species <> '' AND NOT contains(genus, ' ') "
+    "THEN genus || ' ' || species END"
 )
 
 #: The published file's segments: one per group of mirror files (`parts.file_groups`); bump
 #: when the entries' meaning or the writer options change, so no older segment is copied.
-_LAYOUT = "taxon_index.v2"
+_LAYOUT = "taxon_index.v3"
 
 #: Sorted values share prefixes and row numbers grow: delta encodings make the index ~20%
 #: smaller than dictionaries would, and write faster.

@@ -115,16 +115,38 @@ def parse_slice_key(text: str) -> SliceKey:
     return SliceKey(ordered)
 
 
+def nameable(values: pa.Array | pa.ChunkedArray) -> pa.BooleanArray:
+    """Which of `values` (strings, none NULL) a key can name: upstream may hold a blank rank
+    value or one with a control character, which `parse_slice_key` refuses, so a rank's plan
+    leaves them out. Printable ASCII is decided by pyarrow; the rest (few) as the parser does.
+    """
+    plain = pc.match_substring_regex(values, r"^[ -~]*$")
+    named = pc.match_substring_regex(values, r"[!-~]").to_numpy(zero_copy_only=False)
+    others = pc.indices_nonzero(pc.invert(plain)).to_numpy()
+    for at, value in zip(others.tolist(), values.take(others).to_pylist(), strict=True):
+        named[at] = bool(value.strip()) and _unprintable(value) is None
+    return pa.array(named, pa.bool_())
+
+
 def _refuse_unprintable(text: str) -> None:
     """SliceSpecError naming the first non-printable character of `text` and where it is."""
+    found = _unprintable(text)
+    if found is not None:
+        position, char, category = found
+        raise SliceSpecError(
+            f"slice key {text!r}: character {position} is U+{ord(char):04X} "
+            f"({unicodedata.name(char, 'unnamed')}, category {category}), which no taxon "
+            "name holds; remove it (control and other non-printable characters are refused)"
+        )
+
+
+def _unprintable(text: str) -> tuple[int, str, str] | None:
+    """(position from 1, character, category) of the first non-printable character of `text`."""
     for position, char in enumerate(text, start=1):
         category = unicodedata.category(char)
         if category in UNPRINTABLE_CATEGORIES:
-            raise SliceSpecError(
-                f"slice key {text!r}: character {position} is U+{ord(char):04X} "
-                f"({unicodedata.name(char, 'unnamed')}, category {category}), which no taxon "
-                "name holds; remove it (control and other non-printable characters are refused)"
-            )
+            return position, char, category
+    return None
 
 
 def split_binomial(value: str) -> tuple[str, str] | None:

@@ -12,8 +12,12 @@ publishes them in.
 Homonyms, the same value under different parents, get path keys as a single slice would: a
 value whose rows hold two or more non-NULL values of a rank above it is split at the topmost
 such rank (`kingdom=Animalia/genus=Morus`, `kingdom=Plantae/genus=Morus`). Rows of a homonym
-whose value at that rank is NULL belong to none of its slices (counted as `unplaced_rows`);
-rows whose own rank is NULL are no slice at all (no key names NULL).
+whose value at that rank is NULL, or one no key can name, belong to none of its slices
+(counted as `unplaced_rows`); rows whose own rank is NULL are no slice at all (no key names
+NULL), nor are rows whose value no key can name (`unnamed_rows`: a blank value or one holding
+a control character, `keys.nameable`; for `species` an epithet whose genus is missing, empty
+or holds a space, which no binomial splits back into): upstream holds such dirt, and a key
+built from it would fail after its slice was written.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from tol_dagster.schema import RANKS
-from tol_dagster.slices.keys import SliceKey
+from tol_dagster.slices.keys import SliceKey, nameable
 from tol_dagster.slices.locate import Spans, entry_spans, index_counts_exactly, indexed_as, locate
 from tol_dagster.slices.rank_entries import ByValue, FileOrder, in_row_groups
 from tol_dagster.slices.species_counts import species_counts
@@ -103,13 +107,16 @@ class PlanValues(Sequence[RankValue]):
 @dataclass(frozen=True)
 class RankPlan:
     """The slices of a rank with at least `min_rows` rows, in the mirror's order of their first
-    row; `below_min_rows` values left out; `unplaced_rows` see the module's docstring."""
+    row; `below_min_rows` values left out; `unplaced_rows` and `unnamed_rows` see the module's
+    docstring, `unnamed_values` the distinct values of those rows (an epithet left apart)."""
 
     rank: str
     min_rows: int
     values: Sequence[RankValue]
     below_min_rows: int
     unplaced_rows: int
+    unnamed_rows: int = 0
+    unnamed_values: tuple[str, ...] = ()
 
 
 def plan_rank(
@@ -119,7 +126,7 @@ def plan_rank(
     summary of the same generation as `files`."""
     if rank not in RANKS:
         raise ValueError(f"unknown rank {rank!r}; expected one of {', '.join(RANKS)}")
-    keys, unplaced = _keys(rank, lineage)
+    keys, unplaced, unnamed = _keys(rank, lineage)
     if rank == "species":  # binomials, which the filter also matches as genus + epithet
         keys = dict(zip(keys, species_counts(lineage, list(keys)), strict=True))
     planned = [key for key, rows in keys.items() if rows >= min_rows]
@@ -134,7 +141,7 @@ def plan_rank(
         [planned[i] for i in at.tolist()], rows[at], firsts[at], ranges[at], entries
     )
     pa.default_memory_pool().release_unused()  # the sorts' and groupings' buffers
-    return RankPlan(rank, min_rows, values, len(keys) - len(planned), unplaced)
+    return RankPlan(rank, min_rows, values, len(keys) - len(planned), unplaced, *unnamed)
 
 
 def built_from_rows(value: RankValue, order: FileOrder) -> list[list[object]]:
@@ -205,15 +212,24 @@ def _firsts(
     return first
 
 
-def _keys(rank: str, lineage: pa.Table) -> tuple[dict[SliceKey, int], int]:
+def _keys(
+    rank: str, lineage: pa.Table
+) -> tuple[dict[SliceKey, int], int, tuple[int, tuple[str, ...]]]:
     """The keys of `rank`'s values (path keys for homonyms) with their rows by the lineage
-    summary, and the rows no key places."""
+    summary, the rows no key places, and the rows and values no key can name."""
     above = list(RANKS[: RANKS.index(rank)])
     table = pa.table({"value": _values(lineage, rank), **{p: lineage[p] for p in above}})
-    table = table.append_column("images", lineage["images"]).filter(pc.is_valid(table["value"]))
+    table = table.append_column("images", lineage["images"])
+    no_binomial = pc.and_(pc.is_valid(lineage[rank]), pc.is_null(table["value"]))
+    table = table.filter(pc.is_valid(table["value"]))
     counts = table.group_by("value").aggregate(
         [("images", "sum"), *((p, "count_distinct") for p in above)]
     )
+    can_name = nameable(counts["value"])
+    odd = counts.filter(pc.invert(can_name))
+    left = (pc.filter(lineage["images"], no_binomial), odd["images_sum"])
+    unnamed = (sum(pc.sum(r).as_py() or 0 for r in left), tuple(sorted(odd["value"].to_pylist())))
+    counts = counts.filter(can_name)
     values = counts["value"].to_pylist()
     split = np.column_stack(
         [np.zeros(len(values), dtype=bool)]
@@ -233,19 +249,26 @@ def _keys(rank: str, lineage: pa.Table) -> tuple[dict[SliceKey, int], int]:
         rows = table.filter(pc.is_in(table["value"], named))
         by_parent = rows.group_by(["value", parent]).aggregate([("images", "sum")])
         columns = (by_parent[c].to_pylist() for c in ("value", parent, "images_sum"))
-        for value, x, n in zip(*columns, strict=True):
-            if x is None:
-                unplaced += n
-            else:
+        parents = nameable(by_parent[parent].fill_null("")).to_pylist()
+        for value, x, n, ok in zip(*columns, parents, strict=True):
+            if ok:
                 keys[SliceKey(((parent, x), (rank, value)))] = n
-    return keys, unplaced
+            else:
+                unplaced += n
+    return keys, unplaced, unnamed
 
 
 def _values(lineage: pa.Table, rank: str) -> pa.ChunkedArray:
     """Each lineage row's value of `rank` as a key names it (`species`: the binomial, as the
-    taxon index has it)."""
+    taxon index has it: NULL where an epithet's genus would not split back off it)."""
     if rank != "species":
         return lineage[rank]
     species, genus = lineage["species"], lineage["genus"]
-    joined = pc.binary_join_element_wise(genus, species, " ")
+    splits = pc.and_(
+        pc.and_(pc.not_equal(genus, ""), pc.not_equal(species, "")),
+        pc.invert(pc.match_substring(genus, " ")),
+    )
+    joined = pc.if_else(
+        splits, pc.binary_join_element_wise(genus, species, " "), pa.scalar(None, pa.string())
+    )
     return pc.if_else(pc.match_substring(species, " "), species, joined)

@@ -42,7 +42,7 @@ from tol_dagster.store.pins import PinnedGeneration
 #: ("code version changed"). The per-file parts have their own version in their names
 #: (`summaries.SUMMARY_PART`, ...), so results of an older logic are never reused.
 SUMMARIES_CODE_VERSION = "1"
-TAXON_INDEX_CODE_VERSION = "1"
+TAXON_INDEX_CODE_VERSION = "2"
 CENTROIDS_CODE_VERSION = "1"
 
 

@@ -15,6 +15,7 @@ import dagster as dg
 import pyarrow as pa
 from pydantic import Field
 
+from tol_dagster import progress
 from tol_dagster.defs.failures import in_words
 from tol_dagster.defs.keys import asset_key
 from tol_dagster.defs.metadata import OWNERS, PREVIEW_ROWS, commit_url, table_preview, with_size
@@ -31,10 +32,12 @@ from tol_dagster.store.disk import human_size
 from tol_dagster.store.layout import Layout
 
 #: Bump when a change of our code changes what a rank's slices hold (see derived_assets).
-RANK_SLICES_CODE_VERSION = "1"
+RANK_SLICES_CODE_VERSION = "2"
 #: Names of the slices a pass removed that its metadata lists (raising `min_rows` may remove
 #: most of a rank).
 REMOVED_SHOWN = 100
+#: Values no key can name that the warning of a pass shows.
+UNNAMED_SHOWN = 5
 
 
 class RankRunConfig(dg.Config):
@@ -118,6 +121,8 @@ def _publish_rank(
             f"{rank}: {len(plan.values):,} slices to check (min_rows {min_rows}), "
             f"{len(config.rebuild):,} to build again whatever their records say"
         )
+        if plan.unnamed_rows:
+            progress.told(context.log.warning)(unnamed_warning(plan))
         result = publish_rank(
             plan, files, schema=built_from.pinned_schema(layout, pin), layout=layout,
             config=name, commit=pin.commit, generation=pin.name,
@@ -131,6 +136,21 @@ def _publish_rank(
             "slices_dir": dg.MetadataValue.path(str(layout.slices_dir(name))),
             "upstream_commit": commit_url(hub.endpoint, hub.repo_id, pin.commit),
         }
+    )
+
+
+def unnamed_warning(plan: RankPlan) -> str:
+    """What a person should know of the rows of `plan`'s rank that no key can name."""
+    shown = ", ".join(repr(v) for v in plan.unnamed_values[:UNNAMED_SHOWN])
+    more = len(plan.unnamed_values) - UNNAMED_SHOWN
+    values = f" ({shown}{f' and {more:,} more' if more > 0 else ''})" if shown else ""
+    epithets = ""
+    if plan.rank == "species":
+        epithets = ", or an epithet whose genus is missing, empty or holds a space"
+    return (
+        f"{plan.rank}: {plan.unnamed_rows:,} rows are in no slice: their value is blank or "
+        f"holds a control character{values}{epithets}, which no slice key can name; they "
+        "stay in the mirror and its summaries (upstream's data, to be corrected there)"
     )
 
 
@@ -155,6 +175,7 @@ def rank_metadata(plan: RankPlan, result: RankResult) -> dict[str, Any]:
         "below_min_rows": dg.MetadataValue.int(plan.below_min_rows),
         "min_rows": dg.MetadataValue.int(plan.min_rows),
         "unplaced_rows": dg.MetadataValue.int(plan.unplaced_rows),
+        "unnamed_rows": dg.MetadataValue.int(plan.unnamed_rows),
         "dagster/row_count": dg.MetadataValue.int(sum(result.built.rows)),
         **with_size("bytes_written", sum(result.built.bytes)),
         "seconds": round(result.seconds, 3),
