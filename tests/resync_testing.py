@@ -144,6 +144,15 @@ def manifest(layout: Layout, config: str = CONFIG) -> Manifest:
     return found
 
 
+def a_digit_changed(text: str, key: str = "sha256") -> str:
+    """`text` with the 11th digit of the first sha256 under `key` changed, as bit rot may leave
+    a JSON document of the store: it still parses."""
+    found = re.search(f'"{re.escape(key)}": "[0-9a-f]{{10}}', text)
+    assert found, key
+    at = found.end()
+    return text[:at] + ("1" if text[at] == "0" else "0") + text[at + 1 :]
+
+
 def flip_a_byte(path: Path) -> None:
     """Bit rot inside a published file: one byte in its middle changes, its size and its
     modification time do not."""

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pytest
+from resync_testing import a_digit_changed
 
 from tol_dagster.errors import StoreError, UpstreamError
 from tol_dagster.hub.remote import RemoteConfig, RemoteFile
@@ -274,6 +275,7 @@ _GARBAGE_IPC = base64.b64encode(b"\xff\xff\xff\xff\x10\x00\x00\x00" + b"x" * 16)
     "damage",
     [
         lambda text: text[: len(text) // 2],  # truncated
+        a_digit_changed,  # still a manifest: a file's sha256 changed
         lambda text: "",  # emptied
         lambda text: text.replace('"rows": 10', '"rows": "ten"', 1),  # wrong type
         lambda text: text.replace('"format": 1', '"format": 99'),  # unknown format

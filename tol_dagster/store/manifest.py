@@ -18,6 +18,7 @@ from typing import Any
 import pyarrow as pa
 
 from tol_dagster.errors import StoreError
+from tol_dagster.store import checked_json
 from tol_dagster.store.durable import write_atomic
 from tol_dagster.store.layout import Layout
 
@@ -107,13 +108,13 @@ class Manifest:
             "schema": None if self.schema_json is None else json.loads(self.schema_json),
             "files": [vars(entry) for entry in self.entries],
         }
-        return json.dumps(document, indent=1, sort_keys=False) + "\n"
+        return checked_json.dumps(document)
 
     @classmethod
     def from_json(cls, text: str) -> Manifest:
         """Parse and type-check a manifest; raises ValueError, KeyError, TypeError (or Arrow's
         OSError for a damaged schema) if malformed."""
-        document = json.loads(text)
+        document = checked_json.loads(text)
         if not isinstance(document, dict):
             raise TypeError(f"expected a JSON object, found {type(document).__name__}")
         if document.get("format") != MANIFEST_FORMAT:

@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+from tol_dagster.store import checked_json
 from tol_dagster.store.durable import write_atomic
 from tol_dagster.store.layout import Layout
 from tol_dagster.store.mirror_files import MirrorFile, mirror_files
@@ -59,14 +59,14 @@ def write_record(
         "published_at": at,
         "files": dict(sorted(files.items())),
     }
-    write_atomic(record_path(layout, config, name), json.dumps(document, indent=1).encode())
+    write_atomic(record_path(layout, config, name), checked_json.dumps(document).encode())
 
 
 def read_record(layout: Layout, config: str, name: str) -> GenerationRecord | None:
     """The record of generation `name`; None if it has none (published by an older version) or
     it is unreadable (then the caller falls back to what it can prove)."""
     try:
-        document = json.loads(record_path(layout, config, name).read_text(encoding="utf-8"))
+        document = checked_json.loads(record_path(layout, config, name).read_text("utf-8"))
         if document.get("format") != RECORD_FORMAT or document["name"] != name:
             return None
         files = {str(k): str(v) for k, v in document["files"].items()}
