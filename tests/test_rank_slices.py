@@ -53,7 +53,7 @@ from tol_dagster.slices.keys import SliceKey, parse_slice_key, to_sql_filter
 from tol_dagster.slices.rank_pass import RANK_PASS, RankResult, publish_rank
 from tol_dagster.slices.rank_plan import PlanValues, RankPlan, RankValue, plan_rank
 from tol_dagster.slices.rank_results import Built, BuiltSlices
-from tol_dagster.slices.rebuilds import RankSpec, declared_ranks
+from tol_dagster.slices.rebuilds import RankSpec, declared_ranks, declared_slices
 from tol_dagster.store import renames
 from tol_dagster.store.hashing import sha256_file
 from tol_dagster.store.layout import Layout
@@ -754,13 +754,37 @@ def test_the_slices_file_declares_ranks_and_refuses_bad_entries(tmp_path: Path) 
         (["scientific_name"], "scientific_name is not a rank to publish whole"),
         ([{"rank": "genus", "min_rows": 0}], "min_rows must be a whole number >= 1"),
         ([{"rank": "genus", "rows": 5}], "needs `rank` and may have `min_rows`"),
-        ("family", "`ranks:` is a str"),
+        ("family", "`ranks:` holds 'family' where a list belongs"),
+        ({"all": 5}, "`ranks:` holds 5 where a list belongs"),
     ]:
         path.write_text(yaml.safe_dump({"ranks": bad}))
         with pytest.raises((SettingsError, SliceSpecError)) as raised:
             declared_ranks(path, CONFIG)
         assert str(path) in str(raised.value) and words in str(raised.value)
         assert raised.value.exit_code == 2
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        (b"slices:\n  all: 5\n", "`slices:` holds 5 where a list belongs"),
+        (b"slices:\n  all: family=Felidae\n", "holds 'family=Felidae' where a list belongs"),
+        (b"slices:\n  all: [5]\n", "`slices:` entry 5: slice key '5': '5' has no '='"),
+        (b"slices: [family=Felidae]\n", "expected `slices:` mapping config names"),
+        (b"\xff\xfeslices: {}\n", "not valid UTF-8 YAML"),
+    ],
+)
+def test_a_malformed_slices_file_is_bad_input_naming_it(
+    tmp_path: Path, text: bytes, words: str
+) -> None:
+    """Before, `all: 5` or bytes that are not UTF-8 were an internal error (exit 70), and a
+    string where a list belongs was read letter by letter ("slice key 'f'")."""
+    path = tmp_path / "slices.yaml"
+    path.write_bytes(text)
+    with pytest.raises((SettingsError, SliceSpecError)) as raised:
+        declared_slices(path, CONFIG)
+    assert str(path) in str(raised.value) and words in str(raised.value)
+    assert raised.value.exit_code == 2
 
 
 def test_a_bad_rank_name_exits_2_naming_the_ranks(

@@ -31,11 +31,17 @@ def declared_slices(path: Path, config: str) -> list[str]:
     """Canonical keys the slices file declares for `config` (`all` applies to every config)."""
     section = _load(path).get("slices", {})
     if not isinstance(section, dict):
-        raise SettingsError(
-            f"{path}: expected `slices:` mapping config names (or `all`) to lists of keys"
-        )
-    keys = [*(section.get("all") or []), *(section.get(config) or [])]
-    return list(dict.fromkeys(parse_slice_key(str(key)).name for key in keys))
+        raise SettingsError(f"{path}: {_SLICES_HELP}")
+    keys = []
+    for key in _listed(path, section, config, "slices", _SLICES_HELP):
+        try:
+            keys.append(parse_slice_key(str(key)).name)
+        except SliceSpecError as error:
+            raise SliceSpecError(f"{path}: `slices:` entry {key!r}: {error}") from None
+    return list(dict.fromkeys(keys))
+
+
+_SLICES_HELP = "expected `slices:` mapping config names (or `all`) to lists of keys"
 
 
 @dataclass(frozen=True)
@@ -57,12 +63,21 @@ def declared_ranks(path: Path, config: str) -> list[RankSpec]:
     config) or maps config names and `all` to lists; an entry is a rank name or
     `{rank: NAME, min_rows: N}`. A rank named twice keeps its last entry."""
     section = _load(path).get("ranks") or []
-    if isinstance(section, dict):
-        section = [*(section.get("all") or []), *(section.get(config) or [])]
-    if not isinstance(section, list):
-        raise SettingsError(f"{path}: `ranks:` is a {type(section).__name__}; {_RANKS_HELP}")
-    specs = {spec.rank: spec for spec in (_rank_entry(path, entry) for entry in section)}
+    entries = _listed(path, section, config, "ranks", _RANKS_HELP)
+    specs = {spec.rank: spec for spec in (_rank_entry(path, entry) for entry in entries)}
     return list(specs.values())
+
+
+def _listed(path: Path, section: object, config: str, name: str, help: str) -> list[object]:
+    """The entries of section `name` for `config`: a list, or a mapping of config names and
+    `all` to lists; SettingsError naming the file and what is not a list."""
+    parts = [section.get("all"), section.get(config)] if isinstance(section, dict) else [section]
+    entries: list[object] = []
+    for part in parts:
+        if part is not None and not isinstance(part, list):
+            raise SettingsError(f"{path}: `{name}:` holds {part!r} where a list belongs; {help}")
+        entries += part or []
+    return entries
 
 
 def _rank_entry(path: Path, entry: object) -> RankSpec:
@@ -102,9 +117,9 @@ def _load(path: Path) -> dict:
             f"TOL_SLICES_FILE={path}: no such file; point it at a YAML file with a `slices:` mapping"
         )
     try:
-        document = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as error:
-        raise SettingsError(f"{path}: not valid YAML ({error})") from None
+        document = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
+        raise SettingsError(f"{path}: not valid UTF-8 YAML ({error})") from None
     if not isinstance(document, dict):
         raise SettingsError(
             f"{path}: expected `slices:` mapping config names (or `all`) to lists of keys"
