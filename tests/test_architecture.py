@@ -116,6 +116,11 @@ def test_nothing_in_the_product_imports_the_development_tools() -> None:
     assert not wrong, "\n".join(wrong)
 
 
+#: The one import of ours inside a function, and why: the console script guards the command
+#: line's seconds of loading against Ctrl-C (an interrupt, not a traceback).
+GUARDED_IMPORTS = {("cli/entry.py", "tol_dagster.cli.main")}
+
+
 def test_no_module_of_ours_is_imported_inside_a_function() -> None:
     wrong = []
     for relative, tree, _ in _parsed():
@@ -125,6 +130,7 @@ def test_no_module_of_ours_is_imported_inside_a_function() -> None:
                     f"{relative}:{line} imports {module} inside {node.name}()"
                     for line, module in _imports(node)
                     if module.startswith("tol_dagster")
+                    and (str(relative), module) not in GUARDED_IMPORTS
                 )
     assert not wrong, "\n".join(wrong)
 

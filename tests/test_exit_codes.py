@@ -366,6 +366,7 @@ def _raised(exc: BaseException) -> BaseException:
         (errno.EROFS, "Read-only file system"),
         (errno.EACCES, "Permission denied"),
         (errno.EPERM, "Operation not permitted"),
+        (errno.ENOTDIR, "Not a directory"),
     ],
 )
 def test_local_storage_oserrors_are_4_naming_the_path_and_free_bytes(

@@ -33,8 +33,11 @@ VERDICTS = {
     INTERNAL_EXIT_CODE: "internal error",
 }
 
-#: errno values that mean "local storage refused": full, over quota, read-only, not allowed.
-STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM})
+#: errno values that mean "local storage refused": full, over quota, read-only, not allowed,
+#: a file where a folder should be.
+STORAGE_ERRNOS = frozenset(
+    {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR}
+)
 _SQLITE_STORAGE = ("disk i/o error", "database or disk is full", "readonly database")
 _ERRNO = re.compile(r"\[Errno (\d+)\]")
 _FILENAME = re.compile(r"\[Errno \d+\] [^:]*: '(.+?)'(?: -> '.+')?\s*$")

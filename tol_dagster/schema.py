@@ -6,6 +6,7 @@ all import these names instead of spelling them again.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -39,6 +40,8 @@ SLICE_RANKS: tuple[str, ...] = (*RANKS, "scientific_name")
 SOURCE_DATASETS: tuple[str, ...] = ("gbif", "eol", "bioscan", "fathomnet")
 
 DEFAULT_CONFIG = "bioclip-2_float16"
+#: What a config's folder name may be (`TOL_CONFIGS`, `sample build --config`): no path.
+CONFIG_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 DEFAULT_DIM = 768
 
 #: Embedding width of the configs we know; any other config defaults to DEFAULT_DIM.

@@ -12,10 +12,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from tol_dagster.cluster_settings import ClusterSettings, parse_int
 from tol_dagster.errors import SettingsError
-from tol_dagster.schema import DEFAULT_CONFIG
+from tol_dagster.schema import CONFIG_NAME, DEFAULT_CONFIG
 from tol_dagster.store.hashing import usable_cores
 from tol_dagster.store.layout import Layout
 
@@ -41,7 +42,6 @@ OFFLINE_HF_ENV: dict[str, str] = {
 MAX_DEADLINE_S = 30 * 86400
 
 _REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
-_CONFIG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
 @dataclass(frozen=True)
@@ -132,17 +132,34 @@ def generation_grace_s(env: Mapping[str, str] | None = None) -> int:
 
 
 def resolve_home(value: str) -> Path:
-    """Resolve the data home once, so processes started elsewhere (the daemon) see the same."""
-    return Path(value).expanduser().resolve()
+    """Resolve the data home once, so processes started elsewhere (the daemon) see the same;
+    SettingsError if it names a file."""
+    home = Path(value).expanduser().resolve()
+    if home.exists() and not home.is_dir():
+        raise SettingsError(
+            f"TOL_HOME={value!r} is a file, not a folder: point TOL_HOME at a folder (created "
+            "if missing) where the mirror and what is published from it live"
+        )
+    return home
 
 
 def parse_endpoint(name: str, value: str) -> str:
+    """An http(s) URL with a host, a valid port if any, and no credentials: the Hub takes a
+    token (`HF_TOKEN`), and the endpoint is shown in logs, errors and metadata."""
     value = value.strip().rstrip("/")
+    shown = re.sub(r"[^/@\s]*@", "***@", value)  # never echo a password
+    expected = f"expected e.g. {PUBLIC_HUB} or http://127.0.0.1:PORT for the local Hub"
     if not re.match(r"^https?://[^/\s]+(/\S*)?$", value):
+        raise SettingsError(f"{name}={shown!r} is not an http(s) URL; {expected}")
+    if "@" in value.split("/")[2]:
         raise SettingsError(
-            f"{name}={value!r} is not an http(s) URL; expected e.g. {PUBLIC_HUB} "
-            "or http://127.0.0.1:PORT for the local Hub"
+            f"{name}={shown!r} holds credentials (user:password@): give the token in HF_TOKEN "
+            "(or `hf auth login`) and the URL without them, which logs and metadata show"
         )
+    try:
+        urlsplit(value).port  # noqa: B018 - parsing the port is the check
+    except ValueError as error:
+        raise SettingsError(f"{name}={shown!r}: {error}; {expected}") from None
     return value
 
 
@@ -157,7 +174,7 @@ def parse_repo_id(name: str, value: str) -> str:
 
 def parse_configs(name: str, value: str) -> tuple[str, ...]:
     configs = tuple(part.strip() for part in value.split(",") if part.strip())
-    bad = [c for c in configs if not _CONFIG.match(c)]
+    bad = [c for c in configs if not CONFIG_NAME.match(c)]
     if not configs or bad:
         raise SettingsError(
             f"{name}={value!r}: expected a comma-separated list of config folder names "

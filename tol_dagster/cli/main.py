@@ -10,6 +10,7 @@ ends a command early still prints its one JSON document (`cli.report`).
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 import traceback
 from collections.abc import Callable, Sequence
@@ -29,12 +30,15 @@ from tol_dagster.cli import (
     verbosity,
     worker_command,
 )
-from tol_dagster.cli.parser import build_parser
+from tol_dagster.cli.parser import UsageError, build_parser
 from tol_dagster.devtools import localhub, sample
+from tol_dagster.errors import SettingsError
 
 
 def _sample_build(args: argparse.Namespace) -> int:
-    report = sample.build_sample(
+    if args.out.exists() and not args.out.is_dir():
+        raise SettingsError(f"sample build {args.out}: a file, not a folder; give a folder")
+    built = sample.build_sample(
         args.out,
         rows=args.rows,
         files=args.files,
@@ -43,16 +47,28 @@ def _sample_build(args: argparse.Namespace) -> int:
         dim=args.dim,
         row_group_size=args.row_group_size,
     )
-    print(
-        f"wrote {report.rows:,} rows in {len(report.files)} files ({report.bytes / 1e6:,.1f} MB) "
-        f"to {Path(args.out) / report.config} in {report.seconds:.1f} s "
-        f"({report.rows_per_second:,.0f} rows/s)"
+    report.say(
+        f"wrote {built.rows:,} rows in {len(built.files)} files ({built.bytes / 1e6:,.1f} MB) "
+        f"to {Path(args.out) / built.config} in {built.seconds:.1f} s "
+        f"({built.rows_per_second:,.0f} rows/s)"
     )
     return 0
 
 
 def _hub_serve(args: argparse.Namespace) -> int:
-    localhub.serve_forever(args.root, port=args.port, repo_id=args.repo_id, token=args.token)
+    if not args.root.is_dir():
+        raise SettingsError(
+            f"hub serve {args.root}: not a folder; give the folder holding README.md and the "
+            "config folders (one that `tol-dagster sample build` wrote, for example)"
+        )
+    try:
+        localhub.serve_forever(args.root, port=args.port, repo_id=args.repo_id, token=args.token)
+    except OSError as error:
+        if error.errno != errno.EADDRINUSE:
+            raise
+        raise SettingsError(
+            f"hub serve --port {args.port}: the port is in use; pick another, or 0 for a free one"
+        ) from None
     return 0
 
 
@@ -121,7 +137,14 @@ HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; its exit code, after one line naming the cause if it failed."""
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except UsageError as refused:
+        print(f"tol-dagster: {refused}", file=sys.stderr)
+        if "--json" in argv:
+            report.print_document(_named(argv), refused.exit_code, [str(refused)])
+        return refused.exit_code
     verbosity.set_verbose(args.verbose)
     verbosity.set_output(quiet=args.quiet, as_json=getattr(args, "json", False))
     with interrupts.watch_signals() as signals:
@@ -137,8 +160,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     if verbosity.verbose():
         traceback.print_exception(caught, file=sys.stderr)
     if verbosity.as_json():  # the command ended before its own document: this is the one
-        report.print_document(args.command, error.exit_code, [str(error)])
+        report.print_document(args.handler, error.exit_code, [str(error)])
     return error.exit_code
+
+
+def _named(argv: Sequence[str]) -> str:
+    """The command `argv` names (`slices add-rank`), as far as its words tell."""
+    words = [word for word in argv if not word.startswith("-")]
+    for size in (2, 1):
+        if " ".join(words[:size]) in HANDLERS:
+            return " ".join(words[:size])
+    return "tol-dagster"
 
 
 if __name__ == "__main__":

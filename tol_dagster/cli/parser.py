@@ -8,18 +8,20 @@ the name `cli.main` dispatches on.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
-from tol_dagster.schema import DEFAULT_CONFIG
+from tol_dagster.errors import SettingsError
+from tol_dagster.schema import CONFIG_NAME, DEFAULT_CONFIG
 
 if TYPE_CHECKING:  # what `add_subparsers` returns: generic in the type stubs only
-    Subparsers = argparse._SubParsersAction[argparse.ArgumentParser]
+    Subparsers = argparse._SubParsersAction["_Parser"]
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The whole command line: `tol-dagster [--verbose|--quiet] COMMAND ...`."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="tol-dagster",
         description="Mirror TreeOfLife-200M-Embeddings and publish validated per-taxon slices.",
         epilog="Exit codes: 0 done, 1 the gate refused, 2 bad input or settings, 3 upstream "
@@ -43,6 +45,46 @@ def build_parser() -> argparse.ArgumentParser:
     _add_verbosity(demo)
     demo.set_defaults(handler="demo")
     return parser
+
+
+#: The widest embedding `sample build` writes (the real configs: 768 and 1024).
+MAX_SAMPLE_DIM = 8192
+
+
+class UsageError(SettingsError):
+    """A command line argparse refuses: bad input (exit 2), reported as any other."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """Raises `UsageError` where argparse would print its usage and exit, so that `main` says it
+    as any bad input: one `tol-dagster:` line first, and the JSON document under `--json`."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{message}; see `{self.prog} --help`")
+
+
+def _at_least(low: int, high: int | None = None) -> Callable[[str], int]:
+    """An argument type: a whole number from `low` (to `high`)."""
+
+    def number(text: str) -> int:
+        value = int(text)  # argparse names the argument if this raises ValueError
+        if value < low or (high is not None and value > high):
+            upper = f" and at most {high}" if high is not None else ""
+            raise argparse.ArgumentTypeError(f"{text}: give a whole number >= {low}{upper}")
+        return value
+
+    number.__name__ = "whole number"
+    return number
+
+
+def _config_name(text: str) -> str:
+    """An argument type: a config folder's name, as `TOL_CONFIGS` takes them."""
+    if not CONFIG_NAME.match(text):
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: give a config folder's name such as {DEFAULT_CONFIG} (letters, digits, "
+            "'.', '_', '-')"
+        )
+    return text
 
 
 def _add_verbosity(parser: argparse.ArgumentParser, *, default: object = argparse.SUPPRESS) -> None:
@@ -77,14 +119,18 @@ def _add_sample(commands: Subparsers) -> None:
         "build", help="write OUT/<config>/train-*.parquet and OUT/README.md"
     )
     build.add_argument("out", type=Path, metavar="OUT")
-    build.add_argument("--rows", type=int, required=True)
-    build.add_argument("--files", type=int, required=True)
-    build.add_argument("--seed", type=int, required=True)
-    build.add_argument("--config", default=DEFAULT_CONFIG)
+    build.add_argument("--rows", type=_at_least(1), required=True)
+    build.add_argument("--files", type=_at_least(1), required=True)
+    build.add_argument("--seed", type=_at_least(0), required=True)
+    build.add_argument("--config", type=_config_name, default=DEFAULT_CONFIG)
     build.add_argument(
-        "--dim", type=int, default=None, help="embedding width (default: the config's)"
+        "--dim",
+        type=_at_least(1, MAX_SAMPLE_DIM),
+        default=None,
+        help="embedding width (default: the config's)",
     )
-    build.add_argument("--row-group-size", type=int, default=50_000)
+    build.add_argument("--row-group-size", type=_at_least(1), default=50_000)
+    _add_verbosity(build)
     build.set_defaults(handler="sample build")
 
 
@@ -95,7 +141,9 @@ def _add_hub(commands: Subparsers) -> None:
     hub_commands = hub.add_subparsers(dest="hub_command", required=True, metavar="ACTION")
     serve = hub_commands.add_parser("serve", help="serve ROOT as a dataset repo on 127.0.0.1")
     serve.add_argument("root", type=Path, metavar="ROOT")
-    serve.add_argument("--port", type=int, default=0, help="0 picks a free port (default)")
+    serve.add_argument(
+        "--port", type=_at_least(0, 65535), default=0, help="0 picks a free port (default)"
+    )
     serve.add_argument("--repo-id", default="imageomics/TreeOfLife-200M-Embeddings")
     serve.add_argument("--token", default=None, help="require this token (gated repo)")
     serve.set_defaults(handler="hub serve")
@@ -218,12 +266,14 @@ def _add_slices(commands: Subparsers) -> None:
     slices_commands = slices.add_subparsers(dest="slices_command", required=True, metavar="ACTION")
     slices_list = slices_commands.add_parser("list", help="the catalog of published slices")
     slices_list.add_argument("--config", default=None)
+    _add_verbosity(slices_list)
     slices_list.set_defaults(handler="slices list")
     slices_remove = slices_commands.add_parser(
         "remove", help="remove a slice: partition, file and catalog row"
     )
     slices_remove.add_argument("key", metavar="KEY")
     slices_remove.add_argument("--config", default=None)
+    _add_verbosity(slices_remove)
     slices_remove.set_defaults(handler="slices remove")
     add_rank = slices_commands.add_parser(
         "add-rank", help="publish a slice for every value of a rank, in one pass over the mirror"
@@ -237,4 +287,5 @@ def _add_slices(commands: Subparsers) -> None:
     )  # fmt: skip
     add_rank.add_argument("--config", default=None)
     _add_json(add_rank)
+    _add_verbosity(add_rank)
     add_rank.set_defaults(handler="slices add-rank")

@@ -32,6 +32,16 @@ def print_document(command: str, code: int, errors: Sequence[str], **fields: Any
     print(json.dumps(document, indent=1, default=str), file=sys.stdout, flush=True)
 
 
+def print_failure(lines: Sequence[str], outcome: str | None = None) -> None:
+    """The cause first (`tol-dagster: ...`), then what it left as it was, then the rest."""
+    if lines:
+        print(f"tol-dagster: {lines[0]}", file=sys.stderr)
+    if outcome:
+        print(outcome, file=sys.stderr)
+    for line in lines[1:]:
+        print(f"  {line}", file=sys.stderr)
+
+
 def say(line: str) -> None:
     """A line of the report on stdout, unless `--quiet` or `--json`."""
     if verbosity.chatty():

@@ -21,7 +21,7 @@ import dagster as dg
 from dagster._core.execution.execution_result import ExecutionResult
 
 from tol_dagster import errors, exit_codes
-from tol_dagster.cli import interrupts, launch, step_output, verbosity
+from tol_dagster.cli import interrupts, launch, report, step_output, verbosity
 from tol_dagster.defs.instance import open_instance
 from tol_dagster.defs.keys import asset_key
 from tol_dagster.defs.orphaned_runs import cli_run_tags
@@ -213,16 +213,6 @@ def _end_failed(instance: dg.DagsterInstance, run_id: str, exc: BaseException) -
         pass
 
 
-def _print_failure(code: int, lines: Sequence[str], outcome: str | None = None) -> None:
-    """The cause first (`tol-dagster: ...`), then what it left as it was, then the rest."""
-    if lines:
-        print(f"tol-dagster: {lines[0]}", file=sys.stderr)
-    if outcome:
-        print(outcome, file=sys.stderr)
-    for line in lines[1:]:
-        print(f"  {line}", file=sys.stderr)
-
-
 #: A step's exit code and the lines that explain it, the cause first (none when it is 0).
 Outcome = tuple[int, list[str]]
 
@@ -250,7 +240,7 @@ def _ensure_derived(
         asset_selection=derived_keys(name),
     )
     code, lines = exit_code(result)
-    _print_failure(code, lines)
+    report.print_failure(lines)
     return code, lines
 
 
@@ -311,7 +301,7 @@ def _run_partition(
     )
     code, lines = exit_code(result)
     if code:
-        _print_failure(code, lines, failed)
+        report.print_failure(lines, failed)
     return code, lines
 
 
@@ -346,5 +336,5 @@ def _refresh_catalog(defs: dg.Definitions, instance: dg.DagsterInstance, config:
         asset_check_selection=[],
     )
     code, lines = exit_code(result)
-    _print_failure(code, lines)
+    report.print_failure(lines)
     return code, lines

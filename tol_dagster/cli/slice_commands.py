@@ -106,12 +106,12 @@ def list_slices_command(*, config: str | None) -> int:
         select_configs(settings, config)
     table = catalog.list_slices(config=config, home=settings.home)
     if table.empty:
-        print(
+        report.say(
             "no slices published yet; build one with `tol-dagster slice KEY` (e.g. family=Felidae)"
         )
         return 0
     for row in table.to_dict("records"):
-        print(
+        report.say(
             f"{row['config']}\t{row['name']}\t{int(row['rows']):,} rows\t{int(row['bytes']) / 1e6:,.1f} MB\t{row['path']}"
         )
     return 0
@@ -151,7 +151,7 @@ def remove_slice_command(key_text: str, *, config: str | None) -> int:
     if not (known or files or in_catalog):
         why = f" (nor a valid key: {invalid})" if key is None else ""
         raise SliceSpecError(
-            f"slice {key_text if key is None else key.name} of {name} does not exist{why}; "
+            f"slice {key_text if key is None else key.name!r} of {name} does not exist{why}; "
             "`tol-dagster slices list` shows the slices"
         )
     for partition in known:
@@ -159,5 +159,5 @@ def remove_slice_command(key_text: str, *, config: str | None) -> int:
     for path in files:
         path.unlink(missing_ok=True)
     code, _ = _refresh_catalog(load_code_location(settings), instance, name)
-    print(f"removed {key_text if key is None else key.name} from {name}")
+    report.say(f"removed {key_text if key is None else key.name} from {name}")
     return code

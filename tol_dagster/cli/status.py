@@ -6,11 +6,9 @@ from what the resync keeps on disk, so the demo prints it too.
 
 from __future__ import annotations
 
-import sys
-
 from tol_dagster.cli import progress_view, verbosity
 from tol_dagster.cli.launch import load_code_location
-from tol_dagster.cli.report import print_document, say
+from tol_dagster.cli.report import print_document, print_failure, say
 from tol_dagster.cli.runner import execute, exit_code
 from tol_dagster.defs.instance import open_instance
 from tol_dagster.defs.mirror.jobs import STATUS_JOB
@@ -60,8 +58,7 @@ def run_status() -> int:
             say(f"{config}:")
             for key, value in entry.items():
                 say(f"  {key}: {_short(value) if key == 'last_change' else value}")
-    for line in lines:
-        print(f"error: {line}", file=sys.stderr)
+    print_failure(lines)
     return code
 
 

@@ -117,7 +117,7 @@ def _start(task: tuple[Any, ...], items: Sequence[Any]) -> tuple[subprocess.Pope
             process = subprocess.Popen(
                 # Imported, not run as __main__: a second copy of this module would hold the
                 # parent's pid where `parent_gone` never looks.
-                [sys.executable, "-c", f"from {__name__} import serve; serve({write})"],
+                [sys.executable, "-c", _SERVE.format(module=__name__, results=write)],
                 stdin=stdin,
                 pass_fds=(write,),
                 env={**os.environ, "PYTHONPATH": path, "MALLOC_ARENA_MAX": _ARENAS},
@@ -171,6 +171,18 @@ def _items(count: int) -> Iterator[Any]:
     """A worker's items, each unpickled from stdin when asked for."""
     for _ in range(count):
         yield pickle.load(sys.stdin.buffer)
+
+
+#: A worker's program: an interrupt before its work starts (while it loads) ends it quietly;
+#: one during the work goes to the parent as its outcome (`serve`).
+_SERVE = """
+import sys
+try:
+    from {module} import serve
+    serve({results})
+except KeyboardInterrupt:
+    sys.exit(130)
+"""
 
 
 def serve(results: int) -> None:
