@@ -653,6 +653,18 @@ def test_a_commit_id_that_is_not_40_hex_is_upstream_invalid(
     assert _requests(hub).get("tree", 0) == 0
 
 
+@pytest.mark.parametrize("answer", [[1, 2, 3], "text", None])
+def test_dataset_info_that_is_not_an_object_is_upstream_invalid(
+    client: HubClient, hub: LocalHub, answer: object
+) -> None:
+    """The client builds `DatasetInfo(**body)`: a list raised TypeError, an internal error
+    (exit 70) in a sync and a crashed tick of the upstream sensor."""
+    hub.add_fault(Fault(kind="rewrite", request_kind="info", edits={"": answer}))
+    with pytest.raises(UpstreamInvalid, match=r"^upstream sent an invalid dataset info") as raised:
+        client.head_commit()
+    assert raised.value.exit_code == 3
+
+
 def test_a_card_row_count_that_is_no_count_is_upstream_invalid(
     client: HubClient, hub: LocalHub
 ) -> None:

@@ -109,12 +109,16 @@ class HubClient:
         return check_commit(info.sha, f"dataset_info of {self.repo_id}@{revision}")
 
     def _info(self, revision: str, *, expand: list[Any]) -> DatasetInfo:
-        return self._retrier.run(
-            f"dataset_info of {self.repo_id}@{revision}",
-            lambda: self._api.dataset_info(
-                self.repo_id, revision=revision, expand=expand, timeout=self._retrier.timeout()
-            ),
-        )
+        what = f"dataset_info of {self.repo_id}@{revision}"
+        try:
+            return self._retrier.run(
+                what,
+                lambda: self._api.dataset_info(
+                    self.repo_id, revision=revision, expand=expand, timeout=self._retrier.timeout()
+                ),
+            )
+        except (TypeError, AttributeError, KeyError) as err:  # the client's DatasetInfo(**body)
+            raise invalid("dataset info (not a JSON object of one)", str(err), what) from err
 
     def _parquet_files(self, config: str, commit: str) -> Iterator[RemoteFile]:
         """The parquet files directly in `config/`, from the tree listing's pages."""

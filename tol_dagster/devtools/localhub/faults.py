@@ -38,8 +38,8 @@ class Fault:
     connection; `delay`: wait `delay_s` before answering; `bandwidth`: send the body at
     `bytes_per_s` at most; `stall`: send `after_bytes` of the body, then nothing for `delay_s`
     with the connection open (then close it); `rewrite`: edit a JSON answer (a hostile Hub):
-    `edits` maps a dotted path into the JSON ("0.lfs.oid", "sha"; "-" appends to a list) to the
-    value to put there.
+    `edits` maps a dotted path into the JSON ("0.lfs.oid", "sha"; "-" appends to a list; ""
+    is the whole answer) to the value to put there.
 
     `pattern` sees decoded paths such as `/api/datasets/<repo>/tree/<rev>/<path>`,
     `/datasets/<repo>/resolve/<rev>/<path>` and, on the CDN origin, `/lfs/<sha256>/<path>`;
@@ -102,6 +102,9 @@ def rewrite_json(body: bytes, edits: dict[str, Any]) -> bytes:
     """`body` (a JSON answer) with each dotted path in `edits` set to its value."""
     data = json.loads(body)
     for dotted, value in edits.items():
+        if not dotted:  # the whole answer
+            data = value
+            continue
         *parents, last = dotted.split(".")
         node = data
         for key in parents:
