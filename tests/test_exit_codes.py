@@ -23,9 +23,11 @@ from pathlib import Path
 
 import dagster as dg
 import pyarrow as pa
+import pydantic
 import pytest
 import requirements
 from dagster._utils.error import serializable_error_info_from_exc_info
+from huggingface_hub import errors as hf_errors
 from resync_testing import (
     CONFIG,
     HubSleeps,
@@ -385,6 +387,22 @@ def test_local_storage_oserrors_are_4_naming_the_path_and_free_bytes(
         text = str(classified)
         assert str(path) in text and reason in text
         assert re.search(r"[\d,]+ bytes free there", text), text
+
+
+def test_an_exception_is_told_by_its_module_not_its_name_alone() -> None:
+    """pydantic's ValidationError (a run config a step refused) was taken for the Hub client's
+    (an HTTP error: exit 3, "the Hub could not be reached")."""
+
+    class Model(pydantic.BaseModel):
+        x: int
+
+    with pytest.raises(pydantic.ValidationError) as refused:
+        Model(x="a")  # type: ignore[arg-type]
+    for error, code in [(refused.value, 70), (hf_errors.ValidationError("bad answer"), 3)]:
+        caught = _raised(error)
+        info = serializable_error_info_from_exc_info((type(caught), caught, caught.__traceback__))
+        classified = exit_codes.classify_error_info(info, run_id="r")
+        assert classified is not None and classified.exit_code == code, classified
 
 
 def test_other_oserrors_and_unknown_exceptions_are_70_with_the_run_id() -> None:

@@ -31,14 +31,21 @@ from resync_testing import (
     user,
 )
 
+from tol_dagster.cli.launch import load_code_location
 from tol_dagster.cli.main import main
+from tol_dagster.cli.runner import execute, exit_code
+from tol_dagster.defs.instance import open_instance
 from tol_dagster.defs.metadata import PREVIEW_ROWS
+from tol_dagster.defs.published.jobs import rank_slices_job_name, slices_job_name
+from tol_dagster.defs.published.keys import rank_slices_op_name
+from tol_dagster.defs.published.partitions import add_slice_partition
 from tol_dagster.defs.published.rank_asset import REMOVED_SHOWN, rank_metadata
 from tol_dagster.defs.published.refresh import ranks_to_refresh
 from tol_dagster.derived.summaries import build_summaries, read_summary
 from tol_dagster.derived.taxon_index import build_taxon_index, read_taxon_index
 from tol_dagster.errors import SettingsError, SliceSpecError, StoreError, ValidationFailed
 from tol_dagster.schema import DEFAULT_CONFIG, SORT_KEY, expected_schema
+from tol_dagster.settings import Settings
 from tol_dagster.slices import check_batch, rank_pass, records
 from tol_dagster.slices.catalog_file import read_catalog
 from tol_dagster.slices.checks import (
@@ -862,6 +869,41 @@ def test_add_rank_publishes_a_rank_whose_upstream_holds_values_no_key_names(user
         published = records.slice_records(user.layout, CONFIG)
         assert names and {r["name"] for r in published if r.get(RANK_PASS) == rank} == names
         assert not any(value in name for name in names)
+
+
+def test_a_min_rows_below_one_typed_in_the_launchpad_fails_in_words(synced: User) -> None:
+    """Dagster's launchpad takes any Int: `min_rows: 0` failed with pydantic's stack, which
+    the exit codes took for the Hub client's ValidationError ("the Hub could not be reached",
+    exit 3)."""
+    settings = Settings.from_env()
+    result = execute(
+        load_code_location(settings).resolve_job_def(rank_slices_job_name(CONFIG)),
+        instance=open_instance(settings),
+        run_config={"ops": {rank_slices_op_name(CONFIG): {"config": {"min_rows": 0}}}},
+        partition_key="family",
+    )
+    code, lines = exit_code(result)
+    assert code == 2 and "run config min_rows: 0: give a whole number >= 1" in lines[0], lines
+
+
+def test_a_partition_spelling_a_slice_another_way_is_refused_naming_its_key(
+    synced: User,
+) -> None:
+    """Added by hand in the UI, `genus=…/kingdom=…` published a file under the canonical name
+    that no catalog row named and no audit checked."""
+    settings = Settings.from_env()
+    instance = open_instance(settings)
+    spelled = "genus=Morus/kingdom=Animalia"
+    add_slice_partition(instance, CONFIG, spelled)
+    result = execute(
+        load_code_location(settings).resolve_job_def(slices_job_name(CONFIG)),
+        instance=instance,
+        partition_key=spelled,
+    )
+    code, lines = exit_code(result)
+    assert code == 2, lines
+    assert f"partition '{spelled}' spells slice 'kingdom=Animalia/genus=Morus' another" in lines[0]
+    assert not list(synced.layout.slices_dir(CONFIG).glob("*.parquet"))
 
 
 @pytest.mark.e2e

@@ -116,7 +116,8 @@ def classify_error_info(info: object, *, run_id: str | None) -> TolError | None:
     if cls_name == "DagsterAssetCheckFailedError":
         return None
     message = str(getattr(info, "message", "")).strip()
-    prefix = re.match(r"^[\w.]*" + re.escape(cls_name) + r": ", message)
+    prefix = re.match(r"^(?:([\w.]+)\.)?" + re.escape(cls_name) + r": ", message)
+    module = prefix.group(1) if prefix else None
     if prefix:
         message = message[prefix.end() :]
     if cls_name in ("KeyboardInterrupt", "DagsterExecutionInterruptedError"):
@@ -124,7 +125,7 @@ def classify_error_info(info: object, *, run_id: str | None) -> TolError | None:
     found = _ERRNO.search(message)
     filename = _FILENAME.search(message)
     return _by_class(
-        _class_named(cls_name),
+        _class_named(cls_name, module),
         message or cls_name,
         int(found.group(1)) if found else None,
         filename.group(1) if filename else None,
@@ -200,11 +201,14 @@ def _is_network(kind: type) -> bool:
     )
 
 
-def _class_named(name: str) -> type | None:
-    """An exception class found by its (unqualified) name where failures come from."""
-    for module in (errors, builtins, sqlite3, httpx2, hf_errors):
-        found = getattr(module, name, None)
-        if isinstance(found, type) and issubclass(found, BaseException):
+def _class_named(name: str, module: str | None = None) -> type | None:
+    """An exception class found by its name where failures come from, of `module` when the
+    message names it: pydantic's `ValidationError` (a run config refused) is not the Hub
+    client's, which is an HTTP error (exit 3)."""
+    for where in (errors, builtins, sqlite3, httpx2, hf_errors):
+        found = getattr(where, name, None)
+        is_error = isinstance(found, type) and issubclass(found, BaseException)
+        if is_error and module in (None, found.__module__):
             return found
     return None
 

@@ -23,7 +23,7 @@ from tol_dagster.defs.published.keys import published_group, slice_inputs
 from tol_dagster.defs.published.partitions import RANK_PARTITIONS, slice_partition_keys
 from tol_dagster.defs.resources import HubResource, StepsResource, StorageResource
 from tol_dagster.derived import built_from, summaries, taxon_index
-from tol_dagster.errors import StoreError
+from tol_dagster.errors import SettingsError, StoreError
 from tol_dagster.slices import records
 from tol_dagster.slices.rank_pass import RankResult, publish_rank
 from tol_dagster.slices.rank_plan import RankPlan, plan_rank
@@ -45,7 +45,6 @@ class RankRunConfig(dg.Config):
 
     min_rows: int | None = Field(
         default=None,
-        ge=1,
         description=(
             "Publish only the values with at least this many rows. Empty: the rank's last "
             "setting (the slices file's `ranks:` entry, or 1)."
@@ -100,6 +99,11 @@ def _publish_rank(
     """Plan the partition's rank from one pinned generation, publish its changed values (over
     `workers` processes)."""
     rank = context.partition_key
+    if config.min_rows is not None and config.min_rows < 1:  # the launchpad takes any Int
+        raise SettingsError(
+            f"run config min_rows: {config.min_rows}: give a whole number >= 1 (1 publishes "
+            "every value), or leave it empty for the rank's last setting"
+        )
     min_rows = config.min_rows or records.published_ranks(layout, name).get(rank, 1)
     with generations.pin_generation(layout, name) as pin:
         files = pin.mirror_files()

@@ -33,7 +33,7 @@ from tol_dagster.defs.published.keys import published_group, summary_keys
 from tol_dagster.defs.published.partitions import slice_partitions
 from tol_dagster.defs.resources import STEP_IO, HubResource, StepsResource, StorageResource
 from tol_dagster.derived import built_from, taxon_index
-from tol_dagster.errors import ValidationFailed
+from tol_dagster.errors import SliceSpecError, ValidationFailed
 from tol_dagster.slices import records
 from tol_dagster.slices.checks import (
     ROWS_MATCH_INDEX_COUNT,
@@ -160,7 +160,7 @@ def _plan_op(name: str) -> dg.OpDefinition:
         """Pin the generation, refuse a key without rows (unless allowed), batch the files that
         may hold its rows."""
         layout = storage.layout
-        key = parse_slice_key(context.partition_key)
+        key = canonical_key(context.partition_key)
         with generations.pin_generation(layout, name) as pin:  # re-leased by each step
             files = pin.mirror_files()
             index_table = _usable_index(context, layout, name, pin)
@@ -342,3 +342,17 @@ def read_with(key: SliceKey, path: Path, config: str) -> str:
         f"duckdb.read_parquet({str(path)!r})\n"
         "```"
     )
+
+
+def canonical_key(text: str) -> SliceKey:
+    """The partition's slice key; SliceSpecError if `text` spells it another way: a slice is
+    published, recorded and catalogued under its canonical name, so a partition added by hand
+    as `genus=Morus/kingdom=Animalia` published a file no catalog row or audit ever named."""
+    key = parse_slice_key(text)
+    if key.name != text:
+        raise SliceSpecError(
+            f"partition {text!r} spells slice {key.name!r} another way: remove it "
+            f"(`tol-dagster slices remove {text!r}`) and add {key.name!r} (conditions from the "
+            "top rank down, a '/' inside a value as %2F)"
+        )
+    return key
