@@ -234,17 +234,22 @@ def test_a_path_that_is_not_a_folder_is_bad_input(user: User, tmp_path: Path) ->
     assert "is not a folder" in outcome.err
 
 
-def test_publishing_leaves_a_users_mode_until_the_user_replaces_the_file(tmp_path: Path) -> None:
+def _published_from_a_users_file(tmp_path: Path, mode: int) -> tuple[Layout, Path, Path]:
+    """A user's file of `mode`, hard-linked into staging and published: (layout, the file, the
+    generation)."""
     layout = Layout(tmp_path / "home")
     mine = tmp_path / "data" / "a.parquet"
     mine.parent.mkdir()
     mine.write_bytes(b"the user's bytes")
-    mine.chmod(0o644)
+    mine.chmod(mode)
     staged = stage_path(layout, CONFIG, "c1", mine.name)
     assert bring_in(mine, staged, copy=False) == LINKED
     record_shared(layout, CONFIG, [mine])
+    return layout, mine, publish_generation(layout, CONFIG, commit="c1", files={mine.name: staged})
 
-    first = publish_generation(layout, CONFIG, commit="c1", files={mine.name: staged})
+
+def test_publishing_leaves_a_users_mode_until_the_user_replaces_the_file(tmp_path: Path) -> None:
+    layout, mine, first = _published_from_a_users_file(tmp_path, 0o644)
 
     assert stat.S_IMODE(mine.stat().st_mode) == 0o644, "publishing chmodded the user's file"
     replacement = mine.with_name(".a.parquet.incomplete")  # as `hf download` replaces a file
@@ -253,3 +258,19 @@ def test_publishing_leaves_a_users_mode_until_the_user_replaces_the_file(tmp_pat
     second = publish_generation(layout, CONFIG, commit="c2", files={mine.name: first / mine.name})
     assert not (second / mine.name).stat().st_mode & 0o222, "the store's alone now: read-only"
     assert stat.S_IMODE(mine.stat().st_mode) == 0o644
+
+
+def test_publishing_leaves_the_mode_of_a_users_file_moved_elsewhere(tmp_path: Path) -> None:
+    """The user moved their folder: the recorded path is gone, the inode still theirs. Before,
+    the next publish made their file read-only (the store held it alone, it thought)."""
+    layout, mine, first = _published_from_a_users_file(tmp_path, 0o664)
+    moved = tmp_path / "moved"
+    (tmp_path / "data").rename(moved)
+    record_shared(layout, CONFIG, [])  # another adopt meanwhile keeps the record too
+
+    second = publish_generation(layout, CONFIG, commit="c2", files={mine.name: first / mine.name})
+
+    assert stat.S_IMODE((moved / mine.name).stat().st_mode) == 0o664
+    (moved / mine.name).unlink()  # the user deletes it: the store's alone now
+    third = publish_generation(layout, CONFIG, commit="c3", files={mine.name: second / mine.name})
+    assert not (third / mine.name).stat().st_mode & 0o222, "the store's alone: read-only"
