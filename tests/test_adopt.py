@@ -148,6 +148,8 @@ def test_adopt_fetches_only_what_the_folder_lacks_and_leaves_it_untouched(
     assert "corrupt" in ignored[f"{CONFIG}/{corrupted}"]
     assert "stale" in ignored[f"{CONFIG}/{edited}"]
     assert f"{len(kept)} adopted" in outcome.out and "3 fetched" in outcome.out
+    megabytes = user.bytes_served() / 1e6
+    assert f": fetched 3 files ({megabytes:,.1f} MB," in outcome.out, "adopted files not fetched"
 
     valid_edit(user.root, kept[0])  # the next resync publishes the other adopted files again
     assert user.sync().code == 0

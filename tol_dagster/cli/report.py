@@ -66,10 +66,11 @@ def sync_facts(
             "mirror_path": str(layout.mirror_dir(config)),
         }
     if staged is not None:
+        downloaded = [f for f in staged.files if f.downloaded]
         facts |= {
-            "fetched_files": len(staged.fetched),
+            "fetched_files": len(downloaded),
             "fetched_bytes": staged.bytes_fetched,
-            "fetched_rows": sum(f.rows or 0 for f in staged.fetched),
+            "fetched_rows": sum(f.rows or 0 for f in downloaded),
             "kept_files": sum(f.status == "current" for f in staged.files),
             "removed_files": len(staged.removed),
             "download_seconds": round(staged.download_seconds, 3),

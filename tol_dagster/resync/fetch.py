@@ -104,7 +104,8 @@ class _Fetcher:
 
     def fetch_and_inspect(self, remote_file: RemoteFile) -> StagedFile:
         dest = stage_path(self.layout, self.config, self.plan.commit, remote_file.name)
-        if remote_file.name not in self.staged:
+        downloaded = remote_file.name not in self.staged
+        if downloaded:
             try:
                 self.client.download(
                     remote_file,
@@ -130,6 +131,7 @@ class _Fetcher:
             remote_file.size,
             "fetched",
             rows=facts.rows,
+            downloaded=downloaded,
         )
 
 

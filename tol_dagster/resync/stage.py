@@ -233,7 +233,7 @@ def _staged_state(layout: Layout, staging: Staging, results: dict[str, StagedFil
         changed=[f.name for f in plan.changed],
         removed=list(plan.removed),
         files=[results[name] for name in sorted(results)],
-        bytes_fetched=sum(f.size for f in results.values() if f.status == "fetched"),
+        bytes_fetched=sum(f.size for f in results.values() if f.downloaded),
         download_seconds=time.time() - staging.started,
         base_generation=staging.base_generation,
         repaired=[f.name for f in plan.repaired],

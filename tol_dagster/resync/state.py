@@ -42,6 +42,9 @@ class StagedFile:
     status: str  # "current" | "fetched" | "failed"
     reason: str | None = None
     rows: int | None = None
+    #: Downloaded by this run (a fetched file may have been staged before it: adopted from a
+    #: user's folder, or downloaded by a run interrupted since).
+    downloaded: bool = False
 
 
 @dataclass
