@@ -223,6 +223,24 @@ def test_status_json_success_and_upstream_unreachable(
     assert CONFIG in document["configs"], "what is known locally is still reported"
 
 
+def test_the_audit_of_two_configs_one_not_synced_yet_audits_the_other(
+    synced: User, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A config added to TOL_CONFIGS before its first sync (a new model upstream) made the
+    audit exit 2 and audit nothing, the synced config included."""
+    monkeypatch.setenv("TOL_CONFIGS", f"{CONFIG},bioclip-2.5-vith14_float16")
+    outcome = synced.tol("audit")
+    assert outcome.code == 0, outcome.text
+    assert f"ok: tol/{CONFIG}/mirror" in outcome.out
+    assert "not audited: bioclip-2.5-vith14_float16: no mirror is published yet" in outcome.out
+    document = _document(synced.tol("audit", "--json"))
+    assert document["exit_code"] == 0 and list(document["not_audited"]) == [
+        "bioclip-2.5-vith14_float16"
+    ]
+    named = synced.tol("audit", "--config", "bioclip-2.5-vith14_float16")
+    assert named.code == 2 and "no mirror is published" in named.err, "named: still refused"
+
+
 def test_slice_json_gives_the_published_slice_and_refusals_their_code(synced: User) -> None:
     outcome = synced.tol("slice", "family=Felidae", "--json")
 

@@ -10,14 +10,12 @@ drifted derived table), `tol-dagster slices add-rank RANK` a rank's drifted slic
 
 from __future__ import annotations
 
-import sys
-
 import dagster as dg
 
 from tol_dagster.cli import progress_view, verbosity
 from tol_dagster.cli.config_option import select_configs
 from tol_dagster.cli.launch import load_code_location
-from tol_dagster.cli.report import print_document, say
+from tol_dagster.cli.report import print_document, print_failure, say
 from tol_dagster.cli.runner import execute, exit_code
 from tol_dagster.defs.instance import open_instance
 from tol_dagster.defs.keys import asset_key
@@ -28,6 +26,7 @@ from tol_dagster.errors import LocalStorageError
 from tol_dagster.resync.audit import AUDIT_CHECK
 from tol_dagster.settings import Settings
 from tol_dagster.slices.audit import SLICES_AUDIT_CHECK
+from tol_dagster.store.manifest import load_manifest
 
 #: The exit code of drift: bytes on local storage no longer as published.
 DRIFT_EXIT_CODE = LocalStorageError.exit_code
@@ -52,8 +51,11 @@ def run_audit(*, config: str | None) -> int:
     (`--json`: one document)."""
     settings = Settings.from_env()
     configs = select_configs(settings, config)
-    for name in configs:
-        built_from.mirror_inputs(settings.layout, name)  # no mirror: exit 2 saying so, not drift
+    unsynced = [n for n in configs if load_manifest(settings.layout, n) is None]
+    if config is not None or len(unsynced) == len(configs):
+        for name in configs:
+            built_from.mirror_inputs(settings.layout, name)  # no mirror: exit 2 saying so
+    configs = tuple(n for n in configs if n not in unsynced)  # a config added, not synced yet
     checks = audit_checks(configs)
     instance = open_instance(settings)
     job = load_code_location(settings).resolve_job_def(AUDIT_JOB)
@@ -71,12 +73,16 @@ def run_audit(*, config: str | None) -> int:
         }
         for evaluation in result.get_asset_check_evaluations()
     ]
+    not_audited = {
+        n: f"no mirror is published yet; run `tol-dagster sync --config {n}`" for n in unsynced
+    }
     if verbosity.as_json():
-        print_document("audit", code, lines, checks=verdicts)
+        print_document("audit", code, lines, checks=verdicts, not_audited=not_audited)
     else:
         for verdict in verdicts:
             mark = "ok" if verdict["passed"] else "DRIFT"
             say(f"{mark}: {verdict['asset']} {verdict['check']}: {verdict['message']}")
-    for line in lines:
-        print(f"error: {line}", file=sys.stderr)
+        for name, why in not_audited.items():
+            say(f"not audited: {name}: {why}")
+    print_failure(lines)
     return code
