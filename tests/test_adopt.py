@@ -39,6 +39,8 @@ from tol_dagster.definitions import build_definitions
 from tol_dagster.defs.keys import RESYNC_TAG, asset_key
 from tol_dagster.defs.mirror.adoption import REPORT_KEY, adopt_job_name
 from tol_dagster.devtools.sample import build_sample
+from tol_dagster.hub.remote import RemoteConfig, RemoteFile
+from tol_dagster.resync.adopt import Candidate, _classify
 from tol_dagster.settings import Settings
 from tol_dagster.store.generations import publish_generation
 from tol_dagster.store.hashing import sha256_file
@@ -276,3 +278,17 @@ def test_publishing_leaves_the_mode_of_a_users_file_moved_elsewhere(tmp_path: Pa
     (moved / mine.name).unlink()  # the user deletes it: the store's alone now
     third = publish_generation(layout, CONFIG, commit="c3", files={mine.name: second / mine.name})
     assert not (third / mine.name).stat().st_mode & 0o222, "the store's alone: read-only"
+
+
+def test_a_file_of_another_configs_folder_is_not_taken_for_this_ones_by_name(
+    tmp_path: Path,
+) -> None:
+    """Adopting a folder holding both configs' folders listed each config's files under the
+    other as "size … is not upstream's" (bad files, it read), matched by name alone."""
+    remote = RemoteConfig("o/r", "cfgA", "c" * 40, (RemoteFile("cfgA/t.parquet", 10, "a" * 64),), 1)
+    theirs = Candidate("cfgB/t.parquet", tmp_path / "cfgB" / "t.parquet", 11)
+    ours = Candidate("cfgA/t.parquet", tmp_path / "cfgA" / "t.parquet", 11)
+    _, ignored = _classify(tmp_path, [theirs, ours], {}, remote, remote.files, [])
+    reasons = {entry.path: entry.reason for entry in ignored}
+    assert reasons["cfgB/t.parquet"] == "in cfgB/, not cfgA/ (another config's?): not its name's"
+    assert reasons["cfgA/t.parquet"] == "size 11 is not upstream's 10"

@@ -211,6 +211,11 @@ def _classify(
     for candidate in rest:
         upstream = by_name.get(candidate.name)
         sha256 = hashes.get(candidate.path)
+        elsewhere = _other_folder(candidate, remote.config)
+        if upstream is not None and elsewhere is not None:
+            reason = f"in {elsewhere}/, not {remote.config}/ (another config's?): not its name's"
+            ignored.append(ReportEntry(candidate.relative, candidate.size, reason=reason))
+            continue
         if (
             upstream is not None
             and upstream.name not in needed
@@ -225,6 +230,13 @@ def _classify(
             reason = _why_ignored(source, candidate, sha256, upstream, remote)
         ignored.append(ReportEntry(candidate.relative, candidate.size, reason=reason))
     return mirrored, ignored
+
+
+def _other_folder(candidate: Candidate, config: str) -> str | None:
+    """The folder of `candidate` when it is a folder named otherwise than `config` (`hf
+    download` of the whole repo puts each config's files in a folder of its name)."""
+    folder = PurePosixPath(candidate.relative).parent.name
+    return folder if folder not in ("", config) else None
 
 
 def _why_ignored(
