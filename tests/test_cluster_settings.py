@@ -98,6 +98,22 @@ def test_a_password_is_masked_wherever_it_is_shown() -> None:
     assert shown["TOL_DAGSTER_PG_URL"] == "postgresql://tol:***@db.example:5432/dagster"
     assert shown["TOL_CELERY_BROKER"] == "amqp://guest:***@mq:5672//"
     assert mask("redis://127.0.0.1:6379/0") == "redis://127.0.0.1:6379/0"
+    assert mask("postgresql://u@h/db") == "postgresql://u@h/db"
+    # Where a URL parser ends the host part before the `@`, it finds no password: masked too.
+    for url, masked in [
+        ("postgresql://u:pa/ss@h:5432/db", "postgresql://u:***@h:5432/db"),
+        ("amqp://guest:pa?ss@mq:5999//", "amqp://guest:***@mq:5999//"),
+        ("redis://:pa#ss@127.0.0.1:5999/0", "redis://:***@127.0.0.1:5999/0"),
+        ("u:hunter2@h/db", "u:***@h/db"),
+    ]:
+        assert mask(url) == masked
+    for name, value in [
+        ("TOL_DAGSTER_PG_URL", "postgresql://u:pa/hunter2@h:5432/db"),
+        ("TOL_DAGSTER_PG_URL", "u:hunter2@h:5432/db"),
+    ]:
+        with pytest.raises(SettingsError) as leaked:
+            Settings.from_env({name: value})
+        assert "hunter2" not in str(leaked.value)
     with pytest.raises(SettingsError) as refused:
         Settings.from_env({"TOL_DAGSTER_PG_URL": "postgresql://u:hunter2@h:nan/db"})
     assert "hunter2" not in str(refused.value)

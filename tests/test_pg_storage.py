@@ -163,6 +163,17 @@ def test_an_unreachable_database_names_it_with_its_password_masked() -> None:
     assert "hunter2" not in str(down.value) and down.value.exit_code == 3
 
 
+def test_the_sqlalchemy_scheme_the_settings_accept_reaches_the_database_too() -> None:
+    """`postgresql+psycopg2://` (SQLAlchemy's, which Dagster's storage reads) was handed to
+    psycopg2 as is: "invalid dsn", an internal error (70) quoting the password."""
+    with (
+        pytest.raises(ServiceUnreachable, match=r"postgresql\+psycopg2://tol:\*\*\*@") as down,
+        pg_lease("postgresql+psycopg2://tol:hunter2@127.0.0.1:9/none", CONFIG, "run x", print),
+    ):
+        pass
+    assert "hunter2" not in str(down.value) and down.value.exit_code == 3
+
+
 def test_a_sync_whose_database_is_down_exits_3_naming_it(
     user: User, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -14,7 +14,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import ModuleType
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from tol_dagster.errors import SettingsError
 
@@ -178,19 +178,17 @@ def parse_url(
 
 
 def mask(url: str | None) -> str | None:
-    """`url` with its password (if any) replaced by `***`, for logs, metadata and errors."""
+    """`url` with its password (if any) replaced by `***`, for logs, metadata and errors: all
+    between the first `:` after `//` (or the start) and the last `@`, so that a password holding `/`, `#` or
+    `?` (where a URL parser ends the host part, and finds no password) is masked too."""
     if not url:
         return url
-    try:
-        parts = urlsplit(url)
-        password = parts.password
-    except ValueError:
-        return re.sub(r"://([^:/@]*):[^@]*@", r"://\1:***@", url)
-    if not password:
-        return url
-    user = parts.username or ""
-    host = parts.netloc.rsplit("@", 1)[1]
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+    scheme, slashes, rest = url.partition("://")
+    if not slashes:  # no scheme: `user:password@host` alone
+        scheme, rest = "", url
+    userinfo, at, host = rest.rpartition("@")
+    user, colon, _ = userinfo.partition(":")
+    return f"{scheme}{slashes}{user}:***@{host}" if at and colon else url
 
 
 def require_extra(module: str, install_hint: str = CLUSTER_EXTRA) -> ModuleType:

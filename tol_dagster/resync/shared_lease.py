@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from tol_dagster.cluster_settings import CLUSTER_EXTRA, mask, require_extra
-from tol_dagster.errors import ServiceUnreachable
+from tol_dagster.errors import ServiceUnreachable, SettingsError
 
 #: The lock keys' namespace: the high 32 bits of every key say "tol-dagster resync".
 _NAMESPACE = int.from_bytes(hashlib.sha256(b"tol-dagster resync").digest()[:4], "big") >> 1
@@ -52,14 +52,20 @@ def connect(url: str, application: str, purpose: str) -> Any:
     """A session on the instance's database (`TOL_DAGSTER_PG_URL`), named `application`;
     unreachable: `ServiceUnreachable` (exit 3) naming it, its password masked, and `purpose`."""
     psycopg2 = require_extra("psycopg2", CLUSTER_EXTRA)
+    dsn = url.replace("postgresql+psycopg2://", "postgresql://", 1)  # SQLAlchemy's, for Dagster
     try:
         connection = psycopg2.connect(
-            url, application_name=application[:63], connect_timeout=10, **_KEEPALIVES
+            dsn, application_name=application[:63], connect_timeout=10, **_KEEPALIVES
         )  # PostgreSQL keeps 63 bytes of a name
     except psycopg2.OperationalError as exc:
         raise ServiceUnreachable(
             f"the instance's PostgreSQL at {mask(url)} is not reachable for {purpose} "
             f"({' '.join(str(exc).split())}); start it or fix TOL_DAGSTER_PG_URL"
+        ) from None
+    except psycopg2.Error as exc:  # its words quote the URL whole, password included
+        raise SettingsError(
+            f"TOL_DAGSTER_PG_URL={mask(url)!r} is refused by PostgreSQL's client "
+            f"({type(exc).__name__}); expected postgresql://user@host:port/db"
         ) from None
     connection.autocommit = True  # a session lock, not a transaction's
     return connection
