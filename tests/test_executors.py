@@ -366,6 +366,28 @@ def test_a_broker_that_is_down_fails_the_sync_with_exit_3_naming_it(
     assert not (tmp_path / "home" / "mirror").exists(), "nothing is published"
 
 
+def test_a_celery_sync_with_no_worker_on_its_queue_exits_3_saying_so(
+    hub: LocalHub, tmp_path: Path
+) -> None:
+    """Before, dagster-celery waited for a worker forever, silent, deaf to SIGTERM and SIGINT,
+    and the step ran whenever a worker came, for a run long cancelled."""
+    require_rabbitmq()
+    queue = unique_queue()
+    env = _env(
+        hub, tmp_path / "home", tmp_path / "dagster", TOL_EXECUTOR="celery",
+        TOL_CELERY_BROKER=RABBITMQ_URL, TOL_CELERY_QUEUE=queue,
+    )  # fmt: skip
+
+    done = _sync(env)
+
+    assert done.returncode == 3, done.stderr
+    first = done.stderr.splitlines()[0]
+    assert (
+        f"no `tol-dagster worker` serves the Celery queue '{queue}' on amqp://guest:***@" in first
+    )
+    assert not (tmp_path / "home" / "mirror").exists(), "nothing is published"
+
+
 def test_a_worker_whose_broker_is_down_exits_3_naming_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:

@@ -52,6 +52,25 @@ def worker_app(cluster: ClusterSettings) -> Any:
     return app
 
 
+def check_consumers(url: str, queue: str) -> None:
+    """Raise `ServiceUnreachable` (exit 3) when no worker consumes `queue`: dagster-celery then
+    waited for one forever, silent and deaf to Ctrl-C, and its task ran whenever a worker came.
+    RabbitMQ counts a queue's consumers; Redis cannot tell, so it is not asked there."""
+    if not url.startswith(("amqp://", "pyamqp://")):
+        return
+    kombu = require_extra("kombu")
+    with kombu.Connection(url, connect_timeout=BROKER_TIMEOUT_S) as connection:
+        try:
+            _, _, consumers = connection.default_channel.queue_declare(queue=queue, passive=True)
+        except connection.channel_errors:  # no such queue: no worker ever declared it
+            consumers = 0
+    if not consumers:
+        raise ServiceUnreachable(
+            f"no `tol-dagster worker` serves the Celery queue {queue!r} on {mask(url)}: start "
+            "one with the same TOL_CELERY_QUEUE (and broker), or run with TOL_EXECUTOR=in_process"
+        )
+
+
 def check_broker(url: str) -> None:
     """Raise `ServiceUnreachable` (exit 3), naming the broker, unless it accepts a connection."""
     kombu = require_extra("kombu")

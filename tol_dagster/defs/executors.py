@@ -41,7 +41,7 @@ from tol_dagster.cluster_settings import (
     ClusterSettings,
     require_extra,
 )
-from tol_dagster.defs.celery_app import celery_config, check_broker
+from tol_dagster.defs.celery_app import celery_config, check_broker, check_consumers
 from tol_dagster.defs.mirror.resync_slot import LEASED_TAG, run_leases
 from tol_dagster.defs.resources import LITERALS, ConfigSource
 from tol_dagster.settings import Settings
@@ -52,7 +52,7 @@ def run_executor(settings: Settings, source: ConfigSource = LITERALS) -> dg.Exec
     inner = chosen_executor(settings.cluster, source)
     cluster = settings.cluster
     preflight = (
-        functools.partial(check_broker, cluster.celery_broker)
+        functools.partial(_celery_preflight, cluster.celery_broker, cluster.celery_queue)
         if cluster.executor == CELERY and cluster.celery_broker is not None
         else None
     )
@@ -74,6 +74,12 @@ def run_executor(settings: Settings, source: ConfigSource = LITERALS) -> dg.Exec
         executor_creation_fn=create,
         description=inner.description,
     )
+
+
+def _celery_preflight(broker: str, queue: str) -> None:
+    """Before a run sends its steps: the broker answers, and a worker serves the queue."""
+    check_broker(broker)
+    check_consumers(broker, queue)
 
 
 def chosen_executor(cluster: ClusterSettings, source: ConfigSource) -> dg.ExecutorDefinition:
