@@ -14,7 +14,7 @@ from importlib import resources
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from tol_dagster.cluster_settings import ClusterSettings, parse_int
+from tol_dagster.cluster_settings import ClusterSettings, mask, parse_int
 from tol_dagster.errors import SettingsError
 from tol_dagster.schema import CONFIG_NAME, DEFAULT_CONFIG
 from tol_dagster.store.hashing import usable_cores
@@ -147,7 +147,7 @@ def parse_endpoint(name: str, value: str) -> str:
     """An http(s) URL with a host, a valid port if any, and no credentials: the Hub takes a
     token (`HF_TOKEN`), and the endpoint is shown in logs, errors and metadata."""
     value = value.strip().rstrip("/")
-    shown = re.sub(r"[^/@\s]*@", "***@", value)  # never echo a password
+    shown = mask(value)  # never echo a password
     expected = f"expected e.g. {PUBLIC_HUB} or http://127.0.0.1:PORT for the local Hub"
     if not re.match(r"^https?://[^/\s]+(/\S*)?$", value):
         raise SettingsError(f"{name}={shown!r} is not an http(s) URL; {expected}")
