@@ -28,6 +28,7 @@ import pytest
 from tol_dagster.cli.main import main
 from tol_dagster.definitions import build_definitions
 from tol_dagster.defs.instance import open_instance
+from tol_dagster.defs.resources import resources_from
 from tol_dagster.devtools.localhub import LocalHub
 from tol_dagster.hub import retry
 from tol_dagster.hub.card import card_body, expected_rows, parse_card, render_card, with_config
@@ -290,13 +291,54 @@ def make_user(
     return User(hub, root, home, dagster_home, capsys)
 
 
-def sync_process() -> subprocess.Popen[bytes]:
-    """`tol-dagster sync` in a process of its own (to be killed), its output discarded."""
+def sync_process(*argv: str) -> subprocess.Popen[bytes]:
+    """`tol-dagster sync` (or `python ARGV`) in a process of its own (to be killed), its output
+    discarded."""
     return subprocess.Popen(
-        [sys.executable, "-m", "tol_dagster.cli.main", "sync"],
+        [sys.executable, *(argv or ("-m", "tol_dagster.cli.main", "sync"))],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
+
+
+def tick(
+    instance: dg.DagsterInstance, sensor: str, settings: Settings, cursor: str | None = None
+) -> dg.SensorExecutionData:
+    """One tick of the code location's `sensor`, as the daemon evaluates it."""
+    definition = build_definitions(settings).resolve_sensor_def(sensor)
+    context = dg.build_sensor_context(
+        instance=instance, cursor=cursor, resources=resources_from(settings)
+    )
+    return definition.evaluate_tick(context)
+
+
+# What a run worker does with a run the daemon launched (`dagster api execute_run`): execute the
+# created run with the job's executor, no command line about it.
+LAUNCHED_RESYNC = f"""
+import uuid
+from tol_dagster.cli.launch import create_run, execute_created, load_code_location
+from tol_dagster.defs.instance import open_instance
+from tol_dagster.defs.resources import resources_from
+from tol_dagster.defs.keys import source_tags
+from tol_dagster.defs.mirror.jobs import RESYNC_JOB, resync_run_tags
+from tol_dagster.defs.mirror.keys import resync_check_keys, resync_keys
+from tol_dagster.defs.mirror.run_config import resync_run_config
+from tol_dagster.settings import Settings
+
+settings = Settings.from_env()
+job = load_code_location(settings).resolve_job_def(RESYNC_JOB)
+instance = open_instance(settings)
+run = create_run(
+    job,
+    instance,
+    run_id=str(uuid.uuid4()),
+    run_config=resync_run_config({CONFIG!r}),
+    tags={{**resync_run_tags({CONFIG!r}, None), **source_tags("sensor")}},
+    asset_selection=set(resync_keys({CONFIG!r})),
+    asset_check_selection=set(resync_check_keys({CONFIG!r})),
+)
+execute_created(job, run, instance)
+"""
 
 
 def core_sync(layout: Layout, client: HubClient, config: str = CONFIG) -> Published:

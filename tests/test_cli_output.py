@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -49,8 +50,10 @@ from tol_dagster.defs.mirror.jobs import STATUS_JOB
 from tol_dagster.defs.orphaned_runs import (
     HOST_TAG,
     PID_TAG,
+    PROCESS_OF_TAG,
+    STARTED_TAG,
     cli_run_tags,
-    fail_dead_cli_runs,
+    fail_dead_runs,
 )
 from tol_dagster.devtools.localhub import Fault
 from tol_dagster.slices.keys import parse_slice_key
@@ -126,7 +129,10 @@ def _dead_pid() -> int:
     return process.pid
 
 
-def test_a_run_whose_cli_process_died_is_still_found_and_failed() -> None:
+def _judged(cases: dict[str, dict[str, str | None]]) -> dict[str, dg.DagsterRunStatus]:
+    """Each case a STARTED run of this process with its tags changed (None: left out), then
+    `fail_dead_runs`: each case's status after it."""
+
     @dg.op
     def noop() -> None:
         pass
@@ -137,18 +143,70 @@ def test_a_run_whose_cli_process_died_is_still_found_and_failed() -> None:
 
     with dg.instance_for_test() as instance:
         runs = {}
-        for pid in (_dead_pid(), os.getpid()):
-            tags = {**cli_run_tags(), PID_TAG: str(pid), RESYNC_TAG: CONFIG}
-            runs[pid] = instance.create_run_for_job(
-                resync_like, tags=tags, status=dg.DagsterRunStatus.STARTED
-            )
+        for case, changes in cases.items():
+            run_id = str(uuid.uuid4())
+            tags = {**cli_run_tags(run_id), **changes, RESYNC_TAG: CONFIG}
+            runs[case] = instance.create_run_for_job(
+                resync_like,
+                run_id=run_id,
+                tags={key: value for key, value in tags.items() if value is not None},
+                status=dg.DagsterRunStatus.STARTED,
+            ).run_id
 
-        failed = fail_dead_cli_runs(instance, CONFIG)
+        failed = fail_dead_runs(instance)
 
-        dead, alive = runs
-        assert failed == [runs[dead].run_id]
-        assert instance.get_run_by_id(runs[dead].run_id).status == dg.DagsterRunStatus.FAILURE
-        assert instance.get_run_by_id(runs[alive].run_id).status == dg.DagsterRunStatus.STARTED
+        stored = {case: instance.get_run_by_id(run_id) for case, run_id in runs.items()}
+        status = {case: run.status for case, run in stored.items() if run is not None}
+        gone = [runs[case] for case, each in status.items() if each == dg.DagsterRunStatus.FAILURE]
+        assert sorted(failed) == sorted(gone)
+        return status
+
+
+FAILED, STARTED = dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.STARTED
+
+
+def test_runs_whose_process_died_are_failed_and_no_other() -> None:
+    dead = str(_dead_pid())
+
+    status = _judged(
+        {
+            "dead": {PID_TAG: dead},
+            "recorded before pid_of": {PID_TAG: dead, PROCESS_OF_TAG: None, STARTED_TAG: None},
+            "alive": {},
+            "a retry starting, its parent's tags copied": {PID_TAG: dead, PROCESS_OF_TAG: "x"},
+            "on another host": {PID_TAG: dead, HOST_TAG: "elsewhere"},
+        }
+    )
+
+    assert status == {
+        "dead": FAILED,
+        "recorded before pid_of": FAILED,
+        "alive": STARTED,
+        "a retry starting, its parent's tags copied": STARTED,
+        "on another host": STARTED,
+    }
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux's /proc")
+def test_a_zombie_or_a_pid_given_to_another_process_is_no_run_process() -> None:
+    zombie = subprocess.Popen([sys.executable, "-c", "pass"])
+    os.waitid(os.P_PID, zombie.pid, os.WEXITED | os.WNOWAIT)  # exited, not reaped
+    assert ") Z " in Path(f"/proc/{zombie.pid}/stat").read_text()
+
+    status = _judged(
+        {
+            "zombie": {PID_TAG: str(zombie.pid), STARTED_TAG: None},
+            "its pid given to another process": {STARTED_TAG: "1"},
+            "alive": {},
+        }
+    )
+
+    assert status == {
+        "zombie": FAILED,
+        "its pid given to another process": FAILED,
+        "alive": STARTED,
+    }
+    zombie.wait()
 
 
 # --- --json: one document on stdout --------------------------------------------------------------

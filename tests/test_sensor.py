@@ -19,6 +19,7 @@ from resync_testing import (
     file_names,
     set_card_rows,
     synced_home,
+    tick,
     upstream_rows,
     valid_edit,
 )
@@ -27,7 +28,6 @@ from tol_dagster.definitions import build_definitions
 from tol_dagster.defs.mirror import upstream_sensor
 from tol_dagster.defs.mirror.keys import resync_keys
 from tol_dagster.defs.mirror.run_config import resync_run_config
-from tol_dagster.defs.resources import resources_from
 from tol_dagster.devtools.localhub import Fault, LocalHub
 from tol_dagster.resync.audit import AUDIT_CHECK
 from tol_dagster.settings import Settings
@@ -45,12 +45,7 @@ class Ticks:
     instance: dg.DagsterInstance
 
     def tick(self, cursor: str | None) -> dg.SensorExecutionData:
-        defs = build_definitions(self.settings)
-        sensor = defs.get_sensor_def("upstream_change_sensor")
-        context = dg.build_sensor_context(
-            instance=self.instance, cursor=cursor, resources=resources_from(self.settings)
-        )
-        return sensor.evaluate_tick(context)
+        return tick(self.instance, "upstream_change_sensor", self.settings, cursor)
 
     def requests(self) -> dict[str, int]:
         return {kind: value["count"] for kind, value in self.hub.stats().items()}
@@ -238,7 +233,7 @@ def test_a_rate_limited_hub_skips_the_tick_after_one_short_wait(ticks: Ticks) ->
 def test_the_minimum_interval_comes_from_the_environment(tmp_path: Path) -> None:
     settings = Settings.from_env({"TOL_HOME": str(tmp_path), "TOL_SENSOR_MIN_INTERVAL_S": "17"})
 
-    sensor = build_definitions(settings).get_sensor_def("upstream_change_sensor")
+    sensor = build_definitions(settings).resolve_sensor_def("upstream_change_sensor")
 
     assert sensor.minimum_interval_seconds == 17
     assert sensor.default_status == dg.DefaultSensorStatus.STOPPED

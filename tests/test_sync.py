@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 import pytest
 from resync_testing import (
     CONFIG,
+    LAUNCHED_RESYNC,
     HubSleeps,
     User,
     dagster_home,
@@ -35,6 +36,7 @@ from resync_testing import (
     sync_process,
     synced,
     synced_home,
+    tick,
     upstream_files,
     upstream_rows,
     user,
@@ -42,11 +44,13 @@ from resync_testing import (
     write_upstream,
 )
 
+from tol_dagster.defs.keys import RESYNC_TAG, SOURCE_TAG
 from tol_dagster.defs.orphaned_runs import PID_TAG
 from tol_dagster.devtools.localhub import Fault, LocalHub
 from tol_dagster.resync import facts, gate
 from tol_dagster.resync.state import load_staged
 from tol_dagster.schema import expected_schema
+from tol_dagster.settings import Settings
 from tol_dagster.store.quarantine import list_quarantine
 
 __all__ = [
@@ -510,10 +514,11 @@ def test_the_sync_completes_through_a_misbehaving_hub(
     assert size <= synced.bytes_served() < size + 1024, "no byte sent twice (error bodies aside)"
 
 
-def test_a_killed_sync_resumes_with_a_range_request_and_frees_its_slot(user: User) -> None:
+def _killed_mid_download(user: User, *argv: str) -> int:
+    """The pid of `sync_process(*argv)`, killed (SIGKILL) once a download is under way."""
     user.hub.add_fault(Fault("bandwidth", request_kind="lfs_get", bytes_per_s=250_000))
     partials = user.layout.partial_dir(CONFIG)
-    killed = sync_process()
+    killed = sync_process(*argv)
     try:
         deadline = time.monotonic() + 120
         while not any(p.stat().st_size > 100_000 for p in partials.glob("*.part")):
@@ -523,9 +528,15 @@ def test_a_killed_sync_resumes_with_a_range_request_and_frees_its_slot(user: Use
     finally:
         killed.send_signal(signal.SIGKILL)
         killed.wait()
+    return killed.pid
+
+
+def test_a_killed_sync_resumes_with_a_range_request_and_frees_its_slot(user: User) -> None:
+    killed_pid = _killed_mid_download(user)
+    partials = user.layout.partial_dir(CONFIG)
     kept = sum(p.stat().st_size for p in partials.glob("*.part"))
     with user.instance() as instance:
-        [run] = instance.get_runs(filters=dg.RunsFilter(tags={PID_TAG: str(killed.pid)}))
+        [run] = instance.get_runs(filters=dg.RunsFilter(tags={PID_TAG: str(killed_pid)}))
         assert run.status == dg.DagsterRunStatus.STARTED, "the killed run still holds its slot"
     user.hub.reset()
 
@@ -540,6 +551,23 @@ def test_a_killed_sync_resumes_with_a_range_request_and_frees_its_slot(user: Use
     with user.instance() as instance:
         after = instance.get_run_by_id(run.run_id)
         assert after is not None and after.status == dg.DagsterRunStatus.FAILURE
+
+
+def test_a_launched_run_whose_worker_died_is_failed_by_the_next_sensor_tick(user: User) -> None:
+    """A run the daemon launched, its run worker killed (and its code server with it, as when
+    `make dev` is stopped): no command line recorded its process, its executor did."""
+    killed_pid = _killed_mid_download(user, "-c", LAUNCHED_RESYNC)
+    with user.instance() as instance:
+        [run] = instance.get_runs(filters=dg.RunsFilter(tags={RESYNC_TAG: CONFIG}))
+        assert run.status == dg.DagsterRunStatus.STARTED, "nothing else would ever end it"
+        assert (run.tags[SOURCE_TAG], run.tags[PID_TAG]) == ("sensor", str(killed_pid))
+        user.hub.reset()
+
+        tick(instance, "upstream_change_sensor", Settings.from_env())
+
+        after = instance.get_run_by_id(run.run_id)
+        assert after is not None and after.status == dg.DagsterRunStatus.FAILURE
+    assert user.sync().code == 0
 
 
 def test_a_force_push_mid_sync_is_replanned_against_the_new_head(user: User) -> None:

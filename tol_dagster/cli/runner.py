@@ -116,7 +116,7 @@ def execute(
                 instance,
                 run_id=run_id,
                 run_config={**(run_config or {}), **console_logs()},
-                tags={**(tags or {}), **cli_run_tags(_source[-1])},
+                tags={**(tags or {}), **cli_run_tags(run_id, _source[-1])},
                 partition_key=partition_key,
                 asset_selection=None if asset_selection is None else set(asset_selection),
                 asset_check_selection=(

@@ -24,7 +24,7 @@ from tol_dagster.defs.mirror.jobs import RESYNC_JOB, resync_run_tags
 from tol_dagster.defs.mirror.keys import resync_check_keys, resync_keys
 from tol_dagster.defs.mirror.resync_slot import ensure_resync_pools
 from tol_dagster.defs.mirror.run_config import resync_run_config
-from tol_dagster.defs.orphaned_runs import fail_dead_cli_runs
+from tol_dagster.defs.orphaned_runs import fail_dead_runs
 from tol_dagster.settings import Settings
 
 
@@ -67,11 +67,11 @@ def run_resyncs(
     instance = open_instance(settings)
     job = load_code_location(settings).resolve_job_def(RESYNC_JOB)
     ensure_resync_pools(instance, settings.configs)
+    # A killed run would hold its config's pool in the queue: mark it failed. Two resyncs
+    # never overlap: the run waits for the config's lease (tol_dagster.defs.mirror.resync_slot).
+    fail_dead_runs(instance)
     done: dict[str, dict[str, Any]] = {}
     for name in configs:
-        # A killed sync's run would hold the config's pool in the queue: mark it failed. Two
-        # resyncs never overlap: the run waits for the config's lease (tol_dagster.defs.mirror.resync_slot).
-        fail_dead_cli_runs(instance, name)
         started = time.monotonic()
         with progress_view.shown(f"{command} {name}"):
             result = execute(

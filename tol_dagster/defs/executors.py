@@ -10,8 +10,9 @@
 Whichever it is, it is wrapped: the run's orchestrating process holds the leases of the configs
 the run resyncs (`resync_slot.run_leases`: across machines on PostgreSQL) from before its first
 step to after its last, so `staged` and `mirror` of two runs never interleave wherever their
-steps run; and before a Celery run sends a task its broker must answer (else exit 3). Jobs take
-the definitions' executor: the UI's Materialize and the automation's runs get it too.
+steps run; it records itself on the run, so that a run whose process died is told and failed
+(`orphaned_runs`); and before a Celery run sends a task its broker must answer (else exit 3).
+Jobs take the definitions' executor: the UI's Materialize and the automation's runs get it too.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from tol_dagster.cluster_settings import (
 )
 from tol_dagster.defs.celery_app import celery_config, check_broker, check_consumers
 from tol_dagster.defs.mirror.resync_slot import LEASED_TAG, run_leases
+from tol_dagster.defs.orphaned_runs import tag_run_process
 from tol_dagster.defs.resources import LITERALS, ConfigSource
 from tol_dagster.settings import Settings
 
@@ -152,6 +154,7 @@ class LeasedExecutor(Executor):
             # dagster-celery registers its task anew for each step it sends, and Celery says so
             warnings.filterwarnings("ignore", message="Task name 'execute_plan' is already")
             instance.add_run_tags(run.run_id, {LEASED_TAG: "executor"})
+            tag_run_process(instance, run.run_id)
             yield from self.inner.execute(plan_context, execution_plan)
 
 

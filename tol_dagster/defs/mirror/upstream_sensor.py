@@ -26,7 +26,7 @@ from tol_dagster.defs.mirror.jobs import RESYNC_JOB, resync_run_tags
 from tol_dagster.defs.mirror.keys import resync_check_keys, resync_keys
 from tol_dagster.defs.mirror.resync_slot import ensure_resync_pools
 from tol_dagster.defs.mirror.run_config import resync_run_config
-from tol_dagster.defs.orphaned_runs import fail_dead_cli_runs
+from tol_dagster.defs.orphaned_runs import fail_dead_runs
 from tol_dagster.defs.resources import HubResource, StorageResource
 from tol_dagster.errors import UpstreamError
 from tol_dagster.hub.client import HubClient
@@ -54,8 +54,7 @@ def build_upstream_change_sensor(
     ) -> dg.SensorResult | dg.SkipReason:
         cursor = read_cursor(context, _is_cursor)
         ensure_resync_pools(context.instance, configs)
-        for config in configs:
-            fail_dead_cli_runs(context.instance, config)
+        fail_dead_runs(context.instance)
         client = hub.client(retry=QUICK_RETRY)  # a tick stays short: the next one asks again
         try:
             head = client.head_commit()
