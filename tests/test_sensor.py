@@ -7,7 +7,7 @@ import json
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -25,6 +25,7 @@ from resync_testing import (
 )
 
 from tol_dagster.definitions import build_definitions
+from tol_dagster.defs.attempts import attempt_key
 from tol_dagster.defs.mirror import upstream_sensor
 from tol_dagster.defs.mirror.keys import resync_keys
 from tol_dagster.defs.mirror.run_config import resync_run_config
@@ -86,6 +87,7 @@ def ticks(local_hub: LocalHub, hub_root: Path, tmp_path: Path) -> Iterator[Ticks
             "TOL_HOME": str(tmp_path / "home"),
             "TOL_HUB_ENDPOINT": local_hub.endpoint,
             "TOL_REPO_ID": local_hub.repo_id,
+            "TOL_SENSOR_RETRY_DELAY_S": "0",
         }
     )
     with dg.instance_for_test() as instance:
@@ -314,6 +316,36 @@ def test_after_three_failed_attempts_the_sensor_gives_up_until_upstream_changes(
     valid_edit(synced.root, file_names(synced.root)[1])
     [newer] = synced.tick(gave_up.cursor).run_requests or []
     assert synced.hub.head_commit() in (newer.run_key or ""), "a newer commit is tried afresh"
+
+
+def test_a_failed_resync_is_requested_again_only_once_its_delay_passed(synced: Ticks) -> None:
+    """A cause that lasts (the Hub's file servers down while it answers the head request) does
+    not use up the attempts in three ticks: the second waits the delay, the third 4× it."""
+    delayed = Ticks(
+        **{**vars(synced), "settings": replace(synced.settings, sensor_retry_delay_s=1)}
+    )
+    before = synced.hub.head_commit()
+    valid_edit(synced.root, file_names(synced.root)[1])
+    first = delayed.tick(cursor_of(before))
+    [request] = first.run_requests or []
+    waited = []
+    for attempt in (2, 3):
+        record_run(synced.instance, request, dg.DagsterRunStatus.FAILURE)
+        failed_at = time.monotonic()
+
+        waiting = delayed.tick(first.cursor)
+
+        assert not waiting.run_requests
+        assert waiting.skip_message and f"attempt {attempt} in 1 min" in waiting.skip_message
+        assert waiting.cursor == first.cursor, "still pending"
+        while not (retry := delayed.tick(first.cursor)).run_requests:
+            assert time.monotonic() - failed_at < 10, "the attempt was never requested"
+            time.sleep(0.2)
+        waited.append(time.monotonic() - failed_at)
+        [request] = retry.run_requests or []
+        assert request.run_key == attempt_key(first.run_requests[0].run_key or "", attempt)
+
+    assert 1 <= waited[0] < 4 <= waited[1]
 
 
 def test_a_commit_that_changed_no_file_skips_saying_so(synced: Ticks) -> None:

@@ -48,6 +48,8 @@ def test_configs_are_comma_separated() -> None:
         ("TOL_MAX_PARALLEL_DOWNLOADS", "lots", "whole number"),
         ("TOL_MAX_PARALLEL_DOWNLOADS", "0", "out of range"),
         ("TOL_SENSOR_MIN_INTERVAL_S", "-5", "out of range"),
+        ("TOL_SENSOR_RETRY_DELAY_S", "-1", "out of range"),
+        ("TOL_SENSOR_RETRY_DELAY_S", "10m", "whole number"),
         ("TOL_MAX_ROW_LOSS", "1.5", "share from 0 to 1"),
         ("TOL_MAX_ROW_LOSS", "ten percent", "share from 0 to 1"),
         ("TOL_GENERATION_GRACE_S", "-1", "out of range"),
@@ -75,6 +77,7 @@ def test_knobs_are_read(tmp_path: Path) -> None:
             "TOL_HOME": str(tmp_path),
             "TOL_MAX_PARALLEL_DOWNLOADS": "8",
             "TOL_SENSOR_MIN_INTERVAL_S": "30",
+            "TOL_SENSOR_RETRY_DELAY_S": "0",
             "TOL_MAX_ROW_LOSS": "0.05",
             "TOL_GENERATION_GRACE_S": "0",
         }
@@ -82,9 +85,11 @@ def test_knobs_are_read(tmp_path: Path) -> None:
     assert (
         settings.max_parallel_downloads,
         settings.sensor_min_interval_s,
+        settings.sensor_retry_delay_s,
         settings.max_row_loss,
         settings.generation_grace_s,
-    ) == (8, 30, 0.05, 0)
+    ) == (8, 30, 0, 0.05, 0)
+    assert Settings.from_env({}).sensor_retry_delay_s == 600
 
 
 def test_waits_default_to_bounded_except_the_deadline() -> None:

@@ -54,6 +54,8 @@ class Settings:
     configs: tuple[str, ...] = (DEFAULT_CONFIG,)
     max_parallel_downloads: int = 4
     sensor_min_interval_s: int = 60
+    #: The upstream sensor's second attempt at a failed resync waits this long, the third 4×.
+    sensor_retry_delay_s: int = 600
     max_row_loss: float = 0.01
     slices_file: Path = DEFAULT_SLICES_FILE
     generation_grace_s: int = 3600
@@ -89,6 +91,9 @@ class Settings:
             ),
             sensor_min_interval_s=parse_int(
                 "TOL_SENSOR_MIN_INTERVAL_S", env.get("TOL_SENSOR_MIN_INTERVAL_S"), 60, 1, 86400
+            ),
+            sensor_retry_delay_s=parse_int(
+                "TOL_SENSOR_RETRY_DELAY_S", env.get("TOL_SENSOR_RETRY_DELAY_S"), 600, 0, 86400
             ),
             max_row_loss=parse_share("TOL_MAX_ROW_LOSS", env.get("TOL_MAX_ROW_LOSS"), 0.01),
             slices_file=Path(env.get("TOL_SLICES_FILE") or DEFAULT_SLICES_FILE)

@@ -6,10 +6,16 @@ requested again under the same key. So each request has a base key and numbered 
 (retries launched by the daemon keep the run key tag) and asks again, under the next attempt's
 key, only when the last one failed for good. Failures the daemon is about to retry (run
 retries, `dagster/max_retries` on every sensor-launched run) count as in progress.
+
+A sensor may ask to back off: attempt N+1 then waits `delay_s × 4^(N-1)` after attempt N
+ended, so a cause that lasts a while (the Hub's file servers down while it answers the sensor's
+cheap request) does not use up every attempt within a few ticks.
 """
 
 from __future__ import annotations
 
+import math
+import time
 from dataclasses import dataclass
 
 import dagster as dg
@@ -37,10 +43,12 @@ class Attempt:
     launched, or a retry after a failure); `state` says why in words for the tick's log.
     """
 
-    state: str  # "new" | "retry" | "in progress" | "succeeded" | "gave up"
+    state: str  # "new" | "retry" | "in progress" | "backing off" | "succeeded" | "gave up"
     number: int
     run_key: str | None = None
     run_id: str | None = None
+    #: While backing off: seconds until the next attempt may be requested.
+    wait_s: float = 0.0
 
     @property
     def settled(self) -> bool:
@@ -50,6 +58,9 @@ class Attempt:
         run = f" (run {self.run_id})" if self.run_id else ""
         if self.state == "gave up":
             return f"{what}: failed {self.number} times{run}; not requested again until it changes"
+        if self.state == "backing off":
+            then = f"attempt {self.number + 1} in {math.ceil(self.wait_s / 60)} min"
+            return f"{what}: attempt {self.number} failed{run}; {then}"
         return f"{what}: attempt {self.number} {self.state}{run}"
 
 
@@ -57,25 +68,36 @@ def attempt_key(base: str, number: int) -> str:
     return base if number == 1 else f"{base}:attempt-{number}"
 
 
-def latest_run(instance: dg.DagsterInstance, run_key: str) -> dg.DagsterRun | None:
+def latest_run(instance: dg.DagsterInstance, run_key: str) -> dg.RunRecord | None:
     """The newest run launched under `run_key` (a daemon retry of a run keeps its run key)."""
-    runs = instance.get_runs(filters=dg.RunsFilter(tags={RUN_KEY_TAG: run_key}), limit=1)
-    return runs[0] if runs else None
+    records = instance.get_run_records(filters=dg.RunsFilter(tags={RUN_KEY_TAG: run_key}), limit=1)
+    return records[0] if records else None
 
 
 def next_attempt(
-    instance: dg.DagsterInstance, base: str, max_attempts: int = MAX_ATTEMPTS
+    instance: dg.DagsterInstance, base: str, max_attempts: int = MAX_ATTEMPTS, delay_s: float = 0
 ) -> Attempt:
-    """The state of the request `base`, from its runs' statuses, and the key to ask with."""
-    run: dg.DagsterRun | None = None
+    """The state of the request `base`, from its runs' statuses, and the key to ask with
+    (backing off by `delay_s`, see the module)."""
+    record: dg.RunRecord | None = None
     for number in range(1, max_attempts + 1):
         key = attempt_key(base, number)
-        run = latest_run(instance, key)
-        if run is None:
+        record = latest_run(instance, key)
+        if record is None:
             return Attempt("new" if number == 1 else "retry", number, run_key=key)
+        run = record.dagster_run
         if run.status == dg.DagsterRunStatus.SUCCESS:
             return Attempt("succeeded", number, run_id=run.run_id)
         if run.status not in _FAILED or run.tags.get(WILL_RETRY_TAG) == "true":
             # Queued, running, or failed with a daemon retry on its way.
             return Attempt("in progress", number, run_id=run.run_id)
-    return Attempt("gave up", max_attempts, run_id=run.run_id if run else None)
+        wait_s = _ended(record) + delay_s * 4 ** (number - 1) - time.time()
+        if number < max_attempts and wait_s > 0:
+            return Attempt("backing off", number, run_id=run.run_id, wait_s=wait_s)
+    run_id = record.dagster_run.run_id if record else None
+    return Attempt("gave up", max_attempts, run_id=run_id)
+
+
+def _ended(record: dg.RunRecord) -> float:
+    """When the run ended (its last update where the run has no end recorded)."""
+    return record.end_time or record.update_timestamp.timestamp()

@@ -29,7 +29,10 @@ def build_mirror_definitions(settings: Settings) -> dg.Definitions:
         jobs=build_mirror_jobs(configs),
         sensors=[
             build_upstream_change_sensor(
-                configs, settings.sensor_min_interval_s, settings.freshness_days
+                configs,
+                settings.sensor_min_interval_s,
+                settings.freshness_days,
+                settings.sensor_retry_delay_s,
             )
         ],
         schedules=build_schedules(configs),

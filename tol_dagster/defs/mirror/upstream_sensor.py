@@ -7,8 +7,9 @@ includes the commit so a real change is never dropped as a duplicate.
 
 The cursor advances to a commit only once every resync requested for it succeeded: until then
 it keeps `pending` (the commit, and per config the run key and plan), and each tick looks the
-runs up: a failure is requested again under a new run key (`...:attempt-N`, see `attempts`), a
-run in progress makes the tick skip with the reason. A newer upstream commit replaces the
+runs up: a failure is requested again under a new run key (`...:attempt-N`, see `attempts`)
+once `TOL_SENSOR_RETRY_DELAY_S` passed (4× that before the third), a run in progress or a
+delay not yet passed makes the tick skip with the reason. A newer upstream commit replaces the
 pending one (its resync syncs the newest state anyway).
 """
 
@@ -37,10 +38,11 @@ from tol_dagster.store.layout import Layout
 
 
 def build_upstream_change_sensor(
-    configs: Sequence[str], min_interval_s: int, freshness_days: int = 7
+    configs: Sequence[str], min_interval_s: int, freshness_days: int = 7, retry_delay_s: int = 0
 ) -> dg.SensorDefinition:
     """`freshness_days`: the mirror's freshness window; an unchanged upstream is confirmed by a
-    resync (no download) once half of it passed since the mirror's last publish."""
+    resync (no download) once half of it passed since the mirror's last publish.
+    `retry_delay_s`: how long a failed resync's next attempt waits (`attempts`)."""
 
     @dg.sensor(
         name="upstream_change_sensor",
@@ -63,7 +65,7 @@ def build_upstream_change_sensor(
             return dg.SkipReason(f"Hub unreachable: {error}")
         pending = cursor.get("pending")
         if pending and pending.get("commit") == head:
-            return _follow_up(context, cursor, pending)
+            return _follow_up(context, cursor, pending, retry_delay_s)
         if not pending and cursor.get("commit") == head:
             confirm = _confirmations(context, configs, head, freshness_days)
             if confirm:
@@ -169,13 +171,16 @@ def _confirmations(
     return requests
 
 
-def _follow_up(context: dg.SensorEvaluationContext, cursor: dict, pending: dict) -> dg.SensorResult:
+def _follow_up(
+    context: dg.SensorEvaluationContext, cursor: dict, pending: dict, delay_s: int
+) -> dg.SensorResult:
     """The resyncs requested for the head commit: advance the cursor once all succeeded,
-    request a failed one again under its next attempt's run key, else say what is waited for."""
+    request a failed one again under its next attempt's run key once its delay passed
+    (`attempts`), else say what is waited for."""
     head: str = pending["commit"]
     requests, waiting = [], []
     for config, plan in pending["configs"].items():
-        attempt = next_attempt(context.instance, plan["run_key"])
+        attempt = next_attempt(context.instance, plan["run_key"], delay_s=delay_s)
         if attempt.state == "succeeded":
             continue
         what = f"resync of {config} @ {head[:12]}"
