@@ -268,6 +268,7 @@ def test_status_json_success_and_upstream_unreachable(
     fine = synced.tol("status", "--json")
     assert fine.code == 0, fine.text
     assert _document(fine)["configs"][CONFIG]["in_sync"] is True
+    assert _document(fine)["configs"][CONFIG]["upstream_checked"] is True
 
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -278,7 +279,12 @@ def test_status_json_success_and_upstream_unreachable(
     assert down.code == 3, down.text
     document = _document(down)
     assert document["command"] == "status" and closed in document["error"]
-    assert CONFIG in document["configs"], "what is known locally is still reported"
+    entry = document["configs"][CONFIG]
+    assert entry["mirror_files"] > 0, "what is known locally is still reported"
+    assert (entry["upstream_checked"], entry["in_sync"]) == (False, None), "not 'in sync'"
+    assert entry["pending"].startswith("unknown: upstream could not be checked now")
+    text = synced.tol("status")
+    assert text.code == 3 and "  in_sync: unknown\n" in text.out, text.text
 
 
 def test_the_audit_of_two_configs_one_not_synced_yet_audits_the_other(

@@ -17,8 +17,10 @@ from tol_dagster.settings import Settings
 from tol_dagster.store.manifest import load_manifest
 
 
-def status_report(settings: Settings) -> dict[str, dict[str, object]]:
-    """Per config: upstream as last observed, the published mirror, and what a sync would do."""
+def status_report(settings: Settings, checked: bool = True) -> dict[str, dict[str, object]]:
+    """Per config: upstream as last observed, the published mirror, and what a sync would do;
+    unknown (None) where upstream could not be `checked` just now: the last observation may be
+    long out of date."""
     report: dict[str, dict[str, object]] = {}
     for config in settings.configs:
         layout = settings.layout
@@ -34,12 +36,16 @@ def status_report(settings: Settings) -> dict[str, dict[str, object]]:
             "upstream_expected_rows": remote.expected_rows if remote else None,
         }
         entry["last_change"] = revision_diff.last_revision_diff(layout, config)
+        entry["upstream_checked"] = checked
         if remote is not None:
             decision = plan.decide(layout, remote)
-            entry["in_sync"] = not decision.needs_run
-            entry["pending"] = decision.reason
+            entry["in_sync"] = not decision.needs_run if checked else None
+            entry["pending"] = decision.reason if checked else _UNCHECKED + decision.reason
         report[config] = entry
     return report
+
+
+_UNCHECKED = "unknown: upstream could not be checked now; against its last observation: "
 
 
 def run_status() -> int:
@@ -50,16 +56,22 @@ def run_status() -> int:
     with progress_view.shown("status"):
         result = execute(job, instance=instance)
     code, lines = exit_code(result)
-    report = status_report(settings)
+    report = status_report(settings, checked=code == 0)
     if verbosity.as_json():
         print_document("status", code, lines, configs=report)
     else:
         for config, entry in report.items():
             say(f"{config}:")
             for key, value in entry.items():
-                say(f"  {key}: {_short(value) if key == 'last_change' else value}")
+                say(f"  {key}: {_shown(key, value)}")
     print_failure(lines)
     return code
+
+
+def _shown(key: str, value: object) -> object:
+    if key == "last_change":
+        return _short(value)
+    return "unknown" if key == "in_sync" and value is None else value
 
 
 def _short(change: object) -> str:
