@@ -30,6 +30,7 @@ from dagster._utils.error import serializable_error_info_from_exc_info
 from huggingface_hub import errors as hf_errors
 from resync_testing import (
     CONFIG,
+    FILE_REQUESTS,
     HubSleeps,
     Outcome,
     User,
@@ -48,9 +49,16 @@ from resync_testing import (
 )
 
 from tol_dagster import errors, exit_codes
+from tol_dagster.cli.launch import load_code_location
+from tol_dagster.cli.runner import execute, exit_code
+from tol_dagster.defs.instance import open_instance
+from tol_dagster.defs.mirror.jobs import RESYNC_JOB
+from tol_dagster.defs.mirror.keys import resync_check_keys, resync_keys
+from tol_dagster.defs.mirror.run_config import resync_run_config
 from tol_dagster.defs.orphaned_runs import PID_TAG
 from tol_dagster.devtools.localhub import Fault
 from tol_dagster.resync import stage
+from tol_dagster.settings import Settings
 
 __all__ = ["dagster_home", "hub_sleeps", "synced", "synced_home", "user"]  # fixtures
 
@@ -147,6 +155,26 @@ def test_2_bad_input_or_settings(
     assert outcome.code == 2, outcome.text
     assert first_line(outcome).startswith("tol-dagster: ") and named in first_line(outcome)
     assert_no_traceback(outcome)
+
+
+@pytest.mark.parametrize("commit", ["main", "D1F0E588C222" * 3 + "ABCD"])
+def test_2_a_commit_typed_in_the_launchpad_that_is_no_commit_id(user: User, commit: str) -> None:
+    """The launchpad takes any string: a branch name or an upper-case sha was taken for a
+    commit the upstream had moved from ("upstream moved from main to …")."""
+    settings = Settings.from_env()
+
+    result = execute(
+        load_code_location(settings).resolve_job_def(RESYNC_JOB),
+        instance=open_instance(settings),
+        run_config=resync_run_config(CONFIG, commit=commit),
+        asset_selection=resync_keys(CONFIG),
+        asset_check_selection=resync_check_keys(CONFIG),
+    )
+
+    code, lines = exit_code(result)
+    assert code == 2 and f"run config commit {commit!r}: not a commit id" in lines[0], lines
+    assert user.file_requests() == dict.fromkeys(FILE_REQUESTS, 0), "refused before any fetch"
+    assert not user.layout.mirror_dir(CONFIG).exists()
 
 
 def test_3_upstream_unreachable(

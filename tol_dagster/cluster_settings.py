@@ -179,8 +179,9 @@ def parse_url(
 
 def mask(url: str | None) -> str | None:
     """`url` with its password (if any) replaced by `***`, for logs, metadata and errors: all
-    between the first `:` after `//` (or the start) and the last `@`, so that a password holding `/`, `#` or
-    `?` (where a URL parser ends the host part, and finds no password) is masked too."""
+    between the first `:` after `//` (or the start) and the last `@`, so that a password
+    holding `/`, `#` or `?` (where a URL parser ends the host part, and finds no password) is
+    masked too."""
     if not url:
         return url
     scheme, slashes, rest = url.partition("://")

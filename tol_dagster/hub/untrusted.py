@@ -14,7 +14,8 @@ from pathlib import PurePosixPath
 from tol_dagster.errors import UpstreamInvalid
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
-_COMMIT = re.compile(r"[0-9a-f]{40}")
+#: A commit id: 40 lowercase hex digits, as the Hub's git commits are.
+COMMIT_ID = re.compile(r"[0-9a-f]{40}")
 #: Longest repo path and file name we accept (the real ones are ~50 characters).
 MAX_PATH_CHARS = 1024
 MAX_NAME_BYTES = 255
@@ -41,7 +42,7 @@ def invalid(what: str, value: object, where: str) -> UpstreamInvalid:
 
 def check_commit(value: object, where: str) -> str:
     """A commit id: 40 lowercase hex digits, as the Hub's git commits are."""
-    if not isinstance(value, str) or not _COMMIT.fullmatch(value):
+    if not isinstance(value, str) or not COMMIT_ID.fullmatch(value):
         raise invalid("commit id", value, where)
     return value
 

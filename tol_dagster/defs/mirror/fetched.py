@@ -22,7 +22,7 @@ from tol_dagster.defs.metadata import OWNERS, commit_url, with_size, worker_meta
 from tol_dagster.defs.mirror.adoption import adopt_folder, adoption_metadata
 from tol_dagster.defs.mirror.keys import mirror_group
 from tol_dagster.defs.mirror.resync_slot import ResyncSlotResource, resync_pool
-from tol_dagster.defs.mirror.run_config import FetchConfig, plan_op_name
+from tol_dagster.defs.mirror.run_config import FetchConfig, plan_op_name, requested_commit
 from tol_dagster.defs.resources import STEP_IO, HubResource, StepsResource, StorageResource
 from tol_dagster.hub.remote import RemoteFile
 from tol_dagster.resync import audit, stage
@@ -85,6 +85,7 @@ def _plan_op(name: str) -> dg.OpDefinition:
         resync_slot: ResyncSlotResource,  # held from the run's start to its end
     ) -> Iterator[dg.Output[object] | dg.DynamicOutput[object]]:
         """Adopt the user's folder if asked, plan, ready the staging; one output per batch."""
+        commit = requested_commit(config)
         adopted = adopt_folder(
             storage.layout,
             hub.client(),
@@ -97,7 +98,7 @@ def _plan_op(name: str) -> dg.OpDefinition:
             storage.layout,
             hub.client(),
             name,
-            commit=config.commit,
+            commit=commit,
             suspects=_audit_suspects(context, mirror_key),
             log=context.log.info,
         )

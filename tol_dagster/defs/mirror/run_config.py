@@ -10,17 +10,36 @@ from __future__ import annotations
 from typing import Any
 
 import dagster as dg
+from pydantic import Field
 
 from tol_dagster.defs.keys import op_name, safe_name
+from tol_dagster.errors import SettingsError
+from tol_dagster.hub.untrusted import COMMIT_ID
 
 
 class FetchConfig(dg.Config):
     """Run config of a resync's plan step. The sensor pins `commit`; adoption names a folder."""
 
-    commit: str | None = None
+    commit: str | None = Field(
+        default=None,
+        description=(
+            "The upstream commit (40 hex digits) the run was requested for; a newer head is "
+            "synced instead, saying so. Empty: upstream's head."
+        ),
+    )
     #: Adopt this folder (a user's `hf download` copy) before staging: see `adoption`.
     adopt_from: str | None = None
     adopt_copy: bool = False
+
+
+def requested_commit(config: FetchConfig) -> str | None:
+    """`config.commit`, refused in words unless a commit id (the launchpad takes any string)."""
+    if config.commit is None or COMMIT_ID.fullmatch(config.commit):
+        return config.commit
+    raise SettingsError(
+        f"run config commit {config.commit!r}: not a commit id (40 lowercase hex digits, as "
+        "the Hub's history shows them); leave it empty to sync upstream's head"
+    )
 
 
 class StageConfig(dg.Config):
