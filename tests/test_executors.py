@@ -20,13 +20,23 @@ from pathlib import Path
 import dagster as dg
 import pytest
 from processes import Stack, free_port, running, signal_group
-from service_testing import RABBITMQ_URL, pg_database, require_rabbitmq, unique_queue
+from service_testing import (
+    RABBITMQ_URL,
+    REDIS_PORT,
+    pg_database,
+    require_rabbitmq,
+    require_redis,
+    unique_queue,
+)
 
 from tol_dagster.cli.main import main
+from tol_dagster.cluster_settings import mask
+from tol_dagster.defs.celery_app import check_consumers
 from tol_dagster.defs.published.jobs import DERIVED_JOB, slices_job_name
 from tol_dagster.devtools.localhub import LocalHub
 from tol_dagster.devtools.localhub.faults import Fault
 from tol_dagster.devtools.sample import build_sample
+from tol_dagster.errors import ServiceUnreachable
 from tol_dagster.schema import DEFAULT_CONFIG
 from tol_dagster.store.hashing import sha256_file
 from tol_dagster.store.layout import Layout
@@ -366,26 +376,51 @@ def test_a_broker_that_is_down_fails_the_sync_with_exit_3_naming_it(
     assert not (tmp_path / "home" / "mirror").exists(), "nothing is published"
 
 
+#: A Redis database of its own for the Celery tests on Redis.
+REDIS_URL = f"redis://127.0.0.1:{REDIS_PORT}/5"
+BROKERS = {"rabbitmq": (require_rabbitmq, RABBITMQ_URL), "redis": (require_redis, REDIS_URL)}
+
+
+def _celery_env(hub: LocalHub, tmp_path: Path, broker: str, queue: str) -> dict[str, str]:
+    """A home of its own whose runs send their steps to `queue` on `broker`."""
+    return _env(
+        hub, tmp_path / "home", tmp_path / "dagster", TOL_EXECUTOR="celery",
+        TOL_CELERY_BROKER=broker, TOL_CELERY_QUEUE=queue,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("broker", sorted(BROKERS))
 def test_a_celery_sync_with_no_worker_on_its_queue_exits_3_saying_so(
-    hub: LocalHub, tmp_path: Path
+    hub: LocalHub, tmp_path: Path, broker: str
 ) -> None:
     """Before, dagster-celery waited for a worker forever, silent, deaf to SIGTERM and SIGINT,
     and the step ran whenever a worker came, for a run long cancelled."""
-    require_rabbitmq()
+    require, url = BROKERS[broker]
+    require()
     queue = unique_queue()
-    env = _env(
-        hub, tmp_path / "home", tmp_path / "dagster", TOL_EXECUTOR="celery",
-        TOL_CELERY_BROKER=RABBITMQ_URL, TOL_CELERY_QUEUE=queue,
-    )  # fmt: skip
 
-    done = _sync(env)
+    done = _sync(_celery_env(hub, tmp_path, url, queue))
 
     assert done.returncode == 3, done.stderr
     first = done.stderr.splitlines()[0]
-    assert (
-        f"no `tol-dagster worker` serves the Celery queue '{queue}' on amqp://guest:***@" in first
-    )
+    assert f"no `tol-dagster worker` serves the Celery queue '{queue}' on {mask(url)}" in first
     assert not (tmp_path / "home" / "mirror").exists(), "nothing is published"
+
+
+def test_a_worker_on_redis_is_found_serving_its_queue_and_no_other(
+    hub: LocalHub, tmp_path: Path
+) -> None:
+    """Redis counts no consumers: the workers are asked which queues they serve."""
+    require_redis()
+    queue = unique_queue()
+    env = _celery_env(hub, tmp_path, REDIS_URL, queue)
+    for stack in running(tmp_path / "logs", 120):
+        stack.start("worker", [str(BIN / "tol-dagster"), "worker", "--concurrency", "1"], env)
+        stack.wait_for("the worker to be ready", lambda s=stack: _worker_ready(s, "worker"))
+
+        check_consumers(REDIS_URL, queue)
+        with pytest.raises(ServiceUnreachable, match="no `tol-dagster worker` serves"):
+            check_consumers(REDIS_URL, unique_queue())
 
 
 def test_a_worker_whose_broker_is_down_exits_3_naming_it(

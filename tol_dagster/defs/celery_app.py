@@ -55,20 +55,44 @@ def worker_app(cluster: ClusterSettings) -> Any:
 def check_consumers(url: str, queue: str) -> None:
     """Raise `ServiceUnreachable` (exit 3) when no worker consumes `queue`: dagster-celery then
     waited for one forever, silent and deaf to Ctrl-C, and its task ran whenever a worker came.
-    RabbitMQ counts a queue's consumers; Redis cannot tell, so it is not asked there."""
-    if not url.startswith(("amqp://", "pyamqp://")):
+    RabbitMQ counts a queue's consumers; on Redis, which cannot, the workers are asked which
+    queues they serve (Celery's remote control: a second, `INSPECT_TIMEOUT_S`, per run)."""
+    if url.startswith(("amqp://", "pyamqp://")):
+        consumers = _queue_consumers(url, queue)
+    elif url.startswith(("redis://", "rediss://")):
+        consumers = _workers_serving(url, queue)
+    else:
         return
-    kombu = require_extra("kombu")
-    with kombu.Connection(url, connect_timeout=BROKER_TIMEOUT_S) as connection:
-        try:
-            _, _, consumers = connection.default_channel.queue_declare(queue=queue, passive=True)
-        except connection.channel_errors:  # no such queue: no worker ever declared it
-            consumers = 0
     if not consumers:
         raise ServiceUnreachable(
             f"no `tol-dagster worker` serves the Celery queue {queue!r} on {mask(url)}: start "
             "one with the same TOL_CELERY_QUEUE (and broker), or run with TOL_EXECUTOR=in_process"
         )
+
+
+#: Seconds the workers have to say which queues they serve (all that answer within it count).
+INSPECT_TIMEOUT_S = 1.0
+
+
+def _queue_consumers(url: str, queue: str) -> int:
+    """The consumers RabbitMQ counts on `queue` (0 if no worker ever declared it)."""
+    kombu = require_extra("kombu")
+    with kombu.Connection(url, connect_timeout=BROKER_TIMEOUT_S) as connection:
+        try:
+            _, _, consumers = connection.default_channel.queue_declare(queue=queue, passive=True)
+        except connection.channel_errors:  # no such queue: no worker ever declared it
+            return 0
+    return int(consumers)
+
+
+def _workers_serving(url: str, queue: str) -> int:
+    """The workers that answer, within `INSPECT_TIMEOUT_S`, that they consume `queue`."""
+    app = require_extra("celery").Celery(broker=url)
+    try:
+        answers = app.control.inspect(timeout=INSPECT_TIMEOUT_S).active_queues() or {}
+    finally:
+        app.close()
+    return sum(any(q.get("name") == queue for q in queues) for queues in answers.values())
 
 
 def check_broker(url: str) -> None:
