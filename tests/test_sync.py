@@ -553,9 +553,13 @@ def test_a_killed_sync_resumes_with_a_range_request_and_frees_its_slot(user: Use
         assert after is not None and after.status == dg.DagsterRunStatus.FAILURE
 
 
-def test_a_launched_run_whose_worker_died_is_failed_by_the_next_sensor_tick(user: User) -> None:
+@pytest.mark.parametrize("sensor", ["upstream_change_sensor", "mirror_change_sensor"])
+def test_a_launched_run_whose_worker_died_is_failed_by_the_next_sensor_tick(
+    user: User, sensor: str
+) -> None:
     """A run the daemon launched, its run worker killed (and its code server with it, as when
-    `make dev` is stopped): no command line recorded its process, its executor did."""
+    `make dev` is stopped): no command line recorded its process, its executor did. Either
+    sensor's tick fails it (`mirror_change_sensor` runs by default, the other is turned on)."""
     killed_pid = _killed_mid_download(user, "-c", LAUNCHED_RESYNC)
     with user.instance() as instance:
         [run] = instance.get_runs(filters=dg.RunsFilter(tags={RESYNC_TAG: CONFIG}))
@@ -563,7 +567,7 @@ def test_a_launched_run_whose_worker_died_is_failed_by_the_next_sensor_tick(user
         assert (run.tags[SOURCE_TAG], run.tags[PID_TAG]) == ("sensor", str(killed_pid))
         user.hub.reset()
 
-        tick(instance, "upstream_change_sensor", Settings.from_env())
+        tick(instance, sensor, Settings.from_env())
 
         after = instance.get_run_by_id(run.run_id)
         assert after is not None and after.status == dg.DagsterRunStatus.FAILURE

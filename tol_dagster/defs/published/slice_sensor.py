@@ -30,6 +30,7 @@ import dagster as dg
 from tol_dagster.defs.attempts import RUN_RETRY_TAGS, next_attempt
 from tol_dagster.defs.cursors import read_cursor
 from tol_dagster.defs.keys import source_tags
+from tol_dagster.defs.orphaned_runs import fail_dead_runs
 from tol_dagster.defs.published import refresh
 from tol_dagster.defs.published.automation import AUTOMATION_SENSOR
 from tol_dagster.defs.published.jobs import DERIVED_JOB, rank_slices_job_name, slices_job_name
@@ -68,6 +69,7 @@ def build_mirror_change_sensor(
         partition_requests: list[dg.AddDynamicPartitionsRequest] = []
         why: list[str] = []
         cursor = read_cursor(context, _is_cursor)
+        fail_dead_runs(context.instance)  # on by default: it frees what a dead run held
         for config in configs:
             try:
                 tick = _evaluate(
