@@ -330,8 +330,9 @@ def test_a_failed_resync_is_requested_again_only_once_its_delay_passed(synced: T
     [request] = first.run_requests or []
     waited = []
     for attempt in (2, 3):
-        record_run(synced.instance, request, dg.DagsterRunStatus.FAILURE)
+        run_id = record_run(synced.instance, request, dg.DagsterRunStatus.STARTED)
         failed_at = time.monotonic()
+        synced.instance.report_run_failed(synced.instance.get_run_by_id(run_id))  # its end_time
 
         waiting = delayed.tick(first.cursor)
 
